@@ -1,0 +1,39 @@
+# sgdtrace: `make run` sets up and reproduces the article's table; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+# torch is pinned here only for installing: 2.13.0 is a CPU build that installs quickly.
+# The package itself asks for torch>=2.1; override, e.g. `make test TORCH=torch==2.5.1`.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+
+.PHONY: run test install dev check bench mutate clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev,plot]"
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.dev-installed
+
+run: install
+	$(BIN)/sgdtrace run
+
+test: dev
+	$(BIN)/python -m pytest -q
+	$(BIN)/sgdtrace check
+
+check: install
+	$(BIN)/sgdtrace check
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,321 @@
+"""The command line: parse, build a Config, call the library, print what a view built. No maths here.
+
+Importing this module imports neither torch nor numpy, so ``--help`` and ``--version`` are instant;
+each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import sys
+import tempfile
+from typing import Any, Callable, Iterable
+
+import click
+
+from sgdtrace import __version__
+from sgdtrace.config import DTYPES, FORMATS, build_config, load_toml
+from sgdtrace.errors import ConfigError, SgdtraceError
+
+EXIT_OK, EXIT_DIVERGE, EXIT_USAGE = 0, 1, 2
+
+
+class _Group(click.Group):
+    """A click group whose every error is one line on stderr and exit code 2, never a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "sgdtrace", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("sgdtrace: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"sgdtrace: error: {exc.format_message()}", err=True)
+            sys.exit(EXIT_USAGE)
+        except SgdtraceError as exc:
+            click.echo(f"sgdtrace: error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            click.echo("sgdtrace: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", "-V", prog_name="sgdtrace")
+def cli() -> None:
+    """SGD on ypred = w*x + b, worked by hand beside torch.optim.SGD, batch by batch.
+
+    Every gradient, loss and parameter the hand-derived engine computes is compared with what
+    autograd + optim.SGD compute from the same batches, and each difference is judged against
+    a tolerance derived from the roundings involved. Exit code 0: they agree; 1: they diverge
+    (the first divergent step is named); 2: a usage or input error.
+
+    With no options, `sgdtrace run` reproduces the article's three-batch table.
+    """
+
+
+# ------------------------------------------------------------------ shared options
+
+
+def training_options(multi: bool = False) -> Callable:
+    """The options every training command takes. Unset flags are None, so a config file can fill them."""
+
+    def deco(f: Callable) -> Callable:
+        opts = [
+            click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                         help="TOML file of options (keys as the flags: lr, batch_size, ...); flags win."),
+            click.option("--lr", type=float, default=None, help="Learning rate (default 0.01, as the article's table)."),
+            click.option("--batch-size", type=int, default=None, help="Samples per batch (default 3)."),
+            click.option("--epochs", type=int, default=None, help="Passes over the data (default 1)."),
+            click.option("--init-w", type=float, default=None, help="Initial weight w (default 0)."),
+            click.option("--init-b", type=float, default=None, help="Initial bias b (default 0)."),
+            click.option("--data", type=str, default=None, metavar="FILE.csv",
+                         help="CSV file with a header row naming columns x and y."),
+            click.option("--synthetic", type=int, default=None, metavar="N",
+                         help="N synthetic samples: x uniform in [0, 10), y = true_w*x + true_b + noise."),
+            click.option("--true-w", type=float, default=None, help="Synthetic data's true weight (default 2)."),
+            click.option("--true-b", type=float, default=None, help="Synthetic data's true bias (default 10)."),
+            click.option("--noise", type=float, default=None, help="Synthetic data's noise std (default 0)."),
+            click.option("--seed", type=int, default=None, help="Seed for shuffling and synthetic data (default 0)."),
+            click.option("--shuffle/--no-shuffle", default=None,
+                         help="Shuffle each epoch exactly as DataLoader(shuffle=True, generator=seeded) does."),
+            click.option("--drop-last/--no-drop-last", default=None, help="Drop the last partial batch."),
+            click.option("--momentum", type=float, default=None, help="optim.SGD momentum (default 0)."),
+            click.option("--dampening", type=float, default=None, help="optim.SGD dampening in [0, 1] (default 0)."),
+            click.option("--nesterov/--no-nesterov", default=None, help="optim.SGD Nesterov momentum."),
+            click.option("--weight-decay", type=float, default=None, help="optim.SGD weight decay (L2, default 0)."),
+            click.option("--maximize/--no-maximize", default=None, help="optim.SGD maximize: ascend the loss."),
+            click.option("--device", type=str, default=None, multiple=multi, metavar="cpu|cuda|cuda:N|auto",
+                         help="Where both engines run" + (" (repeatable)." if multi else " (default cpu).")),
+            click.option("--dtype", type=click.Choice(DTYPES), default=None, multiple=multi,
+                         help="Floating-point type" + (" (repeatable)." if multi else " (default float32).")),
+            click.option("--rtol", type=float, default=None,
+                         help="Relative tolerance, times each value's rounding scale (default 4u = 2 machine epsilons: 2.4e-7 in float32)."),
+            click.option("--atol", type=float, default=None,
+                         help="Absolute tolerance (default the dtype's smallest normal number)."),
+            click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+                         help="Output format (default table)."),
+            click.option("--output", type=click.Path(dir_okay=False), default=None,
+                         help="Write to FILE instead of standard output (nothing is written on an error)."),
+        ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+def _configure(kw: dict[str, Any], **fixed: Any):
+    """Merge defaults < --config file < flags into a Config; return it with the view options."""
+    path = kw.pop("config_path")
+    file_values = load_toml(path) if path else {}
+    fmt = kw.pop("fmt") or file_values.get("format") or "table"
+    if fmt not in FORMATS:
+        raise ConfigError(f"'format' in {os.path.basename(path)} = {fmt!r}: allowed: {', '.join(FORMATS)}")
+    output = kw.pop("output") or file_values.get("output")
+    check_output_path(output)
+    kw.update(fixed)
+    return build_config(file_values, kw, path), fmt, output
+
+
+def check_output_path(path: str | None) -> None:
+    """Refuse an --output we could not write, before any work is done."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--output {path!r}: the folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"--output {path!r}: is a folder; name a file")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--output {path!r}: the folder {folder!r} is not writable")
+
+
+def write_output(text: str, output: str | None) -> None:
+    """Print, or write ``output`` atomically: a temporary file renamed into place, so never half-written."""
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    folder = os.path.dirname(os.path.abspath(output))
+    fd, tmp = tempfile.mkstemp(prefix=".sgdtrace-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def render_text(renderable: Any, width: int | None = None) -> str:
+    """A rich renderable as plain text (no colour), for --output files."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=width or 100, color_system=None, soft_wrap=False).print(renderable)
+    return buf.getvalue()
+
+
+def show(renderable: Any, output: str | None) -> None:
+    """Print a rich renderable to the terminal (colour when it is one, plain when piped or NO_COLOR)."""
+    if output is not None:
+        write_output(render_text(renderable), output)
+        return
+    from rich.console import Console
+
+    Console(soft_wrap=False).print(renderable)
+
+
+def progress_reporter(quiet: bool = False):
+    """A progress callback for long runs (stderr, only on a terminal); None when not wanted."""
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from sgdtrace.views.progress import Progress
+
+    bar = Progress()
+    return bar.update, bar
+
+
+def _exit_code(ok: bool) -> int:
+    return EXIT_OK if ok else EXIT_DIVERGE
+
+
+# ------------------------------------------------------------------ commands
+
+
+@cli.command()
+@training_options()
+@click.option("--rows", type=int, default=None, help="Table rows before long runs are shortened (default 40; 0: all).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run(rows: int | None, quiet: bool, **kw: Any) -> int:
+    """Train with both engines; print the per-batch table and the verdict.
+
+    Each batch shows the article's columns (n, lr, dl/dw, dl/db, w, b, loss) worked by hand,
+    torch's values beneath, and the largest distance between the two in ULPs (units in the
+    last place: 0 means bit-identical). The loss and gradients are computed on the batch at
+    the parameters it started with; w and b are the values after the batch's update.
+    """
+    cfg, fmt, output = _configure(kw)
+    from sgdtrace.trace import run_trace
+
+    update, bar = progress_reporter(quiet)
+    try:
+        trace = run_trace(cfg, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    if fmt == "table":
+        from sgdtrace.views.table import run_view
+
+        show(run_view(trace, rows), output)
+    else:
+        write_output(export(trace, fmt), output)
+    return _exit_code(trace.verdict.ok)
+
+
+def export(trace, fmt: str) -> str:
+    from sgdtrace.views import export as ex
+
+    if fmt == "json":
+        return ex.to_json_text(ex.trace_to_json(trace))
+    if fmt == "csv":
+        return ex.trace_to_csv(trace)
+    return ex.trace_to_markdown(trace)
+
+
+@cli.command()
+@training_options(multi=True)
+def compare(**kw: Any) -> int:
+    """The divergence view: manual vs torch per field, on each --device and --dtype given.
+
+    With two or more devices, torch on the first device is also compared with torch on each
+    other device (same dtype), judged by the same tolerance model.
+    """
+    devices: tuple[str, ...] = kw.pop("device") or ("cpu",)
+    dtypes: tuple[str, ...] = kw.pop("dtype") or ()
+    cfg, fmt, output = _configure(kw)
+    from sgdtrace.compare import compare_runs
+
+    result = compare_runs(cfg, devices, dtypes or (cfg.dtype,))
+    if fmt == "json":
+        from sgdtrace.views.export import to_json_text
+
+        write_output(to_json_text(result.to_json()), output)
+    elif fmt == "table":
+        from sgdtrace.views.compare import compare_view
+
+        show(compare_view(result), output)
+    else:
+        from sgdtrace.views.compare import compare_text
+
+        write_output(compare_text(result, fmt), output)
+    return _exit_code(result.ok)
+
+
+@cli.command()
+@click.argument("configs", nargs=-1, type=click.Path(dir_okay=True))
+@click.option("--device", "devices", multiple=True, metavar="cpu|cuda|cuda:N",
+              help="Devices to run on (repeatable; default every available device).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+              help="Output format.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to FILE.")
+def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: str | None) -> int:
+    """The CI gate: run every config in configs/ (or those named) on every available device.
+
+    Prints one summary row per config and device; exit 1 if any run diverges.
+    """
+    check_output_path(output)
+    paths = find_configs(configs)
+    from sgdtrace.check import run_checks
+
+    result = run_checks(paths, devices or None)
+    if fmt == "json":
+        from sgdtrace.views.export import to_json_text
+
+        write_output(to_json_text(result.to_json()), output)
+    elif fmt == "table":
+        from sgdtrace.views.check import check_view
+
+        show(check_view(result), output)
+    else:
+        from sgdtrace.views.check import check_markdown
+
+        write_output(check_markdown(result), output)
+    return _exit_code(result.ok)
+
+
+def find_configs(names: Iterable[str]) -> list[str]:
+    """The config files named (a folder means its *.toml), or ./configs/*.toml."""
+    names = list(names) or ["configs"]
+    paths: list[str] = []
+    for name in names:
+        if os.path.isdir(name):
+            found = sorted(glob.glob(os.path.join(name, "*.toml")))
+            if not found:
+                raise ConfigError(f"{name!r}: no *.toml config files in this folder")
+            paths += found
+        elif os.path.isfile(name):
+            paths.append(name)
+        elif name == "configs" and not list(names)[1:]:
+            raise ConfigError("no configs/ folder here: run from the project's folder or name config files")
+        else:
+            raise ConfigError(f"config {name!r}: no such file or folder")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``sgdtrace``) and ``python -m sgdtrace``."""
+    cli.main(args=argv, prog_name="sgdtrace")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

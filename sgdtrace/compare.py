@@ -1,0 +1,66 @@
+"""``sgdtrace compare``: the same run on several devices and dtypes, and torch on one device against another."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sgdtrace import divergence
+from sgdtrace.config import Config
+
+
+@dataclass
+class Cross:
+    """Torch on device ``a`` against torch on device ``b``, same dtype, judged by the tolerance model."""
+
+    dtype: str
+    a: str
+    b: str
+    divergence: dict[str, divergence.FieldDivergence]
+    verdict: divergence.Verdict
+
+    def to_json(self) -> dict[str, Any]:
+        fields = {}
+        for f, d in self.divergence.items():
+            fin = d.finite
+            fields[f] = {"max_abs": float(d.abs[fin].max()) if fin.any() else 0.0,
+                         "max_rel": float(d.rel[fin].max()) if fin.any() else 0.0,
+                         "max_ulp": int(d.ulp[fin].max()) if fin.any() else 0,
+                         "ok": bool(d.ok.all())}
+        return {"dtype": self.dtype, "a": self.a, "b": self.b, "fields": fields, "verdict": self.verdict.to_json()}
+
+
+@dataclass
+class CompareResult:
+    runs: list  # of Trace
+    cross: list[Cross]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.verdict.ok for t in self.runs) and all(c.verdict.ok for c in self.cross)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runs": [t.to_json() for t in self.runs], "cross": [c.to_json() for c in self.cross]}
+
+
+def compare_runs(config: Config, devices: tuple[str, ...], dtypes: tuple[str, ...]) -> CompareResult:
+    from sgdtrace.trace import resolve_device, run_trace
+
+    for name in devices:  # refuse a malformed or missing device before running anything
+        resolve_device(config.replace(device=name, origin=config.origin).device)
+    runs = []
+    for dtype in dtypes:
+        for name in devices:
+            runs.append(run_trace(config.replace(device=name, dtype=dtype, origin=config.origin)))
+    cross = []
+    for dtype in dtypes:
+        same = [t for t in runs if t.config.dtype == dtype]
+        for other in same[1:]:
+            base = same[0]
+            if other.device == base.device:
+                continue
+            div = divergence.compare_columns(base.torch, other.torch, base.dataset.x, base.dataset.y,
+                                             base.plan, base.config)
+            verdict = divergence.verdict(div, base.torch, other.torch, base.epoch, base.batch, None)
+            cross.append(Cross(dtype, base.device, other.device, div, verdict))
+    return CompareResult(runs, cross)

@@ -1,0 +1,276 @@
+"""Config: every training option in one frozen dataclass; TOML loading; ALL validation of user input.
+
+A value can come from three places, weakest first: the defaults below (the article's run),
+a TOML file (``--config``), and command-line flags. :func:`build_config` merges them and
+validates once, naming where a bad value came from (``--lr`` or ``'lr' in run.toml``).
+
+This module is pure Python: it imports neither torch nor numpy, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from sgdtrace.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DTYPES = ("float32", "float64")
+FORMATS = ("table", "json", "csv", "markdown")
+_DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One run: data, batching, optimizer, device and tolerance. Defaults reproduce the article."""
+
+    lr: float = 0.01
+    batch_size: int = 3
+    epochs: int = 1
+    init_w: float = 0.0
+    init_b: float = 0.0
+    # data: the article's nine points unless a CSV file or a synthetic set is named
+    data: str | None = None
+    synthetic: int | None = None
+    true_w: float = 2.0
+    true_b: float = 10.0
+    noise: float = 0.0
+    seed: int | None = None
+    # batching, as DataLoader does it
+    shuffle: bool = False
+    drop_last: bool = False
+    # torch.optim.SGD's options
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    maximize: bool = False
+    # where and how precisely
+    device: str = "cpu"
+    dtype: str = "float32"
+    rtol: float | None = None  # None: the dtype's default (see divergence.default_tolerance)
+    atol: float | None = None
+    # where each value came from, for error messages; not part of the run's identity
+    origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def effective_seed(self) -> int:
+        """The seed actually used for shuffling and synthetic data (0 when none was given)."""
+        return 0 if self.seed is None else self.seed
+
+    def to_json(self) -> dict[str, Any]:
+        """The training options as the JSON contract's ``config`` object (without ``data``)."""
+        return {
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "momentum": self.momentum,
+            "dampening": self.dampening,
+            "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay,
+            "maximize": self.maximize,
+            "init_w": self.init_w,
+            "init_b": self.init_b,
+            "shuffle": self.shuffle,
+            "seed": self.seed if self.seed is not None else (0 if self.shuffle else None),
+            "drop_last": self.drop_last,
+            "device": self.device,
+            "dtype": self.dtype,
+            "rtol": self.rtol,
+            "atol": self.atol,
+        }
+
+
+TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "origin")
+#: keys a TOML file may hold beyond the training options
+VIEW_KEYS = ("format", "output")
+KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
+
+_FLOAT_KEYS = {"lr", "init_w", "init_b", "true_w", "true_b", "noise", "momentum", "dampening",
+               "weight_decay", "rtol", "atol"}
+_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed"}
+_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize"}
+_STR_KEYS = {"data", "device", "dtype", "format", "output"}
+
+
+def _label(cfg: Config, key: str) -> str:
+    return cfg.origin.get(key) or "--" + key.replace("_", "-")
+
+
+def _fail(cfg: Config, key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{_label(cfg, key)} {_show(value)}: {allowed}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def validate(cfg: Config) -> None:
+    """Check every value and combination; raise :class:`ConfigError` naming the first bad one."""
+
+    def finite(key: str) -> float:
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            _fail(cfg, key, v, "must be a number")
+        if not math.isfinite(v):
+            _fail(cfg, key, v, "must be a finite number")
+        return float(v)
+
+    def integer(key: str, lo: int) -> int:
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int):
+            _fail(cfg, key, v, "must be a whole number")
+        if v < lo:
+            _fail(cfg, key, v, f"must be a whole number >= {lo}")
+        return v
+
+    if finite("lr") <= 0:
+        _fail(cfg, "lr", cfg.lr, "the learning rate must be a finite number > 0")
+    integer("batch_size", 1)
+    integer("epochs", 1)
+    finite("init_w")
+    finite("init_b")
+    if finite("momentum") < 0:
+        _fail(cfg, "momentum", cfg.momentum, "momentum must be a finite number >= 0")
+    d = finite("dampening")
+    if not 0.0 <= d <= 1.0:
+        _fail(cfg, "dampening", d, "dampening must be in [0, 1]")
+    if finite("weight_decay") < 0:
+        _fail(cfg, "weight_decay", cfg.weight_decay, "weight decay must be a finite number >= 0")
+    for key in ("shuffle", "drop_last", "nesterov", "maximize"):
+        if not isinstance(getattr(cfg, key), bool):
+            _fail(cfg, key, getattr(cfg, key), "must be true or false")
+    if cfg.nesterov and (cfg.momentum <= 0 or cfg.dampening != 0):
+        raise ConfigError(
+            f"{_label(cfg, 'nesterov')}: Nesterov momentum requires a momentum > 0 and zero dampening "
+            f"(got momentum {cfg.momentum:g}, dampening {cfg.dampening:g}), as torch.optim.SGD does"
+        )
+    if cfg.seed is not None:
+        integer("seed", 0)
+        if cfg.seed >= 2**63:
+            _fail(cfg, "seed", cfg.seed, "must be a whole number in [0, 2**63)")
+    if cfg.data is not None and not isinstance(cfg.data, str):
+        _fail(cfg, "data", cfg.data, "must be a path to a CSV file")
+    if cfg.synthetic is not None:
+        integer("synthetic", 1)
+        if cfg.data is not None:
+            raise ConfigError(
+                f"{_label(cfg, 'data')} and {_label(cfg, 'synthetic')}: choose one data source, not both"
+            )
+    finite("true_w")
+    finite("true_b")
+    if finite("noise") < 0:
+        _fail(cfg, "noise", cfg.noise, "the noise level must be a finite number >= 0")
+    if not isinstance(cfg.device, str) or not _DEVICE_RE.match(cfg.device):
+        _fail(cfg, "device", cfg.device, "allowed: cpu, cuda, cuda:N, auto")
+    if cfg.dtype not in DTYPES:
+        _fail(cfg, "dtype", cfg.dtype, "allowed: " + ", ".join(DTYPES))
+    for key in ("rtol", "atol"):
+        if getattr(cfg, key) is not None and finite(key) < 0:
+            _fail(cfg, key, getattr(cfg, key), "must be a finite number >= 0")
+
+
+# ---------------------------------------------------------------- TOML files
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a config file into ``{key: value}``; keys may be spelled ``batch_size`` or ``batch-size``.
+
+    Relative ``data`` and ``output`` paths are taken relative to the file's own folder.
+    """
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path!r}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path!r}: is a folder, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path!r}: cannot be read ({exc.strerror})") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path!r}: not a text file (TOML must be UTF-8)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path!r}: not valid TOML: {exc}") from None
+
+    name = os.path.basename(path)
+    out: dict[str, Any] = {}
+    for raw_key, value in doc.items():
+        key = raw_key.replace("-", "_")
+        where = f"{raw_key!r} in {name}"
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "; known keys: " + ", ".join(KNOWN_KEYS)
+            raise ConfigError(f"{name}: unknown key {raw_key!r}{hint}")
+        out[key] = _check_type(key, value, where)
+        if key in ("data", "output") and not os.path.isabs(value):
+            out[key] = os.path.join(os.path.dirname(os.path.abspath(path)), value)
+    return out
+
+
+def _check_type(key: str, value: Any, where: str) -> Any:
+    def bad(kind: str) -> ConfigError:
+        return ConfigError(f"{where} = {_toml_repr(value)}: must be {kind}")
+
+    if key in _BOOL_KEYS:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif key in _INT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a whole number")
+    elif key in _FLOAT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        value = float(value)
+    elif key in _STR_KEYS:
+        if not isinstance(value, str):
+            raise bad("a string")
+    return value
+
+
+def _toml_repr(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
+                 config_path: str | None = None) -> Config:
+    """Merge defaults < file < flags (flags that were not given are ``None``) and validate."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    name = os.path.basename(config_path) if config_path else "config"
+    for key, value in file_values.items():
+        if key in TRAINING_KEYS:
+            values[key] = value
+            origin[key] = f"{key!r} in {name}"
+    for key, value in flag_values.items():
+        if key in TRAINING_KEYS and value is not None:
+            values[key] = value
+            origin[key] = "--" + key.replace("_", "-")
+    return Config(**values, origin=origin)

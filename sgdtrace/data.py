@@ -1,0 +1,224 @@
+"""Data sets (the article's, a CSV file, a synthetic line) and the batch plan.
+
+The batch plan is the manual side's own derivation of the batches that
+``DataLoader(TensorDataset(x, y), batch_size, shuffle, generator, drop_last)`` yields,
+epoch after epoch. The torch engine never sees it: it runs a real DataLoader, and the
+tests hold the two against each other.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from sgdtrace.config import Config
+from sgdtrace.errors import ConfigError, DataError
+
+#: The article's data: x = 0..8 and y = 2x + 10 (Equation 12). The article's code snippet
+#: drops 18 from y (nine x, eight y); sgdtrace uses the table's data, which has all nine.
+ARTICLE_X = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+ARTICLE_Y = (10.0, 12.0, 14.0, 16.0, 18.0, 20.0, 22.0, 24.0, 26.0)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples as float64 arrays (as read); each engine casts them to the run's dtype."""
+
+    x: np.ndarray
+    y: np.ndarray
+    info: dict[str, Any]  # the JSON contract's config.data object
+    true_w: float | None = None
+    true_b: float | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @classmethod
+    def from_arrays(cls, x: Any, y: Any, info: dict[str, Any] | None = None,
+                    true_w: float | None = None, true_b: float | None = None) -> "Dataset":
+        """Build a data set, refusing what a DataLoader would choke on (the article's 9-vs-8 slip)."""
+        xa = np.asarray(x, dtype=np.float64).reshape(-1)
+        ya = np.asarray(y, dtype=np.float64).reshape(-1)
+        if xa.shape[0] != ya.shape[0]:
+            raise DataError(
+                f"x has {xa.shape[0]} values but y has {ya.shape[0]}: every x needs its y "
+                "(the article's snippet has nine x and eight y, it drops 18)"
+            )
+        if xa.shape[0] == 0:
+            raise DataError("the data set is empty: at least one (x, y) sample is needed")
+        for name, arr in (("x", xa), ("y", ya)):
+            bad = np.flatnonzero(~np.isfinite(arr))
+            if bad.size:
+                raise DataError(f"{name}[{bad[0]}] = {arr[bad[0]]}: values must be finite numbers")
+        return cls(xa, ya, info if info is not None else {"source": "arrays", "n": int(xa.shape[0])},
+                   true_w, true_b)
+
+
+def article() -> Dataset:
+    return Dataset.from_arrays(ARTICLE_X, ARTICLE_Y, {"source": "article", "n": 9}, 2.0, 10.0)
+
+
+def synthetic(n: int, true_w: float, true_b: float, noise: float, seed: int) -> Dataset:
+    """``n`` points with x uniform in [0, 10) and y = true_w*x + true_b + noise*N(0, 1); reproducible."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 10.0, n)
+    y = true_w * x + true_b
+    if noise > 0:
+        y = y + noise * rng.standard_normal(n)
+    info = {"source": "synthetic", "n": n, "true_w": true_w, "true_b": true_b, "noise": noise, "seed": seed}
+    return Dataset.from_arrays(x, y, info, true_w, true_b)
+
+
+def read_csv(path: str) -> Dataset:
+    """A CSV file with a header row naming columns ``x`` and ``y`` (other columns are ignored)."""
+    label = f"--data {path!r}"
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise DataError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{label}: is a folder, not a CSV file") from None
+    except OSError as exc:
+        raise DataError(f"{label}: cannot be read ({exc.strerror})") from None
+    if b"\x00" in raw:
+        raise DataError(f"{label}: a binary file, not CSV text")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{label}: not UTF-8 text, so not a CSV file sgdtrace can read") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    if not rows:
+        raise DataError(f"{label}: the file is empty; expected a header row naming columns x and y")
+    header = [h.strip().lower() for h in rows[0]]
+    missing = [c for c in ("x", "y") if c not in header]
+    if missing:
+        raise DataError(f"{label}: the header {rows[0]!r} has no column {' or '.join(map(repr, missing))}; "
+                        "expected a header row naming columns x and y")
+    ix, iy = header.index("x"), header.index("y")
+    body = rows[1:]
+    if not body:
+        raise DataError(f"{label}: a header but no data rows")
+    xs: list[float] = []
+    ys: list[float] = []
+    for lineno, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            cx = sum(1 for r in body if len(r) > ix and r[ix].strip())
+            cy = sum(1 for r in body if len(r) > iy and r[iy].strip())
+            if cx != cy:
+                raise DataError(f"{label}: column x has {cx} values but column y has {cy}; every x needs its y")
+            raise DataError(f"{label}: row {lineno} has {len(row)} fields but the header has {len(header)}")
+        for col, idx, out in (("x", ix, xs), ("y", iy, ys)):
+            cell = row[idx].strip()
+            if not cell:
+                cx = sum(1 for r in body if r[ix].strip())
+                cy = sum(1 for r in body if r[iy].strip())
+                raise DataError(f"{label}: row {lineno} has no {col} value (column x has {cx} values, "
+                                f"column y has {cy}); every x needs its y")
+            try:
+                value = float(cell)
+            except ValueError:
+                raise DataError(f"{label}: row {lineno}, column {col}: {cell!r} is not a number") from None
+            if not math.isfinite(value):
+                raise DataError(f"{label}: row {lineno}, column {col}: {cell!r}; values must be finite numbers")
+            out.append(value)
+    return Dataset.from_arrays(xs, ys, {"source": "csv", "path": path, "n": len(xs)})
+
+
+def load(config: Config) -> Dataset:
+    """The data set a config names: ``--data`` (CSV), ``--synthetic N``, or the article's."""
+    if config.data is not None:
+        return read_csv(config.data)
+    if config.synthetic is not None:
+        return synthetic(config.synthetic, config.true_w, config.true_b, config.noise, config.effective_seed)
+    return article()
+
+
+# ---------------------------------------------------------------- the batch plan
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which samples each step uses: per epoch an order of the samples, cut into batches.
+
+    ``orders[e]`` is ``None`` for file order (no shuffle), else the epoch's permutation.
+    Steps count epoch-major: step ``s`` is epoch ``s // steps_per_epoch``, batch ``s % steps_per_epoch``.
+    """
+
+    n_samples: int
+    batch_size: int
+    epochs: int
+    drop_last: bool
+    orders: tuple[np.ndarray | None, ...]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.drop_last:
+            return self.n_samples // self.batch_size
+        return -(-self.n_samples // self.batch_size)
+
+    @property
+    def n_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def batch_sizes(self) -> np.ndarray:
+        """Samples per batch within one epoch (the last may be partial)."""
+        sizes = np.full(self.steps_per_epoch, self.batch_size, dtype=np.int64)
+        rest = self.n_samples % self.batch_size
+        if rest and not self.drop_last:
+            sizes[-1] = rest
+        return sizes
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The sample order of ``epoch`` (0-based) as an index array."""
+        order = self.orders[epoch]
+        return np.arange(self.n_samples) if order is None else order
+
+    def indices(self, step: int) -> np.ndarray:
+        """The sample indices of global step ``step`` (0-based)."""
+        epoch, j = divmod(step, self.steps_per_epoch)
+        start = j * self.batch_size
+        stop = min(start + self.batch_size, self.n_samples)
+        return self.epoch_order(epoch)[start:stop]
+
+    def spans(self) -> Iterator[tuple[int, int, int, int]]:
+        """``(epoch, batch, start, stop)`` for every step, 0-based, slicing the epoch's order."""
+        for epoch in range(self.epochs):
+            for j in range(self.steps_per_epoch):
+                start = j * self.batch_size
+                yield epoch, j, start, min(start + self.batch_size, self.n_samples)
+
+
+def plan(n_samples: int, config: Config) -> BatchPlan:
+    """Derive the batches DataLoader yields, without running one.
+
+    With ``shuffle``, DataLoader(shuffle=True, generator=g) draws from the one generator ``g``,
+    every epoch, in this order (torch/utils/data/dataloader.py and sampler.py):
+
+    1. creating the epoch's iterator draws a base seed: ``torch.empty((), dtype=torch.int64).random_(generator=g)``;
+    2. RandomSampler then draws the permutation: ``torch.randperm(n, generator=g)``.
+
+    Step 1 is what makes a naive "one randperm per epoch" replay wrong from epoch 2 on.
+    """
+    if config.drop_last and n_samples < config.batch_size:
+        raise ConfigError(
+            f"--drop-last with --batch-size {config.batch_size} and {n_samples} samples leaves no batch: "
+            f"use a batch size <= {n_samples} or drop --drop-last"
+        )
+    if not config.shuffle:
+        orders: tuple[np.ndarray | None, ...] = (None,) * config.epochs
+    else:
+        import torch
+
+        g = torch.Generator().manual_seed(config.effective_seed)
+        out = []
+        for _ in range(config.epochs):
+            torch.empty((), dtype=torch.int64).random_(generator=g)  # the iterator's base seed
+            out.append(torch.randperm(n_samples, generator=g).numpy())
+        orders = tuple(out)
+    return BatchPlan(n_samples, config.batch_size, config.epochs, config.drop_last, orders)

@@ -1,0 +1,319 @@
+"""Distances between two engines (absolute, relative, ULP), the tolerance model, the verdict.
+
+The tolerance model
+-------------------
+Both engines round, in different orders, so each value differs by a few roundings of the
+numbers that went INTO it, not of the result. Per step and field the allowed difference is::
+
+    tol = atol + rtol * E + P
+
+* ``E`` (rounding scale): a first-order bound, in units of the unit roundoff u, on the
+  rounding error ONE engine makes in that value, built from the magnitudes it rounded.
+  For a batch of n samples at the step's starting parameters (w, b), with
+  ``M_i = |w x_i| + |b| + |y_i|`` (what d_i = w*x_i + b - y_i is rounded from, 3 roundings)
+  and ``D = min(n-1, ceil(log2 n) + 16)`` (the depth of the blocked pairwise sums NumPy and
+  torch use)::
+
+      E[grad_w] = (2/n) * (3*sum |x_i| M_i + (3 + D) * sum |d_i x_i|)
+      E[grad_b] = (2/n) * (3*sum M_i       + (2 + D) * sum |d_i|)
+      E[loss]   = (1/n) * (6*sum |d_i| M_i + (2 + D) * sum d_i^2)
+
+  and for w, b and the momentum buffers, the magnitudes of each operation of
+  torch.optim.SGD's update (see :class:`_Bound`).
+
+  Near convergence d_i is tiny while M_i is not: E stays large while the gradient is small,
+  so the gradients' relative difference can be large (18% after 3,000 epochs on the
+  article's data in float32) while E explains it. A wrong formula is off by the size of the
+  value itself and is caught at its first step.
+
+* ``P`` (propagation): the engines start each step from parameters that already differ by
+  the measured ``dw = |w_manual - w_torch|`` (and ``db``, and the buffers'); P is how much
+  those measured differences move this step's value (first order, exact for the loss).
+  So each step is judged as a step: does it add more than its own rounding?
+
+* ``rtol`` defaults to ``4u`` (2 machine epsilons): each engine is within ``u*E``, so the
+  two differ by at most ``2u*E``; the factor 2 covers the second-order terms and the
+  operation orders the first-order model does not spell out (fused multiply-add, other
+  reduction trees). ``atol`` defaults to the dtype's smallest normal number, for underflow.
+  Both can be set with ``--rtol`` and ``--atol``: then ``rtol`` replaces the ``4u``.
+
+Non-finite values: nan or inf on both sides agree. A finite value against an infinite one
+agrees only when the finite one is within tolerance of the overflow threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FIELDS = ("grad_w", "grad_b", "loss", "w", "b")
+BUFFER_FIELDS = ("buf_w", "buf_b")
+
+
+def unit_roundoff(dtype: str) -> float:
+    return {"float32": 2.0**-24, "float64": 2.0**-53}[dtype]
+
+
+def default_tolerance(dtype: str) -> tuple[float, float]:
+    """``(rtol, atol)``: ``rtol = 4u`` (two engines, each within u*E, doubled), ``atol`` = smallest normal."""
+    tiny = float(np.finfo(np.dtype(dtype)).tiny)
+    return 4 * unit_roundoff(dtype), tiny
+
+
+def tolerances(config) -> tuple[float, float]:
+    rtol, atol = default_tolerance(config.dtype)
+    return (config.rtol if config.rtol is not None else rtol,
+            config.atol if config.atol is not None else atol)
+
+
+# ------------------------------------------------------------------ distances
+
+
+def ordered_bits(values: np.ndarray) -> np.ndarray:
+    """Map floats to integers that count representable values in order (+0 and -0 both to 0)."""
+    if values.dtype == np.float32:
+        i = values.view(np.int32).astype(np.int64)
+        return np.where(i < 0, -(2**31) - i, i)
+    i = values.astype(np.float64).view(np.int64)
+    with np.errstate(over="ignore"):
+        return np.where(i < 0, np.int64(-(2**63)) - i, i)
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How many representable values lie between a and b (exact, as uint64; 0 where not finite)."""
+    oa, ob = ordered_bits(a), ordered_bits(b)
+    with np.errstate(over="ignore"):
+        diff = oa - ob
+        dist = np.where(oa >= ob, diff, -diff).view(np.uint64)
+    finite = np.isfinite(a) & np.isfinite(b)
+    return np.where(finite, dist, np.uint64(0))
+
+
+@dataclass
+class FieldDivergence:
+    """Per step, for one field: the distances, the tolerance and whether they agree."""
+
+    abs: np.ndarray
+    rel: np.ndarray
+    ulp: np.ndarray  # uint64; meaningful where both values are finite
+    tol: np.ndarray
+    ok: np.ndarray  # bool
+    finite: np.ndarray  # bool: both values finite
+
+
+# ------------------------------------------------------------------ the error model
+
+
+@dataclass
+class _Bound:
+    """A value computed by both engines, tracked per step: magnitude, rounding, propagated difference.
+
+    ``mag``  upper bound of |value|
+    ``rnd``  rounding error bound of ONE engine, in units of u (the E above)
+    ``dev``  bound on the difference between the engines carried in from measured inputs (P)
+    """
+
+    mag: np.ndarray
+    rnd: np.ndarray
+    dev: np.ndarray
+
+    @staticmethod
+    def measured(a: np.ndarray, b: np.ndarray) -> "_Bound":
+        """An input both engines recorded: its difference is measured, not modelled."""
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        return _Bound(np.maximum(np.abs(a64), np.abs(b64)), np.zeros_like(a64), np.abs(a64 - b64))
+
+    def combine(self, coef: float, other: "_Bound", ops: int) -> "_Bound":
+        """``self + coef * other`` computed with ``ops`` roundings, each at most u * |partial result|."""
+        c = abs(coef)
+        mag = self.mag + c * other.mag
+        return _Bound(mag, self.rnd + c * other.rnd + ops * mag, self.dev + c * other.dev)
+
+    def where(self, mask: np.ndarray, other: "_Bound") -> "_Bound":
+        return _Bound(np.where(mask, other.mag, self.mag), np.where(mask, other.rnd, self.rnd),
+                      np.where(mask, other.dev, self.dev))
+
+
+def _shift(col: np.ndarray, first: float) -> np.ndarray:
+    """The value each step started from: the previous step's column, ``first`` at step 0."""
+    out = np.empty(col.shape[0], dtype=np.float64)
+    if col.shape[0]:
+        out[0] = first
+        out[1:] = col[:-1]
+    return out
+
+
+def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start: np.ndarray,
+                w_mag: np.ndarray, b_mag: np.ndarray) -> dict[str, np.ndarray]:
+    """Per step, sums over the batch's samples (float64, vectorised over all steps of an epoch).
+
+    ``d`` is the manual engine's residual at its starting (w, b); ``M`` uses the largest |w|, |b|
+    either engine started from.
+    """
+    spe = plan.steps_per_epoch
+    sizes = plan.batch_sizes()
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if spe else np.zeros(0, dtype=np.int64)
+    n_used = int(sizes.sum())
+    keys = ("x", "ax", "xx", "M", "xM", "d", "dx", "dd", "dM")
+    out = {k: np.empty(plan.n_steps) for k in keys}
+    for epoch in range(plan.epochs):
+        order = plan.epoch_order(epoch)[:n_used]
+        xe, ye = x[order], y[order]
+        sl = slice(epoch * spe, (epoch + 1) * spe)
+        ws, bs = np.repeat(w_start[sl], sizes), np.repeat(b_start[sl], sizes)
+        wm, bm = np.repeat(w_mag[sl], sizes), np.repeat(b_mag[sl], sizes)
+        ax = np.abs(xe)
+        with np.errstate(over="ignore", invalid="ignore"):
+            M = wm * ax + bm + np.abs(ye)
+            d = np.abs(ws * xe + bs - ye)
+            per_sample = {"x": xe, "ax": ax, "xx": xe * xe, "M": M, "xM": ax * M, "d": d,
+                          "dx": d * ax, "dd": d * d, "dM": d * M}
+            for k in keys:
+                out[k][sl] = np.add.reduceat(per_sample[k], starts)
+    return out
+
+
+def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
+    return values.astype(np.dtype(dtype), copy=False)
+
+
+def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                    plan, config) -> dict[str, FieldDivergence]:
+    """Judge engine ``b`` against engine ``a`` (both ran ``config`` over ``plan``), field by field."""
+    dtype = config.dtype
+    rtol, atol = tolerances(config)
+    steps = plan.n_steps
+    n = np.tile(plan.batch_sizes(), plan.epochs).astype(np.float64)
+    # x and y exactly as both engines saw them: rounded to the run's dtype
+    xr, yr = _cast(x, dtype).astype(np.float64), _cast(y, dtype).astype(np.float64)
+
+    p = {f: _Bound.measured(_shift(a[f], init), _shift(b[f], init))
+         for f, init in (("w", config.init_w), ("b", config.init_b))}
+    w_start = _shift(a["w"], float(_cast(np.array([config.init_w]), dtype)[0]))
+    b_start = _shift(a["b"], float(_cast(np.array([config.init_b]), dtype)[0]))
+    s = _batch_sums(xr, yr, plan, w_start, b_start, p["w"].mag, p["b"].mag)
+    dw, db = p["w"].dev, p["b"].dev
+
+    depth = np.minimum(n - 1, np.ceil(np.log2(n)) + 16)
+    with np.errstate(over="ignore", invalid="ignore"):
+        E = {
+            "grad_w": (2 / n) * (3 * s["xM"] + (3 + depth) * s["dx"]),
+            "grad_b": (2 / n) * (3 * s["M"] + (2 + depth) * s["d"]),
+            "loss": (1 / n) * (6 * s["dM"] + (2 + depth) * s["dd"]),
+        }
+        P = {
+            "grad_w": (2 / n) * (s["xx"] * dw + s["ax"] * db),
+            "grad_b": (2 / n) * (s["ax"] * dw + n * db),
+            "loss": (1 / n) * (2 * s["dx"] * dw + 2 * s["d"] * db
+                               + s["xx"] * dw * dw + 2 * s["ax"] * dw * db + n * db * db),
+        }
+        tol = {f: atol + rtol * E[f] + P[f] for f in E}
+
+        # the update, operation by operation as torch.optim.SGD does it
+        momentum = config.momentum != 0
+        for name in ("w", "b"):
+            g = _Bound.measured(a["grad_" + name], b["grad_" + name])  # maximize's negation is exact
+            if config.weight_decay != 0:
+                g = g.combine(config.weight_decay, p[name], ops=2)
+            if momentum:
+                bf = "buf_" + name
+                prev = _Bound.measured(_shift(a[bf], 0.0), _shift(b[bf], 0.0))
+                # buf <- momentum*buf + (1-dampening)*g, except buf <- g on the very first step
+                # three roundings (the two products and the sum), each at most u * |buf|
+                buf = _Bound(config.momentum * prev.mag, config.momentum * prev.rnd,
+                             config.momentum * prev.dev).combine(1 - config.dampening, g, ops=3)
+                first = np.zeros(steps, dtype=bool)
+                first[:1] = True
+                buf = buf.where(first, g)
+                tol[bf] = atol + rtol * buf.rnd + buf.dev
+                g = g.combine(config.momentum, buf, ops=2) if config.nesterov else buf
+            new = p[name].combine(config.lr, g, ops=2)
+            tol[name] = atol + rtol * new.rnd + new.dev
+
+    return {f: _distances(a[f], b[f], tol[f], dtype) for f in tol}
+
+
+def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str) -> FieldDivergence:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    finite = np.isfinite(a64) & np.isfinite(b64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(finite, np.abs(a64 - b64), 0.0)
+        scale = np.maximum(np.abs(a64), np.abs(b64))
+        rel = np.where(finite & (scale > 0), diff / np.where(scale > 0, scale, 1.0), 0.0)
+        big = float(np.finfo(np.dtype(dtype)).max)
+        tol_ok = ~np.isfinite(tol)  # the inputs overflowed: no finite bound to hold them to
+        ok_finite = finite & ((diff <= tol) | tol_ok)
+        both_nonfinite = ~np.isfinite(a64) & ~np.isfinite(b64)
+        one_finite = np.isfinite(a64) ^ np.isfinite(b64)
+        fin_mag = np.where(np.isfinite(a64), np.abs(a64), np.abs(b64))
+        overflow_reach = one_finite & ((fin_mag + np.where(tol_ok, np.inf, tol) >= big) | tol_ok)
+    ok = ok_finite | both_nonfinite | overflow_reach
+    return FieldDivergence(diff, rel, ulp_distance(a, b), tol, ok, finite)
+
+
+# ------------------------------------------------------------------ the verdict
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    max_abs: float
+    max_rel: float
+    max_ulp: int
+    max_tol_ratio: float  # max |difference| / tolerance over all judged values: < 1 passes
+    first_divergent_step: dict[str, Any] | None
+    diverged_training: dict[str, Any] | None
+    fields: tuple[str, ...] = field(default=FIELDS)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "max_ulp": self.max_ulp,
+            "max_tol_ratio": self.max_tol_ratio,
+            "first_divergent_step": self.first_divergent_step,
+            "diverged_training": self.diverged_training,
+        }
+
+
+def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[str, np.ndarray],
+            epoch: np.ndarray, batch: np.ndarray, diverged_training: dict[str, Any] | None) -> Verdict:
+    fields = tuple(div)
+    max_abs = max_rel = max_ratio = 0.0
+    max_ulp = 0
+    first: dict[str, Any] | None = None
+    first_step = math.inf
+    for f in fields:
+        d = div[f]
+        if d.finite.any():
+            max_abs = max(max_abs, float(d.abs[d.finite].max()))
+            max_rel = max(max_rel, float(d.rel[d.finite].max()))
+            max_ulp = max(max_ulp, int(d.ulp[d.finite].max()))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(d.tol > 0, d.abs / d.tol, np.where(d.abs > 0, np.inf, 0.0))
+            judged = d.finite & np.isfinite(d.tol)
+            if judged.any():
+                max_ratio = max(max_ratio, float(ratio[judged].max()))
+        bad = np.flatnonzero(~d.ok)
+        if bad.size and bad[0] < first_step:
+            k = int(bad[0])
+            first_step = k
+            first = {"epoch": int(epoch[k]), "batch": int(batch[k]), "step": k + 1, "field": f,
+                     "manual": json_number(a[f][k]), "torch": json_number(b[f][k]),
+                     "abs": json_number(d.abs[k]) if d.finite[k] else None,
+                     "tol": json_number(d.tol[k])}
+    return Verdict(first is None, max_abs, max_rel, max_ulp, max_ratio, first, diverged_training, fields)
+
+
+def json_number(v: Any) -> float | str:
+    """A float as a JSON number; non-finite values as the strings "inf", "-inf", "nan"."""
+    v = float(v)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v

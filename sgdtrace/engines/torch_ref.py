@@ -1,0 +1,114 @@
+"""The reference: the training loop a learner writes, as in the article.
+
+``nn.Module`` with ``weight`` and ``bias`` parameters, ``nn.MSELoss``, ``optim.SGD``,
+``DataLoader(TensorDataset(x, y))``. Nothing here copies a choice of the manual engine:
+the batches come from a real DataLoader, the gradients from autograd, the update from
+``torch.optim.SGD``. sgdtrace only reads the values after each ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn, optim
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class LinearModel(nn.Module):
+    """The article's model: ypred = x * weight + bias."""
+
+    def __init__(self, init_w: float = 0.0, init_b: float = 0.0, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((1,), init_w, dtype=dtype))
+        self.bias = nn.Parameter(torch.full((1,), init_b, dtype=dtype))
+
+    def forward(self, xb: torch.Tensor) -> torch.Tensor:
+        return xb * self.weight + self.bias
+
+
+class _HostRecorder:
+    """CPU: read each value with ``.item()`` into a NumPy column (cheaper than a tensor copy)."""
+
+    def __init__(self, steps: int, fields: list[str], dtype: torch.dtype):
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        self.cols = {f: np.empty(steps, dtype=np_dtype) for f in fields}
+
+    def put(self, field: str, k: int, value: torch.Tensor) -> None:
+        self.cols[field][k] = value.item()
+
+    def result(self) -> dict[str, np.ndarray]:
+        return self.cols
+
+
+class _DeviceRecorder:
+    """CUDA: copy each value into a column that stays on the device; no host sync per step.
+
+    The columns come to the host once, in :meth:`result`.
+    """
+
+    def __init__(self, steps: int, fields: list[str], dtype: torch.dtype, device: torch.device):
+        self.cols = {f: torch.empty((steps, 1), dtype=dtype, device=device) for f in fields}
+
+    def put(self, field: str, k: int, value: torch.Tensor) -> None:
+        self.cols[field][k] = value.detach()
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {f: c.reshape(-1).cpu().numpy() for f, c in self.cols.items()}
+
+
+def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
+        progress: Callable[[int], None] | None = None, sync_free: bool | None = None) -> dict[str, np.ndarray]:
+    """Train with autograd + optim.SGD over a DataLoader; return the same columns as the manual engine.
+
+    ``sync_free`` picks the device-resident recorder (default: on CUDA); tests force it on the CPU.
+    """
+    dtype = getattr(torch, config.dtype)
+    tensor_x = torch.as_tensor(x, dtype=dtype).to(device)
+    tensor_y = torch.as_tensor(y, dtype=dtype).to(device)
+    dataset = TensorDataset(tensor_x, tensor_y)
+    generator = torch.Generator().manual_seed(config.effective_seed) if config.shuffle else None
+    dataloader = DataLoader(dataset, batch_size=config.batch_size, shuffle=config.shuffle,
+                            generator=generator, drop_last=config.drop_last)
+
+    model = LinearModel(config.init_w, config.init_b, dtype).to(device)
+    criterion = nn.MSELoss()
+    optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          dampening=config.dampening, weight_decay=config.weight_decay,
+                          nesterov=config.nesterov, maximize=config.maximize)
+
+    momentum = config.momentum != 0
+    fields = ["grad_w", "grad_b", "loss", "w", "b"] + (["buf_w", "buf_b"] if momentum else [])
+    if sync_free is None:
+        sync_free = device.type != "cpu"
+    rec = _DeviceRecorder(steps, fields, dtype, device) if sync_free else _HostRecorder(steps, fields, dtype)
+    put = rec.put
+
+    k = 0
+    for epoch in range(config.epochs):
+        for data, target in dataloader:
+            # forward pass
+            output = model(data)
+            loss = criterion(output, target)
+            # backward pass (gradient calculation)
+            loss.backward()
+            # update weights
+            optimizer.step()
+            # what the article prints: the gradients, the loss, the updated parameters
+            put("grad_w", k, model.weight.grad)
+            put("grad_b", k, model.bias.grad)
+            put("loss", k, loss)
+            put("w", k, model.weight)
+            put("b", k, model.bias)
+            if momentum:
+                put("buf_w", k, optimizer.state[model.weight]["momentum_buffer"])
+                put("buf_b", k, optimizer.state[model.bias]["momentum_buffer"])
+            # zero gradients from the previous step
+            optimizer.zero_grad()
+            k += 1
+        if progress is not None:
+            progress(k)
+    if k != steps:  # pragma: no cover - would mean the batch plan and DataLoader disagree
+        raise RuntimeError(f"DataLoader gave {k} batches, the batch plan {steps}")
+    return rec.result()

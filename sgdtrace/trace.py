@@ -1,0 +1,210 @@
+"""Run both engines over the same data and batches; a columnar trace; the verdict.
+
+Data flows one way: config -> data + batch plan -> engines -> Trace (one array per field)
+-> divergence -> verdict -> views. Every view reads a :class:`Trace`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from sgdtrace import data as data_mod
+from sgdtrace import divergence
+from sgdtrace.config import Config
+from sgdtrace.errors import ConfigError
+
+
+@dataclass
+class Trace:
+    """Everything one run produced. Columns are NumPy arrays, one value per step."""
+
+    config: Config
+    dataset: data_mod.Dataset
+    plan: data_mod.BatchPlan
+    device: str
+    epoch: np.ndarray  # 1-based
+    batch: np.ndarray  # 1-based, within the epoch
+    n: np.ndarray  # samples in the batch
+    manual: dict[str, np.ndarray]
+    torch: dict[str, np.ndarray]
+    divergence: dict[str, divergence.FieldDivergence]
+    verdict: divergence.Verdict
+    stable_lr: np.ndarray  # per step: the largest learning rate stable on that batch
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(self.divergence)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.epoch.shape[0])
+
+    def indices(self, step: int) -> np.ndarray:
+        """The sample indices of step ``step`` (0-based)."""
+        return self.plan.indices(step)
+
+    def to_json(self) -> dict[str, Any]:
+        from sgdtrace.views.export import trace_to_json
+
+        return trace_to_json(self)
+
+
+def resolve_device(name: str):
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` to a torch.device; never a silent fallback."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine "
+                              "(torch was built without CUDA or no GPU is visible); use --device cpu or auto")
+        index = int(name.split(":")[1]) if ":" in name else torch.cuda.current_device()
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"--device {name}: no such GPU; this machine has {count} (cuda:0..cuda:{count - 1})")
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def device_label(device) -> str:
+    return "cpu" if device.type == "cpu" else f"{device.type}:{device.index or 0}"
+
+
+def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | None = None,
+              manual_backend: str | None = None, sync_free: bool | None = None) -> Trace:
+    """Run the manual engine and torch over the same batches and judge every value.
+
+    ``manual_backend`` ("numpy" or "torch") and ``sync_free`` override the per-device defaults
+    (NumPy and host reads on the CPU, torch tensors and device-resident columns on CUDA), so
+    the tests can exercise the CUDA code paths on a CPU.
+    """
+    from sgdtrace.engines import manual, torch_ref
+
+    device = resolve_device(config.device)
+    label = device_label(device)
+    cfg = config.replace(device=label, origin=config.origin)
+    dataset = data_mod.load(cfg)
+    plan = data_mod.plan(len(dataset), cfg)
+    steps = plan.n_steps
+
+    def stage(name: str) -> Callable[[int], None] | None:
+        return None if progress is None else (lambda k: progress(name, k, steps))
+
+    timings: dict[str, float] = {}
+    kind = manual_backend or ("numpy" if device.type == "cpu" else "torch")
+    backend = manual.ArrayBackend(kind, cfg.dtype, device)
+    t0 = time.perf_counter()
+    man = manual.run(dataset.x, dataset.y, plan, cfg, backend, stage("manual"))
+    timings["manual_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free)
+    timings["torch_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trace = judge(cfg, dataset, plan, label, man, ref)
+    timings["judge_s"] = time.perf_counter() - t0
+    trace.timings = timings
+    return trace
+
+
+def judge(cfg: Config, dataset: data_mod.Dataset, plan: data_mod.BatchPlan, device: str,
+          man: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> Trace:
+    """Build the Trace of two engines' columns: distances, tolerances, verdict, blow-up diagnosis."""
+    spe = plan.steps_per_epoch
+    steps = plan.n_steps
+    epoch = np.repeat(np.arange(1, plan.epochs + 1, dtype=np.int64), spe)
+    batch = np.tile(np.arange(1, spe + 1, dtype=np.int64), plan.epochs)
+    n = np.tile(plan.batch_sizes(), plan.epochs)
+    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg)
+    stable = stable_lr(dataset.x, plan, cfg)
+    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable)
+    verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
+    assert epoch.shape[0] == steps
+    return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable)
+
+
+# ------------------------------------------------------------------ blow-ups
+
+
+def stable_lr(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config) -> np.ndarray:
+    """Per step, the largest learning rate for which the update on that batch does not amplify.
+
+    The batch loss is quadratic in (w, b) with Hessian ``H = (2/n) [[sum x^2, sum x], [sum x, n]]``
+    (+ weight_decay * I). Plain SGD multiplies the error along H's top eigenvector by
+    ``1 - lr*lambda_max``, so it is stable while ``lr < 2 / lambda_max``. With momentum mu and
+    dampening tau (heavy ball) the bound is ``2 (1 + mu) / ((1 - tau) lambda_max)``; with Nesterov
+    ``2 (1 + mu) / ((1 + 2 mu) lambda_max)``. Maximize climbs the loss: no rate is stable (0).
+    """
+    if cfg.maximize:
+        return np.zeros(plan.n_steps)
+    xr = x.astype(np.dtype(cfg.dtype)).astype(np.float64)
+    sizes = plan.batch_sizes()
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    n_used = int(sizes.sum())
+    out = np.empty(plan.n_steps)
+    spe = plan.steps_per_epoch
+    for e in range(plan.epochs):
+        xe = xr[plan.epoch_order(e)[:n_used]]
+        sx, sxx = np.add.reduceat(xe, starts), np.add.reduceat(xe * xe, starts)
+        nf = sizes.astype(np.float64)
+        lam = (sxx + nf + np.sqrt((sxx - nf) ** 2 + 4 * sx * sx)) / nf + cfg.weight_decay
+        mu, tau = cfg.momentum, cfg.dampening
+        if mu == 0:
+            limit = 2 / lam
+        elif cfg.nesterov:
+            limit = 2 * (1 + mu) / ((1 + 2 * mu) * lam)
+        else:
+            limit = 2 * (1 + mu) / (max(1 - tau, 1e-300) * lam)
+        out[e * spe:(e + 1) * spe] = limit
+    return out
+
+
+def full_loss(dataset: data_mod.Dataset, w: float, b: float) -> float:
+    """The mean squared error over the whole data set, in float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.mean((w * dataset.x + b - dataset.y) ** 2))
+
+
+def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray], ref: dict[str, np.ndarray],
+             epoch: np.ndarray, batch: np.ndarray, stable: np.ndarray) -> dict[str, Any] | None:
+    """Did training blow up? ``None``, or where it first went wrong, why, and a hint.
+
+    Blown up means: a value went non-finite (inf or nan) in either engine, or the loss over the
+    whole data set ended higher than it started while the learning rate exceeded a batch's
+    stability limit (:func:`stable_lr`).
+    """
+    steps = epoch.shape[0]
+    if steps == 0:
+        return None
+    nonfinite = np.zeros(steps, dtype=bool)
+    for cols in (man, ref):
+        for values in cols.values():
+            nonfinite |= ~np.isfinite(values)
+    unstable = np.flatnonzero(cfg.lr > stable)
+    largest = float(stable.min())
+    if cfg.maximize:
+        hint = "--maximize climbs the loss: gradient ascent on a convex loss grows without bound"
+    else:
+        hint = (f"lr {cfg.lr:g} is too large for this data's scale: the largest rate stable on every "
+                f"batch is {largest:.4g} (2 / lambda_max of the batch loss's Hessian)")
+    start_loss = full_loss(dataset, cfg.init_w, cfg.init_b)
+    end_loss = full_loss(dataset, float(man["w"][-1]), float(man["b"][-1]))
+    if nonfinite.any():
+        k = int(np.flatnonzero(nonfinite)[0])
+        reason = "a value became inf or nan"
+    elif unstable.size and not end_loss <= start_loss:
+        k = int(unstable[0])
+        reason = (f"the loss over the whole data set grew from {start_loss:.6g} to {end_loss:.6g}; "
+                  f"from this batch on the learning rate exceeds the batch's stability limit "
+                  f"{stable[k]:.4g}")
+    else:
+        return None
+    return {"epoch": int(epoch[k]), "batch": int(batch[k]), "step": k + 1, "reason": reason,
+            "hint": hint, "stable_lr": None if cfg.maximize else largest,
+            "loss_start": divergence.json_number(start_loss), "loss_end": divergence.json_number(end_loss)}

@@ -1,0 +1,48 @@
+"""The ``check`` view: one row per config and device, and the gate's verdict."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from sgdtrace.views.fmt import LABELS, percent
+
+
+def _row(r) -> list[str]:
+    t = r.trace
+    v = t.verdict
+    if v.ok:
+        status = "ok"
+    else:
+        f = v.first_divergent_step
+        status = f"DIVERGE at {f['epoch']}:{f['batch']} {LABELS[f['field']]}"
+    blown = "blew up" if v.diverged_training else ""
+    return [r.config, t.device, t.config.dtype, str(t.n_steps), str(v.max_ulp), percent(v.max_tol_ratio),
+            blown, status]
+
+
+HEAD = ["config", "device", "dtype", "steps", "max ulp", "of tol", "training", "verdict"]
+
+
+def check_view(result) -> Group:
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False,
+                  title="sgdtrace check: manual engine vs torch on every config", title_justify="left",
+                  title_style="bold")
+    for name in HEAD:
+        table.add_column(name, justify="right" if name in ("steps", "max ulp", "of tol") else "left")
+    for r in result.rows:
+        cells = _row(r)
+        style = "green" if r.trace.verdict.ok else "bold red"
+        table.add_row(*cells[:-1], Text(cells[-1], style=style))
+    failed = sum(1 for r in result.rows if not r.trace.verdict.ok)
+    summary = (Text(f"✓ {len(result.rows)} runs agree", style="bold green") if result.ok
+               else Text(f"✗ {failed} of {len(result.rows)} runs diverge", style="bold red"))
+    return Group(table, Text(""), summary)
+
+
+def check_markdown(result) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "|".join("---" for _ in HEAD) + "|"]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in result.rows]
+    return "\n".join(lines) + "\n"

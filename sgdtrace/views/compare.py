@@ -1,0 +1,72 @@
+"""The ``compare`` view: per run and field, the largest distances and how close they came to tolerance."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from sgdtrace.views.fmt import LABELS, percent, sci
+
+
+def _worst(d) -> tuple[float, float, int, float, int | None]:
+    """max |Δ|, max rel, max ulp, max |Δ|/tol over finite values, and the first failing step (0-based)."""
+    import numpy as np
+
+    fin = d.finite
+    if not fin.any():
+        return 0.0, 0.0, 0, 0.0, None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(d.tol > 0, d.abs / d.tol, np.where(d.abs > 0, np.inf, 0.0))
+    judged = fin & np.isfinite(d.tol)
+    bad = np.flatnonzero(~d.ok)
+    return (float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()),
+            float(ratio[judged].max()) if judged.any() else 0.0, int(bad[0]) if bad.size else None)
+
+
+def _field_table(title: str, rows) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, title=title,
+                  title_justify="left", title_style="bold")
+    for name, justify in (("run", "left"), ("field", "left"), ("max |Δ|", "right"), ("max rel", "right"),
+                          ("max ulp", "right"), ("of tol", "right"), ("", "left")):
+        table.add_column(name, justify=justify)
+    for label, div, epoch, batch in rows:
+        for i, (f, d) in enumerate(div.items()):
+            a, r, u, ratio, bad = _worst(d)
+            mark = Text("ok", style="green") if bad is None else Text(
+                f"✗ from {epoch[bad]}:{batch[bad]}", style="bold red")
+            table.add_row(label if i == 0 else "", LABELS[f], sci(a), sci(r), str(u), percent(ratio), mark,
+                          end_section=i == len(div) - 1)
+    return table
+
+
+def compare_view(result) -> Group:
+    parts = [_field_table("manual vs torch, per run",
+                          [(f"{t.device} {t.config.dtype}", t.divergence, t.epoch, t.batch) for t in result.runs])]
+    if result.cross:
+        base = result.runs[0]
+        parts += [Text(""), _field_table("torch on one device vs torch on another",
+                                         [(f"{c.a} vs {c.b} {c.dtype}", c.divergence, base.epoch, base.batch)
+                                          for c in result.cross])]
+    ok = result.ok
+    parts += [Text(""), Text("✓ all agree" if ok else "✗ divergence found (see ✗ above)",
+                             style="bold green" if ok else "bold red")]
+    return Group(*parts)
+
+
+def compare_text(result, fmt: str) -> str:
+    """csv or markdown: one row per run (or cross pair) and field."""
+    rows = [("manual vs torch", f"{t.device} {t.config.dtype}", t.divergence) for t in result.runs]
+    rows += [("torch vs torch", f"{c.a} vs {c.b} {c.dtype}", c.divergence) for c in result.cross]
+    head = ["kind", "run", "field", "max_abs", "max_rel", "max_ulp", "max_tol_ratio", "ok"]
+    body = []
+    for kind, label, div in rows:
+        for f, d in div.items():
+            a, r, u, ratio, bad = _worst(d)
+            body.append([kind, label, f, repr(a), repr(r), str(u), repr(ratio), "true" if bad is None else "false"])
+    if fmt == "csv":
+        return "\n".join(",".join(r) for r in [head] + body) + "\n"
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,124 @@
+"""Exports of a Trace: JSON (the contract in DESIGN.md), CSV (one flat row per step), Markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from sgdtrace import __version__
+from sgdtrace.divergence import json_number, tolerances
+from sgdtrace.views.fmt import LABELS, describe_data, num
+
+
+def _numbers(values) -> list:
+    return [json_number(v) for v in values.tolist()]
+
+
+def trace_to_json(trace) -> dict[str, Any]:
+    """The JSON contract: ``{"sgdtrace", "config", "steps", "verdict"}``; fields are only ever added."""
+    cfg = trace.config
+    rtol, atol = tolerances(cfg)
+    config = cfg.to_json()
+    config.update(rtol=rtol, atol=atol, data=dict(trace.dataset.info))
+    fields = trace.fields
+    man = {f: _numbers(trace.manual[f]) for f in fields}
+    ref = {f: _numbers(trace.torch[f]) for f in fields}
+    div = {}
+    for f in fields:
+        d = trace.divergence[f]
+        div[f] = (d.abs.tolist(), d.rel.tolist(), d.ulp.tolist(), _numbers(d.tol), d.ok.tolist(), d.finite.tolist())
+    epochs, batches, ns = trace.epoch.tolist(), trace.batch.tolist(), trace.n.tolist()
+    steps = []
+    for k in range(trace.n_steps):
+        divergence = {}
+        for f in fields:
+            a, r, u, t, ok, fin = (col[k] for col in div[f])
+            divergence[f] = {"abs": a if fin else None, "rel": r if fin else None, "ulp": u if fin else None,
+                             "tol": t, "ok": ok}
+        steps.append({
+            "epoch": epochs[k], "batch": batches[k], "n": ns[k],
+            "indices": trace.indices(k).tolist(),
+            "manual": {f: man[f][k] for f in fields},
+            "torch": {f: ref[f][k] for f in fields},
+            "divergence": divergence,
+        })
+    return {"sgdtrace": __version__, "config": config, "steps": steps, "verdict": trace.verdict.to_json()}
+
+
+def to_json_text(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def csv_header(fields) -> list[str]:
+    cols = ["epoch", "batch", "n"]
+    cols += [f"manual_{f}" for f in fields] + [f"torch_{f}" for f in fields]
+    cols += [f"{kind}_{f}" for f in fields for kind in ("abs", "ulp", "tol")]
+    return cols + ["ok"]
+
+
+def trace_to_csv(trace) -> str:
+    """One row per step with flat column names: ``manual_grad_w``, ``torch_grad_w``, ``ulp_grad_w``..."""
+    fields = trace.fields
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(csv_header(fields))
+    cols = [trace.epoch.tolist(), trace.batch.tolist(), trace.n.tolist()]
+    cols += [trace.manual[f].tolist() for f in fields] + [trace.torch[f].tolist() for f in fields]
+    for f in fields:
+        d = trace.divergence[f]
+        cols += [d.abs.tolist(), [u if fin else "" for u, fin in zip(d.ulp.tolist(), d.finite.tolist())],
+                 d.tol.tolist()]
+    ok = None
+    for f in fields:
+        ok = trace.divergence[f].ok if ok is None else ok & trace.divergence[f].ok
+    cols.append(["true" if v else "false" for v in ok.tolist()])
+    for row in zip(*cols):
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
+    return out.getvalue()
+
+
+def trace_to_markdown(trace) -> str:
+    """A table to paste into slides or notes: hand and torch side by side, the verdict below."""
+    cfg = trace.config
+    fields = trace.fields
+    lines = [f"SGD on y = w·x + b, {describe_data(trace.dataset.info)}: lr {cfg.lr:g}, batch size "
+             f"{cfg.batch_size}, {cfg.dtype} on {trace.device}", ""]
+    head = ["epoch", "batch", "n"]
+    for f in fields:
+        head += [f"{LABELS[f]} (hand)", f"{LABELS[f]} (torch)"]
+    head.append("max ulp")
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---:"] * len(head)) + "|")
+    for k in range(trace.n_steps):
+        row = [str(trace.epoch[k]), str(trace.batch[k]), str(trace.n[k])]
+        for f in fields:
+            row += [num(trace.manual[f][k]), num(trace.torch[f][k])]
+        row.append(str(max(int(trace.divergence[f].ulp[k]) for f in fields)))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", verdict_sentence(trace)]
+    return "\n".join(lines) + "\n"
+
+
+def verdict_sentence(trace) -> str:
+    """The verdict in one plain sentence (used by the markdown export and the table's footer)."""
+    v = trace.verdict
+    count = f"{trace.n_steps} steps × {len(trace.fields)} values"
+    if v.ok:
+        text = (f"Agree: {count} within tolerance; max {v.max_ulp} ulp, max |Δ| {v.max_abs:.3g}, "
+                f"max relative {v.max_rel:.3g}, at most {100 * v.max_tol_ratio:.3g}% of the tolerance.")
+    else:
+        f = v.first_divergent_step
+        text = (f"DIVERGE: first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), "
+                f"{LABELS[f['field']]}: hand {_plain(f['manual'])}, torch {_plain(f['torch'])}, "
+                f"|Δ| {_plain(f['abs'])} > tolerance {_plain(f['tol'])}.")
+    if v.diverged_training:
+        d = v.diverged_training
+        text += (f" Training blew up at epoch {d['epoch']} batch {d['batch']}: {d['reason']}. "
+                 f"Hint: {d['hint']}.")
+    return text
+
+
+def _plain(value) -> str:
+    return value if isinstance(value, str) else ("n/a" if value is None else num(value, 8))

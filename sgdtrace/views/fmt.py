@@ -1,0 +1,49 @@
+"""Number formatting shared by the views: stable, compact, honest about non-finite values."""
+
+from __future__ import annotations
+
+import math
+
+#: how each field is labelled in tables: the article's notation
+LABELS = {"grad_w": "dl/dw", "grad_b": "dl/db", "loss": "loss", "w": "w", "b": "b",
+          "buf_w": "buf_w", "buf_b": "buf_b"}
+
+
+def num(value: float, digits: int = 6) -> str:
+    """A value to ``digits`` significant digits (``%g``); inf, -inf and nan spelled out."""
+    v = float(value)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0:
+        return "0"
+    return f"{v:.{digits}g}"
+
+
+def sci(value: float) -> str:
+    """A small diagnostic number (a tolerance, a difference) in short scientific form."""
+    v = float(value)
+    if v == 0:
+        return "0"
+    if not math.isfinite(v):
+        return num(v)
+    return f"{v:.2g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.1e}"
+
+
+def percent(ratio: float) -> str:
+    if not math.isfinite(ratio):
+        return "inf %"
+    return f"{100 * ratio:.0f}%" if ratio >= 0.01 or ratio == 0 else f"{100 * ratio:.1g}%"
+
+
+def describe_data(info: dict) -> str:
+    src = info.get("source")
+    if src == "article":
+        return "the article's data (x = 0..8, y = 2x + 10)"
+    if src == "csv":
+        return f"{info.get('path')} ({info.get('n')} samples)"
+    if src == "synthetic":
+        return (f"synthetic: {info.get('n')} samples of y = {info.get('true_w'):g}x + {info.get('true_b'):g}"
+                + (f" + {info.get('noise'):g}·N(0,1)" if info.get("noise") else ""))
+    return f"{info.get('n')} samples"
