@@ -16,8 +16,8 @@ from sgdtrace.errors import SgdtraceError  # noqa: E402
 
 
 def trace(config: "Config | None" = None, **overrides):
-    """Run both engines over the same batches and judge them: see :func:`sgdtrace.trace.run_trace`."""
-    from sgdtrace.trace import run_trace
+    """Run both engines over the same batches and judge them: see :func:`sgdtrace.tracing.run_trace`."""
+    from sgdtrace.tracing import run_trace
 
     if config is None:
         config = Config()

@@ -42,7 +42,7 @@ def available_devices() -> list[str]:
 
 
 def run_checks(paths: list[str], devices: list[str] | tuple[str, ...] | None = None) -> CheckResult:
-    from sgdtrace.trace import run_trace
+    from sgdtrace.tracing import run_trace
 
     configs = []
     for path in paths:  # validate every file before running any

@@ -205,7 +205,7 @@ def run(rows: int | None, quiet: bool, **kw: Any) -> int:
     the parameters it started with; w and b are the values after the batch's update.
     """
     cfg, fmt, output = _configure(kw)
-    from sgdtrace.trace import run_trace
+    from sgdtrace.tracing import run_trace
 
     update, bar = progress_reporter(quiet)
     try:

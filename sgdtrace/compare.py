@@ -44,7 +44,7 @@ class CompareResult:
 
 
 def compare_runs(config: Config, devices: tuple[str, ...], dtypes: tuple[str, ...]) -> CompareResult:
-    from sgdtrace.trace import resolve_device, run_trace
+    from sgdtrace.tracing import resolve_device, run_trace
 
     for name in devices:  # refuse a malformed or missing device before running anything
         resolve_device(config.replace(device=name, origin=config.origin).device)

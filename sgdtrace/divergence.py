@@ -124,7 +124,8 @@ class _Bound:
     def measured(a: np.ndarray, b: np.ndarray) -> "_Bound":
         """An input both engines recorded: its difference is measured, not modelled."""
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        return _Bound(np.maximum(np.abs(a64), np.abs(b64)), np.zeros_like(a64), np.abs(a64 - b64))
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: no bound, judged as non-finite
+            return _Bound(np.maximum(np.abs(a64), np.abs(b64)), np.zeros_like(a64), np.abs(a64 - b64))
 
     def combine(self, coef: float, other: "_Bound", ops: int) -> "_Bound":
         """``self + coef * other`` computed with ``ops`` roundings, each at most u * |partial result|."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich import box
 from rich.console import Group
 from rich.table import Table
@@ -18,12 +20,12 @@ def _row(r) -> list[str]:
     else:
         f = v.first_divergent_step
         status = f"DIVERGE at {f['epoch']}:{f['batch']} {LABELS[f['field']]}"
-    blown = "blew up" if v.diverged_training else ""
-    return [r.config, t.device, t.config.dtype, str(t.n_steps), str(v.max_ulp), percent(v.max_tol_ratio),
-            blown, status]
+    if v.diverged_training:
+        status += " (blew up)"
+    return [os.path.basename(r.config), t.device, t.config.dtype, str(t.n_steps), str(v.max_ulp), percent(v.max_tol_ratio), status]
 
 
-HEAD = ["config", "device", "dtype", "steps", "max ulp", "of tol", "training", "verdict"]
+HEAD = ["config", "device", "dtype", "steps", "max ulp", "of tol", "verdict"]
 
 
 def check_view(result) -> Group:
@@ -31,7 +33,8 @@ def check_view(result) -> Group:
                   title="sgdtrace check: manual engine vs torch on every config", title_justify="left",
                   title_style="bold")
     for name in HEAD:
-        table.add_column(name, justify="right" if name in ("steps", "max ulp", "of tol") else "left")
+        table.add_column(name, justify="right" if name in ("steps", "max ulp", "of tol") else "left",
+                         no_wrap=name == "verdict")
     for r in result.rows:
         cells = _row(r)
         style = "green" if r.trace.verdict.ok else "bold red"

@@ -16,6 +16,8 @@ from sgdtrace.views.fmt import LABELS, describe_data, num, percent, sci
 
 #: rows shown in full up to this many steps; longer runs show the first and last rows
 DEFAULT_ROWS = 40
+#: the article's table columns, in its order ("lr" is the learning rate, shown on the hand row)
+ARTICLE_ORDER = ("grad_w", "grad_b", "lr", "w", "b", "loss")
 
 
 def _title(trace) -> str:
@@ -54,12 +56,13 @@ def step_table(trace, rows: int | None = None) -> Table:
     multi = trace.config.epochs > 1
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
                   title=_title(trace), title_justify="left", title_style="bold")
+    # the article's column order: n, dl/dw, dl/db, lr, w, b, loss
+    order = [f for f in ARTICLE_ORDER if f in fields or f == "lr"] + [f for f in fields if f not in ARTICLE_ORDER]
     table.add_column("ep:b" if multi else "batch", justify="right")
     table.add_column("n", justify="right")
-    table.add_column("lr", justify="right")
     table.add_column("", justify="left")
-    for f in fields:
-        table.add_column(LABELS[f], justify="right")
+    for f in order:
+        table.add_column(LABELS.get(f, f), justify="right")
     table.add_column("ulp", justify="right")
 
     ok_all = None
@@ -69,7 +72,8 @@ def step_table(trace, rows: int | None = None) -> Table:
     for k in shown_steps(trace.n_steps, rows):
         if k is None:
             hidden = trace.n_steps - (len(shown_steps(trace.n_steps, rows)) - 1)
-            table.add_row("⋮", "", "", "", Text(f"{hidden} steps not shown", style="italic"), end_section=True)
+            table.add_row("⋮", "", "", *(["⋮"] * len(order)), "", end_section=True)
+            table.caption = f"{hidden} of {trace.n_steps} steps not shown (--rows 0 shows every step)"
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
         ulps = [int(trace.divergence[f].ulp[k]) for f in fields if trace.divergence[f].finite[k]]
@@ -80,10 +84,10 @@ def step_table(trace, rows: int | None = None) -> Table:
             mark = Text("n/f", style="yellow")
         else:
             mark = Text(str(worst), style="green" if worst == 0 else "")
-        man = [_cell(trace.manual[f][k], trace.divergence[f].ok[k]) for f in fields]
-        ref = [_cell(trace.torch[f][k], trace.divergence[f].ok[k]) for f in fields]
-        table.add_row(step, str(trace.n[k]), lr, "hand", *man, mark)
-        table.add_row("", "", "", Text("torch", style="dim"), *ref, "", end_section=k != trace.n_steps - 1)
+        man = [lr if f == "lr" else _cell(trace.manual[f][k], trace.divergence[f].ok[k]) for f in order]
+        ref = ["" if f == "lr" else _cell(trace.torch[f][k], trace.divergence[f].ok[k]) for f in order]
+        table.add_row(step, str(trace.n[k]), "hand", *man, mark)
+        table.add_row("", "", Text("torch", style="dim"), *ref, "", end_section=k != trace.n_steps - 1)
     return table
 
 
@@ -94,13 +98,14 @@ def _cell(value, ok) -> Text:
 def verdict_text(trace) -> Text:
     """The verdict line(s): agree or diverge (naming the first divergent step), and any blow-up."""
     v = trace.verdict
-    rtol, atol = tolerances(trace.config)
+    rtol, _ = tolerances(trace.config)
     out = Text()
     if v.ok:
         out.append("✓ agree", style="bold green")
-        out.append(f"  {trace.n_steps} steps × {len(trace.fields)} values within tolerance: "
-                   f"max {v.max_ulp} ulp, max |Δ| {sci(v.max_abs)}, at most {percent(v.max_tol_ratio)} "
-                   f"of the tolerance (rtol {sci(rtol)}, atol {sci(atol)})")
+        same = " (bit-identical)" if v.max_ulp == 0 else ""
+        out.append(f"  all {trace.n_steps * len(trace.fields)} values within tolerance; max {v.max_ulp} ulp{same}\n"
+                   f"  max |Δ| {sci(v.max_abs)} · max rel {sci(v.max_rel)} · worst {percent(v.max_tol_ratio)} of "
+                   f"tolerance (rtol {sci(rtol)})")
     else:
         f = v.first_divergent_step
         out.append("✗ diverge", style="bold red")

@@ -1,0 +1,165 @@
+"""The command line, in process (CliRunner) and for real (a subprocess of the installed script)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sgdtrace import __version__
+from sgdtrace.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def invoke(runner, *args):
+    return runner.invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_run_prints_the_articles_table(runner):
+    result = invoke(runner, "run")
+    assert result.exit_code == 0
+    out = result.output
+    for text in ("-26.6667", "-24", "0.266667", "0.24", "146.667",  # batch 1
+                 "-135.858", "-33.3867", "1.62524", "0.573867", "280.67",  # batch 2
+                 "-169.192", "-24.0988", "3.31716", "0.814855", "145.282"):  # batch 3
+        assert text in out
+    assert out.count("hand") == 3 and out.count("torch") >= 3
+    assert "✓ agree" in out
+
+
+def test_table_fits_80_columns_and_is_plain_when_piped(runner):
+    out = invoke(runner, "run").output
+    assert "\x1b[" not in out  # no colour codes when not a terminal
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_json_matches_the_contract(runner):
+    result = invoke(runner, "run", "--format", "json")
+    assert result.exit_code == 0
+    doc = json.loads(result.output)
+    assert set(doc) >= {"sgdtrace", "config", "steps", "verdict"}
+    assert doc["sgdtrace"] == __version__
+    cfg = doc["config"]
+    expected = {"lr": 0.01, "batch_size": 3, "epochs": 1, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
+                "weight_decay": 0.0, "maximize": False, "init_w": 0.0, "init_b": 0.0, "shuffle": False,
+                "seed": None, "drop_last": False, "device": "cpu", "dtype": "float32"}
+    for key, value in expected.items():
+        assert cfg[key] == value, key
+    assert isinstance(cfg["rtol"], float) and isinstance(cfg["atol"], float)
+    assert cfg["data"] == {"source": "article", "n": 9}
+    assert len(doc["steps"]) == 3
+    first = doc["steps"][0]
+    assert (first["epoch"], first["batch"], first["n"], first["indices"]) == (1, 1, 3, [0, 1, 2])
+    assert doc["steps"][2]["indices"] == [6, 7, 8]
+    for engine in ("manual", "torch"):
+        assert set(first[engine]) == {"grad_w", "grad_b", "loss", "w", "b"}
+    assert first["manual"]["grad_b"] == -24.0
+    assert first["manual"]["grad_w"] == pytest.approx(-26.6667, abs=1e-4)
+    assert first["manual"]["loss"] == pytest.approx(146.6667, abs=1e-4)
+    for field, d in first["divergence"].items():
+        assert {"abs", "rel", "ulp"} <= set(d)
+        assert d["ulp"] == 0 and d["abs"] == 0.0
+    v = doc["verdict"]
+    assert set(v) >= {"ok", "max_abs", "max_rel", "max_ulp", "first_divergent_step", "diverged_training"}
+    assert v["ok"] is True and v["first_divergent_step"] is None and v["diverged_training"] is None
+
+
+def test_csv_and_markdown_exports(runner):
+    csv_out = invoke(runner, "run", "--format", "csv").output.splitlines()
+    assert csv_out[0].startswith("epoch,batch,n,manual_grad_w")
+    assert len(csv_out) == 4
+    md = invoke(runner, "run", "--format", "markdown").output
+    assert md.count("\n|") >= 5 and "dl/dw (hand)" in md
+
+
+def test_output_file_written_whole(runner, tmp_path):
+    out = tmp_path / "run.json"
+    result = invoke(runner, "run", "--format", "json", "--output", str(out))
+    assert result.exit_code == 0 and result.output == ""
+    assert json.loads(out.read_text())["verdict"]["ok"] is True
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left behind
+
+
+def test_config_file_and_flag_precedence(runner, tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('lr = 0.1\nbatch-size = 3\nformat = "json"\n')
+    doc = json.loads(invoke(runner, "run", "--config", str(cfg)).output)
+    assert doc["config"]["lr"] == 0.1
+    doc = json.loads(invoke(runner, "run", "--config", str(cfg), "--lr", "0.02").output)
+    assert doc["config"]["lr"] == 0.02
+
+
+def test_compare_two_dtypes(runner):
+    result = invoke(runner, "compare", "--dtype", "float32", "--dtype", "float64", "--format", "json")
+    assert result.exit_code == 0
+    doc = json.loads(result.output)
+    assert [r["config"]["dtype"] for r in doc["runs"]] == ["float32", "float64"]
+    assert doc["cross"] == []
+
+
+def test_check_runs_every_config(runner, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = invoke(runner, "check", "--format", "json")
+    assert result.exit_code == 0
+    doc = json.loads(result.output)
+    names = {os.path.basename(c["config"]) for c in doc["checks"]}
+    assert {"article.toml", "article-lr-0.1.toml"} <= names
+    assert doc["ok"] is True
+
+
+def test_gate_fails_with_exit_1_naming_the_step(runner, monkeypatch):
+    """A deliberately wrong manual gradient: exit code 1 and the first divergent step named."""
+    from sgdtrace.engines import manual
+
+    monkeypatch.setattr(manual, "de_dd", lambda d: 3 * d)  # de/dd = 3d instead of 2d
+    result = runner.invoke(cli, ["run"])
+    assert result.exit_code == 1
+    assert "✗ diverge" in result.output and "epoch 1 batch 1 (step 1), dl/dw" in result.output
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(cli, ["check", "configs/article.toml"])
+    assert result.exit_code == 1 and "DIVERGE at 1:1" in result.output
+
+
+def test_usage_errors_are_one_line_exit_2(runner):
+    for args, needle in ((["run", "--lr", "0"], "--lr 0.0"), (["run", "--dtype", "float16"], "--dtype"),
+                         (["run", "--device", "tpu"], "--device 'tpu'"), (["run", "--bogus"], "--bogus")):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, args
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sgdtrace: error:") and needle in lines[0], lines
+
+
+def test_cuda_missing_is_exit_2_not_a_fallback(runner):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    result = runner.invoke(cli, ["run", "--device", "cuda"])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+
+
+def _script(name):
+    return str(Path(sys.executable).parent / name)
+
+
+def test_real_subprocess_runs():
+    proc = subprocess.run([_script("sgdtrace"), "run", "--format", "json"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["verdict"]["ok"] is True
+    proc = subprocess.run([sys.executable, "-m", "sgdtrace", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and __version__ in proc.stdout
+    proc = subprocess.run([_script("sgdtrace"), "run", "--batch-size", "0"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "--batch-size 0" in proc.stderr
