@@ -205,7 +205,7 @@ def torch_table(g: GraphResult) -> Table:
                   show_edge=False, pad_edge=False)
     for head, just in (("torch node", "left"), ("manual", "left"), ("grad in (torch)", "right"),
                        ("grad in (manual)", "right"), ("ulp", "right")):
-        table.add_column(head, justify=just, no_wrap=True)
+        table.add_column(head, justify=just, no_wrap=not head.startswith("grad"))
     for node, u in zip(g.nodes, g.ulps):
         label = "  " * node.depth + ("└ " if node.depth else "") + node.name
         if node.name == "AccumulateGrad":

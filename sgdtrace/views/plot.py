@@ -101,6 +101,9 @@ def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: in
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=dpi)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
         os.replace(tmp, output)
     except BaseException:
         if os.path.exists(tmp):
