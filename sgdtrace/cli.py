@@ -195,8 +195,14 @@ def _exit_code(ok: bool) -> int:
 @cli.command()
 @training_options()
 @click.option("--rows", type=int, default=None, help="Table rows before long runs are shortened (default 40; 0: all).")
+@click.option("--every", type=click.IntRange(min=1), default=1, metavar="K",
+              help="Table: show every K-th step (and the last).")
+@click.option("--reference", type=click.Choice(["none", "exact"]), default="none",
+              help="exact: add a ground-truth column, the run replayed without rounding, and each engine's error.")
+@click.option("--gradcheck", is_flag=True,
+              help="Check the chain-rule gradients against central differences in float64, per step.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def run(rows: int | None, quiet: bool, **kw: Any) -> int:
+def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bool, **kw: Any) -> int:
     """Train with both engines; print the per-batch table and the verdict.
 
     Each batch shows the article's columns (n, lr, dl/dw, dl/db, w, b, loss) worked by hand,
@@ -213,13 +219,26 @@ def run(rows: int | None, quiet: bool, **kw: Any) -> int:
     finally:
         if bar is not None:
             bar.close()
+    add_witnesses(trace, reference, gradcheck)
     if fmt == "table":
         from sgdtrace.views.table import run_view
 
-        show(run_view(trace, rows), output)
+        show(run_view(trace, rows, every), output)
     else:
         write_output(export(trace, fmt), output)
     return _exit_code(trace.verdict.ok)
+
+
+def add_witnesses(trace, reference: str, gradcheck: bool) -> None:
+    """Attach the exact reference and the finite-difference check to a trace, when asked for."""
+    if reference == "exact":
+        from sgdtrace.reference import exact_reference
+
+        trace.reference = exact_reference(trace)
+    if gradcheck:
+        from sgdtrace.reference import gradcheck as check_gradients
+
+        trace.gradcheck = check_gradients(trace)
 
 
 def export(trace, fmt: str) -> str:
@@ -291,6 +310,108 @@ def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: 
 
         write_output(check_markdown(result), output)
     return _exit_code(result.ok)
+
+
+@cli.command()
+@training_options()
+@click.option("--batch", "batch_no", type=int, required=True, metavar="K", help="The batch to explain (from 1).")
+@click.option("--epoch", "epoch_no", type=int, default=1, show_default=True, metavar="E",
+              help="The epoch the batch is in (from 1).")
+def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
+    """One batch, equation by equation: forward pass node by node, backward pass factor by factor.
+
+    Shows the nodes a, c, d, e per sample, the loss l and root z (Equations 1-3), each chain-rule
+    factor (dl/de, de/dd, dd/dc, dc/da, da/dw, dc/db), Equations 6-11 with the numbers substituted
+    and the update (Equations 4-5, or torch.optim.SGD's momentum form), with torch's value beside
+    each result. Formats: table (default) or json.
+    """
+    cfg, fmt, output = _configure(kw)
+    if fmt not in ("table", "json"):
+        raise ConfigError(f"--format {fmt}: explain writes table or json")
+    from sgdtrace.tracing import run_trace
+    from sgdtrace.views.explain import explain_json, explain_step, explain_view, step_of
+
+    trace = run_trace(cfg)
+    step_of(trace, batch_no, epoch_no)
+    ex = explain_step(trace, batch_no, epoch_no)
+    if fmt == "json":
+        from sgdtrace.views.export import to_json_text
+
+        write_output(to_json_text(explain_json(ex)), output)
+    else:
+        show(explain_view(ex), output)
+    return _exit_code(trace.verdict.ok)
+
+
+@cli.command()
+@training_options()
+@click.option("--batch", "batch_no", type=int, default=1, show_default=True, metavar="K",
+              help="The batch whose graph is built (from 1).")
+@click.option("--epoch", "epoch_no", type=int, default=1, show_default=True, metavar="E",
+              help="The epoch the batch is in (from 1).")
+@click.option("--loss", "loss_kind", type=click.Choice(["mse", "explicit"]), default="mse", show_default=True,
+              help="torch's loss: nn.MSELoss(), or explicit ((out - y) ** 2).mean() (one node per manual node).")
+def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
+    """The forward DAG and backward functions of the manual derivation beside torch's real grad_fn graph.
+
+    Torch's graph is walked from loss.grad_fn; each of its nodes is mapped to the manual node it
+    computes, with the gradient flowing into it in both engines. The whole run is also trained
+    with that loss, and the verdict printed. Formats: table (default), json, dot (Graphviz).
+    """
+    fmt_flag = kw.pop("fmt")
+    kw["fmt"] = None
+    cfg, fmt, output = _configure(kw)
+    fmt = fmt_flag or fmt
+    from sgdtrace.tracing import run_trace
+    from sgdtrace.views import graph as gv
+
+    trace = run_trace(cfg, torch_loss=loss_kind)
+    g = gv.build_graph(trace, batch_no, epoch_no, loss_kind)
+    if fmt == "dot":
+        write_output(gv.graph_dot(g), output)
+    elif fmt == "json":
+        from sgdtrace.views.export import to_json_text
+
+        write_output(to_json_text(gv.graph_json(g)), output)
+    else:
+        show(gv.graph_view(g), output)
+    return _exit_code(g.ok)
+
+
+for _param in graph.params:  # graph also writes Graphviz DOT
+    if _param.name == "fmt":
+        _param.type = click.Choice(["table", "json", "dot"])
+        _param.help = "Output format (default table; dot: Graphviz)."
+
+
+@cli.command()
+@training_options()
+@click.option("--width", type=click.IntRange(200, 6000), default=1500, show_default=True, help="Image width in pixels.")
+@click.option("--height", type=click.IntRange(150, 6000), default=450, show_default=True,
+              help="Image height in pixels.")
+def plot(width: int, height: int, **kw: Any) -> int:
+    """Plot loss per step, w and b per step against their true values, and the (w, b) path.
+
+    The path is drawn over contour lines of the full-data loss. Writes a PNG to --output
+    (needs matplotlib: pip install 'sgdtrace[plot]').
+    """
+    cfg, fmt, output = _configure(kw)
+    if output is None:
+        raise ConfigError("plot needs --output FILE.png: the file to write the image to")
+    if not output.lower().endswith(".png"):
+        raise ConfigError(f"--output {output!r}: plot writes PNG images; name a file ending in .png")
+    if fmt != "table":
+        raise ConfigError(f"--format {fmt}: plot writes a PNG image; leave --format out")
+    from sgdtrace.views.plot import _pyplot
+
+    _pyplot()  # a missing matplotlib is reported before any training
+    from sgdtrace.tracing import run_trace
+    from sgdtrace.views.plot import plot_trace
+
+    trace = run_trace(cfg)
+    plot_trace(trace, output, width, height)
+    click.echo(f"wrote {output} ({width}x{height})", err=True)
+    return _exit_code(trace.verdict.ok)
 
 
 def find_configs(names: Iterable[str]) -> list[str]:

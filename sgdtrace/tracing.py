@@ -36,6 +36,8 @@ class Trace:
     verdict: divergence.Verdict
     stable_lr: np.ndarray  # per step: the largest learning rate stable on that batch
     timings: dict[str, float] = field(default_factory=dict)
+    reference: Any = None  # sgdtrace.reference.Reference when --reference exact was asked for
+    gradcheck: Any = None  # sgdtrace.reference.GradCheck when --gradcheck was asked for
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -78,12 +80,14 @@ def device_label(device) -> str:
 
 
 def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | None = None,
-              manual_backend: str | None = None, sync_free: bool | None = None) -> Trace:
+              manual_backend: str | None = None, sync_free: bool | None = None,
+              torch_loss: str = "mse") -> Trace:
     """Run the manual engine and torch over the same batches and judge every value.
 
     ``manual_backend`` ("numpy" or "torch") and ``sync_free`` override the per-device defaults
     (NumPy and host reads on the CPU, torch tensors and device-resident columns on CUDA), so
-    the tests can exercise the CUDA code paths on a CPU.
+    the tests can exercise the CUDA code paths on a CPU. ``torch_loss="explicit"`` has the torch
+    side write its loss as ``((out - y) ** 2).mean()`` instead of ``nn.MSELoss()`` (for ``graph``).
     """
     from sgdtrace.engines import manual, torch_ref
 
@@ -104,7 +108,8 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     man = manual.run(dataset.x, dataset.y, plan, cfg, backend, stage("manual"))
     timings["manual_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free)
+    ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free,
+                        loss=torch_loss)
     timings["torch_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     trace = judge(cfg, dataset, plan, label, man, ref)

@@ -59,10 +59,12 @@ class _DeviceRecorder:
 
 
 def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
-        progress: Callable[[int], None] | None = None, sync_free: bool | None = None) -> dict[str, np.ndarray]:
+        progress: Callable[[int], None] | None = None, sync_free: bool | None = None,
+        loss: str = "mse") -> dict[str, np.ndarray]:
     """Train with autograd + optim.SGD over a DataLoader; return the same columns as the manual engine.
 
     ``sync_free`` picks the device-resident recorder (default: on CUDA); tests force it on the CPU.
+    ``loss="explicit"`` writes the loss out as ``((output - target) ** 2).mean()`` instead of nn.MSELoss.
     """
     dtype = getattr(torch, config.dtype)
     tensor_x = torch.as_tensor(x, dtype=dtype).to(device)
@@ -74,6 +76,9 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
 
     model = LinearModel(config.init_w, config.init_b, dtype).to(device)
     criterion = nn.MSELoss()
+    if loss == "explicit":
+        def criterion(output, target):
+            return ((output - target) ** 2).mean()
     optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           dampening=config.dampening, weight_decay=config.weight_decay,
                           nesterov=config.nesterov, maximize=config.maximize)

@@ -44,7 +44,30 @@ def trace_to_json(trace) -> dict[str, Any]:
             "torch": {f: ref[f][k] for f in fields},
             "divergence": divergence,
         })
-    return {"sgdtrace": __version__, "config": config, "steps": steps, "verdict": trace.verdict.to_json()}
+    doc = {"sgdtrace": __version__, "config": config, "steps": steps, "verdict": trace.verdict.to_json()}
+    _add_witnesses(trace, doc)
+    return doc
+
+
+def _add_witnesses(trace, doc: dict[str, Any]) -> None:
+    """When present: the exact reference per step (``reference``, ``reference_error``), the gradcheck."""
+    ref, gc = trace.reference, trace.gradcheck
+    if ref is not None:
+        doc["reference"] = ref.to_json()
+        errs = {"manual": ref.errors(trace.manual), "torch": ref.errors(trace.torch)}
+        for k, step in enumerate(doc["steps"]):
+            step["reference"] = {f: json_number(ref.floats[f][k]) for f in ref.fields}
+            step["reference_error"] = {
+                eng: {f: {"abs": json_number(e[f][0][k]), "rel": json_number(e[f][1][k])} for f in ref.fields}
+                for eng, e in errs.items()}
+    if gc is not None:
+        doc["gradcheck"] = {"eps": gc.eps, "atol": gc.atol, "rtol": gc.rtol, "ok": gc.all_ok}
+        for k, step in enumerate(doc["steps"]):
+            step["gradcheck"] = {f: {"numeric": json_number(gc.numeric[f][k]),
+                                     "analytic": json_number(gc.analytic[f][k]),
+                                     "abs": json_number(gc.abs[f][k]), "tol": json_number(gc.tol[f][k])}
+                                 for f in gc.numeric}
+            step["gradcheck"]["ok"] = bool(gc.ok[k]) if gc.finite[k] else None
 
 
 def to_json_text(doc: dict[str, Any]) -> str:
@@ -63,7 +86,6 @@ def trace_to_csv(trace) -> str:
     fields = trace.fields
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(csv_header(fields))
     cols = [trace.epoch.tolist(), trace.batch.tolist(), trace.n.tolist()]
     cols += [trace.manual[f].tolist() for f in fields] + [trace.torch[f].tolist() for f in fields]
     for f in fields:
@@ -74,6 +96,23 @@ def trace_to_csv(trace) -> str:
     for f in fields:
         ok = trace.divergence[f].ok if ok is None else ok & trace.divergence[f].ok
     cols.append(["true" if v else "false" for v in ok.tolist()])
+    header = csv_header(fields)
+    if trace.reference is not None:
+        ref = trace.reference
+        header += [f"exact_{f}" for f in ref.fields]
+        cols += [ref.floats[f].tolist() for f in ref.fields]
+        for eng, columns in (("manual", trace.manual), ("torch", trace.torch)):
+            errs = ref.errors(columns)
+            header += [f"relerr_{eng}_{f}" for f in ref.fields]
+            cols += [errs[f][1].tolist() for f in ref.fields]
+    if trace.gradcheck is not None:
+        gc = trace.gradcheck
+        for f in gc.numeric:
+            header += [f"gradcheck_numeric_{f}", f"gradcheck_abs_{f}"]
+            cols += [gc.numeric[f].tolist(), gc.abs[f].tolist()]
+        header.append("gradcheck_ok")
+        cols.append(["true" if o else ("false" if fin else "") for o, fin in zip(gc.ok.tolist(), gc.finite.tolist())])
+    writer.writerow(header)
     for row in zip(*cols):
         writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
     return out.getvalue()
@@ -86,18 +125,30 @@ def trace_to_markdown(trace) -> str:
     lines = [f"SGD on y = w·x + b, {describe_data(trace.dataset.info)}: lr {cfg.lr:g}, batch size "
              f"{cfg.batch_size}, {cfg.dtype} on {trace.device}", ""]
     head = ["epoch", "batch", "n"]
+    ref = trace.reference
     for f in fields:
-        head += [f"{LABELS[f]} (hand)", f"{LABELS[f]} (torch)"]
+        head += [f"{LABELS[f]} (hand)", f"{LABELS[f]} (torch)"] + ([f"{LABELS[f]} (exact)"] if ref else [])
     head.append("max ulp")
+    if ref is not None:
+        head += ["max rel err hand", "max rel err torch"]
+        err_m, err_t = ref.errors(trace.manual), ref.errors(trace.torch)
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---:"] * len(head)) + "|")
     for k in range(trace.n_steps):
         row = [str(trace.epoch[k]), str(trace.batch[k]), str(trace.n[k])]
         for f in fields:
             row += [num(trace.manual[f][k]), num(trace.torch[f][k])]
+            if ref is not None:
+                row.append(num(ref.floats[f][k]))
         row.append(str(max(int(trace.divergence[f].ulp[k]) for f in fields)))
+        if ref is not None:
+            row += [f"{max(err[f][1][k] for f in fields):.2g}" for err in (err_m, err_t)]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", verdict_sentence(trace)]
+    if ref is not None:
+        lines += ["", ref.describe() + "."]
+    if trace.gradcheck is not None:
+        lines += ["", trace.gradcheck.summary() + "."]
     return "\n".join(lines) + "\n"
 
 

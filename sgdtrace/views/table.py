@@ -40,17 +40,40 @@ def _title(trace) -> str:
             + "".join(" · " + o for o in opts) + f" · {cfg.dtype} on {trace.device}")
 
 
-def shown_steps(n_steps: int, rows: int | None) -> list[int | None]:
-    """Which steps get rows: all of them, or the first and last halves of ``rows`` with ``None`` for the gap."""
+def shown_steps(n_steps: int, rows: int | None, every: int = 1) -> list[int | None]:
+    """Which steps get rows: all of them, or the first and last halves of ``rows`` with ``None`` for the gap.
+
+    With ``every`` K > 1 only every K-th step is a candidate (the 1st, the (K+1)-th, ...) and the
+    last step always is, so the final values are shown.
+    """
     limit = DEFAULT_ROWS if rows is None else rows
-    if limit <= 0 or n_steps <= limit:
-        return list(range(n_steps))
+    candidates = list(range(0, n_steps, max(1, every)))
+    if n_steps and candidates[-1] != n_steps - 1:
+        candidates.append(n_steps - 1)
+    if limit <= 0 or len(candidates) <= limit:
+        return list(candidates)
     head = (limit + 1) // 2
     tail = limit - head
-    return list(range(head)) + [None] + list(range(n_steps - tail, n_steps))
+    return candidates[:head] + [None] + (candidates[-tail:] if tail else [])
 
 
-def step_table(trace, rows: int | None = None) -> Table:
+def summary_text(trace, shown: list[int | None]) -> Text:
+    """One line: how many steps were shown, and where loss, w and b started and ended."""
+    n = trace.n_steps
+    rows = sum(1 for k in shown if k is not None)
+    out = Text(f"{n} step" + ("s" if n != 1 else "") + f", {rows} shown", style="dim")
+    if n:
+        cfg, man = trace.config, trace.manual
+        ds = trace.dataset
+        w_true = f" (true {ds.true_w:g})" if ds.true_w is not None else ""
+        b_true = f" (true {ds.true_b:g})" if ds.true_b is not None else ""
+        out.append(f" · loss {num(man['loss'][0])} → {num(man['loss'][-1])}"
+                   f" · w {num(cfg.init_w)} → {num(man['w'][-1])}{w_true}"
+                   f" · b {num(cfg.init_b)} → {num(man['b'][-1])}{b_true}", style="dim")
+    return out
+
+
+def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
     """Two lines per step (hand, torch); the ulp column is the step's largest distance in ULPs."""
     fields = trace.fields
     multi = trace.config.epochs > 1
@@ -69,11 +92,15 @@ def step_table(trace, rows: int | None = None) -> Table:
     for f in fields:
         ok_all = trace.divergence[f].ok if ok_all is None else ok_all & trace.divergence[f].ok
     lr = f"{trace.config.lr:g}"
-    for k in shown_steps(trace.n_steps, rows):
+    witness, gc = trace.reference, trace.gradcheck
+    if witness is not None:
+        err_m, err_t = witness.errors(trace.manual), witness.errors(trace.torch)
+    shown = shown_steps(trace.n_steps, rows, every)
+    for i, k in enumerate(shown):
         if k is None:
-            hidden = trace.n_steps - (len(shown_steps(trace.n_steps, rows)) - 1)
-            table.add_row("⋮", "", "", *(["⋮"] * len(order)), "", end_section=True)
-            table.caption = f"{hidden} of {trace.n_steps} steps not shown (--rows 0 shows every step)"
+            hidden = shown[i + 1] - shown[i - 1] - 1
+            table.add_row("⋮", "", Text(f"{hidden} hidden", style="italic"), *(["⋮"] * len(order)), "",
+                          end_section=True)
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
         ulps = [int(trace.divergence[f].ulp[k]) for f in fields if trace.divergence[f].finite[k]]
@@ -84,10 +111,26 @@ def step_table(trace, rows: int | None = None) -> Table:
             mark = Text("n/f", style="yellow")
         else:
             mark = Text(str(worst), style="green" if worst == 0 else "")
-        man = [lr if f == "lr" else _cell(trace.manual[f][k], trace.divergence[f].ok[k]) for f in order]
-        ref = ["" if f == "lr" else _cell(trace.torch[f][k], trace.divergence[f].ok[k]) for f in order]
-        table.add_row(step, str(trace.n[k]), "hand", *man, mark)
-        table.add_row("", "", Text("torch", style="dim"), *ref, "", end_section=k != trace.n_steps - 1)
+        def row(values: dict, lr_cell="") -> list:
+            return [lr_cell if f == "lr" else values.get(f, "") for f in order]
+
+        ok = {f: trace.divergence[f].ok[k] for f in fields}
+        last = k == shown[-1]
+        table.add_row(step, str(trace.n[k]), "hand",
+                      *row({f: _cell(trace.manual[f][k], ok[f]) for f in fields}, lr), mark)
+        table.add_row("", "", Text("torch", style="dim"), *row({f: _cell(trace.torch[f][k], ok[f]) for f in fields}),
+                      "", end_section=not last and witness is None and gc is None)
+        if witness is not None:
+            table.add_row("", "", Text("exact", style="cyan"),
+                          *row({f: Text(num(witness.floats[f][k]), style="cyan") for f in fields}), "")
+            table.add_row("", "", Text("err hand", style="dim"), *row({f: sci(err_m[f][1][k]) for f in fields}), "")
+            table.add_row("", "", Text("err torch", style="dim"), *row({f: sci(err_t[f][1][k]) for f in fields}),
+                          "", end_section=not last and gc is None)
+        if gc is not None:
+            status = "n/a" if not gc.finite[k] else ("ok" if gc.ok[k] else Text("✗", style="bold red"))
+            table.add_row("", "", Text("numeric", style="dim"),
+                          *row({f: num(gc.numeric[f][k]) for f in fields if f in gc.numeric}), status,
+                          end_section=not last)
     return table
 
 
@@ -123,9 +166,15 @@ def _show(value) -> str:
     return value if isinstance(value, str) else ("n/a" if value is None else num(value, 8))
 
 
-def run_view(trace, rows: int | None = None) -> Group:
-    """The ``sgdtrace run`` screen: the step table, then the verdict."""
-    return Group(step_table(trace, rows), Text(""), verdict_text(trace))
+def run_view(trace, rows: int | None = None, every: int = 1) -> Group:
+    """The ``sgdtrace run`` screen: the step table, a summary line, then the verdict (and any witness)."""
+    parts = [step_table(trace, rows, every), summary_text(trace, shown_steps(trace.n_steps, rows, every)),
+             Text(""), verdict_text(trace)]
+    if trace.reference is not None:
+        parts.append(Text(trace.reference.describe() + "; err = |value − exact| / |exact|", style="cyan"))
+    if trace.gradcheck is not None:
+        parts.append(Text(trace.gradcheck.summary() + " (row 'numeric': the central differences)"))
+    return Group(*parts)
 
 
-__all__ = ["run_view", "step_table", "verdict_text", "verdict_sentence", "shown_steps"]
+__all__ = ["run_view", "step_table", "verdict_text", "verdict_sentence", "shown_steps", "summary_text"]

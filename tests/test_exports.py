@@ -1,0 +1,91 @@
+"""CSV and Markdown exports (shape and values), --every and the summary line, witness columns."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from sgdtrace import Config
+from sgdtrace.cli import cli
+from sgdtrace.reference import exact_reference, gradcheck
+from sgdtrace.tracing import run_trace
+from sgdtrace.views.export import trace_to_csv, trace_to_markdown
+from sgdtrace.views.table import run_view, shown_steps
+
+from golden_util import render
+
+
+@pytest.fixture(scope="module")
+def article():
+    return run_trace(Config())
+
+
+def test_csv_one_row_per_step_flat_columns(article):
+    rows = list(csv.DictReader(io.StringIO(trace_to_csv(article))))
+    assert len(rows) == 3
+    assert list(rows[0])[:5] == ["epoch", "batch", "n", "manual_grad_w", "manual_grad_b"]
+    assert all("." not in c and " " not in c for c in rows[0])
+    # values are the trace's float32 values, written exactly (repr of the float)
+    assert float(rows[0]["manual_grad_b"]) == -24.0
+    assert float(rows[1]["torch_w"]) == float(article.torch["w"][1])
+    assert [r["ok"] for r in rows] == ["true"] * 3
+
+
+def test_csv_with_witnesses(article):
+    article.reference, article.gradcheck = exact_reference(article), gradcheck(article)
+    try:
+        rows = list(csv.DictReader(io.StringIO(trace_to_csv(article))))
+    finally:
+        article.reference = article.gradcheck = None
+    assert float(rows[0]["exact_w"]) == pytest.approx(4 / 15, rel=1e-15)
+    assert 0 < float(rows[0]["relerr_torch_w"]) < 1e-6
+    assert rows[0]["gradcheck_ok"] == "true"
+    assert float(rows[0]["gradcheck_numeric_grad_w"]) == pytest.approx(-80 / 3, rel=1e-8)
+
+
+def test_markdown_table_shape(article):
+    md = trace_to_markdown(article)
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 3  # header, separator, one row per step
+    widths = {line.count("|") for line in table}
+    assert len(widths) == 1
+    assert "| 1 | 1 | 3 | -26.6667 | -26.6667 | -24 | -24 | 146.667 | 146.667 | 0.266667 | 0.266667 |" in md
+    assert md.rstrip().endswith(".")
+
+
+def test_shown_steps_every_and_rows():
+    assert shown_steps(5, None) == [0, 1, 2, 3, 4]
+    assert shown_steps(10, None, every=3) == [0, 3, 6, 9]
+    assert shown_steps(11, None, every=3) == [0, 3, 6, 9, 10]  # the last step is always shown
+    assert shown_steps(100, 4, every=10) == [0, 10, None, 90, 99]
+    assert shown_steps(100, 0, every=50) == [0, 50, 99]
+
+
+def test_summary_line_and_gap(article):
+    t = run_trace(Config(epochs=30))
+    text = render(run_view(t, rows=4, every=5), width=120)
+    assert "90 steps, 4 shown" in text
+    assert "hidden" in text
+    assert "w 0 → " in text and "(true 2)" in text and "(true 10)" in text
+    assert "3 steps, 3 shown" in render(run_view(article), width=120)
+
+
+def test_cli_formats_to_output(tmp_path):
+    runner = CliRunner()
+    for fmt in ("csv", "markdown", "json"):
+        out = tmp_path / f"run.{fmt}"
+        r = runner.invoke(cli, ["run", "--format", fmt, "--output", str(out), "--reference", "exact",
+                                "--gradcheck"])
+        assert r.exit_code == 0, r.output
+        assert out.read_text().strip()
+    doc = json.loads((tmp_path / "run.json").read_text())
+    assert doc["reference"]["arithmetic"] == "fraction"
+    assert doc["gradcheck"]["ok"] is True and doc["steps"][0]["gradcheck"]["ok"] is True
+    r = runner.invoke(cli, ["run", "--reference", "exact", "--every", "2"])
+    assert r.exit_code == 0 and "exact" in r.output and "3 steps, 2 shown" in r.output
+    r = runner.invoke(cli, ["run", "--every", "0"])
+    assert r.exit_code == 2
