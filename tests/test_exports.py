@@ -71,7 +71,8 @@ def test_summary_line_and_gap(article):
     assert "90 steps, 4 shown" in text
     assert "hidden" in text
     assert "w 0 → " in text and "(true 2)" in text and "(true 10)" in text
-    assert "3 steps, 3 shown" in render(run_view(article), width=120)
+    text = render(run_view(article), width=120)
+    assert "steps, " not in text and "loss 146.667 → 145.282" in text  # all shown: no count
 
 
 def test_cli_formats_to_output(tmp_path):

@@ -61,13 +61,13 @@ def summary_text(trace, shown: list[int | None]) -> Text:
     """One line: how many steps were shown, and where loss, w and b started and ended."""
     n = trace.n_steps
     rows = sum(1 for k in shown if k is not None)
-    out = Text(f"{n} step" + ("s" if n != 1 else "") + f", {rows} shown", style="dim")
+    out = Text(f"{n} steps, {rows} shown · " if rows < n else "", style="dim")
     if n:
         cfg, man = trace.config, trace.manual
         ds = trace.dataset
         w_true = f" (true {ds.true_w:g})" if ds.true_w is not None else ""
         b_true = f" (true {ds.true_b:g})" if ds.true_b is not None else ""
-        out.append(f" · loss {num(man['loss'][0])} → {num(man['loss'][-1])}"
+        out.append(f"loss {num(man['loss'][0])} → {num(man['loss'][-1])}"
                    f" · w {num(cfg.init_w)} → {num(man['w'][-1])}{w_true}"
                    f" · b {num(cfg.init_b)} → {num(man['b'][-1])}{b_true}", style="dim")
     return out
