@@ -38,14 +38,24 @@ def _title(trace) -> str:
             + "".join(" · " + o for o in opts) + f" · {cfg.dtype} on {trace.device}")
 
 
-def shown_steps(n_steps: int, rows: int | None) -> list[int | None]:
-    """Which steps get rows: all of them, or the first and last halves of ``rows`` with ``None`` for the gap."""
+def shown_steps(n_steps: int, rows: int | None, keep: tuple[int, ...] = ()) -> list[int | None]:
+    """Which steps get rows: all of them, or the first and last halves of ``rows`` with ``None`` for a gap.
+
+    Steps in ``keep`` (the first divergent step, the step where training blew up) are always shown.
+    """
     limit = DEFAULT_ROWS if rows is None else rows
     if limit <= 0 or n_steps <= limit:
         return list(range(n_steps))
     head = (limit + 1) // 2
     tail = limit - head
-    return list(range(head)) + [None] + list(range(n_steps - tail, n_steps))
+    wanted = sorted(set(range(head)) | set(range(n_steps - tail, n_steps))
+                    | {k for k in keep if 0 <= k < n_steps})
+    out: list[int | None] = []
+    for k in wanted:
+        if out and out[-1] is not None and k != out[-1] + 1:
+            out.append(None)
+        out.append(k)
+    return out
 
 
 def step_table(trace, rows: int | None = None) -> Table:
@@ -66,9 +76,13 @@ def step_table(trace, rows: int | None = None) -> Table:
     for f in fields:
         ok_all = trace.divergence[f].ok if ok_all is None else ok_all & trace.divergence[f].ok
     lr = f"{trace.config.lr:g}"
-    for k in shown_steps(trace.n_steps, rows):
+    v = trace.verdict
+    blew = v.diverged_training["step"] - 1 if v.diverged_training else None
+    keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
+    shown = shown_steps(trace.n_steps, rows, keep)
+    for i, k in enumerate(shown):
         if k is None:
-            hidden = trace.n_steps - (len(shown_steps(trace.n_steps, rows)) - 1)
+            hidden = shown[i + 1] - shown[i - 1] - 1
             table.add_row("⋮", "", "", "", Text(f"{hidden} steps not shown", style="italic"), end_section=True)
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
@@ -80,6 +94,8 @@ def step_table(trace, rows: int | None = None) -> Table:
             mark = Text("n/f", style="yellow")
         else:
             mark = Text(str(worst), style="green" if worst == 0 else "")
+        if k == blew:  # where training blew up (first inf/nan, or where the rate first exceeds the limit)
+            mark = Text("⚠ ", style="bold yellow") + mark
         man = [_cell(trace.manual[f][k], trace.divergence[f].ok[k]) for f in fields]
         ref = [_cell(trace.torch[f][k], trace.divergence[f].ok[k]) for f in fields]
         table.add_row(step, str(trace.n[k]), lr, "hand", *man, mark)
@@ -110,7 +126,8 @@ def verdict_text(trace) -> Text:
     if v.diverged_training:
         d = v.diverged_training
         out.append("\n⚠ training blew up", style="bold yellow")
-        out.append(f" at epoch {d['epoch']} batch {d['batch']}: {d['reason']}.\n  Hint: {d['hint']}.")
+        out.append(f" at epoch {d['epoch']} batch {d['batch']} (step {d['step']}, the row marked ⚠): "
+                   f"{d['reason']}.\n  Hint: {d['hint']}.")
     return out
 
 
