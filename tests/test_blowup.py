@@ -73,7 +73,7 @@ def test_both_engines_blow_up_the_same_way():
         assert not (man & ~ref).any() or f in ("b", "w"), f  # torch never overflows later than by hand in grads
     # dl/db at step 29: -inf by hand, finite in torch, within the reach of overflow
     assert np.isneginf(t.manual["grad_b"][28]) and np.isfinite(t.torch["grad_b"][28])
-    assert abs(float(t.torch["grad_b"][28])) * 3 / 2 * 2 > np.finfo(np.float32).max  # 2 * sum|d_i| overflows
+    assert abs(float(t.torch["grad_b"][28])) * 3 / 2 * 2 > float(np.finfo(np.float32).max)  # 2 * sum|d_i| overflows
     # from then on everything is nan on both sides, and that counts as agreement
     for f in FIELDS:
         assert np.isnan(t.manual[f][33:]).all() and np.isnan(t.torch[f][33:]).all()

@@ -23,6 +23,10 @@ from sgdtrace.trace import run_trace
 
 ARTICLE = Config()
 
+# warm torch up once at import: under `make mutate` the test modules are imported once and each
+# mutant's run forks from there, so no mutant pays torch's first-call start-up (seconds)
+run_trace(Config(shuffle=True))
+
 
 # ------------------------------------------------------------------ the manual engine, by hand
 
@@ -407,6 +411,7 @@ def test_verdict_agreement_and_zero_tolerance():
     div = {"w": _fd([1.0, np.nan], [1.0, np.nan], [0.0, 0.0])}
     v = dv.verdict(div, a, a, ep, ba, None)
     assert v.ok and v.first_divergent_step is None and v.max_tol_ratio == 0.0 and v.max_abs == 0.0
+    assert v.max_ulp == 0 and v.max_rel == 0.0
     # a difference against a zero tolerance is an infinite ratio, and divergent
     div = {"w": _fd([1.0, 1.0], [1.0, 1.5], [0.0, 0.0])}
     v = dv.verdict(div, a, {"w": np.array([1.0, 1.5])}, ep, ba, None)
