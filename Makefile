@@ -35,5 +35,12 @@ test: dev
 check: install
 	$(BIN)/sgdtrace check
 
+# mutation testing of the gate (not part of `make test`): mutants of the manual engine and the
+# tolerance model, each run against tests/test_gate.py; the score is in the README
+mutate: dev
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	$(BIN)/python tools/mutation_score.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

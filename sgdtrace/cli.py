@@ -40,6 +40,10 @@ class _Group(click.Group):
         except SgdtraceError as exc:
             click.echo(f"sgdtrace: error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
+        except MemoryError:
+            click.echo("sgdtrace: error: not enough memory for this run: use fewer --epochs, "
+                       "fewer samples or a smaller --batch-size", err=True)
+            sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo("sgdtrace: interrupted", err=True)
             sys.exit(130)

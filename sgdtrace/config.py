@@ -28,6 +28,13 @@ else:  # pragma: no cover
 DTYPES = ("float32", "float64")
 FORMATS = ("table", "json", "csv", "markdown")
 _DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+#: memory bounds: every step keeps a few dozen numbers (both engines' values, distances,
+#: tolerances), and torch's BatchSampler allocates a list of batch_size slots; beyond these a
+#: run would exhaust memory instead of reporting anything
+MAX_SAMPLES = 10**7
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+MAX_BATCH_SIZE = 10**7
+MAX_STEPS = 10**7
 
 
 @dataclass(frozen=True)
@@ -144,8 +151,10 @@ def validate(cfg: Config) -> None:
 
     if finite("lr") <= 0:
         _fail(cfg, "lr", cfg.lr, "the learning rate must be a finite number > 0")
-    integer("batch_size", 1)
-    integer("epochs", 1)
+    if integer("batch_size", 1) > MAX_BATCH_SIZE:
+        _fail(cfg, "batch_size", cfg.batch_size, f"must be a whole number in [1, {MAX_BATCH_SIZE:_}]")
+    if integer("epochs", 1) > MAX_STEPS:
+        _fail(cfg, "epochs", cfg.epochs, f"must be a whole number in [1, {MAX_STEPS:_}]")
     finite("init_w")
     finite("init_b")
     if finite("momentum") < 0:
@@ -170,7 +179,8 @@ def validate(cfg: Config) -> None:
     if cfg.data is not None and not isinstance(cfg.data, str):
         _fail(cfg, "data", cfg.data, "must be a path to a CSV file")
     if cfg.synthetic is not None:
-        integer("synthetic", 1)
+        if integer("synthetic", 1) > MAX_SAMPLES:
+            _fail(cfg, "synthetic", cfg.synthetic, f"must be a whole number in [1, {MAX_SAMPLES:_}]")
         if cfg.data is not None:
             raise ConfigError(
                 f"{_label(cfg, 'data')} and {_label(cfg, 'synthetic')}: choose one data source, not both"
@@ -186,6 +196,11 @@ def validate(cfg: Config) -> None:
     for key in ("rtol", "atol"):
         if getattr(cfg, key) is not None and finite(key) < 0:
             _fail(cfg, key, getattr(cfg, key), "must be a finite number >= 0")
+    if cfg.dtype == "float32":  # torch refuses, NumPy turns to inf, a value float32 cannot hold
+        for key in ("lr", "init_w", "init_b", "momentum", "weight_decay"):
+            if abs(getattr(cfg, key)) > FLOAT32_MAX:
+                _fail(cfg, key, getattr(cfg, key), f"does not fit float32 (largest {FLOAT32_MAX:.8g}); "
+                      "use --dtype float64")
 
 
 # ---------------------------------------------------------------- TOML files

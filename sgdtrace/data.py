@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from sgdtrace.config import Config
+from sgdtrace.config import MAX_STEPS, Config
 from sgdtrace.errors import ConfigError, DataError
 
 #: The article's data: x = 0..8 and y = 2x + 10 (Equation 12). The article's code snippet
@@ -67,9 +67,10 @@ def synthetic(n: int, true_w: float, true_b: float, noise: float, seed: int) -> 
     """``n`` points with x uniform in [0, 10) and y = true_w*x + true_b + noise*N(0, 1); reproducible."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(0.0, 10.0, n)
-    y = true_w * x + true_b
-    if noise > 0:
-        y = y + noise * rng.standard_normal(n)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by from_arrays
+        y = true_w * x + true_b
+        if noise > 0:
+            y = y + noise * rng.standard_normal(n)
     info = {"source": "synthetic", "n": n, "true_w": true_w, "true_b": true_b, "noise": noise, "seed": seed}
     return Dataset.from_arrays(x, y, info, true_w, true_b)
 
@@ -92,7 +93,10 @@ def read_csv(path: str) -> Dataset:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{label}: not UTF-8 text, so not a CSV file sgdtrace can read") from None
-    rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    except csv.Error as exc:  # e.g. a field longer than the csv module's limit
+        raise DataError(f"{label}: not a CSV file sgdtrace can read ({exc})") from None
     if not rows:
         raise DataError(f"{label}: the file is empty; expected a header row naming columns x and y")
     header = [h.strip().lower() for h in rows[0]]
@@ -116,8 +120,8 @@ def read_csv(path: str) -> Dataset:
         for col, idx, out in (("x", ix, xs), ("y", iy, ys)):
             cell = row[idx].strip()
             if not cell:
-                cx = sum(1 for r in body if r[ix].strip())
-                cy = sum(1 for r in body if r[iy].strip())
+                cx = sum(1 for r in body if len(r) > ix and r[ix].strip())
+                cy = sum(1 for r in body if len(r) > iy and r[iy].strip())
                 raise DataError(f"{label}: row {lineno} has no {col} value (column x has {cx} values, "
                                 f"column y has {cy}); every x needs its y")
             try:
@@ -133,10 +137,27 @@ def read_csv(path: str) -> Dataset:
 def load(config: Config) -> Dataset:
     """The data set a config names: ``--data`` (CSV), ``--synthetic N``, or the article's."""
     if config.data is not None:
-        return read_csv(config.data)
-    if config.synthetic is not None:
-        return synthetic(config.synthetic, config.true_w, config.true_b, config.noise, config.effective_seed)
-    return article()
+        dataset = read_csv(config.data)
+    elif config.synthetic is not None:
+        dataset = synthetic(config.synthetic, config.true_w, config.true_b, config.noise, config.effective_seed)
+    else:
+        dataset = article()
+    check_range(dataset, config.dtype)
+    return dataset
+
+
+def check_range(dataset: Dataset, dtype: str) -> None:
+    """Refuse samples the run's dtype cannot hold (1e39 is inf in float32): both engines would see inf."""
+    big = float(np.finfo(np.dtype(dtype)).max)
+    for name, arr in (("x", dataset.x), ("y", dataset.y)):
+        over = np.flatnonzero(np.abs(arr) > big)
+        if over.size:
+            i = int(over[0])
+            src = dataset.info.get("source")
+            where = (f"--data {dataset.info.get('path')!r}: data row {i + 1}, column {name}" if src == "csv"
+                     else f"--{src} data: {name}[{i}]")
+            raise DataError(f"{where} = {arr[i]:g} overflows {dtype} (largest {big:.4g}): "
+                            f"use --dtype float64 or rescale the data")
 
 
 # ---------------------------------------------------------------- the batch plan
@@ -201,7 +222,8 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
     every epoch, in this order (torch/utils/data/dataloader.py and sampler.py):
 
     1. creating the epoch's iterator draws a base seed: ``torch.empty((), dtype=torch.int64).random_(generator=g)``;
-    2. RandomSampler then draws the permutation: ``torch.randperm(n, generator=g)``.
+    2. RandomSampler then draws the permutation: ``torch.randperm(n, generator=g)``;
+    3. when the epoch's batches run out, RandomSampler draws one more (empty) slice of a permutation.
 
     Step 1 is what makes a naive "one randperm per epoch" replay wrong from epoch 2 on.
     """
@@ -209,6 +231,12 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
         raise ConfigError(
             f"--drop-last with --batch-size {config.batch_size} and {n_samples} samples leaves no batch: "
             f"use a batch size <= {n_samples} or drop --drop-last"
+        )
+    steps = (n_samples // config.batch_size if config.drop_last else -(-n_samples // config.batch_size)) * config.epochs
+    if steps > MAX_STEPS:
+        raise ConfigError(
+            f"--epochs {config.epochs} with {steps // config.epochs:_} batches per epoch makes {steps:_} steps: "
+            f"at most {MAX_STEPS:_} fit in memory; use fewer epochs or a larger batch size"
         )
     if not config.shuffle:
         orders: tuple[np.ndarray | None, ...] = (None,) * config.epochs
@@ -220,5 +248,8 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
         for _ in range(config.epochs):
             torch.empty((), dtype=torch.int64).random_(generator=g)  # the iterator's base seed
             out.append(torch.randperm(n_samples, generator=g).numpy())
+            # RandomSampler.__iter__ ends with randperm(n)[:num_samples % n]: iterated to the end (as
+            # every epoch is), it draws one more permutation, of which it yields nothing
+            torch.randperm(n_samples, generator=g)
         orders = tuple(out)
     return BatchPlan(n_samples, config.batch_size, config.epochs, config.drop_last, orders)

@@ -104,15 +104,17 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     timings: dict[str, float] = {}
     kind = manual_backend or ("numpy" if device.type == "cpu" else "torch")
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
-    t0 = time.perf_counter()
-    man = manual.run(dataset.x, dataset.y, plan, cfg, backend, stage("manual"))
-    timings["manual_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free,
-                        loss=torch_loss)
-    timings["torch_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    trace = judge(cfg, dataset, plan, label, man, ref)
+    # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        t0 = time.perf_counter()
+        man = manual.run(dataset.x, dataset.y, plan, cfg, backend, stage("manual"))
+        timings["manual_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free,
+                            loss=torch_loss)
+        timings["torch_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        trace = judge(cfg, dataset, plan, label, man, ref)
     timings["judge_s"] = time.perf_counter() - t0
     trace.timings = timings
     return trace
@@ -193,16 +195,16 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
             nonfinite |= ~np.isfinite(values)
     unstable = np.flatnonzero(cfg.lr > stable)
     largest = float(stable.min())
-    if cfg.maximize:
-        hint = "--maximize climbs the loss: gradient ascent on a convex loss grows without bound"
-    else:
-        hint = (f"lr {cfg.lr:g} is too large for this data's scale: the largest rate stable on every "
-                f"batch is {largest:.4g} (2 / lambda_max of the batch loss's Hessian)")
     start_loss = full_loss(dataset, cfg.init_w, cfg.init_b)
     end_loss = full_loss(dataset, float(man["w"][-1]), float(man["b"][-1]))
     if nonfinite.any():
         k = int(np.flatnonzero(nonfinite)[0])
-        reason = "a value became inf or nan"
+        went = []
+        for who, cols in (("by hand", man), ("in torch", ref)):
+            bad = [f"{f} = {divergence.json_number(v[k])}" for f, v in cols.items() if not np.isfinite(v[k])]
+            if bad:
+                went.append(", ".join(bad) + " " + who)
+        reason = "a value became inf or nan: " + "; ".join(went)
     elif unstable.size and not end_loss <= start_loss:
         k = int(unstable[0])
         reason = (f"the loss over the whole data set grew from {start_loss:.6g} to {end_loss:.6g}; "
@@ -210,6 +212,26 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
                   f"{stable[k]:.4g}")
     else:
         return None
+    plain = "" if cfg.momentum == 0 else " with this momentum"
+    if cfg.maximize:
+        hint = "--maximize climbs the loss: gradient ascent on a convex loss grows without bound"
+    elif cfg.lr <= largest:
+        hint = (f"lr {cfg.lr:g} is within every batch's stability limit{plain} (the smallest is {largest:.4g}), "
+                f"yet the values left the range of {cfg.dtype}: check the data's scale and the initial w, b")
+    else:
+        hint = (f"lr {cfg.lr:g} is too large for this data's scale: the largest stable rate{plain} on this batch "
+                f"is {float(stable[k]):.4g} (2 / lambda_max of the batch loss's Hessian), on every batch "
+                f"{largest:.4g}; try --lr {_round_down(largest)}")
     return {"epoch": int(epoch[k]), "batch": int(batch[k]), "step": k + 1, "reason": reason,
             "hint": hint, "stable_lr": None if cfg.maximize else largest,
+            "stable_lr_batch": None if cfg.maximize else float(stable[k]),
             "loss_start": divergence.json_number(start_loss), "loss_end": divergence.json_number(end_loss)}
+
+
+def _round_down(rate: float) -> str:
+    """A round learning rate just below ``rate`` (one significant digit), for the hint."""
+    if not rate > 0 or not math.isfinite(rate):
+        return f"{rate:g}"
+    exp = math.floor(math.log10(rate))
+    lead = math.floor(rate / 10**exp)
+    return f"{lead * 10.0**exp:.{max(0, -exp)}f}" if exp < 0 else f"{lead * 10**exp:g}"

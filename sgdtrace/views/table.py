@@ -40,21 +40,38 @@ def _title(trace) -> str:
             + "".join(" · " + o for o in opts) + f" · {cfg.dtype} on {trace.device}")
 
 
-def shown_steps(n_steps: int, rows: int | None, every: int = 1) -> list[int | None]:
-    """Which steps get rows: all of them, or the first and last halves of ``rows`` with ``None`` for the gap.
+def shown_steps(n_steps: int, rows: int | None, every: int = 1,
+                keep: tuple[int, ...] = ()) -> list[int | None]:
+    """Which steps get rows: all of them, or the first and last halves of ``rows`` with ``None`` for a gap.
 
     With ``every`` K > 1 only every K-th step is a candidate (the 1st, the (K+1)-th, ...) and the
-    last step always is, so the final values are shown.
+    last step always is, so the final values are shown. Steps in ``keep`` (the first divergent
+    step, the step where training blew up) are always shown.
     """
     limit = DEFAULT_ROWS if rows is None else rows
     candidates = list(range(0, n_steps, max(1, every)))
     if n_steps and candidates[-1] != n_steps - 1:
         candidates.append(n_steps - 1)
     if limit <= 0 or len(candidates) <= limit:
-        return list(candidates)
-    head = (limit + 1) // 2
-    tail = limit - head
-    return candidates[:head] + [None] + (candidates[-tail:] if tail else [])
+        picked = set(candidates)
+    else:
+        head = (limit + 1) // 2
+        tail = limit - head
+        picked = set(candidates[:head]) | set(candidates[-tail:] if tail else [])
+    out: list[int | None] = []
+    for k in sorted(picked | {k for k in keep if 0 <= k < n_steps}):
+        if out and out[-1] is not None and k not in (out[-1] + 1, next_candidate(candidates, out[-1])):
+            out.append(None)
+        out.append(k)
+    return out
+
+
+def next_candidate(candidates: list[int], k: int) -> int | None:
+    """The candidate step after ``k`` (for --every), or None."""
+    import bisect
+
+    i = bisect.bisect_right(candidates, k)
+    return candidates[i] if i < len(candidates) else None
 
 
 def summary_text(trace, shown: list[int | None]) -> Text:
@@ -95,7 +112,10 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
     witness, gc = trace.reference, trace.gradcheck
     if witness is not None:
         err_m, err_t = witness.errors(trace.manual), witness.errors(trace.torch)
-    shown = shown_steps(trace.n_steps, rows, every)
+    v = trace.verdict
+    blew = v.diverged_training["step"] - 1 if v.diverged_training else None
+    keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
+    shown = shown_steps(trace.n_steps, rows, every, keep)
     for i, k in enumerate(shown):
         if k is None:
             hidden = shown[i + 1] - shown[i - 1] - 1
@@ -111,6 +131,9 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
             mark = Text("n/f", style="yellow")
         else:
             mark = Text(str(worst), style="green" if worst == 0 else "")
+        if k == blew:  # where training blew up (first inf/nan, or where the rate first exceeds the limit)
+            mark = Text("⚠ ", style="bold yellow") + mark
+
         def row(values: dict, lr_cell="") -> list:
             return [lr_cell if f == "lr" else values.get(f, "") for f in order]
 
@@ -158,7 +181,8 @@ def verdict_text(trace) -> Text:
     if v.diverged_training:
         d = v.diverged_training
         out.append("\n⚠ training blew up", style="bold yellow")
-        out.append(f" at epoch {d['epoch']} batch {d['batch']}: {d['reason']}.\n  Hint: {d['hint']}.")
+        out.append(f" at epoch {d['epoch']} batch {d['batch']} (step {d['step']}, the row marked ⚠): "
+                   f"{d['reason']}.\n  Hint: {d['hint']}.")
     return out
 
 

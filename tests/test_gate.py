@@ -1,0 +1,457 @@
+"""The gate's own tests: the manual engine and the tolerance model, held to independent references.
+
+These are the tests `make mutate` runs against every mutant of sgdtrace/engines/manual.py and
+sgdtrace/divergence.py. Each reference is derived apart from the code under test: the article's
+first batch worked by hand, torch.optim.SGD itself, IEEE-754 facts (nextafter), and the tolerance
+model's formulas re-derived from divergence.py's docstring with plain Python loops.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from sgdtrace import divergence as dv
+from sgdtrace.config import Config
+from sgdtrace.data import article, plan
+from sgdtrace.engines import manual
+from sgdtrace.tracing import run_trace
+
+ARTICLE = Config()
+
+# warm torch up once at import: under `make mutate` the test modules are imported once and each
+# mutant's run forks from there, so no mutant pays torch's first-call start-up (seconds)
+run_trace(Config(shuffle=True))
+
+
+# ------------------------------------------------------------------ the manual engine, by hand
+
+
+def test_forward_backward_first_batch_by_hand():
+    # the article's batch 1: x = 0, 1, 2; y = 10, 12, 14; w = b = 0
+    x, y = np.array([0.0, 1.0, 2.0]), np.array([10.0, 12.0, 14.0])
+    r = manual.forward_backward(2.0, 1.0, x, y, 3)
+    # w = 2, b = 1: a = 2x = 0, 2, 4; c = a + 1 = 1, 3, 5; d = c - y = -9, -9, -9; e = 81 each
+    assert r.a.tolist() == [0.0, 2.0, 4.0]
+    assert r.c.tolist() == [1.0, 3.0, 5.0]
+    assert r.d.tolist() == [-9.0, -9.0, -9.0]
+    assert r.e.tolist() == [81.0, 81.0, 81.0]
+    assert r.loss == pytest.approx(81.0, rel=1e-15)  # 243 / 3
+    assert r.dl_dd == pytest.approx([-6.0, -6.0, -6.0], rel=1e-15)  # (1/3) * 2 * -9
+    assert r.grad_w == pytest.approx(-18.0, rel=1e-15)  # -6 * (0 + 1 + 2)
+    assert r.grad_b == pytest.approx(-18.0, rel=1e-15)  # -6 * 3
+
+
+def test_chain_rule_factors():
+    assert manual.dl_de(4) == 0.25
+    assert manual.de_dd(np.array([3.0, -1.5])).tolist() == [6.0, -3.0]
+    assert manual.da_dw(np.array([7.0])).tolist() == [7.0]
+    assert manual.node_l(np.array([1.0, 2.0, 6.0]), 3.0) == 3.0
+    assert manual.dl_dd(np.array([3.0]), 2).tolist() == [3.0]  # (1/2) * 2 * 3
+
+
+def test_article_table_float64():
+    # the article's three batches worked by hand (its table), in float64 where rounding is negligible:
+    # batch 1: d = -10, -12, -14; dl/dw = (2/3)(0*-10 + 1*-12 + 2*-14) = -80/3; dl/db = (2/3)(-36) = -24
+    #          loss = (100 + 144 + 196)/3 = 440/3; w = 0.01*80/3 = 0.2666..; b = 0.24
+    t = run_trace(ARTICLE.replace(dtype="float64"))
+    m = t.manual
+    assert m["grad_w"][0] == pytest.approx(-80 / 3, rel=1e-14)
+    assert m["grad_b"][0] == pytest.approx(-24.0, rel=1e-14)
+    assert m["loss"][0] == pytest.approx(440 / 3, rel=1e-14)
+    assert m["w"][0] == pytest.approx(0.8 / 3, rel=1e-14)
+    assert m["b"][0] == pytest.approx(0.24, rel=1e-14)
+    # batch 2 from w = 4/15, b = 0.24: x = 3, 4, 5; d_i = w x_i + b - y_i
+    w, b = 0.8 / 3, 0.24
+    d = [w * xi + b - yi for xi, yi in ((3, 16), (4, 18), (5, 20))]
+    gw = 2 / 3 * sum(di * xi for di, xi in zip(d, (3, 4, 5)))
+    gb = 2 / 3 * sum(d)
+    assert m["grad_w"][1] == pytest.approx(gw, rel=1e-14)
+    assert m["grad_b"][1] == pytest.approx(gb, rel=1e-14)
+    assert m["loss"][1] == pytest.approx(sum(di * di for di in d) / 3, rel=1e-14)
+    assert m["w"][1] == pytest.approx(w - 0.01 * gw, rel=1e-14)
+    assert m["b"][1] == pytest.approx(b - 0.01 * gb, rel=1e-14)
+    assert t.verdict.ok and t.verdict.diverged_training is None
+
+
+def _torch_sgd(grads, p0, **opts):
+    """Feed the given gradients to torch.optim.SGD on one parameter; the parameter and buffer after each step."""
+    p = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float64))
+    opt = torch.optim.SGD([p], **opts)
+    out = []
+    for g in grads:
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+        buf = opt.state[p].get("momentum_buffer")
+        out.append((p.item(), None if buf is None else buf.item()))
+    return out
+
+
+@pytest.mark.parametrize("opts", [
+    dict(lr=0.1),
+    dict(lr=0.1, maximize=True),
+    dict(lr=0.1, weight_decay=0.3),
+    dict(lr=0.1, momentum=0.9),
+    dict(lr=0.1, momentum=0.9, dampening=0.25),
+    dict(lr=0.1, momentum=0.5, nesterov=True),
+    dict(lr=0.05, momentum=0.7, dampening=0.5, weight_decay=0.2, maximize=True),
+    dict(lr=0.05, momentum=0.6, nesterov=True, weight_decay=0.1),
+])
+def test_sgd_update_matches_torch_optim(opts):
+    grads = [1.5, -2.0, 0.75, 3.0]
+    expected = _torch_sgd(grads, 0.5, **opts)
+    cfg = Config(**{k: v for k, v in opts.items()}, dtype="float64")
+    h = manual.make_hyper(cfg, float)
+    p, buf = 0.5, None
+    for k, (g, (p_ref, buf_ref)) in enumerate(zip(grads, expected)):
+        p, buf = manual.sgd_update(p, g, buf, h, k == 0)
+        assert p == pytest.approx(p_ref, rel=1e-15, abs=1e-15)
+        if buf_ref is None:
+            assert buf is None
+        else:
+            assert buf == pytest.approx(buf_ref, rel=1e-15, abs=1e-15)
+
+
+def test_make_hyper_flags():
+    h = manual.make_hyper(Config(lr=0.5, momentum=0.3, dampening=0.2, weight_decay=0.1, maximize=True), float)
+    assert (h.lr, h.momentum, h.dampening, h.weight_decay) == (0.5, 0.3, 0.2, 0.1)
+    assert h.use_momentum and h.use_weight_decay and h.maximize and not h.nesterov
+    h = manual.make_hyper(Config(), float)
+    assert not h.use_momentum and not h.use_weight_decay and not h.maximize
+
+
+RUNS = [
+    dict(),
+    dict(batch_size=2, epochs=3),  # a partial last batch of 1
+    dict(batch_size=4, epochs=2, shuffle=True, seed=3),
+    dict(batch_size=4, epochs=2, shuffle=True, seed=5, drop_last=True),
+    dict(batch_size=3, epochs=2, momentum=0.9, dampening=0.1, weight_decay=0.05),
+    dict(batch_size=5, epochs=2, momentum=0.8, nesterov=True, maximize=True, lr=0.001),
+    dict(synthetic=20, noise=0.5, seed=1, batch_size=7, epochs=3, init_w=1.5, init_b=-2.0),
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("opts", RUNS)
+def test_manual_engine_matches_torch_float64(opts, backend):
+    """Every column of the manual engine against autograd + optim.SGD + DataLoader, in float64."""
+    t = run_trace(Config(dtype="float64", **opts), manual_backend=backend)
+    assert t.verdict.ok, t.verdict.first_divergent_step
+    assert set(t.manual) == set(t.torch)
+    for f in t.torch:
+        assert t.manual[f].dtype == np.float64
+        np.testing.assert_allclose(t.manual[f], t.torch[f], rtol=1e-11, atol=1e-11, err_msg=f)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_manual_engine_float32(backend):
+    t = run_trace(Config(batch_size=4, epochs=4, shuffle=True, seed=2, momentum=0.5), manual_backend=backend)
+    assert t.verdict.ok
+    for f in t.torch:
+        assert t.manual[f].dtype == np.float32
+        np.testing.assert_allclose(t.manual[f], t.torch[f], rtol=1e-5, err_msg=f)
+
+
+def test_array_backend():
+    for kind in ("numpy", "torch"):
+        be = manual.ArrayBackend(kind, "float32")
+        a = be.asarray(np.array([0.1, 2.0, 3.0]))
+        assert be.to_numpy(a).dtype == np.float32
+        assert be.to_numpy(be.take(a, np.array([2, 0]))).tolist() == [3.0, np.float32(0.1)]
+        assert be.take(a, None) is a
+        col = be.column(4)
+        assert tuple(col.shape) == (4,) and be.to_numpy(col).dtype == np.float32
+        assert float(be.param(0.1)) == float(np.float32(0.1))
+        assert float(be.scalar(0.1)) in (float(np.float32(0.1)), 0.1)
+    assert manual.ArrayBackend("numpy", "float64").scalar(0.1) == 0.1
+    progress = []
+    cfg = Config(epochs=2)
+    manual.run(article().x, article().y, plan(9, cfg), cfg, manual.ArrayBackend("numpy", "float64"), progress.append)
+    assert progress == [3, 6]
+
+
+# ------------------------------------------------------------------ distances
+
+
+def test_ulp_distance_ieee_facts():
+    one = np.array([1.0], dtype=np.float32)
+    nxt = np.nextafter(one, np.float32(2))
+    assert dv.ulp_distance(one, nxt).tolist() == [1]
+    assert dv.ulp_distance(nxt, one).tolist() == [1]
+    two_up = np.nextafter(nxt, np.float32(2))
+    assert dv.ulp_distance(one, two_up).tolist() == [2]
+    # across zero: the smallest subnormals either side are 2 apart; +0 and -0 are 0 apart
+    tiny = np.array([np.nextafter(np.float32(0), np.float32(1))])
+    assert dv.ulp_distance(tiny, -tiny).tolist() == [2]
+    assert dv.ulp_distance(np.array([0.0], np.float32), np.array([-0.0], np.float32)).tolist() == [0]
+    # float64: 1 and 1 + 2**-52 are one apart; -1 and -(1 + 2**-52) too
+    assert dv.ulp_distance(np.array([1.0, -1.0]), np.array([1 + 2**-52, -1 - 2**-52])).tolist() == [1, 1]
+    # 1.0 to 2.0 in float32: 2**23 representable steps
+    assert dv.ulp_distance(one, np.array([2.0], np.float32)).tolist() == [2**23]
+    # non-finite: no distance
+    assert dv.ulp_distance(np.array([np.inf, 1.0]), np.array([1.0, np.nan])).tolist() == [0, 0]
+
+
+def test_ordered_bits_is_monotonic():
+    v = np.array([-np.inf, -3.0, -1e-30, -0.0, 0.0, 1e-45, 1.0, 3.0, np.inf], dtype=np.float32)
+    o = dv.ordered_bits(v)
+    assert (np.diff(o) >= 0).all() and o[3] == o[4] == 0
+    v64 = v.astype(np.float64)
+    o64 = dv.ordered_bits(v64)
+    assert (np.diff(o64) >= 0).all() and o64[3] == o64[4] == 0
+
+
+def test_default_tolerances():
+    assert dv.unit_roundoff("float32") == 2.0**-24
+    assert dv.unit_roundoff("float64") == 2.0**-53
+    assert dv.default_tolerance("float32") == (2.0**-22, float(np.finfo(np.float32).tiny))
+    assert dv.default_tolerance("float64") == (2.0**-51, float(np.finfo(np.float64).tiny))
+    assert dv.tolerances(Config()) == (2.0**-22, float(np.finfo(np.float32).tiny))
+    assert dv.tolerances(Config(rtol=1e-3, atol=1e-9)) == (1e-3, 1e-9)
+    assert dv.tolerances(Config(rtol=1e-3)) == (1e-3, float(np.finfo(np.float32).tiny))
+    assert dv.tolerances(Config(atol=0.0, dtype="float64")) == (2.0**-51, 0.0)
+
+
+def test_json_number():
+    assert dv.json_number(1.5) == 1.5
+    assert dv.json_number(np.float32(-2.0)) == -2.0
+    assert dv.json_number(float("nan")) == "nan"
+    assert dv.json_number(float("inf")) == "inf"
+    assert dv.json_number(float("-inf")) == "-inf"
+
+
+def _fd(a, b, tol, dtype="float64", peak=None):
+    return dv._distances(np.array(a, dtype=dtype), np.array(b, dtype=dtype), np.array(tol, dtype=np.float64),
+                         dtype, None if peak is None else np.array(peak, dtype=np.float64))
+
+
+def test_distances_finite():
+    d = _fd([1.0, 2.0, -4.0, 0.0], [1.5, 2.0, -3.0, 0.0], [0.5, 0.0, 0.9, 0.0])
+    assert d.abs.tolist() == [0.5, 0.0, 1.0, 0.0]
+    assert d.rel.tolist() == [0.5 / 1.5, 0.0, 0.25, 0.0]
+    assert d.ok.tolist() == [True, True, False, True]  # |diff| <= tol passes, > fails
+    assert d.finite.tolist() == [True] * 4
+    assert d.tol.tolist() == [0.5, 0.0, 0.9, 0.0]
+
+
+def test_distances_nonfinite():
+    big = float(np.finfo(np.float32).max)
+    a = [np.nan, np.inf, np.inf, np.inf, 1.0, big, 1.0, 1.0]
+    b = [np.nan, np.inf, -np.inf, np.nan, np.inf, np.inf, 2.0, np.inf]
+    tol = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, np.inf, np.inf]
+    d = _fd(a, b, tol, "float32")
+    assert d.finite.tolist() == [False, False, False, False, False, False, True, False]
+    # both non-finite agree; 1 against inf does not (far from overflow); the largest float32
+    # against inf does (within tolerance of the threshold); an overflowed tolerance holds nothing
+    assert d.ok.tolist() == [True, True, True, True, False, True, True, True]
+    assert d.abs.tolist()[:6] == [0.0] * 6 and d.rel.tolist()[:6] == [0.0] * 6
+    # an intermediate that can overflow: a finite result against inf agrees
+    d = _fd([1.0, 1.0], [np.inf, np.inf], [1.0, 1.0], "float32", peak=[big * 2, big / 2])
+    assert d.ok.tolist() == [True, False]
+    d = _fd([1.0], [np.inf], [1.0], "float32", peak=[np.nan])
+    assert d.ok.tolist() == [True]
+
+
+# ------------------------------------------------------------------ the tolerance model, re-derived
+
+
+def _reference_tolerances(cfg, x, y, plan_, a, b):
+    """divergence.py's docstring, step by step with Python floats (plain SGD, weight decay, momentum)."""
+    u = {"float32": 2.0**-24, "float64": 2.0**-53}[cfg.dtype]
+    rtol = 4 * u if cfg.rtol is None else cfg.rtol
+    atol = float(np.finfo(np.dtype(cfg.dtype)).tiny) if cfg.atol is None else cfg.atol
+    xr = [float(v) for v in x.astype(cfg.dtype)]
+    yr = [float(v) for v in y.astype(cfg.dtype)]
+    init_w, init_b = float(np.array(cfg.init_w, cfg.dtype)), float(np.array(cfg.init_b, cfg.dtype))
+    out = {f: [] for f in a}
+    bufs = {"w": (0.0, 0.0, 0.0), "b": (0.0, 0.0, 0.0)}  # mag, rnd, dev of the buffer
+    for k in range(plan_.n_steps):
+        idx = plan_.indices(k).tolist()
+        n = len(idx)
+        wa = init_w if k == 0 else float(a["w"][k - 1])
+        wb = cfg.init_w if k == 0 else float(b["w"][k - 1])
+        ba = init_b if k == 0 else float(a["b"][k - 1])
+        bb = cfg.init_b if k == 0 else float(b["b"][k - 1])
+        wa_m = cfg.init_w if k == 0 else wa
+        ba_m = cfg.init_b if k == 0 else ba
+        dw, db = abs(wa_m - wb), abs(ba_m - bb)
+        wm, bm = max(abs(wa_m), abs(wb)), max(abs(ba_m), abs(bb))
+        D = min(n - 1, math.ceil(math.log2(n)) + 16)
+        xs, ys = [xr[i] for i in idx], [yr[i] for i in idx]
+        M = [wm * abs(xi) + bm + abs(yi) for xi, yi in zip(xs, ys)]
+        d = [abs(wa * xi + ba - yi) for xi, yi in zip(xs, ys)]
+        E = {
+            "grad_w": 2 / n * (3 * sum(abs(xi) * m for xi, m in zip(xs, M)) + (3 + D) * sum(di * abs(xi) for di, xi in zip(d, xs))),
+            "grad_b": 2 / n * (3 * sum(M) + (2 + D) * sum(d)),
+            "loss": 1 / n * (6 * sum(di * m for di, m in zip(d, M)) + (2 + D) * sum(di * di for di in d)),
+        }
+        sxx, sax = sum(xi * xi for xi in xs), sum(abs(xi) for xi in xs)
+        sdx, sd = sum(di * abs(xi) for di, xi in zip(d, xs)), sum(d)
+        P = {
+            "grad_w": 2 / n * (sxx * dw + sax * db),
+            "grad_b": 2 / n * (sax * dw + n * db),
+            "loss": 1 / n * (2 * sdx * dw + 2 * sd * db + sxx * dw * dw + 2 * sax * dw * db + n * db * db),
+        }
+        for f in E:
+            out[f].append(atol + rtol * E[f] + P[f])
+        for name, pm, pd in (("w", wm, dw), ("b", bm, db)):
+            ga, gb = float(a["grad_" + name][k]), float(b["grad_" + name][k])
+            g = (max(abs(ga), abs(gb)), 0.0, abs(ga - gb))  # mag, rnd, dev
+            if cfg.weight_decay:
+                wd = cfg.weight_decay
+                mag = g[0] + wd * pm
+                g = (mag, g[1] + 2 * mag, g[2] + wd * pd)
+            if cfg.momentum:
+                if k == 0:
+                    buf = g
+                else:
+                    pa = float(a["buf_" + name][k - 1]); pb = float(b["buf_" + name][k - 1])
+                    mu, c = cfg.momentum, 1 - cfg.dampening
+                    prev = (max(abs(pa), abs(pb)), 0.0, abs(pa - pb))
+                    mag = mu * prev[0] + c * g[0]
+                    buf = (mag, mu * prev[1] + c * g[1] + 3 * mag, mu * prev[2] + c * g[2])
+                out["buf_" + name].append(atol + rtol * buf[1] + buf[2])
+                if cfg.nesterov:
+                    mag = g[0] + cfg.momentum * buf[0]
+                    g = (mag, g[1] + cfg.momentum * buf[1] + 2 * mag, g[2] + cfg.momentum * buf[2])
+                else:
+                    g = buf
+            mag = pm + cfg.lr * g[0]
+            out[name].append(atol + rtol * (cfg.lr * g[1] + 2 * mag) + pd + cfg.lr * g[2])
+    return out
+
+
+def _perturbed(cols, seed):
+    """A second engine's columns: the first's, each value moved by a few ULPs (a stand-in for rounding)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for f, v in cols.items():
+        steps = rng.integers(-3, 4, size=v.shape)
+        w = v.copy()
+        for _ in range(3):
+            w = np.where(steps > 0, np.nextafter(w, np.inf), np.where(steps < 0, np.nextafter(w, -np.inf), w))
+            steps = steps - np.sign(steps)
+        out[f] = w
+    return out
+
+
+@pytest.mark.parametrize("opts", [
+    dict(dtype="float64", batch_size=3, epochs=2),
+    dict(dtype="float32", batch_size=2, epochs=2, init_w=1.0, init_b=-3.0),
+    dict(dtype="float32", batch_size=4, epochs=2, weight_decay=0.1, shuffle=True, seed=4),
+    dict(dtype="float64", batch_size=3, epochs=2, momentum=0.9, dampening=0.2),
+    dict(dtype="float32", batch_size=5, epochs=2, momentum=0.5, nesterov=True, weight_decay=0.2, lr=0.002),
+    dict(dtype="float32", batch_size=9, epochs=1, rtol=1e-4, atol=1e-6),
+])
+def test_tolerance_model_matches_its_docstring(opts):
+    cfg = Config(**opts)
+    ds = article()
+    p = plan(len(ds), cfg)
+    be = manual.ArrayBackend("numpy", cfg.dtype)
+    a = manual.run(ds.x, ds.y, p, cfg, be)
+    b = _perturbed(a, 7)
+    div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
+    ref = _reference_tolerances(cfg, ds.x, ds.y, p, a, b)
+    assert set(div) == set(ref)
+    for f in ref:
+        np.testing.assert_allclose(div[f].tol, ref[f], rtol=1e-12, atol=0, err_msg=f)
+
+
+def test_depth_term_for_large_batches():
+    # D = min(n - 1, ceil(log2 n) + 16): for n = 40 that is 22, not 39
+    cfg = Config(synthetic=40, batch_size=40, dtype="float32", seed=2)
+    from sgdtrace.data import load
+
+    ds = load(cfg)
+    p = plan(len(ds), cfg)
+    a = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("numpy", cfg.dtype))
+    b = _perturbed(a, 1)
+    div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
+    ref = _reference_tolerances(cfg, ds.x, ds.y, p, a, b)
+    for f in ("grad_w", "grad_b", "loss"):
+        np.testing.assert_allclose(div[f].tol, ref[f], rtol=1e-12, err_msg=f)
+
+
+# ------------------------------------------------------------------ the verdict
+
+
+def test_verdict_names_the_first_divergent_step():
+    ep, ba = np.array([1, 1, 2, 2]), np.array([1, 2, 1, 2])
+    a = {"w": np.array([1.0, 2.0, 3.0, 4.0]), "b": np.array([0.0, 0.0, 0.0, 0.0])}
+    b = {"w": np.array([1.0, 2.5, 3.0, 4.0]), "b": np.array([0.0, 0.0, 0.1, 0.0])}
+    div = {"w": _fd(a["w"], b["w"], [0.1] * 4), "b": _fd(a["b"], b["b"], [0.2, 0.2, 0.05, 0.2])}
+    v = dv.verdict(div, a, b, ep, ba, {"epoch": 2})
+    assert not v.ok
+    assert v.first_divergent_step == {"epoch": 1, "batch": 2, "step": 2, "field": "w", "manual": 2.0,
+                                      "torch": 2.5, "abs": 0.5, "tol": 0.1}
+    # largest |diff| 0.5 (w at step 2); largest relative 1.0 (b: 0 against 0.1); ratio 0.5 / 0.1
+    assert v.max_abs == 0.5 and v.max_rel == 1.0 and v.max_tol_ratio == pytest.approx(5.0)
+    assert v.max_ulp == int(dv.ulp_distance(np.array([0.0]), np.array([0.1]))[0])
+    assert v.diverged_training == {"epoch": 2}
+    assert v.fields == ("w", "b")
+    j = v.to_json()
+    assert j["ok"] is False and j["first_divergent_step"]["step"] == 2 and j["max_ulp"] == v.max_ulp
+    assert j["max_abs"] == 0.5 and j["max_tol_ratio"] == v.max_tol_ratio and j["diverged_training"] == {"epoch": 2}
+    assert j["max_rel"] == v.max_rel
+    # a later field diverging at an earlier step wins
+    div["b"] = _fd(a["b"], [0.0, 0.0, 0.0, 9.0], [0.2, 0.2, 0.2, 0.2])
+    div["w"] = _fd(a["w"], [1.0, 2.0, 3.0, 5.0], [0.1, 0.1, 0.1, 0.1])
+    v = dv.verdict(div, a, {"w": np.array([1.0, 2.0, 3.0, 5.0]), "b": np.array([0.0, 0.0, 0.0, 9.0])},
+                   ep, ba, None)
+    assert v.first_divergent_step["field"] == "w" and v.first_divergent_step["step"] == 4
+
+
+def test_verdict_agreement_and_zero_tolerance():
+    ep, ba = np.array([1, 1]), np.array([1, 2])
+    a = {"w": np.array([1.0, np.nan])}
+    div = {"w": _fd([1.0, np.nan], [1.0, np.nan], [0.0, 0.0])}
+    v = dv.verdict(div, a, a, ep, ba, None)
+    assert v.ok and v.first_divergent_step is None and v.max_tol_ratio == 0.0 and v.max_abs == 0.0
+    assert v.max_ulp == 0 and v.max_rel == 0.0
+    # a difference against a zero tolerance is an infinite ratio, and divergent
+    div = {"w": _fd([1.0, 1.0], [1.0, 1.5], [0.0, 0.0])}
+    v = dv.verdict(div, a, {"w": np.array([1.0, 1.5])}, ep, ba, None)
+    assert not v.ok and v.max_tol_ratio == math.inf and v.first_divergent_step["abs"] == 0.5
+    # a non-finite mismatch names no distance
+    div = {"w": _fd([1.0, 1.0], [1.0, np.inf], [0.1, 0.1])}
+    v = dv.verdict(div, a, {"w": np.array([1.0, np.inf])}, ep, ba, None)
+    assert v.first_divergent_step["abs"] is None and v.first_divergent_step["torch"] == "inf"
+
+
+# ------------------------------------------------------------------ silent on rounding, loud on a wrong formula
+
+
+@pytest.mark.slow
+def test_silent_on_honest_rounding_over_a_long_run():
+    t = run_trace(Config(epochs=3000))  # float32, near convergence the gradients' relative error is large
+    assert t.verdict.ok, t.verdict.first_divergent_step
+    assert t.verdict.max_rel > 1e-3  # the pitfall is really there
+
+
+@pytest.mark.parametrize("field,factor", [("grad_w", 1.0001), ("grad_b", 0.9999), ("loss", 1.0001),
+                                          ("w", 1.00001), ("b", 1.00001)])
+def test_loud_on_a_slightly_wrong_value(field, factor):
+    cfg = Config(epochs=2)
+    ds = article()
+    p = plan(len(ds), cfg)
+    a = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("numpy", cfg.dtype))
+    b = {f: v.copy() for f, v in a.items()}
+    b[field][3] = b[field][3] * np.float32(factor)
+    div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
+    v = dv.verdict(div, a, b, np.repeat([1, 2], 3), np.tile([1, 2, 3], 2), None)
+    assert not v.ok and v.first_divergent_step["step"] == 4 and v.first_divergent_step["field"] == field
+
+
+def test_check_configs_pass():
+    """What `sgdtrace check` runs: every shipped config agrees."""
+    import glob
+
+    from sgdtrace.check import run_checks
+
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    result = run_checks(sorted(glob.glob(os.path.join(configs, "*.toml"))), ["cpu"])
+    assert result.rows and result.ok
