@@ -21,6 +21,15 @@ def num(value: float, digits: int = 6) -> str:
     return f"{v:.{digits}g}"
 
 
+def fit(value: float, width: int = 9) -> str:
+    """:func:`num`, with fewer digits where needed to stay within ``width`` characters (tables)."""
+    for digits in range(6, 1, -1):
+        text = num(value, digits)
+        if len(text) <= width:
+            return text
+    return text
+
+
 def sci(value: float) -> str:
     """A small diagnostic number (a tolerance, a difference) in short scientific form."""
     v = float(value)

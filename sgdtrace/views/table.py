@@ -12,7 +12,7 @@ from rich.text import Text
 
 from sgdtrace.divergence import tolerances
 from sgdtrace.views.export import verdict_sentence
-from sgdtrace.views.fmt import LABELS, describe_data, num, percent, sci
+from sgdtrace.views.fmt import LABELS, describe_data, fit, num, percent, sci
 
 #: rows shown in full up to this many steps; longer runs show the first and last rows
 DEFAULT_ROWS = 40
@@ -119,7 +119,7 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
     for i, k in enumerate(shown):
         if k is None:
             hidden = shown[i + 1] - shown[i - 1] - 1
-            table.add_row("⋮", "", Text(f"{hidden} hidden", style="italic"), *(["⋮"] * len(order)), "",
+            table.add_row("⋮", "", "⋮", *(["⋮"] * len(order)), Text(f"+{hidden}", style="italic"),
                           end_section=True)
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
@@ -158,7 +158,7 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
 
 
 def _cell(value, ok) -> Text:
-    return Text(num(value), style="" if ok else "bold red")
+    return Text(fit(value), style="" if ok else "bold red")
 
 
 def verdict_text(trace) -> Text:
