@@ -69,7 +69,7 @@ def test_summary_line_and_gap(article):
     t = run_trace(Config(epochs=30))
     text = render(run_view(t, rows=4, every=5), width=120)
     assert "90 steps, 4 shown" in text
-    assert "hidden" in text
+    assert "+79" in text  # steps 6..84 hidden between the 2nd and the 18th shown
     assert "w 0 → " in text and "(true 2)" in text and "(true 10)" in text
     text = render(run_view(article), width=120)
     assert "steps, " not in text and "loss 146.667 → 145.282" in text  # all shown: no count
