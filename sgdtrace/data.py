@@ -201,9 +201,15 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
     every epoch, in this order (torch/utils/data/dataloader.py and sampler.py):
 
     1. creating the epoch's iterator draws a base seed: ``torch.empty((), dtype=torch.int64).random_(generator=g)``;
-    2. RandomSampler then draws the permutation: ``torch.randperm(n, generator=g)``.
+    2. RandomSampler then draws the permutation: ``torch.randperm(n, generator=g)``;
+    3. when the epoch's batches run out, RandomSampler's last line runs: it yields the first
+       ``num_samples % n`` entries of ANOTHER ``torch.randperm(n, generator=g)``. With
+       ``num_samples == n`` that slice is empty, but the draw still advances ``g``.
 
-    Step 1 is what makes a naive "one randperm per epoch" replay wrong from epoch 2 on.
+    Steps 1 and 3 are what make a naive "one randperm per epoch" replay wrong from epoch 2 on.
+    The epoch always runs out (the DataLoader's loop asks for one more batch, with drop_last
+    too: BatchSampler's ``zip`` stops on the sampler's StopIteration), so step 3 happens every
+    epoch.
     """
     if config.drop_last and n_samples < config.batch_size:
         raise ConfigError(
@@ -220,5 +226,6 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
         for _ in range(config.epochs):
             torch.empty((), dtype=torch.int64).random_(generator=g)  # the iterator's base seed
             out.append(torch.randperm(n_samples, generator=g).numpy())
+            torch.randperm(n_samples, generator=g)  # the sampler's empty tail slice, drawn all the same
         orders = tuple(out)
     return BatchPlan(n_samples, config.batch_size, config.epochs, config.drop_last, orders)
