@@ -206,7 +206,7 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
        ``num_samples % n`` entries of ANOTHER ``torch.randperm(n, generator=g)``. With
        ``num_samples == n`` that slice is empty, but the draw still advances ``g``.
 
-    Steps 1 and 3 are what make a naive "one randperm per epoch" replay wrong from epoch 2 on.
+    Without step 1 a replay is wrong from epoch 1 on; without step 3, from epoch 2 on.
     The epoch always runs out (the DataLoader's loop asks for one more batch, with drop_last
     too: BatchSampler's ``zip`` stops on the sampler's StopIteration), so step 3 happens every
     epoch.

@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.divergence import tolerances
+from sgdtrace.divergence import BUFFER_FIELDS, FIELDS, tolerances
 from sgdtrace.views.export import verdict_sentence
 from sgdtrace.views.fmt import LABELS, describe_data, num, percent, sci
 
@@ -48,15 +48,30 @@ def shown_steps(n_steps: int, rows: int | None) -> list[int | None]:
     return list(range(head)) + [None] + list(range(n_steps - tail, n_steps))
 
 
+def table_fields(trace) -> tuple[str, ...]:
+    """The columns' fields: the article's (dl/dw, dl/db, loss, w, b), then momentum's buffers if any."""
+    order = FIELDS + BUFFER_FIELDS
+    return tuple(sorted(trace.fields, key=lambda f: order.index(f) if f in order else len(order)))
+
+
 def step_table(trace, rows: int | None = None) -> Table:
-    """Two lines per step (hand, torch); the ulp column is the step's largest distance in ULPs."""
-    fields = trace.fields
+    """Two lines per step (hand, torch); the ulp column is the step's largest distance in ULPs.
+
+    With momentum on, the buffers buf_w and buf_b join as two more columns; to keep a step on
+    80 columns, the lr column (constant, and in the title) gives way and each number gets at
+    most 8 characters: 5 significant digits, fewer where the value needs more room.
+    """
+    fields = table_fields(trace)
+    buffers = any(f in BUFFER_FIELDS for f in fields)
+    fmt = _fit if buffers else num
     multi = trace.config.epochs > 1
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
+    # with the buffers, the columns are set one space apart instead of two
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0 if buffers else 1, 0, 0), show_edge=False, pad_edge=False,
                   title=_title(trace), title_justify="left", title_style="bold")
     table.add_column("ep:b" if multi else "batch", justify="right")
     table.add_column("n", justify="right")
-    table.add_column("lr", justify="right")
+    if not buffers:
+        table.add_column("lr", justify="right")
     table.add_column("", justify="left")
     for f in fields:
         table.add_column(LABELS[f], justify="right")
@@ -65,11 +80,12 @@ def step_table(trace, rows: int | None = None) -> Table:
     ok_all = None
     for f in fields:
         ok_all = trace.divergence[f].ok if ok_all is None else ok_all & trace.divergence[f].ok
-    lr = f"{trace.config.lr:g}"
+    lr = [] if buffers else [f"{trace.config.lr:g}"]
+    blank = [""] * len(lr)
     for k in shown_steps(trace.n_steps, rows):
         if k is None:
             hidden = trace.n_steps - (len(shown_steps(trace.n_steps, rows)) - 1)
-            table.add_row("⋮", "", "", "", Text(f"{hidden} steps not shown", style="italic"), end_section=True)
+            table.add_row("⋮", "", *blank, "", Text(f"{hidden} steps not shown", style="italic"), end_section=True)
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
         ulps = [int(trace.divergence[f].ulp[k]) for f in fields if trace.divergence[f].finite[k]]
@@ -80,15 +96,24 @@ def step_table(trace, rows: int | None = None) -> Table:
             mark = Text("n/f", style="yellow")
         else:
             mark = Text(str(worst), style="green" if worst == 0 else "")
-        man = [_cell(trace.manual[f][k], trace.divergence[f].ok[k]) for f in fields]
-        ref = [_cell(trace.torch[f][k], trace.divergence[f].ok[k]) for f in fields]
-        table.add_row(step, str(trace.n[k]), lr, "hand", *man, mark)
-        table.add_row("", "", "", Text("torch", style="dim"), *ref, "", end_section=k != trace.n_steps - 1)
+        man = [_cell(fmt(trace.manual[f][k]), trace.divergence[f].ok[k]) for f in fields]
+        ref = [_cell(fmt(trace.torch[f][k]), trace.divergence[f].ok[k]) for f in fields]
+        table.add_row(step, str(trace.n[k]), *lr, "hand", *man, mark)
+        table.add_row("", "", *blank, Text("torch", style="dim"), *ref, "", end_section=k != trace.n_steps - 1)
     return table
 
 
-def _cell(value, ok) -> Text:
-    return Text(num(value), style="" if ok else "bold red")
+def _cell(text: str, ok) -> Text:
+    return Text(text, style="" if ok else "bold red")
+
+
+def _fit(value, width: int = 8) -> str:
+    """A value in at most ``width`` characters: 5 significant digits, fewer where it needs room."""
+    for digits in (5, 4, 3, 2):
+        text = num(value, digits)
+        if len(text) <= width:
+            break
+    return text
 
 
 def verdict_text(trace) -> Text:
@@ -123,4 +148,4 @@ def run_view(trace, rows: int | None = None) -> Group:
     return Group(step_table(trace, rows), Text(""), verdict_text(trace))
 
 
-__all__ = ["run_view", "step_table", "verdict_text", "verdict_sentence", "shown_steps"]
+__all__ = ["run_view", "step_table", "table_fields", "verdict_text", "verdict_sentence", "shown_steps"]
