@@ -108,12 +108,22 @@ def _cell(text: str, ok) -> Text:
 
 
 def _fit(value, width: int = 8) -> str:
-    """A value in at most ``width`` characters: 5 significant digits, fewer where it needs room."""
+    """A value in at most ``width`` characters: 5 significant digits, fewer where it needs room.
+
+    Exponents are written short (``1.5e-5``, ``-2.25e5``) to leave the room to digits.
+    """
     for digits in (5, 4, 3, 2):
-        text = num(value, digits)
+        text = _short_exponent(num(value, digits))
         if len(text) <= width:
             break
     return text
+
+
+def _short_exponent(text: str) -> str:
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def verdict_text(trace) -> Text:
