@@ -282,6 +282,15 @@ def test_table_fits_small_and_large_values():
     assert all(len(line) <= 80 for line in text.splitlines()) and "…" not in text
 
 
+def test_table_of_a_failing_momentum_run_fits_80_columns(monkeypatch):
+    monkeypatch.setattr(manual, "sgd_update", sutskever_momentum)
+    t = run_trace(Config(momentum=0.9))
+    text = render(t)
+    assert all(len(line) <= 80 for line in text.splitlines()) and "…" not in text
+    hand = [line.split() for line in text.splitlines() if line.split()[2:3] == ["hand"]]
+    assert len(hand) == 3 and all(row[-2] == "✗" for row in hand)  # one line per step, the mark intact
+
+
 # ------------------------------------------------------------------ properties: the whole option space
 
 
@@ -293,7 +302,7 @@ def configs(draw):
         dampening = 0.0
     else:
         momentum = draw(st.one_of(st.just(0.0), st.floats(0.0, 0.99)))
-        dampening = draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0)))
+        dampening = draw(st.one_of(st.just(0.0), st.just(1.0), st.just(0.999), st.floats(0.0, 1.0)))
     n = draw(st.sampled_from([None, 1, 2, 5, 9, 16, 23]))
     batch_size = draw(st.integers(1, 12))
     drop_last = draw(st.booleans()) and batch_size <= (9 if n is None else n)
@@ -336,6 +345,18 @@ def test_engines_agree_over_the_option_space_on_the_cuda_code_paths(cfg):
     assert_agree_at_every_step(run_trace(cfg, manual_backend="torch", sync_free=True), cfg)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_engines_agree_over_the_option_space_on_cuda(cfg):
+    """On the GPU: the manual engine on CUDA tensors, torch's optim.SGD with its multi-tensor (foreach) path."""
+    cfg = cfg.replace(device="cuda")
+    t = run_trace(cfg)
+    assert t.device.startswith("cuda")
+    assert_agree_at_every_step(t, cfg)
+
+
 @pytest.mark.parametrize("manual_backend", [None, "torch"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_long_run_with_every_option_is_silent(dtype, manual_backend):
@@ -344,6 +365,18 @@ def test_long_run_with_every_option_is_silent(dtype, manual_backend):
                  shuffle=True, seed=3, batch_size=4, dtype=dtype)
     t = run_trace(cfg, manual_backend=manual_backend)
     assert_agree_at_every_step(t, cfg)
+
+
+@pytest.mark.parametrize("dampening", [0.999, 0.99, 0.9999])
+def test_dampening_near_one_in_float32_is_silent(dampening):
+    """(1 - dampening) must be the coefficient torch uses: float32(1 - d), not 1 - float32(d).
+
+    The second is off by up to u*d/(1 - d) relative (500 ulp at d = 0.999): it made the buffers
+    differ by up to 11 times their tolerance in such runs.
+    """
+    cfg = Config(momentum=0.9, dampening=dampening, epochs=20, batch_size=2, init_w=3.0, init_b=4.0,
+                 weight_decay=0.01)
+    assert_agree_at_every_step(run_trace(cfg), cfg)
 
 
 # ------------------------------------------------------------------ wrong rules are caught

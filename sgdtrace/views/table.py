@@ -59,7 +59,8 @@ def step_table(trace, rows: int | None = None) -> Table:
 
     With momentum on, the buffers buf_w and buf_b join as two more columns; to keep a step on
     80 columns, the lr column (constant, and in the title) gives way and each number gets at
-    most 8 characters: 5 significant digits, fewer where the value needs more room.
+    most 8 characters: 5 significant digits, fewer where the value needs more room (ulp
+    counts from 100,000 on are shown as 1e5, 5.5e7, ...).
     """
     fields = table_fields(trace)
     buffers = any(f in BUFFER_FIELDS for f in fields)
@@ -90,12 +91,13 @@ def step_table(trace, rows: int | None = None) -> Table:
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
         ulps = [int(trace.divergence[f].ulp[k]) for f in fields if trace.divergence[f].finite[k]]
         worst = max(ulps) if ulps else 0
+        shown = _short_exponent(f"{worst:.2g}") if buffers and worst >= 100_000 else worst
         if not ok_all[k]:
-            mark = Text(f"✗ {worst}", style="bold red")
+            mark = Text(f"✗ {shown}", style="bold red")
         elif len(ulps) < len(fields):
             mark = Text("n/f", style="yellow")
         else:
-            mark = Text(str(worst), style="green" if worst == 0 else "")
+            mark = Text(str(shown), style="green" if worst == 0 else "")
         man = [_cell(fmt(trace.manual[f][k]), trace.divergence[f].ok[k]) for f in fields]
         ref = [_cell(fmt(trace.torch[f][k]), trace.divergence[f].ok[k]) for f in fields]
         table.add_row(step, str(trace.n[k]), *lr, "hand", *man, mark)
