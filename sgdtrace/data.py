@@ -223,9 +223,14 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
 
     1. creating the epoch's iterator draws a base seed: ``torch.empty((), dtype=torch.int64).random_(generator=g)``;
     2. RandomSampler then draws the permutation: ``torch.randperm(n, generator=g)``;
-    3. when the epoch's batches run out, RandomSampler draws one more (empty) slice of a permutation.
+    3. when the epoch's batches run out, RandomSampler's last line runs: it yields the first
+       ``num_samples % n`` entries of ANOTHER ``torch.randperm(n, generator=g)``. With
+       ``num_samples == n`` that slice is empty, but the draw still advances ``g``.
 
-    Step 1 is what makes a naive "one randperm per epoch" replay wrong from epoch 2 on.
+    Without step 1 a replay is wrong from epoch 1 on; without step 3, from epoch 2 on.
+    The epoch always runs out (the DataLoader's loop asks for one more batch, with drop_last
+    too: BatchSampler's ``zip`` stops on the sampler's StopIteration), so step 3 happens every
+    epoch.
     """
     if config.drop_last and n_samples < config.batch_size:
         raise ConfigError(
@@ -248,8 +253,6 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
         for _ in range(config.epochs):
             torch.empty((), dtype=torch.int64).random_(generator=g)  # the iterator's base seed
             out.append(torch.randperm(n_samples, generator=g).numpy())
-            # RandomSampler.__iter__ ends with randperm(n)[:num_samples % n]: iterated to the end (as
-            # every epoch is), it draws one more permutation, of which it yields nothing
-            torch.randperm(n_samples, generator=g)
+            torch.randperm(n_samples, generator=g)  # the sampler's empty tail slice, drawn all the same
         orders = tuple(out)
     return BatchPlan(n_samples, config.batch_size, config.epochs, config.drop_last, orders)

@@ -314,7 +314,7 @@ def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[s
             max_abs = max(max_abs, float(d.abs[d.finite].max()))
             max_rel = max(max_rel, float(d.rel[d.finite].max()))
             max_ulp = max(max_ulp, int(d.ulp[d.finite].max()))
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 ratio = np.where(d.tol > 0, d.abs / d.tol, np.where(d.abs > 0, np.inf, 0.0))
             judged = d.finite & np.isfinite(d.tol)
             if judged.any():

@@ -21,10 +21,14 @@ def num(value: float, digits: int = 6) -> str:
     return f"{v:.{digits}g}"
 
 
-def fit(value: float, width: int = 9) -> str:
-    """:func:`num`, with fewer digits where needed to stay within ``width`` characters (tables)."""
-    for digits in range(6, 1, -1):
-        text = num(value, digits)
+def fit(value: float, width: int = 9, digits: int = 6) -> str:
+    """:func:`num` in at most ``width`` characters (tables): ``digits`` significant digits, fewer
+    where the value needs more room; exponents written short (``1.5e-5``, ``-2.25e5``)."""
+    for d in range(digits, 1, -1):
+        text = num(value, d)
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}e{int(exponent)}"
         if len(text) <= width:
             return text
     return text

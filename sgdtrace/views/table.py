@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.divergence import tolerances
+from sgdtrace.divergence import BUFFER_FIELDS, FIELDS, tolerances
 from sgdtrace.views.export import verdict_sentence
 from sgdtrace.views.fmt import LABELS, describe_data, fit, num, percent, sci
 
@@ -36,7 +36,8 @@ def _title(trace) -> str:
         opts.append("drop last")
     epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
     return (f"SGD on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
-            f"lr {cfg.lr:g} · batch size {cfg.batch_size} · {epochs} · init w {cfg.init_w:g}, b {cfg.init_b:g}"
+            f"lr {cfg.lr:g} · batch size {cfg.batch_size} · {epochs}"
+            + (f" · init w {cfg.init_w:g}, b {cfg.init_b:g}" if cfg.init_w or cfg.init_b else "")
             + "".join(" · " + o for o in opts) + f" · {cfg.dtype} on {trace.device}")
 
 
@@ -90,14 +91,31 @@ def summary_text(trace, shown: list[int | None]) -> Text:
     return out
 
 
+def table_fields(trace) -> tuple[str, ...]:
+    """The columns' fields: the article's (dl/dw, dl/db, loss, w, b), then momentum's buffers if any."""
+    order = FIELDS + BUFFER_FIELDS
+    return tuple(sorted(trace.fields, key=lambda f: order.index(f) if f in order else len(order)))
+
+
 def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
-    """Two lines per step (hand, torch); the ulp column is the step's largest distance in ULPs."""
-    fields = trace.fields
+    """Two lines per step (hand, torch); the ulp column is the step's largest distance in ULPs.
+
+    Columns in the article's order (n, dl/dw, dl/db, lr, w, b, loss). With momentum on, the
+    buffers buf_w and buf_b join as two more columns; to keep a step on 80 columns, the lr
+    column (constant, and in the title) gives way and each number gets at most 8 characters:
+    5 significant digits, fewer where the value needs more room (ulp counts from 100,000 on
+    are shown as 1e5, 5.5e7, ...).
+    """
+    fields = table_fields(trace)
+    buffers = any(f in BUFFER_FIELDS for f in fields)
+    width, digits = (8, 5) if buffers else (9, 6)
     multi = trace.config.epochs > 1
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
+    # with the buffers, the columns are set one space apart instead of two
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0 if buffers else 1, 0, 0), show_edge=False, pad_edge=False,
                   title=_title(trace), title_justify="left", title_style="bold")
-    # the article's column order: n, dl/dw, dl/db, lr, w, b, loss
-    order = [f for f in ARTICLE_ORDER if f in fields or f == "lr"] + [f for f in fields if f not in ARTICLE_ORDER]
+    # the article's column order: n, dl/dw, dl/db, lr, w, b, loss (then the buffers)
+    order = [f for f in ARTICLE_ORDER if f in fields or (f == "lr" and not buffers)]
+    order += [f for f in fields if f not in ARTICLE_ORDER]
     table.add_column("ep:b" if multi else "batch", justify="right")
     table.add_column("n", justify="right")
     table.add_column("", justify="left")
@@ -125,23 +143,26 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
         ulps = [int(trace.divergence[f].ulp[k]) for f in fields if trace.divergence[f].finite[k]]
         worst = max(ulps) if ulps else 0
+        ulp_text = fit(worst, 5, 2) if worst >= 100_000 else str(worst)
         if not ok_all[k]:
-            mark = Text(f"✗ {worst}", style="bold red")
+            mark = Text(f"✗ {ulp_text}", style="bold red")
         elif len(ulps) < len(fields):
             mark = Text("n/f", style="yellow")
         else:
-            mark = Text(str(worst), style="green" if worst == 0 else "")
+            mark = Text(ulp_text, style="green" if worst == 0 else "")
         if k == blew:  # where training blew up (first inf/nan, or where the rate first exceeds the limit)
             mark = Text("⚠ ", style="bold yellow") + mark
 
         def row(values: dict, lr_cell="") -> list:
             return [lr_cell if f == "lr" else values.get(f, "") for f in order]
 
-        ok = {f: trace.divergence[f].ok[k] for f in fields}
+        def cell(value, f: str) -> Text:
+            return Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
+
         last = k == shown[-1]
-        table.add_row(step, str(trace.n[k]), "hand",
-                      *row({f: _cell(trace.manual[f][k], ok[f]) for f in fields}, lr), mark)
-        table.add_row("", "", Text("torch", style="dim"), *row({f: _cell(trace.torch[f][k], ok[f]) for f in fields}),
+        table.add_row(step, str(trace.n[k]), "hand", *row({f: cell(trace.manual[f][k], f) for f in fields}, lr),
+                      mark)
+        table.add_row("", "", Text("torch", style="dim"), *row({f: cell(trace.torch[f][k], f) for f in fields}),
                       "", end_section=not last and witness is None and gc is None)
         if witness is not None:
             table.add_row("", "", Text("exact", style="cyan"),
@@ -155,10 +176,6 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
                           *row({f: num(gc.numeric[f][k]) for f in fields if f in gc.numeric}), status,
                           end_section=not last)
     return table
-
-
-def _cell(value, ok) -> Text:
-    return Text(fit(value), style="" if ok else "bold red")
 
 
 def verdict_text(trace) -> Text:
@@ -201,4 +218,5 @@ def run_view(trace, rows: int | None = None, every: int = 1) -> Group:
     return Group(*parts)
 
 
-__all__ = ["run_view", "step_table", "verdict_text", "verdict_sentence", "shown_steps", "summary_text"]
+__all__ = ["run_view", "step_table", "table_fields", "verdict_text", "verdict_sentence", "shown_steps",
+           "summary_text"]

@@ -1,0 +1,203 @@
+"""Data sources: a CSV file (--data) and a synthetic line (--synthetic), as config.data shows them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sgdtrace.check import run_checks
+from sgdtrace.cli import cli
+from sgdtrace.config import Config
+from sgdtrace.data import Dataset, load, read_csv, synthetic
+from sgdtrace.errors import DataError
+from sgdtrace.tracing import run_trace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_CSV = os.path.join(ROOT, "configs", "data", "ice-cream.csv")
+
+
+def write(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def one_error_line(result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sgdtrace: error: "), result.output
+    for frag in fragments:
+        assert frag in lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------ CSV
+
+
+def test_csv_reads_x_and_y_by_header_name_and_ignores_other_columns(tmp_path):
+    path = write(tmp_path, "d.csv", "id,y,comment,x\n1,10,a,0\n2,12.5,\"b, c\",1\n3,-3e2,,2.25\n")
+    ds = read_csv(path)
+    assert ds.x.tolist() == [0.0, 1.0, 2.25]
+    assert ds.y.tolist() == [10.0, 12.5, -300.0]
+    assert ds.x.dtype == np.float64
+    assert ds.info == {"source": "csv", "path": path, "n": 3}
+
+
+def test_csv_header_names_are_matched_without_case_or_spaces(tmp_path):
+    ds = read_csv(write(tmp_path, "d.csv", " X , Y \n1,2\n3,4\n"))
+    assert ds.x.tolist() == [1.0, 3.0] and ds.y.tolist() == [2.0, 4.0]
+
+
+def test_shipped_csv(tmp_path):
+    ds = read_csv(SHIPPED_CSV)
+    assert len(ds) == 10
+    assert ds.x[0] == 1.5 and ds.y[-1] == 18.7
+
+
+def test_csv_run_json_shows_the_source_and_the_first_batch_by_hand(tmp_path):
+    path = write(tmp_path, "d.csv", "x,y,other\n1,3,9\n2,5,9\n4,9,9\n")
+    result = run_cli("run", "--data", path, "--batch-size", "2", "--dtype", "float64", "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["config"]["data"] == {"source": "csv", "path": path, "n": 3}
+    first, last = doc["steps"]
+    # batch 1 at w = b = 0: x = 1, 2; y = 3, 5; d = -3, -5
+    # loss = (9 + 25)/2 = 17; dl/dw = (2/2)(-3*1 - 5*2) = -13; dl/db = (2/2)(-8) = -8
+    assert first["indices"] == [0, 1] and first["n"] == 2
+    assert first["manual"]["loss"] == 17.0 and first["torch"]["loss"] == 17.0
+    assert first["manual"]["grad_w"] == -13.0 and first["manual"]["grad_b"] == -8.0
+    # update: w = 0 - 0.01 * -13 = 0.13, b = 0.08
+    assert first["manual"]["w"] == pytest.approx(0.13, rel=1e-15)
+    assert first["manual"]["b"] == pytest.approx(0.08, rel=1e-15)
+    # batch 2 is the partial batch of one: x = 4, y = 9; d = 0.13*4 + 0.08 - 9 = -8.4; 1/n = 1
+    assert last["indices"] == [2] and last["n"] == 1
+    assert last["manual"]["grad_w"] == pytest.approx(2 * -8.4 * 4, rel=1e-14)
+    assert last["manual"]["loss"] == pytest.approx(8.4**2, rel=1e-14)
+    assert doc["verdict"]["ok"] is True
+
+
+@pytest.mark.parametrize("text,fragments", [
+    ("a,b\n1,2\n", ["has no column 'x' or 'y'"]),
+    ("x,z\n1,2\n", ["has no column 'y'"]),
+    ("", ["the file is empty"]),
+    ("x,y\n", ["a header but no data rows"]),
+    ("x,y\n1,2\n3,abc\n", ["row 3, column y: 'abc' is not a number"]),
+    ("x,y\n1,2\n3,inf\n", ["row 3, column y: 'inf'", "finite"]),
+    ("x,y\n1,2\n3,\n", ["row 3 has no y value", "column x has 2 values, column y has 1"]),
+    ("x,y\n1,2\n3\n", ["column x has 2 values but column y has 1"]),
+])
+def test_bad_csv_is_one_error_line_naming_the_problem(tmp_path, text, fragments):
+    path = write(tmp_path, "bad.csv", text)
+    with pytest.raises(DataError):
+        read_csv(path)
+    one_error_line(run_cli("run", "--data", path), f"--data {path!r}", *fragments)
+
+
+def test_missing_and_binary_csv_files(tmp_path):
+    one_error_line(run_cli("run", "--data", str(tmp_path / "nope.csv")), "no such file")
+    binary = tmp_path / "b.csv"
+    binary.write_bytes(b"x,y\n\x00\x01\n")
+    one_error_line(run_cli("run", "--data", str(binary)), "binary file")
+    one_error_line(run_cli("run", "--data", str(tmp_path)), "is a folder")
+
+
+def test_bad_csv_writes_no_output_file(tmp_path):
+    out = tmp_path / "out.json"
+    path = write(tmp_path, "bad.csv", "x,y\n1,oops\n")
+    one_error_line(run_cli("run", "--data", path, "--format", "json", "--output", str(out)), "'oops'")
+    assert not out.exists()
+
+
+def test_mismatched_lengths_name_both(tmp_path):
+    # the article's snippet: nine x and eight y
+    with pytest.raises(DataError, match="x has 9 values but y has 8"):
+        Dataset.from_arrays(range(9), [10, 12, 14, 16, 20, 22, 24, 26])
+
+
+# ------------------------------------------------------------------ synthetic
+
+
+def test_synthetic_is_reproducible_and_the_seed_matters():
+    a = synthetic(50, 2.0, 10.0, 0.5, seed=7)
+    b = synthetic(50, 2.0, 10.0, 0.5, seed=7)
+    c = synthetic(50, 2.0, 10.0, 0.5, seed=8)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+    assert not np.array_equal(a.x, c.x)
+
+
+def test_synthetic_without_noise_lies_on_the_line():
+    ds = synthetic(200, -1.5, 4.0, 0.0, seed=3)
+    assert len(ds) == 200
+    assert ((ds.x >= 0) & (ds.x < 10)).all()
+    assert np.array_equal(ds.y, -1.5 * ds.x + 4.0)
+    assert (ds.true_w, ds.true_b) == (-1.5, 4.0)
+
+
+def test_synthetic_noise_has_the_requested_spread():
+    ds = synthetic(20000, 3.0, -2.0, 0.25, seed=1)
+    resid = ds.y - (3.0 * ds.x - 2.0)
+    # the sample std of 20000 normal draws is within 3% of sigma with overwhelming probability
+    assert resid.std() == pytest.approx(0.25, rel=0.03)
+    assert abs(resid.mean()) < 0.25 * 4 / np.sqrt(20000)
+
+
+def test_synthetic_run_json_config_data():
+    result = run_cli("run", "--synthetic", "25", "--true-w", "-3", "--true-b", "1.5", "--noise", "0.2",
+                     "--seed", "4", "--epochs", "2", "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["config"]["data"] == {"source": "synthetic", "n": 25, "true_w": -3.0, "true_b": 1.5,
+                                     "noise": 0.2, "seed": 4}
+    assert len(doc["steps"]) == 2 * 9  # ceil(25 / 3) batches per epoch, the last of one sample
+    assert doc["steps"][8]["n"] == 1
+
+
+def test_synthetic_default_seed_is_zero_and_recorded():
+    cfg = Config(synthetic=5)
+    assert load(cfg).info["seed"] == 0
+    assert np.array_equal(load(cfg).x, synthetic(5, 2.0, 10.0, 0.0, 0).x)
+
+
+def test_data_and_synthetic_together_is_an_error(tmp_path):
+    path = write(tmp_path, "d.csv", "x,y\n1,2\n")
+    one_error_line(run_cli("run", "--data", path, "--synthetic", "5"), "choose one data source")
+
+
+@pytest.mark.parametrize("flag,value,fragment", [
+    ("--synthetic", "0", "--synthetic 0"),
+    ("--noise", "-1", "--noise -1.0"),
+    ("--true-w", "nan", "--true-w nan"),
+])
+def test_bad_synthetic_values(flag, value, fragment):
+    args = ["run", "--synthetic", "5", flag, value] if flag != "--synthetic" else ["run", flag, value]
+    one_error_line(run_cli(*args), fragment)
+
+
+# ------------------------------------------------------------------ the shipped CSV config
+
+
+def test_csv_config_resolves_its_data_next_to_it_and_passes_the_gate(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the path in csv.toml is relative to the file, not to the working folder
+    result = run_checks([os.path.join(ROOT, "configs", "csv.toml")], ["cpu"])
+    assert result.ok
+    (row,) = result.rows
+    assert row.trace.dataset.info["source"] == "csv"
+    assert os.path.samefile(row.trace.dataset.info["path"], SHIPPED_CSV)
+
+
+def test_csv_training_approaches_the_least_squares_line():
+    """Many epochs over the shipped CSV end near the least-squares fit (computed here by numpy)."""
+    ds = read_csv(SHIPPED_CSV)
+    w_ls, b_ls = np.polyfit(ds.x, ds.y, 1)
+    t = run_trace(Config(data=SHIPPED_CSV, lr=0.02, batch_size=10, epochs=3000, dtype="float64"))
+    assert t.verdict.ok
+    assert t.manual["w"][-1] == pytest.approx(w_ls, rel=1e-6)
+    assert t.manual["b"][-1] == pytest.approx(b_ls, rel=1e-6)
