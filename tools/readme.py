@@ -1,0 +1,75 @@
+"""Keep the README's example output true: re-run every marked example and paste its real output.
+
+In README.md, a line ``<!-- sh: COMMAND -->`` right before a fenced block marks that block as
+the output of COMMAND, run in the project's folder. ``sgdtrace ...`` commands run in process
+(click's CliRunner, 80 columns, no colour); anything else runs in a shell.
+
+    python tools/readme.py           # rewrite README.md in place
+    python tools/readme.py --check   # exit 1 and list the blocks that are out of date
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = re.compile(r"^<!-- sh: (?P<cmd>.+?) -->\n```[a-z]*\n(?P<body>.*?)^```\n", re.S | re.M)
+ENV = {"NO_COLOR": "1", "COLUMNS": "80", "TERM": "dumb"}
+
+
+def run_example(command: str) -> str:
+    """The text a reader sees for COMMAND: the prompt line, then what it printed."""
+    words = shlex.split(command)
+    if words and words[0] == "sgdtrace" and "|" not in command and ">" not in command:
+        from click.testing import CliRunner
+
+        from sgdtrace.cli import cli
+
+        result = CliRunner().invoke(cli, words[1:], env=ENV)
+        out = result.output
+    else:
+        env = dict(os.environ, **ENV)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        proc = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True)
+        out = proc.stdout + proc.stderr
+    lines = [line.rstrip() for line in out.rstrip("\n").splitlines()]
+    return "$ " + command + "\n" + "\n".join(lines) + "\n"
+
+
+def refresh(text: str, only_sgdtrace: bool = False) -> tuple[str, list[str]]:
+    """The README with every marked block re-run; and the commands whose output changed."""
+    changed: list[str] = []
+
+    def replace(m: re.Match) -> str:
+        cmd = m.group("cmd")
+        if only_sgdtrace and not cmd.startswith("sgdtrace "):
+            return m.group(0)
+        body = run_example(cmd)
+        if body != m.group("body"):
+            changed.append(cmd)
+        return f"<!-- sh: {cmd} -->\n```\n{body}```\n"
+
+    os.chdir(ROOT)
+    return MARK.sub(replace, text), changed
+
+
+def main(argv: list[str]) -> int:
+    path = ROOT / "README.md"
+    text = path.read_text(encoding="utf-8")
+    new, changed = refresh(text)
+    if "--check" in argv:
+        for cmd in changed:
+            print(f"out of date: {cmd}")
+        return 1 if changed else 0
+    path.write_text(new, encoding="utf-8")
+    print(f"{len(MARK.findall(text))} examples run, {len(changed)} updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
