@@ -44,3 +44,7 @@ mutate: dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+# the benchmark: the learner's plain torch loop against `sgdtrace run` (see benchmarks/bench.py)
+bench: install
+	$(BIN)/python benchmarks/bench.py

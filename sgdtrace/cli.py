@@ -137,20 +137,34 @@ def check_output_path(path: str | None) -> None:
         raise ConfigError(f"--output {path!r}: the folder {folder!r} does not exist")
     if os.path.isdir(path):
         raise ConfigError(f"--output {path!r}: is a folder; name a file")
+    if os.path.exists(path) and not os.path.isfile(path) and os.access(path, os.W_OK):
+        return  # a device or a pipe (/dev/null): written in place
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"--output {path!r}: the folder {folder!r} is not writable")
 
 
-def write_output(text: str, output: str | None) -> None:
-    """Print, or write ``output`` atomically: a temporary file renamed into place, so never half-written."""
+def write_output(text: str | Iterable[str], output: str | None) -> None:
+    """Print, or write ``output`` atomically: a temporary file renamed into place, so never half-written.
+
+    ``text`` may be an iterable of pieces (a long run's JSON), written as they come.
+    """
+    pieces = [text] if isinstance(text, str) else text
     if output is None:
-        click.echo(text, nl=False)
+        for piece in pieces:
+            click.echo(piece, nl=False)
+        return
+    if os.path.exists(output) and not os.path.isfile(output):
+        # a device or a pipe (/dev/null, a FIFO): write into it; renaming over it would replace it
+        with open(output, "w", encoding="utf-8") as fh:
+            for piece in pieces:
+                fh.write(piece)
         return
     folder = os.path.dirname(os.path.abspath(output))
     fd, tmp = tempfile.mkstemp(prefix=".sgdtrace-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            for piece in pieces:
+                fh.write(piece)
         os.replace(tmp, output)
     except BaseException:
         if os.path.exists(tmp):
@@ -245,11 +259,11 @@ def add_witnesses(trace, reference: str, gradcheck: bool) -> None:
         trace.gradcheck = check_gradients(trace)
 
 
-def export(trace, fmt: str) -> str:
+def export(trace, fmt: str) -> str | Iterable[str]:
     from sgdtrace.views import export as ex
 
     if fmt == "json":
-        return ex.to_json_text(ex.trace_to_json(trace))
+        return ex.json_pieces(trace)
     if fmt == "csv":
         return ex.trace_to_csv(trace)
     return ex.trace_to_markdown(trace)

@@ -205,7 +205,8 @@ class BatchPlan:
         epoch, j = divmod(step, self.steps_per_epoch)
         start = j * self.batch_size
         stop = min(start + self.batch_size, self.n_samples)
-        return self.epoch_order(epoch)[start:stop]
+        order = self.orders[epoch]
+        return np.arange(start, stop) if order is None else order[start:stop]
 
     def spans(self) -> Iterator[tuple[int, int, int, int]]:
         """``(epoch, batch, start, stop)`` for every step, 0-based, slicing the epoch's order."""

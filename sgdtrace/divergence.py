@@ -160,6 +160,10 @@ def _shift(col: np.ndarray, first: float) -> np.ndarray:
     return out
 
 
+#: samples per chunk when summing over batches (see :func:`_batch_sums`)
+CHUNK_SAMPLES = 1 << 16
+
+
 def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start: np.ndarray,
                 w_mag: np.ndarray, b_mag: np.ndarray) -> dict[str, np.ndarray]:
     """Per step, sums over the batch's samples (float64, vectorised over all steps of an epoch).
@@ -173,20 +177,28 @@ def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start
     n_used = int(sizes.sum())
     keys = ("x", "ax", "xx", "M", "xM", "d", "dx", "dd", "dM")
     out = {k: np.empty(plan.n_steps) for k in keys}
+    # whole batches at a time, about CHUNK_SAMPLES samples per chunk: the per-sample temporaries
+    # stay small on a ten-million-sample epoch, and each batch's sums are the same as in one go
+    per_chunk = max(1, CHUNK_SAMPLES // max(1, plan.batch_size))
     for epoch in range(plan.epochs):
         order = plan.epoch_order(epoch)[:n_used]
-        xe, ye = x[order], y[order]
-        sl = slice(epoch * spe, (epoch + 1) * spe)
-        ws, bs = np.repeat(w_start[sl], sizes), np.repeat(b_start[sl], sizes)
-        wm, bm = np.repeat(w_mag[sl], sizes), np.repeat(b_mag[sl], sizes)
-        ax = np.abs(xe)
-        with np.errstate(over="ignore", invalid="ignore"):
-            M = wm * ax + bm + np.abs(ye)
-            d = np.abs(ws * xe + bs - ye)
-            per_sample = {"x": xe, "ax": ax, "xx": xe * xe, "M": M, "xM": ax * M, "d": d,
-                          "dx": d * ax, "dd": d * d, "dM": d * M}
-            for k in keys:
-                out[k][sl] = np.add.reduceat(per_sample[k], starts)
+        for j0 in range(0, spe, per_chunk):
+            j1 = min(spe, j0 + per_chunk)
+            lo = int(starts[j0])
+            hi = lo + int(sizes[j0:j1].sum())
+            idx = order[lo:hi]
+            xe, ye = x[idx], y[idx]
+            sl = slice(epoch * spe + j0, epoch * spe + j1)
+            ws, bs = np.repeat(w_start[sl], sizes[j0:j1]), np.repeat(b_start[sl], sizes[j0:j1])
+            wm, bm = np.repeat(w_mag[sl], sizes[j0:j1]), np.repeat(b_mag[sl], sizes[j0:j1])
+            ax = np.abs(xe)
+            with np.errstate(over="ignore", invalid="ignore"):
+                M = wm * ax + bm + np.abs(ye)
+                d = np.abs(ws * xe + bs - ye)
+                per_sample = {"x": xe, "ax": ax, "xx": xe * xe, "M": M, "xM": ax * M, "d": d,
+                              "dx": d * ax, "dd": d * d, "dM": d * M}
+                for k in keys:
+                    out[k][sl] = np.add.reduceat(per_sample[k], starts[j0:j1] - lo)
     return out
 
 

@@ -47,6 +47,20 @@ class Trace:
     def n_steps(self) -> int:
         return int(self.epoch.shape[0])
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every per-step array the trace holds, by name (one value per step each)."""
+        cols = {"epoch": self.epoch, "batch": self.batch, "n": self.n, "stable_lr": self.stable_lr}
+        cols.update({f"manual.{f}": v for f, v in self.manual.items()})
+        cols.update({f"torch.{f}": v for f, v in self.torch.items()})
+        for f, d in self.divergence.items():
+            cols.update({f"{part}.{f}": getattr(d, part) for part in ("abs", "rel", "ulp", "tol", "ok", "finite")})
+        return cols
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the trace's per-step columns hold (the batch plan and data are not counted)."""
+        return sum(int(c.nbytes) for c in self.columns().values())
+
     def indices(self, step: int) -> np.ndarray:
         """The sample indices of step ``step`` (0-based)."""
         return self.plan.indices(step)
@@ -111,7 +125,7 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
         timings["manual_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free,
-                            loss=torch_loss)
+                            loss_form=torch_loss)
         timings["torch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         trace = judge(cfg, dataset, plan, label, man, ref)

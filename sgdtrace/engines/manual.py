@@ -30,6 +30,7 @@ CUDA. The arithmetic, the dtype and the order of operations are the same either 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -40,6 +41,10 @@ import numpy as np
 DD_DC = 1  # d = c - y
 DC_DA = 1  # c = a + b
 DC_DB = 1  # c = a + b
+
+#: engines report progress every this many steps (and at each epoch's end): fine enough for a
+#: bar over a ten-million-sample epoch, one integer comparison per step otherwise
+PROGRESS_EVERY = 256
 
 
 # ------------------------------------------------------------------ forward: the DAG's nodes
@@ -215,12 +220,16 @@ class ArrayBackend:
             return self.np_dtype.type(value)
         return self.torch.tensor(value, dtype=self.torch_dtype, device=self.device)
 
+    def index(self, order):
+        """An epoch's sample order where the backend indexes with it (copied to the device once)."""
+        if order is None or self.kind == "numpy":
+            return order
+        return self.torch.as_tensor(order, device=self.device)
+
     def take(self, arr, order):
         if order is None:
             return arr
-        if self.kind == "numpy":
-            return arr[order]
-        return arr[self.torch.as_tensor(order, device=self.device)]
+        return arr[order]
 
     def column(self, n: int):
         if self.kind == "numpy":
@@ -248,36 +257,47 @@ def make_hyper(config, scalar: Callable[[float], Any]) -> Hyper:
 
 
 def run(x: np.ndarray, y: np.ndarray, plan, config, backend: ArrayBackend,
-        progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        progress: Callable[[int], None] | None = None,
+        loop_context: Callable[[], Any] = contextlib.nullcontext) -> dict[str, np.ndarray]:
     """Train by hand over ``plan``; return the columns grad_w, grad_b, loss, w, b (+ buf_w, buf_b).
 
     Per step nothing leaves the device: the values are written into preallocated columns,
-    which are copied to the host once, at the end. Overflow is a result (a blow-up that the
-    verdict reports), so NumPy's overflow warnings are silenced here.
+    which are copied to the host once, at the end. Everything copied to the device (samples,
+    each epoch's order) goes there before the loop; the loop runs inside ``loop_context()``
+    (the CUDA tests put ``torch.cuda.set_sync_debug_mode("error")`` there). Overflow is a result
+    (a blow-up that the verdict reports), so NumPy's overflow warnings are silenced.
     """
+    steps = plan.n_steps
     fields = ["grad_w", "grad_b", "loss", "w", "b"]
     if config.momentum != 0:
         fields += ["buf_w", "buf_b"]
-    cols = {f: backend.column(plan.n_steps) for f in fields}
-    with np.errstate(all="ignore"):
-        _train(backend, backend.asarray(x), backend.asarray(y), plan, config, cols, progress)
+    cols = {f: backend.column(steps) for f in fields}
+
+    h = make_hyper(config, backend.scalar)
+    scalar = backend.scalar
+    w, b = backend.param(config.init_w), backend.param(config.init_b)
+    xs, ys = backend.asarray(x), backend.asarray(y)
+    sizes = plan.batch_sizes()
+    n_of = {int(n): scalar(int(n)) for n in set(sizes.tolist())}
+    orders = [backend.index(order) for order in plan.orders]
+    size_list = sizes.tolist()
+    report = PROGRESS_EVERY if progress is not None else -1
+
+    with loop_context(), np.errstate(all="ignore"):
+        _loop(xs, ys, orders, size_list, n_of, h, w, b, backend, cols, progress, report)
     return {f: backend.to_numpy(c) for f, c in cols.items()}
 
 
-def _train(backend: ArrayBackend, xs, ys, plan, config, cols, progress) -> None:
+def _loop(xs, ys, orders, size_list, n_of, h, w, b, backend, cols, progress, report) -> None:
+    """The per-step work: Equations 1-11 on each batch, values written into the columns."""
     gw_col, gb_col, l_col, w_col, b_col = (cols[f] for f in ("grad_w", "grad_b", "loss", "w", "b"))
     bw_col, bb_col = cols.get("buf_w"), cols.get("buf_b")
-    h = make_hyper(config, backend.scalar)
-    w, b = backend.param(config.init_w), backend.param(config.init_b)
     buf_w = buf_b = None
-    sizes = plan.batch_sizes().tolist()
-    n_of = {n: backend.scalar(n) for n in set(sizes)}
     k = 0
-    for epoch in range(plan.epochs):
-        order = plan.orders[epoch]
+    for order in orders:
         xe, ye = backend.take(xs, order), backend.take(ys, order)
         start = 0
-        for n in sizes:
+        for n in size_list:
             xb, yb = xe[start:start + n], ye[start:start + n]
             start += n
             # forward (Eq. 1-3): the nodes a, c, d, e, l
@@ -299,5 +319,8 @@ def _train(backend: ArrayBackend, xs, ys, plan, config, cols, progress) -> None:
                 bw_col[k] = buf_w
                 bb_col[k] = buf_b
             k += 1
+            if k == report:
+                progress(k)
+                report += PROGRESS_EVERY
         if progress is not None:
             progress(k)

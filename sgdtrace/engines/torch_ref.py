@@ -8,7 +8,8 @@ the batches come from a real DataLoader, the gradients from autograd, the update
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -60,12 +61,20 @@ class _DeviceRecorder:
 
 def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
         progress: Callable[[int], None] | None = None, sync_free: bool | None = None,
-        loss: str = "mse") -> dict[str, np.ndarray]:
+        loss_form: str = "mse", loop_context: Callable[[], Any] = contextlib.nullcontext) -> dict[str, np.ndarray]:
     """Train with autograd + optim.SGD over a DataLoader; return the same columns as the manual engine.
 
     ``sync_free`` picks the device-resident recorder (default: on CUDA); tests force it on the CPU.
-    ``loss="explicit"`` writes the loss out as ``((output - target) ** 2).mean()`` instead of nn.MSELoss.
+    ``loss_form="explicit"`` writes the loss out as ``((output - target) ** 2).mean()`` instead of
+    nn.MSELoss. The training loop runs inside ``loop_context()`` (the CUDA tests put
+    ``torch.cuda.set_sync_debug_mode("error")`` there); the columns reach the host after it.
+
+    The gradients and the loss are read right after ``loss.backward()``, the parameters and
+    buffers after ``optimizer.step()``: on CUDA, optim.SGD's multi-tensor path with Nesterov
+    adds ``momentum * buf`` into ``p.grad`` in place during the step.
     """
+    from sgdtrace.engines.manual import PROGRESS_EVERY
+
     dtype = getattr(torch, config.dtype)
     tensor_x = torch.as_tensor(x, dtype=dtype).to(device)
     tensor_y = torch.as_tensor(y, dtype=dtype).to(device)
@@ -76,7 +85,7 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
 
     model = LinearModel(config.init_w, config.init_b, dtype).to(device)
     criterion = nn.MSELoss()
-    if loss == "explicit":
+    if loss_form == "explicit":
         def criterion(output, target):
             return ((output - target) ** 2).mean()
     optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -89,31 +98,35 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
         sync_free = device.type != "cpu"
     rec = _DeviceRecorder(steps, fields, dtype, device) if sync_free else _HostRecorder(steps, fields, dtype)
     put = rec.put
+    report = PROGRESS_EVERY if progress is not None else -1
 
     k = 0
-    for epoch in range(config.epochs):
-        for data, target in dataloader:
-            # forward pass
-            output = model(data)
-            loss = criterion(output, target)
-            # backward pass (gradient calculation)
-            loss.backward()
-            # update weights
-            optimizer.step()
-            # what the article prints: the gradients, the loss, the updated parameters
-            put("grad_w", k, model.weight.grad)
-            put("grad_b", k, model.bias.grad)
-            put("loss", k, loss)
-            put("w", k, model.weight)
-            put("b", k, model.bias)
-            if momentum:
-                put("buf_w", k, optimizer.state[model.weight]["momentum_buffer"])
-                put("buf_b", k, optimizer.state[model.bias]["momentum_buffer"])
-            # zero gradients from the previous step
-            optimizer.zero_grad()
-            k += 1
-        if progress is not None:
-            progress(k)
+    with loop_context():
+        for epoch in range(config.epochs):
+            for data, target in dataloader:
+                # forward pass
+                output = model(data)
+                loss = criterion(output, target)
+                # backward pass (gradient calculation)
+                loss.backward()
+                put("grad_w", k, model.weight.grad)
+                put("grad_b", k, model.bias.grad)
+                put("loss", k, loss)
+                # update weights
+                optimizer.step()
+                put("w", k, model.weight)
+                put("b", k, model.bias)
+                if momentum:
+                    put("buf_w", k, optimizer.state[model.weight]["momentum_buffer"])
+                    put("buf_b", k, optimizer.state[model.bias]["momentum_buffer"])
+                # zero gradients from the previous step
+                optimizer.zero_grad()
+                k += 1
+                if k == report:
+                    progress(k)
+                    report += PROGRESS_EVERY
+            if progress is not None:
+                progress(k)
     if k != steps:  # pragma: no cover - would mean the batch plan and DataLoader disagree
         raise RuntimeError(f"DataLoader gave {k} batches, the batch plan {steps}")
     return rec.result()

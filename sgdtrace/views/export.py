@@ -7,6 +7,8 @@ import io
 import json
 from typing import Any
 
+import numpy as np
+
 from sgdtrace import __version__
 from sgdtrace.divergence import json_number, tolerances
 from sgdtrace.views.fmt import LABELS, describe_data, num
@@ -16,12 +18,16 @@ def _numbers(values) -> list:
     return [json_number(v) for v in values.tolist()]
 
 
+def _config_json(trace) -> dict[str, Any]:
+    rtol, atol = tolerances(trace.config)
+    config = trace.config.to_json()
+    config.update(rtol=rtol, atol=atol, data=dict(trace.dataset.info))
+    return config
+
+
 def trace_to_json(trace) -> dict[str, Any]:
     """The JSON contract: ``{"sgdtrace", "config", "steps", "verdict"}``; fields are only ever added."""
-    cfg = trace.config
-    rtol, atol = tolerances(cfg)
-    config = cfg.to_json()
-    config.update(rtol=rtol, atol=atol, data=dict(trace.dataset.info))
+    config = _config_json(trace)
     fields = trace.fields
     man = {f: _numbers(trace.manual[f]) for f in fields}
     ref = {f: _numbers(trace.torch[f]) for f in fields}
@@ -72,6 +78,92 @@ def _add_witnesses(trace, doc: dict[str, Any]) -> None:
 
 def to_json_text(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+# ------------------------------------------------------------------ JSON, fast and streamed
+
+#: steps per chunk yielded by :func:`trace_json_chunks`
+JSON_CHUNK_STEPS = 4096
+_STEPS_MARK = "\u0000steps\u0000"
+
+
+def _json_floats(values, finite=None) -> list[str]:
+    """A float column as ``json.dumps`` writes it (repr; non-finite values as "inf"/"nan" strings,
+    or ``null`` where ``finite`` is given and false)."""
+    arr = np.asarray(values)
+    ok = np.isfinite(arr)
+    if finite is not None:
+        ok &= finite
+    text = list(map(repr, arr.astype(np.float64).tolist()))
+    if not ok.all():
+        for k in np.flatnonzero(~ok).tolist():
+            text[k] = "null" if finite is not None and not finite[k] else json.dumps(json_number(arr[k]))
+    return text
+
+
+def json_pieces(trace):
+    """The JSON text of a trace, in pieces: streamed from the columns, or (with an exact
+    reference or a gradcheck attached, which add per-step objects) from :func:`trace_to_json`."""
+    if trace.reference is None and trace.gradcheck is None:
+        return trace_json_chunks(trace)
+    return iter([to_json_text(trace_to_json(trace))])
+
+
+def trace_json_chunks(trace):
+    """The text of ``to_json_text(trace_to_json(trace))``, character for character, in pieces.
+
+    ``json.dumps(..., indent=2)`` runs the json module's pure-Python encoder and needs the whole
+    document (a dict per step) in memory first. This writes each step from the columns with
+    string templates, ``JSON_CHUNK_STEPS`` steps per piece, so a million-step run streams to its
+    file without holding it (about 1.4 kB of text per step) all at once; tests hold the two equal.
+    """
+    head = {"sgdtrace": __version__, "config": _config_json(trace), "steps": [_STEPS_MARK],
+            "verdict": trace.verdict.to_json()}
+    text = to_json_text(head)
+    mark = "\n    " + json.dumps(_STEPS_MARK) + "\n"
+    before, after = text.split(mark)
+    yield before + "\n"
+
+    fields = trace.fields
+    keys = {f: json.dumps(f) for f in fields}
+    i8, i6, i10 = " " * 8, " " * 6, " " * 10
+    last = trace.n_steps - 1
+    for lo in range(0, trace.n_steps, JSON_CHUNK_STEPS):
+        hi = min(lo + JSON_CHUNK_STEPS, trace.n_steps)
+        man = {f: _json_floats(trace.manual[f][lo:hi]) for f in fields}
+        ref = {f: _json_floats(trace.torch[f][lo:hi]) for f in fields}
+        div = {}
+        for f in fields:
+            d = trace.divergence[f]
+            fin = d.finite[lo:hi]
+            ulp = list(map(str, d.ulp[lo:hi].tolist()))
+            for j in np.flatnonzero(~fin).tolist():
+                ulp[j] = "null"
+            div[f] = [_json_floats(d.abs[lo:hi], fin), _json_floats(d.rel[lo:hi], fin), ulp,
+                      _json_floats(d.tol[lo:hi]), ["true" if v else "false" for v in d.ok[lo:hi].tolist()]]
+        epochs, batches, ns = (c[lo:hi].tolist() for c in (trace.epoch, trace.batch, trace.n))
+        parts: list[str] = []
+        for j in range(hi - lo):
+            idx = (",\n" + i8).join(map(str, trace.plan.indices(lo + j).tolist()))
+            manual = (",\n" + i8).join(f"{keys[f]}: {man[f][j]}" for f in fields)
+            torch = (",\n" + i8).join(f"{keys[f]}: {ref[f][j]}" for f in fields)
+            dv = (",\n" + i8).join(
+                f"{keys[f]}: {{\n{i10}\"abs\": {div[f][0][j]},\n{i10}\"rel\": {div[f][1][j]},\n"
+                f"{i10}\"ulp\": {div[f][2][j]},\n{i10}\"tol\": {div[f][3][j]},\n{i10}\"ok\": {div[f][4][j]}\n{i8}}}"
+                for f in fields)
+            parts.append(
+                f"    {{\n{i6}\"epoch\": {epochs[j]},\n{i6}\"batch\": {batches[j]},\n{i6}\"n\": {ns[j]},\n"
+                f"{i6}\"indices\": [\n{i8}{idx}\n{i6}],\n"
+                f"{i6}\"manual\": {{\n{i8}{manual}\n{i6}}},\n"
+                f"{i6}\"torch\": {{\n{i8}{torch}\n{i6}}},\n"
+                f"{i6}\"divergence\": {{\n{i8}{dv}\n{i6}}}\n    }}" + (",\n" if lo + j != last else "\n"))
+        yield "".join(parts)
+    yield after
+
+
+def trace_to_json_text(trace) -> str:
+    """``to_json_text(trace_to_json(trace))``, about four times faster: see :func:`trace_json_chunks`."""
+    return "".join(trace_json_chunks(trace))
 
 
 def csv_header(fields) -> list[str]:

@@ -1,0 +1,35 @@
+"""The manual engine alone (NumPy on the CPU, torch tensors on CUDA) over the same data and batches as the learner's loop.
+
+Prints one JSON line: the engine's seconds (imports, data and batch plan excluded), the steps,
+the final w and b.
+"""
+
+import argparse
+import json
+import time
+
+from sgdtrace import data
+from sgdtrace.config import Config
+from sgdtrace.engines import manual
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--synthetic", type=int, default=None)
+parser.add_argument("--batch-size", type=int, default=3)
+parser.add_argument("--epochs", type=int, default=1)
+parser.add_argument("--lr", type=float, default=0.01)
+parser.add_argument("--device", default="cpu")
+args = parser.parse_args()
+
+cfg = Config(synthetic=args.synthetic, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr)
+dataset = data.load(cfg)
+plan = data.plan(len(dataset), cfg)
+if args.device == "cpu":
+    backend = manual.ArrayBackend("numpy", cfg.dtype)
+else:  # torch tensors on the device, as sgdtrace runs it there (the copy to the host is timed)
+    import torch
+
+    backend = manual.ArrayBackend("torch", cfg.dtype, torch.device(args.device))
+start = time.perf_counter()
+cols = manual.run(dataset.x, dataset.y, plan, cfg, backend)
+loop_s = time.perf_counter() - start
+print(json.dumps({"loop_s": loop_s, "steps": plan.n_steps, "w": float(cols["w"][-1]), "b": float(cols["b"][-1])}))
