@@ -132,3 +132,28 @@ def test_explicit_tolerances_override_defaults():
     t = sgdtrace.trace(rtol=0.0, atol=0.0, lr=0.1)  # lr 0.1 leaves a 1-ulp difference in batch 3
     assert not t.verdict.ok
     assert t.verdict.first_divergent_step["step"] == 3
+
+
+@pytest.mark.parametrize("ulps", [1, 3])
+def test_systematic_bias_of_a_few_ulps_per_step_is_caught(monkeypatch, ulps):
+    """A bias below one step's rounding allowance, on every step of a long run: the carried term
+    holds each step to what the earlier steps' measured differences imply, so the accumulated
+    offset is not absorbed. (Honest runs of the same length use at most ~50% of the allowance.)"""
+    original = manual.sgd_update
+
+    def biased(p, g, buf, h, first):
+        p2, buf = original(p, g, buf, h, first)
+        for _ in range(ulps):
+            p2 = np.nextafter(p2, np.float32(np.inf))
+        return p2, buf
+
+    monkeypatch.setattr(manual, "sgd_update", biased)
+    t = sgdtrace.trace(epochs=3000)
+    assert not t.verdict.ok
+
+
+def test_honest_runs_use_at_most_half_the_allowance():
+    """Each engine errs by at most u*E, so the two by 2u*E: half the default allowance 4u*E."""
+    for t in (sgdtrace.trace(epochs=3000), sgdtrace.trace(epochs=30, momentum=0.9),
+              sgdtrace.trace(synthetic=200, noise=1.0, batch_size=8, epochs=20, dtype="float64")):
+        assert t.verdict.ok and t.verdict.max_tol_ratio <= 0.5

@@ -245,9 +245,13 @@ def test_distances_nonfinite():
     tol = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, np.inf, np.inf]
     d = _fd(a, b, tol, "float32")
     assert d.finite.tolist() == [False, False, False, False, False, False, True, False]
-    # both non-finite agree; 1 against inf does not (far from overflow); the largest float32
-    # against inf does (within tolerance of the threshold); an overflowed tolerance holds nothing
-    assert d.ok.tolist() == [True, True, True, True, False, True, True, True]
+    # nan against nan and inf against inf agree; inf against -inf does not (a sign), nor inf
+    # against nan without an intermediate that can overflow; 1 against inf does not (far from
+    # overflow); the largest float32 against inf does (within tolerance of the threshold); an
+    # overflowed tolerance holds nothing
+    assert d.ok.tolist() == [True, True, False, False, False, True, True, True]
+    # inf against nan where an intermediate can overflow: both are what overflow leaves
+    assert _fd([np.inf], [np.nan], [1.0], "float32", peak=[np.inf]).ok.tolist() == [True]
     assert d.abs.tolist()[:6] == [0.0] * 6 and d.rel.tolist()[:6] == [0.0] * 6
     # an intermediate that can overflow: a finite result against inf agrees
     d = _fd([1.0, 1.0], [np.inf, np.inf], [1.0, 1.0], "float32", peak=[big * 2, big / 2])
@@ -260,15 +264,17 @@ def test_distances_nonfinite():
 
 
 def _reference_tolerances(cfg, x, y, plan_, a, b):
-    """divergence.py's docstring, step by step with Python floats (plain SGD, weight decay, momentum)."""
+    """divergence.py's docstring, step by step with Python floats: per field, the rounding
+    allowance (atol + rtol*E) and the carried difference C (signed, manual minus torch)."""
     u = {"float32": 2.0**-24, "float64": 2.0**-53}[cfg.dtype]
     rtol = 4 * u if cfg.rtol is None else cfg.rtol
     atol = float(np.finfo(np.dtype(cfg.dtype)).tiny) if cfg.atol is None else cfg.atol
     xr = [float(v) for v in x.astype(cfg.dtype)]
     yr = [float(v) for v in y.astype(cfg.dtype)]
     init_w, init_b = float(np.array(cfg.init_w, cfg.dtype)), float(np.array(cfg.init_b, cfg.dtype))
-    out = {f: [] for f in a}
-    bufs = {"w": (0.0, 0.0, 0.0), "b": (0.0, 0.0, 0.0)}  # mag, rnd, dev of the buffer
+    tol = {f: [] for f in a}
+    carried = {f: [] for f in a}
+    mu, c = cfg.momentum, 1 - cfg.dampening
     for k in range(plan_.n_steps):
         idx = plan_.indices(k).tolist()
         n = len(idx)
@@ -278,51 +284,59 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
         bb = cfg.init_b if k == 0 else float(b["b"][k - 1])
         wa_m = cfg.init_w if k == 0 else wa
         ba_m = cfg.init_b if k == 0 else ba
-        dw, db = abs(wa_m - wb), abs(ba_m - bb)
+        dw, db = wa_m - wb, ba_m - bb  # signed
         wm, bm = max(abs(wa_m), abs(wb)), max(abs(ba_m), abs(bb))
         D = min(n - 1, math.ceil(math.log2(n)) + 16)
         xs, ys = [xr[i] for i in idx], [yr[i] for i in idx]
         M = [wm * abs(xi) + bm + abs(yi) for xi, yi in zip(xs, ys)]
-        d = [abs(wa * xi + ba - yi) for xi, yi in zip(xs, ys)]
+        sd = [wa * xi + ba - yi for xi, yi in zip(xs, ys)]  # the manual engine's residuals, signed
+        d = [abs(v) for v in sd]
         E = {
             "grad_w": 2 / n * (3 * sum(abs(xi) * m for xi, m in zip(xs, M)) + (3 + D) * sum(di * abs(xi) for di, xi in zip(d, xs))),
             "grad_b": 2 / n * (3 * sum(M) + (2 + D) * sum(d)),
             "loss": 1 / n * (6 * sum(di * m for di, m in zip(d, M)) + (2 + D) * sum(di * di for di in d)),
         }
-        sxx, sax = sum(xi * xi for xi in xs), sum(abs(xi) for xi in xs)
-        sdx, sd = sum(di * abs(xi) for di, xi in zip(d, xs)), sum(d)
-        P = {
-            "grad_w": 2 / n * (sxx * dw + sax * db),
-            "grad_b": 2 / n * (sax * dw + n * db),
-            "loss": 1 / n * (2 * sdx * dw + 2 * sd * db + sxx * dw * dw + 2 * sax * dw * db + n * db * db),
+        e = [xi * dw + db for xi in xs]  # each residual's carried difference
+        C = {
+            "grad_w": 2 / n * sum(ei * xi for ei, xi in zip(e, xs)),
+            "grad_b": 2 / n * sum(e),
+            "loss": 1 / n * sum(2 * si * ei - ei * ei for si, ei in zip(sd, e)),
         }
         for f in E:
-            out[f].append(atol + rtol * E[f] + P[f])
+            tol[f].append(atol + rtol * E[f])
+            carried[f].append(C[f])
         for name, pm, pd in (("w", wm, dw), ("b", bm, db)):
             ga, gb = float(a["grad_" + name][k]), float(b["grad_" + name][k])
-            g = (max(abs(ga), abs(gb)), 0.0, abs(ga - gb))  # mag, rnd, dev
+            # (magnitude, one engine's rounding in units of u, carried difference)
+            g = (max(abs(ga), abs(gb)), 0.0, ga - gb)
+            if cfg.maximize:
+                g = (g[0], g[1], -g[2])
             if cfg.weight_decay:
                 wd = cfg.weight_decay
                 mag = g[0] + wd * pm
-                g = (mag, g[1] + 2 * mag, g[2] + wd * pd)
+                g = (mag, g[1] + wd * pm + mag, g[2] + wd * pd)  # the product's rounding, the sum's
             if cfg.momentum:
+                ca, cb = float(a["buf_" + name][k]), float(b["buf_" + name][k])
+                cur = (max(abs(ca), abs(cb)), 0.0, ca - cb)
                 if k == 0:
-                    buf = g
+                    buf = g  # a copy
                 else:
-                    pa = float(a["buf_" + name][k - 1]); pb = float(b["buf_" + name][k - 1])
-                    mu, c = cfg.momentum, 1 - cfg.dampening
-                    prev = (max(abs(pa), abs(pb)), 0.0, abs(pa - pb))
-                    mag = mu * prev[0] + c * g[0]
-                    buf = (mag, mu * prev[1] + c * g[1] + 3 * mag, mu * prev[2] + c * g[2])
-                out["buf_" + name].append(atol + rtol * buf[1] + buf[2])
+                    pa, pb = float(a["buf_" + name][k - 1]), float(b["buf_" + name][k - 1])
+                    prev = max(abs(pa), abs(pb))
+                    mag = mu * prev + c * g[0]
+                    rnd = mu * prev + (0.0 if c == 1 else c * g[0]) + cur[0]  # mu*buf, (1-tau)*g, the sum
+                    buf = (mag, c * g[1] + rnd, mu * (pa - pb) + c * g[2])
+                tol["buf_" + name].append(atol + rtol * buf[1])
+                carried["buf_" + name].append(buf[2])
                 if cfg.nesterov:
-                    mag = g[0] + cfg.momentum * buf[0]
-                    g = (mag, g[1] + cfg.momentum * buf[1] + 2 * mag, g[2] + cfg.momentum * buf[2])
+                    mag = g[0] + mu * cur[0]
+                    g = (mag, g[1] + mu * cur[0] + mag, g[2] + mu * cur[2])
                 else:
-                    g = buf
-            mag = pm + cfg.lr * g[0]
-            out[name].append(atol + rtol * (cfg.lr * g[1] + 2 * mag) + pd + cfg.lr * g[2])
-    return out
+                    g = cur
+            new = max(abs(float(a[name][k])), abs(float(b[name][k])))
+            tol[name].append(atol + rtol * (cfg.lr * g[1] + cfg.lr * g[0] + new))
+            carried[name].append(pd - cfg.lr * g[2])
+    return tol, carried
 
 
 def _perturbed(cols, seed):
@@ -355,10 +369,15 @@ def test_tolerance_model_matches_its_docstring(opts):
     a = manual.run(ds.x, ds.y, p, cfg, be)
     b = _perturbed(a, 7)
     div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
-    ref = _reference_tolerances(cfg, ds.x, ds.y, p, a, b)
-    assert set(div) == set(ref)
-    for f in ref:
-        np.testing.assert_allclose(div[f].tol, ref[f], rtol=1e-12, atol=0, err_msg=f)
+    tol, carried = _reference_tolerances(cfg, ds.x, ds.y, p, a, b)
+    assert set(div) == set(tol)
+    for f in tol:
+        np.testing.assert_allclose(div[f].tol, tol[f], rtol=1e-12, atol=0, err_msg=f)
+        # the carried differences: equal up to the float64 rounding of the two computations
+        scale = np.abs(carried[f]).max() + 1e-300
+        np.testing.assert_allclose(div[f].carried, carried[f], rtol=0, atol=1e-12 * scale, err_msg=f)
+        fresh = np.abs(a[f].astype(np.float64) - b[f].astype(np.float64) - np.array(carried[f]))
+        assert (div[f].ok == (fresh <= np.array(tol[f]))).all(), f
 
 
 def test_depth_term_for_large_batches():
@@ -371,9 +390,9 @@ def test_depth_term_for_large_batches():
     a = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("numpy", cfg.dtype))
     b = _perturbed(a, 1)
     div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
-    ref = _reference_tolerances(cfg, ds.x, ds.y, p, a, b)
+    tol, _ = _reference_tolerances(cfg, ds.x, ds.y, p, a, b)
     for f in ("grad_w", "grad_b", "loss"):
-        np.testing.assert_allclose(div[f].tol, ref[f], rtol=1e-12, err_msg=f)
+        np.testing.assert_allclose(div[f].tol, tol[f], rtol=1e-12, err_msg=f)
 
 
 # ------------------------------------------------------------------ the verdict
@@ -387,7 +406,7 @@ def test_verdict_names_the_first_divergent_step():
     v = dv.verdict(div, a, b, ep, ba, {"epoch": 2})
     assert not v.ok
     assert v.first_divergent_step == {"epoch": 1, "batch": 2, "step": 2, "field": "w", "manual": 2.0,
-                                      "torch": 2.5, "abs": 0.5, "tol": 0.1}
+                                      "torch": 2.5, "abs": 0.5, "carried": 0.0, "tol": 0.1}
     # largest |diff| 0.5 (w at step 2); largest relative 1.0 (b: 0 against 0.1); ratio 0.5 / 0.1
     assert v.max_abs == 0.5 and v.max_rel == 1.0 and v.max_tol_ratio == pytest.approx(5.0)
     assert v.max_ulp == int(dv.ulp_distance(np.array([0.0]), np.array([0.1]))[0])

@@ -17,12 +17,9 @@ def _worst(d) -> tuple[float, float, int, float, int | None]:
     fin = d.finite
     if not fin.any():
         return 0.0, 0.0, 0, 0.0, None
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(d.tol > 0, d.abs / d.tol, np.where(d.abs > 0, np.inf, 0.0))
-    judged = fin & np.isfinite(d.tol)
     bad = np.flatnonzero(~d.ok)
     return (float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()),
-            float(ratio[judged].max()) if judged.any() else 0.0, int(bad[0]) if bad.size else None)
+            float(d.ratio.max()), int(bad[0]) if bad.size else None)
 
 
 def _field_table(title: str, rows) -> Table:

@@ -34,15 +34,16 @@ def trace_to_json(trace) -> dict[str, Any]:
     div = {}
     for f in fields:
         d = trace.divergence[f]
-        div[f] = (d.abs.tolist(), d.rel.tolist(), d.ulp.tolist(), _numbers(d.tol), d.ok.tolist(), d.finite.tolist())
+        div[f] = (d.abs.tolist(), d.rel.tolist(), d.ulp.tolist(), _numbers(d.carried), _numbers(d.tol), d.ok.tolist(),
+                  d.finite.tolist())
     epochs, batches, ns = trace.epoch.tolist(), trace.batch.tolist(), trace.n.tolist()
     steps = []
     for k in range(trace.n_steps):
         divergence = {}
         for f in fields:
-            a, r, u, t, ok, fin = (col[k] for col in div[f])
+            a, r, u, c, t, ok, fin = (col[k] for col in div[f])
             divergence[f] = {"abs": a if fin else None, "rel": r if fin else None, "ulp": u if fin else None,
-                             "tol": t, "ok": ok}
+                             "carried": c, "tol": t, "ok": ok}
         steps.append({
             "epoch": epochs[k], "batch": batches[k], "n": ns[k],
             "indices": trace.indices(k).tolist(),
@@ -140,7 +141,8 @@ def trace_json_chunks(trace):
             for j in np.flatnonzero(~fin).tolist():
                 ulp[j] = "null"
             div[f] = [_json_floats(d.abs[lo:hi], fin), _json_floats(d.rel[lo:hi], fin), ulp,
-                      _json_floats(d.tol[lo:hi]), ["true" if v else "false" for v in d.ok[lo:hi].tolist()]]
+                      _json_floats(d.carried[lo:hi]), _json_floats(d.tol[lo:hi]),
+                      ["true" if v else "false" for v in d.ok[lo:hi].tolist()]]
         epochs, batches, ns = (c[lo:hi].tolist() for c in (trace.epoch, trace.batch, trace.n))
         parts: list[str] = []
         for j in range(hi - lo):
@@ -149,7 +151,8 @@ def trace_json_chunks(trace):
             torch = (",\n" + i8).join(f"{keys[f]}: {ref[f][j]}" for f in fields)
             dv = (",\n" + i8).join(
                 f"{keys[f]}: {{\n{i10}\"abs\": {div[f][0][j]},\n{i10}\"rel\": {div[f][1][j]},\n"
-                f"{i10}\"ulp\": {div[f][2][j]},\n{i10}\"tol\": {div[f][3][j]},\n{i10}\"ok\": {div[f][4][j]}\n{i8}}}"
+                f"{i10}\"ulp\": {div[f][2][j]},\n{i10}\"carried\": {div[f][3][j]},\n"
+                f"{i10}\"tol\": {div[f][4][j]},\n{i10}\"ok\": {div[f][5][j]}\n{i8}}}"
                 for f in fields)
             parts.append(
                 f"    {{\n{i6}\"epoch\": {epochs[j]},\n{i6}\"batch\": {batches[j]},\n{i6}\"n\": {ns[j]},\n"
@@ -255,7 +258,8 @@ def verdict_sentence(trace) -> str:
         f = v.first_divergent_step
         text = (f"DIVERGE: first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), "
                 f"{LABELS[f['field']]}: hand {_plain(f['manual'])}, torch {_plain(f['torch'])}, "
-                f"|Δ| {_plain(f['abs'])} > tolerance {_plain(f['tol'])}.")
+                f"|Δ| {_plain(f['abs'])}" + (f" of which {_plain(f['carried'])} carried in" if f.get("carried") else "")
+                + f"; the step's own part exceeds its rounding allowance {_plain(f['tol'])}.")
     if v.diverged_training:
         d = v.diverged_training
         text += (f" Training blew up at epoch {d['epoch']} batch {d['batch']}: {d['reason']}. "

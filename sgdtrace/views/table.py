@@ -193,8 +193,9 @@ def verdict_text(trace) -> Text:
         f = v.first_divergent_step
         out.append("✗ diverge", style="bold red")
         out.append(f"  first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), {LABELS[f['field']]}: "
-                   f"hand {_show(f['manual'])}, torch {_show(f['torch'])}, |Δ| {_show(f['abs'])} "
-                   f"> tolerance {_show(f['tol'])}")
+                   f"hand {_show(f['manual'])}, torch {_show(f['torch'])}, |Δ| {_show(f['abs'])}"
+                   + (f" of which {_show(f['carried'])} carried in" if f.get("carried") else "")
+                   + f"; the step's own part exceeds its rounding allowance {_show(f['tol'])}")
     if v.diverged_training:
         d = v.diverged_training
         out.append("\n⚠ training blew up", style="bold yellow")
