@@ -42,15 +42,19 @@ def available_devices() -> list[str]:
 
 
 def run_checks(paths: list[str], devices: list[str] | tuple[str, ...] | None = None) -> CheckResult:
-    from sgdtrace.tracing import run_trace
+    from sgdtrace.config import Config
+    from sgdtrace.tracing import resolve_device, run_trace
 
+    devices = list(devices or available_devices())
+    for name in devices:  # a malformed or missing device is refused before anything runs
+        resolve_device(Config(device=name).device)
     configs = []
-    for path in paths:  # validate every file before running any
+    for path in paths:  # likewise every file
         values = load_toml(path)
         configs.append((path, build_config(values, {}, path)))
     rows = []
     for path, cfg in configs:
-        for device in devices or available_devices():
+        for device in devices:
             trace = run_trace(cfg.replace(device=device, origin=cfg.origin))
             rows.append(CheckRow(os.path.relpath(path), trace))
     return CheckResult(rows)

@@ -10,7 +10,6 @@ import functools
 import glob
 import os
 import sys
-import tempfile
 from typing import Any, Callable, Iterable
 
 import click
@@ -115,16 +114,19 @@ def training_options(multi: bool = False) -> Callable:
     return deco
 
 
-def _configure(kw: dict[str, Any], **fixed: Any):
-    """Merge defaults < --config file < flags into a Config; return it with the view options."""
+def _configure(kw: dict[str, Any], formats: tuple[str, ...] = FORMATS):
+    """Merge defaults < --config file < flags into a Config; return it with the view options.
+
+    ``formats``: the formats this command writes (a flag is checked by click; a file's value here).
+    """
     path = kw.pop("config_path")
     file_values = load_toml(path) if path else {}
     fmt = kw.pop("fmt") or file_values.get("format") or "table"
-    if fmt not in FORMATS:
-        raise ConfigError(f"'format' in {os.path.basename(path)} = {fmt!r}: allowed: {', '.join(FORMATS)}")
+    if fmt not in formats:
+        where = "--format" if path is None or "format" not in file_values else f"'format' in {os.path.basename(path)}"
+        raise ConfigError(f"{where} {fmt!r}: this command writes {', '.join(formats)}")
     output = kw.pop("output") or file_values.get("output")
     check_output_path(output)
-    kw.update(fixed)
     return build_config(file_values, kw, path), fmt, output
 
 
@@ -144,7 +146,7 @@ def check_output_path(path: str | None) -> None:
 
 
 def write_output(text: str | Iterable[str], output: str | None) -> None:
-    """Print, or write ``output`` atomically: a temporary file renamed into place, so never half-written.
+    """Print, or write ``output`` whole or not at all (:func:`sgdtrace.output.atomic_write`).
 
     ``text`` may be an iterable of pieces (a long run's JSON), written as they come.
     """
@@ -153,23 +155,14 @@ def write_output(text: str | Iterable[str], output: str | None) -> None:
         for piece in pieces:
             click.echo(piece, nl=False)
         return
-    if os.path.exists(output) and not os.path.isfile(output):
-        # a device or a pipe (/dev/null, a FIFO): write into it; renaming over it would replace it
-        with open(output, "w", encoding="utf-8") as fh:
+    from sgdtrace.output import atomic_write
+
+    def write(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
             for piece in pieces:
                 fh.write(piece)
-        return
-    folder = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix=".sgdtrace-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for piece in pieces:
-                fh.write(piece)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(output, write)
 
 
 def render_text(renderable: Any, width: int | None = None) -> str:
@@ -277,12 +270,12 @@ def compare(**kw: Any) -> int:
     With two or more devices, torch on the first device is also compared with torch on each
     other device (same dtype), judged by the same tolerance model.
     """
-    devices: tuple[str, ...] = kw.pop("device") or ("cpu",)
-    dtypes: tuple[str, ...] = kw.pop("dtype") or ()
-    cfg, fmt, output = _configure(kw)
+    devices: tuple[str, ...] = kw.pop("device")
+    dtypes: tuple[str, ...] = kw.pop("dtype")
+    cfg, fmt, output = _configure(kw)  # without the flags, the config file's device and dtype (or the defaults)
     from sgdtrace.compare import compare_runs
 
-    result = compare_runs(cfg, devices, dtypes or (cfg.dtype,))
+    result = compare_runs(cfg, devices or (cfg.device,), dtypes or (cfg.dtype,))
     if fmt == "json":
         from sgdtrace.views.export import to_json_text
 
@@ -343,14 +336,14 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     and the update (Equations 4-5, or torch.optim.SGD's momentum form), with torch's value beside
     each result. Formats: table (default) or json.
     """
-    cfg, fmt, output = _configure(kw)
-    if fmt not in ("table", "json"):
-        raise ConfigError(f"--format {fmt}: explain writes table or json")
+    cfg, fmt, output = _configure(kw, formats=("table", "json"))
+    from sgdtrace import data
     from sgdtrace.tracing import run_trace
     from sgdtrace.views.explain import explain_json, explain_step, explain_view, step_of
 
-    trace = run_trace(cfg)
-    step_of(trace, batch_no, epoch_no)
+    dataset = data.load(cfg)
+    step_of(data.plan(len(dataset), cfg), batch_no, epoch_no)  # a bad --batch is refused before training
+    trace = run_trace(cfg, dataset=dataset)
     ex = explain_step(trace, batch_no, epoch_no)
     if fmt == "json":
         from sgdtrace.views.export import to_json_text
@@ -376,10 +369,7 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     computes, with the gradient flowing into it in both engines. The whole run is also trained
     with that loss, and the verdict printed. Formats: table (default), json, dot (Graphviz).
     """
-    fmt_flag = kw.pop("fmt")
-    kw["fmt"] = None
-    cfg, fmt, output = _configure(kw)
-    fmt = fmt_flag or fmt
+    cfg, fmt, output = _configure(kw, formats=("table", "json", "dot"))
     from sgdtrace.tracing import run_trace
     from sgdtrace.views import graph as gv
 
@@ -419,10 +409,10 @@ def plot(width: int, height: int, **kw: Any) -> int:
     if not output.lower().endswith(".png"):
         raise ConfigError(f"--output {output!r}: plot writes PNG images; name a file ending in .png")
     if fmt != "table":
-        raise ConfigError(f"--format {fmt}: plot writes a PNG image; leave --format out")
-    from sgdtrace.views.plot import _pyplot
+        raise ConfigError(f"--format {fmt}: plot writes a PNG image to --output; leave --format out")
+    from sgdtrace.views.plot import require_pyplot
 
-    _pyplot()  # a missing matplotlib is reported before any training
+    require_pyplot()  # a missing matplotlib is reported before any training
     from sgdtrace.tracing import run_trace
     from sgdtrace.views.plot import plot_trace
 

@@ -95,20 +95,22 @@ def device_label(device) -> str:
 
 def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | None = None,
               manual_backend: str | None = None, sync_free: bool | None = None,
-              torch_loss: str = "mse") -> Trace:
+              torch_loss: str = "mse", dataset: data_mod.Dataset | None = None) -> Trace:
     """Run the manual engine and torch over the same batches and judge every value.
 
     ``manual_backend`` ("numpy" or "torch") and ``sync_free`` override the per-device defaults
     (NumPy and host reads on the CPU, torch tensors and device-resident columns on CUDA), so
     the tests can exercise the CUDA code paths on a CPU. ``torch_loss="explicit"`` has the torch
     side write its loss as ``((out - y) ** 2).mean()`` instead of ``nn.MSELoss()`` (for ``graph``).
+    ``dataset``: the config's data set, when the caller has loaded it already.
     """
     from sgdtrace.engines import manual, torch_ref
 
     device = resolve_device(config.device)
     label = device_label(device)
     cfg = config.replace(device=label, origin=config.origin)
-    dataset = data_mod.load(cfg)
+    if dataset is None:
+        dataset = data_mod.load(cfg)
     plan = data_mod.plan(len(dataset), cfg)
     steps = plan.n_steps
 

@@ -163,3 +163,41 @@ def test_real_subprocess_runs():
                           timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "--batch-size 0" in proc.stderr
+
+
+def test_output_file_gets_the_usual_mode(runner, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run.csv"
+        assert invoke(runner, "run", "--format", "csv", "--output", str(out)).exit_code == 0
+        assert (out.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_compare_takes_device_and_dtype_from_a_config_file(runner, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('dtype = "float64"\ndevice = "cpu"\n')
+    doc = json.loads(invoke(runner, "compare", "--config", str(cfg), "--format", "json").output)
+    assert [(r["config"]["device"], r["config"]["dtype"]) for r in doc["runs"]] == [("cpu", "float64")]
+
+
+def test_graph_format_from_a_config_file(runner, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('format = "dot"\n')
+    result = invoke(runner, "graph", "--config", str(cfg))
+    assert result.exit_code == 0 and result.output.startswith("digraph")
+    cfg.write_text('format = "csv"\n')
+    result = runner.invoke(cli, ["graph", "--config", str(cfg)])
+    assert result.exit_code == 2 and "this command writes table, json, dot" in result.output
+
+
+def test_explain_refuses_a_bad_batch_before_training(runner, monkeypatch):
+    import sgdtrace.tracing
+
+    def no_training(*args, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("trained before checking --batch")
+
+    monkeypatch.setattr(sgdtrace.tracing, "run_trace", no_training)
+    result = runner.invoke(cli, ["explain", "--batch", "4"])
+    assert result.exit_code == 2 and "--batch 4" in result.output and "allowed: 1..3" in result.output

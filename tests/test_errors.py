@@ -219,7 +219,7 @@ def test_unreadable_data_file(tmp_path, monkeypatch):
     ("lr = -0.1\n", ["'lr' in cfg.toml -0.1", "> 0"]),
     ("batch_size = 0\n", ["'batch_size' in cfg.toml 0", ">= 1"]),
     ("dampening = 2\n", ["'dampening' in cfg.toml 2.0", "[0, 1]"]),
-    ("format = \"xml\"\n", ["'format' in cfg.toml = 'xml'", "table, json, csv, markdown"]),
+    ("format = \"xml\"\n", ["'format' in cfg.toml 'xml'", "table, json, csv, markdown"]),
     ("dtype = \"half\"\n", ["'dtype' in cfg.toml 'half'", "float32, float64"]),
     (b"lr = 0.1\n\xff\n", ["not a text file"]),
 ])

@@ -73,9 +73,9 @@ def _array(v: Any) -> np.ndarray:
     return np.asarray(v, dtype=np.float64)
 
 
-def step_of(trace, batch: int, epoch: int = 1) -> int:
-    """The 0-based step of (epoch, batch), both 1-based; a clear error when out of range."""
-    spe, epochs = trace.plan.steps_per_epoch, trace.plan.epochs
+def step_of(plan, batch: int, epoch: int = 1) -> int:
+    """The 0-based step of (epoch, batch), both 1-based, in a batch plan; a clear error when out of range."""
+    spe, epochs = plan.steps_per_epoch, plan.epochs
     if not 1 <= epoch <= epochs:
         raise ConfigError(f"--epoch {epoch}: this run has {epochs} epoch{'s' if epochs != 1 else ''}; "
                           f"allowed: 1..{epochs}")
@@ -89,7 +89,7 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     """Recompute one step with the manual engine's functions, from the trace's state before it."""
     from sgdtrace.engines import manual
 
-    k = step_of(trace, batch, epoch)
+    k = step_of(trace.plan, batch, epoch)
     cfg = trace.config
     if trace.device == "cpu":
         backend = manual.ArrayBackend("numpy", cfg.dtype)

@@ -105,7 +105,7 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     from sgdtrace.engines.torch_ref import LinearModel
     from sgdtrace.views.explain import explain_step, step_of
 
-    k = step_of(trace, batch, epoch)
+    k = step_of(trace.plan, batch, epoch)
     cfg = trace.config
     dtype = getattr(torch, cfg.dtype)
     tw = cfg.init_w if k == 0 else float(trace.torch["w"][k - 1])

@@ -4,9 +4,6 @@ over contour lines of the full-data loss. Needs matplotlib (the ``plot`` extra);
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 
 from sgdtrace.errors import SgdtraceError
@@ -16,7 +13,8 @@ class MissingMatplotlib(SgdtraceError):
     pass
 
 
-def _pyplot():
+def require_pyplot():
+    """matplotlib's pyplot on the Agg backend, or a one-line error naming the extra to install."""
     try:
         import matplotlib
     except ImportError:
@@ -44,7 +42,7 @@ def _finite(a: np.ndarray) -> np.ndarray:
 
 def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: int = 100) -> None:
     """Draw the three panels into ``output`` (PNG, ``width`` x ``height`` pixels), written atomically."""
-    plt = _pyplot()
+    plt = require_pyplot()
     man = trace.manual
     ds = trace.dataset
     cfg = trace.config
@@ -96,18 +94,9 @@ def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: in
     fig.suptitle(f"SGD on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, {cfg.epochs} epoch(s), "
                  f"{cfg.dtype}", fontsize="medium")
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix=".sgdtrace-", suffix=".png", dir=folder)
-    os.close(fd)
+    from sgdtrace.output import atomic_write
+
     try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(output, lambda path: fig.savefig(path, format="png", dpi=dpi))
     finally:
         plt.close(fig)
