@@ -205,7 +205,7 @@ def _exit_code(ok: bool) -> int:
 
 @cli.command()
 @training_options()
-@click.option("--rows", type=int, default=None, help="Table rows before long runs are shortened (default 40; 0: all).")
+@click.option("--rows", type=click.IntRange(min=0), default=None, help="Table rows before long runs are shortened (default 40; 0: all).")
 @click.option("--every", type=click.IntRange(min=1), default=1, metavar="K",
               help="Table: show every K-th step (and the last).")
 @click.option("--reference", type=click.Choice(["none", "exact"]), default="none",

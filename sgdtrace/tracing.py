@@ -7,8 +7,7 @@ Data flows one way: config -> data + batch plan -> engines -> Trace (one array p
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -35,7 +34,6 @@ class Trace:
     divergence: dict[str, divergence.FieldDivergence]
     verdict: divergence.Verdict
     stable_lr: np.ndarray  # per step: the largest learning rate stable on that batch
-    timings: dict[str, float] = field(default_factory=dict)
     reference: Any = None  # sgdtrace.reference.Reference when --reference exact was asked for
     gradcheck: Any = None  # sgdtrace.reference.GradCheck when --gradcheck was asked for
 
@@ -117,22 +115,14 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     def stage(name: str) -> Callable[[int], None] | None:
         return None if progress is None else (lambda k: progress(name, k, steps))
 
-    timings: dict[str, float] = {}
     kind = manual_backend or ("numpy" if device.type == "cpu" else "torch")
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        t0 = time.perf_counter()
         man = manual.run(dataset.x, dataset.y, plan, cfg, backend, stage("manual"))
-        timings["manual_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
         ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free,
                             loss_form=torch_loss)
-        timings["torch_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
         trace = judge(cfg, dataset, plan, label, man, ref)
-    timings["judge_s"] = time.perf_counter() - t0
-    trace.timings = timings
     return trace
 
 

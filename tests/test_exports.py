@@ -72,7 +72,8 @@ def test_summary_line_and_gap(article):
     assert "+79" in text  # steps 6..84 hidden between the 2nd and the 18th shown
     assert "w 0 → " in text and "(true 2)" in text and "(true 10)" in text
     text = render(run_view(article), width=120)
-    assert "steps, " not in text and "loss 146.667 → 145.282" in text  # all shown: no count
+    # all shown: no count; the loss over the whole data set: mean((2x + 10)^2, x = 0..8) = 3156/9 = 350.667
+    assert "steps, " not in text and "data loss 350.667 → " in text
 
 
 def test_cli_formats_to_output(tmp_path):

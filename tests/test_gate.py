@@ -118,7 +118,7 @@ def test_sgd_update_matches_torch_optim(opts):
 
 def test_make_hyper_flags():
     h = manual.make_hyper(Config(lr=0.5, momentum=0.3, dampening=0.2, weight_decay=0.1, maximize=True), float)
-    assert (h.lr, h.momentum, h.dampening, h.weight_decay) == (0.5, 0.3, 0.2, 0.1)
+    assert (h.lr, h.momentum, h.one_minus_dampening, h.weight_decay) == (0.5, 0.3, 0.8, 0.1)
     assert h.use_momentum and h.use_weight_decay and h.maximize and not h.nesterov
     h = manual.make_hyper(Config(), float)
     assert not h.use_momentum and not h.use_weight_decay and not h.maximize

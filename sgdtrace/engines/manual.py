@@ -120,7 +120,6 @@ class Hyper:
 
     lr: Any
     momentum: Any = 0.0
-    dampening: Any = 0.0
     weight_decay: Any = 0.0
     nesterov: bool = False
     maximize: bool = False
@@ -191,7 +190,6 @@ class ArrayBackend:
 
     def __init__(self, kind: str, dtype: str, device: Any = "cpu"):
         self.kind = kind
-        self.dtype_name = dtype
         self.device = device
         if kind == "numpy":
             self.np_dtype = np.dtype(dtype)
@@ -246,7 +244,6 @@ def make_hyper(config, scalar: Callable[[float], Any]) -> Hyper:
     return Hyper(
         lr=scalar(config.lr),
         momentum=scalar(config.momentum),
-        dampening=scalar(config.dampening),
         weight_decay=scalar(config.weight_decay),
         nesterov=config.nesterov,
         maximize=config.maximize,

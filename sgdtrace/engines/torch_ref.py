@@ -29,6 +29,18 @@ class LinearModel(nn.Module):
         return xb * self.weight + self.bias
 
 
+def make_criterion(loss_form: str = "mse"):
+    """The loss a learner writes: ``nn.MSELoss()``, or (``"explicit"``) ``((output - target) ** 2).mean()``,
+    whose autograd graph (SubBackward0, PowBackward0, MeanBackward0) follows the article's nodes."""
+    if loss_form == "mse":
+        return nn.MSELoss()
+
+    def criterion(output, target):
+        return ((output - target) ** 2).mean()
+
+    return criterion
+
+
 class _HostRecorder:
     """CPU: read each value with ``.item()`` into a NumPy column (cheaper than a tensor copy)."""
 
@@ -84,10 +96,7 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
                             generator=generator, drop_last=config.drop_last)
 
     model = LinearModel(config.init_w, config.init_b, dtype).to(device)
-    criterion = nn.MSELoss()
-    if loss_form == "explicit":
-        def criterion(output, target):
-            return ((output - target) ** 2).mean()
+    criterion = make_criterion(loss_form)
     optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           dampening=config.dampening, weight_decay=config.weight_decay,
                           nesterov=config.nesterov, maximize=config.maximize)

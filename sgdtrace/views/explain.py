@@ -1,7 +1,7 @@
 """The ``explain`` view: one batch worked equation by equation, with the numbers substituted.
 
-Every number comes from the manual engine's own functions (:func:`~sgdtrace.engines.manual.forward_backward`
-and :func:`~sgdtrace.engines.manual.sgd_update`), run at the parameters the batch started from, in the
+Every number comes from the manual engine's own functions (:func:`~sgdtrace.engines.engine.forward_backward`
+and :func:`~sgdtrace.engines.engine.sgd_update`), run at the parameters the batch started from, in the
 run's dtype, so the page shows exactly what the engine computed; :func:`explain_step` checks that they
 equal the trace's columns bit for bit. Torch's values for the same batch come from the trace, i.e. from
 the real autograd + optim.SGD loop.
@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from rich import box
 
+from sgdtrace.engines import manual as engine
 from sgdtrace.errors import ConfigError
 from sgdtrace.views.fmt import num
 
@@ -87,16 +88,15 @@ def step_of(plan, batch: int, epoch: int = 1) -> int:
 
 def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     """Recompute one step with the manual engine's functions, from the trace's state before it."""
-    from sgdtrace.engines import manual
 
     k = step_of(trace.plan, batch, epoch)
     cfg = trace.config
     if trace.device == "cpu":
-        backend = manual.ArrayBackend("numpy", cfg.dtype)
+        backend = engine.ArrayBackend("numpy", cfg.dtype)
     else:  # the engine ran with torch tensors on the device: recompute the same way
         import torch
 
-        backend = manual.ArrayBackend("torch", cfg.dtype, torch.device(trace.device))
+        backend = engine.ArrayBackend("torch", cfg.dtype, torch.device(trace.device))
     man = trace.manual
     momentum = "buf_w" in man
     w0 = cfg.init_w if k == 0 else float(man["w"][k - 1])
@@ -107,12 +107,12 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     xb = backend.asarray(trace.dataset.x[idx])
     yb = backend.asarray(trace.dataset.y[idx])
     w, b = backend.param(w0), backend.param(b0)
-    r = manual.forward_backward(w, b, xb, yb, len(idx), backend.scalar)
-    h = manual.make_hyper(cfg, backend.scalar)
+    r = engine.forward_backward(w, b, xb, yb, len(idx), backend.scalar)
+    h = engine.make_hyper(cfg, backend.scalar)
     bw = None if buf0["buf_w"] is None else backend.param(buf0["buf_w"])
     bb = None if buf0["buf_b"] is None else backend.param(buf0["buf_b"])
-    w1, bw1 = manual.sgd_update(w, r.grad_w, bw, h, k == 0)
-    b1, bb1 = manual.sgd_update(b, r.grad_b, bb, h, k == 0)
+    w1, bw1 = engine.sgd_update(w, r.grad_w, bw, h, k == 0)
+    b1, bb1 = engine.sgd_update(b, r.grad_b, bb, h, k == 0)
     buf1 = {"buf_w": None if bw1 is None else _value(bw1), "buf_b": None if bb1 is None else _value(bb1)}
 
     got = {"grad_w": r.grad_w, "grad_b": r.grad_b, "loss": r.loss, "w": w1, "b": b1}
@@ -216,9 +216,9 @@ def _backward(ex: Explanation) -> list:
     chain.row("", "dz/dl = 1")
     chain.row("", f"dl/de = 1/n = 1/{ex.n}", num(1 / ex.n))
     chain.row("", f"de/dd = 2d, per sample: {_per_sample([num(2 * v) for v in d])}")
-    chain.row("", "dd/dc = 1")
-    chain.row("", "dc/da = 1")
-    chain.row("", "dc/db = 1")
+    chain.row("", f"dd/dc = {engine.DD_DC}")
+    chain.row("", f"dc/da = {engine.DC_DA}")
+    chain.row("", f"dc/db = {engine.DC_DB}")
     chain.row("", f"da/dw = x, per sample: {_per_sample([num(v) for v in x])}")
 
     wsec = _Section("Weight gradient")
@@ -303,8 +303,8 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
         "forward": {"x": nums(ex.x), "y": nums(ex.y), "a": nums(ex.nodes["a"]), "c": nums(ex.nodes["c"]),
                     "d": nums(ex.nodes["d"]), "e": nums(ex.nodes["e"]), "l": json_number(ex.loss),
                     "z": json_number(ex.loss)},
-        "backward": {"dz/dl": 1, "dl/de": json_number(1 / ex.n), "de/dd": nums(2 * ex.nodes["d"]), "dd/dc": 1,
-                     "dc/da": 1, "dc/db": 1, "da/dw": nums(ex.x), "dl/dd": nums(ex.nodes["dl_dd"])},
+        "backward": {"dz/dl": 1, "dl/de": json_number(1 / ex.n), "de/dd": nums(2 * ex.nodes["d"]), "dd/dc": engine.DD_DC,
+                     "dc/da": engine.DC_DA, "dc/db": engine.DC_DB, "da/dw": nums(ex.x), "dl/dd": nums(ex.nodes["dl_dd"])},
         "manual": {f: json_number(manual[f]) for f in fields},
         "torch": {f: json_number(ex.torch_value(f)) for f in fields},
         "ulp": {f: ex.ulp(f) for f in fields},

@@ -172,7 +172,7 @@ def trace_to_json_text(trace) -> str:
 def csv_header(fields) -> list[str]:
     cols = ["epoch", "batch", "n"]
     cols += [f"manual_{f}" for f in fields] + [f"torch_{f}" for f in fields]
-    cols += [f"{kind}_{f}" for f in fields for kind in ("abs", "ulp", "tol")]
+    cols += [f"{kind}_{f}" for f in fields for kind in ("abs", "ulp", "carried", "tol")]
     return cols + ["ok"]
 
 
@@ -185,8 +185,10 @@ def trace_to_csv(trace) -> str:
     cols += [trace.manual[f].tolist() for f in fields] + [trace.torch[f].tolist() for f in fields]
     for f in fields:
         d = trace.divergence[f]
-        cols += [d.abs.tolist(), [u if fin else "" for u, fin in zip(d.ulp.tolist(), d.finite.tolist())],
-                 d.tol.tolist()]
+        finite = d.finite.tolist()
+        cols += [[a if fin else "" for a, fin in zip(d.abs.tolist(), finite)],
+                 [u if fin else "" for u, fin in zip(d.ulp.tolist(), finite)],
+                 d.carried.tolist(), d.tol.tolist()]
     ok = None
     for f in fields:
         ok = trace.divergence[f].ok if ok is None else ok & trace.divergence[f].ok

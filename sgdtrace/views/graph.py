@@ -25,7 +25,6 @@ from rich.text import Text
 
 from sgdtrace.views.fmt import num
 
-LOSSES = ("mse", "explicit")
 
 
 @dataclass(frozen=True)
@@ -88,21 +87,12 @@ class GraphResult:
         return self.structure_ok and (self.trace is None or self.trace.verdict.ok)
 
 
-def torch_criterion(loss: str):
-    """The loss a learner writes: ``nn.MSELoss()``, or the explicit ``((out - y) ** 2).mean()``."""
-    from torch import nn
-
-    if loss == "mse":
-        return nn.MSELoss()
-    return lambda out, target: ((out - target) ** 2).mean()
-
-
 def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> GraphResult:
     """Build torch's graph for one batch of ``trace`` and map it, node by node, to the manual DAG."""
     import torch
 
     from sgdtrace.engines import manual
-    from sgdtrace.engines.torch_ref import LinearModel
+    from sgdtrace.engines.torch_ref import LinearModel, make_criterion
     from sgdtrace.views.explain import explain_step, step_of
 
     k = step_of(trace.plan, batch, epoch)
@@ -115,7 +105,7 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     data = torch.as_tensor(trace.dataset.x[idx], dtype=dtype).to(device)
     target = torch.as_tensor(trace.dataset.y[idx], dtype=dtype).to(device)
     model = LinearModel(tw, tb, dtype).to(device)
-    out = torch_criterion(loss)(model(data), target)
+    out = make_criterion(loss)(model(data), target)
 
     nodes: list[TorchNode] = []
 

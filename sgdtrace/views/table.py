@@ -76,7 +76,10 @@ def next_candidate(candidates: list[int], k: int) -> int | None:
 
 
 def summary_text(trace, shown: list[int | None]) -> Text:
-    """One line: how many steps were shown, and where loss, w and b started and ended."""
+    """One line: how many steps were shown, and where w, b and the loss over the whole data set
+    started and ended (the per-batch losses of the first and last steps are of different batches)."""
+    from sgdtrace.tracing import full_loss
+
     n = trace.n_steps
     rows = sum(1 for k in shown if k is not None)
     out = Text(f"{n} steps, {rows} shown · " if rows < n else "", style="dim")
@@ -85,9 +88,10 @@ def summary_text(trace, shown: list[int | None]) -> Text:
         ds = trace.dataset
         w_true = f" (true {ds.true_w:g})" if ds.true_w is not None else ""
         b_true = f" (true {ds.true_b:g})" if ds.true_b is not None else ""
-        out.append(f"loss {num(man['loss'][0])} → {num(man['loss'][-1])}"
-                   f" · w {num(cfg.init_w)} → {num(man['w'][-1])}{w_true}"
-                   f" · b {num(cfg.init_b)} → {num(man['b'][-1])}{b_true}", style="dim")
+        start = full_loss(ds, cfg.init_w, cfg.init_b)
+        end = full_loss(ds, float(man["w"][-1]), float(man["b"][-1]))
+        out.append(f"w {num(cfg.init_w)} → {num(man['w'][-1])}{w_true} · b {num(cfg.init_b)} → "
+                   f"{num(man['b'][-1])}{b_true} · data loss {num(start)} → {num(end)}", style="dim")
     return out
 
 
