@@ -6,6 +6,7 @@ Data flows one way: config -> data + batch plan -> engines -> Trace (one array p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -51,7 +52,7 @@ class Trace:
         cols.update({f"manual.{f}": v for f, v in self.manual.items()})
         cols.update({f"torch.{f}": v for f, v in self.torch.items()})
         for f, d in self.divergence.items():
-            cols.update({f"{part}.{f}": getattr(d, part) for part in ("abs", "rel", "ulp", "tol", "ok", "finite")})
+            cols.update({f"{part.name}.{f}": getattr(d, part.name) for part in dataclasses.fields(d)})
         return cols
 
     @property

@@ -61,8 +61,8 @@ def test_a_run_does_import_torch():
 
 def _expected_bytes_per_step(dtype_bytes: int, values: int) -> int:
     """By hand: each engine ``values`` columns of the dtype; epoch, batch, n as int64; stable_lr
-    float64; per field abs, rel, tol float64 + ulp uint64 + ok, finite bool = 34 bytes."""
-    return 2 * values * dtype_bytes + 3 * 8 + 8 + values * (4 * 8 + 2)
+    float64; per field abs, rel, tol, carried, ratio float64 + ulp uint64 + ok, finite bool = 50 bytes."""
+    return 2 * values * dtype_bytes + 3 * 8 + 8 + values * (6 * 8 + 2)
 
 
 @pytest.mark.parametrize("dtype, momentum, values, size", [
@@ -75,12 +75,12 @@ def test_the_trace_is_columns_with_a_fixed_cost_per_step(dtype, momentum, values
     for name, col in cols.items():
         assert isinstance(col, np.ndarray) and col.shape == (t.n_steps,), name
         assert col.dtype != object, name
-    assert len(cols) == 4 + values * 8
+    assert len(cols) == 4 + values * 10
     per_step = _expected_bytes_per_step(size, values)
     assert t.nbytes == per_step * t.n_steps
-    # the figure the README states: 242 bytes a step in float32, so a million steps is ~242 MB
+    # the figure the README states: 322 bytes a step in float32, so a million steps is ~322 MB
     if (dtype, momentum) == ("float32", 0.0):
-        assert per_step == 242
+        assert per_step == 322
 
 
 # ------------------------------------------------------------------ the CUDA code paths, on the CPU
