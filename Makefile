@@ -6,7 +6,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: run test install dev check bench mutate clean
+.PHONY: run test install dev check bench mutate readme readme-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ mutate: dev
 	rm -rf mutants
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
 	$(BIN)/python tools/mutation_score.py
+
+# the README's examples, re-run: every `<!-- sh: ... -->` block gets its command's real output
+readme: dev
+	$(BIN)/python tools/readme.py
+
+readme-check: dev
+	$(BIN)/python tools/readme.py --check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

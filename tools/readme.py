@@ -1,8 +1,9 @@
 """Keep the README's example output true: re-run every marked example and paste its real output.
 
 In README.md, a line ``<!-- sh: COMMAND -->`` right before a fenced block marks that block as
-the output of COMMAND, run in the project's folder. ``sgdtrace ...`` commands run in process
-(click's CliRunner, 80 columns, no colour); anything else runs in a shell.
+the output of COMMAND, run in the project's folder (several commands: ``A ;; B``). ``sgdtrace
+...`` commands run in process (click's CliRunner, 80 columns, no colour); anything else runs in
+a shell. A ``  # comment`` after a command is shown, not run.
 
     python tools/readme.py           # rewrite README.md in place
     python tools/readme.py --check   # exit 1 and list the blocks that are out of date
@@ -22,8 +23,14 @@ MARK = re.compile(r"^<!-- sh: (?P<cmd>.+?) -->\n```[a-z]*\n(?P<body>.*?)^```\n",
 ENV = {"NO_COLOR": "1", "COLUMNS": "80", "TERM": "dumb"}
 
 
-def run_example(command: str) -> str:
-    """The text a reader sees for COMMAND: the prompt line, then what it printed."""
+def run_examples(commands: str) -> str:
+    """The text a reader sees for each of ``A ;; B ;; ...``: the prompt line, then what it printed."""
+    return "".join(run_example(c.strip()) for c in commands.split(";;"))
+
+
+def run_example(shown: str) -> str:
+    """The text a reader sees for one command: the prompt line, then what it printed."""
+    command = shown.split("  # ")[0].strip()
     words = shlex.split(command)
     if words and words[0] == "sgdtrace" and "|" not in command and ">" not in command:
         from click.testing import CliRunner
@@ -38,7 +45,7 @@ def run_example(command: str) -> str:
         proc = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True)
         out = proc.stdout + proc.stderr
     lines = [line.rstrip() for line in out.rstrip("\n").splitlines()]
-    return "$ " + command + "\n" + "\n".join(lines) + "\n"
+    return "$ " + shown + "\n" + "".join(line + "\n" for line in lines)
 
 
 def refresh(text: str, only_sgdtrace: bool = False) -> tuple[str, list[str]]:
@@ -49,7 +56,7 @@ def refresh(text: str, only_sgdtrace: bool = False) -> tuple[str, list[str]]:
         cmd = m.group("cmd")
         if only_sgdtrace and not cmd.startswith("sgdtrace "):
             return m.group(0)
-        body = run_example(cmd)
+        body = run_examples(cmd)
         if body != m.group("body"):
             changed.append(cmd)
         return f"<!-- sh: {cmd} -->\n```\n{body}```\n"
