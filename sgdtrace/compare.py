@@ -55,12 +55,13 @@ def compare_runs(config: Config, devices: tuple[str, ...], dtypes: tuple[str, ..
     cross = []
     for dtype in dtypes:
         same = [t for t in runs if t.config.dtype == dtype]
-        for other in same[1:]:
-            base = same[0]
-            if other.device == base.device:
-                continue
-            div = divergence.compare_columns(base.torch, other.torch, base.dataset.x, base.dataset.y,
-                                             base.plan, base.config)
-            verdict = divergence.verdict(div, base.torch, other.torch, base.epoch, base.batch, None)
-            cross.append(Cross(dtype, base.device, other.device, div, verdict))
+        cross += [cross_compare(same[0], other) for other in same[1:] if other.device != same[0].device]
     return CompareResult(runs, cross)
+
+
+def cross_compare(base, other) -> Cross:
+    """Torch's columns in ``other`` judged against torch's in ``base`` (same config, another device)."""
+    div = divergence.compare_columns(base.torch, other.torch, base.dataset.x, base.dataset.y,
+                                     base.plan, base.config)
+    verdict = divergence.verdict(div, base.torch, other.torch, base.epoch, base.batch, None)
+    return Cross(base.config.dtype, base.device, other.device, div, verdict)

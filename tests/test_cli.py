@@ -201,3 +201,21 @@ def test_explain_refuses_a_bad_batch_before_training(runner, monkeypatch):
     monkeypatch.setattr(sgdtrace.tracing, "run_trace", no_training)
     result = runner.invoke(cli, ["explain", "--batch", "4"])
     assert result.exit_code == 2 and "--batch 4" in result.output and "allowed: 1..3" in result.output
+
+
+def test_cross_device_comparison_judges_torch_against_torch():
+    """The torch-vs-torch part of compare, on two CPU runs (one recorded as CUDA records)."""
+    from sgdtrace.compare import cross_compare
+    from sgdtrace.config import Config
+    from sgdtrace.tracing import run_trace
+
+    cfg = Config(synthetic=50, batch_size=4, epochs=3, momentum=0.5)
+    base = run_trace(cfg)
+    other = run_trace(cfg, manual_backend="torch", sync_free=True)
+    other.device = "cuda:0"  # a label only: the same numbers on another recorder
+    c = cross_compare(base, other)
+    assert c.verdict.ok and (c.a, c.b) == ("cpu", "cuda:0")
+    doc = c.to_json()
+    assert doc["fields"]["w"]["max_ulp"] == 0 and doc["fields"]["buf_w"]["ok"] is True
+    other.torch["w"] = other.torch["w"] * 1.001  # one device's w off by 0.1%: caught
+    assert not cross_compare(base, other).verdict.ok
