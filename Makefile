@@ -39,7 +39,7 @@ check: install
 # tolerance model, each run against tests/test_gate.py; the score is in the README
 mutate: dev
 	rm -rf mutants
-	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 1
 	$(BIN)/python tools/mutation_score.py
 
 # the README's examples, re-run: every `<!-- sh: ... -->` block gets its command's real output

@@ -18,14 +18,48 @@ import torch
 from sgdtrace import divergence as dv
 from sgdtrace.config import Config
 from sgdtrace.data import article, plan
-from sgdtrace.engines import manual
+from sgdtrace.engines import manual, torch_ref
 from sgdtrace.tracing import run_trace
 
 ARTICLE = Config()
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
-# warm torch up once at import: under `make mutate` the test modules are imported once and each
-# mutant's run forks from there, so no mutant pays torch's first-call start-up (seconds)
-run_trace(Config(shuffle=True))
+
+# ------------------------------------------------------------------ torch's columns, once per session
+
+# The torch side (sgdtrace/engines/torch_ref.py: nn.Module, nn.MSELoss, optim.SGD, DataLoader) is
+# not under test here and depends on nothing in the manual engine or the tolerance model: only on
+# the data, the config, the device and the number of steps. So each distinct torch run is done
+# once, by the real torch_ref.run, and its columns are handed out (as copies) to every later
+# run_trace with the same inputs; the manual engine and the verdict are computed afresh each time.
+# The cache is filled at import: under `make mutate` the test module is imported once and each
+# mutant's run forks from there, so no mutant pays for torch (neither its start-up nor its loops).
+_real_torch_run = torch_ref.run
+_TORCH_COLUMNS: dict[tuple, dict[str, np.ndarray]] = {}
+
+
+def _torch_run_once(x, y, config, device, steps, progress=None, sync_free=None, loss_form="mse", **kw):
+    if progress is not None or kw:  # a progress callback or a loop context: run it for real
+        return _real_torch_run(x, y, config, device, steps, progress, sync_free=sync_free, loss_form=loss_form, **kw)
+    key = (x.dtype.str, x.tobytes(), y.dtype.str, y.tobytes(), repr(config), str(device), steps, sync_free, loss_form)
+    if key not in _TORCH_COLUMNS:
+        _TORCH_COLUMNS[key] = _real_torch_run(x, y, config, device, steps, sync_free=sync_free, loss_form=loss_form)
+    return {f: v.copy() for f, v in _TORCH_COLUMNS[key].items()}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_columns_once():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch_ref, "run", _torch_run_once)
+        yield
+
+
+def _check_configs():
+    import glob
+
+    return sorted(glob.glob(os.path.join(CONFIGS_DIR, "*.toml")))
+
+
 
 
 # ------------------------------------------------------------------ the manual engine, by hand
@@ -147,9 +181,12 @@ def test_manual_engine_matches_torch_float64(opts, backend):
         np.testing.assert_allclose(t.manual[f], t.torch[f], rtol=1e-11, atol=1e-11, err_msg=f)
 
 
+FLOAT32_RUN = Config(batch_size=4, epochs=4, shuffle=True, seed=2, momentum=0.5)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_manual_engine_float32(backend):
-    t = run_trace(Config(batch_size=4, epochs=4, shuffle=True, seed=2, momentum=0.5), manual_backend=backend)
+    t = run_trace(FLOAT32_RUN, manual_backend=backend)
     assert t.verdict.ok
     for f in t.torch:
         assert t.manual[f].dtype == np.float32
@@ -168,10 +205,40 @@ def test_array_backend():
         assert float(be.param(0.1)) == float(np.float32(0.1))
         assert float(be.scalar(0.1)) in (float(np.float32(0.1)), 0.1)
     assert manual.ArrayBackend("numpy", "float64").scalar(0.1) == 0.1
+    # the NumPy backend's scalars carry the run's dtype (a Python float would let NumPy 1's
+    # value-based casting turn float32 arithmetic into float64)
+    assert type(manual.ArrayBackend("numpy", "float32").scalar(0.1)) is np.float32
+    assert type(manual.ArrayBackend("numpy", "float64").scalar(0.1)) is np.float64
+    p64 = manual.ArrayBackend("torch", "float64").param(0.1)
+    assert p64.dtype == torch.float64 and p64.item() == 0.1
+    with pytest.raises(ValueError, match="jax"):
+        manual.ArrayBackend("jax", "float32")
     progress = []
     cfg = Config(epochs=2)
     manual.run(article().x, article().y, plan(9, cfg), cfg, manual.ArrayBackend("numpy", "float64"), progress.append)
     assert progress == [3, 6]
+
+
+def test_array_backend_keeps_arrays_on_its_device():
+    # torch's "meta" device stands in for a GPU: every array the torch backend makes lives there
+    be = manual.ArrayBackend("torch", "float32", torch.device("meta"))
+    assert be.asarray(np.array([1.0, 2.0])).device.type == "meta"
+    assert be.param(0.5).device.type == "meta"
+    assert be.column(3).device.type == "meta"
+    assert be.index(np.array([1, 0])).device.type == "meta"
+    assert be.index(None) is None
+
+
+def test_progress_every_256_steps_and_at_each_epoch_end():
+    # 300 samples one at a time, two epochs: 600 steps, reported at 256, 300 (end of epoch 1),
+    # 512 and 600 (end of epoch 2)
+    cfg = Config(synthetic=300, seed=1, batch_size=1, epochs=2, dtype="float64")
+    from sgdtrace.data import load
+
+    ds = load(cfg)
+    progress = []
+    manual.run(ds.x, ds.y, plan(len(ds), cfg), cfg, manual.ArrayBackend("numpy", "float64"), progress.append)
+    assert progress == [256, 300, 512, 600]
 
 
 # ------------------------------------------------------------------ distances
@@ -258,6 +325,13 @@ def test_distances_nonfinite():
     assert d.ok.tolist() == [True, False]
     d = _fd([1.0], [np.inf], [1.0], "float32", peak=[np.nan])
     assert d.ok.tolist() == [True]
+    # an intermediate bound exactly at the threshold reaches it
+    d = _fd([1.0], [np.inf], [1.0], "float32", peak=[big])
+    assert d.ok.tolist() == [True]
+    # within tolerance of the threshold: agreement, whatever the intermediates' bound
+    d = _fd([0.9 * big, big, 0.7 * big], [np.inf, np.inf, np.inf], [0.2 * big, 1.0, 0.2 * big], "float32",
+            peak=[1.0, 1.0, 1.0])
+    assert d.ok.tolist() == [True, True, False]
 
 
 # ------------------------------------------------------------------ the tolerance model, re-derived
@@ -356,6 +430,7 @@ def _perturbed(cols, seed):
 @pytest.mark.parametrize("opts", [
     dict(dtype="float64", batch_size=3, epochs=2),
     dict(dtype="float32", batch_size=2, epochs=2, init_w=1.0, init_b=-3.0),
+    dict(dtype="float32", batch_size=3, epochs=2, init_w=0.1, init_b=-0.3),  # not float32 numbers
     dict(dtype="float32", batch_size=4, epochs=2, weight_decay=0.1, shuffle=True, seed=4),
     dict(dtype="float64", batch_size=3, epochs=2, momentum=0.9, dampening=0.2),
     dict(dtype="float32", batch_size=5, epochs=2, momentum=0.5, nesterov=True, weight_decay=0.2, lr=0.002),
@@ -378,6 +453,21 @@ def test_tolerance_model_matches_its_docstring(opts):
         np.testing.assert_allclose(div[f].carried, carried[f], rtol=0, atol=1e-12 * scale, err_msg=f)
         fresh = np.abs(a[f].astype(np.float64) - b[f].astype(np.float64) - np.array(carried[f]))
         assert (div[f].ok == (fresh <= np.array(tol[f]))).all(), f
+
+
+def test_tolerance_model_in_chunks(monkeypatch):
+    # the per-batch sums are taken a few batches at a time (CHUNK_SAMPLES samples); with a chunk of
+    # 4 samples (2 batches of 2), an epoch of 5 batches is summed in 3 chunks: the same tolerances
+    monkeypatch.setattr(dv, "CHUNK_SAMPLES", 4)
+    cfg = Config(dtype="float32", batch_size=2, epochs=2, shuffle=True, seed=6, momentum=0.5)
+    ds = article()
+    p = plan(len(ds), cfg)
+    a = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("numpy", cfg.dtype))
+    b = _perturbed(a, 3)
+    div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
+    ref = _reference_tolerances(cfg, ds.x, ds.y, p, a, b)
+    for f in ref:
+        np.testing.assert_allclose(div[f].tol, ref[f], rtol=1e-12, atol=0, err_msg=f)
 
 
 def test_depth_term_for_large_batches():
@@ -439,6 +529,84 @@ def test_verdict_agreement_and_zero_tolerance():
     div = {"w": _fd([1.0, 1.0], [1.0, np.inf], [0.1, 0.1])}
     v = dv.verdict(div, a, {"w": np.array([1.0, np.inf])}, ep, ba, None)
     assert v.first_divergent_step["abs"] is None and v.first_divergent_step["torch"] == "inf"
+    # a tolerance that overflowed to nan holds nothing and is not judged: it adds no ratio
+    div = {"w": _fd([1.0, 1.0], [1.0, 2.0], [0.1, np.nan])}
+    v = dv.verdict(div, a, {"w": np.array([1.0, 2.0])}, ep, ba, None)
+    assert v.ok and v.max_tol_ratio == 0.0 and v.max_abs == 1.0
+
+
+def test_quiet_through_overflow():
+    """A blow-up is a result: the engine and the judging compute through inf and nan without a
+    floating-point warning (here: without an exception, NumPy set to raise on every one)."""
+    cfg = Config(dtype="float64", lr=1.0, epochs=100)
+    ds = article()
+    p = plan(len(ds), cfg)
+    ep, ba = np.repeat(np.arange(1, 101), 3), np.tile([1, 2, 3], 100)
+    with np.errstate(all="raise"):
+        a = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("numpy", "float64"))
+        assert a["grad_w"][0] == pytest.approx(-80 / 3, rel=1e-14)  # the article's first batch
+        assert not np.isfinite(a["loss"][-1])  # float64 overflowed too
+        # the same columns twice agree, through overflow and nan
+        b = {f: v.copy() for f, v in a.items()}
+        v = dv.verdict(dv.compare_columns(a, b, ds.x, ds.y, p, cfg), a, b, ep, ba, None)
+        assert v.ok and v.max_abs == 0.0 and v.max_ulp == 0
+        # differences too large for float64: inf, judged, quietly
+        m = dv._Bound.measured(np.array([1e308, np.inf]), np.array([-1e308, np.inf]))
+        assert m.mag.tolist() == [1e308, np.inf] and m.dev[0] == np.inf and np.isnan(m.dev[1])
+        d = _fd([1e308, np.inf], [-1e308, np.inf], [1.0, 1.0])
+        assert d.ok.tolist() == [False, True] and d.abs.tolist() == [np.inf, 0.0]
+        # a ratio to a zero or tiny tolerance: inf, and 0 / 0 is no difference
+        d = _fd([0.0, 0.0, 1.0, 1.0], [0.0, 1e300, 1.0, 1.5], [0.0, 1e-100, 0.0, 0.0])
+        v = dv.verdict({"w": d}, {"w": np.array([0.0, 0.0, 1.0, 1.0])}, {"w": np.array([0.0, 1e300, 1.0, 1.5])},
+                       np.array([1, 1, 1, 1]), np.array([1, 2, 3, 4]), None)
+        assert v.max_tol_ratio == math.inf and v.first_divergent_step["step"] == 2
+        # ULP distance of two NumPy scalars: 1.0 and -1.0 are 2 * 0x3FF0000000000000 apart
+        assert int(dv.ulp_distance(np.float64(1.0), np.float64(-1.0))) == 2 * 0x3FF0000000000000
+
+
+def _overflow_case(cfg, field, step, finite_value, columns):
+    """One engine inf, the other finite at ``step`` of ``field``; every other value as given (or 0)."""
+    ds = article()
+    p = plan(len(ds), cfg)
+    fields = list(dv.FIELDS) + (list(dv.BUFFER_FIELDS) if cfg.momentum else [])
+    a = {f: np.zeros(p.n_steps, np.float32) for f in fields}
+    for (f, k), val in columns.items():
+        a[f][k] = val
+    b = {f: v.copy() for f, v in a.items()}
+    a[field][step], b[field][step] = np.inf, finite_value
+    return bool(dv.compare_columns(a, b, ds.x, ds.y, p, cfg)[field].ok[step])
+
+
+@pytest.mark.parametrize("field", ["grad_b", "grad_w", "loss"])
+def test_overflow_of_an_intermediate_by_hand(field):
+    # the article's batch 1 (x = 0, 1, 2; y = 10, 12, 14) from w = W, b = 0, in float32:
+    # M_i = W x_i + y_i, sum M = 3W + 36, sum |x| M = 5W + 40, so the docstring's bounds are
+    # grad_b: 2 (3W + 36); grad_w: 2 (8W + 76); loss: S + S^2 with S = 3W + 36
+    big = float(np.finfo(np.float32).max)
+    for factor, reaches in ((1.01, True), (0.99, False)):
+        target = factor * big
+        if field == "grad_b":
+            w = (target / 2 - 36) / 3
+        elif field == "grad_w":
+            w = (target / 2 - 76) / 8
+        else:
+            w = ((math.sqrt(1 + 4 * target) - 1) / 2 - 36) / 3
+        # the finite value itself is far from the threshold: only the intermediates can overflow
+        assert _overflow_case(Config(init_w=w), field, 0, 1.0, {}) is reaches, (field, factor)
+
+
+def test_overflow_in_the_update_by_hand():
+    big = float(np.finfo(np.float32).max)
+    # momentum 0.9: buf_1 = 0.9 buf_0 + g_1; with buf_0 = g_1 = 2e38 its bound 3.8e38 passes the
+    # threshold, with 1e38 each (1.9e38) it does not
+    cfg = Config(momentum=0.9)
+    for v, reaches in ((2e38, True), (1e38, False)):
+        cols = {("buf_w", 0): v, ("grad_w", 1): v}
+        assert _overflow_case(cfg, "buf_w", 1, min(1.9 * v, 0.97 * big), cols) is reaches
+    # lr 1: w_1 = w_0 - g_1; with w_0 = 2e38, g_1 = -2e38 its bound 4e38 passes, half that does not
+    for v, reaches in ((2e38, True), (1e38, False)):
+        cols = {("w", 0): v, ("grad_w", 1): -v}
+        assert _overflow_case(Config(lr=1.0), "w", 1, min(2 * v, 0.97 * big), cols) is reaches
 
 
 # ------------------------------------------------------------------ silent on rounding, loud on a wrong formula
@@ -467,10 +635,21 @@ def test_loud_on_a_slightly_wrong_value(field, factor):
 
 def test_check_configs_pass():
     """What `sgdtrace check` runs: every shipped config agrees."""
-    import glob
-
     from sgdtrace.check import run_checks
 
-    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-    result = run_checks(sorted(glob.glob(os.path.join(configs, "*.toml"))), ["cpu"])
+    result = run_checks(_check_configs(), ["cpu"])
     assert result.rows and result.ok
+
+
+def _fill_torch_columns():
+    """Every torch run the tests above ask for, done once at import (see _torch_run_once)."""
+    from sgdtrace.check import run_checks
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch_ref, "run", _torch_run_once)
+        for cfg in [ARTICLE.replace(dtype="float64"), FLOAT32_RUN, *(Config(dtype="float64", **o) for o in RUNS)]:
+            run_trace(cfg)
+        run_checks(_check_configs(), ["cpu"])
+
+
+_fill_torch_columns()
