@@ -150,10 +150,16 @@ class _Bound:
 
     @staticmethod
     def measured(a: np.ndarray, b: np.ndarray) -> "_Bound":
-        """An input both engines recorded: its difference is measured, not modelled."""
+        """An input both engines recorded: its difference is measured, not modelled.
+
+        Its magnitude is the larger FINITE one: where one engine overflowed, what the other's
+        rounding amounts to is left to the overflow rule (``peak``), and where both did the
+        magnitude is nan (nothing finite to bound).
+        """
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        mag = np.fmax(np.where(np.isfinite(a64), np.abs(a64), np.nan), np.where(np.isfinite(b64), np.abs(b64), np.nan))
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: nan, judged as non-finite
-            return _Bound(np.maximum(np.abs(a64), np.abs(b64)), np.zeros_like(a64), a64 - b64)
+            return _Bound(mag, np.zeros_like(a64), a64 - b64)
 
     def combine(self, coef: float, other: "_Bound", result: np.ndarray | None = None) -> "_Bound":
         """``self + coef * other``: the product rounds (unless coef is +-1), then the sum rounds.
