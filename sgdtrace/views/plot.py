@@ -10,7 +10,7 @@ from sgdtrace.errors import SgdtraceError
 
 
 class MissingMatplotlib(SgdtraceError):
-    pass
+    """matplotlib (the ``plot`` extra) is not installed: an input error, exit code 2."""
 
 
 def require_pyplot():
