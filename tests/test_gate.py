@@ -317,8 +317,19 @@ def test_distances_nonfinite():
     # overflow); the largest float32 against inf does (within tolerance of the threshold); an
     # overflowed tolerance holds nothing
     assert d.ok.tolist() == [True, True, False, False, False, True, True, True]
-    # inf against nan where an intermediate can overflow: both are what overflow leaves
+    # inf against nan where an intermediate can overflow: both are what overflow leaves; but
+    # not infinities of opposite signs (a sign is not what overflow changes)
     assert _fd([np.inf], [np.nan], [1.0], "float32", peak=[np.inf]).ok.tolist() == [True]
+    assert _fd([np.inf], [-np.inf], [1.0], "float32", peak=[np.inf]).ok.tolist() == [False]
+    # the carried difference is reported as 0 where a value is not finite
+    e = dv._distances(np.array([np.inf, 1.0], np.float32), np.array([np.nan, 1.0], np.float32),
+                      np.array([1.0, 1.0]), "float32", None, np.array([5.0, 0.0]))
+    assert e.carried.tolist() == [0.0, 0.0]
+    # a finite value against inf: the carried difference counts toward reaching the threshold
+    big = float(np.finfo(np.float32).max)
+    e = dv._distances(np.array([0.9 * big], np.float32), np.array([np.inf], np.float32),
+                      np.array([1.0]), "float32", np.array([0.5 * big]), np.array([0.2 * big]))
+    assert e.ok.tolist() == [True]
     assert d.abs.tolist()[:6] == [0.0] * 6 and d.rel.tolist()[:6] == [0.0] * 6
     # an intermediate that can overflow: a finite result against inf agrees
     d = _fd([1.0, 1.0], [np.inf, np.inf], [1.0, 1.0], "float32", peak=[big * 2, big / 2])
@@ -435,6 +446,7 @@ def _perturbed(cols, seed):
     dict(dtype="float64", batch_size=3, epochs=2, momentum=0.9, dampening=0.2),
     dict(dtype="float32", batch_size=5, epochs=2, momentum=0.5, nesterov=True, weight_decay=0.2, lr=0.002),
     dict(dtype="float32", batch_size=9, epochs=1, rtol=1e-4, atol=1e-6),
+    dict(dtype="float32", batch_size=3, epochs=2, maximize=True, weight_decay=0.05, momentum=0.3),
 ])
 def test_tolerance_model_matches_its_docstring(opts):
     cfg = Config(**opts)
