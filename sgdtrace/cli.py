@@ -6,7 +6,6 @@ each command imports what it needs.
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
 import sys
@@ -25,11 +24,11 @@ class _Group(click.Group):
     """A click group whose every error is one line on stderr and exit code 2, never a traceback."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        # standalone_mode=False: click returns each command's exit code (and --help's, --version's)
+        # and raises its usage errors here, where they become one line
         try:
             rv = super().main(args=args, prog_name=prog_name or "sgdtrace", complete_var=complete_var,
                               standalone_mode=False, **extra)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             click.echo("sgdtrace: aborted", err=True)
             sys.exit(130)
