@@ -9,6 +9,30 @@ from sgdtrace import divergence
 from sgdtrace.config import Config
 
 
+@dataclass(frozen=True)
+class FieldSummary:
+    """One field over a run: the largest distances, the largest share of the allowance used, and
+    the first step (0-based) that fails, if any."""
+
+    max_abs: float
+    max_rel: float
+    max_ulp: int
+    max_tol_ratio: float
+    first_bad: int | None
+
+    @classmethod
+    def of(cls, d: divergence.FieldDivergence) -> "FieldSummary":
+        import numpy as np
+
+        fin = d.finite
+        bad = np.flatnonzero(~d.ok)
+        first = int(bad[0]) if bad.size else None
+        if not fin.any():
+            return cls(0.0, 0.0, 0, 0.0, first)
+        return cls(float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()),
+                   float(d.ratio.max()), first)
+
+
 @dataclass
 class Cross:
     """Torch on device ``a`` against torch on device ``b``, same dtype, judged by the tolerance model."""
@@ -22,11 +46,9 @@ class Cross:
     def to_json(self) -> dict[str, Any]:
         fields = {}
         for f, d in self.divergence.items():
-            fin = d.finite
-            fields[f] = {"max_abs": float(d.abs[fin].max()) if fin.any() else 0.0,
-                         "max_rel": float(d.rel[fin].max()) if fin.any() else 0.0,
-                         "max_ulp": int(d.ulp[fin].max()) if fin.any() else 0,
-                         "ok": bool(d.ok.all())}
+            w = FieldSummary.of(d)
+            fields[f] = {"max_abs": w.max_abs, "max_rel": w.max_rel, "max_ulp": w.max_ulp,
+                         "ok": w.first_bad is None}
         return {"dtype": self.dtype, "a": self.a, "b": self.b, "fields": fields, "verdict": self.verdict.to_json()}
 
 

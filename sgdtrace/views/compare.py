@@ -7,19 +7,13 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from sgdtrace.compare import FieldSummary
 from sgdtrace.views.fmt import LABELS, percent, sci
 
 
 def _worst(d) -> tuple[float, float, int, float, int | None]:
-    """max |Δ|, max rel, max ulp, max |Δ|/tol over finite values, and the first failing step (0-based)."""
-    import numpy as np
-
-    fin = d.finite
-    if not fin.any():
-        return 0.0, 0.0, 0, 0.0, None
-    bad = np.flatnonzero(~d.ok)
-    return (float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()),
-            float(d.ratio.max()), int(bad[0]) if bad.size else None)
+    w = FieldSummary.of(d)
+    return w.max_abs, w.max_rel, w.max_ulp, w.max_tol_ratio, w.first_bad
 
 
 def _field_table(title: str, rows) -> Table:
