@@ -1,12 +1,13 @@
-"""Keep the README's example output true: re-run every marked example and paste its real output.
+"""Keep the docs' example output true: re-run every marked example and paste its real output.
 
-In README.md, a line ``<!-- sh: COMMAND -->`` right before a fenced block marks that block as
-the output of COMMAND, run in the project's folder (several commands: ``A ;; B``). ``sgdtrace
-...`` commands run in process (click's CliRunner, 80 columns, no colour); anything else runs in
-a shell. A ``  # comment`` after a command is shown, not run.
+In README.md and in every page under docs/, a line ``<!-- sh: COMMAND -->`` right before a
+fenced block marks that block as the output of COMMAND, run in the project's folder (several
+commands: ``A ;; B``). ``sgdtrace ...`` commands run in process (click's CliRunner, 80 columns,
+no colour); anything else runs in a shell. A ``  # comment`` after a command is shown, not run.
 
-    python tools/readme.py           # rewrite README.md in place
-    python tools/readme.py --check   # exit 1 and list the blocks that are out of date
+    python tools/readme.py                   # rewrite README.md and docs/**/*.md in place
+    python tools/readme.py --check           # exit 1 and list the blocks that are out of date
+    python tools/readme.py docs/sgd.md ...   # only the files named
 """
 
 from __future__ import annotations
@@ -48,8 +49,13 @@ def run_example(shown: str) -> str:
     return "$ " + shown + "\n" + "".join(line + "\n" for line in lines)
 
 
+def pages() -> list[Path]:
+    """Every file whose examples are kept true: README.md, then docs/**/*.md in path order."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def refresh(text: str, only_sgdtrace: bool = False) -> tuple[str, list[str]]:
-    """The README with every marked block re-run; and the commands whose output changed."""
+    """The text with every marked block re-run; and the commands whose output changed."""
     changed: list[str] = []
 
     def replace(m: re.Match) -> str:
@@ -66,15 +72,23 @@ def refresh(text: str, only_sgdtrace: bool = False) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    path = ROOT / "README.md"
-    text = path.read_text(encoding="utf-8")
-    new, changed = refresh(text)
-    if "--check" in argv:
-        for cmd in changed:
-            print(f"out of date: {cmd}")
-        return 1 if changed else 0
-    path.write_text(new, encoding="utf-8")
-    print(f"{len(MARK.findall(text))} examples run, {len(changed)} updated")
+    check = "--check" in argv
+    named = [Path(a).resolve() for a in argv if a != "--check"]
+    run = changed_total = 0
+    for path in named or pages():
+        text = path.read_text(encoding="utf-8")
+        new, changed = refresh(text)
+        name = path.relative_to(ROOT)
+        run += len(MARK.findall(text))
+        changed_total += len(changed)
+        if check:
+            for cmd in changed:
+                print(f"out of date: {name}: {cmd}")
+        elif changed:
+            path.write_text(new, encoding="utf-8")
+    if check:
+        return 1 if changed_total else 0
+    print(f"{run} examples run, {changed_total} updated")
     return 0
 
 
