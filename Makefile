@@ -1,12 +1,16 @@
-# sgdtrace: `make run` sets up and reproduces the article's table; `make test` sets up and runs the tests.
+# sgdtrace: `make run` sets up and reproduces the article's table; `make test` sets up, runs the tests
+# and builds the docs.
 PYTHON ?= python3
 VENV   ?= .venv
 # torch is pinned here only for installing: 2.13.0 is a CPU build that installs quickly.
 # The package itself asks for torch>=2.1; override, e.g. `make test TORCH=torch==2.5.1`.
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
+# mkdocs-material 9.x prints a banner about its successor on every build; --quiet is not a way to
+# hide it: it also hides the warnings that --strict counts, and a broken link then passes
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
-.PHONY: run test install dev check bench mutate readme readme-check clean
+.PHONY: run test install dev check bench mutate docs readme readme-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +35,7 @@ run: install
 test: dev
 	$(BIN)/python -m pytest -q
 	$(BIN)/sgdtrace check
+	$(MKDOCS) build --strict
 
 check: install
 	$(BIN)/sgdtrace check
@@ -42,7 +47,13 @@ mutate: dev
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 1
 	$(BIN)/python tools/mutation_score.py
 
-# the README's examples, re-run: every `<!-- sh: ... -->` block gets its command's real output
+# the docs site (mkdocs.yml): the README as its home page and the pages under docs/, built into
+# site/; --strict turns a broken link or anchor into a failure
+docs: dev
+	$(MKDOCS) build --strict
+
+# the examples of the README and of every page under docs/, re-run: every `<!-- sh: ... -->`
+# block gets its command's real output
 readme: dev
 	$(BIN)/python tools/readme.py
 
@@ -50,7 +61,7 @@ readme-check: dev
 	$(BIN)/python tools/readme.py --check
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .hypothesis
 
 # the benchmark: the learner's plain torch loop against `sgdtrace run` (see benchmarks/bench.py)
 bench: install
