@@ -276,9 +276,9 @@ def compare(**kw: Any) -> int:
 
     result = compare_runs(cfg, devices or (cfg.device,), dtypes or (cfg.dtype,))
     if fmt == "json":
-        from sgdtrace.views.export import to_json_text
+        from sgdtrace.views.export import compare_to_json, to_json_text
 
-        write_output(to_json_text(result.to_json()), output)
+        write_output(to_json_text(compare_to_json(result)), output)
     elif fmt == "table":
         from sgdtrace.views.compare import compare_view
 

@@ -105,3 +105,30 @@ def update(param, grad, state: dict, hp: Hyper):
         buf = state[MOMENTUM_BUFFER] = buffered(state.get(MOMENTUM_BUFFER), g, hp.momentum, hp.one_minus_dampening)
         g = nesterov_step(g, buf, hp.momentum) if hp.nesterov else buf
     return descend(param, g, hp.lr)
+
+
+# ------------------------------------------------------------------ the tolerance model's terms
+
+
+def update_bound(p, g, prev: dict, cur: dict, new_mag, first, config):
+    """The update's rounding and carried difference, operation by operation as torch does it.
+
+    ``p`` and ``g`` are :class:`sgdtrace.divergence._Bound` s of the parameter the step started
+    from and of its gradient (both measured); ``prev`` and ``cur`` the state entries (by key)
+    before and after the step, as both engines recorded them; ``new_mag`` the measured magnitude
+    of the new parameter; ``first`` marks the very first step. Returns the new parameter's bound
+    and each state entry's bound. Each operation adds one rounding the size of its own result.
+    """
+    if config.maximize:
+        g = g.scaled(-1.0)
+    if config.weight_decay != 0:
+        g = g.combine(config.weight_decay, p)
+    states = {}
+    if config.momentum != 0:
+        # buf <- momentum*buf + (1-dampening)*g, except buf <- g (a copy) on the very first step
+        buf = prev[MOMENTUM_BUFFER].scaled(config.momentum).combine(
+            1 - config.dampening, g, result=cur[MOMENTUM_BUFFER].mag).where(first, g)
+        states[MOMENTUM_BUFFER] = buf
+        # the parameter's update goes on from the buffer as recorded
+        g = g.combine(config.momentum, cur[MOMENTUM_BUFFER]) if config.nesterov else cur[MOMENTUM_BUFFER]
+    return p.combine(-config.lr, g, result=new_mag), states
