@@ -20,6 +20,7 @@ from sgdtrace.config import Config
 from sgdtrace.data import article, plan
 from sgdtrace.engines import manual, torch_ref
 from sgdtrace.engines.optimizers import sgd
+from sgdtrace.engines.protocol import state_fields
 from sgdtrace.tracing import run_trace
 from update_rules import sgd_update
 
@@ -585,7 +586,7 @@ def _overflow_case(cfg, field, step, finite_value, columns):
     """One engine inf, the other finite at ``step`` of ``field``; every other value as given (or 0)."""
     ds = article()
     p = plan(len(ds), cfg)
-    fields = list(dv.FIELDS) + (list(dv.BUFFER_FIELDS) if cfg.momentum else [])
+    fields = list(dv.FIELDS) + list(state_fields(sgd.state_keys(cfg)))
     a = {f: np.zeros(p.n_steps, np.float32) for f in fields}
     for (f, k), val in columns.items():
         a[f][k] = val
