@@ -276,9 +276,9 @@ def compare(**kw: Any) -> int:
 
     result = compare_runs(cfg, devices or (cfg.device,), dtypes or (cfg.dtype,))
     if fmt == "json":
-        from sgdtrace.views.export import to_json_text
+        from sgdtrace.views.export import compare_to_json, to_json_text
 
-        write_output(to_json_text(result.to_json()), output)
+        write_output(to_json_text(compare_to_json(result)), output)
     elif fmt == "table":
         from sgdtrace.views.compare import compare_view
 
@@ -338,10 +338,11 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     cfg, fmt, output = _configure(kw, formats=("table", "json"))
     from sgdtrace import data
     from sgdtrace.tracing import run_trace
-    from sgdtrace.views.explain import explain_json, explain_step, explain_view, step_of
+    from sgdtrace.teaching.explain import explain_step
+    from sgdtrace.views.explain import explain_json, explain_view
 
     dataset = data.load(cfg)
-    step_of(data.plan(len(dataset), cfg), batch_no, epoch_no)  # a bad --batch is refused before training
+    data.plan(len(dataset), cfg).step(batch_no, epoch_no)  # a bad --batch is refused before training
     trace = run_trace(cfg, dataset=dataset)
     ex = explain_step(trace, batch_no, epoch_no)
     if fmt == "json":
@@ -370,10 +371,11 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     """
     cfg, fmt, output = _configure(kw, formats=("table", "json", "dot"))
     from sgdtrace.tracing import run_trace
+    from sgdtrace.teaching.graph import build_graph
     from sgdtrace.views import graph as gv
 
     trace = run_trace(cfg, torch_loss=loss_kind)
-    g = gv.build_graph(trace, batch_no, epoch_no, loss_kind)
+    g = build_graph(trace, batch_no, epoch_no, loss_kind)
     if fmt == "dot":
         write_output(gv.graph_dot(g), output)
     elif fmt == "json":

@@ -61,9 +61,6 @@ class CompareResult:
     def ok(self) -> bool:
         return all(t.verdict.ok for t in self.runs) and all(c.verdict.ok for c in self.cross)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"runs": [t.to_json() for t in self.runs], "cross": [c.to_json() for c in self.cross]}
-
 
 def compare_runs(config: Config, devices: tuple[str, ...], dtypes: tuple[str, ...]) -> CompareResult:
     from sgdtrace.tracing import resolve_device, run_trace

@@ -195,6 +195,34 @@ class BatchPlan:
             sizes[-1] = rest
         return sizes
 
+    def batch_starts(self) -> np.ndarray:
+        """Where each batch of an epoch starts in the epoch's order."""
+        sizes = self.batch_sizes()
+        return np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64) if sizes.size else sizes
+
+    def step_epochs(self) -> np.ndarray:
+        """Per step, its epoch (1-based)."""
+        return np.repeat(np.arange(1, self.epochs + 1, dtype=np.int64), self.steps_per_epoch)
+
+    def step_batches(self) -> np.ndarray:
+        """Per step, its batch within the epoch (1-based)."""
+        return np.tile(np.arange(1, self.steps_per_epoch + 1, dtype=np.int64), self.epochs)
+
+    def step_sizes(self) -> np.ndarray:
+        """Per step, the samples in its batch."""
+        return np.tile(self.batch_sizes(), self.epochs)
+
+    def step(self, batch: int, epoch: int = 1) -> int:
+        """The 0-based step of (epoch, batch), both 1-based; a clear error when out of range."""
+        spe, epochs = self.steps_per_epoch, self.epochs
+        if not 1 <= epoch <= epochs:
+            raise ConfigError(f"--epoch {epoch}: this run has {epochs} epoch{'s' if epochs != 1 else ''}; "
+                              f"allowed: 1..{epochs}")
+        if not 1 <= batch <= spe:
+            raise ConfigError(f"--batch {batch}: each epoch of this run has {spe} "
+                              f"batch{'es' if spe != 1 else ''}; allowed: 1..{spe}")
+        return (epoch - 1) * spe + (batch - 1)
+
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The sample order of ``epoch`` (0-based) as an index array."""
         order = self.orders[epoch]

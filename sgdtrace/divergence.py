@@ -28,8 +28,10 @@ from parameters that already differ a little. Per step and field, with ``Δ = ma
       E[grad_b] = (2/n) * (3*sum M_i       + (2 + D) * sum |d_i|)
       E[loss]   = (1/n) * (6*sum |d_i| M_i + (2 + D) * sum d_i^2)
 
-  and for w, b and the momentum buffers, one term per operation of torch.optim.SGD's update,
-  each the size of that operation's own result (see :class:`_Bound`).
+  and for w, b and the optimizer's state (SGD's momentum buffers), one term per operation of
+  the optimizer's update, each the size of that operation's own result (see :class:`_Bound`);
+  each optimizer module sizes its own operations (``update_bound``, e.g.
+  :func:`sgdtrace.engines.optimizers.sgd.update_bound`).
 
   Near convergence d_i is tiny while M_i is not: E stays large while the gradient is small,
   so the gradients' relative difference can be large (18% after 3,000 epochs on the
@@ -74,8 +76,8 @@ from typing import Any
 
 import numpy as np
 
-FIELDS = ("grad_w", "grad_b", "loss", "w", "b")
-BUFFER_FIELDS = ("buf_w", "buf_b")
+from sgdtrace.engines import optimizers
+from sgdtrace.engines.protocol import FIELDS, PARAMS, state_field  # noqa: F401  (FIELDS: re-exported)
 
 
 def unit_roundoff(dtype: str) -> float:
@@ -272,31 +274,22 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
         tol = {f: atol + rtol * E[f] for f in E}
         peak = {"grad_w": 2 * (s["M"] + s["xM"]), "grad_b": 2 * s["M"], "loss": s["M"] + s["M"] * s["M"]}
 
-        # the update, operation by operation as torch.optim.SGD does it
-        momentum = config.momentum != 0
+        # the update: each optimizer sizes the roundings of its own operations
+        opt = optimizers.get("sgd")
+        keys = opt.state_keys(config)
         first = np.zeros(steps, dtype=bool)
         first[:1] = True
-        for name in ("w", "b"):
+        for name in PARAMS:
             g = _Bound.measured(a["grad_" + name], b["grad_" + name])
-            if config.maximize:
-                g = g.scaled(-1.0)
-            if config.weight_decay != 0:
-                g = g.combine(config.weight_decay, p[name])
-            if momentum:
-                bf = "buf_" + name
-                prev = _Bound.measured(_shift(a[bf], 0.0), _shift(b[bf], 0.0))
-                cur = _Bound.measured(a[bf], b[bf])
-                # buf <- momentum*buf + (1-dampening)*g, except buf <- g (a copy) on the very first step
-                buf = prev.scaled(config.momentum).combine(1 - config.dampening, g, result=cur.mag).where(first, g)
-                tol[bf] = atol + rtol * buf.rnd
-                carried[bf] = buf.carry
-                peak[bf] = buf.mag
-                # the parameter's update goes on from the buffer as recorded
-                g = g.combine(config.momentum, cur) if config.nesterov else cur
-            new = p[name].combine(-config.lr, g, result=_Bound.measured(a[name], b[name]).mag)
-            tol[name] = atol + rtol * new.rnd
-            carried[name] = new.carry
-            peak[name] = new.mag
+            cols = {key: state_field(key, name) for key in keys}
+            prev = {key: _Bound.measured(_shift(a[f], 0.0), _shift(b[f], 0.0)) for key, f in cols.items()}
+            cur = {key: _Bound.measured(a[f], b[f]) for key, f in cols.items()}
+            new_mag = _Bound.measured(a[name], b[name]).mag
+            new, states = opt.update_bound(p[name], g, prev, cur, new_mag, first, config)
+            for f, bound in ((name, new), *((cols[key], states[key]) for key in keys)):
+                tol[f] = atol + rtol * bound.rnd
+                carried[f] = bound.carry
+                peak[f] = bound.mag
 
     return {f: _distances(a[f], b[f], tol[f], dtype, peak[f], carried[f]) for f in tol}
 

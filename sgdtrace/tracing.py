@@ -64,11 +64,6 @@ class Trace:
         """The sample indices of step ``step`` (0-based)."""
         return self.plan.indices(step)
 
-    def to_json(self) -> dict[str, Any]:
-        from sgdtrace.views.export import trace_to_json
-
-        return trace_to_json(self)
-
 
 def resolve_device(name: str):
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` to a torch.device; never a silent fallback."""
@@ -94,16 +89,19 @@ def device_label(device) -> str:
 
 def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | None = None,
               manual_backend: str | None = None, sync_free: bool | None = None,
-              torch_loss: str = "mse", dataset: data_mod.Dataset | None = None) -> Trace:
+              torch_loss: str = "mse", dataset: data_mod.Dataset | None = None,
+              engine: Callable[[Config, Any], Any] | None = None) -> Trace:
     """Run the manual engine and torch over the same batches and judge every value.
 
     ``manual_backend`` ("numpy" or "torch") and ``sync_free`` override the per-device defaults
     (NumPy and host reads on the CPU, torch tensors and device-resident columns on CUDA), so
     the tests can exercise the CUDA code paths on a CPU. ``torch_loss="explicit"`` has the torch
     side write its loss as ``((out - y) ** 2).mean()`` instead of ``nn.MSELoss()`` (for ``graph``).
-    ``dataset``: the config's data set, when the caller has loaded it already.
+    ``dataset``: the config's data set, when the caller has loaded it already. ``engine``: what
+    stands on the hand side, ``engine(config, backend) -> sgdtrace.engines.protocol.Engine``
+    (default: sgdtrace's own, :func:`sgdtrace.engines.manual.engine`).
     """
-    from sgdtrace.engines import manual, torch_ref
+    from sgdtrace.engines import manual, protocol, torch_ref
 
     device = resolve_device(config.device)
     label = device_label(device)
@@ -120,7 +118,8 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        man = manual.run(dataset.x, dataset.y, plan, cfg, backend, stage("manual"))
+        hand = (engine or manual.engine)(cfg, backend)
+        man = protocol.run(hand, dataset.x, dataset.y, plan, cfg.init_w, cfg.init_b, backend, stage("manual"))
         ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free,
                             loss_form=torch_loss)
         trace = judge(cfg, dataset, plan, label, man, ref)

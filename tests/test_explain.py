@@ -13,7 +13,8 @@ from sgdtrace import Config
 from sgdtrace.cli import cli
 from sgdtrace.engines import manual
 from sgdtrace.tracing import run_trace
-from sgdtrace.views.explain import explain_json, explain_step, explain_view
+from sgdtrace.teaching.explain import explain_step
+from sgdtrace.views.explain import explain_json, explain_view
 
 from golden_util import check_golden, render
 

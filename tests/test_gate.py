@@ -19,7 +19,10 @@ from sgdtrace import divergence as dv
 from sgdtrace.config import Config
 from sgdtrace.data import article, plan
 from sgdtrace.engines import manual, torch_ref
+from sgdtrace.engines.optimizers import sgd
+from sgdtrace.engines.protocol import state_fields
 from sgdtrace.tracing import run_trace
+from update_rules import sgd_update
 
 ARTICLE = Config()
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -139,10 +142,10 @@ def test_sgd_update_matches_torch_optim(opts):
     grads = [1.5, -2.0, 0.75, 3.0]
     expected = _torch_sgd(grads, 0.5, **opts)
     cfg = Config(**{k: v for k, v in opts.items()}, dtype="float64")
-    h = manual.make_hyper(cfg, float)
+    h = sgd.hyper(cfg, float)
     p, buf = 0.5, None
     for k, (g, (p_ref, buf_ref)) in enumerate(zip(grads, expected)):
-        p, buf = manual.sgd_update(p, g, buf, h, k == 0)
+        p, buf = sgd_update(p, g, buf, h, k == 0)
         assert p == pytest.approx(p_ref, rel=1e-15, abs=1e-15)
         if buf_ref is None:
             assert buf is None
@@ -151,10 +154,10 @@ def test_sgd_update_matches_torch_optim(opts):
 
 
 def test_make_hyper_flags():
-    h = manual.make_hyper(Config(lr=0.5, momentum=0.3, dampening=0.2, weight_decay=0.1, maximize=True), float)
+    h = sgd.hyper(Config(lr=0.5, momentum=0.3, dampening=0.2, weight_decay=0.1, maximize=True), float)
     assert (h.lr, h.momentum, h.one_minus_dampening, h.weight_decay) == (0.5, 0.3, 0.8, 0.1)
     assert h.use_momentum and h.use_weight_decay and h.maximize and not h.nesterov
-    h = manual.make_hyper(Config(), float)
+    h = sgd.hyper(Config(), float)
     assert not h.use_momentum and not h.use_weight_decay and not h.maximize
 
 
@@ -583,7 +586,7 @@ def _overflow_case(cfg, field, step, finite_value, columns):
     """One engine inf, the other finite at ``step`` of ``field``; every other value as given (or 0)."""
     ds = article()
     p = plan(len(ds), cfg)
-    fields = list(dv.FIELDS) + (list(dv.BUFFER_FIELDS) if cfg.momentum else [])
+    fields = list(dv.FIELDS) + list(state_fields(sgd.state_keys(cfg)))
     a = {f: np.zeros(p.n_steps, np.float32) for f in fields}
     for (f, k), val in columns.items():
         a[f][k] = val

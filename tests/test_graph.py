@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sgdtrace import Config
 from sgdtrace.cli import cli
 from sgdtrace.tracing import run_trace
+from sgdtrace.teaching.graph import build_graph
 from sgdtrace.views import graph as gv
 
 from golden_util import check_golden, render
@@ -17,12 +18,12 @@ from golden_util import check_golden, render
 
 @pytest.fixture(scope="module")
 def mse():
-    return gv.build_graph(run_trace(Config()), 1, 1, "mse")
+    return build_graph(run_trace(Config()), 1, 1, "mse")
 
 
 @pytest.fixture(scope="module")
 def explicit():
-    return gv.build_graph(run_trace(Config(), torch_loss="explicit"), 1, 1, "explicit")
+    return build_graph(run_trace(Config(), torch_loss="explicit"), 1, 1, "explicit")
 
 
 def test_torch_graph_walked_from_grad_fn(mse, explicit):

@@ -29,9 +29,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from sgdtrace.cli import cli
 from sgdtrace.config import Config
 from sgdtrace.engines import manual
-from sgdtrace.engines.manual import Hyper, make_hyper, sgd_update
+from sgdtrace.engines.optimizers.sgd import Hyper
+from sgdtrace.engines.optimizers.sgd import hyper as make_hyper
 from sgdtrace.errors import ConfigError
 from sgdtrace.tracing import run_trace
+from update_rules import sgd_update, swap_update
 from sgdtrace.views.table import run_view
 
 
@@ -283,7 +285,7 @@ def test_table_fits_small_and_large_values():
 
 
 def test_table_of_a_failing_momentum_run_fits_80_columns(monkeypatch):
-    monkeypatch.setattr(manual, "sgd_update", sutskever_momentum)
+    swap_update(monkeypatch, sutskever_momentum)
     t = run_trace(Config(momentum=0.9))
     text = render(t)
     assert all(len(line) <= 80 for line in text.splitlines()) and "…" not in text
@@ -475,7 +477,7 @@ def test_a_wrong_rule_fails_the_gate_at_its_first_step(monkeypatch, rule, flags,
     correct = CliRunner().invoke(cli, [*args, *flags])
     assert correct.exit_code == 0, correct.output
 
-    monkeypatch.setattr(manual, "sgd_update", rule)
+    swap_update(monkeypatch, rule)
     result = CliRunner().invoke(cli, [*args, *flags])
     assert result.exit_code == 1, result.output
     assert f"diverge first at epoch 1 batch {step} (step {step})" in " ".join(result.output.split())
@@ -502,7 +504,7 @@ def test_a_wrong_rule_fails_sgdtrace_check(monkeypatch, tmp_path):
     path = tmp_path / "dampening.toml"
     path.write_text("momentum = 0.9\ndampening = 0.5\nepochs = 5\n")
     assert run_checks([str(path)], ["cpu"]).ok
-    monkeypatch.setattr(manual, "sgd_update", dampening_on_first_step)
+    swap_update(monkeypatch, dampening_on_first_step)
     result = run_checks([str(path)], ["cpu"])
     assert not result.ok
     assert result.rows[0].trace.verdict.first_divergent_step["step"] == 1

@@ -17,7 +17,7 @@ import pytest
 
 from sgdtrace import divergence
 from sgdtrace.config import Config
-from sgdtrace.engines import manual
+from sgdtrace.engines import manual, protocol
 from sgdtrace.tracing import run_trace
 
 FIELDS = ("grad_w", "grad_b", "loss", "w", "b")
@@ -149,12 +149,12 @@ def test_loop_context_wraps_only_the_per_step_loop():
 
 def test_progress_is_reported_within_a_single_epoch():
     calls: list[tuple[str, int, int]] = []
-    steps = 3 * manual.PROGRESS_EVERY + 10
+    steps = 3 * protocol.PROGRESS_EVERY + 10
     run_trace(Config(synthetic=steps, batch_size=1), progress=lambda s, k, n: calls.append((s, k, n)))
     for stage in ("manual", "torch"):
         done = [k for s, k, n in calls if s == stage]
         assert all(n == steps for s, k, n in calls if s == stage)
-        every = manual.PROGRESS_EVERY
+        every = protocol.PROGRESS_EVERY
         assert done == [every, 2 * every, 3 * every, steps]
 
 

@@ -21,7 +21,10 @@ Backward pass, one factor per edge (the article's Eq. 6 and 9, with the correct 
     dl/dw = sum_i (dl/de)(de/dd)(dd/dc)(dc/da)(da/dw)   grad_w  (Eq. 7 = Eq. 8)
     dl/db = sum_i (dl/de)(de/dd)(dd/dc)(dc/db)          grad_b  (Eq. 10 = Eq. 11)
 
-Update (Eq. 4-5, grown into torch.optim.SGD's documented algorithm): :func:`sgd_update`.
+Update (Eq. 4-5, grown into torch.optim.SGD's documented algorithm): :mod:`sgdtrace.engines.optimizers.sgd`.
+
+The engine protocol (:mod:`sgdtrace.engines.protocol`) joins the two parts: :func:`gradients`
+here, the optimizer's ``update`` there.
 
 The functions work on any array type with ``*``, ``+``, ``-`` and ``.sum()``: NumPy arrays on
 the CPU (a NumPy call costs about a tenth of a torch call on tiny arrays), torch tensors on
@@ -36,15 +39,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sgdtrace.engines import optimizers, protocol
+from sgdtrace.engines.protocol import Engine
+
 # the constant factors of the chain rule; multiplying by an exact 1 changes no bit, so the
 # fast path below leaves them out, and explain shows them
 DD_DC = 1  # d = c - y
 DC_DA = 1  # c = a + b
 DC_DB = 1  # c = a + b
 
-#: engines report progress every this many steps (and at each epoch's end): fine enough for a
-#: bar over a ten-million-sample epoch, one integer comparison per step otherwise
-PROGRESS_EVERY = 256
 
 
 # ------------------------------------------------------------------ forward: the DAG's nodes
@@ -109,52 +112,6 @@ def grad_w(upstream, x):
 def grad_b(upstream):
     """dl/db = sum_i (1/n)(2 d_i)(1)(1)   (Equation 10; expanded, Equation 11)."""
     return upstream.sum()
-
-
-# ------------------------------------------------------------------ the update
-
-
-@dataclass(frozen=True)
-class Hyper:
-    """torch.optim.SGD's options, as scalars of the engine's array type."""
-
-    lr: Any
-    momentum: Any = 0.0
-    weight_decay: Any = 0.0
-    nesterov: bool = False
-    maximize: bool = False
-    use_momentum: bool = False
-    use_weight_decay: bool = False
-    #: the coefficient (1 - dampening) as torch.optim.SGD passes it (``alpha=1 - dampening``): worked
-    #: out in double precision, then rounded once to the run's dtype. Worked out in float32 from a
-    #: rounded dampening instead, it is off by up to u*dampening/(1 - dampening) relative: 500 ulp
-    #: at dampening 0.999.
-    one_minus_dampening: Any = 1.0
-
-
-def sgd_update(p, g, buf, h: Hyper, first: bool):
-    """One parameter's update: Equations 4-5, ``p <- p - lr * dl/dp``, grown into torch.optim.SGD.
-
-    PyTorch's documented algorithm, step by step (torch/optim/sgd.py)::
-
-        g   <- -g                       if maximize
-        g   <- g + weight_decay * p     if weight_decay != 0   (decay goes INTO the buffer)
-        buf <- g                        on the very first step (no dampening there)
-        buf <- momentum*buf + (1-dampening)*g   afterwards
-        g   <- g + momentum*buf         if nesterov, else g <- buf
-        p   <- p - lr * g
-
-    This is not the textbook (Sutskever) form ``v <- mu*v + lr*g; p <- p - v``: PyTorch keeps
-    lr outside the buffer. Returns ``(new p, new buffer)``; the buffer is ``None`` without momentum.
-    """
-    if h.maximize:
-        g = -g
-    if h.use_weight_decay:
-        g = g + h.weight_decay * p
-    if h.use_momentum:
-        buf = g if first else h.momentum * buf + h.one_minus_dampening * g
-        g = g + h.momentum * buf if h.nesterov else buf
-    return p - h.lr * g, buf
 
 
 # ------------------------------------------------------------------ the engine
@@ -240,84 +197,35 @@ class ArrayBackend:
         return col.cpu().numpy()
 
 
-def make_hyper(config, scalar: Callable[[float], Any]) -> Hyper:
-    return Hyper(
-        lr=scalar(config.lr),
-        momentum=scalar(config.momentum),
-        weight_decay=scalar(config.weight_decay),
-        nesterov=config.nesterov,
-        maximize=config.maximize,
-        use_momentum=config.momentum != 0,
-        use_weight_decay=config.weight_decay != 0,
-        one_minus_dampening=scalar(1 - config.dampening),
-    )
+def _count(x, n: int):
+    """The batch size as the arrays compute with it: a scalar of their dtype (NumPy), else an int."""
+    dtype = getattr(x, "dtype", None)
+    return dtype.type(n) if isinstance(dtype, np.dtype) else n
+
+
+def gradients(w, b, x, y):
+    """The engine protocol's ``gradients`` part: Equations 1-3 forward, 6-11 backward, on one batch.
+
+    Returns ``(loss, grad_w, grad_b)`` at the parameters (w, b) the batch starts from.
+    """
+    n = x.shape[0]
+    # forward (Eq. 1-3): the nodes a, c, d, e, l
+    d = node_d(node_c(node_a(w, x), b), y)
+    loss = node_l(node_e(d), _count(x, n))
+    # backward (Eq. 6-11): the shared factor (1/n)(2d), then each gradient
+    up = dl_dd(d, n)
+    return loss, grad_w(up, x), grad_b(up)
+
+
+def engine(config, backend: ArrayBackend) -> Engine:
+    """sgdtrace's own engine: :func:`gradients` by hand, and the hand-worked optimizer of ``config``."""
+    opt = optimizers.get("sgd")
+    return Engine("hand", gradients, opt.update, opt.hyper(config, backend.scalar), opt.state_keys(config))
 
 
 def run(x: np.ndarray, y: np.ndarray, plan, config, backend: ArrayBackend,
         progress: Callable[[int], None] | None = None,
         loop_context: Callable[[], Any] = contextlib.nullcontext) -> dict[str, np.ndarray]:
-    """Train by hand over ``plan``; return the columns grad_w, grad_b, loss, w, b (+ buf_w, buf_b).
-
-    Per step nothing leaves the device: the values are written into preallocated columns,
-    which are copied to the host once, at the end. Everything copied to the device (samples,
-    each epoch's order) goes there before the loop; the loop runs inside ``loop_context()``
-    (the CUDA tests put ``torch.cuda.set_sync_debug_mode("error")`` there). Overflow is a result
-    (a blow-up that the verdict reports), so NumPy's overflow warnings are silenced.
-    """
-    steps = plan.n_steps
-    fields = ["grad_w", "grad_b", "loss", "w", "b"]
-    if config.momentum != 0:
-        fields += ["buf_w", "buf_b"]
-    cols = {f: backend.column(steps) for f in fields}
-
-    h = make_hyper(config, backend.scalar)
-    scalar = backend.scalar
-    w, b = backend.param(config.init_w), backend.param(config.init_b)
-    xs, ys = backend.asarray(x), backend.asarray(y)
-    sizes = plan.batch_sizes()
-    n_of = {int(n): scalar(int(n)) for n in set(sizes.tolist())}
-    orders = [backend.index(order) for order in plan.orders]
-    size_list = sizes.tolist()
-    report = PROGRESS_EVERY if progress is not None else -1
-
-    with loop_context(), np.errstate(all="ignore"):
-        _loop(xs, ys, orders, size_list, n_of, h, w, b, backend, cols, progress, report)
-    return {f: backend.to_numpy(c) for f, c in cols.items()}
-
-
-def _loop(xs, ys, orders, size_list, n_of, h, w, b, backend, cols, progress, report) -> None:
-    """The per-step work: Equations 1-11 on each batch, values written into the columns."""
-    gw_col, gb_col, l_col, w_col, b_col = (cols[f] for f in ("grad_w", "grad_b", "loss", "w", "b"))
-    bw_col, bb_col = cols.get("buf_w"), cols.get("buf_b")
-    buf_w = buf_b = None
-    k = 0
-    for order in orders:
-        xe, ye = backend.take(xs, order), backend.take(ys, order)
-        start = 0
-        for n in size_list:
-            xb, yb = xe[start:start + n], ye[start:start + n]
-            start += n
-            # forward (Eq. 1-3): the nodes a, c, d, e, l
-            d = node_d(node_c(node_a(w, xb), b), yb)
-            loss = node_l(node_e(d), n_of[n])
-            # backward (Eq. 6-11): the shared factor (1/n)(2d), then each gradient
-            up = dl_dd(d, n)
-            gw, gb = grad_w(up, xb), grad_b(up)
-            # update (Eq. 4-5)
-            first = k == 0
-            w, buf_w = sgd_update(w, gw, buf_w, h, first)
-            b, buf_b = sgd_update(b, gb, buf_b, h, first)
-            gw_col[k] = gw
-            gb_col[k] = gb
-            l_col[k] = loss
-            w_col[k] = w
-            b_col[k] = b
-            if bw_col is not None:
-                bw_col[k] = buf_w
-                bb_col[k] = buf_b
-            k += 1
-            if k == report:
-                progress(k)
-                report += PROGRESS_EVERY
-        if progress is not None:
-            progress(k)
+    """Train by hand over ``plan``: :func:`sgdtrace.engines.protocol.run` with :func:`engine`."""
+    return protocol.run(engine(config, backend), x, y, plan, config.init_w, config.init_b, backend,
+                        progress, loop_context)

@@ -3,7 +3,9 @@
 ``nn.Module`` with ``weight`` and ``bias`` parameters, ``nn.MSELoss``, ``optim.SGD``,
 ``DataLoader(TensorDataset(x, y))``. Nothing here copies a choice of the manual engine:
 the batches come from a real DataLoader, the gradients from autograd, the update from
-``torch.optim.SGD``. sgdtrace only reads the values after each ``optimizer.step()``.
+``torch.optim.SGD``. sgdtrace only reads the values: the loss and gradients after
+``backward()``, the parameters and every state entry the optimizer keeps for them
+(``optimizer.state[p]``, torch's names) after ``optimizer.step()``.
 """
 
 from __future__ import annotations
@@ -42,14 +44,24 @@ def make_criterion(loss_form: str = "mse"):
 
 
 class _HostRecorder:
-    """CPU: read each value with ``.item()`` into a NumPy column (cheaper than a tensor copy)."""
+    """CPU: read each value with ``.item()`` into a NumPy column (cheaper than a tensor copy).
 
-    def __init__(self, steps: int, fields: list[str], dtype: torch.dtype):
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        self.cols = {f: np.empty(steps, dtype=np_dtype) for f in fields}
+    A column is made when its field is first put (the optimizer's state appears after its first
+    step)."""
+
+    def __init__(self, steps: int, dtype: torch.dtype):
+        self.steps = steps
+        self.np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        self.cols: dict[str, np.ndarray] = {}
+
+    def column(self, field: str):
+        col = self.cols.get(field)
+        if col is None:
+            col = self.cols[field] = np.empty(self.steps, dtype=self.np_dtype)
+        return col
 
     def put(self, field: str, k: int, value: torch.Tensor) -> None:
-        self.cols[field][k] = value.item()
+        self.column(field)[k] = value.item()
 
     def result(self) -> dict[str, np.ndarray]:
         return self.cols
@@ -61,11 +73,18 @@ class _DeviceRecorder:
     The columns come to the host once, in :meth:`result`.
     """
 
-    def __init__(self, steps: int, fields: list[str], dtype: torch.dtype, device: torch.device):
-        self.cols = {f: torch.empty((steps, 1), dtype=dtype, device=device) for f in fields}
+    def __init__(self, steps: int, dtype: torch.dtype, device: torch.device):
+        self.steps, self.dtype, self.device = steps, dtype, device
+        self.cols: dict[str, torch.Tensor] = {}
+
+    def column(self, field: str):
+        col = self.cols.get(field)
+        if col is None:
+            col = self.cols[field] = torch.empty((self.steps, 1), dtype=self.dtype, device=self.device)
+        return col
 
     def put(self, field: str, k: int, value: torch.Tensor) -> None:
-        self.cols[field][k] = value.detach()
+        self.column(field)[k] = value.detach()
 
     def result(self) -> dict[str, np.ndarray]:
         return {f: c.reshape(-1).cpu().numpy() for f, c in self.cols.items()}
@@ -85,7 +104,7 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
     buffers after ``optimizer.step()``: on CUDA, optim.SGD's multi-tensor path with Nesterov
     adds ``momentum * buf`` into ``p.grad`` in place during the step.
     """
-    from sgdtrace.engines.manual import PROGRESS_EVERY
+    from sgdtrace.engines.protocol import FIELDS, PROGRESS_EVERY, state_field
 
     dtype = getattr(torch, config.dtype)
     tensor_x = torch.as_tensor(x, dtype=dtype).to(device)
@@ -101,12 +120,14 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
                           dampening=config.dampening, weight_decay=config.weight_decay,
                           nesterov=config.nesterov, maximize=config.maximize)
 
-    momentum = config.momentum != 0
-    fields = ["grad_w", "grad_b", "loss", "w", "b"] + (["buf_w", "buf_b"] if momentum else [])
     if sync_free is None:
         sync_free = device.type != "cpu"
-    rec = _DeviceRecorder(steps, fields, dtype, device) if sync_free else _HostRecorder(steps, fields, dtype)
+    rec = _DeviceRecorder(steps, dtype, device) if sync_free else _HostRecorder(steps, dtype)
+    for f in FIELDS:
+        rec.column(f)
     put = rec.put
+    params = (("w", model.weight), ("b", model.bias))
+    state_columns: list[tuple[str, dict, str]] = []  # (column, the parameter's state, key): after step 1
     report = PROGRESS_EVERY if progress is not None else -1
 
     k = 0
@@ -125,9 +146,12 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
                 optimizer.step()
                 put("w", k, model.weight)
                 put("b", k, model.bias)
-                if momentum:
-                    put("buf_w", k, optimizer.state[model.weight]["momentum_buffer"])
-                    put("buf_b", k, optimizer.state[model.bias]["momentum_buffer"])
+                if k == 0:  # what the optimizer keeps per parameter, as torch names it ("step" is a count)
+                    state_columns = [(state_field(key, name), optimizer.state[p], key) for name, p in params
+                                     for key, v in optimizer.state[p].items()
+                                     if key != "step" and isinstance(v, torch.Tensor)]
+                for column, state, key in state_columns:
+                    put(column, k, state[key])
                 # zero gradients from the previous step
                 optimizer.zero_grad()
                 k += 1

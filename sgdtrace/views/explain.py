@@ -1,10 +1,7 @@
 """The ``explain`` view: one batch worked equation by equation, with the numbers substituted.
 
-Every number comes from the manual engine's own functions (:func:`~sgdtrace.engines.engine.forward_backward`
-and :func:`~sgdtrace.engines.engine.sgd_update`), run at the parameters the batch started from, in the
-run's dtype, so the page shows exactly what the engine computed; :func:`explain_step` checks that they
-equal the trace's columns bit for bit. Torch's values for the same batch come from the trace, i.e. from
-the real autograd + optim.SGD loop.
+It renders an :class:`~sgdtrace.teaching.explain.Explanation` (the numbers, computed by
+:func:`~sgdtrace.teaching.explain.explain_step`) and computes nothing of its own.
 
 Equation numbers are the article's; the derivative names are the correct ones (the article's text
 has OCR-like slips such as "day/day" for de/dd and "CC/yes" for dc/da).
@@ -12,7 +9,6 @@ has OCR-like slips such as "day/day" for de/dd and "CC/yes" for dc/da).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,107 +18,12 @@ from rich.text import Text
 from rich import box
 
 from sgdtrace.engines import manual as engine
-from sgdtrace.errors import ConfigError
+from sgdtrace.teaching.explain import Explanation
 from sgdtrace.views.fmt import num
 
 #: per-sample rows and sum terms written out before the rest is elided
 MAX_SAMPLES = 8
 MAX_TERMS = 4
-
-
-@dataclass
-class Explanation:
-    """One batch: where it sits in the run, its samples, every node and factor, the update, torch's values."""
-
-    trace: Any
-    step: int  # 0-based global step
-    epoch: int  # 1-based
-    batch: int  # 1-based
-    indices: np.ndarray
-    x: np.ndarray  # the batch's samples in the run's dtype (float64 values)
-    y: np.ndarray
-    w0: float  # parameters (and buffers) the batch started from
-    b0: float
-    buf0: dict[str, float | None]
-    nodes: dict[str, np.ndarray]  # a, c, d, e, dl_dd per sample (float64 copies of the dtype's values)
-    loss: float
-    grad_w: float
-    grad_b: float
-    w1: float
-    b1: float
-    buf1: dict[str, float | None]
-    matches_trace: bool  # the recomputed values equal the manual trace's columns bit for bit
-
-    @property
-    def n(self) -> int:
-        return int(self.indices.shape[0])
-
-    def torch_value(self, field: str) -> float:
-        return float(self.trace.torch[field][self.step])
-
-    def ulp(self, field: str) -> int:
-        return int(self.trace.divergence[field].ulp[self.step])
-
-
-def _value(v: Any) -> float:
-    return float(v.item()) if hasattr(v, "item") else float(v)
-
-
-def _array(v: Any) -> np.ndarray:
-    if hasattr(v, "cpu"):
-        v = v.cpu().numpy()
-    return np.asarray(v, dtype=np.float64)
-
-
-def step_of(plan, batch: int, epoch: int = 1) -> int:
-    """The 0-based step of (epoch, batch), both 1-based, in a batch plan; a clear error when out of range."""
-    spe, epochs = plan.steps_per_epoch, plan.epochs
-    if not 1 <= epoch <= epochs:
-        raise ConfigError(f"--epoch {epoch}: this run has {epochs} epoch{'s' if epochs != 1 else ''}; "
-                          f"allowed: 1..{epochs}")
-    if not 1 <= batch <= spe:
-        raise ConfigError(f"--batch {batch}: each epoch of this run has {spe} batch{'es' if spe != 1 else ''}; "
-                          f"allowed: 1..{spe}")
-    return (epoch - 1) * spe + (batch - 1)
-
-
-def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
-    """Recompute one step with the manual engine's functions, from the trace's state before it."""
-
-    k = step_of(trace.plan, batch, epoch)
-    cfg = trace.config
-    if trace.device == "cpu":
-        backend = engine.ArrayBackend("numpy", cfg.dtype)
-    else:  # the engine ran with torch tensors on the device: recompute the same way
-        import torch
-
-        backend = engine.ArrayBackend("torch", cfg.dtype, torch.device(trace.device))
-    man = trace.manual
-    momentum = "buf_w" in man
-    w0 = cfg.init_w if k == 0 else float(man["w"][k - 1])
-    b0 = cfg.init_b if k == 0 else float(man["b"][k - 1])
-    buf0 = {f: (None if k == 0 or not momentum else float(man[f][k - 1])) for f in ("buf_w", "buf_b")}
-
-    idx = trace.indices(k)
-    xb = backend.asarray(trace.dataset.x[idx])
-    yb = backend.asarray(trace.dataset.y[idx])
-    w, b = backend.param(w0), backend.param(b0)
-    r = engine.forward_backward(w, b, xb, yb, len(idx), backend.scalar)
-    h = engine.make_hyper(cfg, backend.scalar)
-    bw = None if buf0["buf_w"] is None else backend.param(buf0["buf_w"])
-    bb = None if buf0["buf_b"] is None else backend.param(buf0["buf_b"])
-    w1, bw1 = engine.sgd_update(w, r.grad_w, bw, h, k == 0)
-    b1, bb1 = engine.sgd_update(b, r.grad_b, bb, h, k == 0)
-    buf1 = {"buf_w": None if bw1 is None else _value(bw1), "buf_b": None if bb1 is None else _value(bb1)}
-
-    got = {"grad_w": r.grad_w, "grad_b": r.grad_b, "loss": r.loss, "w": w1, "b": b1}
-    if momentum:
-        got.update(buf_w=bw1, buf_b=bb1)
-    dtype = man["w"].dtype
-    matches = all(np.array(_value(v), dtype=dtype).tobytes() == man[f][k:k + 1].tobytes() for f, v in got.items())
-    nodes = {name: _array(getattr(r, name)) for name in ("a", "c", "d", "e", "dl_dd")}
-    return Explanation(trace, k, epoch, batch, idx, _array(xb), _array(yb), w0, b0, buf0, nodes,
-                       _value(r.loss), _value(r.grad_w), _value(r.grad_b), _value(w1), _value(b1), buf1, matches)
 
 
 # ------------------------------------------------------------------ rendering
@@ -256,12 +157,12 @@ def _update_lines(ex: Explanation) -> list:
                     num(gv + cfg.weight_decay * p0))
             gv, gname = gv + cfg.weight_decay * p0, "g"
         if cfg.momentum:
-            b1 = ex.buf1[buf]
+            b1 = ex.state1[buf]
             if ex.step == 0:
                 sec.row("", f"{buf} = {gname} (the first step starts the buffer)", num(b1))
             else:
                 sec.row("", f"{buf} = momentum·{buf} + (1 − dampening)·{gname} = {cfg.momentum:g}·"
-                            f"{_p(ex.buf0[buf])} + {1 - cfg.dampening:g}·{_p(gv)}", num(b1))
+                            f"{_p(ex.state0[buf])} + {1 - cfg.dampening:g}·{_p(gv)}", num(b1))
             sec.torch(ex, buf)
             if cfg.nesterov:
                 sec.row(f"Eq. {eq}", f"{p} ← {p} − lr·({gname} + momentum·{buf}) = {num(p0)} − {lr}·"
@@ -295,8 +196,7 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
     def nums(a) -> list:
         return [json_number(v) for v in np.asarray(a).tolist()]
 
-    fields = ["loss", "grad_w", "grad_b", "w", "b"] + (["buf_w", "buf_b"] if "buf_w" in ex.trace.manual else [])
-    manual = {"loss": ex.loss, "grad_w": ex.grad_w, "grad_b": ex.grad_b, "w": ex.w1, "b": ex.b1, **ex.buf1}
+    fields, manual = ex.fields, ex.values
     return {
         "epoch": ex.epoch, "batch": ex.batch, "step": ex.step + 1, "n": ex.n, "indices": ex.indices.tolist(),
         "start": {"w": json_number(ex.w0), "b": json_number(ex.b0)},

@@ -56,6 +56,11 @@ def trace_to_json(trace) -> dict[str, Any]:
     return doc
 
 
+def compare_to_json(result) -> dict[str, Any]:
+    """``compare --format json``: ``{"runs": [one trace document per device/dtype], "cross": [...]}``."""
+    return {"runs": [trace_to_json(t) for t in result.runs], "cross": [c.to_json() for c in result.cross]}
+
+
 def _add_witnesses(trace, doc: dict[str, Any]) -> None:
     """When present: the exact reference per step (``reference``, ``reference_error``), the gradcheck."""
     ref, gc = trace.reference, trace.gradcheck

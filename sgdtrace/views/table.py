@@ -10,7 +10,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.divergence import BUFFER_FIELDS, FIELDS, tolerances
+from sgdtrace.divergence import tolerances
+from sgdtrace.engines.protocol import FIELDS
 from sgdtrace.views.export import verdict_sentence
 from sgdtrace.views.fmt import LABELS, describe_data, fit, num, percent, sci
 
@@ -96,9 +97,8 @@ def summary_text(trace, shown: list[int | None]) -> Text:
 
 
 def table_fields(trace) -> tuple[str, ...]:
-    """The columns' fields: the article's (dl/dw, dl/db, loss, w, b), then momentum's buffers if any."""
-    order = FIELDS + BUFFER_FIELDS
-    return tuple(sorted(trace.fields, key=lambda f: order.index(f) if f in order else len(order)))
+    """The columns' fields: the article's (dl/dw, dl/db, loss, w, b), then the optimizer's state if any."""
+    return tuple(f for f in FIELDS if f in trace.fields) + tuple(f for f in trace.fields if f not in FIELDS)
 
 
 def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
@@ -111,7 +111,7 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
     are shown as 1e5, 5.5e7, ...).
     """
     fields = table_fields(trace)
-    buffers = any(f in BUFFER_FIELDS for f in fields)
+    buffers = any(f not in FIELDS for f in fields)
     width, digits = (8, 5) if buffers else (9, 6)
     multi = trace.config.epochs > 1
     # with the buffers, the columns are set one space apart instead of two

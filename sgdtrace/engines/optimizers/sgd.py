@@ -1,0 +1,134 @@
+"""torch.optim.SGD worked by hand: Equations 4-5 of the article, grown into torch's algorithm.
+
+PyTorch's documented algorithm (``torch/optim/sgd.py``, its class docstring), for one
+parameter ``p`` with gradient ``g`` at step ``t``::
+
+    input: lr, momentum mu, dampening tau, weight_decay lambda, nesterov, maximize
+    g <- -g                              if maximize                   (maximized)
+    g <- g + lambda * p                  if lambda != 0                (decayed)
+    if mu != 0:
+        buf <- g                         at t = 1 (a copy: no dampening on the first step)
+        buf <- mu * buf + (1 - tau) * g  after that                    (buffered)
+        g   <- g + mu * buf              if nesterov                   (nesterov_step)
+        g   <- buf                       otherwise
+    p <- p - lr * g                                                    (descend, Eq. 4-5)
+
+This is not the textbook (Sutskever) form ``v <- mu*v + lr*g; p <- p - v``: PyTorch keeps lr
+outside the buffer, so the two differ when lr changes (and in their rounding). The state torch
+keeps per parameter is ``momentum_buffer`` (only with momentum), and so does :func:`update`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+#: the state entry momentum keeps, in torch's name
+MOMENTUM_BUFFER = "momentum_buffer"
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """torch.optim.SGD's keyword arguments, as scalars of the engine's array type.
+
+    ``one_minus_dampening`` is the coefficient torch passes as ``alpha=1 - dampening``: worked out
+    in double precision, then rounded once to the run's dtype (worked out in float32 from a
+    rounded dampening instead, it is off by up to u*dampening/(1 - dampening) relative: 500 ulp at
+    dampening 0.999). ``use_momentum`` and ``use_weight_decay`` are torch's ``!= 0`` tests, made once.
+    """
+
+    lr: Any
+    momentum: Any = 0.0
+    dampening: Any = 0.0
+    weight_decay: Any = 0.0
+    nesterov: bool = False
+    maximize: bool = False
+    one_minus_dampening: Any = 1.0
+    use_momentum: bool = False
+    use_weight_decay: bool = False
+
+
+def hyper(config, scalar: Callable[[float], Any] = float) -> Hyper:
+    """The run's options as the update computes with them (``scalar`` rounds to the array type)."""
+    return Hyper(
+        lr=scalar(config.lr),
+        momentum=scalar(config.momentum),
+        dampening=scalar(config.dampening),
+        weight_decay=scalar(config.weight_decay),
+        nesterov=config.nesterov,
+        maximize=config.maximize,
+        one_minus_dampening=scalar(1 - config.dampening),
+        use_momentum=config.momentum != 0,
+        use_weight_decay=config.weight_decay != 0,
+    )
+
+
+def state_keys(config) -> tuple[str, ...]:
+    """The state torch.optim.SGD keeps per parameter: the momentum buffer, with momentum."""
+    return (MOMENTUM_BUFFER,) if config.momentum != 0 else ()
+
+
+# ------------------------------------------------------------------ the algorithm, line by line
+
+
+def maximized(g):
+    """g <- -g: gradient ascent climbs the loss."""
+    return -g
+
+
+def decayed(g, p, weight_decay):
+    """g <- g + lambda * p: L2 weight decay, added to the gradient (and so into the buffer)."""
+    return g + weight_decay * p
+
+
+def buffered(buf, g, momentum, one_minus_dampening):
+    """buf <- mu * buf + (1 - tau) * g; on the very first step, buf <- g (``buf`` is None there)."""
+    return g if buf is None else momentum * buf + one_minus_dampening * g
+
+
+def nesterov_step(g, buf, momentum):
+    """g <- g + mu * buf: Nesterov looks ahead along the buffer."""
+    return g + momentum * buf
+
+
+def descend(p, g, lr):
+    """p <- p - lr * g: Equations 4-5."""
+    return p - lr * g
+
+
+def update(param, grad, state: dict, hp: Hyper):
+    """One parameter's step, as torch.optim.SGD takes it (see the module's docstring)."""
+    g = maximized(grad) if hp.maximize else grad
+    if hp.use_weight_decay:
+        g = decayed(g, param, hp.weight_decay)
+    if hp.use_momentum:
+        buf = state[MOMENTUM_BUFFER] = buffered(state.get(MOMENTUM_BUFFER), g, hp.momentum, hp.one_minus_dampening)
+        g = nesterov_step(g, buf, hp.momentum) if hp.nesterov else buf
+    return descend(param, g, hp.lr)
+
+
+# ------------------------------------------------------------------ the tolerance model's terms
+
+
+def update_bound(p, g, prev: dict, cur: dict, new_mag, first, config):
+    """The update's rounding and carried difference, operation by operation as torch does it.
+
+    ``p`` and ``g`` are :class:`sgdtrace.divergence._Bound` s of the parameter the step started
+    from and of its gradient (both measured); ``prev`` and ``cur`` the state entries (by key)
+    before and after the step, as both engines recorded them; ``new_mag`` the measured magnitude
+    of the new parameter; ``first`` marks the very first step. Returns the new parameter's bound
+    and each state entry's bound. Each operation adds one rounding the size of its own result.
+    """
+    if config.maximize:
+        g = g.scaled(-1.0)
+    if config.weight_decay != 0:
+        g = g.combine(config.weight_decay, p)
+    states = {}
+    if config.momentum != 0:
+        # buf <- momentum*buf + (1-dampening)*g, except buf <- g (a copy) on the very first step
+        buf = prev[MOMENTUM_BUFFER].scaled(config.momentum).combine(
+            1 - config.dampening, g, result=cur[MOMENTUM_BUFFER].mag).where(first, g)
+        states[MOMENTUM_BUFFER] = buf
+        # the parameter's update goes on from the buffer as recorded
+        g = g.combine(config.momentum, cur[MOMENTUM_BUFFER]) if config.nesterov else cur[MOMENTUM_BUFFER]
+    return p.combine(-config.lr, g, result=new_mag), states

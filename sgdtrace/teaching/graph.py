@@ -1,0 +1,158 @@
+"""What ``sgdtrace graph`` shows: the article's forward DAG and backward functions beside torch's real autograd graph.
+
+The manual DAG is the article's decomposition (leaves w, x, b, y; nodes a, c, d, e, l, z), each node
+with its backward function. Torch's graph is not drawn from memory: the learner's model
+(:class:`~sgdtrace.engines.torch_ref.LinearModel`) and loss are run on one batch and the graph is
+walked from ``loss.grad_fn`` through ``next_functions``. A hook on every node records the gradient
+that flows into it during ``loss.backward()``, so each torch node is put beside the manual node it
+computes, with both gradients.
+
+``nn.MSELoss`` fuses d, e and l into one node (MseLossBackward0); with ``loss="explicit"`` the model
+computes ``((out - y) ** 2).mean()``, whose graph (SubBackward0, PowBackward0, MeanBackward0) matches
+the article's decomposition one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sgdtrace.divergence import ulp_distance
+
+@dataclass(frozen=True)
+class ManualNode:
+    name: str
+    forward: str  # how it is computed
+    backward: str  # its backward function: the local derivative(s) the chain rule multiplies
+    inputs: tuple[str, ...] = ()
+
+
+#: the article's DAG, root first (z) down to the leaves
+MANUAL_DAG = (
+    ManualNode("z", "z = l", "dz/dl = 1", ("l",)),
+    ManualNode("l", "l = (1/n)·Σ e", "dl/de = 1/n", ("e",)),
+    ManualNode("e", "e = d²", "de/dd = 2d", ("d",)),
+    ManualNode("d", "d = c − y", "dd/dc = 1", ("c", "y")),
+    ManualNode("c", "c = a + b", "dc/da = 1, dc/db = 1", ("a", "b")),
+    ManualNode("a", "a = w·x", "da/dw = x", ("w", "x")),
+    ManualNode("w", "leaf (parameter)", "accumulates dl/dw"),
+    ManualNode("b", "leaf (parameter)", "accumulates dl/db"),
+    ManualNode("x", "leaf (input, no gradient)", "—"),
+    ManualNode("y", "leaf (target, no gradient)", "—"),
+)
+
+#: which manual node(s) each torch backward node computes; the first is the node whose output it is
+TORCH_TO_MANUAL = {
+    "MseLossBackward0": ("l", "e", "d"),
+    "MeanBackward0": ("l",),
+    "PowBackward0": ("e",),
+    "SubBackward0": ("d",),
+    "AddBackward0": ("c",),
+    "MulBackward0": ("a",),
+}
+
+
+@dataclass
+class TorchNode:
+    name: str  # e.g. "AddBackward0"
+    depth: int
+    maps_to: tuple[str, ...]
+    children: list[int] = field(default_factory=list)
+    grad: np.ndarray | None = None  # the gradient flowing into the node's output during backward
+
+
+@dataclass
+class GraphResult:
+    loss: str
+    nodes: list[TorchNode]  # depth-first from loss.grad_fn
+    manual_grads: dict[str, np.ndarray]  # dl/d(node) by the manual engine, at the manual start params
+    ulps: list[int | None]  # per torch node: the largest ulp distance to the manual gradient
+    structure_ok: bool
+    structure_note: str
+    step: int
+    epoch: int
+    batch: int
+    trace: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.structure_ok and (self.trace is None or self.trace.verdict.ok)
+
+
+def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> GraphResult:
+    """Build torch's graph for one batch of ``trace`` and map it, node by node, to the manual DAG."""
+    import torch
+
+    from sgdtrace.engines import manual
+    from sgdtrace.engines.torch_ref import LinearModel, make_criterion
+    from sgdtrace.teaching.explain import explain_step
+
+    k = trace.plan.step(batch, epoch)
+    cfg = trace.config
+    dtype = getattr(torch, cfg.dtype)
+    tw = cfg.init_w if k == 0 else float(trace.torch["w"][k - 1])
+    tb = cfg.init_b if k == 0 else float(trace.torch["b"][k - 1])
+    idx = trace.indices(k)
+    device = torch.device(trace.device)
+    data = torch.as_tensor(trace.dataset.x[idx], dtype=dtype).to(device)
+    target = torch.as_tensor(trace.dataset.y[idx], dtype=dtype).to(device)
+    model = LinearModel(tw, tb, dtype).to(device)
+    out = make_criterion(loss)(model(data), target)
+
+    nodes: list[TorchNode] = []
+
+    def walk(fn, depth: int) -> int:
+        name = type(fn).__name__
+        if name == "AccumulateGrad":
+            maps = ("w",) if fn.variable is model.weight else ("b",)
+        else:
+            maps = TORCH_TO_MANUAL.get(name, ())
+        i = len(nodes)
+        node = TorchNode(name, depth, maps)
+        nodes.append(node)
+
+        def hook(grad_inputs, grad_outputs, node=node):
+            node.grad = grad_outputs[0].detach().to("cpu", torch.float64).numpy().reshape(-1).copy()
+
+        fn.register_hook(hook)
+        for child, _ in fn.next_functions:
+            if child is not None:
+                node.children.append(walk(child, depth + 1))
+        return i
+
+    walk(out.grad_fn, 0)
+    out.backward()
+
+    ex = explain_step(trace, batch, epoch)
+    n = ex.n
+    up = ex.nodes["dl_dd"]
+    # dl/d(node) by the manual engine's own factors: dz/dl = 1, dl/de = 1/n, dl/dd = dl/dc = dl/da = 2d/n
+    grads = {"l": np.array([1.0]), "e": np.full(n, manual.dl_de(n)), "d": up, "c": up, "a": up,
+             "w": np.array([ex.grad_w]), "b": np.array([ex.grad_b])}
+    ulps: list[int | None] = []
+    for node in nodes:
+        target_node = node.maps_to[0] if node.maps_to else None
+        if target_node is None or node.grad is None:
+            ulps.append(None)
+            continue
+        m = grads[target_node].astype(cfg.dtype)
+        t = node.grad.astype(cfg.dtype)
+        if m.shape != t.shape:
+            ulps.append(None)
+            continue
+        ulps.append(int(ulp_distance(m, t).max()))
+
+    chain = [m for node in nodes if node.name != "AccumulateGrad" for m in node.maps_to]
+    leaves = sorted(m for node in nodes if node.name == "AccumulateGrad" for m in node.maps_to)
+    covered = sorted(set(chain))
+    structure_ok = covered == ["a", "c", "d", "e", "l"] and leaves == ["b", "w"] and len(chain) == 5
+    fused = [node.name for node in nodes if len(node.maps_to) > 1]
+    if not structure_ok:
+        note = f"torch's graph covers {covered} and leaves {leaves}; expected a, c, d, e, l and w, b"
+    elif fused:
+        note = f"every manual node has its torch counterpart; {fused[0]} computes d, e and l in one fused node"
+    else:
+        note = "one to one: every manual node a, c, d, e, l has exactly one torch node"
+    return GraphResult(loss, nodes, grads, ulps, structure_ok, note, k, epoch, batch, trace)
