@@ -101,6 +101,7 @@ def training_options(multi: bool = False) -> Callable:
                          help="Relative tolerance, times each value's rounding scale (default 4u = 2 machine epsilons: 2.4e-7 in float32)."),
             click.option("--atol", type=float, default=None,
                          help="Absolute tolerance (default the dtype's smallest normal number)."),
+            *engine_options(),
             click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                          help="Output format (default table)."),
             click.option("--output", type=click.Path(dir_okay=False), default=None,
@@ -111,6 +112,17 @@ def training_options(multi: bool = False) -> Callable:
         return f
 
     return deco
+
+
+def engine_options() -> list[Callable]:
+    """--engine FILE.py and --engine-timeout: a user's engine on the hand side (sgdtrace.engines.user)."""
+    return [
+        click.option("--engine", type=str, default=None, metavar="FILE.py",
+                     help="Your own engine: a file defining gradients(w, b, x, y) and/or update(param, grad, "
+                          "state, hp), run in its own process in place of the hand engine (see `sgdtrace template`)."),
+        click.option("--engine-timeout", type=float, default=None, metavar="SECONDS",
+                     help="Stop the --engine file after this long per run (default 60)."),
+    ]
 
 
 def _configure(kw: dict[str, Any], formats: tuple[str, ...] = FORMATS):

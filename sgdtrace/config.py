@@ -35,6 +35,10 @@ MAX_SAMPLES = 10**7
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 MAX_BATCH_SIZE = 10**7
 MAX_STEPS = 10**7
+#: seconds a user's engine file (--engine) may take for one run before it is stopped: a course's
+#: files train a few hundred steps in well under a second; a minute leaves room for long runs
+#: and still ends an endless loop before a grader's patience does
+ENGINE_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ class Config:
     dtype: str = "float32"
     rtol: float | None = None  # None: the dtype's default (see divergence.default_tolerance)
     atol: float | None = None
+    # a user's engine file on the hand side (sgdtrace.engines.user), and its time limit in seconds
+    engine: str | None = None
+    engine_timeout: float = ENGINE_TIMEOUT
     # where each value came from, for error messages; not part of the run's identity
     origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -110,10 +117,10 @@ VIEW_KEYS = ("format", "output")
 KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
 
 _FLOAT_KEYS = {"lr", "init_w", "init_b", "true_w", "true_b", "noise", "momentum", "dampening",
-               "weight_decay", "rtol", "atol"}
+               "weight_decay", "rtol", "atol", "engine_timeout"}
 _INT_KEYS = {"batch_size", "epochs", "synthetic", "seed"}
 _BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize"}
-_STR_KEYS = {"data", "device", "dtype", "format", "output"}
+_STR_KEYS = {"data", "device", "dtype", "format", "output", "engine"}
 
 
 def _label(cfg: Config, key: str) -> str:
@@ -196,6 +203,13 @@ def validate(cfg: Config) -> None:
     for key in ("rtol", "atol"):
         if getattr(cfg, key) is not None and finite(key) < 0:
             _fail(cfg, key, getattr(cfg, key), "must be a finite number >= 0")
+    if cfg.engine is not None:  # --engine FILE.py: a Python file that exists
+        if not isinstance(cfg.engine, str) or not cfg.engine.endswith(".py"):
+            _fail(cfg, "engine", cfg.engine, "must be a Python file (FILE.py)")
+        if not os.path.isfile(cfg.engine):
+            _fail(cfg, "engine", cfg.engine, "no such file")
+    if finite("engine_timeout") <= 0:
+        _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
     if cfg.dtype == "float32":  # torch refuses, NumPy turns to inf, a value float32 cannot hold
         for key in ("lr", "init_w", "init_b", "momentum", "weight_decay"):
             if abs(getattr(cfg, key)) > FLOAT32_MAX:
@@ -237,7 +251,7 @@ def load_toml(path: str) -> dict[str, Any]:
             hint = f"; did you mean {close[0]!r}?" if close else "; known keys: " + ", ".join(KNOWN_KEYS)
             raise ConfigError(f"{name}: unknown key {raw_key!r}{hint}")
         out[key] = _check_type(key, value, where)
-        if key in ("data", "output") and not os.path.isabs(value):
+        if key in ("data", "output", "engine") and not os.path.isabs(value):
             out[key] = os.path.join(os.path.dirname(os.path.abspath(path)), value)
     return out
 

@@ -22,6 +22,7 @@ def _config_json(trace) -> dict[str, Any]:
     rtol, atol = tolerances(trace.config)
     config = trace.config.to_json()
     config.update(rtol=rtol, atol=atol, data=dict(trace.dataset.info))
+    config["engine"] = trace.engine.to_json() if getattr(trace, "engine", None) is not None else None
     return config
 
 
@@ -264,9 +265,11 @@ def verdict_sentence(trace) -> str:
     else:
         f = v.first_divergent_step
         text = (f"DIVERGE: first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), "
-                f"{LABELS[f['field']]}: hand {_plain(f['manual'])}, torch {_plain(f['torch'])}, "
+                f"{LABELS[f['field']]}: {getattr(trace, 'hand', 'hand')} {_plain(f['manual'])}, torch {_plain(f['torch'])}, "
                 f"|Δ| {_plain(f['abs'])}" + (f" of which {_plain(f['carried'])} carried in" if f.get("carried") else "")
                 + f"; the step's own part exceeds its rounding allowance {_plain(f['tol'])}.")
+        if f.get("diagnosis"):
+            text += f" Likely mistake: {f['diagnosis']['text']}."
     if v.diverged_training:
         d = v.diverged_training
         text += (f" Training blew up at epoch {d['epoch']} batch {d['batch']}: {d['reason']}. "

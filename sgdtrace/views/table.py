@@ -164,7 +164,7 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
             return Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
 
         last = k == shown[-1]
-        table.add_row(step, str(trace.n[k]), "hand", *row({f: cell(trace.manual[f][k], f) for f in fields}, lr),
+        table.add_row(step, str(trace.n[k]), trace.hand, *row({f: cell(trace.manual[f][k], f) for f in fields}, lr),
                       mark)
         table.add_row("", "", Text("torch", style="dim"), *row({f: cell(trace.torch[f][k], f) for f in fields}),
                       "", end_section=not last and witness is None and gc is None)
@@ -197,9 +197,15 @@ def verdict_text(trace) -> Text:
         f = v.first_divergent_step
         out.append("✗ diverge", style="bold red")
         out.append(f"  first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), {LABELS[f['field']]}: "
-                   f"hand {_show(f['manual'])}, torch {_show(f['torch'])}, |Δ| {_show(f['abs'])}"
+                   f"{trace.hand} {_show(f['manual'])}, torch {_show(f['torch'])}, |Δ| {_show(f['abs'])}"
                    + (f" of which {_show(f['carried'])} carried in" if f.get("carried") else "")
                    + f"; the step's own part exceeds its rounding allowance {_show(f['tol'])}")
+        if f.get("diagnosis"):
+            out.append("\n  Likely mistake: ", style="bold")
+            out.append(f["diagnosis"]["text"])
+    if trace.engine is not None and trace.engine.not_kept:
+        out.append(f"\n  not kept by {trace.hand}: {', '.join(trace.engine.not_kept)} (torch's state; not judged)",
+                   style="yellow")
     if v.diverged_training:
         d = v.diverged_training
         out.append("\n⚠ training blew up", style="bold yellow")
