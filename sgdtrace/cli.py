@@ -125,6 +125,12 @@ def engine_options() -> list[Callable]:
     ]
 
 
+def with_engine_options(f: Callable) -> Callable:
+    for opt in reversed(engine_options()):
+        f = opt(f)
+    return f
+
+
 def _configure(kw: dict[str, Any], formats: tuple[str, ...] = FORMATS):
     """Merge defaults < --config file < flags into a Config; return it with the view options.
 
@@ -306,20 +312,31 @@ def compare(**kw: Any) -> int:
 @click.argument("configs", nargs=-1, type=click.Path(dir_okay=True))
 @click.option("--device", "devices", multiple=True, metavar="cpu|cuda|cuda:N",
               help="Devices to run on (repeatable; default every available device).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
-              help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "junit"]), default="table",
+              help="Output format (junit: JUnit XML for CI, one test case per config and device).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to FILE.")
-def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: str | None) -> int:
+@with_engine_options
+def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: str | None,
+          engine: str | None, engine_timeout: float | None) -> int:
     """The CI gate: run every config in configs/ (or those named) on every available device.
 
-    Prints one summary row per config and device; exit 1 if any run diverges.
+    Prints one summary row per config and device; exit 1 if any run diverges. With --engine,
+    your file stands on the hand side of every config it can serve (SGD, float32/float64), or
+    of the configs named.
     """
     check_output_path(output)
     paths = find_configs(configs)
     from sgdtrace.check import run_checks
 
-    result = run_checks(paths, devices or None)
-    if fmt == "json":
+    chosen = {k: v for k, v in (("engine", engine), ("engine_timeout", engine_timeout)) if v is not None}
+    if chosen:
+        build_config({}, chosen)  # a bad --engine is refused before anything runs
+    result = run_checks(paths, devices or None, chosen, named=bool(configs))
+    if fmt == "junit":
+        from sgdtrace.views.check import check_junit
+
+        write_output(check_junit(result), output)
+    elif fmt == "json":
         from sgdtrace.views.export import to_json_text
 
         write_output(to_json_text(result.to_json()), output)
@@ -354,8 +371,13 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     from sgdtrace.views.explain import explain_json, explain_view
 
     dataset = data.load(cfg)
-    data.plan(len(dataset), cfg).step(batch_no, epoch_no)  # a bad --batch is refused before training
-    trace = run_trace(cfg, dataset=dataset)
+    k = data.plan(len(dataset), cfg).step(batch_no, epoch_no)  # a bad --batch is refused before training
+    user = None
+    if cfg.engine is not None:  # the user's file, asked for its nodes (forward) at this step
+        from sgdtrace.engines.user import UserEngine
+
+        user = UserEngine(cfg.engine, cfg.engine_timeout, forward_step=k)
+    trace = run_trace(cfg, dataset=dataset, engine=user)
     ex = explain_step(trace, batch_no, epoch_no)
     if fmt == "json":
         from sgdtrace.views.export import to_json_text
@@ -382,6 +404,9 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     with that loss, and the verdict printed. Formats: table (default), json, dot (Graphviz).
     """
     cfg, fmt, output = _configure(kw, formats=("table", "json", "dot"))
+    if cfg.engine is not None:
+        raise ConfigError("--engine: graph draws sgdtrace's own derivation beside torch's; "
+                          "use `sgdtrace explain --engine FILE.py --batch K` to see your file's nodes")
     from sgdtrace.tracing import run_trace
     from sgdtrace.teaching.graph import build_graph
     from sgdtrace.views import graph as gv
