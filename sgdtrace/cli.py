@@ -460,6 +460,26 @@ def plot(width: int, height: int, **kw: Any) -> int:
     return _exit_code(trace.verdict.ok)
 
 
+@cli.command()
+@click.option("--output", type=click.Path(dir_okay=False), default=None, metavar="FILE.py",
+              help="Write the file here (an existing file is never overwritten) instead of printing it.")
+def template(output: str | None) -> int:
+    """Print (or write) a starter file for --engine: gradients, update and forward, with the equations
+    to implement in their docstrings and no solution.
+
+    Run as is, `sgdtrace run --engine FILE.py` exits 2 naming the function to write first.
+    """
+    from sgdtrace.engines.template import TEMPLATE
+
+    if output is not None and os.path.exists(output) and os.path.isfile(output):
+        raise ConfigError(f"--output {output!r}: the file exists; name a new file (your work is not overwritten)")
+    check_output_path(output)
+    write_output(TEMPLATE, output)
+    if output is not None:
+        click.echo(f"wrote {output}: write gradients, then run: sgdtrace run --engine {output}", err=True)
+    return EXIT_OK
+
+
 def find_configs(names: Iterable[str]) -> list[str]:
     """The config files named (a folder means its *.toml), or ./configs/*.toml."""
     names = list(names) or ["configs"]

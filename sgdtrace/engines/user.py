@@ -70,11 +70,16 @@ class UserEngine:
     info: EngineInfo | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.given = self.path  # as the user wrote it (shown, and in the JSON)
         self.path = os.path.abspath(self.path)
 
     @property
     def name(self) -> str:
         return os.path.basename(self.path)
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The child's reply to ``request`` (see :func:`run_child`)."""
+        return run_child(request, self.timeout, self.name)
 
     def run_columns(self, cfg, dataset, plan, state_keys: tuple[str, ...]) -> dict[str, Any]:
         """Run the file over ``plan`` in a child process; its columns by field.
@@ -90,8 +95,8 @@ class UserEngine:
             "hp": hyper_parameters(cfg), "state_keys": tuple(state_keys),
             "forward_step": self.forward_step,
         }
-        reply = run_child(request, self.timeout, self.name)
-        self.info = EngineInfo(self.name, self.path, tuple(reply["parts"]), tuple(reply["not_kept"]),
+        reply = self.call(request)
+        self.info = EngineInfo(self.name, self.given, tuple(reply["parts"]), tuple(reply["not_kept"]),
                                reply.get("forward"), self.forward_step)
         return reply["columns"]
 
@@ -142,9 +147,17 @@ class Hyper(types.SimpleNamespace):
     """The optimizer's hyper-parameters by torch's keyword names: ``hp.lr``, ``hp.momentum``, ..."""
 
 
+def _shown(path: str) -> str:
+    """The file as a message names it: relative to the working folder when inside it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _user_frames(tb, path: str) -> str:
     """The traceback's lines inside the user's file only (none of sgdtrace's frames)."""
     frames = [f for f in traceback.extract_tb(tb) if os.path.abspath(f.filename) == path]
+    for f in frames:
+        f.filename = _shown(path)
     return "".join(traceback.format_list(frames)).rstrip("\n")
 
 
@@ -236,7 +249,7 @@ class _Runner:
     def fail_return(self, part: str, what: str, expected: str) -> _Failure:
         fn = self.user[part]
         code = getattr(fn, "__code__", None)
-        frame = f'  File "{self.path}", line {code.co_firstlineno}, in {part}' if code else ""
+        frame = f'  File "{_shown(self.path)}", line {code.co_firstlineno}, in {part}' if code else ""
         return _Failure(_with_frames(f"{part} returned {what} at {self.where()}: expected {expected}", frame))
 
     def scalar(self, part: str, value: Any, name: str):
@@ -283,8 +296,14 @@ class _Runner:
                 self.seen.setdefault((k, which), False)
         return new
 
-    def nodes(self, w, b, x, y) -> dict[str, Any]:
-        out = self.call("forward", w, b, x, y)
+    def nodes(self, w, b, x, y) -> dict[str, Any] | None:
+        try:
+            out = self.user["forward"](w, b, x, y)
+        except NotImplementedError:  # the template's optional forward, not written: as if absent
+            self.parts = tuple(p for p in self.parts if p != "forward")
+            return None
+        except BaseException as exc:
+            raise self.fail_call("forward", exc) from None
         if not isinstance(out, dict):
             raise self.fail_return("forward", _describe(out), f"a dict of the nodes {', '.join(NODES)}")
         nodes = {}
@@ -328,7 +347,7 @@ def load_module(path: str):
         text = (exc.text or "").rstrip("\n")
         where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
         raise _Failure(f"{name}: syntax error at {where}: {exc.msg}"
-                       + (f"\n  File \"{path}\", line {exc.lineno}\n    {text.strip()}" if text else "")) from None
+                       + (f"\n  File \"{_shown(path)}\", line {exc.lineno}\n    {text.strip()}" if text else "")) from None
     except BaseException as exc:
         what = type(exc).__name__ + (f": {exc}" if str(exc) else "")
         raise _Failure(_with_frames(f"{name}: raised {what} while loading (before any step)",
