@@ -52,15 +52,27 @@ def _factors(n: int) -> list[tuple[float, str, str]]:
 
 
 class _Judge:
-    """Does a candidate value explain the hand side's value? Within the allowance, and clearly wrong."""
+    """Does a candidate value explain the hand side's value? Within the allowance, and clearly wrong.
 
-    def __init__(self, value: float, right: float, tol: float):
-        self.value, self.right, self.tol = value, right, tol
+    The allowance is the step's rounding allowance (times the factor, where one scales the value),
+    plus the one rounding of the hand side's value to its dtype (``u * |candidate|``: the candidate
+    is worked out in float64 from the hand side's own inputs, which carries no rounding of its own
+    to speak of).
+    """
+
+    def __init__(self, value: float, right: float, tol: float, u: float):
+        self.value, self.right, self.tol, self.u = value, right, tol, u
+
+    def allow(self, candidate: float, scale: float = 1.0) -> float:
+        return self.tol * max(1.0, abs(scale)) + self.u * abs(candidate)
+
+    def right_already(self) -> bool:
+        return abs(self.value - self.right) <= self.allow(self.right)
 
     def explains(self, candidate: float, scale: float = 1.0) -> bool:
-        allow = self.tol * max(1.0, abs(scale))
         if not math.isfinite(candidate):
             return False
+        allow = self.allow(candidate, scale)
         return abs(self.value - candidate) <= allow and abs(candidate - self.right) > 2 * allow
 
 
@@ -202,6 +214,7 @@ def diagnose_step(trace) -> dict[str, Any] | None:
     if not (math.isfinite(value) and math.isfinite(tol)):
         return None
     cfg = trace.config
+    u = float(np.finfo(np.dtype(cfg.dtype)).eps) / 2
     try:
         with np.errstate(all="ignore"):
             if field in GRADIENT_FIELDS:
@@ -209,16 +222,22 @@ def diagnose_step(trace) -> dict[str, Any] | None:
                 b0 = _start(trace, "b", k, cfg.init_b)
                 _, x, y = _batch(trace, k)
                 right = float(_terms(field, w0, b0, x, y).sum() / x.shape[0])
-                return _gradient_hypotheses(trace, k, field, _Judge(value, right, tol), w0, b0)
-            param = field if field in ("w", "b") else field.rsplit("_", 1)[1]
-            if not field.startswith(("w", "b", "buf_")):
+                return _gradient_hypotheses(trace, k, field, _Judge(value, right, tol, u), w0, b0)
+            if field not in ("w", "b") and not field.startswith("buf_"):
                 return None
+            param = field if field in ("w", "b") else field.rsplit("_", 1)[1]
             p0 = _start(trace, param, k, {"w": cfg.init_w, "b": cfg.init_b}[param])
             buf0 = _start(trace, state_field("momentum_buffer", param), k, None) if cfg.momentum else None
             new, buf = _sgd(cfg, p0, float(trace.manual["grad_" + param][k]), buf0)
             right = new if field in ("w", "b") else buf
             if right is None:
                 return None
-            return _update_hypotheses(trace, k, field, _Judge(value, right, tol))
+            judge = _Judge(value, right, tol, u)
+            buf_field = state_field("momentum_buffer", param)
+            if field in ("w", "b") and judge.right_already() and buf is not None and buf_field in trace.manual:
+                # the parameter is right and the buffer recorded beside it is not: the mistake is the buffer's
+                field, judge = buf_field, _Judge(float(trace.manual[buf_field][k]), buf,
+                                                 float(trace.divergence[buf_field].tol[k]), u)
+            return _update_hypotheses(trace, k, field, judge)
     except (KeyError, IndexError, ValueError):  # a column the hand side does not record
         return None
