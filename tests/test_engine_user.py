@@ -85,7 +85,7 @@ configs = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs)
 def test_an_honest_engine_never_fails_where_sgdtraces_own_passes(opts):
     """float64 sums rounded once, reversed, np.mean: over random configs in float32 and float64."""
