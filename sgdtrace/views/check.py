@@ -29,8 +29,9 @@ HEAD = ["config", "device", "dtype", "steps", "max ulp", "of tol", "verdict"]
 
 
 def check_view(result) -> Group:
+    side = result.rows[0].trace.hand if result.rows and result.rows[0].trace.engine is not None else "manual engine"
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False,
-                  title="sgdtrace check: manual engine vs torch on every config", title_justify="left",
+                  title=f"sgdtrace check: {side} vs torch on every config", title_justify="left",
                   title_style="bold")
     for name in HEAD:
         table.add_column(name, justify="right" if name in ("steps", "max ulp", "of tol") else "left",
