@@ -113,18 +113,17 @@ def run_child(request: dict[str, Any], timeout: float, name: str) -> dict[str, A
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # its own process group, so that stopping it stops whatever the user's code started too
     proc = subprocess.Popen([sys.executable, "-m", "sgdtrace.engines.user"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env)
+                            stdout=subprocess.PIPE, env=env, start_new_session=os.name == "posix")
     try:
         out, _ = proc.communicate(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        _stop(proc)
         raise EngineError(f"{name}: still running after {timeout:g} s: stopped (an endless loop? "
                           f"--engine-timeout SECONDS allows more time)") from None
-    except BaseException:
-        proc.kill()
-        proc.communicate()
+    except BaseException:  # Ctrl-C included: the child never outlives the run
+        _stop(proc)
         raise
     try:
         reply = pickle.loads(out)
@@ -134,6 +133,20 @@ def run_child(request: dict[str, Any], timeout: float, name: str) -> dict[str, A
     if not reply.get("ok"):
         raise EngineError(reply["message"])
     return reply
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the child (and its process group, where it has one) and reap it."""
+    import signal
+
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # pragma: no cover
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.communicate()
 
 
 # ------------------------------------------------------------------ the child process
