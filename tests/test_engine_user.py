@@ -494,3 +494,11 @@ def test_a_torch_tensor_is_named_as_such():
     assert user._describe(torch.tensor(1.0)).startswith("a torch Tensor")
     assert user._real(np.float32(1)) and user._real(2.5) and not user._real(True) and not user._real(None)
     assert not user._real(np.zeros(3)) and user._real(np.array(1.5))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_engine_forming_the_residuals_in_float64_passes_where_the_line_fits_exactly(dtype):
+    """Noiseless data: near convergence the loss is the square of the residuals' rounding, which
+    an engine working in float64 does not have (the tolerance model's second-order loss term)."""
+    t = traced(CORRECT, synthetic=5000, batch_size=10, momentum=0.9, dtype=dtype)
+    assert t.verdict.ok, t.verdict.first_divergent_step

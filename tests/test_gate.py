@@ -382,7 +382,8 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
         E = {
             "grad_w": 2 / n * (3 * sum(abs(xi) * m for xi, m in zip(xs, M)) + (3 + D) * sum(di * abs(xi) for di, xi in zip(d, xs))),
             "grad_b": 2 / n * (3 * sum(M) + (2 + D) * sum(d)),
-            "loss": 1 / n * (6 * sum(di * m for di, m in zip(d, M)) + (2 + D) * sum(di * di for di in d)),
+            "loss": 1 / n * (6 * sum(di * m for di, m in zip(d, M)) + (2 + D) * sum(di * di for di in d)
+                             + u * sum((2 * wm * abs(xi) + bm + di) ** 2 for xi, di in zip(xs, d))),
         }
         e = [xi * dw + db for xi in xs]  # each residual's carried difference
         C = {
