@@ -37,7 +37,7 @@ class InProcess(UserEngine):
 
     def call(self, request):
         try:
-            return user.serve(request)
+            return user._decode(user._encode(user.serve(request)))
         except user._Failure as exc:
             raise EngineError(str(exc)) from None
 
@@ -502,3 +502,18 @@ def test_an_engine_forming_the_residuals_in_float64_passes_where_the_line_fits_e
     an engine working in float64 does not have (the tolerance model's second-order loss term)."""
     t = traced(CORRECT, synthetic=5000, batch_size=10, momentum=0.9, dtype=dtype)
     assert t.verdict.ok, t.verdict.first_divergent_step
+
+
+def test_the_reply_is_never_unpickled(tmp_path):
+    """A pickle (which could run code in the parent and forge the verdict) is not a reply."""
+    import pickle
+
+    class Forged:
+        def __reduce__(self):
+            return (print, ("forged",))
+
+    with pytest.raises(ValueError):
+        user._decode(pickle.dumps({"ok": True, "x": Forged()}))
+    reply = user._decode(user._encode({"ok": True, "parts": ["gradients"], "not_kept": [],
+                                       "columns": {"w": np.arange(3, dtype=np.float32)}, "forward": None}))
+    assert reply["columns"]["w"].dtype == np.float32 and reply["forward"] is None

@@ -98,7 +98,24 @@ class UserEngine:
         reply = self.call(request)
         self.info = EngineInfo(self.name, self.given, tuple(reply["parts"]), tuple(reply["not_kept"]),
                                reply.get("forward"), self.forward_step)
-        return reply["columns"]
+        return _checked_columns(reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept)
+
+
+def _checked_columns(columns: dict[str, Any], dtype: str, steps: int, state_keys, not_kept) -> dict[str, Any]:
+    """Exactly the expected columns, one value per step in the run's dtype (whatever came back)."""
+    import numpy as np
+
+    from sgdtrace.engines.protocol import fields_for
+
+    out = {}
+    for f in fields_for(state_keys):
+        if f in not_kept:
+            continue
+        col = columns.get(f)
+        if col is None or col.shape != (steps,) or col.dtype != np.dtype(dtype):
+            raise EngineError(f"the engine's process sent back no valid column {f!r}")
+        out[f] = col
+    return out
 
 
 def hyper_parameters(cfg) -> dict[str, Any]:
@@ -126,12 +143,46 @@ def run_child(request: dict[str, Any], timeout: float, name: str) -> dict[str, A
         _stop(proc)
         raise
     try:
-        reply = pickle.loads(out)
+        reply = _decode(out)
     except Exception:
         raise EngineError(f"{name}: its process ended without a result (exit code {proc.returncode}); "
                           "does the file call os._exit or crash the interpreter?") from None
     if not reply.get("ok"):
-        raise EngineError(reply["message"])
+        raise EngineError(str(reply.get("message")))
+    return reply
+
+
+# The reply travels as a NumPy .npz archive read with allow_pickle=False: plain numbers and one
+# JSON text, nothing the parent would execute (a pickle from the user's process could run code
+# in the parent, and so forge the verdict).
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    import io
+    import json
+
+    import numpy as np
+
+    arrays = {f"col:{f}": np.asarray(v) for f, v in (reply.get("columns") or {}).items()}
+    arrays.update({f"node:{n}": np.asarray(v) for n, v in (reply.get("forward") or {}).items()})
+    meta = {k: v for k, v in reply.items() if k not in ("columns", "forward")}
+    meta["has_forward"] = reply.get("forward") is not None
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+    return buf.getvalue()
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    import io
+    import json
+
+    import numpy as np
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        reply = json.loads(str(npz["meta"]))
+        reply["columns"] = {k[4:]: npz[k] for k in npz.files if k.startswith("col:")}
+        nodes = {k[5:]: npz[k] for k in npz.files if k.startswith("node:")}
+    reply["forward"] = nodes if reply.pop("has_forward", False) else None
     return reply
 
 
@@ -407,12 +458,12 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
                     f = protocol.state_field(key, p)
                     not_kept.append(f)
                     columns.pop(f, None)
-    return {"ok": True, "columns": columns, "parts": runner.parts, "not_kept": not_kept,
+    return {"ok": True, "columns": columns, "parts": list(runner.parts), "not_kept": not_kept,
             "forward": runner.forward_nodes}
 
 
 def main() -> None:
-    """``python -m sgdtrace.engines.user``: a pickled request on stdin, the pickled reply on stdout.
+    """``python -m sgdtrace.engines.user``: a pickled request on stdin, the reply (:func:`_encode`) on stdout.
 
     The user's prints go to stderr (fd 1 is pointed there), so they cannot corrupt the reply.
     """
@@ -424,7 +475,7 @@ def main() -> None:
         reply = serve(request)
     except _Failure as exc:
         reply = {"ok": False, "message": str(exc)}
-    out.write(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    out.write(_encode(reply))
     out.flush()
     os._exit(0)  # the user's atexit handlers and threads are none of our business
 
