@@ -85,10 +85,17 @@ configs = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(configs)
-def test_an_honest_engine_never_fails_where_sgdtraces_own_passes(opts):
-    """float64 sums rounded once, reversed, np.mean: over random configs in float32 and float64."""
+#: an honest engine in the run's dtype: reversed samples, np.mean's pairwise sums, 2 applied last
+REVERSED_IN_DTYPE = ROOT / "tests" / "engines" / "reversed_in_dtype.py"
+
+
+@pytest.mark.parametrize("engine", [CORRECT, REVERSED_IN_DTYPE], ids=["float64", "in-dtype"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(opts=configs)
+def test_an_honest_engine_never_fails_where_sgdtraces_own_passes(engine, opts):
+    """float64 sums rounded once, or sums in the run's dtype in reverse with np.mean: over random
+    configs in float32 and float64."""
     if opts["synthetic"] is None:
         opts["noise"] = 0.0
     if opts["drop_last"] and opts["batch_size"] > (opts["synthetic"] or 9):
@@ -97,7 +104,7 @@ def test_an_honest_engine_never_fails_where_sgdtraces_own_passes(opts):
         opts["nesterov"] = True
     cfg = Config(**opts)
     own = run_trace(cfg)
-    mine = run_trace(cfg, engine=InProcess(str(CORRECT)))
+    mine = run_trace(cfg, engine=InProcess(str(engine)))
     if own.verdict.ok:
         assert mine.verdict.ok, mine.verdict.first_divergent_step
     assert mine.verdict.max_tol_ratio < 1 or not own.verdict.ok
