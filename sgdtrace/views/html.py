@@ -12,8 +12,8 @@ Numbers are written as :func:`cell` writes them (6 significant digits, as ``--fo
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
-from urllib.parse import quote
 
 from sgdtrace import __version__
 from sgdtrace.views.fmt import LABELS, describe_data, num, percent, sci
@@ -184,10 +184,18 @@ def csv_link(trace) -> str:
     from sgdtrace.views.export import trace_to_csv
 
     text = trace_to_csv(trace)
-    uri = "data:text/csv;charset=utf-8," + quote(text, safe=",.-_+:")
+    uri = "data:text/csv;charset=utf-8," + percent_encode(text)
     return (f'<p class="noprint"><a download="sgdtrace-steps.csv" href="{uri}">Download every step as CSV</a> '
             f'<span class="muted">({trace.n_steps} rows, {len(text):,} bytes; the columns of '
             f"<code>--format csv</code>)</span></p>")
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9,._+:-]+")
+
+
+def percent_encode(text: str) -> str:
+    """``urllib.parse.quote(text, safe=",.-_+:")``, several times faster on CSV (few characters need it)."""
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), text)
 
 
 def verdict_html(trace) -> str:
