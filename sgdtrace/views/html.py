@@ -316,8 +316,11 @@ def run_page(trace, batch: int | None = None, epoch: int = 1, rows: int | None =
     why = ("as asked (--batch)" if batch is not None else
            "the first divergent batch" if trace.verdict.first_divergent_step else
            "where training blew up" if trace.verdict.diverged_training else "the first batch: nothing diverged")
-    ex = explain_step(trace, kb, ke)
-    g = build_graph(trace, kb, ke)
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a blow-up is shown, not warned of
+        ex = explain_step(trace, kb, ke)
+        g = build_graph(trace, kb, ke)
     body = [f"<header><h1>{esc(title)}</h1><p class=\"muted\">{esc(title_of(trace))} · sgdtrace "
             f"{esc(__version__)}</p></header>",
             f'<section aria-labelledby="h-verdict"><h2 id="h-verdict">Verdict</h2>{verdict_html(trace)}</section>',

@@ -41,7 +41,7 @@ def plots_desc(trace) -> str:
 
 #: one panel's drawing size and the plot area's margins (left, right, top, bottom)
 PANEL_W, PANEL_H = 400, 290
-MARGIN = (58, 12, 30, 40)
+MARGIN = (58, 22, 30, 40)
 #: a polyline keeps at most about this many points (long runs: first, min and max per bucket)
 MAX_POINTS = 1500
 COLOURS = {"hand": "var(--c-hand, #d62728)", "torch": "var(--fg, #222)", "w": "var(--c-w, #1f77b4)",
@@ -90,8 +90,11 @@ class _Scale:
 
         self.log = log
         f = math.log10 if log else (lambda v: v)
-        if log:
-            self.ticks = [10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
+        if log:  # whole decades, at most about six labelled
+            e0, e1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+            stride = max(1, math.ceil((e1 - e0) / 6))
+            e1 = e0 + stride * math.ceil((e1 - e0) / stride)
+            self.ticks = [10.0 ** e for e in range(e0, e1 + 1, stride)]
         else:
             self.ticks = nice_ticks(lo, hi)
         self.lo, self.hi = f(self.ticks[0]), f(self.ticks[-1])
