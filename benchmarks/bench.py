@@ -13,7 +13,12 @@ Printed: medians of the whole process's wall time for (a) and (b) and their rati
 training-loop time of (a) against the manual engine's (imports and data excluded from both);
 the peak resident memory of each process (``wait4``'s ru_maxrss) and the ratio (b)/(a).
 
-Usage: ``python benchmarks/bench.py [--reps N] [--workloads article,1m-b64,100k-b1] [--format table]``
+Then the HTML report (``--format html``): the time :func:`sgdtrace.views.html.run_page` takes to
+build the page from a finished trace (the run itself excluded), in this process, the first build
+(imports included) and the median of the next ones, with the page's size; target under 1 s.
+
+Usage: ``python benchmarks/bench.py [--reps N] [--workloads article,1m-b64,100k-b1] [--format table]
+[--html-workloads article,100k-b64]``
 """
 
 from __future__ import annotations
@@ -108,6 +113,35 @@ def bench(name: str, reps: int, fmt: str, device: str) -> dict:
     }
 
 
+def html_page(name: str, reps: int = 5) -> dict:
+    """Build the HTML report of a finished run: the first build and the median of ``reps`` more."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    import sgdtrace
+    from sgdtrace.views.html import run_page
+
+    n, batch, epochs, _ = WORKLOADS[name]
+    trace = sgdtrace.trace(batch_size=batch, epochs=epochs, **({} if n is None else {"synthetic": n}))
+    start = time.perf_counter()
+    page = run_page(trace)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run_page(trace)
+        times.append(time.perf_counter() - start)
+    return {"workload": name, "steps": trace.n_steps, "first_s": first, "median_s": statistics.median(times),
+            "reps": reps, "bytes": len(page.encode())}
+
+
+def html_table(rows: list[dict]) -> str:
+    lines = ["| workload | steps | first build, ms | median of next, ms | reps | page size, KB |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['steps']:,} | {1000 * r['first_s']:.0f} | {1000 * r['median_s']:.0f} | "
+                     f"{r['reps']} | {r['bytes'] / 1000:.0f} |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     import torch
 
@@ -141,6 +175,8 @@ def main() -> None:
                         help="sgdtrace run's output format in (b) (written to /dev/null)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where (a), (b) and the manual engine run")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--html-workloads", default="article,100k-b64",
+                        help="workloads whose HTML report build is timed (empty: none)")
     args = parser.parse_args()
     rows = []
     for name in args.workloads.split(","):
@@ -150,10 +186,14 @@ def main() -> None:
     print(f"Machine: {machine()}; --device {args.device}; (b) writes --format {args.format}; "
           "medians of wall time per process.\n")
     print(table(rows))
+    pages = [html_page(name) for name in args.html_workloads.split(",") if name]
+    if pages:
+        print("\nThe HTML report (--format html): building the page from the finished run (target < 1 s).\n")
+        print(html_table(pages))
     if args.json_out:
         with open(args.json_out, "w") as fh:
-            json.dump({"machine": machine(), "device": args.device, "format": args.format, "rows": rows},
-                      fh, indent=2)
+            json.dump({"machine": machine(), "device": args.device, "format": args.format, "rows": rows,
+                       "html": pages}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -212,7 +212,12 @@ def _exit_code(ok: bool) -> int:
 @click.option("--gradcheck", is_flag=True,
               help="Check the chain-rule gradients against central differences in float64, per step.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bool, **kw: Any) -> int:
+@click.option("--batch", "batch_no", type=click.IntRange(min=1), default=None, metavar="K",
+              help="--format html: the batch explained (default: the first divergent one, else batch 1).")
+@click.option("--epoch", "epoch_no", type=click.IntRange(min=1), default=1, metavar="E",
+              help="--format html: the epoch of --batch (default 1).")
+def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bool, batch_no: int | None,
+        epoch_no: int, **kw: Any) -> int:
     """Train with both engines; print the per-batch table and the verdict.
 
     Each batch shows the article's columns (n, lr, dl/dw, dl/db, w, b, loss) worked by hand,
@@ -223,9 +228,19 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
     cfg, fmt, output = _configure(kw)
     from sgdtrace.tracing import run_trace
 
+    dataset = None
+    if batch_no is not None:  # a bad --batch is refused before training
+        if fmt != "html":
+            raise ConfigError(f"--batch {batch_no}: run takes --batch with --format html only; "
+                              "for one batch's equations use sgdtrace explain --batch")
+        from sgdtrace import data
+        from sgdtrace.views.explain import step_of
+
+        dataset = data.load(cfg)
+        step_of(data.plan(len(dataset), cfg), batch_no, epoch_no)
     update, bar = progress_reporter(quiet)
     try:
-        trace = run_trace(cfg, progress=update)
+        trace = run_trace(cfg, progress=update, dataset=dataset)
     finally:
         if bar is not None:
             bar.close()
@@ -234,6 +249,10 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
         from sgdtrace.views.table import run_view
 
         show(run_view(trace, rows, every), output)
+    elif fmt == "html":
+        from sgdtrace.views.html import run_page
+
+        write_output(run_page(trace, batch_no, epoch_no, rows, every), output)
     else:
         write_output(export(trace, fmt), output)
     return _exit_code(trace.verdict.ok)
@@ -283,6 +302,10 @@ def compare(**kw: Any) -> int:
         from sgdtrace.views.compare import compare_view
 
         show(compare_view(result), output)
+    elif fmt == "html":
+        from sgdtrace.views.html import compare_page
+
+        write_output(compare_page(result), output)
     else:
         from sgdtrace.views.compare import compare_text
 
@@ -294,7 +317,7 @@ def compare(**kw: Any) -> int:
 @click.argument("configs", nargs=-1, type=click.Path(dir_okay=True))
 @click.option("--device", "devices", multiple=True, metavar="cpu|cuda|cuda:N",
               help="Devices to run on (repeatable; default every available device).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]), default="table",
               help="Output format.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to FILE.")
 def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: str | None) -> int:
@@ -315,6 +338,10 @@ def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: 
         from sgdtrace.views.check import check_view
 
         show(check_view(result), output)
+    elif fmt == "html":
+        from sgdtrace.views.html import check_page
+
+        write_output(check_page(result), output)
     else:
         from sgdtrace.views.check import check_markdown
 

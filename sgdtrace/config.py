@@ -26,7 +26,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DTYPES = ("float32", "float64")
-FORMATS = ("table", "json", "csv", "markdown")
+FORMATS = ("table", "json", "csv", "markdown", "html")
 _DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 #: memory bounds: every step keeps a few dozen numbers (both engines' values, distances,
 #: tolerances), and torch's BatchSampler allocates a list of batch_size slots; beyond these a
