@@ -234,10 +234,9 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
             raise ConfigError(f"--batch {batch_no}: run takes --batch with --format html only; "
                               "for one batch's equations use sgdtrace explain --batch")
         from sgdtrace import data
-        from sgdtrace.views.explain import step_of
 
         dataset = data.load(cfg)
-        step_of(data.plan(len(dataset), cfg), batch_no, epoch_no)
+        data.plan(len(dataset), cfg).step(batch_no, epoch_no)
     update, bar = progress_reporter(quiet)
     try:
         trace = run_trace(cfg, progress=update, dataset=dataset)

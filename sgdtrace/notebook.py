@@ -82,13 +82,13 @@ class TraceNotebook(Displayable):
 
     def explain(self, batch: int = 1, epoch: int = 1) -> "ExplainView":
         """One batch (both counted from 1) worked equation by equation, torch's values beside."""
-        from sgdtrace.views.explain import explain_step
+        from sgdtrace.teaching.explain import explain_step
 
         return ExplainView(explain_step(self, batch, epoch))
 
     def graph(self, batch: int = 1, epoch: int = 1, loss: str = "mse") -> "GraphView":
         """The article's DAG beside torch's real ``grad_fn`` graph for one batch (no Graphviz needed)."""
-        from sgdtrace.views.graph import build_graph
+        from sgdtrace.teaching.graph import build_graph
 
         return GraphView(build_graph(self, batch, epoch, loss))
 

@@ -307,8 +307,8 @@ def explained_step(trace, batch: int | None = None, epoch: int = 1) -> tuple[int
 
 def run_page(trace, batch: int | None = None, epoch: int = 1, rows: int | None = None, every: int = 1) -> str:
     """``sgdtrace run --format html``: the whole report of one run."""
-    from sgdtrace.views.explain import explain_step
-    from sgdtrace.views.graph import build_graph
+    from sgdtrace.teaching.explain import explain_step
+    from sgdtrace.teaching.graph import build_graph
 
     title = "sgdtrace: " + ("agree" if trace.verdict.ok else "diverge") + (
         ", training blew up" if trace.verdict.diverged_training else "")
