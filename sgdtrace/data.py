@@ -13,7 +13,6 @@ import io
 import math
 import sys
 from dataclasses import dataclass
-from itertools import repeat
 from operator import itemgetter
 from typing import Any, Iterator
 
@@ -129,12 +128,14 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
     """A well-formed file's x and y columns, or ``None`` when the file needs the row-by-row reader.
 
     "Well-formed": every non-empty row has the header's number of fields and its x and y cells
-    are finite numbers. The rows are those the csv module reads in :func:`_parse_rows` (split
-    here with ``str.split`` when no field is quoted) and each cell goes through ``float`` as
-    there, so both readers give the same values; this one makes no Python-level pass per row.
+    are finite numbers. The rows are those the csv module reads in :func:`_parse_rows`, and every
+    cell is parsed as ``float`` parses it (``np.loadtxt`` parses as Python does, without ``1_000``'s
+    underscores, which it refuses), so both readers give the same values. Where a file is not
+    plain (quoted fields, non-ASCII text) the csv module splits the rows; else ``np.loadtxt``
+    reads them, once vectorised counts have checked each row's fields.
     """
-    if '"' in text or text.count("\r") != text.count("\r\n"):
-        # quoted fields, or a lone CR (an error for the csv module): the csv module splits the rows
+    if '"' in text or text.count("\r") != text.count("\r\n") or not text.isascii():
+        # quoted fields, a lone CR (an error for the csv module), Unicode spaces: the csv module splits the rows
         try:
             rows = list(csv.reader(io.StringIO(text)))
         except csv.Error:
@@ -148,30 +149,41 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
         body = [r for r in rows[start + 1:] if r]  # an empty line is an empty row; other blank rows fail below
         if not body or set(map(len, body)) != {len(rows[start])}:
             return None
-        cells_x: Any = map(itemgetter(ix), body)
-        cells_y: Any = map(itemgetter(iy), body)
+        try:
+            xs = np.array(list(map(float, map(itemgetter(ix), body))), dtype=np.float64)
+            ys = np.array(list(map(float, map(itemgetter(iy), body))), dtype=np.float64)
+        except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
+            return None
     else:
-        lines = text.replace("\r\n", "\n").split("\n") if "\r" in text else text.split("\n")
-        start = 0
-        while start < len(lines) and not lines[start].replace(",", "").strip():
-            start += 1  # blank rows before the header
-        if start == len(lines):
+        text = text.replace("\r\n", "\n")
+        pos = 0
+        while True:  # the header: the first line with a non-blank cell
+            end = text.find("\n", pos)
+            line = text[pos:] if end < 0 else text[pos:end]
+            if line.replace(",", "").strip():
+                break
+            if end < 0:
+                return None
+            pos = end + 1
+        ix, iy = _header_columns(line.split(","), label)
+        rest = "" if end < 0 else text[end + 1:]
+        # per line (vectorised): its length and its commas; empty lines are skipped by both readers
+        b = np.frombuffer(rest.encode("ascii"), dtype=np.uint8)
+        newlines = np.flatnonzero(b == 10)
+        lengths = np.diff(np.concatenate(([-1], newlines, [b.size]))) - 1
+        commas = np.bincount(np.searchsorted(newlines, np.flatnonzero(b == 44)), minlength=lengths.size)
+        used = lengths > 0
+        n = int(used.sum())
+        if n == 0 or lengths.max() > csv.field_size_limit() or (commas[used] != line.count(",")).any():
+            return None  # no rows, a field over the csv module's limit, or a row of another width
+        try:
+            values = np.loadtxt(rest.split("\n"), dtype=np.float64, delimiter=",", comments=None,
+                                usecols=(ix, iy), ndmin=2)
+        except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
             return None
-        header = lines[start].split(",")
-        ix, iy = _header_columns(header, label)
-        width = len(header)
-        body = list(filter(None, lines[start + 1:]))  # empty lines; other blank rows fail below
-        if not body or max(map(len, body)) > csv.field_size_limit():
-            return None  # the csv module refuses a field over its limit: the row reader says so
-        if set(map(str.count, body, repeat(","))) != {width - 1}:
+        if values.shape[0] != n:
             return None
-        cells = ",".join(body).split(",")
-        cells_x, cells_y = cells[ix::width], cells[iy::width]
-    try:
-        xs = np.array(list(map(float, cells_x)), dtype=np.float64)
-        ys = np.array(list(map(float, cells_y)), dtype=np.float64)
-    except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
-        return None
+        xs, ys = np.ascontiguousarray(values[:, 0]), np.ascontiguousarray(values[:, 1])
     if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
         return None
     return xs, ys

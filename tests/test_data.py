@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sgdtrace.check import run_checks
 from sgdtrace.cli import cli
@@ -317,3 +319,51 @@ def test_a_large_well_formed_csv_never_reaches_the_row_reader(tmp_path, monkeypa
     monkeypatch.setattr(data_module, "_parse_rows", refuse)
     ds = read_csv(str(path))
     assert np.array_equal(ds.x, x) and np.array_equal(ds.y, 2 * x + 10)
+
+
+_cell = st.one_of(
+    st.integers(-1000, 1000).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.floats(allow_nan=False, allow_infinity=False, width=32).map(lambda f: f"{f:.6e}"),
+    st.sampled_from(["", " ", "\t", "x", "nan", "1e39", "1e400", "-1e-400", "0x1", "1_0", " 2 ", '"3"', '"1,5"',
+                     "\x0b4", "\xa05", "1e", "+.5", "-0", "\u2003", "\x1c6", "Infinity"]),
+)
+_row = st.lists(_cell, min_size=0, max_size=4).map(",".join)
+_header = st.sampled_from(["x,y", "y,x", " X , Y ", "x,y,z", "id,x,y", "x", "a,b", "", "x,y,x", "\u00a0x,y"])
+_csv_text = st.builds(lambda lead, h, rows, nl, end: lead + h + nl + nl.join(rows) + end,
+                      st.sampled_from(["", "\n", " , \n", "\r\n"]), _header, st.lists(_row, max_size=8),
+                      st.sampled_from(["\n", "\r\n", "\r"]), st.sampled_from(["", "\n", "\n\n", "\r\n"]))
+
+
+_number = st.one_of(st.integers(-10**20, 10**20).map(str), st.floats(allow_nan=False, allow_infinity=False).map(repr),
+                    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: f"{f:.3e}"),
+                    st.sampled_from(["-0", "+1", ".5", "5.", "1E3", "1e-320", "007"]))
+_padded = st.builds(lambda pre, n, post: pre + n + post, st.sampled_from(["", "", " ", "\t"]), _number,
+                    st.sampled_from(["", "", " ", "\t"]))
+_well_formed = st.sampled_from(["x,y", "y,x", " X , Y ", "x,y,z", "id,x,y"]).flatmap(lambda h: st.builds(
+    lambda rows, nl, blank: h + nl + nl.join(rows if not blank else rows[:1] + [""] + rows[1:]) + nl,
+    st.lists(st.lists(_padded, min_size=h.count(",") + 1, max_size=h.count(",") + 1).map(",".join),
+             min_size=1, max_size=8),
+    st.sampled_from(["\n", "\r\n"]), st.booleans()))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(text=st.one_of(_csv_text, _well_formed))
+def test_the_fast_reader_agrees_with_the_row_reader_on_any_text(text):
+    """Whatever the text, the fast reader gives the row reader's values, or says the row reader must look."""
+    from sgdtrace.data import _parse_fast, _parse_rows
+
+    def outcome(parse):
+        try:
+            return parse(text, "l")
+        except DataError as exc:
+            return str(exc)
+
+    fast, slow = outcome(_parse_fast), outcome(_parse_rows)
+    if isinstance(fast, str):  # a bad header: refused the same way
+        assert fast == slow
+    elif fast is not None:
+        assert not isinstance(slow, str), slow
+        assert fast[0].dtype == fast[1].dtype == np.float64
+        for got, want in zip(fast, slow):  # bit for bit (-0.0 is not 0.0)
+            assert got.view(np.int64).tolist() == np.array(want, dtype=np.float64).view(np.int64).tolist()
