@@ -278,7 +278,7 @@ def load_toml(path: str) -> dict[str, Any]:
         out[key] = _check_type(key, value, where)
         if key in RUN_DEFAULTS:
             _check_run_option(key, value, where)
-        if key in ("data", "output") and not os.path.isabs(value):
+        if key in ("data", "output") and not os.path.isabs(value) and value != "-":
             out[key] = os.path.join(os.path.dirname(os.path.abspath(path)), value)
     return out
 

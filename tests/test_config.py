@@ -199,3 +199,9 @@ def test_to_dtype_rounds_as_numpy_does():
     with np.errstate(over="ignore"):
         want = values.astype(np.float32).astype(np.float64)
     assert [to_dtype(float(v), "float32") for v in values] == want.tolist()
+
+
+def test_data_dash_in_a_file_is_standard_input(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("data = '-'\n")
+    assert load_toml(str(path))["data"] == "-"  # not a file named '-' beside the config
