@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import click
 
 from sgdtrace import __version__
-from sgdtrace.config import DTYPES, FORMATS, build_config, load_toml
+from sgdtrace.config import DTYPES, FORMATS, build_config, load_toml, run_options
 from sgdtrace.errors import ConfigError, SgdtraceError
 
 EXIT_OK, EXIT_DIVERGE, EXIT_USAGE = 0, 1, 2
@@ -126,7 +126,15 @@ def _configure(kw: dict[str, Any], formats: tuple[str, ...] = FORMATS):
         raise ConfigError(f"{where} {fmt!r}: this command writes {', '.join(formats)}")
     output = kw.pop("output") or file_values.get("output")
     check_output_path(output)
-    return build_config(file_values, kw, path), fmt, output
+    cfg = build_config(file_values, kw, path)
+    warn(cfg.warnings)
+    return cfg, fmt, output
+
+
+def warn(lines: Iterable[str]) -> None:
+    """Options that do not apply to the run: one line each on stderr, not an error."""
+    for line in lines:
+        click.echo(f"sgdtrace: warning: {line}", err=True)
 
 
 def check_output_path(path: str | None) -> None:
@@ -205,9 +213,9 @@ def _exit_code(ok: bool) -> int:
 @cli.command()
 @training_options()
 @click.option("--rows", type=click.IntRange(min=0), default=None, help="Table rows before long runs are shortened (default 40; 0: all).")
-@click.option("--every", type=click.IntRange(min=1), default=1, metavar="K",
+@click.option("--every", type=click.IntRange(min=1), default=None, metavar="K",
               help="Table: show every K-th step (and the last).")
-@click.option("--reference", type=click.Choice(["none", "exact"]), default="none",
+@click.option("--reference", type=click.Choice(["none", "exact"]), default=None,
               help="exact: add a ground-truth column, the run replayed without rounding, and each engine's error.")
 @click.option("--gradcheck", is_flag=True,
               help="Check the chain-rule gradients against central differences in float64, per step.")
@@ -226,6 +234,10 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
     the parameters it started with; w and b are the values after the batch's update.
     """
     cfg, fmt, output = _configure(kw)
+    opts, unused = run_options(cfg, fmt, dict(rows=rows, every=every, reference=reference, gradcheck=gradcheck,
+                                              quiet=quiet))
+    warn(unused)
+    rows, every, reference, gradcheck, quiet = (opts[k] for k in ("rows", "every", "reference", "gradcheck", "quiet"))
     from sgdtrace.tracing import run_trace
 
     dataset = None
