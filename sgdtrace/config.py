@@ -111,7 +111,8 @@ class Config:
 
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("origin", "warnings", "view"))
 #: ``sgdtrace run``'s own options and their defaults (a file may set them too; see :func:`run_options`)
-RUN_DEFAULTS: Mapping[str, Any] = {"rows": None, "every": 1, "reference": "none", "gradcheck": False, "quiet": False}
+RUN_DEFAULTS: Mapping[str, Any] = {"rows": None, "every": 1, "reference": "none", "gradcheck": False, "quiet": False,
+                                   "batch": None, "epoch": None}
 REFERENCES = ("none", "exact")
 #: keys a TOML file may hold beyond the training options
 VIEW_KEYS = ("format", "output") + tuple(RUN_DEFAULTS)
@@ -119,7 +120,7 @@ KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
 
 _FLOAT_KEYS = {"lr", "init_w", "init_b", "true_w", "true_b", "noise", "momentum", "dampening",
                "weight_decay", "rtol", "atol"}
-_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "rows", "every"}
+_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "rows", "every", "batch", "epoch"}
 _BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "gradcheck", "quiet"}
 _STR_KEYS = {"data", "device", "dtype", "format", "output", "reference"}
 #: synthetic data's options: they do nothing without ``synthetic``
@@ -307,7 +308,7 @@ def _check_run_option(key: str, value: Any, where: str) -> None:
     """The checks click makes on ``run``'s flags, for the same keys in a file."""
     if key == "rows" and value < 0:
         raise ConfigError(f"{where} = {value}: must be a whole number >= 0 (0: all rows)")
-    if key == "every" and value < 1:
+    if key in ("every", "batch", "epoch") and value < 1:
         raise ConfigError(f"{where} = {value}: must be a whole number >= 1")
     if key == "reference" and value not in REFERENCES:
         raise ConfigError(f"{where} = {value!r}: allowed: " + ", ".join(REFERENCES))
@@ -368,9 +369,11 @@ def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[s
         else:
             out[key] = default
     warnings = []
-    if fmt != "table":
+    if fmt not in ("table", "html"):
         unused = [label[k] for k in ("rows", "every") if k in label]
         if unused:
             warnings.append(f"{' and '.join(unused)} ignored: {'they shape' if len(unused) > 1 else 'it shapes'} "
                             f"the table, and --format {fmt} writes every step")
+    if "epoch" in label and "batch" not in label:
+        warnings.append(f"{label['epoch']} ignored: it names the epoch of --batch, and no --batch was given")
     return out, warnings

@@ -96,7 +96,7 @@ def test_every_option_of_run_is_accepted_in_a_file():
     from sgdtrace.config import KNOWN_KEYS
 
     names = {p.name for p in run_command.params} - {"config_path"}
-    names = {"format" if n == "fmt" else n for n in names}
+    names = {{"fmt": "format", "batch_no": "batch", "epoch_no": "epoch"}.get(n, n) for n in names}
     assert names <= set(KNOWN_KEYS), names - set(KNOWN_KEYS)
 
 

@@ -104,7 +104,7 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     ax_path.set_title("path over the full-data loss")
     ax_path.legend(fontsize="small")
 
-    fig.suptitle(f"SGD on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, {cfg.epochs} epoch(s), "
+    fig.suptitle(f"SGD on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
                  f"{cfg.dtype}", fontsize="medium")
     fig.tight_layout()
     return fig
