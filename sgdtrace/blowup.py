@@ -262,7 +262,8 @@ def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.n
     n, sx, sxx = sums
     epoch_sums = (n, sx[row:row + 1], sxx[row:row + 1])
     limit = largest_stable_lr(epoch_sums, cfg, single)
-    per_epoch = float(np.exp(radius[row]))
+    log_r = float(radius[row])
+    per_epoch = math.exp(log_r) if log_r < 700 else math.inf
     with_mu = "" if cfg.momentum == 0 else (f" with Nesterov momentum {cfg.momentum:g}" if cfg.nesterov
                                             else f" with momentum {cfg.momentum:g}")
     lr_hint = None
@@ -282,7 +283,7 @@ def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.n
         elif sx.shape[1] > 1 and limit > single * 1.001:
             alone = f" (above {_sig(single)} some batch alone is not stable, but the cycle of batches is)"
         hint = (f"lr {cfg.lr:g}{with_mu} is above the largest stable rate {scope}, {_sig(limit)}{alone}; "
-                f"at lr {cfg.lr:g} one epoch multiplies the distance to the solution by up to {_sig(per_epoch)}; "
+                f"at lr {cfg.lr:g} one epoch multiplies the distance to the solution by up to {_times(log_r)}; "
                 f"try --lr {_fmt(lr_hint)}")
     return {"hint": hint, "stable_lr": single, "stable_lr_batch": float(stable[k]),
             "stable_lr_epoch": None if not math.isfinite(limit) else limit,
@@ -314,6 +315,14 @@ def round_down(rate: float) -> float:
 def _fmt(rate: float) -> str:
     """A learning rate as a user types it: %g-style, never ``0.`` and never a row of zeros."""
     return f"{rate:.6g}"
+
+
+def _times(log_r: float) -> str:
+    """A factor given by its natural log, readable however large (2.793, 1.2e+154)."""
+    if log_r < 700:
+        return _sig(math.exp(log_r))
+    exp10 = log_r / math.log(10)
+    return f"{10 ** (exp10 - math.floor(exp10)):.2g}e+{math.floor(exp10)}"
 
 
 def _sig(value: float) -> str:
