@@ -142,9 +142,12 @@ def _log_radius(n, sx, sxx, lrs, cfg: Config) -> np.ndarray:
         scale[~(scale > 0) | ~np.isfinite(scale)] = 1.0
         P /= scale[..., None, None]
         log_scale += np.log(scale)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        radius = np.abs(np.linalg.eigvals(P)).max(axis=-1)
-        return log_scale + np.log(radius)
+    ok = np.isfinite(P).all(axis=(-2, -1))  # a rate so large that the entries overflowed: unstable
+    radius = np.full(ok.shape, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if ok.any():
+            radius[ok] = np.abs(np.linalg.eigvals(P[ok])).max(axis=-1)
+        return np.where(ok, log_scale + np.log(radius), np.inf)
 
 
 def unstable(log_radius: np.ndarray) -> np.ndarray:
@@ -159,6 +162,7 @@ def largest_stable_lr(sums, cfg: Config, reference: float) -> float:
     rate is stable (momentum >= 1), ``inf`` when every rate scanned is.
     """
     one = tuple(a[:1] if a.ndim == 2 else a for a in sums)
+    reference = min(max(reference, 1e-200), 1e200)  # dampening 1 makes a single batch's limit infinite
     grid = reference * np.geomspace(1e-6, 1e4, 101)
     for _ in range(3):
         bad = unstable(epoch_log_radius(one, grid, cfg)[0])
@@ -251,12 +255,13 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
         out.update(hint="--maximize climbs the loss: gradient ascent on a convex loss grows without bound",
                    stable_lr=None, stable_lr_batch=None, stable_lr_epoch=None, radius=None, lr_hint=None)
     else:
-        out.update(_explain(cfg, plan, sums, radius, row, stable, k))
+        out.update(_explain(cfg, plan, sums, radius, row, stable, k, bool(nonfinite.any())))
     out.update(loss_start=divergence.json_number(start_loss), loss_end=divergence.json_number(end_loss))
     return out
 
 
-def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.ndarray, k: int) -> dict[str, Any]:
+def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.ndarray, k: int,
+             first_nonfinite: bool) -> dict[str, Any]:
     """The hint and the limits behind it, for a run that is not --maximize."""
     single = float(stable.min())
     n, sx, sxx = sums
@@ -267,7 +272,14 @@ def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.n
     with_mu = "" if cfg.momentum == 0 else (f" with Nesterov momentum {cfg.momentum:g}" if cfg.nesterov
                                             else f" with momentum {cfg.momentum:g}")
     lr_hint = None
-    if not unstable(radius).any():
+    at_once = k == 0 and first_nonfinite  # before any update could amplify anything
+    if at_once:
+        hint = (f"the values left the range of {cfg.dtype} at the very first step, before the learning rate "
+                f"could matter: check the data's scale and the initial w, b")
+        if unstable(radius).any() and limit > 0:
+            lr_hint = _hint_rate(cfg, sums, limit)
+            hint += f"; lr {cfg.lr:g} is too large as well (the largest stable rate is {_sig(limit)}): try --lr {_fmt(lr_hint)}"
+    elif not unstable(radius).any():
         hint = (f"lr {cfg.lr:g}{with_mu} is stable over every epoch's batches (the largest stable rate is "
                 f"{_sig(limit)}), yet the values left the range of {cfg.dtype}: check the data's scale and the "
                 f"initial w, b")

@@ -340,3 +340,15 @@ def test_nesterov_overshoot_that_recovers_is_not_a_blowup():
 def test_stable_article_runs_are_not_blowups(opts):
     t = run_trace(Config(**{"epochs": 100, **opts}))
     assert t.verdict.diverged_training is None
+
+
+def test_overflow_at_the_first_step_blames_the_scale_and_a_large_rate_too():
+    d = run_trace(Config(init_w=1e30, lr=1.0)).verdict.diverged_training
+    assert d["step"] == 1 and "check the data's scale and the initial w, b" in d["hint"]
+    assert d["hint"].endswith("try --lr 0.03") and d["lr_hint"] == 0.03
+
+
+def test_dampening_1_has_no_finite_limit_and_no_crash():
+    """dampening 1: the buffer keeps the first gradient only, so no rate amplifies (single-batch limit inf)."""
+    d = run_trace(Config(init_w=1e30, momentum=0.9, dampening=1.0)).verdict.diverged_training
+    assert d is not None and d["stable_lr_epoch"] is None and "--lr" not in d["hint"]
