@@ -352,3 +352,30 @@ def test_dampening_1_has_no_finite_limit_and_no_crash():
     """dampening 1: the buffer keeps the first gradient only, so no rate amplifies (single-batch limit inf)."""
     d = run_trace(Config(init_w=1e30, momentum=0.9, dampening=1.0)).verdict.diverged_training
     assert d is not None and d["stable_lr_epoch"] is None and "--lr" not in d["hint"]
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), noise=st.sampled_from([0.0, 0.5, 3.0]), batch_size=st.sampled_from([1, 2, 3, 5]),
+       opt=st.sampled_from([dict(), dict(momentum=0.5), dict(momentum=0.9), dict(momentum=0.9, nesterov=True),
+                            dict(momentum=0.9, dampening=0.3), dict(weight_decay=0.2)]),
+       share=st.floats(0.02, 0.9), shuffle=st.booleans())
+def test_any_rate_below_the_limit_is_never_a_blowup(seed, noise, batch_size, opt, share, shuffle):
+    """Below the first instability (for every epoch's order) the run converges: no mark, ever,
+    whatever the data, noise, batch size, optimizer options or order."""
+    from sgdtrace.blowup import batch_sums, epoch_log_radius, largest_stable_lr, stable_lr
+    from sgdtrace.data import plan, synthetic
+
+    cfg = Config(synthetic=12, noise=noise, seed=seed, batch_size=batch_size, epochs=12, shuffle=shuffle, **opt)
+    ds = synthetic(12, cfg.true_w, cfg.true_b, noise, seed)
+    p = plan(len(ds), cfg)
+    sums = batch_sums(ds.x, p, cfg)
+    limit = min(largest_stable_lr((sums[0], sums[1][e:e + 1], sums[2][e:e + 1]), cfg, float(stable_lr(ds.x, p, cfg).min()))
+                for e in range(sums[1].shape[0]))
+    lr = share * limit
+    assert (epoch_log_radius(sums, np.array([lr]), cfg) < 0).all()
+    t = run_trace(cfg.replace(lr=lr))
+    assert t.verdict.diverged_training is None
