@@ -157,13 +157,14 @@ def unstable(log_radius: np.ndarray) -> np.ndarray:
 def largest_stable_lr(sums, cfg: Config, reference: float) -> float:
     """The largest rate below which one epoch's update product (first row of ``sums``) is stable.
 
-    Scanned upward from far below ``reference`` (a single batch's limit): 10 rates a decade over
-    ten decades, then the bracket around the first unstable rate refined twice. ``0.0`` when no
-    rate is stable (momentum >= 1), ``inf`` when every rate scanned is.
+    Scanned upward from far below ``reference`` (a single batch's limit): 100 rates a decade from
+    1e-4 to 1e3 times it, since with momentum instability can come in narrow bands below stable
+    rates; then the bracket around the first unstable rate refined twice (to 2.3e-5 relative).
+    ``0.0`` when no rate is stable (momentum >= 1), ``inf`` when every rate scanned is.
     """
     one = tuple(a[:1] if a.ndim == 2 else a for a in sums)
     reference = min(max(reference, 1e-200), 1e200)  # dampening 1 makes a single batch's limit infinite
-    grid = reference * np.geomspace(1e-6, 1e4, 101)
+    grid = reference * np.geomspace(1e-4, 1e3, 701)
     for _ in range(3):
         bad = unstable(epoch_log_radius(one, grid, cfg)[0])
         if not bad.any():
