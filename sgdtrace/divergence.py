@@ -197,17 +197,21 @@ CHUNK_SAMPLES = 1 << 16
 
 
 def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start: np.ndarray,
-                w_mag: np.ndarray, b_mag: np.ndarray) -> dict[str, np.ndarray]:
+                w_mag: np.ndarray, b_mag: np.ndarray, dw: np.ndarray, db: np.ndarray,
+                u: float) -> dict[str, np.ndarray]:
     """Per step, sums over the batch's samples (float64, vectorised over all steps of an epoch).
 
-    ``d`` is |the manual engine's residual| at its starting (w, b), ``sd`` the residual itself;
+    ``sd`` is the manual engine's residual at its starting (w, b), ``e = x*dw + db`` what the
+    measured differences make of it, so ``sd - e`` is torch's. ``d`` (the d-bar of the module's
+    docstring) bounds |the residual either engine computed|: ``max(|sd|, |sd - e|) + 3u*M``.
+    ``dp``, ``dn`` bound its positive and negative parts (the overflow rule's signs).
     ``M`` uses the largest |w|, |b| either engine started from.
     """
     spe = plan.steps_per_epoch
     sizes = plan.batch_sizes()
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if spe else np.zeros(0, dtype=np.int64)
     n_used = int(sizes.sum())
-    keys = ("x", "ax", "xx", "M", "xM", "d", "dx", "dd", "dM", "sd", "sdx")
+    keys = ("x", "ax", "xx", "M", "xM", "d", "dx", "dd", "dM", "sd", "sdx", "eM", "de", "ee", "pb", "nb", "pw", "nw")
     out = {k: np.empty(plan.n_steps) for k in keys}
     # whole batches at a time, about CHUNK_SAMPLES samples per chunk: the per-sample temporaries
     # stay small on a ten-million-sample epoch, and each batch's sums are the same as in one go
@@ -221,15 +225,25 @@ def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start
             idx = order[lo:hi]
             xe, ye = x[idx], y[idx]
             sl = slice(epoch * spe + j0, epoch * spe + j1)
-            ws, bs = np.repeat(w_start[sl], sizes[j0:j1]), np.repeat(b_start[sl], sizes[j0:j1])
-            wm, bm = np.repeat(w_mag[sl], sizes[j0:j1]), np.repeat(b_mag[sl], sizes[j0:j1])
+            rep = sizes[j0:j1]
+            ws, bs = np.repeat(w_start[sl], rep), np.repeat(b_start[sl], rep)
+            wm, bm = np.repeat(w_mag[sl], rep), np.repeat(b_mag[sl], rep)
             ax = np.abs(xe)
             with np.errstate(over="ignore", invalid="ignore"):
                 M = wm * ax + bm + np.abs(ye)
                 sd = ws * xe + bs - ye
-                d = np.abs(sd)
+                e = xe * np.repeat(dw[sl], rep) + np.repeat(db[sl], rep)
+                st = sd - e
+                slack = 3 * u * M
+                d = np.fmax(np.abs(sd), np.abs(st)) + slack
+                # not-a-number (inf - inf) bounds nothing: inf, so that it reaches any threshold
+                dp = np.where(np.isnan(d), np.inf, np.fmax(np.fmax(sd, st), 0.0) + slack)
+                dn = np.where(np.isnan(d), np.inf, np.fmax(np.fmax(-sd, -st), 0.0) + slack)
+                pos = xe >= 0
                 per_sample = {"x": xe, "ax": ax, "xx": xe * xe, "M": M, "xM": ax * M, "d": d,
-                              "dx": d * ax, "dd": d * d, "dM": d * M, "sd": sd, "sdx": sd * xe}
+                              "dx": d * ax, "dd": d * d, "dM": d * M, "sd": sd, "sdx": sd * xe,
+                              "eM": np.abs(e) * M, "de": d * np.abs(e), "ee": e * e, "pb": dp, "nb": dn,
+                              "pw": dp + np.where(pos, dp, dn) * ax, "nw": dn + np.where(pos, dn, dp) * ax}
                 for k in keys:
                     out[k][sl] = np.add.reduceat(per_sample[k], starts[j0:j1] - lo)
     return out
@@ -253,15 +267,22 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
          for f, init in (("w", config.init_w), ("b", config.init_b))}
     w_start = _shift(a["w"], float(_cast(np.array([config.init_w]), dtype)[0]))
     b_start = _shift(a["b"], float(_cast(np.array([config.init_b]), dtype)[0]))
-    s = _batch_sums(xr, yr, plan, w_start, b_start, p["w"].mag, p["b"].mag)
     dw, db = p["w"].carry, p["b"].carry  # signed: manual minus torch, at the step's start
+    u = unit_roundoff(dtype)
+    s = _batch_sums(xr, yr, plan, w_start, b_start, p["w"].mag, p["b"].mag, dw, db, u)
 
     depth = np.minimum(n - 1, np.ceil(np.log2(n)) + 16)
+    # C is computed here in float64: its own error, in units of the run's u (see the docstring)
+    c64 = unit_roundoff("float64") / u
     with np.errstate(over="ignore", invalid="ignore"):
+        adw, adb = np.abs(dw), np.abs(db)
         E = {
-            "grad_w": (2 / n) * (3 * s["xM"] + (3 + depth) * s["dx"]),
-            "grad_b": (2 / n) * (3 * s["M"] + (2 + depth) * s["d"]),
-            "loss": (1 / n) * (6 * s["dM"] + (2 + depth) * s["dd"]),
+            "grad_w": (2 / n) * (3 * s["xM"] + (3 + depth) * s["dx"]
+                                 + c64 * (4 + depth) * (s["xx"] * adw + s["ax"] * adb)),
+            "grad_b": (2 / n) * (3 * s["M"] + (2 + depth) * s["d"]
+                                 + c64 * (4 + depth) * (s["ax"] * adw + n * adb)),
+            "loss": (1 / n) * (6 * s["dM"] + (2 + depth) * s["dd"] + c64 * 6 * s["eM"]
+                               + c64 * (5 + depth) * (2 * s["de"] + s["ee"])),
         }
         carried = {
             "grad_w": (2 / n) * (s["xx"] * dw + s["x"] * db),
@@ -271,6 +292,10 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
         }
         tol = {f: atol + rtol * E[f] for f in E}
         peak = {"grad_w": 2 * (s["M"] + s["xM"]), "grad_b": 2 * s["M"], "loss": s["M"] + s["M"] * s["M"]}
+        # a sum of terms of both signs can overflow either way in engines adding in different orders
+        big = float(np.finfo(np.dtype(dtype)).max)
+        both = {"grad_w": ~(2 * s["pw"] < big) & ~(2 * s["nw"] < big),
+                "grad_b": ~(2 * s["pb"] < big) & ~(2 * s["nb"] < big)}
 
         # the update, operation by operation as torch.optim.SGD does it
         momentum = config.momentum != 0
@@ -298,13 +323,15 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
             carried[name] = new.carry
             peak[name] = new.mag
 
-    return {f: _distances(a[f], b[f], tol[f], dtype, peak[f], carried[f]) for f in tol}
+    return {f: _distances(a[f], b[f], tol[f], dtype, peak[f], carried[f], both.get(f)) for f in tol}
 
 
 def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,
-               peak: np.ndarray | None = None, carried: np.ndarray | None = None) -> FieldDivergence:
+               peak: np.ndarray | None = None, carried: np.ndarray | None = None,
+               both: np.ndarray | None = None) -> FieldDivergence:
     """Distances and agreement: ``|a - b - carried| <= tol``; ``peak`` bounds the intermediates'
-    magnitude (overflow, see the module's docstring)."""
+    magnitude, ``both`` says where they can overflow in either direction (overflow, see the
+    module's docstring)."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     if carried is None:
         carried = np.zeros_like(a64)
@@ -322,6 +349,8 @@ def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,
         ok_finite = finite & ((fresh <= tol) | unbounded)
         same = (np.isnan(a64) & np.isnan(b64)) | (np.isinf(a64) & (a64 == b64))
         opposite = np.isinf(a64) & np.isinf(b64) & (a64 != b64)
+        if both is not None:
+            opposite &= ~both
         ok_nonfinite = ~fa & ~fb & (same | (overflowed & ~opposite) | ~np.isfinite(carried))
         fin_mag = np.where(fa, np.abs(a64), np.abs(b64))
         ok_mixed = (fa ^ fb) & (overflowed | (fin_mag + tol + np.abs(carried) >= big))

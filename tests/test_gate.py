@@ -375,13 +375,18 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
         xs, ys = [xr[i] for i in idx], [yr[i] for i in idx]
         M = [wm * abs(xi) + bm + abs(yi) for xi, yi in zip(xs, ys)]
         sd = [wa * xi + ba - yi for xi, yi in zip(xs, ys)]  # the manual engine's residuals, signed
-        d = [abs(v) for v in sd]
-        E = {
-            "grad_w": 2 / n * (3 * sum(abs(xi) * m for xi, m in zip(xs, M)) + (3 + D) * sum(di * abs(xi) for di, xi in zip(d, xs))),
-            "grad_b": 2 / n * (3 * sum(M) + (2 + D) * sum(d)),
-            "loss": 1 / n * (6 * sum(di * m for di, m in zip(d, M)) + (2 + D) * sum(di * di for di in d)),
-        }
         e = [xi * dw + db for xi in xs]  # each residual's carried difference
+        # d-bar: either engine's computed |residual| at most (torch's exact one is sd - e)
+        d = [max(abs(si), abs(si - ei)) + 3 * u * m for si, ei, m in zip(sd, e, M)]
+        c64 = 2.0**-53 / u  # C's own float64 rounding, in units of u
+        E = {
+            "grad_w": 2 / n * (3 * sum(abs(xi) * m for xi, m in zip(xs, M)) + (3 + D) * sum(di * abs(xi) for di, xi in zip(d, xs))
+                               + c64 * (4 + D) * sum(xi * xi * abs(dw) + abs(xi) * abs(db) for xi in xs)),
+            "grad_b": 2 / n * (3 * sum(M) + (2 + D) * sum(d) + c64 * (4 + D) * sum(abs(xi) * abs(dw) + abs(db) for xi in xs)),
+            "loss": 1 / n * (6 * sum(di * m for di, m in zip(d, M)) + (2 + D) * sum(di * di for di in d)
+                             + c64 * 6 * sum(abs(ei) * m for ei, m in zip(e, M))
+                             + c64 * (5 + D) * sum(2 * di * abs(ei) + ei * ei for di, ei in zip(d, e))),
+        }
         C = {
             "grad_w": 2 / n * sum(ei * xi for ei, xi in zip(e, xs)),
             "grad_b": 2 / n * sum(e),
