@@ -16,20 +16,42 @@ from parameters that already differ a little. Per step and field, with ``Δ = ma
   in its inputs, so C carries the measured signed differences through it exactly. So every
   step is judged as a step: only what it adds on its own must be rounding.
 
-* ``E`` (rounding scale): a first-order bound, in units of the unit roundoff u, on the
-  rounding error ONE engine makes in that value, built from the magnitudes it rounded.
+* ``E`` (rounding scale): a bound, in units of the unit roundoff u, on the rounding error ONE
+  engine (either one) makes in that value, built from the magnitudes it rounded.
   For a batch of n samples at the step's starting parameters (w, b), with
-  ``M_i = |w x_i| + |b| + |y_i|`` (what d_i = w*x_i + b - y_i is rounded from, 3 roundings)
-  and ``D = min(n-1, ceil(log2 n) + 16)`` (a depth for the sums: NumPy's pairwise sum, which
+  ``M_i = |w x_i| + |b| + |y_i|`` (what d_i = w*x_i + b - y_i is rounded from, 3 roundings, so
+  each engine's computed residual is within ``3u*M_i`` of its exact one) and
+  ``D = min(n-1, ceil(log2 n) + 16)`` (a depth for the sums: NumPy's pairwise sum, which
   adds 8-way blocks of up to 128 numbers and halves above that, has depth at most
   ``log2 n + 12``; torch's reductions are blocked and vectorised likewise)::
 
-      E[grad_w] = (2/n) * (3*sum |x_i| M_i + (3 + D) * sum |d_i x_i|)
-      E[grad_b] = (2/n) * (3*sum M_i       + (2 + D) * sum |d_i|)
-      E[loss]   = (1/n) * (6*sum |d_i| M_i + (2 + D) * sum d_i^2)
+      dbar_i    = max(|d_i|, |d_i - e_i|) + 3u*M_i
+      E[grad_w] = (2/n) * (3*sum |x_i| M_i + (3 + D) * sum dbar_i |x_i|)
+      E[grad_b] = (2/n) * (3*sum M_i       + (2 + D) * sum dbar_i)
+      E[loss]   = (1/n) * (6*sum dbar_i M_i + (2 + D) * sum dbar_i^2)
 
-  and for w, b and the momentum buffers, one term per operation of torch.optim.SGD's update,
-  each the size of that operation's own result (see :class:`_Bound`).
+  ``d_i`` is the manual engine's exact residual, ``d_i - e_i`` torch's (``e_i = x_i dw + db``), so
+  ``dbar_i`` bounds |the residual either engine computed|, whichever of them rounded to zero.
+  That closes the first-order model's hole: the loss's error is
+  ``|dhat^2 - d^2| <= 2|d| eps + eps^2`` with ``eps <= 3u*M``; the first-order term alone,
+  ``6u|d|M``, is 0 where d is 0 while eps^2 = (3u*M)^2 is not, and ``6u*dbar*M`` covers both
+  (``6u(|d| + 3uM)M >= 6u|d|M + 9u^2 M^2``); the sums' and squares' roundings are of the
+  computed residuals, at most dbar each, and the same for the gradients.
+
+  C is computed here in float64 from the measured differences: its own error enters E too
+  (negligible in float32 runs; in float64 runs d_i is itself known to ``3u*M_i`` only, and a
+  C predicting a difference that rounding wiped out must be allowed for), with
+  ``u64 = 2^-53``::
+
+      E[grad_w] += (u64/u) (2/n) (4 + D) (sum x_i^2 |dw| + sum |x_i| |db|)
+      E[grad_b] += (u64/u) (2/n) (4 + D) (sum |x_i| |dw| + n |db|)
+      E[loss]   += (u64/u) (1/n) (6 sum |e_i| M_i + (5 + D) sum (2 dbar_i |e_i| + e_i^2))
+
+  For w, b and the momentum buffers, one term per operation of torch.optim.SGD's update, each
+  the size of that operation's own result, the larger of both engines' (see :class:`_Bound`):
+  a result that rounds to zero in one engine is sized by the other's, and one that is exactly
+  zero came from an exact subtraction. Their carries' own float64 rounding is second order
+  (u64 times a difference of a few ulps) and left out.
 
   Near convergence d_i is tiny while M_i is not: E stays large while the gradient is small,
   so the gradients' relative difference can be large (18% after 3,000 epochs on the
@@ -42,14 +64,24 @@ from parameters that already differ a little. Per step and field, with ``Δ = ma
   reduction trees). ``atol`` defaults to the dtype's smallest normal number, for underflow.
   Both can be set with ``--rtol`` and ``--atol``: then ``rtol`` replaces the ``4u``.
 
-A systematic error smaller than one step's rounding allowance (about two ulps of the
-parameter) can pass the steps where it is made; the offset it builds up is carried exactly
-into later steps' values, where it shows: a bias of one ulp per step on w and b over the
-article's data is caught at step 1,795 (tested), while honest runs use at most half of the
-allowance (2,772 random runs over every option: at most 49.6%).
+What a per-step judge cannot see: a systematic error smaller than one step's rounding
+allowance (about two ulps of the parameter). Measured on the article's data over 3,000 epochs:
+a bias of 2 ulps per step on w and b is caught at step 5 (float32; step 11 in float64), one
+ulp per step passes (it uses 99% of the allowance at worst). A drift judge over steps (the
+running sum of the signed residuals ``Δ - C`` against a random-walk bound) is not used: honest
+rounding is deterministic, and on a cycle of batches it repeats, so that sum drifts linearly in
+honest runs too (on the same run it reaches 6.9 times its random-walk scale at step 9,000 and
+grows like sqrt(steps); a 1-ulp bias reaches 57), and any fixed constant raises false alarms on
+a long enough run. Honest runs use at most half of the allowance (see the README for the study).
 
 Non-finite values: nan on both sides, or infinities of the same sign, agree; infinities of
-opposite signs do not (unless the step started from non-finite values). A finite value against
+opposite signs do not (unless the step started from non-finite values), except for a gradient
+whose terms can reach the overflow threshold in both directions: engines that add them in
+different orders can overflow one to +inf and the other to -inf. The terms' positive and
+negative parts are bounded per sample by ``max(d_i, d_i - e_i, 0) + 3u*M_i`` and
+``max(-d_i, e_i - d_i, 0) + 3u*M_i`` (times ``1 + |x_i|`` for dl/dw, sign by sign); both
+sums, doubled, must reach the threshold. A loss (a sum of squares) and the two-operand
+updates cannot overflow both ways. A finite value against
 an infinite or nan one agrees only when the finite one is within tolerance of the overflow
 threshold, or when an intermediate of its computation can reach that threshold. The engines compute through
 intermediates larger than the result, in different orders: the manual engine forms ``2*d_i``
