@@ -78,8 +78,8 @@ Non-finite values: nan on both sides, or infinities of the same sign, agree; inf
 opposite signs do not (unless the step started from non-finite values), except for a gradient
 whose terms can reach the overflow threshold in both directions: engines that add them in
 different orders can overflow one to +inf and the other to -inf. The terms' positive and
-negative parts are bounded per sample by ``max(d_i, d_i - e_i, 0) + 3u*M_i`` and
-``max(-d_i, e_i - d_i, 0) + 3u*M_i`` (times ``1 + |x_i|`` for dl/dw, sign by sign); both
+negative parts are bounded per sample by ``max(d_i + 3u*M_i, d_i - e_i + 3u*M_i, 0)`` and
+``max(3u*M_i - d_i, e_i - d_i + 3u*M_i, 0)`` (times ``1 + |x_i|`` for dl/dw, sign by sign); both
 sums, doubled, must reach the threshold. A loss (a sum of squares) and the two-operand
 updates cannot overflow both ways. A finite value against
 an infinite or nan one agrees only when the finite one is within tolerance of the overflow
@@ -269,8 +269,8 @@ def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start
                 slack = 3 * u * M
                 d = np.fmax(np.abs(sd), np.abs(st)) + slack
                 # not-a-number (inf - inf) bounds nothing: inf, so that it reaches any threshold
-                dp = np.where(np.isnan(d), np.inf, np.fmax(np.fmax(sd, st), 0.0) + slack)
-                dn = np.where(np.isnan(d), np.inf, np.fmax(np.fmax(-sd, -st), 0.0) + slack)
+                dp = np.where(np.isnan(d), np.inf, np.fmax(np.fmax(sd, st) + slack, 0.0))
+                dn = np.where(np.isnan(d), np.inf, np.fmax(np.fmax(-sd, -st) + slack, 0.0))
                 pos = xe >= 0
                 per_sample = {"x": xe, "ax": ax, "xx": xe * xe, "M": M, "xM": ax * M, "d": d,
                               "dx": d * ax, "dd": d * d, "dM": d * M, "sd": sd, "sdx": sd * xe,
