@@ -18,7 +18,8 @@ from sgdtrace.tracing import run_trace
 
 @st.composite
 def converging_runs(draw):
-    """Noise-free data (so the residuals reach zero), batch size 1 or 2, long enough to converge."""
+    """Noise-free data (so the residuals reach zero), batch size 1 or 2, long enough to converge;
+    x is in [0, 10), so every rate below 1/(10^2 + 1) is stable on every batch."""
     n = draw(st.integers(2, 120))
     batch_size = draw(st.sampled_from([1, 2]))
     dtype = draw(st.sampled_from(["float32", "float64"]))
@@ -27,7 +28,7 @@ def converging_runs(draw):
     return Config(synthetic=n, batch_size=batch_size, epochs=epochs, dtype=dtype,
                   true_w=draw(st.sampled_from([2.0, -1.5, 0.5, 3.0])),
                   true_b=draw(st.sampled_from([10.0, -4.0, 0.25, 1.0])),
-                  lr=draw(st.sampled_from([0.01, 0.02, 0.05])),
+                  lr=draw(st.sampled_from([0.004, 0.008, 0.0095])),
                   shuffle=draw(st.booleans()), seed=draw(st.integers(0, 2**31)))
 
 
