@@ -524,3 +524,16 @@ def test_the_reply_is_never_unpickled(tmp_path):
     reply = user._decode(user._encode({"ok": True, "parts": ["gradients"], "not_kept": [],
                                        "columns": {"w": np.arange(3, dtype=np.float32)}, "forward": None}))
     assert reply["columns"]["w"].dtype == np.float32 and reply["forward"] is None
+
+
+def test_a_config_file_names_the_engine_relative_to_itself(tmp_path):
+    sub = tmp_path / "course"
+    sub.mkdir()
+    (sub / "mine.py").write_text(CORRECT.read_text())
+    (sub / "run.toml").write_text('engine = "mine.py"\nengine_timeout = 30\nmomentum = 0.9\n')
+    result = cli_run("run", "--config", str(sub / "run.toml"), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["config"]["engine"]["name"] == "mine.py"
+    (sub / "bad.toml").write_text("engine = 3\n")
+    bad = cli_run("run", "--config", str(sub / "bad.toml"))
+    assert bad.exit_code == 2 and "'engine' in bad.toml = 3: must be a string" in bad.stderr
