@@ -144,7 +144,8 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     if trace.verdict.first_divergent_step is not None:  # name the likely mistake where the numbers support one
         from sgdtrace.diagnosis import diagnose_step
 
-        trace.verdict.first_divergent_step["diagnosis"] = diagnose_step(trace)
+        trace.verdict.first_divergent_step = dataclasses.replace(trace.verdict.first_divergent_step,
+                                                                 diagnosis=diagnose_step(trace))
     return trace
 
 

@@ -451,7 +451,7 @@ def test_check_writes_junit_xml_in_the_shape_ci_systems_read(tmp_path):
     for case in cases:
         assert case.get("classname").startswith("sgdtrace.check.") and case.get("name") and case.get("time")
         (failure,) = case.findall("failure")
-        assert failure.get("message").startswith("DIVERGE: first at epoch 1 batch 1 (step 1)")
+        assert failure.get("message").startswith("✗ diverge  first at epoch 1 batch 1 (step 1)")
         assert "Likely mistake: dl/dw is 1/2 times the right value" in failure.get("message")
     ok = cli_run("check", *configs, "--engine", str(CORRECT), "--format", "junit")
     assert ok.exit_code == 0
@@ -490,7 +490,7 @@ def test_assert_matches_torch_both_ways():
     with pytest.raises(AssertionError) as failed:
         assert_matches_torch(MISTAKE)
     message = str(failed.value)
-    assert "DIVERGE: first at epoch 1 batch 1 (step 1), dl/dw" in message
+    assert "✗ diverge  first at epoch 1 batch 1 (step 1), dl/dw" in message
     assert "yours -13.33333" in message and "torch's -26.66666" in message and "allowance" in message
     assert "1/2 times the right value" in message
 
