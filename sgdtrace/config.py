@@ -460,10 +460,10 @@ class Schedule:
 
 def _check_arg(name: str, key: str, kind: str, value: Any, where: str) -> Any:
     def bad() -> ConfigError:
-        return ConfigError(f"{where}: {name} {key} = {_toml_repr(value) if not isinstance(value, float) else value!r}"
-                           f": must be {_KIND_TEXT[kind]}")
+        shown = repr(value) if isinstance(value, float) else _toml_repr(value)
+        return ConfigError(f"{where}: {name} {key} = {shown}: must be {_KIND_TEXT[kind]}")
 
-    if kind.startswith("int"):
+    if kind in ("int>=1", "int>=0"):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if kind == "int>=1" else 0):
             raise bad()
     elif kind.startswith("float"):

@@ -88,7 +88,8 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     k = trace.plan.step(batch, epoch)
     cfg = trace.config
     backend = backend_for(trace)
-    eng = manual.engine(cfg, backend)
+    eng = manual.engine(cfg, backend, trace.plan)
+    hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
     man = trace.manual
 
     def start(field: str, init: float | None) -> float | None:
@@ -104,8 +105,11 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     r = manual.forward_backward(w, b, xb, yb, len(idx), backend.scalar)
     states = {p: {key: backend.param(state0[state_field(key, p)]) for key in eng.state_keys
                   if state0[state_field(key, p)] is not None} for p in ("w", "b")}
-    w1 = eng.update(w, r.grad_w, states["w"], eng.hp)
-    b1 = eng.update(b, r.grad_b, states["b"], eng.hp)
+    if k > 0:  # the optimizer's step count, as torch keeps it beside the state ("step")
+        for st in states.values():
+            st["step"] = k
+    w1 = eng.update(w, r.grad_w, states["w"], hp)
+    b1 = eng.update(b, r.grad_b, states["b"], hp)
     state1 = {state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")}
 
     got = {"grad_w": r.grad_w, "grad_b": r.grad_b, "loss": r.loss, "w": w1, "b": b1, **state1}

@@ -120,6 +120,9 @@ def div(x: Track, y: Track) -> Track:
 def sqrt(x: Track, u: float) -> Track:
     """``sqrt(x)``: torch's CPU kernel is within 1.5 ulp (3u|result|, see the module docstring).
 
+    Where the argument is within its own rounding error of zero (RMSprop's centered ``v - g_avg**2``
+    with alpha near 0) the root is rounding noise or nan in either engine: its bound is infinite.
+
     An error ``D = u*rnd`` in x moves sqrt(x) by at most ``min(D / (sqrt(x) + sqrt(max(x - D, 0))), sqrt(D))``;
     carried ``sqrt(x) - sqrt(x - c) = c / (sqrt(x) + sqrt(x - c))``.
     """
@@ -133,7 +136,10 @@ def sqrt(x: Track, u: float) -> Track:
         moved = np.minimum(D / (v + np.sqrt(np.maximum(xv - D, 0.0))), np.sqrt(D))
         moved = np.where(D > 0, moved, 0.0)
         out = x._out(v, 0.0, carry)
-        out.rnd = moved / u + 3 * out.mag
+        # an argument within its rounding of zero can be negative in either engine: the root is
+        # then nan or rounding noise, and so is all that follows from it (not judged: inf)
+        noise = (D > 0) & (x.v - D <= 0)
+        out.rnd = np.where(noise, np.inf, moved / u + 3 * out.mag)
     return out
 
 
