@@ -13,6 +13,9 @@ class MissingMatplotlib(SgdtraceError):
     """matplotlib (the ``plot`` extra) is not installed: an input error, exit code 2."""
 
 
+from sgdtrace.config import OPTIMIZER_CLASSES
+
+
 def require_pyplot():
     """matplotlib's pyplot on the Agg backend, or a one-line error naming the extra to install."""
     try:
@@ -57,6 +60,11 @@ def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: in
     ax_loss.set_xlabel("step")
     ax_loss.set_title("batch loss per step")
     ax_loss.legend(fontsize="small")
+    if "lr" in man:  # a schedule: its rate on a second axis
+        ax_lr = ax_loss.twinx()
+        ax_lr.plot(steps, man["lr"], color="tab:green", lw=1.0, ls="--")
+        ax_lr.set_ylabel("learning rate (dashed)", color="tab:green")
+        ax_lr.tick_params(axis="y", colors="tab:green")
 
     ax_wb.plot(steps, man["w"], color="tab:blue", label="w")
     ax_wb.plot(steps, man["b"], color="tab:orange", label="b")
@@ -91,7 +99,7 @@ def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: in
     ax_path.set_title("path over the full-data loss")
     ax_path.legend(fontsize="small")
 
-    fig.suptitle(f"SGD on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, {cfg.epochs} epoch(s), "
+    fig.suptitle(f"{OPTIMIZER_CLASSES[cfg.optimizer]} on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, {cfg.epochs} epoch(s), "
                  f"{cfg.dtype}", fontsize="medium")
     fig.tight_layout()
     from sgdtrace.output import atomic_write

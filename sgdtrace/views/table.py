@@ -13,7 +13,7 @@ from rich.text import Text
 from sgdtrace.divergence import tolerances
 from sgdtrace.engines.protocol import FIELDS
 from sgdtrace.views.export import verdict_sentence
-from sgdtrace.views.fmt import LABELS, describe_data, fit, num, percent, sci
+from sgdtrace.views.fmt import LABELS, describe_data, fit, label, num, percent, sci
 
 #: rows shown in full up to this many steps; longer runs show the first and last rows
 DEFAULT_ROWS = 40
@@ -24,7 +24,7 @@ ARTICLE_ORDER = ("grad_w", "grad_b", "lr", "w", "b", "loss")
 def _title(trace) -> str:
     cfg = trace.config
     opts = []
-    if cfg.momentum:
+    if cfg.momentum and cfg.optimizer == "sgd":
         opts.append(f"momentum {cfg.momentum:g}" + (" nesterov" if cfg.nesterov else "")
                     + (f" dampening {cfg.dampening:g}" if cfg.dampening else ""))
     if cfg.weight_decay:
@@ -36,10 +36,28 @@ def _title(trace) -> str:
     if cfg.drop_last:
         opts.append("drop last")
     epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
-    return (f"SGD on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
+    if cfg.optimizer != "sgd":
+        opts.insert(0, _optimizer_options(cfg))
+    if cfg.scheduler is not None:
+        opts.append(f"{cfg.scheduler.name} per {cfg.scheduler.interval}")
+    name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}[cfg.optimizer]
+    return (f"{name} on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
             f"lr {cfg.lr:g} · batch size {cfg.batch_size} · {epochs}"
             + (f" · init w {cfg.init_w:g}, b {cfg.init_b:g}" if cfg.init_w or cfg.init_b else "")
             + "".join(" · " + o for o in opts) + f" · {cfg.dtype} on {trace.device}")
+
+
+def _optimizer_options(cfg) -> str:
+    """The optimizer's own options, as torch names them (only those that are not torch's default)."""
+    from sgdtrace.config import _OPTION_DEFAULTS, OPTIMIZER_DEFAULTS, OPTIMIZER_OPTIONS
+
+    out = []
+    for key in OPTIMIZER_OPTIONS[cfg.optimizer]:
+        value = getattr(cfg, key)
+        default = OPTIMIZER_DEFAULTS[cfg.optimizer].get(key, _OPTION_DEFAULTS.get(key))
+        if value != default and value is not None:
+            out.append(key if value is True else f"{key} {','.join(f'{b:g}' for b in value) if key == 'betas' else f'{value:g}'}")
+    return " ".join(out) if out else "torch's defaults"
 
 
 def shown_steps(n_steps: int, rows: int | None, every: int = 1,
@@ -111,7 +129,11 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
     are shown as 1e5, 5.5e7, ...).
     """
     fields = table_fields(trace)
-    buffers = any(f not in FIELDS for f in fields)
+    scheduled = "lr" in fields  # a schedule: the rate of each step, on both lines, judged
+    state = [f for f in fields if f not in FIELDS and f != "lr"]
+    if len(state) > 2:  # Adam & co.: the optimizer's state gets its own table (state_table)
+        fields = tuple(f for f in fields if f not in state)
+    buffers = any(f not in FIELDS and f != "lr" for f in fields)
     width, digits = (8, 5) if buffers else (9, 6)
     multi = trace.config.epochs > 1
     # with the buffers, the columns are set one space apart instead of two
@@ -119,12 +141,14 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
                   title=_title(trace), title_justify="left", title_style="bold")
     # the article's column order: n, dl/dw, dl/db, lr, w, b, loss (then the buffers)
     order = [f for f in ARTICLE_ORDER if f in fields or (f == "lr" and not buffers)]
+    if scheduled and "lr" not in order:
+        order.insert(2, "lr")
     order += [f for f in fields if f not in ARTICLE_ORDER]
     table.add_column("ep:b" if multi else "batch", justify="right")
     table.add_column("n", justify="right")
     table.add_column("", justify="left")
     for f in order:
-        table.add_column(LABELS.get(f, f), justify="right")
+        table.add_column(label(f), justify="right")
     table.add_column("ulp", justify="right")
 
     ok_all = None
@@ -158,7 +182,7 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
             mark = Text("⚠ ", style="bold yellow") + mark
 
         def row(values: dict, lr_cell="") -> list:
-            return [lr_cell if f == "lr" else values.get(f, "") for f in order]
+            return [lr_cell if f == "lr" and not scheduled else values.get(f, "") for f in order]
 
         def cell(value, f: str) -> Text:
             return Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
@@ -182,6 +206,37 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
     return table
 
 
+def state_table(trace, rows: int | None = None, every: int = 1) -> Table | None:
+    """The optimizer's state per shown step, hand and torch (when there is more of it than the step
+    table's two compact buffer columns hold: Adam's exp_avg and exp_avg_sq, ...)."""
+    state = [f for f in table_fields(trace) if f not in FIELDS and f != "lr"]
+    if len(state) <= 2:
+        return None
+    multi = trace.config.epochs > 1
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
+                  title=f"{trace.config.optimizer}'s state (torch's names)", title_justify="left", title_style="bold")
+    table.add_column("ep:b" if multi else "batch", justify="right")
+    table.add_column("", justify="left")
+    for f in state:
+        table.add_column(label(f), justify="right")
+    v = trace.verdict
+    keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
+    shown = shown_steps(trace.n_steps, rows, every, keep)
+    for k in shown:
+        if k is None:
+            table.add_row("⋮", "", *(["⋮"] * len(state)), end_section=True)
+            continue
+        step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
+
+        def cell(value, f: str) -> Text:
+            return Text(fit(value, 9, 6), style="" if trace.divergence[f].ok[k] else "bold red")
+
+        table.add_row(step, "hand", *(cell(trace.manual[f][k], f) for f in state))
+        table.add_row("", Text("torch", style="dim"), *(cell(trace.torch[f][k], f) for f in state),
+                      end_section=k != shown[-1])
+    return table
+
+
 def verdict_text(trace) -> Text:
     """The verdict line(s): agree or diverge (naming the first divergent step), and any blow-up."""
     v = trace.verdict
@@ -196,7 +251,7 @@ def verdict_text(trace) -> Text:
     else:
         f = v.first_divergent_step
         out.append("✗ diverge", style="bold red")
-        out.append(f"  first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), {LABELS[f['field']]}: "
+        out.append(f"  first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), {label(f['field'])}: "
                    f"hand {_show(f['manual'])}, torch {_show(f['torch'])}, |Δ| {_show(f['abs'])}"
                    + (f" of which {_show(f['carried'])} carried in" if f.get("carried") else "")
                    + f"; the step's own part exceeds its rounding allowance {_show(f['tol'])}")
@@ -214,8 +269,11 @@ def _show(value) -> str:
 
 def run_view(trace, rows: int | None = None, every: int = 1) -> Group:
     """The ``sgdtrace run`` screen: the step table, a summary line, then the verdict (and any witness)."""
-    parts = [step_table(trace, rows, every), summary_text(trace, shown_steps(trace.n_steps, rows, every)),
-             Text(""), verdict_text(trace)]
+    parts = [step_table(trace, rows, every)]
+    state = state_table(trace, rows, every)
+    if state is not None:
+        parts += [Text(""), state]
+    parts += [summary_text(trace, shown_steps(trace.n_steps, rows, every)), Text(""), verdict_text(trace)]
     if trace.reference is not None:
         parts.append(Text(trace.reference.describe() + "; err = |value − exact| / |exact|", style="cyan"))
     if trace.gradcheck is not None:
@@ -223,5 +281,5 @@ def run_view(trace, rows: int | None = None, every: int = 1) -> Group:
     return Group(*parts)
 
 
-__all__ = ["run_view", "step_table", "table_fields", "verdict_text", "verdict_sentence", "shown_steps",
+__all__ = ["run_view", "step_table", "state_table", "table_fields", "verdict_text", "verdict_sentence", "shown_steps",
            "summary_text"]
