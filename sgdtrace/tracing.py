@@ -204,7 +204,8 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
     for cols in (man, ref):
         for values in cols.values():
             nonfinite |= ~np.isfinite(values)
-    unstable = np.flatnonzero(cfg.lr > stable)
+    # the stability limit is plain SGD's (with momentum): other optimizers rescale their steps
+    unstable = np.flatnonzero(cfg.lr > stable) if cfg.optimizer == "sgd" else np.zeros(0, dtype=np.int64)
     largest = float(stable.min())
     start_loss = full_loss(dataset, cfg.init_w, cfg.init_b)
     end_loss = full_loss(dataset, float(man["w"][-1]), float(man["b"][-1]))
@@ -226,6 +227,9 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
     plain = "" if cfg.momentum == 0 else " with this momentum"
     if cfg.maximize:
         hint = "--maximize climbs the loss: gradient ascent on a convex loss grows without bound"
+    elif cfg.optimizer != "sgd":
+        hint = (f"the values left the range of {cfg.dtype} under {cfg.optimizer}: try a smaller --lr, "
+                "or check the data's scale and the initial w, b")
     elif cfg.lr <= largest:
         hint = (f"lr {cfg.lr:g} is within every batch's stability limit{plain} (the smallest is {largest:.4g}), "
                 f"yet the values left the range of {cfg.dtype}: check the data's scale and the initial w, b")
