@@ -143,6 +143,17 @@ def step_rate(trace, k: int) -> float:
     return float(lr[k]) if lr is not None else float(trace.config.lr)
 
 
+def step_momentum(trace, k: int) -> float:
+    """SGD's momentum at step ``k``: OneCycleLR's cycled value, else the config's."""
+    from sgdtrace.engines.optimizers import schedules
+
+    cfg = trace.config
+    if not schedules.cycles_momentum(cfg):
+        return float(cfg.momentum)
+    rows = schedules.values(cfg, schedules.calls(cfg, trace.plan))
+    return float(rows[int(schedules.index_of_step(cfg, trace.plan)[k])][schedules.momentum_key(cfg)])
+
+
 def closed_form_rate(trace, k: int) -> float | None:
     """The closed form of the schedule's rate at step ``k`` (torch's ``_get_closed_form_lr``), where
     torch has one that sgdtrace shows (StepLR, ExponentialLR, CosineAnnealingLR)."""

@@ -18,7 +18,7 @@ from rich.text import Text
 from rich import box
 
 from sgdtrace.engines import manual as engine
-from sgdtrace.teaching.explain import Explanation, closed_form_rate, optimizer_lines, step_rate
+from sgdtrace.teaching.explain import Explanation, closed_form_rate, optimizer_lines, step_momentum, step_rate
 from sgdtrace.views.fmt import num
 
 #: per-sample rows and sum terms written out before the rest is elided
@@ -175,7 +175,8 @@ def _update_lines(ex: Explanation) -> list:
     if cfg.optimizer != "sgd":
         return _rate(ex) + _optimizer_update(ex)
     lr = f"{step_rate(ex.trace, ex.step):g}"
-    plain = cfg.momentum == 0 and cfg.weight_decay == 0 and not cfg.maximize
+    momentum = step_momentum(ex.trace, ex.step)
+    plain = momentum == 0 and cfg.weight_decay == 0 and not cfg.maximize
     sec = _Section("Update (Equations 4-5" + ("" if plain else ", as torch.optim.SGD grows them") + ")")
     params = (("w", "4", ex.w0, ex.grad_w, ex.w1, "buf_w"), ("b", "5", ex.b0, ex.grad_b, ex.b1, "buf_b"))
     for p, eq, p0, g, p1, buf in params:
@@ -188,17 +189,17 @@ def _update_lines(ex: Explanation) -> list:
             sec.row("", f"g = {gname} + weight_decay·{p} = {_p(gv)} + {cfg.weight_decay:g}·{_p(p0)}",
                     num(gv + cfg.weight_decay * p0))
             gv, gname = gv + cfg.weight_decay * p0, "g"
-        if cfg.momentum:
+        if buf in ex.state1:
             b1 = ex.state1[buf]
             if ex.step == 0:
                 sec.row("", f"{buf} = {gname} (the first step starts the buffer)", num(b1))
             else:
-                sec.row("", f"{buf} = momentum·{buf} + (1 − dampening)·{gname} = {cfg.momentum:g}·"
+                sec.row("", f"{buf} = momentum·{buf} + (1 − dampening)·{gname} = {momentum:g}·"
                             f"{_p(ex.state0[buf])} + {1 - cfg.dampening:g}·{_p(gv)}", num(b1))
             sec.torch(ex, buf)
             if cfg.nesterov:
                 sec.row(f"Eq. {eq}", f"{p} ← {p} − lr·({gname} + momentum·{buf}) = {num(p0)} − {lr}·"
-                                     f"({_p(gv)} + {cfg.momentum:g}·{_p(b1)})", num(p1))
+                                     f"({_p(gv)} + {momentum:g}·{_p(b1)})", num(p1))
             else:
                 sec.row(f"Eq. {eq}", f"{p} ← {p} − lr·{buf} = {num(p0)} − {lr}·{_p(b1)}", num(p1))
         else:
