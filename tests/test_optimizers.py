@@ -410,3 +410,32 @@ def test_the_hand_engine_knows_each_optimizer():
     for name in ("sgd", "adam", "adamw", "rmsprop", "adagrad"):
         e = manual.engine(Config(optimizer=name), backend)
         assert e.update is get(name).update
+
+
+# ------------------------------------------------------------------ views
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json"])
+def test_every_format_shows_the_state_and_the_rate(fmt):
+    result = CliRunner().invoke(cli, ["run", "--optimizer", "adam", "--amsgrad", "--format", fmt, "--scheduler",
+                                      "StepLR", "--scheduler-arg", "step_size=1", "--scheduler-arg", "gamma=0.5",
+                                      "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "max_exp_avg_sq" in result.output and "lr" in result.output
+    if fmt == "table":
+        assert "adam's state (torch's names)" in result.output
+        assert result.output.count("0.005") >= 6  # epoch 2's rate, on the hand and torch lines
+
+
+def test_compare_and_explain_take_the_optimizers():
+    result = CliRunner().invoke(cli, ["compare", "--optimizer", "rmsprop", "--centered", "--dtype", "float32",
+                                      "--dtype", "float64"])
+    assert result.exit_code == 0, result.output
+    assert "grad_avg_w" in result.output
+    result = CliRunner().invoke(cli, ["explain", "--batch", "2", "--optimizer", "adagrad", "--lr-decay", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "clr = lr / (1 + (t − 1)·lr_decay)" in result.output and "torch: sum_w" in result.output
+    result = CliRunner().invoke(cli, ["explain", "--batch", "2", "--optimizer", "adam", "--scheduler",
+                                      "CosineAnnealingLR", "--scheduler-arg", "T_max=3", "--scheduler-arg", "interval=step"])
+    assert result.exit_code == 0, result.output
+    assert "denom = sqrt(v)/sqrt(bc2) + eps" in result.output and "closed form" in result.output

@@ -207,33 +207,39 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
 
 
 def state_table(trace, rows: int | None = None, every: int = 1) -> Table | None:
-    """The optimizer's state per shown step, hand and torch (when there is more of it than the step
-    table's two compact buffer columns hold: Adam's exp_avg and exp_avg_sq, ...)."""
+    """The optimizer's state per shown step: one column per state entry (torch's names), a line per
+    parameter and engine (when there is more of it than the step table's two compact buffer
+    columns hold: Adam's exp_avg and exp_avg_sq, ...)."""
     state = [f for f in table_fields(trace) if f not in FIELDS and f != "lr"]
     if len(state) <= 2:
         return None
+    keys = list(dict.fromkeys(f.rsplit("_", 1)[0] for f in state))  # exp_avg, exp_avg_sq, ...
     multi = trace.config.epochs > 1
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
-                  title=f"{trace.config.optimizer}'s state (torch's names)", title_justify="left", title_style="bold")
+                  title=f"{trace.config.optimizer}'s state (torch's names), per parameter",
+                  title_justify="left", title_style="bold")
     table.add_column("ep:b" if multi else "batch", justify="right")
+    table.add_column("p")
     table.add_column("", justify="left")
-    for f in state:
-        table.add_column(label(f), justify="right")
+    for key in keys:
+        table.add_column(key, justify="right")
     v = trace.verdict
     keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
     shown = shown_steps(trace.n_steps, rows, every, keep)
     for k in shown:
         if k is None:
-            table.add_row("⋮", "", *(["⋮"] * len(state)), end_section=True)
+            table.add_row("⋮", "", "", *(["⋮"] * len(keys)), end_section=True)
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
 
-        def cell(value, f: str) -> Text:
-            return Text(fit(value, 9, 6), style="" if trace.divergence[f].ok[k] else "bold red")
+        def cell(cols, f: str) -> Text:
+            return Text(fit(cols[f][k], 10, 6), style="" if trace.divergence[f].ok[k] else "bold red")
 
-        table.add_row(step, "hand", *(cell(trace.manual[f][k], f) for f in state))
-        table.add_row("", Text("torch", style="dim"), *(cell(trace.torch[f][k], f) for f in state),
-                      end_section=k != shown[-1])
+        for i, p in enumerate(("w", "b")):
+            fs = [f"{key}_{p}" for key in keys]
+            table.add_row(step if i == 0 else "", p, "hand", *(cell(trace.manual, f) for f in fs))
+            table.add_row("", "", Text("torch", style="dim"), *(cell(trace.torch, f) for f in fs),
+                          end_section=i == 1 and k != shown[-1])
     return table
 
 
