@@ -186,6 +186,16 @@ def test_hand_adam_is_torchs_bit_for_bit_on_the_article():
 
 # ------------------------------------------------------------------ property tests
 
+SCHEDULES = [
+    {"name": "StepLR", "step_size": 2, "gamma": 0.5},
+    {"name": "MultiStepLR", "milestones": [1, 3, 3], "gamma": 0.5},
+    {"name": "ExponentialLR", "gamma": 0.9},
+    {"name": "CosineAnnealingLR", "T_max": 3, "eta_min": 0.001},
+    {"name": "LinearLR", "start_factor": 0.25, "total_iters": 4},
+    {"name": "OneCycleLR", "max_lr": 0.05, "total_steps": 60},
+    {"name": "OneCycleLR", "max_lr": 0.05, "total_steps": 60, "three_phase": True, "anneal_strategy": "linear"},
+]
+
 
 @st.composite
 def optimizer_configs(draw):
@@ -203,6 +213,11 @@ def optimizer_configs(draw):
                     eps=draw(st.sampled_from([1e-10, 1e-3])))
     n = draw(st.sampled_from([None, 5, 17]))
     data = {} if n is None else dict(synthetic=n, noise=draw(st.sampled_from([0.0, 1.0])))
+    if draw(st.integers(0, 3)) == 0:  # a schedule, a quarter of the time
+        sched = dict(draw(st.sampled_from(SCHEDULES)), interval=draw(st.sampled_from(["epoch", "step"])))
+        if sched["name"] == "OneCycleLR":
+            sched.update(total_steps=10_000, cycle_momentum=name != "adagrad")
+        opts["scheduler"] = make_schedule(sched, "test")
     return Config(optimizer=name, lr=draw(st.floats(1e-4, 0.3)), batch_size=draw(st.integers(1, 9)),
                   epochs=draw(st.integers(1, 12)), shuffle=draw(st.booleans()), seed=draw(st.integers(0, 2**31)),
                   init_w=draw(st.floats(-4, 4)), init_b=draw(st.floats(-4, 4)),
@@ -293,15 +308,6 @@ def test_textbook_first_moment_is_within_rounding(monkeypatch):
 # ------------------------------------------------------------------ schedules
 
 
-SCHEDULES = [
-    {"name": "StepLR", "step_size": 2, "gamma": 0.5},
-    {"name": "MultiStepLR", "milestones": [1, 3, 3], "gamma": 0.5},
-    {"name": "ExponentialLR", "gamma": 0.9},
-    {"name": "CosineAnnealingLR", "T_max": 3, "eta_min": 0.001},
-    {"name": "LinearLR", "start_factor": 0.25, "total_iters": 4},
-    {"name": "OneCycleLR", "max_lr": 0.05, "total_steps": 60},
-    {"name": "OneCycleLR", "max_lr": 0.05, "total_steps": 60, "three_phase": True, "anneal_strategy": "linear"},
-]
 
 
 @pytest.mark.parametrize("interval", ["epoch", "step"])
