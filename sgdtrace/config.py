@@ -90,6 +90,12 @@ class Config:
         validate(self)
 
     def replace(self, **changes: Any) -> "Config":
+        new_opt = changes.get("optimizer", self.optimizer)
+        if new_opt != self.optimizer and new_opt in OPTIMIZER_DEFAULTS:
+            # eps and weight_decay at the old optimizer's default follow the new one's (AdamW: 0.01)
+            for key in ("eps", "weight_decay"):
+                if key not in changes and getattr(self, key) == OPTIMIZER_DEFAULTS[self.optimizer][key]:
+                    changes[key] = None
         return dataclasses.replace(self, **changes)
 
     @property

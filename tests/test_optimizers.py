@@ -401,6 +401,9 @@ def test_adamw_takes_torchs_default_weight_decay():
     assert Config(optimizer="adam").weight_decay == 0.0
     assert Config(optimizer="adagrad").eps == 1e-10
     assert Config().eps is None
+    assert Config().replace(optimizer="adamw").weight_decay == 0.01
+    assert Config(weight_decay=0.5).replace(optimizer="adamw").weight_decay == 0.5
+    assert Config(optimizer="adagrad").replace(optimizer="adam").eps == 1e-8
 
 
 def test_explain_recomputes_an_adam_step_bit_for_bit():
