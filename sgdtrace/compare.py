@@ -7,6 +7,7 @@ from typing import Any
 
 from sgdtrace import divergence
 from sgdtrace.config import Config
+from sgdtrace.notebook import CompareNotebook
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Cross:
 
 
 @dataclass
-class CompareResult:
+class CompareResult(CompareNotebook):
     runs: list  # of Trace
     cross: list[Cross]
 
