@@ -101,8 +101,8 @@ def test_float32_kernels_are_reproduced_by_the_hand_engine():
 def test_torch_cpu_sqrt_is_within_one_ulp_of_correctly_rounded(dtype):
     """The model's sqrt term: at most 1 ulp off the correctly rounded root (measured: 0.6% of inputs)."""
     rng = np.random.default_rng(4)
-    a = (rng.uniform(0, 1, 4000) * np.exp(rng.uniform(-20, 20, 4000))).astype(dtype)
-    got = torch.from_numpy(a).sqrt().numpy()
+    a = (rng.uniform(0, 1, 3000) * np.exp(rng.uniform(-20, 20, 3000))).astype(dtype)
+    got = np.array([_t(v, dtype).sqrt().item() for v in a], dtype=dtype)  # one-element tensors, as the engines
     exact = np.array([dtype(math.sqrt(float(v))) for v in a]) if dtype == np.float32 else np.sqrt(a)
     ints = np.int32 if dtype == np.float32 else np.int64
     ulps = np.abs(got.view(ints).astype(np.int64) - exact.view(ints).astype(np.int64))
