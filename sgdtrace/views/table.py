@@ -38,7 +38,7 @@ def _title(trace) -> str:
     if cfg.drop_last:
         opts.append("drop last")
     epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
-    if cfg.optimizer != "sgd":
+    if cfg.optimizer != "sgd" and _optimizer_options(cfg):
         opts.insert(0, _optimizer_options(cfg))
     if cfg.scheduler is not None:
         opts.append(f"{cfg.scheduler.name} per {cfg.scheduler.interval}")
@@ -59,7 +59,7 @@ def _optimizer_options(cfg) -> str:
         default = OPTIMIZER_DEFAULTS[cfg.optimizer].get(key, _OPTION_DEFAULTS.get(key))
         if value != default and value is not None:
             out.append(key if value is True else f"{key} {','.join(f'{b:g}' for b in value) if key == 'betas' else f'{value:g}'}")
-    return " ".join(out) if out else "torch's defaults"
+    return " ".join(out)
 
 
 def shown_steps(n_steps: int, rows: int | None, every: int = 1,
@@ -266,7 +266,7 @@ def state_table(trace, rows: int | None = None, every: int = 1) -> Table | None:
     keys = list(dict.fromkeys(f.rsplit("_", 1)[0] for f in state))  # exp_avg, exp_avg_sq, ...
     multi = trace.config.epochs > 1
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
-                  title=f"{trace.config.optimizer}'s state (torch's names), per parameter",
+                  title=f"{trace.config.optimizer}'s state",
                   title_justify="left", title_style="bold")
     table.add_column("ep:b" if multi else "batch", justify="right")
     table.add_column("p")
