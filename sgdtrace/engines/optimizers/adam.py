@@ -54,6 +54,14 @@ class Hyper:
     decoupled: bool
     scalar: Callable[[float], Any]
 
+    def __post_init__(self) -> None:
+        # the coefficients the kernels take, rounded to the array type once (not every step)
+        s = self.scalar
+        for name, value in (("one_minus_beta1", 1 - self.beta1), ("beta2_s", self.beta2),
+                            ("one_minus_beta2", 1 - self.beta2), ("eps_s", self.eps),
+                            ("weight_decay_s", self.weight_decay), ("decay", 1 - self.lr * self.weight_decay)):
+            object.__setattr__(self, name, s(value))
+
 
 def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
     """The run's options; ``group`` overrides lr and beta1 per step (a schedule)."""
@@ -127,17 +135,20 @@ def update(param, grad, state: dict, hp: Hyper):
     t = state["step"] = state.get("step", 0) + 1
     if hp.weight_decay != 0:
         if hp.decoupled:
-            param = decoupled_decay(param, s(1 - hp.lr * hp.weight_decay))
+            param = decoupled_decay(param, hp.decay)  # 1 - lr*weight_decay
         else:
-            g = decayed(g, param, s(hp.weight_decay))
-    zero = k.zeros_like(param)
-    m = state[EXP_AVG] = first_moment(state.get(EXP_AVG, zero), g, s(1 - hp.beta1))
-    v = state[EXP_AVG_SQ] = second_moment(state.get(EXP_AVG_SQ, zero), g, s(hp.beta2), s(1 - hp.beta2))
+            g = decayed(g, param, hp.weight_decay_s)
+    if EXP_AVG in state:
+        m0, v0 = state[EXP_AVG], state[EXP_AVG_SQ]
+    else:
+        m0 = v0 = k.zeros_like(param)
+    m = state[EXP_AVG] = first_moment(m0, g, hp.one_minus_beta1)
+    v = state[EXP_AVG_SQ] = second_moment(v0, g, hp.beta2_s, hp.one_minus_beta2)
     bc1, bc2 = bias_correction(hp.beta1, t), bias_correction(hp.beta2, t)
     step_size = hp.lr / bc1
     if hp.amsgrad:
-        v = state[MAX_EXP_AVG_SQ] = running_max(state.get(MAX_EXP_AVG_SQ, zero), v)
-    denom = denominator(v, s(bc2**0.5), s(hp.eps))
+        v = state[MAX_EXP_AVG_SQ] = running_max(state.get(MAX_EXP_AVG_SQ, k.zeros_like(param)), v)
+    denom = denominator(v, s(bc2**0.5), hp.eps_s)
     return stepped(param, m, denom, s(-step_size))
 
 
