@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from sgdtrace.verdict import json_number
+
 #: how each field is labelled in tables: the article's notation
 class _Labels(dict):
     """Field -> label; a field without one (an optimizer's state, exp_avg_w, ...) is its own label."""
@@ -24,10 +26,8 @@ def label(field: str) -> str:
 def num(value: float, digits: int = 6) -> str:
     """A value to ``digits`` significant digits (``%g``); inf, -inf and nan spelled out."""
     v = float(value)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
+    if not math.isfinite(v):
+        return json_number(v)  # one spelling of inf, -inf, nan: the JSON's
     if v == 0:
         return "0"
     return f"{v:.{digits}g}"
