@@ -43,9 +43,10 @@ def available_devices() -> list[str]:
 
 
 def serves(cfg) -> bool:
-    """Can a user's engine (--engine) run this config: its optimizer (SGD), one process, float32/float64."""
-    return (getattr(cfg, "optimizer", "sgd") == "sgd" and getattr(cfg, "world_size", 1) == 1
-            and cfg.dtype in ("float32", "float64"))
+    """Can a user's engine (--engine) run this config: its optimizer (SGD) at a constant rate, one
+    process, float32/float64."""
+    return (getattr(cfg, "optimizer", "sgd") == "sgd" and getattr(cfg, "scheduler", None) is None
+            and getattr(cfg, "world_size", 1) == 1 and cfg.dtype in ("float32", "float64"))
 
 
 def run_checks(paths: list[str], devices: list[str] | tuple[str, ...] | None = None,
@@ -61,9 +62,11 @@ def run_checks(paths: list[str], devices: list[str] | tuple[str, ...] | None = N
     configs = []
     for path in paths:  # likewise every file
         values = load_toml(path)
-        cfg = build_config(values, engine or {}, path)
-        if engine and engine.get("engine") and not named and not serves(cfg):
-            continue
+        cfg = build_config(values, {}, path)
+        if engine:
+            if engine.get("engine") and not named and not serves(cfg):
+                continue
+            cfg = build_config(values, engine, path)  # a named config it cannot serve is refused
         configs.append((path, cfg))
     rows = []
     for path, cfg in configs:
