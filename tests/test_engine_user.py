@@ -413,6 +413,8 @@ def test_bad_engine_options_are_refused_before_running():
     assert result.exit_code == 2 and "--engine 'no-such-file.py': no such file" in result.stderr
     result = cli_run("run", "--engine", str(CORRECT), "--engine-timeout", "0")
     assert result.exit_code == 2 and "--engine-timeout 0.0: must be a number of seconds > 0" in result.stderr
+    result = cli_run("run", "--engine", str(CORRECT), "--optimizer", "adam")
+    assert result.exit_code == 2 and "--engine and --optimizer adam" in result.stderr
     result = cli_run("graph", "--engine", str(CORRECT))
     assert result.exit_code == 2 and "explain --engine" in result.stderr
 
