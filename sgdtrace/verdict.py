@@ -159,12 +159,14 @@ class Verdict:
 def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[str, np.ndarray],
             epoch: np.ndarray, batch: np.ndarray, diverged_training: BlowUp | None) -> Verdict:
     """The run's verdict from each field's :class:`FieldSummary`: the maxima across fields, and
-    the earliest failing step (the first field in ``div``'s order at a tie)."""
+    the earliest failing step. At a tie, the value computed first is named: the loss and the
+    gradients, then the optimizer's state (a buffer), then the parameters updated from it (a
+    wrong buffer makes w look wrong too), each group in ``div``'s order."""
     summaries = {f: FieldSummary.of(d) for f, d in div.items()}
     first: FirstDivergence | None = None
-    bad = [(s.first_bad, f) for f, s in summaries.items() if s.first_bad is not None]
+    bad = [(s.first_bad, _computed(f), i, f) for i, (f, s) in enumerate(summaries.items()) if s.first_bad is not None]
     if bad:
-        k, f = min(bad, key=lambda kf: kf[0])  # min keeps the first field at a tie
+        k, _, _, f = min(bad)
         d = div[f]
         first = FirstDivergence(int(epoch[k]), int(batch[k]), k + 1, f, float(a[f][k]), float(b[f][k]),
                                 float(d.abs[k]) if d.finite[k] else None, float(d.carried[k]), float(d.tol[k]))
@@ -172,6 +174,11 @@ def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[s
                    _most(s.max_rel for s in summaries.values()),
                    int(_most(s.max_ulp for s in summaries.values())),
                    _most(s.max_tol_ratio for s in summaries.values()), first, diverged_training)
+
+
+def _computed(field: str) -> int:
+    """When a step computes ``field``: 0 the loss and gradients, 1 the optimizer's state, 2 w and b."""
+    return 2 if field in ("w", "b") else (0 if field in ("grad_w", "grad_b", "loss", "lr") else 1)
 
 
 def _most(values) -> float:

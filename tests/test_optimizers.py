@@ -281,7 +281,7 @@ def test_no_bias_correction_is_caught_at_step_1(monkeypatch):
 def test_l2_decay_in_adamw_is_caught_at_step_1(monkeypatch):
     monkeypatch.setattr(adamw, "hyper", lambda config, scalar=float, group=None: adam.hyper(config, scalar, group))
     monkeypatch.setitem(__import__("sgdtrace.engines.optimizers", fromlist=["x"]).OPTIMIZERS, "adamw", adamw)
-    assert _first(run_trace(Config(optimizer="adamw", weight_decay=0.1, init_w=2.0, epochs=2))) == (1, "w")
+    assert _first(run_trace(Config(optimizer="adamw", weight_decay=0.1, init_w=2.0, epochs=2))) == (1, "exp_avg_w")  # the decay went into the moment, computed before w
 
 
 def test_closed_form_cosine_is_caught_on_the_rate(monkeypatch):
