@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
 FORMATS = ("table", "json", "csv", "markdown")
 _DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 #: memory bounds: every step keeps a few dozen numbers (both engines' values, distances,
@@ -33,6 +33,8 @@ _DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 #: run would exhaust memory instead of reporting anything
 MAX_SAMPLES = 10**7
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+#: the largest finite value of each type narrower than float64 (numpy.finfo; ml_dtypes.finfo for bfloat16)
+_LARGEST = {"float32": FLOAT32_MAX, "bfloat16": 3.3895313892515355e38, "float16": 65504.0}
 MAX_BATCH_SIZE = 10**7
 MAX_STEPS = 10**7
 
@@ -196,10 +198,11 @@ def validate(cfg: Config) -> None:
     for key in ("rtol", "atol"):
         if getattr(cfg, key) is not None and finite(key) < 0:
             _fail(cfg, key, getattr(cfg, key), "must be a finite number >= 0")
-    if cfg.dtype == "float32":  # torch refuses, NumPy turns to inf, a value float32 cannot hold
+    largest = _LARGEST.get(cfg.dtype)
+    if largest is not None:  # torch refuses, NumPy turns to inf, a value the type cannot hold
         for key in ("lr", "init_w", "init_b", "momentum", "weight_decay"):
-            if abs(getattr(cfg, key)) > FLOAT32_MAX:
-                _fail(cfg, key, getattr(cfg, key), f"does not fit float32 (largest {FLOAT32_MAX:.8g}); "
+            if abs(getattr(cfg, key)) > largest:
+                _fail(cfg, key, getattr(cfg, key), f"does not fit {cfg.dtype} (largest {largest:.8g}); "
                       "use --dtype float64")
 
 

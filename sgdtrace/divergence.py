@@ -76,17 +76,18 @@ from typing import Any
 
 import numpy as np
 
+from sgdtrace import dtypes
 from sgdtrace.engines import optimizers
 from sgdtrace.engines.protocol import FIELDS, PARAMS, state_field  # noqa: F401  (FIELDS: re-exported)
 
 
 def unit_roundoff(dtype: str) -> float:
-    return {"float32": 2.0**-24, "float64": 2.0**-53}[dtype]
+    return dtypes.unit_roundoff(dtype)
 
 
 def default_tolerance(dtype: str) -> tuple[float, float]:
     """``(rtol, atol)``: ``rtol = 4u`` (two engines, each within u*E, doubled), ``atol`` = smallest normal."""
-    tiny = float(np.finfo(np.dtype(dtype)).tiny)
+    tiny = float(dtypes.finfo(dtype).tiny)
     return 4 * unit_roundoff(dtype), tiny
 
 
@@ -104,6 +105,9 @@ def ordered_bits(values: np.ndarray) -> np.ndarray:
     if values.dtype == np.float32:
         i = values.view(np.int32).astype(np.int64)
         return np.where(i < 0, -(2**31) - i, i)
+    if values.dtype.itemsize == 2:  # bfloat16, float16: sign and magnitude in 16 bits
+        i = values.view(np.int16).astype(np.int64)
+        return np.where(i < 0, -(2**15) - i, i)
     i = values.astype(np.float64).view(np.int64)
     with np.errstate(over="ignore"):
         return np.where(i < 0, np.int64(-(2**63)) - i, i)
@@ -238,7 +242,10 @@ def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start
 
 
 def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
-    return values.astype(np.dtype(dtype), copy=False)
+    """float64 values rounded to ``dtype`` as torch rounds them (to 16 bits through float32)."""
+    if dtype in dtypes.REDUCED:
+        values = values.astype(np.float32)
+    return values.astype(dtypes.np_dtype(dtype), copy=False)
 
 
 def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
@@ -303,7 +310,7 @@ def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,
         carried = np.zeros_like(a64)
     fa, fb = np.isfinite(a64), np.isfinite(b64)
     finite = fa & fb
-    big = float(np.finfo(np.dtype(dtype)).max)
+    big = float(dtypes.finfo(dtype).max)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         diff = np.where(finite, np.abs(a64 - b64), 0.0)
         scale = np.maximum(np.abs(a64), np.abs(b64))

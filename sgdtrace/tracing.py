@@ -156,7 +156,7 @@ def stable_lr(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config) -> np.ndarra
     """
     if cfg.maximize:
         return np.zeros(plan.n_steps)
-    xr = x.astype(np.dtype(cfg.dtype)).astype(np.float64)
+    xr = divergence._cast(x, cfg.dtype).astype(np.float64)
     sizes = plan.batch_sizes()
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     n_used = int(sizes.sum())

@@ -1,0 +1,202 @@
+"""bfloat16 and float16: each rounding rule of torch's CPU kernels, pinned bit for bit on random inputs.
+
+Every rule of docs/precision.md has its test here. Each one runs sgdtrace's hand-worked function
+(NumPy, with ml_dtypes' bfloat16) and the torch operation a learner's loop runs on the same
+random one-element parameters and batches, and asserts the same bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sgdtrace import dtypes
+from sgdtrace.config import Config
+from sgdtrace.engines import manual
+from sgdtrace.engines.optimizers import sgd
+from sgdtrace.engines.torch_ref import LinearModel
+
+TYPES = ["bfloat16", "float16"]
+TRIALS = 400
+
+
+def _rng(dtype: str, salt: int = 0):
+    return np.random.default_rng(abs(hash((dtype, salt))) % 2**32)
+
+
+def _values(rng, n, dtype, scale=4.0):
+    """Random values of the type, spread over several binades (float64 copies of exact values)."""
+    v = rng.standard_normal(n) * scale * np.exp2(rng.integers(-4, 5, n))
+    return dtypes.np_dtype(dtype).type(0) + manual.ArrayBackend("numpy", dtype).asarray(v)
+
+
+def _t(values, dtype):
+    """A torch tensor of the type holding exactly these values."""
+    return torch.as_tensor(np.asarray(values, dtype=np.float32)).to(getattr(torch, dtype))
+
+
+def _bits(v) -> np.ndarray:
+    """The 16-bit patterns of NumPy or torch values (to compare bit for bit, -0 and nan included)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().reshape(-1).view(torch.int16).numpy().copy()
+    return np.atleast_1d(np.asarray(v)).view(np.int16)
+
+
+def _backend(dtype):
+    return manual.ArrayBackend("numpy", dtype)
+
+
+def _hyper(dtype, **opts):
+    b = _backend(dtype)
+    return sgd.hyper(Config(dtype=dtype, **opts), b.scalar, kept=b.kept, rounded=b.rounded)
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+def test_samples_round_through_float32_as_torch_converts(dtype):
+    v = np.random.default_rng(1).standard_normal(20000) * 3
+    assert (_bits(_backend(dtype).asarray(v)) == _bits(torch.as_tensor(v, dtype=getattr(torch, dtype)))).all()
+    # the parameters' initial values: torch.full from a Python float
+    for s in v[:300]:
+        assert _bits(_backend(dtype).param(s)) == _bits(torch.full((1,), float(s), dtype=getattr(torch, dtype)))
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+def test_forward_rounds_after_the_multiply_and_after_the_add(dtype):
+    rng = _rng(dtype)
+    for _ in range(TRIALS // 4):
+        x = _values(rng, 9, dtype)
+        w, b = _values(rng, 2, dtype)
+        model = LinearModel(float(w), float(b), getattr(torch, dtype))
+        hand = manual.node_c(manual.node_a(w, x), b)
+        assert (_bits(hand) == _bits(model(_t(x, dtype)))).all()
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("lr", [0.01, 0.1, 0.0123456, 1e-3, 0.3, 0.7777])
+def test_add_with_alpha_rounds_alpha_the_product_and_the_sum(dtype, lr):
+    """``param.add_(grad, alpha=-lr)``: three roundings (the SGD step, Equations 4-5)."""
+    rng = _rng(dtype, int(lr * 1e6))
+    p, g = _values(rng, TRIALS, dtype), _values(rng, TRIALS, dtype)
+    hp = _hyper(dtype, lr=lr)
+    for i in range(TRIALS):
+        param = _t(p[i:i + 1], dtype)
+        param.add_(_t(g[i:i + 1], dtype), alpha=-lr)
+        assert _bits(sgd.descend(p[i], g[i], hp.lr)) == _bits(param), (p[i], g[i])
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+def test_an_lr_kept_in_float32_is_a_different_rule(dtype):
+    """The wrong rule (``-lr`` not rounded to the type) differs from torch on a share of inputs."""
+    rng = _rng(dtype, 7)
+    p, g = _values(rng, TRIALS, dtype), _values(rng, TRIALS, dtype)
+    lr = 0.0123456
+    wrong = 0
+    for i in range(TRIALS):
+        param = _t(p[i:i + 1], dtype)
+        param.add_(_t(g[i:i + 1], dtype), alpha=-lr)
+        kept = p[i].dtype.type(np.float32(p[i]) - np.float32(lr) * np.float32(g[i]))
+        wrong += int(_bits(kept)[0] != _bits(param)[0])
+    assert wrong > 0
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("momentum", [0.9, 0.99, 0.123456])
+def test_mul_keeps_its_scalar_in_float32_and_rounds_once(dtype, momentum):
+    rng = _rng(dtype, int(momentum * 1e6))
+    buf = _values(rng, TRIALS, dtype)
+    hp = _hyper(dtype, momentum=momentum)
+    assert isinstance(hp.momentum_kept, np.float32)
+    for i in range(TRIALS):
+        t = _t(buf[i:i + 1], dtype)
+        t.mul_(momentum)
+        assert _bits(hp.rounded(hp.momentum_kept * buf[i])) == _bits(t)
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("opts", [dict(weight_decay=0.01), dict(weight_decay=0.3333),
+                                  dict(momentum=0.9, dampening=0.1), dict(momentum=0.95, nesterov=True)])
+def test_the_other_alphas_round_like_the_step(dtype, opts):
+    """``grad.add(param, alpha=weight_decay)``, ``buf.mul_(momentum).add_(grad, alpha=1 - dampening)`` and
+    ``grad.add(buf, alpha=momentum)`` (Nesterov): each alpha rounded, then the product, then the sum."""
+    rng = _rng(dtype, len(opts) + int(1e4 * sum(map(float, opts.values()))))
+    p, g, buf = (_values(rng, TRIALS, dtype) for _ in range(3))
+    hp = _hyper(dtype, **opts)
+    for i in range(TRIALS):
+        tp, tg, tb = (_t(v[i:i + 1], dtype) for v in (p, g, buf))
+        if "weight_decay" in opts:
+            hand, ref = sgd.decayed(g[i], p[i], hp.weight_decay), tg.add(tp, alpha=opts["weight_decay"])
+        elif opts.get("nesterov"):
+            hand, ref = sgd.nesterov_step(g[i], buf[i], hp.momentum), tg.add(tb, alpha=opts["momentum"])
+        else:
+            hand = sgd.buffered(buf[i], g[i], hp.momentum_kept, hp.one_minus_dampening, hp.rounded)
+            ref = tb.mul_(opts["momentum"]).add_(tg, alpha=1 - opts["dampening"])
+        assert _bits(hand) == _bits(ref), (p[i], g[i], buf[i])
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("n", [1, 3, 7, 16, 33, 300])
+def test_mse_rounds_each_square_and_takes_a_float32_mean(dtype, n):
+    """Forward: d = c - y and d*d rounded per sample, their sum in float32 divided by n in float32,
+    rounded once. Backward: ``2/n`` rounded to the type times d, rounded (dl/dd)."""
+    rng = _rng(dtype, n)
+    for _ in range(TRIALS // 8):
+        c, y = _values(rng, n, dtype, 1.0), _values(rng, n, dtype, 1.0)
+        tc = _t(c, dtype).requires_grad_()
+        loss = torch.nn.MSELoss()(tc, _t(y, dtype))
+        loss.backward()
+        d = manual.node_d(c, y)
+        assert _bits(manual.node_l(manual.node_e(d), np.float32(n))) == _bits(loss)
+        assert (_bits(manual.dl_dd(d, n)) == _bits(tc.grad)).all()
+
+
+@pytest.mark.filterwarnings("ignore:overflow")
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 64, 1000])
+def test_the_gradients_sum_in_float32_and_round_once(dtype, n):
+    """dl/dw = sum (dl/dd_i x_i) and dl/db = sum dl/dd_i: torch's reduction (autograd's sum_to_size
+    of the broadcast parameters) accumulates in float32 and rounds once; so does :func:`manual.total`."""
+    rng = _rng(dtype, 100 + n)
+    for _ in range(TRIALS // 8):
+        x, y = _values(rng, n, dtype), _values(rng, n, dtype)
+        w, b = _values(rng, 2, dtype, 1.0)
+        model = LinearModel(float(w), float(b), getattr(torch, dtype))
+        loss = torch.nn.MSELoss()(model(_t(x, dtype)), _t(y, dtype))
+        loss.backward()
+        hand = manual.gradients(w, b, x, y)
+        assert _bits(hand[0]) == _bits(loss)
+        assert _bits(hand[1]) == _bits(model.weight.grad), n
+        assert _bits(hand[2]) == _bits(model.bias.grad), n
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+def test_a_16_bit_running_sum_is_not_torch_s_reduction(dtype):
+    """The wrong rule (NumPy's ``sum`` accumulating in the 16-bit type, or a running sum) is far off."""
+    ones = manual.ArrayBackend("numpy", dtype).asarray(np.ones(5000))
+    exact = float(ones.dtype.type(5000.0))  # 4992 in bfloat16 (8 bits), 5000 in float16
+    assert float(manual.total(ones)) == float(torch.ones(5000, dtype=getattr(torch, dtype)).sum()) == exact
+    running = np.cumsum(ones, dtype=ones.dtype)[-1]
+    assert float(running) == (256 if dtype == "bfloat16" else 2048)
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("opts", [dict(), dict(maximize=True), dict(weight_decay=0.05),
+                                  dict(momentum=0.9), dict(momentum=0.8, dampening=0.3, weight_decay=0.01),
+                                  dict(momentum=0.9, nesterov=True, maximize=True)])
+def test_the_whole_update_is_optim_sgd_bit_for_bit(dtype, opts):
+    """sgd.update over 30 steps of random gradients, against optim.SGD.step on a one-element parameter."""
+    rng = _rng(dtype, 999 + len(opts))
+    lr = float(rng.uniform(1e-3, 0.2))
+    hp = _hyper(dtype, lr=lr, **opts)
+    for _ in range(10):
+        p = _values(rng, 1, dtype)[0]
+        param = torch.nn.Parameter(_t([p], dtype))
+        opt = torch.optim.SGD([param], lr=lr, **opts)
+        state: dict = {}
+        for g in _values(rng, 30, dtype):
+            param.grad = _t([g], dtype)
+            opt.step()
+            p = sgd.update(p, g, state, hp)
+            assert _bits(p) == _bits(param)
+            if opts.get("momentum"):
+                assert _bits(state[sgd.MOMENTUM_BUFFER]) == _bits(opt.state[param]["momentum_buffer"])
