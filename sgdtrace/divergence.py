@@ -266,6 +266,8 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
     dw, db = p["w"].carry, p["b"].carry  # signed: manual minus torch, at the step's start
 
     depth = np.minimum(n - 1, np.ceil(np.log2(n)) + 16)
+    if dtypes.accumulation(dtype) != dtype:  # 16-bit: the sums in float32, then one rounding to the type
+        depth = 1 + depth * (dtypes.unit_roundoff(dtypes.accumulation(dtype)) / dtypes.unit_roundoff(dtype))
     with np.errstate(over="ignore", invalid="ignore"):
         E = {
             "grad_w": (2 / n) * (3 * s["xM"] + (3 + depth) * s["dx"]),
@@ -284,6 +286,7 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
         # the update: each optimizer sizes the roundings of its own operations
         opt = optimizers.get("sgd")
         keys = opt.state_keys(config)
+        exact = exact_update(config)
         first = np.zeros(steps, dtype=bool)
         first[:1] = True
         for name in PARAMS:
@@ -293,12 +296,33 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
             cur = {key: _Bound.measured(a[f], b[f]) for key, f in cols.items()}
             new_mag = _Bound.measured(a[name], b[name]).mag
             new, states = opt.update_bound(p[name], g, prev, cur, new_mag, first, config)
+            same = _same_inputs(a, b, name, cols, config) if exact else None
             for f, bound in ((name, new), *((cols[key], states[key]) for key in keys)):
                 tol[f] = atol + rtol * bound.rnd
                 carried[f] = bound.carry
                 peak[f] = bound.mag
+                if same is not None:  # the update reproduced rule by rule: same inputs, same bits
+                    tol[f] = np.where(same, 0.0, tol[f])
 
     return {f: _distances(a[f], b[f], tol[f], dtype, peak[f], carried[f]) for f in tol}
+
+
+def exact_update(config) -> bool:
+    """Is the update judged exactly where its inputs agree bit for bit? In bfloat16 and float16 on
+    the CPU under the default tolerances: the hand side reproduces each of torch's roundings there
+    (docs/precision.md), so the same parameter, gradient and state give the same bits."""
+    return (config.dtype in dtypes.REDUCED and config.device == "cpu"
+            and config.rtol is None and config.atol is None)
+
+
+def _same_inputs(a, b, name: str, cols: dict[str, str], config) -> np.ndarray:
+    """Per step: did both engines start the update of ``name`` from the same parameter, gradient and
+    state (equal values)?"""
+    init = {"w": config.init_w, "b": config.init_b}[name]
+    same = (_shift(a[name], init) == _shift(b[name], init)) & (a["grad_" + name] == b["grad_" + name])
+    for f in cols.values():
+        same &= _shift(a[f], 0.0) == _shift(b[f], 0.0)
+    return same
 
 
 def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,
@@ -345,6 +369,8 @@ class Verdict:
     first_divergent_step: dict[str, Any] | None
     diverged_training: dict[str, Any] | None
     fields: tuple[str, ...] = field(default=FIELDS)
+    #: None, or per parameter whose update torch lost to rounding: {"field", "first_step", "steps"}
+    stalled: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -355,6 +381,7 @@ class Verdict:
             "max_tol_ratio": self.max_tol_ratio,
             "first_divergent_step": self.first_divergent_step,
             "diverged_training": self.diverged_training,
+            "stalled": self.stalled,
         }
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sgdtrace import data as data_mod
-from sgdtrace import divergence
+from sgdtrace import divergence, stall
 from sgdtrace.config import Config
 from sgdtrace.errors import ConfigError
 
@@ -138,6 +138,9 @@ def judge(cfg: Config, dataset: data_mod.Dataset, plan: data_mod.BatchPlan, devi
     stable = stable_lr(dataset.x, plan, cfg)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
+    man.update(stall.stalled(man, cfg))  # stalled_w, stalled_b: the steps whose update rounding lost
+    ref.update(stall.stalled(ref, cfg))
+    verdict.stalled = stall.summary(ref)
     assert epoch.shape[0] == steps
     return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable)
 

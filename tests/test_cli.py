@@ -130,7 +130,7 @@ def test_gate_fails_with_exit_1_naming_the_step(runner, monkeypatch):
 
 
 def test_usage_errors_are_one_line_exit_2(runner):
-    for args, needle in ((["run", "--lr", "0"], "--lr 0.0"), (["run", "--dtype", "float16"], "--dtype"),
+    for args, needle in ((["run", "--lr", "0"], "--lr 0.0"), (["run", "--dtype", "float8"], "--dtype"),
                          (["run", "--device", "tpu"], "--device 'tpu'"), (["run", "--bogus"], "--bogus")):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, args

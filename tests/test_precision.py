@@ -200,3 +200,64 @@ def test_the_whole_update_is_optim_sgd_bit_for_bit(dtype, opts):
             assert _bits(p) == _bits(param)
             if opts.get("momentum"):
                 assert _bits(state[sgd.MOMENTUM_BUFFER]) == _bits(opt.state[param]["momentum_buffer"])
+
+
+# ------------------------------------------------------------------ the judge in 16 bits
+
+import dataclasses  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_options import assert_agree_at_every_step, configs  # noqa: E402
+
+from sgdtrace import stall  # noqa: E402
+from sgdtrace.tracing import run_trace  # noqa: E402
+
+
+@pytest.mark.filterwarnings("ignore:overflow")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(), st.sampled_from(TYPES))
+def test_engines_agree_in_16_bits_over_the_option_space(cfg, dtype):
+    """Random data, rates, batches and every SGD option, in bfloat16 and float16: no false alarm."""
+    cfg = cfg.replace(dtype=dtype)
+    assert_agree_at_every_step(run_trace(cfg), cfg)
+
+
+@pytest.mark.filterwarnings("ignore:overflow")
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(), st.sampled_from(TYPES))
+def test_engines_agree_in_16_bits_on_the_cuda_code_paths(cfg, dtype):
+    """The hand side on torch tensors and torch's device-resident recorder, as on CUDA, on the CPU."""
+    cfg = cfg.replace(dtype=dtype)
+    assert_agree_at_every_step(run_trace(cfg, manual_backend="torch", sync_free=True), cfg)
+
+
+def _lr_kept_in_float32(config, backend):
+    """The wrong rule: ``p - lr*g`` worked in float32 with the unrounded rate, rounded once."""
+    eng = manual.engine(config, backend)
+
+    def update(p, g, state, hp):
+        return backend.rounded(np.float32(p) - np.float32(config.lr) * np.float32(g))
+
+    return dataclasses.replace(eng, update=update)
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+def test_an_lr_kept_in_float32_is_caught(dtype):
+    cfg = Config(dtype=dtype, lr=0.0123, epochs=20)
+    assert run_trace(cfg).verdict.ok
+    v = run_trace(cfg, engine=_lr_kept_in_float32).verdict
+    assert not v.ok and v.first_divergent_step["field"] in ("w", "b")
+    assert v.first_divergent_step["tol"] == 0  # the update's inputs agreed bit for bit
+
+
+def test_a_float16_running_sum_is_caught(monkeypatch):
+    """A float16 running sum (each partial sum rounded to 16 bits) where torch accumulates in float32."""
+    cfg = Config(dtype="float16", synthetic=4096, batch_size=4096, true_w=0.5, true_b=1.0, noise=0.5,
+                 lr=0.01, epochs=2)
+    assert run_trace(cfg).verdict.ok
+    monkeypatch.setattr(manual, "total", lambda v: np.cumsum(v, dtype=v.dtype)[-1] if manual._reduced(v)
+                        else v.sum())
+    v = run_trace(cfg).verdict
+    assert not v.ok and v.first_divergent_step["step"] == 1
+    assert v.first_divergent_step["field"] in ("grad_w", "grad_b")

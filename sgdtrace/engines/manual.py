@@ -178,7 +178,7 @@ def forward_backward(w, b, x, y, n: int, scalar: Callable[[float], Any] = float)
     c = node_c(a, b)
     d = node_d(c, y)
     e = node_e(d)
-    loss = node_l(e, scalar(n))
+    loss = node_l(e, n if _reduced(e) else scalar(n))  # 16 bits: n in float32 (node_l), not rounded
     up = dl_dd(d, n)
     return StepResult(a, c, d, e, loss, up, grad_w(up, x), grad_b(up))
 

@@ -40,6 +40,8 @@ class Explanation:
     b1: float
     state1: dict[str, float | None]
     matches_trace: bool  # the recomputed values equal the manual trace's columns bit for bit
+    #: per parameter: the spacing of the dtype's values around it, beside the update lr·d (the stall)
+    spacing: dict[str, dict[str, Any]] | None = None
 
     @property
     def n(self) -> int:
@@ -114,4 +116,22 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     nodes = {name: _array(getattr(r, name)) for name in ("a", "c", "d", "e", "dl_dd")}
     e, j = divmod(k, trace.plan.steps_per_epoch)
     return Explanation(trace, k, e + 1, j + 1, idx, _array(xb), _array(yb), w0, b0, state0, nodes,
-                       _value(r.loss), _value(r.grad_w), _value(r.grad_b), _value(w1), _value(b1), state1, matches)
+                       _value(r.loss), _value(r.grad_w), _value(r.grad_b), _value(w1), _value(b1), state1, matches,
+                       _spacing(trace, k, {"w": (w0, _value(r.grad_w)), "b": (b0, _value(r.grad_b))}, state1))
+
+
+def _spacing(trace, k: int, params: dict, state1: dict) -> dict[str, dict[str, Any]]:
+    """Per parameter: the gaps to the neighbouring values of the dtype (below, above), the update
+    ``lr·d`` (float64), and whether the step stalled (as the trace recorded it)."""
+    from sgdtrace import stall
+    from sgdtrace.engines import optimizers
+
+    cfg = trace.config
+    out = {}
+    for p, (p0, g) in params.items():
+        state = {key: state1[state_field(key, p)] for key in optimizers.get("sgd").state_keys(cfg)}
+        below, above = stall.spacing(p0, cfg.dtype)
+        step = cfg.lr * float(optimizers.get("sgd").direction(p0, g, state, cfg))
+        out[p] = {"below": below, "above": above, "update": step,
+                  "stalled": bool(trace.manual.get(f"stalled_{p}", np.zeros(k + 1, dtype=bool))[k])}
+    return out

@@ -137,6 +137,7 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
     v = trace.verdict
     blew = v.diverged_training["step"] - 1 if v.diverged_training else None
     keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
+    keep += tuple(st["first_step"] - 1 for st in v.stalled or ())
     shown = shown_steps(trace.n_steps, rows, every, keep)
     for i, k in enumerate(shown):
         if k is None:
@@ -160,13 +161,16 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
         def row(values: dict, lr_cell="") -> list:
             return [lr_cell if f == "lr" else values.get(f, "") for f in order]
 
-        def cell(value, f: str) -> Text:
-            return Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
+        def cell(value, f: str, side=None) -> Text:
+            out = Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
+            if side is not None and side.get(f"stalled_{f}", _NEVER)[k]:  # the update was lost to rounding
+                out.append("=", style="bold yellow")
+            return out
 
         last = k == shown[-1]
-        table.add_row(step, str(trace.n[k]), "hand", *row({f: cell(trace.manual[f][k], f) for f in fields}, lr),
+        table.add_row(step, str(trace.n[k]), "hand", *row({f: cell(trace.manual[f][k], f, trace.manual) for f in fields}, lr),
                       mark)
-        table.add_row("", "", Text("torch", style="dim"), *row({f: cell(trace.torch[f][k], f) for f in fields}),
+        table.add_row("", "", Text("torch", style="dim"), *row({f: cell(trace.torch[f][k], f, trace.torch) for f in fields}),
                       "", end_section=not last and witness is None and gc is None)
         if witness is not None:
             table.add_row("", "", Text("exact", style="cyan"),
@@ -200,12 +204,28 @@ def verdict_text(trace) -> Text:
                    f"hand {_show(f['manual'])}, torch {_show(f['torch'])}, |Δ| {_show(f['abs'])}"
                    + (f" of which {_show(f['carried'])} carried in" if f.get("carried") else "")
                    + f"; the step's own part exceeds its rounding allowance {_show(f['tol'])}")
+    for st in v.stalled or ():
+        out.append(f"\n= {st['field']} stalled", style="bold yellow")
+        out.append(f" at {st['steps']} step{'s' if st['steps'] != 1 else ''} from step {st['first_step']} on "
+                   f"(the values marked =): lr·g was under half the spacing of {trace.config.dtype} values "
+                   f"around {st['field']}, so the update rounded back to {st['field']} itself; "
+                   f"`sgdtrace explain` shows the spacing")
     if v.diverged_training:
         d = v.diverged_training
         out.append("\n⚠ training blew up", style="bold yellow")
         out.append(f" at epoch {d['epoch']} batch {d['batch']} (step {d['step']}, the row marked ⚠): "
                    f"{d['reason']}.\n  Hint: {d['hint']}.")
     return out
+
+
+class _Never:
+    """No stall column (an engine that recorded none): no step stalled."""
+
+    def __getitem__(self, k) -> bool:
+        return False
+
+
+_NEVER = _Never()
 
 
 def _show(value) -> str:

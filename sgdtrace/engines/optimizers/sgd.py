@@ -152,3 +152,16 @@ def update_bound(p, g, prev: dict, cur: dict, new_mag, first, config):
         # the parameter's update goes on from the buffer as recorded
         g = g.combine(config.momentum, cur[MOMENTUM_BUFFER]) if config.nesterov else cur[MOMENTUM_BUFFER]
     return p.combine(-config.lr, g, result=new_mag), states
+
+
+def direction(p, g, state: dict, config):
+    """The direction ``d`` of the step ``p <- p - lr * d``, in float64 from one engine's recorded
+    values: the parameter the step started from, its gradient and the state after the step (for
+    the stall: the step was lost where ``lr * d != 0`` but ``p`` did not move)."""
+    d = -g if config.maximize else g
+    if config.weight_decay != 0:
+        d = d + config.weight_decay * p
+    if config.momentum != 0:
+        buf = state[MOMENTUM_BUFFER]
+        d = d + config.momentum * buf if config.nesterov else buf
+    return d
