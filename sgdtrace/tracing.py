@@ -227,6 +227,8 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
     elif cfg.lr <= largest:
         hint = (f"lr {cfg.lr:g} is within every batch's stability limit{plain} (the smallest is {largest:.4g}), "
                 f"yet the values left the range of {cfg.dtype}: check the data's scale and the initial w, b")
+        if cfg.dtype == "float16":  # float16's range ends at 65504
+            hint += "; float16 holds values only up to 65504: scale the data down, or use --dtype bfloat16"
     else:
         hint = (f"lr {cfg.lr:g} is too large for this data's scale: the largest stable rate{plain} on this batch "
                 f"is {float(stable[k]):.4g} (2 / lambda_max of the batch loss's Hessian), on every batch "

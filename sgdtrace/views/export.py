@@ -68,7 +68,8 @@ def _stall_keys(trace) -> tuple[str, ...]:
 
 def compare_to_json(result) -> dict[str, Any]:
     """``compare --format json``: ``{"runs": [one trace document per device/dtype], "cross": [...]}``."""
-    return {"runs": [trace_to_json(t) for t in result.runs], "cross": [c.to_json() for c in result.cross]}
+    return {"runs": [trace_to_json(t) for t in result.runs],
+            "cross": [c.to_json() for c in result.cross] + [d.to_json() for d in getattr(result, "drift", ())]}
 
 
 def _add_witnesses(trace, doc: dict[str, Any]) -> None:
