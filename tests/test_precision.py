@@ -261,3 +261,177 @@ def test_a_float16_running_sum_is_caught(monkeypatch):
     v = run_trace(cfg).verdict
     assert not v.ok and v.first_divergent_step["step"] == 1
     assert v.first_divergent_step["field"] in ("grad_w", "grad_b")
+
+
+# ------------------------------------------------------------------ the stall
+
+
+def _config_file(path: str) -> Config:
+    from pathlib import Path
+
+    from sgdtrace.config import build_config, load_toml
+
+    return build_config(load_toml(str(Path(__file__).parents[1] / path)), {}, path)
+
+
+def _before(col, init):
+    return np.concatenate(([col.dtype.type(np.float32(init))], col[:-1]))
+
+
+@pytest.mark.parametrize("config", ["configs/bfloat16-stall.toml", dict(dtype="bfloat16", epochs=300),
+                                    dict(dtype="float16", init_w=60.0, lr=3e-5, epochs=5)])
+def test_a_stall_is_reported_where_torch_stops_moving(config):
+    """Plain SGD: the step's update is lr*g, so a stall is exactly a step with g != 0 after which
+    torch's parameter equals the one before; the verdict counts them from the first."""
+    cfg = _config_file(config) if isinstance(config, str) else Config(**config)
+    t = run_trace(cfg)
+    assert t.verdict.ok
+    expected = []
+    for p, init in (("w", cfg.init_w), ("b", cfg.init_b)):
+        col = t.torch[p]
+        lost = (col == _before(col, init)) & (t.torch["grad_" + p] != 0)
+        assert (t.torch["stalled_" + p] == lost).all()
+        assert (t.manual["stalled_" + p] == lost).all()  # the hand side stalls on the same steps
+        if lost.any():
+            expected.append({"field": p, "first_step": int(np.flatnonzero(lost)[0]) + 1, "steps": int(lost.sum())})
+    assert expected and t.verdict.stalled == expected
+
+
+def test_the_stall_config_stalls_w_on_every_step():
+    t = run_trace(_config_file("configs/bfloat16-stall.toml"))
+    assert t.verdict.stalled == [{"field": "w", "first_step": 1, "steps": 30}]
+    assert (t.torch["w"] == 500).all()
+    # the spacing of bfloat16 values at 500 is 2: an update under 1 is lost
+    assert stall.spacing(500.0, "bfloat16") == (2.0, 2.0)
+    assert stall.spacing(5.0, "bfloat16") == (0.03125, 0.03125)
+    assert stall.spacing(1.0, "float16") == (2.0**-11, 2.0**-10)
+
+
+def test_momentum_stalls_by_the_buffer():
+    """With momentum the step is lr*buf: a parameter does not stall where the gradient is 0 but the
+    buffer still moves it, and does where a non-zero buffer's step is lost."""
+    cfg = Config(dtype="bfloat16", momentum=0.9, init_w=500.0, lr=2e-5, epochs=3)
+    t = run_trace(cfg)
+    col = t.torch["w"]
+    lost = (col == _before(col, cfg.init_w)) & (t.torch["buf_w"] != 0)
+    assert (t.torch["stalled_w"] == lost).all() and lost.any()
+
+
+def test_no_stall_in_the_article_run():
+    t = run_trace(Config())
+    assert t.verdict.stalled is None and not t.torch["stalled_w"].any()
+
+
+def test_explain_shows_the_spacing_beside_the_update():
+    from sgdtrace.teaching.explain import explain_step
+    from sgdtrace.views.explain import explain_json, explain_view
+    from golden_util import render
+
+    t = run_trace(_config_file("configs/bfloat16-stall.toml"))
+    ex = explain_step(t, 1)
+    assert ex.matches_trace
+    assert ex.spacing["w"]["stalled"] and ex.spacing["w"]["below"] == 2.0
+    assert ex.spacing["w"]["update"] == pytest.approx(2e-5 * 1656)
+    assert not ex.spacing["b"]["stalled"]
+    text = render(explain_view(ex))
+    assert "spacing of bfloat16 values next to w = 500: 2 (half 1)" in text and "(stalled)" in text
+    assert explain_json(ex)["spacing"]["w"]["stalled"] is True
+
+
+# ------------------------------------------------------------------ JSON, table, compare, blow-up
+
+
+def test_json_records_the_stall_on_both_sides_in_both_writers():
+    import json
+
+    from sgdtrace.views.export import to_json_text, trace_to_json, trace_to_json_text
+
+    t = run_trace(Config(dtype="bfloat16", init_w=500.0, init_b=5.0, lr=2e-5, epochs=2))
+    text = trace_to_json_text(t)
+    assert text == to_json_text(trace_to_json(t))
+    doc = json.loads(text)
+    assert doc["config"]["dtype"] == "bfloat16"
+    assert doc["verdict"]["stalled"] == [{"field": "w", "first_step": 1, "steps": 6}]
+    for side in ("manual", "torch"):
+        assert [s[side]["stalled_w"] for s in doc["steps"]] == [True] * 6
+        assert all(s[side]["stalled_b"] is False for s in doc["steps"])
+    assert json.loads(trace_to_json_text(run_trace(Config())))["verdict"]["stalled"] is None
+
+
+def test_table_marks_the_stalled_values():
+    from golden_util import render
+    from sgdtrace.views.table import run_view
+
+    text = render(run_view(run_trace(Config(dtype="bfloat16", init_w=500.0, init_b=5.0, lr=2e-5))))
+    assert text.count("500=") == 6  # w on both rows of the three steps
+    assert "= w stalled at 3 steps from step 1 on" in text
+
+
+def test_compare_across_dtypes_reports_the_drift_outside_the_exit_code():
+    import json
+
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    r = CliRunner().invoke(cli, ["compare", "--dtype", "float32", "--dtype", "bfloat16", "--epochs", "5",
+                                 "--format", "json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [run["config"]["dtype"] for run in doc["runs"]] == ["float32", "bfloat16"]
+    (drift,) = doc["cross"]
+    assert drift["a"] == {"device": "cpu", "dtype": "float32"} and drift["b"] == {"device": "cpu", "dtype": "bfloat16"}
+    assert drift["judged"] is False
+    w = drift["fields"]["w"]
+    f32 = [s["torch"]["w"] for s in doc["runs"][0]["steps"]]
+    b16 = [s["torch"]["w"] for s in doc["runs"][1]["steps"]]
+    assert w["abs"] == [abs(a - b) for a, b in zip(f32, b16)]
+    assert w["max_abs"] == max(w["abs"]) > 0 and w["max_ulp"] >= 1
+    table = CliRunner().invoke(cli, ["compare", "--dtype", "float32", "--dtype", "float16", "--epochs", "5"])
+    assert table.exit_code == 0 and "the drift, not judged" in table.output
+
+
+def test_float16_overflow_is_a_blow_up_with_the_hint():
+    t = run_trace(Config(dtype="float16", init_w=200.0, lr=0.001, epochs=3))
+    d = t.verdict.diverged_training
+    assert d is not None and "inf" in d["reason"]
+    assert "65504" in d["hint"] and "--dtype bfloat16" in d["hint"]
+    assert t.verdict.ok
+
+
+@pytest.mark.parametrize("dtype, big", [("float16", 70000.0), ("bfloat16", 1e39)])
+def test_values_beyond_the_type_are_refused(dtype, big):
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    r = CliRunner().invoke(cli, ["run", "--dtype", dtype, "--init-w", str(big)])
+    assert r.exit_code == 2 and f"does not fit {dtype}" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+def test_distances_and_tolerances_of_the_16_bit_types(dtype):
+    from sgdtrace import divergence
+
+    t = dtypes.np_dtype(dtype).type
+    one = np.array([1.0], dtype=dtypes.np_dtype(dtype))
+    up = np.nextafter(one, t(np.inf))
+    assert divergence.ulp_distance(one, up).tolist() == [1]
+    assert divergence.ulp_distance(np.array([-0.0, 0.0], one.dtype), np.array([0.0, 0.0], one.dtype)).tolist() == [0, 0]
+    assert divergence.ulp_distance(-up, up).tolist() == [2 * int(divergence.ordered_bits(up)[0])]
+    u = {"bfloat16": 2.0**-8, "float16": 2.0**-11}[dtype]
+    assert divergence.default_tolerance(dtype) == (4 * u, float(dtypes.finfo(dtype).tiny))
+    assert float(up[0]) - 1.0 == 2 * u  # the spacing above 1 is 2u
+
+
+@pytest.mark.parametrize("command", [["run"], ["explain", "--batch", "2"], ["graph"], ["compare"]])
+def test_every_training_command_takes_the_16_bit_types(command):
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    for dtype in TYPES:
+        r = CliRunner().invoke(cli, [*command, "--dtype", dtype])
+        assert r.exit_code == 0, (command, dtype, r.output)
+        rtol = {"bfloat16": "rtol 0.016", "float16": "rtol 0.002"}[dtype]  # 4u
+        assert (dtype if command[0] != "graph" else rtol) in r.output
