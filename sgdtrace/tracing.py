@@ -37,6 +37,8 @@ class Trace:
     stable_lr: np.ndarray  # per step: the largest learning rate stable on that batch
     reference: Any = None  # sgdtrace.reference.Reference when --reference exact was asked for
     gradcheck: Any = None  # sgdtrace.reference.GradCheck when --gradcheck was asked for
+    #: per side ("manual", "torch"): {"stalled_w", "stalled_b"}, bool per step (sgdtrace.stall)
+    stalled: dict[str, dict[str, np.ndarray]] | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -138,11 +140,11 @@ def judge(cfg: Config, dataset: data_mod.Dataset, plan: data_mod.BatchPlan, devi
     stable = stable_lr(dataset.x, plan, cfg)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
-    man.update(stall.stalled(man, cfg))  # stalled_w, stalled_b: the steps whose update rounding lost
-    ref.update(stall.stalled(ref, cfg))
-    verdict.stalled = stall.summary(ref)
+    # stalled_w, stalled_b per side: the steps whose update was lost to rounding
+    stalled = {"manual": stall.stalled(man, cfg), "torch": stall.stalled(ref, cfg)}
+    verdict.stalled = stall.summary(stalled["torch"])
     assert epoch.shape[0] == steps
-    return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable)
+    return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable, stalled=stalled)
 
 
 # ------------------------------------------------------------------ blow-ups

@@ -133,5 +133,5 @@ def _spacing(trace, k: int, params: dict, state1: dict) -> dict[str, dict[str, A
         below, above = stall.spacing(p0, cfg.dtype)
         step = cfg.lr * float(optimizers.get("sgd").direction(p0, g, state, cfg))
         out[p] = {"below": below, "above": above, "update": step,
-                  "stalled": bool(trace.manual.get(f"stalled_{p}", np.zeros(k + 1, dtype=bool))[k])}
+                  "stalled": bool(trace.stalled["manual"][f"stalled_{p}"][k]) if trace.stalled else False}
     return out

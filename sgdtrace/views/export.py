@@ -38,8 +38,8 @@ def trace_to_json(trace) -> dict[str, Any]:
                   d.finite.tolist())
     epochs, batches, ns = trace.epoch.tolist(), trace.batch.tolist(), trace.n.tolist()
     stalls = _stall_keys(trace)  # booleans beside the values: the update lost to rounding
-    man.update({f: trace.manual[f].tolist() for f in stalls})
-    ref.update({f: trace.torch[f].tolist() for f in stalls})
+    man.update({f: trace.stalled["manual"][f].tolist() for f in stalls})
+    ref.update({f: trace.stalled["torch"][f].tolist() for f in stalls})
     steps = []
     for k in range(trace.n_steps):
         divergence = {}
@@ -61,9 +61,7 @@ def trace_to_json(trace) -> dict[str, Any]:
 
 def _stall_keys(trace) -> tuple[str, ...]:
     """``stalled_w``, ``stalled_b``: recorded on both sides by the judge (:mod:`sgdtrace.stall`)."""
-    from sgdtrace.stall import FIELDS as STALLED
-
-    return tuple(f for f in STALLED if f in trace.manual and f in trace.torch)
+    return tuple(trace.stalled["torch"]) if getattr(trace, "stalled", None) else ()
 
 
 def compare_to_json(result) -> dict[str, Any]:
@@ -151,8 +149,8 @@ def trace_json_chunks(trace):
         man = {f: _json_floats(trace.manual[f][lo:hi]) for f in fields}
         ref = {f: _json_floats(trace.torch[f][lo:hi]) for f in fields}
         for f in stalls:
-            man[f] = ["true" if v else "false" for v in trace.manual[f][lo:hi].tolist()]
-            ref[f] = ["true" if v else "false" for v in trace.torch[f][lo:hi].tolist()]
+            man[f] = ["true" if v else "false" for v in trace.stalled["manual"][f][lo:hi].tolist()]
+            ref[f] = ["true" if v else "false" for v in trace.stalled["torch"][f][lo:hi].tolist()]
         div = {}
         for f in fields:
             d = trace.divergence[f]

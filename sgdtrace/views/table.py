@@ -127,6 +127,7 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
         table.add_column(LABELS.get(f, f), justify="right")
     table.add_column("ulp", justify="right")
 
+    stalled = getattr(trace, "stalled", None) or {}
     ok_all = None
     for f in fields:
         ok_all = trace.divergence[f].ok if ok_all is None else ok_all & trace.divergence[f].ok
@@ -168,9 +169,9 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
             return out
 
         last = k == shown[-1]
-        table.add_row(step, str(trace.n[k]), "hand", *row({f: cell(trace.manual[f][k], f, trace.manual) for f in fields}, lr),
+        table.add_row(step, str(trace.n[k]), "hand", *row({f: cell(trace.manual[f][k], f, stalled.get("manual", {})) for f in fields}, lr),
                       mark)
-        table.add_row("", "", Text("torch", style="dim"), *row({f: cell(trace.torch[f][k], f, trace.torch) for f in fields}),
+        table.add_row("", "", Text("torch", style="dim"), *row({f: cell(trace.torch[f][k], f, stalled.get("torch", {})) for f in fields}),
                       "", end_section=not last and witness is None and gc is None)
         if witness is not None:
             table.add_row("", "", Text("exact", style="cyan"),
