@@ -61,7 +61,10 @@ def test_json_matches_the_contract(runner):
     assert (first["epoch"], first["batch"], first["n"], first["indices"]) == (1, 1, 3, [0, 1, 2])
     assert doc["steps"][2]["indices"] == [6, 7, 8]
     for engine in ("manual", "torch"):
-        assert set(first[engine]) == {"grad_w", "grad_b", "loss", "w", "b"}
+        assert set(first[engine]) == {"grad_w", "grad_b", "loss", "w", "b", "stalled_w", "stalled_b"}
+        assert first[engine]["stalled_w"] is False and first[engine]["stalled_b"] is False
+    assert set(first["divergence"]) == {"grad_w", "grad_b", "loss", "w", "b"}  # the flags are not judged
+    assert doc["verdict"]["stalled"] is None
     assert first["manual"]["grad_b"] == -24.0
     assert first["manual"]["grad_w"] == pytest.approx(-26.6667, abs=1e-4)
     assert first["manual"]["loss"] == pytest.approx(146.6667, abs=1e-4)
