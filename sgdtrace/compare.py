@@ -132,7 +132,8 @@ def compare_runs(config: Config, devices: tuple[str, ...], dtypes: tuple[str, ..
 
 def cross_compare(base, other) -> Cross:
     """Torch's columns in ``other`` judged against torch's in ``base`` (same config, another device)."""
-    div = divergence.compare_columns(base.torch, other.torch, base.dataset.x, base.dataset.y,
-                                     base.plan, base.config)
+    # judged as two devices (the 16-bit update's exact rule holds for the CPU's kernels only)
+    cfg = base.config.replace(device=other.device, origin=base.config.origin)
+    div = divergence.compare_columns(base.torch, other.torch, base.dataset.x, base.dataset.y, base.plan, cfg)
     verdict = divergence.verdict(div, base.torch, other.torch, base.epoch, base.batch, None)
     return Cross(base.config.dtype, base.device, other.device, div, verdict)

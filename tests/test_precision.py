@@ -227,7 +227,7 @@ from sgdtrace.tracing import run_trace  # noqa: E402
 
 
 @pytest.mark.filterwarnings("ignore:overflow")
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs(), st.sampled_from(TYPES))
 def test_engines_agree_in_16_bits_over_the_option_space(cfg, dtype):
     """Random data, rates, batches and every SGD option, in bfloat16 and float16: no false alarm."""
@@ -236,7 +236,7 @@ def test_engines_agree_in_16_bits_over_the_option_space(cfg, dtype):
 
 
 @pytest.mark.filterwarnings("ignore:overflow")
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs(), st.sampled_from(TYPES))
 def test_engines_agree_in_16_bits_on_the_cuda_code_paths(cfg, dtype):
     """The hand side on torch tensors and torch's device-resident recorder, as on CUDA, on the CPU."""
