@@ -138,7 +138,6 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
     v = trace.verdict
     blew = v.diverged_training["step"] - 1 if v.diverged_training else None
     keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
-    keep += tuple(st["first_step"] - 1 for st in v.stalled or ())
     shown = shown_steps(trace.n_steps, rows, every, keep)
     for i, k in enumerate(shown):
         if k is None:
