@@ -13,7 +13,16 @@ Printed: medians of the whole process's wall time for (a) and (b) and their rati
 training-loop time of (a) against the manual engine's (imports and data excluded from both);
 the peak resident memory of each process (``wait4``'s ru_maxrss) and the ratio (b)/(a).
 
-Usage: ``python benchmarks/bench.py [--reps N] [--workloads article,1m-b64,100k-b1] [--format table]``
+The CSV workload (``200k-csv-b64``) writes 200,000 synthetic points to a CSV file once, and
+(a), (b) and the manual engine each read that file (``--data``): (a) with ``np.loadtxt``, as a
+learner would, (b) and manual with sgdtrace's reader, so reading the file is part of the times.
+
+Then the HTML report (``--format html``): the time :func:`sgdtrace.views.html.run_page` takes to
+build the page from a finished trace (the run itself excluded), in this process, the first build
+(imports included) and the median of the next ones, with the page's size; target under 1 s.
+
+Usage: ``python benchmarks/bench.py [--reps N] [--workloads article,1m-b64,100k-b1,200k-csv-b64] [--format table]
+[--html-workloads article,100k-b64]``
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,8 +44,25 @@ WORKLOADS = {
     "1m-b64": (1_000_000, 64, 1, 5),
     "100k-b1": (100_000, 1, 1, 3),
     "100k-b64": (100_000, 64, 1, 3),  # the quick one, for benchmarks/gpu_check.sh
+    "200k-csv-b64": (200_000, 64, 1, 5),  # the same kind of points, read from a CSV file
 }
-DEFAULT = ("article", "1m-b64", "100k-b1")
+#: workloads whose data are read from a CSV file (written once by :func:`csv_file`)
+CSV_WORKLOADS = {"200k-csv-b64"}
+DEFAULT = ("article", "1m-b64", "100k-b1", "200k-csv-b64")
+
+
+def csv_file(n: int, seed: int = 0) -> str:
+    """A CSV file of ``n`` points made as ``--synthetic n --seed seed`` makes them (x uniform in [0, 10), y = 2x + 10)."""
+    import numpy as np
+
+    path = os.path.join(tempfile.gettempdir(), f"sgdtrace-bench-{n}-{seed}.csv")
+    if not os.path.exists(path):
+        x = np.random.default_rng(seed).uniform(0.0, 10.0, n)
+        tmp = path + f".{os.getpid()}"
+        np.savetxt(tmp, np.column_stack([x, 2.0 * x + 10.0]), delimiter=",", header="x,y", comments="",
+                   fmt="%.17g")
+        os.replace(tmp, path)
+    return path
 
 
 def timed_rss(cmd: list[str]) -> tuple[float, float, str]:
@@ -67,7 +94,7 @@ def timed_rss(cmd: list[str]) -> tuple[float, float, str]:
 
 def commands(name: str, fmt: str, device: str) -> dict[str, list[str]]:
     n, batch, epochs, _ = WORKLOADS[name]
-    data = [] if n is None else ["--synthetic", str(n)]
+    data = [] if n is None else ["--data", csv_file(n)] if name in CSV_WORKLOADS else ["--synthetic", str(n)]
     common = data + ["--batch-size", str(batch), "--epochs", str(epochs), "--device", device]
     py = sys.executable
     return {
@@ -108,6 +135,35 @@ def bench(name: str, reps: int, fmt: str, device: str) -> dict:
     }
 
 
+def html_page(name: str, reps: int = 5) -> dict:
+    """Build the HTML report of a finished run: the first build and the median of ``reps`` more."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    import sgdtrace
+    from sgdtrace.views.html import run_page
+
+    n, batch, epochs, _ = WORKLOADS[name]
+    trace = sgdtrace.trace(batch_size=batch, epochs=epochs, **({} if n is None else {"synthetic": n}))
+    start = time.perf_counter()
+    page = run_page(trace)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run_page(trace)
+        times.append(time.perf_counter() - start)
+    return {"workload": name, "steps": trace.n_steps, "first_s": first, "median_s": statistics.median(times),
+            "reps": reps, "bytes": len(page.encode())}
+
+
+def html_table(rows: list[dict]) -> str:
+    lines = ["| workload | steps | first build, ms | median of next, ms | reps | page size, KB |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['steps']:,} | {1000 * r['first_s']:.0f} | {1000 * r['median_s']:.0f} | "
+                     f"{r['reps']} | {r['bytes'] / 1000:.0f} |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     import torch
 
@@ -141,6 +197,8 @@ def main() -> None:
                         help="sgdtrace run's output format in (b) (written to /dev/null)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where (a), (b) and the manual engine run")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--html-workloads", default="article,100k-b64",
+                        help="workloads whose HTML report build is timed (empty: none)")
     args = parser.parse_args()
     rows = []
     for name in args.workloads.split(","):
@@ -150,10 +208,14 @@ def main() -> None:
     print(f"Machine: {machine()}; --device {args.device}; (b) writes --format {args.format}; "
           "medians of wall time per process.\n")
     print(table(rows))
+    pages = [html_page(name) for name in args.html_workloads.split(",") if name]
+    if pages:
+        print("\nThe HTML report (--format html): building the page from the finished run (target < 1 s).\n")
+        print(html_table(pages))
     if args.json_out:
         with open(args.json_out, "w") as fh:
-            json.dump({"machine": machine(), "device": args.device, "format": args.format, "rows": rows},
-                      fh, indent=2)
+            json.dump({"machine": machine(), "device": args.device, "format": args.format, "rows": rows,
+                       "html": pages}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sgdtrace.config import build_config, load_toml
+from sgdtrace.notebook import CheckNotebook
 
 
 @dataclass
@@ -21,7 +22,7 @@ class CheckRow:
 
 
 @dataclass
-class CheckResult:
+class CheckResult(CheckNotebook):
     rows: list[CheckRow]
 
     @property

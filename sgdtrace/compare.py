@@ -7,6 +7,7 @@ from typing import Any
 
 from sgdtrace import divergence
 from sgdtrace.config import Config
+from sgdtrace.notebook import CompareNotebook
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def drift(base, other) -> Drift:
 
 
 @dataclass
-class CompareResult:
+class CompareResult(CompareNotebook):
     runs: list  # of Trace
     cross: list[Cross]
     drift: list[Drift] = field(default_factory=list)  # across dtypes: reported, not judged

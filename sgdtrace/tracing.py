@@ -17,10 +17,11 @@ from sgdtrace import data as data_mod
 from sgdtrace import divergence, stall
 from sgdtrace.config import Config
 from sgdtrace.errors import ConfigError
+from sgdtrace.notebook import TraceNotebook
 
 
 @dataclass
-class Trace:
+class Trace(TraceNotebook):
     """Everything one run produced. Columns are NumPy arrays, one value per step."""
 
     config: Config

@@ -13,6 +13,16 @@ class MissingMatplotlib(SgdtraceError):
     """matplotlib (the ``plot`` extra) is not installed: an input error, exit code 2."""
 
 
+def require_matplotlib():
+    """matplotlib, or a one-line error naming the extra to install (no backend is chosen)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingMatplotlib("plot needs matplotlib, which is not installed: "
+                                "pip install 'sgdtrace[plot]' (or pip install matplotlib)") from None
+    return matplotlib
+
+
 def require_pyplot():
     """matplotlib's pyplot on the Agg backend, or a one-line error naming the extra to install."""
     try:
@@ -40,14 +50,17 @@ def _finite(a: np.ndarray) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: int = 100) -> None:
-    """Draw the three panels into ``output`` (PNG, ``width`` x ``height`` pixels), written atomically."""
-    plt = require_pyplot()
+def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
+    """The three panels as a matplotlib ``Figure`` (not registered with pyplot, so no backend is switched)."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     man = trace.manual
     ds = trace.dataset
     cfg = trace.config
     steps = np.arange(1, trace.n_steps + 1)
-    fig, (ax_loss, ax_wb, ax_path) = plt.subplots(1, 3, figsize=(width / dpi, height / dpi), dpi=dpi)
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    ax_loss, ax_wb, ax_path = fig.subplots(1, 3)
 
     loss = man["loss"].astype(np.float64)
     ax_loss.plot(steps, loss, color="tab:red", lw=1.2, label="hand")
@@ -91,12 +104,15 @@ def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: in
     ax_path.set_title("path over the full-data loss")
     ax_path.legend(fontsize="small")
 
-    fig.suptitle(f"SGD on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, {cfg.epochs} epoch(s), "
+    fig.suptitle(f"SGD on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, "
                  f"{cfg.dtype}", fontsize="medium")
     fig.tight_layout()
+    return fig
+
+
+def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: int = 100) -> None:
+    """Draw the three panels into ``output`` (PNG, ``width`` x ``height`` pixels), written atomically."""
     from sgdtrace.output import atomic_write
 
-    try:
-        atomic_write(output, lambda path: fig.savefig(path, format="png", dpi=dpi))
-    finally:
-        plt.close(fig)
+    fig = plot_figure(trace, width, height, dpi)
+    atomic_write(output, lambda path: fig.savefig(path, format="png", dpi=dpi))

@@ -1,0 +1,327 @@
+"""The HTML report: parsed, it holds the article's table and the verdict; nothing outside the page is
+referenced; a real headless Chromium renders it (where one is installed) without console errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from urllib.parse import unquote
+
+import pytest
+from click.testing import CliRunner
+
+import sgdtrace
+from sgdtrace.cli import cli
+from sgdtrace.views.export import trace_to_csv
+from sgdtrace.views.html import cell, run_page
+from sgdtrace.views.table import verdict_text
+
+# The article's table (lr 0.01, batch size 3, w = b = 0), to the digits it prints (as in test_article.py).
+ARTICLE = [
+    # dl/dw,    dl/db,    w,       b,      loss
+    ("-26.67", "-24", "0.267", "0.24", "146.67"),
+    ("-135.86", "-33.39", "1.63", "0.57", "280.67"),
+    ("-169.19", "-24.10", "3.32", "0.81", "145.28"),
+]
+FIELDS = ("grad_w", "grad_b", "w", "b", "loss")
+HEADS = {"grad_w": "dl/dw", "grad_b": "dl/db", "w": "w", "b": "b", "loss": "loss"}
+
+
+class Page(HTMLParser):
+    """Collects what the tests look at: every tag with its attributes, the steps table's rows as text
+    cells, the tables' captions and header cells, the SVGs' titles and descriptions, all text."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.stack: list[str] = []
+        self.tables: list[dict] = []
+        self.svg_titles: list[str] = []
+        self.svg_descs: list[str] = []
+        self.text: list[str] = []
+        self._cell: list[str] | None = None
+        self._row: list[str] | None = None
+        self._capture: list[str] | None = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag in ("meta", "br", "img", "input", "link", "hr"):
+            return
+        self.stack.append(tag)
+        if tag == "table":
+            self.tables.append({"class": a.get("class", ""), "caption": "", "rows": [], "ths": []})
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+            if tag == "th":
+                self.tables[-1]["ths"].append(a)
+        elif tag in ("caption", "title", "desc"):
+            self._capture = []
+
+    def handle_endtag(self, tag):
+        if tag in ("meta", "br", "img", "input", "link", "hr"):
+            return
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[-1]["rows"].append(self._row)
+            self._row = None
+        elif tag == "caption":
+            self.tables[-1]["caption"] = "".join(self._capture).strip()
+            self._capture = None
+        elif tag in ("title", "desc") and "svg" in self.stack:
+            (self.svg_titles if tag == "title" else self.svg_descs).append("".join(self._capture).strip())
+            self._capture = None
+        elif tag == "title":
+            self._capture = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        for buf in (self._cell, self._capture):
+            if buf is not None:
+                buf.append(data)
+
+    def table(self, cls: str) -> dict:
+        return next(t for t in self.tables if t["class"] == cls)
+
+
+@pytest.fixture(scope="module")
+def article():
+    return sgdtrace.trace()
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("html") / "report.html"
+    r = CliRunner().invoke(cli, ["run", "--format", "html", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def hand_rows(steps: dict) -> list[dict]:
+    """The steps table's 'hand' rows as {column heading: cell text}."""
+    heads = steps["rows"][0]
+    rows = []
+    for row in steps["rows"][1:]:
+        if "hand" in row:
+            rows.append(dict(zip(heads, row)))
+    return rows
+
+
+def decimals(text):
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def test_page_holds_the_articles_table(report, article):
+    page = Page(report.read_text(encoding="utf-8"))
+    rows = hand_rows(page.table("steps"))
+    assert [r["batch"] for r in rows] == ["1", "2", "3"]
+    for k, (row, expected) in enumerate(zip(rows, ARTICLE)):
+        for field, text in zip(FIELDS, expected):
+            shown = row[HEADS[field]]
+            # the page writes the engine's value as cell() does ...
+            assert shown == cell(article.manual[field][k])
+            # ... which is the article's number to the decimals the article prints
+            assert abs(float(shown) - float(text)) <= 0.5 * 10 ** -decimals(text) + 1e-9, (k, field, shown, text)
+        assert row["ulp"] == "0"
+    # torch's rows beneath, the same numbers (the article's run is bit-identical)
+    torch_rows = [r for r in page.table("steps")["rows"] if "torch" in r]
+    assert len(torch_rows) == 3
+    assert torch_rows[1][torch_rows[1].index("torch") + 1] == cell(article.torch["grad_w"][1]) == "-135.858"
+
+
+def test_page_holds_the_verdict_config_explanation_and_graph(report, article):
+    text = report.read_text(encoding="utf-8")
+    page = Page(text)
+    words = " ".join("".join(page.text).split())
+    for line in verdict_text(article).plain.split("\n"):
+        assert " ".join(line.split()) in words
+    assert "✓ agree" in words
+    config = {row[0]: row[1] for row in page.table("config")["rows"][1:]}
+    assert config["lr"] == "0.01" and config["batch_size"] == "3" and config["dtype"] == "float32"
+    # nothing diverged: batch 1 is explained, with its numbers beside torch's
+    assert "Batch 1 explained" in words and "Eq. 8" in words
+    explain = {row[0]: row[1:] for row in page.table("explain")["rows"][1:]}
+    assert explain["dl/dw"] == ["-26.6667", "-26.6667", "0"]
+    # the graph: the DAG as inline SVG, torch's grad_fn graph as a table
+    assert "The article's computation graph (the manual DAG)" in page.svg_titles
+    graph_rows = page.table("torch-graph")["rows"]
+    assert any("MseLossBackward0" in r[0] for r in graph_rows) and "✓ parity" in words
+
+
+def test_page_is_self_contained_accessible_and_small(report):
+    text = report.read_text(encoding="utf-8")
+    assert len(text.encode()) < 300_000
+    # no network: no external src/href, no @import, no url(http...), no script at all
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", text, re.I)
+    assert "@import" not in text and not re.search(r"url\(\s*['\"]?\s*(https?:|//)", text, re.I)
+    page = Page(text)
+    tags = [t for t, _ in page.tags]
+    assert "script" not in tags and "link" not in tags and "iframe" not in tags and "img" not in tags
+    csp = [a for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp and "default-src 'none'" in csp[0]["content"]
+    # accessible: a language, captions, header cells with a scope, every SVG titled and described
+    assert dict(page.tags[0][1]).get("lang") == "en"
+    assert all(t["caption"] for t in page.tables)
+    assert all(th.get("scope") in ("col", "row", "rowgroup") for t in page.tables for th in t["ths"])
+    svgs = [a for t, a in page.tags if t == "svg"]
+    assert len(svgs) == 4  # three plot panels and the DAG
+    assert all(a.get("role") == "img" and a.get("aria-labelledby") for a in svgs)
+    assert len(page.svg_titles) == len(page.svg_descs) == 4 and all(page.svg_descs)
+    # dark theme and print
+    assert "prefers-color-scheme: dark" in text and "@media print" in text
+
+
+def test_csv_download_holds_every_step(tmp_path, article):
+    out = tmp_path / "long.html"
+    r = CliRunner().invoke(cli, ["run", "--format", "html", "--epochs", "30", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    page = Page(out.read_text(encoding="utf-8"))
+    steps = page.table("steps")
+    # 90 steps summarised as in the terminal: 40 shown (2 rows each), one gap row
+    gaps = [row for row in steps["rows"] if len(row) == 1]
+    assert len(gaps) == 1 and "50 steps not shown" in gaps[0][0]
+    assert sum(1 for row in steps["rows"] if "hand" in row) == 40
+    links = [a for t, a in page.tags if t == "a" and "download" in a]
+    assert len(links) == 1
+    prefix = "data:text/csv;charset=utf-8,"
+    assert links[0]["href"].startswith(prefix)
+    data = unquote(links[0]["href"][len(prefix):])
+    assert data == trace_to_csv(sgdtrace.trace(epochs=30))
+    assert len(data.splitlines()) == 91
+
+
+def test_blow_up_is_explained_and_marked(tmp_path):
+    out = tmp_path / "blow.html"
+    r = CliRunner().invoke(cli, ["run", "--format", "html", "--lr", "0.1", "--output", str(out)])
+    assert r.exit_code in (0, 1), r.output
+    page = Page(out.read_text(encoding="utf-8"))
+    words = " ".join("".join(page.text).split())
+    assert "training blew up" in words and "Batch 2 explained (where training blew up)" in words
+    rows = hand_rows(page.table("steps"))
+    assert rows[2]["w"] == "-29.1597"  # the article's erratum: w = -29.16 after batch 3
+    assert "⚠" in rows[1]["ulp"]
+
+
+def test_batch_option(tmp_path):
+    out = tmp_path / "b2.html"
+    r = CliRunner().invoke(cli, ["run", "--format", "html", "--batch", "2", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "Batch 2 explained (as asked (--batch))" in " ".join("".join(Page(out.read_text()).text).split())
+    bad = tmp_path / "bad.html"
+    r = CliRunner().invoke(cli, ["run", "--format", "html", "--batch", "4", "--output", str(bad)])
+    assert r.exit_code == 2 and "--batch 4" in r.output and "1..3" in r.output and not bad.exists()
+    r = CliRunner().invoke(cli, ["run", "--batch", "2"])
+    assert r.exit_code == 2 and "--format html" in r.output
+    # --epoch alone names nothing: a warning, and the page explains its default batch
+    r = CliRunner().invoke(cli, ["run", "--format", "html", "--epoch", "1"])
+    assert r.exit_code == 0 and "--epoch ignored" in r.stderr
+
+
+def test_divergent_run_explains_its_first_divergent_batch(article):
+    import numpy as np
+
+    from sgdtrace import tracing
+
+    # the torch side's gradient at batch 2 nudged by 1%: the judge finds it, the page explains it
+    torch_cols = {f: v.copy() for f, v in article.torch.items()}
+    torch_cols["grad_w"][1] *= np.float32(1.01)
+    bad = tracing.judge(article.config, article.dataset, article.plan, article.device, article.manual, torch_cols)
+    assert not bad.verdict.ok
+    page = Page(run_page(bad))
+    words = " ".join("".join(page.text).split())
+    assert "✗ diverge" in words and "Batch 2 explained (the first divergent batch)" in words
+    assert "✗" in hand_rows(page.table("steps"))[1]["ulp"]
+
+
+@pytest.mark.parametrize("args", [["compare", "--dtype", "float32", "--dtype", "float64"],
+                                  ["check", "configs/article.toml", "configs/article-lr-0.1.toml"]])
+def test_compare_and_check_pages(tmp_path, args):
+    out = tmp_path / "page.html"
+    r = CliRunner().invoke(cli, args + ["--format", "html", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text(encoding="utf-8")
+    page = Page(text)
+    words = " ".join("".join(page.text).split())
+    assert "✓ all agree" in words or "✓ 2 runs agree" in words
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", text, re.I)
+    assert all(t["caption"] for t in page.tables)
+    if args[0] == "compare":
+        assert "cpu float64" in words and len([t for t in page.tables if t["class"] == "steps"]) == 2
+    else:
+        assert "article-lr-0.1.toml" in words
+
+
+def test_csv_link_encoding_is_urllib_quote():
+    from urllib.parse import quote
+
+    from sgdtrace.views.html import percent_encode
+
+    text = 'epoch,batch,n\n1,2,-3.5e-07,inf,nan "x" é#%<>&\'\n'
+    assert percent_encode(text) == quote(text, safe=",.-_+:")
+
+
+def test_page_build_is_fast(article):
+    import time
+
+    run_page(article)  # imports
+    start = time.perf_counter()
+    text = run_page(article)
+    elapsed = time.perf_counter() - start
+    assert text.startswith("<!DOCTYPE html>")
+    assert elapsed < 1.0, f"the page took {elapsed:.2f} s to build beyond the run"
+
+
+# ------------------------------------------------------------------ a real browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    # --no-sandbox: the tests may run as root (CI); the page runs no script and loads nothing anyway
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+           "--host-resolver-rules=MAP * ~NOTFOUND", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HOME": os.environ.get("TMPDIR", "/tmp")})
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian: apt-get install chromium)")
+@pytest.mark.parametrize("dark", [False, True])
+def test_chromium_renders_the_page(report, tmp_path, dark):
+    imread = pytest.importorskip("matplotlib.image").imread  # reads the PNG screenshot
+
+    shot = tmp_path / "shot.png"
+    url = report.resolve().as_uri()
+    theme = ["--force-dark-mode"] if dark else []
+    r = chromium(*theme, f"--screenshot={shot}", "--window-size=1280,2400", url)
+    assert shot.exists(), r.stderr[-2000:]
+    pixels = imread(str(shot))[..., :3]
+    assert pixels.shape[:2] == (2400, 1280)
+    flat = pixels.reshape(-1, 3)
+    background = flat[0]
+    other = (abs(flat - background).sum(axis=1) > 0.1).mean()
+    assert other > 0.02, f"only {other:.1%} of the screenshot differs from the background"
+    # dark theme: the background is dark; light: it is light
+    assert (background.mean() < 0.3) if dark else (background.mean() > 0.9)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian: apt-get install chromium)")
+def test_chromium_dom_and_console(report):
+    """The DOM as Chromium built it holds the table; the console (logged at --v=0) has no error, no
+    blocked request (the page's Content-Security-Policy would log any load from outside)."""
+    r = chromium("--enable-logging=stderr", "--v=0", "--dump-dom", report.resolve().as_uri())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "-135.858" in r.stdout and "✓ agree" in r.stdout and "</svg>" in r.stdout
+    console = [line for line in r.stderr.splitlines()
+               if "CONSOLE" in line or "Uncaught" in line or "Refused to" in line or "net::ERR" in line]
+    assert not console, "\n".join(console)

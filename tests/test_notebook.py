@@ -1,0 +1,137 @@
+"""Jupyter: a trace displays itself as the table and the verdict; its views are methods; the
+article's notebook runs top to bottom (nbclient) so it cannot rot."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+import sgdtrace
+from sgdtrace.views.html import cell
+from sgdtrace.views.fmt import fit
+
+NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "docs", "notebooks", "article.ipynb")
+
+
+@pytest.fixture(scope="module")
+def article():
+    return sgdtrace.trace()
+
+
+def test_trace_displays_the_table_and_the_verdict(article):
+    bundle = article._repr_mimebundle_()
+    assert set(bundle) == {"text/plain", "text/html"}
+    html, plain = bundle["text/html"], bundle["text/plain"]
+    for k in range(3):
+        for f in ("grad_w", "grad_b", "w", "b", "loss"):
+            assert f"<td>{cell(article.manual[f][k])}</td>" in html
+            assert fit(article.manual[f][k]) in plain  # the terminal table's formatting
+    # the article's numbers, as written there and here
+    assert "<td>-135.858</td>" in html and "<td>3.31716</td>" in html
+    assert "✓ agree" in html and "✓ agree" in plain
+    assert article._repr_html_() == html
+    assert str(article) == plain
+    assert "\x1b[" not in plain  # no terminal colour codes in the fallback
+    assert article._repr_mimebundle_(include=["text/plain"]) == {"text/plain": plain}
+
+
+def test_ipython_uses_the_bundle(article):
+    pytest.importorskip("IPython")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    data, _ = InteractiveShell.instance().display_formatter.format(article)
+    assert "-135.858" in data["text/html"] and "-135.858" in data["text/plain"]
+
+
+def test_explain_displays_batch_two(article):
+    view = article.explain(batch=2)
+    html, plain = view._repr_html_(), str(view)
+    assert view.explanation.batch == 2 and view.explanation.matches_trace
+    assert f"<td>{cell(article.manual['grad_w'][1])}</td>" in html  # -135.858
+    assert "Eq. 8" in plain and "-135.858" in plain and "Eq. 8" in html
+    assert view.to_json()["manual"]["grad_w"] == pytest.approx(float(article.manual["grad_w"][1]))
+    with pytest.raises(sgdtrace.SgdtraceError, match="--batch 4"):
+        article.explain(batch=4)
+
+
+def test_graph_displays_without_graphviz(article, monkeypatch):
+    monkeypatch.setenv("PATH", "")  # no `dot` binary anywhere
+    view = article.graph()
+    html = view._repr_html_()
+    assert html.count("<svg") == 1 and 'role="img"' in html and "<title" in html
+    assert "MseLossBackward0" in html and "✓ parity" in html
+    assert "AccumulateGrad" in str(view)
+    assert view.to_dot().startswith("digraph")
+    assert view.result.structure_ok
+
+
+def test_plot_returns_a_figure(article):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    fig = article.plot()
+    assert isinstance(fig, Figure)
+    axes = fig.get_axes()
+    assert len(axes) == 3
+    assert list(axes[1].get_lines()[0].get_ydata()) == pytest.approx(article.manual["w"].tolist())
+
+
+def test_to_pandas_one_row_per_step(article):
+    pd = pytest.importorskip("pandas")
+    frame = article.to_pandas()
+    assert isinstance(frame, pd.DataFrame)
+    assert len(frame) == 3 and list(frame.index) == [1, 2, 3]
+    assert frame["manual_grad_w"].tolist() == pytest.approx([-26.6667, -135.858, -169.192], abs=1e-3)
+    assert frame["torch_w"].tolist() == article.torch["w"].tolist()
+    assert frame["ok"].all() and (frame["ulp_loss"] == 0).all()
+
+
+def test_to_pandas_without_pandas_names_the_extra(article, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(sgdtrace.SgdtraceError, match=r"sgdtrace\[pandas\]"):
+        article.to_pandas()
+
+
+def test_compare_result_displays_itself():
+    from sgdtrace.compare import compare_runs
+
+    result = compare_runs(sgdtrace.Config(), ("cpu",), ("float32", "float64"))
+    bundle = result._repr_mimebundle_()
+    assert "cpu float64" in bundle["text/html"] and "cpu float64" in bundle["text/plain"]
+    assert "✓ all agree" in bundle["text/html"]
+
+
+def test_long_run_is_summarised_in_the_notebook():
+    t = sgdtrace.trace(epochs=30)
+    html = t._repr_html_()
+    assert html.count('<tr class="hand">') == 40 and "50 steps not shown" in html
+
+
+def test_notebook_is_stored_without_outputs():
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    assert os.path.getsize(NOTEBOOK) < 20_000
+
+
+def test_notebook_runs_top_to_bottom(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("matplotlib")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError on any error
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    plain = "".join(o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert "<td>-135.858</td>" in html and "✓ agree" in html  # the table and the verdict
+    assert "Eq. 8" in html  # batch 2 explained
+    assert "MseLossBackward0" in html and "<svg" in html  # the graph
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the plot
+    assert "training blew up" in html and "-29.1597" in html  # the lr = 0.1 blow-up
+    assert "(True, 0)" in plain
