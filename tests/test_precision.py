@@ -477,3 +477,13 @@ def test_the_random_run_study_in_16_bits(capsys):
     assert study.main(100, 7) == 0
     out = capsys.readouterr().out
     assert "bfloat16: 100 runs, 0 failed" in out and "float16: 100 runs, 0 failed" in out
+
+
+@pytest.mark.parametrize("dtype, lr", [("float16", "1e-8"), ("bfloat16", "1e-42")])
+def test_a_rate_that_rounds_to_zero_in_the_type_is_refused(dtype, lr):
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    r = CliRunner().invoke(cli, ["run", "--dtype", dtype, "--lr", lr])
+    assert r.exit_code == 2 and f"rounds to 0 in {dtype}" in r.stderr
