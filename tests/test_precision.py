@@ -393,6 +393,14 @@ def test_table_marks_the_stalled_values():
     assert "= w stalled at 3 steps from step 1 on" in text
 
 
+def test_the_html_report_marks_the_stalled_values():
+    from sgdtrace.views.html import steps_html
+
+    page = steps_html(run_trace(Config(dtype="bfloat16", init_w=500.0, init_b=5.0, lr=2e-5)))
+    assert page.count('title="update lost to rounding">=</span>') == 6  # w, hand and torch, 3 steps
+    assert "update lost to rounding" not in steps_html(run_trace(Config()))
+
+
 def test_compare_across_dtypes_reports_the_drift_outside_the_exit_code():
     import json
 
