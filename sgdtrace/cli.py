@@ -512,14 +512,9 @@ def plot(width: int, height: int, **kw: Any) -> int:
         raise ConfigError("plot needs --output FILE.png: the file to write the image to")
     if not output.lower().endswith(".png"):
         raise ConfigError(f"--output {output!r}: plot writes PNG images; name a file ending in .png")
-    try:  # a missing matplotlib is reported before any training
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ConfigError("plot needs matplotlib, one of sgdtrace's dependencies, and it is not installed: "
-                          "reinstall sgdtrace (`make install` in its folder) or run `pip install matplotlib`") from None
-    from sgdtrace.views.plot import require_pyplot
+    from sgdtrace.views.plot import require_matplotlib
 
-    require_pyplot()
+    require_matplotlib()  # a missing matplotlib is reported before any training
     from sgdtrace.tracing import run_trace
 
     trace = run_trace(cfg)

@@ -387,5 +387,6 @@ def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[s
             warnings.append(f"{' and '.join(unused)} ignored: {'they shape' if len(unused) > 1 else 'it shapes'} "
                             f"the table, and --format {fmt} writes every step")
     if "epoch" in label and "batch" not in label:
-        warnings.append(f"{label['epoch']} ignored: it names the epoch of --batch, and no --batch was given")
+        typo = "" if label["epoch"].startswith("--") else " (did you mean 'epochs'?)"
+        warnings.append(f"{label['epoch']} ignored: it names the epoch of --batch, and no --batch was given{typo}")
     return out, warnings

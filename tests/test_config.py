@@ -205,3 +205,16 @@ def test_data_dash_in_a_file_is_standard_input(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("data = '-'\n")
     assert load_toml(str(path))["data"] == "-"  # not a file named '-' beside the config
+
+
+def test_epoch_in_a_file_without_batch_is_a_warning_that_names_epochs(tmp_path):
+    """`epoch` is run's --epoch (the HTML report's batch); alone, it is most likely `epochs` misspelled."""
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    path = tmp_path / "c.toml"
+    path.write_text("epoch = 3\n")
+    r = CliRunner().invoke(cli, ["run", "--config", str(path)])
+    assert r.exit_code == 0
+    assert "'epoch' in c.toml ignored" in r.stderr and "did you mean 'epochs'?" in r.stderr

@@ -209,7 +209,7 @@ def test_unreadable_data_file(tmp_path, monkeypatch):
     ("[run\nlr = 1\n", ["not valid TOML", "line 1"]),
     ("learning_rate = 0.1\n", ["unknown key 'learning_rate'", "known keys"]),
     ("batchsize = 3\n", ["unknown key 'batchsize'", "did you mean 'batch_size'?"]),
-    ("epoch = 3\n", ["unknown key 'epoch'", "did you mean 'epochs'?"]),
+    ("epoches = 3\n", ["unknown key 'epoches'", "did you mean 'epochs'?"]),
     ("lr = \"fast\"\n", ["'lr' in cfg.toml = 'fast'", "must be a number"]),
     ("batch_size = 2.5\n", ["'batch_size' in cfg.toml = 2.5", "whole number"]),
     ("shuffle = \"yes\"\n", ["'shuffle' in cfg.toml = 'yes'", "true or false"]),
