@@ -222,7 +222,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_options import assert_agree_at_every_step, configs  # noqa: E402
 
-from sgdtrace import stall  # noqa: E402
+from sgdtrace import divergence, stall  # noqa: E402
 from sgdtrace.tracing import run_trace  # noqa: E402
 
 
@@ -275,6 +275,49 @@ def test_an_lr_kept_in_float32_is_caught(dtype):
     v = run_trace(cfg, engine=_lr_kept_in_float32).verdict
     assert not v.ok and v.first_divergent_step["field"] in ("w", "b")
     assert v.first_divergent_step["tol"] == 0  # the update's inputs agreed bit for bit
+
+
+def _scalars_kept_in_float32(config, backend):
+    """An honest variant: every alpha kept in float32 and each ``a + alpha*b`` rounded once, as
+    torch's fused CUDA kernels compute (not the CPU's rule: caught by the exact rule there)."""
+    eng = manual.engine(config, backend)
+    f32, r = np.float32, backend.rounded
+
+    def update(p, g, state, hp):
+        g = -g if config.maximize else g
+        if config.weight_decay:
+            g = r(f32(g) + f32(config.weight_decay) * f32(p))
+        if config.momentum:
+            buf = state.get(sgd.MOMENTUM_BUFFER)
+            buf = g if buf is None else r(f32(r(f32(buf) * f32(config.momentum)))
+                                          + f32(1 - config.dampening) * f32(g))
+            state[sgd.MOMENTUM_BUFFER] = buf
+            g = r(f32(g) + f32(config.momentum) * f32(buf)) if config.nesterov else buf
+        return r(f32(p) - f32(config.lr) * f32(g))
+
+    return dataclasses.replace(eng, update=update)
+
+
+_KNOWN_GAP = pytest.mark.xfail(strict=True, reason=(
+    "the loss's rounding scale E is built from the hand side's residuals only: at step 77 the hand's "
+    "(w, b) = (2, 10) fits the batch exactly (E = 0, loss 0) while torch, 0.0158 away, rounds its "
+    "loss 0.0156; a tolerance-model fix (E from both engines' residuals) belongs to the gradient/loss terms"))
+
+
+@pytest.mark.parametrize("dtype, opts", [
+    ("bfloat16", dict()), ("float16", dict()),
+    pytest.param("bfloat16", dict(momentum=0.9, dampening=0.2, weight_decay=0.01), marks=_KNOWN_GAP),
+    ("float16", dict(momentum=0.9, dampening=0.2, weight_decay=0.01)),
+    ("bfloat16", dict(momentum=0.8, nesterov=True, maximize=True, epochs=3)),
+    ("float16", dict(momentum=0.8, nesterov=True, maximize=True, epochs=3))])
+def test_the_general_allowance_covers_another_honest_rounding(dtype, opts):
+    """Off the CPU's kernels (on CUDA) the update is judged by the general allowance, 4u of the
+    magnitudes rounded: a hand side rounding as the fused kernels do stays within it."""
+    cfg = Config(dtype=dtype, lr=0.0123, **{"epochs": 30, **opts})
+    rtol, atol = divergence.default_tolerance(dtype)
+    t = run_trace(cfg.replace(rtol=rtol, atol=atol), engine=_scalars_kept_in_float32)  # the same allowance
+    assert t.verdict.ok, t.verdict.first_divergent_step
+    assert t.verdict.max_ulp > 0  # it does round differently
 
 
 def test_a_float16_running_sum_is_caught(monkeypatch):
