@@ -10,12 +10,11 @@ zero. The verdict lists, per parameter that stalled in torch, the first such ste
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from sgdtrace.engines import optimizers
 from sgdtrace.engines.protocol import PARAMS, state_field
+from sgdtrace.verdict import Stall
 
 #: the recorded columns, one per parameter
 FIELDS = tuple(f"stalled_{p}" for p in PARAMS)
@@ -44,14 +43,14 @@ def stalled(cols: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
     return out
 
 
-def summary(flags: dict[str, np.ndarray]) -> list[dict[str, Any]] | None:
-    """The verdict's ``stalled``: ``None``, or one ``{"field", "first_step", "steps"}`` per parameter
-    that stalled (``first_step`` counts from 1 like the JSON's steps)."""
+def summary(flags: dict[str, np.ndarray]) -> list[Stall] | None:
+    """The verdict's ``stalled``: ``None``, or one :class:`sgdtrace.verdict.Stall` per parameter that
+    stalled (``first_step`` counts from 1 like the JSON's steps)."""
     out = []
     for name in PARAMS:
         hit = np.flatnonzero(flags["stalled_" + name])
         if hit.size:
-            out.append({"field": name, "first_step": int(hit[0]) + 1, "steps": int(hit.size)})
+            out.append(Stall(name, int(hit[0]) + 1, int(hit.size)))
     return out or None
 
 

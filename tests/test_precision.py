@@ -357,12 +357,12 @@ def test_a_stall_is_reported_where_torch_stops_moving(config):
         assert (t.stalled["manual"]["stalled_" + p] == lost).all()  # the hand side stalls on the same steps
         if lost.any():
             expected.append({"field": p, "first_step": int(np.flatnonzero(lost)[0]) + 1, "steps": int(lost.sum())})
-    assert expected and t.verdict.stalled == expected
+    assert expected and [st.to_json() for st in t.verdict.stalled] == expected
 
 
 def test_the_stall_config_stalls_w_on_every_step():
     t = run_trace(_config_file("configs/bfloat16-stall.toml"))
-    assert t.verdict.stalled == [{"field": "w", "first_step": 1, "steps": 30}]
+    assert [st.to_json() for st in t.verdict.stalled] == [{"field": "w", "first_step": 1, "steps": 30}]
     assert (t.torch["w"] == 500).all()
     # the spacing of bfloat16 values at 500 is 2: an update under 1 is lost
     assert stall.spacing(500.0, "bfloat16") == (2.0, 2.0)

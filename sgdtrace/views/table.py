@@ -12,10 +12,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.divergence import tolerances
 from sgdtrace.engines.protocol import FIELDS
 from sgdtrace.views.export import verdict_sentence
-from sgdtrace.views.fmt import LABELS, describe_data, fit, num, percent, sci
+from sgdtrace.views.fmt import LABELS, describe_data, fit, num
+from sgdtrace.views.verdict import rich_text
 
 #: rows shown in full up to this many steps; longer runs show the first and last rows
 DEFAULT_ROWS = 40
@@ -178,8 +178,8 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
     if witness is not None:
         err_m, err_t = witness.errors(trace.manual), witness.errors(trace.torch)
     v = trace.verdict
-    blew = v.diverged_training["step"] - 1 if v.diverged_training else None
-    keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
+    blew = v.diverged_training.step - 1 if v.diverged_training else None
+    keep = tuple(d.step - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
     shown = shown_steps(trace.n_steps, rows, every, keep)
     for i, k in enumerate(shown):
         if k is None:
@@ -235,35 +235,9 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
 
 
 def verdict_text(trace) -> Text:
-    """The verdict line(s): agree or diverge (naming the first divergent step), and any blow-up."""
-    v = trace.verdict
-    rtol, _ = tolerances(trace.config)
-    out = Text()
-    if v.ok:
-        out.append("✓ agree", style="bold green")
-        same = " (bit-identical)" if v.max_ulp == 0 else ""
-        out.append(f"  all {trace.n_steps * len(trace.fields)} values within tolerance; max {v.max_ulp} ulp{same}\n"
-                   f"  max |Δ| {sci(v.max_abs)} · max rel {sci(v.max_rel)} · worst {percent(v.max_tol_ratio)} of "
-                   f"tolerance (rtol {sci(rtol)})")
-    else:
-        f = v.first_divergent_step
-        out.append("✗ diverge", style="bold red")
-        out.append(f"  first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), {LABELS[f['field']]}: "
-                   f"hand {_show(f['manual'])}, torch {_show(f['torch'])}, |Δ| {_show(f['abs'])}"
-                   + (f" of which {_show(f['carried'])} carried in" if f.get("carried") else "")
-                   + f"; the step's own part exceeds its rounding allowance {_show(f['tol'])}")
-    for st in v.stalled or ():
-        out.append(f"\n= {st['field']} stalled", style="bold yellow")
-        out.append(f" at {st['steps']} step{'s' if st['steps'] != 1 else ''} from step {st['first_step']} on "
-                   f"(the values marked =): lr·g was under half the spacing of {trace.config.dtype} values "
-                   f"around {st['field']}, so the update rounded back to {st['field']} itself; "
-                   f"`sgdtrace explain` shows the spacing")
-    if v.diverged_training:
-        d = v.diverged_training
-        out.append("\n⚠ training blew up", style="bold yellow")
-        out.append(f" at epoch {d['epoch']} batch {d['batch']} (step {d['step']}, the row marked ⚠): "
-                   f"{d['reason']}.\n  Hint: {d['hint']}.")
-    return out
+    """The verdict line(s): agree or diverge (naming the first divergent step), and any blow-up
+    (the sentences: :mod:`sgdtrace.views.verdict`)."""
+    return rich_text(trace)
 
 
 class _Never:
@@ -274,10 +248,6 @@ class _Never:
 
 
 _NEVER = _Never()
-
-
-def _show(value) -> str:
-    return value if isinstance(value, str) else ("n/a" if value is None else num(value, 8))
 
 
 def run_view(trace, rows: int | None = None, every: int = 1, width: int | None = None) -> Group:
