@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from sgdtrace import data as data_mod
+from sgdtrace import dtypes
 from sgdtrace.config import Config
 from sgdtrace.verdict import BlowUp, json_number
 
@@ -83,7 +84,7 @@ def batch_sums(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config,
     One row per epoch in ``epochs`` (all by default); a run without shuffle has one row only,
     since every epoch has the same batches.
     """
-    xr = divergence._cast(x, cfg.dtype).astype(np.float64)
+    xr = dtypes.cast(x, cfg.dtype).astype(np.float64)
     sizes = plan.batch_sizes()
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     n_used = int(sizes.sum())

@@ -287,9 +287,7 @@ def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start
 
 def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
     """float64 values rounded to ``dtype`` as torch rounds them (to 16 bits through float32)."""
-    if dtype in dtypes.REDUCED:
-        values = values.astype(np.float32)
-    return values.astype(dtypes.np_dtype(dtype), copy=False)
+    return dtypes.cast(values, dtype)
 
 
 def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,

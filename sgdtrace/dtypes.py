@@ -44,6 +44,13 @@ def finfo(name: str):
     return np.finfo(np.dtype(name))
 
 
+def cast(values: np.ndarray, name: str) -> np.ndarray:
+    """float64 values rounded to the type as torch rounds them (to 16 bits through float32)."""
+    if name in REDUCED:
+        values = values.astype(np.float32)
+    return values.astype(np_dtype(name), copy=False)
+
+
 def is_reduced(dtype) -> bool:
     """A 16-bit type (by name or NumPy dtype)."""
     return (dtype if isinstance(dtype, str) else np.dtype(dtype).name) in REDUCED
