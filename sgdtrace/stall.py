@@ -31,14 +31,20 @@ def _before(col: np.ndarray, first) -> np.ndarray:
 
 def stalled(cols: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
     """``{"stalled_w": bool per step, "stalled_b": ...}`` for one engine's columns."""
+    sgd = getattr(config, "optimizer", "sgd") == "sgd"
     opt = optimizers.get("sgd")
+    lr = cols["lr"].astype(np.float64) if "lr" in cols else config.lr  # a schedule records its rate
     out = {}
     for name, init in (("w", config.init_w), ("b", config.init_b)):
         old = _before(cols[name], init)
-        state = {key: cols[state_field(key, name)].astype(np.float64) for key in opt.state_keys(config)}
         with np.errstate(all="ignore"):
-            d = opt.direction(old.astype(np.float64), cols["grad_" + name].astype(np.float64), state, config)
-            step = config.lr * d
+            g = cols["grad_" + name].astype(np.float64)
+            if sgd:
+                state = {key: cols[state_field(key, name)].astype(np.float64) for key in opt.state_keys(config)}
+                d = opt.direction(old.astype(np.float64), g, state, config)
+            else:  # the other optimizers: a step from a non-zero gradient (their directions: not yet)
+                d = g
+            step = lr * d
         out["stalled_" + name] = (cols[name] == old) & (step != 0) & np.isfinite(step) & np.isfinite(old)
     return out
 
