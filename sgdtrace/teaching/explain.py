@@ -140,6 +140,7 @@ def _spacing(trace, k: int, params: dict, state1: dict) -> dict[str, dict[str, A
         step = step_rate(trace, k) * float(optimizers.get("sgd").direction(p0, g, state, cfg))
         out[p] = {"below": below, "above": above, "update": step,
                   "stalled": bool(trace.stalled["manual"][f"stalled_{p}"][k]) if trace.stalled else False}
+    return out
 
 
 # ------------------------------------------------------------------ the optimizer's lines, with numbers
