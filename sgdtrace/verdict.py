@@ -127,6 +127,19 @@ class BlowUp(_Record):
                 "loss_end": json_number(self.loss_end)}
 
 
+@dataclass(frozen=True)
+class Stall(_Record):
+    """A parameter whose update torch lost to rounding (:mod:`sgdtrace.stall`): the first such step
+    (1-based) and how many steps stalled."""
+
+    field: str
+    first_step: int
+    steps: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": self.field, "first_step": self.first_step, "steps": self.steps}
+
+
 def _json(record: Any) -> Any:
     """A record's JSON; None stays None (a plain dict, as 0.1 passed, is copied as it is)."""
     if record is None or isinstance(record, dict):
@@ -143,6 +156,7 @@ class Verdict:
     max_tol_ratio: float  # max |Δ - carried| / tolerance over all judged values: < 1 passes
     first_divergent_step: FirstDivergence | None
     diverged_training: BlowUp | None
+    stalled: list[Stall] | None = None  # per parameter whose update torch lost to rounding
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,6 +167,7 @@ class Verdict:
             "max_tol_ratio": self.max_tol_ratio,
             "first_divergent_step": _json(self.first_divergent_step),
             "diverged_training": _json(self.diverged_training),
+            "stalled": None if self.stalled is None else [_json(st) for st in self.stalled],
         }
 
 

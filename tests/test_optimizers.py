@@ -157,7 +157,7 @@ def test_torch_option_combinations_agree(name, opts, dtype):
     assert doc["verdict"]["ok"], doc["verdict"]
     opt = get(name)
     cfg = Config(optimizer=name, **opts)
-    expected = {"grad_w", "grad_b", "loss", "w", "b", *state_fields(opt.state_keys(cfg))}
+    expected = {"grad_w", "grad_b", "loss", "w", "b", *state_fields(opt.state_keys(cfg)), "stalled_w", "stalled_b"}
     assert set(doc["steps"][0]["torch"]) == expected == set(doc["steps"][-1]["manual"])
     assert doc["config"]["optimizer"] == name
     for key, value in opts.items():
