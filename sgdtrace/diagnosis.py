@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from sgdtrace.dtypes import unit_roundoff
+
 from sgdtrace.engines.protocol import state_field
 from sgdtrace.views.fmt import LABELS
 
@@ -214,7 +216,7 @@ def diagnose_step(trace) -> dict[str, Any] | None:
     if not (math.isfinite(value) and math.isfinite(tol)):
         return None
     cfg = trace.config
-    u = float(np.finfo(np.dtype(cfg.dtype)).eps) / 2
+    u = unit_roundoff(cfg.dtype)
     try:
         with np.errstate(all="ignore"):
             if field in GRADIENT_FIELDS:

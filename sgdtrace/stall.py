@@ -29,8 +29,11 @@ def _before(col: np.ndarray, first) -> np.ndarray:
     return out
 
 
-def stalled(cols: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
-    """``{"stalled_w": bool per step, "stalled_b": ...}`` for one engine's columns."""
+def stalled(cols: dict[str, np.ndarray], config, other: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """``{"stalled_w": bool per step, "stalled_b": ...}`` for one engine's columns.
+
+    A state column this engine does not keep (a user's update that keeps no ``momentum_buffer``)
+    is taken from ``other``, the other side's columns, to size the step's update."""
     sgd = getattr(config, "optimizer", "sgd") == "sgd"
     opt = optimizers.get("sgd")
     lr = cols["lr"].astype(np.float64) if "lr" in cols else config.lr  # a schedule records its rate
@@ -40,7 +43,8 @@ def stalled(cols: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
         with np.errstate(all="ignore"):
             g = cols["grad_" + name].astype(np.float64)
             if sgd:
-                state = {key: cols[state_field(key, name)].astype(np.float64) for key in opt.state_keys(config)}
+                state = {key: (cols if state_field(key, name) in cols else other)[state_field(key, name)]
+                         .astype(np.float64) for key in opt.state_keys(config)}
                 d = opt.direction(old.astype(np.float64), g, state, config)
             else:  # the other optimizers: a step from a non-zero gradient (their directions: not yet)
                 d = g

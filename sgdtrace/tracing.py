@@ -177,7 +177,7 @@ def judge(cfg: Config, dataset: data_mod.Dataset, plan: data_mod.BatchPlan, devi
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
     # stalled_w, stalled_b per side: the steps whose update was lost to rounding
-    stalled = {"manual": stall.stalled(man, cfg), "torch": stall.stalled(ref, cfg)}
+    stalled = {"manual": stall.stalled(man, cfg, ref), "torch": stall.stalled(ref, cfg, man)}
     verdict.stalled = stall.summary(stalled["torch"])
     assert epoch.shape[0] == steps
     return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable, stalled=stalled)
