@@ -261,6 +261,9 @@ def validate(cfg: Config) -> None:
                     else _label(cfg, "scheduler"))
             raise ConfigError(f"{_label(cfg, 'engine')} and {what}: your own engine runs plain SGD at a "
                               "constant learning rate; leave one of them out")
+        if cfg.dtype not in ("float32", "float64"):  # the user's values are NumPy scalars of float32/float64
+            raise ConfigError(f"{_label(cfg, 'engine')} and {_label(cfg, 'dtype')} {cfg.dtype}: your own engine "
+                              "runs in float32 or float64; leave one of them out")
     if finite("engine_timeout") <= 0:
         _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
     validate_optimizer(cfg)

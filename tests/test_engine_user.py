@@ -539,3 +539,14 @@ def test_a_config_file_names_the_engine_relative_to_itself(tmp_path):
     (sub / "bad.toml").write_text("engine = 3\n")
     bad = cli_run("run", "--config", str(sub / "bad.toml"))
     assert bad.exit_code == 2 and "'engine' in bad.toml = 3: must be a string" in bad.stderr
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_engine_with_a_16_bit_dtype_is_refused_naming_both(dtype):
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    r = CliRunner().invoke(cli, ["run", "--engine", "docs/examples/textbook_rule.py", "--dtype", dtype])
+    assert r.exit_code == 2
+    assert "--engine" in r.stderr and f"--dtype {dtype}" in r.stderr and "Traceback" not in r.output
