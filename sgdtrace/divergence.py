@@ -245,15 +245,14 @@ def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start
     """
     spe = plan.steps_per_epoch
     sizes = plan.batch_sizes()
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if spe else np.zeros(0, dtype=np.int64)
-    n_used = int(sizes.sum())
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     keys = ("x", "ax", "xx", "M", "xM", "d", "dx", "dd", "dM", "sd", "sdx", "eM", "de", "ee", "pb", "nb", "pw", "nw")
     out = {k: np.empty(plan.n_steps) for k in keys}
     # whole batches at a time, about CHUNK_SAMPLES samples per chunk: the per-sample temporaries
     # stay small on a ten-million-sample epoch, and each batch's sums are the same as in one go
     per_chunk = max(1, CHUNK_SAMPLES // max(1, plan.batch_size))
     for epoch in range(plan.epochs):
-        order = plan.epoch_order(epoch)[:n_used]
+        order = plan.epoch_order(epoch)
         for j0 in range(0, spe, per_chunk):
             j1 = min(spe, j0 + per_chunk)
             lo = int(starts[j0])
@@ -272,9 +271,10 @@ def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start
                 st = sd - e
                 slack = 3 * u * M
                 d = np.fmax(np.abs(sd), np.abs(st)) + slack
-                # not-a-number (inf - inf) bounds nothing: inf, so that it reaches any threshold
-                dp = np.where(np.isnan(d), np.inf, np.fmax(np.fmax(sd, st) + slack, 0.0))
-                dn = np.where(np.isnan(d), np.inf, np.fmax(np.fmax(-sd, -st) + slack, 0.0))
+                # a nan residual (inf - inf) gives 0 here: it needs a non-finite w, b or x, and then
+                # C is not finite and the step's values are held to nothing (see _distances)
+                dp = np.fmax(np.fmax(sd, st) + slack, 0.0)
+                dn = np.fmax(np.fmax(-sd, -st) + slack, 0.0)
                 pos = xe >= 0
                 per_sample = {"x": xe, "ax": ax, "xx": xe * xe, "M": M, "xM": ax * M, "d": d,
                               "dx": d * ax, "dd": d * d, "dM": d * M, "sd": sd, "sdx": sd * xe,

@@ -20,7 +20,7 @@ from sgdtrace.config import Config
 from sgdtrace.data import Dataset, article, plan
 from sgdtrace.engines import manual, torch_ref
 from sgdtrace.engines.optimizers import sgd
-from sgdtrace.engines.protocol import state_fields
+from sgdtrace.engines.protocol import state_field, state_fields
 from sgdtrace.tracing import run_trace
 from update_rules import sgd_update
 
@@ -222,6 +222,46 @@ def test_array_backend():
     assert progress == [3, 6]
 
 
+def test_state_field_names():
+    # torch's state names as recorded columns: SGD's buffer by its short name, any other state
+    # (an Adam's exp_avg, say) by its own name, suffixed with the parameter
+    assert state_field("momentum_buffer", "w") == "buf_w"
+    assert state_field("exp_avg", "b") == "exp_avg_b"
+    assert state_fields(["exp_avg_sq"]) == ("exp_avg_sq_w", "exp_avg_sq_b")
+
+
+def test_manual_run_trains_inside_its_loop_context():
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def context():
+        entered.append(True)
+        yield
+
+    cfg = Config(dtype="float64")
+    manual.run(article().x, article().y, plan(9, cfg), cfg, manual.ArrayBackend("numpy", "float64"),
+               loop_context=context)
+    assert entered == [True]
+
+
+def test_manual_engine_computes_in_the_run_dtype():
+    # the batch size and the hyper-parameters are scalars of the arrays' dtype on NumPy (a Python
+    # number would let NumPy 1's value-based casting move float32 arithmetic to float64), the
+    # batch size a plain int on torch
+    assert type(manual._count(np.zeros(3, np.float32), 3)) is np.float32
+    assert type(manual._count(np.zeros(3), 3)) is np.float64 and manual._count(np.zeros(3), 3) == 3
+    assert manual._count(torch.zeros(3), 3) == 3 and type(manual._count(torch.zeros(3), 3)) is int
+    eng = manual.engine(Config(momentum=0.5, dampening=0.25), manual.ArrayBackend("numpy", "float32"))
+    assert eng.name == "hand" and eng.state_keys == ("momentum_buffer",)
+    assert type(eng.hp.lr) is np.float32 and eng.hp.lr == np.float32(0.01)
+    h = sgd.hyper(Config(lr=0.5, momentum=0.3, dampening=0.25, weight_decay=0.1), np.float32)
+    for name, value in (("lr", 0.5), ("momentum", 0.3), ("dampening", 0.25), ("one_minus_dampening", 0.75),
+                        ("weight_decay", 0.1)):
+        assert type(getattr(h, name)) is np.float32 and getattr(h, name) == np.float32(value), name
+
+
 def test_array_backend_keeps_arrays_on_its_device():
     # torch's "meta" device stands in for a GPU: every array the torch backend makes lives there
     be = manual.ArrayBackend("torch", "float32", torch.device("meta"))
@@ -346,6 +386,17 @@ def test_distances_nonfinite():
     d = _fd([0.9 * big, big, 0.7 * big], [np.inf, np.inf, np.inf], [0.2 * big, 1.0, 0.2 * big], "float32",
             peak=[1.0, 1.0, 1.0])
     assert d.ok.tolist() == [True, True, False]
+
+
+def test_distances_both_ways_only_excuses_opposite_infinities():
+    # where the terms can overflow both ways, +inf against -inf agrees; where they cannot, inf
+    # against nan still agrees when an intermediate overflows (``both`` bears on signs only)
+    big = float(np.finfo(np.float32).max)
+    a = np.array([np.inf, np.inf, np.inf, np.inf], np.float32)
+    b = np.array([-np.inf, -np.inf, np.nan, np.nan], np.float32)
+    d = dv._distances(a, b, np.ones(4), "float32", np.full(4, 2 * big), np.zeros(4),
+                      np.array([True, False, True, False]))
+    assert d.ok.tolist() == [True, False, True, True]
 
 
 # ------------------------------------------------------------------ the tolerance model, re-derived
@@ -507,6 +558,31 @@ def test_depth_term_for_large_batches():
         np.testing.assert_allclose(div[f].tol, tol[f], rtol=1e-12, err_msg=f)
 
 
+
+@pytest.mark.parametrize("opts", [
+    dict(dtype="float64", batch_size=3, epochs=2, weight_decay=0.1),
+    dict(dtype="float32", batch_size=2, epochs=2, momentum=0.5, shuffle=True, seed=1),
+])
+def test_tolerance_model_with_engines_far_apart(opts):
+    # engines whose columns differ by up to 30%: the carried differences e_i are as large as the
+    # residuals, so d-bar's second engine (d_i - e_i) and C's own float64 rounding (the u64
+    # terms, 2**-29 of the rest in float32) are parts of E the 1e-12 comparison sees
+    cfg = Config(**opts)
+    ds = article()
+    p = plan(len(ds), cfg)
+    a = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("numpy", cfg.dtype))
+    rng = np.random.default_rng(11)
+    b = {f: (v * (1 + 0.3 * rng.uniform(-1, 1, v.shape))).astype(v.dtype) for f, v in a.items()}
+    div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
+    tol, carried = _reference_tolerances(cfg, ds.x, ds.y, p, a, b)
+    for f in tol:
+        np.testing.assert_allclose(div[f].tol, tol[f], rtol=1e-12, atol=0, err_msg=f)
+        scale = np.abs(carried[f]).max() + 1e-300
+        np.testing.assert_allclose(div[f].carried, carried[f], rtol=0, atol=1e-12 * scale, err_msg=f)
+        fresh = np.abs(a[f].astype(np.float64) - b[f].astype(np.float64) - np.array(carried[f]))
+        assert (div[f].ok == (fresh <= np.array(tol[f]))).all(), f
+
+
 # ------------------------------------------------------------------ the verdict
 
 
@@ -659,6 +735,94 @@ def test_opposite_infinities_from_a_sum_that_overflows_both_ways():
     # and a loss (a sum of squares: one sign) never overflows both ways
     a["loss"][0], b["loss"][0] = inf, -inf
     assert not dv.compare_columns(a, b, ds.x, ds.y, p, cfg)["loss"].ok[0]
+
+
+
+def _both_ways_reference(x, y, p, cfg, a, b):
+    """The overflow rule for opposite infinities in dl/dw and dl/db (float32), from divergence.py's
+    docstring with Python floats: per step, whether an intermediate's bound ``peak`` reaches the
+    threshold and the terms' positive and negative parts, doubled, both do."""
+    u, big = 2.0**-24, float(np.finfo(np.float32).max)
+    expected = {"grad_w": [], "grad_b": []}
+    for k in range(p.n_steps):
+        wa, ba = (float(np.float32(cfg.init_w)), float(np.float32(cfg.init_b))) if k == 0 else (float(a["w"][k - 1]), float(a["b"][k - 1]))
+        wb, bb = (cfg.init_w, cfg.init_b) if k == 0 else (float(b["w"][k - 1]), float(b["b"][k - 1]))
+        dw, db = (0.0, 0.0) if k == 0 else (wa - wb, ba - bb)
+        pos_b = neg_b = pos_w = neg_w = peak_w = peak_b = 0.0
+        for i in p.indices(k).tolist():
+            xi, yi = float(x[i]), float(y[i])
+            m = max(abs(wa), abs(wb)) * abs(xi) + max(abs(ba), abs(bb)) + abs(yi)
+            d, e = wa * xi + ba - yi, xi * dw + db
+            pi = max(d + 3 * u * m, d - e + 3 * u * m, 0.0)  # the residual's positive part, either engine
+            ni = max(3 * u * m - d, e - d + 3 * u * m, 0.0)  # its negative part
+            pos_b, neg_b = pos_b + pi, neg_b + ni
+            pos_w += pi + (pi if xi >= 0 else ni) * abs(xi)  # d_i x_i: sign by sign
+            neg_w += ni + (ni if xi >= 0 else pi) * abs(xi)
+            peak_w, peak_b = peak_w + 2 * (1 + abs(xi)) * m, peak_b + 2 * m
+        expected["grad_w"].append(peak_w >= big and 2 * pos_w >= big and 2 * neg_w >= big)
+        expected["grad_b"].append(peak_b >= big and 2 * pos_b >= big and 2 * neg_b >= big)
+    return expected
+
+
+def test_overflow_both_ways_matches_its_docstring():
+    """Opposite infinities in a gradient, judged at 400 steps (batches of 2 samples) whose data,
+    parameters and differences range over the scales where the terms' positive and negative
+    parts reach the overflow threshold: ``ok`` exactly where the docstring's sums both do (and
+    an intermediate's bound ``peak`` reaches it)."""
+    rng = np.random.default_rng(5)
+    k_steps = 400
+
+    def signed(lo, hi, size):
+        return rng.choice([-1.0, 1.0], size) * 10.0 ** rng.uniform(lo, hi, size)
+
+    # half the steps where dl/dw's thresholds lie (|x| up to 1e21), half where dl/db's do
+    # (|y| near the largest float32, |x| near 1)
+    half = k_steps // 2
+    x = np.concatenate((signed(17, 21, k_steps), signed(-1, 1, k_steps))).astype(np.float32)
+    y = np.concatenate((signed(35, 38.5, k_steps), signed(38, 38.5, k_steps))).astype(np.float32)
+    ds = Dataset.from_arrays(x, y)
+    cfg = Config(batch_size=2, init_w=1.0e17, init_b=-1.0e37)
+    p = plan(len(ds), cfg)
+    inf = np.float32(np.inf)
+    a = {"w": np.concatenate((signed(14, 18.5, half), signed(30, 38, half))).astype(np.float32),
+         "b": np.concatenate((signed(35, 38, half), signed(30, 37, half))).astype(np.float32),
+         "loss": np.ones(k_steps, np.float32)}
+    # the other engine's w and b off by up to a factor 2 either way: the e_i are as large as the d_i
+    b = {"w": (a["w"] * 2.0 ** rng.uniform(-1, 1, k_steps)).astype(np.float32),
+         "b": (a["b"] * 2.0 ** rng.uniform(-1, 1, k_steps)).astype(np.float32), "loss": a["loss"].copy()}
+    for g in ("grad_w", "grad_b"):
+        a[g], b[g] = np.full(k_steps, inf), np.full(k_steps, -inf)
+    div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
+    expected = _both_ways_reference(x, y, p, cfg, a, b)
+    for f in expected:
+        assert div[f].ok.tolist() == expected[f], f
+        assert 20 < sum(expected[f]) < k_steps - 20, f  # both outcomes, many times over
+
+
+def test_overflow_both_ways_decided_by_the_rounding_slack():
+    """Residuals whose two parts reach the threshold only with their ``3u*M`` slack: x = 0, the
+    hand engine at b = 0, torch at b = -2Y, y = -Y, so d = Y, d - e = -Y, M = 3Y, and each part
+    is Y (1 + 9u). With Y = big/2 - j ulps (big/2 = (2**24 - 1) ulps, ulp = 2**103 here),
+    2Y (1 + 9u) - big is 2 ulps times about 9 - j: it reaches big for j <= 8 and not for
+    j >= 9. j = 8 needs the slack (2u*M would not do), j = 9 is out of reach of 3u*M (4u*M
+    would reach)."""
+    ulp = 2.0**103
+    ys = [(2**24 - 1 - j) * ulp for j in (8, 9)]
+    x = np.zeros(3, np.float32)
+    y = np.array([0.0] + [-v for v in ys], np.float32)
+    cfg = Config(batch_size=1)
+    p = plan(3, cfg)
+    inf = np.float32(np.inf)
+    a = {"w": np.zeros(3, np.float32), "b": np.zeros(3, np.float32), "loss": np.ones(3, np.float32),
+         "grad_w": np.full(3, inf), "grad_b": np.full(3, inf)}
+    b = {f: v.copy() for f, v in a.items()}
+    b["b"][:2] = [-2 * v for v in ys]  # where steps 2 and 3 start
+    b["grad_w"][:], b["grad_b"][:] = -inf, -inf
+    div = dv.compare_columns(a, b, x, y, p, cfg)
+    expected = _both_ways_reference(x, y, p, cfg, a, b)
+    assert expected["grad_b"][1:] == expected["grad_w"][1:] == [True, False]  # as worked out above
+    for f in expected:
+        assert div[f].ok.tolist() == expected[f], f
 
 
 # ------------------------------------------------------------------ silent on rounding, loud on a wrong formula
