@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# The CUDA checks in one go (a few minutes on one GPU): the CUDA tests (no host sync per step,
-# verdicts on the device), compare CPU against CUDA, the CI gate on every device, and the GPU
-# benchmark (target: sgdtrace run at most 1.2 times the plain torch loop).
+# The CUDA checks in one go, under 300 s on one GPU, so that two runs fit in a 15-minute lease:
+#   1. the CUDA-marked tests (no host sync per step, verdicts on the device, the 16-bit rules);
+#   2. torch on the CPU against torch on CUDA (compare), on the article and on a long run;
+#   3. the CI gate on every config with --device cuda: SGD and its options, Adam, AdamW, RMSprop,
+#      Adagrad, every schedule, bfloat16 and float16;
+#   4. compare across dtypes on CUDA, an HTML report of a CUDA run, --engine beside CUDA torch;
+#   5. DDP on one GPU: a world size above the GPU count must be refused (exit 2) before any
+#      process starts;
+#   6. the GPU benchmark (target: sgdtrace run at most 1.2 times the plain torch loop).
+# Every command's output lands in $OUT (or ./gpu_check_out), one file each, for the docs.
 # Usage: benchmarks/gpu_check.sh [python]   (default: .venv/bin/python, else python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+DEST=${OUT:-gpu_check_out}
+mkdir -p "$DEST"
 status=0
-step() {
-    echo "== $*"
+step() {  # step NAME EXPECTED_RC LIMIT_S COMMAND...
+    local name=$1 want=$2 limit=$3; shift 3
+    echo "== $name: $*"
     local t0=$SECONDS
-    "$@" || { echo "!! failed: $*"; status=1; }
-    echo "   ($((SECONDS - t0)) s)"
+    timeout "$limit" "$@" > "$DEST/$name.txt" 2>&1
+    local rc=$?
+    tail -n 25 "$DEST/$name.txt"
+    if [ "$rc" != "$want" ]; then echo "!! $name: exit $rc, expected $want"; status=1; fi
+    echo "   ($((SECONDS - t0)) s, exit $rc)"
 }
 "$PY" -c "import torch, sys; ok = torch.cuda.is_available(); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if ok else 'NO CUDA DEVICE'); sys.exit(0 if ok else 3)" \
-    || { echo "no CUDA device: nothing to check"; exit 3; }
-step timeout 150 "$PY" -m pytest -q -m cuda tests -rs
-step timeout 60 "$PY" -m sgdtrace compare --device cpu --device cuda --synthetic 10000 --batch-size 64
-step timeout 90 "$PY" -m sgdtrace check
-step timeout 200 "$PY" benchmarks/bench.py --device cuda --workloads 100k-b64 --reps 3
+    | tee "$DEST/device.txt" || { echo "no CUDA device: nothing to check"; exit 3; }
+step cuda-tests 0 100 "$PY" -m pytest -q -m cuda tests -rs -p no:cacheprovider
+step compare-article 0 30 "$PY" -m sgdtrace compare --device cpu --device cuda
+step compare-long 0 40 "$PY" -m sgdtrace compare --device cpu --device cuda --synthetic 10000 --batch-size 64 --epochs 3
+step compare-dtypes 0 30 "$PY" -m sgdtrace compare --device cuda --dtype float32 --dtype bfloat16 --epochs 30
+step check-cuda 0 70 "$PY" -m sgdtrace check --device cuda
+step html-cuda 0 20 "$PY" -m sgdtrace run --device cuda --epochs 30 --format html --output "$DEST/report-cuda.html"
+step engine-cuda 0 20 "$PY" -m sgdtrace run --device cuda --engine docs/examples/engine_correct.py --momentum 0.9
+step ddp-refused 2 20 "$PY" -m sgdtrace run --device cuda --world-size 2
+step bench-cuda 0 100 "$PY" benchmarks/bench.py --device cuda --workloads 100k-b64 --reps 3 --html-workloads ""
 exit $status
