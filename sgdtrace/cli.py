@@ -101,6 +101,13 @@ def training_options(multi: bool = False) -> Callable:
                          help="Relative tolerance, times each value's rounding scale (default 4u = 2 machine epsilons: 2.4e-7 in float32)."),
             click.option("--atol", type=float, default=None,
                          help="Absolute tolerance (default the dtype's smallest normal number)."),
+            click.option("--world-size", type=int, default=None, metavar="N",
+                         help="Data-parallel SGD: N processes (DistributedSampler, DistributedDataParallel; "
+                              "default 1, no process group); --batch-size is per rank."),
+            click.option("--set-epoch/--no-set-epoch", default=None,
+                         help="Call sampler.set_epoch(e) each epoch (default); --no-set-epoch replays forgetting it."),
+            click.option("--rank-timeout", type=float, default=None, metavar="SECONDS",
+                         help="End the run (exit 2) when a rank fails or is silent this long (default 60)."),
             click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                          help="Output format (default table)."),
             click.option("--output", type=click.Path(dir_okay=False), default=None,

@@ -67,6 +67,10 @@ class Config:
     dtype: str = "float32"
     rtol: float | None = None  # None: the dtype's default (see divergence.default_tolerance)
     atol: float | None = None
+    # data-parallel SGD (torch.distributed): processes, DistributedSampler.set_epoch, fault bound
+    world_size: int = 1
+    set_epoch: bool = True
+    rank_timeout: float = 60.0
     # where each value came from, for error messages; not part of the run's identity
     origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -101,6 +105,8 @@ class Config:
             "dtype": self.dtype,
             "rtol": self.rtol,
             "atol": self.atol,
+            "world_size": self.world_size,
+            **({"set_epoch": self.set_epoch} if self.world_size > 1 else {}),
         }
 
 
@@ -110,9 +116,9 @@ VIEW_KEYS = ("format", "output")
 KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
 
 _FLOAT_KEYS = {"lr", "init_w", "init_b", "true_w", "true_b", "noise", "momentum", "dampening",
-               "weight_decay", "rtol", "atol"}
-_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed"}
-_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize"}
+               "weight_decay", "rtol", "atol", "rank_timeout"}
+_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size"}
+_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "set_epoch"}
 _STR_KEYS = {"data", "device", "dtype", "format", "output"}
 
 
@@ -196,11 +202,29 @@ def validate(cfg: Config) -> None:
     for key in ("rtol", "atol"):
         if getattr(cfg, key) is not None and finite(key) < 0:
             _fail(cfg, key, getattr(cfg, key), "must be a finite number >= 0")
+    _validate_distributed(cfg, integer, finite)
     if cfg.dtype == "float32":  # torch refuses, NumPy turns to inf, a value float32 cannot hold
         for key in ("lr", "init_w", "init_b", "momentum", "weight_decay"):
             if abs(getattr(cfg, key)) > FLOAT32_MAX:
                 _fail(cfg, key, getattr(cfg, key), f"does not fit float32 (largest {FLOAT32_MAX:.8g}); "
                       "use --dtype float64")
+
+
+#: the most processes --world-size starts (DistributedSampler and gloo take more; a teaching run does not)
+MAX_WORLD_SIZE = 64
+
+
+def _validate_distributed(cfg: Config, integer, finite) -> None:
+    """--world-size, --no-set-epoch, --rank-timeout (the data's size and the GPUs are checked where known)."""
+    if integer("world_size", 1) > MAX_WORLD_SIZE:
+        _fail(cfg, "world_size", cfg.world_size, f"must be a whole number in [1, {MAX_WORLD_SIZE}]")
+    if not isinstance(cfg.set_epoch, bool):
+        _fail(cfg, "set_epoch", cfg.set_epoch, "must be true or false")
+    if finite("rank_timeout") <= 0:
+        _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
+    if not cfg.set_epoch and cfg.world_size == 1:
+        raise ConfigError(f"{_label(cfg, 'set_epoch')} false with {_label(cfg, 'world_size')} 1: "
+                          "set_epoch is DistributedSampler's; it needs a world size >= 2")
 
 
 # ---------------------------------------------------------------- TOML files
