@@ -235,6 +235,8 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
     cfg, fmt, output = _configure(kw)
     from sgdtrace.tracing import run_trace
 
+    _refuse_distributed(cfg, "--reference exact" if reference == "exact" else None,
+                        "--gradcheck" if gradcheck else None)
     dataset = None
     if batch_no is not None:  # a bad --batch is refused before training
         if fmt != "html":
@@ -250,6 +252,8 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
     finally:
         if bar is not None:
             bar.close()
+    if trace is None:  # a rank other than 0 of a torchrun group: rank 0 writes the output
+        return EXIT_OK
     add_witnesses(trace, reference, gradcheck)
     if fmt == "table":
         from sgdtrace.views.table import run_view
@@ -262,6 +266,25 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
     else:
         write_output(export(trace, fmt), output)
     return _exit_code(trace.verdict.ok)
+
+
+def _refuse_distributed(cfg, *options: str | None, command: str | None = None) -> None:
+    """``--world-size N`` (N >= 2) with what it does not support: exit 2 naming both; under torchrun
+    only ``run`` joins the group."""
+    from sgdtrace.engines.torch_ddp import under_torchrun
+
+    ws = cfg.origin.get("world_size") or "--world-size"
+    if cfg.world_size > 1:
+        for opt in options:
+            if opt:
+                raise ConfigError(f"{ws} {cfg.world_size} with {opt}: not supported together; "
+                                  f"drop {opt} or use --world-size 1")
+    if command is not None and (cfg.world_size > 1 or under_torchrun()):
+        if under_torchrun():
+            raise ConfigError(f"sgdtrace {command} under torchrun: only 'sgdtrace run' joins a torchrun group")
+        if command in ("graph",):
+            raise ConfigError(f"{ws} {cfg.world_size} with sgdtrace graph: the graph is one process's autograd "
+                              "graph; use --world-size 1")
 
 
 def add_witnesses(trace, reference: str, gradcheck: bool) -> None:
@@ -297,6 +320,7 @@ def compare(**kw: Any) -> int:
     devices: tuple[str, ...] = kw.pop("device")
     dtypes: tuple[str, ...] = kw.pop("dtype")
     cfg, fmt, output = _configure(kw)  # without the flags, the config file's device and dtype (or the defaults)
+    _refuse_distributed(cfg, command="compare")
     from sgdtrace.compare import compare_runs
 
     result = compare_runs(cfg, devices or (cfg.device,), dtypes or (cfg.dtype,))
@@ -332,6 +356,10 @@ def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: 
     Prints one summary row per config and device; exit 1 if any run diverges.
     """
     check_output_path(output)
+    from sgdtrace.engines.torch_ddp import under_torchrun
+
+    if under_torchrun():
+        raise ConfigError("sgdtrace check under torchrun: only 'sgdtrace run' joins a torchrun group")
     paths = find_configs(configs)
     from sgdtrace.check import run_checks
 
@@ -369,6 +397,7 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     each result. Formats: table (default) or json.
     """
     cfg, fmt, output = _configure(kw, formats=("table", "json"))
+    _refuse_distributed(cfg, command="explain")
     from sgdtrace import data
     from sgdtrace.tracing import run_trace
     from sgdtrace.teaching.explain import explain_step
@@ -403,6 +432,7 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     with that loss, and the verdict printed. Formats: table (default), json, dot (Graphviz).
     """
     cfg, fmt, output = _configure(kw, formats=("table", "json", "dot"))
+    _refuse_distributed(cfg, command="graph")
     from sgdtrace.tracing import run_trace
     from sgdtrace.teaching.graph import build_graph
     from sgdtrace.views import graph as gv
