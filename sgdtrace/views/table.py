@@ -227,16 +227,13 @@ def ranks_text(trace) -> Text:
                f"(each rank's times 1/{rt.world_size}, summed), its loss the ranks' mean")
     for e, padded in enumerate(rt.plan.padded):
         if padded.size:
-            out.append(f"
-epoch {e + 1}: DistributedSampler repeats sample{'s' if padded.size > 1 else ''} "
+            out.append(f"\nepoch {e + 1}: DistributedSampler repeats sample{'s' if padded.size > 1 else ''} "
                        f"{', '.join(map(str, padded.tolist()))} so every rank gets {rt.plan.per_rank}")
         if rt.plan.dropped[e].size:
-            out.append(f"
-epoch {e + 1}: drop_last leaves out sample{'s' if rt.plan.dropped[e].size > 1 else ''} "
+            out.append(f"\nepoch {e + 1}: drop_last leaves out sample{'s' if rt.plan.dropped[e].size > 1 else ''} "
                        f"{', '.join(map(str, rt.plan.dropped[e].tolist()))}")
     if not cfg.set_epoch and cfg.epochs > 1:
-        out.append("
---no-set-epoch: sampler.set_epoch(e) was never called, so every epoch repeats "
+        out.append("\n--no-set-epoch: sampler.set_epoch(e) was never called, so every epoch repeats "
                    "epoch 1's order" + (" (shuffle draws from seed + 0 each time)" if cfg.shuffle else ""))
     return out
 
