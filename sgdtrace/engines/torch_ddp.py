@@ -48,6 +48,8 @@ from sgdtrace.errors import SgdtraceError
 RANK_FIELDS = ("grad_w", "grad_b", "loss")
 #: port attempts when the chosen free port is taken before rank 0 listens on it
 PORT_TRIES = 3
+#: seconds a spawned rank may take to import torch and join the group, beyond --rank-timeout
+STARTUP_S = 120
 #: testing aid: ``RANK:STEP:raise`` or ``RANK:STEP:kill`` makes that rank fail at that step (0-based)
 FAULT_ENV = "SGDTRACE_DDP_FAULT"
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -73,8 +75,10 @@ def backend_for(device) -> str:
 # ------------------------------------------------------------------ the learner's loop, one rank
 
 
-def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device) -> dict[str, Any]:
-    """The DDP loop of one rank, inside an initialised process group; its recorded values."""
+def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, beat=None) -> dict[str, Any]:
+    """The DDP loop of one rank, inside an initialised process group; its recorded values.
+
+    ``beat()``, when given, is called every few steps: the parent's sign that the rank is alive."""
     import torch
     from torch import nn, optim
     from torch.nn.parallel import DistributedDataParallel
@@ -133,6 +137,8 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device) -
                 rows[col].append(state[key].item())
             optimizer.zero_grad()
             k += 1
+            if beat is not None and k % 64 == 0:
+                beat()
     np_dtype = np.float32 if config.dtype == "float32" else np.float64
     return {"rank": rank, "cols": {f: np.asarray(v, dtype=np_dtype) for f, v in rows.items()},
             "indices": [np.asarray(i, dtype=np.int64) for i in indices]}
@@ -200,10 +206,18 @@ def _worker(rank: int, world: int, port: int, jobs, device_str: str, results) ->
         os.environ["MASTER_PORT"] = str(port)
         dist.init_process_group(backend_for(device), rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=jobs[0][2].rank_timeout))
+        results.put(("beat", rank, None))  # in the group: from here on, silence is bounded by rank_timeout
         try:
             out = []
+            last = [time.monotonic()]
+
+            def beat() -> None:  # at most one message a second
+                if time.monotonic() - last[0] > 1.0:
+                    last[0] = time.monotonic()
+                    results.put(("beat", rank, None))
+
             for x, y, config in jobs:
-                out.append(_gather(rank, world, train(rank, world, x, y, config, device)))
+                out.append(_gather(rank, world, train(rank, world, x, y, config, device, beat)))
                 results.put(("beat", rank, None))
             if rank == 0:
                 results.put(("done", 0, out))
@@ -272,6 +286,7 @@ def run_many(jobs, device, ports=None) -> list[list[dict[str, Any]]]:
 def _wait(procs, results, timeout: float) -> tuple[str, Any]:
     """Wait for ``("done", values)``; or the first failure: ``("port", why)`` or ``("error", why)``."""
     silent_since = time.monotonic()
+    started = False  # until a rank has joined the group, importing torch may take a while
     errors: dict[int, str] = {}
     first_failure: float | None = None
     while True:
@@ -281,6 +296,7 @@ def _wait(procs, results, timeout: float) -> tuple[str, Any]:
             if kind == "done":
                 return "done", value
             if kind == "beat":
+                started = True
                 continue
             errors.setdefault(rank, value)
             if first_failure is None:
@@ -294,7 +310,8 @@ def _wait(procs, results, timeout: float) -> tuple[str, Any]:
         # then fail too (their collectives lose a peer), and the first cause is the one to name
         if first_failure is not None and time.monotonic() - first_failure > 0.5:
             return _blame(errors, dead)
-        if time.monotonic() - silent_since > timeout and first_failure is None:
+        limit = timeout if started else timeout + STARTUP_S
+        if time.monotonic() - silent_since > limit and first_failure is None:
             alive = [r for r, p in enumerate(procs) if p.is_alive()]
             return "error", (f"no result from the ranks within --rank-timeout {timeout:g} s "
                              f"(still running: rank {', '.join(map(str, alive))}); every rank was stopped")
