@@ -404,6 +404,20 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     from sgdtrace.views.explain import explain_json, explain_view
 
     dataset = data.load(cfg)
+    if cfg.world_size > 1:
+        data.distributed_plan(len(dataset), cfg).global_plan().step(batch_no, epoch_no)
+        from sgdtrace.teaching.explain import explain_distributed
+        from sgdtrace.views.explain import explain_distributed_json, explain_distributed_view
+
+        trace = run_trace(cfg, dataset=dataset)
+        dx = explain_distributed(trace, batch_no, epoch_no)
+        if fmt == "json":
+            from sgdtrace.views.export import to_json_text
+
+            write_output(to_json_text(explain_distributed_json(dx)), output)
+        else:
+            show(explain_distributed_view(dx), output)
+        return _exit_code(trace.verdict.ok)
     data.plan(len(dataset), cfg).step(batch_no, epoch_no)  # a bad --batch is refused before training
     trace = run_trace(cfg, dataset=dataset)
     ex = explain_step(trace, batch_no, epoch_no)
