@@ -105,6 +105,14 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     """
     from sgdtrace.engines import manual, protocol, torch_ref
 
+    from sgdtrace.engines import torch_ddp
+
+    if torch_ddp.under_torchrun():  # one rank of torchrun's group: its world size
+        world = torch_ddp.torchrun_world()[1]
+        if "world_size" in config.origin and config.world_size != world:
+            raise ConfigError(f"{config.origin['world_size']} {config.world_size}: under torchrun the world size "
+                              f"is WORLD_SIZE = {world}; give the same or leave it out")
+        config = config.replace(world_size=world, origin=config.origin)
     if config.world_size > 1:
         return run_distributed(config, dataset=dataset, engine=engine)
     device = resolve_device(config.device)
