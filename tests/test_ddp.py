@@ -261,3 +261,37 @@ def test_failing_rank_ends_the_run(fault, says):
     for pid in left:  # clean up before failing
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+def test_table_shows_ranks_and_padding():
+    from rich.console import Console
+
+    from sgdtrace.views.table import run_view
+
+    console = Console(width=100, record=True, file=open(os.devnull, "w"))
+    console.print(run_view(_trace(4, "ddp-padding.toml")))
+    text = console.export_text()
+    assert text.count("rank 0") == 2 and "rank 3" in text  # under each of the two steps
+    assert "epoch 1: DistributedSampler repeats samples 0, 1, 2 so every rank gets 3" in text
+    console = Console(width=100, record=True, file=open(os.devnull, "w"))
+    console.print(run_view(_trace(2, "no-set-epoch")))
+    assert "--no-set-epoch: sampler.set_epoch(e) was never called" in console.export_text()
+
+
+def test_explain_shows_each_rank_and_the_allreduce():
+    from rich.console import Console
+
+    from sgdtrace.teaching.explain import explain_distributed
+    from sgdtrace.views.explain import explain_distributed_json, explain_distributed_view
+
+    trace = _trace(3, "ddp.toml")
+    dx = explain_distributed(trace, 2)
+    assert dx.matches_trace and len(dx.ranks) == 3
+    assert [ex.indices.tolist() for ex in dx.ranks] == [[3], [4], [5]]
+    doc = explain_distributed_json(dx)
+    assert doc["allreduce"]["grad_w"] == float(trace.manual["grad_w"][1])
+    assert [r["indices"] for r in doc["ranks"]] == [[3], [4], [5]]
+    console = Console(width=120, record=True, file=open(os.devnull, "w"))
+    console.print(explain_distributed_view(dx))
+    text = console.export_text()
+    assert "Rank 2: samples 5 (n = 1)" in text and "All-reduce" in text and "(.grad after backward)" in text
