@@ -5,10 +5,15 @@ VENV   ?= .venv
 # torch is pinned here only for installing: 2.13.0 is a CPU build that installs quickly.
 # The package itself asks for torch>=2.1; override, e.g. `make test TORCH=torch==2.5.1`.
 TORCH  ?= torch==2.13.0
+# Where pip looks for torch (and only torch). Empty: the usual index, where Linux wheels are the
+# CUDA build (~0.5 GB, plus ~2 GB of CUDA libraries). For the CPU-only build, PyTorch's own index:
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 BIN    := $(VENV)/bin
 # mkdocs-material 9.x prints a banner about its successor on every build; --quiet is not a way to
 # hide it: it also hides the warnings that --strict counts, and a broken link then passes
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+TORCH_PIP := $(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 
 .PHONY: run test install dev check bench mutate docs readme readme-check clean
 
@@ -16,19 +21,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(TORCH_PIP)
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,plot]"
+	$(TORCH_PIP)
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
 dev: $(VENV)/.dev-installed
 
+# after `make run`, the command is $(BIN)/sgdtrace: `. $(BIN)/activate` puts it on the PATH
 run: install
 	$(BIN)/sgdtrace run
 

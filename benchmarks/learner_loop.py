@@ -1,8 +1,9 @@
 """(a) in the benchmark: the training loop a learner writes, as in the article, with no tracing.
 
 The data are made the way ``sgdtrace run --synthetic N`` makes them (x uniform in [0, 10) from
-``numpy.random.default_rng(seed)``, y = 2x + 10), or the article's nine points. Prints one JSON
-line: the loop's seconds (imports and data excluded), the steps, the final w and b.
+``numpy.random.default_rng(seed)``, y = 2x + 10), read from a CSV file with columns x, y
+(``--data``, with ``np.loadtxt``), or the article's nine points. Prints one JSON line: the loop's
+seconds (imports and data excluded), the steps, the final w and b.
 """
 
 import argparse
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--synthetic", type=int, default=None)
+parser.add_argument("--data", default=None)
 parser.add_argument("--batch-size", type=int, default=3)
 parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--lr", type=float, default=0.01)
@@ -26,7 +28,9 @@ args = parser.parse_args()
 device = torch.device(args.device)
 
 # 1. Data
-if args.synthetic is None:
+if args.data is not None:
+    x, y = np.loadtxt(args.data, delimiter=",", skiprows=1, unpack=True)
+elif args.synthetic is None:
     x = np.arange(9.0)
     y = 2 * x + 10
 else:

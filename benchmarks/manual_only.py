@@ -14,13 +14,14 @@ from sgdtrace.engines import manual
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--synthetic", type=int, default=None)
+parser.add_argument("--data", default=None)
 parser.add_argument("--batch-size", type=int, default=3)
 parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--lr", type=float, default=0.01)
 parser.add_argument("--device", default="cpu")
 args = parser.parse_args()
 
-cfg = Config(synthetic=args.synthetic, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr)
+cfg = Config(data=args.data, synthetic=args.synthetic, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr)
 dataset = data.load(cfg)
 plan = data.plan(len(dataset), cfg)
 if args.device == "cpu":

@@ -9,13 +9,14 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import click
 
 from sgdtrace import __version__
-from sgdtrace.config import DTYPES, FORMATS, build_config, load_toml
+from sgdtrace.config import DTYPES, build_config, load_toml, run_options
 from sgdtrace.errors import ConfigError, SgdtraceError
+from sgdtrace.output import STDOUT, Terminated, is_stdout, write_pieces
 
 EXIT_OK, EXIT_DIVERGE, EXIT_USAGE = 0, 1, 2
 
@@ -32,6 +33,9 @@ class _Group(click.Group):
         except click.exceptions.Abort:
             click.echo("sgdtrace: aborted", err=True)
             sys.exit(130)
+        except click.exceptions.NoArgsIsHelpError as exc:  # no command: the help, not as an error
+            click.echo(exc.ctx.get_help(), err=True)
+            sys.exit(EXIT_USAGE)
         except click.ClickException as exc:
             click.echo(f"sgdtrace: error: {exc.format_message()}", err=True)
             sys.exit(EXIT_USAGE)
@@ -45,6 +49,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("sgdtrace: interrupted", err=True)
             sys.exit(130)
+        except Terminated:  # SIGTERM while an --output file was being written: it was removed
+            click.echo("sgdtrace: terminated", err=True)
+            sys.exit(143)
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
 
@@ -62,11 +69,115 @@ def cli() -> None:
     """
 
 
+# ------------------------------------------------------------------ formats
+
+class View(NamedTuple):
+    """One output format of a command: what it is, and the function that renders the command's result.
+
+    ``render(result, width=..., **options)`` returns text, an iterable of text pieces (written as
+    they come) or a rich renderable (printed at ``width`` columns, in colour on a terminal).
+    """
+
+    help: str
+    render: Callable[..., Any]
+
+
+def _lazy(module: str, name: str, *, width: bool = False, **fixed: Any) -> Callable[..., Any]:
+    """A renderer imported when called (importing the CLI imports no view, nor torch, nor numpy)."""
+
+    def render(result: Any, width_: int | None = None, **options: Any) -> Any:
+        import importlib
+
+        fn = getattr(importlib.import_module(module), name)
+        if width:
+            options["width"] = width_
+        return fn(result, **fixed, **options)
+
+    return render
+
+
+def _json(result: Any, width_: int | None = None, **_: Any) -> str:
+    from sgdtrace.views.export import to_json_text
+
+    return to_json_text(result.to_json())
+
+
+def _json_of(module: str, name: str) -> Callable[..., Any]:
+    """JSON of a view function's dict (``explain_json``, ``graph_json``)."""
+    make = _lazy(module, name)
+
+    def render(result: Any, width_: int | None = None, **_: Any) -> str:
+        from sgdtrace.views.export import to_json_text
+
+        return to_json_text(make(result))
+
+    return render
+
+
+def _ignore_options(render: Callable[..., Any]) -> Callable[..., Any]:
+    return lambda result, width_=None, **_: render(result)
+
+
+#: each command's formats, in the order --help lists them; the first is the default
+RUN_FORMATS: dict[str, View] = {
+    "table": View("the per-batch table and the verdict", _lazy("sgdtrace.views.table", "run_view", width=True)),
+    "json": View("every step and the verdict (the JSON contract)",
+                 _ignore_options(_lazy("sgdtrace.views.export", "json_pieces"))),
+    "csv": View("one flat row per step", _ignore_options(_lazy("sgdtrace.views.export", "trace_to_csv"))),
+    "markdown": View("the table as Markdown", _ignore_options(_lazy("sgdtrace.views.export", "trace_to_markdown"))),
+    "html": View("one self-contained page: table, verdict, plots, a batch explained, the graph",
+                 _lazy("sgdtrace.views.html", "run_page")),
+}
+COMPARE_FORMATS: dict[str, View] = {
+    "table": View("per run and field, the worst distances", _lazy("sgdtrace.views.compare", "compare_view")),
+    "json": View("the same as JSON", _json_of("sgdtrace.views.export", "compare_to_json")),
+    "csv": View("one row per run and field", _lazy("sgdtrace.views.compare", "compare_text", fmt="csv")),
+    "markdown": View("the same as Markdown", _lazy("sgdtrace.views.compare", "compare_text", fmt="markdown")),
+    "html": View("one self-contained page", _lazy("sgdtrace.views.html", "compare_page")),
+}
+CHECK_FORMATS: dict[str, View] = {
+    "table": View("one row per config and device", _lazy("sgdtrace.views.check", "check_view")),
+    "json": View("the same as JSON", _json),
+    "markdown": View("the same as Markdown", _lazy("sgdtrace.views.check", "check_markdown")),
+    "html": View("one self-contained page", _lazy("sgdtrace.views.html", "check_page")),
+}
+EXPLAIN_FORMATS: dict[str, View] = {
+    "table": View("the batch, equation by equation", _lazy("sgdtrace.views.explain", "explain_view")),
+    "json": View("every node and factor as JSON", _json_of("sgdtrace.views.explain", "explain_json")),
+}
+GRAPH_FORMATS: dict[str, View] = {
+    "table": View("both graphs side by side", _lazy("sgdtrace.views.graph", "graph_view")),
+    "json": View("both graphs as JSON", _json_of("sgdtrace.views.graph", "graph_json")),
+    "dot": View("torch's graph for Graphviz", _lazy("sgdtrace.views.graph", "graph_dot")),
+}
+#: plot writes one kind of file; it is drawn by :func:`sgdtrace.views.plot.plot_trace`
+PLOT_FORMATS: dict[str, View] = {
+    "png": View("a PNG image (needs --output FILE.png)", _lazy("sgdtrace.views.plot", "plot_trace")),
+}
+
+
+def format_option(formats: dict[str, View], default: str | None = None) -> Callable:
+    """``--format``, offering exactly the command's formats (``default``: None lets a config file choose)."""
+    listed = "; ".join(f"{name}: {view.help}" for name, view in formats.items())
+    return click.option("--format", "fmt", type=click.Choice(list(formats)), default=default,
+                        help=f"Output format (default {next(iter(formats))}). {listed}.")
+
+
+def output_option(help: str | None = None) -> Callable:
+    return click.option("--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                        metavar="FILE",
+                        help=help or "Write to FILE instead of standard output ('-': standard output); "
+                                     "the file is written whole or not at all.")
+
+
 # ------------------------------------------------------------------ shared options
 
 
-def training_options(multi: bool = False) -> Callable:
-    """The options every training command takes. Unset flags are None, so a config file can fill them."""
+def training_options(formats: dict[str, View], multi: bool = False, output_help: str | None = None) -> Callable:
+    """The options every training command takes, with the command's own formats.
+
+    Unset flags are None, so a config file can fill them.
+    """
 
     def deco(f: Callable) -> Callable:
         opts = [
@@ -108,10 +219,8 @@ def training_options(multi: bool = False) -> Callable:
                          help="Call sampler.set_epoch(e) each epoch (default); --no-set-epoch replays forgetting it."),
             click.option("--rank-timeout", type=float, default=None, metavar="SECONDS",
                          help="End the run (exit 2) when a rank fails or is silent this long (default 60)."),
-            click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-                         help="Output format (default table)."),
-            click.option("--output", type=click.Path(dir_okay=False), default=None,
-                         help="Write to FILE instead of standard output (nothing is written on an error)."),
+            format_option(formats),
+            output_option(output_help),
         ]
         for opt in reversed(opts):
             f = opt(f)
@@ -120,25 +229,37 @@ def training_options(multi: bool = False) -> Callable:
     return deco
 
 
-def _configure(kw: dict[str, Any], formats: tuple[str, ...] = FORMATS):
-    """Merge defaults < --config file < flags into a Config; return it with the view options.
+def _configure(kw: dict[str, Any], formats: dict[str, View]):
+    """Merge defaults < --config file < flags into a Config; return it with the format and the output.
 
-    ``formats``: the formats this command writes (a flag is checked by click; a file's value here).
+    ``formats``: the command's formats (a flag is checked by click; a config file's value here).
     """
     path = kw.pop("config_path")
     file_values = load_toml(path) if path else {}
-    fmt = kw.pop("fmt") or file_values.get("format") or "table"
+    fmt = kw.pop("fmt") or file_values.get("format") or next(iter(formats))
     if fmt not in formats:
         where = "--format" if path is None or "format" not in file_values else f"'format' in {os.path.basename(path)}"
         raise ConfigError(f"{where} {fmt!r}: this command writes {', '.join(formats)}")
-    output = kw.pop("output") or file_values.get("output")
+    output = kw.pop("output")
+    if output is None and file_values.get("output") is not None:
+        output = file_values["output"]
+        if os.path.basename(output) == STDOUT and os.path.dirname(output) == os.path.dirname(os.path.abspath(path)):
+            output = STDOUT  # `output = "-"` in the file (which the file's folder was joined to)
     check_output_path(output)
-    return build_config(file_values, kw, path), fmt, output
+    cfg = build_config(file_values, kw, path)
+    warn(cfg.warnings)
+    return cfg, fmt, output
+
+
+def warn(lines: Iterable[str]) -> None:
+    """Options that do not apply to the run: one line each on stderr, not an error."""
+    for line in lines:
+        click.echo(f"sgdtrace: warning: {line}", err=True)
 
 
 def check_output_path(path: str | None) -> None:
     """Refuse an --output we could not write, before any work is done."""
-    if path is None:
+    if is_stdout(path):
         return
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -152,23 +273,26 @@ def check_output_path(path: str | None) -> None:
 
 
 def write_output(text: str | Iterable[str], output: str | None) -> None:
-    """Print, or write ``output`` whole or not at all (:func:`sgdtrace.output.atomic_write`).
+    """Print, or write ``output`` whole or not at all (:func:`sgdtrace.output.write_pieces`).
 
     ``text`` may be an iterable of pieces (a long run's JSON), written as they come.
     """
-    pieces = [text] if isinstance(text, str) else text
-    if output is None:
-        for piece in pieces:
-            click.echo(piece, nl=False)
-        return
-    from sgdtrace.output import atomic_write
+    write_pieces([text] if isinstance(text, str) else text, output)
 
-    def write(path: str) -> None:
-        with open(path, "w", encoding="utf-8") as fh:
-            for piece in pieces:
-                fh.write(piece)
 
-    atomic_write(output, write)
+def _console(output: str | None):
+    """A console that prints into a string, set up as the terminal's (its width, colour only on a
+    terminal and without NO_COLOR) or, for a file, plain text 100 columns wide. The text is then
+    written by :func:`write_output`, which reports any error writing it."""
+    import io
+
+    from rich.console import Console
+
+    if is_stdout(output):
+        terminal = Console(soft_wrap=False)  # only asked about the terminal; writes nothing
+        return Console(file=io.StringIO(), width=terminal.width, color_system=terminal.color_system,
+                       force_terminal=terminal.is_terminal, soft_wrap=False)
+    return Console(file=io.StringIO(), width=100, color_system=None, soft_wrap=False)
 
 
 def render_text(renderable: Any, width: int | None = None) -> str:
@@ -182,14 +306,16 @@ def render_text(renderable: Any, width: int | None = None) -> str:
     return buf.getvalue()
 
 
-def show(renderable: Any, output: str | None) -> None:
-    """Print a rich renderable to the terminal (colour when it is one, plain when piped or NO_COLOR)."""
-    if output is not None:
-        write_output(render_text(renderable), output)
+def emit(formats: dict[str, View], fmt: str, result: Any, output: str | None, **options: Any) -> None:
+    """Render ``result`` in format ``fmt`` with the command's table and write it to ``output``."""
+    console = _console(output) if fmt == "table" else None
+    rendered = formats[fmt].render(result, console.width if console else None, **options)
+    if isinstance(rendered, str) or not hasattr(rendered, "__rich_console__"):
+        write_output(rendered, output)
         return
-    from rich.console import Console
-
-    Console(soft_wrap=False).print(renderable)
+    console = console or _console(output)
+    console.print(rendered)
+    write_output(console.file.getvalue(), output)
 
 
 def progress_reporter(quiet: bool = False):
@@ -210,18 +336,18 @@ def _exit_code(ok: bool) -> int:
 
 
 @cli.command()
-@training_options()
+@training_options(RUN_FORMATS)
 @click.option("--rows", type=click.IntRange(min=0), default=None, help="Table rows before long runs are shortened (default 40; 0: all).")
-@click.option("--every", type=click.IntRange(min=1), default=1, metavar="K",
+@click.option("--every", type=click.IntRange(min=1), default=None, metavar="K",
               help="Table: show every K-th step (and the last).")
-@click.option("--reference", type=click.Choice(["none", "exact"]), default="none",
+@click.option("--reference", type=click.Choice(["none", "exact"]), default=None,
               help="exact: add a ground-truth column, the run replayed without rounding, and each engine's error.")
 @click.option("--gradcheck", is_flag=True,
               help="Check the chain-rule gradients against central differences in float64, per step.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--batch", "batch_no", type=click.IntRange(min=1), default=None, metavar="K",
               help="--format html: the batch explained (default: the first divergent one, else batch 1).")
-@click.option("--epoch", "epoch_no", type=click.IntRange(min=1), default=1, metavar="E",
+@click.option("--epoch", "epoch_no", type=click.IntRange(min=1), default=None, metavar="E",
               help="--format html: the epoch of --batch (default 1).")
 def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bool, batch_no: int | None,
         epoch_no: int, **kw: Any) -> int:
@@ -232,7 +358,13 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
     last place: 0 means bit-identical). The loss and gradients are computed on the batch at
     the parameters it started with; w and b are the values after the batch's update.
     """
-    cfg, fmt, output = _configure(kw)
+    cfg, fmt, output = _configure(kw, RUN_FORMATS)
+    opts, unused = run_options(cfg, fmt, dict(rows=rows, every=every, reference=reference, gradcheck=gradcheck,
+                                              quiet=quiet, batch=batch_no, epoch=epoch_no))
+    warn(unused)
+    rows, every, reference, gradcheck, quiet, batch_no, epoch_no = (
+        opts[k] for k in ("rows", "every", "reference", "gradcheck", "quiet", "batch", "epoch"))
+    epoch_no = epoch_no or 1
     from sgdtrace.tracing import run_trace
 
     _refuse_distributed(cfg, "--reference exact" if reference == "exact" else None,
@@ -256,15 +388,12 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
         return EXIT_OK
     add_witnesses(trace, reference, gradcheck)
     if fmt == "table":
-        from sgdtrace.views.table import run_view
-
-        show(run_view(trace, rows, every), output)
+        options = {"rows": rows, "every": every}
     elif fmt == "html":
-        from sgdtrace.views.html import run_page
-
-        write_output(run_page(trace, batch_no, epoch_no, rows, every), output)
+        options = {"batch": batch_no, "epoch": epoch_no, "rows": rows, "every": every}
     else:
-        write_output(export(trace, fmt), output)
+        options = {}
+    emit(RUN_FORMATS, fmt, trace, output, **options)
     return _exit_code(trace.verdict.ok)
 
 
@@ -300,17 +429,12 @@ def add_witnesses(trace, reference: str, gradcheck: bool) -> None:
 
 
 def export(trace, fmt: str) -> str | Iterable[str]:
-    from sgdtrace.views import export as ex
-
-    if fmt == "json":
-        return ex.json_pieces(trace)
-    if fmt == "csv":
-        return ex.trace_to_csv(trace)
-    return ex.trace_to_markdown(trace)
+    """A trace in one of run's text formats (json, csv, markdown)."""
+    return RUN_FORMATS[fmt].render(trace)
 
 
 @cli.command()
-@training_options(multi=True)
+@training_options(COMPARE_FORMATS, multi=True)
 def compare(**kw: Any) -> int:
     """The divergence view: manual vs torch per field, on each --device and --dtype given.
 
@@ -319,27 +443,12 @@ def compare(**kw: Any) -> int:
     """
     devices: tuple[str, ...] = kw.pop("device")
     dtypes: tuple[str, ...] = kw.pop("dtype")
-    cfg, fmt, output = _configure(kw)  # without the flags, the config file's device and dtype (or the defaults)
+    cfg, fmt, output = _configure(kw, COMPARE_FORMATS)  # without the flags, the file's device and dtype
     _refuse_distributed(cfg, command="compare")
     from sgdtrace.compare import compare_runs
 
     result = compare_runs(cfg, devices or (cfg.device,), dtypes or (cfg.dtype,))
-    if fmt == "json":
-        from sgdtrace.views.export import compare_to_json, to_json_text
-
-        write_output(to_json_text(compare_to_json(result)), output)
-    elif fmt == "table":
-        from sgdtrace.views.compare import compare_view
-
-        show(compare_view(result), output)
-    elif fmt == "html":
-        from sgdtrace.views.html import compare_page
-
-        write_output(compare_page(result), output)
-    else:
-        from sgdtrace.views.compare import compare_text
-
-        write_output(compare_text(result, fmt), output)
+    emit(COMPARE_FORMATS, fmt, result, output)
     return _exit_code(result.ok)
 
 
@@ -347,11 +456,10 @@ def compare(**kw: Any) -> int:
 @click.argument("configs", nargs=-1, type=click.Path(dir_okay=True))
 @click.option("--device", "devices", multiple=True, metavar="cpu|cuda|cuda:N",
               help="Devices to run on (repeatable; default every available device).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]), default="table",
-              help="Output format.")
-@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to FILE.")
+@format_option(CHECK_FORMATS, default="table")
+@output_option()
 def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: str | None) -> int:
-    """The CI gate: run every config in configs/ (or those named) on every available device.
+    """The CI gate: run every config in configs/ (or the TOML files and folders named) on every available device.
 
     Prints one summary row per config and device; exit 1 if any run diverges.
     """
@@ -363,28 +471,19 @@ def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: 
     paths = find_configs(configs)
     from sgdtrace.check import run_checks
 
-    result = run_checks(paths, devices or None)
-    if fmt == "json":
-        from sgdtrace.views.export import to_json_text
-
-        write_output(to_json_text(result.to_json()), output)
-    elif fmt == "table":
-        from sgdtrace.views.check import check_view
-
-        show(check_view(result), output)
-    elif fmt == "html":
-        from sgdtrace.views.html import check_page
-
-        write_output(check_page(result), output)
-    else:
-        from sgdtrace.views.check import check_markdown
-
-        write_output(check_markdown(result), output)
+    try:
+        result = run_checks(paths, devices or None)
+    except ConfigError as exc:  # check's files are its arguments, not a --config option
+        message = str(exc)
+        if message.startswith("--config "):
+            raise ConfigError("config " + message[len("--config "):]) from None
+        raise
+    emit(CHECK_FORMATS, fmt, result, output)
     return _exit_code(result.ok)
 
 
 @cli.command()
-@training_options()
+@training_options(EXPLAIN_FORMATS)
 @click.option("--batch", "batch_no", type=int, required=True, metavar="K", help="The batch to explain (from 1).")
 @click.option("--epoch", "epoch_no", type=int, default=1, show_default=True, metavar="E",
               help="The epoch the batch is in (from 1).")
@@ -394,14 +493,13 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     Shows the nodes a, c, d, e per sample, the loss l and root z (Equations 1-3), each chain-rule
     factor (dl/de, de/dd, dd/dc, dc/da, da/dw, dc/db), Equations 6-11 with the numbers substituted
     and the update (Equations 4-5, or torch.optim.SGD's momentum form), with torch's value beside
-    each result. Formats: table (default) or json.
+    each result.
     """
-    cfg, fmt, output = _configure(kw, formats=("table", "json"))
+    cfg, fmt, output = _configure(kw, EXPLAIN_FORMATS)
     _refuse_distributed(cfg, command="explain")
     from sgdtrace import data
     from sgdtrace.tracing import run_trace
     from sgdtrace.teaching.explain import explain_step
-    from sgdtrace.views.explain import explain_json, explain_view
 
     dataset = data.load(cfg)
     if cfg.world_size > 1:
@@ -420,18 +518,12 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
         return _exit_code(trace.verdict.ok)
     data.plan(len(dataset), cfg).step(batch_no, epoch_no)  # a bad --batch is refused before training
     trace = run_trace(cfg, dataset=dataset)
-    ex = explain_step(trace, batch_no, epoch_no)
-    if fmt == "json":
-        from sgdtrace.views.export import to_json_text
-
-        write_output(to_json_text(explain_json(ex)), output)
-    else:
-        show(explain_view(ex), output)
+    emit(EXPLAIN_FORMATS, fmt, explain_step(trace, batch_no, epoch_no), output)
     return _exit_code(trace.verdict.ok)
 
 
 @cli.command()
-@training_options()
+@training_options(GRAPH_FORMATS)
 @click.option("--batch", "batch_no", type=int, default=1, show_default=True, metavar="K",
               help="The batch whose graph is built (from 1).")
 @click.option("--epoch", "epoch_no", type=int, default=1, show_default=True, metavar="E",
@@ -443,59 +535,46 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
 
     Torch's graph is walked from loss.grad_fn; each of its nodes is mapped to the manual node it
     computes, with the gradient flowing into it in both engines. The whole run is also trained
-    with that loss, and the verdict printed. Formats: table (default), json, dot (Graphviz).
+    with that loss, and the verdict printed.
     """
-    cfg, fmt, output = _configure(kw, formats=("table", "json", "dot"))
+    cfg, fmt, output = _configure(kw, GRAPH_FORMATS)
     _refuse_distributed(cfg, command="graph")
     from sgdtrace.tracing import run_trace
     from sgdtrace.teaching.graph import build_graph
-    from sgdtrace.views import graph as gv
 
     trace = run_trace(cfg, torch_loss=loss_kind)
     g = build_graph(trace, batch_no, epoch_no, loss_kind)
-    if fmt == "dot":
-        write_output(gv.graph_dot(g), output)
-    elif fmt == "json":
-        from sgdtrace.views.export import to_json_text
-
-        write_output(to_json_text(gv.graph_json(g)), output)
-    else:
-        show(gv.graph_view(g), output)
+    emit(GRAPH_FORMATS, fmt, g, output)
     return _exit_code(g.ok)
 
 
-for _param in graph.params:  # graph also writes Graphviz DOT
-    if _param.name == "fmt":
-        _param.type = click.Choice(["table", "json", "dot"])
-        _param.help = "Output format (default table; dot: Graphviz)."
-
-
 @cli.command()
-@training_options()
+@training_options(PLOT_FORMATS, output_help="The PNG file to write (required; written whole or not at all).")
 @click.option("--width", type=click.IntRange(200, 6000), default=1500, show_default=True, help="Image width in pixels.")
 @click.option("--height", type=click.IntRange(150, 6000), default=450, show_default=True,
               help="Image height in pixels.")
 def plot(width: int, height: int, **kw: Any) -> int:
     """Plot loss per step, w and b per step against their true values, and the (w, b) path.
 
-    The path is drawn over contour lines of the full-data loss. Writes a PNG to --output
-    (needs matplotlib: pip install 'sgdtrace[plot]').
+    The path is drawn over contour lines of the full-data loss. Writes a PNG image to --output.
     """
-    cfg, fmt, output = _configure(kw)
+    cfg, fmt, output = _configure(kw, PLOT_FORMATS)
     if output is None:
         raise ConfigError("plot needs --output FILE.png: the file to write the image to")
     if not output.lower().endswith(".png"):
         raise ConfigError(f"--output {output!r}: plot writes PNG images; name a file ending in .png")
-    if fmt != "table":
-        raise ConfigError(f"--format {fmt}: plot writes a PNG image to --output; leave --format out")
-    from sgdtrace.views.plot import require_pyplot
+    from sgdtrace.views.plot import require_matplotlib
 
-    require_pyplot()  # a missing matplotlib is reported before any training
+    require_matplotlib()  # a missing matplotlib is reported before any training
     from sgdtrace.tracing import run_trace
-    from sgdtrace.views.plot import plot_trace
 
     trace = run_trace(cfg)
-    plot_trace(trace, output, width, height)
+    try:
+        PLOT_FORMATS[fmt].render(trace, None, output=output, width=width, height=height)
+    except OSError as exc:
+        from sgdtrace.output import OutputError
+
+        raise OutputError(f"cannot write to {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {output} ({width}x{height})", err=True)
     return _exit_code(trace.verdict.ok)
 
@@ -511,6 +590,10 @@ def find_configs(names: Iterable[str]) -> list[str]:
                 raise ConfigError(f"{name!r}: no *.toml config files in this folder")
             paths += found
         elif os.path.isfile(name):
+            if name.lower().endswith((".csv", ".tsv", ".txt")):
+                raise ConfigError(f"config {name!r}: check runs TOML config files (*.toml); "
+                                  f"a data file is trained on with `sgdtrace run --data {name}`, "
+                                  f"or named by a config file's `data` key")
             paths.append(name)
         elif name == "configs" and not list(names)[1:]:
             raise ConfigError("no configs/ folder here: run from the project's folder or name config files")

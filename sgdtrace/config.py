@@ -14,6 +14,7 @@ import difflib
 import math
 import os
 import re
+import struct
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -73,6 +74,10 @@ class Config:
     rank_timeout: float = 60.0
     # where each value came from, for error messages; not part of the run's identity
     origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: options given that do not apply to this run (one line each, for stderr); not part of its identity
+    warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    #: view options a config file set (``rows``, ``every``, ...), merged with the flags by :func:`run_options`
+    view: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -110,16 +115,22 @@ class Config:
         }
 
 
-TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "origin")
+TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("origin", "warnings", "view"))
+#: ``sgdtrace run``'s own options and their defaults (a file may set them too; see :func:`run_options`)
+RUN_DEFAULTS: Mapping[str, Any] = {"rows": None, "every": 1, "reference": "none", "gradcheck": False, "quiet": False,
+                                   "batch": None, "epoch": None}
+REFERENCES = ("none", "exact")
 #: keys a TOML file may hold beyond the training options
-VIEW_KEYS = ("format", "output")
+VIEW_KEYS = ("format", "output") + tuple(RUN_DEFAULTS)
 KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
 
 _FLOAT_KEYS = {"lr", "init_w", "init_b", "true_w", "true_b", "noise", "momentum", "dampening",
                "weight_decay", "rtol", "atol", "rank_timeout"}
-_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size"}
-_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "set_epoch"}
-_STR_KEYS = {"data", "device", "dtype", "format", "output"}
+_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size", "rows", "every", "batch", "epoch"}
+_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "set_epoch", "gradcheck", "quiet"}
+_STR_KEYS = {"data", "device", "dtype", "format", "output", "reference"}
+#: synthetic data's options: they do nothing without ``synthetic``
+_SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
 
 
 def _label(cfg: Config, key: str) -> str:
@@ -208,6 +219,30 @@ def validate(cfg: Config) -> None:
             if abs(getattr(cfg, key)) > FLOAT32_MAX:
                 _fail(cfg, key, getattr(cfg, key), f"does not fit float32 (largest {FLOAT32_MAX:.8g}); "
                       "use --dtype float64")
+    # where 0 is refused, so is a value that rounds to 0 in the run's dtype (a learning rate of 1e-46
+    # is 0 in float32). Where 0 is allowed (init_w, init_b, momentum, dampening, weight_decay) a value
+    # that rounds to 0 runs as that 0 in both engines, a legal run. Python's floats are float64 already.
+    must_be_nonzero = ("lr", "momentum") if cfg.nesterov else ("lr",)
+    for key in must_be_nonzero:
+        v = getattr(cfg, key)
+        if to_dtype(v, cfg.dtype) == 0:
+            _fail(cfg, key, v, f"rounds to 0 in {cfg.dtype} (smallest nonzero {TINIEST[cfg.dtype]:.2g}), "
+                  f"and {'Nesterov momentum needs a momentum' if key == 'momentum' else 'the learning rate must be'}"
+                  " > 0; use a larger value" + (" or --dtype float64" if cfg.dtype == "float32" else ""))
+
+
+#: the smallest positive (subnormal) number of each dtype
+TINIEST = {"float32": 1.401298464324817e-45, "float64": 5e-324}
+
+
+def to_dtype(value: float, dtype: str) -> float:
+    """``value`` rounded to ``dtype`` (to nearest, as torch and NumPy cast), as a Python float; inf on overflow."""
+    if dtype == "float64":
+        return float(value)
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 #: the most processes --world-size starts (DistributedSampler and gloo take more; a teaching run does not)
@@ -253,15 +288,22 @@ def load_toml(path: str) -> dict[str, Any]:
 
     name = os.path.basename(path)
     out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for raw_key, value in doc.items():
         key = raw_key.replace("-", "_")
         where = f"{raw_key!r} in {name}"
+        if key in spelled:
+            raise ConfigError(f"{name}: {spelled[key]!r} = {_toml_repr(doc[spelled[key]])} and {raw_key!r} = "
+                              f"{_toml_repr(value)} set the same option twice; keep one")
+        spelled[key] = raw_key
         if key not in KNOWN_KEYS:
             close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else "; known keys: " + ", ".join(KNOWN_KEYS)
             raise ConfigError(f"{name}: unknown key {raw_key!r}{hint}")
         out[key] = _check_type(key, value, where)
-        if key in ("data", "output") and not os.path.isabs(value):
+        if key in RUN_DEFAULTS:
+            _check_run_option(key, value, where)
+        if key in ("data", "output") and not os.path.isabs(value) and value != "-":
             out[key] = os.path.join(os.path.dirname(os.path.abspath(path)), value)
     return out
 
@@ -284,6 +326,16 @@ def _check_type(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
     return value
+
+
+def _check_run_option(key: str, value: Any, where: str) -> None:
+    """The checks click makes on ``run``'s flags, for the same keys in a file."""
+    if key == "rows" and value < 0:
+        raise ConfigError(f"{where} = {value}: must be a whole number >= 0 (0: all rows)")
+    if key in ("every", "batch", "epoch") and value < 1:
+        raise ConfigError(f"{where} = {value}: must be a whole number >= 1")
+    if key == "reference" and value not in REFERENCES:
+        raise ConfigError(f"{where} = {value!r}: allowed: " + ", ".join(REFERENCES))
 
 
 def _toml_repr(value: Any) -> str:
@@ -312,4 +364,41 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
         if key in TRAINING_KEYS and value is not None:
             values[key] = value
             origin[key] = "--" + key.replace("_", "-")
-    return Config(**values, origin=origin)
+    warnings = []
+    if values.get("synthetic") is None:
+        unused = [origin[k] for k in _SYNTHETIC_KEYS if k in values]
+        if unused:
+            source = f"the CSV file {values['data']!r}" if values.get("data") is not None else "the article's data"
+            warnings.append(f"{', '.join(unused)} ignored: synthetic data's option{'s' if len(unused) > 1 else ''}, "
+                            f"and this run reads {source} (add --synthetic N to use it)")
+    view = {k: v for k, v in file_values.items() if k in RUN_DEFAULTS}
+    origin.update({k: f"{k!r} in {name}" for k in view})
+    return Config(**values, origin=origin, warnings=tuple(warnings), view=view)
+
+
+def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``run``'s view options: defaults < ``cfg.view`` (the file) < flags given (``None`` or ``False``: not given).
+
+    Returns the options and a warning for each one given that the format ignores
+    (``rows`` and ``every`` shape the table only).
+    """
+    out: dict[str, Any] = {}
+    label: dict[str, str] = {}
+    for key, default in RUN_DEFAULTS.items():
+        flag = flags.get(key)
+        if flag is not None and flag is not False:
+            out[key], label[key] = flag, "--" + key
+        elif key in cfg.view:
+            out[key], label[key] = cfg.view[key], cfg.origin[key]
+        else:
+            out[key] = default
+    warnings = []
+    if fmt not in ("table", "html"):
+        unused = [label[k] for k in ("rows", "every") if k in label]
+        if unused:
+            warnings.append(f"{' and '.join(unused)} ignored: {'they shape' if len(unused) > 1 else 'it shapes'} "
+                            f"the table, and --format {fmt} writes every step")
+    if "epoch" in label and "batch" not in label:
+        typo = "" if label["epoch"].startswith("--") else " (did you mean 'epochs'?)"
+        warnings.append(f"{label['epoch']} ignored: it names the epoch of --batch, and no --batch was given{typo}")
+    return out, warnings

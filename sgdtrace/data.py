@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Iterator
 
 import numpy as np
@@ -76,11 +78,19 @@ def synthetic(n: int, true_w: float, true_b: float, noise: float, seed: int) -> 
 
 
 def read_csv(path: str) -> Dataset:
-    """A CSV file with a header row naming columns ``x`` and ``y`` (other columns are ignored)."""
+    """A CSV file with a header row naming columns ``x`` and ``y`` (other columns are ignored); ``-``: stdin.
+
+    A well-formed file is parsed column-wise (:func:`_parse_fast`); anything else goes through
+    the row-by-row reader (:func:`_parse_rows`), which accepts the same files with the same
+    values and names the row and column of what is wrong.
+    """
     label = f"--data {path!r}"
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        if path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read()
     except FileNotFoundError:
         raise DataError(f"{label}: no such file") from None
     except IsADirectoryError:
@@ -93,35 +103,128 @@ def read_csv(path: str) -> Dataset:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{label}: not UTF-8 text, so not a CSV file sgdtrace can read") from None
+    parsed = _parse_fast(text, label)
+    xs, ys = parsed if parsed is not None else _parse_rows(text, label)
+    return Dataset.from_arrays(xs, ys, {"source": "csv", "path": path, "n": len(xs)})
+
+
+def _header_columns(header_row: list[str], label: str) -> tuple[int, int]:
+    """The indices of columns x and y in the header; each must be named exactly once (any case, spaces)."""
+    header = [h.strip().lower() for h in header_row]
+    missing = [c for c in ("x", "y") if c not in header]
+    if missing:
+        raise DataError(f"{label}: the header {header_row!r} has no column {' or '.join(map(repr, missing))}; "
+                        "expected a header row naming columns x and y")
+    for col in ("x", "y"):
+        where = [i for i, h in enumerate(header) if h == col]
+        if len(where) > 1:
+            names = " and ".join(f"{header_row[i].strip()!r} (column {i + 1})" for i in where)
+            raise DataError(f"{label}: the header {header_row!r} names column {col} twice: {names}; "
+                            "rename or remove one")
+    return header.index("x"), header.index("y")
+
+
+def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """A well-formed file's x and y columns, or ``None`` when the file needs the row-by-row reader.
+
+    "Well-formed": every non-empty row has the header's number of fields and its x and y cells
+    are finite numbers. The rows are those the csv module reads in :func:`_parse_rows`, and every
+    cell is parsed as ``float`` parses it (``np.loadtxt`` parses as Python does, without ``1_000``'s
+    underscores, which it refuses), so both readers give the same values. Where a file is not
+    plain (quoted fields, non-ASCII text) the csv module splits the rows; else ``np.loadtxt``
+    reads them, once vectorised counts have checked each row's fields.
+    """
+    if '"' in text or text.count("\r") != text.count("\r\n") or not text.isascii():
+        # quoted fields, a lone CR (an error for the csv module), Unicode spaces: the csv module splits the rows
+        try:
+            rows = list(csv.reader(io.StringIO(text)))
+        except csv.Error:
+            return None
+        start = 0
+        while start < len(rows) and not any(cell.strip() for cell in rows[start]):
+            start += 1  # blank rows before the header
+        if start == len(rows):
+            return None
+        ix, iy = _header_columns(rows[start], label)
+        body = [r for r in rows[start + 1:] if r]  # an empty line is an empty row; other blank rows fail below
+        if not body or set(map(len, body)) != {len(rows[start])}:
+            return None
+        try:
+            xs = np.array(list(map(float, map(itemgetter(ix), body))), dtype=np.float64)
+            ys = np.array(list(map(float, map(itemgetter(iy), body))), dtype=np.float64)
+        except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
+            return None
+    else:
+        text = text.replace("\r\n", "\n")
+        pos = 0
+        while True:  # the header: the first line with a non-blank cell
+            end = text.find("\n", pos)
+            line = text[pos:] if end < 0 else text[pos:end]
+            if line.replace(",", "").strip():
+                break
+            if end < 0:
+                return None
+            pos = end + 1
+        ix, iy = _header_columns(line.split(","), label)
+        rest = "" if end < 0 else text[end + 1:]
+        # per line (vectorised): its length and its commas; empty lines are skipped by both readers
+        b = np.frombuffer(rest.encode("ascii"), dtype=np.uint8)
+        newlines = np.flatnonzero(b == 10)
+        lengths = np.diff(np.concatenate(([-1], newlines, [b.size]))) - 1
+        commas = np.bincount(np.searchsorted(newlines, np.flatnonzero(b == 44)), minlength=lengths.size)
+        used = lengths > 0
+        n = int(used.sum())
+        if n == 0 or lengths.max() > csv.field_size_limit() or (commas[used] != line.count(",")).any():
+            return None  # no rows, a field over the csv module's limit, or a row of another width
+        try:
+            values = np.loadtxt(rest.split("\n"), dtype=np.float64, delimiter=",", comments=None,
+                                usecols=(ix, iy), ndmin=2)
+        except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
+            return None
+        if values.shape[0] != n:
+            return None
+        xs, ys = np.ascontiguousarray(values[:, 0]), np.ascontiguousarray(values[:, 1])
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        return None
+    return xs, ys
+
+
+def _parse_rows(text: str, label: str) -> tuple[list[float], list[float]]:
+    """The row-by-row reader: x and y cell by cell, naming the row and column of the first bad one."""
     try:
         rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
     except csv.Error as exc:  # e.g. a field longer than the csv module's limit
         raise DataError(f"{label}: not a CSV file sgdtrace can read ({exc})") from None
     if not rows:
         raise DataError(f"{label}: the file is empty; expected a header row naming columns x and y")
-    header = [h.strip().lower() for h in rows[0]]
-    missing = [c for c in ("x", "y") if c not in header]
-    if missing:
-        raise DataError(f"{label}: the header {rows[0]!r} has no column {' or '.join(map(repr, missing))}; "
-                        "expected a header row naming columns x and y")
-    ix, iy = header.index("x"), header.index("y")
+    ix, iy = _header_columns(rows[0], label)
+    width = len(rows[0])
     body = rows[1:]
     if not body:
         raise DataError(f"{label}: a header but no data rows")
+
+    def counts() -> tuple[int, int]:
+        cx = sum(1 for r in body if len(r) > ix and r[ix].strip())
+        cy = sum(1 for r in body if len(r) > iy and r[iy].strip())
+        return cx, cy
+
     xs: list[float] = []
     ys: list[float] = []
     for lineno, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            cx = sum(1 for r in body if len(r) > ix and r[ix].strip())
-            cy = sum(1 for r in body if len(r) > iy and r[iy].strip())
+        if len(row) != width:
+            cx, cy = counts()
+            lacking = [c for c, i in (("x", ix), ("y", iy)) if len(row) <= i]
             if cx != cy:
-                raise DataError(f"{label}: column x has {cx} values but column y has {cy}; every x needs its y")
-            raise DataError(f"{label}: row {lineno} has {len(row)} fields but the header has {len(header)}")
+                what = f"no {' or '.join(lacking)} value" if lacking else f"{len(row)} fields"
+                raise DataError(f"{label}: row {lineno} has {what}: column x has {cx} values but column y "
+                                f"has {cy}; every x needs its y")
+            raise DataError(f"{label}: row {lineno} has {len(row)} field{'s' if len(row) != 1 else ''} but the header "
+                            f"has {width}"
+                            + (f" (no {' or '.join(lacking)} value)" if lacking else ""))
         for col, idx, out in (("x", ix, xs), ("y", iy, ys)):
             cell = row[idx].strip()
             if not cell:
-                cx = sum(1 for r in body if len(r) > ix and r[ix].strip())
-                cy = sum(1 for r in body if len(r) > iy and r[iy].strip())
+                cx, cy = counts()
                 raise DataError(f"{label}: row {lineno} has no {col} value (column x has {cx} values, "
                                 f"column y has {cy}); every x needs its y")
             try:
@@ -131,7 +234,7 @@ def read_csv(path: str) -> Dataset:
             if not math.isfinite(value):
                 raise DataError(f"{label}: row {lineno}, column {col}: {cell!r}; values must be finite numbers")
             out.append(value)
-    return Dataset.from_arrays(xs, ys, {"source": "csv", "path": path, "n": len(xs)})
+    return xs, ys
 
 
 def load(config: Config) -> Dataset:

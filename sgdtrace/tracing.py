@@ -7,7 +7,6 @@ Data flows one way: config -> data + batch plan -> engines -> Trace (one array p
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from sgdtrace import data as data_mod
 from sgdtrace import divergence
+from sgdtrace.blowup import diagnose, full_loss, stable_lr  # noqa: F401  (full_loss: kept importable here)
 from sgdtrace.config import Config
 from sgdtrace.errors import ConfigError
 from sgdtrace.notebook import TraceNotebook
@@ -148,111 +148,10 @@ def judge(cfg: Config, dataset: data_mod.Dataset, plan: data_mod.BatchPlan, devi
     n = np.tile(plan.batch_sizes(), plan.epochs)
     div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg)
     stable = stable_lr(dataset.x, plan, cfg)
-    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable)
+    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
     assert epoch.shape[0] == steps
     return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable)
-
-
-# ------------------------------------------------------------------ blow-ups
-
-
-def stable_lr(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config) -> np.ndarray:
-    """Per step, the largest learning rate for which the update on that batch does not amplify.
-
-    The batch loss is quadratic in (w, b) with Hessian ``H = (2/n) [[sum x^2, sum x], [sum x, n]]``
-    (+ weight_decay * I). Plain SGD multiplies the error along H's top eigenvector by
-    ``1 - lr*lambda_max``, so it is stable while ``lr < 2 / lambda_max``. With momentum mu and
-    dampening tau (heavy ball) the bound is ``2 (1 + mu) / ((1 - tau) lambda_max)``; with Nesterov
-    ``2 (1 + mu) / ((1 + 2 mu) lambda_max)``. Maximize climbs the loss: no rate is stable (0).
-    """
-    if cfg.maximize:
-        return np.zeros(plan.n_steps)
-    xr = x.astype(np.dtype(cfg.dtype)).astype(np.float64)
-    sizes = plan.batch_sizes()
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    n_used = int(sizes.sum())
-    out = np.empty(plan.n_steps)
-    spe = plan.steps_per_epoch
-    for e in range(plan.epochs):
-        xe = xr[plan.epoch_order(e)[:n_used]]
-        sx, sxx = np.add.reduceat(xe, starts), np.add.reduceat(xe * xe, starts)
-        nf = sizes.astype(np.float64)
-        lam = (sxx + nf + np.sqrt((sxx - nf) ** 2 + 4 * sx * sx)) / nf + cfg.weight_decay
-        mu, tau = cfg.momentum, cfg.dampening
-        if mu == 0:
-            limit = 2 / lam
-        elif cfg.nesterov:
-            limit = 2 * (1 + mu) / ((1 + 2 * mu) * lam)
-        else:
-            limit = 2 * (1 + mu) / (max(1 - tau, 1e-300) * lam)
-        out[e * spe:(e + 1) * spe] = limit
-    return out
-
-
-def full_loss(dataset: data_mod.Dataset, w: float, b: float) -> float:
-    """The mean squared error over the whole data set, in float64."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return float(np.mean((w * dataset.x + b - dataset.y) ** 2))
-
-
-def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray], ref: dict[str, np.ndarray],
-             epoch: np.ndarray, batch: np.ndarray, stable: np.ndarray) -> dict[str, Any] | None:
-    """Did training blow up? ``None``, or where it first went wrong, why, and a hint.
-
-    Blown up means: a value went non-finite (inf or nan) in either engine, or the loss over the
-    whole data set ended higher than it started while the learning rate exceeded a batch's
-    stability limit (:func:`stable_lr`).
-    """
-    steps = epoch.shape[0]
-    if steps == 0:
-        return None
-    nonfinite = np.zeros(steps, dtype=bool)
-    for cols in (man, ref):
-        for values in cols.values():
-            nonfinite |= ~np.isfinite(values)
-    unstable = np.flatnonzero(cfg.lr > stable)
-    largest = float(stable.min())
-    start_loss = full_loss(dataset, cfg.init_w, cfg.init_b)
-    end_loss = full_loss(dataset, float(man["w"][-1]), float(man["b"][-1]))
-    if nonfinite.any():
-        k = int(np.flatnonzero(nonfinite)[0])
-        went = []
-        for who, cols in (("by hand", man), ("in torch", ref)):
-            bad = [f"{f} = {divergence.json_number(v[k])}" for f, v in cols.items() if not np.isfinite(v[k])]
-            if bad:
-                went.append(", ".join(bad) + " " + who)
-        reason = "a value became inf or nan: " + "; ".join(went)
-    elif unstable.size and not end_loss <= start_loss:
-        k = int(unstable[0])
-        reason = (f"the loss over the whole data set grew from {start_loss:.6g} to {end_loss:.6g}; "
-                  f"from this batch on the learning rate exceeds the batch's stability limit "
-                  f"{stable[k]:.4g}")
-    else:
-        return None
-    plain = "" if cfg.momentum == 0 else " with this momentum"
-    if cfg.maximize:
-        hint = "--maximize climbs the loss: gradient ascent on a convex loss grows without bound"
-    elif cfg.lr <= largest:
-        hint = (f"lr {cfg.lr:g} is within every batch's stability limit{plain} (the smallest is {largest:.4g}), "
-                f"yet the values left the range of {cfg.dtype}: check the data's scale and the initial w, b")
-    else:
-        hint = (f"lr {cfg.lr:g} is too large for this data's scale: the largest stable rate{plain} on this batch "
-                f"is {float(stable[k]):.4g} (2 / lambda_max of the batch loss's Hessian), on every batch "
-                f"{largest:.4g}; try --lr {_round_down(largest)}")
-    return {"epoch": int(epoch[k]), "batch": int(batch[k]), "step": k + 1, "reason": reason,
-            "hint": hint, "stable_lr": None if cfg.maximize else largest,
-            "stable_lr_batch": None if cfg.maximize else float(stable[k]),
-            "loss_start": divergence.json_number(start_loss), "loss_end": divergence.json_number(end_loss)}
-
-
-def _round_down(rate: float) -> str:
-    """A round learning rate just below ``rate`` (one significant digit), for the hint."""
-    if not rate > 0 or not math.isfinite(rate):
-        return f"{rate:g}"
-    exp = math.floor(math.log10(rate))
-    lead = math.floor(rate / 10**exp)
-    return f"{lead * 10.0**exp:.{max(0, -exp)}f}" if exp < 0 else f"{lead * 10**exp:g}"
 
 
 # ------------------------------------------------------------------ data-parallel SGD (--world-size N)
@@ -365,7 +264,7 @@ def judge_distributed(cfg: Config, dataset: data_mod.Dataset, dplan: data_mod.Di
                 for f in man_ranks}
     epoch, batch, n = gplan.step_epochs(), gplan.step_batches(), gplan.step_sizes()
     stable = stable_lr(dataset.x, gplan, cfg)
-    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable)
+    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, gplan)
     # the verdict also holds each rank's own values (named rank<r>.<field>)
     judged = dict(div)
     a, b = dict(man), dict(ref)

@@ -219,3 +219,74 @@ def test_cross_device_comparison_judges_torch_against_torch():
     assert doc["fields"]["w"]["max_ulp"] == 0 and doc["fields"]["buf_w"]["ok"] is True
     other.torch["w"] = other.torch["w"] * 1.001  # one device's w off by 0.1%: caught
     assert not cross_compare(base, other).verdict.ok
+
+
+def test_output_dash_is_standard_output(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for fmt in ("table", "json", "csv", "markdown"):
+        result = invoke(runner, "run", "--format", fmt, "--output", "-")
+        assert result.exit_code == 0
+        assert result.output == invoke(runner, "run", "--format", fmt).output
+    assert list(tmp_path.iterdir()) == []  # no file named "-"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('output = "-"\nformat = "json"\n')
+    result = invoke(runner, "run", "--config", str(cfg))
+    assert json.loads(result.output)["verdict"]["ok"] is True
+    assert [p.name for p in tmp_path.iterdir()] == ["c.toml"]
+
+
+def test_no_command_prints_the_help_not_an_error(runner):
+    result = runner.invoke(cli, [])
+    assert result.exit_code == 2
+    assert result.output.startswith("Usage: ")
+    assert "sgdtrace: error" not in result.output and "Error:" not in result.output
+    assert "run " in result.output and "check " in result.output
+
+
+@pytest.mark.parametrize("command,formats", [
+    ("run", ["table", "json", "csv", "markdown", "html"]), ("compare", ["table", "json", "csv", "markdown", "html"]),
+    ("check", ["table", "json", "markdown", "html"]), ("explain", ["table", "json"]), ("graph", ["table", "json", "dot"]),
+    ("plot", ["png"]),
+])
+def test_help_lists_exactly_the_formats_the_command_writes(runner, command, formats):
+    from sgdtrace import cli as cli_module
+
+    table = getattr(cli_module, f"{command.upper()}_FORMATS")
+    assert list(table) == formats
+    param = next(p for p in cli.commands[command].params if p.name == "fmt")
+    assert list(param.type.choices) == formats
+    help_text = invoke(runner, command, "--help").output
+    assert "[" + "|".join(formats) + "]" in help_text
+    for other in {"table", "json", "csv", "markdown", "html", "dot", "png"} - set(formats):
+        result = runner.invoke(cli, [command, "--format", other])
+        assert result.exit_code == 2 and f"'{other}' is not" in result.output, (command, other)
+
+
+@pytest.mark.parametrize("command,formats", [("explain", ["table", "json"]), ("graph", ["table", "json", "dot"]),
+                                             ("compare", ["table", "json", "csv", "markdown"])])
+def test_every_listed_format_is_written(runner, command, formats):
+    extra = ["--batch", "2"] if command == "explain" else []
+    for fmt in formats:
+        result = invoke(runner, command, *extra, "--format", fmt)
+        assert result.exit_code == 0 and result.output.strip(), (command, fmt)
+        if fmt == "json":
+            json.loads(result.output)
+
+
+def test_check_counts_runs_in_words(runner, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = invoke(runner, "check", "configs/article.toml").output
+    assert "✓ 1 run agrees" in out and "1 runs" not in out
+    out = invoke(runner, "check", "configs/article.toml", "configs/article-lr-0.1.toml").output
+    assert "✓ 2 runs agree" in out
+
+
+def test_graph_tree_draws_siblings_with_a_tee_and_the_last_with_an_elbow():
+    from sgdtrace.views.graph import tree_prefixes
+
+    # MseLoss → Add → (Mul → Acc(w)), Acc(b): the article's graph
+    assert tree_prefixes([0, 1, 2, 3, 2]) == ["", "  └ ", "    ├ ", "    │ └ ", "    └ "]
+    assert tree_prefixes([0, 1, 1]) == ["", "  ├ ", "  └ "]
+    assert tree_prefixes([0, 1, 2, 1, 2]) == ["", "  ├ ", "  │ └ ", "  └ ", "    └ "]
+    out = invoke(CliRunner(), "graph").output
+    assert "├ MulBackward0" in out and "└ AccumulateGrad (bias)" in out

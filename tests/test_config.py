@@ -67,3 +67,154 @@ def test_validation(changes, needle):
     with pytest.raises(ConfigError) as err:
         Config(**changes)
     assert needle in str(err.value)
+
+
+# ------------------------------------------------------------------ every option is a TOML key
+
+
+RUN_KEYS = [("rows", "6", 6), ("every", "2", 2), ("reference", "'exact'", "exact"), ("quiet", "true", True),
+            ("gradcheck", "true", True)]
+
+
+@pytest.mark.parametrize("key, text, value", RUN_KEYS)
+def test_run_options_are_toml_keys(tmp_path, key, text, value):
+    from sgdtrace.config import run_options
+
+    path = tmp_path / "c.toml"
+    path.write_text(f"{key.replace('_', '-')} = {text}\n")
+    cfg = build_config(load_toml(str(path)), {}, str(path))
+    opts, warnings = run_options(cfg, "table", {})
+    assert opts[key] == value and warnings == []
+    # a flag given beats the file; a flag not given (None, or False for an on/off flag) does not
+    flag = {"rows": 3, "every": 5, "reference": "none", "quiet": True, "gradcheck": True}[key]
+    assert run_options(cfg, "table", {key: flag})[0][key] == flag
+
+
+def test_every_option_of_run_is_accepted_in_a_file():
+    """The README's promise: each of run's options (except --config itself) is a known TOML key."""
+    from sgdtrace.cli import run as run_command
+    from sgdtrace.config import KNOWN_KEYS
+
+    names = {p.name for p in run_command.params} - {"config_path"}
+    names = {{"fmt": "format", "batch_no": "batch", "epoch_no": "epoch"}.get(n, n) for n in names}
+    assert names <= set(KNOWN_KEYS), names - set(KNOWN_KEYS)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("rows = -1\n", "'rows' in c.toml = -1: must be a whole number >= 0"),
+    ("every = 0\n", "'every' in c.toml = 0: must be a whole number >= 1"),
+    ("every = 1.5\n", "'every' in c.toml = 1.5: must be a whole number"),
+    ("reference = 'exactly'\n", "'reference' in c.toml = 'exactly': allowed: none, exact"),
+    ("quiet = 1\n", "'quiet' in c.toml = 1: must be true or false"),
+])
+def test_run_options_in_a_file_are_validated_as_the_flags_are(tmp_path, text, needle):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_toml(str(path))
+    assert needle in str(err.value)
+
+
+# ------------------------------------------------------------------ clashes and options that do not apply
+
+
+@pytest.mark.parametrize("a, b", [("batch_size", "batch-size"), ("drop-last", "drop_last"),
+                                  ("weight_decay", "weight-decay")])
+def test_one_option_spelled_twice_in_a_file_is_a_clash_naming_both(tmp_path, a, b):
+    path = tmp_path / "c.toml"
+    value = "true" if "drop" in a else "2"
+    path.write_text(f"{a} = {value}\n{b} = {value}\n")  # even with the same value: two places for one thing
+    with pytest.raises(ConfigError) as err:
+        load_toml(str(path))
+    assert f"{a!r}" in str(err.value) and f"{b!r}" in str(err.value) and "twice" in str(err.value)
+
+
+@pytest.mark.parametrize("flags, named", [
+    ({"true_w": 3.0}, ["--true-w"]),
+    ({"true_b": 1.0, "noise": 0.5}, ["--true-b", "--noise"]),
+    ({"noise": 0.0, "data": "d.csv"}, ["--noise", "'d.csv'"]),
+])
+def test_synthetic_options_without_synthetic_warn(flags, named):
+    cfg = build_config({}, flags)
+    (line,) = cfg.warnings
+    assert "ignored" in line and "--synthetic" in line
+    for name in named:
+        assert name in line
+    assert build_config({}, {**flags, "data": None, "synthetic": 5}).warnings == ()
+
+
+def test_synthetic_options_from_a_file_warn_naming_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("true_w = 3.0\n")
+    (line,) = build_config(load_toml(str(path)), {}, str(path)).warnings
+    assert "'true_w' in c.toml" in line
+    assert build_config({}, {}).warnings == ()
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "markdown"])
+@pytest.mark.parametrize("given", [{"rows": 5}, {"every": 2}, {"rows": 0, "every": 1}])
+def test_rows_and_every_with_a_non_table_format_warn(fmt, given):
+    from sgdtrace.config import run_options
+
+    opts, warnings = run_options(Config(), fmt, given)
+    (line,) = warnings
+    assert f"--format {fmt}" in line and all(f"--{k}" in line for k in given)
+    assert run_options(Config(), "table", given)[1] == []
+    assert run_options(Config(), fmt, {})[1] == []
+
+
+# ------------------------------------------------------------------ values the dtype cannot hold
+
+
+@pytest.mark.parametrize("value", [1e-46, 7e-46, 1e-300, 5e-324])
+@pytest.mark.parametrize("key, extra", [("lr", {}), ("momentum", {"nesterov": True})])
+def test_values_that_must_be_positive_and_round_to_zero_in_float32_are_refused(key, value, extra):
+    changes = {"momentum": 0.9, **extra, key: value}
+    with pytest.raises(ConfigError) as err:
+        Config(**changes)
+    assert f"--{key} {value!r}: rounds to 0 in float32" in str(err.value) and "--dtype float64" in str(err.value)
+    if value > 0:
+        Config(**changes, dtype="float64")  # float64 holds it
+
+
+@pytest.mark.parametrize("key", ["init_w", "init_b", "momentum", "dampening", "weight_decay"])
+def test_values_where_zero_is_legal_may_round_to_zero(key):
+    # 0 is a legal value of these, and a value that rounds to it runs as that 0 in both engines
+    assert getattr(Config(**{key: 1e-46}), key) == 1e-46
+
+
+@pytest.mark.parametrize("value", [1.5e-45, 1e-45, 1e-40, 1.2e-38])
+def test_the_smallest_float32_numbers_are_accepted(value):
+    # 1e-45 rounds up to the smallest subnormal, 1.4e-45; below half of it a value rounds to 0
+    assert Config(lr=value).lr == value
+
+
+def test_to_dtype_rounds_as_numpy_does():
+    import numpy as np
+
+    from sgdtrace.config import to_dtype
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([10.0 ** rng.uniform(-50, 40, 2000), [7.006e-46, 7.007e-46, 3.4028235e38, 3.5e38]])
+    with np.errstate(over="ignore"):
+        want = values.astype(np.float32).astype(np.float64)
+    assert [to_dtype(float(v), "float32") for v in values] == want.tolist()
+
+
+def test_data_dash_in_a_file_is_standard_input(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("data = '-'\n")
+    assert load_toml(str(path))["data"] == "-"  # not a file named '-' beside the config
+
+
+def test_epoch_in_a_file_without_batch_is_a_warning_that_names_epochs(tmp_path):
+    """`epoch` is run's --epoch (the HTML report's batch); alone, it is most likely `epochs` misspelled."""
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    path = tmp_path / "c.toml"
+    path.write_text("epoch = 3\n")
+    r = CliRunner().invoke(cli, ["run", "--config", str(path)])
+    assert r.exit_code == 0
+    assert "'epoch' in c.toml ignored" in r.stderr and "did you mean 'epochs'?" in r.stderr

@@ -209,7 +209,7 @@ def test_unreadable_data_file(tmp_path, monkeypatch):
     ("[run\nlr = 1\n", ["not valid TOML", "line 1"]),
     ("learning_rate = 0.1\n", ["unknown key 'learning_rate'", "known keys"]),
     ("batchsize = 3\n", ["unknown key 'batchsize'", "did you mean 'batch_size'?"]),
-    ("epoch = 3\n", ["unknown key 'epoch'", "did you mean 'epochs'?"]),
+    ("epoches = 3\n", ["unknown key 'epoches'", "did you mean 'epochs'?"]),
     ("lr = \"fast\"\n", ["'lr' in cfg.toml = 'fast'", "must be a number"]),
     ("batch_size = 2.5\n", ["'batch_size' in cfg.toml = 2.5", "whole number"]),
     ("shuffle = \"yes\"\n", ["'shuffle' in cfg.toml = 'yes'", "true or false"]),
@@ -332,3 +332,161 @@ def test_tiny_lr_barely_moves():
     # w = 0 - 1e-30 * (-80/3): representable in float32 (smallest normal 1.2e-38)
     assert doc["steps"][0]["manual"]["w"] == pytest.approx(80 / 3 * 1e-30, rel=1e-6)
     assert os.environ.get("SGDTRACE_NEVER_SET") is None
+
+
+# ------------------------------------------------------------------ output that cannot be written
+
+FORMATS = ("table", "json", "csv", "markdown")
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+
+
+def _script() -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / "sgdtrace")
+
+
+def _assert_one_output_error(rc: int, stderr: str, name: str) -> None:
+    assert rc == 2, (rc, stderr)
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert lines == [f"sgdtrace: error: cannot write to {name}: No space left on device"], stderr
+
+
+@needs_dev_full
+@pytest.mark.parametrize("command", [["run"], ["compare"], ["check", "configs/article.toml"],
+                                     ["explain", "--batch", "2"], ["graph"]])
+def test_a_full_disk_via_output_is_exit_2_naming_the_file(command, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    formats = FORMATS if command[0] in ("run", "compare") else ("table", "json")
+    for fmt in formats:
+        result = CliRunner().invoke(cli, command + ["--format", fmt, "--output", "/dev/full"])
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+        _assert_one_output_error(result.exit_code, result.stderr, "/dev/full")
+        assert result.stdout == ""
+
+
+@needs_dev_full
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_full_disk_on_standard_output_is_exit_2(fmt):
+    """`sgdtrace run > /dev/full`: the real process, its standard output a full device."""
+    import subprocess
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([_script(), "run", "--format", fmt], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    _assert_one_output_error(proc.returncode, proc.stderr, "standard output")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_reader_that_leaves_ends_the_run_silently_with_its_verdict(fmt):
+    """`sgdtrace run ... | head -1`: the pipe closes after one line; the rest cannot be written.
+
+    The pipe's buffer is cut to one page (Linux) and 60 steps in every format are longer than
+    that, so writing the rest meets the closed pipe. The exit code is still the verdict's (0: the
+    run agrees) and stderr stays empty.
+    """
+    import fcntl
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    try:
+        fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+        epochs = "20"
+    except OSError:  # not Linux: a run longer than the usual 64 KiB buffer in every format
+        epochs = "400"
+    rows = ["--rows", "0"] if fmt == "table" else []  # (--rows shapes the table only: elsewhere, a warning)
+    proc = subprocess.Popen([_script(), "run", "--epochs", epochs, *rows, "--format", fmt],
+                            stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        first = reader.readline()
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=300)
+    assert first  # the reader got its line
+    assert (rc, err) == (0, "")
+
+
+def test_sigterm_while_writing_output_leaves_no_file(tmp_path):
+    """SIGTERM while --output is being written: no temporary file and no partial file stay.
+
+    The real process, with the JSON's pieces slowed down so the signal lands mid-write: the test
+    waits until the temporary file exists, then sends SIGTERM.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run.json"
+    code = (
+        "import time, sys\n"
+        "import sgdtrace.views.export as ex\n"
+        "real = ex.json_pieces\n"
+        "def slow(trace):\n"
+        "    for piece in real(trace):\n"
+        "        yield piece\n"
+        "        time.sleep(0.5)\n"
+        "ex.json_pieces = slow\n"
+        "from sgdtrace.cli import main\n"
+        f"main(['run', '--synthetic', '200', '--batch-size', '1', '--format', 'json', '--output', {str(out)!r}])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while not [p for p in tmp_path.iterdir() if p.name.startswith(".sgdtrace-")]:
+            assert proc.poll() is None, "the run ended before its output was being written"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 143, (rc, proc.stderr.read())
+    assert list(tmp_path.iterdir()) == []  # neither .sgdtrace-* nor a partial run.json
+
+
+def test_output_error_messages_name_the_stream():
+    from sgdtrace.output import OutputError, write_pieces
+
+    class Full:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            raise ValueError  # not a real file: nothing to point at the null device
+
+    import sys
+
+    real = sys.stdout
+    sys.stdout = Full()
+    try:
+        with pytest.raises(OutputError, match="^cannot write to standard output: No space left on device$"):
+            write_pieces(["x"], None)
+    finally:
+        sys.stdout = real
+
+
+def test_check_names_its_files_as_configs_not_as_an_option(tmp_path):
+    data = write(tmp_path, "data.csv", "x,y\n1,2\n")
+    result, out = invoke(["check", data], tmp_path)
+    line = assert_usage_error(result, out, "config", "data.csv", "TOML", "--data")
+    assert "--config" not in line
+    bad = write(tmp_path, "bad.toml", "lr = 0.01\nlr = 3\n")
+    result, out = invoke(["check", bad], tmp_path)
+    line = assert_usage_error(result, out, "config", "bad.toml", "not valid TOML")
+    assert "--config" not in line
+
+
+def test_missing_matplotlib_names_no_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = CliRunner().invoke(cli, ["plot", "--output", str(tmp_path / "p.png")])
+    line = assert_usage_error(result, tmp_path / "p.png", "plot needs matplotlib", "pip install matplotlib")
+    assert "sgdtrace[plot]" not in line

@@ -91,3 +91,35 @@ def test_cli_formats_to_output(tmp_path):
     assert r.exit_code == 0 and "exact" in r.output and "3 steps, 2 shown" in r.output
     r = runner.invoke(cli, ["run", "--every", "0"])
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_no_number_is_ever_cut_at_any_width(width):
+    """Runs with tiny (1e-13), huge (1e26, 1e31) and infinite values, with and without momentum's
+    buffers and the witnesses' rows, printed by `sgdtrace run` on a terminal of 60, 80 and 120
+    columns: no cell ends in "…", no line is wider than the terminal, and every number in the
+    table is whole (it parses; none is split at its exponent)."""
+    import re
+
+    runs = [["--synthetic", "300", "--batch-size", "1", "--init-w", "1.9999", "--init-b", "10.0001"],
+            ["--momentum", "0.9", "--lr", "0.03", "--epochs", "30"],  # a momentum blow-up to 1e26
+            ["--init-w", "-3.3e30", "--epochs", "2"],  # overflowing losses
+            ["--lr", "1e-7", "--batch-size", "2", "--dtype", "float64", "--epochs", "3"]]
+    for args in runs:
+        for witness in ([], ["--reference", "exact"]):
+            result = CliRunner().invoke(cli, ["run", "--rows", "8", *args, *witness],
+                                        env={"COLUMNS": str(width)})
+            assert result.exit_code in (0, 1), result.output
+            text = result.output
+            assert "…" not in text, (args, witness, width)
+            assert max(len(line) for line in text.splitlines()) <= width
+            lines = text.split("─" * 10, 1)[1].splitlines()[1:]  # below the header rule
+            rows = []
+            for line in lines:
+                if "→" in line or line.startswith(("✓", "✗ diverge", "⚠ training")):
+                    break  # the summary line and the verdict follow the table
+                rows.append(line)
+            assert rows
+            for token in re.findall(r"[-+]?[0-9][-+0-9.e]*", "\n".join(rows)):
+                assert not token.endswith(("e", "e-", "e+", ".")), (token, args, width)  # not split at its exponent
+                float(token)

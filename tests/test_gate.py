@@ -17,7 +17,7 @@ import torch
 
 from sgdtrace import divergence as dv
 from sgdtrace.config import Config
-from sgdtrace.data import article, plan
+from sgdtrace.data import Dataset, article, plan
 from sgdtrace.engines import manual, torch_ddp, torch_ref
 from sgdtrace.engines.optimizers import sgd
 from sgdtrace.engines.protocol import state_fields
@@ -391,13 +391,18 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
         xs, ys = [xr[i] for i in idx], [yr[i] for i in idx]
         M = [wm * abs(xi) + bm + abs(yi) for xi, yi in zip(xs, ys)]
         sd = [wa * xi + ba - yi for xi, yi in zip(xs, ys)]  # the manual engine's residuals, signed
-        d = [abs(v) for v in sd]
-        E = {
-            "grad_w": 2 / n * (3 * sum(abs(xi) * m for xi, m in zip(xs, M)) + (3 + D) * sum(di * abs(xi) for di, xi in zip(d, xs))),
-            "grad_b": 2 / n * (3 * sum(M) + (2 + D) * sum(d)),
-            "loss": 1 / n * (6 * sum(di * m for di, m in zip(d, M)) + (2 + D) * sum(di * di for di in d)),
-        }
         e = [xi * dw + db for xi in xs]  # each residual's carried difference
+        # d-bar: either engine's computed |residual| at most (torch's exact one is sd - e)
+        d = [max(abs(si), abs(si - ei)) + 3 * u * m for si, ei, m in zip(sd, e, M)]
+        c64 = 2.0**-53 / u  # C's own float64 rounding, in units of u
+        E = {
+            "grad_w": 2 / n * (3 * sum(abs(xi) * m for xi, m in zip(xs, M)) + (3 + D) * sum(di * abs(xi) for di, xi in zip(d, xs))
+                               + c64 * (4 + D) * sum(xi * xi * abs(dw) + abs(xi) * abs(db) for xi in xs)),
+            "grad_b": 2 / n * (3 * sum(M) + (2 + D) * sum(d) + c64 * (4 + D) * sum(abs(xi) * abs(dw) + abs(db) for xi in xs)),
+            "loss": 1 / n * (6 * sum(di * m for di, m in zip(d, M)) + (2 + D) * sum(di * di for di in d)
+                             + c64 * 6 * sum(abs(ei) * m for ei, m in zip(e, M))
+                             + c64 * (5 + D) * sum(2 * di * abs(ei) + ei * ei for di, ei in zip(d, e))),
+        }
         C = {
             "grad_w": 2 / n * sum(ei * xi for ei, xi in zip(e, xs)),
             "grad_b": 2 / n * sum(e),
@@ -638,6 +643,35 @@ def test_overflow_in_the_update_by_hand():
     for v, reaches in ((2e38, True), (1e38, False)):
         cols = {("w", 0): v, ("grad_w", 1): -v}
         assert _overflow_case(Config(lr=1.0), "w", 1, min(2 * v, 0.97 * big), cols) is reaches
+
+
+def test_opposite_infinities_from_a_sum_that_overflows_both_ways():
+    """Data near 1e20 with mixed signs: the gradient's terms reach the overflow threshold in both
+    directions, so engines adding in different orders can end at +inf and -inf."""
+    x = [1.0e20, -1.0e20, 3.0e19, -2.5e19, 1.0e20, -1.0e20]
+    y = [1.0e20, 1.0e20, -3.0e20, 2.0e20, -1.0e20, 1.0e20]
+    ds = Dataset.from_arrays(x, y)
+    cfg = Config(batch_size=6, init_w=1.0e18, init_b=1.0e18)
+    p = plan(len(ds), cfg)
+    inf = np.float32(np.inf)
+    fields = ("grad_w", "grad_b", "loss", "w", "b")
+    a = {f: np.array([inf if f == "grad_w" else np.float32(1)], dtype=np.float32) for f in fields}
+    b = {f: v.copy() for f, v in a.items()}
+    b["grad_w"][0] = -inf
+    div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
+    assert div["grad_w"].ok[0]
+    # the same opposite infinities where the terms cannot overflow both ways: a real divergence
+    small = Dataset.from_arrays([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1.0] * 6)
+    div = dv.compare_columns(a, b, small.x, small.y, p, cfg.replace(init_w=0.0, init_b=0.0))
+    assert not div["grad_w"].ok[0]
+    # terms of one sign only (every residual and x positive): their sum overflows one way only
+    one_sign = Dataset.from_arrays([1.0e20, 2.0e20, 1.5e20, 1.0e20, 3.0e20, 2.0e20], [-1.0e20] * 6)
+    assert not dv.compare_columns(a, b, one_sign.x, one_sign.y, p, cfg)["grad_w"].ok[0]
+    a["grad_b"][0], b["grad_b"][0] = inf, -inf
+    assert not dv.compare_columns(a, b, one_sign.x, one_sign.y, p, cfg)["grad_b"].ok[0]
+    # and a loss (a sum of squares: one sign) never overflows both ways
+    a["loss"][0], b["loss"][0] = inf, -inf
+    assert not dv.compare_columns(a, b, ds.x, ds.y, p, cfg)["loss"].ok[0]
 
 
 # ------------------------------------------------------------------ silent on rounding, loud on a wrong formula

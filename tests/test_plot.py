@@ -51,3 +51,71 @@ def test_missing_matplotlib_is_one_clear_line(tmp_path, monkeypatch):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sgdtrace: error: plot needs matplotlib")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ what the panels say
+
+import numpy as np  # noqa: E402
+
+from sgdtrace.config import Config  # noqa: E402
+from sgdtrace.tracing import run_trace  # noqa: E402
+
+
+def _figure(**opts):
+    from sgdtrace.views.plot import plot_figure
+
+    t = run_trace(Config(**opts))
+    return t, plot_figure(t)  # not registered with pyplot: nothing to close
+
+
+def _texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def _vertical_lines_at(ax) -> list[float]:
+    out = []
+    for line in ax.get_lines():
+        xs = np.asarray(line.get_xdata(), dtype=float)
+        if xs.size == 2 and xs[0] == xs[1] and line.get_transform() != ax.transData:  # axvline: x in data, y in axes
+            out.append(float(xs[0]))
+    return out
+
+
+@pytest.mark.parametrize("opts", [dict(momentum=0.9, lr=0.03, epochs=30), dict(lr=1.0, epochs=30),
+                                  dict(momentum=0.9, nesterov=True, lr=0.01, epochs=30)])
+def test_a_blowup_is_marked_on_the_step_panels_and_the_path(opts):
+    t, fig = _figure(**opts)
+    step = t.verdict.diverged_training["step"]
+    ax_loss, ax_wb, ax_path = fig.axes[:3]
+    for ax in (ax_loss, ax_wb):
+        assert _vertical_lines_at(ax) == [step]
+        assert any(s.startswith(f"blew up: step {step}\n") for s in _texts(ax))
+    assert any(f"after step {step} (blew up)" == h.get_label() for h in ax_path.get_lines())
+
+
+def test_a_converging_run_has_no_blowup_mark():
+    t, fig = _figure(epochs=30)
+    for ax in fig.axes[:3]:
+        assert _vertical_lines_at(ax) == []
+        assert not any("blew up" in s for s in _texts(ax))
+    assert fig._suptitle.get_text().endswith("30 epochs, float32")
+
+
+def test_a_flat_panel_says_why():
+    """--init-w 1e30: the batch loss overflows float32 at every step, so the loss panel has no line."""
+    t, fig = _figure(init_w=1e30)
+    assert not np.isfinite(t.manual["loss"]).any()
+    why = [s for s in _texts(fig.axes[0]) if s.startswith("nothing to draw")]
+    assert len(why) == 1 and "inf at every step" in why[0] and "float32" in why[0] and "1e+30" in why[0]
+    assert "1 epoch," in fig._suptitle.get_text()
+
+
+def test_axes_are_labelled_steps_are_integers_contours_are_labelled():
+    t, fig = _figure(epochs=3)
+    for ax in fig.axes[:3]:
+        assert ax.get_xlabel() and ax.get_ylabel()
+    for ax in fig.axes[:2]:
+        ticks = [x for x in ax.get_xticks() if ax.get_xlim()[0] <= x <= ax.get_xlim()[1]]
+        assert ticks and all(float(x).is_integer() for x in ticks), ticks
+    labels = [s for s in _texts(fig.axes[2])]
+    assert labels and all(float(s) > 0 for s in labels), labels  # each a value of the loss

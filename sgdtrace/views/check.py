@@ -40,8 +40,10 @@ def check_view(result) -> Group:
         style = "green" if r.trace.verdict.ok else "bold red"
         table.add_row(*cells[:-1], Text(cells[-1], style=style))
     failed = sum(1 for r in result.rows if not r.trace.verdict.ok)
-    summary = (Text(f"✓ {len(result.rows)} runs agree", style="bold green") if result.ok
-               else Text(f"✗ {failed} of {len(result.rows)} runs diverge", style="bold red"))
+    n = len(result.rows)
+    summary = (Text("✓ 1 run agrees" if n == 1 else f"✓ {n} runs agree", style="bold green") if result.ok
+               else Text(f"✗ {failed} of {n} run{'s' if n != 1 else ''} diverge{'s' if failed == 1 else ''}",
+                         style="bold red"))
     return Group(table, Text(""), summary)
 
 

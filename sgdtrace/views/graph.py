@@ -40,6 +40,28 @@ def manual_table() -> Table:
     return table
 
 
+def tree_prefixes(depths: list[int]) -> list[str]:
+    """The drawing before each node of a tree listed depth first: ``├`` for a child with a sibling
+    after it, ``└`` for the last child, ``│`` continuing an ancestor's line to its next sibling."""
+
+    def has_next_sibling(i: int) -> bool:
+        for d in depths[i + 1:]:
+            if d <= depths[i]:
+                return d == depths[i]
+        return False
+
+    prefixes = []
+    last_at: dict[int, bool] = {}  # depth -> the latest node at that depth is a last child
+    for i, depth in enumerate(depths):
+        last_at[depth] = not has_next_sibling(i)
+        if depth == 0:
+            prefixes.append("")
+            continue
+        lines = "".join("  " if last_at[d] else "│ " for d in range(1, depth))
+        prefixes.append("  " + lines + ("└ " if last_at[depth] else "├ "))
+    return prefixes
+
+
 def torch_table(g: GraphResult) -> Table:
     crit = "nn.MSELoss()" if g.loss == "mse" else "((out - y) ** 2).mean()"
     table = Table(title=f"torch's autograd graph from loss.grad_fn (loss = {crit}), "
@@ -49,8 +71,8 @@ def torch_table(g: GraphResult) -> Table:
     for head, just in (("torch node", "left"), ("manual", "left"), ("grad in (torch)", "right"),
                        ("grad in (manual)", "right"), ("ulp", "right")):
         table.add_column(head, justify=just, no_wrap=not head.startswith("grad"))
-    for node, u in zip(g.nodes, g.ulps):
-        label = "  " * node.depth + ("└ " if node.depth else "") + node.name
+    for node, u, prefix in zip(g.nodes, g.ulps, tree_prefixes([n.depth for n in g.nodes])):
+        label = prefix + node.name
         if node.name == "AccumulateGrad":
             label += f" ({'weight' if node.maps_to == ('w',) else 'bias'})"
         target = node.maps_to[0] if node.maps_to else None

@@ -4,36 +4,26 @@ over contour lines of the full-data loss. Needs matplotlib (the ``plot`` extra);
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sgdtrace.errors import SgdtraceError
 
 
 class MissingMatplotlib(SgdtraceError):
-    """matplotlib (the ``plot`` extra) is not installed: an input error, exit code 2."""
+    """matplotlib (a dependency) is not installed: an input error, exit code 2."""
 
 
 def require_matplotlib():
-    """matplotlib, or a one-line error naming the extra to install (no backend is chosen)."""
+    """matplotlib, or a one-line error saying how to install it (no backend is chosen)."""
     try:
         import matplotlib
     except ImportError:
-        raise MissingMatplotlib("plot needs matplotlib, which is not installed: "
-                                "pip install 'sgdtrace[plot]' (or pip install matplotlib)") from None
+        raise MissingMatplotlib("plot needs matplotlib, one of sgdtrace's dependencies, and it is not installed: "
+                                "reinstall sgdtrace (`make install` in its folder) or run `pip install matplotlib`"
+                                ) from None
     return matplotlib
-
-
-def require_pyplot():
-    """matplotlib's pyplot on the Agg backend, or a one-line error naming the extra to install."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingMatplotlib("plot needs matplotlib, which is not installed: "
-                                "pip install 'sgdtrace[plot]' (or pip install matplotlib)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _surface(trace, ws: np.ndarray, bs: np.ndarray) -> np.ndarray:
@@ -50,15 +40,73 @@ def _finite(a: np.ndarray) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _blowup_step(trace) -> int | None:
+    d = trace.verdict.diverged_training
+    return None if not d else int(d["step"])
+
+
+def _mark_blowup(ax, trace, step: int) -> None:
+    """A vertical line at the blow-up step, labelled with where it is."""
+    d = trace.verdict.diverged_training
+    ax.axvline(step, color="tab:purple", ls="--", lw=1.0)
+    ax.annotate(f"blew up: step {step}\n(epoch {d['epoch']}, batch {d['batch']})", xy=(step, 1.0),
+                xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
+                ha="left" if step <= 0.7 * max(trace.n_steps, 1) else "right", va="top",
+                fontsize="small", color="tab:purple")
+
+
+def _say_why(ax, text: str) -> None:
+    """A panel with nothing (or nothing changing) to draw says why, in its middle."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", wrap=True,
+            bbox=dict(boxstyle="round", fc="lightyellow", ec="0.6"))
+
+
+def _why_no_loss(trace, loss: np.ndarray) -> str | None:
+    """Why the loss panel would be empty or flat: None when there is a line worth drawing."""
+    finite = _finite(loss)
+    cfg = trace.config
+    if finite.size == 0:
+        kinds = sorted({"nan" if np.isnan(v) else "inf" for v in loss})
+        return (f"nothing to draw:\nthe batch loss is {' or '.join(kinds)} at every step:\n"
+                f"(w·x + b − y)² leaves the range of {cfg.dtype}\n(w starts at {cfg.init_w:g}, b at {cfg.init_b:g})")
+    if finite.size > 1 and finite.min() == finite.max():
+        return f"the batch loss is {finite[0]:g} at every step"
+    return None
+
+
+def _why_flat_params(trace, w: np.ndarray, b: np.ndarray) -> str | None:
+    """Why w and b do not move: no finite value, or every update lost in the parameters' rounding."""
+    fw, fb = _finite(w), _finite(b)
+    cfg = trace.config
+    if fw.size == 0 and fb.size == 0:
+        return "nothing to draw: w and b are inf or nan at every step"
+    if (fw.size == w.size and fb.size == b.size and w.size > 1 and fw.min() == fw.max() == cfg.init_w
+            and fb.min() == fb.max() == cfg.init_b):
+        return (f"w and b never change: each update lr·dl/dw is below half a unit in the last place of "
+                f"w = {cfg.init_w:g}, b = {cfg.init_b:g} in {cfg.dtype}, so it rounds away")
+    return None
+
+
 def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
-    """The three panels as a matplotlib ``Figure`` (not registered with pyplot, so no backend is switched)."""
+    """The three panels as a matplotlib ``Figure`` (not registered with pyplot, so no backend is switched).
+
+    A blow-up (the verdict's ``diverged_training``) is marked by a vertical line at its step in the
+    first two panels and a cross on the path; a panel with nothing finite (or nothing changing) to
+    draw says why in its middle.
+    """
     require_matplotlib()
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     man = trace.manual
     ds = trace.dataset
     cfg = trace.config
     steps = np.arange(1, trace.n_steps + 1)
+    blew = _blowup_step(trace)
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     ax_loss, ax_wb, ax_path = fig.subplots(1, 3)
 
@@ -68,21 +116,48 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     if np.all(_finite(loss) > 0) and _finite(loss).size:
         ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("batch loss (mean squared error)")
     ax_loss.set_title("batch loss per step")
-    ax_loss.legend(fontsize="small")
+    why = _why_no_loss(trace, loss)
+    if why:
+        _say_why(ax_loss, why)
+        if not _finite(loss).size:
+            ax_loss.set_yticks([])
 
-    ax_wb.plot(steps, man["w"], color="tab:blue", label="w")
-    ax_wb.plot(steps, man["b"], color="tab:orange", label="b")
+    w, b = man["w"].astype(np.float64), man["b"].astype(np.float64)
+    ax_wb.plot(steps, w, color="tab:blue", label="w")
+    ax_wb.plot(steps, b, color="tab:orange", label="b")
     if ds.true_w is not None:
         ax_wb.axhline(ds.true_w, color="tab:blue", ls="--", lw=0.8, label=f"true w = {ds.true_w:g}")
     if ds.true_b is not None:
         ax_wb.axhline(ds.true_b, color="tab:orange", ls="--", lw=0.8, label=f"true b = {ds.true_b:g}")
+    both = np.abs(np.concatenate((_finite(w), _finite(b))))
+    scale = max([1.0] + [abs(v) for v in (ds.true_w, ds.true_b, cfg.init_w, cfg.init_b) if v is not None])
+    if both.size and both.max() > 1e4 * scale:  # a blow-up: a linear axis would show a flat line then a spike
+        ax_wb.set_yscale("symlog", linthresh=scale)
+        # 0 and about four labelled decades each side, clear of the linear band around 0
+        top = math.ceil(math.log10(both.max()))
+        every = max(1, math.ceil((top - math.log10(scale)) / 4))
+        ups = [10.0 ** e for e in range(top, math.floor(math.log10(scale)), -every)][::-1]
+        ups = [u for u in ups if u >= 10 * scale]
+        ax_wb.set_yticks([-u for u in ups[::-1]] + [0.0] + ups)
     ax_wb.set_xlabel("step")
+    ax_wb.set_ylabel("value" + (" (symmetric log scale)" if ax_wb.get_yscale() == "symlog" else ""))
     ax_wb.set_title("w and b after each step")
-    ax_wb.legend(fontsize="small")
+    why = _why_flat_params(trace, w, b)
+    if why:
+        _say_why(ax_wb, why)
 
-    path_w = np.concatenate(([cfg.init_w], man["w"].astype(np.float64)))
-    path_b = np.concatenate(([cfg.init_b], man["b"].astype(np.float64)))
+    for ax in (ax_loss, ax_wb):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if trace.n_steps:
+            ax.set_xlim(0.5, trace.n_steps + 0.5)
+        if blew is not None:
+            _mark_blowup(ax, trace, blew)
+        ax.legend(fontsize="small", loc="lower right" if ax is ax_loss and blew else "best")
+
+    path_w = np.concatenate(([cfg.init_w], w))
+    path_b = np.concatenate(([cfg.init_b], b))
     ok = np.isfinite(path_w) & np.isfinite(path_b)
     pw, pb = path_w[ok], path_b[ok]
     # the least-squares optimum of the full data, so the contours show where the path is heading
@@ -93,19 +168,28 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     pad_w, pad_b = 0.15 * (hi_w - lo_w) + 0.5, 0.15 * (hi_b - lo_b) + 0.5
     ws = np.linspace(lo_w - pad_w, hi_w + pad_w, 200)
     bs = np.linspace(lo_b - pad_b, hi_b + pad_b, 200)
-    surf = _surface(trace, ws, bs)
-    levels = np.geomspace(max(surf.min(), 1e-12 * max(surf.max(), 1.0)), surf.max(), 20)
-    ax_path.contour(ws, bs, surf, levels=levels, cmap="viridis", linewidths=0.7)
+    with np.errstate(over="ignore", invalid="ignore"):
+        surf = _surface(trace, ws, bs)
+    finite_surf = _finite(surf)
+    if finite_surf.size and finite_surf.max() > 0:
+        top = finite_surf.max()
+        levels = np.unique(np.geomspace(max(finite_surf.min(), 1e-12 * max(top, 1.0)), top, 20))
+        if levels.size > 1:
+            cs = ax_path.contour(ws, bs, surf, levels=levels, cmap="viridis", linewidths=0.7)
+            ax_path.clabel(cs, levels[::4], fmt=lambda v: f"{v:.2g}", fontsize=7, inline=True)
     ax_path.plot(pw, pb, "-", color="tab:red", lw=1.0, marker=".", ms=3, label="(w, b) path")
     ax_path.plot(pw[:1], pb[:1], "o", color="black", ms=5, label="start")
     ax_path.plot([opt_w], [opt_b], "*", color="gold", mec="black", ms=12, label="least squares")
+    if blew is not None and np.isfinite(path_w[blew]) and np.isfinite(path_b[blew]):
+        ax_path.plot([path_w[blew]], [path_b[blew]], "X", color="tab:purple", ms=9,
+                     label=f"after step {blew} (blew up)")
     ax_path.set_xlabel("w")
     ax_path.set_ylabel("b")
-    ax_path.set_title("path over the full-data loss")
+    ax_path.set_title("path over the full-data loss (contours: its value)")
     ax_path.legend(fontsize="small")
 
-    fig.suptitle(f"SGD on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, {cfg.epochs} epoch(s), "
-                 f"{cfg.dtype}", fontsize="medium")
+    fig.suptitle(f"SGD on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, "
+                 f"{_plural(cfg.epochs, 'epoch')}, {cfg.dtype}", fontsize="medium")
     fig.tight_layout()
     return fig
 

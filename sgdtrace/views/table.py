@@ -5,6 +5,8 @@ Views build, the CLI prints: :func:`run_view` returns a rich renderable.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from rich import box
 from rich.console import Group
 from rich.table import Table
@@ -104,31 +106,71 @@ def table_fields(trace) -> tuple[str, ...]:
     return tuple(f for f in FIELDS if f in trace.fields) + tuple(f for f in trace.fields if f not in FIELDS)
 
 
-def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
+def step_table(trace, rows: int | None = None, every: int = 1, width: int | None = None) -> Table:
     """Two lines per step (hand, torch); the ulp column is the step's largest distance in ULPs.
 
     Columns in the article's order (n, dl/dw, dl/db, lr, w, b, loss). With momentum on, the
-    buffers buf_w and buf_b join as two more columns; to keep a step on 80 columns, the lr
-    column (constant, and in the title) gives way and each number gets at most 8 characters:
-    5 significant digits, fewer where the value needs more room (ulp counts from 100,000 on
-    are shown as 1e5, 5.5e7, ...).
+    buffers buf_w and buf_b join as two more columns. Each number gets at most 9 characters:
+    6 significant digits, fewer where the value needs more room (ulp counts from 100,000 on
+    are shown as 1e5, 5.5e7, ...). To fit ``width`` columns (the terminal's), the table
+    narrows step by step (:data:`LAYOUTS`): fewer characters per number, the lr column
+    (constant, and in the title) left out, the columns set one space apart instead of two,
+    and the buffers folded onto rows of their own (``buf hand``, ``buf torch``: buf_w under
+    dl/dw, buf_b under dl/db, the gradients they accumulate). A number is never cut: where
+    even the narrowest layout is too wide, cells wrap.
     """
+    buffers = any(f not in FIELDS for f in table_fields(trace))
+    layouts = [lay for lay in LAYOUTS if not (buffers and lay.lr) and (buffers or not lay.fold)]
+    table = _step_table(trace, rows, every, layouts[0])
+    if width is None:
+        return table
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=10_000, color_system=None)
+    for layout in layouts:
+        table = _step_table(trace, rows, every, layout)
+        if Measurement.get(console, console.options, table).maximum <= width:
+            break
+    return table
+
+
+class Layout(NamedTuple):
+    """How wide the run table's numbers are: at most ``width`` characters, ``digits`` significant digits."""
+
+    width: int
+    digits: int
+    lr: bool  # the lr column shown
+    gap: int  # spaces between columns
+    fold: bool = False  # the momentum buffers on rows of their own instead of two more columns
+
+
+#: the run table's layouts, widest first; :func:`step_table` takes the first that fits the terminal
+LAYOUTS = (Layout(9, 6, True, 1), Layout(8, 5, True, 1), Layout(8, 5, False, 1), Layout(8, 5, False, 0),
+           Layout(7, 4, False, 0), Layout(6, 3, False, 0),
+           Layout(8, 5, False, 1, True), Layout(8, 5, False, 0, True), Layout(7, 4, False, 0, True),
+           Layout(6, 3, False, 0, True))
+#: where a folded buffer is shown: under the gradient it accumulates
+FOLDED = {"buf_w": "grad_w", "buf_b": "grad_b"}
+
+
+def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
     fields = table_fields(trace)
-    buffers = any(f not in FIELDS for f in fields)
-    width, digits = (8, 5) if buffers else (9, 6)
+    width, digits = layout.width, layout.digits
     multi = trace.config.epochs > 1
-    # with the buffers, the columns are set one space apart instead of two
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 0 if buffers else 1, 0, 0), show_edge=False, pad_edge=False,
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, layout.gap, 0, 0), show_edge=False, pad_edge=False,
                   title=_title(trace), title_justify="left", title_style="bold")
     # the article's column order: n, dl/dw, dl/db, lr, w, b, loss (then the buffers)
-    order = [f for f in ARTICLE_ORDER if f in fields or (f == "lr" and not buffers)]
-    order += [f for f in fields if f not in ARTICLE_ORDER]
-    table.add_column("ep:b" if multi else "batch", justify="right")
-    table.add_column("n", justify="right")
-    table.add_column("", justify="left")
+    order = [f for f in ARTICLE_ORDER if f in fields or (f == "lr" and layout.lr)]
+    order += [f for f in fields if f not in ARTICLE_ORDER and not (layout.fold and f in FOLDED)]
+    folded = [f for f in fields if layout.fold and f in FOLDED]
+    # overflow "fold": a cell too wide for a narrow terminal wraps; it is never cut with "…"
+    table.add_column("ep:b" if multi else "batch", justify="right", overflow="fold")
+    table.add_column("n", justify="right", overflow="fold")
+    table.add_column("", justify="left", overflow="fold")
     for f in order:
-        table.add_column(LABELS.get(f, f), justify="right")
-    table.add_column("ulp", justify="right")
+        table.add_column(LABELS.get(f, f), justify="right", overflow="fold")
+    table.add_column("ulp", justify="right", overflow="fold")
 
     ok_all = None
     for f in fields:
@@ -170,19 +212,24 @@ def step_table(trace, rows: int | None = None, every: int = 1) -> Table:
         table.add_row(step, str(trace.n[k]), "hand", *row({f: cell(trace.manual[f][k], f) for f in fields}, lr),
                       mark)
         table.add_row("", "", Text("torch", style="dim"), *row({f: cell(trace.torch[f][k], f) for f in fields}),
-                      "", end_section=not last and witness is None and gc is None and trace.ranks is None)
+                      "", end_section=not last and witness is None and gc is None and not folded and trace.ranks is None)
+        if folded:
+            table.add_row("", "", "buf hand", *row({FOLDED[f]: cell(trace.manual[f][k], f) for f in folded}), "")
+            table.add_row("", "", Text("buf torch", style="dim"),
+                          *row({FOLDED[f]: cell(trace.torch[f][k], f) for f in folded}), "",
+                          end_section=not last and witness is None and gc is None and trace.ranks is None)
         if trace.ranks is not None:
             _rank_rows(table, trace, k, row, width, digits, last)
         if witness is not None:
             table.add_row("", "", Text("exact", style="cyan"),
-                          *row({f: Text(num(witness.floats[f][k]), style="cyan") for f in fields}), "")
-            table.add_row("", "", Text("err hand", style="dim"), *row({f: sci(err_m[f][1][k]) for f in fields}), "")
-            table.add_row("", "", Text("err torch", style="dim"), *row({f: sci(err_t[f][1][k]) for f in fields}),
+                          *row({f: Text(fit(witness.floats[f][k], width, digits), style="cyan") for f in fields}), "")
+            table.add_row("", "", Text("err hand", style="dim"), *row({f: fit(err_m[f][1][k], width, 2) for f in fields}), "")
+            table.add_row("", "", Text("err torch", style="dim"), *row({f: fit(err_t[f][1][k], width, 2) for f in fields}),
                           "", end_section=not last and gc is None)
         if gc is not None:
             status = "n/a" if not gc.finite[k] else ("ok" if gc.ok[k] else Text("✗", style="bold red"))
             table.add_row("", "", Text("numeric", style="dim"),
-                          *row({f: num(gc.numeric[f][k]) for f in fields if f in gc.numeric}), status,
+                          *row({f: fit(gc.numeric[f][k], width, digits) for f in fields if f in gc.numeric}), status,
                           end_section=not last)
     return table
 
@@ -268,9 +315,12 @@ def _show(value) -> str:
     return value if isinstance(value, str) else ("n/a" if value is None else num(value, 8))
 
 
-def run_view(trace, rows: int | None = None, every: int = 1) -> Group:
-    """The ``sgdtrace run`` screen: the step table, a summary line, then the verdict (and any witness)."""
-    parts = [step_table(trace, rows, every), summary_text(trace, shown_steps(trace.n_steps, rows, every))]
+def run_view(trace, rows: int | None = None, every: int = 1, width: int | None = None) -> Group:
+    """The ``sgdtrace run`` screen: the step table, a summary line, then the verdict (and any witness).
+
+    ``width``: the columns the table must fit in (the terminal's); None: the widest layout.
+    """
+    parts = [step_table(trace, rows, every, width), summary_text(trace, shown_steps(trace.n_steps, rows, every))]
     if trace.ranks is not None:
         parts.append(ranks_text(trace))
     parts += [Text(""), verdict_text(trace)]

@@ -1,0 +1,347 @@
+"""Blow-ups: did training blow up, where, why, and which learning rate would not.
+
+For ``ypred = w*x + b`` with the mean squared error, every update torch.optim.SGD makes is
+AFFINE in the state: ``s' = M s + c`` with ``s = (w, b)`` (plain SGD) or
+``s = (w, b, buf_w, buf_b)`` (momentum). Batch k's loss has the Hessian
+``H_k = (2/n) [[sum x^2, sum x], [sum x, n]]`` (+ ``weight_decay * I``), and with
+``d = 1 - dampening``, ``mu = momentum``::
+
+    plain SGD   M = I - lr H
+    heavy ball  M = [[I - lr d H, -lr mu I], [d H, mu I]]          (buf' = mu buf + d g; p' = p - lr buf')
+    Nesterov    M = [[I - lr (1 + mu d) H, -lr mu^2 I], [d H, mu I]] (p' = p - lr (g + mu buf'))
+
+So the linear analysis is exact, not an approximation: a run blows up exactly when the
+product of one epoch's matrices, ``P = M_K ... M_1``, has spectral radius above 1.
+
+One batch alone, per eigenvalue lambda of H (``s = lr lambda``), the 2x2 recurrence has the
+characteristic polynomial ``z^2 + p z + q``; it is stable iff ``|q| < 1`` and ``|p| < 1 + q``:
+
+* heavy ball: ``z^2 - (1 + mu - d s) z + mu``: stable iff ``mu < 1`` and ``0 < d s < 2 (1 + mu)``,
+  so ``lr < 2 (1 + mu) / (d lambda_max)``;
+* Nesterov: ``z^2 - (1 + mu - s (1 + mu d)) z + mu (1 - s)``: ``1 - p + q > 0`` gives
+  ``s < 2 (1 + mu) / (1 + (2 - tau) mu)``, and ``|q| < 1`` (``s < 1 + 1/mu``) is weaker whenever
+  ``mu tau < 1``; torch forbids dampening with Nesterov, so ``lr < 2 (1 + mu) / ((1 + 2 mu) lambda_max)``;
+* plain SGD: ``lr < 2 / lambda_max``.
+
+A CYCLE of batches can be unstable although each batch alone is stable (the matrices do not
+commute), which is why :func:`epoch_log_radius` multiplies them out, in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from sgdtrace import data as data_mod
+from sgdtrace import divergence
+from sgdtrace.config import Config
+
+#: a finite run counts as blown up when the loss over the whole data set ends this many times
+#: above where it started AND the epoch's update product is unstable (spectral radius > 1)
+GROWTH = 10.0
+#: spectral radius above 1 + this counts as unstable (the null direction of a singular Hessian
+#: has an eigenvalue of exactly 1, which float64 products put within ~1e-15 of it)
+RADIUS_SLACK = 1e-9
+#: the hint's rate is rounded down from this share of the largest stable rate
+HINT_SHARE = 0.9
+
+
+# ------------------------------------------------------------------ one batch alone
+
+
+def batch_limit(lam: np.ndarray | float, cfg: Config) -> np.ndarray | float:
+    """The largest stable rate for a batch whose Hessian's top eigenvalue is ``lam`` (module docstring)."""
+    mu, tau = cfg.momentum, cfg.dampening
+    if mu == 0:
+        return 2 / lam
+    if cfg.nesterov:
+        return 2 * (1 + mu) / ((1 + (2 - tau) * mu) * lam)
+    return 2 * (1 + mu) / (max(1 - tau, 1e-300) * lam)
+
+
+def stable_lr(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config) -> np.ndarray:
+    """Per step, the largest learning rate for which the update on that batch alone does not amplify.
+
+    ``2 / lambda_max`` of the batch loss's Hessian (+ weight_decay); with momentum
+    ``2 (1 + mu) / ((1 - tau) lambda_max)``, with Nesterov ``2 (1 + mu) / ((1 + 2 mu) lambda_max)``
+    (derived in the module docstring). Maximize climbs the loss: no rate is stable (0).
+    """
+    if cfg.maximize:
+        return np.zeros(plan.n_steps)
+    n, sx, sxx = batch_sums(x, plan, cfg)
+    lam = (sxx + n + np.sqrt((sxx - n) ** 2 + 4 * sx * sx)) / n + cfg.weight_decay
+    out = batch_limit(lam, cfg)
+    return np.broadcast_to(out, (plan.epochs, plan.steps_per_epoch)).reshape(-1).copy()
+
+
+def batch_sums(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config,
+               epochs: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per batch: n (K,), sum x and sum x^2 (E, K), in float64 from x rounded to the run's dtype.
+
+    One row per epoch in ``epochs`` (all by default); a run without shuffle has one row only,
+    since every epoch has the same batches.
+    """
+    xr = x.astype(np.dtype(cfg.dtype)).astype(np.float64)
+    sizes = plan.batch_sizes()
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    n_used = int(sizes.sum())
+    if epochs is None:
+        epochs = list(range(plan.epochs)) if any(o is not None for o in plan.orders) else [0]
+    sx = np.empty((len(epochs), sizes.size))
+    sxx = np.empty_like(sx)
+    for row, e in enumerate(epochs):
+        xe = xr[plan.epoch_order(e)[:n_used]]
+        sx[row], sxx[row] = np.add.reduceat(xe, starts), np.add.reduceat(xe * xe, starts)
+    return sizes.astype(np.float64), sx, sxx
+
+
+# ------------------------------------------------------------------ one epoch: the product
+
+
+def epoch_log_radius(sums: tuple[np.ndarray, np.ndarray, np.ndarray], lrs: np.ndarray, cfg: Config,
+                     chunk: int = 256) -> np.ndarray:
+    """log of the spectral radius of one epoch's update product, per epoch row and learning rate.
+
+    ``sums`` from :func:`batch_sums` (E rows); ``lrs`` (G,). Returns (E, G). The product is
+    renormalised after every batch (its scale kept as a log), so it neither overflows nor
+    underflows however many batches an epoch has.
+    """
+    n, sx, sxx = sums
+    lrs = np.asarray(lrs, dtype=np.float64)
+    out = np.empty((sx.shape[0], lrs.size))
+    for lo in range(0, sx.shape[0], chunk):
+        out[lo:lo + chunk] = _log_radius(n, sx[lo:lo + chunk], sxx[lo:lo + chunk], lrs, cfg)
+    return out
+
+
+def _log_radius(n, sx, sxx, lrs, cfg: Config) -> np.ndarray:
+    mu, d, wd = cfg.momentum, 1 - cfg.dampening, cfg.weight_decay
+    E, K = sx.shape
+    lr = lrs[None, :]  # (1, G)
+    dim = 2 if mu == 0 else 4
+    P = np.broadcast_to(np.eye(dim), (E, lrs.size, dim, dim)).copy()
+    log_scale = np.zeros((E, lrs.size))
+    alpha, beta = (1.0, 0.0) if mu == 0 else ((1 + mu * d, mu * mu) if cfg.nesterov else (d, mu))
+    M = np.zeros_like(P)
+    for k in range(K):
+        h11 = (2 * sxx[:, k] / n[k] + wd)[:, None]
+        h12 = (2 * sx[:, k] / n[k])[:, None]
+        h22 = 2.0 + wd
+        M[..., 0, 0] = 1 - lr * alpha * h11
+        M[..., 0, 1] = M[..., 1, 0] = -lr * alpha * h12
+        M[..., 1, 1] = 1 - lr * alpha * h22
+        if dim == 4:
+            M[..., 0, 2] = M[..., 1, 3] = -lr * beta
+            M[..., 2, 0], M[..., 2, 1] = d * h11, d * h12
+            M[..., 3, 0], M[..., 3, 1] = d * h12, d * h22
+            M[..., 2, 2] = M[..., 3, 3] = mu
+        P = M @ P
+        scale = np.abs(P).max(axis=(-2, -1))
+        scale[~(scale > 0) | ~np.isfinite(scale)] = 1.0
+        P /= scale[..., None, None]
+        log_scale += np.log(scale)
+    ok = np.isfinite(P).all(axis=(-2, -1))  # a rate so large that the entries overflowed: unstable
+    radius = np.full(ok.shape, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if ok.any():
+            radius[ok] = np.abs(np.linalg.eigvals(P[ok])).max(axis=-1)
+        return np.where(ok, log_scale + np.log(radius), np.inf)
+
+
+def unstable(log_radius: np.ndarray) -> np.ndarray:
+    return log_radius > math.log1p(RADIUS_SLACK)
+
+
+def largest_stable_lr(sums, cfg: Config, reference: float) -> float:
+    """The largest rate below which one epoch's update product (first row of ``sums``) is stable.
+
+    Scanned upward from far below ``reference`` (a single batch's limit): 100 rates a decade from
+    1e-4 to 1e3 times it, since with momentum instability can come in narrow bands below stable
+    rates; then the bracket around the first unstable rate refined twice (to 2.3e-5 relative).
+    ``0.0`` when no rate is stable (momentum >= 1), ``inf`` when every rate scanned is.
+    """
+    one = tuple(a[:1] if a.ndim == 2 else a for a in sums)
+    reference = min(max(reference, 1e-200), 1e200)  # dampening 1 makes a single batch's limit infinite
+    grid = reference * np.geomspace(1e-4, 1e3, 701)
+    for _ in range(3):
+        bad = unstable(epoch_log_radius(one, grid, cfg)[0])
+        if not bad.any():
+            return math.inf
+        i = int(np.argmax(bad))
+        if i == 0:
+            return 0.0
+        grid = np.linspace(grid[i - 1], grid[i], 33)
+    return float(grid[int(np.argmax(unstable(epoch_log_radius(one, grid, cfg)[0]))) - 1])
+
+
+# ------------------------------------------------------------------ the loss over the data
+
+
+def full_loss(dataset: data_mod.Dataset, w: float, b: float) -> float:
+    """The mean squared error over the whole data set, in float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.mean((w * dataset.x + b - dataset.y) ** 2))
+
+
+def loss_path(dataset: data_mod.Dataset, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The whole-data loss in float64 at each (w, b), from centred sums (O(1) per point)::
+
+        L = (w^2 Sxx - 2 w Sxy + Syy) / n + (w mean(x) + b - mean(y))^2   (S.. about the means)
+    """
+    x, y = dataset.x.astype(np.float64), dataset.y.astype(np.float64)
+    xm, ym = x.mean(), y.mean()
+    xc, yc = x - xm, y - ym
+    sxx, sxy, syy = (xc * xc).mean(), (xc * yc).mean(), (yc * yc).mean()
+    w, b = np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.maximum(w * w * sxx - 2 * w * sxy + syy, 0.0) + (w * xm + b - ym) ** 2
+
+
+# ------------------------------------------------------------------ the diagnosis
+
+
+def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray], ref: dict[str, np.ndarray],
+             epoch: np.ndarray, batch: np.ndarray, stable: np.ndarray,
+             plan: data_mod.BatchPlan | None = None) -> dict[str, Any] | None:
+    """Did training blow up? ``None``, or where it first went wrong, why, and a hint.
+
+    Blown up means either:
+
+    * a value went non-finite (inf or nan) in either engine: marked at the first such step; or
+    * the loss over the whole data set (float64, from the hand engine's w and b) ended more than
+      ``GROWTH`` times above where it started, AND one epoch's update product is unstable at
+      this rate (spectral radius > 1; with --maximize, always): marked at the step that left the
+      lowest loss of the run behind (from there on it never came back that low).
+
+    A run whose loss rose and would come down again (an overshoot: every epoch's product is
+    stable) is not a blow-up, however high it went.
+    """
+    steps = epoch.shape[0]
+    if steps == 0:
+        return None
+    if plan is None:
+        plan = data_mod.plan(len(dataset), cfg)
+    nonfinite = np.zeros(steps, dtype=bool)
+    for cols in (man, ref):
+        for values in cols.values():
+            nonfinite |= ~np.isfinite(values)
+    start_loss = full_loss(dataset, cfg.init_w, cfg.init_b)
+    end_loss = full_loss(dataset, float(man["w"][-1]), float(man["b"][-1]))
+    if not nonfinite.any() and not end_loss > GROWTH * start_loss:
+        return None
+    # from here on a blow-up is likely: the epoch products at this rate (one per shuffled order)
+    sums = None if cfg.maximize else batch_sums(dataset.x, plan, cfg)
+    radius = None if sums is None else epoch_log_radius(sums, np.array([cfg.lr]), cfg)[:, 0]
+    if nonfinite.any():
+        k = int(np.flatnonzero(nonfinite)[0])
+        went = []
+        for who, cols in (("by hand", man), ("in torch", ref)):
+            bad = [f"{f} = {divergence.json_number(v[k])}" for f, v in cols.items() if not np.isfinite(v[k])]
+            if bad:
+                went.append(", ".join(bad) + " " + who)
+        reason = "a value became inf or nan: " + "; ".join(went)
+    else:
+        if not (cfg.maximize or unstable(radius).any()):
+            return None  # an overshoot that every epoch's product pulls back: not a blow-up
+        path = loss_path(dataset, np.concatenate(([cfg.init_w], man["w"])), np.concatenate(([cfg.init_b], man["b"])))
+        k = int(np.argmin(path))  # the lowest point (index 0: the start); step k + 1 is where the rise began
+        reason = (f"the loss over the whole data set grew from {start_loss:.6g} to {end_loss:.6g}; it was lowest, "
+                  f"{path[k]:.6g}, just before this step")
+    e = int(epoch[k]) - 1
+    row = e if radius is not None and radius.size > 1 else 0
+    out = {"epoch": int(epoch[k]), "batch": int(batch[k]), "step": k + 1, "reason": reason}
+    if cfg.maximize:
+        out.update(hint="--maximize climbs the loss: gradient ascent on a convex loss grows without bound",
+                   stable_lr=None, stable_lr_batch=None, stable_lr_epoch=None, radius=None, lr_hint=None)
+    else:
+        out.update(_explain(cfg, plan, sums, radius, row, stable, k, bool(nonfinite.any())))
+    out.update(loss_start=divergence.json_number(start_loss), loss_end=divergence.json_number(end_loss))
+    return out
+
+
+def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.ndarray, k: int,
+             first_nonfinite: bool) -> dict[str, Any]:
+    """The hint and the limits behind it, for a run that is not --maximize."""
+    single = float(stable.min())
+    n, sx, sxx = sums
+    epoch_sums = (n, sx[row:row + 1], sxx[row:row + 1])
+    limit = largest_stable_lr(epoch_sums, cfg, single)
+    log_r = float(radius[row])
+    per_epoch = math.exp(log_r) if log_r < 700 else math.inf
+    with_mu = "" if cfg.momentum == 0 else (f" with Nesterov momentum {cfg.momentum:g}" if cfg.nesterov
+                                            else f" with momentum {cfg.momentum:g}")
+    lr_hint = None
+    at_once = k == 0 and first_nonfinite  # before any update could amplify anything
+    if at_once:
+        hint = (f"the values left the range of {cfg.dtype} at the very first step, before the learning rate "
+                f"could matter: check the data's scale and the initial w, b")
+        if unstable(radius).any() and limit > 0:
+            lr_hint = _hint_rate(cfg, sums, limit)
+            hint += f"; lr {cfg.lr:g} is too large as well (the largest stable rate is {_sig(limit)}): try --lr {_fmt(lr_hint)}"
+    elif not unstable(radius).any():
+        hint = (f"lr {cfg.lr:g}{with_mu} is stable over every epoch's batches (the largest stable rate is "
+                f"{_sig(limit)}), yet the values left the range of {cfg.dtype}: check the data's scale and the "
+                f"initial w, b")
+    elif limit == 0.0:
+        hint = (f"no learning rate is stable{with_mu}: a momentum of 1 or more never lets the buffer decay; "
+                f"use --momentum below 1 (0.9 is usual)")
+    else:
+        lr_hint = _hint_rate(cfg, sums, limit)
+        scope = "over one epoch's sequence of batches" if sx.shape[1] > 1 else "on this data"
+        alone = ""
+        if sx.shape[1] > 1 and limit < single * 0.999:
+            alone = f" (each batch alone is stable up to {_sig(single)}: the cycle of batches is not)"
+        elif sx.shape[1] > 1 and limit > single * 1.001:
+            alone = f" (above {_sig(single)} some batch alone is not stable, but the cycle of batches is)"
+        hint = (f"lr {cfg.lr:g}{with_mu} is above the largest stable rate {scope}, {_sig(limit)}{alone}; "
+                f"at lr {cfg.lr:g} one epoch multiplies the distance to the solution by up to {_times(log_r)}; "
+                f"try --lr {_fmt(lr_hint)}")
+    return {"hint": hint, "stable_lr": single, "stable_lr_batch": float(stable[k]),
+            "stable_lr_epoch": None if not math.isfinite(limit) else limit,
+            "radius": divergence.json_number(per_epoch), "lr_hint": lr_hint}
+
+
+def _hint_rate(cfg: Config, sums, limit: float) -> float:
+    """A round rate (one significant digit) below ``HINT_SHARE * limit`` at which EVERY epoch's
+    product is stable (a shuffled run's other epochs may be less stable than the blown one)."""
+    rate = round_down(HINT_SHARE * limit)
+    for _ in range(40):
+        if not unstable(epoch_log_radius(sums, np.array([rate]), cfg)).any():
+            break
+        rate = round_down(rate * 0.99)
+    return rate
+
+
+def round_down(rate: float) -> float:
+    """The largest number with one significant digit that is <= ``rate`` (0.0178 -> 0.01, 3.7 -> 3)."""
+    if not rate > 0 or not math.isfinite(rate):
+        return rate
+    exp = math.floor(math.log10(rate))
+    lead = math.floor(rate / 10.0**exp + 1e-12)
+    if lead < 1:  # rate / 10**exp rounded below 1
+        exp, lead = exp - 1, 9
+    return float(f"{lead}e{exp}")
+
+
+def _fmt(rate: float) -> str:
+    """A learning rate as a user types it: %g-style, never ``0.`` and never a row of zeros."""
+    return f"{rate:.6g}"
+
+
+def _times(log_r: float) -> str:
+    """A factor given by its natural log, readable however large (2.793, 1.2e+154)."""
+    if log_r < 700:
+        return _sig(math.exp(log_r))
+    exp10 = log_r / math.log(10)
+    return f"{10 ** (exp10 - math.floor(exp10)):.2g}e+{math.floor(exp10)}"
+
+
+def _sig(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _round_down(rate: float) -> str:
+    """A round learning rate just below ``rate`` (one significant digit), formatted for the hint."""
+    return _fmt(round_down(rate))
