@@ -258,7 +258,8 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
     if finite("rank_timeout") <= 0:
         _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
     if not cfg.set_epoch and cfg.world_size == 1:
-        raise ConfigError(f"{_label(cfg, 'set_epoch')} false with {_label(cfg, 'world_size')} 1: "
+        flag = "--no-set-epoch" if cfg.origin.get("set_epoch", "--").startswith("--") else _label(cfg, "set_epoch") + " false"
+        raise ConfigError(f"{flag} with {_label(cfg, 'world_size')} 1: "
                           "set_epoch is DistributedSampler's; it needs a world size >= 2")
 
 

@@ -295,3 +295,37 @@ def test_explain_shows_each_rank_and_the_allreduce():
     console.print(explain_distributed_view(dx))
     text = console.export_text()
     assert "Rank 2: samples 5 (n = 1)" in text and "All-reduce" in text and "(.grad after backward)" in text
+
+
+def _start_long_run(mark: str):
+    env = dict(os.environ, SGDTRACE_TEST_MARK=mark)
+    proc = subprocess.Popen(SGDTRACE + ["run", "--world-size", "2", "--synthetic", "200000", "--batch-size", "1",
+                                        "--quiet", "--output", os.devnull],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 150
+    while len(_marked(mark)) < 4 and time.monotonic() < deadline:  # the parent, the tracker, 2 ranks
+        time.sleep(0.5)
+    time.sleep(3)
+    return proc
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", pytest.param("kill-parent", marks=pytest.mark.slow)])
+def test_interrupt_stops_every_rank(how):
+    """Ctrl-C (SIGINT to the foreground group) stops every rank; a parent killed outright takes its
+    ranks with it (PR_SET_PDEATHSIG)."""
+    mark = f"SGDTRACE_TEST_MARK={uuid.uuid4().hex}"
+    proc = _start_long_run(mark.split("=")[1])
+    assert proc.poll() is None and len(_marked(mark.split("=")[1])) >= 4
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    if how == "ctrl-c":
+        assert proc.returncode == 130 and "aborted" in err
+    time.sleep(1)
+    left = _marked(mark.split("=")[1])
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from sgdtrace.errors import SgdtraceError
+from sgdtrace.output import terminate_cleanly
 
 #: what each rank records of its own batch, per step
 RANK_FIELDS = ("grad_w", "grad_b", "loss")
@@ -194,6 +195,7 @@ def _worker(rank: int, world: int, port: int, jobs, device_str: str, results) ->
     """One spawned rank: join the group on 127.0.0.1:port, train each job (x, y, config), gather
     to rank 0, report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops every rank
+    _die_with_parent()
     try:
         import torch
         import torch.distributed as dist
@@ -227,6 +229,18 @@ def _worker(rank: int, world: int, port: int, jobs, device_str: str, results) ->
         text = " ".join(f"{type(exc).__name__}: {exc}".split())
         results.put(("error", rank, text[:400]))
         sys.exit(1)
+
+
+def _die_with_parent() -> None:
+    """Linux: this rank gets SIGKILL when the process that started it dies, however it dies, so no
+    rank outlives a parent that was killed (its cleanup could not run)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - another libc
+            pass
 
 
 def free_port() -> int:
@@ -266,9 +280,10 @@ def run_many(jobs, device, ports=None) -> list[list[dict[str, Any]]]:
         procs = [ctx.Process(target=_worker, args=(r, config.world_size, port, jobs, str(device), results),
                              daemon=True, name=f"sgdtrace-rank-{r}") for r in range(config.world_size)]
         try:
-            for p in procs:
-                p.start()
-            status, value = _wait(procs, results, config.rank_timeout)
+            with terminate_cleanly():  # SIGTERM, like Ctrl-C and errors, stops every rank below
+                for p in procs:
+                    p.start()
+                status, value = _wait(procs, results, config.rank_timeout)
         finally:
             _stop(procs)
             results.close()

@@ -39,7 +39,7 @@ def _title(trace) -> str:
         opts.append("drop last")
     if cfg.world_size > 1:
         opts.append(f"world size {cfg.world_size} (global batch {cfg.world_size}×{cfg.batch_size})"
-                    + ("" if cfg.set_epoch else " no set_epoch"))
+                    + ("" if cfg.set_epoch else ", no set_epoch"))
     epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
     return (f"SGD on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
             f"lr {cfg.lr:g} · batch size {cfg.batch_size} · {epochs}"
