@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from sgdtrace import data as data_mod
-from sgdtrace import divergence
 from sgdtrace.config import Config
+from sgdtrace.verdict import BlowUp, json_number
 
 #: a finite run counts as blown up when the loss over the whole data set ends this many times
 #: above where it started AND the epoch's update product is unstable (spectral radius > 1)
@@ -204,9 +204,10 @@ def loss_path(dataset: data_mod.Dataset, w: np.ndarray, b: np.ndarray) -> np.nda
 
 def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray], ref: dict[str, np.ndarray],
              epoch: np.ndarray, batch: np.ndarray, stable: np.ndarray,
-             plan: data_mod.BatchPlan | None = None) -> dict[str, Any] | None:
+             plan: data_mod.BatchPlan | None = None) -> BlowUp | None:
     """Did training blow up? ``None``, or where it first went wrong, why, and a hint.
 
+    A :class:`~sgdtrace.verdict.BlowUp` record (its ``to_json``: the verdict's ``diverged_training``).
     Blown up means either:
 
     * a value went non-finite (inf or nan) in either engine: marked at the first such step; or
@@ -238,7 +239,7 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
         k = int(np.flatnonzero(nonfinite)[0])
         went = []
         for who, cols in (("by hand", man), ("in torch", ref)):
-            bad = [f"{f} = {divergence.json_number(v[k])}" for f, v in cols.items() if not np.isfinite(v[k])]
+            bad = [f"{f} = {json_number(v[k])}" for f, v in cols.items() if not np.isfinite(v[k])]
             if bad:
                 went.append(", ".join(bad) + " " + who)
         reason = "a value became inf or nan: " + "; ".join(went)
@@ -251,14 +252,13 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
                   f"{path[k]:.6g}, just before this step")
     e = int(epoch[k]) - 1
     row = e if radius is not None and radius.size > 1 else 0
-    out = {"epoch": int(epoch[k]), "batch": int(batch[k]), "step": k + 1, "reason": reason}
     if cfg.maximize:
-        out.update(hint="--maximize climbs the loss: gradient ascent on a convex loss grows without bound",
-                   stable_lr=None, stable_lr_batch=None, stable_lr_epoch=None, radius=None, lr_hint=None)
+        why = {"hint": "--maximize climbs the loss: gradient ascent on a convex loss grows without bound",
+               "stable_lr": None, "stable_lr_batch": None, "stable_lr_epoch": None, "radius": None,
+               "lr_hint": None}
     else:
-        out.update(_explain(cfg, plan, sums, radius, row, stable, k, bool(nonfinite.any())))
-    out.update(loss_start=divergence.json_number(start_loss), loss_end=divergence.json_number(end_loss))
-    return out
+        why = _explain(cfg, plan, sums, radius, row, stable, k, bool(nonfinite.any()))
+    return BlowUp(int(epoch[k]), int(batch[k]), k + 1, reason, loss_start=start_loss, loss_end=end_loss, **why)
 
 
 def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.ndarray, k: int,
@@ -300,7 +300,7 @@ def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.n
                 f"try --lr {_fmt(lr_hint)}")
     return {"hint": hint, "stable_lr": single, "stable_lr_batch": float(stable[k]),
             "stable_lr_epoch": None if not math.isfinite(limit) else limit,
-            "radius": divergence.json_number(per_epoch), "lr_hint": lr_hint}
+            "radius": per_epoch, "lr_hint": lr_hint}
 
 
 def _hint_rate(cfg: Config, sums, limit: float) -> float:

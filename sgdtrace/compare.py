@@ -8,30 +8,7 @@ from typing import Any
 from sgdtrace import divergence
 from sgdtrace.config import Config
 from sgdtrace.notebook import CompareNotebook
-
-
-@dataclass(frozen=True)
-class FieldSummary:
-    """One field over a run: the largest distances, the largest share of the allowance used, and
-    the first step (0-based) that fails, if any."""
-
-    max_abs: float
-    max_rel: float
-    max_ulp: int
-    max_tol_ratio: float
-    first_bad: int | None
-
-    @classmethod
-    def of(cls, d: divergence.FieldDivergence) -> "FieldSummary":
-        import numpy as np
-
-        fin = d.finite
-        bad = np.flatnonzero(~d.ok)
-        first = int(bad[0]) if bad.size else None
-        if not fin.any():
-            return cls(0.0, 0.0, 0, 0.0, first)
-        return cls(float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()),
-                   float(d.ratio.max()), first)
+from sgdtrace.verdict import FieldSummary  # its home, beside the verdict; importable from here as before
 
 
 @dataclass

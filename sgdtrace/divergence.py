@@ -102,9 +102,7 @@ and for w, b and the buffers the magnitude bound of the update's operands (``_Bo
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -388,63 +386,8 @@ def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,
 
 # ------------------------------------------------------------------ the verdict
 
-
-@dataclass
-class Verdict:
-    ok: bool
-    max_abs: float
-    max_rel: float
-    max_ulp: int
-    max_tol_ratio: float  # max |Δ - carried| / tolerance over all judged values: < 1 passes
-    first_divergent_step: dict[str, Any] | None
-    diverged_training: dict[str, Any] | None
-    fields: tuple[str, ...] = field(default=FIELDS)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "max_abs": self.max_abs,
-            "max_rel": self.max_rel,
-            "max_ulp": self.max_ulp,
-            "max_tol_ratio": self.max_tol_ratio,
-            "first_divergent_step": self.first_divergent_step,
-            "diverged_training": self.diverged_training,
-        }
-
-
-def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[str, np.ndarray],
-            epoch: np.ndarray, batch: np.ndarray, diverged_training: dict[str, Any] | None) -> Verdict:
-    fields = tuple(div)
-    max_abs = max_rel = max_ratio = 0.0
-    max_ulp = 0
-    first: dict[str, Any] | None = None
-    first_step = math.inf
-    for f in fields:
-        d = div[f]
-        if d.finite.any():
-            max_abs = max(max_abs, float(d.abs[d.finite].max()))
-            max_rel = max(max_rel, float(d.rel[d.finite].max()))
-            max_ulp = max(max_ulp, int(d.ulp[d.finite].max()))
-            max_ratio = max(max_ratio, float(d.ratio.max()))
-        bad = np.flatnonzero(~d.ok)
-        if bad.size and bad[0] < first_step:
-            k = int(bad[0])
-            first_step = k
-            first = {"epoch": int(epoch[k]), "batch": int(batch[k]), "step": k + 1, "field": f,
-                     "manual": json_number(a[f][k]), "torch": json_number(b[f][k]),
-                     "abs": json_number(d.abs[k]) if d.finite[k] else None,
-                     "carried": json_number(d.carried[k]), "tol": json_number(d.tol[k])}
-    return Verdict(first is None, max_abs, max_rel, max_ulp, max_ratio, first, diverged_training, fields)
-
-
-def json_number(v: Any) -> float | str:
-    """A float as a JSON number; non-finite values as the strings "inf", "-inf", "nan"."""
-    v = float(v)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return v
+# the verdict and its records live in sgdtrace.verdict; importable from here as before
+from sgdtrace.verdict import FieldSummary, Verdict, json_number, verdict  # noqa: E402, F401
 
 
 # ------------------------------------------------------------------ data-parallel SGD: the all-reduce

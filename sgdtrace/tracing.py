@@ -274,7 +274,6 @@ def judge_distributed(cfg: Config, dataset: data_mod.Dataset, dplan: data_mod.Di
             judged[key] = rank_divs[r][f]
             a[key], b[key] = man_ranks[f][:, r], ref_ranks[f][:, r]
     verdict = divergence.verdict(judged, a, b, epoch, batch, blown)
-    verdict.fields = tuple(div)
     ranks = RankTrace(dplan, np.tile(dplan.rank_plan(0).batch_sizes(), dplan.epochs)[:, None].repeat(world, axis=1),
                       man_ranks, ref_ranks, rank_div)
     return Trace(cfg, dataset, gplan, device, epoch, batch, n, man, ref, div, verdict, stable, ranks=ranks)

@@ -13,7 +13,7 @@ from sgdtrace import Config
 from sgdtrace.cli import cli
 from sgdtrace.reference import exact_reference, gradcheck
 from sgdtrace.tracing import run_trace
-from sgdtrace.views.export import trace_to_csv, trace_to_markdown
+from sgdtrace.views.export import trace_to_csv, trace_to_markdown, verdict_sentence
 from sgdtrace.views.table import run_view, shown_steps
 
 from golden_util import render
@@ -54,7 +54,8 @@ def test_markdown_table_shape(article):
     widths = {line.count("|") for line in table}
     assert len(widths) == 1
     assert "| 1 | 1 | 3 | -26.6667 | -26.6667 | -24 | -24 | 146.667 | 146.667 | 0.266667 | 0.266667 |" in md
-    assert md.rstrip().endswith(".")
+    # the verdict closes the export, in the words the table uses (one sentence builder)
+    assert md.rstrip().endswith(verdict_sentence(article)) and verdict_sentence(article).startswith("✓ agree")
 
 
 def test_shown_steps_every_and_rows():

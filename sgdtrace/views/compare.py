@@ -7,7 +7,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.compare import FieldSummary
+from sgdtrace.verdict import FieldSummary
 from sgdtrace.views.fmt import LABELS, percent, sci
 
 

@@ -1,4 +1,4 @@
-"""Exports of a Trace: JSON (the contract in DESIGN.md), CSV (one flat row per step), Markdown."""
+"""Exports of a Trace: JSON (the contract in docs/json.md), CSV (one flat row per step), Markdown."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 
 from sgdtrace import __version__
 from sgdtrace.divergence import json_number, tolerances
-from sgdtrace.views.fmt import LABELS, describe_data, field_label, num
+from sgdtrace.views.fmt import LABELS, describe_data, num
+from sgdtrace.views.verdict import plain
 
 
 def _numbers(values) -> list:
@@ -279,24 +280,6 @@ def trace_to_markdown(trace) -> str:
 
 
 def verdict_sentence(trace) -> str:
-    """The verdict in one plain sentence (used by the markdown export and the table's footer)."""
-    v = trace.verdict
-    count = f"{trace.n_steps} steps × {len(trace.fields)} values"
-    if v.ok:
-        text = (f"Agree: {count} within tolerance; max {v.max_ulp} ulp, max |Δ| {v.max_abs:.3g}, "
-                f"max relative {v.max_rel:.3g}, at most {100 * v.max_tol_ratio:.3g}% of the tolerance.")
-    else:
-        f = v.first_divergent_step
-        text = (f"DIVERGE: first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), "
-                f"{field_label(f['field'])}: hand {_plain(f['manual'])}, torch {_plain(f['torch'])}, "
-                f"|Δ| {_plain(f['abs'])}" + (f" of which {_plain(f['carried'])} carried in" if f.get("carried") else "")
-                + f"; the step's own part exceeds its rounding allowance {_plain(f['tol'])}.")
-    if v.diverged_training:
-        d = v.diverged_training
-        text += (f" Training blew up at epoch {d['epoch']} batch {d['batch']}: {d['reason']}. "
-                 f"Hint: {d['hint']}.")
-    return text
-
-
-def _plain(value) -> str:
-    return value if isinstance(value, str) else ("n/a" if value is None else num(value, 8))
+    """The verdict as plain text, as the table prints it (the sentences: :mod:`sgdtrace.views.verdict`);
+    the markdown table marks no row."""
+    return plain(trace, marked=False)

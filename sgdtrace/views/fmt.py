@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from sgdtrace.verdict import json_number
+
 #: how each field is labelled in tables: the article's notation
 LABELS = {"grad_w": "dl/dw", "grad_b": "dl/db", "loss": "loss", "w": "w", "b": "b",
           "buf_w": "buf_w", "buf_b": "buf_b"}
@@ -12,10 +14,8 @@ LABELS = {"grad_w": "dl/dw", "grad_b": "dl/db", "loss": "loss", "w": "w", "b": "
 def num(value: float, digits: int = 6) -> str:
     """A value to ``digits`` significant digits (``%g``); inf, -inf and nan spelled out."""
     v = float(value)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
+    if not math.isfinite(v):
+        return json_number(v)  # one spelling of inf, -inf, nan: the JSON's
     if v == 0:
         return "0"
     return f"{v:.{digits}g}"

@@ -125,8 +125,8 @@ def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
     order += [f for f in fields if f not in ARTICLE_ORDER]
     multi = trace.config.epochs > 1
     v = trace.verdict
-    keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
-    blew = v.diverged_training["step"] - 1 if v.diverged_training else None
+    keep = tuple(d.step - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
+    blew = v.diverged_training.step - 1 if v.diverged_training else None
     shown = shown_steps(trace.n_steps, rows, every, keep)
     ok_all = None
     for f in fields:
@@ -200,10 +200,10 @@ def percent_encode(text: str) -> str:
 
 def verdict_html(trace) -> str:
     """The verdict lines, as the terminal prints them."""
-    from sgdtrace.views.table import verdict_text
+    from sgdtrace.views.verdict import plain
 
     v = trace.verdict
-    lines = verdict_text(trace).plain.split("\n")
+    lines = plain(trace).split("\n")
     paras = []
     for line in lines:
         cls = ""
@@ -345,7 +345,7 @@ def _plots(trace, ident: str = "plots") -> str:
 
 
 def _field_rows(label: str, div: dict, epoch, batch) -> str:
-    from sgdtrace.compare import FieldSummary
+    from sgdtrace.verdict import FieldSummary
 
     out = []
     for i, (f, d) in enumerate(div.items()):

@@ -12,10 +12,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.divergence import tolerances
 from sgdtrace.engines.protocol import FIELDS
 from sgdtrace.views.export import verdict_sentence
-from sgdtrace.views.fmt import LABELS, describe_data, field_label, fit, num, percent, sci
+from sgdtrace.views.fmt import LABELS, describe_data, fit, num
+from sgdtrace.views.verdict import rich_text
 
 #: rows shown in full up to this many steps; longer runs show the first and last rows
 DEFAULT_ROWS = 40
@@ -180,8 +180,8 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
     if witness is not None:
         err_m, err_t = witness.errors(trace.manual), witness.errors(trace.torch)
     v = trace.verdict
-    blew = v.diverged_training["step"] - 1 if v.diverged_training else None
-    keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
+    blew = v.diverged_training.step - 1 if v.diverged_training else None
+    keep = tuple(d.step - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
     shown = shown_steps(trace.n_steps, rows, every, keep)
     for i, k in enumerate(shown):
         if k is None:
@@ -286,33 +286,9 @@ def ranks_text(trace) -> Text:
 
 
 def verdict_text(trace) -> Text:
-    """The verdict line(s): agree or diverge (naming the first divergent step), and any blow-up."""
-    v = trace.verdict
-    rtol, _ = tolerances(trace.config)
-    out = Text()
-    if v.ok:
-        out.append("✓ agree", style="bold green")
-        same = " (bit-identical)" if v.max_ulp == 0 else ""
-        out.append(f"  all {trace.n_steps * len(trace.fields)} values within tolerance; max {v.max_ulp} ulp{same}\n"
-                   f"  max |Δ| {sci(v.max_abs)} · max rel {sci(v.max_rel)} · worst {percent(v.max_tol_ratio)} of "
-                   f"tolerance (rtol {sci(rtol)})")
-    else:
-        f = v.first_divergent_step
-        out.append("✗ diverge", style="bold red")
-        out.append(f"  first at epoch {f['epoch']} batch {f['batch']} (step {f['step']}), {field_label(f['field'])}: "
-                   f"hand {_show(f['manual'])}, torch {_show(f['torch'])}, |Δ| {_show(f['abs'])}"
-                   + (f" of which {_show(f['carried'])} carried in" if f.get("carried") else "")
-                   + f"; the step's own part exceeds its rounding allowance {_show(f['tol'])}")
-    if v.diverged_training:
-        d = v.diverged_training
-        out.append("\n⚠ training blew up", style="bold yellow")
-        out.append(f" at epoch {d['epoch']} batch {d['batch']} (step {d['step']}, the row marked ⚠): "
-                   f"{d['reason']}.\n  Hint: {d['hint']}.")
-    return out
-
-
-def _show(value) -> str:
-    return value if isinstance(value, str) else ("n/a" if value is None else num(value, 8))
+    """The verdict line(s): agree or diverge (naming the first divergent step), and any blow-up
+    (the sentences: :mod:`sgdtrace.views.verdict`)."""
+    return rich_text(trace)
 
 
 def run_view(trace, rows: int | None = None, every: int = 1, width: int | None = None) -> Group:

@@ -1,0 +1,180 @@
+"""The verdict: each field's worst case, the first divergent step, any blow-up, as typed records.
+
+The records carry numbers (non-finite values as floats); their ``to_json`` gives the JSON
+contract (docs/json.md), non-finite numbers as the strings "inf", "-inf", "nan". The sentences
+that tell them (agree, diverge, blew up) are built once, in :mod:`sgdtrace.views.verdict`.
+
+Importing this module imports no numpy (the views' number formatting uses :func:`json_number`).
+
+Reading a record like a dict (``record["step"]``, ``record.get("abs")``) is the 0.1 access and
+keeps working: it reads the record's JSON value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sgdtrace.divergence import FieldDivergence
+
+
+def json_number(v: Any) -> float | str:
+    """A float as a JSON number; non-finite values as the strings "inf", "-inf", "nan"."""
+    v = float(v)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def _number_or_none(v: float | None) -> float | str | None:
+    return None if v is None else json_number(v)
+
+
+class _Record:
+    """Dict-style read access to a record's JSON values (the 0.1 access: records were dicts)."""
+
+    def to_json(self) -> dict[str, Any]:  # pragma: no cover - every record defines its own
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_json().get(key, default)
+
+
+@dataclass(frozen=True)
+class FieldSummary:
+    """One field over a run: the largest distances, the largest share of the allowance used, and
+    the first step (0-based) that fails, if any."""
+
+    max_abs: float
+    max_rel: float
+    max_ulp: int
+    max_tol_ratio: float
+    first_bad: int | None
+
+    @classmethod
+    def of(cls, d: FieldDivergence) -> FieldSummary:
+        import numpy as np
+
+        fin = d.finite
+        bad = np.flatnonzero(~d.ok)
+        first = int(bad[0]) if bad.size else None
+        if not fin.any():
+            return cls(0.0, 0.0, 0, 0.0, first)
+        return cls(float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()),
+                   float(d.ratio.max()), first)
+
+
+@dataclass(frozen=True)
+class FirstDivergence(_Record):
+    """The first step (1-based ``step``) where a field's own part exceeds its rounding allowance."""
+
+    epoch: int
+    batch: int
+    step: int
+    field: str
+    manual: float
+    torch: float
+    abs: float | None  # None where either value is non-finite: no distance
+    carried: float
+    tol: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "field": self.field,
+                "manual": json_number(self.manual), "torch": json_number(self.torch),
+                "abs": _number_or_none(self.abs), "carried": json_number(self.carried),
+                "tol": json_number(self.tol)}
+
+
+@dataclass(frozen=True)
+class BlowUp(_Record):
+    """Where training blew up (:func:`sgdtrace.blowup.diagnose`), why, and the rates behind the hint.
+
+    ``stable_lr``: the smallest single-batch limit of the run; ``stable_lr_batch``: this step's
+    batch's; ``stable_lr_epoch``: the largest rate at which one epoch's update product is stable
+    (None where unbounded); ``radius``: that product's spectral radius at the run's rate;
+    ``lr_hint``: the rate the hint proposes. All None with --maximize.
+    """
+
+    epoch: int
+    batch: int
+    step: int
+    reason: str
+    hint: str
+    stable_lr: float | None
+    stable_lr_batch: float | None
+    stable_lr_epoch: float | None
+    radius: float | None
+    lr_hint: float | None
+    loss_start: float
+    loss_end: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "reason": self.reason,
+                "hint": self.hint, "stable_lr": self.stable_lr, "stable_lr_batch": self.stable_lr_batch,
+                "stable_lr_epoch": self.stable_lr_epoch, "radius": _number_or_none(self.radius),
+                "lr_hint": self.lr_hint, "loss_start": json_number(self.loss_start),
+                "loss_end": json_number(self.loss_end)}
+
+
+def _json(record: Any) -> Any:
+    """A record's JSON; None stays None (a plain dict, as 0.1 passed, is copied as it is)."""
+    if record is None or isinstance(record, dict):
+        return record
+    return record.to_json()
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    max_abs: float
+    max_rel: float
+    max_ulp: int
+    max_tol_ratio: float  # max |Δ - carried| / tolerance over all judged values: < 1 passes
+    first_divergent_step: FirstDivergence | None
+    diverged_training: BlowUp | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "max_ulp": self.max_ulp,
+            "max_tol_ratio": self.max_tol_ratio,
+            "first_divergent_step": _json(self.first_divergent_step),
+            "diverged_training": _json(self.diverged_training),
+        }
+
+
+def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[str, np.ndarray],
+            epoch: np.ndarray, batch: np.ndarray, diverged_training: BlowUp | None) -> Verdict:
+    """The run's verdict from each field's :class:`FieldSummary`: the maxima across fields, and
+    the earliest failing step (the first field in ``div``'s order at a tie)."""
+    summaries = {f: FieldSummary.of(d) for f, d in div.items()}
+    first: FirstDivergence | None = None
+    bad = [(s.first_bad, f) for f, s in summaries.items() if s.first_bad is not None]
+    if bad:
+        k, f = min(bad, key=lambda kf: kf[0])  # min keeps the first field at a tie
+        d = div[f]
+        first = FirstDivergence(int(epoch[k]), int(batch[k]), k + 1, f, float(a[f][k]), float(b[f][k]),
+                                float(d.abs[k]) if d.finite[k] else None, float(d.carried[k]), float(d.tol[k]))
+    return Verdict(first is None, _most(s.max_abs for s in summaries.values()),
+                   _most(s.max_rel for s in summaries.values()),
+                   int(_most(s.max_ulp for s in summaries.values())),
+                   _most(s.max_tol_ratio for s in summaries.values()), first, diverged_training)
+
+
+def _most(values) -> float:
+    """The largest of ``values``, from 0 (a field with no finite value summarises as zeros)."""
+    out = 0.0
+    for v in values:
+        out = max(out, v)
+    return out

@@ -1,0 +1,65 @@
+"""The verdict's sentences, built once: agree or diverge (naming the first divergent step), and
+any blow-up. Renderers style the segments (:func:`rich_text`) or drop the styles (:func:`plain`):
+the table, the markdown export, the HTML page and the notebook say the same words.
+"""
+
+from __future__ import annotations
+
+from sgdtrace.views.fmt import field_label, num, percent, sci
+
+#: (text, style) pieces; the style is a rich style name, "" for none
+Segment = tuple[str, str]
+
+
+def show(value: float | str | None) -> str:
+    """A value in a verdict sentence: 8 significant digits, non-finite spelled out, None as n/a."""
+    if value is None:
+        return "n/a"
+    return value if isinstance(value, str) else num(value, 8)
+
+
+def segments(trace, marked: bool = True) -> list[Segment]:
+    """The verdict of ``trace`` as styled segments; lines are separated by "\\n".
+
+    ``marked``: the view marks the blow-up's row with ⚠ (the table, the HTML page), so the
+    sentence points at it.
+    """
+    from sgdtrace.divergence import tolerances
+
+    v = trace.verdict
+    out: list[Segment] = []
+    if v.ok:
+        rtol, _ = tolerances(trace.config)
+        same = " (bit-identical)" if v.max_ulp == 0 else ""
+        out += [("✓ agree", "bold green"),
+                (f"  all {trace.n_steps * len(trace.fields)} values within tolerance; max {v.max_ulp} ulp{same}\n"
+                 f"  max |Δ| {sci(v.max_abs)} · max rel {sci(v.max_rel)} · worst {percent(v.max_tol_ratio)} of "
+                 f"tolerance (rtol {sci(rtol)})", "")]
+    else:
+        f = v.first_divergent_step
+        out += [("✗ diverge", "bold red"),
+                (f"  first at epoch {f.epoch} batch {f.batch} (step {f.step}), {field_label(f.field)}: "
+                 f"hand {show(f.manual)}, torch {show(f.torch)}, |Δ| {show(f.abs)}"
+                 + (f" of which {show(f.carried)} carried in" if f.carried else "")
+                 + f"; the step's own part exceeds its rounding allowance {show(f.tol)}", "")]
+    d = v.diverged_training
+    if d:
+        where = f"step {d.step}, the row marked ⚠" if marked else f"step {d.step}"
+        out += [("\n⚠ training blew up", "bold yellow"),
+                (f" at epoch {d.epoch} batch {d.batch} ({where}): {d.reason}.\n  Hint: {d.hint}.", "")]
+    return out
+
+
+def plain(trace, marked: bool = True) -> str:
+    """The verdict as plain text (markdown, HTML)."""
+    return "".join(text for text, _ in segments(trace, marked))
+
+
+def rich_text(trace, marked: bool = True):
+    """The verdict as a rich Text (the terminal)."""
+    from rich.text import Text
+
+    out = Text()
+    for text, style in segments(trace, marked):
+        out.append(text, style=style or None)
+    return out
