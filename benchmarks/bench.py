@@ -27,7 +27,7 @@ writes: 4 spawned processes, gloo, DistributedSampler, DistributedDataParallel) 
 judge); medians of whole-process wall time and their ratio (target at most 1.2).
 
 Usage: ``python benchmarks/bench.py [--reps N] [--workloads article,1m-b64,100k-b1,200k-csv-b64] [--format table]
-[--html-workloads article,100k-b64]``
+[--html-workloads article,100k-b64] [--optimizer adam]``
 """
 
 from __future__ import annotations
@@ -122,10 +122,11 @@ def timed_rss(cmd: list[str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, b"".join(chunks).decode()
 
 
-def commands(name: str, fmt: str, device: str) -> dict[str, list[str]]:
+def commands(name: str, fmt: str, device: str, optimizer: str = "sgd") -> dict[str, list[str]]:
     n, batch, epochs, _ = WORKLOADS[name]
     data = [] if n is None else ["--data", csv_file(n)] if name in CSV_WORKLOADS else ["--synthetic", str(n)]
-    common = data + ["--batch-size", str(batch), "--epochs", str(epochs), "--device", device]
+    common = data + ["--batch-size", str(batch), "--epochs", str(epochs), "--device", device,
+                     "--optimizer", optimizer]
     py = sys.executable
     return {
         "a": [py, os.path.join(HERE, "learner_loop.py")] + common,
@@ -134,8 +135,8 @@ def commands(name: str, fmt: str, device: str) -> dict[str, list[str]]:
     }
 
 
-def bench(name: str, reps: int, fmt: str, device: str) -> dict:
-    cmds = commands(name, fmt, device)
+def bench(name: str, reps: int, fmt: str, device: str, optimizer: str = "sgd") -> dict:
+    cmds = commands(name, fmt, device, optimizer)
     wall = {k: [] for k in cmds}
     rss = {k: [] for k in cmds}
     loop = {"a": [], "manual": []}
@@ -226,6 +227,8 @@ def main() -> None:
     parser.add_argument("--format", default="table", choices=["table", "json", "csv", "markdown"],
                         help="sgdtrace run's output format in (b) (written to /dev/null)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where (a), (b) and the manual engine run")
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"],
+                        help="the optimizer of all three (torch.optim's class in (a))")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
     parser.add_argument("--ddp-workloads", default="ddp4", help="world-size workloads (empty: none): "
                         + ", ".join(DDP_WORKLOADS))
@@ -236,8 +239,8 @@ def main() -> None:
     for name in filter(None, args.workloads.split(",")):
         if name not in WORKLOADS:
             raise SystemExit(f"unknown workload {name!r}: choose from {', '.join(WORKLOADS)}")
-        rows.append(bench(name, args.reps or WORKLOADS[name][3], args.format, args.device))
-    print(f"Machine: {machine()}; --device {args.device}; (b) writes --format {args.format}; "
+        rows.append(bench(name, args.reps or WORKLOADS[name][3], args.format, args.device, args.optimizer))
+    print(f"Machine: {machine()}; --device {args.device}; --optimizer {args.optimizer}; (b) writes --format {args.format}; "
           "medians of wall time per process.\n")
     print(table(rows))
     ddp_rows = [bench_ddp(name, args.reps) for name in args.ddp_workloads.split(",") if name]

@@ -24,6 +24,7 @@ parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--lr", type=float, default=0.01)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--device", default="cpu")
+parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"])
 args = parser.parse_args()
 device = torch.device(args.device)
 
@@ -55,7 +56,9 @@ class Simple_model(nn.Module):
 
 model = Simple_model().to(device)
 criterion = nn.MSELoss()
-optimizer = optim.SGD(model.parameters(), lr=args.lr)
+OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSprop,
+              "adagrad": optim.Adagrad}
+optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr)
 
 # 3. Training loop
 start = time.perf_counter()

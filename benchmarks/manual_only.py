@@ -19,9 +19,11 @@ parser.add_argument("--batch-size", type=int, default=3)
 parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--lr", type=float, default=0.01)
 parser.add_argument("--device", default="cpu")
+parser.add_argument("--optimizer", default="sgd")
 args = parser.parse_args()
 
-cfg = Config(data=args.data, synthetic=args.synthetic, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr)
+cfg = Config(data=args.data, synthetic=args.synthetic, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
+             optimizer=args.optimizer)
 dataset = data.load(cfg)
 plan = data.plan(len(dataset), cfg)
 if args.device == "cpu":

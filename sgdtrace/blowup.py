@@ -232,6 +232,8 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
     end_loss = full_loss(dataset, float(man["w"][-1]), float(man["b"][-1]))
     if not nonfinite.any() and not end_loss > GROWTH * start_loss:
         return None
+    if cfg.optimizer != "sgd" and not nonfinite.any():
+        return None  # the stability analysis below is SGD's; other optimizers blow up by inf or nan only
     # from here on a blow-up is likely: the epoch products at this rate (one per shuffled order)
     sums = None if cfg.maximize else batch_sums(dataset.x, plan, cfg)
     radius = None if sums is None else epoch_log_radius(sums, np.array([cfg.lr]), cfg)[:, 0]
@@ -254,6 +256,11 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
     row = e if radius is not None and radius.size > 1 else 0
     if cfg.maximize:
         why = {"hint": "--maximize climbs the loss: gradient ascent on a convex loss grows without bound",
+               "stable_lr": None, "stable_lr_batch": None, "stable_lr_epoch": None, "radius": None,
+               "lr_hint": None}
+    elif cfg.optimizer != "sgd":  # the stability analysis is SGD's
+        why = {"hint": f"the values left the range of {cfg.dtype} under {cfg.optimizer}: try a smaller --lr, "
+                       "or check the data's scale and the initial w, b",
                "stable_lr": None, "stable_lr_batch": None, "stable_lr_epoch": None, "radius": None,
                "lr_hint": None}
     else:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import click
 
 from sgdtrace import __version__
-from sgdtrace.config import DTYPES, build_config, load_toml, run_options
+from sgdtrace.config import DTYPES, OPTIMIZERS, build_config, load_toml, parse_betas, parse_scheduler_flags, run_options
 from sgdtrace.errors import ConfigError, SgdtraceError
 from sgdtrace.output import STDOUT, Terminated, is_stdout, write_pieces
 
@@ -204,6 +204,24 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
             click.option("--nesterov/--no-nesterov", default=None, help="optim.SGD Nesterov momentum."),
             click.option("--weight-decay", type=float, default=None, help="optim.SGD weight decay (L2, default 0)."),
             click.option("--maximize/--no-maximize", default=None, help="optim.SGD maximize: ascend the loss."),
+            # the optimizer and its options, by torch's keyword names (see docs/optimizers.md)
+            click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
+                         help="torch.optim class, lower case (default sgd)."),
+            click.option("--betas", type=str, default=None, metavar="B1,B2", help="Adam/AdamW betas (default 0.9,0.999)."),
+            click.option("--eps", type=float, default=None, help="Adam/AdamW/RMSprop/Adagrad eps (default torch's)."),
+            click.option("--amsgrad/--no-amsgrad", default=None, help="Adam/AdamW amsgrad."),
+            click.option("--alpha", type=float, default=None, help="RMSprop alpha (default 0.99)."),
+            click.option("--centered/--no-centered", default=None, help="RMSprop centered."),
+            click.option("--lr-decay", type=float, default=None, help="Adagrad lr_decay (default 0)."),
+            click.option("--initial-accumulator-value", type=float, default=None,
+                         help="Adagrad initial_accumulator_value (default 0)."),
+            click.option("--foreach/--no-foreach", default=None, help="torch side: foreach implementation."),
+            click.option("--fused/--no-fused", default=None, help="torch side: fused implementation."),
+            click.option("--scheduler", type=str, default=None, metavar="NAME",
+                         help="torch.optim.lr_scheduler class: StepLR, MultiStepLR, ExponentialLR, "
+                              "CosineAnnealingLR, LinearLR, OneCycleLR."),
+            click.option("--scheduler-arg", "scheduler_args", type=str, multiple=True, metavar="KEY=VALUE",
+                         help="A keyword argument of the schedule, or interval=epoch|step (repeatable)."),
             click.option("--device", type=str, default=None, multiple=multi, metavar="cpu|cuda|cuda:N|auto",
                          help="Where both engines run" + (" (repeatable)." if multi else " (default cpu).")),
             click.option("--dtype", type=click.Choice(DTYPES), default=None, multiple=multi,
@@ -246,6 +264,8 @@ def _configure(kw: dict[str, Any], formats: dict[str, View]):
         if os.path.basename(output) == STDOUT and os.path.dirname(output) == os.path.dirname(os.path.abspath(path)):
             output = STDOUT  # `output = "-"` in the file (which the file's folder was joined to)
     check_output_path(output)
+    kw["betas"] = parse_betas(kw.get("betas"))
+    kw["scheduler"] = parse_scheduler_flags(kw.pop("scheduler", None), tuple(kw.pop("scheduler_args", ())))
     cfg = build_config(file_values, kw, path)
     warn(cfg.warnings)
     return cfg, fmt, output

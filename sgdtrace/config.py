@@ -61,8 +61,23 @@ class Config:
     momentum: float = 0.0
     dampening: float = 0.0
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     maximize: bool = False
+    # the optimizer (torch.optim's class, lower case) and its options by torch's keyword names;
+    # eps None: the optimizer's own default (see OPTIMIZER_DEFAULTS), weight_decay None likewise
+    # (AdamW's is 0.01): both are filled in when the Config is made
+    optimizer: str = "sgd"
+    betas: tuple = (0.9, 0.999)
+    eps: float | None = None
+    amsgrad: bool = False
+    alpha: float = 0.99
+    centered: bool = False
+    lr_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
+    foreach: bool | None = None  # torch's implementation choice (the torch side only)
+    fused: bool | None = None
+    # a learning-rate schedule (torch.optim.lr_scheduler), or None
+    scheduler: "Schedule | None" = None
     # where and how precisely
     device: str = "cpu"
     dtype: str = "float32"
@@ -80,9 +95,16 @@ class Config:
     view: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        _fill_optimizer_defaults(self)
         validate(self)
 
     def replace(self, **changes: Any) -> "Config":
+        new_opt = changes.get("optimizer", self.optimizer)
+        if new_opt != self.optimizer and new_opt in OPTIMIZER_DEFAULTS:
+            # eps and weight_decay at the old optimizer's default follow the new one's (AdamW: 0.01)
+            for key in ("eps", "weight_decay"):
+                if key not in changes and getattr(self, key) == OPTIMIZER_DEFAULTS[self.optimizer][key]:
+                    changes[key] = None
         return dataclasses.replace(self, **changes)
 
     @property
@@ -112,6 +134,17 @@ class Config:
             "atol": self.atol,
             "world_size": self.world_size,
             **({"set_epoch": self.set_epoch} if self.world_size > 1 else {}),
+            "optimizer": self.optimizer,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "amsgrad": self.amsgrad,
+            "alpha": self.alpha,
+            "centered": self.centered,
+            "lr_decay": self.lr_decay,
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "foreach": self.foreach,
+            "fused": self.fused,
+            "scheduler": None if self.scheduler is None else self.scheduler.to_json(),
         }
 
 
@@ -125,10 +158,11 @@ VIEW_KEYS = ("format", "output") + tuple(RUN_DEFAULTS)
 KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
 
 _FLOAT_KEYS = {"lr", "init_w", "init_b", "true_w", "true_b", "noise", "momentum", "dampening",
-               "weight_decay", "rtol", "atol", "rank_timeout"}
+               "weight_decay", "rtol", "atol", "rank_timeout", "eps", "alpha", "lr_decay", "initial_accumulator_value"}
 _INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size", "rows", "every", "batch", "epoch"}
-_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "set_epoch", "gradcheck", "quiet"}
-_STR_KEYS = {"data", "device", "dtype", "format", "output", "reference"}
+_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "set_epoch", "gradcheck", "quiet", "amsgrad", "centered",
+              "foreach", "fused"}
+_STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimizer"}
 #: synthetic data's options: they do nothing without ``synthetic``
 _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
 
@@ -214,6 +248,7 @@ def validate(cfg: Config) -> None:
         if getattr(cfg, key) is not None and finite(key) < 0:
             _fail(cfg, key, getattr(cfg, key), "must be a finite number >= 0")
     _validate_distributed(cfg, integer, finite)
+    validate_optimizer(cfg)
     if cfg.dtype == "float32":  # torch refuses, NumPy turns to inf, a value float32 cannot hold
         for key in ("lr", "init_w", "init_b", "momentum", "weight_decay"):
             if abs(getattr(cfg, key)) > FLOAT32_MAX:
@@ -257,6 +292,17 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
         _fail(cfg, "set_epoch", cfg.set_epoch, "must be true or false")
     if finite("rank_timeout") <= 0:
         _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
+    if cfg.world_size > 1:  # the DDP loop is written with optim.SGD and no schedule
+        if cfg.optimizer != "sgd":
+            raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'optimizer')} "
+                              f"{cfg.optimizer}: not supported together; data-parallel runs use sgd")
+        if cfg.scheduler is not None:
+            raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with a scheduler: not supported "
+                              "together; data-parallel runs use a constant rate")
+        if cfg.foreach is not None or cfg.fused is not None:
+            key = "foreach" if cfg.foreach is not None else "fused"
+            raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, key)}: not "
+                              "supported together")
     if not cfg.set_epoch and cfg.world_size == 1:
         flag = "--no-set-epoch" if cfg.origin.get("set_epoch", "--").startswith("--") else _label(cfg, "set_epoch") + " false"
         raise ConfigError(f"{flag} with {_label(cfg, 'world_size')} 1: "
@@ -326,6 +372,15 @@ def _check_type(key: str, value: Any, where: str) -> Any:
     elif key in _STR_KEYS:
         if not isinstance(value, str):
             raise bad("a string")
+    elif key == "betas":
+        if (not isinstance(value, list) or len(value) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)):
+            raise bad("an array of two numbers, e.g. [0.9, 0.999]")
+        value = tuple(float(v) for v in value)
+    elif key == "scheduler":
+        if not isinstance(value, dict):
+            raise bad('a table: [scheduler] with name = "StepLR" and torch\'s keyword arguments')
+        value = schedule_from_table(value, where.split(" in ")[-1])
     return value
 
 
@@ -403,3 +458,244 @@ def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[s
         typo = "" if label["epoch"].startswith("--") else " (did you mean 'epochs'?)"
         warnings.append(f"{label['epoch']} ignored: it names the epoch of --batch, and no --batch was given{typo}")
     return out, warnings
+
+
+# ---------------------------------------------------------------- optimizers and schedules
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+#: torch's class name of each optimizer
+OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+#: the defaults that differ by optimizer (torch's own): eps, weight_decay
+OPTIMIZER_DEFAULTS = {
+    "sgd": {"eps": None, "weight_decay": 0.0},
+    "adam": {"eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"eps": 1e-8, "weight_decay": 1e-2},
+    "rmsprop": {"eps": 1e-8, "weight_decay": 0.0},
+    "adagrad": {"eps": 1e-10, "weight_decay": 0.0},
+}
+#: the options each optimizer takes, by torch's keyword names (lr, weight_decay, maximize,
+#: foreach: all of them)
+OPTIMIZER_OPTIONS = {
+    "sgd": ("momentum", "dampening", "nesterov", "fused"),
+    "adam": ("betas", "eps", "amsgrad", "fused"),
+    "adamw": ("betas", "eps", "amsgrad", "fused"),
+    "rmsprop": ("alpha", "eps", "centered", "momentum"),
+    "adagrad": ("lr_decay", "initial_accumulator_value", "eps", "fused"),
+}
+_OPTION_DEFAULTS = {"momentum": 0.0, "dampening": 0.0, "nesterov": False, "betas": (0.9, 0.999), "eps": None,
+                    "amsgrad": False, "alpha": 0.99, "centered": False, "lr_decay": 0.0,
+                    "initial_accumulator_value": 0.0, "fused": None}
+
+
+def _fill_optimizer_defaults(cfg: Config) -> None:
+    """eps and weight_decay left unset take the chosen optimizer's default (as torch's classes do)."""
+    defaults = OPTIMIZER_DEFAULTS.get(cfg.optimizer, OPTIMIZER_DEFAULTS["sgd"])
+    if cfg.weight_decay is None:
+        object.__setattr__(cfg, "weight_decay", defaults["weight_decay"])
+    if cfg.eps is None:
+        object.__setattr__(cfg, "eps", defaults["eps"])
+    if isinstance(cfg.betas, list):
+        object.__setattr__(cfg, "betas", tuple(cfg.betas))
+
+
+def validate_optimizer(cfg: Config) -> None:
+    """torch's rules for the optimizer's options; an option the optimizer does not take is exit 2."""
+    if cfg.optimizer not in OPTIMIZERS:
+        _fail(cfg, "optimizer", cfg.optimizer, "allowed: " + ", ".join(OPTIMIZERS))
+    name = cfg.optimizer
+    takes = OPTIMIZER_OPTIONS[name]
+    for key, default in _OPTION_DEFAULTS.items():
+        value = getattr(cfg, key)
+        if key not in takes and value != default and not (key == "eps" and value is None):
+            users = [o for o in OPTIMIZERS if key in OPTIMIZER_OPTIONS[o]]
+            raise ConfigError(f"{_label(cfg, key)} {_show(value)} and {_label(cfg, 'optimizer')} {name}: "
+                              f"torch.optim.{OPTIMIZER_CLASSES[name]} has no {key} "
+                              f"(it belongs to {', '.join(users)})")
+    b = cfg.betas
+    if (not isinstance(b, tuple) or len(b) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in b)):
+        _fail(cfg, "betas", b, "must be two numbers, e.g. 0.9,0.999")
+    for i, v in enumerate(b):
+        if not (math.isfinite(v) and 0.0 <= v < 1.0):
+            raise ConfigError(f"{_label(cfg, 'betas')} {_show_betas(b)}: betas[{i}] = {v!r} must be in [0, 1)")
+    for key in ("eps", "alpha", "lr_decay", "initial_accumulator_value"):
+        v = getattr(cfg, key)
+        if v is None and key == "eps":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            _fail(cfg, key, v, f"{key} must be a finite number >= 0 (as torch.optim checks)")
+    for key in ("amsgrad", "centered"):
+        if not isinstance(getattr(cfg, key), bool):
+            _fail(cfg, key, getattr(cfg, key), "must be true or false")
+    for key in ("foreach", "fused"):
+        if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), bool):
+            _fail(cfg, key, getattr(cfg, key), "must be true or false")
+    if cfg.foreach and cfg.fused:
+        raise ConfigError(f"{_label(cfg, 'foreach')} and {_label(cfg, 'fused')}: torch takes one of them, "
+                          "not both (`fused` and `foreach` cannot be `True` together)")
+    if cfg.scheduler is not None:
+        if not isinstance(cfg.scheduler, Schedule):
+            _fail(cfg, "scheduler", cfg.scheduler, "must be a schedule (a [scheduler] table)")
+        if (cfg.scheduler.name == "OneCycleLR" and cfg.scheduler.get("cycle_momentum", True)
+                and name == "adagrad"):
+            raise ConfigError(f"{_label(cfg, 'scheduler')} OneCycleLR and {_label(cfg, 'optimizer')} adagrad: "
+                              "Adagrad has no momentum or beta1 to cycle; set cycle_momentum = false")
+
+
+def _show_betas(b: Any) -> str:
+    return ",".join(repr(v) for v in b) if isinstance(b, tuple) else _show(b)
+
+
+#: torch.optim.lr_scheduler's classes sgdtrace runs: each keyword argument's kind and default
+#: (REQUIRED: torch has none), and the range sgdtrace accepts
+REQUIRED = object()
+SCHEDULERS: dict[str, dict[str, tuple[str, Any]]] = {
+    "StepLR": {"step_size": ("int>=1", REQUIRED), "gamma": ("float>=0", 0.1)},
+    "MultiStepLR": {"milestones": ("ints>=0", REQUIRED), "gamma": ("float>=0", 0.1)},
+    "ExponentialLR": {"gamma": ("float>=0", REQUIRED)},
+    "CosineAnnealingLR": {"T_max": ("int>=1", REQUIRED), "eta_min": ("float>=0", 0.0)},
+    "LinearLR": {"start_factor": ("float(0,1]", 1.0 / 3), "end_factor": ("float[0,1]", 1.0),
+                 "total_iters": ("int>=0", 5)},
+    "OneCycleLR": {"max_lr": ("float>0", REQUIRED), "total_steps": ("int>=1", None), "epochs": ("int>=1", None),
+                   "steps_per_epoch": ("int>=1", None), "pct_start": ("float[0,1]", 0.3),
+                   "anneal_strategy": ("cos|linear", "cos"), "cycle_momentum": ("bool", True),
+                   "base_momentum": ("float>=0", 0.85), "max_momentum": ("float>=0", 0.95),
+                   "div_factor": ("float>0", 25.0), "final_div_factor": ("float>0", 1e4),
+                   "three_phase": ("bool", False)},
+}
+INTERVALS = ("epoch", "step")
+_KIND_TEXT = {"int>=1": "a whole number >= 1", "int>=0": "a whole number >= 0", "float>=0": "a finite number >= 0",
+              "float>0": "a finite number > 0", "float(0,1]": "a number in (0, 1]", "float[0,1]": "a number in [0, 1]",
+              "ints>=0": "a list of whole numbers >= 0 (e.g. [2, 4]; on the command line 2,4)",
+              "cos|linear": "cos or linear", "bool": "true or false"}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule: torch's class name, its keyword arguments, when it steps."""
+
+    name: str
+    args: tuple[tuple[str, Any], ...]  # (keyword, value), every keyword of the class (defaults filled)
+    interval: str  # "epoch" or "step": when scheduler.step() is called
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self.args).get(key, default)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments torch's class is called with (unset optional ones left out)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.args if v is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "interval": self.interval, **self.kwargs}
+
+
+def _check_arg(name: str, key: str, kind: str, value: Any, where: str) -> Any:
+    def bad() -> ConfigError:
+        shown = repr(value) if isinstance(value, float) else _toml_repr(value)
+        return ConfigError(f"{where}: {name} {key} = {shown}: must be {_KIND_TEXT[kind]}")
+
+    if kind in ("int>=1", "int>=0"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if kind == "int>=1" else 0):
+            raise bad()
+    elif kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad()
+        value = float(value)
+        lo_open = kind in ("float>0", "float(0,1]")
+        if value < 0 or (lo_open and value == 0) or (kind.endswith("1]") and value > 1):
+            raise bad()
+    elif kind == "ints>=0":
+        if not isinstance(value, (list, tuple)) or not value or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+            raise bad()
+        value = tuple(value)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+    elif value not in kind.split("|"):
+        raise bad()
+    return value
+
+
+def make_schedule(values: Mapping[str, Any], where: str) -> Schedule:
+    """A :class:`Schedule` from ``name``, ``interval`` and torch's keyword arguments; ``where`` names
+    the source in errors (``'scheduler' in run.toml``, ``--scheduler-arg``)."""
+    values = dict(values)
+    name = values.pop("name", None)
+    if name is None:
+        raise ConfigError(f"{where}: the schedule needs a name: one of {', '.join(SCHEDULERS)}")
+    if name not in SCHEDULERS:
+        close = difflib.get_close_matches(str(name), SCHEDULERS, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: scheduler {name!r}: allowed: {', '.join(SCHEDULERS)}{hint}")
+    interval = values.pop("interval", "step" if name == "OneCycleLR" else "epoch")
+    if interval not in INTERVALS:
+        raise ConfigError(f"{where}: interval = {interval!r}: must be epoch or step")
+    spec = SCHEDULERS[name]
+    for key in values:
+        if key not in spec:
+            raise ConfigError(f"{where}: {name} has no argument {key!r}; it takes "
+                              f"{', '.join(spec)} (and interval)")
+    args = []
+    for key, (kind, default) in spec.items():
+        if key in values:
+            args.append((key, _check_arg(name, key, kind, values[key], where)))
+        elif default is REQUIRED:
+            raise ConfigError(f"{where}: {name} needs {key} ({_KIND_TEXT[kind]})")
+        else:
+            args.append((key, default))
+    sched = Schedule(name, tuple(args), interval)
+    if name == "OneCycleLR" and sched.get("total_steps") is None and (
+            sched.get("epochs") is None or sched.get("steps_per_epoch") is None):
+        raise ConfigError(f"{where}: OneCycleLR needs total_steps, or epochs and steps_per_epoch "
+                          "(as torch does)")
+    return sched
+
+
+def schedule_from_table(table: Mapping[str, Any], file_name: str) -> Schedule:
+    return make_schedule(table, f"'scheduler' in {file_name}")
+
+
+def parse_scheduler_flags(name: str | None, args: tuple[str, ...]) -> Schedule | None:
+    """``--scheduler NAME`` and its ``--scheduler-arg KEY=VALUE`` flags (values read as TOML would)."""
+    if name is None:
+        if args:
+            raise ConfigError(f"--scheduler-arg {args[0]!r}: name the schedule with --scheduler")
+        return None
+    values: dict[str, Any] = {"name": name}
+    for item in args:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--scheduler-arg {item!r}: must be KEY=VALUE (e.g. gamma=0.5)")
+        values[key.strip()] = _parse_value(text.strip())
+    return make_schedule(values, "--scheduler")
+
+
+def _parse_value(text: str) -> Any:
+    """A flag's value: true/false, a whole number, a number, a comma list of those, else a string."""
+    if "," in text:
+        return [_parse_value(t.strip()) for t in text.split(",") if t.strip()]
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_betas(text: str | None) -> tuple[float, float] | None:
+    """``--betas 0.9,0.999``."""
+    if text is None:
+        return None
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        values = tuple(float(t) for t in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise ConfigError(f"--betas {text!r}: must be two numbers, e.g. 0.9,0.999")
+    return values  # type: ignore[return-value]

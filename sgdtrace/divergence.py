@@ -107,7 +107,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sgdtrace.engines import optimizers
-from sgdtrace.engines.protocol import FIELDS, PARAMS, state_field  # noqa: F401  (FIELDS: re-exported)
+from sgdtrace.engines.protocol import FIELDS, LR, PARAMS, state_field  # noqa: F401  (FIELDS: re-exported)
 
 
 def unit_roundoff(dtype: str) -> float:
@@ -330,23 +330,55 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
                 "grad_b": ~(2 * s["pb"] < big) & ~(2 * s["nb"] < big)}
 
         # the update: each optimizer sizes the roundings of its own operations
-        opt = optimizers.get("sgd")
-        keys = opt.state_keys(config)
-        first = np.zeros(steps, dtype=bool)
-        first[:1] = True
-        for name in PARAMS:
-            g = _Bound.measured(a["grad_" + name], b["grad_" + name])
-            cols = {key: state_field(key, name) for key in keys}
-            prev = {key: _Bound.measured(_shift(a[f], 0.0), _shift(b[f], 0.0)) for key, f in cols.items()}
-            cur = {key: _Bound.measured(a[f], b[f]) for key, f in cols.items()}
-            new_mag = _Bound.measured(a[name], b[name]).mag
-            new, states = opt.update_bound(p[name], g, prev, cur, new_mag, first, config)
-            for f, bound in ((name, new), *((cols[key], states[key]) for key in keys)):
-                tol[f] = atol + rtol * bound.rnd
-                carried[f] = bound.carry
-                peak[f] = bound.mag
+        _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol)
 
-    return {f: _distances(a[f], b[f], tol[f], dtype, peak[f], carried[f], both.get(f)) for f in tol}
+    out = {f: _distances(a[f], b[f], tol[f], dtype, peak[f], carried[f], both.get(f)) for f in tol}
+    if LR in a and LR in b:  # a schedule: the rate each step used, worked out in Python floats alike
+        out[LR] = _distances(a[LR], b[LR], np.zeros(steps), "float64", None, None)
+    return out
+
+
+def _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol) -> None:
+    """w, b and the optimizer's state: the optimizer's ``update_bound`` with the measured inputs.
+
+    Each parameter's step starts from the recorded parameter, gradient and state (the initial
+    state at the first step: ``initial_state``), and is judged on the new parameter and each
+    recorded state entry. Under a schedule the per-step rate is torch's recorded one (the ``lr``
+    field judges the hand side's against it).
+    """
+    from sgdtrace.engines.optimizers import StepContext, schedules
+    from sgdtrace.engines.optimizers._track import Track
+
+    opt = optimizers.get(config.optimizer)
+    keys = opt.state_keys(config)
+    init = opt.initial_state(config)
+    steps = plan.n_steps
+    first = np.zeros(steps, dtype=bool)
+    first[:1] = True
+    ctx = StepContext(lr=np.full(steps, float(config.lr)), t=np.arange(1, steps + 1, dtype=np.float64),
+                      u=unit_roundoff(config.dtype))
+    if config.scheduler is not None:
+        rows = schedules.values(config, schedules.calls(config, plan))
+        where = schedules.index_of_step(config, plan)
+        ctx.lr = np.array([r["lr"] for r in rows])[where]
+        if schedules.cycles_momentum(config):
+            key = schedules.momentum_key(config)
+            ctx.group[key] = np.array([r[key] for r in rows])[where]
+    for name in PARAMS:
+        g = Track.measured(a["grad_" + name], b["grad_" + name])
+        cols = {key: state_field(key, name) for key in keys}
+        start = {key: float(_cast(np.array([init[key]]), config.dtype)[0]) for key in keys}
+        prev = {key: Track.measured(_shift(a[f], start[key]), _shift(b[f], start[key])) for key, f in cols.items()}
+        cur = {key: Track.measured(a[f], b[f]) for key, f in cols.items()}
+        new_mag = Track.measured(a[name], b[name]).mag
+        init_p = float(_cast(np.array([getattr(config, "init_" + name)]), config.dtype)[0])
+        pt = Track.measured(_shift(a[name], init_p), _shift(b[name], init_p))
+        pt.mag, pt.carry = p[name].mag, p[name].carry
+        new, states = opt.update_bound(pt, g, prev, cur, new_mag, first, config, ctx)
+        for f, bound in ((name, new), *((cols[key], states[key]) for key in keys)):
+            tol[f] = atol + rtol * bound.rnd
+            carried[f] = bound.carry
+            peak[f] = bound.mag
 
 
 def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,

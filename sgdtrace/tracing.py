@@ -122,6 +122,11 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
         dataset = data_mod.load(cfg)
     plan = data_mod.plan(len(dataset), cfg)
     steps = plan.n_steps
+    if cfg.scheduler is not None:  # OneCycleLR stepped past total_steps: exit 2 before training
+        from sgdtrace.engines.optimizers import schedules
+
+        schedules.check(cfg, plan)
+        schedules.values(cfg, schedules.calls(cfg, plan))  # a schedule that divides by zero: exit 2 here
 
     def stage(name: str) -> Callable[[int], None] | None:
         return None if progress is None else (lambda k: progress(name, k, steps))
@@ -130,7 +135,7 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        hand = (engine or manual.engine)(cfg, backend)
+        hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan)
         man = protocol.run(hand, dataset.x, dataset.y, plan, cfg.init_w, cfg.init_b, backend, stage("manual"))
         ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free,
                             loss_form=torch_loss)

@@ -96,7 +96,8 @@ def test_every_option_of_run_is_accepted_in_a_file():
     from sgdtrace.config import KNOWN_KEYS
 
     names = {p.name for p in run_command.params} - {"config_path"}
-    names = {{"fmt": "format", "batch_no": "batch", "epoch_no": "epoch"}.get(n, n) for n in names}
+    names = {{"fmt": "format", "batch_no": "batch", "epoch_no": "epoch", "scheduler_args": "scheduler"}.get(n, n)
+             for n in names}  # --scheduler-arg KEY=VALUE: a key of the [scheduler] table
     assert names <= set(KNOWN_KEYS), names - set(KNOWN_KEYS)
 
 

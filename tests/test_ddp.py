@@ -218,6 +218,8 @@ def test_json_has_the_rank_axis():
     (["run", "--no-set-epoch"], "world size >= 2"),
     (["run", "--world-size", "2", "--gradcheck"], "--gradcheck"),
     (["graph", "--world-size", "2"], "graph"),
+    (["run", "--world-size", "2", "--optimizer", "adam"], "--optimizer adam"),
+    (["run", "--world-size", "2", "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"], "scheduler"),
 ])
 def test_refused_before_any_process(args, says):
     out = subprocess.run(SGDTRACE + args, capture_output=True, text=True, timeout=60, cwd=ROOT)

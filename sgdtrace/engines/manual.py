@@ -217,15 +217,18 @@ def gradients(w, b, x, y):
     return loss, grad_w(up, x), grad_b(up)
 
 
-def engine(config, backend: ArrayBackend) -> Engine:
-    """sgdtrace's own engine: :func:`gradients` by hand, and the hand-worked optimizer of ``config``."""
-    opt = optimizers.get("sgd")
-    return Engine("hand", gradients, opt.update, opt.hyper(config, backend.scalar), opt.state_keys(config))
+def engine(config, backend: ArrayBackend, plan=None) -> Engine:
+    """sgdtrace's own engine: :func:`gradients` by hand, and the hand-worked optimizer of ``config``
+    (with a schedule, its per-step hyper-parameters over ``plan``)."""
+    opt = optimizers.get(config.optimizer)
+    hp_at, lr_at = optimizers.step_hypers(config, backend.scalar, plan) if plan is not None else (None, None)
+    return Engine("hand", gradients, opt.update, opt.hyper(config, backend.scalar), opt.state_keys(config),
+                  hp_at, lr_at)
 
 
 def run(x: np.ndarray, y: np.ndarray, plan, config, backend: ArrayBackend,
         progress: Callable[[int], None] | None = None,
         loop_context: Callable[[], Any] = contextlib.nullcontext) -> dict[str, np.ndarray]:
     """Train by hand over ``plan``: :func:`sgdtrace.engines.protocol.run` with :func:`engine`."""
-    return protocol.run(engine(config, backend), x, y, plan, config.init_w, config.init_b, backend,
+    return protocol.run(engine(config, backend, plan), x, y, plan, config.init_w, config.init_b, backend,
                         progress, loop_context)

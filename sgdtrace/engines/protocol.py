@@ -29,6 +29,8 @@ import numpy as np
 #: the values of the article's table, per step: the batch's loss and gradients at the
 #: parameters the step started from, and the parameters after its update
 FIELDS = ("grad_w", "grad_b", "loss", "w", "b")
+#: the column of the learning rate each step used (float64), recorded under a schedule
+LR = "lr"
 #: the model's parameters, as the fields name them
 PARAMS = ("w", "b")
 #: the recorded names of state entries that do not follow ``<state>_<param>`` (part 1's names)
@@ -60,7 +62,9 @@ class Engine:
     """One side of the judge: a ``gradients`` part and an ``update`` part with its hyper-parameters.
 
     ``state_keys`` names the state entries ``update`` keeps that are recorded (and judged) per
-    step, in torch's names.
+    step, in torch's names. ``hp_at``: under a learning-rate schedule, the hyper-parameters of step
+    ``k`` (``hp_at(k)``, in place of ``hp``), and ``lr_at(k)`` the rate it used (a Python float),
+    recorded as the float64 column ``lr``.
     """
 
     name: str
@@ -68,6 +72,8 @@ class Engine:
     update: Callable[[Any, Any, dict, Any], Any]
     hp: Any
     state_keys: tuple[str, ...] = ()
+    hp_at: Callable[[int], Any] | None = None
+    lr_at: Callable[[int], float] | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -87,18 +93,21 @@ def run(engine: Engine, x: np.ndarray, y: np.ndarray, plan, init_w: float, init_
     the verdict reports), so NumPy's floating-point warnings are silenced.
     """
     cols = {f: backend.column(plan.n_steps) for f in engine.fields}
+    if engine.hp_at is not None:
+        cols[LR] = np.empty(plan.n_steps, dtype=np.float64)
     w, b = backend.param(init_w), backend.param(init_b)
     xs, ys = backend.asarray(x), backend.asarray(y)
     orders = [backend.index(order) for order in plan.orders]
     report = PROGRESS_EVERY if progress is not None else -1
     with loop_context(), np.errstate(all="ignore"):
         _loop(engine, xs, ys, orders, plan.batch_sizes().tolist(), w, b, backend, cols, progress, report)
-    return {f: backend.to_numpy(c) for f, c in cols.items()}
+    return {f: c if f == LR else backend.to_numpy(c) for f, c in cols.items()}
 
 
 def _loop(engine: Engine, xs, ys, orders, size_list, w, b, backend, cols, progress, report) -> None:
     """The per-step work: the gradients on each batch, each parameter's update, the columns."""
-    gradients, update, hp = engine.gradients, engine.update, engine.hp
+    gradients, update, hp, hp_at, lr_at = engine.gradients, engine.update, engine.hp, engine.hp_at, engine.lr_at
+    lr_col = cols.get(LR)
     gw_col, gb_col, l_col, w_col, b_col = (cols[f] for f in FIELDS)
     state_w: dict[str, Any] = {}
     state_b: dict[str, Any] = {}
@@ -112,6 +121,9 @@ def _loop(engine: Engine, xs, ys, orders, size_list, w, b, backend, cols, progre
         for n in size_list:
             xb, yb = xe[start:start + n], ye[start:start + n]
             start += n
+            if hp_at is not None:  # a schedule: this step's rate (and momentum or beta1)
+                hp = hp_at(k)
+                lr_col[k] = lr_at(k)
             loss, gw, gb = gradients(w, b, xb, yb)  # forward and backward on the batch
             w = update(w, gw, state_w, hp)  # the optimizer's step, one parameter at a time
             b = update(b, gb, state_b, hp)

@@ -116,9 +116,10 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
 
     model = LinearModel(config.init_w, config.init_b, dtype).to(device)
     criterion = make_criterion(loss_form)
-    optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          dampening=config.dampening, weight_decay=config.weight_decay,
-                          nesterov=config.nesterov, maximize=config.maximize)
+    optimizer = make_optimizer(model.parameters(), config)
+    scheduler = make_scheduler(optimizer, config)
+    per_step = scheduler is not None and config.scheduler.interval == "step"
+    lrs = np.empty(steps, dtype=np.float64) if scheduler is not None else None
 
     if sync_free is None:
         sync_free = device.type != "cpu"
@@ -142,8 +143,12 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
                 put("grad_w", k, model.weight.grad)
                 put("grad_b", k, model.bias.grad)
                 put("loss", k, loss)
+                if lrs is not None:  # the rate this step uses
+                    lrs[k] = optimizer.param_groups[0]["lr"]
                 # update weights
                 optimizer.step()
+                if per_step:
+                    scheduler.step()
                 put("w", k, model.weight)
                 put("b", k, model.bias)
                 if k == 0:  # what the optimizer keeps per parameter, as torch names it ("step" is a count)
@@ -158,8 +163,46 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
                 if k == report:
                     progress(k)
                     report += PROGRESS_EVERY
+            if scheduler is not None and not per_step:
+                scheduler.step()
             if progress is not None:
                 progress(k)
     if k != steps:  # pragma: no cover - would mean the batch plan and DataLoader disagree
         raise RuntimeError(f"DataLoader gave {k} batches, the batch plan {steps}")
-    return rec.result()
+    result = rec.result()
+    if lrs is not None:
+        result["lr"] = lrs
+    return result
+
+
+def make_optimizer(params, config) -> optim.Optimizer:
+    """The optimizer a learner writes: torch.optim's class, its options by their own keyword names
+    (``foreach``/``fused`` only when set: torch picks its default implementation otherwise)."""
+    kw: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay, "maximize": config.maximize}
+    name = config.optimizer
+    if name == "sgd":
+        cls = optim.SGD
+        kw.update(momentum=config.momentum, dampening=config.dampening, nesterov=config.nesterov)
+    elif name in ("adam", "adamw"):
+        cls = optim.Adam if name == "adam" else optim.AdamW
+        kw.update(betas=tuple(config.betas), eps=config.eps, amsgrad=config.amsgrad)
+    elif name == "rmsprop":
+        cls = optim.RMSprop
+        kw.update(alpha=config.alpha, eps=config.eps, momentum=config.momentum, centered=config.centered)
+    else:
+        cls = optim.Adagrad
+        kw.update(lr_decay=config.lr_decay, initial_accumulator_value=config.initial_accumulator_value,
+                  eps=config.eps)
+    if config.foreach is not None:
+        kw["foreach"] = config.foreach
+    if config.fused is not None:
+        kw["fused"] = config.fused
+    return cls(params, **kw)
+
+
+def make_scheduler(optimizer, config):
+    """torch.optim.lr_scheduler's class named by the config's schedule, with its keyword arguments."""
+    if config.scheduler is None:
+        return None
+    cls = getattr(optim.lr_scheduler, config.scheduler.name)
+    return cls(optimizer, **config.scheduler.kwargs)

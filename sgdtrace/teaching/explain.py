@@ -88,7 +88,8 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     k = trace.plan.step(batch, epoch)
     cfg = trace.config
     backend = backend_for(trace)
-    eng = manual.engine(cfg, backend)
+    eng = manual.engine(cfg, backend, trace.plan)
+    hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
     man = trace.manual
 
     def start(field: str, init: float | None) -> float | None:
@@ -104,8 +105,11 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     r = manual.forward_backward(w, b, xb, yb, len(idx), backend.scalar)
     states = {p: {key: backend.param(state0[state_field(key, p)]) for key in eng.state_keys
                   if state0[state_field(key, p)] is not None} for p in ("w", "b")}
-    w1 = eng.update(w, r.grad_w, states["w"], eng.hp)
-    b1 = eng.update(b, r.grad_b, states["b"], eng.hp)
+    if k > 0:  # the optimizer's step count, as torch keeps it beside the state ("step")
+        for st in states.values():
+            st["step"] = k
+    w1 = eng.update(w, r.grad_w, states["w"], hp)
+    b1 = eng.update(b, r.grad_b, states["b"], hp)
     state1 = {state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")}
 
     got = {"grad_w": r.grad_w, "grad_b": r.grad_b, "loss": r.loss, "w": w1, "b": b1, **state1}
@@ -178,3 +182,158 @@ def explain_distributed(trace, batch: int, epoch: int = 1) -> DistributedExplana
     matches &= all(np.array(ex.grad_w, dtype=dtype).tobytes() == trace.ranks.manual["grad_w"][k, r:r + 1].tobytes()
                    for r, ex in enumerate(ranks))
     return DistributedExplanation(ranks, step, float(backend.scalar(1.0 / len(ranks))), matches)
+
+
+# ------------------------------------------------------------------ the optimizer's lines, with numbers
+
+
+@dataclass
+class Line:
+    """One line of the optimizer's algorithm at this step: ``lhs = formula`` with ``values`` put in
+    (``template`` names them in braces), its ``value``, and the recorded field torch's value is in."""
+
+    lhs: str
+    formula: str
+    template: str
+    values: dict[str, float]
+    value: float
+    field: str | None = None
+
+
+def step_rate(trace, k: int) -> float:
+    """The learning rate step ``k`` used (the schedule's, else the config's)."""
+    lr = trace.manual.get("lr")
+    return float(lr[k]) if lr is not None else float(trace.config.lr)
+
+
+def step_momentum(trace, k: int) -> float:
+    """SGD's momentum at step ``k``: OneCycleLR's cycled value, else the config's."""
+    from sgdtrace.engines.optimizers import schedules
+
+    cfg = trace.config
+    if not schedules.cycles_momentum(cfg):
+        return float(cfg.momentum)
+    rows = schedules.values(cfg, schedules.calls(cfg, trace.plan))
+    return float(rows[int(schedules.index_of_step(cfg, trace.plan)[k])][schedules.momentum_key(cfg)])
+
+
+def closed_form_rate(trace, k: int) -> float | None:
+    """The closed form of the schedule's rate at step ``k`` (torch's ``_get_closed_form_lr``), where
+    torch has one that sgdtrace shows (StepLR, ExponentialLR, CosineAnnealingLR)."""
+    from sgdtrace.engines.optimizers import schedules
+
+    sched = trace.config.scheduler
+    if sched is None:
+        return None
+    t = int(schedules.index_of_step(trace.config, trace.plan)[k])
+    a, base = dict(sched.args), trace.config.lr
+    if sched.name == "CosineAnnealingLR":
+        return schedules.cosine_closed_form(base, t, a["T_max"], a["eta_min"])
+    if sched.name == "StepLR":
+        return base * a["gamma"] ** (t // a["step_size"])
+    if sched.name == "ExponentialLR":
+        return base * a["gamma"] ** t
+    return None
+
+
+def optimizer_lines(ex: Explanation, param: str) -> list[Line]:
+    """Adam, AdamW, RMSprop or Adagrad at this step, line by line, for one parameter, computed with
+    the hand module's own functions in the run's dtype (SGD's lines are the view's Equations 4-5)."""
+    from sgdtrace.engines.optimizers import get
+
+    trace, k = ex.trace, ex.step
+    cfg = trace.config
+    opt = get(cfg.optimizer)
+    backend = backend_for(trace)
+    s = backend.scalar
+    eng = manual.engine(cfg, backend, trace.plan)
+    hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
+    p0 = backend.param(ex.w0 if param == "w" else ex.b0)
+    g = backend.param(ex.grad_w if param == "w" else ex.grad_b)
+    st = {key: backend.param(ex.state0[state_field(key, param)]) for key in eng.state_keys
+          if ex.state0[state_field(key, param)] is not None}
+    t = k + 1
+    f = lambda v: _value(v)  # noqa: E731
+    out: list[Line] = []
+    if cfg.maximize:
+        g = opt.maximized(g)
+        out.append(Line("g", f"−dl/d{param}", "−{g0}", {"g0": -f(g)}, f(g)))
+    name = cfg.optimizer
+    if cfg.weight_decay != 0 and name == "adamw":
+        p1 = opt.decoupled_decay(p0, s(1 - hp.lr * hp.weight_decay))
+        out.append(Line(param, f"{param}·(1 − lr·weight_decay)", "{p}·(1 − {lr}·{wd})",
+                        {"p": f(p0), "lr": hp.lr, "wd": hp.weight_decay}, f(p1)))
+        p0 = p1
+    elif cfg.weight_decay != 0:
+        g1 = opt.decayed(g, p0, s(hp.weight_decay))
+        out.append(Line("g", f"g + weight_decay·{param}", "{g} + {wd}·{p}",
+                        {"g": f(g), "wd": hp.weight_decay, "p": f(p0)}, f(g1)))
+        g = g1
+    zero = backend.param(0.0)
+    if name in ("adam", "adamw"):
+        m0, v0 = st.get("exp_avg", zero), st.get("exp_avg_sq", zero)
+        m = opt.first_moment(m0, g, s(1 - hp.beta1))
+        out.append(Line("m", "lerp(m, g, 1 − β1) = m + (1 − β1)·(g − m)", "{m} + {c}·({g} − {m})",
+                        {"m": f(m0), "c": 1 - hp.beta1, "g": f(g)}, f(m), state_field("exp_avg", param)))
+        v = opt.second_moment(v0, g, s(hp.beta2), s(1 - hp.beta2))
+        out.append(Line("v", "β2·v + (1 − β2)·g²", "{b2}·{v} + {c}·{g}²",
+                        {"b2": hp.beta2, "v": f(v0), "c": 1 - hp.beta2, "g": f(g)}, f(v), state_field("exp_avg_sq", param)))
+        if hp.amsgrad:
+            vm0 = st.get("max_exp_avg_sq", zero)
+            v = opt.running_max(vm0, v)
+            out.append(Line("vmax", "max(vmax, v)", "max({vm}, {v})", {"vm": f(vm0), "v": out[-1].value}, f(v),
+                            state_field("max_exp_avg_sq", param)))
+        bc1, bc2 = opt.bias_correction(hp.beta1, t), opt.bias_correction(hp.beta2, t)
+        out.append(Line("bc1", "1 − β1^t", "1 − {b1}^{t}", {"b1": hp.beta1, "t": t}, bc1))
+        out.append(Line("bc2", "1 − β2^t", "1 − {b2}^{t}", {"b2": hp.beta2, "t": t}, bc2))
+        step_size = hp.lr / bc1
+        out.append(Line("step_size", "lr / bc1", "{lr} / {bc1}", {"lr": hp.lr, "bc1": bc1}, step_size))
+        denom = opt.denominator(v, s(bc2**0.5), s(hp.eps))
+        out.append(Line("denom", "sqrt(v)/sqrt(bc2) + eps (eps outside the root)", "sqrt({v})/sqrt({bc2}) + {eps}",
+                        {"v": f(v), "bc2": bc2, "eps": hp.eps}, f(denom)))
+        p1 = opt.stepped(p0, m, denom, s(-step_size))
+        out.append(Line(param, f"{param} − step_size·m/denom", "{p} − {ss}·{m}/{d}",
+                        {"p": f(p0), "ss": step_size, "m": f(m), "d": f(denom)}, f(p1), param))
+    elif name == "rmsprop":
+        v0 = st.get("square_avg", zero)
+        v = opt.square_average(v0, g, s(hp.alpha), s(1 - hp.alpha))
+        out.append(Line("v", "α·v + (1 − α)·g²", "{a}·{v} + {c}·{g}²", {"a": hp.alpha, "v": f(v0), "c": 1 - hp.alpha,
+                                                                         "g": f(g)}, f(v), state_field("square_avg", param)))
+        if hp.centered:
+            ga0 = st.get("grad_avg", zero)
+            ga = opt.grad_average(ga0, g, s(1 - hp.alpha))
+            out.append(Line("g_avg", "lerp(g_avg, g, 1 − α)", "{ga} + {c}·({g} − {ga})",
+                            {"ga": f(ga0), "c": 1 - hp.alpha, "g": f(g)}, f(ga), state_field("grad_avg", param)))
+            root = opt.centered_root(v, ga)
+            out.append(Line("avg", "sqrt(v − g_avg²)", "sqrt({v} − {ga}²)", {"v": f(v), "ga": f(ga)}, f(root)))
+        else:
+            root = opt.root(v)
+            out.append(Line("avg", "sqrt(v)", "sqrt({v})", {"v": f(v)}, f(root)))
+        avg = root + s(hp.eps)
+        out.append(Line("avg", "avg + eps", "{a} + {eps}", {"a": f(root), "eps": hp.eps}, f(avg)))
+        if hp.momentum > 0:
+            b0 = st.get("momentum_buffer", zero)
+            buf = opt.buffered(b0, g, avg, s(hp.momentum))
+            out.append(Line("buf", "momentum·buf + g/avg", "{mu}·{b} + {g}/{a}",
+                            {"mu": hp.momentum, "b": f(b0), "g": f(g), "a": f(avg)}, f(buf),
+                            state_field("momentum_buffer", param)))
+            p1 = opt.descend(p0, buf, s(-hp.lr))
+            out.append(Line(param, f"{param} − lr·buf", "{p} − {lr}·{b}", {"p": f(p0), "lr": hp.lr, "b": f(buf)},
+                            f(p1), param))
+        else:
+            p1 = opt.stepped(p0, g, avg, s(-hp.lr))
+            out.append(Line(param, f"{param} − lr·g/avg", "{p} − {lr}·{g}/{a}",
+                            {"p": f(p0), "lr": hp.lr, "g": f(g), "a": f(avg)}, f(p1), param))
+    else:  # adagrad
+        clr = opt.decayed_rate(hp.lr, hp.lr_decay, t)
+        out.append(Line("clr", "lr / (1 + (t − 1)·lr_decay)", "{lr} / (1 + ({t} − 1)·{d})",
+                        {"lr": hp.lr, "t": t, "d": hp.lr_decay}, clr))
+        s0 = st.get("sum", backend.param(s(hp.initial_accumulator_value)))
+        total = opt.accumulated(s0, g)
+        out.append(Line("sum", "sum + g²", "{s} + {g}²", {"s": f(s0), "g": f(g)}, f(total), state_field("sum", param)))
+        std = opt.deviation(total, s(hp.eps))
+        out.append(Line("std", "sqrt(sum) + eps", "sqrt({s}) + {eps}", {"s": f(total), "eps": hp.eps}, f(std)))
+        p1 = opt.stepped(p0, g, std, s(-clr))
+        out.append(Line(param, f"{param} − clr·g/std", "{p} − {c}·{g}/{sd}",
+                        {"p": f(p0), "c": clr, "g": f(g), "sd": f(std)}, f(p1), param))
+    return out

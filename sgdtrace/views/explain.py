@@ -18,7 +18,7 @@ from rich.text import Text
 from rich import box
 
 from sgdtrace.engines import manual as engine
-from sgdtrace.teaching.explain import Explanation
+from sgdtrace.teaching.explain import Explanation, closed_form_rate, optimizer_lines, step_momentum, step_rate
 from sgdtrace.views.fmt import num
 
 #: per-sample rows and sum terms written out before the rest is elided
@@ -140,10 +140,43 @@ def _backward(ex: Explanation) -> list:
     return [chain.render(), wsec.render(), bsec.render()]
 
 
+def _optimizer_update(ex: Explanation) -> list:
+    """Adam, AdamW, RMSprop, Adagrad: torch's algorithm line by line, with this step's numbers."""
+    from sgdtrace.config import OPTIMIZER_CLASSES
+
+    cfg = ex.trace.config
+    sec = _Section(f"Update: torch.optim.{OPTIMIZER_CLASSES[cfg.optimizer]}'s algorithm, step t = {ex.step + 1}")
+    for param in ("w", "b"):
+        for line in optimizer_lines(ex, param):
+            shown = line.template.format(**{k: (str(v) if isinstance(v, int) else _p(v)) for k, v in line.values.items()})
+            sec.row("", f"{line.lhs} = {line.formula} = {shown}", num(line.value))
+            if line.field is not None:
+                sec.torch(ex, line.field)
+    return [sec.render()]
+
+
+def _rate(ex: Explanation) -> list:
+    """Under a schedule: the step's rate (torch's recursion) and, where torch has one, its closed form."""
+    tr = ex.trace
+    if tr.config.scheduler is None:
+        return []
+    sec = _Section(f"Learning rate: {tr.config.scheduler.name} (torch's chainable recursion, get_lr)")
+    sec.row("", "lr", num(step_rate(tr, ex.step)))
+    sec.torch(ex, "lr")
+    closed = closed_form_rate(tr, ex.step)
+    if closed is not None:
+        sec.row("", f"closed form (_get_closed_form_lr) = {closed!r}; recursion − closed form",
+                f"{step_rate(tr, ex.step) - closed:.3g}")
+    return [sec.render()]
+
+
 def _update_lines(ex: Explanation) -> list:
     cfg = ex.trace.config
-    lr = f"{cfg.lr:g}"
-    plain = cfg.momentum == 0 and cfg.weight_decay == 0 and not cfg.maximize
+    if cfg.optimizer != "sgd":
+        return _rate(ex) + _optimizer_update(ex)
+    lr = f"{step_rate(ex.trace, ex.step):g}"
+    momentum = step_momentum(ex.trace, ex.step)
+    plain = momentum == 0 and cfg.weight_decay == 0 and not cfg.maximize
     sec = _Section("Update (Equations 4-5" + ("" if plain else ", as torch.optim.SGD grows them") + ")")
     params = (("w", "4", ex.w0, ex.grad_w, ex.w1, "buf_w"), ("b", "5", ex.b0, ex.grad_b, ex.b1, "buf_b"))
     for p, eq, p0, g, p1, buf in params:
@@ -156,23 +189,23 @@ def _update_lines(ex: Explanation) -> list:
             sec.row("", f"g = {gname} + weight_decay·{p} = {_p(gv)} + {cfg.weight_decay:g}·{_p(p0)}",
                     num(gv + cfg.weight_decay * p0))
             gv, gname = gv + cfg.weight_decay * p0, "g"
-        if cfg.momentum:
+        if buf in ex.state1:
             b1 = ex.state1[buf]
             if ex.step == 0:
                 sec.row("", f"{buf} = {gname} (the first step starts the buffer)", num(b1))
             else:
-                sec.row("", f"{buf} = momentum·{buf} + (1 − dampening)·{gname} = {cfg.momentum:g}·"
+                sec.row("", f"{buf} = momentum·{buf} + (1 − dampening)·{gname} = {momentum:g}·"
                             f"{_p(ex.state0[buf])} + {1 - cfg.dampening:g}·{_p(gv)}", num(b1))
             sec.torch(ex, buf)
             if cfg.nesterov:
                 sec.row(f"Eq. {eq}", f"{p} ← {p} − lr·({gname} + momentum·{buf}) = {num(p0)} − {lr}·"
-                                     f"({_p(gv)} + {cfg.momentum:g}·{_p(b1)})", num(p1))
+                                     f"({_p(gv)} + {momentum:g}·{_p(b1)})", num(p1))
             else:
                 sec.row(f"Eq. {eq}", f"{p} ← {p} − lr·{buf} = {num(p0)} − {lr}·{_p(b1)}", num(p1))
         else:
             sec.row(f"Eq. {eq}", f"{p} ← {p} − lr·{gname} = {num(p0)} − {lr}·{_p(gv)}", num(p1))
         sec.torch(ex, p)
-    return [sec.render()]
+    return _rate(ex) + [sec.render()]
 
 
 def explain_view(ex: Explanation) -> Group:

@@ -249,7 +249,9 @@ def trace_to_markdown(trace) -> str:
     """A table to paste into slides or notes: hand and torch side by side, the verdict below."""
     cfg = trace.config
     fields = trace.fields
-    lines = [f"SGD on y = w·x + b, {describe_data(trace.dataset.info)}: lr {cfg.lr:g}, batch size "
+    from sgdtrace.config import OPTIMIZER_CLASSES
+
+    lines = [f"{OPTIMIZER_CLASSES[cfg.optimizer]} on y = w·x + b, {describe_data(trace.dataset.info)}: lr {cfg.lr:g}, batch size "
              f"{cfg.batch_size}, {cfg.dtype} on {trace.device}", ""]
     head = ["epoch", "batch", "n"]
     ref = trace.reference

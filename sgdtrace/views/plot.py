@@ -123,6 +123,11 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
         _say_why(ax_loss, why)
         if not _finite(loss).size:
             ax_loss.set_yticks([])
+    if "lr" in man:  # a schedule: its rate on a second axis
+        ax_lr = ax_loss.twinx()
+        ax_lr.plot(steps, man["lr"], color="tab:green", lw=1.0, ls="--")
+        ax_lr.set_ylabel("learning rate (dashed)", color="tab:green")
+        ax_lr.tick_params(axis="y", colors="tab:green")
 
     w, b = man["w"].astype(np.float64), man["b"].astype(np.float64)
     ax_wb.plot(steps, w, color="tab:blue", label="w")
@@ -188,7 +193,9 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     ax_path.set_title("path over the full-data loss (contours: its value)")
     ax_path.legend(fontsize="small")
 
-    fig.suptitle(f"SGD on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, "
+    from sgdtrace.config import OPTIMIZER_CLASSES
+
+    fig.suptitle(f"{OPTIMIZER_CLASSES[cfg.optimizer]} on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, "
                  f"{_plural(cfg.epochs, 'epoch')}, {cfg.dtype}", fontsize="medium")
     fig.tight_layout()
     return fig

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from sgdtrace.engines.protocol import FIELDS
 from sgdtrace.views.export import verdict_sentence
-from sgdtrace.views.fmt import LABELS, describe_data, fit, num
+from sgdtrace.views.fmt import LABELS, describe_data, fit, label, num  # noqa: F401  (LABELS: re-exported)
 from sgdtrace.views.verdict import rich_text
 
 #: rows shown in full up to this many steps; longer runs show the first and last rows
@@ -26,7 +26,7 @@ ARTICLE_ORDER = ("grad_w", "grad_b", "lr", "w", "b", "loss")
 def _title(trace) -> str:
     cfg = trace.config
     opts = []
-    if cfg.momentum:
+    if cfg.momentum and cfg.optimizer == "sgd":
         opts.append(f"momentum {cfg.momentum:g}" + (" nesterov" if cfg.nesterov else "")
                     + (f" dampening {cfg.dampening:g}" if cfg.dampening else ""))
     if cfg.weight_decay:
@@ -41,10 +41,28 @@ def _title(trace) -> str:
         opts.append(f"world size {cfg.world_size} (global batch {cfg.world_size}×{cfg.batch_size})"
                     + ("" if cfg.set_epoch else ", no set_epoch"))
     epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
-    return (f"SGD on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
+    if cfg.optimizer != "sgd" and _optimizer_options(cfg):
+        opts.insert(0, _optimizer_options(cfg))
+    if cfg.scheduler is not None:
+        opts.append(f"{cfg.scheduler.name} per {cfg.scheduler.interval}")
+    name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}[cfg.optimizer]
+    return (f"{name} on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
             f"lr {cfg.lr:g} · batch size {cfg.batch_size} · {epochs}"
             + (f" · init w {cfg.init_w:g}, b {cfg.init_b:g}" if cfg.init_w or cfg.init_b else "")
             + "".join(" · " + o for o in opts) + f" · {cfg.dtype} on {trace.device}")
+
+
+def _optimizer_options(cfg) -> str:
+    """The optimizer's own options, as torch names them (only those that are not torch's default)."""
+    from sgdtrace.config import _OPTION_DEFAULTS, OPTIMIZER_DEFAULTS, OPTIMIZER_OPTIONS
+
+    out = []
+    for key in OPTIMIZER_OPTIONS[cfg.optimizer]:
+        value = getattr(cfg, key)
+        default = OPTIMIZER_DEFAULTS[cfg.optimizer].get(key, _OPTION_DEFAULTS.get(key))
+        if value != default and value is not None:
+            out.append(key if value is True else f"{key} {','.join(f'{b:g}' for b in value) if key == 'betas' else f'{value:g}'}")
+    return " ".join(out)
 
 
 def shown_steps(n_steps: int, rows: int | None, every: int = 1,
@@ -119,7 +137,7 @@ def step_table(trace, rows: int | None = None, every: int = 1, width: int | None
     dl/dw, buf_b under dl/db, the gradients they accumulate). A number is never cut: where
     even the narrowest layout is too wide, cells wrap.
     """
-    buffers = any(f not in FIELDS for f in table_fields(trace))
+    buffers = any(f not in FIELDS and f != "lr" for f in _inline_fields(trace))
     layouts = [lay for lay in LAYOUTS if not (buffers and lay.lr) and (buffers or not lay.fold)]
     table = _step_table(trace, rows, every, layouts[0])
     if width is None:
@@ -154,8 +172,17 @@ LAYOUTS = (Layout(9, 6, True, 1), Layout(8, 5, True, 1), Layout(8, 5, False, 1),
 FOLDED = {"buf_w": "grad_w", "buf_b": "grad_b"}
 
 
-def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
+def _inline_fields(trace) -> tuple[str, ...]:
+    """The step table's fields: with more optimizer state than two buffers (Adam & co.), the state
+    goes to its own table (:func:`state_table`)."""
     fields = table_fields(trace)
+    state = [f for f in fields if f not in FIELDS and f != "lr"]
+    return tuple(f for f in fields if f not in state) if len(state) > 2 else fields
+
+
+def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
+    fields = _inline_fields(trace)
+    scheduled = "lr" in fields  # a schedule: the rate of each step, on both lines, judged
     width, digits = layout.width, layout.digits
     multi = trace.config.epochs > 1
     table = Table(box=box.SIMPLE_HEAD, padding=(0, layout.gap, 0, 0), show_edge=False, pad_edge=False,
@@ -169,7 +196,7 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
     table.add_column("n", justify="right", overflow="fold")
     table.add_column("", justify="left", overflow="fold")
     for f in order:
-        table.add_column(LABELS.get(f, f), justify="right", overflow="fold")
+        table.add_column(label(f), justify="right", overflow="fold")
     table.add_column("ulp", justify="right", overflow="fold")
 
     ok_all = None
@@ -203,7 +230,7 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
             mark = Text("⚠ ", style="bold yellow") + mark
 
         def row(values: dict, lr_cell="") -> list:
-            return [lr_cell if f == "lr" else values.get(f, "") for f in order]
+            return [lr_cell if f == "lr" and not scheduled else values.get(f, "") for f in order]
 
         def cell(value, f: str) -> Text:
             return Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
@@ -285,6 +312,43 @@ def ranks_text(trace) -> Text:
     return out
 
 
+def state_table(trace, rows: int | None = None, every: int = 1) -> Table | None:
+    """The optimizer's state per shown step: one column per state entry (torch's names), a line per
+    parameter and engine (when there is more of it than the step table's two compact buffer
+    columns hold: Adam's exp_avg and exp_avg_sq, ...)."""
+    state = [f for f in table_fields(trace) if f not in FIELDS and f != "lr"]
+    if len(state) <= 2:
+        return None
+    keys = list(dict.fromkeys(f.rsplit("_", 1)[0] for f in state))  # exp_avg, exp_avg_sq, ...
+    multi = trace.config.epochs > 1
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
+                  title=f"{trace.config.optimizer}'s state",
+                  title_justify="left", title_style="bold")
+    table.add_column("ep:b" if multi else "batch", justify="right")
+    table.add_column("p")
+    table.add_column("", justify="left")
+    for key in keys:
+        table.add_column(key, justify="right")
+    v = trace.verdict
+    keep = tuple(d["step"] - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
+    shown = shown_steps(trace.n_steps, rows, every, keep)
+    for k in shown:
+        if k is None:
+            table.add_row("⋮", "", "", *(["⋮"] * len(keys)), end_section=True)
+            continue
+        step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
+
+        def cell(cols, f: str) -> Text:
+            return Text(fit(cols[f][k], 10, 6), style="" if trace.divergence[f].ok[k] else "bold red")
+
+        for i, p in enumerate(("w", "b")):
+            fs = [f"{key}_{p}" for key in keys]
+            table.add_row(step if i == 0 else "", p, "hand", *(cell(trace.manual, f) for f in fs))
+            table.add_row("", "", Text("torch", style="dim"), *(cell(trace.torch, f) for f in fs),
+                          end_section=i == 1 and k != shown[-1])
+    return table
+
+
 def verdict_text(trace) -> Text:
     """The verdict line(s): agree or diverge (naming the first divergent step), and any blow-up
     (the sentences: :mod:`sgdtrace.views.verdict`)."""
@@ -292,7 +356,8 @@ def verdict_text(trace) -> Text:
 
 
 def run_view(trace, rows: int | None = None, every: int = 1, width: int | None = None) -> Group:
-    """The ``sgdtrace run`` screen: the step table, a summary line, then the verdict (and any witness).
+    """The ``sgdtrace run`` screen: the step table (and the optimizer's state table), a summary
+    line, then the verdict (and any witness).
 
     ``width``: the columns the table must fit in (the terminal's); None: the widest layout.
     """
@@ -300,6 +365,13 @@ def run_view(trace, rows: int | None = None, every: int = 1, width: int | None =
     if trace.ranks is not None:
         parts.append(ranks_text(trace))
     parts += [Text(""), verdict_text(trace)]
+
+
+    parts = [step_table(trace, rows, every, width)]
+    state = state_table(trace, rows, every)
+    if state is not None:
+        parts += [Text(""), state]
+    parts += [summary_text(trace, shown_steps(trace.n_steps, rows, every)), Text(""), verdict_text(trace)]
     if trace.reference is not None:
         parts.append(Text(trace.reference.describe() + "; err = |value − exact| / |exact|", style="cyan"))
     if trace.gradcheck is not None:
@@ -307,5 +379,5 @@ def run_view(trace, rows: int | None = None, every: int = 1, width: int | None =
     return Group(*parts)
 
 
-__all__ = ["run_view", "step_table", "table_fields", "verdict_text", "verdict_sentence", "shown_steps",
+__all__ = ["run_view", "step_table", "state_table", "table_fields", "verdict_text", "verdict_sentence", "shown_steps",
            "summary_text"]

@@ -48,24 +48,34 @@ class Hyper:
     use_weight_decay: bool = False
 
 
-def hyper(config, scalar: Callable[[float], Any] = float) -> Hyper:
-    """The run's options as the update computes with them (``scalar`` rounds to the array type)."""
+def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
+    """The run's options as the update computes with them (``scalar`` rounds to the array type);
+    ``group`` overrides lr and momentum for one step (a schedule; OneCycleLR drives momentum)."""
+    group = group or {}
+    momentum = group.get("momentum", config.momentum)
     return Hyper(
-        lr=scalar(config.lr),
-        momentum=scalar(config.momentum),
+        lr=scalar(group.get("lr", config.lr)),
+        momentum=scalar(momentum),
         dampening=scalar(config.dampening),
         weight_decay=scalar(config.weight_decay),
         nesterov=config.nesterov,
         maximize=config.maximize,
         one_minus_dampening=scalar(1 - config.dampening),
-        use_momentum=config.momentum != 0,
+        use_momentum=momentum != 0,
         use_weight_decay=config.weight_decay != 0,
     )
 
 
 def state_keys(config) -> tuple[str, ...]:
-    """The state torch.optim.SGD keeps per parameter: the momentum buffer, with momentum."""
-    return (MOMENTUM_BUFFER,) if config.momentum != 0 else ()
+    """The state torch.optim.SGD keeps per parameter: the momentum buffer, with momentum (or when
+    OneCycleLR drives the momentum: from 0 to 0.95 by default)."""
+    from sgdtrace.engines.optimizers.schedules import cycles_momentum
+
+    return (MOMENTUM_BUFFER,) if config.momentum != 0 or cycles_momentum(config) else ()
+
+
+def initial_state(config) -> dict[str, float]:
+    return {key: 0.0 for key in state_keys(config)}
 
 
 # ------------------------------------------------------------------ the algorithm, line by line
@@ -110,25 +120,29 @@ def update(param, grad, state: dict, hp: Hyper):
 # ------------------------------------------------------------------ the tolerance model's terms
 
 
-def update_bound(p, g, prev: dict, cur: dict, new_mag, first, config):
+def update_bound(p, g, prev: dict, cur: dict, new_mag, first, config, ctx=None):
     """The update's rounding and carried difference, operation by operation as torch does it.
 
     ``p`` and ``g`` are :class:`sgdtrace.divergence._Bound` s of the parameter the step started
     from and of its gradient (both measured); ``prev`` and ``cur`` the state entries (by key)
     before and after the step, as both engines recorded them; ``new_mag`` the measured magnitude
-    of the new parameter; ``first`` marks the very first step. Returns the new parameter's bound
-    and each state entry's bound. Each operation adds one rounding the size of its own result.
+    of the new parameter; ``first`` marks the very first step; ``ctx`` (a
+    :class:`sgdtrace.engines.optimizers.StepContext`, optional) the per-step lr and momentum of a
+    schedule. Returns the new parameter's bound and each state entry's bound. Each operation adds
+    one rounding the size of its own result.
     """
+    lr = config.lr if ctx is None else ctx.lr
+    momentum = config.momentum if ctx is None else ctx.group.get("momentum", config.momentum)
     if config.maximize:
         g = g.scaled(-1.0)
     if config.weight_decay != 0:
         g = g.combine(config.weight_decay, p)
     states = {}
-    if config.momentum != 0:
+    if MOMENTUM_BUFFER in cur:
         # buf <- momentum*buf + (1-dampening)*g, except buf <- g (a copy) on the very first step
-        buf = prev[MOMENTUM_BUFFER].scaled(config.momentum).combine(
+        buf = prev[MOMENTUM_BUFFER].scaled(momentum).combine(
             1 - config.dampening, g, result=cur[MOMENTUM_BUFFER].mag).where(first, g)
         states[MOMENTUM_BUFFER] = buf
         # the parameter's update goes on from the buffer as recorded
-        g = g.combine(config.momentum, cur[MOMENTUM_BUFFER]) if config.nesterov else cur[MOMENTUM_BUFFER]
-    return p.combine(-config.lr, g, result=new_mag), states
+        g = g.combine(momentum, cur[MOMENTUM_BUFFER]) if config.nesterov else cur[MOMENTUM_BUFFER]
+    return p.combine(-lr, g, result=new_mag), states
