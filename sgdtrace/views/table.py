@@ -361,17 +361,14 @@ def run_view(trace, rows: int | None = None, every: int = 1, width: int | None =
 
     ``width``: the columns the table must fit in (the terminal's); None: the widest layout.
     """
-    parts = [step_table(trace, rows, every, width), summary_text(trace, shown_steps(trace.n_steps, rows, every))]
-    if trace.ranks is not None:
-        parts.append(ranks_text(trace))
-    parts += [Text(""), verdict_text(trace)]
-
-
     parts = [step_table(trace, rows, every, width)]
     state = state_table(trace, rows, every)
     if state is not None:
         parts += [Text(""), state]
-    parts += [summary_text(trace, shown_steps(trace.n_steps, rows, every)), Text(""), verdict_text(trace)]
+    parts.append(summary_text(trace, shown_steps(trace.n_steps, rows, every)))
+    if trace.ranks is not None:
+        parts.append(ranks_text(trace))
+    parts += [Text(""), verdict_text(trace)]
     if trace.reference is not None:
         parts.append(Text(trace.reference.describe() + "; err = |value − exact| / |exact|", style="cyan"))
     if trace.gradcheck is not None:
