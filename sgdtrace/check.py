@@ -42,7 +42,17 @@ def available_devices() -> list[str]:
     return devices
 
 
-def run_checks(paths: list[str], devices: list[str] | tuple[str, ...] | None = None) -> CheckResult:
+def serves(cfg) -> bool:
+    """Can a user's engine (--engine) run this config: its optimizer (SGD) at a constant rate, one
+    process, float32/float64."""
+    return (getattr(cfg, "optimizer", "sgd") == "sgd" and getattr(cfg, "scheduler", None) is None
+            and getattr(cfg, "world_size", 1) == 1 and cfg.dtype in ("float32", "float64"))
+
+
+def run_checks(paths: list[str], devices: list[str] | tuple[str, ...] | None = None,
+               engine: dict[str, Any] | None = None, named: bool = True) -> CheckResult:
+    """Every config on every device. ``engine``: ``{"engine": FILE.py, "engine_timeout": s}`` puts a
+    user's engine on the hand side; then, unless the configs were ``named``, only those it can serve run."""
     from sgdtrace.config import Config
     from sgdtrace.tracing import resolve_device, run_trace
 
@@ -52,7 +62,12 @@ def run_checks(paths: list[str], devices: list[str] | tuple[str, ...] | None = N
     configs = []
     for path in paths:  # likewise every file
         values = load_toml(path)
-        configs.append((path, build_config(values, {}, path)))
+        cfg = build_config(values, {}, path)
+        if engine:
+            if engine.get("engine") and not named and not serves(cfg):
+                continue
+            cfg = build_config(values, engine, path)  # a named config it cannot serve is refused
+        configs.append((path, cfg))
     rows = []
     for path, cfg in configs:
         for device in devices:

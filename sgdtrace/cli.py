@@ -140,6 +140,7 @@ CHECK_FORMATS: dict[str, View] = {
     "json": View("the same as JSON", _json),
     "markdown": View("the same as Markdown", _lazy("sgdtrace.views.check", "check_markdown")),
     "html": View("one self-contained page", _lazy("sgdtrace.views.html", "check_page")),
+    "junit": View("JUnit XML for CI (one test case per config and device)", _lazy("sgdtrace.views.check", "check_junit")),
 }
 EXPLAIN_FORMATS: dict[str, View] = {
     "table": View("the batch, equation by equation", _lazy("sgdtrace.views.explain", "explain_view")),
@@ -237,6 +238,7 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
                          help="Call sampler.set_epoch(e) each epoch (default); --no-set-epoch replays forgetting it."),
             click.option("--rank-timeout", type=float, default=None, metavar="SECONDS",
                          help="End the run (exit 2) when a rank fails or is silent this long (default 60)."),
+            *engine_options(),
             format_option(formats),
             output_option(output_help),
         ]
@@ -245,6 +247,23 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
         return f
 
     return deco
+
+
+def engine_options() -> list[Callable]:
+    """--engine FILE.py and --engine-timeout: a user's engine on the hand side (sgdtrace.engines.user)."""
+    return [
+        click.option("--engine", type=str, default=None, metavar="FILE.py",
+                     help="Your own engine: a file defining gradients(w, b, x, y) and/or update(param, grad, "
+                          "state, hp), run in its own process in place of the hand engine (see `sgdtrace template`)."),
+        click.option("--engine-timeout", type=float, default=None, metavar="SECONDS",
+                     help="Stop the --engine file after this long per run (default 60)."),
+    ]
+
+
+def with_engine_options(f: Callable) -> Callable:
+    for opt in reversed(engine_options()):
+        f = opt(f)
+    return f
 
 
 def _configure(kw: dict[str, Any], formats: dict[str, View]):
@@ -478,10 +497,14 @@ def compare(**kw: Any) -> int:
               help="Devices to run on (repeatable; default every available device).")
 @format_option(CHECK_FORMATS, default="table")
 @output_option()
-def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: str | None) -> int:
+@with_engine_options
+def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: str | None,
+          engine: str | None, engine_timeout: float | None) -> int:
     """The CI gate: run every config in configs/ (or the TOML files and folders named) on every available device.
 
-    Prints one summary row per config and device; exit 1 if any run diverges.
+    Prints one summary row per config and device; exit 1 if any run diverges. With --engine,
+    your file stands on the hand side of every config it can serve (SGD, float32/float64), or
+    of the configs named.
     """
     check_output_path(output)
     from sgdtrace.engines.torch_ddp import under_torchrun
@@ -491,8 +514,11 @@ def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: 
     paths = find_configs(configs)
     from sgdtrace.check import run_checks
 
+    chosen = {k: v for k, v in (("engine", engine), ("engine_timeout", engine_timeout)) if v is not None}
+    if chosen:
+        build_config({}, chosen)  # a bad --engine is refused before anything runs
     try:
-        result = run_checks(paths, devices or None)
+        result = run_checks(paths, devices or None, chosen, named=bool(configs))
     except ConfigError as exc:  # check's files are its arguments, not a --config option
         message = str(exc)
         if message.startswith("--config "):
@@ -536,8 +562,13 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
         else:
             show(explain_distributed_view(dx), output)
         return _exit_code(trace.verdict.ok)
-    data.plan(len(dataset), cfg).step(batch_no, epoch_no)  # a bad --batch is refused before training
-    trace = run_trace(cfg, dataset=dataset)
+    k = data.plan(len(dataset), cfg).step(batch_no, epoch_no)  # a bad --batch is refused before training
+    user = None
+    if cfg.engine is not None:  # the user's file, asked for its nodes (forward) at this step
+        from sgdtrace.engines.user import UserEngine
+
+        user = UserEngine(cfg.engine, cfg.engine_timeout, forward_step=k)
+    trace = run_trace(cfg, dataset=dataset, engine=user)
     emit(EXPLAIN_FORMATS, fmt, explain_step(trace, batch_no, epoch_no), output)
     return _exit_code(trace.verdict.ok)
 
@@ -559,6 +590,9 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     """
     cfg, fmt, output = _configure(kw, GRAPH_FORMATS)
     _refuse_distributed(cfg, command="graph")
+    if cfg.engine is not None:
+        raise ConfigError("--engine: graph draws sgdtrace's own derivation beside torch's; "
+                          "use `sgdtrace explain --engine FILE.py --batch K` to see your file's nodes")
     from sgdtrace.tracing import run_trace
     from sgdtrace.teaching.graph import build_graph
 
@@ -597,6 +631,26 @@ def plot(width: int, height: int, **kw: Any) -> int:
         raise OutputError(f"cannot write to {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {output} ({width}x{height})", err=True)
     return _exit_code(trace.verdict.ok)
+
+
+@cli.command()
+@click.option("--output", type=click.Path(dir_okay=False), default=None, metavar="FILE.py",
+              help="Write the file here (an existing file is never overwritten) instead of printing it.")
+def template(output: str | None) -> int:
+    """Print (or write) a starter file for --engine: gradients, update and forward, with the equations
+    to implement in their docstrings and no solution.
+
+    Run as is, `sgdtrace run --engine FILE.py` exits 2 naming the function to write first.
+    """
+    from sgdtrace.engines.template import TEMPLATE
+
+    if output is not None and os.path.exists(output) and os.path.isfile(output):
+        raise ConfigError(f"--output {output!r}: the file exists; name a new file (your work is not overwritten)")
+    check_output_path(output)
+    write_output(TEMPLATE, output)
+    if output is not None:
+        click.echo(f"wrote {output}: write gradients, then run: sgdtrace run --engine {output}", err=True)
+    return EXIT_OK
 
 
 def find_configs(names: Iterable[str]) -> list[str]:

@@ -36,6 +36,10 @@ MAX_SAMPLES = 10**7
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 MAX_BATCH_SIZE = 10**7
 MAX_STEPS = 10**7
+#: seconds a user's engine file (--engine) may take for one run before it is stopped: a course's
+#: files train a few hundred steps in well under a second; a minute leaves room for long runs
+#: and still ends an endless loop before a grader's patience does
+ENGINE_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,9 @@ class Config:
     world_size: int = 1
     set_epoch: bool = True
     rank_timeout: float = 60.0
+    # a user's engine file on the hand side (sgdtrace.engines.user), and its time limit in seconds
+    engine: str | None = None
+    engine_timeout: float = ENGINE_TIMEOUT
     # where each value came from, for error messages; not part of the run's identity
     origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: options given that do not apply to this run (one line each, for stderr); not part of its identity
@@ -158,11 +165,12 @@ VIEW_KEYS = ("format", "output") + tuple(RUN_DEFAULTS)
 KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
 
 _FLOAT_KEYS = {"lr", "init_w", "init_b", "true_w", "true_b", "noise", "momentum", "dampening",
-               "weight_decay", "rtol", "atol", "rank_timeout", "eps", "alpha", "lr_decay", "initial_accumulator_value"}
+               "weight_decay", "rtol", "atol", "rank_timeout", "eps", "alpha", "lr_decay", "initial_accumulator_value",
+               "engine_timeout"}
 _INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size", "rows", "every", "batch", "epoch"}
 _BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "set_epoch", "gradcheck", "quiet", "amsgrad", "centered",
               "foreach", "fused"}
-_STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimizer"}
+_STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimizer", "engine"}
 #: synthetic data's options: they do nothing without ``synthetic``
 _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
 
@@ -248,6 +256,18 @@ def validate(cfg: Config) -> None:
         if getattr(cfg, key) is not None and finite(key) < 0:
             _fail(cfg, key, getattr(cfg, key), "must be a finite number >= 0")
     _validate_distributed(cfg, integer, finite)
+    if cfg.engine is not None:  # --engine FILE.py: a Python file that exists
+        if not isinstance(cfg.engine, str) or not cfg.engine.endswith(".py"):
+            _fail(cfg, "engine", cfg.engine, "must be a Python file (FILE.py)")
+        if not os.path.isfile(cfg.engine):
+            _fail(cfg, "engine", cfg.engine, "no such file")
+        if cfg.optimizer != "sgd" or cfg.scheduler is not None:  # the user's update gets SGD's constant hp
+            what = (f"{_label(cfg, 'optimizer')} {cfg.optimizer}" if cfg.optimizer != "sgd"
+                    else _label(cfg, "scheduler"))
+            raise ConfigError(f"{_label(cfg, 'engine')} and {what}: your own engine runs plain SGD at a "
+                              "constant learning rate; leave one of them out")
+    if finite("engine_timeout") <= 0:
+        _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
     validate_optimizer(cfg)
     if cfg.dtype == "float32":  # torch refuses, NumPy turns to inf, a value float32 cannot hold
         for key in ("lr", "init_w", "init_b", "momentum", "weight_decay"):
@@ -292,6 +312,9 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
         _fail(cfg, "set_epoch", cfg.set_epoch, "must be true or false")
     if finite("rank_timeout") <= 0:
         _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
+    if cfg.world_size > 1 and cfg.engine is not None:
+        raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'engine')}: not supported "
+                          "together; your own engine runs in one process")
     if cfg.world_size > 1:  # the DDP loop is written with optim.SGD and no schedule
         if cfg.optimizer != "sgd":
             raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'optimizer')} "
@@ -350,7 +373,7 @@ def load_toml(path: str) -> dict[str, Any]:
         out[key] = _check_type(key, value, where)
         if key in RUN_DEFAULTS:
             _check_run_option(key, value, where)
-        if key in ("data", "output") and not os.path.isabs(value) and value != "-":
+        if key in ("data", "output", "engine") and not os.path.isabs(value) and value != "-":
             out[key] = os.path.join(os.path.dirname(os.path.abspath(path)), value)
     return out
 

@@ -39,6 +39,12 @@ class Trace(TraceNotebook):
     reference: Any = None  # sgdtrace.reference.Reference when --reference exact was asked for
     gradcheck: Any = None  # sgdtrace.reference.GradCheck when --gradcheck was asked for
     ranks: Any = None  # RankTrace when --world-size N >= 2: each rank's own values (the rank axis)
+    engine: Any = None  # sgdtrace.engines.user.EngineInfo when a user's file stood on the hand side
+
+    @property
+    def hand(self) -> str:
+        """The hand side's label: "hand", or the user's engine file's name."""
+        return "hand" if self.engine is None else self.engine.name
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -134,24 +140,48 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     kind = manual_backend or ("numpy" if device.type == "cpu" else "torch")
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
+    if engine is None and cfg.engine is not None:  # --engine FILE.py
+        from sgdtrace.engines.user import UserEngine
+
+        engine = UserEngine(cfg.engine, cfg.engine_timeout)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan)
-        man = protocol.run(hand, dataset.x, dataset.y, plan, cfg.init_w, cfg.init_b, backend, stage("manual"))
+        if hasattr(engine, "run_columns"):  # a user's file, run in a child process (sgdtrace.engines.user)
+            from sgdtrace.engines import optimizers
+
+            man = engine.run_columns(cfg, dataset, plan, optimizers.get("sgd").state_keys(cfg))
+        else:
+            hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan)
+            man = protocol.run(hand, dataset.x, dataset.y, plan, cfg.init_w, cfg.init_b, backend, stage("manual"))
         ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free,
                             loss_form=torch_loss)
-        trace = judge(cfg, dataset, plan, label, man, ref)
+        info = getattr(engine, "info", None)
+        trace = judge(cfg, dataset, plan, label, man, ref, info.not_kept if info else ())
+        trace.engine = info
+    if trace.verdict.first_divergent_step is not None:  # name the likely mistake where the numbers support one
+        from sgdtrace.diagnosis import diagnose_step
+
+        trace.verdict.first_divergent_step = dataclasses.replace(trace.verdict.first_divergent_step,
+                                                                 diagnosis=diagnose_step(trace))
     return trace
 
 
 def judge(cfg: Config, dataset: data_mod.Dataset, plan: data_mod.BatchPlan, device: str,
-          man: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> Trace:
-    """Build the Trace of two engines' columns: distances, tolerances, verdict, blow-up diagnosis."""
+          man: dict[str, np.ndarray], ref: dict[str, np.ndarray], not_kept: tuple[str, ...] = ()) -> Trace:
+    """Build the Trace of two engines' columns: distances, tolerances, verdict, blow-up diagnosis.
+
+    ``not_kept``: torch's state columns the hand side does not keep (a user's update without
+    momentum's buffer): the update is judged with torch's recorded state in their place, and
+    they are neither shown nor judged.
+    """
+    man = {**man, **{f: ref[f] for f in not_kept}}
     spe = plan.steps_per_epoch
     steps = plan.n_steps
     epoch = np.repeat(np.arange(1, plan.epochs + 1, dtype=np.int64), spe)
     batch = np.tile(np.arange(1, spe + 1, dtype=np.int64), plan.epochs)
     n = np.tile(plan.batch_sizes(), plan.epochs)
     div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg)
+    for f in not_kept:
+        del div[f], man[f]
     stable = stable_lr(dataset.x, plan, cfg)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)

@@ -86,12 +86,14 @@ class FirstDivergence(_Record):
     abs: float | None  # None where either value is non-finite: no distance
     carried: float
     tol: float
+    #: the likely mistake, ``{"kind", "factor", "text"}`` (sgdtrace.diagnosis), or None: no guess
+    diagnosis: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "field": self.field,
                 "manual": json_number(self.manual), "torch": json_number(self.torch),
                 "abs": _number_or_none(self.abs), "carried": json_number(self.carried),
-                "tol": json_number(self.tol)}
+                "tol": json_number(self.tol), "diagnosis": self.diagnosis}
 
 
 @dataclass(frozen=True)

@@ -245,7 +245,7 @@ def test_no_command_prints_the_help_not_an_error(runner):
 
 @pytest.mark.parametrize("command,formats", [
     ("run", ["table", "json", "csv", "markdown", "html"]), ("compare", ["table", "json", "csv", "markdown", "html"]),
-    ("check", ["table", "json", "markdown", "html"]), ("explain", ["table", "json"]), ("graph", ["table", "json", "dot"]),
+    ("check", ["table", "json", "markdown", "html", "junit"]), ("explain", ["table", "json"]), ("graph", ["table", "json", "dot"]),
     ("plot", ["png"]),
 ])
 def test_help_lists_exactly_the_formats_the_command_writes(runner, command, formats):

@@ -219,6 +219,7 @@ def test_json_has_the_rank_axis():
     (["run", "--world-size", "2", "--gradcheck"], "--gradcheck"),
     (["graph", "--world-size", "2"], "graph"),
     (["run", "--world-size", "2", "--optimizer", "adam"], "--optimizer adam"),
+    (["run", "--world-size", "2", "--engine", "docs/examples/textbook_rule.py"], "--engine"),
     (["run", "--world-size", "2", "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"], "scheduler"),
 ])
 def test_refused_before_any_process(args, says):

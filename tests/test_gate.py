@@ -531,7 +531,8 @@ def test_verdict_names_the_first_divergent_step():
     v = dv.verdict(div, a, b, ep, ba, {"epoch": 2})
     assert not v.ok
     assert v.first_divergent_step.to_json() == {"epoch": 1, "batch": 2, "step": 2, "field": "w", "manual": 2.0,
-                                                "torch": 2.5, "abs": 0.5, "carried": 0.0, "tol": 0.1}
+                                                "torch": 2.5, "abs": 0.5, "carried": 0.0, "tol": 0.1,
+                                                "diagnosis": None}
     # largest |diff| 0.5 (w at step 2); largest relative 1.0 (b: 0 against 0.1); ratio 0.5 / 0.1
     assert v.max_abs == 0.5 and v.max_rel == 1.0 and v.max_tol_ratio == pytest.approx(5.0)
     assert v.max_ulp == int(dv.ulp_distance(np.array([0.0]), np.array([0.1]))[0])

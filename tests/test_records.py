@@ -66,6 +66,9 @@ def test_a_diverging_runs_record_is_the_old_dict(monkeypatch):
     assert isinstance(rec, FirstDivergence) and t.verdict.diverged_training is None
     old = old_first_divergent_step(t)
     assert old["step"] == 1 and old["field"] == "grad_w"
+    # a field added since (sgdtrace.diagnosis): the halved gradient is named
+    assert rec.diagnosis["kind"] == "factor" and rec.diagnosis["factor"] == 0.5
+    old["diagnosis"] = rec.diagnosis
     assert rec.to_json() == old and list(rec.to_json()) == list(old)
     assert t.verdict.to_json()["first_divergent_step"] == old
     for key, value in old.items():  # the 0.1 access

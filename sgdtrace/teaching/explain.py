@@ -40,6 +40,12 @@ class Explanation:
     b1: float
     state1: dict[str, float | None]
     matches_trace: bool  # the recomputed values equal the manual trace's columns bit for bit
+    # --engine FILE.py: the values are sgdtrace's own (expected) at the parameters the user's file
+    # started the step from; the file's own values for the step and, where it defines forward, its nodes
+    user: dict[str, float] | None = None
+    user_nodes: dict[str, np.ndarray] | None = None
+    user_name: str | None = None
+    expected: dict[str, float] | None = None  # what the user's values should be: the update from ITS gradients
 
     @property
     def n(self) -> int:
@@ -58,6 +64,12 @@ class Explanation:
 
     def torch_value(self, field: str) -> float:
         return float(self.trace.torch[field][self.step])
+
+    def user_ok(self, field: str) -> bool:
+        """--engine: is the user's value within the step's rounding allowance of the expected one
+        (sgdtrace's own, from the same starting parameters)?"""
+        tol = float(self.trace.divergence[field].tol[self.step])
+        return bool(abs(self.user[field] - self.expected[field]) <= tol)
 
     def ulp(self, field: str) -> int:
         return int(self.trace.divergence[field].ulp[self.step])
@@ -114,11 +126,28 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
 
     got = {"grad_w": r.grad_w, "grad_b": r.grad_b, "loss": r.loss, "w": w1, "b": b1, **state1}
     dtype = man["w"].dtype
-    matches = all(np.array(_value(v), dtype=dtype).tobytes() == man[f][k:k + 1].tobytes() for f, v in got.items())
+    matches = all(np.array(_value(v), dtype=dtype).tobytes() == man[f][k:k + 1].tobytes() for f, v in got.items()
+                  if f in man)
     nodes = {name: _array(getattr(r, name)) for name in ("a", "c", "d", "e", "dl_dd")}
     e, j = divmod(k, trace.plan.steps_per_epoch)
-    return Explanation(trace, k, e + 1, j + 1, idx, _array(xb), _array(yb), w0, b0, state0, nodes,
-                       _value(r.loss), _value(r.grad_w), _value(r.grad_b), _value(w1), _value(b1), state1, matches)
+    ex = Explanation(trace, k, e + 1, j + 1, idx, _array(xb), _array(yb), w0, b0, state0, nodes,
+                     _value(r.loss), _value(r.grad_w), _value(r.grad_b), _value(w1), _value(b1), state1, matches)
+    info = getattr(trace, "engine", None)
+    if info is not None:  # the user's values beside the expected ones
+        ex.user = {f: float(man[f][k]) for f in got if f in man}
+        ex.user_nodes = info.forward if info.forward_step == k else None
+        ex.user_name = info.name
+        # the update expected from the user's own gradients (a wrong gradient is named once, at the gradient)
+        states = {p: {key: backend.param(state0[state_field(key, p)]) for key in eng.state_keys
+                      if state0[state_field(key, p)] is not None} for p in ("w", "b")}
+        if k > 0:
+            for st in states.values():
+                st["step"] = k
+        gw, gb = backend.param(ex.user["grad_w"]), backend.param(ex.user["grad_b"])
+        uw1, ub1 = eng.update(w, gw, states["w"], hp), eng.update(b, gb, states["b"], hp)
+        ex.expected = {"loss": ex.loss, "grad_w": ex.grad_w, "grad_b": ex.grad_b, "w": _value(uw1), "b": _value(ub1),
+                       **{state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")}}
+    return ex
 
 
 # ------------------------------------------------------------------ data-parallel SGD (--world-size N)

@@ -29,8 +29,9 @@ HEAD = ["config", "device", "dtype", "steps", "max ulp", "of tol", "verdict"]
 
 
 def check_view(result) -> Group:
+    side = result.rows[0].trace.hand if result.rows and result.rows[0].trace.engine is not None else "manual engine"
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False,
-                  title="sgdtrace check: manual engine vs torch on every config", title_justify="left",
+                  title=f"sgdtrace check: {side} vs torch on every config", title_justify="left",
                   title_style="bold")
     for name in HEAD:
         table.add_column(name, justify="right" if name in ("steps", "max ulp", "of tol") else "left",
@@ -51,3 +52,34 @@ def check_markdown(result) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "|".join("---" for _ in HEAD) + "|"]
     lines += ["| " + " | ".join(_row(r)) + " |" for r in result.rows]
     return "\n".join(lines) + "\n"
+
+
+def check_junit(result) -> str:
+    """JUnit XML as pytest's ``--junitxml`` writes it (testsuites/testsuite/testcase/failure): one test
+    case per config and device, the verdict's sentence as the failure's message. GitHub, GitLab and
+    Jenkins show it as a test report."""
+    import xml.etree.ElementTree as ET
+
+    from sgdtrace.views.export import verdict_sentence
+
+    rows = result.rows
+    failures = sum(1 for r in rows if not r.trace.verdict.ok)
+    root = ET.Element("testsuites", name="sgdtrace check", tests=str(len(rows)), failures=str(failures),
+                      errors="0", skipped="0")
+    suite = ET.SubElement(root, "testsuite", name="sgdtrace check", tests=str(len(rows)), failures=str(failures),
+                          errors="0", skipped="0", time="0")
+    for r in rows:
+        t = r.trace
+        name = os.path.splitext(os.path.basename(r.config))[0]
+        case = ET.SubElement(suite, "testcase", classname=f"sgdtrace.check.{name}",
+                             name=f"{name}[{t.device}-{t.config.dtype}]", file=r.config, time="0")
+        if t.engine is not None:
+            ET.SubElement(ET.SubElement(case, "properties"), "property", name="engine", value=t.engine.path)
+        sentence = verdict_sentence(t)
+        if not t.verdict.ok:
+            failure = ET.SubElement(case, "failure", message=sentence, type="divergence")
+            failure.text = sentence
+        else:
+            ET.SubElement(case, "system-out").text = sentence
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

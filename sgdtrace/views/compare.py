@@ -33,7 +33,8 @@ def _field_table(title: str, rows) -> Table:
 
 
 def compare_view(result) -> Group:
-    parts = [_field_table("manual vs torch, per run",
+    side = result.runs[0].hand if result.runs and getattr(result.runs[0], "engine", None) else "manual"
+    parts = [_field_table(f"{side} vs torch, per run",
                           [(f"{t.device} {t.config.dtype}", t.divergence, t.epoch, t.batch) for t in result.runs])]
     if result.cross:
         base = result.runs[0]

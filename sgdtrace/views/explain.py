@@ -49,6 +49,55 @@ def _torch(ex: Explanation, field: str, label: str | None = None) -> Text:
     return t
 
 
+def _yours(ex: Explanation, field: str, label: str | None = None) -> Text:
+    """The user's value for ``field`` beside the expected one, within the step's rounding allowance or not."""
+    ok = ex.user_ok(field)
+    t = Text(f"{ex.user_name}: ", style="dim")
+    t.append(f"{label or field} = {num(ex.user[field])}")
+    t.append("  ✓ as expected" if ok else f"  ✗ expected {num(ex.expected[field])}",
+             style="green" if ok else "bold red")
+    return t
+
+
+#: the per-sample nodes a user's forward returns, with what each is computed from (for its allowance)
+NODE_HEADS = {"a": "a = w·x", "c": "c = a + b", "d": "d = c − y", "e": "e = d²", "dl_dd": "dl/dd = (2/n)·d"}
+
+
+def _node_scale(ex: Explanation, name: str) -> np.ndarray:
+    """What the node is rounded from (the magnitude its rounding scales with), per sample."""
+    wx = np.abs(ex.w0 * ex.x)
+    m = wx + abs(ex.b0) + np.abs(ex.y)
+    d = np.abs(ex.nodes["d"])
+    return {"a": wx, "c": wx + abs(ex.b0), "d": m, "e": 2 * d * m + d * d, "dl_dd": 2 * m / ex.n}[name]
+
+
+def _user_forward(ex: Explanation) -> list:
+    """--engine with forward: the user's nodes per sample, each marked against the expected node."""
+    from sgdtrace.divergence import tolerances
+
+    nodes = ex.user_nodes or {}
+    names = [n for n in NODE_HEADS if n in nodes]
+    rtol, atol = tolerances(ex.trace.config)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
+                  title=f"Your forward ({ex.user_name}), node by node: ✗ where it differs from the expected node "
+                        "beyond rounding", title_justify="left", title_style="bold")
+    table.add_column("i", justify="right")
+    for n in names:
+        table.add_column(NODE_HEADS[n], justify="right")
+    bad = {n: np.abs(nodes[n] - ex.nodes[n]) > atol + 2 * rtol * _node_scale(ex, n) for n in names}
+    for i in range(min(ex.n, MAX_SAMPLES)):
+        cells = [str(ex.indices[i])]
+        for n in names:
+            cells.append(Text(num(nodes[n][i]) + (f" ✗ ({num(ex.nodes[n][i])})" if bad[n][i] else ""),
+                              style="bold red" if bad[n][i] else ""))
+        table.add_row(*cells)
+    wrong = [n for n in names if bad[n].any()]
+    note = (Text(f"First node that differs: {wrong[0]} ({NODE_HEADS[wrong[0]]}); the expected value in "
+                 "parentheses", style="bold red") if wrong else Text("Every node agrees with the expected one.",
+                                                                   style="green"))
+    return [table, note]
+
+
 class _Section:
     """Rows of (equation label, formula) in a grid, so long formulas wrap under their own column."""
 
@@ -67,6 +116,8 @@ class _Section:
 
     def torch(self, ex: Explanation, field: str, label: str | None = None) -> None:
         self.grid.add_row("", _torch(ex, field, label))
+        if ex.user is not None and field in ex.user:  # --engine: the user's value beside the expected one
+            self.grid.add_row("", _yours(ex, field, label))
 
     def render(self) -> Group:
         return Group(Text(self.title, style="bold"), self.grid)
@@ -214,7 +265,12 @@ def explain_view(ex: Explanation) -> Group:
     parts += _forward(ex) + [Text("")]
     for sec in _backward(ex) + _update_lines(ex):
         parts += [sec, Text("")]
-    if ex.matches_trace:
+    if ex.user_nodes is not None:
+        parts += _user_forward(ex) + [Text("")]
+    if ex.user is not None:
+        parts.append(Text(f"The values worked out above are sgdtrace's own, from the parameters {ex.user_name} "
+                          f"started this step from; '{ex.user_name}:' lines are your file's values.", style="dim"))
+    elif ex.matches_trace:
         parts.append(Text("These are the manual engine's own values for this step (bit for bit as in the run); "
                           "'ulp' counts the floats between them and torch's.", style="dim"))
     else:  # pragma: no cover - would mean explain recomputes differently from the run
@@ -242,6 +298,10 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
         "torch": {f: json_number(ex.torch_value(f)) for f in fields},
         "ulp": {f: ex.ulp(f) for f in fields},
         "matches_trace": ex.matches_trace,
+        **({} if ex.user is None else {"engine": {
+            "name": ex.user_name, "values": {f: json_number(v) for f, v in ex.user.items()},
+            "ok": {f: ex.user_ok(f) for f in ex.user},
+            "nodes": None if ex.user_nodes is None else {n: nums(v) for n, v in ex.user_nodes.items()}}}),
     }
 
 

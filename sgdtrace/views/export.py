@@ -23,6 +23,7 @@ def _config_json(trace) -> dict[str, Any]:
     rtol, atol = tolerances(trace.config)
     config = trace.config.to_json()
     config.update(rtol=rtol, atol=atol, data=dict(trace.dataset.info))
+    config["engine"] = trace.engine.to_json() if getattr(trace, "engine", None) is not None else None
     return config
 
 

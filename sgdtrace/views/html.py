@@ -164,7 +164,7 @@ def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
             return "".join(tds)
 
         out.append(f'<tr class="hand"><th scope="row" rowspan="2">{step}</th><td rowspan="2">{trace.n[k]}</td>'
-                   f'<td class="l">hand</td>{cells(trace.manual, lr)}<td rowspan="2">{mark}</td></tr>')
+                   f'<td class="l">{esc(trace.hand)}</td>{cells(trace.manual, lr)}<td rowspan="2">{mark}</td></tr>')
         out.append(f'<tr class="torch"><td class="l">torch</td>{cells(trace.torch)}</tr>')
     caption = (f"{esc(title_of(trace))}. Per batch: the values worked by hand and torch's beneath; "
                "dl/dw, dl/db and the loss on the batch at the parameters it started with, w and b after "

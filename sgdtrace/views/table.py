@@ -49,7 +49,16 @@ def _title(trace) -> str:
     return (f"{name} on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
             f"lr {cfg.lr:g} · batch size {cfg.batch_size} · {epochs}"
             + (f" · init w {cfg.init_w:g}, b {cfg.init_b:g}" if cfg.init_w or cfg.init_b else "")
-            + "".join(" · " + o for o in opts) + f" · {cfg.dtype} on {trace.device}")
+            + "".join(" · " + o for o in opts) + f" · {cfg.dtype} on {trace.device}"
+            + (f"\nhand side: {trace.engine.path} ('{_side(trace)}' rows)" if trace.engine is not None else ""))
+
+
+def _side(trace) -> str:
+    """The hand rows' label: "hand", or the user's engine file (its stem when short; the title names it)."""
+    if trace.engine is None:
+        return "hand"
+    stem = trace.hand.removesuffix(".py")
+    return stem if len(stem) <= 7 else "yours"
 
 
 def _optimizer_options(cfg) -> str:
@@ -236,7 +245,7 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
             return Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
 
         last = k == shown[-1]
-        table.add_row(step, str(trace.n[k]), "hand", *row({f: cell(trace.manual[f][k], f) for f in fields}, lr),
+        table.add_row(step, str(trace.n[k]), _side(trace), *row({f: cell(trace.manual[f][k], f) for f in fields}, lr),
                       mark)
         table.add_row("", "", Text("torch", style="dim"), *row({f: cell(trace.torch[f][k], f) for f in fields}),
                       "", end_section=not last and witness is None and gc is None and not folded and trace.ranks is None)

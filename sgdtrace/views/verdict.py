@@ -39,9 +39,15 @@ def segments(trace, marked: bool = True) -> list[Segment]:
         f = v.first_divergent_step
         out += [("✗ diverge", "bold red"),
                 (f"  first at epoch {f.epoch} batch {f.batch} (step {f.step}), {field_label(f.field)}: "
-                 f"hand {show(f.manual)}, torch {show(f.torch)}, |Δ| {show(f.abs)}"
+                 f"{getattr(trace, 'hand', 'hand')} {show(f.manual)}, torch {show(f.torch)}, |Δ| {show(f.abs)}"
                  + (f" of which {show(f.carried)} carried in" if f.carried else "")
                  + f"; the step's own part exceeds its rounding allowance {show(f.tol)}", "")]
+        if f.diagnosis:  # the likely mistake (sgdtrace.diagnosis)
+            out += [("\n  Likely mistake: ", "bold"), (f.diagnosis["text"], "")]
+    engine = getattr(trace, "engine", None)
+    if engine is not None and engine.not_kept:
+        out += [(f"\n  not kept by {engine.name}: {', '.join(engine.not_kept)} (torch's state; not judged)",
+                 "yellow")]
     d = v.diverged_training
     if d:
         where = f"step {d.step}, the row marked ⚠" if marked else f"step {d.step}"

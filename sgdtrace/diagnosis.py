@@ -1,0 +1,243 @@
+"""The likely mistake behind a divergence: hypotheses tested against the numbers.
+
+When the hand side (usually a user's engine, ``--engine``) first leaves torch at step k in field
+f, each classic mistake is turned into the value it would have produced at that step, computed
+from the hand side's OWN inputs (the parameters and state it started the step from, its
+gradients of the step), in float64 on the same batch with sgdtrace's own equations:
+
+* gradients and loss: a constant factor (2, 1/2, n, 1/n, n/(n-1), (n-1)/n), a flipped sign,
+  one sample left out of the sum or counted twice (divided by n, or by the count it summed),
+  the previous step's value, the value at the parameters after the step's update instead of
+  before;
+* the update (w, b and momentum's buffer): the step scaled by a constant factor or with its sign
+  flipped, the previous step's gradient, momentum's buffer damped on its first step (torch copies
+  the gradient there) or never damped, weight decay added after momentum instead of before.
+
+A hypothesis names the mistake when the hand side's value lies within the step's rounding
+allowance (the judge's ``tol``, times the factor where one scales the value) of the
+hypothesis' value, and that value is itself clearly away from the right one (more than twice the
+allowance). The first hypothesis in the order above that matches is named; none matching gives
+``None``: the numbers support no guess.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from sgdtrace.engines.protocol import state_field
+from sgdtrace.views.fmt import LABELS
+
+GRADIENT_FIELDS = ("grad_w", "grad_b", "loss")
+
+
+def _factors(n: int) -> list[tuple[float, str, str]]:
+    """(factor, as printed, what usually causes it) for a batch of n samples."""
+    out = [(2.0, "2", "the 2 of de/dd = 2d counted twice, or a sum of squares without the 1/2 you meant"),
+           (0.5, "1/2", "the 2 of de/dd = 2d left out (or a loss written as 1/2 of the mean square)")]
+    if n > 1:
+        out += [(float(n), f"n = {n}", "a sum where the mean was meant: the 1/n of dl/de = 1/n left out"),
+                (1 / n, f"1/n = 1/{n}", "divided by n twice: the mean of terms that already carry 1/n"),
+                (n / (n - 1), f"n/(n-1) = {n}/{n - 1}", "divided by n - 1 instead of n"),
+                ((n - 1) / n, f"(n-1)/n = {n - 1}/{n}", "divided by n where n - 1 was used, or a sum over n - 1 terms")]
+    seen: set[float] = set()
+    unique = []
+    for c, label, why in out:
+        if c != 1 and c not in seen:
+            seen.add(c)
+            unique.append((c, label, why))
+    return unique
+
+
+class _Judge:
+    """Does a candidate value explain the hand side's value? Within the allowance, and clearly wrong.
+
+    The allowance is the step's rounding allowance (times the factor, where one scales the value),
+    plus the one rounding of the hand side's value to its dtype (``u * |candidate|``: the candidate
+    is worked out in float64 from the hand side's own inputs, which carries no rounding of its own
+    to speak of).
+    """
+
+    def __init__(self, value: float, right: float, tol: float, u: float):
+        self.value, self.right, self.tol, self.u = value, right, tol, u
+
+    def allow(self, candidate: float, scale: float = 1.0) -> float:
+        return self.tol * max(1.0, abs(scale)) + self.u * abs(candidate)
+
+    def right_already(self) -> bool:
+        return abs(self.value - self.right) <= self.allow(self.right)
+
+    def explains(self, candidate: float, scale: float = 1.0) -> bool:
+        if not math.isfinite(candidate):
+            return False
+        allow = self.allow(candidate, scale)
+        return abs(self.value - candidate) <= allow and abs(candidate - self.right) > 2 * allow
+
+
+def _batch(trace, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    dtype = np.dtype(trace.config.dtype)
+    idx = trace.indices(k)
+    x = trace.dataset.x[idx].astype(dtype).astype(np.float64)
+    y = trace.dataset.y[idx].astype(dtype).astype(np.float64)
+    return idx, x, y
+
+
+def _terms(field: str, w: float, b: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per sample, what the field sums before dividing by n: 2 d x, 2 d, d^2."""
+    d = w * x + b - y
+    return {"grad_w": 2 * d * x, "grad_b": 2 * d, "loss": d * d}[field]
+
+
+def _start(trace, col: str, k: int, init: float | None):
+    cols = trace.manual if col in trace.manual else trace.torch
+    if k == 0:
+        return init
+    return float(cols[col][k - 1])
+
+
+def _sgd(cfg, p: float, g: float, buf: float | None, *, factor: float = 1.0, damp_first: bool = False,
+         no_damp: bool = False, decay_after: bool = False) -> tuple[float, float | None]:
+    """torch.optim.SGD's step in float64, or one of the classic mistakes in it."""
+    if cfg.maximize:
+        g = -g
+    if cfg.weight_decay and not decay_after:
+        g = g + cfg.weight_decay * p
+    new_buf = None
+    if cfg.momentum:
+        damp = 1.0 if no_damp else 1 - cfg.dampening
+        if buf is None:
+            new_buf = damp * g if damp_first else g
+        else:
+            new_buf = cfg.momentum * buf + damp * g
+        g = g + cfg.momentum * new_buf if cfg.nesterov else new_buf
+    if decay_after:
+        g = g + cfg.weight_decay * p
+    return p - factor * cfg.lr * g, new_buf
+
+
+def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0: float, b0: float):
+    _, x, y = _batch(trace, k)
+    n = x.shape[0]
+    label = LABELS.get(field, field)
+    for c, printed, why in _factors(n):
+        if judge.explains(c * judge.right, c):
+            return {"kind": "factor", "factor": c,
+                    "text": f"{label} is {printed} times the right value: {why}"}
+    if judge.explains(-judge.right):
+        return {"kind": "sign", "factor": -1.0,
+                "text": f"{label} has its sign flipped: the residual taken as y - ypred without the chain "
+                        "rule's -1 (dd/dc = 1 for d = ypred - y)"}
+    terms = _terms(field, w0, b0, x, y)
+    total = terms.sum()
+    if n > 1:
+        for kind, cands, how in (
+                ("sample_left_out", (total - terms) / n, "left out of the sum (still divided by n)"),
+                ("sample_left_out", (total - terms) / (n - 1), "left out (the mean of the other n - 1)"),
+                ("sample_twice", (total + terms) / n, "counted twice (divided by n)"),
+                ("sample_twice", (total + terms) / (n + 1), "counted twice (divided by n + 1)")):
+            i = int(np.argmin(np.abs(cands - judge.value)))
+            if judge.explains(float(cands[i])):
+                row = int(trace.indices(k)[i])
+                return {"kind": kind, "factor": None,
+                        "text": f"{label}: sample {i + 1} of the batch (data row {row + 1}) {how}: "
+                                "check the loop's range or the slice"}
+    if k > 0 and judge.explains(float(trace.torch[field][k - 1])):
+        return {"kind": "previous_gradient", "factor": None,
+                "text": f"{label} is the previous step's value: computed before the batch changed, or kept "
+                        "from the step before"}
+    w1, b1 = float(trace.manual["w"][k]), float(trace.manual["b"][k])
+    after = _terms(field, w1, b1, x, y).sum() / n
+    if judge.explains(after):
+        return {"kind": "after_update", "factor": None,
+                "text": f"{label} is taken at the parameters after the update instead of before: the table's "
+                        "loss and gradients belong to the parameters the step started from"}
+    return None
+
+
+def _update_hypotheses(trace, k: int, field: str, judge: _Judge):
+    cfg = trace.config
+    param = field if field in ("w", "b") else field.rsplit("_", 1)[1]
+    is_buf = field not in ("w", "b")
+    label = LABELS.get(field, field)
+    p0 = _start(trace, param, k, {"w": cfg.init_w, "b": cfg.init_b}[param])
+    g = float(trace.manual["grad_" + param][k])
+    buf0 = _start(trace, state_field("momentum_buffer", param), k, None) if cfg.momentum else None
+
+    def explains(**mistake) -> bool:
+        new, buf = _sgd(cfg, p0, g, buf0, **mistake)
+        cand = buf if is_buf else new
+        return cand is not None and judge.explains(cand)
+
+    if not is_buf:
+        for c, printed, _ in _factors(int(trace.n[k])):
+            if explains(factor=c):
+                return {"kind": "factor", "factor": c,
+                        "text": f"{label}: the update's step is {printed} times torch's (lr times the step "
+                                "direction scaled by a constant)"}
+        if explains(factor=-1.0):
+            return {"kind": "sign", "factor": -1.0,
+                    "text": f"{label}: the update went the wrong way: p + lr*g instead of p - lr*g"}
+    if cfg.momentum and cfg.dampening and explains(damp_first=True):
+        return {"kind": "dampening_first_step", "factor": 1 - cfg.dampening,
+                "text": f"{label}: momentum's buffer was damped on its first step; torch starts it as a copy of "
+                        "the gradient (buf = g), and damps from the second step on"}
+    if cfg.momentum and cfg.dampening and buf0 is not None and explains(no_damp=True):
+        return {"kind": "no_dampening", "factor": None,
+                "text": f"{label}: momentum's buffer without dampening: buf = mu*buf + g instead of "
+                        "mu*buf + (1 - dampening)*g"}
+    if cfg.momentum and cfg.weight_decay and explains(decay_after=True):
+        return {"kind": "weight_decay_after_momentum", "factor": None,
+                "text": f"{label}: weight decay added after momentum; torch adds weight_decay * p to the "
+                        "gradient before the buffer"}
+    if k > 0:
+        new, buf = _sgd(cfg, p0, float(trace.manual["grad_" + param][k - 1]), buf0)
+    else:
+        new, buf = _sgd(cfg, p0, 0.0, buf0)
+    cand = buf if is_buf else new
+    if cand is not None and judge.explains(cand):
+        return {"kind": "previous_gradient", "factor": None,
+                "text": f"{label}: the update used the previous step's gradient (none on the first step), "
+                        "not this step's"}
+    return None
+
+
+def diagnose_step(trace) -> dict[str, Any] | None:
+    """``{"kind", "factor", "text"}`` for the verdict's first divergent step, or None (no guess)."""
+    first = trace.verdict.first_divergent_step
+    if first is None:
+        return None
+    k, field = first["step"] - 1, first["field"]
+    value = float(trace.manual[field][k])
+    tol = float(trace.divergence[field].tol[k])
+    if not (math.isfinite(value) and math.isfinite(tol)):
+        return None
+    cfg = trace.config
+    u = float(np.finfo(np.dtype(cfg.dtype)).eps) / 2
+    try:
+        with np.errstate(all="ignore"):
+            if field in GRADIENT_FIELDS:
+                w0 = _start(trace, "w", k, cfg.init_w)
+                b0 = _start(trace, "b", k, cfg.init_b)
+                _, x, y = _batch(trace, k)
+                right = float(_terms(field, w0, b0, x, y).sum() / x.shape[0])
+                return _gradient_hypotheses(trace, k, field, _Judge(value, right, tol, u), w0, b0)
+            if field not in ("w", "b") and not field.startswith("buf_"):
+                return None
+            param = field if field in ("w", "b") else field.rsplit("_", 1)[1]
+            p0 = _start(trace, param, k, {"w": cfg.init_w, "b": cfg.init_b}[param])
+            buf0 = _start(trace, state_field("momentum_buffer", param), k, None) if cfg.momentum else None
+            new, buf = _sgd(cfg, p0, float(trace.manual["grad_" + param][k]), buf0)
+            right = new if field in ("w", "b") else buf
+            if right is None:
+                return None
+            judge = _Judge(value, right, tol, u)
+            buf_field = state_field("momentum_buffer", param)
+            if field in ("w", "b") and judge.right_already() and buf is not None and buf_field in trace.manual:
+                # the parameter is right and the buffer recorded beside it is not: the mistake is the buffer's
+                field, judge = buf_field, _Judge(float(trace.manual[buf_field][k]), buf,
+                                                 float(trace.divergence[buf_field].tol[k]), u)
+            return _update_hypotheses(trace, k, field, judge)
+    except (KeyError, IndexError, ValueError):  # a column the hand side does not record
+        return None

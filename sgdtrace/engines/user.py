@@ -1,0 +1,484 @@
+"""Your own engine under the judge: a learner's file in the place of sgdtrace's hand-worked engine.
+
+``FILE.py`` defines any of the engine protocol's parts (:mod:`sgdtrace.engines.protocol`)::
+
+    gradients(w, b, x, y)          -> (loss, grad_w, grad_b)
+    update(param, grad, state, hp) -> new param
+    forward(w, b, x, y)            -> {"a", "c", "d", "e", "dl_dd"}   (optional, for explain)
+
+What it leaves out, sgdtrace's own engine does (:func:`sgdtrace.engines.manual.gradients`, the
+optimizer's ``update``). The file runs in a child process (``python -m sgdtrace.engines.user``,
+which never imports torch) that receives only the batches, the initial values and the
+hyper-parameters, drives the parts with the protocol's loop and sends back the columns: the
+user's code cannot reach torch's columns or the verdict, and :class:`UserEngine` stops it after
+``timeout`` seconds. Each value the file returns is checked (a real scalar; a list, a tuple of
+the wrong length, an array, None or a tensor is refused) and rounded once to the run's dtype.
+
+A failure is :class:`EngineError`: one line naming the function, the step and what was wrong,
+then the traceback's lines inside the user's file only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pickle
+import subprocess
+import sys
+import traceback
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from sgdtrace.config import ENGINE_TIMEOUT as DEFAULT_TIMEOUT  # seconds, --engine-timeout
+from sgdtrace.errors import SgdtraceError
+#: the functions a file may define, in the order they are written
+PARTS = ("gradients", "update", "forward")
+#: the nodes ``forward`` returns (sgdtrace.engines.manual's names)
+NODES = ("a", "c", "d", "e", "dl_dd")
+SIGNATURES = {"gradients": "gradients(w, b, x, y) -> (loss, grad_w, grad_b)",
+              "update": "update(param, grad, state, hp) -> new param",
+              "forward": 'forward(w, b, x, y) -> {"a", "c", "d", "e", "dl_dd"}'}
+
+
+class EngineError(SgdtraceError):
+    """The user's file failed: the message's first line says where and what, then its traceback lines."""
+
+
+@dataclass
+class EngineInfo:
+    """The user's side of a trace: which file, which parts it wrote, what it did not keep."""
+
+    name: str
+    path: str
+    parts: tuple[str, ...]
+    not_kept: tuple[str, ...] = ()  # torch's state columns (buf_w, ...) the user's update does not keep
+    forward: dict[str, Any] | None = None  # the user's nodes at the step explain asked for
+    forward_step: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "parts": list(self.parts)}
+
+
+@dataclass
+class UserEngine:
+    """A user's engine file, run in a child process (see the module's docstring)."""
+
+    path: str
+    timeout: float = DEFAULT_TIMEOUT
+    forward_step: int | None = None  # 0-based step at which to call ``forward`` (explain)
+    info: EngineInfo | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.given = self.path  # as the user wrote it (shown, and in the JSON)
+        self.path = os.path.abspath(self.path)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The child's reply to ``request`` (see :func:`run_child`)."""
+        return run_child(request, self.timeout, self.name)
+
+    def run_columns(self, cfg, dataset, plan, state_keys: tuple[str, ...]) -> dict[str, Any]:
+        """Run the file over ``plan`` in a child process; its columns by field.
+
+        Columns of torch's state (``state_keys``) the user's update did not keep are left out and
+        named in :attr:`info` (``not_kept``).
+        """
+        request = {
+            "path": self.path,
+            "x": dataset.x, "y": dataset.y,
+            "orders": list(plan.orders), "sizes": plan.batch_sizes(), "epochs": plan.epochs,
+            "dtype": cfg.dtype, "init_w": cfg.init_w, "init_b": cfg.init_b,
+            "hp": hyper_parameters(cfg), "state_keys": tuple(state_keys),
+            "forward_step": self.forward_step,
+        }
+        reply = self.call(request)
+        self.info = EngineInfo(self.name, self.given, tuple(reply["parts"]), tuple(reply["not_kept"]),
+                               reply.get("forward"), self.forward_step)
+        return _checked_columns(reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept)
+
+
+def _checked_columns(columns: dict[str, Any], dtype: str, steps: int, state_keys, not_kept) -> dict[str, Any]:
+    """Exactly the expected columns, one value per step in the run's dtype (whatever came back)."""
+    import numpy as np
+
+    from sgdtrace.engines.protocol import fields_for
+
+    out = {}
+    for f in fields_for(state_keys):
+        if f in not_kept:
+            continue
+        col = columns.get(f)
+        if col is None or col.shape != (steps,) or col.dtype != np.dtype(dtype):
+            raise EngineError(f"the engine's process sent back no valid column {f!r}")
+        out[f] = col
+    return out
+
+
+def hyper_parameters(cfg) -> dict[str, Any]:
+    """torch.optim.SGD's keyword arguments for ``cfg``, as Python floats and bools."""
+    return {"lr": float(cfg.lr), "momentum": float(cfg.momentum), "dampening": float(cfg.dampening),
+            "weight_decay": float(cfg.weight_decay), "nesterov": bool(cfg.nesterov),
+            "maximize": bool(cfg.maximize)}
+
+
+def run_child(request: dict[str, Any], timeout: float, name: str) -> dict[str, Any]:
+    """Send ``request`` to ``python -m sgdtrace.engines.user``; its reply, or :class:`EngineError`."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # its own process group, so that stopping it stops whatever the user's code started too
+    proc = subprocess.Popen([sys.executable, "-m", "sgdtrace.engines.user"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, start_new_session=os.name == "posix")
+    try:
+        out, _ = proc.communicate(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise EngineError(f"{name}: still running after {timeout:g} s: stopped (an endless loop? "
+                          f"--engine-timeout SECONDS allows more time)") from None
+    except BaseException:  # Ctrl-C included: the child never outlives the run
+        _stop(proc)
+        raise
+    try:
+        reply = _decode(out)
+    except Exception:
+        raise EngineError(f"{name}: its process ended without a result (exit code {proc.returncode}); "
+                          "does the file call os._exit or crash the interpreter?") from None
+    if not reply.get("ok"):
+        raise EngineError(str(reply.get("message")))
+    return reply
+
+
+# The reply travels as a NumPy .npz archive read with allow_pickle=False: plain numbers and one
+# JSON text, nothing the parent would execute (a pickle from the user's process could run code
+# in the parent, and so forge the verdict).
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    import io
+    import json
+
+    import numpy as np
+
+    arrays = {f"col:{f}": np.asarray(v) for f, v in (reply.get("columns") or {}).items()}
+    arrays.update({f"node:{n}": np.asarray(v) for n, v in (reply.get("forward") or {}).items()})
+    meta = {k: v for k, v in reply.items() if k not in ("columns", "forward")}
+    meta["has_forward"] = reply.get("forward") is not None
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+    return buf.getvalue()
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    import io
+    import json
+
+    import numpy as np
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        reply = json.loads(str(npz["meta"]))
+        reply["columns"] = {k[4:]: npz[k] for k in npz.files if k.startswith("col:")}
+        nodes = {k[5:]: npz[k] for k in npz.files if k.startswith("node:")}
+    reply["forward"] = nodes if reply.pop("has_forward", False) else None
+    return reply
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the child (and its process group, where it has one) and reap it."""
+    import signal
+
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # pragma: no cover
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.communicate()
+
+
+# ------------------------------------------------------------------ the child process
+
+
+class _Failure(Exception):
+    """What the child reports instead of columns."""
+
+
+class Hyper(types.SimpleNamespace):
+    """The optimizer's hyper-parameters by torch's keyword names: ``hp.lr``, ``hp.momentum``, ..."""
+
+
+def _shown(path: str) -> str:
+    """The file as a message names it: relative to the working folder when inside it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _user_frames(tb, path: str) -> str:
+    """The traceback's lines inside the user's file only (none of sgdtrace's frames)."""
+    frames = [f for f in traceback.extract_tb(tb) if os.path.abspath(f.filename) == path]
+    for f in frames:
+        f.filename = _shown(path)
+    return "".join(traceback.format_list(frames)).rstrip("\n")
+
+
+def _with_frames(line: str, frames: str) -> str:
+    return line + ("\n" + frames if frames else "")
+
+
+def _describe(value: Any) -> str:
+    """What a wrong return was, in a learner's words."""
+    kind = type(value)
+    if value is None:
+        return "None"
+    if kind.__module__.split(".")[0] == "torch":
+        return f"a torch {kind.__name__} (return a NumPy scalar or a Python float: tensor.item())"
+    if isinstance(value, bool):
+        return f"a bool ({value})"
+    if isinstance(value, (list, tuple)):
+        return f"a {kind.__name__} of {len(value)} values"
+    shape = getattr(value, "shape", None)
+    if shape is not None and kind.__module__.split(".")[0] == "numpy":
+        what = "a complex number" if getattr(value, "dtype", None) is not None and value.dtype.kind == "c" else None
+        if what:
+            return what
+        return f"a NumPy array of shape {tuple(shape)}" if shape != () else f"a NumPy {value.dtype} value"
+    if isinstance(value, complex):
+        return "a complex number"
+    return f"a {kind.__name__}"
+
+
+def _real(value: Any) -> bool:
+    """A real scalar: a Python int or float, or a NumPy integer or float scalar (0-d arrays too)."""
+    import numpy as np
+
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    if isinstance(value, (np.floating, np.integer)):
+        return True
+    return isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "fiu"
+
+
+class _Runner:
+    """The user's parts wrapped: each call counted, each return checked and rounded once."""
+
+    def __init__(self, module, path: str, request: dict[str, Any]):
+        import numpy as np
+
+        from sgdtrace.engines import manual
+        from sgdtrace.engines.optimizers import sgd
+
+        self.path = path
+        self.np = np
+        self.dtype = np.dtype(request["dtype"])
+        self.spe = len(request["sizes"])
+        self.step = 0  # 1-based step being computed
+        self.keys = request["state_keys"]
+        self.forward_step = request["forward_step"]
+        self.forward_nodes = None
+        self.user = {p: getattr(module, p) for p in PARTS if callable(getattr(module, p, None))}
+        self.parts = tuple(p for p in PARTS if p in self.user)
+        hp = request["hp"]
+        self.hp = Hyper(**hp)
+        own_hp = sgd.hyper(types.SimpleNamespace(**hp), self.dtype.type)
+        self._own_gradients = manual.gradients
+        self._own_update = lambda p, g, st, _hp: sgd.update(p, g, st, own_hp)
+        self.user_state: dict[int, dict] = {}  # the user's own state dict per parameter
+        # per torch state key and parameter: was it kept at some step / missing at some step
+        self.seen: dict[tuple[str, int], bool] = {}
+
+    # -- where and what
+
+    def where(self) -> str:
+        e, j = divmod(self.step - 1, self.spe)
+        return f"step {self.step} (epoch {e + 1}, batch {j + 1})"
+
+    def fail_call(self, part: str, exc: BaseException) -> _Failure:
+        frames = _user_frames(exc.__traceback__, self.path)
+        if isinstance(exc, NotImplementedError) and part in self.user:
+            line = (f"{os.path.basename(self.path)}: {part} is not written yet (it raises NotImplementedError): "
+                    f"write {part} first ({SIGNATURES[part]})")
+            return _Failure(_with_frames(line, frames))
+        text = str(exc)
+        if isinstance(exc, SystemExit):
+            text = f"the file called sys.exit({exc.code!r})"
+        line = f"{part} raised {type(exc).__name__} at {self.where()}" + (f": {text}" if text else "")
+        return _Failure(_with_frames(line, frames))
+
+    def fail_return(self, part: str, what: str, expected: str) -> _Failure:
+        fn = self.user[part]
+        code = getattr(fn, "__code__", None)
+        frame = f'  File "{_shown(self.path)}", line {code.co_firstlineno}, in {part}' if code else ""
+        return _Failure(_with_frames(f"{part} returned {what} at {self.where()}: expected {expected}", frame))
+
+    def scalar(self, part: str, value: Any, name: str):
+        if not _real(value):
+            raise self.fail_return(part, f"{_describe(value)} for {name}", "a real scalar (a float)")
+        return self.dtype.type(value)
+
+    def call(self, part: str, *args):
+        try:
+            return self.user[part](*args)
+        except BaseException as exc:  # the user's code: anything it raises is reported, nothing escapes
+            raise self.fail_call(part, exc) from None
+
+    # -- the protocol's parts
+
+    def gradients(self, w, b, x, y):
+        self.step += 1
+        if self.forward_step is not None and self.step - 1 == self.forward_step and "forward" in self.user:
+            self.forward_nodes = self.nodes(w, b, x, y)
+        if "gradients" not in self.user:
+            return self._own_gradients(w, b, x, y)
+        out = self.call("gradients", w, b, x, y)
+        if not isinstance(out, tuple) or len(out) != 3:
+            raise self.fail_return("gradients", _describe(out), "a tuple (loss, grad_w, grad_b) of three real scalars")
+        return tuple(self.scalar("gradients", v, name) for v, name in zip(out, ("loss", "grad_w", "grad_b")))
+
+    def update(self, param, grad, state: dict, hp):
+        if "update" not in self.user:
+            return self._own_update(param, grad, state, hp)
+        key = id(state)
+        mine = self.user_state.setdefault(key, {})
+        new = self.call("update", param, grad, mine, self.hp)
+        if isinstance(new, tuple) and len(new) == 2 and isinstance(new[1], dict):
+            raise self.fail_return("update", _describe(new), "the new parameter alone (keep the state in the "
+                                                             "dict update was given)")
+        new = self.scalar("update", new, "the new parameter")
+        which = list(self.user_state).index(key)  # 0: w, 1: b (the loop updates w first)
+        for k in self.keys:
+            if k in mine:
+                state[k] = self.scalar("update", mine[k], f"state[{k!r}]")
+                self.seen[(k, which)] = True
+            else:
+                state[k] = self.dtype.type("nan")
+                self.seen.setdefault((k, which), False)
+        return new
+
+    def nodes(self, w, b, x, y) -> dict[str, Any] | None:
+        try:
+            out = self.user["forward"](w, b, x, y)
+        except NotImplementedError:  # the template's optional forward, not written: as if absent
+            self.parts = tuple(p for p in self.parts if p != "forward")
+            return None
+        except BaseException as exc:
+            raise self.fail_call("forward", exc) from None
+        if not isinstance(out, dict):
+            raise self.fail_return("forward", _describe(out), f"a dict of the nodes {', '.join(NODES)}")
+        nodes = {}
+        for name in NODES:
+            if name not in out:
+                continue
+            value = out[name]
+            if type(value).__module__.split(".")[0] == "torch":
+                raise self.fail_return("forward", f"{_describe(value)} for {name!r}", "NumPy values")
+            try:
+                arr = self.np.asarray(value).astype(self.dtype).astype(self.np.float64)
+            except (TypeError, ValueError):
+                raise self.fail_return("forward", f"{_describe(value)} for {name!r}",
+                                       f"{len(x)} real values, one per sample") from None
+            if arr.shape == ():
+                arr = self.np.full(len(x), float(arr))
+            if arr.shape != (len(x),):
+                raise self.fail_return("forward", f"{_describe(value)} for {name!r}",
+                                       f"{len(x)} values, one per sample")
+            nodes[name] = arr
+        return nodes
+
+
+def load_module(path: str):
+    """Import the user's file; :class:`_Failure` for a syntax error, a failing import or no parts."""
+    import importlib.util
+
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise _Failure(f"--engine {path!r}: no such file")
+    stem = os.path.splitext(name)[0]
+    spec = importlib.util.spec_from_file_location(stem if stem.isidentifier() else "user_engine", path)
+    if spec is None or spec.loader is None:
+        raise _Failure(f"--engine {path!r}: not a Python file (name it FILE.py)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module.__name__] = module
+    sys.path.insert(0, os.path.dirname(path))  # the file may import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        text = (exc.text or "").rstrip("\n")
+        where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
+        raise _Failure(f"{name}: syntax error at {where}: {exc.msg}"
+                       + (f"\n  File \"{_shown(path)}\", line {exc.lineno}\n    {text.strip()}" if text else "")) from None
+    except BaseException as exc:
+        what = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+        raise _Failure(_with_frames(f"{name}: raised {what} while loading (before any step)",
+                                    _user_frames(exc.__traceback__, path))) from None
+    defined = {k for k, v in vars(module).items() if callable(v) and getattr(v, "__module__", None) == module.__name__}
+    for have in sorted(defined):
+        if have in PARTS:
+            continue
+        close = difflib.get_close_matches(have, [p for p in PARTS if p not in defined], n=1, cutoff=0.75)
+        if close:
+            raise _Failure(f"{name}: defines {have!r}, which is not a part sgdtrace calls: did you mean "
+                           f"{close[0]!r}? ({SIGNATURES[close[0]]})")
+    for part in PARTS:
+        if part in vars(module) and not callable(vars(module)[part]):
+            raise _Failure(f"{name}: {part} is a {type(vars(module)[part]).__name__}, not a function "
+                           f"({SIGNATURES[part]})")
+    if not {"gradients", "update"} & defined and not any(callable(getattr(module, p, None)) for p in PARTS[:2]):
+        raise _Failure(f"{name}: defines neither gradients nor update: write at least one of "
+                       f"{SIGNATURES['gradients']}, {SIGNATURES['update']}")
+    return module
+
+
+def serve(request: dict[str, Any]) -> dict[str, Any]:
+    """The child's work: load the file, run the protocol's loop with its parts, return the columns."""
+    import numpy as np
+
+    from sgdtrace.engines import manual, protocol
+
+    path = request["path"]
+    module = load_module(path)
+    runner = _Runner(module, path, request)
+    backend = manual.ArrayBackend("numpy", request["dtype"])
+    sizes = np.asarray(request["sizes"])
+    plan = types.SimpleNamespace(orders=request["orders"], n_steps=len(sizes) * request["epochs"],
+                                 batch_sizes=lambda: sizes)
+    engine = protocol.Engine(os.path.basename(path), runner.gradients, runner.update, runner.hp,
+                             tuple(request["state_keys"]))
+    columns = protocol.run(engine, request["x"], request["y"], plan, request["init_w"], request["init_b"], backend)
+    not_kept = []
+    if "update" in runner.parts:
+        for key in request["state_keys"]:
+            for i, p in enumerate(protocol.PARAMS):
+                if not runner.seen.get((key, i), False):
+                    f = protocol.state_field(key, p)
+                    not_kept.append(f)
+                    columns.pop(f, None)
+    return {"ok": True, "columns": columns, "parts": list(runner.parts), "not_kept": not_kept,
+            "forward": runner.forward_nodes}
+
+
+def main() -> None:
+    """``python -m sgdtrace.engines.user``: a pickled request on stdin, the reply (:func:`_encode`) on stdout.
+
+    The user's prints go to stderr (fd 1 is pointed there), so they cannot corrupt the reply.
+    """
+    request = pickle.load(sys.stdin.buffer)
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        reply = serve(request)
+    except _Failure as exc:
+        reply = {"ok": False, "message": str(exc)}
+    out.write(_encode(reply))
+    out.flush()
+    os._exit(0)  # the user's atexit handlers and threads are none of our business
+
+
+if __name__ == "__main__":
+    main()

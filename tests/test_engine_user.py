@@ -1,0 +1,541 @@
+"""Your own engine under the judge (--engine FILE.py): an honest file passes, each classic mistake is
+caught at its first step and named, and a failing file is exit 2 with its own traceback lines only.
+
+Most runs here use :class:`InProcess`, which serves the request with the child's own code
+(:func:`sgdtrace.engines.user.serve`) without starting a process (a child costs ~0.5 s, mostly
+NumPy's import); the tests of the process itself (time-out, isolation, the CLI) start real ones.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sgdtrace import Config
+from sgdtrace.cli import cli
+from sgdtrace.engines import user
+from sgdtrace.engines.user import EngineError, UserEngine
+from sgdtrace.testing import assert_matches_torch
+from sgdtrace.tracing import run_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+CORRECT = ROOT / "docs" / "examples" / "engine_correct.py"
+MISTAKE = ROOT / "docs" / "examples" / "engine_mistake.py"
+
+
+class InProcess(UserEngine):
+    """The child's work done in this process (same code path, no process start)."""
+
+    def call(self, request):
+        try:
+            return user._decode(user._encode(user.serve(request)))
+        except user._Failure as exc:
+            raise EngineError(str(exc)) from None
+
+
+def write(tmp_path: Path, source: str, name: str = "mine.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def traced(path, **opts):
+    return run_trace(Config(**opts), engine=InProcess(str(path)))
+
+
+# ------------------------------------------------------------------ an honest engine passes
+
+
+def test_the_correct_example_agrees_and_is_labelled(tmp_path):
+    t = traced(CORRECT, momentum=0.9, epochs=3)
+    assert t.verdict.ok, t.verdict.first_divergent_step
+    assert t.hand == "engine_correct.py"
+    assert t.engine.parts == ("gradients", "update")
+    assert t.engine.not_kept == ()
+    assert set(t.manual) == {"grad_w", "grad_b", "loss", "w", "b", "buf_w", "buf_b"}
+    own = run_trace(Config(momentum=0.9, epochs=3))
+    # a different engine: not sgdtrace's values bit for bit
+    assert any(not np.array_equal(t.manual[f], own.manual[f]) for f in t.manual)
+
+
+configs = st.fixed_dictionaries({
+    "dtype": st.sampled_from(["float32", "float64"]),
+    "lr": st.sampled_from([0.001, 0.005, 0.01]),
+    "batch_size": st.integers(1, 9),
+    "epochs": st.integers(1, 6),
+    "synthetic": st.sampled_from([None, 7, 30]),
+    "noise": st.sampled_from([0.0, 0.5]),
+    "momentum": st.sampled_from([0.0, 0.5, 0.9]),
+    "dampening": st.sampled_from([0.0, 0.3]),
+    "weight_decay": st.sampled_from([0.0, 0.01]),
+    "maximize": st.booleans(),
+    "shuffle": st.booleans(),
+    "drop_last": st.booleans(),
+    "seed": st.integers(0, 50),
+    "init_w": st.sampled_from([0.0, 1.5, -2.0]),
+})
+
+
+#: an honest engine in the run's dtype: reversed samples, np.mean's pairwise sums, 2 applied last
+REVERSED_IN_DTYPE = ROOT / "tests" / "engines" / "reversed_in_dtype.py"
+
+
+@pytest.mark.parametrize("engine", [CORRECT, REVERSED_IN_DTYPE], ids=["float64", "in-dtype"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(opts=configs)
+def test_an_honest_engine_never_fails_where_sgdtraces_own_passes(engine, opts):
+    """float64 sums rounded once, or sums in the run's dtype in reverse with np.mean: over random
+    configs in float32 and float64."""
+    if opts["synthetic"] is None:
+        opts["noise"] = 0.0
+    if opts["drop_last"] and opts["batch_size"] > (opts["synthetic"] or 9):
+        opts["drop_last"] = False
+    if opts["momentum"] and not opts["dampening"] and opts["seed"] % 2:
+        opts["nesterov"] = True
+    cfg = Config(**opts)
+    own = run_trace(cfg)
+    mine = run_trace(cfg, engine=InProcess(str(engine)))
+    if own.verdict.ok:
+        assert mine.verdict.ok, mine.verdict.first_divergent_step
+    assert mine.verdict.max_tol_ratio < 1 or not own.verdict.ok
+
+
+@pytest.mark.parametrize("opts", [{}, {"momentum": 0.9, "nesterov": True, "dtype": "float64", "epochs": 4},
+                                  {"synthetic": 50, "noise": 1.0, "batch_size": 7, "shuffle": True,
+                                   "weight_decay": 0.1, "momentum": 0.5, "dampening": 0.2, "epochs": 3}])
+def test_the_correct_example_agrees_in_a_real_child_process(opts):
+    t = run_trace(Config(engine=str(CORRECT), **opts))
+    assert t.verdict.ok, t.verdict.first_divergent_step
+    assert t.engine.name == "engine_correct.py"
+
+
+def test_only_gradients_or_only_update_the_rest_is_sgdtraces_own(tmp_path):
+    grads = write(tmp_path, """
+        import numpy as np
+        def gradients(w, b, x, y):
+            d = w * x + b - y
+            return np.mean(d * d), np.mean(2 * d * x), np.mean(2 * d)
+    """, "grads.py")
+    upd = write(tmp_path, """
+        def update(param, grad, state, hp):
+            return param - hp.lr * grad
+    """, "upd.py")
+    for path, parts in ((grads, ("gradients",)), (upd, ("update",))):
+        t = traced(path, epochs=2)
+        assert t.verdict.ok and t.engine.parts == parts
+
+
+def test_state_under_another_name_is_reported_not_kept_and_the_update_still_judged(tmp_path):
+    path = write(tmp_path, """
+        def update(param, grad, state, hp):
+            state["v"] = grad if "v" not in state else hp.momentum * state["v"] + grad
+            return param - hp.lr * state["v"]
+    """)
+    t = traced(path, momentum=0.9, epochs=2)
+    assert t.verdict.ok
+    assert t.engine.not_kept == ("buf_w", "buf_b")
+    assert "buf_w" not in t.divergence and "buf_w" in t.torch
+    from sgdtrace.views.table import verdict_text
+
+    assert "not kept by mine.py: buf_w, buf_b" in verdict_text(t).plain
+    # the same file with a wrong step is still caught, through the w column
+    bad = write(tmp_path, """
+        def update(param, grad, state, hp):
+            state["v"] = grad if "v" not in state else hp.momentum * state["v"] + grad
+            return param - 2 * hp.lr * state["v"]
+    """, "bad.py")
+    t = traced(bad, momentum=0.9)
+    assert t.verdict.first_divergent_step["field"] == "w"
+
+
+# ------------------------------------------------------------------ each mistake caught and named
+
+GRAD = """
+import numpy as np
+
+def parts(w, b, x, y):
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    d = float(w) * x64 + float(b) - y64
+    return x64, d, len(x)
+"""
+
+UPDATE = """
+def update(param, grad, state, hp):
+    g = grad + hp.weight_decay * param
+    if hp.momentum:
+        {buffer}
+        g = state["momentum_buffer"]
+    return param - {step}
+"""
+TORCH_BUFFER = ('state["momentum_buffer"] = g if "momentum_buffer" not in state else '
+                'hp.momentum * state["momentum_buffer"] + (1 - hp.dampening) * g')
+
+MISTAKES = {
+    # name: (source, config, first step, field, diagnosis kind, factor)
+    "factor 2": (GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    return np.mean(d * d), 4 * np.mean(d * x), 2 * np.mean(d)
+""", {}, 1, "grad_w", "factor", 2.0),
+    "factor 1/2": (GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    return np.mean(d * d), np.mean(d * x), 2 * np.mean(d)
+""", {}, 1, "grad_w", "factor", 0.5),
+    "factor n (a sum)": (GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    return np.mean(d * d), 2 * np.mean(d * x), 2 * np.sum(d)
+""", {}, 1, "grad_b", "factor", 3.0),
+    "factor 1/n": (GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    return np.mean(d * d) / n, 2 * np.mean(d * x), 2 * np.mean(d)
+""", {}, 1, "loss", "factor", 1 / 3),
+    "factor n/(n-1)": (GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    return np.mean(d * d), 2 * np.sum(d * x) / (n - 1), 2 * np.mean(d)
+""", {"batch_size": 4}, 1, "grad_w", "factor", 4 / 3),
+    "flipped sign": (GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    return np.mean(d * d), 2 * np.mean(-d * x), 2 * np.mean(d)
+""", {}, 1, "grad_w", "sign", -1.0),
+    "the previous step's gradient": (GRAD + """
+cache = []
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    cache.append((np.mean(d * d), 2 * np.mean(d * x), 2 * np.mean(d)))
+    return cache[-1][0], cache[-2][1] if len(cache) > 1 else cache[-1][1], cache[-1][2]
+""", {}, 2, "grad_w", "previous_gradient", None),
+    "the loss after the update": (GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    gw, gb = 2 * np.mean(d * x), 2 * np.mean(d)
+    w1, b1 = float(w) - 0.01 * gw, float(b) - 0.01 * gb  # the loss printed after the step (lr 0.01)
+    d1 = w1 * x + b1 - y.astype(np.float64)
+    return np.mean(d1 * d1), gw, gb
+""", {}, 1, "loss", "after_update", None),
+    "a sample left out": (GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    total = 0.0
+    for i in range(n - 1):
+        total += 2 * d[i]
+    return np.mean(d * d), 2 * np.mean(d * x), total / n
+""", {}, 1, "grad_b", "sample_left_out", None),
+    "a sample counted twice": (GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    return np.mean(d * d), 2 * (np.sum(d * x) + d[-1] * x[-1]) / n, 2 * np.mean(d)
+""", {"batch_size": 4}, 1, "grad_w", "sample_twice", None),
+    "the step twice as large": (UPDATE.format(buffer="pass", step="2 * hp.lr * g"), {}, 1, "w", "factor", 2.0),
+    "an ascent step": (UPDATE.format(buffer="pass", step="-hp.lr * g"), {}, 1, "w", "sign", -1.0),
+    "the update's previous gradient": ("""
+def update(param, grad, state, hp):
+    prev = state.get("prev", 0.0)
+    state["prev"] = grad
+    return param - hp.lr * prev
+""", {}, 1, "w", "previous_gradient", None),
+    "the buffer damped on its first step": (UPDATE.format(
+        buffer='state["momentum_buffer"] = hp.momentum * state.get("momentum_buffer", 0.0) + (1 - hp.dampening) * g',
+        step="hp.lr * g"), {"momentum": 0.9, "dampening": 0.5}, 1, "buf_w", "dampening_first_step", 0.5),
+    "the buffer never damped": (UPDATE.format(
+        buffer='state["momentum_buffer"] = g if "momentum_buffer" not in state else '
+               'hp.momentum * state["momentum_buffer"] + g',
+        step="hp.lr * g"), {"momentum": 0.9, "dampening": 0.5}, 2, "buf_w", "no_dampening", None),
+    "weight decay after momentum": ("""
+def update(param, grad, state, hp):
+    state["momentum_buffer"] = grad if "momentum_buffer" not in state else hp.momentum * state["momentum_buffer"] + grad
+    return param - hp.lr * (state["momentum_buffer"] + hp.weight_decay * param)
+""", {"momentum": 0.9, "weight_decay": 0.1, "init_w": 1.0, "init_b": 1.0}, 1, "w",
+                                    "weight_decay_after_momentum", None),
+}
+
+
+@pytest.mark.parametrize("name", list(MISTAKES))
+def test_each_classic_mistake_is_caught_at_its_first_step_and_named(tmp_path, name):
+    source, opts, step, field, kind, factor = MISTAKES[name]
+    t = traced(write(tmp_path, source), **opts)
+    first = t.verdict.first_divergent_step
+    assert not t.verdict.ok
+    assert (first["step"], first["field"]) == (step, field)
+    diagnosis = first["diagnosis"]
+    assert diagnosis is not None and diagnosis["kind"] == kind, diagnosis
+    if factor is not None:
+        assert diagnosis["factor"] == pytest.approx(factor)
+    assert diagnosis["text"]
+
+
+def test_the_correct_update_with_the_mistakes_template_agrees(tmp_path):
+    """The update template of the mistakes above, written correctly, agrees (the mistakes are the mistakes)."""
+    t = traced(write(tmp_path, UPDATE.format(buffer=TORCH_BUFFER, step="hp.lr * g")), momentum=0.9, dampening=0.5,
+               weight_decay=0.1, init_w=1.0, epochs=2)
+    assert t.verdict.ok, t.verdict.first_divergent_step
+
+
+def test_no_guess_where_the_numbers_support_none(tmp_path):
+    path = write(tmp_path, GRAD + """
+def gradients(w, b, x, y):
+    x, d, n = parts(w, b, x, y)
+    return np.mean(d * d), 2 * np.mean(d * x) + 1.2345, 2 * np.mean(d)
+""")
+    t = traced(path)
+    assert not t.verdict.ok
+    assert t.verdict.first_divergent_step["diagnosis"] is None
+
+
+def test_sgdtraces_own_engine_needs_no_diagnosis():
+    assert run_trace(Config(momentum=0.9)).verdict.first_divergent_step is None
+
+
+# ------------------------------------------------------------------ failing safely (exit 2, the user's frames only)
+
+
+def cli_run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+FAILURES = {
+    # name: (source, the first line's expected text)
+    "an exception": ("""
+def helper(d):
+    return d / 0.0 + {}[1]
+
+def gradients(w, b, x, y):
+    return helper(w * x + b - y)
+""", "gradients raised KeyError at step 1 (epoch 1, batch 1): 1"),
+    "a misspelled function": ("""
+def gradient(w, b, x, y):
+    return 0.0, 0.0, 0.0
+""", "defines 'gradient', which is not a part sgdtrace calls: did you mean 'gradients'?"),
+    "no function at all": ("""
+def helper():
+    pass
+""", "defines neither gradients nor update"),
+    "a list": ("""
+def gradients(w, b, x, y):
+    return [0.0, 0.0, 0.0]
+""", "gradients returned a list of 3 values at step 1 (epoch 1, batch 1): expected a tuple (loss, grad_w, grad_b)"),
+    "a tuple of 2": ("""
+def gradients(w, b, x, y):
+    return 0.0, 0.0
+""", "gradients returned a tuple of 2 values at step 1"),
+    "an array of length n": ("""
+def gradients(w, b, x, y):
+    d = w * x + b - y
+    return (d * d).mean(), 2 * d * x, (2 * d).mean()
+""", "gradients returned a NumPy array of shape (3,) for grad_w at step 1 (epoch 1, batch 1): expected a real scalar"),
+    "None": ("""
+def update(param, grad, state, hp):
+    param = param - hp.lr * grad
+""", "update returned None for the new parameter at step 1"),
+    "a tensor": ("""
+class Tensor:  # stands for torch.Tensor (importing torch in the child would take seconds)
+    pass
+Tensor.__module__ = "torch"
+
+def update(param, grad, state, hp):
+    return Tensor()
+""", "update returned a torch Tensor (return a NumPy scalar or a Python float: tensor.item())"),
+    "a syntax error": ("""
+def gradients(w, b, x, y):
+    return (w, b
+""", "mine.py: syntax error at line 3"),
+    "the template as is": (None, "gradients is not written yet (it raises NotImplementedError): write gradients first"),
+}
+
+
+@pytest.mark.parametrize("name", list(FAILURES))
+def test_a_failing_file_is_exit_2_with_one_line_then_its_own_frames(tmp_path, name):
+    source, expected = FAILURES[name]
+    if source is None:
+        from sgdtrace.engines.template import TEMPLATE
+
+        source = TEMPLATE
+    path = write(tmp_path, source)
+    result = cli_run("run", "--engine", str(path))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert lines[0].startswith("sgdtrace: error: ") and expected in lines[0], lines[0]
+    # then only the traceback's lines inside the user's file (no sgdtrace frame)
+    frames = [line for line in lines[1:] if line.lstrip().startswith("File ")]
+    assert all("mine.py" in line for line in frames), lines
+    assert "sgdtrace/" not in result.stderr and "Traceback" not in result.stderr
+    if name == "an exception":
+        assert [line.split(", in ")[1] for line in frames] == ["gradients", "helper"]
+
+
+def test_an_endless_loop_is_stopped_by_the_timeout(tmp_path):
+    import time
+
+    path = write(tmp_path, """
+def gradients(w, b, x, y):
+    while True:
+        pass
+""")
+    start = time.perf_counter()
+    result = cli_run("run", "--engine", str(path), "--engine-timeout", "1.5")
+    assert result.exit_code == 2
+    assert "still running after 1.5 s: stopped" in result.stderr
+    assert time.perf_counter() - start < 10
+
+
+def test_the_child_runs_without_torch_and_prints_cannot_corrupt_the_reply(tmp_path):
+    path = write(tmp_path, """
+import sys
+def gradients(w, b, x, y):
+    assert "torch" not in sys.modules, "the child imported torch"
+    print("debugging output", w, b)
+    d = w * x + b - y
+    return (d * d).mean(), (2 * d * x).mean(), (2 * d).mean()
+""")
+    result = cli_run("run", "--engine", str(path), "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["config"]["engine"] == {"name": "mine.py", "path": str(path), "parts": ["gradients"]}
+    assert doc["verdict"]["ok"]
+
+
+def test_bad_engine_options_are_refused_before_running():
+    result = cli_run("run", "--engine", "no-such-file.py")
+    assert result.exit_code == 2 and "--engine 'no-such-file.py': no such file" in result.stderr
+    result = cli_run("run", "--engine", str(CORRECT), "--engine-timeout", "0")
+    assert result.exit_code == 2 and "--engine-timeout 0.0: must be a number of seconds > 0" in result.stderr
+    result = cli_run("run", "--engine", str(CORRECT), "--optimizer", "adam")
+    assert result.exit_code == 2 and "--engine and --optimizer adam" in result.stderr
+    result = cli_run("graph", "--engine", str(CORRECT))
+    assert result.exit_code == 2 and "explain --engine" in result.stderr
+
+
+def test_without_engine_the_json_says_null():
+    doc = json.loads(cli_run("run", "--format", "json").stdout)
+    assert doc["config"]["engine"] is None
+
+
+# ------------------------------------------------------------------ explain, check, junit, template, pytest
+
+
+def test_explain_shows_the_users_values_and_nodes_beside_the_expected_ones():
+    result = cli_run("explain", "--engine", str(MISTAKE), "--batch", "1")
+    assert result.exit_code == 1
+    out = result.output
+    assert "engine_mistake.py: dl/dw = -13.3333  ✗ expected -26.6667" in out
+    assert "engine_mistake.py: l = 146.667  ✓ as expected" in out
+    assert "First node that differs: dl_dd" in out
+    doc = json.loads(cli_run("explain", "--engine", str(MISTAKE), "--batch", "1", "--format", "json").stdout)
+    assert doc["engine"]["ok"]["grad_w"] is False and doc["engine"]["ok"]["loss"] is True
+    assert doc["engine"]["nodes"]["d"] == doc["forward"]["d"]
+
+
+def test_check_writes_junit_xml_in_the_shape_ci_systems_read(tmp_path):
+    report = tmp_path / "report.xml"
+    configs = [str(ROOT / "configs" / c) for c in ("article.toml", "momentum.toml")]
+    result = cli_run("check", *configs, "--engine", str(MISTAKE), "--format", "junit", "--output", str(report))
+    assert result.exit_code == 1
+    root = ET.parse(report).getroot()
+    assert root.tag == "testsuites"
+    (suite,) = root.findall("testsuite")
+    cases = suite.findall("testcase")
+    assert len(cases) == int(suite.get("tests")) == 2
+    assert int(suite.get("failures")) == 2 and suite.get("errors") == "0"
+    for case in cases:
+        assert case.get("classname").startswith("sgdtrace.check.") and case.get("name") and case.get("time")
+        (failure,) = case.findall("failure")
+        assert failure.get("message").startswith("✗ diverge  first at epoch 1 batch 1 (step 1)")
+        assert "Likely mistake: dl/dw is 1/2 times the right value" in failure.get("message")
+    ok = cli_run("check", *configs, "--engine", str(CORRECT), "--format", "junit")
+    assert ok.exit_code == 0
+    assert not ET.fromstring(ok.stdout).findall(".//failure")
+
+
+def test_check_runs_only_the_configs_an_engine_can_serve():
+    from types import SimpleNamespace
+
+    from sgdtrace.check import serves
+
+    assert serves(Config()) and serves(Config(dtype="float64"))
+    assert not serves(SimpleNamespace(optimizer="adam", dtype="float32"))
+    assert not serves(SimpleNamespace(world_size=4, dtype="float32"))
+
+
+def test_template_writes_a_starter_without_a_solution(tmp_path):
+    out = tmp_path / "starter.py"
+    result = cli_run("template", "--output", str(out))
+    assert result.exit_code == 0
+    text = out.read_text()
+    for name in ("def gradients(w, b, x, y):", "def update(param, grad, state, hp):", "def forward(w, b, x, y):"):
+        assert name in text
+    assert text.count("raise NotImplementedError") == 3 and "return" not in text.split('"""')[-1]
+    again = cli_run("template", "--output", str(out))
+    assert again.exit_code == 2 and "exists" in again.stderr
+
+
+def test_assert_matches_torch_both_ways():
+    trace = assert_matches_torch(str(CORRECT), momentum=0.9)
+    assert trace.verdict.ok
+    spec = importlib.util.spec_from_file_location("engine_correct", CORRECT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert assert_matches_torch(module, Config(dtype="float64")).verdict.ok
+    with pytest.raises(AssertionError) as failed:
+        assert_matches_torch(MISTAKE)
+    message = str(failed.value)
+    assert "✗ diverge  first at epoch 1 batch 1 (step 1), dl/dw" in message
+    assert "yours -13.33333" in message and "torch's -26.66666" in message and "allowance" in message
+    assert "1/2 times the right value" in message
+
+
+def test_a_torch_tensor_is_named_as_such():
+    import torch
+
+    assert user._describe(torch.tensor(1.0)).startswith("a torch Tensor")
+    assert user._real(np.float32(1)) and user._real(2.5) and not user._real(True) and not user._real(None)
+    assert not user._real(np.zeros(3)) and user._real(np.array(1.5))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_engine_forming_the_residuals_in_float64_passes_where_the_line_fits_exactly(dtype):
+    """Noiseless data: near convergence the loss is the square of the residuals' rounding, which
+    an engine working in float64 does not have (the tolerance model's second-order loss term)."""
+    t = traced(CORRECT, synthetic=5000, batch_size=10, momentum=0.9, dtype=dtype)
+    assert t.verdict.ok, t.verdict.first_divergent_step
+
+
+def test_the_reply_is_never_unpickled(tmp_path):
+    """A pickle (which could run code in the parent and forge the verdict) is not a reply."""
+    import pickle
+
+    class Forged:
+        def __reduce__(self):
+            return (print, ("forged",))
+
+    with pytest.raises(ValueError):
+        user._decode(pickle.dumps({"ok": True, "x": Forged()}))
+    reply = user._decode(user._encode({"ok": True, "parts": ["gradients"], "not_kept": [],
+                                       "columns": {"w": np.arange(3, dtype=np.float32)}, "forward": None}))
+    assert reply["columns"]["w"].dtype == np.float32 and reply["forward"] is None
+
+
+def test_a_config_file_names_the_engine_relative_to_itself(tmp_path):
+    sub = tmp_path / "course"
+    sub.mkdir()
+    (sub / "mine.py").write_text(CORRECT.read_text())
+    (sub / "run.toml").write_text('engine = "mine.py"\nengine_timeout = 30\nmomentum = 0.9\n')
+    result = cli_run("run", "--config", str(sub / "run.toml"), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["config"]["engine"]["name"] == "mine.py"
+    (sub / "bad.toml").write_text("engine = 3\n")
+    bad = cli_run("run", "--config", str(sub / "bad.toml"))
+    assert bad.exit_code == 2 and "'engine' in bad.toml = 3: must be a string" in bad.stderr
