@@ -315,6 +315,9 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
     if cfg.world_size > 1 and cfg.engine is not None:
         raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'engine')}: not supported "
                           "together; your own engine runs in one process")
+    if cfg.world_size > 1 and cfg.dtype not in ("float32", "float64"):
+        raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'dtype')} {cfg.dtype}: "
+                          "not supported together; data-parallel runs use float32 or float64")
     if cfg.world_size > 1:  # the DDP loop is written with optim.SGD and no schedule
         if cfg.optimizer != "sgd":
             raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'optimizer')} "
