@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from sgdtrace import data as data_mod
+from sgdtrace import dtypes
 from sgdtrace.config import Config
 from sgdtrace.verdict import BlowUp, json_number
 
@@ -83,7 +84,7 @@ def batch_sums(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config,
     One row per epoch in ``epochs`` (all by default); a run without shuffle has one row only,
     since every epoch has the same batches.
     """
-    xr = x.astype(np.dtype(cfg.dtype)).astype(np.float64)
+    xr = dtypes.cast(x, cfg.dtype).astype(np.float64)
     sizes = plan.batch_sizes()
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     n_used = int(sizes.sum())
@@ -305,6 +306,8 @@ def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.n
         hint = (f"lr {cfg.lr:g}{with_mu} is above the largest stable rate {scope}, {_sig(limit)}{alone}; "
                 f"at lr {cfg.lr:g} one epoch multiplies the distance to the solution by up to {_times(log_r)}; "
                 f"try --lr {_fmt(lr_hint)}")
+    if cfg.dtype == "float16" and (at_once or not unstable(radius).any()):  # float16's range ends at 65504
+        hint += "; float16 holds values only up to 65504: scale the data down, or use --dtype bfloat16"
     return {"hint": hint, "stable_lr": single, "stable_lr_batch": float(stable[k]),
             "stable_lr_epoch": None if not math.isfinite(limit) else limit,
             "radius": per_epoch, "lr_hint": lr_hint}

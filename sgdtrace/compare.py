@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sgdtrace import divergence
@@ -31,9 +31,58 @@ class Cross:
 
 
 @dataclass
+class Drift:
+    """Torch in one dtype against torch in another, same device: how far the runs drift apart, per field
+    and step. Not judged (a bfloat16 run is not expected to agree with a float32 one), so outside the
+    exit code. ``ulp`` counts in the narrower type, both values rounded to it."""
+
+    a: dict[str, str]  # {"device", "dtype"}
+    b: dict[str, str]
+    abs: dict[str, Any]  # per field, per step: |a - b| (nan where either is not finite)
+    rel: dict[str, Any]
+    ulp: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        import numpy as np
+
+        fields = {}
+        for f, a in self.abs.items():
+            fin = np.isfinite(a)
+            top = (lambda v: float(v[fin].max()) if fin.any() else None)
+            fields[f] = {"max_abs": top(a), "max_rel": top(self.rel[f]),
+                         "max_ulp": int(self.ulp[f][fin].max()) if fin.any() else None,
+                         "abs": [divergence.json_number(v) if ok else None for v, ok in zip(a.tolist(), fin.tolist())]}
+        return {"a": self.a, "b": self.b, "judged": False, "fields": fields}
+
+
+def drift(base, other) -> Drift:
+    """Torch's columns of ``other`` (another dtype) against ``base``'s, step by step."""
+    import numpy as np
+
+    from sgdtrace import dtypes
+
+    narrow = max((base.config.dtype, other.config.dtype), key=dtypes.unit_roundoff)
+    out: dict[str, dict] = {"abs": {}, "rel": {}, "ulp": {}}
+    for f in base.fields:
+        if f not in other.torch:
+            continue
+        a, b = base.torch[f].astype(np.float64), other.torch[f].astype(np.float64)
+        with np.errstate(all="ignore"):
+            fin = np.isfinite(a) & np.isfinite(b)
+            diff = np.where(fin, np.abs(a - b), np.nan)
+            scale = np.maximum(np.abs(a), np.abs(b))
+            out["abs"][f] = diff
+            out["rel"][f] = np.where(fin, np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0), np.nan)
+        out["ulp"][f] = divergence.ulp_distance(divergence._cast(a, narrow), divergence._cast(b, narrow))
+    side = (lambda t: {"device": t.device, "dtype": t.config.dtype})
+    return Drift(side(base), side(other), out["abs"], out["rel"], out["ulp"])
+
+
+@dataclass
 class CompareResult(CompareNotebook):
     runs: list  # of Trace
     cross: list[Cross]
+    drift: list[Drift] = field(default_factory=list)  # across dtypes: reported, not judged
 
     @property
     def ok(self) -> bool:
@@ -53,12 +102,16 @@ def compare_runs(config: Config, devices: tuple[str, ...], dtypes: tuple[str, ..
     for dtype in dtypes:
         same = [t for t in runs if t.config.dtype == dtype]
         cross += [cross_compare(same[0], other) for other in same[1:] if other.device != same[0].device]
-    return CompareResult(runs, cross)
+    # across dtypes, on each device: the first dtype given against each other one
+    drifts = [drift(t, other) for t in runs if t.config.dtype == dtypes[0]
+              for other in runs if other.device == t.device and other.config.dtype != dtypes[0]]
+    return CompareResult(runs, cross, drifts)
 
 
 def cross_compare(base, other) -> Cross:
     """Torch's columns in ``other`` judged against torch's in ``base`` (same config, another device)."""
-    div = divergence.compare_columns(base.torch, other.torch, base.dataset.x, base.dataset.y,
-                                     base.plan, base.config)
+    # judged as two devices (the 16-bit update's exact rule holds for the CPU's kernels only)
+    cfg = base.config.replace(device=other.device, origin=base.config.origin)
+    div = divergence.compare_columns(base.torch, other.torch, base.dataset.x, base.dataset.y, base.plan, cfg)
     verdict = divergence.verdict(div, base.torch, other.torch, base.epoch, base.batch, None)
     return Cross(base.config.dtype, base.device, other.device, div, verdict)

@@ -26,7 +26,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
 FORMATS = ("table", "json", "csv", "markdown", "html")
 _DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 #: memory bounds: every step keeps a few dozen numbers (both engines' values, distances,
@@ -34,6 +34,8 @@ _DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 #: run would exhaust memory instead of reporting anything
 MAX_SAMPLES = 10**7
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+#: the largest finite value of each type narrower than float64 (numpy.finfo; ml_dtypes.finfo for bfloat16)
+_LARGEST = {"float32": FLOAT32_MAX, "bfloat16": 3.3895313892515355e38, "float16": 65504.0}
 MAX_BATCH_SIZE = 10**7
 MAX_STEPS = 10**7
 #: seconds a user's engine file (--engine) may take for one run before it is stopped: a course's
@@ -269,10 +271,11 @@ def validate(cfg: Config) -> None:
     if finite("engine_timeout") <= 0:
         _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
     validate_optimizer(cfg)
-    if cfg.dtype == "float32":  # torch refuses, NumPy turns to inf, a value float32 cannot hold
+    largest = _LARGEST.get(cfg.dtype)
+    if largest is not None:  # torch refuses, NumPy turns to inf, a value the type cannot hold
         for key in ("lr", "init_w", "init_b", "momentum", "weight_decay"):
-            if abs(getattr(cfg, key)) > FLOAT32_MAX:
-                _fail(cfg, key, getattr(cfg, key), f"does not fit float32 (largest {FLOAT32_MAX:.8g}); "
+            if abs(getattr(cfg, key)) > largest:
+                _fail(cfg, key, getattr(cfg, key), f"does not fit {cfg.dtype} (largest {largest:.8g}); "
                       "use --dtype float64")
     # where 0 is refused, so is a value that rounds to 0 in the run's dtype (a learning rate of 1e-46
     # is 0 in float32). Where 0 is allowed (init_w, init_b, momentum, dampening, weight_decay) a value
@@ -287,14 +290,23 @@ def validate(cfg: Config) -> None:
 
 
 #: the smallest positive (subnormal) number of each dtype
-TINIEST = {"float32": 1.401298464324817e-45, "float64": 5e-324}
+TINIEST = {"float32": 1.401298464324817e-45, "float64": 5e-324, "bfloat16": 9.183549615799121e-41,
+           "float16": 5.960464477539063e-08}
 
 
 def to_dtype(value: float, dtype: str) -> float:
     """``value`` rounded to ``dtype`` (to nearest, as torch and NumPy cast), as a Python float; inf on overflow."""
     if dtype == "float64":
         return float(value)
+    if dtype == "bfloat16":  # as torch casts: through float32 (imported here: the CLI's import stays light)
+        import ml_dtypes
+        import numpy as np
+
+        with np.errstate(over="ignore"):
+            return float(ml_dtypes.bfloat16(np.float32(value)))
     try:
+        if dtype == "float16":
+            return struct.unpack("e", struct.pack("e", value))[0]
         return struct.unpack("f", struct.pack("f", value))[0]
     except OverflowError:
         return math.copysign(math.inf, value)

@@ -251,7 +251,9 @@ def load(config: Config) -> Dataset:
 
 def check_range(dataset: Dataset, dtype: str) -> None:
     """Refuse samples the run's dtype cannot hold (1e39 is inf in float32): both engines would see inf."""
-    big = float(np.finfo(np.dtype(dtype)).max)
+    from sgdtrace.dtypes import finfo
+
+    big = float(finfo(dtype).max)
     for name, arr in (("x", dataset.x), ("y", dataset.y)):
         over = np.flatnonzero(np.abs(arr) > big)
         if over.size:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sgdtrace import data as data_mod
-from sgdtrace import divergence
+from sgdtrace import divergence, stall
 from sgdtrace.blowup import diagnose, full_loss, stable_lr  # noqa: F401  (full_loss: kept importable here)
 from sgdtrace.config import Config
 from sgdtrace.errors import ConfigError
@@ -45,6 +45,8 @@ class Trace(TraceNotebook):
     def hand(self) -> str:
         """The hand side's label: "hand", or the user's engine file's name."""
         return "hand" if self.engine is None else self.engine.name
+    #: per side ("manual", "torch"): {"stalled_w", "stalled_b"}, bool per step (sgdtrace.stall)
+    stalled: dict[str, dict[str, np.ndarray]] | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -185,8 +187,11 @@ def judge(cfg: Config, dataset: data_mod.Dataset, plan: data_mod.BatchPlan, devi
     stable = stable_lr(dataset.x, plan, cfg)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
+    # stalled_w, stalled_b per side: the steps whose update was lost to rounding
+    stalled = {"manual": stall.stalled(man, cfg), "torch": stall.stalled(ref, cfg)}
+    verdict.stalled = stall.summary(stalled["torch"])
     assert epoch.shape[0] == steps
-    return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable)
+    return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable, stalled=stalled)
 
 
 # ------------------------------------------------------------------ data-parallel SGD (--world-size N)

@@ -127,6 +127,19 @@ class BlowUp(_Record):
                 "loss_end": json_number(self.loss_end)}
 
 
+@dataclass(frozen=True)
+class Stall(_Record):
+    """A parameter whose update torch lost to rounding (:mod:`sgdtrace.stall`): the first such step
+    (1-based) and how many steps stalled."""
+
+    field: str
+    first_step: int
+    steps: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": self.field, "first_step": self.first_step, "steps": self.steps}
+
+
 def _json(record: Any) -> Any:
     """A record's JSON; None stays None (a plain dict, as 0.1 passed, is copied as it is)."""
     if record is None or isinstance(record, dict):
@@ -143,6 +156,7 @@ class Verdict:
     max_tol_ratio: float  # max |Δ - carried| / tolerance over all judged values: < 1 passes
     first_divergent_step: FirstDivergence | None
     diverged_training: BlowUp | None
+    stalled: list[Stall] | None = None  # per parameter whose update torch lost to rounding
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,18 +167,21 @@ class Verdict:
             "max_tol_ratio": self.max_tol_ratio,
             "first_divergent_step": _json(self.first_divergent_step),
             "diverged_training": _json(self.diverged_training),
+            "stalled": None if self.stalled is None else [_json(st) for st in self.stalled],
         }
 
 
 def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[str, np.ndarray],
             epoch: np.ndarray, batch: np.ndarray, diverged_training: BlowUp | None) -> Verdict:
     """The run's verdict from each field's :class:`FieldSummary`: the maxima across fields, and
-    the earliest failing step (the first field in ``div``'s order at a tie)."""
+    the earliest failing step. At a tie, the value computed first is named: the loss and the
+    gradients, then the optimizer's state (a buffer), then the parameters updated from it (a
+    wrong buffer makes w look wrong too), each group in ``div``'s order."""
     summaries = {f: FieldSummary.of(d) for f, d in div.items()}
     first: FirstDivergence | None = None
-    bad = [(s.first_bad, f) for f, s in summaries.items() if s.first_bad is not None]
+    bad = [(s.first_bad, _computed(f), i, f) for i, (f, s) in enumerate(summaries.items()) if s.first_bad is not None]
     if bad:
-        k, f = min(bad, key=lambda kf: kf[0])  # min keeps the first field at a tie
+        k, _, _, f = min(bad)
         d = div[f]
         first = FirstDivergence(int(epoch[k]), int(batch[k]), k + 1, f, float(a[f][k]), float(b[f][k]),
                                 float(d.abs[k]) if d.finite[k] else None, float(d.carried[k]), float(d.tol[k]))
@@ -172,6 +189,11 @@ def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[s
                    _most(s.max_rel for s in summaries.values()),
                    int(_most(s.max_ulp for s in summaries.values())),
                    _most(s.max_tol_ratio for s in summaries.values()), first, diverged_training)
+
+
+def _computed(field: str) -> int:
+    """When a step computes ``field``: 0 the loss and gradients, 1 the optimizer's state, 2 w and b."""
+    return 2 if field in ("w", "b") else (0 if field in ("grad_w", "grad_b", "loss", "lr") else 1)
 
 
 def _most(values) -> float:

@@ -61,7 +61,10 @@ def test_json_matches_the_contract(runner):
     assert (first["epoch"], first["batch"], first["n"], first["indices"]) == (1, 1, 3, [0, 1, 2])
     assert doc["steps"][2]["indices"] == [6, 7, 8]
     for engine in ("manual", "torch"):
-        assert set(first[engine]) == {"grad_w", "grad_b", "loss", "w", "b"}
+        assert set(first[engine]) == {"grad_w", "grad_b", "loss", "w", "b", "stalled_w", "stalled_b"}
+        assert first[engine]["stalled_w"] is False and first[engine]["stalled_b"] is False
+    assert set(first["divergence"]) == {"grad_w", "grad_b", "loss", "w", "b"}  # the flags are not judged
+    assert doc["verdict"]["stalled"] is None
     assert first["manual"]["grad_b"] == -24.0
     assert first["manual"]["grad_w"] == pytest.approx(-26.6667, abs=1e-4)
     assert first["manual"]["loss"] == pytest.approx(146.6667, abs=1e-4)
@@ -103,7 +106,9 @@ def test_compare_two_dtypes(runner):
     assert result.exit_code == 0
     doc = json.loads(result.output)
     assert [r["config"]["dtype"] for r in doc["runs"]] == ["float32", "float64"]
-    assert doc["cross"] == []
+    # across dtypes, torch's drift: reported, not judged
+    assert [(c["a"], c["b"], c["judged"]) for c in doc["cross"]] == [
+        ({"device": "cpu", "dtype": "float32"}, {"device": "cpu", "dtype": "float64"}, False)]
 
 
 def test_check_runs_every_config(runner, monkeypatch):
@@ -130,7 +135,7 @@ def test_gate_fails_with_exit_1_naming_the_step(runner, monkeypatch):
 
 
 def test_usage_errors_are_one_line_exit_2(runner):
-    for args, needle in ((["run", "--lr", "0"], "--lr 0.0"), (["run", "--dtype", "float16"], "--dtype"),
+    for args, needle in ((["run", "--lr", "0"], "--lr 0.0"), (["run", "--dtype", "float8"], "--dtype"),
                          (["run", "--device", "tpu"], "--device 'tpu'"), (["run", "--bogus"], "--bogus")):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, args

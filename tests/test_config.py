@@ -59,7 +59,7 @@ def test_wrong_type_and_invalid_toml(tmp_path):
     ({"nesterov": True}, "Nesterov momentum requires a momentum > 0"),
     ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, "zero dampening"),
     ({"device": "gpu"}, "allowed: cpu, cuda, cuda:N, auto"),
-    ({"dtype": "float16"}, "allowed: float32, float64"),
+    ({"dtype": "float8"}, "allowed: float32, float64, bfloat16, float16"),
     ({"data": "a.csv", "synthetic": 10}, "choose one data source"),
     ({"seed": -1}, "--seed -1"),
 ])

@@ -259,7 +259,7 @@ def update(param, grad, state, hp):
 def update(param, grad, state, hp):
     state["momentum_buffer"] = grad if "momentum_buffer" not in state else hp.momentum * state["momentum_buffer"] + grad
     return param - hp.lr * (state["momentum_buffer"] + hp.weight_decay * param)
-""", {"momentum": 0.9, "weight_decay": 0.1, "init_w": 1.0, "init_b": 1.0}, 1, "w",
+""", {"momentum": 0.9, "weight_decay": 0.1, "init_w": 1.0, "init_b": 1.0}, 1, "buf_w",
                                     "weight_decay_after_momentum", None),
 }
 

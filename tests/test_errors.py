@@ -78,7 +78,7 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> str:
     (["--nesterov", "--momentum", "0.9", "--dampening", "0.1"], ["--nesterov", "zero dampening"]),
     (["--device", "tpu"], ["--device 'tpu'", "cpu, cuda, cuda:N, auto"]),
     (["--device", "cuda:x"], ["--device 'cuda:x'", "cpu, cuda, cuda:N, auto"]),
-    (["--dtype", "float16"], ["--dtype", "'float16'", "'float32', 'float64'"]),
+    (["--dtype", "float8"], ["--dtype", "'float8'", "'float32', 'float64', 'bfloat16', 'float16'"]),
     (["--format", "xml"], ["--format", "'xml'", "'table', 'json', 'csv', 'markdown'"]),
     (["--seed", "-1"], ["--seed -1", ">= 0"]),
     (["--synthetic", "0"], ["--synthetic 0", ">= 1"]),

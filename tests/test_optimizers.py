@@ -157,7 +157,7 @@ def test_torch_option_combinations_agree(name, opts, dtype):
     assert doc["verdict"]["ok"], doc["verdict"]
     opt = get(name)
     cfg = Config(optimizer=name, **opts)
-    expected = {"grad_w", "grad_b", "loss", "w", "b", *state_fields(opt.state_keys(cfg))}
+    expected = {"grad_w", "grad_b", "loss", "w", "b", *state_fields(opt.state_keys(cfg)), "stalled_w", "stalled_b"}
     assert set(doc["steps"][0]["torch"]) == expected == set(doc["steps"][-1]["manual"])
     assert doc["config"]["optimizer"] == name
     for key, value in opts.items():
@@ -281,7 +281,7 @@ def test_no_bias_correction_is_caught_at_step_1(monkeypatch):
 def test_l2_decay_in_adamw_is_caught_at_step_1(monkeypatch):
     monkeypatch.setattr(adamw, "hyper", lambda config, scalar=float, group=None: adam.hyper(config, scalar, group))
     monkeypatch.setitem(__import__("sgdtrace.engines.optimizers", fromlist=["x"]).OPTIMIZERS, "adamw", adamw)
-    assert _first(run_trace(Config(optimizer="adamw", weight_decay=0.1, init_w=2.0, epochs=2))) == (1, "w")
+    assert _first(run_trace(Config(optimizer="adamw", weight_decay=0.1, init_w=2.0, epochs=2))) == (1, "exp_avg_w")  # the decay went into the moment, computed before w
 
 
 def test_closed_form_cosine_is_caught_on_the_rate(monkeypatch):

@@ -1,16 +1,13 @@
-"""Sutskever's form keeps lr inside the buffer (v <- mu*v + lr*g; p <- p - v): same w and b for a
-constant lr, but a buffer lr times PyTorch's, caught at step 1."""
+"""Sutskever's form as an engine's update: lr inside the buffer (v <- mu*v + lr*g; p <- p - v).
 
-import sgdtrace.engines.manual as manual
-from sgdtrace.cli import main
-
-
-def sutskever(p, g, buf, h, first):
-    if h.use_momentum:
-        buf = h.lr * g if first else h.momentum * buf + h.lr * g
-        return p - buf, buf
-    return p - h.lr * g, buf
+For a constant lr it gives the same w and b as torch.optim.SGD, but its buffer is lr times
+PyTorch's: `sgdtrace run --engine docs/examples/sutskever_buffer.py --momentum 0.9` catches it at
+step 1 (exit code 1).
+"""
 
 
-manual.sgd_update = sutskever
-main(["run", "--momentum", "0.9", "--rows", "2"])
+def update(param, grad, state, hp):
+    v = state.get("momentum_buffer")
+    v = hp.lr * grad if v is None else hp.momentum * v + hp.lr * grad
+    state["momentum_buffer"] = v
+    return param - v

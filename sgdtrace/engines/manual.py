@@ -29,6 +29,11 @@ here, the optimizer's ``update`` there.
 The functions work on any array type with ``*``, ``+``, ``-`` and ``.sum()``: NumPy arrays on
 the CPU (a NumPy call costs about a tenth of a torch call on tiny arrays), torch tensors on
 CUDA. The arithmetic, the dtype and the order of operations are the same either way.
+
+In bfloat16 and float16 (docs/precision.md) every operation rounds its result to the type, as
+torch's do; the sums and the mean accumulate in float32 and round once (:func:`total`,
+:func:`node_l`), and ``1/n`` is rounded to the type before it multiplies (torch's MSE backward
+rounds ``2/n``; doubling is exact, so ``(1/n)(2d)`` and ``(2/n) d`` round alike).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sgdtrace import dtypes
 from sgdtrace.engines import optimizers, protocol
 from sgdtrace.engines.protocol import Engine
 
@@ -74,8 +80,43 @@ def node_e(d):
 
 
 def node_l(e, n):
-    """l = (1/n) * sum e: the mean squared error (Equations 2-3), as sum / n."""
+    """l = (1/n) * sum e: the mean squared error (Equations 2-3), as sum / n.
+
+    In 16 bits as torch's mean: the float32 sum divided by n in float32, rounded once.
+    """
+    if _reduced(e):
+        return e.mean() if _is_tensor(e) else e.dtype.type(e.sum(dtype=np.float32) / np.float32(n))
     return e.sum() / n
+
+
+# ------------------------------------------------------------------ 16-bit types (docs/precision.md)
+
+
+def _reduced(v) -> bool:
+    """A bfloat16 or float16 array (NumPy or torch): 2 bytes per value."""
+    return getattr(v, "itemsize", 0) == 2
+
+
+def _is_tensor(v) -> bool:
+    return not isinstance(v, (np.ndarray, np.generic))
+
+
+def total(v):
+    """sum v as torch sums: a 16-bit array accumulates in float32 and rounds once.
+
+    (NumPy's own ``sum`` of a bfloat16 array adds in bfloat16: 5,000 ones sum to 256.)
+    """
+    if _reduced(v) and not _is_tensor(v):
+        return v.dtype.type(v.sum(dtype=np.float32))
+    return v.sum()
+
+
+def _rounded_like(v, s: float):
+    """The Python number ``s`` rounded to ``v``'s 16-bit type (via float32, as torch converts a
+    scalar); unchanged for the other types."""
+    if not _reduced(v):
+        return s
+    return v.new_full((), s) if _is_tensor(v) else v.dtype.type(np.float32(s))
 
 
 # ------------------------------------------------------------------ backward: the chain rule
@@ -98,7 +139,7 @@ def da_dw(x):
 
 def dl_dd(d, n):
     """dl/dd_i = (dl/de)(de/dd) = (1/n) * 2 d_i: the factor both gradients share."""
-    return dl_de(n) * de_dd(d)
+    return _rounded_like(d, dl_de(n)) * de_dd(d)
 
 
 def grad_w(upstream, x):
@@ -106,12 +147,12 @@ def grad_w(upstream, x):
 
     ``upstream`` is dl/dd (:func:`dl_dd`); dd/dc = dc/da = 1 are exact and left out.
     """
-    return (upstream * da_dw(x)).sum()
+    return total(upstream * da_dw(x))
 
 
 def grad_b(upstream):
     """dl/db = sum_i (1/n)(2 d_i)(1)(1)   (Equation 10; expanded, Equation 11)."""
-    return upstream.sum()
+    return total(upstream)
 
 
 # ------------------------------------------------------------------ the engine
@@ -137,7 +178,7 @@ def forward_backward(w, b, x, y, n: int, scalar: Callable[[float], Any] = float)
     c = node_c(a, b)
     d = node_d(c, y)
     e = node_e(d)
-    loss = node_l(e, scalar(n))
+    loss = node_l(e, n if _reduced(e) else scalar(n))  # 16 bits: n in float32 (node_l), not rounded
     up = dl_dd(d, n)
     return StepResult(a, c, d, e, loss, up, grad_w(up, x), grad_b(up))
 
@@ -148,8 +189,9 @@ class ArrayBackend:
     def __init__(self, kind: str, dtype: str, device: Any = "cpu"):
         self.kind = kind
         self.device = device
+        self.reduced = dtype in dtypes.REDUCED
         if kind == "numpy":
-            self.np_dtype = np.dtype(dtype)
+            self.np_dtype = dtypes.np_dtype(dtype)
         elif kind == "torch":
             import torch
 
@@ -161,18 +203,32 @@ class ArrayBackend:
     def asarray(self, values: np.ndarray):
         """Samples (float64) rounded to the run's dtype, on the backend's device."""
         if self.kind == "numpy":
+            if self.reduced:  # torch converts float64 to 16 bits through float32
+                values = np.asarray(values, dtype=np.float32)
             return np.ascontiguousarray(values, dtype=self.np_dtype)
         return self.torch.as_tensor(values, dtype=self.torch_dtype).to(self.device)
 
     def scalar(self, value: float):
         """A hyperparameter or parameter value as the engine computes with it."""
         if self.kind == "numpy":
-            return self.np_dtype.type(value)
+            return self.np_dtype.type(np.float32(value) if self.reduced else value)
+        if self.reduced:  # a 16-bit scalar: torch's add(alpha=) rounds its alpha to the type
+            return self.param(value)
         return float(value)  # torch rounds a Python float to the tensor's dtype in each op
+
+    def kept(self, value: float):
+        """A scalar torch keeps in float32 for a 16-bit tensor (``mul_(scalar)``); else :meth:`scalar`."""
+        if not self.reduced:
+            return self.scalar(value)
+        return np.float32(value) if self.kind == "numpy" else float(value)
+
+    def rounded(self, value):
+        """A float32 result rounded to the run's 16-bit type (NumPy; torch's operations round their own)."""
+        return self.np_dtype.type(value) if self.kind == "numpy" and self.reduced else value
 
     def param(self, value: float):
         if self.kind == "numpy":
-            return self.np_dtype.type(value)
+            return self.np_dtype.type(np.float32(value) if self.reduced else value)
         return self.torch.tensor(value, dtype=self.torch_dtype, device=self.device)
 
     def index(self, order):
@@ -194,12 +250,18 @@ class ArrayBackend:
     def to_numpy(self, col) -> np.ndarray:
         if self.kind == "numpy":
             return col
+        if self.reduced:  # NumPy has no torch.bfloat16: through float32, exactly
+            return col.cpu().float().numpy().astype(dtypes.np_dtype(str(col.dtype).split(".")[-1]))
         return col.cpu().numpy()
 
 
 def _count(x, n: int):
-    """The batch size as the arrays compute with it: a scalar of their dtype (NumPy), else an int."""
+    """The batch size as the arrays compute with it: a scalar of their dtype (NumPy), else an int.
+
+    (16-bit types divide in float32: :func:`node_l`.)"""
     dtype = getattr(x, "dtype", None)
+    if isinstance(dtype, np.dtype) and dtype.itemsize == 2:
+        return np.float32(n)
     return dtype.type(n) if isinstance(dtype, np.dtype) else n
 
 
@@ -219,10 +281,12 @@ def gradients(w, b, x, y):
 
 def engine(config, backend: ArrayBackend, plan=None) -> Engine:
     """sgdtrace's own engine: :func:`gradients` by hand, and the hand-worked optimizer of ``config``
-    (with a schedule, its per-step hyper-parameters over ``plan``)."""
+    (with a schedule, its per-step hyper-parameters over ``plan``). SGD's scalars follow the 16-bit
+    rules of docs/precision.md (``kept``, ``rounded``)."""
     opt = optimizers.get(config.optimizer)
+    extra = {"kept": backend.kept, "rounded": backend.rounded} if config.optimizer == "sgd" else {}
     hp_at, lr_at = optimizers.step_hypers(config, backend.scalar, plan) if plan is not None else (None, None)
-    return Engine("hand", gradients, opt.update, opt.hyper(config, backend.scalar), opt.state_keys(config),
+    return Engine("hand", gradients, opt.update, opt.hyper(config, backend.scalar, **extra), opt.state_keys(config),
                   hp_at, lr_at)
 
 

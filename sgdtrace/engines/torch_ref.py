@@ -51,7 +51,9 @@ class _HostRecorder:
 
     def __init__(self, steps: int, dtype: torch.dtype):
         self.steps = steps
-        self.np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        from sgdtrace.dtypes import np_dtype
+
+        self.np_dtype = np_dtype(str(dtype).split(".")[-1])  # bfloat16: ml_dtypes.bfloat16
         self.cols: dict[str, np.ndarray] = {}
 
     def column(self, field: str):
@@ -87,7 +89,11 @@ class _DeviceRecorder:
         self.column(field)[k] = value.detach()
 
     def result(self) -> dict[str, np.ndarray]:
-        return {f: c.reshape(-1).cpu().numpy() for f, c in self.cols.items()}
+        from sgdtrace.dtypes import np_dtype
+
+        out = np_dtype(str(self.dtype).split(".")[-1])  # NumPy has no torch.bfloat16: through float32, exactly
+        return {f: c.reshape(-1).cpu().float().numpy().astype(out) if c.itemsize == 2 else c.reshape(-1).cpu().numpy()
+                for f, c in self.cols.items()}
 
 
 def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,

@@ -46,6 +46,8 @@ class Explanation:
     user_nodes: dict[str, np.ndarray] | None = None
     user_name: str | None = None
     expected: dict[str, float] | None = None  # what the user's values should be: the update from ITS gradients
+    #: per parameter: the spacing of the dtype's values around it, beside the update lr·d (the stall)
+    spacing: dict[str, dict[str, Any]] | None = None
 
     @property
     def n(self) -> int:
@@ -132,6 +134,7 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     e, j = divmod(k, trace.plan.steps_per_epoch)
     ex = Explanation(trace, k, e + 1, j + 1, idx, _array(xb), _array(yb), w0, b0, state0, nodes,
                      _value(r.loss), _value(r.grad_w), _value(r.grad_b), _value(w1), _value(b1), state1, matches)
+    ex.spacing = _spacing(trace, k, {"w": (w0, _value(r.grad_w)), "b": (b0, _value(r.grad_b))}, state1)
     info = getattr(trace, "engine", None)
     if info is not None:  # the user's values beside the expected ones
         ex.user = {f: float(man[f][k]) for f in got if f in man}
@@ -161,6 +164,7 @@ class _RankView:
         rt = trace.ranks
         self.rank, self.config, self.device, self.dataset = rank, trace.config, trace.device, trace.dataset
         self.plan = trace.plan
+        self.stalled = getattr(trace, "stalled", None)
         self._plan = rt.plan.rank_plan(rank)
         self.manual = dict(trace.manual, **{f: rt.manual[f][:, rank] for f in rt.manual})
         self.torch = dict(trace.torch, **{f: rt.torch[f][:, rank] for f in rt.torch})
@@ -211,6 +215,25 @@ def explain_distributed(trace, batch: int, epoch: int = 1) -> DistributedExplana
     matches &= all(np.array(ex.grad_w, dtype=dtype).tobytes() == trace.ranks.manual["grad_w"][k, r:r + 1].tobytes()
                    for r, ex in enumerate(ranks))
     return DistributedExplanation(ranks, step, float(backend.scalar(1.0 / len(ranks))), matches)
+
+
+def _spacing(trace, k: int, params: dict, state1: dict) -> dict[str, dict[str, Any]] | None:
+    """Per parameter: the gaps to the neighbouring values of the dtype (below, above), the update
+    ``lr·d`` (float64), and whether the step stalled (as the trace recorded it)."""
+    from sgdtrace import stall
+    from sgdtrace.engines import optimizers
+
+    cfg = trace.config
+    if cfg.optimizer != "sgd":
+        return None
+    out = {}
+    for p, (p0, g) in params.items():
+        state = {key: state1[state_field(key, p)] for key in optimizers.get("sgd").state_keys(cfg)}
+        below, above = stall.spacing(p0, cfg.dtype)
+        step = step_rate(trace, k) * float(optimizers.get("sgd").direction(p0, g, state, cfg))
+        out[p] = {"below": below, "above": above, "update": step,
+                  "stalled": bool(trace.stalled["manual"][f"stalled_{p}"][k]) if trace.stalled else False}
+    return out
 
 
 # ------------------------------------------------------------------ the optimizer's lines, with numbers

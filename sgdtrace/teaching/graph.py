@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdtrace.divergence import ulp_distance
+from sgdtrace.divergence import _cast, ulp_distance
 
 @dataclass(frozen=True)
 class ManualNode:
@@ -137,8 +137,8 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
         if target_node is None or node.grad is None:
             ulps.append(None)
             continue
-        m = grads[target_node].astype(cfg.dtype)
-        t = node.grad.astype(cfg.dtype)
+        m = _cast(np.asarray(grads[target_node], dtype=np.float64), cfg.dtype)
+        t = _cast(np.asarray(node.grad, dtype=np.float64), cfg.dtype)
         if m.shape != t.shape:
             ulps.append(None)
             continue

@@ -256,7 +256,20 @@ def _update_lines(ex: Explanation) -> list:
         else:
             sec.row(f"Eq. {eq}", f"{p} ← {p} − lr·{gname} = {num(p0)} − {lr}·{_p(gv)}", num(p1))
         sec.torch(ex, p)
+        _spacing_row(sec, ex, p, p0)
     return _rate(ex) + [sec.render()]
+
+
+def _spacing_row(sec, ex: Explanation, p: str, p0: float) -> None:
+    """The spacing of the dtype's values around the parameter, beside the update (the stall)."""
+    s = (ex.spacing or {}).get(p)
+    if s is None or not (s["stalled"] or ex.trace.config.dtype in ("bfloat16", "float16")):
+        return  # shown in the 16-bit types, and wherever a step stalled
+    gap = s["above"] if s["update"] < 0 else s["below"]  # p - lr·d moves up when lr·d < 0
+    verdict = (f"under half of it: lost to rounding, {p} stays {num(p0)} (stalled)" if s["stalled"]
+               else "at least half of it: the update moves " + p)
+    sec.row("", f"spacing of {ex.trace.config.dtype} values next to {p} = {num(p0)}: {num(gap)} "
+                f"(half {num(gap / 2)}); the update |lr·g| = {num(abs(s['update']))}, {verdict}")
 
 
 def explain_view(ex: Explanation) -> Group:
@@ -302,6 +315,7 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
             "name": ex.user_name, "values": {f: json_number(v) for f, v in ex.user.items()},
             "ok": {f: ex.user_ok(f) for f in ex.user},
             "nodes": None if ex.user_nodes is None else {n: nums(v) for n, v in ex.user_nodes.items()}}}),
+        "spacing": ex.spacing,
     }
 
 

@@ -39,6 +39,9 @@ def trace_to_json(trace) -> dict[str, Any]:
         div[f] = (d.abs.tolist(), d.rel.tolist(), d.ulp.tolist(), _numbers(d.carried), _numbers(d.tol), d.ok.tolist(),
                   d.finite.tolist())
     epochs, batches, ns = trace.epoch.tolist(), trace.batch.tolist(), trace.n.tolist()
+    stalls = _stall_keys(trace)  # booleans beside the values: the update lost to rounding
+    man.update({f: trace.stalled["manual"][f].tolist() for f in stalls})
+    ref.update({f: trace.stalled["torch"][f].tolist() for f in stalls})
     steps = []
     for k in range(trace.n_steps):
         divergence = {}
@@ -49,8 +52,8 @@ def trace_to_json(trace) -> dict[str, Any]:
         steps.append({
             "epoch": epochs[k], "batch": batches[k], "n": ns[k],
             "indices": trace.indices(k).tolist(),
-            "manual": {f: man[f][k] for f in fields},
-            "torch": {f: ref[f][k] for f in fields},
+            "manual": {f: man[f][k] for f in fields + stalls},
+            "torch": {f: ref[f][k] for f in fields + stalls},
             "divergence": divergence,
         })
     doc = {"sgdtrace": __version__, "config": config, "steps": steps, "verdict": trace.verdict.to_json()}
@@ -82,9 +85,15 @@ def _add_ranks(trace, doc: dict[str, Any]) -> None:
     doc["epochs"] = [{"epoch": e + 1, "padded": rt.plan.padded[e].tolist()} for e in range(rt.plan.epochs)]
 
 
+def _stall_keys(trace) -> tuple[str, ...]:
+    """``stalled_w``, ``stalled_b``: recorded on both sides by the judge (:mod:`sgdtrace.stall`)."""
+    return tuple(trace.stalled["torch"]) if getattr(trace, "stalled", None) else ()
+
+
 def compare_to_json(result) -> dict[str, Any]:
     """``compare --format json``: ``{"runs": [one trace document per device/dtype], "cross": [...]}``."""
-    return {"runs": [trace_to_json(t) for t in result.runs], "cross": [c.to_json() for c in result.cross]}
+    return {"runs": [trace_to_json(t) for t in result.runs],
+            "cross": [c.to_json() for c in result.cross] + [d.to_json() for d in getattr(result, "drift", ())]}
 
 
 def _add_witnesses(trace, doc: dict[str, Any]) -> None:
@@ -157,13 +166,17 @@ def trace_json_chunks(trace):
     yield before + "\n"
 
     fields = trace.fields
-    keys = {f: json.dumps(f) for f in fields}
+    stalls = _stall_keys(trace)
+    keys = {f: json.dumps(f) for f in fields + stalls}
     i8, i6, i10 = " " * 8, " " * 6, " " * 10
     last = trace.n_steps - 1
     for lo in range(0, trace.n_steps, JSON_CHUNK_STEPS):
         hi = min(lo + JSON_CHUNK_STEPS, trace.n_steps)
         man = {f: _json_floats(trace.manual[f][lo:hi]) for f in fields}
         ref = {f: _json_floats(trace.torch[f][lo:hi]) for f in fields}
+        for f in stalls:
+            man[f] = ["true" if v else "false" for v in trace.stalled["manual"][f][lo:hi].tolist()]
+            ref[f] = ["true" if v else "false" for v in trace.stalled["torch"][f][lo:hi].tolist()]
         div = {}
         for f in fields:
             d = trace.divergence[f]
@@ -178,8 +191,8 @@ def trace_json_chunks(trace):
         parts: list[str] = []
         for j in range(hi - lo):
             idx = (",\n" + i8).join(map(str, trace.plan.indices(lo + j).tolist()))
-            manual = (",\n" + i8).join(f"{keys[f]}: {man[f][j]}" for f in fields)
-            torch = (",\n" + i8).join(f"{keys[f]}: {ref[f][j]}" for f in fields)
+            manual = (",\n" + i8).join(f"{keys[f]}: {man[f][j]}" for f in fields + stalls)
+            torch = (",\n" + i8).join(f"{keys[f]}: {ref[f][j]}" for f in fields + stalls)
             dv = (",\n" + i8).join(
                 f"{keys[f]}: {{\n{i10}\"abs\": {div[f][0][j]},\n{i10}\"rel\": {div[f][1][j]},\n"
                 f"{i10}\"ulp\": {div[f][2][j]},\n{i10}\"carried\": {div[f][3][j]},\n"

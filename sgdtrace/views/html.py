@@ -153,19 +153,22 @@ def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
         if k == blew:
             mark = '<span class="warn" title="training blew up here">⚠</span> ' + mark
 
-        def cells(values: dict, lr_cell: str = "") -> str:
+        def cells(values: dict, lr_cell: str = "", side: str = "") -> str:
             tds = []
+            lost = (getattr(trace, "stalled", None) or {}).get(side, {})  # the stall: update lost to rounding
             for f in order:
                 if f == "lr":
                     tds.append(f"<td>{lr_cell}</td>")
                 else:
                     bad = "" if trace.divergence[f].ok[k] else ' class="bad"'
-                    tds.append(f"<td{bad}>{cell(values[f][k])}</td>")
+                    stall = ('<span class="warn" title="update lost to rounding">=</span>'
+                             if f"stalled_{f}" in lost and lost[f"stalled_{f}"][k] else "")
+                    tds.append(f"<td{bad}>{cell(values[f][k])}{stall}</td>")
             return "".join(tds)
 
         out.append(f'<tr class="hand"><th scope="row" rowspan="2">{step}</th><td rowspan="2">{trace.n[k]}</td>'
-                   f'<td class="l">{esc(trace.hand)}</td>{cells(trace.manual, lr)}<td rowspan="2">{mark}</td></tr>')
-        out.append(f'<tr class="torch"><td class="l">torch</td>{cells(trace.torch)}</tr>')
+                   f'<td class="l">{esc(trace.hand)}</td>{cells(trace.manual, lr, "manual")}<td rowspan="2">{mark}</td></tr>')
+        out.append(f'<tr class="torch"><td class="l">torch</td>{cells(trace.torch, "", "torch")}</tr>')
     caption = (f"{esc(title_of(trace))}. Per batch: the values worked by hand and torch's beneath; "
                "dl/dw, dl/db and the loss on the batch at the parameters it started with, w and b after "
                "its update; ulp: the step's largest distance in units in the last place (0: bit-identical).")

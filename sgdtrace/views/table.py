@@ -208,6 +208,7 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
         table.add_column(label(f), justify="right", overflow="fold")
     table.add_column("ulp", justify="right", overflow="fold")
 
+    stalled = getattr(trace, "stalled", None) or {}
     ok_all = None
     for f in fields:
         ok_all = trace.divergence[f].ok if ok_all is None else ok_all & trace.divergence[f].ok
@@ -241,13 +242,17 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
         def row(values: dict, lr_cell="") -> list:
             return [lr_cell if f == "lr" and not scheduled else values.get(f, "") for f in order]
 
-        def cell(value, f: str) -> Text:
-            return Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
+        def cell(value, f: str, side=None) -> Text:
+            out = Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
+            if side is not None and side.get(f"stalled_{f}", _NEVER)[k]:  # the update was lost to rounding
+                out.append("=", style="bold yellow")
+            return out
 
         last = k == shown[-1]
-        table.add_row(step, str(trace.n[k]), _side(trace), *row({f: cell(trace.manual[f][k], f) for f in fields}, lr),
-                      mark)
-        table.add_row("", "", Text("torch", style="dim"), *row({f: cell(trace.torch[f][k], f) for f in fields}),
+        table.add_row(step, str(trace.n[k]), _side(trace),
+                      *row({f: cell(trace.manual[f][k], f, stalled.get("manual", {})) for f in fields}, lr), mark)
+        table.add_row("", "", Text("torch", style="dim"),
+                      *row({f: cell(trace.torch[f][k], f, stalled.get("torch", {})) for f in fields}),
                       "", end_section=not last and witness is None and gc is None and not folded and trace.ranks is None)
         if folded:
             table.add_row("", "", "buf hand", *row({FOLDED[f]: cell(trace.manual[f][k], f) for f in folded}), "")
@@ -362,6 +367,16 @@ def verdict_text(trace) -> Text:
     """The verdict line(s): agree or diverge (naming the first divergent step), and any blow-up
     (the sentences: :mod:`sgdtrace.views.verdict`)."""
     return rich_text(trace)
+
+
+class _Never:
+    """No stall column (an engine that recorded none): no step stalled."""
+
+    def __getitem__(self, k) -> bool:
+        return False
+
+
+_NEVER = _Never()
 
 
 def run_view(trace, rows: int | None = None, every: int = 1, width: int | None = None) -> Group:

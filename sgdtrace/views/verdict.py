@@ -48,6 +48,12 @@ def segments(trace, marked: bool = True) -> list[Segment]:
     if engine is not None and engine.not_kept:
         out += [(f"\n  not kept by {engine.name}: {', '.join(engine.not_kept)} (torch's state; not judged)",
                  "yellow")]
+    for st in getattr(v, "stalled", None) or ():  # the updates lost to rounding
+        out += [(f"\n= {st.field} stalled", "bold yellow"),
+                (f" at {st.steps} step{'s' if st.steps != 1 else ''} from step {st.first_step} on"
+                 + (" (the values marked =)" if marked else "")
+                 + f": lr·g was under half the spacing of {trace.config.dtype} values around {st.field}, so the "
+                 f"update rounded back to {st.field} itself; `sgdtrace explain` shows the spacing", "")]
     d = v.diverged_training
     if d:
         where = f"step {d.step}, the row marked ⚠" if marked else f"step {d.step}"

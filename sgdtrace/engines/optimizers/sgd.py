@@ -16,6 +16,12 @@ parameter ``p`` with gradient ``g`` at step ``t``::
 This is not the textbook (Sutskever) form ``v <- mu*v + lr*g; p <- p - v``: PyTorch keeps lr
 outside the buffer, so the two differ when lr changes (and in their rounding). The state torch
 keeps per parameter is ``momentum_buffer`` (only with momentum), and so does :func:`update`.
+
+In bfloat16 and float16, torch's operations on the one-element parameters round as follows
+(measured on torch 2.13's CPU kernels, pinned by tests/test_precision.py; docs/precision.md):
+``add``/``add_`` with ``alpha`` rounds alpha to the type, then the product, then the sum (so
+the scalars in :class:`Hyper` are of the type), while ``buf.mul_(momentum)`` keeps momentum in
+float32 and rounds once (``Hyper.momentum_kept``, then ``Hyper.rounded``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class Hyper:
     in double precision, then rounded once to the run's dtype (worked out in float32 from a
     rounded dampening instead, it is off by up to u*dampening/(1 - dampening) relative: 500 ulp at
     dampening 0.999). ``use_momentum`` and ``use_weight_decay`` are torch's ``!= 0`` tests, made once.
+    ``momentum_kept`` is the momentum ``buf.mul_(momentum)`` multiplies by (float32 in a 16-bit
+    run, else ``momentum``), ``rounded`` rounds that product to the run's type (else identity).
     """
 
     lr: Any
@@ -46,11 +54,16 @@ class Hyper:
     one_minus_dampening: Any = 1.0
     use_momentum: bool = False
     use_weight_decay: bool = False
+    momentum_kept: Any = 0.0
+    rounded: Callable[[Any], Any] = lambda v: v
 
 
-def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
+def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None,
+          kept: Callable[[float], Any] | None = None, rounded: Callable[[Any], Any] | None = None) -> Hyper:
     """The run's options as the update computes with them (``scalar`` rounds to the array type);
-    ``group`` overrides lr and momentum for one step (a schedule; OneCycleLR drives momentum)."""
+    ``group`` overrides lr and momentum for one step (a schedule; OneCycleLR drives momentum).
+    ``kept`` makes the scalar ``mul_`` keeps in float32, ``rounded`` rounds its product back (see
+    :class:`Hyper`; both default to the array type's own arithmetic)."""
     group = group or {}
     momentum = group.get("momentum", config.momentum)
     return Hyper(
@@ -63,6 +76,8 @@ def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = N
         one_minus_dampening=scalar(1 - config.dampening),
         use_momentum=momentum != 0,
         use_weight_decay=config.weight_decay != 0,
+        momentum_kept=(kept or scalar)(momentum),
+        **({"rounded": rounded} if rounded is not None else {}),
     )
 
 
@@ -91,9 +106,13 @@ def decayed(g, p, weight_decay):
     return g + weight_decay * p
 
 
-def buffered(buf, g, momentum, one_minus_dampening):
-    """buf <- mu * buf + (1 - tau) * g; on the very first step, buf <- g (``buf`` is None there)."""
-    return g if buf is None else momentum * buf + one_minus_dampening * g
+def buffered(buf, g, momentum, one_minus_dampening, rounded=lambda v: v):
+    """buf <- mu * buf + (1 - tau) * g; on the very first step, buf <- g (``buf`` is None there).
+
+    torch: ``buf.mul_(momentum).add_(g, alpha=1 - dampening)``; ``rounded`` rounds the ``mul_``'s
+    product to the run's type where ``momentum`` is kept wider (16-bit runs, :class:`Hyper`).
+    """
+    return g if buf is None else rounded(momentum * buf) + one_minus_dampening * g
 
 
 def nesterov_step(g, buf, momentum):
@@ -112,7 +131,8 @@ def update(param, grad, state: dict, hp: Hyper):
     if hp.use_weight_decay:
         g = decayed(g, param, hp.weight_decay)
     if hp.use_momentum:
-        buf = state[MOMENTUM_BUFFER] = buffered(state.get(MOMENTUM_BUFFER), g, hp.momentum, hp.one_minus_dampening)
+        buf = state[MOMENTUM_BUFFER] = buffered(state.get(MOMENTUM_BUFFER), g, hp.momentum_kept,
+                                                     hp.one_minus_dampening, hp.rounded)
         g = nesterov_step(g, buf, hp.momentum) if hp.nesterov else buf
     return descend(param, g, hp.lr)
 
@@ -146,3 +166,16 @@ def update_bound(p, g, prev: dict, cur: dict, new_mag, first, config, ctx=None):
         # the parameter's update goes on from the buffer as recorded
         g = g.combine(momentum, cur[MOMENTUM_BUFFER]) if config.nesterov else cur[MOMENTUM_BUFFER]
     return p.combine(-lr, g, result=new_mag), states
+
+
+def direction(p, g, state: dict, config):
+    """The direction ``d`` of the step ``p <- p - lr * d``, in float64 from one engine's recorded
+    values: the parameter the step started from, its gradient and the state after the step (for
+    the stall: the step was lost where ``lr * d != 0`` but ``p`` did not move)."""
+    d = -g if config.maximize else g
+    if config.weight_decay != 0:
+        d = d + config.weight_decay * p
+    if config.momentum != 0:
+        buf = state[MOMENTUM_BUFFER]
+        d = d + config.momentum * buf if config.nesterov else buf
+    return d

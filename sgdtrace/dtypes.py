@@ -1,0 +1,56 @@
+"""The floating-point types a run computes in: their NumPy dtypes, unit roundoff and range.
+
+float32 and float64 are NumPy's own. bfloat16 comes from the ``ml_dtypes`` package (NumPy has
+none); float16 is NumPy's. The two 16-bit types are *reduced precision*: torch computes each
+operation on them in float32 and rounds the result to 16 bits (docs/precision.md lists the rules,
+each pinned by a test), and accumulates its reductions in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: the 16-bit types, whose arithmetic torch does in float32 and rounds per operation
+REDUCED = ("bfloat16", "float16")
+
+_UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+
+
+def np_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of ``name`` (bfloat16: ``ml_dtypes.bfloat16``)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def unit_roundoff(name: str) -> float:
+    """u = 2^-p for p significand bits: 2^-8 for bfloat16, 2^-11 for float16, 2^-24, 2^-53."""
+    return _UNIT_ROUNDOFF[name]
+
+
+def accumulation(name: str) -> str:
+    """The type torch sums a reduction in: float32 for the 16-bit types, the type itself otherwise."""
+    return "float32" if name in REDUCED else name
+
+
+def finfo(name: str):
+    """``numpy.finfo`` for every type (``ml_dtypes.finfo`` knows bfloat16)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.finfo(np_dtype(name))
+    return np.finfo(np.dtype(name))
+
+
+def cast(values: np.ndarray, name: str) -> np.ndarray:
+    """float64 values rounded to the type as torch rounds them (to 16 bits through float32)."""
+    if name in REDUCED:
+        values = values.astype(np.float32)
+    return values.astype(np_dtype(name), copy=False)
+
+
+def is_reduced(dtype) -> bool:
+    """A 16-bit type (by name or NumPy dtype)."""
+    return (dtype if isinstance(dtype, str) else np.dtype(dtype).name) in REDUCED
