@@ -21,6 +21,11 @@ Then the HTML report (``--format html``): the time :func:`sgdtrace.views.html.ru
 build the page from a finished trace (the run itself excluded), in this process, the first build
 (imports included) and the median of the next ones, with the page's size; target under 1 s.
 
+The world-size-4 workload (``--ddp-workloads ddp4``): ``ddp_loop.py`` (the DDP loop a learner
+writes: 4 spawned processes, gloo, DistributedSampler, DistributedDataParallel) against
+``sgdtrace run --world-size 4`` (the same 4 processes, recording, then the hand side and the
+judge); medians of whole-process wall time and their ratio (target at most 1.2).
+
 Usage: ``python benchmarks/bench.py [--reps N] [--workloads article,1m-b64,100k-b1,200k-csv-b64] [--format table]
 [--html-workloads article,100k-b64] [--optimizer adam]``
 """
@@ -63,6 +68,31 @@ def csv_file(n: int, seed: int = 0) -> str:
                    fmt="%.17g")
         os.replace(tmp, path)
     return path
+
+
+#: name -> (synthetic N, world size, batch size per rank, epochs, default repetitions)
+DDP_WORKLOADS = {"ddp4": (40_000, 4, 10, 1, 3)}
+
+
+def bench_ddp(name: str, reps: int | None = None) -> dict:
+    """The DDP loop with no tracing (a) against ``sgdtrace run --world-size N`` (b), alternating."""
+    n, world, batch, epochs, default_reps = DDP_WORKLOADS[name]
+    common = ["--synthetic", str(n), "--world-size", str(world), "--batch-size", str(batch), "--epochs", str(epochs)]
+    py = sys.executable
+    cmds = {"a": [py, os.path.join(HERE, "ddp_loop.py")] + common,
+            "b": [py, "-m", "sgdtrace", "run"] + common + ["--quiet", "--output", os.devnull]}
+    wall: dict[str, list[float]] = {"a": [], "b": []}
+    steps = None
+    for rep in range(reps or default_reps):
+        for key in (("a", "b") if rep % 2 == 0 else ("b", "a")):
+            t, _, out = timed_rss(cmds[key])
+            wall[key].append(t)
+            if key == "a":
+                steps = json.loads(out.strip().splitlines()[-1])["steps"]
+        print(f"  {name} rep {rep + 1}: (a) {wall['a'][-1]:.2f}s  (b) {wall['b'][-1]:.2f}s", file=sys.stderr, flush=True)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    return {"workload": name, "world_size": world, "steps": steps, "reps": len(wall["a"]), "a_s": med["a"],
+            "b_s": med["b"], "ratio": med["b"] / med["a"]}
 
 
 def timed_rss(cmd: list[str]) -> tuple[float, float, str]:
@@ -200,17 +230,28 @@ def main() -> None:
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"],
                         help="the optimizer of all three (torch.optim's class in (a))")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--ddp-workloads", default="ddp4", help="world-size workloads (empty: none): "
+                        + ", ".join(DDP_WORKLOADS))
     parser.add_argument("--html-workloads", default="article,100k-b64",
                         help="workloads whose HTML report build is timed (empty: none)")
     args = parser.parse_args()
     rows = []
-    for name in args.workloads.split(","):
+    for name in filter(None, args.workloads.split(",")):
         if name not in WORKLOADS:
             raise SystemExit(f"unknown workload {name!r}: choose from {', '.join(WORKLOADS)}")
         rows.append(bench(name, args.reps or WORKLOADS[name][3], args.format, args.device, args.optimizer))
     print(f"Machine: {machine()}; --device {args.device}; --optimizer {args.optimizer}; (b) writes --format {args.format}; "
           "medians of wall time per process.\n")
     print(table(rows))
+    ddp_rows = [bench_ddp(name, args.reps) for name in args.ddp_workloads.split(",") if name]
+    if ddp_rows:
+        print("\nData-parallel SGD: the DDP loop with no tracing (a) against sgdtrace run --world-size N (b), "
+              "the same processes (target (b)/(a) <= 1.2).\n")
+        print("| workload | world size | steps | reps | (a) DDP loop, s | (b) sgdtrace run, s | (b)/(a) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for r in ddp_rows:
+            print(f"| {r['workload']} | {r['world_size']} | {r['steps']:,} | {r['reps']} | {r['a_s']:.2f} | "
+                  f"{r['b_s']:.2f} | {r['ratio']:.3f} |")
     pages = [html_page(name) for name in args.html_workloads.split(",") if name]
     if pages:
         print("\nThe HTML report (--format html): building the page from the finished run (target < 1 s).\n")
@@ -218,7 +259,7 @@ def main() -> None:
     if args.json_out:
         with open(args.json_out, "w") as fh:
             json.dump({"machine": machine(), "device": args.device, "format": args.format, "rows": rows,
-                       "html": pages}, fh, indent=2)
+                       "html": pages, "ddp": ddp_rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -231,6 +231,13 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
                          help="Relative tolerance, times each value's rounding scale (default 4u = 2 machine epsilons: 2.4e-7 in float32)."),
             click.option("--atol", type=float, default=None,
                          help="Absolute tolerance (default the dtype's smallest normal number)."),
+            click.option("--world-size", type=int, default=None, metavar="N",
+                         help="Data-parallel SGD: N processes (DistributedSampler, DistributedDataParallel; "
+                              "default 1, no process group); --batch-size is per rank."),
+            click.option("--set-epoch/--no-set-epoch", default=None,
+                         help="Call sampler.set_epoch(e) each epoch (default); --no-set-epoch replays forgetting it."),
+            click.option("--rank-timeout", type=float, default=None, metavar="SECONDS",
+                         help="End the run (exit 2) when a rank fails or is silent this long (default 60)."),
             *engine_options(),
             format_option(formats),
             output_option(output_help),
@@ -399,6 +406,8 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
     epoch_no = epoch_no or 1
     from sgdtrace.tracing import run_trace
 
+    _refuse_distributed(cfg, "--reference exact" if reference == "exact" else None,
+                        "--gradcheck" if gradcheck else None)
     dataset = None
     if batch_no is not None:  # a bad --batch is refused before training
         if fmt != "html":
@@ -414,6 +423,8 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
     finally:
         if bar is not None:
             bar.close()
+    if trace is None:  # a rank other than 0 of a torchrun group: rank 0 writes the output
+        return EXIT_OK
     add_witnesses(trace, reference, gradcheck)
     if fmt == "table":
         options = {"rows": rows, "every": every}
@@ -423,6 +434,25 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
         options = {}
     emit(RUN_FORMATS, fmt, trace, output, **options)
     return _exit_code(trace.verdict.ok)
+
+
+def _refuse_distributed(cfg, *options: str | None, command: str | None = None) -> None:
+    """``--world-size N`` (N >= 2) with what it does not support: exit 2 naming both; under torchrun
+    only ``run`` joins the group."""
+    from sgdtrace.engines.torch_ddp import under_torchrun
+
+    ws = cfg.origin.get("world_size") or "--world-size"
+    if cfg.world_size > 1:
+        for opt in options:
+            if opt:
+                raise ConfigError(f"{ws} {cfg.world_size} with {opt}: not supported together; "
+                                  f"drop {opt} or use --world-size 1")
+    if command is not None and (cfg.world_size > 1 or under_torchrun()):
+        if under_torchrun():
+            raise ConfigError(f"sgdtrace {command} under torchrun: only 'sgdtrace run' joins a torchrun group")
+        if command in ("graph",):
+            raise ConfigError(f"{ws} {cfg.world_size} with sgdtrace graph: the graph is one process's autograd "
+                              "graph; use --world-size 1")
 
 
 def add_witnesses(trace, reference: str, gradcheck: bool) -> None:
@@ -453,6 +483,7 @@ def compare(**kw: Any) -> int:
     devices: tuple[str, ...] = kw.pop("device")
     dtypes: tuple[str, ...] = kw.pop("dtype")
     cfg, fmt, output = _configure(kw, COMPARE_FORMATS)  # without the flags, the file's device and dtype
+    _refuse_distributed(cfg, command="compare")
     from sgdtrace.compare import compare_runs
 
     result = compare_runs(cfg, devices or (cfg.device,), dtypes or (cfg.dtype,))
@@ -476,6 +507,10 @@ def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: 
     of the configs named.
     """
     check_output_path(output)
+    from sgdtrace.engines.torch_ddp import under_torchrun
+
+    if under_torchrun():
+        raise ConfigError("sgdtrace check under torchrun: only 'sgdtrace run' joins a torchrun group")
     paths = find_configs(configs)
     from sgdtrace.check import run_checks
 
@@ -507,11 +542,26 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     each result.
     """
     cfg, fmt, output = _configure(kw, EXPLAIN_FORMATS)
+    _refuse_distributed(cfg, command="explain")
     from sgdtrace import data
     from sgdtrace.tracing import run_trace
     from sgdtrace.teaching.explain import explain_step
 
     dataset = data.load(cfg)
+    if cfg.world_size > 1:
+        data.distributed_plan(len(dataset), cfg).global_plan().step(batch_no, epoch_no)
+        from sgdtrace.teaching.explain import explain_distributed
+        from sgdtrace.views.explain import explain_distributed_json, explain_distributed_view
+
+        trace = run_trace(cfg, dataset=dataset)
+        dx = explain_distributed(trace, batch_no, epoch_no)
+        if fmt == "json":
+            from sgdtrace.views.export import to_json_text
+
+            write_output(to_json_text(explain_distributed_json(dx)), output)
+        else:
+            show(explain_distributed_view(dx), output)
+        return _exit_code(trace.verdict.ok)
     k = data.plan(len(dataset), cfg).step(batch_no, epoch_no)  # a bad --batch is refused before training
     user = None
     if cfg.engine is not None:  # the user's file, asked for its nodes (forward) at this step
@@ -539,6 +589,7 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     with that loss, and the verdict printed.
     """
     cfg, fmt, output = _configure(kw, GRAPH_FORMATS)
+    _refuse_distributed(cfg, command="graph")
     if cfg.engine is not None:
         raise ConfigError("--engine: graph draws sgdtrace's own derivation beside torch's; "
                           "use `sgdtrace explain --engine FILE.py --batch K` to see your file's nodes")

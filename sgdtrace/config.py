@@ -89,6 +89,10 @@ class Config:
     dtype: str = "float32"
     rtol: float | None = None  # None: the dtype's default (see divergence.default_tolerance)
     atol: float | None = None
+    # data-parallel SGD (torch.distributed): processes, DistributedSampler.set_epoch, fault bound
+    world_size: int = 1
+    set_epoch: bool = True
+    rank_timeout: float = 60.0
     # a user's engine file on the hand side (sgdtrace.engines.user), and its time limit in seconds
     engine: str | None = None
     engine_timeout: float = ENGINE_TIMEOUT
@@ -137,6 +141,8 @@ class Config:
             "dtype": self.dtype,
             "rtol": self.rtol,
             "atol": self.atol,
+            "world_size": self.world_size,
+            **({"set_epoch": self.set_epoch} if self.world_size > 1 else {}),
             "optimizer": self.optimizer,
             "betas": list(self.betas),
             "eps": self.eps,
@@ -161,10 +167,10 @@ VIEW_KEYS = ("format", "output") + tuple(RUN_DEFAULTS)
 KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
 
 _FLOAT_KEYS = {"lr", "init_w", "init_b", "true_w", "true_b", "noise", "momentum", "dampening",
-               "weight_decay", "rtol", "atol", "eps", "alpha", "lr_decay", "initial_accumulator_value",
+               "weight_decay", "rtol", "atol", "rank_timeout", "eps", "alpha", "lr_decay", "initial_accumulator_value",
                "engine_timeout"}
-_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "rows", "every", "batch", "epoch"}
-_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "gradcheck", "quiet", "amsgrad", "centered",
+_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size", "rows", "every", "batch", "epoch"}
+_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "set_epoch", "gradcheck", "quiet", "amsgrad", "centered",
               "foreach", "fused"}
 _STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimizer", "engine"}
 #: synthetic data's options: they do nothing without ``synthetic``
@@ -251,6 +257,7 @@ def validate(cfg: Config) -> None:
     for key in ("rtol", "atol"):
         if getattr(cfg, key) is not None and finite(key) < 0:
             _fail(cfg, key, getattr(cfg, key), "must be a finite number >= 0")
+    _validate_distributed(cfg, integer, finite)
     if cfg.engine is not None:  # --engine FILE.py: a Python file that exists
         if not isinstance(cfg.engine, str) or not cfg.engine.endswith(".py"):
             _fail(cfg, "engine", cfg.engine, "must be a Python file (FILE.py)")
@@ -306,6 +313,41 @@ def to_dtype(value: float, dtype: str) -> float:
         return struct.unpack("f", struct.pack("f", value))[0]
     except OverflowError:
         return math.copysign(math.inf, value)
+
+
+#: the most processes --world-size starts (DistributedSampler and gloo take more; a teaching run does not)
+MAX_WORLD_SIZE = 64
+
+
+def _validate_distributed(cfg: Config, integer, finite) -> None:
+    """--world-size, --no-set-epoch, --rank-timeout (the data's size and the GPUs are checked where known)."""
+    if integer("world_size", 1) > MAX_WORLD_SIZE:
+        _fail(cfg, "world_size", cfg.world_size, f"must be a whole number in [1, {MAX_WORLD_SIZE}]")
+    if not isinstance(cfg.set_epoch, bool):
+        _fail(cfg, "set_epoch", cfg.set_epoch, "must be true or false")
+    if finite("rank_timeout") <= 0:
+        _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
+    if cfg.world_size > 1 and cfg.engine is not None:
+        raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'engine')}: not supported "
+                          "together; your own engine runs in one process")
+    if cfg.world_size > 1 and cfg.dtype not in ("float32", "float64"):
+        raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'dtype')} {cfg.dtype}: "
+                          "not supported together; data-parallel runs use float32 or float64")
+    if cfg.world_size > 1:  # the DDP loop is written with optim.SGD and no schedule
+        if cfg.optimizer != "sgd":
+            raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'optimizer')} "
+                              f"{cfg.optimizer}: not supported together; data-parallel runs use sgd")
+        if cfg.scheduler is not None:
+            raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with a scheduler: not supported "
+                              "together; data-parallel runs use a constant rate")
+        if cfg.foreach is not None or cfg.fused is not None:
+            key = "foreach" if cfg.foreach is not None else "fused"
+            raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, key)}: not "
+                              "supported together")
+    if not cfg.set_epoch and cfg.world_size == 1:
+        flag = "--no-set-epoch" if cfg.origin.get("set_epoch", "--").startswith("--") else _label(cfg, "set_epoch") + " false"
+        raise ConfigError(f"{flag} with {_label(cfg, 'world_size')} 1: "
+                          "set_epoch is DistributedSampler's; it needs a world size >= 2")
 
 
 # ---------------------------------------------------------------- TOML files

@@ -390,3 +390,130 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
             torch.randperm(n_samples, generator=g)  # the sampler's empty tail slice, drawn all the same
         orders = tuple(out)
     return BatchPlan(n_samples, config.batch_size, config.epochs, config.drop_last, orders)
+
+
+# ---------------------------------------------------------------- DistributedSampler's plan
+
+
+def sampler_indices(n: int, num_replicas: int, rank: int, shuffle: bool, seed: int, epoch: int,
+                    drop_last: bool) -> list[int]:
+    """The indices ``DistributedSampler(dataset, num_replicas, rank, shuffle, seed, drop_last)``
+    yields after ``set_epoch(epoch)``, replayed (torch/utils/data/distributed.py, ``__iter__``):
+
+    1. the epoch's order: ``torch.randperm(n)`` from a generator seeded with ``seed + epoch``
+       (with shuffle), else ``0..n-1``;
+    2. every rank gets ``num_samples`` indices: ``ceil(n / N)``, or with drop_last (when N does
+       not divide n) ``ceil((n - N) / N)``; the order is padded to ``N * num_samples`` by
+       repeating indices from its start (drop_last cuts it there instead);
+    3. rank r takes every N-th index from position r: ``indices[r:total:N]``.
+    """
+    total, _ = _sampler_sizes(n, num_replicas, drop_last)
+    return _sampler_order(n, num_replicas, shuffle, seed, epoch, drop_last)[rank:total:num_replicas]
+
+
+def _sampler_sizes(n: int, num_replicas: int, drop_last: bool) -> tuple[int, int]:
+    """``(total_size, num_samples)`` as DistributedSampler's ``__init__`` sets them."""
+    if drop_last and n % num_replicas != 0:
+        per_rank = math.ceil((n - num_replicas) / num_replicas)
+    else:
+        per_rank = math.ceil(n / num_replicas)
+    return per_rank * num_replicas, per_rank
+
+
+def _sampler_order(n: int, num_replicas: int, shuffle: bool, seed: int, epoch: int, drop_last: bool) -> list[int]:
+    """The padded (or cut) order of all ranks' indices, before the interleaved split."""
+    if shuffle:
+        import torch
+
+        g = torch.Generator()
+        g.manual_seed(seed + epoch)
+        indices = torch.randperm(n, generator=g).tolist()
+    else:
+        indices = list(range(n))
+    total, _ = _sampler_sizes(n, num_replicas, drop_last)
+    if drop_last:
+        return indices[:total]
+    pad = total - len(indices)
+    if pad <= len(indices):
+        return indices + indices[:pad]
+    return indices + (indices * math.ceil(pad / len(indices)))[:pad]
+
+
+@dataclass(frozen=True)
+class DistributedPlan:
+    """Which samples each rank's steps use: DistributedSampler's split, then each rank's DataLoader.
+
+    ``rank_orders[e][r]`` is rank r's indices in epoch e (0-based); ``padded[e]`` the indices the
+    sampler repeated to even the ranks out (empty with drop_last, which drops ``dropped[e]``).
+    Every rank has the same number of samples, so the same batches (a partial last one included)
+    and steps; the step's global batch is the ranks' batches in rank order (:meth:`global_plan`).
+    """
+
+    n_samples: int
+    world_size: int
+    batch_size: int
+    epochs: int
+    drop_last: bool
+    set_epoch: bool
+    rank_orders: tuple[tuple[np.ndarray, ...], ...]
+    padded: tuple[np.ndarray, ...]
+    dropped: tuple[np.ndarray, ...]
+
+    @property
+    def per_rank(self) -> int:
+        return _sampler_sizes(self.n_samples, self.world_size, self.drop_last)[1]
+
+    def rank_plan(self, rank: int) -> BatchPlan:
+        """Rank ``rank``'s DataLoader over its sampler's indices, as a batch plan of its own."""
+        return BatchPlan(self.per_rank, self.batch_size, self.epochs, self.drop_last,
+                         tuple(orders[rank] for orders in self.rank_orders))
+
+    def global_plan(self) -> BatchPlan:
+        """The steps' global batches: per step, rank 0's batch, then rank 1's, ... (N*B samples)."""
+        one = self.rank_plan(0)
+        sizes, starts = one.batch_sizes(), one.batch_starts()
+        orders = []
+        for ranks in self.rank_orders:
+            parts = [r[s:s + k] for s, k in zip(starts.tolist(), sizes.tolist()) for r in ranks]
+            orders.append(np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64))
+        return BatchPlan(self.per_rank * self.world_size, self.batch_size * self.world_size, self.epochs,
+                         self.drop_last, tuple(orders))
+
+
+def distributed_plan(n_samples: int, config: Config) -> DistributedPlan:
+    """Replay DistributedSampler for every rank and epoch (``set_epoch(e)`` each epoch unless
+    ``config.set_epoch`` is false: then every epoch uses epoch 0's order)."""
+    ws = config.world_size
+    if ws > n_samples:
+        raise ConfigError(f"{_origin(config, 'world_size')} {ws}: more ranks than the {n_samples} samples; "
+                          f"allowed: 1..{n_samples}")
+    total, per_rank = _sampler_sizes(n_samples, ws, config.drop_last)
+    if per_rank == 0 or (config.drop_last and per_rank < config.batch_size):
+        raise ConfigError(f"--drop-last with --world-size {ws} and --batch-size {config.batch_size}: each rank "
+                          f"gets {per_rank} of the {n_samples} samples, which leaves no batch; use a batch size "
+                          f"<= {max(per_rank, 1)} or drop --drop-last")
+    plan(per_rank, config.replace(shuffle=False, origin=config.origin))  # the step limit, checked as for one process
+    seed = config.effective_seed
+    rank_orders, padded, dropped = [], [], []
+    for epoch in range(config.epochs):
+        e = epoch if config.set_epoch else 0
+        order = np.asarray(_sampler_order(n_samples, ws, config.shuffle, seed, e, config.drop_last), dtype=np.int64)
+        rank_orders.append(tuple(order[r:total:ws] for r in range(ws)))
+        padded.append(order[n_samples:])
+        if config.drop_last:
+            full = (torch_randperm(n_samples, seed + e) if config.shuffle else np.arange(n_samples))
+            dropped.append(full[total:])
+        else:
+            dropped.append(np.zeros(0, dtype=np.int64))
+    return DistributedPlan(n_samples, ws, config.batch_size, config.epochs, config.drop_last, config.set_epoch,
+                           tuple(rank_orders), tuple(padded), tuple(dropped))
+
+
+def torch_randperm(n: int, seed: int) -> np.ndarray:
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def _origin(config: Config, key: str) -> str:
+    return config.origin.get(key) or "--" + key.replace("_", "-")

@@ -452,3 +452,37 @@ def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,
 
 # the verdict and its records live in sgdtrace.verdict; importable from here as before
 from sgdtrace.verdict import FieldSummary, Verdict, json_number, verdict  # noqa: E402, F401
+
+
+# ------------------------------------------------------------------ data-parallel SGD: the all-reduce
+
+
+def compare_allreduce(rank_divs: list[dict[str, FieldDivergence]], man_ranks: dict[str, np.ndarray],
+                      ref_ranks: dict[str, np.ndarray], a: dict[str, np.ndarray], b: dict[str, np.ndarray],
+                      config) -> dict[str, FieldDivergence]:
+    """Judge the step's averaged gradients and mean loss of a ``--world-size N`` run.
+
+    Each rank's own gradients and loss are judged with the per-batch terms above, on the rank's
+    batch (``rank_divs[r]``). DDP's average ``fl(sum_r fl(g_r * fl(1/N)))`` (see
+    :mod:`sgdtrace.engines.ddp`) carries each rank's difference and rounding scaled by 1/N, and
+    adds its own roundings: per term, ``1/N`` rounded and the product rounded (2 roundings of
+    ``|g_r|/N``), and a sum of N terms in any order ((N-1) roundings of at most ``sum |g_r|/N``)::
+
+        C[avg] = (1/N) sum_r C_r
+        E[avg] = (1/N) sum_r E_r + (N + 1) * (1/N) sum_r |g_r|
+
+    The step's loss is the mean of the ranks' losses (sgdtrace's, the same on both sides: a
+    float64 mean rounded to the run's type): ``E = (1/N) sum_r E_r + (N + 1) * mean |l_r|``.
+    """
+    rtol, atol = tolerances(config)
+    world = man_ranks["loss"].shape[1]
+    out = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for f in ("grad_w", "grad_b", "loss"):
+            E_ranks = sum((d[f].tol - atol) / rtol if rtol > 0 else 0.0 * d[f].tol for d in rank_divs) / world
+            carried = sum(d[f].carried for d in rank_divs) / world
+            mag = np.fmax(np.abs(man_ranks[f].astype(np.float64)), np.abs(ref_ranks[f].astype(np.float64)))
+            E = E_ranks + (world + 1) * mag.sum(axis=1) / world
+            peak = mag.max(axis=1) * world
+            out[f] = _distances(a[f], b[f], atol + rtol * E, config.dtype, peak, carried)
+    return out

@@ -38,6 +38,7 @@ class Trace(TraceNotebook):
     stable_lr: np.ndarray  # per step: the largest learning rate stable on that batch
     reference: Any = None  # sgdtrace.reference.Reference when --reference exact was asked for
     gradcheck: Any = None  # sgdtrace.reference.GradCheck when --gradcheck was asked for
+    ranks: Any = None  # RankTrace when --world-size N >= 2: each rank's own values (the rank axis)
     engine: Any = None  # sgdtrace.engines.user.EngineInfo when a user's file stood on the hand side
 
     @property
@@ -112,6 +113,16 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     """
     from sgdtrace.engines import manual, protocol, torch_ref
 
+    from sgdtrace.engines import torch_ddp
+
+    if torch_ddp.under_torchrun():  # one rank of torchrun's group: its world size
+        world = torch_ddp.torchrun_world()[1]
+        if "world_size" in config.origin and config.world_size != world:
+            raise ConfigError(f"{config.origin['world_size']} {config.world_size}: under torchrun the world size "
+                              f"is WORLD_SIZE = {world}; give the same or leave it out")
+        config = config.replace(world_size=world, origin=config.origin)
+    if config.world_size > 1:
+        return run_distributed(config, dataset=dataset, engine=engine)
     device = resolve_device(config.device)
     label = device_label(device)
     cfg = config.replace(device=label, origin=config.origin)
@@ -181,3 +192,128 @@ def judge(cfg: Config, dataset: data_mod.Dataset, plan: data_mod.BatchPlan, devi
     verdict.stalled = stall.summary(stalled["torch"])
     assert epoch.shape[0] == steps
     return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable, stalled=stalled)
+
+
+# ------------------------------------------------------------------ data-parallel SGD (--world-size N)
+
+
+@dataclass
+class RankTrace:
+    """The rank axis of a ``--world-size N`` run: each rank's own values, ``(steps, N)`` arrays.
+
+    ``manual``/``torch`` hold each rank's ``grad_w``, ``grad_b`` (its own, before DDP's average)
+    and ``loss``; ``divergence`` judges them with the per-batch terms on the rank's batch.
+    """
+
+    plan: data_mod.DistributedPlan
+    n: np.ndarray
+    manual: dict[str, np.ndarray]
+    torch: dict[str, np.ndarray]
+    divergence: dict[str, divergence.FieldDivergence]
+
+    @property
+    def world_size(self) -> int:
+        return self.plan.world_size
+
+    def indices(self, step: int, rank: int) -> np.ndarray:
+        """The sample indices rank ``rank`` used at step ``step`` (0-based)."""
+        return self.plan.rank_plan(rank).indices(step)
+
+
+def check_world(config: Config, n_samples: int, device) -> None:
+    """A world size the data and the machine can hold, before any process starts."""
+    ws = config.world_size
+    if ws > n_samples:
+        raise ConfigError(f"{config.origin.get('world_size') or '--world-size'} {ws}: more ranks than the "
+                          f"{n_samples} samples; allowed: 1..{n_samples}")
+    if device.type == "cuda":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if ws > gpus:
+            raise ConfigError(f"--world-size {ws} on CUDA: one GPU per rank, and this machine has {gpus}; "
+                              f"allowed: 1..{gpus}")
+
+
+def run_distributed(config: Config, *, dataset: data_mod.Dataset | None = None,
+                    engine: Callable[[Config, Any], Any] | None = None,
+                    gathered: list[dict[str, Any]] | None = None) -> Trace | None:
+    """``--world-size N``: the DDP loop on torch.distributed beside the hand-worked ranks.
+
+    Started here: N spawned processes (:func:`sgdtrace.engines.torch_ddp.run`). Under torchrun
+    this process is one rank (:func:`sgdtrace.engines.torch_ddp.join`); every rank but 0
+    returns ``None`` and writes nothing. ``gathered``: the torch side's values when already run
+    (:func:`sgdtrace.engines.torch_ddp.run_many`, the tests' matrix in one group).
+    """
+    from sgdtrace.engines import ddp, manual, torch_ddp
+
+    device = resolve_device(config.device)
+    label = device_label(device)
+    cfg = config.replace(device=label, origin=config.origin)
+    if dataset is None:
+        dataset = data_mod.load(cfg)
+    check_world(cfg, len(dataset), device)
+    dplan = data_mod.distributed_plan(len(dataset), cfg)
+    if gathered is not None:
+        pass
+    elif torch_ddp.under_torchrun():
+        gathered = torch_ddp.join(dataset.x, dataset.y, cfg, device)
+        if gathered is None:
+            return None
+    else:
+        gathered = torch_ddp.run(dataset.x, dataset.y, cfg, device)
+    gathered = sorted(gathered, key=lambda r: r["rank"])
+    for r, res in enumerate(gathered):
+        for e, idx in enumerate(res["indices"]):
+            if not np.array_equal(idx, dplan.rank_orders[e][r]):  # pragma: no cover - a replay bug
+                raise RuntimeError(f"rank {r}, epoch {e + 1}: DistributedSampler gave {idx.tolist()}, "
+                                   f"the replay {dplan.rank_orders[e][r].tolist()}")
+    backend = manual.ArrayBackend("numpy", cfg.dtype)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        hand = (engine or manual.engine)(cfg, backend)
+        man, man_ranks = ddp.run(hand, dataset.x, dataset.y, dplan, cfg.init_w, cfg.init_b, backend)
+        ref = {f: v for f, v in gathered[0]["cols"].items() if not f.startswith("rank_")}
+        ref_ranks = {f: np.stack([g["cols"]["rank_" + f] for g in gathered], axis=1) for f in ("grad_w", "grad_b", "loss")}
+        np_dtype = np.dtype(cfg.dtype)
+        man["loss"] = man_ranks["loss"].astype(np.float64).mean(axis=1).astype(np_dtype)
+        ref["loss"] = ref_ranks["loss"].astype(np.float64).mean(axis=1).astype(np_dtype)
+        order = tuple(hand.fields)
+        man = {f: man[f] for f in order}
+        ref = {f: ref[f] for f in order}
+        return judge_distributed(cfg, dataset, dplan, label, man, ref, man_ranks, ref_ranks)
+
+
+def judge_distributed(cfg: Config, dataset: data_mod.Dataset, dplan: data_mod.DistributedPlan, device: str,
+                      man: dict[str, np.ndarray], ref: dict[str, np.ndarray],
+                      man_ranks: dict[str, np.ndarray], ref_ranks: dict[str, np.ndarray]) -> Trace:
+    """The trace of a DDP run: the step's columns judged as one process's (the update on the
+    averaged gradients), the averaged gradients and mean loss by the all-reduce's model
+    (:func:`sgdtrace.divergence.compare_allreduce`), each rank's own values on its batch."""
+    world = dplan.world_size
+    gplan = dplan.global_plan()
+    rank_divs = []
+    for r in range(world):
+        a = dict(man, **{f: man_ranks[f][:, r] for f in man_ranks})
+        b = dict(ref, **{f: ref_ranks[f][:, r] for f in ref_ranks})
+        div_r = divergence.compare_columns(a, b, dataset.x, dataset.y, dplan.rank_plan(r), cfg)
+        rank_divs.append({f: div_r[f] for f in man_ranks})
+    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, gplan, cfg)
+    div.update(divergence.compare_allreduce(rank_divs, man_ranks, ref_ranks, man, ref, cfg))
+    rank_div = {f: divergence.FieldDivergence(*(np.stack([getattr(d[f], part.name) for d in rank_divs], axis=1)
+                                                for part in dataclasses.fields(divergence.FieldDivergence)))
+                for f in man_ranks}
+    epoch, batch, n = gplan.step_epochs(), gplan.step_batches(), gplan.step_sizes()
+    stable = stable_lr(dataset.x, gplan, cfg)
+    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, gplan)
+    # the verdict also holds each rank's own values (named rank<r>.<field>)
+    judged = dict(div)
+    a, b = dict(man), dict(ref)
+    for f in man_ranks:
+        for r in range(world):
+            key = f"rank{r}.{f}"
+            judged[key] = rank_divs[r][f]
+            a[key], b[key] = man_ranks[f][:, r], ref_ranks[f][:, r]
+    verdict = divergence.verdict(judged, a, b, epoch, batch, blown)
+    ranks = RankTrace(dplan, np.tile(dplan.rank_plan(0).batch_sizes(), dplan.epochs)[:, None].repeat(world, axis=1),
+                      man_ranks, ref_ranks, rank_div)
+    return Trace(cfg, dataset, gplan, device, epoch, batch, n, man, ref, div, verdict, stable, ranks=ranks)

@@ -18,7 +18,7 @@ import torch
 from sgdtrace import divergence as dv
 from sgdtrace.config import Config
 from sgdtrace.data import Dataset, article, plan
-from sgdtrace.engines import manual, torch_ref
+from sgdtrace.engines import manual, torch_ddp, torch_ref
 from sgdtrace.engines.optimizers import sgd
 from sgdtrace.engines.protocol import state_field, state_fields
 from sgdtrace.tracing import run_trace
@@ -50,10 +50,23 @@ def _torch_run_once(x, y, config, device, steps, progress=None, sync_free=None, 
     return {f: v.copy() for f, v in _TORCH_COLUMNS[key].items()}
 
 
+_real_ddp_run = torch_ddp.run
+_DDP_VALUES: dict[tuple, list] = {}
+
+
+def _ddp_run_once(x, y, config, device, ports=None):
+    """The same for the DDP configs: each distinct process group once."""
+    key = (x.tobytes(), y.tobytes(), repr(config), str(device))
+    if key not in _DDP_VALUES:
+        _DDP_VALUES[key] = _real_ddp_run(x, y, config, device, ports)
+    return _DDP_VALUES[key]
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _torch_columns_once():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch_ref, "run", _torch_run_once)
+        mp.setattr(torch_ddp, "run", _ddp_run_once)
         yield
 
 
@@ -863,6 +876,7 @@ def _fill_torch_columns():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch_ref, "run", _torch_run_once)
+        mp.setattr(torch_ddp, "run", _ddp_run_once)
         for cfg in [ARTICLE.replace(dtype="float64"), FLOAT32_RUN, *(Config(dtype="float64", **o) for o in RUNS)]:
             run_trace(cfg)
         run_checks(_check_configs(), ["cpu"])

@@ -153,6 +153,70 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     return ex
 
 
+# ------------------------------------------------------------------ data-parallel SGD (--world-size N)
+
+
+class _RankView:
+    """One rank of a ``--world-size N`` trace, seen as a one-process trace: its own batch, its
+    own gradients and loss (by hand and torch's, judged); w, b and the state are the run's."""
+
+    def __init__(self, trace, rank: int):
+        rt = trace.ranks
+        self.rank, self.config, self.device, self.dataset = rank, trace.config, trace.device, trace.dataset
+        self.plan = trace.plan
+        self.stalled = getattr(trace, "stalled", None)
+        self._plan = rt.plan.rank_plan(rank)
+        self.manual = dict(trace.manual, **{f: rt.manual[f][:, rank] for f in rt.manual})
+        self.torch = dict(trace.torch, **{f: rt.torch[f][:, rank] for f in rt.torch})
+        self.divergence = dict(trace.divergence)
+        for f, d in rt.divergence.items():
+            self.divergence[f] = type(d)(*(getattr(d, name)[:, rank] for name in d.__dataclass_fields__))
+
+    def indices(self, step: int) -> np.ndarray:
+        return self._plan.indices(step)
+
+
+@dataclass
+class DistributedExplanation:
+    """One step of a DDP run: each rank's Equations 1-3 and 6-11 on its batch, DDP's average of
+    the ranks' gradients (the all-reduce), and the one update every rank makes with it."""
+
+    ranks: list[Explanation]  # each rank's forward and backward (their update parts are not used)
+    step: Explanation  # the step: the averaged gradients, the update, the run's torch values
+    inv_n: float  # 1/N as the multiply used it (rounded to the run's dtype)
+    matches_trace: bool
+
+
+def explain_distributed(trace, batch: int, epoch: int = 1) -> DistributedExplanation:
+    """Recompute one step of a DDP run with the hand engine's functions, rank by rank."""
+    import dataclasses
+
+    from sgdtrace.engines import ddp
+
+    ranks = [explain_step(_RankView(trace, r), batch, epoch) for r in range(trace.ranks.world_size)]
+    k = ranks[0].step
+    backend = backend_for(trace)
+    eng = manual.engine(trace.config, backend)
+    grads = {p: ddp.average([backend.scalar(getattr(ex, "grad_" + p)) for ex in ranks], backend) for p in ("w", "b")}
+    first = ranks[0]
+    states = {p: {key: backend.param(first.state0[state_field(key, p)]) for key in eng.state_keys
+                  if first.state0[state_field(key, p)] is not None} for p in ("w", "b")}
+    w1 = eng.update(backend.param(first.w0), grads["w"], states["w"], eng.hp)
+    b1 = eng.update(backend.param(first.b0), grads["b"], states["b"], eng.hp)
+    state1 = {state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")}
+    loss = float(np.mean([ex.loss for ex in ranks]))
+    idx = trace.indices(k)
+    step = dataclasses.replace(first, trace=trace, indices=idx, loss=loss, grad_w=_value(grads["w"]),
+                               grad_b=_value(grads["b"]), w1=_value(w1), b1=_value(b1), state1=state1)
+    man = trace.manual
+    got = {"grad_w": step.grad_w, "grad_b": step.grad_b, "w": step.w1, "b": step.b1, **state1}
+    dtype = man["w"].dtype
+    matches = all(np.array(v, dtype=dtype).tobytes() == man[f][k:k + 1].tobytes() for f, v in got.items())
+    matches &= all(np.array(ex.grad_w, dtype=dtype).tobytes() == trace.ranks.manual["grad_w"][k, r:r + 1].tobytes()
+                   for r, ex in enumerate(ranks))
+    return DistributedExplanation(ranks, step, float(backend.scalar(1.0 / len(ranks))), matches)
+
+
 def _spacing(trace, k: int, params: dict, state1: dict) -> dict[str, dict[str, Any]] | None:
     """Per parameter: the gaps to the neighbouring values of the dtype (below, above), the update
     ``lr·d`` (float64), and whether the step stalled (as the trace recorded it)."""

@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.views.fmt import LABELS, percent
+from sgdtrace.views.fmt import field_label, percent
 
 
 def _row(r) -> list[str]:
@@ -19,7 +19,7 @@ def _row(r) -> list[str]:
         status = "ok"
     else:
         f = v.first_divergent_step
-        status = f"DIVERGE at {f['epoch']}:{f['batch']} {LABELS[f['field']]}"
+        status = f"DIVERGE at {f['epoch']}:{f['batch']} {field_label(f['field'])}"
     if v.diverged_training:
         status += " (blew up)"
     return [os.path.basename(r.config), t.device, t.config.dtype, str(t.n_steps), str(v.max_ulp), percent(v.max_tol_ratio), status]

@@ -317,3 +317,61 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
             "nodes": None if ex.user_nodes is None else {n: nums(v) for n, v in ex.user_nodes.items()}}}),
         "spacing": ex.spacing,
     }
+
+
+# ------------------------------------------------------------------ data-parallel SGD (--world-size N)
+
+
+def explain_distributed_view(dx) -> Group:
+    """A DDP step: the header, each rank's forward and backward pass, the all-reduce, the update."""
+    step = dx.step
+    world = len(dx.ranks)
+    parts: list = [_header(step), Text("")]
+    for r, ex in enumerate(dx.ranks):
+        parts.append(Text(f"Rank {r}: samples {_per_sample([str(i) for i in ex.indices.tolist()])} (n = {ex.n})",
+                          style="bold reverse"))
+        parts += _forward(ex) + [Text("")]
+        for sec in _backward(ex):
+            parts += [sec, Text("")]
+    sec = _Section(f"All-reduce (DistributedDataParallel's average over {world} ranks: each rank's gradient "
+                   f"times 1/{world}, rounded, then summed)")
+    inv = num(dx.inv_n)
+    for p in ("w", "b"):
+        gs = [_p(getattr(ex, "grad_" + p)) for ex in dx.ranks]
+        terms = [f"{inv}·{g}" for g in gs]
+        text = terms[-1]
+        for t in reversed(terms[:-1]):  # gloo's order: from the last rank down
+            text = f"{t} + {text}" if text == terms[-1] else f"{t} + ({text})"
+        sec.row(f"dl/d{p}", text, num(getattr(step, "grad_" + p)))
+        sec.torch(step, "grad_" + p, f"dl/d{p} (.grad after backward)")
+    losses = " + ".join(_p(ex.loss) for ex in dx.ranks)
+    sec.row("loss", f"(1/{world})·[{losses}] (the ranks' mean, for the table)", num(step.loss))
+    parts += [sec.render(), Text("")]
+    for s in _update_lines(step):
+        parts += [s, Text("")]
+    if dx.matches_trace:
+        parts.append(Text("These are the manual engine's own values for this step (bit for bit as in the run); "
+                          "'ulp' counts the floats between them and torch's.", style="dim"))
+    else:  # pragma: no cover - would mean explain recomputes differently from the run
+        parts.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
+    return Group(*parts)
+
+
+def explain_distributed_json(dx) -> dict[str, Any]:
+    """The DDP page as data: each rank's page (forward, backward, its own gradients beside torch's),
+    the all-reduce, and the step's values."""
+    from sgdtrace.divergence import json_number
+
+    doc = explain_json(dx.step)
+    doc["ranks"] = []
+    for r, ex in enumerate(dx.ranks):
+        page = explain_json(ex)
+        keep = ("loss", "grad_w", "grad_b")
+        for part in ("manual", "torch", "ulp"):
+            page[part] = {f: page[part][f] for f in keep}
+        page.pop("matches_trace", None)
+        doc["ranks"].append({"rank": r, **page})
+    doc["allreduce"] = {"inv_n": json_number(dx.inv_n),
+                        "grad_w": json_number(dx.step.grad_w), "grad_b": json_number(dx.step.grad_b)}
+    doc["matches_trace"] = dx.matches_trace
+    return doc

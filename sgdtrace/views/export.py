@@ -58,7 +58,31 @@ def trace_to_json(trace) -> dict[str, Any]:
         })
     doc = {"sgdtrace": __version__, "config": config, "steps": steps, "verdict": trace.verdict.to_json()}
     _add_witnesses(trace, doc)
+    _add_ranks(trace, doc)
     return doc
+
+
+def _add_ranks(trace, doc: dict[str, Any]) -> None:
+    """``--world-size N``: each step's ``ranks`` (each rank's own n, indices, gradients and loss,
+    judged) and the top-level ``epochs`` (the samples DistributedSampler repeated as padding)."""
+    rt = getattr(trace, "ranks", None)
+    if rt is None:
+        return
+    fields = tuple(rt.manual)
+    world = rt.world_size
+    plans = [rt.plan.rank_plan(r) for r in range(world)]
+    man = {f: [_numbers(rt.manual[f][:, r]) for r in range(world)] for f in fields}
+    ref = {f: [_numbers(rt.torch[f][:, r]) for r in range(world)] for f in fields}
+    for k, step in enumerate(doc["steps"]):
+        step["ranks"] = [{
+            "rank": r, "n": int(rt.n[k, r]), "indices": plans[r].indices(k).tolist(),
+            "manual": {f: man[f][r][k] for f in fields},
+            "torch": {f: ref[f][r][k] for f in fields},
+            "divergence": {f: {"abs": json_number(rt.divergence[f].abs[k, r]) if rt.divergence[f].finite[k, r] else None,
+                               "tol": json_number(rt.divergence[f].tol[k, r]),
+                               "ok": bool(rt.divergence[f].ok[k, r])} for f in fields},
+        } for r in range(world)]
+    doc["epochs"] = [{"epoch": e + 1, "padded": rt.plan.padded[e].tolist()} for e in range(rt.plan.epochs)]
 
 
 def _stall_keys(trace) -> tuple[str, ...]:
@@ -121,7 +145,7 @@ def _json_floats(values, finite=None) -> list[str]:
 def json_pieces(trace):
     """The JSON text of a trace, in pieces: streamed from the columns, or (with an exact
     reference or a gradcheck attached, which add per-step objects) from :func:`trace_to_json`."""
-    if trace.reference is None and trace.gradcheck is None:
+    if trace.reference is None and trace.gradcheck is None and getattr(trace, "ranks", None) is None:
         return trace_json_chunks(trace)
     return iter([to_json_text(trace_to_json(trace))])
 

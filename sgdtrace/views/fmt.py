@@ -72,3 +72,11 @@ def describe_data(info: dict) -> str:
         return (f"synthetic: {info.get('n')} samples of y = {info.get('true_w'):g}x + {info.get('true_b'):g}"
                 + (f" + {info.get('noise'):g}·N(0,1)" if info.get("noise") else ""))
     return f"{info.get('n')} samples"
+
+
+def field_label(field: str) -> str:
+    """A field's label; a rank's own field (``rank1.grad_w``, --world-size) as ``rank 1 dl/dw``."""
+    if field.startswith("rank") and "." in field:
+        r, f = field.split(".", 1)
+        return f"rank {r[4:]} {LABELS.get(f, f)}"
+    return LABELS.get(field, field)

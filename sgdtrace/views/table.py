@@ -37,6 +37,9 @@ def _title(trace) -> str:
         opts.append(f"shuffle seed {cfg.effective_seed}")
     if cfg.drop_last:
         opts.append("drop last")
+    if cfg.world_size > 1:
+        opts.append(f"world size {cfg.world_size} (global batch {cfg.world_size}×{cfg.batch_size})"
+                    + ("" if cfg.set_epoch else ", no set_epoch"))
     epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
     if cfg.optimizer != "sgd" and _optimizer_options(cfg):
         opts.insert(0, _optimizer_options(cfg))
@@ -250,12 +253,14 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
                       *row({f: cell(trace.manual[f][k], f, stalled.get("manual", {})) for f in fields}, lr), mark)
         table.add_row("", "", Text("torch", style="dim"),
                       *row({f: cell(trace.torch[f][k], f, stalled.get("torch", {})) for f in fields}),
-                      "", end_section=not last and witness is None and gc is None and not folded)
+                      "", end_section=not last and witness is None and gc is None and not folded and trace.ranks is None)
         if folded:
             table.add_row("", "", "buf hand", *row({FOLDED[f]: cell(trace.manual[f][k], f) for f in folded}), "")
             table.add_row("", "", Text("buf torch", style="dim"),
                           *row({FOLDED[f]: cell(trace.torch[f][k], f) for f in folded}), "",
-                          end_section=not last and witness is None and gc is None)
+                          end_section=not last and witness is None and gc is None and trace.ranks is None)
+        if trace.ranks is not None:
+            _rank_rows(table, trace, k, row, width, digits, last)
         if witness is not None:
             table.add_row("", "", Text("exact", style="cyan"),
                           *row({f: Text(fit(witness.floats[f][k], width, digits), style="cyan") for f in fields}), "")
@@ -268,6 +273,57 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
                           *row({f: fit(gc.numeric[f][k], width, digits) for f in fields if f in gc.numeric}), status,
                           end_section=not last)
     return table
+
+
+#: ranks shown one row each; past this, the first ones and a row counting the others
+RANK_ROWS = 4
+
+
+def _rank_rows(table, trace, k: int, row, width: int, digits: int, last: bool) -> None:
+    """``--world-size N``: under the step's averaged row, each rank's n, own gradients and loss
+    (by hand; red where torch's differ beyond the rounding allowance), its largest ulp distance."""
+    rt = trace.ranks
+    world = rt.world_size
+    shown = range(world) if world <= RANK_ROWS else range(RANK_ROWS - 1)
+    for r in shown:
+        ok = all(bool(rt.divergence[f].ok[k, r]) for f in rt.manual)
+        worst = max(int(rt.divergence[f].ulp[k, r]) for f in rt.manual)
+        cells = {f: Text(fit(rt.manual[f][k, r], width, digits), style="dim" if rt.divergence[f].ok[k, r] else "bold red")
+                 for f in rt.manual}
+        mark = Text(str(worst), style="dim") if ok else Text(f"✗ {worst}", style="bold red")
+        end = r == world - 1 and not last
+        table.add_row("", Text(str(int(rt.n[k, r])), style="dim"), Text(f"rank {r}", style="dim"), *row(cells), mark,
+                      end_section=end)
+    if world > RANK_ROWS:
+        rest = range(RANK_ROWS - 1, world)
+        bad = [r for r in rest if not all(bool(rt.divergence[f].ok[k, r]) for f in rt.manual)]
+        losses = rt.manual["loss"][k, RANK_ROWS - 1:]
+        note = f"ranks {rest[0]}-{rest[-1]}: loss {num(losses.min())}..{num(losses.max())}"
+        table.add_row("", "", Text(note, style="dim"), *row({}),
+                      Text("✗ rank " + ", ".join(map(str, bad)), style="bold red") if bad else Text("ok", style="dim"),
+                      end_section=not last)
+
+
+def ranks_text(trace) -> Text:
+    """The rank axis in words: the samples DistributedSampler repeated, a forgotten set_epoch."""
+    rt = trace.ranks
+    out = Text(style="dim")
+    if rt is None:
+        return out
+    cfg = trace.config
+    out.append(f"{rt.world_size} ranks × {cfg.batch_size} samples per step; the step's dl/dw, dl/db are DDP's average "
+               f"(each rank's times 1/{rt.world_size}, summed), its loss the ranks' mean")
+    for e, padded in enumerate(rt.plan.padded):
+        if padded.size:
+            out.append(f"\nepoch {e + 1}: DistributedSampler repeats sample{'s' if padded.size > 1 else ''} "
+                       f"{', '.join(map(str, padded.tolist()))} so every rank gets {rt.plan.per_rank}")
+        if rt.plan.dropped[e].size:
+            out.append(f"\nepoch {e + 1}: drop_last leaves out sample{'s' if rt.plan.dropped[e].size > 1 else ''} "
+                       f"{', '.join(map(str, rt.plan.dropped[e].tolist()))}")
+    if not cfg.set_epoch and cfg.epochs > 1:
+        out.append("\n--no-set-epoch: sampler.set_epoch(e) was never called, so every epoch repeats "
+                   "epoch 1's order" + (" (shuffle draws from seed + 0 each time)" if cfg.shuffle else ""))
+    return out
 
 
 def state_table(trace, rows: int | None = None, every: int = 1) -> Table | None:
@@ -333,7 +389,10 @@ def run_view(trace, rows: int | None = None, every: int = 1, width: int | None =
     state = state_table(trace, rows, every)
     if state is not None:
         parts += [Text(""), state]
-    parts += [summary_text(trace, shown_steps(trace.n_steps, rows, every)), Text(""), verdict_text(trace)]
+    parts.append(summary_text(trace, shown_steps(trace.n_steps, rows, every)))
+    if trace.ranks is not None:
+        parts.append(ranks_text(trace))
+    parts += [Text(""), verdict_text(trace)]
     if trace.reference is not None:
         parts.append(Text(trace.reference.describe() + "; err = |value − exact| / |exact|", style="cyan"))
     if trace.gradcheck is not None:

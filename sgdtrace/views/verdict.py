@@ -5,7 +5,7 @@ the table, the markdown export, the HTML page and the notebook say the same word
 
 from __future__ import annotations
 
-from sgdtrace.views.fmt import LABELS, num, percent, sci
+from sgdtrace.views.fmt import field_label, num, percent, sci
 
 #: (text, style) pieces; the style is a rich style name, "" for none
 Segment = tuple[str, str]
@@ -38,7 +38,7 @@ def segments(trace, marked: bool = True) -> list[Segment]:
     else:
         f = v.first_divergent_step
         out += [("✗ diverge", "bold red"),
-                (f"  first at epoch {f.epoch} batch {f.batch} (step {f.step}), {LABELS.get(f.field, f.field)}: "
+                (f"  first at epoch {f.epoch} batch {f.batch} (step {f.step}), {field_label(f.field)}: "
                  f"{getattr(trace, 'hand', 'hand')} {show(f.manual)}, torch {show(f.torch)}, |Δ| {show(f.abs)}"
                  + (f" of which {show(f.carried)} carried in" if f.carried else "")
                  + f"; the step's own part exceeds its rounding allowance {show(f.tol)}", "")]
