@@ -15,7 +15,7 @@ BIN    := $(VENV)/bin
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 TORCH_PIP := $(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 
-.PHONY: run test install dev check bench mutate docs readme readme-check clean
+.PHONY: lint run test install dev check bench mutate docs readme readme-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +39,19 @@ run: install
 	$(BIN)/sgdtrace run
 
 test: dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 	$(BIN)/sgdtrace check
 	$(MKDOCS) build --strict
 
 check: install
 	$(BIN)/sgdtrace check
+
+# the linter and the formatter's check, as `make test` runs them (`ruff format .` fixes the formatting)
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # mutation testing of the gate (not part of `make test`): mutants of the manual engine and the
 # tolerance model, each run against tests/test_gate.py; the score is in the README

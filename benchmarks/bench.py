@@ -57,15 +57,16 @@ DEFAULT = ("article", "1m-b64", "100k-b1", "200k-csv-b64")
 
 
 def csv_file(n: int, seed: int = 0) -> str:
-    """A CSV file of ``n`` points made as ``--synthetic n --seed seed`` makes them (x uniform in [0, 10), y = 2x + 10)."""
+    """A CSV file of ``n`` points made as ``--synthetic n --seed seed`` makes them.
+
+    x is uniform in [0, 10), y = 2x + 10."""
     import numpy as np
 
     path = os.path.join(tempfile.gettempdir(), f"sgdtrace-bench-{n}-{seed}.csv")
     if not os.path.exists(path):
         x = np.random.default_rng(seed).uniform(0.0, 10.0, n)
         tmp = path + f".{os.getpid()}"
-        np.savetxt(tmp, np.column_stack([x, 2.0 * x + 10.0]), delimiter=",", header="x,y", comments="",
-                   fmt="%.17g")
+        np.savetxt(tmp, np.column_stack([x, 2.0 * x + 10.0]), delimiter=",", header="x,y", comments="", fmt="%.17g")
         os.replace(tmp, path)
     return path
 
@@ -79,20 +80,31 @@ def bench_ddp(name: str, reps: int | None = None) -> dict:
     n, world, batch, epochs, default_reps = DDP_WORKLOADS[name]
     common = ["--synthetic", str(n), "--world-size", str(world), "--batch-size", str(batch), "--epochs", str(epochs)]
     py = sys.executable
-    cmds = {"a": [py, os.path.join(HERE, "ddp_loop.py")] + common,
-            "b": [py, "-m", "sgdtrace", "run"] + common + ["--quiet", "--output", os.devnull]}
+    cmds = {
+        "a": [py, os.path.join(HERE, "ddp_loop.py")] + common,
+        "b": [py, "-m", "sgdtrace", "run"] + common + ["--quiet", "--output", os.devnull],
+    }
     wall: dict[str, list[float]] = {"a": [], "b": []}
     steps = None
     for rep in range(reps or default_reps):
-        for key in (("a", "b") if rep % 2 == 0 else ("b", "a")):
+        for key in ("a", "b") if rep % 2 == 0 else ("b", "a"):
             t, _, out = timed_rss(cmds[key])
             wall[key].append(t)
             if key == "a":
                 steps = json.loads(out.strip().splitlines()[-1])["steps"]
-        print(f"  {name} rep {rep + 1}: (a) {wall['a'][-1]:.2f}s  (b) {wall['b'][-1]:.2f}s", file=sys.stderr, flush=True)
+        print(
+            f"  {name} rep {rep + 1}: (a) {wall['a'][-1]:.2f}s  (b) {wall['b'][-1]:.2f}s", file=sys.stderr, flush=True
+        )
     med = {k: statistics.median(v) for k, v in wall.items()}
-    return {"workload": name, "world_size": world, "steps": steps, "reps": len(wall["a"]), "a_s": med["a"],
-            "b_s": med["b"], "ratio": med["b"] / med["a"]}
+    return {
+        "workload": name,
+        "world_size": world,
+        "steps": steps,
+        "reps": len(wall["a"]),
+        "a_s": med["a"],
+        "b_s": med["b"],
+        "ratio": med["b"] / med["a"],
+    }
 
 
 def timed_rss(cmd: list[str]) -> tuple[float, float, str]:
@@ -125,8 +137,7 @@ def timed_rss(cmd: list[str]) -> tuple[float, float, str]:
 def commands(name: str, fmt: str, device: str, optimizer: str = "sgd") -> dict[str, list[str]]:
     n, batch, epochs, _ = WORKLOADS[name]
     data = [] if n is None else ["--data", csv_file(n)] if name in CSV_WORKLOADS else ["--synthetic", str(n)]
-    common = data + ["--batch-size", str(batch), "--epochs", str(epochs), "--device", device,
-                     "--optimizer", optimizer]
+    common = data + ["--batch-size", str(batch), "--epochs", str(epochs), "--device", device, "--optimizer", optimizer]
     py = sys.executable
     return {
         "a": [py, os.path.join(HERE, "learner_loop.py")] + common,
@@ -151,18 +162,30 @@ def bench(name: str, reps: int, fmt: str, device: str, optimizer: str = "sgd") -
                 info = json.loads(out.strip().splitlines()[-1])
                 loop[key].append(info["loop_s"])
                 steps = info["steps"]
-        print(f"  {name} rep {rep + 1}/{reps}: (a) {wall['a'][-1]:.2f}s  (b) {wall['b'][-1]:.2f}s  "
-              f"manual loop {loop['manual'][-1]:.3f}s", file=sys.stderr, flush=True)
+        print(
+            f"  {name} rep {rep + 1}/{reps}: (a) {wall['a'][-1]:.2f}s  (b) {wall['b'][-1]:.2f}s  "
+            f"manual loop {loop['manual'][-1]:.3f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     med = {k: statistics.median(v) for k, v in wall.items()}
     peak = {k: max(v) for k, v in rss.items()}
     loop_med = {k: statistics.median(v) for k, v in loop.items()}
     return {
-        "workload": name, "steps": steps, "reps": reps,
-        "a_s": med["a"], "b_s": med["b"], "ratio": med["b"] / med["a"],
-        "a_loop_s": loop_med["a"], "manual_loop_s": loop_med["manual"],
+        "workload": name,
+        "steps": steps,
+        "reps": reps,
+        "a_s": med["a"],
+        "b_s": med["b"],
+        "ratio": med["b"] / med["a"],
+        "a_loop_s": loop_med["a"],
+        "manual_loop_s": loop_med["manual"],
         "manual_speedup": loop_med["a"] / loop_med["manual"],
-        "a_us_step": 1e6 * loop_med["a"] / steps, "manual_us_step": 1e6 * loop_med["manual"] / steps,
-        "a_mib": peak["a"], "b_mib": peak["b"], "mem_ratio": peak["b"] / peak["a"],
+        "a_us_step": 1e6 * loop_med["a"] / steps,
+        "manual_us_step": 1e6 * loop_med["manual"] / steps,
+        "a_mib": peak["a"],
+        "b_mib": peak["b"],
+        "mem_ratio": peak["b"] / peak["a"],
     }
 
 
@@ -182,16 +205,26 @@ def html_page(name: str, reps: int = 5) -> dict:
         start = time.perf_counter()
         run_page(trace)
         times.append(time.perf_counter() - start)
-    return {"workload": name, "steps": trace.n_steps, "first_s": first, "median_s": statistics.median(times),
-            "reps": reps, "bytes": len(page.encode())}
+    return {
+        "workload": name,
+        "steps": trace.n_steps,
+        "first_s": first,
+        "median_s": statistics.median(times),
+        "reps": reps,
+        "bytes": len(page.encode()),
+    }
 
 
 def html_table(rows: list[dict]) -> str:
-    lines = ["| workload | steps | first build, ms | median of next, ms | reps | page size, KB |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| workload | steps | first build, ms | median of next, ms | reps | page size, KB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['workload']} | {r['steps']:,} | {1000 * r['first_s']:.0f} | {1000 * r['median_s']:.0f} | "
-                     f"{r['reps']} | {r['bytes'] / 1000:.0f} |")
+        lines.append(
+            f"| {r['workload']} | {r['steps']:,} | {1000 * r['first_s']:.0f} | {1000 * r['median_s']:.0f} | "
+            f"{r['reps']} | {r['bytes'] / 1000:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -205,18 +238,24 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {platform.system()}{gpu}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {platform.system()}{gpu}"
+    )
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| workload | steps | reps | (a) torch loop, s | (b) sgdtrace run, s | (b)/(a) | "
-            "(a) loop µs/step | manual µs/step | manual speed-up | peak (a) MiB | peak (b) MiB | (b)/(a) mem |")
+    head = (
+        "| workload | steps | reps | (a) torch loop, s | (b) sgdtrace run, s | (b)/(a) | "
+        "(a) loop µs/step | manual µs/step | manual speed-up | peak (a) MiB | peak (b) MiB | (b)/(a) mem |"
+    )
     lines = [head, "|" + "|".join(["---:"] * (head.count("|") - 1)) + "|"]
     for r in rows:
-        lines.append(f"| {r['workload']} | {r['steps']:,} | {r['reps']} | {r['a_s']:.2f} | {r['b_s']:.2f} | "
-                     f"{r['ratio']:.3f} | {r['a_us_step']:.1f} | {r['manual_us_step']:.1f} | "
-                     f"{r['manual_speedup']:.1f}× | {r['a_mib']:.0f} | {r['b_mib']:.0f} | {r['mem_ratio']:.2f} |")
+        lines.append(
+            f"| {r['workload']} | {r['steps']:,} | {r['reps']} | {r['a_s']:.2f} | {r['b_s']:.2f} | "
+            f"{r['ratio']:.3f} | {r['a_us_step']:.1f} | {r['manual_us_step']:.1f} | "
+            f"{r['manual_speedup']:.1f}× | {r['a_mib']:.0f} | {r['b_mib']:.0f} | {r['mem_ratio']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -224,42 +263,69 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=None, help="repetitions per workload (default 5; 3 for 100k-b1)")
     parser.add_argument("--workloads", default=",".join(DEFAULT), help="comma-separated: " + ", ".join(WORKLOADS))
-    parser.add_argument("--format", default="table", choices=["table", "json", "csv", "markdown"],
-                        help="sgdtrace run's output format in (b) (written to /dev/null)")
+    parser.add_argument(
+        "--format",
+        default="table",
+        choices=["table", "json", "csv", "markdown"],
+        help="sgdtrace run's output format in (b) (written to /dev/null)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where (a), (b) and the manual engine run")
-    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"],
-                        help="the optimizer of all three (torch.optim's class in (a))")
+    parser.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"],
+        help="the optimizer of all three (torch.optim's class in (a))",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
-    parser.add_argument("--ddp-workloads", default="ddp4", help="world-size workloads (empty: none): "
-                        + ", ".join(DDP_WORKLOADS))
-    parser.add_argument("--html-workloads", default="article,100k-b64",
-                        help="workloads whose HTML report build is timed (empty: none)")
+    parser.add_argument(
+        "--ddp-workloads", default="ddp4", help="world-size workloads (empty: none): " + ", ".join(DDP_WORKLOADS)
+    )
+    parser.add_argument(
+        "--html-workloads", default="article,100k-b64", help="workloads whose HTML report build is timed (empty: none)"
+    )
     args = parser.parse_args()
     rows = []
     for name in filter(None, args.workloads.split(",")):
         if name not in WORKLOADS:
             raise SystemExit(f"unknown workload {name!r}: choose from {', '.join(WORKLOADS)}")
         rows.append(bench(name, args.reps or WORKLOADS[name][3], args.format, args.device, args.optimizer))
-    print(f"Machine: {machine()}; --device {args.device}; --optimizer {args.optimizer}; (b) writes --format {args.format}; "
-          "medians of wall time per process.\n")
+    print(
+        f"Machine: {machine()}; --device {args.device}; --optimizer {args.optimizer}; "
+        f"(b) writes --format {args.format}; "
+        "medians of wall time per process.\n"
+    )
     print(table(rows))
     ddp_rows = [bench_ddp(name, args.reps) for name in args.ddp_workloads.split(",") if name]
     if ddp_rows:
-        print("\nData-parallel SGD: the DDP loop with no tracing (a) against sgdtrace run --world-size N (b), "
-              "the same processes (target (b)/(a) <= 1.2).\n")
+        print(
+            "\nData-parallel SGD: the DDP loop with no tracing (a) against sgdtrace run --world-size N (b), "
+            "the same processes (target (b)/(a) <= 1.2).\n"
+        )
         print("| workload | world size | steps | reps | (a) DDP loop, s | (b) sgdtrace run, s | (b)/(a) |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for r in ddp_rows:
-            print(f"| {r['workload']} | {r['world_size']} | {r['steps']:,} | {r['reps']} | {r['a_s']:.2f} | "
-                  f"{r['b_s']:.2f} | {r['ratio']:.3f} |")
+            print(
+                f"| {r['workload']} | {r['world_size']} | {r['steps']:,} | {r['reps']} | {r['a_s']:.2f} | "
+                f"{r['b_s']:.2f} | {r['ratio']:.3f} |"
+            )
     pages = [html_page(name) for name in args.html_workloads.split(",") if name]
     if pages:
         print("\nThe HTML report (--format html): building the page from the finished run (target < 1 s).\n")
         print(html_table(pages))
     if args.json_out:
         with open(args.json_out, "w") as fh:
-            json.dump({"machine": machine(), "device": args.device, "format": args.format, "rows": rows,
-                       "html": pages, "ddp": ddp_rows}, fh, indent=2)
+            json.dump(
+                {
+                    "machine": machine(),
+                    "device": args.device,
+                    "format": args.format,
+                    "rows": rows,
+                    "html": pages,
+                    "ddp": ddp_rows,
+                },
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

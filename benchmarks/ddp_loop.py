@@ -53,8 +53,14 @@ def worker(rank, args, port, results):
             optimizer.zero_grad()
             steps += 1
     if rank == 0:
-        results.put({"loop_s": time.perf_counter() - start, "steps": steps,
-                     "w": model.module.weight.item(), "b": model.module.bias.item()})
+        results.put(
+            {
+                "loop_s": time.perf_counter() - start,
+                "steps": steps,
+                "w": model.module.weight.item(),
+                "b": model.module.bias.item(),
+            }
+        )
     dist.destroy_process_group()
 
 

@@ -56,15 +56,20 @@ class Simple_model(nn.Module):
 
 model = Simple_model().to(device)
 criterion = nn.MSELoss()
-OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSprop,
-              "adagrad": optim.Adagrad}
+OPTIMIZERS = {
+    "sgd": optim.SGD,
+    "adam": optim.Adam,
+    "adamw": optim.AdamW,
+    "rmsprop": optim.RMSprop,
+    "adagrad": optim.Adagrad,
+}
 optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr)
 
 # 3. Training loop
 start = time.perf_counter()
 steps = 0
-for epoch in range(args.epochs):
-    for batch_idx, (data, target) in enumerate(dataloader):
+for _epoch in range(args.epochs):
+    for _batch_idx, (data, target) in enumerate(dataloader):
         output = model(data)
         loss = criterion(output, target)
         loss.backward()

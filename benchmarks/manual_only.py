@@ -1,4 +1,5 @@
-"""The manual engine alone (NumPy on the CPU, torch tensors on CUDA) over the same data and batches as the learner's loop.
+"""The manual engine alone (NumPy on the CPU, torch tensors on CUDA), over the same data and
+batches as the learner's loop.
 
 Prints one JSON line: the engine's seconds (imports, data and batch plan excluded), the steps,
 the final w and b.
@@ -22,8 +23,14 @@ parser.add_argument("--device", default="cpu")
 parser.add_argument("--optimizer", default="sgd")
 args = parser.parse_args()
 
-cfg = Config(data=args.data, synthetic=args.synthetic, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
-             optimizer=args.optimizer)
+cfg = Config(
+    data=args.data,
+    synthetic=args.synthetic,
+    batch_size=args.batch_size,
+    epochs=args.epochs,
+    lr=args.lr,
+    optimizer=args.optimizer,
+)
 dataset = data.load(cfg)
 plan = data.plan(len(dataset), cfg)
 if args.device == "cpu":

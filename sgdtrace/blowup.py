@@ -77,8 +77,9 @@ def stable_lr(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config) -> np.ndarra
     return np.broadcast_to(out, (plan.epochs, plan.steps_per_epoch)).reshape(-1).copy()
 
 
-def batch_sums(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config,
-               epochs: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def batch_sums(
+    x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config, epochs: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per batch: n (K,), sum x and sum x^2 (E, K), in float64 from x rounded to the run's dtype.
 
     One row per epoch in ``epochs`` (all by default); a run without shuffle has one row only,
@@ -101,8 +102,9 @@ def batch_sums(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config,
 # ------------------------------------------------------------------ one epoch: the product
 
 
-def epoch_log_radius(sums: tuple[np.ndarray, np.ndarray, np.ndarray], lrs: np.ndarray, cfg: Config,
-                     chunk: int = 256) -> np.ndarray:
+def epoch_log_radius(
+    sums: tuple[np.ndarray, np.ndarray, np.ndarray], lrs: np.ndarray, cfg: Config, chunk: int = 256
+) -> np.ndarray:
     """log of the spectral radius of one epoch's update product, per epoch row and learning rate.
 
     ``sums`` from :func:`batch_sums` (E rows); ``lrs`` (G,). Returns (E, G). The product is
@@ -113,7 +115,7 @@ def epoch_log_radius(sums: tuple[np.ndarray, np.ndarray, np.ndarray], lrs: np.nd
     lrs = np.asarray(lrs, dtype=np.float64)
     out = np.empty((sx.shape[0], lrs.size))
     for lo in range(0, sx.shape[0], chunk):
-        out[lo:lo + chunk] = _log_radius(n, sx[lo:lo + chunk], sxx[lo:lo + chunk], lrs, cfg)
+        out[lo : lo + chunk] = _log_radius(n, sx[lo : lo + chunk], sxx[lo : lo + chunk], lrs, cfg)
     return out
 
 
@@ -189,7 +191,7 @@ def full_loss(dataset: data_mod.Dataset, w: float, b: float) -> float:
 def loss_path(dataset: data_mod.Dataset, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The whole-data loss in float64 at each (w, b), from centred sums (O(1) per point)::
 
-        L = (w^2 Sxx - 2 w Sxy + Syy) / n + (w mean(x) + b - mean(y))^2   (S.. about the means)
+    L = (w^2 Sxx - 2 w Sxy + Syy) / n + (w mean(x) + b - mean(y))^2   (S.. about the means)
     """
     x, y = dataset.x.astype(np.float64), dataset.y.astype(np.float64)
     xm, ym = x.mean(), y.mean()
@@ -203,9 +205,16 @@ def loss_path(dataset: data_mod.Dataset, w: np.ndarray, b: np.ndarray) -> np.nda
 # ------------------------------------------------------------------ the diagnosis
 
 
-def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray], ref: dict[str, np.ndarray],
-             epoch: np.ndarray, batch: np.ndarray, stable: np.ndarray,
-             plan: data_mod.BatchPlan | None = None) -> BlowUp | None:
+def diagnose(
+    cfg: Config,
+    dataset: data_mod.Dataset,
+    man: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    epoch: np.ndarray,
+    batch: np.ndarray,
+    stable: np.ndarray,
+    plan: data_mod.BatchPlan | None = None,
+) -> BlowUp | None:
     """Did training blow up? ``None``, or where it first went wrong, why, and a hint.
 
     A :class:`~sgdtrace.verdict.BlowUp` record (its ``to_json``: the verdict's ``diverged_training``).
@@ -251,50 +260,75 @@ def diagnose(cfg: Config, dataset: data_mod.Dataset, man: dict[str, np.ndarray],
             return None  # an overshoot that every epoch's product pulls back: not a blow-up
         path = loss_path(dataset, np.concatenate(([cfg.init_w], man["w"])), np.concatenate(([cfg.init_b], man["b"])))
         k = int(np.argmin(path))  # the lowest point (index 0: the start); step k + 1 is where the rise began
-        reason = (f"the loss over the whole data set grew from {start_loss:.6g} to {end_loss:.6g}; it was lowest, "
-                  f"{path[k]:.6g}, just before this step")
+        reason = (
+            f"the loss over the whole data set grew from {start_loss:.6g} to {end_loss:.6g}; it was lowest, "
+            f"{path[k]:.6g}, just before this step"
+        )
     e = int(epoch[k]) - 1
     row = e if radius is not None and radius.size > 1 else 0
     if cfg.maximize:
-        why = {"hint": "--maximize climbs the loss: gradient ascent on a convex loss grows without bound",
-               "stable_lr": None, "stable_lr_batch": None, "stable_lr_epoch": None, "radius": None,
-               "lr_hint": None}
+        why = {
+            "hint": "--maximize climbs the loss: gradient ascent on a convex loss grows without bound",
+            "stable_lr": None,
+            "stable_lr_batch": None,
+            "stable_lr_epoch": None,
+            "radius": None,
+            "lr_hint": None,
+        }
     elif cfg.optimizer != "sgd":  # the stability analysis is SGD's
-        why = {"hint": f"the values left the range of {cfg.dtype} under {cfg.optimizer}: try a smaller --lr, "
-                       "or check the data's scale and the initial w, b",
-               "stable_lr": None, "stable_lr_batch": None, "stable_lr_epoch": None, "radius": None,
-               "lr_hint": None}
+        why = {
+            "hint": f"the values left the range of {cfg.dtype} under {cfg.optimizer}: try a smaller --lr, "
+            "or check the data's scale and the initial w, b",
+            "stable_lr": None,
+            "stable_lr_batch": None,
+            "stable_lr_epoch": None,
+            "radius": None,
+            "lr_hint": None,
+        }
     else:
         why = _explain(cfg, plan, sums, radius, row, stable, k, bool(nonfinite.any()))
     return BlowUp(int(epoch[k]), int(batch[k]), k + 1, reason, loss_start=start_loss, loss_end=end_loss, **why)
 
 
-def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.ndarray, k: int,
-             first_nonfinite: bool) -> dict[str, Any]:
+def _explain(
+    cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.ndarray, k: int, first_nonfinite: bool
+) -> dict[str, Any]:
     """The hint and the limits behind it, for a run that is not --maximize."""
     single = float(stable.min())
     n, sx, sxx = sums
-    epoch_sums = (n, sx[row:row + 1], sxx[row:row + 1])
+    epoch_sums = (n, sx[row : row + 1], sxx[row : row + 1])
     limit = largest_stable_lr(epoch_sums, cfg, single)
     log_r = float(radius[row])
     per_epoch = math.exp(log_r) if log_r < 700 else math.inf
-    with_mu = "" if cfg.momentum == 0 else (f" with Nesterov momentum {cfg.momentum:g}" if cfg.nesterov
-                                            else f" with momentum {cfg.momentum:g}")
+    with_mu = (
+        ""
+        if cfg.momentum == 0
+        else (f" with Nesterov momentum {cfg.momentum:g}" if cfg.nesterov else f" with momentum {cfg.momentum:g}")
+    )
     lr_hint = None
     at_once = k == 0 and first_nonfinite  # before any update could amplify anything
     if at_once:
-        hint = (f"the values left the range of {cfg.dtype} at the very first step, before the learning rate "
-                f"could matter: check the data's scale and the initial w, b")
+        hint = (
+            f"the values left the range of {cfg.dtype} at the very first step, before the learning rate "
+            f"could matter: check the data's scale and the initial w, b"
+        )
         if unstable(radius).any() and limit > 0:
             lr_hint = _hint_rate(cfg, sums, limit)
-            hint += f"; lr {cfg.lr:g} is too large as well (the largest stable rate is {_sig(limit)}): try --lr {_fmt(lr_hint)}"
+            hint += (
+                f"; lr {cfg.lr:g} is too large as well (the largest stable rate is {_sig(limit)}): "
+                f"try --lr {_fmt(lr_hint)}"
+            )
     elif not unstable(radius).any():
-        hint = (f"lr {cfg.lr:g}{with_mu} is stable over every epoch's batches (the largest stable rate is "
-                f"{_sig(limit)}), yet the values left the range of {cfg.dtype}: check the data's scale and the "
-                f"initial w, b")
+        hint = (
+            f"lr {cfg.lr:g}{with_mu} is stable over every epoch's batches (the largest stable rate is "
+            f"{_sig(limit)}), yet the values left the range of {cfg.dtype}: check the data's scale and the "
+            f"initial w, b"
+        )
     elif limit == 0.0:
-        hint = (f"no learning rate is stable{with_mu}: a momentum of 1 or more never lets the buffer decay; "
-                f"use --momentum below 1 (0.9 is usual)")
+        hint = (
+            f"no learning rate is stable{with_mu}: a momentum of 1 or more never lets the buffer decay; "
+            f"use --momentum below 1 (0.9 is usual)"
+        )
     else:
         lr_hint = _hint_rate(cfg, sums, limit)
         scope = "over one epoch's sequence of batches" if sx.shape[1] > 1 else "on this data"
@@ -303,14 +337,21 @@ def _explain(cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.n
             alone = f" (each batch alone is stable up to {_sig(single)}: the cycle of batches is not)"
         elif sx.shape[1] > 1 and limit > single * 1.001:
             alone = f" (above {_sig(single)} some batch alone is not stable, but the cycle of batches is)"
-        hint = (f"lr {cfg.lr:g}{with_mu} is above the largest stable rate {scope}, {_sig(limit)}{alone}; "
-                f"at lr {cfg.lr:g} one epoch multiplies the distance to the solution by up to {_times(log_r)}; "
-                f"try --lr {_fmt(lr_hint)}")
+        hint = (
+            f"lr {cfg.lr:g}{with_mu} is above the largest stable rate {scope}, {_sig(limit)}{alone}; "
+            f"at lr {cfg.lr:g} one epoch multiplies the distance to the solution by up to {_times(log_r)}; "
+            f"try --lr {_fmt(lr_hint)}"
+        )
     if cfg.dtype == "float16" and (at_once or not unstable(radius).any()):  # float16's range ends at 65504
         hint += "; float16 holds values only up to 65504: scale the data down, or use --dtype bfloat16"
-    return {"hint": hint, "stable_lr": single, "stable_lr_batch": float(stable[k]),
-            "stable_lr_epoch": None if not math.isfinite(limit) else limit,
-            "radius": per_epoch, "lr_hint": lr_hint}
+    return {
+        "hint": hint,
+        "stable_lr": single,
+        "stable_lr_batch": float(stable[k]),
+        "stable_lr_epoch": None if not math.isfinite(limit) else limit,
+        "radius": per_epoch,
+        "lr_hint": lr_hint,
+    }
 
 
 def _hint_rate(cfg: Config, sums, limit: float) -> float:

@@ -17,8 +17,14 @@ class CheckRow:
 
     def to_json(self) -> dict[str, Any]:
         t = self.trace
-        return {"config": self.config, "device": t.device, "dtype": t.config.dtype, "steps": t.n_steps,
-                "ok": t.verdict.ok, "verdict": t.verdict.to_json()}
+        return {
+            "config": self.config,
+            "device": t.device,
+            "dtype": t.config.dtype,
+            "steps": t.n_steps,
+            "ok": t.verdict.ok,
+            "verdict": t.verdict.to_json(),
+        }
 
 
 @dataclass
@@ -45,12 +51,20 @@ def available_devices() -> list[str]:
 def serves(cfg) -> bool:
     """Can a user's engine (--engine) run this config: its optimizer (SGD) at a constant rate, one
     process, float32/float64."""
-    return (getattr(cfg, "optimizer", "sgd") == "sgd" and getattr(cfg, "scheduler", None) is None
-            and getattr(cfg, "world_size", 1) == 1 and cfg.dtype in ("float32", "float64"))
+    return (
+        getattr(cfg, "optimizer", "sgd") == "sgd"
+        and getattr(cfg, "scheduler", None) is None
+        and getattr(cfg, "world_size", 1) == 1
+        and cfg.dtype in ("float32", "float64")
+    )
 
 
-def run_checks(paths: list[str], devices: list[str] | tuple[str, ...] | None = None,
-               engine: dict[str, Any] | None = None, named: bool = True) -> CheckResult:
+def run_checks(
+    paths: list[str],
+    devices: list[str] | tuple[str, ...] | None = None,
+    engine: dict[str, Any] | None = None,
+    named: bool = True,
+) -> CheckResult:
     """Every config on every device. ``engine``: ``{"engine": FILE.py, "engine_timeout": s}`` puts a
     user's engine on the hand side; then, unless the configs were ``named``, only those it can serve run."""
     from sgdtrace.config import Config

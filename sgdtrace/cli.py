@@ -9,7 +9,8 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import click
 
@@ -28,8 +29,9 @@ class _Group(click.Group):
         # standalone_mode=False: click returns each command's exit code (and --help's, --version's)
         # and raises its usage errors here, where they become one line
         try:
-            rv = super().main(args=args, prog_name=prog_name or "sgdtrace", complete_var=complete_var,
-                              standalone_mode=False, **extra)
+            rv = super().main(
+                args=args, prog_name=prog_name or "sgdtrace", complete_var=complete_var, standalone_mode=False, **extra
+            )
         except click.exceptions.Abort:
             click.echo("sgdtrace: aborted", err=True)
             sys.exit(130)
@@ -43,8 +45,11 @@ class _Group(click.Group):
             click.echo(f"sgdtrace: error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
         except MemoryError:
-            click.echo("sgdtrace: error: not enough memory for this run: use fewer --epochs, "
-                       "fewer samples or a smaller --batch-size", err=True)
+            click.echo(
+                "sgdtrace: error: not enough memory for this run: use fewer --epochs, "
+                "fewer samples or a smaller --batch-size",
+                err=True,
+            )
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo("sgdtrace: interrupted", err=True)
@@ -70,6 +75,7 @@ def cli() -> None:
 
 
 # ------------------------------------------------------------------ formats
+
 
 class View(NamedTuple):
     """One output format of a command: what it is, and the function that renders the command's result.
@@ -121,12 +127,15 @@ def _ignore_options(render: Callable[..., Any]) -> Callable[..., Any]:
 #: each command's formats, in the order --help lists them; the first is the default
 RUN_FORMATS: dict[str, View] = {
     "table": View("the per-batch table and the verdict", _lazy("sgdtrace.views.table", "run_view", width=True)),
-    "json": View("every step and the verdict (the JSON contract)",
-                 _ignore_options(_lazy("sgdtrace.views.export", "json_pieces"))),
+    "json": View(
+        "every step and the verdict (the JSON contract)", _ignore_options(_lazy("sgdtrace.views.export", "json_pieces"))
+    ),
     "csv": View("one flat row per step", _ignore_options(_lazy("sgdtrace.views.export", "trace_to_csv"))),
     "markdown": View("the table as Markdown", _ignore_options(_lazy("sgdtrace.views.export", "trace_to_markdown"))),
-    "html": View("one self-contained page: table, verdict, plots, a batch explained, the graph",
-                 _lazy("sgdtrace.views.html", "run_page")),
+    "html": View(
+        "one self-contained page: table, verdict, plots, a batch explained, the graph",
+        _lazy("sgdtrace.views.html", "run_page"),
+    ),
 }
 COMPARE_FORMATS: dict[str, View] = {
     "table": View("per run and field, the worst distances", _lazy("sgdtrace.views.compare", "compare_view")),
@@ -140,11 +149,18 @@ CHECK_FORMATS: dict[str, View] = {
     "json": View("the same as JSON", _json),
     "markdown": View("the same as Markdown", _lazy("sgdtrace.views.check", "check_markdown")),
     "html": View("one self-contained page", _lazy("sgdtrace.views.html", "check_page")),
-    "junit": View("JUnit XML for CI (one test case per config and device)", _lazy("sgdtrace.views.check", "check_junit")),
+    "junit": View(
+        "JUnit XML for CI (one test case per config and device)", _lazy("sgdtrace.views.check", "check_junit")
+    ),
 }
 EXPLAIN_FORMATS: dict[str, View] = {
     "table": View("the batch, equation by equation", _lazy("sgdtrace.views.explain", "explain_view")),
     "json": View("every node and factor as JSON", _json_of("sgdtrace.views.explain", "explain_json")),
+}
+#: explain with --world-size N: the same formats, of each rank's equations and the all-reduce
+EXPLAIN_DISTRIBUTED_FORMATS: dict[str, View] = {
+    "table": View("each rank's batch and the all-reduce", _lazy("sgdtrace.views.explain", "explain_distributed_view")),
+    "json": View("the same as JSON", _json_of("sgdtrace.views.explain", "explain_distributed_json")),
 }
 GRAPH_FORMATS: dict[str, View] = {
     "table": View("both graphs side by side", _lazy("sgdtrace.views.graph", "graph_view")),
@@ -160,15 +176,24 @@ PLOT_FORMATS: dict[str, View] = {
 def format_option(formats: dict[str, View], default: str | None = None) -> Callable:
     """``--format``, offering exactly the command's formats (``default``: None lets a config file choose)."""
     listed = "; ".join(f"{name}: {view.help}" for name, view in formats.items())
-    return click.option("--format", "fmt", type=click.Choice(list(formats)), default=default,
-                        help=f"Output format (default {next(iter(formats))}). {listed}.")
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(list(formats)),
+        default=default,
+        help=f"Output format (default {next(iter(formats))}). {listed}.",
+    )
 
 
 def output_option(help: str | None = None) -> Callable:
-    return click.option("--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-                        metavar="FILE",
-                        help=help or "Write to FILE instead of standard output ('-': standard output); "
-                                     "the file is written whole or not at all.")
+    return click.option(
+        "--output",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        default=None,
+        metavar="FILE",
+        help=help
+        or "Write to FILE instead of standard output ('-': standard output); the file is written whole or not at all.",
+    )
 
 
 # ------------------------------------------------------------------ shared options
@@ -182,23 +207,43 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
 
     def deco(f: Callable) -> Callable:
         opts = [
-            click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                         help="TOML file of options (keys as the flags: lr, batch_size, ...); flags win."),
-            click.option("--lr", type=float, default=None, help="Learning rate (default 0.01, as the article's table)."),
+            click.option(
+                "--config",
+                "config_path",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="TOML file of options (keys as the flags: lr, batch_size, ...); flags win.",
+            ),
+            click.option(
+                "--lr", type=float, default=None, help="Learning rate (default 0.01, as the article's table)."
+            ),
             click.option("--batch-size", type=int, default=None, help="Samples per batch (default 3)."),
             click.option("--epochs", type=int, default=None, help="Passes over the data (default 1)."),
             click.option("--init-w", type=float, default=None, help="Initial weight w (default 0)."),
             click.option("--init-b", type=float, default=None, help="Initial bias b (default 0)."),
-            click.option("--data", type=str, default=None, metavar="FILE.csv",
-                         help="CSV file with a header row naming columns x and y."),
-            click.option("--synthetic", type=int, default=None, metavar="N",
-                         help="N synthetic samples: x uniform in [0, 10), y = true_w*x + true_b + noise."),
+            click.option(
+                "--data",
+                type=str,
+                default=None,
+                metavar="FILE.csv",
+                help="CSV file with a header row naming columns x and y.",
+            ),
+            click.option(
+                "--synthetic",
+                type=int,
+                default=None,
+                metavar="N",
+                help="N synthetic samples: x uniform in [0, 10), y = true_w*x + true_b + noise.",
+            ),
             click.option("--true-w", type=float, default=None, help="Synthetic data's true weight (default 2)."),
             click.option("--true-b", type=float, default=None, help="Synthetic data's true bias (default 10)."),
             click.option("--noise", type=float, default=None, help="Synthetic data's noise std (default 0)."),
             click.option("--seed", type=int, default=None, help="Seed for shuffling and synthetic data (default 0)."),
-            click.option("--shuffle/--no-shuffle", default=None,
-                         help="Shuffle each epoch exactly as DataLoader(shuffle=True, generator=seeded) does."),
+            click.option(
+                "--shuffle/--no-shuffle",
+                default=None,
+                help="Shuffle each epoch exactly as DataLoader(shuffle=True, generator=seeded) does.",
+            ),
             click.option("--drop-last/--no-drop-last", default=None, help="Drop the last partial batch."),
             click.option("--momentum", type=float, default=None, help="optim.SGD momentum (default 0)."),
             click.option("--dampening", type=float, default=None, help="optim.SGD dampening in [0, 1] (default 0)."),
@@ -206,38 +251,92 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
             click.option("--weight-decay", type=float, default=None, help="optim.SGD weight decay (L2, default 0)."),
             click.option("--maximize/--no-maximize", default=None, help="optim.SGD maximize: ascend the loss."),
             # the optimizer and its options, by torch's keyword names (see docs/optimizers.md)
-            click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
-                         help="torch.optim class, lower case (default sgd)."),
-            click.option("--betas", type=str, default=None, metavar="B1,B2", help="Adam/AdamW betas (default 0.9,0.999)."),
+            click.option(
+                "--optimizer",
+                type=click.Choice(OPTIMIZERS),
+                default=None,
+                help="torch.optim class, lower case (default sgd).",
+            ),
+            click.option(
+                "--betas", type=str, default=None, metavar="B1,B2", help="Adam/AdamW betas (default 0.9,0.999)."
+            ),
             click.option("--eps", type=float, default=None, help="Adam/AdamW/RMSprop/Adagrad eps (default torch's)."),
             click.option("--amsgrad/--no-amsgrad", default=None, help="Adam/AdamW amsgrad."),
             click.option("--alpha", type=float, default=None, help="RMSprop alpha (default 0.99)."),
             click.option("--centered/--no-centered", default=None, help="RMSprop centered."),
             click.option("--lr-decay", type=float, default=None, help="Adagrad lr_decay (default 0)."),
-            click.option("--initial-accumulator-value", type=float, default=None,
-                         help="Adagrad initial_accumulator_value (default 0)."),
+            click.option(
+                "--initial-accumulator-value",
+                type=float,
+                default=None,
+                help="Adagrad initial_accumulator_value (default 0).",
+            ),
             click.option("--foreach/--no-foreach", default=None, help="torch side: foreach implementation."),
             click.option("--fused/--no-fused", default=None, help="torch side: fused implementation."),
-            click.option("--scheduler", type=str, default=None, metavar="NAME",
-                         help="torch.optim.lr_scheduler class: StepLR, MultiStepLR, ExponentialLR, "
-                              "CosineAnnealingLR, LinearLR, OneCycleLR."),
-            click.option("--scheduler-arg", "scheduler_args", type=str, multiple=True, metavar="KEY=VALUE",
-                         help="A keyword argument of the schedule, or interval=epoch|step (repeatable)."),
-            click.option("--device", type=str, default=None, multiple=multi, metavar="cpu|cuda|cuda:N|auto",
-                         help="Where both engines run" + (" (repeatable)." if multi else " (default cpu).")),
-            click.option("--dtype", type=click.Choice(DTYPES), default=None, multiple=multi,
-                         help="Floating-point type" + (" (repeatable)." if multi else " (default float32).")),
-            click.option("--rtol", type=float, default=None,
-                         help="Relative tolerance, times each value's rounding scale (default 4u = 2 machine epsilons: 2.4e-7 in float32)."),
-            click.option("--atol", type=float, default=None,
-                         help="Absolute tolerance (default the dtype's smallest normal number)."),
-            click.option("--world-size", type=int, default=None, metavar="N",
-                         help="Data-parallel SGD: N processes (DistributedSampler, DistributedDataParallel; "
-                              "default 1, no process group); --batch-size is per rank."),
-            click.option("--set-epoch/--no-set-epoch", default=None,
-                         help="Call sampler.set_epoch(e) each epoch (default); --no-set-epoch replays forgetting it."),
-            click.option("--rank-timeout", type=float, default=None, metavar="SECONDS",
-                         help="End the run (exit 2) when a rank fails or is silent this long (default 60)."),
+            click.option(
+                "--scheduler",
+                type=str,
+                default=None,
+                metavar="NAME",
+                help="torch.optim.lr_scheduler class: StepLR, MultiStepLR, ExponentialLR, "
+                "CosineAnnealingLR, LinearLR, OneCycleLR.",
+            ),
+            click.option(
+                "--scheduler-arg",
+                "scheduler_args",
+                type=str,
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="A keyword argument of the schedule, or interval=epoch|step (repeatable).",
+            ),
+            click.option(
+                "--device",
+                type=str,
+                default=None,
+                multiple=multi,
+                metavar="cpu|cuda|cuda:N|auto",
+                help="Where both engines run" + (" (repeatable)." if multi else " (default cpu)."),
+            ),
+            click.option(
+                "--dtype",
+                type=click.Choice(DTYPES),
+                default=None,
+                multiple=multi,
+                help="Floating-point type" + (" (repeatable)." if multi else " (default float32)."),
+            ),
+            click.option(
+                "--rtol",
+                type=float,
+                default=None,
+                help="Relative tolerance, times each value's rounding scale "
+                "(default 4u = 2 machine epsilons: 2.4e-7 in float32).",
+            ),
+            click.option(
+                "--atol",
+                type=float,
+                default=None,
+                help="Absolute tolerance (default the dtype's smallest normal number).",
+            ),
+            click.option(
+                "--world-size",
+                type=int,
+                default=None,
+                metavar="N",
+                help="Data-parallel SGD: N processes (DistributedSampler, DistributedDataParallel; "
+                "default 1, no process group); --batch-size is per rank.",
+            ),
+            click.option(
+                "--set-epoch/--no-set-epoch",
+                default=None,
+                help="Call sampler.set_epoch(e) each epoch (default); --no-set-epoch replays forgetting it.",
+            ),
+            click.option(
+                "--rank-timeout",
+                type=float,
+                default=None,
+                metavar="SECONDS",
+                help="End the run (exit 2) when a rank fails or is silent this long (default 60).",
+            ),
             *engine_options(),
             format_option(formats),
             output_option(output_help),
@@ -252,11 +351,21 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
 def engine_options() -> list[Callable]:
     """--engine FILE.py and --engine-timeout: a user's engine on the hand side (sgdtrace.engines.user)."""
     return [
-        click.option("--engine", type=str, default=None, metavar="FILE.py",
-                     help="Your own engine: a file defining gradients(w, b, x, y) and/or update(param, grad, "
-                          "state, hp), run in its own process in place of the hand engine (see `sgdtrace template`)."),
-        click.option("--engine-timeout", type=float, default=None, metavar="SECONDS",
-                     help="Stop the --engine file after this long per run (default 60)."),
+        click.option(
+            "--engine",
+            type=str,
+            default=None,
+            metavar="FILE.py",
+            help="Your own engine: a file defining gradients(w, b, x, y) and/or update(param, grad, "
+            "state, hp), run in its own process in place of the hand engine (see `sgdtrace template`).",
+        ),
+        click.option(
+            "--engine-timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="Stop the --engine file after this long per run (default 60).",
+        ),
     ]
 
 
@@ -329,8 +438,13 @@ def _console(output: str | None):
 
     if is_stdout(output):
         terminal = Console(soft_wrap=False)  # only asked about the terminal; writes nothing
-        return Console(file=io.StringIO(), width=terminal.width, color_system=terminal.color_system,
-                       force_terminal=terminal.is_terminal, soft_wrap=False)
+        return Console(
+            file=io.StringIO(),
+            width=terminal.width,
+            color_system=terminal.color_system,
+            force_terminal=terminal.is_terminal,
+            soft_wrap=False,
+        )
     return Console(file=io.StringIO(), width=100, color_system=None, soft_wrap=False)
 
 
@@ -376,20 +490,51 @@ def _exit_code(ok: bool) -> int:
 
 @cli.command()
 @training_options(RUN_FORMATS)
-@click.option("--rows", type=click.IntRange(min=0), default=None, help="Table rows before long runs are shortened (default 40; 0: all).")
-@click.option("--every", type=click.IntRange(min=1), default=None, metavar="K",
-              help="Table: show every K-th step (and the last).")
-@click.option("--reference", type=click.Choice(["none", "exact"]), default=None,
-              help="exact: add a ground-truth column, the run replayed without rounding, and each engine's error.")
-@click.option("--gradcheck", is_flag=True,
-              help="Check the chain-rule gradients against central differences in float64, per step.")
+@click.option(
+    "--rows",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Table rows before long runs are shortened (default 40; 0: all).",
+)
+@click.option(
+    "--every", type=click.IntRange(min=1), default=None, metavar="K", help="Table: show every K-th step (and the last)."
+)
+@click.option(
+    "--reference",
+    type=click.Choice(["none", "exact"]),
+    default=None,
+    help="exact: add a ground-truth column, the run replayed without rounding, and each engine's error.",
+)
+@click.option(
+    "--gradcheck", is_flag=True, help="Check the chain-rule gradients against central differences in float64, per step."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--batch", "batch_no", type=click.IntRange(min=1), default=None, metavar="K",
-              help="--format html: the batch explained (default: the first divergent one, else batch 1).")
-@click.option("--epoch", "epoch_no", type=click.IntRange(min=1), default=None, metavar="E",
-              help="--format html: the epoch of --batch (default 1).")
-def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bool, batch_no: int | None,
-        epoch_no: int, **kw: Any) -> int:
+@click.option(
+    "--batch",
+    "batch_no",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="--format html: the batch explained (default: the first divergent one, else batch 1).",
+)
+@click.option(
+    "--epoch",
+    "epoch_no",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="E",
+    help="--format html: the epoch of --batch (default 1).",
+)
+def run(
+    rows: int | None,
+    every: int,
+    reference: str,
+    gradcheck: bool,
+    quiet: bool,
+    batch_no: int | None,
+    epoch_no: int,
+    **kw: Any,
+) -> int:
     """Train with both engines; print the per-batch table and the verdict.
 
     Each batch shows the article's columns (n, lr, dl/dw, dl/db, w, b, loss) worked by hand,
@@ -398,21 +543,36 @@ def run(rows: int | None, every: int, reference: str, gradcheck: bool, quiet: bo
     the parameters it started with; w and b are the values after the batch's update.
     """
     cfg, fmt, output = _configure(kw, RUN_FORMATS)
-    opts, unused = run_options(cfg, fmt, dict(rows=rows, every=every, reference=reference, gradcheck=gradcheck,
-                                              quiet=quiet, batch=batch_no, epoch=epoch_no))
+    opts, unused = run_options(
+        cfg,
+        fmt,
+        dict(
+            rows=rows,
+            every=every,
+            reference=reference,
+            gradcheck=gradcheck,
+            quiet=quiet,
+            batch=batch_no,
+            epoch=epoch_no,
+        ),
+    )
     warn(unused)
     rows, every, reference, gradcheck, quiet, batch_no, epoch_no = (
-        opts[k] for k in ("rows", "every", "reference", "gradcheck", "quiet", "batch", "epoch"))
+        opts[k] for k in ("rows", "every", "reference", "gradcheck", "quiet", "batch", "epoch")
+    )
     epoch_no = epoch_no or 1
     from sgdtrace.tracing import run_trace
 
-    _refuse_distributed(cfg, "--reference exact" if reference == "exact" else None,
-                        "--gradcheck" if gradcheck else None)
+    _refuse_distributed(
+        cfg, "--reference exact" if reference == "exact" else None, "--gradcheck" if gradcheck else None
+    )
     dataset = None
     if batch_no is not None:  # a bad --batch is refused before training
         if fmt != "html":
-            raise ConfigError(f"--batch {batch_no}: run takes --batch with --format html only; "
-                              "for one batch's equations use sgdtrace explain --batch")
+            raise ConfigError(
+                f"--batch {batch_no}: run takes --batch with --format html only; "
+                "for one batch's equations use sgdtrace explain --batch"
+            )
         from sgdtrace import data
 
         dataset = data.load(cfg)
@@ -445,14 +605,17 @@ def _refuse_distributed(cfg, *options: str | None, command: str | None = None) -
     if cfg.world_size > 1:
         for opt in options:
             if opt:
-                raise ConfigError(f"{ws} {cfg.world_size} with {opt}: not supported together; "
-                                  f"drop {opt} or use --world-size 1")
+                raise ConfigError(
+                    f"{ws} {cfg.world_size} with {opt}: not supported together; drop {opt} or use --world-size 1"
+                )
     if command is not None and (cfg.world_size > 1 or under_torchrun()):
         if under_torchrun():
             raise ConfigError(f"sgdtrace {command} under torchrun: only 'sgdtrace run' joins a torchrun group")
         if command in ("graph",):
-            raise ConfigError(f"{ws} {cfg.world_size} with sgdtrace graph: the graph is one process's autograd "
-                              "graph; use --world-size 1")
+            raise ConfigError(
+                f"{ws} {cfg.world_size} with sgdtrace graph: the graph is one process's autograd "
+                "graph; use --world-size 1"
+            )
 
 
 def add_witnesses(trace, reference: str, gradcheck: bool) -> None:
@@ -493,13 +656,24 @@ def compare(**kw: Any) -> int:
 
 @cli.command()
 @click.argument("configs", nargs=-1, type=click.Path(dir_okay=True))
-@click.option("--device", "devices", multiple=True, metavar="cpu|cuda|cuda:N",
-              help="Devices to run on (repeatable; default every available device).")
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    metavar="cpu|cuda|cuda:N",
+    help="Devices to run on (repeatable; default every available device).",
+)
 @format_option(CHECK_FORMATS, default="table")
 @output_option()
 @with_engine_options
-def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: str | None,
-          engine: str | None, engine_timeout: float | None) -> int:
+def check(
+    configs: tuple[str, ...],
+    devices: tuple[str, ...],
+    fmt: str,
+    output: str | None,
+    engine: str | None,
+    engine_timeout: float | None,
+) -> int:
     """The CI gate: run every config in configs/ (or the TOML files and folders named) on every available device.
 
     Prints one summary row per config and device; exit 1 if any run diverges. With --engine,
@@ -522,7 +696,7 @@ def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: 
     except ConfigError as exc:  # check's files are its arguments, not a --config option
         message = str(exc)
         if message.startswith("--config "):
-            raise ConfigError("config " + message[len("--config "):]) from None
+            raise ConfigError("config " + message[len("--config ") :]) from None
         raise
     emit(CHECK_FORMATS, fmt, result, output)
     return _exit_code(result.ok)
@@ -531,8 +705,15 @@ def check(configs: tuple[str, ...], devices: tuple[str, ...], fmt: str, output: 
 @cli.command()
 @training_options(EXPLAIN_FORMATS)
 @click.option("--batch", "batch_no", type=int, required=True, metavar="K", help="The batch to explain (from 1).")
-@click.option("--epoch", "epoch_no", type=int, default=1, show_default=True, metavar="E",
-              help="The epoch the batch is in (from 1).")
+@click.option(
+    "--epoch",
+    "epoch_no",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="E",
+    help="The epoch the batch is in (from 1).",
+)
 def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     """One batch, equation by equation: forward pass node by node, backward pass factor by factor.
 
@@ -544,23 +725,16 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     cfg, fmt, output = _configure(kw, EXPLAIN_FORMATS)
     _refuse_distributed(cfg, command="explain")
     from sgdtrace import data
-    from sgdtrace.tracing import run_trace
     from sgdtrace.teaching.explain import explain_step
+    from sgdtrace.tracing import run_trace
 
     dataset = data.load(cfg)
     if cfg.world_size > 1:
         data.distributed_plan(len(dataset), cfg).global_plan().step(batch_no, epoch_no)
         from sgdtrace.teaching.explain import explain_distributed
-        from sgdtrace.views.explain import explain_distributed_json, explain_distributed_view
 
         trace = run_trace(cfg, dataset=dataset)
-        dx = explain_distributed(trace, batch_no, epoch_no)
-        if fmt == "json":
-            from sgdtrace.views.export import to_json_text
-
-            write_output(to_json_text(explain_distributed_json(dx)), output)
-        else:
-            show(explain_distributed_view(dx), output)
+        emit(EXPLAIN_DISTRIBUTED_FORMATS, fmt, explain_distributed(trace, batch_no, epoch_no), output)
         return _exit_code(trace.verdict.ok)
     k = data.plan(len(dataset), cfg).step(batch_no, epoch_no)  # a bad --batch is refused before training
     user = None
@@ -575,12 +749,32 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
 
 @cli.command()
 @training_options(GRAPH_FORMATS)
-@click.option("--batch", "batch_no", type=int, default=1, show_default=True, metavar="K",
-              help="The batch whose graph is built (from 1).")
-@click.option("--epoch", "epoch_no", type=int, default=1, show_default=True, metavar="E",
-              help="The epoch the batch is in (from 1).")
-@click.option("--loss", "loss_kind", type=click.Choice(["mse", "explicit"]), default="mse", show_default=True,
-              help="torch's loss: nn.MSELoss(), or explicit ((out - y) ** 2).mean() (one node per manual node).")
+@click.option(
+    "--batch",
+    "batch_no",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="The batch whose graph is built (from 1).",
+)
+@click.option(
+    "--epoch",
+    "epoch_no",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="E",
+    help="The epoch the batch is in (from 1).",
+)
+@click.option(
+    "--loss",
+    "loss_kind",
+    type=click.Choice(["mse", "explicit"]),
+    default="mse",
+    show_default=True,
+    help="torch's loss: nn.MSELoss(), or explicit ((out - y) ** 2).mean() (one node per manual node).",
+)
 def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     """The forward DAG and backward functions of the manual derivation beside torch's real grad_fn graph.
 
@@ -591,10 +785,12 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     cfg, fmt, output = _configure(kw, GRAPH_FORMATS)
     _refuse_distributed(cfg, command="graph")
     if cfg.engine is not None:
-        raise ConfigError("--engine: graph draws sgdtrace's own derivation beside torch's; "
-                          "use `sgdtrace explain --engine FILE.py --batch K` to see your file's nodes")
-    from sgdtrace.tracing import run_trace
+        raise ConfigError(
+            "--engine: graph draws sgdtrace's own derivation beside torch's; "
+            "use `sgdtrace explain --engine FILE.py --batch K` to see your file's nodes"
+        )
     from sgdtrace.teaching.graph import build_graph
+    from sgdtrace.tracing import run_trace
 
     trace = run_trace(cfg, torch_loss=loss_kind)
     g = build_graph(trace, batch_no, epoch_no, loss_kind)
@@ -605,8 +801,9 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
 @cli.command()
 @training_options(PLOT_FORMATS, output_help="The PNG file to write (required; written whole or not at all).")
 @click.option("--width", type=click.IntRange(200, 6000), default=1500, show_default=True, help="Image width in pixels.")
-@click.option("--height", type=click.IntRange(150, 6000), default=450, show_default=True,
-              help="Image height in pixels.")
+@click.option(
+    "--height", type=click.IntRange(150, 6000), default=450, show_default=True, help="Image height in pixels."
+)
 def plot(width: int, height: int, **kw: Any) -> int:
     """Plot loss per step, w and b per step against their true values, and the (w, b) path.
 
@@ -634,8 +831,13 @@ def plot(width: int, height: int, **kw: Any) -> int:
 
 
 @cli.command()
-@click.option("--output", type=click.Path(dir_okay=False), default=None, metavar="FILE.py",
-              help="Write the file here (an existing file is never overwritten) instead of printing it.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE.py",
+    help="Write the file here (an existing file is never overwritten) instead of printing it.",
+)
 def template(output: str | None) -> int:
     """Print (or write) a starter file for --engine: gradients, update and forward, with the equations
     to implement in their docstrings and no solution.
@@ -665,9 +867,11 @@ def find_configs(names: Iterable[str]) -> list[str]:
             paths += found
         elif os.path.isfile(name):
             if name.lower().endswith((".csv", ".tsv", ".txt")):
-                raise ConfigError(f"config {name!r}: check runs TOML config files (*.toml); "
-                                  f"a data file is trained on with `sgdtrace run --data {name}`, "
-                                  f"or named by a config file's `data` key")
+                raise ConfigError(
+                    f"config {name!r}: check runs TOML config files (*.toml); "
+                    f"a data file is trained on with `sgdtrace run --data {name}`, "
+                    f"or named by a config file's `data` key"
+                )
             paths.append(name)
         elif name == "configs" and not list(names)[1:]:
             raise ConfigError("no configs/ folder here: run from the project's folder or name config files")

@@ -25,8 +25,7 @@ class Cross:
         fields = {}
         for f, d in self.divergence.items():
             w = FieldSummary.of(d)
-            fields[f] = {"max_abs": w.max_abs, "max_rel": w.max_rel, "max_ulp": w.max_ulp,
-                         "ok": w.first_bad is None}
+            fields[f] = {"max_abs": w.max_abs, "max_rel": w.max_rel, "max_ulp": w.max_ulp, "ok": w.first_bad is None}
         return {"dtype": self.dtype, "a": self.a, "b": self.b, "fields": fields, "verdict": self.verdict.to_json()}
 
 
@@ -48,10 +47,16 @@ class Drift:
         fields = {}
         for f, a in self.abs.items():
             fin = np.isfinite(a)
-            top = (lambda v: float(v[fin].max()) if fin.any() else None)
-            fields[f] = {"max_abs": top(a), "max_rel": top(self.rel[f]),
-                         "max_ulp": int(self.ulp[f][fin].max()) if fin.any() else None,
-                         "abs": [divergence.json_number(v) if ok else None for v, ok in zip(a.tolist(), fin.tolist())]}
+
+            def top(v):
+                return float(v[fin].max()) if fin.any() else None
+
+            fields[f] = {
+                "max_abs": top(a),
+                "max_rel": top(self.rel[f]),
+                "max_ulp": int(self.ulp[f][fin].max()) if fin.any() else None,
+                "abs": [divergence.json_number(v) if ok else None for v, ok in zip(a.tolist(), fin.tolist())],
+            }
         return {"a": self.a, "b": self.b, "judged": False, "fields": fields}
 
 
@@ -74,7 +79,10 @@ def drift(base, other) -> Drift:
             out["abs"][f] = diff
             out["rel"][f] = np.where(fin, np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0), np.nan)
         out["ulp"][f] = divergence.ulp_distance(divergence._cast(a, narrow), divergence._cast(b, narrow))
-    side = (lambda t: {"device": t.device, "dtype": t.config.dtype})
+
+    def side(t):
+        return {"device": t.device, "dtype": t.config.dtype}
+
     return Drift(side(base), side(other), out["abs"], out["rel"], out["ulp"])
 
 
@@ -103,8 +111,13 @@ def compare_runs(config: Config, devices: tuple[str, ...], dtypes: tuple[str, ..
         same = [t for t in runs if t.config.dtype == dtype]
         cross += [cross_compare(same[0], other) for other in same[1:] if other.device != same[0].device]
     # across dtypes, on each device: the first dtype given against each other one
-    drifts = [drift(t, other) for t in runs if t.config.dtype == dtypes[0]
-              for other in runs if other.device == t.device and other.config.dtype != dtypes[0]]
+    drifts = [
+        drift(t, other)
+        for t in runs
+        if t.config.dtype == dtypes[0]
+        for other in runs
+        if other.device == t.device and other.config.dtype != dtypes[0]
+    ]
     return CompareResult(runs, cross, drifts)
 
 

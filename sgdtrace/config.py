@@ -16,8 +16,9 @@ import os
 import re
 import struct
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from sgdtrace.errors import ConfigError
 
@@ -83,7 +84,7 @@ class Config:
     foreach: bool | None = None  # torch's implementation choice (the torch side only)
     fused: bool | None = None
     # a learning-rate schedule (torch.optim.lr_scheduler), or None
-    scheduler: "Schedule | None" = None
+    scheduler: Schedule | None = None
     # where and how precisely
     device: str = "cpu"
     dtype: str = "float32"
@@ -107,7 +108,7 @@ class Config:
         _fill_optimizer_defaults(self)
         validate(self)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         new_opt = changes.get("optimizer", self.optimizer)
         if new_opt != self.optimizer and new_opt in OPTIMIZER_DEFAULTS:
             # eps and weight_decay at the old optimizer's default follow the new one's (AdamW: 0.01)
@@ -159,19 +160,53 @@ class Config:
 
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("origin", "warnings", "view"))
 #: ``sgdtrace run``'s own options and their defaults (a file may set them too; see :func:`run_options`)
-RUN_DEFAULTS: Mapping[str, Any] = {"rows": None, "every": 1, "reference": "none", "gradcheck": False, "quiet": False,
-                                   "batch": None, "epoch": None}
+RUN_DEFAULTS: Mapping[str, Any] = {
+    "rows": None,
+    "every": 1,
+    "reference": "none",
+    "gradcheck": False,
+    "quiet": False,
+    "batch": None,
+    "epoch": None,
+}
 REFERENCES = ("none", "exact")
 #: keys a TOML file may hold beyond the training options
 VIEW_KEYS = ("format", "output") + tuple(RUN_DEFAULTS)
 KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
 
-_FLOAT_KEYS = {"lr", "init_w", "init_b", "true_w", "true_b", "noise", "momentum", "dampening",
-               "weight_decay", "rtol", "atol", "rank_timeout", "eps", "alpha", "lr_decay", "initial_accumulator_value",
-               "engine_timeout"}
+_FLOAT_KEYS = {
+    "lr",
+    "init_w",
+    "init_b",
+    "true_w",
+    "true_b",
+    "noise",
+    "momentum",
+    "dampening",
+    "weight_decay",
+    "rtol",
+    "atol",
+    "rank_timeout",
+    "eps",
+    "alpha",
+    "lr_decay",
+    "initial_accumulator_value",
+    "engine_timeout",
+}
 _INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size", "rows", "every", "batch", "epoch"}
-_BOOL_KEYS = {"shuffle", "drop_last", "nesterov", "maximize", "set_epoch", "gradcheck", "quiet", "amsgrad", "centered",
-              "foreach", "fused"}
+_BOOL_KEYS = {
+    "shuffle",
+    "drop_last",
+    "nesterov",
+    "maximize",
+    "set_epoch",
+    "gradcheck",
+    "quiet",
+    "amsgrad",
+    "centered",
+    "foreach",
+    "fused",
+}
 _STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimizer", "engine"}
 #: synthetic data's options: they do nothing without ``synthetic``
 _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
@@ -243,9 +278,7 @@ def validate(cfg: Config) -> None:
         if integer("synthetic", 1) > MAX_SAMPLES:
             _fail(cfg, "synthetic", cfg.synthetic, f"must be a whole number in [1, {MAX_SAMPLES:_}]")
         if cfg.data is not None:
-            raise ConfigError(
-                f"{_label(cfg, 'data')} and {_label(cfg, 'synthetic')}: choose one data source, not both"
-            )
+            raise ConfigError(f"{_label(cfg, 'data')} and {_label(cfg, 'synthetic')}: choose one data source, not both")
     finite("true_w")
     finite("true_b")
     if finite("noise") < 0:
@@ -264,13 +297,16 @@ def validate(cfg: Config) -> None:
         if not os.path.isfile(cfg.engine):
             _fail(cfg, "engine", cfg.engine, "no such file")
         if cfg.optimizer != "sgd" or cfg.scheduler is not None:  # the user's update gets SGD's constant hp
-            what = (f"{_label(cfg, 'optimizer')} {cfg.optimizer}" if cfg.optimizer != "sgd"
-                    else _label(cfg, "scheduler"))
-            raise ConfigError(f"{_label(cfg, 'engine')} and {what}: your own engine runs plain SGD at a "
-                              "constant learning rate; leave one of them out")
+            what = f"{_label(cfg, 'optimizer')} {cfg.optimizer}" if cfg.optimizer != "sgd" else _label(cfg, "scheduler")
+            raise ConfigError(
+                f"{_label(cfg, 'engine')} and {what}: your own engine runs plain SGD at a "
+                "constant learning rate; leave one of them out"
+            )
         if cfg.dtype not in ("float32", "float64"):  # the user's values are NumPy scalars of float32/float64
-            raise ConfigError(f"{_label(cfg, 'engine')} and {_label(cfg, 'dtype')} {cfg.dtype}: your own engine "
-                              "runs in float32 or float64; leave one of them out")
+            raise ConfigError(
+                f"{_label(cfg, 'engine')} and {_label(cfg, 'dtype')} {cfg.dtype}: your own engine "
+                "runs in float32 or float64; leave one of them out"
+            )
     if finite("engine_timeout") <= 0:
         _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
     validate_optimizer(cfg)
@@ -278,8 +314,12 @@ def validate(cfg: Config) -> None:
     if largest is not None:  # torch refuses, NumPy turns to inf, a value the type cannot hold
         for key in ("lr", "init_w", "init_b", "momentum", "weight_decay"):
             if abs(getattr(cfg, key)) > largest:
-                _fail(cfg, key, getattr(cfg, key), f"does not fit {cfg.dtype} (largest {largest:.8g}); "
-                      "use --dtype float64")
+                _fail(
+                    cfg,
+                    key,
+                    getattr(cfg, key),
+                    f"does not fit {cfg.dtype} (largest {largest:.8g}); use --dtype float64",
+                )
     # where 0 is refused, so is a value that rounds to 0 in the run's dtype (a learning rate of 1e-46
     # is 0 in float32). Where 0 is allowed (init_w, init_b, momentum, dampening, weight_decay) a value
     # that rounds to 0 runs as that 0 in both engines, a legal run. Python's floats are float64 already.
@@ -287,14 +327,23 @@ def validate(cfg: Config) -> None:
     for key in must_be_nonzero:
         v = getattr(cfg, key)
         if to_dtype(v, cfg.dtype) == 0:
-            _fail(cfg, key, v, f"rounds to 0 in {cfg.dtype} (smallest nonzero {TINIEST[cfg.dtype]:.2g}), "
-                  f"and {'Nesterov momentum needs a momentum' if key == 'momentum' else 'the learning rate must be'}"
-                  " > 0; use a larger value" + (" or --dtype float64" if cfg.dtype == "float32" else ""))
+            _fail(
+                cfg,
+                key,
+                v,
+                f"rounds to 0 in {cfg.dtype} (smallest nonzero {TINIEST[cfg.dtype]:.2g}), "
+                f"and {'Nesterov momentum needs a momentum' if key == 'momentum' else 'the learning rate must be'}"
+                " > 0; use a larger value" + (" or --dtype float64" if cfg.dtype == "float32" else ""),
+            )
 
 
 #: the smallest positive (subnormal) number of each dtype
-TINIEST = {"float32": 1.401298464324817e-45, "float64": 5e-324, "bfloat16": 9.183549615799121e-41,
-           "float16": 5.960464477539063e-08}
+TINIEST = {
+    "float32": 1.401298464324817e-45,
+    "float64": 5e-324,
+    "bfloat16": 9.183549615799121e-41,
+    "float16": 5.960464477539063e-08,
+}
 
 
 def to_dtype(value: float, dtype: str) -> float:
@@ -328,26 +377,40 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
     if finite("rank_timeout") <= 0:
         _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
     if cfg.world_size > 1 and cfg.engine is not None:
-        raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'engine')}: not supported "
-                          "together; your own engine runs in one process")
+        raise ConfigError(
+            f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'engine')}: not supported "
+            "together; your own engine runs in one process"
+        )
     if cfg.world_size > 1 and cfg.dtype not in ("float32", "float64"):
-        raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'dtype')} {cfg.dtype}: "
-                          "not supported together; data-parallel runs use float32 or float64")
+        raise ConfigError(
+            f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'dtype')} {cfg.dtype}: "
+            "not supported together; data-parallel runs use float32 or float64"
+        )
     if cfg.world_size > 1:  # the DDP loop is written with optim.SGD and no schedule
         if cfg.optimizer != "sgd":
-            raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'optimizer')} "
-                              f"{cfg.optimizer}: not supported together; data-parallel runs use sgd")
+            raise ConfigError(
+                f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'optimizer')} "
+                f"{cfg.optimizer}: not supported together; data-parallel runs use sgd"
+            )
         if cfg.scheduler is not None:
-            raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with a scheduler: not supported "
-                              "together; data-parallel runs use a constant rate")
+            raise ConfigError(
+                f"{_label(cfg, 'world_size')} {cfg.world_size} with a scheduler: not supported "
+                "together; data-parallel runs use a constant rate"
+            )
         if cfg.foreach is not None or cfg.fused is not None:
             key = "foreach" if cfg.foreach is not None else "fused"
-            raise ConfigError(f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, key)}: not "
-                              "supported together")
+            raise ConfigError(
+                f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, key)}: not supported together"
+            )
     if not cfg.set_epoch and cfg.world_size == 1:
-        flag = "--no-set-epoch" if cfg.origin.get("set_epoch", "--").startswith("--") else _label(cfg, "set_epoch") + " false"
-        raise ConfigError(f"{flag} with {_label(cfg, 'world_size')} 1: "
-                          "set_epoch is DistributedSampler's; it needs a world size >= 2")
+        flag = (
+            "--no-set-epoch"
+            if cfg.origin.get("set_epoch", "--").startswith("--")
+            else _label(cfg, "set_epoch") + " false"
+        )
+        raise ConfigError(
+            f"{flag} with {_label(cfg, 'world_size')} 1: set_epoch is DistributedSampler's; it needs a world size >= 2"
+        )
 
 
 # ---------------------------------------------------------------- TOML files
@@ -381,8 +444,10 @@ def load_toml(path: str) -> dict[str, Any]:
         key = raw_key.replace("-", "_")
         where = f"{raw_key!r} in {name}"
         if key in spelled:
-            raise ConfigError(f"{name}: {spelled[key]!r} = {_toml_repr(doc[spelled[key]])} and {raw_key!r} = "
-                              f"{_toml_repr(value)} set the same option twice; keep one")
+            raise ConfigError(
+                f"{name}: {spelled[key]!r} = {_toml_repr(doc[spelled[key]])} and {raw_key!r} = "
+                f"{_toml_repr(value)} set the same option twice; keep one"
+            )
         spelled[key] = raw_key
         if key not in KNOWN_KEYS:
             close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.6)
@@ -414,8 +479,11 @@ def _check_type(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
     elif key == "betas":
-        if (not isinstance(value, list) or len(value) != 2
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)):
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
+        ):
             raise bad("an array of two numbers, e.g. [0.9, 0.999]")
         value = tuple(float(v) for v in value)
     elif key == "scheduler":
@@ -447,8 +515,9 @@ def _toml_repr(value: Any) -> str:
     return str(value)
 
 
-def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
-                 config_path: str | None = None) -> Config:
+def build_config(
+    file_values: Mapping[str, Any], flag_values: Mapping[str, Any], config_path: str | None = None
+) -> Config:
     """Merge defaults < file < flags (flags that were not given are ``None``) and validate."""
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -466,8 +535,10 @@ def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any],
         unused = [origin[k] for k in _SYNTHETIC_KEYS if k in values]
         if unused:
             source = f"the CSV file {values['data']!r}" if values.get("data") is not None else "the article's data"
-            warnings.append(f"{', '.join(unused)} ignored: synthetic data's option{'s' if len(unused) > 1 else ''}, "
-                            f"and this run reads {source} (add --synthetic N to use it)")
+            warnings.append(
+                f"{', '.join(unused)} ignored: synthetic data's option{'s' if len(unused) > 1 else ''}, "
+                f"and this run reads {source} (add --synthetic N to use it)"
+            )
     view = {k: v for k, v in file_values.items() if k in RUN_DEFAULTS}
     origin.update({k: f"{k!r} in {name}" for k in view})
     return Config(**values, origin=origin, warnings=tuple(warnings), view=view)
@@ -493,8 +564,10 @@ def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[s
     if fmt not in ("table", "html"):
         unused = [label[k] for k in ("rows", "every") if k in label]
         if unused:
-            warnings.append(f"{' and '.join(unused)} ignored: {'they shape' if len(unused) > 1 else 'it shapes'} "
-                            f"the table, and --format {fmt} writes every step")
+            warnings.append(
+                f"{' and '.join(unused)} ignored: {'they shape' if len(unused) > 1 else 'it shapes'} "
+                f"the table, and --format {fmt} writes every step"
+            )
     if "epoch" in label and "batch" not in label:
         typo = "" if label["epoch"].startswith("--") else " (did you mean 'epochs'?)"
         warnings.append(f"{label['epoch']} ignored: it names the epoch of --batch, and no --batch was given{typo}")
@@ -523,9 +596,19 @@ OPTIMIZER_OPTIONS = {
     "rmsprop": ("alpha", "eps", "centered", "momentum"),
     "adagrad": ("lr_decay", "initial_accumulator_value", "eps", "fused"),
 }
-_OPTION_DEFAULTS = {"momentum": 0.0, "dampening": 0.0, "nesterov": False, "betas": (0.9, 0.999), "eps": None,
-                    "amsgrad": False, "alpha": 0.99, "centered": False, "lr_decay": 0.0,
-                    "initial_accumulator_value": 0.0, "fused": None}
+_OPTION_DEFAULTS = {
+    "momentum": 0.0,
+    "dampening": 0.0,
+    "nesterov": False,
+    "betas": (0.9, 0.999),
+    "eps": None,
+    "amsgrad": False,
+    "alpha": 0.99,
+    "centered": False,
+    "lr_decay": 0.0,
+    "initial_accumulator_value": 0.0,
+    "fused": None,
+}
 
 
 def _fill_optimizer_defaults(cfg: Config) -> None:
@@ -549,12 +632,17 @@ def validate_optimizer(cfg: Config) -> None:
         value = getattr(cfg, key)
         if key not in takes and value != default and not (key == "eps" and value is None):
             users = [o for o in OPTIMIZERS if key in OPTIMIZER_OPTIONS[o]]
-            raise ConfigError(f"{_label(cfg, key)} {_show(value)} and {_label(cfg, 'optimizer')} {name}: "
-                              f"torch.optim.{OPTIMIZER_CLASSES[name]} has no {key} "
-                              f"(it belongs to {', '.join(users)})")
+            raise ConfigError(
+                f"{_label(cfg, key)} {_show(value)} and {_label(cfg, 'optimizer')} {name}: "
+                f"torch.optim.{OPTIMIZER_CLASSES[name]} has no {key} "
+                f"(it belongs to {', '.join(users)})"
+            )
     b = cfg.betas
-    if (not isinstance(b, tuple) or len(b) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in b)):
+    if (
+        not isinstance(b, tuple)
+        or len(b) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in b)
+    ):
         _fail(cfg, "betas", b, "must be two numbers, e.g. 0.9,0.999")
     for i, v in enumerate(b):
         if not (math.isfinite(v) and 0.0 <= v < 1.0):
@@ -572,15 +660,18 @@ def validate_optimizer(cfg: Config) -> None:
         if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), bool):
             _fail(cfg, key, getattr(cfg, key), "must be true or false")
     if cfg.foreach and cfg.fused:
-        raise ConfigError(f"{_label(cfg, 'foreach')} and {_label(cfg, 'fused')}: torch takes one of them, "
-                          "not both (`fused` and `foreach` cannot be `True` together)")
+        raise ConfigError(
+            f"{_label(cfg, 'foreach')} and {_label(cfg, 'fused')}: torch takes one of them, "
+            "not both (`fused` and `foreach` cannot be `True` together)"
+        )
     if cfg.scheduler is not None:
         if not isinstance(cfg.scheduler, Schedule):
             _fail(cfg, "scheduler", cfg.scheduler, "must be a schedule (a [scheduler] table)")
-        if (cfg.scheduler.name == "OneCycleLR" and cfg.scheduler.get("cycle_momentum", True)
-                and name == "adagrad"):
-            raise ConfigError(f"{_label(cfg, 'scheduler')} OneCycleLR and {_label(cfg, 'optimizer')} adagrad: "
-                              "Adagrad has no momentum or beta1 to cycle; set cycle_momentum = false")
+        if cfg.scheduler.name == "OneCycleLR" and cfg.scheduler.get("cycle_momentum", True) and name == "adagrad":
+            raise ConfigError(
+                f"{_label(cfg, 'scheduler')} OneCycleLR and {_label(cfg, 'optimizer')} adagrad: "
+                "Adagrad has no momentum or beta1 to cycle; set cycle_momentum = false"
+            )
 
 
 def _show_betas(b: Any) -> str:
@@ -595,20 +686,38 @@ SCHEDULERS: dict[str, dict[str, tuple[str, Any]]] = {
     "MultiStepLR": {"milestones": ("ints>=0", REQUIRED), "gamma": ("float>=0", 0.1)},
     "ExponentialLR": {"gamma": ("float>=0", REQUIRED)},
     "CosineAnnealingLR": {"T_max": ("int>=1", REQUIRED), "eta_min": ("float>=0", 0.0)},
-    "LinearLR": {"start_factor": ("float(0,1]", 1.0 / 3), "end_factor": ("float[0,1]", 1.0),
-                 "total_iters": ("int>=0", 5)},
-    "OneCycleLR": {"max_lr": ("float>0", REQUIRED), "total_steps": ("int>=1", None), "epochs": ("int>=1", None),
-                   "steps_per_epoch": ("int>=1", None), "pct_start": ("float[0,1]", 0.3),
-                   "anneal_strategy": ("cos|linear", "cos"), "cycle_momentum": ("bool", True),
-                   "base_momentum": ("float>=0", 0.85), "max_momentum": ("float>=0", 0.95),
-                   "div_factor": ("float>0", 25.0), "final_div_factor": ("float>0", 1e4),
-                   "three_phase": ("bool", False)},
+    "LinearLR": {
+        "start_factor": ("float(0,1]", 1.0 / 3),
+        "end_factor": ("float[0,1]", 1.0),
+        "total_iters": ("int>=0", 5),
+    },
+    "OneCycleLR": {
+        "max_lr": ("float>0", REQUIRED),
+        "total_steps": ("int>=1", None),
+        "epochs": ("int>=1", None),
+        "steps_per_epoch": ("int>=1", None),
+        "pct_start": ("float[0,1]", 0.3),
+        "anneal_strategy": ("cos|linear", "cos"),
+        "cycle_momentum": ("bool", True),
+        "base_momentum": ("float>=0", 0.85),
+        "max_momentum": ("float>=0", 0.95),
+        "div_factor": ("float>0", 25.0),
+        "final_div_factor": ("float>0", 1e4),
+        "three_phase": ("bool", False),
+    },
 }
 INTERVALS = ("epoch", "step")
-_KIND_TEXT = {"int>=1": "a whole number >= 1", "int>=0": "a whole number >= 0", "float>=0": "a finite number >= 0",
-              "float>0": "a finite number > 0", "float(0,1]": "a number in (0, 1]", "float[0,1]": "a number in [0, 1]",
-              "ints>=0": "a list of whole numbers >= 0 (e.g. [2, 4]; on the command line 2,4)",
-              "cos|linear": "cos or linear", "bool": "true or false"}
+_KIND_TEXT = {
+    "int>=1": "a whole number >= 1",
+    "int>=0": "a whole number >= 0",
+    "float>=0": "a finite number >= 0",
+    "float>0": "a finite number > 0",
+    "float(0,1]": "a number in (0, 1]",
+    "float[0,1]": "a number in [0, 1]",
+    "ints>=0": "a list of whole numbers >= 0 (e.g. [2, 4]; on the command line 2,4)",
+    "cos|linear": "cos or linear",
+    "bool": "true or false",
+}
 
 
 @dataclass(frozen=True)
@@ -647,8 +756,11 @@ def _check_arg(name: str, key: str, kind: str, value: Any, where: str) -> Any:
         if value < 0 or (lo_open and value == 0) or (kind.endswith("1]") and value > 1):
             raise bad()
     elif kind == "ints>=0":
-        if not isinstance(value, (list, tuple)) or not value or any(
-                isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+        if (
+            not isinstance(value, (list, tuple))
+            or not value
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value)
+        ):
             raise bad()
         value = tuple(value)
     elif kind == "bool":
@@ -676,8 +788,7 @@ def make_schedule(values: Mapping[str, Any], where: str) -> Schedule:
     spec = SCHEDULERS[name]
     for key in values:
         if key not in spec:
-            raise ConfigError(f"{where}: {name} has no argument {key!r}; it takes "
-                              f"{', '.join(spec)} (and interval)")
+            raise ConfigError(f"{where}: {name} has no argument {key!r}; it takes {', '.join(spec)} (and interval)")
     args = []
     for key, (kind, default) in spec.items():
         if key in values:
@@ -687,10 +798,12 @@ def make_schedule(values: Mapping[str, Any], where: str) -> Schedule:
         else:
             args.append((key, default))
     sched = Schedule(name, tuple(args), interval)
-    if name == "OneCycleLR" and sched.get("total_steps") is None and (
-            sched.get("epochs") is None or sched.get("steps_per_epoch") is None):
-        raise ConfigError(f"{where}: OneCycleLR needs total_steps, or epochs and steps_per_epoch "
-                          "(as torch does)")
+    if (
+        name == "OneCycleLR"
+        and sched.get("total_steps") is None
+        and (sched.get("epochs") is None or sched.get("steps_per_epoch") is None)
+    ):
+        raise ConfigError(f"{where}: OneCycleLR needs total_steps, or epochs and steps_per_epoch (as torch does)")
     return sched
 
 

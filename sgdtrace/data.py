@@ -12,9 +12,10 @@ import csv
 import io
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,14 @@ class Dataset:
         return int(self.x.shape[0])
 
     @classmethod
-    def from_arrays(cls, x: Any, y: Any, info: dict[str, Any] | None = None,
-                    true_w: float | None = None, true_b: float | None = None) -> "Dataset":
+    def from_arrays(
+        cls,
+        x: Any,
+        y: Any,
+        info: dict[str, Any] | None = None,
+        true_w: float | None = None,
+        true_b: float | None = None,
+    ) -> Dataset:
         """Build a data set, refusing what a DataLoader would choke on (the article's 9-vs-8 slip)."""
         xa = np.asarray(x, dtype=np.float64).reshape(-1)
         ya = np.asarray(y, dtype=np.float64).reshape(-1)
@@ -57,8 +64,7 @@ class Dataset:
             bad = np.flatnonzero(~np.isfinite(arr))
             if bad.size:
                 raise DataError(f"{name}[{bad[0]}] = {arr[bad[0]]}: values must be finite numbers")
-        return cls(xa, ya, info if info is not None else {"source": "arrays", "n": int(xa.shape[0])},
-                   true_w, true_b)
+        return cls(xa, ya, info if info is not None else {"source": "arrays", "n": int(xa.shape[0])}, true_w, true_b)
 
 
 def article() -> Dataset:
@@ -113,14 +119,17 @@ def _header_columns(header_row: list[str], label: str) -> tuple[int, int]:
     header = [h.strip().lower() for h in header_row]
     missing = [c for c in ("x", "y") if c not in header]
     if missing:
-        raise DataError(f"{label}: the header {header_row!r} has no column {' or '.join(map(repr, missing))}; "
-                        "expected a header row naming columns x and y")
+        raise DataError(
+            f"{label}: the header {header_row!r} has no column {' or '.join(map(repr, missing))}; "
+            "expected a header row naming columns x and y"
+        )
     for col in ("x", "y"):
         where = [i for i, h in enumerate(header) if h == col]
         if len(where) > 1:
             names = " and ".join(f"{header_row[i].strip()!r} (column {i + 1})" for i in where)
-            raise DataError(f"{label}: the header {header_row!r} names column {col} twice: {names}; "
-                            "rename or remove one")
+            raise DataError(
+                f"{label}: the header {header_row!r} names column {col} twice: {names}; rename or remove one"
+            )
     return header.index("x"), header.index("y")
 
 
@@ -146,7 +155,7 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
         if start == len(rows):
             return None
         ix, iy = _header_columns(rows[start], label)
-        body = [r for r in rows[start + 1:] if r]  # an empty line is an empty row; other blank rows fail below
+        body = [r for r in rows[start + 1 :] if r]  # an empty line is an empty row; other blank rows fail below
         if not body or set(map(len, body)) != {len(rows[start])}:
             return None
         try:
@@ -166,7 +175,7 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
                 return None
             pos = end + 1
         ix, iy = _header_columns(line.split(","), label)
-        rest = "" if end < 0 else text[end + 1:]
+        rest = "" if end < 0 else text[end + 1 :]
         # per line (vectorised): its length and its commas; empty lines are skipped by both readers
         b = np.frombuffer(rest.encode("ascii"), dtype=np.uint8)
         newlines = np.flatnonzero(b == 10)
@@ -177,8 +186,9 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
         if n == 0 or lengths.max() > csv.field_size_limit() or (commas[used] != line.count(",")).any():
             return None  # no rows, a field over the csv module's limit, or a row of another width
         try:
-            values = np.loadtxt(rest.split("\n"), dtype=np.float64, delimiter=",", comments=None,
-                                usecols=(ix, iy), ndmin=2)
+            values = np.loadtxt(
+                rest.split("\n"), dtype=np.float64, delimiter=",", comments=None, usecols=(ix, iy), ndmin=2
+            )
         except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
             return None
         if values.shape[0] != n:
@@ -216,17 +226,22 @@ def _parse_rows(text: str, label: str) -> tuple[list[float], list[float]]:
             lacking = [c for c, i in (("x", ix), ("y", iy)) if len(row) <= i]
             if cx != cy:
                 what = f"no {' or '.join(lacking)} value" if lacking else f"{len(row)} fields"
-                raise DataError(f"{label}: row {lineno} has {what}: column x has {cx} values but column y "
-                                f"has {cy}; every x needs its y")
-            raise DataError(f"{label}: row {lineno} has {len(row)} field{'s' if len(row) != 1 else ''} but the header "
-                            f"has {width}"
-                            + (f" (no {' or '.join(lacking)} value)" if lacking else ""))
+                raise DataError(
+                    f"{label}: row {lineno} has {what}: column x has {cx} values but column y "
+                    f"has {cy}; every x needs its y"
+                )
+            raise DataError(
+                f"{label}: row {lineno} has {len(row)} field{'s' if len(row) != 1 else ''} but the header "
+                f"has {width}" + (f" (no {' or '.join(lacking)} value)" if lacking else "")
+            )
         for col, idx, out in (("x", ix, xs), ("y", iy, ys)):
             cell = row[idx].strip()
             if not cell:
                 cx, cy = counts()
-                raise DataError(f"{label}: row {lineno} has no {col} value (column x has {cx} values, "
-                                f"column y has {cy}); every x needs its y")
+                raise DataError(
+                    f"{label}: row {lineno} has no {col} value (column x has {cx} values, "
+                    f"column y has {cy}); every x needs its y"
+                )
             try:
                 value = float(cell)
             except ValueError:
@@ -259,10 +274,14 @@ def check_range(dataset: Dataset, dtype: str) -> None:
         if over.size:
             i = int(over[0])
             src = dataset.info.get("source")
-            where = (f"--data {dataset.info.get('path')!r}: data row {i + 1}, column {name}" if src == "csv"
-                     else f"--{src} data: {name}[{i}]")
-            raise DataError(f"{where} = {arr[i]:g} overflows {dtype} (largest {big:.4g}): "
-                            f"use --dtype float64 or rescale the data")
+            where = (
+                f"--data {dataset.info.get('path')!r}: data row {i + 1}, column {name}"
+                if src == "csv"
+                else f"--{src} data: {name}[{i}]"
+            )
+            raise DataError(
+                f"{where} = {arr[i]:g} overflows {dtype} (largest {big:.4g}): use --dtype float64 or rescale the data"
+            )
 
 
 # ---------------------------------------------------------------- the batch plan
@@ -321,11 +340,13 @@ class BatchPlan:
         """The 0-based step of (epoch, batch), both 1-based; a clear error when out of range."""
         spe, epochs = self.steps_per_epoch, self.epochs
         if not 1 <= epoch <= epochs:
-            raise ConfigError(f"--epoch {epoch}: this run has {epochs} epoch{'s' if epochs != 1 else ''}; "
-                              f"allowed: 1..{epochs}")
+            raise ConfigError(
+                f"--epoch {epoch}: this run has {epochs} epoch{'s' if epochs != 1 else ''}; allowed: 1..{epochs}"
+            )
         if not 1 <= batch <= spe:
-            raise ConfigError(f"--batch {batch}: each epoch of this run has {spe} "
-                              f"batch{'es' if spe != 1 else ''}; allowed: 1..{spe}")
+            raise ConfigError(
+                f"--batch {batch}: each epoch of this run has {spe} batch{'es' if spe != 1 else ''}; allowed: 1..{spe}"
+            )
         return (epoch - 1) * spe + (batch - 1)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -395,8 +416,9 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
 # ---------------------------------------------------------------- DistributedSampler's plan
 
 
-def sampler_indices(n: int, num_replicas: int, rank: int, shuffle: bool, seed: int, epoch: int,
-                    drop_last: bool) -> list[int]:
+def sampler_indices(
+    n: int, num_replicas: int, rank: int, shuffle: bool, seed: int, epoch: int, drop_last: bool
+) -> list[int]:
     """The indices ``DistributedSampler(dataset, num_replicas, rank, shuffle, seed, drop_last)``
     yields after ``set_epoch(epoch)``, replayed (torch/utils/data/distributed.py, ``__iter__``):
 
@@ -465,8 +487,13 @@ class DistributedPlan:
 
     def rank_plan(self, rank: int) -> BatchPlan:
         """Rank ``rank``'s DataLoader over its sampler's indices, as a batch plan of its own."""
-        return BatchPlan(self.per_rank, self.batch_size, self.epochs, self.drop_last,
-                         tuple(orders[rank] for orders in self.rank_orders))
+        return BatchPlan(
+            self.per_rank,
+            self.batch_size,
+            self.epochs,
+            self.drop_last,
+            tuple(orders[rank] for orders in self.rank_orders),
+        )
 
     def global_plan(self) -> BatchPlan:
         """The steps' global batches: per step, rank 0's batch, then rank 1's, ... (N*B samples)."""
@@ -474,10 +501,15 @@ class DistributedPlan:
         sizes, starts = one.batch_sizes(), one.batch_starts()
         orders = []
         for ranks in self.rank_orders:
-            parts = [r[s:s + k] for s, k in zip(starts.tolist(), sizes.tolist()) for r in ranks]
+            parts = [r[s : s + k] for s, k in zip(starts.tolist(), sizes.tolist()) for r in ranks]
             orders.append(np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64))
-        return BatchPlan(self.per_rank * self.world_size, self.batch_size * self.world_size, self.epochs,
-                         self.drop_last, tuple(orders))
+        return BatchPlan(
+            self.per_rank * self.world_size,
+            self.batch_size * self.world_size,
+            self.epochs,
+            self.drop_last,
+            tuple(orders),
+        )
 
 
 def distributed_plan(n_samples: int, config: Config) -> DistributedPlan:
@@ -485,13 +517,16 @@ def distributed_plan(n_samples: int, config: Config) -> DistributedPlan:
     ``config.set_epoch`` is false: then every epoch uses epoch 0's order)."""
     ws = config.world_size
     if ws > n_samples:
-        raise ConfigError(f"{_origin(config, 'world_size')} {ws}: more ranks than the {n_samples} samples; "
-                          f"allowed: 1..{n_samples}")
+        raise ConfigError(
+            f"{_origin(config, 'world_size')} {ws}: more ranks than the {n_samples} samples; allowed: 1..{n_samples}"
+        )
     total, per_rank = _sampler_sizes(n_samples, ws, config.drop_last)
     if per_rank == 0 or (config.drop_last and per_rank < config.batch_size):
-        raise ConfigError(f"--drop-last with --world-size {ws} and --batch-size {config.batch_size}: each rank "
-                          f"gets {per_rank} of the {n_samples} samples, which leaves no batch; use a batch size "
-                          f"<= {max(per_rank, 1)} or drop --drop-last")
+        raise ConfigError(
+            f"--drop-last with --world-size {ws} and --batch-size {config.batch_size}: each rank "
+            f"gets {per_rank} of the {n_samples} samples, which leaves no batch; use a batch size "
+            f"<= {max(per_rank, 1)} or drop --drop-last"
+        )
     plan(per_rank, config.replace(shuffle=False, origin=config.origin))  # the step limit, checked as for one process
     seed = config.effective_seed
     rank_orders, padded, dropped = [], [], []
@@ -501,12 +536,21 @@ def distributed_plan(n_samples: int, config: Config) -> DistributedPlan:
         rank_orders.append(tuple(order[r:total:ws] for r in range(ws)))
         padded.append(order[n_samples:])
         if config.drop_last:
-            full = (torch_randperm(n_samples, seed + e) if config.shuffle else np.arange(n_samples))
+            full = torch_randperm(n_samples, seed + e) if config.shuffle else np.arange(n_samples)
             dropped.append(full[total:])
         else:
             dropped.append(np.zeros(0, dtype=np.int64))
-    return DistributedPlan(n_samples, ws, config.batch_size, config.epochs, config.drop_last, config.set_epoch,
-                           tuple(rank_orders), tuple(padded), tuple(dropped))
+    return DistributedPlan(
+        n_samples,
+        ws,
+        config.batch_size,
+        config.epochs,
+        config.drop_last,
+        config.set_epoch,
+        tuple(rank_orders),
+        tuple(padded),
+        tuple(dropped),
+    )
 
 
 def torch_randperm(n: int, seed: int) -> np.ndarray:

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from sgdtrace.dtypes import unit_roundoff
-
 from sgdtrace.engines.protocol import state_field
 from sgdtrace.views.fmt import LABELS
 
@@ -37,13 +36,17 @@ GRADIENT_FIELDS = ("grad_w", "grad_b", "loss")
 
 def _factors(n: int) -> list[tuple[float, str, str]]:
     """(factor, as printed, what usually causes it) for a batch of n samples."""
-    out = [(2.0, "2", "the 2 of de/dd = 2d counted twice, or a sum of squares without the 1/2 you meant"),
-           (0.5, "1/2", "the 2 of de/dd = 2d left out (or a loss written as 1/2 of the mean square)")]
+    out = [
+        (2.0, "2", "the 2 of de/dd = 2d counted twice, or a sum of squares without the 1/2 you meant"),
+        (0.5, "1/2", "the 2 of de/dd = 2d left out (or a loss written as 1/2 of the mean square)"),
+    ]
     if n > 1:
-        out += [(float(n), f"n = {n}", "a sum where the mean was meant: the 1/n of dl/de = 1/n left out"),
-                (1 / n, f"1/n = 1/{n}", "divided by n twice: the mean of terms that already carry 1/n"),
-                (n / (n - 1), f"n/(n-1) = {n}/{n - 1}", "divided by n - 1 instead of n"),
-                ((n - 1) / n, f"(n-1)/n = {n - 1}/{n}", "divided by n where n - 1 was used, or a sum over n - 1 terms")]
+        out += [
+            (float(n), f"n = {n}", "a sum where the mean was meant: the 1/n of dl/de = 1/n left out"),
+            (1 / n, f"1/n = 1/{n}", "divided by n twice: the mean of terms that already carry 1/n"),
+            (n / (n - 1), f"n/(n-1) = {n}/{n - 1}", "divided by n - 1 instead of n"),
+            ((n - 1) / n, f"(n-1)/n = {n - 1}/{n}", "divided by n where n - 1 was used, or a sum over n - 1 terms"),
+        ]
     seen: set[float] = set()
     unique = []
     for c, label, why in out:
@@ -99,8 +102,17 @@ def _start(trace, col: str, k: int, init: float | None):
     return float(cols[col][k - 1])
 
 
-def _sgd(cfg, p: float, g: float, buf: float | None, *, factor: float = 1.0, damp_first: bool = False,
-         no_damp: bool = False, decay_after: bool = False) -> tuple[float, float | None]:
+def _sgd(
+    cfg,
+    p: float,
+    g: float,
+    buf: float | None,
+    *,
+    factor: float = 1.0,
+    damp_first: bool = False,
+    no_damp: bool = False,
+    decay_after: bool = False,
+) -> tuple[float, float | None]:
     """torch.optim.SGD's step in float64, or one of the classic mistakes in it."""
     if cfg.maximize:
         g = -g
@@ -109,10 +121,7 @@ def _sgd(cfg, p: float, g: float, buf: float | None, *, factor: float = 1.0, dam
     new_buf = None
     if cfg.momentum:
         damp = 1.0 if no_damp else 1 - cfg.dampening
-        if buf is None:
-            new_buf = damp * g if damp_first else g
-        else:
-            new_buf = cfg.momentum * buf + damp * g
+        new_buf = (damp * g if damp_first else g) if buf is None else cfg.momentum * buf + damp * g
         g = g + cfg.momentum * new_buf if cfg.nesterov else new_buf
     if decay_after:
         g = g + cfg.weight_decay * p
@@ -125,36 +134,48 @@ def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0: float, b0
     label = LABELS.get(field, field)
     for c, printed, why in _factors(n):
         if judge.explains(c * judge.right, c):
-            return {"kind": "factor", "factor": c,
-                    "text": f"{label} is {printed} times the right value: {why}"}
+            return {"kind": "factor", "factor": c, "text": f"{label} is {printed} times the right value: {why}"}
     if judge.explains(-judge.right):
-        return {"kind": "sign", "factor": -1.0,
-                "text": f"{label} has its sign flipped: the residual taken as y - ypred without the chain "
-                        "rule's -1 (dd/dc = 1 for d = ypred - y)"}
+        return {
+            "kind": "sign",
+            "factor": -1.0,
+            "text": f"{label} has its sign flipped: the residual taken as y - ypred without the chain "
+            "rule's -1 (dd/dc = 1 for d = ypred - y)",
+        }
     terms = _terms(field, w0, b0, x, y)
     total = terms.sum()
     if n > 1:
         for kind, cands, how in (
-                ("sample_left_out", (total - terms) / n, "left out of the sum (still divided by n)"),
-                ("sample_left_out", (total - terms) / (n - 1), "left out (the mean of the other n - 1)"),
-                ("sample_twice", (total + terms) / n, "counted twice (divided by n)"),
-                ("sample_twice", (total + terms) / (n + 1), "counted twice (divided by n + 1)")):
+            ("sample_left_out", (total - terms) / n, "left out of the sum (still divided by n)"),
+            ("sample_left_out", (total - terms) / (n - 1), "left out (the mean of the other n - 1)"),
+            ("sample_twice", (total + terms) / n, "counted twice (divided by n)"),
+            ("sample_twice", (total + terms) / (n + 1), "counted twice (divided by n + 1)"),
+        ):
             i = int(np.argmin(np.abs(cands - judge.value)))
             if judge.explains(float(cands[i])):
                 row = int(trace.indices(k)[i])
-                return {"kind": kind, "factor": None,
-                        "text": f"{label}: sample {i + 1} of the batch (data row {row + 1}) {how}: "
-                                "check the loop's range or the slice"}
+                return {
+                    "kind": kind,
+                    "factor": None,
+                    "text": f"{label}: sample {i + 1} of the batch (data row {row + 1}) {how}: "
+                    "check the loop's range or the slice",
+                }
     if k > 0 and judge.explains(float(trace.torch[field][k - 1])):
-        return {"kind": "previous_gradient", "factor": None,
-                "text": f"{label} is the previous step's value: computed before the batch changed, or kept "
-                        "from the step before"}
+        return {
+            "kind": "previous_gradient",
+            "factor": None,
+            "text": f"{label} is the previous step's value: computed before the batch changed, or kept "
+            "from the step before",
+        }
     w1, b1 = float(trace.manual["w"][k]), float(trace.manual["b"][k])
     after = _terms(field, w1, b1, x, y).sum() / n
     if judge.explains(after):
-        return {"kind": "after_update", "factor": None,
-                "text": f"{label} is taken at the parameters after the update instead of before: the table's "
-                        "loss and gradients belong to the parameters the step started from"}
+        return {
+            "kind": "after_update",
+            "factor": None,
+            "text": f"{label} is taken at the parameters after the update instead of before: the table's "
+            "loss and gradients belong to the parameters the step started from",
+        }
     return None
 
 
@@ -175,33 +196,50 @@ def _update_hypotheses(trace, k: int, field: str, judge: _Judge):
     if not is_buf:
         for c, printed, _ in _factors(int(trace.n[k])):
             if explains(factor=c):
-                return {"kind": "factor", "factor": c,
-                        "text": f"{label}: the update's step is {printed} times torch's (lr times the step "
-                                "direction scaled by a constant)"}
+                return {
+                    "kind": "factor",
+                    "factor": c,
+                    "text": f"{label}: the update's step is {printed} times torch's (lr times the step "
+                    "direction scaled by a constant)",
+                }
         if explains(factor=-1.0):
-            return {"kind": "sign", "factor": -1.0,
-                    "text": f"{label}: the update went the wrong way: p + lr*g instead of p - lr*g"}
+            return {
+                "kind": "sign",
+                "factor": -1.0,
+                "text": f"{label}: the update went the wrong way: p + lr*g instead of p - lr*g",
+            }
     if cfg.momentum and cfg.dampening and explains(damp_first=True):
-        return {"kind": "dampening_first_step", "factor": 1 - cfg.dampening,
-                "text": f"{label}: momentum's buffer was damped on its first step; torch starts it as a copy of "
-                        "the gradient (buf = g), and damps from the second step on"}
+        return {
+            "kind": "dampening_first_step",
+            "factor": 1 - cfg.dampening,
+            "text": f"{label}: momentum's buffer was damped on its first step; torch starts it as a copy of "
+            "the gradient (buf = g), and damps from the second step on",
+        }
     if cfg.momentum and cfg.dampening and buf0 is not None and explains(no_damp=True):
-        return {"kind": "no_dampening", "factor": None,
-                "text": f"{label}: momentum's buffer without dampening: buf = mu*buf + g instead of "
-                        "mu*buf + (1 - dampening)*g"}
+        return {
+            "kind": "no_dampening",
+            "factor": None,
+            "text": f"{label}: momentum's buffer without dampening: buf = mu*buf + g instead of "
+            "mu*buf + (1 - dampening)*g",
+        }
     if cfg.momentum and cfg.weight_decay and explains(decay_after=True):
-        return {"kind": "weight_decay_after_momentum", "factor": None,
-                "text": f"{label}: weight decay added after momentum; torch adds weight_decay * p to the "
-                        "gradient before the buffer"}
+        return {
+            "kind": "weight_decay_after_momentum",
+            "factor": None,
+            "text": f"{label}: weight decay added after momentum; torch adds weight_decay * p to the "
+            "gradient before the buffer",
+        }
     if k > 0:
         new, buf = _sgd(cfg, p0, float(trace.manual["grad_" + param][k - 1]), buf0)
     else:
         new, buf = _sgd(cfg, p0, 0.0, buf0)
     cand = buf if is_buf else new
     if cand is not None and judge.explains(cand):
-        return {"kind": "previous_gradient", "factor": None,
-                "text": f"{label}: the update used the previous step's gradient (none on the first step), "
-                        "not this step's"}
+        return {
+            "kind": "previous_gradient",
+            "factor": None,
+            "text": f"{label}: the update used the previous step's gradient (none on the first step), not this step's",
+        }
     return None
 
 
@@ -238,8 +276,10 @@ def diagnose_step(trace) -> dict[str, Any] | None:
             buf_field = state_field("momentum_buffer", param)
             if field in ("w", "b") and judge.right_already() and buf is not None and buf_field in trace.manual:
                 # the parameter is right and the buffer recorded beside it is not: the mistake is the buffer's
-                field, judge = buf_field, _Judge(float(trace.manual[buf_field][k]), buf,
-                                                 float(trace.divergence[buf_field].tol[k]), u)
+                field, judge = (
+                    buf_field,
+                    _Judge(float(trace.manual[buf_field][k]), buf, float(trace.divergence[buf_field].tol[k]), u),
+                )
             return _update_hypotheses(trace, k, field, judge)
     except (KeyError, IndexError, ValueError):  # a column the hand side does not record
         return None

@@ -123,8 +123,7 @@ def default_tolerance(dtype: str) -> tuple[float, float]:
 
 def tolerances(config) -> tuple[float, float]:
     rtol, atol = default_tolerance(config.dtype)
-    return (config.rtol if config.rtol is not None else rtol,
-            config.atol if config.atol is not None else atol)
+    return (config.rtol if config.rtol is not None else rtol, config.atol if config.atol is not None else atol)
 
 
 # ------------------------------------------------------------------ distances
@@ -185,7 +184,7 @@ class _Bound:
     carry: np.ndarray
 
     @staticmethod
-    def measured(a: np.ndarray, b: np.ndarray) -> "_Bound":
+    def measured(a: np.ndarray, b: np.ndarray) -> _Bound:
         """An input both engines recorded: its difference is measured, not modelled.
 
         Its magnitude is the larger FINITE one: where one engine overflowed, what the other's
@@ -197,7 +196,7 @@ class _Bound:
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: nan, judged as non-finite
             return _Bound(mag, np.zeros_like(a64), a64 - b64)
 
-    def combine(self, coef: float, other: "_Bound", result: np.ndarray | None = None) -> "_Bound":
+    def combine(self, coef: float, other: _Bound, result: np.ndarray | None = None) -> _Bound:
         """``self + coef * other``: the product rounds (unless coef is +-1), then the sum rounds.
 
         Each rounding is at most u times its own result: ``|coef| * |other|`` for the product,
@@ -209,14 +208,17 @@ class _Bound:
         rounding = (0.0 if c == 1 else c * other.mag) + (mag if result is None else result)
         return _Bound(mag, self.rnd + c * other.rnd + rounding, self.carry + coef * other.carry)
 
-    def scaled(self, coef: float) -> "_Bound":
+    def scaled(self, coef: float) -> _Bound:
         """``coef * self``, its product's rounding included (none for +-1)."""
         c = abs(coef)
         return _Bound(c * self.mag, c * self.rnd + (0.0 if c == 1 else c * self.mag), coef * self.carry)
 
-    def where(self, mask: np.ndarray, other: "_Bound") -> "_Bound":
-        return _Bound(np.where(mask, other.mag, self.mag), np.where(mask, other.rnd, self.rnd),
-                      np.where(mask, other.carry, self.carry))
+    def where(self, mask: np.ndarray, other: _Bound) -> _Bound:
+        return _Bound(
+            np.where(mask, other.mag, self.mag),
+            np.where(mask, other.rnd, self.rnd),
+            np.where(mask, other.carry, self.carry),
+        )
 
 
 def _shift(col: np.ndarray, first: float) -> np.ndarray:
@@ -232,9 +234,18 @@ def _shift(col: np.ndarray, first: float) -> np.ndarray:
 CHUNK_SAMPLES = 1 << 16
 
 
-def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start: np.ndarray,
-                w_mag: np.ndarray, b_mag: np.ndarray, dw: np.ndarray, db: np.ndarray,
-                u: float) -> dict[str, np.ndarray]:
+def _batch_sums(
+    x: np.ndarray,
+    y: np.ndarray,
+    plan,
+    w_start: np.ndarray,
+    b_start: np.ndarray,
+    w_mag: np.ndarray,
+    b_mag: np.ndarray,
+    dw: np.ndarray,
+    db: np.ndarray,
+    u: float,
+) -> dict[str, np.ndarray]:
     """Per step, sums over the batch's samples (float64, vectorised over all steps of an epoch).
 
     ``sd`` is the manual engine's residual at its starting (w, b), ``e = x*dw + db`` what the
@@ -276,10 +287,26 @@ def _batch_sums(x: np.ndarray, y: np.ndarray, plan, w_start: np.ndarray, b_start
                 dp = np.fmax(np.fmax(sd, st) + slack, 0.0)
                 dn = np.fmax(np.fmax(-sd, -st) + slack, 0.0)
                 pos = xe >= 0
-                per_sample = {"x": xe, "ax": ax, "xx": xe * xe, "M": M, "xM": ax * M, "d": d,
-                              "dx": d * ax, "dd": d * d, "dM": d * M, "sd": sd, "sdx": sd * xe,
-                              "eM": np.abs(e) * M, "de": d * np.abs(e), "ee": e * e, "pb": dp, "nb": dn,
-                              "pw": dp + np.where(pos, dp, dn) * ax, "nw": dn + np.where(pos, dn, dp) * ax}
+                per_sample = {
+                    "x": xe,
+                    "ax": ax,
+                    "xx": xe * xe,
+                    "M": M,
+                    "xM": ax * M,
+                    "d": d,
+                    "dx": d * ax,
+                    "dd": d * d,
+                    "dM": d * M,
+                    "sd": sd,
+                    "sdx": sd * xe,
+                    "eM": np.abs(e) * M,
+                    "de": d * np.abs(e),
+                    "ee": e * e,
+                    "pb": dp,
+                    "nb": dn,
+                    "pw": dp + np.where(pos, dp, dn) * ax,
+                    "nw": dn + np.where(pos, dn, dp) * ax,
+                }
                 for k in keys:
                     out[k][sl] = np.add.reduceat(per_sample[k], starts[j0:j1] - lo)
     return out
@@ -290,8 +317,9 @@ def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
     return dtypes.cast(values, dtype)
 
 
-def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-                    plan, config) -> dict[str, FieldDivergence]:
+def compare_columns(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, plan, config
+) -> dict[str, FieldDivergence]:
     """Judge engine ``b`` against engine ``a`` (both ran ``config`` over ``plan``), field by field."""
     dtype = config.dtype
     rtol, atol = tolerances(config)
@@ -300,8 +328,10 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
     # x and y exactly as both engines saw them: rounded to the run's dtype
     xr, yr = _cast(x, dtype).astype(np.float64), _cast(y, dtype).astype(np.float64)
 
-    p = {f: _Bound.measured(_shift(a[f], init), _shift(b[f], init))
-         for f, init in (("w", config.init_w), ("b", config.init_b))}
+    p = {
+        f: _Bound.measured(_shift(a[f], init), _shift(b[f], init))
+        for f, init in (("w", config.init_w), ("b", config.init_b))
+    }
     w_start = _shift(a["w"], float(_cast(np.array([config.init_w]), dtype)[0]))
     b_start = _shift(a["b"], float(_cast(np.array([config.init_b]), dtype)[0]))
     dw, db = p["w"].carry, p["b"].carry  # signed: manual minus torch, at the step's start
@@ -316,25 +346,26 @@ def compare_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.nd
     with np.errstate(over="ignore", invalid="ignore"):
         adw, adb = np.abs(dw), np.abs(db)
         E = {
-            "grad_w": (2 / n) * (3 * s["xM"] + (3 + depth) * s["dx"]
-                                 + c64 * (4 + depth) * (s["xx"] * adw + s["ax"] * adb)),
-            "grad_b": (2 / n) * (3 * s["M"] + (2 + depth) * s["d"]
-                                 + c64 * (4 + depth) * (s["ax"] * adw + n * adb)),
-            "loss": (1 / n) * (6 * s["dM"] + (2 + depth) * s["dd"] + c64 * 6 * s["eM"]
-                               + c64 * (5 + depth) * (2 * s["de"] + s["ee"])),
+            "grad_w": (2 / n)
+            * (3 * s["xM"] + (3 + depth) * s["dx"] + c64 * (4 + depth) * (s["xx"] * adw + s["ax"] * adb)),
+            "grad_b": (2 / n) * (3 * s["M"] + (2 + depth) * s["d"] + c64 * (4 + depth) * (s["ax"] * adw + n * adb)),
+            "loss": (1 / n)
+            * (6 * s["dM"] + (2 + depth) * s["dd"] + c64 * 6 * s["eM"] + c64 * (5 + depth) * (2 * s["de"] + s["ee"])),
         }
         carried = {
             "grad_w": (2 / n) * (s["xx"] * dw + s["x"] * db),
             "grad_b": (2 / n) * (s["x"] * dw + n * db),
-            "loss": (1 / n) * (2 * s["sdx"] * dw + 2 * s["sd"] * db
-                               - (s["xx"] * dw * dw + 2 * s["x"] * dw * db + n * db * db)),
+            "loss": (1 / n)
+            * (2 * s["sdx"] * dw + 2 * s["sd"] * db - (s["xx"] * dw * dw + 2 * s["x"] * dw * db + n * db * db)),
         }
         tol = {f: atol + rtol * E[f] for f in E}
         peak = {"grad_w": 2 * (s["M"] + s["xM"]), "grad_b": 2 * s["M"], "loss": s["M"] + s["M"] * s["M"]}
         # a sum of terms of both signs can overflow either way in engines adding in different orders
         big = float(dtypes.finfo(dtype).max)
-        both = {"grad_w": ~(2 * s["pw"] < big) & ~(2 * s["nw"] < big),
-                "grad_b": ~(2 * s["pb"] < big) & ~(2 * s["nb"] < big)}
+        both = {
+            "grad_w": ~(2 * s["pw"] < big) & ~(2 * s["nw"] < big),
+            "grad_b": ~(2 * s["pb"] < big) & ~(2 * s["nb"] < big),
+        }
 
         # the update: each optimizer sizes the roundings of its own operations
         _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol)
@@ -369,8 +400,9 @@ def _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol) -> None
     steps = plan.n_steps
     first = np.zeros(steps, dtype=bool)
     first[:1] = True
-    ctx = StepContext(lr=np.full(steps, float(config.lr)), t=np.arange(1, steps + 1, dtype=np.float64),
-                      u=unit_roundoff(config.dtype))
+    ctx = StepContext(
+        lr=np.full(steps, float(config.lr)), t=np.arange(1, steps + 1, dtype=np.float64), u=unit_roundoff(config.dtype)
+    )
     if config.scheduler is not None:
         rows = schedules.values(config, schedules.calls(config, plan))
         where = schedules.index_of_step(config, plan)
@@ -399,8 +431,14 @@ def exact_update(config) -> bool:
     """Is the update judged exactly where its inputs agree bit for bit? In bfloat16 and float16 on
     the CPU under the default tolerances: the hand side reproduces each of torch's roundings there
     (docs/precision.md), so the same parameter, gradient and state give the same bits."""
-    return (config.dtype in dtypes.REDUCED and config.device == "cpu" and config.optimizer == "sgd"
-            and getattr(config, "scheduler", None) is None and config.rtol is None and config.atol is None)
+    return (
+        config.dtype in dtypes.REDUCED
+        and config.device == "cpu"
+        and config.optimizer == "sgd"
+        and getattr(config, "scheduler", None) is None
+        and config.rtol is None
+        and config.atol is None
+    )
 
 
 def _same_inputs(a, b, name: str, cols: dict[str, str], config) -> np.ndarray:
@@ -413,9 +451,15 @@ def _same_inputs(a, b, name: str, cols: dict[str, str], config) -> np.ndarray:
     return same
 
 
-def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,
-               peak: np.ndarray | None = None, carried: np.ndarray | None = None,
-               both: np.ndarray | None = None) -> FieldDivergence:
+def _distances(
+    a: np.ndarray,
+    b: np.ndarray,
+    tol: np.ndarray,
+    dtype: str,
+    peak: np.ndarray | None = None,
+    carried: np.ndarray | None = None,
+    both: np.ndarray | None = None,
+) -> FieldDivergence:
     """Distances and agreement: ``|a - b - carried| <= tol``; ``peak`` bounds the intermediates'
     magnitude, ``both`` says where they can overflow in either direction (overflow, see the
     module's docstring)."""
@@ -442,8 +486,9 @@ def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,
         fin_mag = np.where(fa, np.abs(a64), np.abs(b64))
         ok_mixed = (fa ^ fb) & (overflowed | (fin_mag + tol + np.abs(carried) >= big))
         judged = finite & ~unbounded
-        ratio = np.where(judged, np.where(tol > 0, fresh / np.where(tol > 0, tol, 1.0),
-                                          np.where(fresh > 0, np.inf, 0.0)), 0.0)
+        ratio = np.where(
+            judged, np.where(tol > 0, fresh / np.where(tol > 0, tol, 1.0), np.where(fresh > 0, np.inf, 0.0)), 0.0
+        )
     ok = ok_finite | ok_nonfinite | ok_mixed
     return FieldDivergence(diff, rel, ulp_distance(a, b), tol, ok, finite, np.where(finite, carried, 0.0), ratio)
 
@@ -453,13 +498,17 @@ def _distances(a: np.ndarray, b: np.ndarray, tol: np.ndarray, dtype: str,
 # the verdict and its records live in sgdtrace.verdict; importable from here as before
 from sgdtrace.verdict import FieldSummary, Verdict, json_number, verdict  # noqa: E402, F401
 
-
 # ------------------------------------------------------------------ data-parallel SGD: the all-reduce
 
 
-def compare_allreduce(rank_divs: list[dict[str, FieldDivergence]], man_ranks: dict[str, np.ndarray],
-                      ref_ranks: dict[str, np.ndarray], a: dict[str, np.ndarray], b: dict[str, np.ndarray],
-                      config) -> dict[str, FieldDivergence]:
+def compare_allreduce(
+    rank_divs: list[dict[str, FieldDivergence]],
+    man_ranks: dict[str, np.ndarray],
+    ref_ranks: dict[str, np.ndarray],
+    a: dict[str, np.ndarray],
+    b: dict[str, np.ndarray],
+    config,
+) -> dict[str, FieldDivergence]:
     """Judge the step's averaged gradients and mean loss of a ``--world-size N`` run.
 
     Each rank's own gradients and loss are judged with the per-batch terms above, on the rank's

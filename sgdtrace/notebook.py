@@ -80,13 +80,13 @@ class TraceNotebook(Displayable):
 
         return run_page(self, batch, epoch)
 
-    def explain(self, batch: int = 1, epoch: int = 1) -> "ExplainView":
+    def explain(self, batch: int = 1, epoch: int = 1) -> ExplainView:
         """One batch (both counted from 1) worked equation by equation, torch's values beside."""
         from sgdtrace.teaching.explain import explain_step
 
         return ExplainView(explain_step(self, batch, epoch))
 
-    def graph(self, batch: int = 1, epoch: int = 1, loss: str = "mse") -> "GraphView":
+    def graph(self, batch: int = 1, epoch: int = 1, loss: str = "mse") -> GraphView:
         """The article's DAG beside torch's real ``grad_fn`` graph for one batch (no Graphviz needed)."""
         from sgdtrace.teaching.graph import build_graph
 
@@ -104,8 +104,9 @@ class TraceNotebook(Displayable):
         try:
             import pandas as pd
         except ImportError:
-            raise MissingPandas("to_pandas needs pandas, which is not installed: "
-                                "pip install 'sgdtrace[pandas]' (or pip install pandas)") from None
+            raise MissingPandas(
+                "to_pandas needs pandas, which is not installed: pip install 'sgdtrace[pandas]' (or pip install pandas)"
+            ) from None
         cols: dict[str, Any] = {"epoch": self.epoch, "batch": self.batch, "n": self.n}
         ok = None
         for f in self.fields:
@@ -154,8 +155,10 @@ class GraphView(Displayable):
     def _repr_html_(self) -> str:
         from sgdtrace.views.html import _scoped_css, graph_html
 
-        return (f'<div class="sgdtrace"><style>{_scoped_css()}</style>'
-                f'{graph_html(self.result, ident=f"dag{id(self):x}")}</div>')
+        return (
+            f'<div class="sgdtrace"><style>{_scoped_css()}</style>'
+            f"{graph_html(self.result, ident=f'dag{id(self):x}')}</div>"
+        )
 
     def _plain_text(self) -> str:
         from sgdtrace.views.graph import graph_view

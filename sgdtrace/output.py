@@ -12,8 +12,8 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
 
 from sgdtrace.errors import SgdtraceError
 

@@ -124,14 +124,19 @@ class Reference:
         """One line saying what the third column is."""
         text = f"exact: the run replayed without rounding ({self.arithmetic})"
         if self.switch_digits is not None:
-            text += (f"; switched when the fractions reached {self.switch_digits} digits "
-                     f"(limit {MAX_DIGITS})")
+            text += f"; switched when the fractions reached {self.switch_digits} digits (limit {MAX_DIGITS})"
         return text
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "exact", "arithmetic": "fraction" if self.exact_steps >= self.n_steps else "decimal",
-                "exact_steps": self.exact_steps, "decimal_digits": DECIMAL_DIGITS,
-                "max_digits": MAX_DIGITS, "switch_digits": self.switch_digits, "description": self.describe()}
+        return {
+            "kind": "exact",
+            "arithmetic": "fraction" if self.exact_steps >= self.n_steps else "decimal",
+            "exact_steps": self.exact_steps,
+            "decimal_digits": DECIMAL_DIGITS,
+            "max_digits": MAX_DIGITS,
+            "switch_digits": self.switch_digits,
+            "description": self.describe(),
+        }
 
     def errors(self, columns: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{field: (abs, rel)}``: an engine's error against the truth, computed exactly, then rounded."""
@@ -144,10 +149,7 @@ class Reference:
                 if not math.isfinite(v):
                     ab[k] = rel[k] = math.nan if math.isnan(v) else math.inf
                     continue
-                if isinstance(t, Fraction):
-                    diff = abs(Fraction(v) - t)
-                else:
-                    diff = abs(ctx.subtract(Decimal(v), t))
+                diff = abs(Fraction(v) - t) if isinstance(t, Fraction) else abs(ctx.subtract(Decimal(v), t))
                 a = _as_float(diff)
                 ab[k] = a
                 rel[k] = (0.0 if diff == 0 else math.inf) if t == 0 else _as_float(diff / abs(t))
@@ -161,8 +163,9 @@ def exact_reference(trace) -> Reference:
     fields = tuple(trace.fields)
     xs = [exact(v) for v in ds.x.tolist()]
     ys = [exact(v) for v in ds.y.tolist()]
-    h = _Hyper(exact(cfg.lr), exact(cfg.momentum), exact(cfg.dampening), exact(cfg.weight_decay),
-               cfg.nesterov, cfg.maximize)
+    h = _Hyper(
+        exact(cfg.lr), exact(cfg.momentum), exact(cfg.dampening), exact(cfg.weight_decay), cfg.nesterov, cfg.maximize
+    )
     w, b = exact(cfg.init_w), exact(cfg.init_b)
     buf_w = buf_b = None
     values: dict[str, list] = {f: [] for f in fields}
@@ -176,8 +179,11 @@ def exact_reference(trace) -> Reference:
                 if size > MAX_DIGITS:
                     decimal, exact_steps, switch_digits = True, k, size
                     xs, ys = [_to_decimal(v) for v in xs], [_to_decimal(v) for v in ys]
-                    h = _Hyper(*(_to_decimal(v) for v in (h.lr, h.momentum, h.dampening, h.weight_decay)),
-                               h.nesterov, h.maximize)
+                    h = _Hyper(
+                        *(_to_decimal(v) for v in (h.lr, h.momentum, h.dampening, h.weight_decay)),
+                        h.nesterov,
+                        h.maximize,
+                    )
                     w, b = _to_decimal(w), _to_decimal(b)
                     buf_w = None if buf_w is None else _to_decimal(buf_w)
                     buf_b = None if buf_b is None else _to_decimal(buf_b)
@@ -215,14 +221,19 @@ class GradCheck:
         return bool(self.ok[self.finite].all())
 
     def summary(self) -> str:
-        worst = max((float(np.max(self.abs[f][self.finite])) for f in self.abs), default=0.0) \
-            if self.finite.any() else math.nan
+        worst = (
+            max((float(np.max(self.abs[f][self.finite])) for f in self.abs), default=0.0)
+            if self.finite.any()
+            else math.nan
+        )
         bad = int((~self.ok & self.finite).sum())
         skipped = int((~self.finite).sum())
-        text = (f"gradcheck (central differences in float64, h = {self.eps:g}): "
-                f"max |analytic - numeric| {worst:.2g}; ")
-        text += ("every step within atol 1e-05 + rtol 0.001" if bad == 0
-                 else f"{bad} step(s) outside atol 1e-05 + rtol 0.001")
+        text = f"gradcheck (central differences in float64, h = {self.eps:g}): max |analytic - numeric| {worst:.2g}; "
+        text += (
+            "every step within atol 1e-05 + rtol 0.001"
+            if bad == 0
+            else f"{bad} step(s) outside atol 1e-05 + rtol 0.001"
+        )
         if skipped:
             text += f"; {skipped} step(s) not checked (non-finite values)"
         return text
@@ -233,8 +244,9 @@ def _loss64(w: float, b: float, x: np.ndarray, y: np.ndarray) -> float:
         return float(np.mean((w * x + b - y) ** 2))
 
 
-def gradcheck(trace, eps: float = GRADCHECK_EPS, atol: float = GRADCHECK_ATOL,
-              rtol: float = GRADCHECK_RTOL) -> GradCheck:
+def gradcheck(
+    trace, eps: float = GRADCHECK_EPS, atol: float = GRADCHECK_ATOL, rtol: float = GRADCHECK_RTOL
+) -> GradCheck:
     """Check the manual engine's chain-rule gradients against central differences, step by step."""
     from sgdtrace.engines.manual import forward_backward
 
@@ -267,8 +279,7 @@ def gradcheck(trace, eps: float = GRADCHECK_EPS, atol: float = GRADCHECK_ATOL,
             if not math.isfinite(e_loss):
                 continue
             row_ok = True
-            for f, (wp, bp, wm, bm) in (("grad_w", (w + eps, b, w - eps, b)),
-                                        ("grad_b", (w, b + eps, w, b - eps))):
+            for f, (wp, bp, wm, bm) in (("grad_w", (w + eps, b, w - eps, b)), ("grad_b", (w, b + eps, w, b - eps))):
                 step = (wp - wm) if f == "grad_w" else (bp - bm)
                 # h vanishes next to a huge parameter (a blown-up run): no difference quotient then
                 numeric = (_loss64(wp, bp, x, y) - _loss64(wm, bm, x, y)) / step if step else math.nan
@@ -276,7 +287,8 @@ def gradcheck(trace, eps: float = GRADCHECK_EPS, atol: float = GRADCHECK_ATOL,
                 num[f][k], ana[f][k], tol[f][k] = numeric, ana_k[f], t
                 ab[f][k] = abs(ana_k[f] - numeric)
                 row_ok &= bool(ab[f][k] <= t)  # nan compares False
-            finite[k] = all(math.isfinite(v) for v in (num["grad_w"][k], num["grad_b"][k],
-                                                       ana["grad_w"][k], ana["grad_b"][k]))
+            finite[k] = all(
+                math.isfinite(v) for v in (num["grad_w"][k], num["grad_b"][k], ana["grad_w"][k], ana["grad_b"][k])
+            )
             ok[k] = row_ok and finite[k]
     return GradCheck(num, ana, ab, tol, ok, finite, eps, atol, rtol)

@@ -43,8 +43,10 @@ def stalled(cols: dict[str, np.ndarray], config, other: dict[str, np.ndarray] | 
         with np.errstate(all="ignore"):
             g = cols["grad_" + name].astype(np.float64)
             if sgd:
-                state = {key: (cols if state_field(key, name) in cols else other)[state_field(key, name)]
-                         .astype(np.float64) for key in opt.state_keys(config)}
+                state = {
+                    key: (cols if state_field(key, name) in cols else other)[state_field(key, name)].astype(np.float64)
+                    for key in opt.state_keys(config)
+                }
                 d = opt.direction(old.astype(np.float64), g, state, config)
             else:  # the other optimizers: a step from a non-zero gradient (their directions: not yet)
                 d = g

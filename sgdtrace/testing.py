@@ -46,8 +46,10 @@ def assert_matches_torch(engine: Any, config: Any = None, **options: Any):
     if not trace.verdict.ok:
         f = trace.verdict.first_divergent_step
         lines = [verdict_sentence(trace)]
-        lines.append(f"  step {f['step']} (epoch {f['epoch']}, batch {f['batch']}), {f['field']}: "
-                     f"yours {f['manual']}, torch's {f['torch']}, allowance {f['tol']}")
+        lines.append(
+            f"  step {f['step']} (epoch {f['epoch']}, batch {f['batch']}), {f['field']}: "
+            f"yours {f['manual']}, torch's {f['torch']}, allowance {f['tol']}"
+        )
         if not f.get("diagnosis"):  # (a diagnosis is in the sentence)
             lines.append("  likely mistake: none that the numbers point to")
         raise AssertionError("\n".join(lines))

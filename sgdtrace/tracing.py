@@ -7,8 +7,9 @@ Data flows one way: config -> data + batch plan -> engines -> Trace (one array p
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,7 @@ class Trace(TraceNotebook):
     def hand(self) -> str:
         """The hand side's label: "hand", or the user's engine file's name."""
         return "hand" if self.engine is None else self.engine.name
+
     #: per side ("manual", "torch"): {"stalled_w", "stalled_b"}, bool per step (sgdtrace.stall)
     stalled: dict[str, dict[str, np.ndarray]] | None = None
 
@@ -83,8 +85,10 @@ def resolve_device(name: str):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine "
-                              "(torch was built without CUDA or no GPU is visible); use --device cpu or auto")
+            raise ConfigError(
+                f"--device {name}: CUDA is not available on this machine "
+                "(torch was built without CUDA or no GPU is visible); use --device cpu or auto"
+            )
         index = int(name.split(":")[1]) if ":" in name else torch.cuda.current_device()
         count = torch.cuda.device_count()
         if index >= count:
@@ -97,10 +101,16 @@ def device_label(device) -> str:
     return "cpu" if device.type == "cpu" else f"{device.type}:{device.index or 0}"
 
 
-def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | None = None,
-              manual_backend: str | None = None, sync_free: bool | None = None,
-              torch_loss: str = "mse", dataset: data_mod.Dataset | None = None,
-              engine: Callable[[Config, Any], Any] | None = None) -> Trace:
+def run_trace(
+    config: Config,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    manual_backend: str | None = None,
+    sync_free: bool | None = None,
+    torch_loss: str = "mse",
+    dataset: data_mod.Dataset | None = None,
+    engine: Callable[[Config, Any], Any] | None = None,
+) -> Trace:
     """Run the manual engine and torch over the same batches and judge every value.
 
     ``manual_backend`` ("numpy" or "torch") and ``sync_free`` override the per-device defaults
@@ -111,15 +121,15 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
     stands on the hand side, ``engine(config, backend) -> sgdtrace.engines.protocol.Engine``
     (default: sgdtrace's own, :func:`sgdtrace.engines.manual.engine`).
     """
-    from sgdtrace.engines import manual, protocol, torch_ref
-
-    from sgdtrace.engines import torch_ddp
+    from sgdtrace.engines import manual, protocol, torch_ddp, torch_ref
 
     if torch_ddp.under_torchrun():  # one rank of torchrun's group: its world size
         world = torch_ddp.torchrun_world()[1]
         if "world_size" in config.origin and config.world_size != world:
-            raise ConfigError(f"{config.origin['world_size']} {config.world_size}: under torchrun the world size "
-                              f"is WORLD_SIZE = {world}; give the same or leave it out")
+            raise ConfigError(
+                f"{config.origin['world_size']} {config.world_size}: under torchrun the world size "
+                f"is WORLD_SIZE = {world}; give the same or leave it out"
+            )
         config = config.replace(world_size=world, origin=config.origin)
     if config.world_size > 1:
         return run_distributed(config, dataset=dataset, engine=engine)
@@ -154,21 +164,30 @@ def run_trace(config: Config, *, progress: Callable[[str, int, int], None] | Non
         else:
             hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan)
             man = protocol.run(hand, dataset.x, dataset.y, plan, cfg.init_w, cfg.init_b, backend, stage("manual"))
-        ref = torch_ref.run(dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free,
-                            loss_form=torch_loss)
+        ref = torch_ref.run(
+            dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free, loss_form=torch_loss
+        )
         info = getattr(engine, "info", None)
         trace = judge(cfg, dataset, plan, label, man, ref, info.not_kept if info else ())
         trace.engine = info
     if trace.verdict.first_divergent_step is not None:  # name the likely mistake where the numbers support one
         from sgdtrace.diagnosis import diagnose_step
 
-        trace.verdict.first_divergent_step = dataclasses.replace(trace.verdict.first_divergent_step,
-                                                                 diagnosis=diagnose_step(trace))
+        trace.verdict.first_divergent_step = dataclasses.replace(
+            trace.verdict.first_divergent_step, diagnosis=diagnose_step(trace)
+        )
     return trace
 
 
-def judge(cfg: Config, dataset: data_mod.Dataset, plan: data_mod.BatchPlan, device: str,
-          man: dict[str, np.ndarray], ref: dict[str, np.ndarray], not_kept: tuple[str, ...] = ()) -> Trace:
+def judge(
+    cfg: Config,
+    dataset: data_mod.Dataset,
+    plan: data_mod.BatchPlan,
+    device: str,
+    man: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    not_kept: tuple[str, ...] = (),
+) -> Trace:
     """Build the Trace of two engines' columns: distances, tolerances, verdict, blow-up diagnosis.
 
     ``not_kept``: torch's state columns the hand side does not keep (a user's update without
@@ -224,20 +243,27 @@ def check_world(config: Config, n_samples: int, device) -> None:
     """A world size the data and the machine can hold, before any process starts."""
     ws = config.world_size
     if ws > n_samples:
-        raise ConfigError(f"{config.origin.get('world_size') or '--world-size'} {ws}: more ranks than the "
-                          f"{n_samples} samples; allowed: 1..{n_samples}")
+        raise ConfigError(
+            f"{config.origin.get('world_size') or '--world-size'} {ws}: more ranks than the "
+            f"{n_samples} samples; allowed: 1..{n_samples}"
+        )
     if device.type == "cuda":
         import torch
 
         gpus = torch.cuda.device_count()
         if ws > gpus:
-            raise ConfigError(f"--world-size {ws} on CUDA: one GPU per rank, and this machine has {gpus}; "
-                              f"allowed: 1..{gpus}")
+            raise ConfigError(
+                f"--world-size {ws} on CUDA: one GPU per rank, and this machine has {gpus}; allowed: 1..{gpus}"
+            )
 
 
-def run_distributed(config: Config, *, dataset: data_mod.Dataset | None = None,
-                    engine: Callable[[Config, Any], Any] | None = None,
-                    gathered: list[dict[str, Any]] | None = None) -> Trace | None:
+def run_distributed(
+    config: Config,
+    *,
+    dataset: data_mod.Dataset | None = None,
+    engine: Callable[[Config, Any], Any] | None = None,
+    gathered: list[dict[str, Any]] | None = None,
+) -> Trace | None:
     """``--world-size N``: the DDP loop on torch.distributed beside the hand-worked ranks.
 
     Started here: N spawned processes (:func:`sgdtrace.engines.torch_ddp.run`). Under torchrun
@@ -266,14 +292,18 @@ def run_distributed(config: Config, *, dataset: data_mod.Dataset | None = None,
     for r, res in enumerate(gathered):
         for e, idx in enumerate(res["indices"]):
             if not np.array_equal(idx, dplan.rank_orders[e][r]):  # pragma: no cover - a replay bug
-                raise RuntimeError(f"rank {r}, epoch {e + 1}: DistributedSampler gave {idx.tolist()}, "
-                                   f"the replay {dplan.rank_orders[e][r].tolist()}")
+                raise RuntimeError(
+                    f"rank {r}, epoch {e + 1}: DistributedSampler gave {idx.tolist()}, "
+                    f"the replay {dplan.rank_orders[e][r].tolist()}"
+                )
     backend = manual.ArrayBackend("numpy", cfg.dtype)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         hand = (engine or manual.engine)(cfg, backend)
         man, man_ranks = ddp.run(hand, dataset.x, dataset.y, dplan, cfg.init_w, cfg.init_b, backend)
         ref = {f: v for f, v in gathered[0]["cols"].items() if not f.startswith("rank_")}
-        ref_ranks = {f: np.stack([g["cols"]["rank_" + f] for g in gathered], axis=1) for f in ("grad_w", "grad_b", "loss")}
+        ref_ranks = {
+            f: np.stack([g["cols"]["rank_" + f] for g in gathered], axis=1) for f in ("grad_w", "grad_b", "loss")
+        }
         np_dtype = np.dtype(cfg.dtype)
         man["loss"] = man_ranks["loss"].astype(np.float64).mean(axis=1).astype(np_dtype)
         ref["loss"] = ref_ranks["loss"].astype(np.float64).mean(axis=1).astype(np_dtype)
@@ -283,9 +313,16 @@ def run_distributed(config: Config, *, dataset: data_mod.Dataset | None = None,
         return judge_distributed(cfg, dataset, dplan, label, man, ref, man_ranks, ref_ranks)
 
 
-def judge_distributed(cfg: Config, dataset: data_mod.Dataset, dplan: data_mod.DistributedPlan, device: str,
-                      man: dict[str, np.ndarray], ref: dict[str, np.ndarray],
-                      man_ranks: dict[str, np.ndarray], ref_ranks: dict[str, np.ndarray]) -> Trace:
+def judge_distributed(
+    cfg: Config,
+    dataset: data_mod.Dataset,
+    dplan: data_mod.DistributedPlan,
+    device: str,
+    man: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    man_ranks: dict[str, np.ndarray],
+    ref_ranks: dict[str, np.ndarray],
+) -> Trace:
     """The trace of a DDP run: the step's columns judged as one process's (the update on the
     averaged gradients), the averaged gradients and mean loss by the all-reduce's model
     (:func:`sgdtrace.divergence.compare_allreduce`), each rank's own values on its batch."""
@@ -299,9 +336,15 @@ def judge_distributed(cfg: Config, dataset: data_mod.Dataset, dplan: data_mod.Di
         rank_divs.append({f: div_r[f] for f in man_ranks})
     div = divergence.compare_columns(man, ref, dataset.x, dataset.y, gplan, cfg)
     div.update(divergence.compare_allreduce(rank_divs, man_ranks, ref_ranks, man, ref, cfg))
-    rank_div = {f: divergence.FieldDivergence(*(np.stack([getattr(d[f], part.name) for d in rank_divs], axis=1)
-                                                for part in dataclasses.fields(divergence.FieldDivergence)))
-                for f in man_ranks}
+    rank_div = {
+        f: divergence.FieldDivergence(
+            *(
+                np.stack([getattr(d[f], part.name) for d in rank_divs], axis=1)
+                for part in dataclasses.fields(divergence.FieldDivergence)
+            )
+        )
+        for f in man_ranks
+    }
     epoch, batch, n = gplan.step_epochs(), gplan.step_batches(), gplan.step_sizes()
     stable = stable_lr(dataset.x, gplan, cfg)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, gplan)
@@ -314,6 +357,11 @@ def judge_distributed(cfg: Config, dataset: data_mod.Dataset, dplan: data_mod.Di
             judged[key] = rank_divs[r][f]
             a[key], b[key] = man_ranks[f][:, r], ref_ranks[f][:, r]
     verdict = divergence.verdict(judged, a, b, epoch, batch, blown)
-    ranks = RankTrace(dplan, np.tile(dplan.rank_plan(0).batch_sizes(), dplan.epochs)[:, None].repeat(world, axis=1),
-                      man_ranks, ref_ranks, rank_div)
+    ranks = RankTrace(
+        dplan,
+        np.tile(dplan.rank_plan(0).batch_sizes(), dplan.epochs)[:, None].repeat(world, axis=1),
+        man_ranks,
+        ref_ranks,
+        rank_div,
+    )
     return Trace(cfg, dataset, gplan, device, epoch, batch, n, man, ref, div, verdict, stable, ranks=ranks)

@@ -69,8 +69,7 @@ class FieldSummary:
         first = int(bad[0]) if bad.size else None
         if not fin.any():
             return cls(0.0, 0.0, 0, 0.0, first)
-        return cls(float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()),
-                   float(d.ratio.max()), first)
+        return cls(float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()), float(d.ratio.max()), first)
 
 
 @dataclass(frozen=True)
@@ -90,10 +89,18 @@ class FirstDivergence(_Record):
     diagnosis: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "field": self.field,
-                "manual": json_number(self.manual), "torch": json_number(self.torch),
-                "abs": _number_or_none(self.abs), "carried": json_number(self.carried),
-                "tol": json_number(self.tol), "diagnosis": self.diagnosis}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "field": self.field,
+            "manual": json_number(self.manual),
+            "torch": json_number(self.torch),
+            "abs": _number_or_none(self.abs),
+            "carried": json_number(self.carried),
+            "tol": json_number(self.tol),
+            "diagnosis": self.diagnosis,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,11 +127,20 @@ class BlowUp(_Record):
     loss_end: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "reason": self.reason,
-                "hint": self.hint, "stable_lr": self.stable_lr, "stable_lr_batch": self.stable_lr_batch,
-                "stable_lr_epoch": self.stable_lr_epoch, "radius": _number_or_none(self.radius),
-                "lr_hint": self.lr_hint, "loss_start": json_number(self.loss_start),
-                "loss_end": json_number(self.loss_end)}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "reason": self.reason,
+            "hint": self.hint,
+            "stable_lr": self.stable_lr,
+            "stable_lr_batch": self.stable_lr_batch,
+            "stable_lr_epoch": self.stable_lr_epoch,
+            "radius": _number_or_none(self.radius),
+            "lr_hint": self.lr_hint,
+            "loss_start": json_number(self.loss_start),
+            "loss_end": json_number(self.loss_end),
+        }
 
 
 @dataclass(frozen=True)
@@ -171,8 +187,14 @@ class Verdict:
         }
 
 
-def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[str, np.ndarray],
-            epoch: np.ndarray, batch: np.ndarray, diverged_training: BlowUp | None) -> Verdict:
+def verdict(
+    div: dict[str, FieldDivergence],
+    a: dict[str, np.ndarray],
+    b: dict[str, np.ndarray],
+    epoch: np.ndarray,
+    batch: np.ndarray,
+    diverged_training: BlowUp | None,
+) -> Verdict:
     """The run's verdict from each field's :class:`FieldSummary`: the maxima across fields, and
     the earliest failing step. At a tie, the value computed first is named: the loss and the
     gradients, then the optimizer's state (a buffer), then the parameters updated from it (a
@@ -183,12 +205,26 @@ def verdict(div: dict[str, FieldDivergence], a: dict[str, np.ndarray], b: dict[s
     if bad:
         k, _, _, f = min(bad)
         d = div[f]
-        first = FirstDivergence(int(epoch[k]), int(batch[k]), k + 1, f, float(a[f][k]), float(b[f][k]),
-                                float(d.abs[k]) if d.finite[k] else None, float(d.carried[k]), float(d.tol[k]))
-    return Verdict(first is None, _most(s.max_abs for s in summaries.values()),
-                   _most(s.max_rel for s in summaries.values()),
-                   int(_most(s.max_ulp for s in summaries.values())),
-                   _most(s.max_tol_ratio for s in summaries.values()), first, diverged_training)
+        first = FirstDivergence(
+            int(epoch[k]),
+            int(batch[k]),
+            k + 1,
+            f,
+            float(a[f][k]),
+            float(b[f][k]),
+            float(d.abs[k]) if d.finite[k] else None,
+            float(d.carried[k]),
+            float(d.tol[k]),
+        )
+    return Verdict(
+        first is None,
+        _most(s.max_abs for s in summaries.values()),
+        _most(s.max_rel for s in summaries.values()),
+        int(_most(s.max_ulp for s in summaries.values())),
+        _most(s.max_tol_ratio for s in summaries.values()),
+        first,
+        diverged_training,
+    )
 
 
 def _computed(field: str) -> int:

@@ -95,8 +95,9 @@ def article_snippet():
         loss = criterion(model(data), target)
         loss.backward()
         optimizer.step()
-        rows.append((model.weight.grad.item(), model.bias.grad.item(), model.weight.item(),
-                     model.bias.item(), loss.item()))
+        rows.append(
+            (model.weight.grad.item(), model.bias.grad.item(), model.weight.item(), model.bias.item(), loss.item())
+        )
         optimizer.zero_grad()
     return rows
 

@@ -26,8 +26,9 @@ from sgdtrace.tracing import run_trace
 def loader_batches(n: int, batch_size: int, epochs: int, shuffle: bool, seed: int, drop_last: bool):
     """The sample indices a learner's DataLoader yields, one list per batch, all epochs in order."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=batch_size, shuffle=shuffle,
-                        generator=generator, drop_last=drop_last)
+    loader = DataLoader(
+        TensorDataset(torch.arange(n)), batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
+    )
     return [batch.tolist() for _ in range(epochs) for (batch,) in loader]
 
 
@@ -69,7 +70,7 @@ def _replay(n: int, bs: int, seed: int, epochs: int, base_seed: bool, tail_draw:
         order = torch.randperm(n, generator=g).tolist()
         if tail_draw:
             torch.randperm(n, generator=g)
-        batches += [order[i:i + bs] for i in range(0, n, bs)]
+        batches += [order[i : i + bs] for i in range(0, n, bs)]
     return batches
 
 
@@ -90,14 +91,17 @@ def test_simpler_replays_of_the_generator_fail():
     assert plan_batches(n, bs, 3, True, seed, False) == real
 
 
-@pytest.mark.parametrize("n,batch_size,drop_last,sizes", [
-    (9, 4, False, [4, 4, 1]),
-    (9, 4, True, [4, 4]),
-    (10, 3, False, [3, 3, 3, 1]),
-    (10, 3, True, [3, 3, 3]),
-    (9, 3, True, [3, 3, 3]),
-    (3, 5, False, [3]),
-])
+@pytest.mark.parametrize(
+    "n,batch_size,drop_last,sizes",
+    [
+        (9, 4, False, [4, 4, 1]),
+        (9, 4, True, [4, 4]),
+        (10, 3, False, [3, 3, 3, 1]),
+        (10, 3, True, [3, 3, 3]),
+        (9, 3, True, [3, 3, 3]),
+        (3, 5, False, [3]),
+    ],
+)
 def test_batch_sizes_and_the_partial_last_batch(n, batch_size, drop_last, sizes):
     p = plan(n, Config(batch_size=batch_size, epochs=2, drop_last=drop_last))
     assert p.batch_sizes().tolist() == sizes
@@ -130,16 +134,16 @@ def test_partial_batch_of_one_uses_one_over_n_equal_one():
 @pytest.mark.parametrize("seed,batch_size,drop_last", [(0, 3, False), (3, 4, False), (11, 4, True), (99, 2, True)])
 def test_shuffled_training_agrees_with_torch_over_several_epochs(seed, batch_size, drop_last, dtype):
     """The torch engine iterates a real DataLoader; the manual one follows the plan: same batches, same numbers."""
-    t = run_trace(Config(batch_size=batch_size, epochs=5, shuffle=True, seed=seed,
-                              drop_last=drop_last, dtype=dtype))
+    t = run_trace(Config(batch_size=batch_size, epochs=5, shuffle=True, seed=seed, drop_last=drop_last, dtype=dtype))
     assert t.verdict.ok, t.verdict.first_divergent_step
     real = loader_batches(9, batch_size, 5, True, seed, drop_last)
     assert [t.indices(k).tolist() for k in range(t.n_steps)] == real
 
 
 def test_json_steps_record_the_loaders_indices():
-    result = CliRunner().invoke(cli, ["run", "--shuffle", "--seed", "42", "--epochs", "3", "--batch-size", "4",
-                                      "--format", "json"])
+    result = CliRunner().invoke(
+        cli, ["run", "--shuffle", "--seed", "42", "--epochs", "3", "--batch-size", "4", "--format", "json"]
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     real = loader_batches(9, 4, 3, True, 42, False)

@@ -54,7 +54,7 @@ def test_blowup_is_diagnosed_at_the_first_nonfinite_step():
     assert "loss = inf by hand" in d["reason"] and "loss = inf in torch" in d["reason"]
     # the hint names this batch's limit: batch 3 is x = 6, 7, 8
     assert d["stable_lr_batch"] == pytest.approx(hessian_limit([6, 7, 8]), rel=1e-6)
-    assert d["stable_lr"] == pytest.approx(min(hessian_limit(article().x[i:i + 3]) for i in (0, 3, 6)), rel=1e-6)
+    assert d["stable_lr"] == pytest.approx(min(hessian_limit(article().x[i : i + 3]) for i in (0, 3, 6)), rel=1e-6)
     # lr 1 is far above the cycle's limit; batch 3 alone is unstable above 0.0197, yet the cycle of
     # the three batches is stable up to 0.0401 (checked against float64 runs in
     # test_epoch_limit_is_where_the_engines_turn), so the hint is 0.03, not 0.01
@@ -85,8 +85,7 @@ def test_both_engines_blow_up_the_same_way():
 
 def test_blowup_exit_code_says_the_engines_agree(tmp_path):
     out = tmp_path / "blow.json"
-    result = CliRunner().invoke(cli, ["run", "--lr", "1", "--epochs", "30", "--format", "json",
-                                      "--output", str(out)])
+    result = CliRunner().invoke(cli, ["run", "--lr", "1", "--epochs", "30", "--format", "json", "--output", str(out)])
     assert result.exit_code == 0, result.stderr
     assert result.stderr == ""  # no NumPy overflow warnings: the blow-up is reported, not warned about
     doc = json.loads(out.read_text())
@@ -153,13 +152,16 @@ def test_float64_blowup():
     assert t.verdict.ok, t.verdict.first_divergent_step
 
 
-@pytest.mark.parametrize("opts", [
-    dict(momentum=0.9, lr=0.5, epochs=20),
-    dict(momentum=0.9, nesterov=True, lr=0.5, epochs=20),
-    dict(weight_decay=0.5, lr=0.8, epochs=20),
-    dict(maximize=True, lr=0.5, epochs=20),
-    dict(synthetic=50, noise=3.0, seed=1, batch_size=7, lr=0.5, epochs=10, shuffle=True),
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(momentum=0.9, lr=0.5, epochs=20),
+        dict(momentum=0.9, nesterov=True, lr=0.5, epochs=20),
+        dict(weight_decay=0.5, lr=0.8, epochs=20),
+        dict(maximize=True, lr=0.5, epochs=20),
+        dict(synthetic=50, noise=3.0, seed=1, batch_size=7, lr=0.5, epochs=10, shuffle=True),
+    ],
+)
 def test_blowups_with_options_agree(opts):
     t = run_trace(Config(**opts))
     assert t.verdict.diverged_training is not None
@@ -189,9 +191,19 @@ def iterate_scalar(lam: float, lr: float, mu: float, tau: float, nesterov: bool,
     return abs(p)
 
 
-@pytest.mark.parametrize("mu,tau,nesterov", [(0.0, 0.0, False), (0.5, 0.0, False), (0.9, 0.0, False),
-                                             (0.9, 0.5, False), (0.99, 0.2, False), (0.5, 0.0, True),
-                                             (0.9, 0.0, True), (0.99, 0.0, True)])
+@pytest.mark.parametrize(
+    "mu,tau,nesterov",
+    [
+        (0.0, 0.0, False),
+        (0.5, 0.0, False),
+        (0.9, 0.0, False),
+        (0.9, 0.5, False),
+        (0.99, 0.2, False),
+        (0.5, 0.0, True),
+        (0.9, 0.0, True),
+        (0.99, 0.0, True),
+    ],
+)
 def test_single_batch_limit_is_where_the_recurrence_turns(mu, tau, nesterov):
     """heavy ball 2(1+mu)/((1-tau) lam); Nesterov 2(1+mu)/((1+2mu) lam): the iterated update decays
     just below and grows just above."""
@@ -215,8 +227,16 @@ def epoch_limit(cfg: Config) -> float:
     return largest_stable_lr(batch_sums(ds.x, plan(len(ds), cfg), cfg), cfg, 0.01)
 
 
-@pytest.mark.parametrize("opts", [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True),
-                                  dict(momentum=0.5, dampening=0.5), dict(weight_decay=0.3)])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(),
+        dict(momentum=0.9),
+        dict(momentum=0.9, nesterov=True),
+        dict(momentum=0.5, dampening=0.5),
+        dict(weight_decay=0.3),
+    ],
+)
 @pytest.mark.parametrize("factor,blows", [(0.97, False), (1.03, True)])
 def test_epoch_limit_is_where_the_engines_turn(opts, factor, blows):
     """The spectral radius of one epoch's update product against what the engines do, in float64,
@@ -247,10 +267,14 @@ def test_a_cycle_of_stable_batches_can_blow_up():
 BLOWUPS = [dict(momentum=0.9, lr=lr, epochs=30) for lr in (0.02, 0.03, 0.1)]
 BLOWUPS += [dict(momentum=0.9, nesterov=True, lr=lr, epochs=30) for lr in (0.01, 0.05)]
 BLOWUPS += [dict(lr=lr, epochs=30) for lr in (0.05, 0.1, 1.0)]
-BLOWUPS += [dict(momentum=0.5, dampening=0.5, lr=0.2, epochs=30), dict(weight_decay=0.5, lr=0.8, epochs=20),
-            dict(lr=1.0, epochs=60, dtype="float64"), dict(momentum=0.9, lr=0.05, epochs=100, dtype="float64"),
-            dict(synthetic=50, noise=3.0, seed=1, batch_size=7, lr=0.5, epochs=10, shuffle=True),
-            dict(synthetic=40, noise=1.0, seed=3, batch_size=4, momentum=0.9, lr=0.05, epochs=20, shuffle=True)]
+BLOWUPS += [
+    dict(momentum=0.5, dampening=0.5, lr=0.2, epochs=30),
+    dict(weight_decay=0.5, lr=0.8, epochs=20),
+    dict(lr=1.0, epochs=60, dtype="float64"),
+    dict(momentum=0.9, lr=0.05, epochs=100, dtype="float64"),
+    dict(synthetic=50, noise=3.0, seed=1, batch_size=7, lr=0.5, epochs=10, shuffle=True),
+    dict(synthetic=40, noise=1.0, seed=3, batch_size=4, momentum=0.9, lr=0.05, epochs=20, shuffle=True),
+]
 RATE = re.compile(r"try --lr (\S+)$")
 
 
@@ -319,8 +343,21 @@ def test_slow_noisy_convergence_is_not_a_blowup(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_noise_floor_from_the_optimum_is_not_a_blowup(seed):
     """Started at the true line, shuffled SGD rises to its noise floor: the loss grows, boundedly."""
-    t = run_trace(Config(synthetic=100, noise=2.0, seed=seed, batch_size=1, shuffle=True, lr=0.01, epochs=5,
-                         init_w=2.0, init_b=1.0, true_w=2.0, true_b=1.0))
+    t = run_trace(
+        Config(
+            synthetic=100,
+            noise=2.0,
+            seed=seed,
+            batch_size=1,
+            shuffle=True,
+            lr=0.01,
+            epochs=5,
+            init_w=2.0,
+            init_b=1.0,
+            true_w=2.0,
+            true_b=1.0,
+        )
+    )
     assert t.verdict.diverged_training is None
 
 
@@ -336,8 +373,17 @@ def test_nesterov_overshoot_that_recovers_is_not_a_blowup():
     assert t.verdict.diverged_training is None
 
 
-@pytest.mark.parametrize("opts", [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True, lr=0.005),
-                                  dict(momentum=0.5, dampening=0.5), dict(lr=0.039), dict(lr=0.03, epochs=300)])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(),
+        dict(momentum=0.9),
+        dict(momentum=0.9, nesterov=True, lr=0.005),
+        dict(momentum=0.5, dampening=0.5),
+        dict(lr=0.039),
+        dict(lr=0.03, epochs=300),
+    ],
+)
 def test_stable_article_runs_are_not_blowups(opts):
     t = run_trace(Config(**{"epochs": 100, **opts}))
     assert t.verdict.diverged_training is None
@@ -360,10 +406,23 @@ from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), noise=st.sampled_from([0.0, 0.5, 3.0]), batch_size=st.sampled_from([1, 2, 3, 5]),
-       opt=st.sampled_from([dict(), dict(momentum=0.5), dict(momentum=0.9), dict(momentum=0.9, nesterov=True),
-                            dict(momentum=0.9, dampening=0.3), dict(weight_decay=0.2)]),
-       share=st.floats(0.02, 0.9), shuffle=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    noise=st.sampled_from([0.0, 0.5, 3.0]),
+    batch_size=st.sampled_from([1, 2, 3, 5]),
+    opt=st.sampled_from(
+        [
+            dict(),
+            dict(momentum=0.5),
+            dict(momentum=0.9),
+            dict(momentum=0.9, nesterov=True),
+            dict(momentum=0.9, dampening=0.3),
+            dict(weight_decay=0.2),
+        ]
+    ),
+    share=st.floats(0.02, 0.9),
+    shuffle=st.booleans(),
+)
 def test_any_rate_below_the_limit_is_never_a_blowup(seed, noise, batch_size, opt, share, shuffle):
     """Below the scanned limit, where every epoch's product is stable, the run converges: no mark,
     whatever the data, noise, batch size, optimizer options or order."""
@@ -374,8 +433,10 @@ def test_any_rate_below_the_limit_is_never_a_blowup(seed, noise, batch_size, opt
     ds = synthetic(12, cfg.true_w, cfg.true_b, noise, seed)
     p = plan(len(ds), cfg)
     sums = batch_sums(ds.x, p, cfg)
-    limit = min(largest_stable_lr((sums[0], sums[1][e:e + 1], sums[2][e:e + 1]), cfg, float(stable_lr(ds.x, p, cfg).min()))
-                for e in range(sums[1].shape[0]))
+    limit = min(
+        largest_stable_lr((sums[0], sums[1][e : e + 1], sums[2][e : e + 1]), cfg, float(stable_lr(ds.x, p, cfg).min()))
+        for e in range(sums[1].shape[0])
+    )
     lr = share * limit
     # with momentum, instability can come in bands narrower than the scan's 2.3% steps (seed 2214,
     # batch size 5, momentum 0.9: unstable at 0.0623-0.0676 and 0.0706-0.0777, stable 0.0778-0.0972);

@@ -28,9 +28,23 @@ def test_run_prints_the_articles_table(runner):
     result = invoke(runner, "run")
     assert result.exit_code == 0
     out = result.output
-    for text in ("-26.6667", "-24", "0.266667", "0.24", "146.667",  # batch 1
-                 "-135.858", "-33.3867", "1.62524", "0.573867", "280.67",  # batch 2
-                 "-169.192", "-24.0988", "3.31716", "0.814855", "145.282"):  # batch 3
+    for text in (
+        "-26.6667",
+        "-24",
+        "0.266667",
+        "0.24",
+        "146.667",  # batch 1
+        "-135.858",
+        "-33.3867",
+        "1.62524",
+        "0.573867",
+        "280.67",  # batch 2
+        "-169.192",
+        "-24.0988",
+        "3.31716",
+        "0.814855",
+        "145.282",
+    ):  # batch 3
         assert text in out
     assert out.count("hand") == 3 and out.count("torch") >= 3
     assert "✓ agree" in out
@@ -49,9 +63,23 @@ def test_json_matches_the_contract(runner):
     assert set(doc) >= {"sgdtrace", "config", "steps", "verdict"}
     assert doc["sgdtrace"] == __version__
     cfg = doc["config"]
-    expected = {"lr": 0.01, "batch_size": 3, "epochs": 1, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
-                "weight_decay": 0.0, "maximize": False, "init_w": 0.0, "init_b": 0.0, "shuffle": False,
-                "seed": None, "drop_last": False, "device": "cpu", "dtype": "float32"}
+    expected = {
+        "lr": 0.01,
+        "batch_size": 3,
+        "epochs": 1,
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
+        "maximize": False,
+        "init_w": 0.0,
+        "init_b": 0.0,
+        "shuffle": False,
+        "seed": None,
+        "drop_last": False,
+        "device": "cpu",
+        "dtype": "float32",
+    }
     for key, value in expected.items():
         assert cfg[key] == value, key
     assert isinstance(cfg["rtol"], float) and isinstance(cfg["atol"], float)
@@ -68,7 +96,7 @@ def test_json_matches_the_contract(runner):
     assert first["manual"]["grad_b"] == -24.0
     assert first["manual"]["grad_w"] == pytest.approx(-26.6667, abs=1e-4)
     assert first["manual"]["loss"] == pytest.approx(146.6667, abs=1e-4)
-    for field, d in first["divergence"].items():
+    for _field, d in first["divergence"].items():
         assert {"abs", "rel", "ulp"} <= set(d)
         assert d["ulp"] == 0 and d["abs"] == 0.0
     v = doc["verdict"]
@@ -108,7 +136,8 @@ def test_compare_two_dtypes(runner):
     assert [r["config"]["dtype"] for r in doc["runs"]] == ["float32", "float64"]
     # across dtypes, torch's drift: reported, not judged
     assert [(c["a"], c["b"], c["judged"]) for c in doc["cross"]] == [
-        ({"device": "cpu", "dtype": "float32"}, {"device": "cpu", "dtype": "float64"}, False)]
+        ({"device": "cpu", "dtype": "float32"}, {"device": "cpu", "dtype": "float64"}, False)
+    ]
 
 
 def test_check_runs_every_config(runner, monkeypatch):
@@ -135,8 +164,12 @@ def test_gate_fails_with_exit_1_naming_the_step(runner, monkeypatch):
 
 
 def test_usage_errors_are_one_line_exit_2(runner):
-    for args, needle in ((["run", "--lr", "0"], "--lr 0.0"), (["run", "--dtype", "float8"], "--dtype"),
-                         (["run", "--device", "tpu"], "--device 'tpu'"), (["run", "--bogus"], "--bogus")):
+    for args, needle in (
+        (["run", "--lr", "0"], "--lr 0.0"),
+        (["run", "--dtype", "float8"], "--dtype"),
+        (["run", "--device", "tpu"], "--device 'tpu'"),
+        (["run", "--bogus"], "--bogus"),
+    ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, args
         lines = result.output.strip().splitlines()
@@ -157,15 +190,14 @@ def _script(name):
 
 
 def test_real_subprocess_runs():
-    proc = subprocess.run([_script("sgdtrace"), "run", "--format", "json"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([_script("sgdtrace"), "run", "--format", "json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["verdict"]["ok"] is True
-    proc = subprocess.run([sys.executable, "-m", "sgdtrace", "--version"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "sgdtrace", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and __version__ in proc.stdout
-    proc = subprocess.run([_script("sgdtrace"), "run", "--batch-size", "0"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [_script("sgdtrace"), "run", "--batch-size", "0"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "--batch-size 0" in proc.stderr
 
@@ -248,11 +280,17 @@ def test_no_command_prints_the_help_not_an_error(runner):
     assert "run " in result.output and "check " in result.output
 
 
-@pytest.mark.parametrize("command,formats", [
-    ("run", ["table", "json", "csv", "markdown", "html"]), ("compare", ["table", "json", "csv", "markdown", "html"]),
-    ("check", ["table", "json", "markdown", "html", "junit"]), ("explain", ["table", "json"]), ("graph", ["table", "json", "dot"]),
-    ("plot", ["png"]),
-])
+@pytest.mark.parametrize(
+    "command,formats",
+    [
+        ("run", ["table", "json", "csv", "markdown", "html"]),
+        ("compare", ["table", "json", "csv", "markdown", "html"]),
+        ("check", ["table", "json", "markdown", "html", "junit"]),
+        ("explain", ["table", "json"]),
+        ("graph", ["table", "json", "dot"]),
+        ("plot", ["png"]),
+    ],
+)
 def test_help_lists_exactly_the_formats_the_command_writes(runner, command, formats):
     from sgdtrace import cli as cli_module
 
@@ -267,8 +305,14 @@ def test_help_lists_exactly_the_formats_the_command_writes(runner, command, form
         assert result.exit_code == 2 and f"'{other}' is not" in result.output, (command, other)
 
 
-@pytest.mark.parametrize("command,formats", [("explain", ["table", "json"]), ("graph", ["table", "json", "dot"]),
-                                             ("compare", ["table", "json", "csv", "markdown"])])
+@pytest.mark.parametrize(
+    "command,formats",
+    [
+        ("explain", ["table", "json"]),
+        ("graph", ["table", "json", "dot"]),
+        ("compare", ["table", "json", "csv", "markdown"]),
+    ],
+)
 def test_every_listed_format_is_written(runner, command, formats):
     extra = ["--batch", "2"] if command == "explain" else []
     for fmt in formats:

@@ -8,8 +8,15 @@ from sgdtrace.errors import ConfigError
 
 def test_defaults_are_the_articles_run():
     c = Config()
-    assert (c.lr, c.batch_size, c.epochs, c.init_w, c.init_b, c.dtype, c.device) == (0.01, 3, 1, 0.0, 0.0,
-                                                                                      "float32", "cpu")
+    assert (c.lr, c.batch_size, c.epochs, c.init_w, c.init_b, c.dtype, c.device) == (
+        0.01,
+        3,
+        1,
+        0.0,
+        0.0,
+        "float32",
+        "cpu",
+    )
     assert c.data is None and c.synthetic is None and not c.shuffle
 
 
@@ -49,20 +56,23 @@ def test_wrong_type_and_invalid_toml(tmp_path):
         load_toml(str(path))
 
 
-@pytest.mark.parametrize("changes, needle", [
-    ({"lr": float("nan")}, "--lr nan"),
-    ({"lr": float("inf")}, "--lr inf"),
-    ({"batch_size": 0}, "--batch-size 0"),
-    ({"epochs": 0}, "--epochs 0"),
-    ({"dampening": 1.5}, "dampening must be in [0, 1]"),
-    ({"weight_decay": -0.1}, "weight decay must be"),
-    ({"nesterov": True}, "Nesterov momentum requires a momentum > 0"),
-    ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, "zero dampening"),
-    ({"device": "gpu"}, "allowed: cpu, cuda, cuda:N, auto"),
-    ({"dtype": "float8"}, "allowed: float32, float64, bfloat16, float16"),
-    ({"data": "a.csv", "synthetic": 10}, "choose one data source"),
-    ({"seed": -1}, "--seed -1"),
-])
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        ({"lr": float("nan")}, "--lr nan"),
+        ({"lr": float("inf")}, "--lr inf"),
+        ({"batch_size": 0}, "--batch-size 0"),
+        ({"epochs": 0}, "--epochs 0"),
+        ({"dampening": 1.5}, "dampening must be in [0, 1]"),
+        ({"weight_decay": -0.1}, "weight decay must be"),
+        ({"nesterov": True}, "Nesterov momentum requires a momentum > 0"),
+        ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, "zero dampening"),
+        ({"device": "gpu"}, "allowed: cpu, cuda, cuda:N, auto"),
+        ({"dtype": "float8"}, "allowed: float32, float64, bfloat16, float16"),
+        ({"data": "a.csv", "synthetic": 10}, "choose one data source"),
+        ({"seed": -1}, "--seed -1"),
+    ],
+)
 def test_validation(changes, needle):
     with pytest.raises(ConfigError) as err:
         Config(**changes)
@@ -72,8 +82,13 @@ def test_validation(changes, needle):
 # ------------------------------------------------------------------ every option is a TOML key
 
 
-RUN_KEYS = [("rows", "6", 6), ("every", "2", 2), ("reference", "'exact'", "exact"), ("quiet", "true", True),
-            ("gradcheck", "true", True)]
+RUN_KEYS = [
+    ("rows", "6", 6),
+    ("every", "2", 2),
+    ("reference", "'exact'", "exact"),
+    ("quiet", "true", True),
+    ("gradcheck", "true", True),
+]
 
 
 @pytest.mark.parametrize("key, text, value", RUN_KEYS)
@@ -96,18 +111,23 @@ def test_every_option_of_run_is_accepted_in_a_file():
     from sgdtrace.config import KNOWN_KEYS
 
     names = {p.name for p in run_command.params} - {"config_path"}
-    names = {{"fmt": "format", "batch_no": "batch", "epoch_no": "epoch", "scheduler_args": "scheduler"}.get(n, n)
-             for n in names}  # --scheduler-arg KEY=VALUE: a key of the [scheduler] table
+    names = {
+        {"fmt": "format", "batch_no": "batch", "epoch_no": "epoch", "scheduler_args": "scheduler"}.get(n, n)
+        for n in names
+    }  # --scheduler-arg KEY=VALUE: a key of the [scheduler] table
     assert names <= set(KNOWN_KEYS), names - set(KNOWN_KEYS)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("rows = -1\n", "'rows' in c.toml = -1: must be a whole number >= 0"),
-    ("every = 0\n", "'every' in c.toml = 0: must be a whole number >= 1"),
-    ("every = 1.5\n", "'every' in c.toml = 1.5: must be a whole number"),
-    ("reference = 'exactly'\n", "'reference' in c.toml = 'exactly': allowed: none, exact"),
-    ("quiet = 1\n", "'quiet' in c.toml = 1: must be true or false"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("rows = -1\n", "'rows' in c.toml = -1: must be a whole number >= 0"),
+        ("every = 0\n", "'every' in c.toml = 0: must be a whole number >= 1"),
+        ("every = 1.5\n", "'every' in c.toml = 1.5: must be a whole number"),
+        ("reference = 'exactly'\n", "'reference' in c.toml = 'exactly': allowed: none, exact"),
+        ("quiet = 1\n", "'quiet' in c.toml = 1: must be true or false"),
+    ],
+)
 def test_run_options_in_a_file_are_validated_as_the_flags_are(tmp_path, text, needle):
     path = tmp_path / "c.toml"
     path.write_text(text)
@@ -119,8 +139,9 @@ def test_run_options_in_a_file_are_validated_as_the_flags_are(tmp_path, text, ne
 # ------------------------------------------------------------------ clashes and options that do not apply
 
 
-@pytest.mark.parametrize("a, b", [("batch_size", "batch-size"), ("drop-last", "drop_last"),
-                                  ("weight_decay", "weight-decay")])
+@pytest.mark.parametrize(
+    "a, b", [("batch_size", "batch-size"), ("drop-last", "drop_last"), ("weight_decay", "weight-decay")]
+)
 def test_one_option_spelled_twice_in_a_file_is_a_clash_naming_both(tmp_path, a, b):
     path = tmp_path / "c.toml"
     value = "true" if "drop" in a else "2"
@@ -130,11 +151,14 @@ def test_one_option_spelled_twice_in_a_file_is_a_clash_naming_both(tmp_path, a, 
     assert f"{a!r}" in str(err.value) and f"{b!r}" in str(err.value) and "twice" in str(err.value)
 
 
-@pytest.mark.parametrize("flags, named", [
-    ({"true_w": 3.0}, ["--true-w"]),
-    ({"true_b": 1.0, "noise": 0.5}, ["--true-b", "--noise"]),
-    ({"noise": 0.0, "data": "d.csv"}, ["--noise", "'d.csv'"]),
-])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        ({"true_w": 3.0}, ["--true-w"]),
+        ({"true_b": 1.0, "noise": 0.5}, ["--true-b", "--noise"]),
+        ({"noise": 0.0, "data": "d.csv"}, ["--noise", "'d.csv'"]),
+    ],
+)
 def test_synthetic_options_without_synthetic_warn(flags, named):
     cfg = build_config({}, flags)
     (line,) = cfg.warnings

@@ -14,8 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 from sgdtrace import data  # noqa: E402
 from sgdtrace.config import Config  # noqa: E402
@@ -37,8 +36,7 @@ def no_sync():
 CONFIGS = [
     Config(device="cuda"),
     Config(device="cuda", synthetic=2000, batch_size=64, shuffle=True, seed=2),
-    Config(device="cuda", synthetic=500, batch_size=1, lr=0.001, momentum=0.9, nesterov=True,
-           weight_decay=0.01),
+    Config(device="cuda", synthetic=500, batch_size=1, lr=0.001, momentum=0.9, nesterov=True, weight_decay=0.01),
 ]
 
 
@@ -50,8 +48,9 @@ def test_the_per_step_loops_never_sync_with_the_host(cfg):
     seen = []
     backend = manual.ArrayBackend("torch", cfg.dtype, device)
     man = manual.run(ds.x, ds.y, plan, cfg, backend, progress=seen.append, loop_context=no_sync)
-    ref = torch_ref.run(ds.x, ds.y, cfg, device, plan.n_steps, progress=seen.append, sync_free=True,
-                        loop_context=no_sync)
+    ref = torch_ref.run(
+        ds.x, ds.y, cfg, device, plan.n_steps, progress=seen.append, sync_free=True, loop_context=no_sync
+    )
     assert man["w"].shape == ref["w"].shape == (plan.n_steps,)
     assert seen[-1] == plan.n_steps
 
@@ -71,4 +70,3 @@ def test_compare_cpu_against_cuda():
 
     result = compare_runs(Config(synthetic=1000, batch_size=10), ("cpu", "cuda"), ("float32", "float64"))
     assert result.ok
-

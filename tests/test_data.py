@@ -45,7 +45,7 @@ def one_error_line(result, *fragments: str) -> str:
 
 
 def test_csv_reads_x_and_y_by_header_name_and_ignores_other_columns(tmp_path):
-    path = write(tmp_path, "d.csv", "id,y,comment,x\n1,10,a,0\n2,12.5,\"b, c\",1\n3,-3e2,,2.25\n")
+    path = write(tmp_path, "d.csv", 'id,y,comment,x\n1,10,a,0\n2,12.5,"b, c",1\n3,-3e2,,2.25\n')
     ds = read_csv(path)
     assert ds.x.tolist() == [0.0, 1.0, 2.25]
     assert ds.y.tolist() == [10.0, 12.5, -300.0]
@@ -86,16 +86,19 @@ def test_csv_run_json_shows_the_source_and_the_first_batch_by_hand(tmp_path):
     assert doc["verdict"]["ok"] is True
 
 
-@pytest.mark.parametrize("text,fragments", [
-    ("a,b\n1,2\n", ["has no column 'x' or 'y'"]),
-    ("x,z\n1,2\n", ["has no column 'y'"]),
-    ("", ["the file is empty"]),
-    ("x,y\n", ["a header but no data rows"]),
-    ("x,y\n1,2\n3,abc\n", ["row 3, column y: 'abc' is not a number"]),
-    ("x,y\n1,2\n3,inf\n", ["row 3, column y: 'inf'", "finite"]),
-    ("x,y\n1,2\n3,\n", ["row 3 has no y value", "column x has 2 values, column y has 1"]),
-    ("x,y\n1,2\n3\n", ["column x has 2 values but column y has 1"]),
-])
+@pytest.mark.parametrize(
+    "text,fragments",
+    [
+        ("a,b\n1,2\n", ["has no column 'x' or 'y'"]),
+        ("x,z\n1,2\n", ["has no column 'y'"]),
+        ("", ["the file is empty"]),
+        ("x,y\n", ["a header but no data rows"]),
+        ("x,y\n1,2\n3,abc\n", ["row 3, column y: 'abc' is not a number"]),
+        ("x,y\n1,2\n3,inf\n", ["row 3, column y: 'inf'", "finite"]),
+        ("x,y\n1,2\n3,\n", ["row 3 has no y value", "column x has 2 values, column y has 1"]),
+        ("x,y\n1,2\n3\n", ["column x has 2 values but column y has 1"]),
+    ],
+)
 def test_bad_csv_is_one_error_line_naming_the_problem(tmp_path, text, fragments):
     path = write(tmp_path, "bad.csv", text)
     with pytest.raises(DataError):
@@ -152,12 +155,33 @@ def test_synthetic_noise_has_the_requested_spread():
 
 
 def test_synthetic_run_json_config_data():
-    result = run_cli("run", "--synthetic", "25", "--true-w", "-3", "--true-b", "1.5", "--noise", "0.2",
-                     "--seed", "4", "--epochs", "2", "--format", "json")
+    result = run_cli(
+        "run",
+        "--synthetic",
+        "25",
+        "--true-w",
+        "-3",
+        "--true-b",
+        "1.5",
+        "--noise",
+        "0.2",
+        "--seed",
+        "4",
+        "--epochs",
+        "2",
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert doc["config"]["data"] == {"source": "synthetic", "n": 25, "true_w": -3.0, "true_b": 1.5,
-                                     "noise": 0.2, "seed": 4}
+    assert doc["config"]["data"] == {
+        "source": "synthetic",
+        "n": 25,
+        "true_w": -3.0,
+        "true_b": 1.5,
+        "noise": 0.2,
+        "seed": 4,
+    }
     assert len(doc["steps"]) == 2 * 9  # ceil(25 / 3) batches per epoch, the last of one sample
     assert doc["steps"][8]["n"] == 1
 
@@ -173,11 +197,14 @@ def test_data_and_synthetic_together_is_an_error(tmp_path):
     one_error_line(run_cli("run", "--data", path, "--synthetic", "5"), "choose one data source")
 
 
-@pytest.mark.parametrize("flag,value,fragment", [
-    ("--synthetic", "0", "--synthetic 0"),
-    ("--noise", "-1", "--noise -1.0"),
-    ("--true-w", "nan", "--true-w nan"),
-])
+@pytest.mark.parametrize(
+    "flag,value,fragment",
+    [
+        ("--synthetic", "0", "--synthetic 0"),
+        ("--noise", "-1", "--noise -1.0"),
+        ("--true-w", "nan", "--true-w nan"),
+    ],
+)
 def test_bad_synthetic_values(flag, value, fragment):
     args = ["run", "--synthetic", "5", flag, value] if flag != "--synthetic" else ["run", flag, value]
     one_error_line(run_cli(*args), fragment)
@@ -208,26 +235,35 @@ def test_csv_training_approaches_the_least_squares_line():
 # ------------------------------------------------------------------ ambiguous headers, short rows, stdin
 
 
-@pytest.mark.parametrize("header, named", [
-    ("x,y,x", ["column x twice", "'x' (column 1) and 'x' (column 3)"]),
-    ("x,X,y", ["column x twice", "'x' (column 1) and 'X' (column 2)"]),
-    ("y, Y ,x", ["column y twice", "'y' (column 1) and 'Y' (column 2)"]),
-    ("id,x,y,y", ["column y twice", "(column 3) and 'y' (column 4)"]),
-])
+@pytest.mark.parametrize(
+    "header, named",
+    [
+        ("x,y,x", ["column x twice", "'x' (column 1) and 'x' (column 3)"]),
+        ("x,X,y", ["column x twice", "'x' (column 1) and 'X' (column 2)"]),
+        ("y, Y ,x", ["column y twice", "'y' (column 1) and 'Y' (column 2)"]),
+        ("id,x,y,y", ["column y twice", "(column 3) and 'y' (column 4)"]),
+    ],
+)
 def test_a_header_naming_x_or_y_twice_is_a_clash(tmp_path, header, named):
-    path = write(tmp_path, "d.csv", header + "\n" + "\n".join(",".join(["1"] * header.count(",") + ["2"])
-                                                               for _ in range(3)) + "\n")
+    path = write(
+        tmp_path,
+        "d.csv",
+        header + "\n" + "\n".join(",".join(["1"] * header.count(",") + ["2"]) for _ in range(3)) + "\n",
+    )
     with pytest.raises(DataError):
         read_csv(path)
     one_error_line(run_cli("run", "--data", path), f"--data {path!r}", *named)
 
 
-@pytest.mark.parametrize("text, fragments", [
-    ("x,y\n1,12\n2\n3,16\n", ["row 3 has no y value", "column x has 3 values but column y has 2"]),
-    ("y,x\n12,1\n14\n16,3\n", ["row 3 has no x value", "column x has 2 values but column y has 3"]),
-    ("x,y\n1,12\n2,14\n3\n4,18\n5,20\n", ["row 4 has no y value"]),
-    ("id,x,y\n1,1,12\n2\n3,3,16\n", ["row 3 has 1 field but the header has 3 (no x or y value)"]),
-])
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("x,y\n1,12\n2\n3,16\n", ["row 3 has no y value", "column x has 3 values but column y has 2"]),
+        ("y,x\n12,1\n14\n16,3\n", ["row 3 has no x value", "column x has 2 values but column y has 3"]),
+        ("x,y\n1,12\n2,14\n3\n4,18\n5,20\n", ["row 4 has no y value"]),
+        ("id,x,y\n1,1,12\n2\n3,3,16\n", ["row 3 has 1 field but the header has 3 (no x or y value)"]),
+    ],
+)
 def test_a_short_middle_row_is_named(tmp_path, text, fragments):
     path = write(tmp_path, "d.csv", text)
     one_error_line(run_cli("run", "--data", path), *fragments)
@@ -240,7 +276,8 @@ def test_data_from_standard_input():
     doc = json.loads(r.stdout)
     assert doc["config"]["data"] == {"source": "csv", "path": "-", "n": 3}
     assert doc["steps"][0]["indices"] == [0, 1, 2] and doc["steps"][0]["manual"]["loss"] == pytest.approx(
-        (9 + 25 + 81) / 3)
+        (9 + 25 + 81) / 3
+    )
     bad = CliRunner().invoke(cli, ["run", "--data", "-"], input="x,y\n1,oops\n")
     one_error_line(bad, "--data '-'", "row 2, column y", "'oops'")
 
@@ -258,8 +295,9 @@ def test_options_that_do_not_apply_warn_on_stderr_and_the_run_goes_on(tmp_path):
 def test_run_options_from_a_config_file(tmp_path):
     cfg = write(tmp_path, "c.toml", "rows = 4\nevery = 2\nreference = 'exact'\nquiet = true\nepochs = 10\n")
     from_file = CliRunner().invoke(cli, ["run", "--config", cfg])
-    by_flags = CliRunner().invoke(cli, ["run", "--rows", "4", "--every", "2", "--reference", "exact", "--quiet",
-                                        "--epochs", "10"])
+    by_flags = CliRunner().invoke(
+        cli, ["run", "--rows", "4", "--every", "2", "--reference", "exact", "--quiet", "--epochs", "10"]
+    )
     assert from_file.exit_code == by_flags.exit_code == 0, from_file.output
     assert from_file.stdout == by_flags.stdout
     assert from_file.stdout != CliRunner().invoke(cli, ["run", "--epochs", "10"]).stdout
@@ -279,20 +317,23 @@ def _both(tmp_path, text: str, name: str = "d.csv"):
     return fast, slow, read_csv(path)
 
 
-@pytest.mark.parametrize("text", [
-    "x,y\n1,2\n3,4\n",
-    "x,y\r\n1,2\r\n3,4\r\n",
-    "\ufeffx,y\n1,2\n3,4\n",
-    "y,x\n2,1\n4,3\n",
-    " X , Y \n 1 , 2 \n\t3\t,4\n",
-    "\n\nx,y\n\n1,2\n\n3,4\n\n\n",
-    "x,y,z\n1,2,a\n3,4,b\n",
-    "x,y\n1_0,2\n0.1,1e-310\n-0,+5\n",
-    "x,y\n1,2\n ,\n3,4\n",  # a blank row with commas: skipped by both
-    'x,y\n"1",2\n3,"4.5"\n',  # quoted fields
-    "x,y\n1,2\n3,4",  # no final newline
-    "x,y\n1,2\n1e308,-1e308\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x,y\n1,2\n3,4\n",
+        "x,y\r\n1,2\r\n3,4\r\n",
+        "\ufeffx,y\n1,2\n3,4\n",
+        "y,x\n2,1\n4,3\n",
+        " X , Y \n 1 , 2 \n\t3\t,4\n",
+        "\n\nx,y\n\n1,2\n\n3,4\n\n\n",
+        "x,y,z\n1,2,a\n3,4,b\n",
+        "x,y\n1_0,2\n0.1,1e-310\n-0,+5\n",
+        "x,y\n1,2\n ,\n3,4\n",  # a blank row with commas: skipped by both
+        'x,y\n"1",2\n3,"4.5"\n',  # quoted fields
+        "x,y\n1,2\n3,4",  # no final newline
+        "x,y\n1,2\n1e308,-1e308\n",
+    ],
+)
 def test_the_fast_reader_gives_the_row_readers_values(tmp_path, text):
     fast, slow, ds = _both(tmp_path, text)
     assert ds.x.tolist() == slow[0] and ds.y.tolist() == slow[1]
@@ -325,26 +366,68 @@ _cell = st.one_of(
     st.integers(-1000, 1000).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.floats(allow_nan=False, allow_infinity=False, width=32).map(lambda f: f"{f:.6e}"),
-    st.sampled_from(["", " ", "\t", "x", "nan", "1e39", "1e400", "-1e-400", "0x1", "1_0", " 2 ", '"3"', '"1,5"',
-                     "\x0b4", "\xa05", "1e", "+.5", "-0", "\u2003", "\x1c6", "Infinity"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\t",
+            "x",
+            "nan",
+            "1e39",
+            "1e400",
+            "-1e-400",
+            "0x1",
+            "1_0",
+            " 2 ",
+            '"3"',
+            '"1,5"',
+            "\x0b4",
+            "\xa05",
+            "1e",
+            "+.5",
+            "-0",
+            "\u2003",
+            "\x1c6",
+            "Infinity",
+        ]
+    ),
 )
 _row = st.lists(_cell, min_size=0, max_size=4).map(",".join)
 _header = st.sampled_from(["x,y", "y,x", " X , Y ", "x,y,z", "id,x,y", "x", "a,b", "", "x,y,x", "\u00a0x,y"])
-_csv_text = st.builds(lambda lead, h, rows, nl, end: lead + h + nl + nl.join(rows) + end,
-                      st.sampled_from(["", "\n", " , \n", "\r\n"]), _header, st.lists(_row, max_size=8),
-                      st.sampled_from(["\n", "\r\n", "\r"]), st.sampled_from(["", "\n", "\n\n", "\r\n"]))
+_csv_text = st.builds(
+    lambda lead, h, rows, nl, end: lead + h + nl + nl.join(rows) + end,
+    st.sampled_from(["", "\n", " , \n", "\r\n"]),
+    _header,
+    st.lists(_row, max_size=8),
+    st.sampled_from(["\n", "\r\n", "\r"]),
+    st.sampled_from(["", "\n", "\n\n", "\r\n"]),
+)
 
 
-_number = st.one_of(st.integers(-10**20, 10**20).map(str), st.floats(allow_nan=False, allow_infinity=False).map(repr),
-                    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: f"{f:.3e}"),
-                    st.sampled_from(["-0", "+1", ".5", "5.", "1E3", "1e-320", "007"]))
-_padded = st.builds(lambda pre, n, post: pre + n + post, st.sampled_from(["", "", " ", "\t"]), _number,
-                    st.sampled_from(["", "", " ", "\t"]))
-_well_formed = st.sampled_from(["x,y", "y,x", " X , Y ", "x,y,z", "id,x,y"]).flatmap(lambda h: st.builds(
-    lambda rows, nl, blank: h + nl + nl.join(rows if not blank else rows[:1] + [""] + rows[1:]) + nl,
-    st.lists(st.lists(_padded, min_size=h.count(",") + 1, max_size=h.count(",") + 1).map(",".join),
-             min_size=1, max_size=8),
-    st.sampled_from(["\n", "\r\n"]), st.booleans()))
+_number = st.one_of(
+    st.integers(-(10**20), 10**20).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: f"{f:.3e}"),
+    st.sampled_from(["-0", "+1", ".5", "5.", "1E3", "1e-320", "007"]),
+)
+_padded = st.builds(
+    lambda pre, n, post: pre + n + post,
+    st.sampled_from(["", "", " ", "\t"]),
+    _number,
+    st.sampled_from(["", "", " ", "\t"]),
+)
+_well_formed = st.sampled_from(["x,y", "y,x", " X , Y ", "x,y,z", "id,x,y"]).flatmap(
+    lambda h: st.builds(
+        lambda rows, nl, blank: h + nl + nl.join(rows if not blank else rows[:1] + [""] + rows[1:]) + nl,
+        st.lists(
+            st.lists(_padded, min_size=h.count(",") + 1, max_size=h.count(",") + 1).map(",".join),
+            min_size=1,
+            max_size=8,
+        ),
+        st.sampled_from(["\n", "\r\n"]),
+        st.booleans(),
+    )
+)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

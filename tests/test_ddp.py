@@ -44,12 +44,18 @@ def _config_file(name: str) -> Config:
 
 
 def _jobs(world: int) -> list[tuple[str, Config]]:
-    jobs = [(f"{dtype} {opts}", Config(world_size=world, synthetic=23, noise=1.0, batch_size=3, epochs=2,
-                                         dtype=dtype, **opts))
-            for dtype in ("float32", "float64") for opts in OPTIONS]
+    jobs = [
+        (
+            f"{dtype} {opts}",
+            Config(world_size=world, synthetic=23, noise=1.0, batch_size=3, epochs=2, dtype=dtype, **opts),
+        )
+        for dtype in ("float32", "float64")
+        for opts in OPTIONS
+    ]
     if world == 2:
-        jobs.append(("no-set-epoch", Config(world_size=2, batch_size=2, epochs=3, shuffle=True, seed=5,
-                                            set_epoch=False)))
+        jobs.append(
+            ("no-set-epoch", Config(world_size=2, batch_size=2, epochs=3, shuffle=True, seed=5, set_epoch=False))
+        )
     if world == 3:
         jobs.append(("ddp.toml", _config_file("ddp.toml")))
     if world == 4:
@@ -91,16 +97,24 @@ def _trace(world: int, name: str):
 
 
 @settings(max_examples=300, deadline=None)
-@given(n=st.integers(1, 40), world=st.integers(1, 9), rank_frac=st.floats(0, 0.999), shuffle=st.booleans(),
-       seed=st.integers(0, 2**32), epoch=st.integers(0, 6), drop_last=st.booleans())
+@given(
+    n=st.integers(1, 40),
+    world=st.integers(1, 9),
+    rank_frac=st.floats(0, 0.999),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 2**32),
+    epoch=st.integers(0, 6),
+    drop_last=st.booleans(),
+)
 def test_sampler_replay_equals_distributed_sampler(n, world, rank_frac, shuffle, seed, epoch, drop_last):
     from torch.utils.data.distributed import DistributedSampler
 
     if drop_last and world > n:
         world = n
     rank = int(rank_frac * world)
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
-                                 drop_last=drop_last)
+    sampler = DistributedSampler(
+        range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
     sampler.set_epoch(epoch)
     assert data.sampler_indices(n, world, rank, shuffle, seed, epoch, drop_last) == list(sampler)
 
@@ -170,8 +184,7 @@ def test_mean_over_distinct_samples_is_caught():
     ds = data.load(cfg)
     one = cfg.replace(world_size=1, batch_size=len(ds))  # each step's distinct samples: all nine
     wrong = manual.run(ds.x, ds.y, data.plan(len(ds), one), one, manual.ArrayBackend("numpy", cfg.dtype))
-    trace = judge_distributed(cfg, ds, good.ranks.plan, "cpu", wrong, good.torch, good.ranks.manual,
-                              good.ranks.torch)
+    trace = judge_distributed(cfg, ds, good.ranks.plan, "cpu", wrong, good.torch, good.ranks.manual, good.ranks.torch)
     assert good.verdict.ok and not trace.verdict.ok
     assert trace.verdict.first_divergent_step["step"] == 1
 
@@ -189,8 +202,9 @@ def test_ddp_equals_one_process_within_rounding():
     ddp_trace = _trace(3, "ddp.toml")
     single = run_trace(Config())
     assert ddp_trace.plan.indices(0).tolist() == single.plan.indices(0).tolist()
-    div = divergence.compare_columns(single.manual, ddp_trace.manual, single.dataset.x, single.dataset.y,
-                                     single.plan, single.config)
+    div = divergence.compare_columns(
+        single.manual, ddp_trace.manual, single.dataset.x, single.dataset.y, single.plan, single.config
+    )
     assert all(d.ok.all() for d in div.values())
     assert np.abs(ddp_trace.manual["w"] - single.manual["w"]).max() < 1e-5
 
@@ -212,16 +226,19 @@ def test_json_has_the_rank_axis():
 # ------------------------------------------------------------------ limits and faults
 
 
-@pytest.mark.parametrize("args, says", [
-    (["run", "--world-size", "10"], "more ranks than the 9 samples"),
-    (["run", "--world-size", "65"], "[1, 64]"),
-    (["run", "--no-set-epoch"], "world size >= 2"),
-    (["run", "--world-size", "2", "--gradcheck"], "--gradcheck"),
-    (["graph", "--world-size", "2"], "graph"),
-    (["run", "--world-size", "2", "--optimizer", "adam"], "--optimizer adam"),
-    (["run", "--world-size", "2", "--engine", "docs/examples/textbook_rule.py"], "--engine"),
-    (["run", "--world-size", "2", "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"], "scheduler"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["run", "--world-size", "10"], "more ranks than the 9 samples"),
+        (["run", "--world-size", "65"], "[1, 64]"),
+        (["run", "--no-set-epoch"], "world size >= 2"),
+        (["run", "--world-size", "2", "--gradcheck"], "--gradcheck"),
+        (["graph", "--world-size", "2"], "graph"),
+        (["run", "--world-size", "2", "--optimizer", "adam"], "--optimizer adam"),
+        (["run", "--world-size", "2", "--engine", "docs/examples/textbook_rule.py"], "--engine"),
+        (["run", "--world-size", "2", "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"], "scheduler"),
+    ],
+)
 def test_refused_before_any_process(args, says):
     out = subprocess.run(SGDTRACE + args, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
@@ -243,16 +260,23 @@ def _marked(mark: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("fault, says", [("1:1:kill", "rank 1 was killed by signal SIGKILL"),
-                                         ("0:0:raise", "rank 0 failed: RuntimeError: injected fault")])
+@pytest.mark.parametrize(
+    "fault, says",
+    [("1:1:kill", "rank 1 was killed by signal SIGKILL"), ("0:0:raise", "rank 0 failed: RuntimeError: injected fault")],
+)
 def test_failing_rank_ends_the_run(fault, says):
     mark = f"SGDTRACE_TEST_MARK={uuid.uuid4().hex}"
     env = dict(os.environ, **{torch_ddp.FAULT_ENV: fault, mark.split("=")[0]: mark.split("=")[1]})
     timeout = 20
     start = time.monotonic()
-    out = subprocess.run(SGDTRACE + ["run", "--world-size", "3", "--batch-size", "1",
-                                     "--rank-timeout", str(timeout)],
-                         capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    out = subprocess.run(
+        SGDTRACE + ["run", "--world-size", "3", "--batch-size", "1", "--rank-timeout", str(timeout)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env=env,
+    )
     elapsed = time.monotonic() - start
     assert out.returncode == 2, out.stderr
     assert says in out.stderr and "every rank was stopped" in out.stderr and "Traceback" not in out.stderr
@@ -302,10 +326,16 @@ def test_explain_shows_each_rank_and_the_allreduce():
 
 def _start_long_run(mark: str):
     env = dict(os.environ, SGDTRACE_TEST_MARK=mark)
-    proc = subprocess.Popen(SGDTRACE + ["run", "--world-size", "2", "--synthetic", "200000", "--batch-size", "1",
-                                        "--quiet", "--output", os.devnull],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        SGDTRACE
+        + ["run", "--world-size", "2", "--synthetic", "200000", "--batch-size", "1", "--quiet", "--output", os.devnull],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 150
     while len(_marked(mark)) < 4 and time.monotonic() < deadline:  # the parent, the tracker, 2 ranks
         time.sleep(0.5)
@@ -332,3 +362,14 @@ def test_interrupt_stops_every_rank(how):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+def test_explain_command_with_a_world_size_prints_each_rank():
+    """`sgdtrace explain --world-size 2` through the command line, in both of its formats."""
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    r = CliRunner().invoke(cli, ["explain", "--world-size", "2", "--batch-size", "2", "--batch", "1"])
+    assert r.exit_code == 0, r.output
+    assert "rank 0" in r.output.lower() and "rank 1" in r.output.lower()

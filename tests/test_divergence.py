@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from update_rules import sgd_update, swap_update
 
 import sgdtrace
 from sgdtrace import divergence
 from sgdtrace.engines import manual
-from update_rules import sgd_update, swap_update
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -90,6 +90,7 @@ def test_wrong_mean_is_caught_in_the_loss(monkeypatch):
 
 def test_small_wrong_learning_rate_is_caught(monkeypatch):
     """An update off by one part in 10^4 (lr*(1 + 1e-4)) is far above float32 rounding: caught."""
+
     def update(p, g, buf, h, first):
         return sgd_update(p, g * np.float32(1.0001), buf, h, first)
 
@@ -139,6 +140,7 @@ def test_systematic_bias_of_a_few_ulps_per_step_is_caught(monkeypatch, ulps):
     """A bias of 2 ulps per step on w and b exceeds what one step's rounding can explain: caught
     (at step 5 on the article's data). One ulp per step stays within each step's allowance: the
     limit the README states (test_one_ulp_bias_is_below_the_gate)."""
+
     def biased(p, g, buf, h, first):
         p2, buf = sgd_update(p, g, buf, h, first)
         for _ in range(ulps):
@@ -153,6 +155,7 @@ def test_systematic_bias_of_a_few_ulps_per_step_is_caught(monkeypatch, ulps):
 def test_one_ulp_bias_is_below_the_gate(monkeypatch):
     """The measured limit of a per-step judge: a bias of one ulp per step uses most of each
     step's allowance but no more (the README's "what it cannot see")."""
+
     def biased(p, g, buf, h, first):
         p2, buf = sgd_update(p, g, buf, h, first)
         return np.nextafter(p2, np.float32(np.inf)), buf
@@ -164,6 +167,9 @@ def test_one_ulp_bias_is_below_the_gate(monkeypatch):
 
 def test_honest_runs_use_at_most_half_the_allowance():
     """Each engine errs by at most u*E, so the two by 2u*E: half the default allowance 4u*E."""
-    for t in (sgdtrace.trace(epochs=3000), sgdtrace.trace(epochs=30, momentum=0.9),
-              sgdtrace.trace(synthetic=200, noise=1.0, batch_size=8, epochs=20, dtype="float64")):
+    for t in (
+        sgdtrace.trace(epochs=3000),
+        sgdtrace.trace(epochs=30, momentum=0.9),
+        sgdtrace.trace(synthetic=200, noise=1.0, batch_size=8, epochs=20, dtype="float64"),
+    ):
         assert t.verdict.ok and t.verdict.max_tol_ratio <= 0.5

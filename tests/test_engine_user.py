@@ -67,22 +67,24 @@ def test_the_correct_example_agrees_and_is_labelled(tmp_path):
     assert any(not np.array_equal(t.manual[f], own.manual[f]) for f in t.manual)
 
 
-configs = st.fixed_dictionaries({
-    "dtype": st.sampled_from(["float32", "float64"]),
-    "lr": st.sampled_from([0.001, 0.005, 0.01]),
-    "batch_size": st.integers(1, 9),
-    "epochs": st.integers(1, 6),
-    "synthetic": st.sampled_from([None, 7, 30]),
-    "noise": st.sampled_from([0.0, 0.5]),
-    "momentum": st.sampled_from([0.0, 0.5, 0.9]),
-    "dampening": st.sampled_from([0.0, 0.3]),
-    "weight_decay": st.sampled_from([0.0, 0.01]),
-    "maximize": st.booleans(),
-    "shuffle": st.booleans(),
-    "drop_last": st.booleans(),
-    "seed": st.integers(0, 50),
-    "init_w": st.sampled_from([0.0, 1.5, -2.0]),
-})
+configs = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["float32", "float64"]),
+        "lr": st.sampled_from([0.001, 0.005, 0.01]),
+        "batch_size": st.integers(1, 9),
+        "epochs": st.integers(1, 6),
+        "synthetic": st.sampled_from([None, 7, 30]),
+        "noise": st.sampled_from([0.0, 0.5]),
+        "momentum": st.sampled_from([0.0, 0.5, 0.9]),
+        "dampening": st.sampled_from([0.0, 0.3]),
+        "weight_decay": st.sampled_from([0.0, 0.01]),
+        "maximize": st.booleans(),
+        "shuffle": st.booleans(),
+        "drop_last": st.booleans(),
+        "seed": st.integers(0, 50),
+        "init_w": st.sampled_from([0.0, 1.5, -2.0]),
+    }
+)
 
 
 #: an honest engine in the run's dtype: reversed samples, np.mean's pairwise sums, 2 applied last
@@ -90,8 +92,9 @@ REVERSED_IN_DTYPE = ROOT / "tests" / "engines" / "reversed_in_dtype.py"
 
 
 @pytest.mark.parametrize("engine", [CORRECT, REVERSED_IN_DTYPE], ids=["float64", "in-dtype"])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(opts=configs)
 def test_an_honest_engine_never_fails_where_sgdtraces_own_passes(engine, opts):
     """float64 sums rounded once, or sums in the run's dtype in reverse with np.mean: over random
@@ -110,9 +113,23 @@ def test_an_honest_engine_never_fails_where_sgdtraces_own_passes(engine, opts):
     assert mine.verdict.max_tol_ratio < 1 or not own.verdict.ok
 
 
-@pytest.mark.parametrize("opts", [{}, {"momentum": 0.9, "nesterov": True, "dtype": "float64", "epochs": 4},
-                                  {"synthetic": 50, "noise": 1.0, "batch_size": 7, "shuffle": True,
-                                   "weight_decay": 0.1, "momentum": 0.5, "dampening": 0.2, "epochs": 3}])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"momentum": 0.9, "nesterov": True, "dtype": "float64", "epochs": 4},
+        {
+            "synthetic": 50,
+            "noise": 1.0,
+            "batch_size": 7,
+            "shuffle": True,
+            "weight_decay": 0.1,
+            "momentum": 0.5,
+            "dampening": 0.2,
+            "epochs": 3,
+        },
+    ],
+)
 def test_the_correct_example_agrees_in_a_real_child_process(opts):
     t = run_trace(Config(engine=str(CORRECT), **opts))
     assert t.verdict.ok, t.verdict.first_divergent_step
@@ -120,27 +137,38 @@ def test_the_correct_example_agrees_in_a_real_child_process(opts):
 
 
 def test_only_gradients_or_only_update_the_rest_is_sgdtraces_own(tmp_path):
-    grads = write(tmp_path, """
+    grads = write(
+        tmp_path,
+        """
         import numpy as np
         def gradients(w, b, x, y):
             d = w * x + b - y
             return np.mean(d * d), np.mean(2 * d * x), np.mean(2 * d)
-    """, "grads.py")
-    upd = write(tmp_path, """
+    """,
+        "grads.py",
+    )
+    upd = write(
+        tmp_path,
+        """
         def update(param, grad, state, hp):
             return param - hp.lr * grad
-    """, "upd.py")
+    """,
+        "upd.py",
+    )
     for path, parts in ((grads, ("gradients",)), (upd, ("update",))):
         t = traced(path, epochs=2)
         assert t.verdict.ok and t.engine.parts == parts
 
 
 def test_state_under_another_name_is_reported_not_kept_and_the_update_still_judged(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         def update(param, grad, state, hp):
             state["v"] = grad if "v" not in state else hp.momentum * state["v"] + grad
             return param - hp.lr * state["v"]
-    """)
+    """,
+    )
     t = traced(path, momentum=0.9, epochs=2)
     assert t.verdict.ok
     assert t.engine.not_kept == ("buf_w", "buf_b")
@@ -149,11 +177,15 @@ def test_state_under_another_name_is_reported_not_kept_and_the_update_still_judg
 
     assert "not kept by mine.py: buf_w, buf_b" in verdict_text(t).plain
     # the same file with a wrong step is still caught, through the w column
-    bad = write(tmp_path, """
+    bad = write(
+        tmp_path,
+        """
         def update(param, grad, state, hp):
             state["v"] = grad if "v" not in state else hp.momentum * state["v"] + grad
             return param - 2 * hp.lr * state["v"]
-    """, "bad.py")
+    """,
+        "bad.py",
+    )
     t = traced(bad, momentum=0.9)
     assert t.verdict.first_divergent_step["field"] == "w"
 
@@ -177,90 +209,202 @@ def update(param, grad, state, hp):
         g = state["momentum_buffer"]
     return param - {step}
 """
-TORCH_BUFFER = ('state["momentum_buffer"] = g if "momentum_buffer" not in state else '
-                'hp.momentum * state["momentum_buffer"] + (1 - hp.dampening) * g')
+TORCH_BUFFER = (
+    'state["momentum_buffer"] = g if "momentum_buffer" not in state else '
+    'hp.momentum * state["momentum_buffer"] + (1 - hp.dampening) * g'
+)
 
 MISTAKES = {
     # name: (source, config, first step, field, diagnosis kind, factor)
-    "factor 2": (GRAD + """
+    "factor 2": (
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     return np.mean(d * d), 4 * np.mean(d * x), 2 * np.mean(d)
-""", {}, 1, "grad_w", "factor", 2.0),
-    "factor 1/2": (GRAD + """
+""",
+        {},
+        1,
+        "grad_w",
+        "factor",
+        2.0,
+    ),
+    "factor 1/2": (
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     return np.mean(d * d), np.mean(d * x), 2 * np.mean(d)
-""", {}, 1, "grad_w", "factor", 0.5),
-    "factor n (a sum)": (GRAD + """
+""",
+        {},
+        1,
+        "grad_w",
+        "factor",
+        0.5,
+    ),
+    "factor n (a sum)": (
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     return np.mean(d * d), 2 * np.mean(d * x), 2 * np.sum(d)
-""", {}, 1, "grad_b", "factor", 3.0),
-    "factor 1/n": (GRAD + """
+""",
+        {},
+        1,
+        "grad_b",
+        "factor",
+        3.0,
+    ),
+    "factor 1/n": (
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     return np.mean(d * d) / n, 2 * np.mean(d * x), 2 * np.mean(d)
-""", {}, 1, "loss", "factor", 1 / 3),
-    "factor n/(n-1)": (GRAD + """
+""",
+        {},
+        1,
+        "loss",
+        "factor",
+        1 / 3,
+    ),
+    "factor n/(n-1)": (
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     return np.mean(d * d), 2 * np.sum(d * x) / (n - 1), 2 * np.mean(d)
-""", {"batch_size": 4}, 1, "grad_w", "factor", 4 / 3),
-    "flipped sign": (GRAD + """
+""",
+        {"batch_size": 4},
+        1,
+        "grad_w",
+        "factor",
+        4 / 3,
+    ),
+    "flipped sign": (
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     return np.mean(d * d), 2 * np.mean(-d * x), 2 * np.mean(d)
-""", {}, 1, "grad_w", "sign", -1.0),
-    "the previous step's gradient": (GRAD + """
+""",
+        {},
+        1,
+        "grad_w",
+        "sign",
+        -1.0,
+    ),
+    "the previous step's gradient": (
+        GRAD
+        + """
 cache = []
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     cache.append((np.mean(d * d), 2 * np.mean(d * x), 2 * np.mean(d)))
     return cache[-1][0], cache[-2][1] if len(cache) > 1 else cache[-1][1], cache[-1][2]
-""", {}, 2, "grad_w", "previous_gradient", None),
-    "the loss after the update": (GRAD + """
+""",
+        {},
+        2,
+        "grad_w",
+        "previous_gradient",
+        None,
+    ),
+    "the loss after the update": (
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     gw, gb = 2 * np.mean(d * x), 2 * np.mean(d)
     w1, b1 = float(w) - 0.01 * gw, float(b) - 0.01 * gb  # the loss printed after the step (lr 0.01)
     d1 = w1 * x + b1 - y.astype(np.float64)
     return np.mean(d1 * d1), gw, gb
-""", {}, 1, "loss", "after_update", None),
-    "a sample left out": (GRAD + """
+""",
+        {},
+        1,
+        "loss",
+        "after_update",
+        None,
+    ),
+    "a sample left out": (
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     total = 0.0
     for i in range(n - 1):
         total += 2 * d[i]
     return np.mean(d * d), 2 * np.mean(d * x), total / n
-""", {}, 1, "grad_b", "sample_left_out", None),
-    "a sample counted twice": (GRAD + """
+""",
+        {},
+        1,
+        "grad_b",
+        "sample_left_out",
+        None,
+    ),
+    "a sample counted twice": (
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     return np.mean(d * d), 2 * (np.sum(d * x) + d[-1] * x[-1]) / n, 2 * np.mean(d)
-""", {"batch_size": 4}, 1, "grad_w", "sample_twice", None),
+""",
+        {"batch_size": 4},
+        1,
+        "grad_w",
+        "sample_twice",
+        None,
+    ),
     "the step twice as large": (UPDATE.format(buffer="pass", step="2 * hp.lr * g"), {}, 1, "w", "factor", 2.0),
     "an ascent step": (UPDATE.format(buffer="pass", step="-hp.lr * g"), {}, 1, "w", "sign", -1.0),
-    "the update's previous gradient": ("""
+    "the update's previous gradient": (
+        """
 def update(param, grad, state, hp):
     prev = state.get("prev", 0.0)
     state["prev"] = grad
     return param - hp.lr * prev
-""", {}, 1, "w", "previous_gradient", None),
-    "the buffer damped on its first step": (UPDATE.format(
-        buffer='state["momentum_buffer"] = hp.momentum * state.get("momentum_buffer", 0.0) + (1 - hp.dampening) * g',
-        step="hp.lr * g"), {"momentum": 0.9, "dampening": 0.5}, 1, "buf_w", "dampening_first_step", 0.5),
-    "the buffer never damped": (UPDATE.format(
-        buffer='state["momentum_buffer"] = g if "momentum_buffer" not in state else '
-               'hp.momentum * state["momentum_buffer"] + g',
-        step="hp.lr * g"), {"momentum": 0.9, "dampening": 0.5}, 2, "buf_w", "no_dampening", None),
-    "weight decay after momentum": ("""
+""",
+        {},
+        1,
+        "w",
+        "previous_gradient",
+        None,
+    ),
+    "the buffer damped on its first step": (
+        UPDATE.format(
+            buffer='state["momentum_buffer"] = hp.momentum * state.get("momentum_buffer", 0.0)'
+            " + (1 - hp.dampening) * g",
+            step="hp.lr * g",
+        ),
+        {"momentum": 0.9, "dampening": 0.5},
+        1,
+        "buf_w",
+        "dampening_first_step",
+        0.5,
+    ),
+    "the buffer never damped": (
+        UPDATE.format(
+            buffer='state["momentum_buffer"] = g if "momentum_buffer" not in state else '
+            'hp.momentum * state["momentum_buffer"] + g',
+            step="hp.lr * g",
+        ),
+        {"momentum": 0.9, "dampening": 0.5},
+        2,
+        "buf_w",
+        "no_dampening",
+        None,
+    ),
+    "weight decay after momentum": (
+        """
 def update(param, grad, state, hp):
     state["momentum_buffer"] = grad if "momentum_buffer" not in state else hp.momentum * state["momentum_buffer"] + grad
     return param - hp.lr * (state["momentum_buffer"] + hp.weight_decay * param)
-""", {"momentum": 0.9, "weight_decay": 0.1, "init_w": 1.0, "init_b": 1.0}, 1, "buf_w",
-                                    "weight_decay_after_momentum", None),
+""",
+        {"momentum": 0.9, "weight_decay": 0.1, "init_w": 1.0, "init_b": 1.0},
+        1,
+        "buf_w",
+        "weight_decay_after_momentum",
+        None,
+    ),
 }
 
 
@@ -280,17 +424,27 @@ def test_each_classic_mistake_is_caught_at_its_first_step_and_named(tmp_path, na
 
 def test_the_correct_update_with_the_mistakes_template_agrees(tmp_path):
     """The update template of the mistakes above, written correctly, agrees (the mistakes are the mistakes)."""
-    t = traced(write(tmp_path, UPDATE.format(buffer=TORCH_BUFFER, step="hp.lr * g")), momentum=0.9, dampening=0.5,
-               weight_decay=0.1, init_w=1.0, epochs=2)
+    t = traced(
+        write(tmp_path, UPDATE.format(buffer=TORCH_BUFFER, step="hp.lr * g")),
+        momentum=0.9,
+        dampening=0.5,
+        weight_decay=0.1,
+        init_w=1.0,
+        epochs=2,
+    )
     assert t.verdict.ok, t.verdict.first_divergent_step
 
 
 def test_no_guess_where_the_numbers_support_none(tmp_path):
-    path = write(tmp_path, GRAD + """
+    path = write(
+        tmp_path,
+        GRAD
+        + """
 def gradients(w, b, x, y):
     x, d, n = parts(w, b, x, y)
     return np.mean(d * d), 2 * np.mean(d * x) + 1.2345, 2 * np.mean(d)
-""")
+""",
+    )
     t = traced(path)
     assert not t.verdict.ok
     assert t.verdict.first_divergent_step["diagnosis"] is None
@@ -309,50 +463,78 @@ def cli_run(*args):
 
 FAILURES = {
     # name: (source, the first line's expected text)
-    "an exception": ("""
+    "an exception": (
+        """
 def helper(d):
     return d / 0.0 + {}[1]
 
 def gradients(w, b, x, y):
     return helper(w * x + b - y)
-""", "gradients raised KeyError at step 1 (epoch 1, batch 1): 1"),
-    "a misspelled function": ("""
+""",
+        "gradients raised KeyError at step 1 (epoch 1, batch 1): 1",
+    ),
+    "a misspelled function": (
+        """
 def gradient(w, b, x, y):
     return 0.0, 0.0, 0.0
-""", "defines 'gradient', which is not a part sgdtrace calls: did you mean 'gradients'?"),
-    "no function at all": ("""
+""",
+        "defines 'gradient', which is not a part sgdtrace calls: did you mean 'gradients'?",
+    ),
+    "no function at all": (
+        """
 def helper():
     pass
-""", "defines neither gradients nor update"),
-    "a list": ("""
+""",
+        "defines neither gradients nor update",
+    ),
+    "a list": (
+        """
 def gradients(w, b, x, y):
     return [0.0, 0.0, 0.0]
-""", "gradients returned a list of 3 values at step 1 (epoch 1, batch 1): expected a tuple (loss, grad_w, grad_b)"),
-    "a tuple of 2": ("""
+""",
+        "gradients returned a list of 3 values at step 1 (epoch 1, batch 1): expected a tuple (loss, grad_w, grad_b)",
+    ),
+    "a tuple of 2": (
+        """
 def gradients(w, b, x, y):
     return 0.0, 0.0
-""", "gradients returned a tuple of 2 values at step 1"),
-    "an array of length n": ("""
+""",
+        "gradients returned a tuple of 2 values at step 1",
+    ),
+    "an array of length n": (
+        """
 def gradients(w, b, x, y):
     d = w * x + b - y
     return (d * d).mean(), 2 * d * x, (2 * d).mean()
-""", "gradients returned a NumPy array of shape (3,) for grad_w at step 1 (epoch 1, batch 1): expected a real scalar"),
-    "None": ("""
+""",
+        "gradients returned a NumPy array of shape (3,) for grad_w at step 1 (epoch 1, batch 1): "
+        "expected a real scalar",
+    ),
+    "None": (
+        """
 def update(param, grad, state, hp):
     param = param - hp.lr * grad
-""", "update returned None for the new parameter at step 1"),
-    "a tensor": ("""
+""",
+        "update returned None for the new parameter at step 1",
+    ),
+    "a tensor": (
+        """
 class Tensor:  # stands for torch.Tensor (importing torch in the child would take seconds)
     pass
 Tensor.__module__ = "torch"
 
 def update(param, grad, state, hp):
     return Tensor()
-""", "update returned a torch Tensor (return a NumPy scalar or a Python float: tensor.item())"),
-    "a syntax error": ("""
+""",
+        "update returned a torch Tensor (return a NumPy scalar or a Python float: tensor.item())",
+    ),
+    "a syntax error": (
+        """
 def gradients(w, b, x, y):
     return (w, b
-""", "mine.py: syntax error at line 3"),
+""",
+        "mine.py: syntax error at line 3",
+    ),
     "the template as is": (None, "gradients is not written yet (it raises NotImplementedError): write gradients first"),
 }
 
@@ -380,11 +562,14 @@ def test_a_failing_file_is_exit_2_with_one_line_then_its_own_frames(tmp_path, na
 def test_an_endless_loop_is_stopped_by_the_timeout(tmp_path):
     import time
 
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 def gradients(w, b, x, y):
     while True:
         pass
-""")
+""",
+    )
     start = time.perf_counter()
     result = cli_run("run", "--engine", str(path), "--engine-timeout", "1.5")
     assert result.exit_code == 2
@@ -393,14 +578,17 @@ def gradients(w, b, x, y):
 
 
 def test_the_child_runs_without_torch_and_prints_cannot_corrupt_the_reply(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 import sys
 def gradients(w, b, x, y):
     assert "torch" not in sys.modules, "the child imported torch"
     print("debugging output", w, b)
     d = w * x + b - y
     return (d * d).mean(), (2 * d * x).mean(), (2 * d).mean()
-""")
+""",
+    )
     result = cli_run("run", "--engine", str(path), "--format", "json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -523,8 +711,17 @@ def test_the_reply_is_never_unpickled(tmp_path):
 
     with pytest.raises(ValueError):
         user._decode(pickle.dumps({"ok": True, "x": Forged()}))
-    reply = user._decode(user._encode({"ok": True, "parts": ["gradients"], "not_kept": [],
-                                       "columns": {"w": np.arange(3, dtype=np.float32)}, "forward": None}))
+    reply = user._decode(
+        user._encode(
+            {
+                "ok": True,
+                "parts": ["gradients"],
+                "not_kept": [],
+                "columns": {"w": np.arange(3, dtype=np.float32)},
+                "forward": None,
+            }
+        )
+    )
     assert reply["columns"]["w"].dtype == np.float32 and reply["forward"] is None
 
 

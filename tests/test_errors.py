@@ -54,45 +54,48 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> str:
 # ------------------------------------------------------------------ options
 
 
-@pytest.mark.parametrize("args,names", [
-    (["--lr", "abc"], ["--lr", "'abc'", "float"]),
-    (["--lr", "0"], ["--lr 0.0", "> 0"]),
-    (["--lr", "-0.5"], ["--lr -0.5", "> 0"]),
-    (["--lr", "nan"], ["--lr nan", "finite"]),
-    (["--lr", "inf"], ["--lr inf", "finite"]),
-    (["--lr", "-inf"], ["--lr -inf", "finite"]),
-    (["--batch-size", "0"], ["--batch-size 0", ">= 1"]),
-    (["--batch-size", "-3"], ["--batch-size -3", ">= 1"]),
-    (["--batch-size", "2.5"], ["--batch-size", "'2.5'", "integer"]),
-    (["--batch-size", "100000000000000000000"], ["--batch-size 100000000000000000000", "[1, 10_000_000]"]),
-    (["--epochs", "0"], ["--epochs 0", ">= 1"]),
-    (["--epochs", "-1"], ["--epochs -1", ">= 1"]),
-    (["--epochs", "5000000"], ["--epochs 5000000", "15_000_000 steps", "at most 10_000_000"]),
-    (["--momentum", "-0.1"], ["--momentum -0.1", ">= 0"]),
-    (["--momentum", "nan"], ["--momentum nan", "finite"]),
-    (["--weight-decay", "-1"], ["--weight-decay -1.0", ">= 0"]),
-    (["--weight-decay", "inf"], ["--weight-decay inf", "finite"]),
-    (["--dampening", "1.5"], ["--dampening 1.5", "[0, 1]"]),
-    (["--dampening", "-0.1"], ["--dampening -0.1", "[0, 1]"]),
-    (["--nesterov"], ["--nesterov", "momentum > 0"]),
-    (["--nesterov", "--momentum", "0.9", "--dampening", "0.1"], ["--nesterov", "zero dampening"]),
-    (["--device", "tpu"], ["--device 'tpu'", "cpu, cuda, cuda:N, auto"]),
-    (["--device", "cuda:x"], ["--device 'cuda:x'", "cpu, cuda, cuda:N, auto"]),
-    (["--dtype", "float8"], ["--dtype", "'float8'", "'float32', 'float64', 'bfloat16', 'float16'"]),
-    (["--format", "xml"], ["--format", "'xml'", "'table', 'json', 'csv', 'markdown'"]),
-    (["--seed", "-1"], ["--seed -1", ">= 0"]),
-    (["--synthetic", "0"], ["--synthetic 0", ">= 1"]),
-    (["--synthetic", "100000000"], ["--synthetic 100000000", "[1, 10_000_000]"]),
-    (["--synthetic", "5", "--noise", "-1"], ["--noise -1.0", ">= 0"]),
-    (["--synthetic", "5", "--true-w", "1e300"], ["--synthetic data: y[0]", "overflows float32", "--dtype float64"]),
-    (["--init-w", "inf"], ["--init-w inf", "finite"]),
-    (["--init-b", "3.402823466385289e+38"], ["--init-b 3.402823466385289e+38", "does not fit float32"]),
-    (["--lr", "1e39"], ["--lr 1e+39", "does not fit float32", "--dtype float64"]),
-    (["--rtol", "-1"], ["--rtol -1.0", ">= 0"]),
-    (["--atol", "nan"], ["--atol nan", "finite"]),
-    (["--drop-last", "--batch-size", "10"], ["--drop-last", "--batch-size 10", "9 samples"]),
-    (["--no-such-option"], ["No such option", "--no-such-option"]),
-])
+@pytest.mark.parametrize(
+    "args,names",
+    [
+        (["--lr", "abc"], ["--lr", "'abc'", "float"]),
+        (["--lr", "0"], ["--lr 0.0", "> 0"]),
+        (["--lr", "-0.5"], ["--lr -0.5", "> 0"]),
+        (["--lr", "nan"], ["--lr nan", "finite"]),
+        (["--lr", "inf"], ["--lr inf", "finite"]),
+        (["--lr", "-inf"], ["--lr -inf", "finite"]),
+        (["--batch-size", "0"], ["--batch-size 0", ">= 1"]),
+        (["--batch-size", "-3"], ["--batch-size -3", ">= 1"]),
+        (["--batch-size", "2.5"], ["--batch-size", "'2.5'", "integer"]),
+        (["--batch-size", "100000000000000000000"], ["--batch-size 100000000000000000000", "[1, 10_000_000]"]),
+        (["--epochs", "0"], ["--epochs 0", ">= 1"]),
+        (["--epochs", "-1"], ["--epochs -1", ">= 1"]),
+        (["--epochs", "5000000"], ["--epochs 5000000", "15_000_000 steps", "at most 10_000_000"]),
+        (["--momentum", "-0.1"], ["--momentum -0.1", ">= 0"]),
+        (["--momentum", "nan"], ["--momentum nan", "finite"]),
+        (["--weight-decay", "-1"], ["--weight-decay -1.0", ">= 0"]),
+        (["--weight-decay", "inf"], ["--weight-decay inf", "finite"]),
+        (["--dampening", "1.5"], ["--dampening 1.5", "[0, 1]"]),
+        (["--dampening", "-0.1"], ["--dampening -0.1", "[0, 1]"]),
+        (["--nesterov"], ["--nesterov", "momentum > 0"]),
+        (["--nesterov", "--momentum", "0.9", "--dampening", "0.1"], ["--nesterov", "zero dampening"]),
+        (["--device", "tpu"], ["--device 'tpu'", "cpu, cuda, cuda:N, auto"]),
+        (["--device", "cuda:x"], ["--device 'cuda:x'", "cpu, cuda, cuda:N, auto"]),
+        (["--dtype", "float8"], ["--dtype", "'float8'", "'float32', 'float64', 'bfloat16', 'float16'"]),
+        (["--format", "xml"], ["--format", "'xml'", "'table', 'json', 'csv', 'markdown'"]),
+        (["--seed", "-1"], ["--seed -1", ">= 0"]),
+        (["--synthetic", "0"], ["--synthetic 0", ">= 1"]),
+        (["--synthetic", "100000000"], ["--synthetic 100000000", "[1, 10_000_000]"]),
+        (["--synthetic", "5", "--noise", "-1"], ["--noise -1.0", ">= 0"]),
+        (["--synthetic", "5", "--true-w", "1e300"], ["--synthetic data: y[0]", "overflows float32", "--dtype float64"]),
+        (["--init-w", "inf"], ["--init-w inf", "finite"]),
+        (["--init-b", "3.402823466385289e+38"], ["--init-b 3.402823466385289e+38", "does not fit float32"]),
+        (["--lr", "1e39"], ["--lr 1e+39", "does not fit float32", "--dtype float64"]),
+        (["--rtol", "-1"], ["--rtol -1.0", ">= 0"]),
+        (["--atol", "nan"], ["--atol nan", "finite"]),
+        (["--drop-last", "--batch-size", "10"], ["--drop-last", "--batch-size 10", "9 samples"]),
+        (["--no-such-option"], ["No such option", "--no-such-option"]),
+    ],
+)
 def test_bad_option(args, names, tmp_path):
     result, out = invoke(["run", *args], tmp_path)
     assert_usage_error(result, out, *names)
@@ -124,26 +127,29 @@ def test_compare_repeated_bad_device(tmp_path):
 # ------------------------------------------------------------------ data files
 
 
-@pytest.mark.parametrize("content,names", [
-    ("", ["is empty", "x and y"]),
-    ("\n  \n\n", ["is empty"]),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ["binary file, not CSV"]),
-    (b"x,y\n1,\xff\xfe\n", ["not UTF-8"]),
-    ("a,y\n1,2\n", ["has no column 'x'"]),
-    ("x,b\n1,2\n", ["has no column 'y'"]),
-    ("u,v\n1,2\n", ["has no column 'x' or 'y'"]),
-    ("x,y\n", ["a header but no data rows"]),
-    ("x,y\n1,2\n3,abc\n", ["row 3, column y", "'abc' is not a number"]),
-    ("x,y\n1,2\nnan,4\n", ["row 3, column x", "'nan'", "finite"]),
-    ("x,y\n1,inf\n", ["row 2, column y", "'inf'", "finite"]),
-    ("x,y\n1,-Infinity\n", ["row 2, column y", "finite"]),
-    ("x,y\n1,2\n3,4,5\n", ["row 3 has 3 fields but the header has 2"]),
-    ("x,y\n1,2\n1e39,3\n", ["data row 2, column x", "overflows float32"]),
-    ("x,y\n1,2\n3\n", ["column x has 2 values but column y has 1"]),
-    ("x,y\n1,\n2\n", ["row 2 has no y value", "column x has 2 values, column y has 0"]),
-    ("x,y\n1,\n2,3\n", ["row 2 has no y value", "column x has 2 values, column y has 1"]),
-    ("x,y\n" + "a" * 200_000 + ",1\n", ["not a CSV file sgdtrace can read", "field larger than field limit"]),
-])
+@pytest.mark.parametrize(
+    "content,names",
+    [
+        ("", ["is empty", "x and y"]),
+        ("\n  \n\n", ["is empty"]),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ["binary file, not CSV"]),
+        (b"x,y\n1,\xff\xfe\n", ["not UTF-8"]),
+        ("a,y\n1,2\n", ["has no column 'x'"]),
+        ("x,b\n1,2\n", ["has no column 'y'"]),
+        ("u,v\n1,2\n", ["has no column 'x' or 'y'"]),
+        ("x,y\n", ["a header but no data rows"]),
+        ("x,y\n1,2\n3,abc\n", ["row 3, column y", "'abc' is not a number"]),
+        ("x,y\n1,2\nnan,4\n", ["row 3, column x", "'nan'", "finite"]),
+        ("x,y\n1,inf\n", ["row 2, column y", "'inf'", "finite"]),
+        ("x,y\n1,-Infinity\n", ["row 2, column y", "finite"]),
+        ("x,y\n1,2\n3,4,5\n", ["row 3 has 3 fields but the header has 2"]),
+        ("x,y\n1,2\n1e39,3\n", ["data row 2, column x", "overflows float32"]),
+        ("x,y\n1,2\n3\n", ["column x has 2 values but column y has 1"]),
+        ("x,y\n1,\n2\n", ["row 2 has no y value", "column x has 2 values, column y has 0"]),
+        ("x,y\n1,\n2,3\n", ["row 2 has no y value", "column x has 2 values, column y has 1"]),
+        ("x,y\n" + "a" * 200_000 + ",1\n", ["not a CSV file sgdtrace can read", "field larger than field limit"]),
+    ],
+)
 def test_bad_data_file(content, names, tmp_path):
     path = write(tmp_path, "data.csv", content)
     result, out = invoke(["run", "--data", path], tmp_path)
@@ -203,26 +209,29 @@ def test_unreadable_data_file(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ config files
 
 
-@pytest.mark.parametrize("content,names", [
-    ("lr = \n", ["not valid TOML", "line 1"]),
-    ("lr = 0.1\nbatch_size 3\n", ["not valid TOML", "line 2"]),
-    ("[run\nlr = 1\n", ["not valid TOML", "line 1"]),
-    ("learning_rate = 0.1\n", ["unknown key 'learning_rate'", "known keys"]),
-    ("batchsize = 3\n", ["unknown key 'batchsize'", "did you mean 'batch_size'?"]),
-    ("epoches = 3\n", ["unknown key 'epoches'", "did you mean 'epochs'?"]),
-    ("lr = \"fast\"\n", ["'lr' in cfg.toml = 'fast'", "must be a number"]),
-    ("batch_size = 2.5\n", ["'batch_size' in cfg.toml = 2.5", "whole number"]),
-    ("shuffle = \"yes\"\n", ["'shuffle' in cfg.toml = 'yes'", "true or false"]),
-    ("device = 0\n", ["'device' in cfg.toml = 0", "a string"]),
-    ("epochs = [1, 2]\n", ["'epochs' in cfg.toml = an array", "whole number"]),
-    ("lr = nan\n", ["'lr' in cfg.toml nan", "finite"]),
-    ("lr = -0.1\n", ["'lr' in cfg.toml -0.1", "> 0"]),
-    ("batch_size = 0\n", ["'batch_size' in cfg.toml 0", ">= 1"]),
-    ("dampening = 2\n", ["'dampening' in cfg.toml 2.0", "[0, 1]"]),
-    ("format = \"xml\"\n", ["'format' in cfg.toml 'xml'", "table, json, csv, markdown"]),
-    ("dtype = \"half\"\n", ["'dtype' in cfg.toml 'half'", "float32, float64"]),
-    (b"lr = 0.1\n\xff\n", ["not a text file"]),
-])
+@pytest.mark.parametrize(
+    "content,names",
+    [
+        ("lr = \n", ["not valid TOML", "line 1"]),
+        ("lr = 0.1\nbatch_size 3\n", ["not valid TOML", "line 2"]),
+        ("[run\nlr = 1\n", ["not valid TOML", "line 1"]),
+        ("learning_rate = 0.1\n", ["unknown key 'learning_rate'", "known keys"]),
+        ("batchsize = 3\n", ["unknown key 'batchsize'", "did you mean 'batch_size'?"]),
+        ("epoches = 3\n", ["unknown key 'epoches'", "did you mean 'epochs'?"]),
+        ('lr = "fast"\n', ["'lr' in cfg.toml = 'fast'", "must be a number"]),
+        ("batch_size = 2.5\n", ["'batch_size' in cfg.toml = 2.5", "whole number"]),
+        ('shuffle = "yes"\n', ["'shuffle' in cfg.toml = 'yes'", "true or false"]),
+        ("device = 0\n", ["'device' in cfg.toml = 0", "a string"]),
+        ("epochs = [1, 2]\n", ["'epochs' in cfg.toml = an array", "whole number"]),
+        ("lr = nan\n", ["'lr' in cfg.toml nan", "finite"]),
+        ("lr = -0.1\n", ["'lr' in cfg.toml -0.1", "> 0"]),
+        ("batch_size = 0\n", ["'batch_size' in cfg.toml 0", ">= 1"]),
+        ("dampening = 2\n", ["'dampening' in cfg.toml 2.0", "[0, 1]"]),
+        ('format = "xml"\n', ["'format' in cfg.toml 'xml'", "table, json, csv, markdown"]),
+        ('dtype = "half"\n', ["'dtype' in cfg.toml 'half'", "float32, float64"]),
+        (b"lr = 0.1\n\xff\n", ["not a text file"]),
+    ],
+)
 def test_bad_config_file(content, names, tmp_path):
     path = write(tmp_path, "cfg.toml", content)
     result, out = invoke(["run", "--config", path], tmp_path)
@@ -290,17 +299,20 @@ def test_out_of_memory_is_a_clear_error(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ legal values at the edges work
 
 
-@pytest.mark.parametrize("args,steps", [
-    (["--batch-size", "100"], 1),  # larger than the data: one batch of all nine
-    (["--batch-size", "10000000"], 1),
-    (["--lr", "1e-30"], 3),  # tiny: w and b barely move
-    (["--lr", "5e-324", "--dtype", "float64"], 3),  # the smallest float64, a subnormal
-    (["--epochs", "1", "--batch-size", "1"], 9),
-    (["--dampening", "1", "--momentum", "0.5"], 3),
-    (["--dampening", "0", "--momentum", "0"], 3),
-    (["--synthetic", "1"], 1),  # a single sample
-    (["--seed", str(2**63 - 1), "--shuffle"], 3),
-])
+@pytest.mark.parametrize(
+    "args,steps",
+    [
+        (["--batch-size", "100"], 1),  # larger than the data: one batch of all nine
+        (["--batch-size", "10000000"], 1),
+        (["--lr", "1e-30"], 3),  # tiny: w and b barely move
+        (["--lr", "5e-324", "--dtype", "float64"], 3),  # the smallest float64, a subnormal
+        (["--epochs", "1", "--batch-size", "1"], 9),
+        (["--dampening", "1", "--momentum", "0.5"], 3),
+        (["--dampening", "0", "--momentum", "0"], 3),
+        (["--synthetic", "1"], 1),  # a single sample
+        (["--seed", str(2**63 - 1), "--shuffle"], 3),
+    ],
+)
 def test_legal_edges_work(args, steps, tmp_path):
     import json
 
@@ -354,8 +366,9 @@ def _assert_one_output_error(rc: int, stderr: str, name: str) -> None:
 
 
 @needs_dev_full
-@pytest.mark.parametrize("command", [["run"], ["compare"], ["check", "configs/article.toml"],
-                                     ["explain", "--batch", "2"], ["graph"]])
+@pytest.mark.parametrize(
+    "command", [["run"], ["compare"], ["check", "configs/article.toml"], ["explain", "--batch", "2"], ["graph"]]
+)
 def test_a_full_disk_via_output_is_exit_2_naming_the_file(command, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     formats = FORMATS if command[0] in ("run", "compare") else ("table", "json")
@@ -373,8 +386,9 @@ def test_a_full_disk_on_standard_output_is_exit_2(fmt):
     import subprocess
 
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([_script(), "run", "--format", fmt], stdout=full, stderr=subprocess.PIPE,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [_script(), "run", "--format", fmt], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300
+        )
     _assert_one_output_error(proc.returncode, proc.stderr, "standard output")
 
 
@@ -396,8 +410,9 @@ def test_a_reader_that_leaves_ends_the_run_silently_with_its_verdict(fmt):
     except OSError:  # not Linux: a run longer than the usual 64 KiB buffer in every format
         epochs = "400"
     rows = ["--rows", "0"] if fmt == "table" else []  # (--rows shapes the table only: elsewhere, a warning)
-    proc = subprocess.Popen([_script(), "run", "--epochs", epochs, *rows, "--format", fmt],
-                            stdout=write_end, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [_script(), "run", "--epochs", epochs, *rows, "--format", fmt], stdout=write_end, stderr=subprocess.PIPE
+    )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as reader:
         first = reader.readline()
@@ -431,8 +446,9 @@ def test_sigterm_while_writing_output_leaves_no_file(tmp_path):
         "from sgdtrace.cli import main\n"
         f"main(['run', '--synthetic', '200', '--batch-size', '1', '--format', 'json', '--output', {str(out)!r}])\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     try:
         deadline = time.monotonic() + 240
         while not [p for p in tmp_path.iterdir() if p.name.startswith(".sgdtrace-")]:

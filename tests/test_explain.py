@@ -8,15 +8,14 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from golden_util import check_golden, render
 
 from sgdtrace import Config
 from sgdtrace.cli import cli
 from sgdtrace.engines import manual
-from sgdtrace.tracing import run_trace
 from sgdtrace.teaching.explain import explain_step
+from sgdtrace.tracing import run_trace
 from sgdtrace.views.explain import explain_json, explain_view
-
-from golden_util import check_golden, render
 
 # The article's printed values per batch: dl/dw, dl/db, w, b, loss (rounded as printed)
 ARTICLE = {
@@ -39,7 +38,7 @@ def _decimals(v: float) -> int:
 def _result_after(text: str, start: str, stop: str) -> float:
     """The last '= number' between the label ``start`` and ``stop`` (formulas may wrap)."""
     i = text.index(start)
-    block = text[i:text.index(stop, i)]
+    block = text[i : text.index(stop, i)]
     return float(re.findall(r"= (-?[0-9.]+)", " ".join(block.split()))[-1])
 
 
@@ -77,18 +76,27 @@ def test_batch1_nodes_by_hand():
 
     text = (GOLDEN / "explain_batch1.txt").read_text(encoding="utf-8")
     rows = [line.split() for line in text.splitlines() if re.match(r"^[012]\s+[012]\s+1[024]\s", line)]
-    assert rows == [["0", "0", "10", "0", "0", "-10", "100"], ["1", "1", "12", "0", "0", "-12", "144"],
-                    ["2", "2", "14", "0", "0", "-14", "196"]]
+    assert rows == [
+        ["0", "0", "10", "0", "0", "-10", "100"],
+        ["1", "1", "12", "0", "0", "-12", "144"],
+        ["2", "2", "14", "0", "0", "-14", "196"],
+    ]
     assert "(1/3)·[100 + 144 + 196] = 146.667" in text
     assert "de/dd = 2d, per sample: -20, -24, -28" in text
     assert "dl/de = 1/n = 1/3 = 0.333333" in text
 
 
-@pytest.mark.parametrize("kw", [
-    dict(), dict(dtype="float64", epochs=3), dict(momentum=0.9, nesterov=True, epochs=2),
-    dict(momentum=0.5, dampening=0.5, weight_decay=0.1, maximize=True, epochs=2),
-    dict(batch_size=4, epochs=2), dict(synthetic=20, noise=0.3, batch_size=6, shuffle=True, seed=5),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(dtype="float64", epochs=3),
+        dict(momentum=0.9, nesterov=True, epochs=2),
+        dict(momentum=0.5, dampening=0.5, weight_decay=0.1, maximize=True, epochs=2),
+        dict(batch_size=4, epochs=2),
+        dict(synthetic=20, noise=0.3, batch_size=6, shuffle=True, seed=5),
+    ],
+)
 def test_forward_backward_equals_the_manual_trace_bit_for_bit(kw):
     t = run_trace(Config(**kw))
     dt = t.manual["w"].dtype.type
@@ -103,7 +111,7 @@ def test_forward_backward_equals_the_manual_trace_bit_for_bit(kw):
         xb, yb = t.dataset.x[idx].astype(dt), t.dataset.y[idx].astype(dt)
         r = manual.forward_backward(w0, b0, xb, yb, len(idx), dt)
         for f, v in (("grad_w", r.grad_w), ("grad_b", r.grad_b), ("loss", r.loss)):
-            assert np.array(v, dtype=dt).tobytes() == t.manual[f][k:k + 1].tobytes(), (k, f)
+            assert np.array(v, dtype=dt).tobytes() == t.manual[f][k : k + 1].tobytes(), (k, f)
 
 
 def test_momentum_form_shown_with_buffers():

@@ -8,6 +8,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from golden_util import render
 
 from sgdtrace import Config
 from sgdtrace.cli import cli
@@ -15,8 +16,6 @@ from sgdtrace.reference import exact_reference, gradcheck
 from sgdtrace.tracing import run_trace
 from sgdtrace.views.export import trace_to_csv, trace_to_markdown, verdict_sentence
 from sgdtrace.views.table import run_view, shown_steps
-
-from golden_util import render
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +80,7 @@ def test_cli_formats_to_output(tmp_path):
     runner = CliRunner()
     for fmt in ("csv", "markdown", "json"):
         out = tmp_path / f"run.{fmt}"
-        r = runner.invoke(cli, ["run", "--format", fmt, "--output", str(out), "--reference", "exact",
-                                "--gradcheck"])
+        r = runner.invoke(cli, ["run", "--format", fmt, "--output", str(out), "--reference", "exact", "--gradcheck"])
         assert r.exit_code == 0, r.output
         assert out.read_text().strip()
     doc = json.loads((tmp_path / "run.json").read_text())
@@ -102,14 +100,15 @@ def test_no_number_is_ever_cut_at_any_width(width):
     table is whole (it parses; none is split at its exponent)."""
     import re
 
-    runs = [["--synthetic", "300", "--batch-size", "1", "--init-w", "1.9999", "--init-b", "10.0001"],
-            ["--momentum", "0.9", "--lr", "0.03", "--epochs", "30"],  # a momentum blow-up to 1e26
-            ["--init-w", "-3.3e30", "--epochs", "2"],  # overflowing losses
-            ["--lr", "1e-7", "--batch-size", "2", "--dtype", "float64", "--epochs", "3"]]
+    runs = [
+        ["--synthetic", "300", "--batch-size", "1", "--init-w", "1.9999", "--init-b", "10.0001"],
+        ["--momentum", "0.9", "--lr", "0.03", "--epochs", "30"],  # a momentum blow-up to 1e26
+        ["--init-w", "-3.3e30", "--epochs", "2"],  # overflowing losses
+        ["--lr", "1e-7", "--batch-size", "2", "--dtype", "float64", "--epochs", "3"],
+    ]
     for args in runs:
         for witness in ([], ["--reference", "exact"]):
-            result = CliRunner().invoke(cli, ["run", "--rows", "8", *args, *witness],
-                                        env={"COLUMNS": str(width)})
+            result = CliRunner().invoke(cli, ["run", "--rows", "8", *args, *witness], env={"COLUMNS": str(width)})
             assert result.exit_code in (0, 1), result.output
             text = result.output
             assert "…" not in text, (args, witness, width)

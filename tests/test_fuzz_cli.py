@@ -16,8 +16,12 @@ from hypothesis import strategies as st
 
 from sgdtrace.cli import cli
 
-SETTINGS = settings(max_examples=50, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 texty = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
 floats = st.one_of(
@@ -25,8 +29,9 @@ floats = st.one_of(
     st.sampled_from(["0", "-0", "1e-300", "5e-324", "1e308", "nan", "inf", "-inf", "1e", "0x10", "1_0", ""]),
     texty,
 )
-small_ints = st.one_of(st.integers(-3, 12).map(str), st.sampled_from(["10**3", "1.5", "", "99999999999999999999999"]),
-                       texty)
+small_ints = st.one_of(
+    st.integers(-3, 12).map(str), st.sampled_from(["10**3", "1.5", "", "99999999999999999999999"]), texty
+)
 
 OPTIONS = {
     "--lr": floats,
@@ -63,9 +68,12 @@ def check_result(result, out_path: str) -> None:
 
 
 @SETTINGS
-@given(opts=st.dictionaries(st.sampled_from(sorted(OPTIONS)), st.none(), max_size=6).flatmap(
-    lambda keys: st.fixed_dictionaries({k: OPTIONS[k] for k in keys})),
-    flags=st.lists(st.sampled_from(FLAGS), max_size=3, unique=True))
+@given(
+    opts=st.dictionaries(st.sampled_from(sorted(OPTIONS)), st.none(), max_size=6).flatmap(
+        lambda keys: st.fixed_dictionaries({k: OPTIONS[k] for k in keys})
+    ),
+    flags=st.lists(st.sampled_from(FLAGS), max_size=3, unique=True),
+)
 def test_random_options_never_crash(opts, flags):
     args = ["run"]
     for k, v in opts.items():
@@ -85,15 +93,23 @@ cell = st.one_of(
 )
 row = st.lists(cell, min_size=0, max_size=4).map(lambda cells: ",".join(cells))
 header = st.sampled_from(["x,y", "y,x", "X, Y", "x,y,z", "x", "a,b", "", "x,y,x"])
-csv_text = st.builds(lambda h, rows, nl: h + nl + nl.join(rows) + nl, header, st.lists(row, max_size=8),
-                     st.sampled_from(["\n", "\r\n"]))
-csv_file = st.one_of(csv_text.map(lambda t: t.encode("utf-8")), st.binary(max_size=64),
-                     csv_text.map(lambda t: b"\xef\xbb\xbf" + t.encode("utf-8")))
+csv_text = st.builds(
+    lambda h, rows, nl: h + nl + nl.join(rows) + nl, header, st.lists(row, max_size=8), st.sampled_from(["\n", "\r\n"])
+)
+csv_file = st.one_of(
+    csv_text.map(lambda t: t.encode("utf-8")),
+    st.binary(max_size=64),
+    csv_text.map(lambda t: b"\xef\xbb\xbf" + t.encode("utf-8")),
+)
 
 
 @SETTINGS
-@given(content=csv_file, fmt=st.sampled_from(["table", "json", "csv", "markdown"]),
-       batch=st.integers(1, 5), shuffle=st.booleans())
+@given(
+    content=csv_file,
+    fmt=st.sampled_from(["table", "json", "csv", "markdown"]),
+    batch=st.integers(1, 5),
+    shuffle=st.booleans(),
+)
 def test_random_data_files_never_crash(content, fmt, batch, shuffle):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "data.csv")
@@ -105,11 +121,34 @@ def test_random_data_files_never_crash(content, fmt, batch, shuffle):
         check_result(result, out)
 
 
-toml_value = st.one_of(st.integers(-5, 10).map(str), st.floats(allow_nan=True).map(
-    lambda f: "nan" if f != f else ("inf" if f == float("inf") else ("-inf" if f == float("-inf") else repr(f)))),
-    st.sampled_from(["true", "false", '"cpu"', '"float64"', '"json"', "[1, 2]", "{a = 1}", '"x.csv"', "", "=", "'"]))
-toml_key = st.sampled_from(["lr", "batch_size", "batch-size", "epochs", "momentum", "dampening", "device", "dtype",
-                            "format", "shuffle", "seed", "learning_rate", "epoch", "data", "output", "[run]", ""])
+toml_value = st.one_of(
+    st.integers(-5, 10).map(str),
+    st.floats(allow_nan=True).map(
+        lambda f: "nan" if f != f else ("inf" if f == float("inf") else ("-inf" if f == float("-inf") else repr(f)))
+    ),
+    st.sampled_from(["true", "false", '"cpu"', '"float64"', '"json"', "[1, 2]", "{a = 1}", '"x.csv"', "", "=", "'"]),
+)
+toml_key = st.sampled_from(
+    [
+        "lr",
+        "batch_size",
+        "batch-size",
+        "epochs",
+        "momentum",
+        "dampening",
+        "device",
+        "dtype",
+        "format",
+        "shuffle",
+        "seed",
+        "learning_rate",
+        "epoch",
+        "data",
+        "output",
+        "[run]",
+        "",
+    ]
+)
 
 
 @SETTINGS

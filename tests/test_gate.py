@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from update_rules import sgd_update
 
 from sgdtrace import divergence as dv
 from sgdtrace.config import Config
@@ -22,7 +23,6 @@ from sgdtrace.engines import manual, torch_ddp, torch_ref
 from sgdtrace.engines.optimizers import sgd
 from sgdtrace.engines.protocol import state_field, state_fields
 from sgdtrace.tracing import run_trace
-from update_rules import sgd_update
 
 ARTICLE = Config()
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -74,8 +74,6 @@ def _check_configs():
     import glob
 
     return sorted(glob.glob(os.path.join(CONFIGS_DIR, "*.toml")))
-
-
 
 
 # ------------------------------------------------------------------ the manual engine, by hand
@@ -141,16 +139,19 @@ def _torch_sgd(grads, p0, **opts):
     return out
 
 
-@pytest.mark.parametrize("opts", [
-    dict(lr=0.1),
-    dict(lr=0.1, maximize=True),
-    dict(lr=0.1, weight_decay=0.3),
-    dict(lr=0.1, momentum=0.9),
-    dict(lr=0.1, momentum=0.9, dampening=0.25),
-    dict(lr=0.1, momentum=0.5, nesterov=True),
-    dict(lr=0.05, momentum=0.7, dampening=0.5, weight_decay=0.2, maximize=True),
-    dict(lr=0.05, momentum=0.6, nesterov=True, weight_decay=0.1),
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(lr=0.1),
+        dict(lr=0.1, maximize=True),
+        dict(lr=0.1, weight_decay=0.3),
+        dict(lr=0.1, momentum=0.9),
+        dict(lr=0.1, momentum=0.9, dampening=0.25),
+        dict(lr=0.1, momentum=0.5, nesterov=True),
+        dict(lr=0.05, momentum=0.7, dampening=0.5, weight_decay=0.2, maximize=True),
+        dict(lr=0.05, momentum=0.6, nesterov=True, weight_decay=0.1),
+    ],
+)
 def test_sgd_update_matches_torch_optim(opts):
     grads = [1.5, -2.0, 0.75, 3.0]
     expected = _torch_sgd(grads, 0.5, **opts)
@@ -254,8 +255,9 @@ def test_manual_run_trains_inside_its_loop_context():
         yield
 
     cfg = Config(dtype="float64")
-    manual.run(article().x, article().y, plan(9, cfg), cfg, manual.ArrayBackend("numpy", "float64"),
-               loop_context=context)
+    manual.run(
+        article().x, article().y, plan(9, cfg), cfg, manual.ArrayBackend("numpy", "float64"), loop_context=context
+    )
     assert entered == [True]
 
 
@@ -270,8 +272,13 @@ def test_manual_engine_computes_in_the_run_dtype():
     assert eng.name == "hand" and eng.state_keys == ("momentum_buffer",)
     assert type(eng.hp.lr) is np.float32 and eng.hp.lr == np.float32(0.01)
     h = sgd.hyper(Config(lr=0.5, momentum=0.3, dampening=0.25, weight_decay=0.1), np.float32)
-    for name, value in (("lr", 0.5), ("momentum", 0.3), ("dampening", 0.25), ("one_minus_dampening", 0.75),
-                        ("weight_decay", 0.1)):
+    for name, value in (
+        ("lr", 0.5),
+        ("momentum", 0.3),
+        ("dampening", 0.25),
+        ("one_minus_dampening", 0.75),
+        ("weight_decay", 0.1),
+    ):
         assert type(getattr(h, name)) is np.float32 and getattr(h, name) == np.float32(value), name
 
 
@@ -348,8 +355,13 @@ def test_json_number():
 
 
 def _fd(a, b, tol, dtype="float64", peak=None):
-    return dv._distances(np.array(a, dtype=dtype), np.array(b, dtype=dtype), np.array(tol, dtype=np.float64),
-                         dtype, None if peak is None else np.array(peak, dtype=np.float64))
+    return dv._distances(
+        np.array(a, dtype=dtype),
+        np.array(b, dtype=dtype),
+        np.array(tol, dtype=np.float64),
+        dtype,
+        None if peak is None else np.array(peak, dtype=np.float64),
+    )
 
 
 def test_distances_finite():
@@ -378,13 +390,25 @@ def test_distances_nonfinite():
     assert _fd([np.inf], [np.nan], [1.0], "float32", peak=[np.inf]).ok.tolist() == [True]
     assert _fd([np.inf], [-np.inf], [1.0], "float32", peak=[np.inf]).ok.tolist() == [False]
     # the carried difference is reported as 0 where a value is not finite
-    e = dv._distances(np.array([np.inf, 1.0], np.float32), np.array([np.nan, 1.0], np.float32),
-                      np.array([1.0, 1.0]), "float32", None, np.array([5.0, 0.0]))
+    e = dv._distances(
+        np.array([np.inf, 1.0], np.float32),
+        np.array([np.nan, 1.0], np.float32),
+        np.array([1.0, 1.0]),
+        "float32",
+        None,
+        np.array([5.0, 0.0]),
+    )
     assert e.carried.tolist() == [0.0, 0.0]
     # a finite value against inf: the carried difference counts toward reaching the threshold
     big = float(np.finfo(np.float32).max)
-    e = dv._distances(np.array([0.9 * big], np.float32), np.array([np.inf], np.float32),
-                      np.array([1.0]), "float32", np.array([0.5 * big]), np.array([0.2 * big]))
+    e = dv._distances(
+        np.array([0.9 * big], np.float32),
+        np.array([np.inf], np.float32),
+        np.array([1.0]),
+        "float32",
+        np.array([0.5 * big]),
+        np.array([0.2 * big]),
+    )
     assert e.ok.tolist() == [True]
     assert d.abs.tolist()[:6] == [0.0] * 6 and d.rel.tolist()[:6] == [0.0] * 6
     # an intermediate that can overflow: a finite result against inf agrees
@@ -396,8 +420,13 @@ def test_distances_nonfinite():
     d = _fd([1.0], [np.inf], [1.0], "float32", peak=[big])
     assert d.ok.tolist() == [True]
     # within tolerance of the threshold: agreement, whatever the intermediates' bound
-    d = _fd([0.9 * big, big, 0.7 * big], [np.inf, np.inf, np.inf], [0.2 * big, 1.0, 0.2 * big], "float32",
-            peak=[1.0, 1.0, 1.0])
+    d = _fd(
+        [0.9 * big, big, 0.7 * big],
+        [np.inf, np.inf, np.inf],
+        [0.2 * big, 1.0, 0.2 * big],
+        "float32",
+        peak=[1.0, 1.0, 1.0],
+    )
     assert d.ok.tolist() == [True, True, False]
 
 
@@ -407,8 +436,9 @@ def test_distances_both_ways_only_excuses_opposite_infinities():
     big = float(np.finfo(np.float32).max)
     a = np.array([np.inf, np.inf, np.inf, np.inf], np.float32)
     b = np.array([-np.inf, -np.inf, np.nan, np.nan], np.float32)
-    d = dv._distances(a, b, np.ones(4), "float32", np.full(4, 2 * big), np.zeros(4),
-                      np.array([True, False, True, False]))
+    d = dv._distances(
+        a, b, np.ones(4), "float32", np.full(4, 2 * big), np.zeros(4), np.array([True, False, True, False])
+    )
     assert d.ok.tolist() == [True, False, True, True]
 
 
@@ -447,12 +477,24 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
         d = [max(abs(si), abs(si - ei)) + 3 * u * m for si, ei, m in zip(sd, e, M)]
         c64 = 2.0**-53 / u  # C's own float64 rounding, in units of u
         E = {
-            "grad_w": 2 / n * (3 * sum(abs(xi) * m for xi, m in zip(xs, M)) + (3 + D) * sum(di * abs(xi) for di, xi in zip(d, xs))
-                               + c64 * (4 + D) * sum(xi * xi * abs(dw) + abs(xi) * abs(db) for xi in xs)),
-            "grad_b": 2 / n * (3 * sum(M) + (2 + D) * sum(d) + c64 * (4 + D) * sum(abs(xi) * abs(dw) + abs(db) for xi in xs)),
-            "loss": 1 / n * (6 * sum(di * m for di, m in zip(d, M)) + (2 + D) * sum(di * di for di in d)
-                             + c64 * 6 * sum(abs(ei) * m for ei, m in zip(e, M))
-                             + c64 * (5 + D) * sum(2 * di * abs(ei) + ei * ei for di, ei in zip(d, e))),
+            "grad_w": 2
+            / n
+            * (
+                3 * sum(abs(xi) * m for xi, m in zip(xs, M))
+                + (3 + D) * sum(di * abs(xi) for di, xi in zip(d, xs))
+                + c64 * (4 + D) * sum(xi * xi * abs(dw) + abs(xi) * abs(db) for xi in xs)
+            ),
+            "grad_b": 2
+            / n
+            * (3 * sum(M) + (2 + D) * sum(d) + c64 * (4 + D) * sum(abs(xi) * abs(dw) + abs(db) for xi in xs)),
+            "loss": 1
+            / n
+            * (
+                6 * sum(di * m for di, m in zip(d, M))
+                + (2 + D) * sum(di * di for di in d)
+                + c64 * 6 * sum(abs(ei) * m for ei, m in zip(e, M))
+                + c64 * (5 + D) * sum(2 * di * abs(ei) + ei * ei for di, ei in zip(d, e))
+            ),
         }
         C = {
             "grad_w": 2 / n * sum(ei * xi for ei, xi in zip(e, xs)),
@@ -510,16 +552,19 @@ def _perturbed(cols, seed):
     return out
 
 
-@pytest.mark.parametrize("opts", [
-    dict(dtype="float64", batch_size=3, epochs=2),
-    dict(dtype="float32", batch_size=2, epochs=2, init_w=1.0, init_b=-3.0),
-    dict(dtype="float32", batch_size=3, epochs=2, init_w=0.1, init_b=-0.3),  # not float32 numbers
-    dict(dtype="float32", batch_size=4, epochs=2, weight_decay=0.1, shuffle=True, seed=4),
-    dict(dtype="float64", batch_size=3, epochs=2, momentum=0.9, dampening=0.2),
-    dict(dtype="float32", batch_size=5, epochs=2, momentum=0.5, nesterov=True, weight_decay=0.2, lr=0.002),
-    dict(dtype="float32", batch_size=9, epochs=1, rtol=1e-4, atol=1e-6),
-    dict(dtype="float32", batch_size=3, epochs=2, maximize=True, weight_decay=0.05, momentum=0.3),
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(dtype="float64", batch_size=3, epochs=2),
+        dict(dtype="float32", batch_size=2, epochs=2, init_w=1.0, init_b=-3.0),
+        dict(dtype="float32", batch_size=3, epochs=2, init_w=0.1, init_b=-0.3),  # not float32 numbers
+        dict(dtype="float32", batch_size=4, epochs=2, weight_decay=0.1, shuffle=True, seed=4),
+        dict(dtype="float64", batch_size=3, epochs=2, momentum=0.9, dampening=0.2),
+        dict(dtype="float32", batch_size=5, epochs=2, momentum=0.5, nesterov=True, weight_decay=0.2, lr=0.002),
+        dict(dtype="float32", batch_size=9, epochs=1, rtol=1e-4, atol=1e-6),
+        dict(dtype="float32", batch_size=3, epochs=2, maximize=True, weight_decay=0.05, momentum=0.3),
+    ],
+)
 def test_tolerance_model_matches_its_docstring(opts):
     cfg = Config(**opts)
     ds = article()
@@ -571,11 +616,13 @@ def test_depth_term_for_large_batches():
         np.testing.assert_allclose(div[f].tol, tol[f], rtol=1e-12, err_msg=f)
 
 
-
-@pytest.mark.parametrize("opts", [
-    dict(dtype="float64", batch_size=3, epochs=2, weight_decay=0.1),
-    dict(dtype="float32", batch_size=2, epochs=2, momentum=0.5, shuffle=True, seed=1),
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(dtype="float64", batch_size=3, epochs=2, weight_decay=0.1),
+        dict(dtype="float32", batch_size=2, epochs=2, momentum=0.5, shuffle=True, seed=1),
+    ],
+)
 def test_tolerance_model_with_engines_far_apart(opts):
     # engines whose columns differ by up to 30%: the carried differences e_i are as large as the
     # residuals, so d-bar's second engine (d_i - e_i) and C's own float64 rounding (the u64
@@ -606,9 +653,18 @@ def test_verdict_names_the_first_divergent_step():
     div = {"w": _fd(a["w"], b["w"], [0.1] * 4), "b": _fd(a["b"], b["b"], [0.2, 0.2, 0.05, 0.2])}
     v = dv.verdict(div, a, b, ep, ba, {"epoch": 2})
     assert not v.ok
-    assert v.first_divergent_step.to_json() == {"epoch": 1, "batch": 2, "step": 2, "field": "w", "manual": 2.0,
-                                                "torch": 2.5, "abs": 0.5, "carried": 0.0, "tol": 0.1,
-                                                "diagnosis": None}
+    assert v.first_divergent_step.to_json() == {
+        "epoch": 1,
+        "batch": 2,
+        "step": 2,
+        "field": "w",
+        "manual": 2.0,
+        "torch": 2.5,
+        "abs": 0.5,
+        "carried": 0.0,
+        "tol": 0.1,
+        "diagnosis": None,
+    }
     # largest |diff| 0.5 (w at step 2); largest relative 1.0 (b: 0 against 0.1); ratio 0.5 / 0.1
     assert v.max_abs == 0.5 and v.max_rel == 1.0 and v.max_tol_ratio == pytest.approx(5.0)
     assert v.max_ulp == int(dv.ulp_distance(np.array([0.0]), np.array([0.1]))[0])
@@ -620,8 +676,7 @@ def test_verdict_names_the_first_divergent_step():
     # a later field diverging at an earlier step wins
     div["b"] = _fd(a["b"], [0.0, 0.0, 0.0, 9.0], [0.2, 0.2, 0.2, 0.2])
     div["w"] = _fd(a["w"], [1.0, 2.0, 3.0, 5.0], [0.1, 0.1, 0.1, 0.1])
-    v = dv.verdict(div, a, {"w": np.array([1.0, 2.0, 3.0, 5.0]), "b": np.array([0.0, 0.0, 0.0, 9.0])},
-                   ep, ba, None)
+    v = dv.verdict(div, a, {"w": np.array([1.0, 2.0, 3.0, 5.0]), "b": np.array([0.0, 0.0, 0.0, 9.0])}, ep, ba, None)
     assert v.first_divergent_step["field"] == "w" and v.first_divergent_step["step"] == 4
 
 
@@ -669,8 +724,14 @@ def test_quiet_through_overflow():
         assert d.ok.tolist() == [False, True] and d.abs.tolist() == [np.inf, 0.0]
         # a ratio to a zero or tiny tolerance: inf, and 0 / 0 is no difference
         d = _fd([0.0, 0.0, 1.0, 1.0], [0.0, 1e300, 1.0, 1.5], [0.0, 1e-100, 0.0, 0.0])
-        v = dv.verdict({"w": d}, {"w": np.array([0.0, 0.0, 1.0, 1.0])}, {"w": np.array([0.0, 1e300, 1.0, 1.5])},
-                       np.array([1, 1, 1, 1]), np.array([1, 2, 3, 4]), None)
+        v = dv.verdict(
+            {"w": d},
+            {"w": np.array([0.0, 0.0, 1.0, 1.0])},
+            {"w": np.array([0.0, 1e300, 1.0, 1.5])},
+            np.array([1, 1, 1, 1]),
+            np.array([1, 2, 3, 4]),
+            None,
+        )
         assert v.max_tol_ratio == math.inf and v.first_divergent_step["step"] == 2
         # ULP distance of two NumPy scalars: 1.0 and -1.0 are 2 * 0x3FF0000000000000 apart
         assert int(dv.ulp_distance(np.float64(1.0), np.float64(-1.0))) == 2 * 0x3FF0000000000000
@@ -750,7 +811,6 @@ def test_opposite_infinities_from_a_sum_that_overflows_both_ways():
     assert not dv.compare_columns(a, b, ds.x, ds.y, p, cfg)["loss"].ok[0]
 
 
-
 def _both_ways_reference(x, y, p, cfg, a, b):
     """The overflow rule for opposite infinities in dl/dw and dl/db (float32), from divergence.py's
     docstring with Python floats: per step, whether an intermediate's bound ``peak`` reaches the
@@ -758,7 +818,11 @@ def _both_ways_reference(x, y, p, cfg, a, b):
     u, big = 2.0**-24, float(np.finfo(np.float32).max)
     expected = {"grad_w": [], "grad_b": []}
     for k in range(p.n_steps):
-        wa, ba = (float(np.float32(cfg.init_w)), float(np.float32(cfg.init_b))) if k == 0 else (float(a["w"][k - 1]), float(a["b"][k - 1]))
+        wa, ba = (
+            (float(np.float32(cfg.init_w)), float(np.float32(cfg.init_b)))
+            if k == 0
+            else (float(a["w"][k - 1]), float(a["b"][k - 1]))
+        )
         wb, bb = (cfg.init_w, cfg.init_b) if k == 0 else (float(b["w"][k - 1]), float(b["b"][k - 1]))
         dw, db = (0.0, 0.0) if k == 0 else (wa - wb, ba - bb)
         pos_b = neg_b = pos_w = neg_w = peak_w = peak_b = 0.0
@@ -797,12 +861,17 @@ def test_overflow_both_ways_matches_its_docstring():
     cfg = Config(batch_size=2, init_w=1.0e17, init_b=-1.0e37)
     p = plan(len(ds), cfg)
     inf = np.float32(np.inf)
-    a = {"w": np.concatenate((signed(14, 18.5, half), signed(30, 38, half))).astype(np.float32),
-         "b": np.concatenate((signed(35, 38, half), signed(30, 37, half))).astype(np.float32),
-         "loss": np.ones(k_steps, np.float32)}
+    a = {
+        "w": np.concatenate((signed(14, 18.5, half), signed(30, 38, half))).astype(np.float32),
+        "b": np.concatenate((signed(35, 38, half), signed(30, 37, half))).astype(np.float32),
+        "loss": np.ones(k_steps, np.float32),
+    }
     # the other engine's w and b off by up to a factor 2 either way: the e_i are as large as the d_i
-    b = {"w": (a["w"] * 2.0 ** rng.uniform(-1, 1, k_steps)).astype(np.float32),
-         "b": (a["b"] * 2.0 ** rng.uniform(-1, 1, k_steps)).astype(np.float32), "loss": a["loss"].copy()}
+    b = {
+        "w": (a["w"] * 2.0 ** rng.uniform(-1, 1, k_steps)).astype(np.float32),
+        "b": (a["b"] * 2.0 ** rng.uniform(-1, 1, k_steps)).astype(np.float32),
+        "loss": a["loss"].copy(),
+    }
     for g in ("grad_w", "grad_b"):
         a[g], b[g] = np.full(k_steps, inf), np.full(k_steps, -inf)
     div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
@@ -826,8 +895,13 @@ def test_overflow_both_ways_decided_by_the_rounding_slack():
     cfg = Config(batch_size=1)
     p = plan(3, cfg)
     inf = np.float32(np.inf)
-    a = {"w": np.zeros(3, np.float32), "b": np.zeros(3, np.float32), "loss": np.ones(3, np.float32),
-         "grad_w": np.full(3, inf), "grad_b": np.full(3, inf)}
+    a = {
+        "w": np.zeros(3, np.float32),
+        "b": np.zeros(3, np.float32),
+        "loss": np.ones(3, np.float32),
+        "grad_w": np.full(3, inf),
+        "grad_b": np.full(3, inf),
+    }
     b = {f: v.copy() for f, v in a.items()}
     b["b"][:2] = [-2 * v for v in ys]  # where steps 2 and 3 start
     b["grad_w"][:], b["grad_b"][:] = -inf, -inf
@@ -848,8 +922,9 @@ def test_silent_on_honest_rounding_over_a_long_run():
     assert t.verdict.max_rel > 1e-3  # the pitfall is really there
 
 
-@pytest.mark.parametrize("field,factor", [("grad_w", 1.0001), ("grad_b", 0.9999), ("loss", 1.0001),
-                                          ("w", 1.00001), ("b", 1.00001)])
+@pytest.mark.parametrize(
+    "field,factor", [("grad_w", 1.0001), ("grad_b", 0.9999), ("loss", 1.0001), ("w", 1.00001), ("b", 1.00001)]
+)
 def test_loud_on_a_slightly_wrong_value(field, factor):
     cfg = Config(epochs=2)
     ds = article()

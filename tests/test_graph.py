@@ -6,14 +6,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from golden_util import check_golden, render
 
 from sgdtrace import Config
 from sgdtrace.cli import cli
-from sgdtrace.tracing import run_trace
 from sgdtrace.teaching.graph import build_graph
+from sgdtrace.tracing import run_trace
 from sgdtrace.views import graph as gv
-
-from golden_util import check_golden, render
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +26,23 @@ def explicit():
 
 
 def test_torch_graph_walked_from_grad_fn(mse, explicit):
-    assert [n.name for n in mse.nodes] == ["MseLossBackward0", "AddBackward0", "MulBackward0",
-                                           "AccumulateGrad", "AccumulateGrad"]
+    assert [n.name for n in mse.nodes] == [
+        "MseLossBackward0",
+        "AddBackward0",
+        "MulBackward0",
+        "AccumulateGrad",
+        "AccumulateGrad",
+    ]
     assert [n.maps_to for n in mse.nodes] == [("l", "e", "d"), ("c",), ("a",), ("w",), ("b",)]
-    assert [n.name for n in explicit.nodes] == ["MeanBackward0", "PowBackward0", "SubBackward0", "AddBackward0",
-                                                "MulBackward0", "AccumulateGrad", "AccumulateGrad"]
+    assert [n.name for n in explicit.nodes] == [
+        "MeanBackward0",
+        "PowBackward0",
+        "SubBackward0",
+        "AddBackward0",
+        "MulBackward0",
+        "AccumulateGrad",
+        "AccumulateGrad",
+    ]
     assert [n.maps_to for n in explicit.nodes] == [("l",), ("e",), ("d",), ("c",), ("a",), ("w",), ("b",)]
     assert mse.structure_ok and explicit.structure_ok
     assert "fused" in mse.structure_note and "one to one" in explicit.structure_note

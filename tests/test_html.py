@@ -196,7 +196,7 @@ def test_csv_download_holds_every_step(tmp_path, article):
     assert len(links) == 1
     prefix = "data:text/csv;charset=utf-8,"
     assert links[0]["href"].startswith(prefix)
-    data = unquote(links[0]["href"][len(prefix):])
+    data = unquote(links[0]["href"][len(prefix) :])
     assert data == trace_to_csv(sgdtrace.trace(epochs=30))
     assert len(data.splitlines()) == 91
 
@@ -244,8 +244,13 @@ def test_divergent_run_explains_its_first_divergent_batch(article):
     assert "✗" in hand_rows(page.table("steps"))[1]["ulp"]
 
 
-@pytest.mark.parametrize("args", [["compare", "--dtype", "float32", "--dtype", "float64"],
-                                  ["check", "configs/article.toml", "configs/article-lr-0.1.toml"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "--dtype", "float32", "--dtype", "float64"],
+        ["check", "configs/article.toml", "configs/article-lr-0.1.toml"],
+    ],
+)
 def test_compare_and_check_pages(tmp_path, args):
     out = tmp_path / "page.html"
     r = CliRunner().invoke(cli, args + ["--format", "html", "--output", str(out)])
@@ -289,10 +294,23 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     # --no-sandbox: the tests may run as root (CI); the page runs no script and loads nothing anyway
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-           "--host-resolver-rules=MAP * ~NOTFOUND", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HOME": os.environ.get("TMPDIR", "/tmp")})
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HOME": os.environ.get("TMPDIR", "/tmp")},
+    )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian: apt-get install chromium)")
@@ -322,6 +340,9 @@ def test_chromium_dom_and_console(report):
     r = chromium("--enable-logging=stderr", "--v=0", "--dump-dom", report.resolve().as_uri())
     assert r.returncode == 0, r.stderr[-2000:]
     assert "-135.858" in r.stdout and "✓ agree" in r.stdout and "</svg>" in r.stdout
-    console = [line for line in r.stderr.splitlines()
-               if "CONSOLE" in line or "Uncaught" in line or "Refused to" in line or "net::ERR" in line]
+    console = [
+        line
+        for line in r.stderr.splitlines()
+        if "CONSOLE" in line or "Uncaught" in line or "Refused to" in line or "net::ERR" in line
+    ]
     assert not console, "\n".join(console)

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import sgdtrace
-from sgdtrace.views.html import cell
 from sgdtrace.views.fmt import fit
+from sgdtrace.views.html import cell
 
 NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "docs", "notebooks", "article.ipynb")
 
@@ -123,7 +123,9 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     pytest.importorskip("ipykernel")
     pytest.importorskip("matplotlib")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError on any error
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -66,14 +66,26 @@ def test_torch_cpu_kernels_round_as_the_model_says(dtype):
 
     for a, b, c in _cases(dtype):
         w_small, w_big, v = dtype(rng.uniform(0, 0.5)), dtype(rng.uniform(0.5, 1)), dtype(rng.uniform(-1, 1))
-        check("lerp w<0.5", _t(a, dtype).lerp_(_t(b, dtype), float(w_small)).item(),
-              _fma_exact(w_small, dtype(b - a), a, dtype))
-        check("lerp w>=0.5", _t(a, dtype).lerp_(_t(b, dtype), float(w_big)).item(),
-              _fma_exact(-dtype(b - a), dtype(1) - w_big, b, dtype))
-        check("addcmul", _t(a, dtype).addcmul_(_t(b, dtype), _t(c, dtype), value=float(v)).item(),
-              _fma_exact(dtype(v * b), c, a, dtype))
-        check("addcdiv", _t(a, dtype).addcdiv_(_t(b, dtype), _t(abs(c), dtype), value=float(v)).item(),
-              a + dtype(v * b) / abs(c))
+        check(
+            "lerp w<0.5",
+            _t(a, dtype).lerp_(_t(b, dtype), float(w_small)).item(),
+            _fma_exact(w_small, dtype(b - a), a, dtype),
+        )
+        check(
+            "lerp w>=0.5",
+            _t(a, dtype).lerp_(_t(b, dtype), float(w_big)).item(),
+            _fma_exact(-dtype(b - a), dtype(1) - w_big, b, dtype),
+        )
+        check(
+            "addcmul",
+            _t(a, dtype).addcmul_(_t(b, dtype), _t(c, dtype), value=float(v)).item(),
+            _fma_exact(dtype(v * b), c, a, dtype),
+        )
+        check(
+            "addcdiv",
+            _t(a, dtype).addcdiv_(_t(b, dtype), _t(abs(c), dtype), value=float(v)).item(),
+            a + dtype(v * b) / abs(c),
+        )
         check("add alpha", _t(a, dtype).add(_t(b, dtype), alpha=float(v)).item(), _fma_exact(v, b, a, dtype))
         s = rng.uniform(0.5, 2.0)
         check("mul scalar", _t(a, dtype).mul_(s).item(), a * dtype(s))
@@ -90,9 +102,11 @@ def test_float32_kernels_are_reproduced_by_the_hand_engine():
         v = np.float32(rng.uniform(-1, 1))
         bad += k.lerp(a, b, w) != np.float32(_t(a, np.float32).lerp_(_t(b, np.float32), float(w)).item())
         bad += k.addcmul(a, b, c, v) != np.float32(
-            _t(a, np.float32).addcmul_(_t(b, np.float32), _t(c, np.float32), value=float(v)).item())
+            _t(a, np.float32).addcmul_(_t(b, np.float32), _t(c, np.float32), value=float(v)).item()
+        )
         bad += k.addcdiv(a, b, abs(c), v) != np.float32(
-            _t(a, np.float32).addcdiv_(_t(b, np.float32), _t(abs(c), np.float32), value=float(v)).item())
+            _t(a, np.float32).addcdiv_(_t(b, np.float32), _t(abs(c), np.float32), value=float(v)).item()
+        )
         bad += k.add_scaled(a, b, v) != np.float32(_t(a, np.float32).add(_t(b, np.float32), alpha=float(v)).item())
     assert bad == 0
 
@@ -115,18 +129,34 @@ def test_torch_cpu_sqrt_is_within_one_ulp_of_correctly_rounded(dtype):
 #: optim_inputs_func_<name>(device="cpu") in torch/testing/_internal/common_optimizers.py (torch
 #: 2.13), float-valued ones; "lr" absent means torch's default lr for the class
 TORCH_DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2}
-_ADAM = [{}, {"lr": 0.01}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True},
-         {"weight_decay": 0.1, "amsgrad": True}]
+_ADAM = [
+    {},
+    {"lr": 0.01},
+    {"weight_decay": 0.1},
+    {"weight_decay": 0.1, "maximize": True},
+    {"weight_decay": 0.1, "amsgrad": True},
+]
 TORCH_COMBOS = {
     "adam": _ADAM,
     "adamw": _ADAM,
-    "rmsprop": [{}, {"lr": 1e-3}, {"weight_decay": 0.1}, {"maximize": True},
-                {"weight_decay": 0.1, "centered": True}, {"maximize": True, "weight_decay": 0.1},
-                {"weight_decay": 0.1, "centered": True, "momentum": 0.1},
-                {"weight_decay": 0.1, "centered": True, "momentum": 0.1, "maximize": True}],
-    "adagrad": [{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True}, {"lr": 0.1},
-                {"initial_accumulator_value": 0.1, "weight_decay": 0.1},
-                {"lr": 0.1, "lr_decay": 0.5, "weight_decay": 0.1}],
+    "rmsprop": [
+        {},
+        {"lr": 1e-3},
+        {"weight_decay": 0.1},
+        {"maximize": True},
+        {"weight_decay": 0.1, "centered": True},
+        {"maximize": True, "weight_decay": 0.1},
+        {"weight_decay": 0.1, "centered": True, "momentum": 0.1},
+        {"weight_decay": 0.1, "centered": True, "momentum": 0.1, "maximize": True},
+    ],
+    "adagrad": [
+        {},
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "maximize": True},
+        {"lr": 0.1},
+        {"initial_accumulator_value": 0.1, "weight_decay": 0.1},
+        {"lr": 0.1, "lr_decay": 0.5, "weight_decay": 0.1},
+    ],
 }
 
 
@@ -148,12 +178,16 @@ def _run_json(args: list[str]) -> dict:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name,opts", [(n, o) for n, combos in TORCH_COMBOS.items() for o in combos],
-                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{a}={b}" for a, b in v.items()) or "default")
+@pytest.mark.parametrize(
+    "name,opts",
+    [(n, o) for n, combos in TORCH_COMBOS.items() for o in combos],
+    ids=lambda v: v if isinstance(v, str) else ",".join(f"{a}={b}" for a, b in v.items()) or "default",
+)
 def test_torch_option_combinations_agree(name, opts, dtype):
     opts = {"lr": TORCH_DEFAULT_LR[name], **opts}
-    doc = _run_json(["--optimizer", name, "--dtype", dtype, "--epochs", "15", "--init-w", "1.5",
-                     "--shuffle", *_flags(opts)])
+    doc = _run_json(
+        ["--optimizer", name, "--dtype", dtype, "--epochs", "15", "--init-w", "1.5", "--shuffle", *_flags(opts)]
+    )
     assert doc["verdict"]["ok"], doc["verdict"]
     opt = get(name)
     cfg = Config(optimizer=name, **opts)
@@ -169,11 +203,30 @@ def test_torch_option_combinations_agree(name, opts, dtype):
 def test_foreach_and_fused_agree(name, impl):
     if impl == "fused" and name == "rmsprop":
         pytest.skip("torch.optim.RMSprop has no fused implementation (exit 2: tested below)")
-    extra = {"sgd": ["--momentum", "0.9"], "adam": ["--amsgrad"], "adamw": [], "rmsprop": ["--centered", "--momentum", "0.5"],
-             "adagrad": ["--lr-decay", "0.01"]}[name]
+    extra = {
+        "sgd": ["--momentum", "0.9"],
+        "adam": ["--amsgrad"],
+        "adamw": [],
+        "rmsprop": ["--centered", "--momentum", "0.5"],
+        "adagrad": ["--lr-decay", "0.01"],
+    }[name]
     for dtype in DTYPES:
-        doc = _run_json(["--optimizer", name, f"--{impl}", "--dtype", dtype, "--epochs", "10", "--lr", "0.05",
-                         "--weight-decay", "0.1", *extra])
+        doc = _run_json(
+            [
+                "--optimizer",
+                name,
+                f"--{impl}",
+                "--dtype",
+                dtype,
+                "--epochs",
+                "10",
+                "--lr",
+                "0.05",
+                "--weight-decay",
+                "0.1",
+                *extra,
+            ]
+        )
         assert doc["verdict"]["ok"], (dtype, doc["verdict"])
         assert doc["config"][impl] is True
 
@@ -202,15 +255,24 @@ def optimizer_configs(draw):
     name = draw(st.sampled_from(["adam", "adamw", "rmsprop", "adagrad"]))
     opts: dict = {"weight_decay": draw(st.sampled_from([0.0, 0.01, 0.5])), "maximize": draw(st.booleans())}
     if name in ("adam", "adamw"):
-        opts.update(betas=(draw(st.floats(0.0, 0.99)), draw(st.floats(0.0, 0.9999))), amsgrad=draw(st.booleans()),
-                    eps=draw(st.sampled_from([1e-8, 1e-6, 1e-3, 0.1])))
+        opts.update(
+            betas=(draw(st.floats(0.0, 0.99)), draw(st.floats(0.0, 0.9999))),
+            amsgrad=draw(st.booleans()),
+            eps=draw(st.sampled_from([1e-8, 1e-6, 1e-3, 0.1])),
+        )
     elif name == "rmsprop":
-        opts.update(alpha=draw(st.floats(0.0, 0.999)), centered=draw(st.booleans()),
-                    momentum=draw(st.sampled_from([0.0, 0.5, 0.9])), eps=draw(st.sampled_from([1e-8, 1e-3, 0.1])))
+        opts.update(
+            alpha=draw(st.floats(0.0, 0.999)),
+            centered=draw(st.booleans()),
+            momentum=draw(st.sampled_from([0.0, 0.5, 0.9])),
+            eps=draw(st.sampled_from([1e-8, 1e-3, 0.1])),
+        )
     else:
-        opts.update(lr_decay=draw(st.sampled_from([0.0, 0.01, 1.0])),
-                    initial_accumulator_value=draw(st.sampled_from([0.0, 0.1, 2.0])),
-                    eps=draw(st.sampled_from([1e-10, 1e-3])))
+        opts.update(
+            lr_decay=draw(st.sampled_from([0.0, 0.01, 1.0])),
+            initial_accumulator_value=draw(st.sampled_from([0.0, 0.1, 2.0])),
+            eps=draw(st.sampled_from([1e-10, 1e-3])),
+        )
     n = draw(st.sampled_from([None, 5, 17]))
     data = {} if n is None else dict(synthetic=n, noise=draw(st.sampled_from([0.0, 1.0])))
     if draw(st.integers(0, 3)) == 0:  # a schedule, a quarter of the time
@@ -218,17 +280,28 @@ def optimizer_configs(draw):
         if sched["name"] == "OneCycleLR":
             sched.update(total_steps=10_000, cycle_momentum=name != "adagrad")
         opts["scheduler"] = make_schedule(sched, "test")
-    return Config(optimizer=name, lr=draw(st.floats(1e-4, 0.3)), batch_size=draw(st.integers(1, 9)),
-                  epochs=draw(st.integers(1, 12)), shuffle=draw(st.booleans()), seed=draw(st.integers(0, 2**31)),
-                  init_w=draw(st.floats(-4, 4)), init_b=draw(st.floats(-4, 4)),
-                  dtype=draw(st.sampled_from(DTYPES)), **opts, **data)
+    return Config(
+        optimizer=name,
+        lr=draw(st.floats(1e-4, 0.3)),
+        batch_size=draw(st.integers(1, 9)),
+        epochs=draw(st.integers(1, 12)),
+        shuffle=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31)),
+        init_w=draw(st.floats(-4, 4)),
+        init_b=draw(st.floats(-4, 4)),
+        dtype=draw(st.sampled_from(DTYPES)),
+        **opts,
+        **data,
+    )
 
 
 def _assert_agree(t):
     for f, d in t.divergence.items():
         bad = np.flatnonzero(~d.ok)
-        assert bad.size == 0, (f"{f} at step {bad[0] + 1}: manual {t.manual[f][bad[0]]!r}, torch "
-                               f"{t.torch[f][bad[0]]!r}, |diff| {d.abs[bad[0]]!r} > tol {d.tol[bad[0]]!r}")
+        assert bad.size == 0, (
+            f"{f} at step {bad[0] + 1}: manual {t.manual[f][bad[0]]!r}, torch "
+            f"{t.torch[f][bad[0]]!r}, |diff| {d.abs[bad[0]]!r} > tol {d.tol[bad[0]]!r}"
+        )
     assert t.verdict.ok
 
 
@@ -281,11 +354,15 @@ def test_no_bias_correction_is_caught_at_step_1(monkeypatch):
 def test_l2_decay_in_adamw_is_caught_at_step_1(monkeypatch):
     monkeypatch.setattr(adamw, "hyper", lambda config, scalar=float, group=None: adam.hyper(config, scalar, group))
     monkeypatch.setitem(__import__("sgdtrace.engines.optimizers", fromlist=["x"]).OPTIMIZERS, "adamw", adamw)
-    assert _first(run_trace(Config(optimizer="adamw", weight_decay=0.1, init_w=2.0, epochs=2))) == (1, "exp_avg_w")  # the decay went into the moment, computed before w
+    assert _first(run_trace(Config(optimizer="adamw", weight_decay=0.1, init_w=2.0, epochs=2))) == (
+        1,
+        "exp_avg_w",
+    )  # the decay went into the moment, computed before w
 
 
 def test_closed_form_cosine_is_caught_on_the_rate(monkeypatch):
     """The closed form differs from torch's recursion in the last bits of the double: caught on ``lr``."""
+
     def closed(group, last_epoch, initial, a, base):
         return schedules.cosine_closed_form(base, last_epoch, a["T_max"], a["eta_min"])
 
@@ -306,8 +383,6 @@ def test_textbook_first_moment_is_within_rounding(monkeypatch):
 
 
 # ------------------------------------------------------------------ schedules
-
-
 
 
 @pytest.mark.parametrize("interval", ["epoch", "step"])
@@ -338,31 +413,59 @@ def test_cosine_recursion_is_torchs_and_drifts_from_the_closed_form():
 # ------------------------------------------------------------------ validation
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--optimizer", "adam", "--momentum", "0.9"], "--momentum 0.9 and --optimizer adam"),
-    (["--optimizer", "sgd", "--betas", "0.8,0.9"], "--betas"),
-    (["--optimizer", "adagrad", "--amsgrad"], "--amsgrad True and --optimizer adagrad"),
-    (["--optimizer", "rmsprop", "--fused"], "--fused True and --optimizer rmsprop"),
-    (["--optimizer", "adam", "--betas", "0.9,1.0"], "betas[1] = 1.0 must be in [0, 1)"),
-    (["--optimizer", "adam", "--betas", "0.9"], "--betas '0.9': must be two numbers"),
-    (["--optimizer", "adam", "--eps", "-1"], "--eps -1.0: eps must be a finite number >= 0"),
-    (["--optimizer", "rmsprop", "--alpha", "-0.5"], "--alpha -0.5"),
-    (["--optimizer", "adagrad", "--lr-decay", "-1"], "--lr-decay -1.0"),
-    (["--optimizer", "adam", "--foreach", "--fused"], "--foreach and --fused"),
-    (["--optimizer", "nadam"], "nadam"),
-    (["--scheduler", "StepLR"], "StepLR needs step_size"),
-    (["--scheduler", "StepLR", "--scheduler-arg", "step_size=0"], "step_size = 0: must be a whole number >= 1"),
-    (["--scheduler", "StepLR", "--scheduler-arg", "step_size=2", "--scheduler-arg", "gama=0.5"], "no argument 'gama'"),
-    (["--scheduler", "CosineLR"], "scheduler 'CosineLR'"),
-    (["--scheduler", "LinearLR", "--scheduler-arg", "start_factor=0"], "start_factor = 0"),
-    (["--scheduler", "StepLR", "--scheduler-arg", "step_size=1", "--scheduler-arg", "interval=batch"], "interval"),
-    (["--scheduler-arg", "gamma=0.5"], "name the schedule with --scheduler"),
-    (["--optimizer", "adagrad", "--scheduler", "OneCycleLR", "--scheduler-arg", "max_lr=0.1",
-      "--scheduler-arg", "total_steps=10"], "OneCycleLR and --optimizer adagrad"),
-    (["--scheduler", "OneCycleLR", "--scheduler-arg", "max_lr=0.1"], "OneCycleLR needs total_steps"),
-    (["--epochs", "4", "--scheduler", "OneCycleLR", "--scheduler-arg", "max_lr=0.1", "--scheduler-arg", "total_steps=10"],
-     "set total_steps >= 12"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum 0.9 and --optimizer adam"),
+        (["--optimizer", "sgd", "--betas", "0.8,0.9"], "--betas"),
+        (["--optimizer", "adagrad", "--amsgrad"], "--amsgrad True and --optimizer adagrad"),
+        (["--optimizer", "rmsprop", "--fused"], "--fused True and --optimizer rmsprop"),
+        (["--optimizer", "adam", "--betas", "0.9,1.0"], "betas[1] = 1.0 must be in [0, 1)"),
+        (["--optimizer", "adam", "--betas", "0.9"], "--betas '0.9': must be two numbers"),
+        (["--optimizer", "adam", "--eps", "-1"], "--eps -1.0: eps must be a finite number >= 0"),
+        (["--optimizer", "rmsprop", "--alpha", "-0.5"], "--alpha -0.5"),
+        (["--optimizer", "adagrad", "--lr-decay", "-1"], "--lr-decay -1.0"),
+        (["--optimizer", "adam", "--foreach", "--fused"], "--foreach and --fused"),
+        (["--optimizer", "nadam"], "nadam"),
+        (["--scheduler", "StepLR"], "StepLR needs step_size"),
+        (["--scheduler", "StepLR", "--scheduler-arg", "step_size=0"], "step_size = 0: must be a whole number >= 1"),
+        (
+            ["--scheduler", "StepLR", "--scheduler-arg", "step_size=2", "--scheduler-arg", "gama=0.5"],
+            "no argument 'gama'",
+        ),
+        (["--scheduler", "CosineLR"], "scheduler 'CosineLR'"),
+        (["--scheduler", "LinearLR", "--scheduler-arg", "start_factor=0"], "start_factor = 0"),
+        (["--scheduler", "StepLR", "--scheduler-arg", "step_size=1", "--scheduler-arg", "interval=batch"], "interval"),
+        (["--scheduler-arg", "gamma=0.5"], "name the schedule with --scheduler"),
+        (
+            [
+                "--optimizer",
+                "adagrad",
+                "--scheduler",
+                "OneCycleLR",
+                "--scheduler-arg",
+                "max_lr=0.1",
+                "--scheduler-arg",
+                "total_steps=10",
+            ],
+            "OneCycleLR and --optimizer adagrad",
+        ),
+        (["--scheduler", "OneCycleLR", "--scheduler-arg", "max_lr=0.1"], "OneCycleLR needs total_steps"),
+        (
+            [
+                "--epochs",
+                "4",
+                "--scheduler",
+                "OneCycleLR",
+                "--scheduler-arg",
+                "max_lr=0.1",
+                "--scheduler-arg",
+                "total_steps=10",
+            ],
+            "set total_steps >= 12",
+        ),
+    ],
+)
 def test_bad_optimizer_options_are_exit_2(args, fragment):
     result = CliRunner().invoke(cli, ["run", *args])
     assert result.exit_code == 2, result.output
@@ -372,9 +475,13 @@ def test_bad_optimizer_options_are_exit_2(args, fragment):
 
 def test_torch_rejects_what_sgdtrace_rejects():
     p = [torch.nn.Parameter(torch.zeros(1))]
-    for cls, kw in ((torch.optim.Adam, {"betas": (0.9, 1.0)}), (torch.optim.Adam, {"eps": -1.0}),
-                    (torch.optim.RMSprop, {"alpha": -0.5}), (torch.optim.Adagrad, {"lr_decay": -1.0}),
-                    (torch.optim.Adagrad, {"initial_accumulator_value": -1.0})):
+    for cls, kw in (
+        (torch.optim.Adam, {"betas": (0.9, 1.0)}),
+        (torch.optim.Adam, {"eps": -1.0}),
+        (torch.optim.RMSprop, {"alpha": -0.5}),
+        (torch.optim.Adagrad, {"lr_decay": -1.0}),
+        (torch.optim.Adagrad, {"initial_accumulator_value": -1.0}),
+    ):
         with pytest.raises(ValueError):
             cls(p, **kw)
     with pytest.raises(TypeError):
@@ -385,8 +492,10 @@ def test_torch_rejects_what_sgdtrace_rejects():
 
 def test_scheduler_table_and_betas_array_from_toml(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('optimizer = "adam"\nlr = 0.05\nbetas = [0.8, 0.99]\n\n[scheduler]\nname = "StepLR"\n'
-                    'step_size = 1\ngamma = 0.5\n')
+    path.write_text(
+        'optimizer = "adam"\nlr = 0.05\nbetas = [0.8, 0.99]\n\n[scheduler]\nname = "StepLR"\n'
+        "step_size = 1\ngamma = 0.5\n"
+    )
     doc = _run_json(["--config", str(path)])
     assert doc["config"]["betas"] == [0.8, 0.99]
     assert doc["config"]["scheduler"] == {"name": "StepLR", "interval": "epoch", "step_size": 1, "gamma": 0.5}
@@ -426,9 +535,25 @@ def test_the_hand_engine_knows_each_optimizer():
 
 @pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json"])
 def test_every_format_shows_the_state_and_the_rate(fmt):
-    result = CliRunner().invoke(cli, ["run", "--optimizer", "adam", "--amsgrad", "--format", fmt, "--scheduler",
-                                      "StepLR", "--scheduler-arg", "step_size=1", "--scheduler-arg", "gamma=0.5",
-                                      "--epochs", "2"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--optimizer",
+            "adam",
+            "--amsgrad",
+            "--format",
+            fmt,
+            "--scheduler",
+            "StepLR",
+            "--scheduler-arg",
+            "step_size=1",
+            "--scheduler-arg",
+            "gamma=0.5",
+            "--epochs",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "max_exp_avg_sq" in result.output and "lr" in result.output
     if fmt == "table":
@@ -437,14 +562,29 @@ def test_every_format_shows_the_state_and_the_rate(fmt):
 
 
 def test_compare_and_explain_take_the_optimizers():
-    result = CliRunner().invoke(cli, ["compare", "--optimizer", "rmsprop", "--centered", "--dtype", "float32",
-                                      "--dtype", "float64"])
+    result = CliRunner().invoke(
+        cli, ["compare", "--optimizer", "rmsprop", "--centered", "--dtype", "float32", "--dtype", "float64"]
+    )
     assert result.exit_code == 0, result.output
     assert "grad_avg_w" in result.output
     result = CliRunner().invoke(cli, ["explain", "--batch", "2", "--optimizer", "adagrad", "--lr-decay", "0.1"])
     assert result.exit_code == 0, result.output
     assert "clr = lr / (1 + (t − 1)·lr_decay)" in result.output and "torch: sum_w" in result.output
-    result = CliRunner().invoke(cli, ["explain", "--batch", "2", "--optimizer", "adam", "--scheduler",
-                                      "CosineAnnealingLR", "--scheduler-arg", "T_max=3", "--scheduler-arg", "interval=step"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "explain",
+            "--batch",
+            "2",
+            "--optimizer",
+            "adam",
+            "--scheduler",
+            "CosineAnnealingLR",
+            "--scheduler-arg",
+            "T_max=3",
+            "--scheduler-arg",
+            "interval=step",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "denom = sqrt(v)/sqrt(bc2) + eps" in result.output and "closed form" in result.output

@@ -25,21 +25,21 @@ from hypothesis import strategies as st
 from rich.console import Console
 from torch import nn, optim
 from torch.utils.data import DataLoader, TensorDataset
+from update_rules import sgd_update, swap_update
 
 from sgdtrace.cli import cli
 from sgdtrace.config import Config
-from sgdtrace.engines import manual
 from sgdtrace.engines.optimizers.sgd import Hyper
 from sgdtrace.engines.optimizers.sgd import hyper as make_hyper
 from sgdtrace.errors import ConfigError
 from sgdtrace.tracing import run_trace
-from update_rules import sgd_update, swap_update
 from sgdtrace.views.table import run_view
 
 
 def hyper(lr=0.5, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False) -> Hyper:
-    cfg = Config(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                 nesterov=nesterov, maximize=maximize)
+    cfg = Config(
+        lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
+    )
     return make_hyper(cfg, np.float64)
 
 
@@ -184,12 +184,15 @@ def test_nesterov_from_a_config_file_names_the_file(tmp_path):
     assert "'nesterov' in n.toml: Nesterov momentum requires a momentum > 0" in result.output
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--momentum", "-0.1"], "--momentum -0.1: momentum must be a finite number >= 0"),
-    (["--weight-decay", "-1"], "--weight-decay -1.0: weight decay must be a finite number >= 0"),
-    (["--dampening", "1.5"], "--dampening 1.5: dampening must be in [0, 1]"),
-    (["--momentum", "nan"], "--momentum nan"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--momentum", "-0.1"], "--momentum -0.1: momentum must be a finite number >= 0"),
+        (["--weight-decay", "-1"], "--weight-decay -1.0: weight decay must be a finite number >= 0"),
+        (["--dampening", "1.5"], "--dampening 1.5: dampening must be in [0, 1]"),
+        (["--momentum", "nan"], "--momentum nan"),
+    ],
+)
 def test_bad_option_values_are_one_line_errors(args, fragment):
     result = CliRunner().invoke(cli, ["run", *args])
     assert result.exit_code == 2
@@ -214,8 +217,14 @@ def learner_buffers(cfg: Config):
     loader = DataLoader(TensorDataset(x, 2 * x + 10), batch_size=cfg.batch_size)
     weight = nn.Parameter(torch.zeros(1))
     bias = nn.Parameter(torch.zeros(1))
-    opt = optim.SGD([weight, bias], lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening,
-                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    opt = optim.SGD(
+        [weight, bias],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        dampening=cfg.dampening,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
+    )
     out = []
     for _ in range(cfg.epochs):
         for xb, yb in loader:
@@ -275,8 +284,9 @@ def test_table_without_momentum_keeps_the_articles_columns():
 
 
 def test_table_fits_small_and_large_values():
-    t = run_trace(Config(momentum=0.99, lr=0.001, epochs=4, synthetic=20, true_w=0.001, true_b=1e-4,
-                         init_w=1e-5, init_b=-3e-6))
+    t = run_trace(
+        Config(momentum=0.99, lr=0.001, epochs=4, synthetic=20, true_w=0.001, true_b=1e-4, init_w=1e-5, init_b=-3e-6)
+    )
     text = render(t)
     assert all(len(line) <= 80 for line in text.splitlines()) and "…" not in text
     t = run_trace(Config(momentum=0.5, maximize=True, epochs=6))
@@ -308,16 +318,30 @@ def configs(draw):
     n = draw(st.sampled_from([None, 1, 2, 5, 9, 16, 23]))
     batch_size = draw(st.integers(1, 12))
     drop_last = draw(st.booleans()) and batch_size <= (9 if n is None else n)
-    data = {} if n is None else dict(synthetic=n, true_w=draw(st.floats(-4, 4)), true_b=draw(st.floats(-20, 20)),
-                                     noise=draw(st.sampled_from([0.0, 0.5, 3.0])))
+    data = (
+        {}
+        if n is None
+        else dict(
+            synthetic=n,
+            true_w=draw(st.floats(-4, 4)),
+            true_b=draw(st.floats(-20, 20)),
+            noise=draw(st.sampled_from([0.0, 0.5, 3.0])),
+        )
+    )
     return Config(
         lr=draw(st.floats(1e-4, 0.05)),
-        momentum=momentum, dampening=dampening, nesterov=nesterov,
+        momentum=momentum,
+        dampening=dampening,
+        nesterov=nesterov,
         weight_decay=draw(st.one_of(st.just(0.0), st.floats(0.0, 2.0))),
         maximize=draw(st.booleans()),
-        shuffle=draw(st.booleans()), seed=draw(st.integers(0, 2**32)), drop_last=drop_last,
-        batch_size=batch_size, epochs=draw(st.integers(1, 12)),
-        init_w=draw(st.floats(-5, 5)), init_b=draw(st.floats(-5, 5)),
+        shuffle=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**32)),
+        drop_last=drop_last,
+        batch_size=batch_size,
+        epochs=draw(st.integers(1, 12)),
+        init_w=draw(st.floats(-5, 5)),
+        init_b=draw(st.floats(-5, 5)),
         dtype=draw(st.sampled_from(["float32", "float64"])),
         **data,
     )
@@ -329,8 +353,10 @@ def assert_agree_at_every_step(t, cfg: Config) -> None:
     for f in t.fields:
         d = t.divergence[f]
         bad = np.flatnonzero(~d.ok)
-        assert bad.size == 0, (f"{f} at step {bad[0] + 1}: manual {t.manual[f][bad[0]]!r}, "
-                               f"torch {t.torch[f][bad[0]]!r}, |diff| {d.abs[bad[0]]!r} > tol {d.tol[bad[0]]!r}")
+        assert bad.size == 0, (
+            f"{f} at step {bad[0] + 1}: manual {t.manual[f][bad[0]]!r}, "
+            f"torch {t.torch[f][bad[0]]!r}, |diff| {d.abs[bad[0]]!r} > tol {d.tol[bad[0]]!r}"
+        )
     assert t.verdict.ok
 
 
@@ -363,8 +389,16 @@ def test_engines_agree_over_the_option_space_on_cuda(cfg):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_long_run_with_every_option_is_silent(dtype, manual_backend):
     """3,000 epochs near convergence: the gradients cancel, the buffers carry it, and no false alarm."""
-    cfg = Config(epochs=3000 if manual_backend is None else 300, momentum=0.9, dampening=0.1, weight_decay=0.001,
-                 shuffle=True, seed=3, batch_size=4, dtype=dtype)
+    cfg = Config(
+        epochs=3000 if manual_backend is None else 300,
+        momentum=0.9,
+        dampening=0.1,
+        weight_decay=0.001,
+        shuffle=True,
+        seed=3,
+        batch_size=4,
+        dtype=dtype,
+    )
     t = run_trace(cfg, manual_backend=manual_backend)
     assert_agree_at_every_step(t, cfg)
 
@@ -376,8 +410,7 @@ def test_dampening_near_one_in_float32_is_silent(dampening):
     The second is off by up to u*d/(1 - d) relative (500 ulp at d = 0.999): it made the buffers
     differ by up to 11 times their tolerance in such runs.
     """
-    cfg = Config(momentum=0.9, dampening=dampening, epochs=20, batch_size=2, init_w=3.0, init_b=4.0,
-                 weight_decay=0.01)
+    cfg = Config(momentum=0.9, dampening=dampening, epochs=20, batch_size=2, init_w=3.0, init_b=4.0, weight_decay=0.01)
     assert_agree_at_every_step(run_trace(cfg), cfg)
 
 

@@ -3,10 +3,10 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sgdtrace import data as data_mod
 from sgdtrace.config import Config
 from sgdtrace.data import Dataset
 from sgdtrace.engines import manual, torch_ref
-from sgdtrace import data as data_mod
 from sgdtrace.tracing import judge, resolve_device
 
 finite = st.floats(-50, 50, allow_nan=False, allow_infinity=False, width=32)

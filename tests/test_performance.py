@@ -28,8 +28,10 @@ FIELDS = ("grad_w", "grad_b", "loss", "w", "b")
 
 def _modules_after(argv: list[str]) -> list[str]:
     """Run the CLI on ``argv`` in a fresh interpreter; which of torch, numpy got imported."""
-    code = ("import sys\nfrom sgdtrace.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
-            "print('MODULES:', *(m for m in ('torch', 'numpy') if m in sys.modules))" % (argv,))
+    code = (
+        f"import sys\nfrom sgdtrace.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print('MODULES:', *(m for m in ('torch', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("MODULES:")][-1]
     return line.split()[1:]
@@ -42,8 +44,9 @@ def test_help_and_version_import_neither_torch_nor_numpy(argv):
 
 def test_the_real_command_imports_no_torch_for_help():
     # python -m sgdtrace, as a user runs it; -X importtime lists every module imported
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "sgdtrace", "--help"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "sgdtrace", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0
     assert "Usage:" in proc.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
@@ -65,8 +68,9 @@ def _expected_bytes_per_step(dtype_bytes: int, values: int) -> int:
     return 2 * values * dtype_bytes + 3 * 8 + 8 + values * (6 * 8 + 2)
 
 
-@pytest.mark.parametrize("dtype, momentum, values, size", [
-    ("float32", 0.0, 5, 4), ("float64", 0.0, 5, 8), ("float32", 0.9, 7, 4)])
+@pytest.mark.parametrize(
+    "dtype, momentum, values, size", [("float32", 0.0, 5, 4), ("float64", 0.0, 5, 8), ("float32", 0.9, 7, 4)]
+)
 def test_the_trace_is_columns_with_a_fixed_cost_per_step(dtype, momentum, values, size):
     cfg = Config(synthetic=200, batch_size=8, epochs=2, dtype=dtype, momentum=momentum)
     t = run_trace(cfg)
@@ -86,12 +90,15 @@ def test_the_trace_is_columns_with_a_fixed_cost_per_step(dtype, momentum, values
 # ------------------------------------------------------------------ the CUDA code paths, on the CPU
 
 
-@pytest.mark.parametrize("cfg", [
-    Config(),
-    Config(synthetic=300, batch_size=7, shuffle=True, seed=5, noise=0.5),
-    Config(synthetic=120, batch_size=16, epochs=3, momentum=0.9, nesterov=True, weight_decay=0.01,
-           dtype="float64"),
-], ids=["article", "shuffled", "momentum-float64"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        Config(),
+        Config(synthetic=300, batch_size=7, shuffle=True, seed=5, noise=0.5),
+        Config(synthetic=120, batch_size=16, epochs=3, momentum=0.9, nesterov=True, weight_decay=0.01, dtype="float64"),
+    ],
+    ids=["article", "shuffled", "momentum-float64"],
+)
 def test_torch_backend_and_sync_free_recorder_match_the_default_path(cfg):
     default = run_trace(cfg)
     forced = run_trace(cfg, manual_backend="torch", sync_free=True)
@@ -100,8 +107,9 @@ def test_torch_backend_and_sync_free_recorder_match_the_default_path(cfg):
         np.testing.assert_array_equal(forced.torch[f], col, err_msg=f)
     # the manual engine on torch tensors does the same arithmetic as on NumPy arrays; sums
     # may be reduced in another order, so the two are held to the tolerance model
-    div = divergence.compare_columns(default.manual, forced.manual, default.dataset.x, default.dataset.y,
-                                     default.plan, default.config)
+    div = divergence.compare_columns(
+        default.manual, forced.manual, default.dataset.x, default.dataset.y, default.plan, default.config
+    )
     for f, d in div.items():
         assert d.ok.all(), f
     assert default.verdict.ok and forced.verdict.ok
@@ -202,13 +210,18 @@ def test_batch_sums_in_chunks_equal_one_pass(monkeypatch):
         np.testing.assert_array_equal(chunked[f].ok, whole[f].ok, err_msg=f)
 
 
-@pytest.mark.parametrize("cfg", [
-    Config(),
-    Config(lr=0.1, epochs=40),  # blows up: inf and nan values, null distances
-    Config(synthetic=50, batch_size=7, epochs=3, shuffle=True, seed=3, momentum=0.9, nesterov=True,
-           dtype="float64"),  # its verdict does not matter here, only the text
-    Config(synthetic=600, batch_size=1, drop_last=True),
-], ids=["article", "blow-up", "momentum-shuffled", "batch-1"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        Config(),
+        Config(lr=0.1, epochs=40),  # blows up: inf and nan values, null distances
+        Config(
+            synthetic=50, batch_size=7, epochs=3, shuffle=True, seed=3, momentum=0.9, nesterov=True, dtype="float64"
+        ),  # its verdict does not matter here, only the text
+        Config(synthetic=600, batch_size=1, drop_last=True),
+    ],
+    ids=["article", "blow-up", "momentum-shuffled", "batch-1"],
+)
 def test_streamed_json_is_exactly_json_dumps(cfg):
     from sgdtrace.views import export as ex
 
@@ -266,8 +279,9 @@ def test_cli_json_to_a_file_is_the_full_document(tmp_path):
     from sgdtrace.cli import cli
 
     out = tmp_path / "t.json"
-    res = CliRunner().invoke(cli, ["run", "--synthetic", "40", "--batch-size", "4", "--format", "json",
-                                   "--output", str(out)])
+    res = CliRunner().invoke(
+        cli, ["run", "--synthetic", "40", "--batch-size", "4", "--format", "json", "--output", str(out)]
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert len(doc["steps"]) == 10 and doc["verdict"]["ok"] is True

@@ -22,8 +22,7 @@ def _png_size(path) -> tuple[int, int]:
 
 def test_plot_writes_png_of_requested_size(tmp_path):
     out = tmp_path / "run.png"
-    r = CliRunner().invoke(cli, ["plot", "--output", str(out), "--epochs", "20", "--width", "640",
-                                 "--height", "320"])
+    r = CliRunner().invoke(cli, ["plot", "--output", str(out), "--epochs", "20", "--width", "640", "--height", "320"])
     assert r.exit_code == 0, r.output
     assert _png_size(out) == (640, 320)
     assert out.stat().st_size > 10_000  # three panels of lines, not an empty canvas
@@ -81,8 +80,14 @@ def _vertical_lines_at(ax) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize("opts", [dict(momentum=0.9, lr=0.03, epochs=30), dict(lr=1.0, epochs=30),
-                                  dict(momentum=0.9, nesterov=True, lr=0.01, epochs=30)])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(momentum=0.9, lr=0.03, epochs=30),
+        dict(lr=1.0, epochs=30),
+        dict(momentum=0.9, nesterov=True, lr=0.01, epochs=30),
+    ],
+)
 def test_a_blowup_is_marked_on_the_step_panels_and_the_path(opts):
     t, fig = _figure(**opts)
     step = t.verdict.diverged_training["step"]

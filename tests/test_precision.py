@@ -83,8 +83,8 @@ def test_add_with_alpha_rounds_alpha_the_product_and_the_sum(dtype, lr):
     p, g = _values(rng, TRIALS, dtype), _values(rng, TRIALS, dtype)
     hp = _hyper(dtype, lr=lr)
     for i in range(TRIALS):
-        param = _t(p[i:i + 1], dtype)
-        param.add_(_t(g[i:i + 1], dtype), alpha=-lr)
+        param = _t(p[i : i + 1], dtype)
+        param.add_(_t(g[i : i + 1], dtype), alpha=-lr)
         assert _bits(sgd.descend(p[i], g[i], hp.lr)) == _bits(param), (p[i], g[i])
 
 
@@ -96,8 +96,8 @@ def test_an_lr_kept_in_float32_is_a_different_rule(dtype):
     lr = 0.0123456
     wrong = 0
     for i in range(TRIALS):
-        param = _t(p[i:i + 1], dtype)
-        param.add_(_t(g[i:i + 1], dtype), alpha=-lr)
+        param = _t(p[i : i + 1], dtype)
+        param.add_(_t(g[i : i + 1], dtype), alpha=-lr)
         kept = p[i].dtype.type(np.float32(p[i]) - np.float32(lr) * np.float32(g[i]))
         wrong += int(_bits(kept)[0] != _bits(param)[0])
     assert wrong > 0
@@ -111,14 +111,21 @@ def test_mul_keeps_its_scalar_in_float32_and_rounds_once(dtype, momentum):
     hp = _hyper(dtype, momentum=momentum)
     assert isinstance(hp.momentum_kept, np.float32)
     for i in range(TRIALS):
-        t = _t(buf[i:i + 1], dtype)
+        t = _t(buf[i : i + 1], dtype)
         t.mul_(momentum)
         assert _bits(hp.rounded(hp.momentum_kept * buf[i])) == _bits(t)
 
 
 @pytest.mark.parametrize("dtype", TYPES)
-@pytest.mark.parametrize("opts", [dict(weight_decay=0.01), dict(weight_decay=0.3333),
-                                  dict(momentum=0.9, dampening=0.1), dict(momentum=0.95, nesterov=True)])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(weight_decay=0.01),
+        dict(weight_decay=0.3333),
+        dict(momentum=0.9, dampening=0.1),
+        dict(momentum=0.95, nesterov=True),
+    ],
+)
 def test_the_other_alphas_round_like_the_step(dtype, opts):
     """``grad.add(param, alpha=weight_decay)``, ``buf.mul_(momentum).add_(grad, alpha=1 - dampening)`` and
     ``grad.add(buf, alpha=momentum)`` (Nesterov): each alpha rounded, then the product, then the sum."""
@@ -126,7 +133,7 @@ def test_the_other_alphas_round_like_the_step(dtype, opts):
     p, g, buf = (_values(rng, TRIALS, dtype) for _ in range(3))
     hp = _hyper(dtype, **opts)
     for i in range(TRIALS):
-        tp, tg, tb = (_t(v[i:i + 1], dtype) for v in (p, g, buf))
+        tp, tg, tb = (_t(v[i : i + 1], dtype) for v in (p, g, buf))
         if "weight_decay" in opts:
             hand, ref = sgd.decayed(g[i], p[i], hp.weight_decay), tg.add(tp, alpha=opts["weight_decay"])
         elif opts.get("nesterov"):
@@ -192,9 +199,17 @@ def test_a_16_bit_running_sum_is_not_torch_s_reduction(dtype):
 
 
 @pytest.mark.parametrize("dtype", TYPES)
-@pytest.mark.parametrize("opts", [dict(), dict(maximize=True), dict(weight_decay=0.05),
-                                  dict(momentum=0.9), dict(momentum=0.8, dampening=0.3, weight_decay=0.01),
-                                  dict(momentum=0.9, nesterov=True, maximize=True)])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(),
+        dict(maximize=True),
+        dict(weight_decay=0.05),
+        dict(momentum=0.9),
+        dict(momentum=0.8, dampening=0.3, weight_decay=0.01),
+        dict(momentum=0.9, nesterov=True, maximize=True),
+    ],
+)
 def test_the_whole_update_is_optim_sgd_bit_for_bit(dtype, opts):
     """sgd.update over 30 steps of random gradients, against optim.SGD.step on a one-element parameter."""
     rng = _rng(dtype, 999 + len(opts))
@@ -289,8 +304,7 @@ def _scalars_kept_in_float32(config, backend):
             g = r(f32(g) + f32(config.weight_decay) * f32(p))
         if config.momentum:
             buf = state.get(sgd.MOMENTUM_BUFFER)
-            buf = g if buf is None else r(f32(r(f32(buf) * f32(config.momentum)))
-                                          + f32(1 - config.dampening) * f32(g))
+            buf = g if buf is None else r(f32(r(f32(buf) * f32(config.momentum))) + f32(1 - config.dampening) * f32(g))
             state[sgd.MOMENTUM_BUFFER] = buf
             g = r(f32(g) + f32(config.momentum) * f32(buf)) if config.nesterov else buf
         return r(f32(p) - f32(config.lr) * f32(g))
@@ -298,12 +312,17 @@ def _scalars_kept_in_float32(config, backend):
     return dataclasses.replace(eng, update=update)
 
 
-@pytest.mark.parametrize("dtype, opts", [
-    ("bfloat16", dict()), ("float16", dict()),
-    ("bfloat16", dict(momentum=0.9, dampening=0.2, weight_decay=0.01)),
-    ("float16", dict(momentum=0.9, dampening=0.2, weight_decay=0.01)),
-    ("bfloat16", dict(momentum=0.8, nesterov=True, maximize=True, epochs=3)),
-    ("float16", dict(momentum=0.8, nesterov=True, maximize=True, epochs=3))])
+@pytest.mark.parametrize(
+    "dtype, opts",
+    [
+        ("bfloat16", dict()),
+        ("float16", dict()),
+        ("bfloat16", dict(momentum=0.9, dampening=0.2, weight_decay=0.01)),
+        ("float16", dict(momentum=0.9, dampening=0.2, weight_decay=0.01)),
+        ("bfloat16", dict(momentum=0.8, nesterov=True, maximize=True, epochs=3)),
+        ("float16", dict(momentum=0.8, nesterov=True, maximize=True, epochs=3)),
+    ],
+)
 def test_the_general_allowance_covers_another_honest_rounding(dtype, opts):
     """Off the CPU's kernels (on CUDA) the update is judged by the general allowance, 4u of the
     magnitudes rounded: a hand side rounding as the fused kernels do stays within it."""
@@ -316,11 +335,9 @@ def test_the_general_allowance_covers_another_honest_rounding(dtype, opts):
 
 def test_a_float16_running_sum_is_caught(monkeypatch):
     """A float16 running sum (each partial sum rounded to 16 bits) where torch accumulates in float32."""
-    cfg = Config(dtype="float16", synthetic=4096, batch_size=4096, true_w=0.5, true_b=1.0, noise=0.5,
-                 lr=0.01, epochs=2)
+    cfg = Config(dtype="float16", synthetic=4096, batch_size=4096, true_w=0.5, true_b=1.0, noise=0.5, lr=0.01, epochs=2)
     assert run_trace(cfg).verdict.ok
-    monkeypatch.setattr(manual, "total", lambda v: np.cumsum(v, dtype=v.dtype)[-1] if manual._reduced(v)
-                        else v.sum())
+    monkeypatch.setattr(manual, "total", lambda v: np.cumsum(v, dtype=v.dtype)[-1] if manual._reduced(v) else v.sum())
     v = run_trace(cfg).verdict
     assert not v.ok and v.first_divergent_step["step"] == 1
     assert v.first_divergent_step["field"] in ("grad_w", "grad_b")
@@ -341,8 +358,14 @@ def _before(col, init):
     return np.concatenate(([col.dtype.type(np.float32(init))], col[:-1]))
 
 
-@pytest.mark.parametrize("config", ["configs/bfloat16-stall.toml", dict(dtype="bfloat16", epochs=300),
-                                    dict(dtype="float16", init_w=60.0, lr=3e-5, epochs=5)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "configs/bfloat16-stall.toml",
+        dict(dtype="bfloat16", epochs=300),
+        dict(dtype="float16", init_w=60.0, lr=3e-5, epochs=5),
+    ],
+)
 def test_a_stall_is_reported_where_torch_stops_moving(config):
     """Plain SGD: the step's update is lr*g, so a stall is exactly a step with g != 0 after which
     torch's parameter equals the one before; the verdict counts them from the first."""
@@ -386,9 +409,10 @@ def test_no_stall_in_the_article_run():
 
 
 def test_explain_shows_the_spacing_beside_the_update():
+    from golden_util import render
+
     from sgdtrace.teaching.explain import explain_step
     from sgdtrace.views.explain import explain_json, explain_view
-    from golden_util import render
 
     t = run_trace(_config_file("configs/bfloat16-stall.toml"))
     ex = explain_step(t, 1)
@@ -423,6 +447,7 @@ def test_json_records_the_stall_on_both_sides_in_both_writers():
 
 def test_table_marks_the_stalled_values():
     from golden_util import render
+
     from sgdtrace.views.table import run_view
 
     text = render(run_view(run_trace(Config(dtype="bfloat16", init_w=500.0, init_b=5.0, lr=2e-5))))
@@ -445,8 +470,9 @@ def test_compare_across_dtypes_reports_the_drift_outside_the_exit_code():
 
     from sgdtrace.cli import cli
 
-    r = CliRunner().invoke(cli, ["compare", "--dtype", "float32", "--dtype", "bfloat16", "--epochs", "5",
-                                 "--format", "json"])
+    r = CliRunner().invoke(
+        cli, ["compare", "--dtype", "float32", "--dtype", "bfloat16", "--epochs", "5", "--format", "json"]
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert [run["config"]["dtype"] for run in doc["runs"]] == ["float32", "bfloat16"]

@@ -23,15 +23,23 @@ def float64_gradients(w, b, x, y):
 
 def toy(gradients, update=None):
     def make(config, backend):
-        return protocol.Engine("toy", gradients, update or sgd.update, sgd.hyper(config, backend.scalar),
-                               sgd.state_keys(config))
+        return protocol.Engine(
+            "toy", gradients, update or sgd.update, sgd.hyper(config, backend.scalar), sgd.state_keys(config)
+        )
 
     return make
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("opts", [{}, {"momentum": 0.9}, {"momentum": 0.5, "nesterov": True, "weight_decay": 0.1},
-                                  {"shuffle": True, "seed": 3, "batch_size": 4}])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"momentum": 0.9},
+        {"momentum": 0.5, "nesterov": True, "weight_decay": 0.1},
+        {"shuffle": True, "seed": 3, "batch_size": 4},
+    ],
+)
 def test_a_toy_engine_through_the_protocol_agrees_with_torch(dtype, opts):
     cfg = Config(synthetic=40, noise=0.5, epochs=20, lr=0.005, dtype=dtype, **opts)
     t = run_trace(cfg, engine=toy(float64_gradients))

@@ -35,10 +35,17 @@ def old_first_divergent_step(t) -> dict | None:
         bad = np.flatnonzero(~d.ok)
         if bad.size and bad[0] < first_step:
             k = first_step = int(bad[0])
-            first = {"epoch": int(t.epoch[k]), "batch": int(t.batch[k]), "step": k + 1, "field": f,
-                     "manual": json_number(t.manual[f][k]), "torch": json_number(t.torch[f][k]),
-                     "abs": json_number(d.abs[k]) if d.finite[k] else None,
-                     "carried": json_number(d.carried[k]), "tol": json_number(d.tol[k])}
+            first = {
+                "epoch": int(t.epoch[k]),
+                "batch": int(t.batch[k]),
+                "step": k + 1,
+                "field": f,
+                "manual": json_number(t.manual[f][k]),
+                "torch": json_number(t.torch[f][k]),
+                "abs": json_number(d.abs[k]) if d.finite[k] else None,
+                "carried": json_number(d.carried[k]),
+                "tol": json_number(d.tol[k]),
+            }
     return first
 
 
@@ -49,14 +56,22 @@ def old_blowup(t) -> dict:
     sums = batch_sums(t.dataset.x, t.plan, cfg)
     row = t.epoch[k] - 1 if sums[1].shape[0] > 1 else 0
     log_r = epoch_log_radius(sums, np.array([cfg.lr]), cfg)[row, 0]
-    one = (sums[0], sums[1][row:row + 1], sums[2][row:row + 1])
+    one = (sums[0], sums[1][row : row + 1], sums[2][row : row + 1])
     limit = largest_stable_lr(one, cfg, float(t.stable_lr.min()))
-    return {"epoch": int(t.epoch[k]), "batch": int(t.batch[k]), "step": k + 1, "reason": d.reason, "hint": d.hint,
-            "stable_lr": float(t.stable_lr.min()), "stable_lr_batch": float(t.stable_lr[k]),
-            "stable_lr_epoch": limit if math.isfinite(limit) else None,
-            "radius": json_number(math.exp(log_r) if log_r < 700 else math.inf), "lr_hint": d.lr_hint,
-            "loss_start": json_number(full_loss(t.dataset, cfg.init_w, cfg.init_b)),
-            "loss_end": json_number(full_loss(t.dataset, float(t.manual["w"][-1]), float(t.manual["b"][-1])))}
+    return {
+        "epoch": int(t.epoch[k]),
+        "batch": int(t.batch[k]),
+        "step": k + 1,
+        "reason": d.reason,
+        "hint": d.hint,
+        "stable_lr": float(t.stable_lr.min()),
+        "stable_lr_batch": float(t.stable_lr[k]),
+        "stable_lr_epoch": limit if math.isfinite(limit) else None,
+        "radius": json_number(math.exp(log_r) if log_r < 700 else math.inf),
+        "lr_hint": d.lr_hint,
+        "loss_start": json_number(full_loss(t.dataset, cfg.init_w, cfg.init_b)),
+        "loss_end": json_number(full_loss(t.dataset, float(t.manual["w"][-1]), float(t.manual["b"][-1]))),
+    }
 
 
 def test_a_diverging_runs_record_is_the_old_dict(monkeypatch):
@@ -139,7 +154,9 @@ def test_diverge_sentence_from_the_record(monkeypatch):
     t = run_trace(Config())
     f = t.verdict.first_divergent_step
     text = sentences.plain(t)
-    assert text.startswith(f"✗ diverge  first at epoch 1 batch 1 (step 1), dl/dw: hand {sentences.show(f.manual)}, "
-                           f"torch {sentences.show(f.torch)}, |Δ| {sentences.show(f.abs)}")
+    assert text.startswith(
+        f"✗ diverge  first at epoch 1 batch 1 (step 1), dl/dw: hand {sentences.show(f.manual)}, "
+        f"torch {sentences.show(f.torch)}, |Δ| {sentences.show(f.abs)}"
+    )
     assert sentences.show(None) == "n/a" and sentences.show(math.inf) == "inf" == json_number(math.inf)
     assert sentences.show(float("nan")) == "nan" and sentences.show(-math.inf) == "-inf"

@@ -29,8 +29,13 @@ def _article(**kw):
 #   w2 = 4/15 + 30568/22500 = 36568/22500 = 9142/5625;  b2 = 6/25 + 7512/22500 = 12912/22500 = 1076/1875
 HAND = [
     {"grad_w": F(-80, 3), "grad_b": F(-24), "loss": F(440, 3), "w": F(4, 15), "b": F(6, 25)},
-    {"grad_w": F(-30568, 225), "grad_b": F(-7512, 225), "loss": F(4736312, 16875), "w": F(9142, 5625),
-     "b": F(1076, 1875)},
+    {
+        "grad_w": F(-30568, 225),
+        "grad_b": F(-7512, 225),
+        "loss": F(4736312, 16875),
+        "w": F(9142, 5625),
+        "b": F(1076, 1875),
+    },
 ]
 
 
@@ -65,13 +70,16 @@ def test_float32_error_is_float32_rounding_float64_is_float64s():
     assert man64 < 1e-14
 
 
-@pytest.mark.parametrize("kw", [
-    dict(momentum=0.9, epochs=4),
-    dict(momentum=0.9, shuffle=True, seed=3, batch_size=2),
-    dict(momentum=0.5, dampening=0.25, weight_decay=0.1, epochs=3),
-    dict(momentum=0.9, nesterov=True, batch_size=4, epochs=3),
-    dict(maximize=True, weight_decay=0.05, lr=0.001, epochs=2),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(momentum=0.9, epochs=4),
+        dict(momentum=0.9, shuffle=True, seed=3, batch_size=2),
+        dict(momentum=0.5, dampening=0.25, weight_decay=0.1, epochs=3),
+        dict(momentum=0.9, nesterov=True, batch_size=4, epochs=3),
+        dict(maximize=True, weight_decay=0.05, lr=0.001, epochs=2),
+    ],
+)
 def test_exact_replay_follows_every_option(kw):
     """float64 torch (optim.SGD itself) within float64 rounding of the exact replay: same algorithm."""
     t = _article(dtype="float64", **kw)

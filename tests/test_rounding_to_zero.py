@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgdtrace.config import Config
-from sgdtrace.data import Dataset
 from sgdtrace.tracing import run_trace
 
 
@@ -25,11 +24,17 @@ def converging_runs(draw):
     dtype = draw(st.sampled_from(["float32", "float64"]))
     steps_per_epoch = -(-n // batch_size)
     epochs = draw(st.integers(max(1, 300 // steps_per_epoch), max(2, 2500 // steps_per_epoch)))
-    return Config(synthetic=n, batch_size=batch_size, epochs=epochs, dtype=dtype,
-                  true_w=draw(st.sampled_from([2.0, -1.5, 0.5, 3.0])),
-                  true_b=draw(st.sampled_from([10.0, -4.0, 0.25, 1.0])),
-                  lr=draw(st.sampled_from([0.004, 0.008, 0.0095])),
-                  shuffle=draw(st.booleans()), seed=draw(st.integers(0, 2**31)))
+    return Config(
+        synthetic=n,
+        batch_size=batch_size,
+        epochs=epochs,
+        dtype=dtype,
+        true_w=draw(st.sampled_from([2.0, -1.5, 0.5, 3.0])),
+        true_b=draw(st.sampled_from([10.0, -4.0, 0.25, 1.0])),
+        lr=draw(st.sampled_from([0.004, 0.008, 0.0095])),
+        shuffle=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31)),
+    )
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -41,12 +46,17 @@ def test_honest_runs_whose_residuals_round_to_zero_pass(cfg):
     assert t.verdict.max_tol_ratio <= 0.5, cfg
 
 
-@pytest.mark.parametrize("cfg", [
-    Config(synthetic=5000, batch_size=1),
-    Config(synthetic=100, batch_size=1, epochs=74, dtype="float64"),
-    *(pytest.param(Config(shuffle=True, seed=seed, batch_size=bs, epochs=1000), marks=pytest.mark.slow)
-      for seed, bs in ((0, 1), (3, 2), (7, 4))),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        Config(synthetic=5000, batch_size=1),
+        Config(synthetic=100, batch_size=1, epochs=74, dtype="float64"),
+        *(
+            pytest.param(Config(shuffle=True, seed=seed, batch_size=bs, epochs=1000), marks=pytest.mark.slow)
+            for seed, bs in ((0, 1), (3, 2), (7, 4))
+        ),
+    ],
+)
 def test_reported_false_alarms_pass(cfg):
     t = run_trace(cfg)
     assert t.verdict.ok, t.verdict.first_divergent_step

@@ -8,8 +8,9 @@ from collections import Counter
 
 
 def main() -> int:
-    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"],
-                         capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"], capture_output=True, text=True, check=False
+    ).stdout
     status = Counter()
     survivors = []
     for line in out.splitlines():

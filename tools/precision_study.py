@@ -24,15 +24,33 @@ def random_config(rng: np.random.Generator, dtype: str) -> Config:
     dampening = 0.0 if nesterov else float(rng.choice([0.0, 0.0, 0.5, 0.999, rng.uniform(0, 1)]))
     n = int(rng.choice([0, 1, 2, 5, 9, 16, 23, 64, 200, 1000, 4096]))
     batch_size = int(rng.integers(1, 13)) if n < 64 or rng.random() < 0.5 else int(rng.integers(13, n + 1))
-    data = {} if n == 0 else dict(synthetic=n, true_w=float(rng.uniform(-4, 4)), true_b=float(rng.uniform(-20, 20)),
-                                  noise=float(rng.choice([0.0, 0.5, 3.0])))
-    return Config(lr=float(np.exp(rng.uniform(np.log(1e-4), np.log(0.05)))), momentum=momentum,
-                  dampening=dampening, nesterov=nesterov,
-                  weight_decay=float(rng.choice([0.0, rng.uniform(0, 2)])), maximize=bool(rng.random() < 0.2),
-                  shuffle=bool(rng.random() < 0.5), seed=int(rng.integers(0, 2**32)),
-                  drop_last=bool(rng.random() < 0.3) and batch_size <= (9 if n == 0 else n),
-                  batch_size=batch_size, epochs=int(rng.integers(1, 13 if n < 1000 else 3)),
-                  init_w=float(rng.uniform(-5, 5)), init_b=float(rng.uniform(-5, 5)), dtype=dtype, **data)
+    data = (
+        {}
+        if n == 0
+        else dict(
+            synthetic=n,
+            true_w=float(rng.uniform(-4, 4)),
+            true_b=float(rng.uniform(-20, 20)),
+            noise=float(rng.choice([0.0, 0.5, 3.0])),
+        )
+    )
+    return Config(
+        lr=float(np.exp(rng.uniform(np.log(1e-4), np.log(0.05)))),
+        momentum=momentum,
+        dampening=dampening,
+        nesterov=nesterov,
+        weight_decay=float(rng.choice([0.0, rng.uniform(0, 2)])),
+        maximize=bool(rng.random() < 0.2),
+        shuffle=bool(rng.random() < 0.5),
+        seed=int(rng.integers(0, 2**32)),
+        drop_last=bool(rng.random() < 0.3) and batch_size <= (9 if n == 0 else n),
+        batch_size=batch_size,
+        epochs=int(rng.integers(1, 13 if n < 1000 else 3)),
+        init_w=float(rng.uniform(-5, 5)),
+        init_b=float(rng.uniform(-5, 5)),
+        dtype=dtype,
+        **data,
+    )
 
 
 def main(runs: int = 200, seed: int = 0) -> int:
@@ -51,8 +69,10 @@ def main(runs: int = 200, seed: int = 0) -> int:
                 if v.max_tol_ratio > worst:
                     worst, worst_cfg = v.max_tol_ratio, cfg
         bad += fails
-        print(f"{dtype}: {runs} runs, {fails} failed, {stalled} with a stall, {identical} bit-identical; "
-              f"worst share of the allowance {worst:.3f}")
+        print(
+            f"{dtype}: {runs} runs, {fails} failed, {stalled} with a stall, {identical} bit-identical; "
+            f"worst share of the allowance {worst:.3f}"
+        )
         if worst_cfg is not None:
             print(f"  worst: {worst_cfg.to_json()}")
     return 1 if bad else 0

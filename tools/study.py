@@ -34,15 +34,33 @@ def random_config(rng: np.random.Generator) -> Config:
     n = rng.choice([None, 1, 2, 5, 9, 16, 23, 60])
     batch_size = int(rng.choice([1, 2, 1, 2, *range(3, 13)]))
     drop_last = bool(rng.random() < 0.5) and batch_size <= (9 if n is None else n)
-    data = {} if n is None else dict(synthetic=int(n), true_w=float(rng.uniform(-4, 4)),
-                                     true_b=float(rng.uniform(-20, 20)),
-                                     noise=float(rng.choice([0.0, 0.5, 3.0])))
-    return Config(lr=float(rng.uniform(1e-4, 0.05)), momentum=momentum, dampening=dampening, nesterov=nesterov,
-                  weight_decay=0.0 if rng.random() < 0.5 else float(rng.uniform(0.0, 2.0)),
-                  maximize=bool(rng.random() < 0.3), shuffle=bool(rng.random() < 0.5),
-                  seed=int(rng.integers(0, 2**32)), drop_last=drop_last, batch_size=batch_size,
-                  epochs=int(rng.integers(1, 13)), init_w=float(rng.uniform(-5, 5)),
-                  init_b=float(rng.uniform(-5, 5)), dtype=str(rng.choice(["float32", "float64"])), **data)
+    data = (
+        {}
+        if n is None
+        else dict(
+            synthetic=int(n),
+            true_w=float(rng.uniform(-4, 4)),
+            true_b=float(rng.uniform(-20, 20)),
+            noise=float(rng.choice([0.0, 0.5, 3.0])),
+        )
+    )
+    return Config(
+        lr=float(rng.uniform(1e-4, 0.05)),
+        momentum=momentum,
+        dampening=dampening,
+        nesterov=nesterov,
+        weight_decay=0.0 if rng.random() < 0.5 else float(rng.uniform(0.0, 2.0)),
+        maximize=bool(rng.random() < 0.3),
+        shuffle=bool(rng.random() < 0.5),
+        seed=int(rng.integers(0, 2**32)),
+        drop_last=drop_last,
+        batch_size=batch_size,
+        epochs=int(rng.integers(1, 13)),
+        init_w=float(rng.uniform(-5, 5)),
+        init_b=float(rng.uniform(-5, 5)),
+        dtype=str(rng.choice(["float32", "float64"])),
+        **data,
+    )
 
 
 def converged_config(rng: np.random.Generator) -> Config:
@@ -51,11 +69,18 @@ def converged_config(rng: np.random.Generator) -> Config:
     batch_size = int(rng.choice([1, 2]))
     momentum = 0.0 if rng.random() < 0.5 else float(rng.choice([0.5, 0.9]))
     steps = int(rng.integers(2000, 6000))
-    return Config(synthetic=n, batch_size=batch_size, epochs=max(1, steps * batch_size // n),
-                  lr=float(rng.choice([0.005, 0.01, 0.02])), momentum=momentum,
-                  nesterov=bool(momentum and rng.random() < 0.5),
-                  weight_decay=float(rng.choice([0.0, 0.0, 0.001])), shuffle=bool(rng.random() < 0.5),
-                  seed=int(rng.integers(0, 2**32)), dtype=str(rng.choice(["float32", "float64"])))
+    return Config(
+        synthetic=n,
+        batch_size=batch_size,
+        epochs=max(1, steps * batch_size // n),
+        lr=float(rng.choice([0.005, 0.01, 0.02])),
+        momentum=momentum,
+        nesterov=bool(momentum and rng.random() < 0.5),
+        weight_decay=float(rng.choice([0.0, 0.0, 0.001])),
+        shuffle=bool(rng.random() < 0.5),
+        seed=int(rng.integers(0, 2**32)),
+        dtype=str(rng.choice(["float32", "float64"])),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdtrace.engines.protocol import FIELDS, Engine, state_field
+from sgdtrace.engines.protocol import Engine, state_field
 
 
 def scaled(grad, world: int, backend):
@@ -44,8 +44,9 @@ def average(grads: list, backend) -> Any:
     return allreduce_sum([scaled(g, len(grads), backend) for g in grads])
 
 
-def run(engine: Engine, x: np.ndarray, y: np.ndarray, dplan, init_w: float, init_b: float,
-        backend) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def run(
+    engine: Engine, x: np.ndarray, y: np.ndarray, dplan, init_w: float, init_b: float, backend
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Train by hand over a :class:`sgdtrace.data.DistributedPlan`.
 
     Returns the step's columns (the averaged ``grad_w``, ``grad_b`` the update used, the
@@ -62,8 +63,9 @@ def run(engine: Engine, x: np.ndarray, y: np.ndarray, dplan, init_w: float, init
     xs, ys = backend.asarray(x), backend.asarray(y)
     state_w: dict[str, Any] = {}
     state_b: dict[str, Any] = {}
-    recorded = [(cols[state_field(key, p)], st, key)
-                for key in engine.state_keys for p, st in (("w", state_w), ("b", state_b))]
+    recorded = [
+        (cols[state_field(key, p)], st, key) for key in engine.state_keys for p, st in (("w", state_w), ("b", state_b))
+    ]
     gradients, update, hp = engine.gradients, engine.update, engine.hp
     k = 0
     with np.errstate(all="ignore"):
@@ -73,7 +75,7 @@ def run(engine: Engine, x: np.ndarray, y: np.ndarray, dplan, init_w: float, init
             for n in sizes:
                 gws, gbs = [], []
                 for r, (xe, ye) in enumerate(batches):  # each rank, on its own batch
-                    loss, gw, gb = gradients(w, b, xe[start:start + n], ye[start:start + n])
+                    loss, gw, gb = gradients(w, b, xe[start : start + n], ye[start : start + n])
                     per_rank["grad_w"][k * world + r] = gw
                     per_rank["grad_b"][k * world + r] = gb
                     per_rank["loss"][k * world + r] = loss

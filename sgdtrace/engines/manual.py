@@ -39,8 +39,9 @@ rounds ``2/n``; doubling is exact, so ``(1/n)(2d)`` and ``(2/n) d`` round alike)
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,6 @@ from sgdtrace.engines.protocol import Engine
 DD_DC = 1  # d = c - y
 DC_DA = 1  # c = a + b
 DC_DB = 1  # c = a + b
-
 
 
 # ------------------------------------------------------------------ forward: the DAG's nodes
@@ -286,13 +286,21 @@ def engine(config, backend: ArrayBackend, plan=None) -> Engine:
     opt = optimizers.get(config.optimizer)
     extra = {"kept": backend.kept, "rounded": backend.rounded} if config.optimizer == "sgd" else {}
     hp_at, lr_at = optimizers.step_hypers(config, backend.scalar, plan) if plan is not None else (None, None)
-    return Engine("hand", gradients, opt.update, opt.hyper(config, backend.scalar, **extra), opt.state_keys(config),
-                  hp_at, lr_at)
+    return Engine(
+        "hand", gradients, opt.update, opt.hyper(config, backend.scalar, **extra), opt.state_keys(config), hp_at, lr_at
+    )
 
 
-def run(x: np.ndarray, y: np.ndarray, plan, config, backend: ArrayBackend,
-        progress: Callable[[int], None] | None = None,
-        loop_context: Callable[[], Any] = contextlib.nullcontext) -> dict[str, np.ndarray]:
+def run(
+    x: np.ndarray,
+    y: np.ndarray,
+    plan,
+    config,
+    backend: ArrayBackend,
+    progress: Callable[[int], None] | None = None,
+    loop_context: Callable[[], Any] = contextlib.nullcontext,
+) -> dict[str, np.ndarray]:
     """Train by hand over ``plan``: :func:`sgdtrace.engines.protocol.run` with :func:`engine`."""
-    return protocol.run(engine(config, backend, plan), x, y, plan, config.init_w, config.init_b, backend,
-                        progress, loop_context)
+    return protocol.run(
+        engine(config, backend, plan), x, y, plan, config.init_w, config.init_b, backend, progress, loop_context
+    )

@@ -21,8 +21,9 @@ table (:data:`FIELDS`), then one column per parameter and state entry (:func:`st
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -80,9 +81,17 @@ class Engine:
         return fields_for(self.state_keys)
 
 
-def run(engine: Engine, x: np.ndarray, y: np.ndarray, plan, init_w: float, init_b: float, backend,
-        progress: Callable[[int], None] | None = None,
-        loop_context: Callable[[], Any] = contextlib.nullcontext) -> dict[str, np.ndarray]:
+def run(
+    engine: Engine,
+    x: np.ndarray,
+    y: np.ndarray,
+    plan,
+    init_w: float,
+    init_b: float,
+    backend,
+    progress: Callable[[int], None] | None = None,
+    loop_context: Callable[[], Any] = contextlib.nullcontext,
+) -> dict[str, np.ndarray]:
     """Train with ``engine`` over ``plan``; return one column per field (see :attr:`Engine.fields`).
 
     ``backend`` (:class:`sgdtrace.engines.manual.ArrayBackend`) says where the arrays live. Per
@@ -112,14 +121,15 @@ def _loop(engine: Engine, xs, ys, orders, size_list, w, b, backend, cols, progre
     state_w: dict[str, Any] = {}
     state_b: dict[str, Any] = {}
     # (column, state dict, key) for every recorded state entry
-    recorded = [(cols[state_field(key, p)], st, key)
-                for key in engine.state_keys for p, st in (("w", state_w), ("b", state_b))]
+    recorded = [
+        (cols[state_field(key, p)], st, key) for key in engine.state_keys for p, st in (("w", state_w), ("b", state_b))
+    ]
     k = 0
     for order in orders:
         xe, ye = backend.take(xs, order), backend.take(ys, order)
         start = 0
         for n in size_list:
-            xb, yb = xe[start:start + n], ye[start:start + n]
+            xb, yb = xe[start : start + n], ye[start : start + n]
             start += n
             if hp_at is not None:  # a schedule: this step's rate (and momentum or beta1)
                 hp = hp_at(k)

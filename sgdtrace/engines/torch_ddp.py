@@ -92,22 +92,35 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
     fault = _fault(rank)
     dtype = getattr(torch, config.dtype)
     dataset = TensorDataset(torch.as_tensor(x, dtype=dtype).to(device), torch.as_tensor(y, dtype=dtype).to(device))
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=config.shuffle,
-                                 seed=config.effective_seed, drop_last=config.drop_last)
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=world,
+        rank=rank,
+        shuffle=config.shuffle,
+        seed=config.effective_seed,
+        drop_last=config.drop_last,
+    )
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=config.drop_last)
     module = LinearModel(config.init_w, config.init_b, dtype).to(device)
     model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = nn.MSELoss()
-    optimizer = optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          dampening=config.dampening, weight_decay=config.weight_decay,
-                          nesterov=config.nesterov, maximize=config.maximize)
+    optimizer = optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        dampening=config.dampening,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+        maximize=config.maximize,
+    )
     own: dict[str, Any] = {}
     # this rank's own gradient, before DDP averages it into .grad
     module.weight.register_hook(lambda g: own.__setitem__("grad_w", g.detach().clone()))
     module.bias.register_hook(lambda g: own.__setitem__("grad_b", g.detach().clone()))
 
-    rows: dict[str, list[float]] = {f: [] for f in ("rank_grad_w", "rank_grad_b", "rank_loss", "grad_w", "grad_b",
-                                                      "w", "b")}
+    rows: dict[str, list[float]] = {
+        f: [] for f in ("rank_grad_w", "rank_grad_b", "rank_loss", "grad_w", "grad_b", "w", "b")
+    }
     params = (("w", module.weight), ("b", module.bias))
     states: list[tuple[str, dict, str]] = []
     indices: list[list[int]] = []
@@ -131,8 +144,12 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
             rows["w"].append(module.weight.item())
             rows["b"].append(module.bias.item())
             if k == 0:
-                states = [(state_field(key, name), optimizer.state[p], key) for name, p in params
-                          for key, v in optimizer.state[p].items() if key != "step" and isinstance(v, torch.Tensor)]
+                states = [
+                    (state_field(key, name), optimizer.state[p], key)
+                    for name, p in params
+                    for key, v in optimizer.state[p].items()
+                    if key != "step" and isinstance(v, torch.Tensor)
+                ]
                 rows.update({col: [] for col, _, _ in states})
             for col, state, key in states:
                 rows[col].append(state[key].item())
@@ -141,8 +158,11 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
             if beat is not None and k % 64 == 0:
                 beat()
     np_dtype = np.float32 if config.dtype == "float32" else np.float64
-    return {"rank": rank, "cols": {f: np.asarray(v, dtype=np_dtype) for f, v in rows.items()},
-            "indices": [np.asarray(i, dtype=np.int64) for i in indices]}
+    return {
+        "rank": rank,
+        "cols": {f: np.asarray(v, dtype=np_dtype) for f, v in rows.items()},
+        "indices": [np.asarray(i, dtype=np.int64) for i in indices],
+    }
 
 
 def _fault(rank: int) -> tuple[int, str] | None:
@@ -180,8 +200,9 @@ def join(x: np.ndarray, y: np.ndarray, config, device) -> list[dict[str, Any]] |
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
-    dist.init_process_group(backend_for(device), rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=config.rank_timeout))
+    dist.init_process_group(
+        backend_for(device), rank=rank, world_size=world, timeout=datetime.timedelta(seconds=config.rank_timeout)
+    )
     try:
         return _gather(rank, world, train(rank, world, x, y, config, device))
     finally:
@@ -206,8 +227,12 @@ def _worker(rank: int, world: int, port: int, jobs, device_str: str, results) ->
             torch.cuda.set_device(device)
         os.environ["MASTER_ADDR"] = "127.0.0.1"
         os.environ["MASTER_PORT"] = str(port)
-        dist.init_process_group(backend_for(device), rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=jobs[0][2].rank_timeout))
+        dist.init_process_group(
+            backend_for(device),
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=jobs[0][2].rank_timeout),
+        )
         results.put(("beat", rank, None))  # in the group: from here on, silence is bounded by rank_timeout
         try:
             out = []
@@ -277,8 +302,15 @@ def run_many(jobs, device, ports=None) -> list[list[dict[str, Any]]]:
     for port in tries:
         port = free_port() if port is None else port
         results = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(r, config.world_size, port, jobs, str(device), results),
-                             daemon=True, name=f"sgdtrace-rank-{r}") for r in range(config.world_size)]
+        procs = [
+            ctx.Process(
+                target=_worker,
+                args=(r, config.world_size, port, jobs, str(device), results),
+                daemon=True,
+                name=f"sgdtrace-rank-{r}",
+            )
+            for r in range(config.world_size)
+        ]
         try:
             with terminate_cleanly():  # SIGTERM, like Ctrl-C and errors, stops every rank below
                 for p in procs:
@@ -294,8 +326,9 @@ def run_many(jobs, device, ports=None) -> list[list[dict[str, Any]]]:
             last = value
             continue
         raise RankError(f"--world-size {config.world_size}: {value}")
-    raise RankError(f"--world-size {config.world_size}: no free port for the process group after "
-                    f"{len(tries)} tries ({last})")
+    raise RankError(
+        f"--world-size {config.world_size}: no free port for the process group after {len(tries)} tries ({last})"
+    )
 
 
 def _wait(procs, results, timeout: float) -> tuple[str, Any]:
@@ -328,8 +361,10 @@ def _wait(procs, results, timeout: float) -> tuple[str, Any]:
         limit = timeout if started else timeout + STARTUP_S
         if time.monotonic() - silent_since > limit and first_failure is None:
             alive = [r for r, p in enumerate(procs) if p.is_alive()]
-            return "error", (f"no result from the ranks within --rank-timeout {timeout:g} s "
-                             f"(still running: rank {', '.join(map(str, alive))}); every rank was stopped")
+            return "error", (
+                f"no result from the ranks within --rank-timeout {timeout:g} s "
+                f"(still running: rank {', '.join(map(str, alive))}); every rank was stopped"
+            )
 
 
 def _blame(errors: dict[int, str], dead: dict[int, int]) -> tuple[str, str]:
@@ -338,7 +373,7 @@ def _blame(errors: dict[int, str], dead: dict[int, int]) -> tuple[str, str]:
     killed = {r: c for r, c in dead.items() if r not in errors}
     if killed:
         r, code = min(killed.items())
-        how = (f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
+        how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         return "error", f"rank {r} {how}; every rank was stopped"
     lost = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout")
     own = {r: m for r, m in errors.items() if not any(s in m.lower() for s in lost)}

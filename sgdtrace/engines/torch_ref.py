@@ -11,7 +11,8 @@ the batches come from a real DataLoader, the gradients from autograd, the update
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,13 +93,23 @@ class _DeviceRecorder:
         from sgdtrace.dtypes import np_dtype
 
         out = np_dtype(str(self.dtype).split(".")[-1])  # NumPy has no torch.bfloat16: through float32, exactly
-        return {f: c.reshape(-1).cpu().float().numpy().astype(out) if c.itemsize == 2 else c.reshape(-1).cpu().numpy()
-                for f, c in self.cols.items()}
+        return {
+            f: c.reshape(-1).cpu().float().numpy().astype(out) if c.itemsize == 2 else c.reshape(-1).cpu().numpy()
+            for f, c in self.cols.items()
+        }
 
 
-def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
-        progress: Callable[[int], None] | None = None, sync_free: bool | None = None,
-        loss_form: str = "mse", loop_context: Callable[[], Any] = contextlib.nullcontext) -> dict[str, np.ndarray]:
+def run(
+    x: np.ndarray,
+    y: np.ndarray,
+    config,
+    device: torch.device,
+    steps: int,
+    progress: Callable[[int], None] | None = None,
+    sync_free: bool | None = None,
+    loss_form: str = "mse",
+    loop_context: Callable[[], Any] = contextlib.nullcontext,
+) -> dict[str, np.ndarray]:
     """Train with autograd + optim.SGD over a DataLoader; return the same columns as the manual engine.
 
     ``sync_free`` picks the device-resident recorder (default: on CUDA); tests force it on the CPU.
@@ -117,8 +128,9 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
     tensor_y = torch.as_tensor(y, dtype=dtype).to(device)
     dataset = TensorDataset(tensor_x, tensor_y)
     generator = torch.Generator().manual_seed(config.effective_seed) if config.shuffle else None
-    dataloader = DataLoader(dataset, batch_size=config.batch_size, shuffle=config.shuffle,
-                            generator=generator, drop_last=config.drop_last)
+    dataloader = DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=config.shuffle, generator=generator, drop_last=config.drop_last
+    )
 
     model = LinearModel(config.init_w, config.init_b, dtype).to(device)
     criterion = make_criterion(loss_form)
@@ -139,7 +151,7 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
 
     k = 0
     with loop_context():
-        for epoch in range(config.epochs):
+        for _epoch in range(config.epochs):
             for data, target in dataloader:
                 # forward pass
                 output = model(data)
@@ -158,9 +170,12 @@ def run(x: np.ndarray, y: np.ndarray, config, device: torch.device, steps: int,
                 put("w", k, model.weight)
                 put("b", k, model.bias)
                 if k == 0:  # what the optimizer keeps per parameter, as torch names it ("step" is a count)
-                    state_columns = [(state_field(key, name), optimizer.state[p], key) for name, p in params
-                                     for key, v in optimizer.state[p].items()
-                                     if key != "step" and isinstance(v, torch.Tensor)]
+                    state_columns = [
+                        (state_field(key, name), optimizer.state[p], key)
+                        for name, p in params
+                        for key, v in optimizer.state[p].items()
+                        if key != "step" and isinstance(v, torch.Tensor)
+                    ]
                 for column, state, key in state_columns:
                     put(column, k, state[key])
                 # zero gradients from the previous step
@@ -197,8 +212,7 @@ def make_optimizer(params, config) -> optim.Optimizer:
         kw.update(alpha=config.alpha, eps=config.eps, momentum=config.momentum, centered=config.centered)
     else:
         cls = optim.Adagrad
-        kw.update(lr_decay=config.lr_decay, initial_accumulator_value=config.initial_accumulator_value,
-                  eps=config.eps)
+        kw.update(lr_decay=config.lr_decay, initial_accumulator_value=config.initial_accumulator_value, eps=config.eps)
     if config.foreach is not None:
         kw["foreach"] = config.foreach
     if config.fused is not None:

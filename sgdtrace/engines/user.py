@@ -32,13 +32,16 @@ from typing import Any
 
 from sgdtrace.config import ENGINE_TIMEOUT as DEFAULT_TIMEOUT  # seconds, --engine-timeout
 from sgdtrace.errors import SgdtraceError
+
 #: the functions a file may define, in the order they are written
 PARTS = ("gradients", "update", "forward")
 #: the nodes ``forward`` returns (sgdtrace.engines.manual's names)
 NODES = ("a", "c", "d", "e", "dl_dd")
-SIGNATURES = {"gradients": "gradients(w, b, x, y) -> (loss, grad_w, grad_b)",
-              "update": "update(param, grad, state, hp) -> new param",
-              "forward": 'forward(w, b, x, y) -> {"a", "c", "d", "e", "dl_dd"}'}
+SIGNATURES = {
+    "gradients": "gradients(w, b, x, y) -> (loss, grad_w, grad_b)",
+    "update": "update(param, grad, state, hp) -> new param",
+    "forward": 'forward(w, b, x, y) -> {"a", "c", "d", "e", "dl_dd"}',
+}
 
 
 class EngineError(SgdtraceError):
@@ -89,15 +92,27 @@ class UserEngine:
         """
         request = {
             "path": self.path,
-            "x": dataset.x, "y": dataset.y,
-            "orders": list(plan.orders), "sizes": plan.batch_sizes(), "epochs": plan.epochs,
-            "dtype": cfg.dtype, "init_w": cfg.init_w, "init_b": cfg.init_b,
-            "hp": hyper_parameters(cfg), "state_keys": tuple(state_keys),
+            "x": dataset.x,
+            "y": dataset.y,
+            "orders": list(plan.orders),
+            "sizes": plan.batch_sizes(),
+            "epochs": plan.epochs,
+            "dtype": cfg.dtype,
+            "init_w": cfg.init_w,
+            "init_b": cfg.init_b,
+            "hp": hyper_parameters(cfg),
+            "state_keys": tuple(state_keys),
             "forward_step": self.forward_step,
         }
         reply = self.call(request)
-        self.info = EngineInfo(self.name, self.given, tuple(reply["parts"]), tuple(reply["not_kept"]),
-                               reply.get("forward"), self.forward_step)
+        self.info = EngineInfo(
+            self.name,
+            self.given,
+            tuple(reply["parts"]),
+            tuple(reply["not_kept"]),
+            reply.get("forward"),
+            self.forward_step,
+        )
         return _checked_columns(reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept)
 
 
@@ -120,9 +135,14 @@ def _checked_columns(columns: dict[str, Any], dtype: str, steps: int, state_keys
 
 def hyper_parameters(cfg) -> dict[str, Any]:
     """torch.optim.SGD's keyword arguments for ``cfg``, as Python floats and bools."""
-    return {"lr": float(cfg.lr), "momentum": float(cfg.momentum), "dampening": float(cfg.dampening),
-            "weight_decay": float(cfg.weight_decay), "nesterov": bool(cfg.nesterov),
-            "maximize": bool(cfg.maximize)}
+    return {
+        "lr": float(cfg.lr),
+        "momentum": float(cfg.momentum),
+        "dampening": float(cfg.dampening),
+        "weight_decay": float(cfg.weight_decay),
+        "nesterov": bool(cfg.nesterov),
+        "maximize": bool(cfg.maximize),
+    }
 
 
 def run_child(request: dict[str, Any], timeout: float, name: str) -> dict[str, Any]:
@@ -131,22 +151,31 @@ def run_child(request: dict[str, Any], timeout: float, name: str) -> dict[str, A
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     # its own process group, so that stopping it stops whatever the user's code started too
-    proc = subprocess.Popen([sys.executable, "-m", "sgdtrace.engines.user"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env, start_new_session=os.name == "posix")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sgdtrace.engines.user"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        start_new_session=os.name == "posix",
+    )
     try:
         out, _ = proc.communicate(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL), timeout=timeout)
     except subprocess.TimeoutExpired:
         _stop(proc)
-        raise EngineError(f"{name}: still running after {timeout:g} s: stopped (an endless loop? "
-                          f"--engine-timeout SECONDS allows more time)") from None
+        raise EngineError(
+            f"{name}: still running after {timeout:g} s: stopped (an endless loop? "
+            f"--engine-timeout SECONDS allows more time)"
+        ) from None
     except BaseException:  # Ctrl-C included: the child never outlives the run
         _stop(proc)
         raise
     try:
         reply = _decode(out)
     except Exception:
-        raise EngineError(f"{name}: its process ended without a result (exit code {proc.returncode}); "
-                          "does the file call os._exit or crash the interpreter?") from None
+        raise EngineError(
+            f"{name}: its process ended without a result (exit code {proc.returncode}); "
+            "does the file call os._exit or crash the interpreter?"
+        ) from None
     if not reply.get("ok"):
         raise EngineError(str(reply.get("message")))
     return reply
@@ -301,8 +330,10 @@ class _Runner:
     def fail_call(self, part: str, exc: BaseException) -> _Failure:
         frames = _user_frames(exc.__traceback__, self.path)
         if isinstance(exc, NotImplementedError) and part in self.user:
-            line = (f"{os.path.basename(self.path)}: {part} is not written yet (it raises NotImplementedError): "
-                    f"write {part} first ({SIGNATURES[part]})")
+            line = (
+                f"{os.path.basename(self.path)}: {part} is not written yet (it raises NotImplementedError): "
+                f"write {part} first ({SIGNATURES[part]})"
+            )
             return _Failure(_with_frames(line, frames))
         text = str(exc)
         if isinstance(exc, SystemExit):
@@ -347,8 +378,9 @@ class _Runner:
         mine = self.user_state.setdefault(key, {})
         new = self.call("update", param, grad, mine, self.hp)
         if isinstance(new, tuple) and len(new) == 2 and isinstance(new[1], dict):
-            raise self.fail_return("update", _describe(new), "the new parameter alone (keep the state in the "
-                                                             "dict update was given)")
+            raise self.fail_return(
+                "update", _describe(new), "the new parameter alone (keep the state in the dict update was given)"
+            )
         new = self.scalar("update", new, "the new parameter")
         which = list(self.user_state).index(key)  # 0: w, 1: b (the loop updates w first)
         for k in self.keys:
@@ -380,13 +412,15 @@ class _Runner:
             try:
                 arr = self.np.asarray(value).astype(self.dtype).astype(self.np.float64)
             except (TypeError, ValueError):
-                raise self.fail_return("forward", f"{_describe(value)} for {name!r}",
-                                       f"{len(x)} real values, one per sample") from None
+                raise self.fail_return(
+                    "forward", f"{_describe(value)} for {name!r}", f"{len(x)} real values, one per sample"
+                ) from None
             if arr.shape == ():
                 arr = self.np.full(len(x), float(arr))
             if arr.shape != (len(x),):
-                raise self.fail_return("forward", f"{_describe(value)} for {name!r}",
-                                       f"{len(x)} values, one per sample")
+                raise self.fail_return(
+                    "forward", f"{_describe(value)} for {name!r}", f"{len(x)} values, one per sample"
+                )
             nodes[name] = arr
         return nodes
 
@@ -410,27 +444,37 @@ def load_module(path: str):
     except SyntaxError as exc:
         text = (exc.text or "").rstrip("\n")
         where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
-        raise _Failure(f"{name}: syntax error at {where}: {exc.msg}"
-                       + (f"\n  File \"{_shown(path)}\", line {exc.lineno}\n    {text.strip()}" if text else "")) from None
+        raise _Failure(
+            f"{name}: syntax error at {where}: {exc.msg}"
+            + (f'\n  File "{_shown(path)}", line {exc.lineno}\n    {text.strip()}' if text else "")
+        ) from None
     except BaseException as exc:
         what = type(exc).__name__ + (f": {exc}" if str(exc) else "")
-        raise _Failure(_with_frames(f"{name}: raised {what} while loading (before any step)",
-                                    _user_frames(exc.__traceback__, path))) from None
+        raise _Failure(
+            _with_frames(
+                f"{name}: raised {what} while loading (before any step)", _user_frames(exc.__traceback__, path)
+            )
+        ) from None
     defined = {k for k, v in vars(module).items() if callable(v) and getattr(v, "__module__", None) == module.__name__}
     for have in sorted(defined):
         if have in PARTS:
             continue
         close = difflib.get_close_matches(have, [p for p in PARTS if p not in defined], n=1, cutoff=0.75)
         if close:
-            raise _Failure(f"{name}: defines {have!r}, which is not a part sgdtrace calls: did you mean "
-                           f"{close[0]!r}? ({SIGNATURES[close[0]]})")
+            raise _Failure(
+                f"{name}: defines {have!r}, which is not a part sgdtrace calls: did you mean "
+                f"{close[0]!r}? ({SIGNATURES[close[0]]})"
+            )
     for part in PARTS:
         if part in vars(module) and not callable(vars(module)[part]):
-            raise _Failure(f"{name}: {part} is a {type(vars(module)[part]).__name__}, not a function "
-                           f"({SIGNATURES[part]})")
+            raise _Failure(
+                f"{name}: {part} is a {type(vars(module)[part]).__name__}, not a function ({SIGNATURES[part]})"
+            )
     if not {"gradients", "update"} & defined and not any(callable(getattr(module, p, None)) for p in PARTS[:2]):
-        raise _Failure(f"{name}: defines neither gradients nor update: write at least one of "
-                       f"{SIGNATURES['gradients']}, {SIGNATURES['update']}")
+        raise _Failure(
+            f"{name}: defines neither gradients nor update: write at least one of "
+            f"{SIGNATURES['gradients']}, {SIGNATURES['update']}"
+        )
     return module
 
 
@@ -445,10 +489,12 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
     runner = _Runner(module, path, request)
     backend = manual.ArrayBackend("numpy", request["dtype"])
     sizes = np.asarray(request["sizes"])
-    plan = types.SimpleNamespace(orders=request["orders"], n_steps=len(sizes) * request["epochs"],
-                                 batch_sizes=lambda: sizes)
-    engine = protocol.Engine(os.path.basename(path), runner.gradients, runner.update, runner.hp,
-                             tuple(request["state_keys"]))
+    plan = types.SimpleNamespace(
+        orders=request["orders"], n_steps=len(sizes) * request["epochs"], batch_sizes=lambda: sizes
+    )
+    engine = protocol.Engine(
+        os.path.basename(path), runner.gradients, runner.update, runner.hp, tuple(request["state_keys"])
+    )
     columns = protocol.run(engine, request["x"], request["y"], plan, request["init_w"], request["init_b"], backend)
     not_kept = []
     if "update" in runner.parts:
@@ -458,8 +504,13 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
                     f = protocol.state_field(key, p)
                     not_kept.append(f)
                     columns.pop(f, None)
-    return {"ok": True, "columns": columns, "parts": list(runner.parts), "not_kept": not_kept,
-            "forward": runner.forward_nodes}
+    return {
+        "ok": True,
+        "columns": columns,
+        "parts": list(runner.parts),
+        "not_kept": not_kept,
+        "forward": runner.forward_nodes,
+    }
 
 
 def main() -> None:

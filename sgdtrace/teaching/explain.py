@@ -61,8 +61,14 @@ class Explanation:
     @property
     def values(self) -> dict[str, float | None]:
         """The hand engine's values for this step, by field."""
-        return {"loss": self.loss, "grad_w": self.grad_w, "grad_b": self.grad_b, "w": self.w1, "b": self.b1,
-                **self.state1}
+        return {
+            "loss": self.loss,
+            "grad_w": self.grad_w,
+            "grad_b": self.grad_b,
+            "w": self.w1,
+            "b": self.b1,
+            **self.state1,
+        }
 
     def torch_value(self, field: str) -> float:
         return float(self.trace.torch[field][self.step])
@@ -117,8 +123,14 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     yb = backend.asarray(trace.dataset.y[idx])
     w, b = backend.param(w0), backend.param(b0)
     r = manual.forward_backward(w, b, xb, yb, len(idx), backend.scalar)
-    states = {p: {key: backend.param(state0[state_field(key, p)]) for key in eng.state_keys
-                  if state0[state_field(key, p)] is not None} for p in ("w", "b")}
+    states = {
+        p: {
+            key: backend.param(state0[state_field(key, p)])
+            for key in eng.state_keys
+            if state0[state_field(key, p)] is not None
+        }
+        for p in ("w", "b")
+    }
     if k > 0:  # the optimizer's step count, as torch keeps it beside the state ("step")
         for st in states.values():
             st["step"] = k
@@ -128,12 +140,31 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
 
     got = {"grad_w": r.grad_w, "grad_b": r.grad_b, "loss": r.loss, "w": w1, "b": b1, **state1}
     dtype = man["w"].dtype
-    matches = all(np.array(_value(v), dtype=dtype).tobytes() == man[f][k:k + 1].tobytes() for f, v in got.items()
-                  if f in man)
+    matches = all(
+        np.array(_value(v), dtype=dtype).tobytes() == man[f][k : k + 1].tobytes() for f, v in got.items() if f in man
+    )
     nodes = {name: _array(getattr(r, name)) for name in ("a", "c", "d", "e", "dl_dd")}
     e, j = divmod(k, trace.plan.steps_per_epoch)
-    ex = Explanation(trace, k, e + 1, j + 1, idx, _array(xb), _array(yb), w0, b0, state0, nodes,
-                     _value(r.loss), _value(r.grad_w), _value(r.grad_b), _value(w1), _value(b1), state1, matches)
+    ex = Explanation(
+        trace,
+        k,
+        e + 1,
+        j + 1,
+        idx,
+        _array(xb),
+        _array(yb),
+        w0,
+        b0,
+        state0,
+        nodes,
+        _value(r.loss),
+        _value(r.grad_w),
+        _value(r.grad_b),
+        _value(w1),
+        _value(b1),
+        state1,
+        matches,
+    )
     ex.spacing = _spacing(trace, k, {"w": (w0, _value(r.grad_w)), "b": (b0, _value(r.grad_b))}, state1)
     info = getattr(trace, "engine", None)
     if info is not None:  # the user's values beside the expected ones
@@ -141,15 +172,27 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
         ex.user_nodes = info.forward if info.forward_step == k else None
         ex.user_name = info.name
         # the update expected from the user's own gradients (a wrong gradient is named once, at the gradient)
-        states = {p: {key: backend.param(state0[state_field(key, p)]) for key in eng.state_keys
-                      if state0[state_field(key, p)] is not None} for p in ("w", "b")}
+        states = {
+            p: {
+                key: backend.param(state0[state_field(key, p)])
+                for key in eng.state_keys
+                if state0[state_field(key, p)] is not None
+            }
+            for p in ("w", "b")
+        }
         if k > 0:
             for st in states.values():
                 st["step"] = k
         gw, gb = backend.param(ex.user["grad_w"]), backend.param(ex.user["grad_b"])
         uw1, ub1 = eng.update(w, gw, states["w"], hp), eng.update(b, gb, states["b"], hp)
-        ex.expected = {"loss": ex.loss, "grad_w": ex.grad_w, "grad_b": ex.grad_b, "w": _value(uw1), "b": _value(ub1),
-                       **{state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")}}
+        ex.expected = {
+            "loss": ex.loss,
+            "grad_w": ex.grad_w,
+            "grad_b": ex.grad_b,
+            "w": _value(uw1),
+            "b": _value(ub1),
+            **{state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")},
+        }
     return ex
 
 
@@ -199,21 +242,38 @@ def explain_distributed(trace, batch: int, epoch: int = 1) -> DistributedExplana
     eng = manual.engine(trace.config, backend)
     grads = {p: ddp.average([backend.scalar(getattr(ex, "grad_" + p)) for ex in ranks], backend) for p in ("w", "b")}
     first = ranks[0]
-    states = {p: {key: backend.param(first.state0[state_field(key, p)]) for key in eng.state_keys
-                  if first.state0[state_field(key, p)] is not None} for p in ("w", "b")}
+    states = {
+        p: {
+            key: backend.param(first.state0[state_field(key, p)])
+            for key in eng.state_keys
+            if first.state0[state_field(key, p)] is not None
+        }
+        for p in ("w", "b")
+    }
     w1 = eng.update(backend.param(first.w0), grads["w"], states["w"], eng.hp)
     b1 = eng.update(backend.param(first.b0), grads["b"], states["b"], eng.hp)
     state1 = {state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")}
     loss = float(np.mean([ex.loss for ex in ranks]))
     idx = trace.indices(k)
-    step = dataclasses.replace(first, trace=trace, indices=idx, loss=loss, grad_w=_value(grads["w"]),
-                               grad_b=_value(grads["b"]), w1=_value(w1), b1=_value(b1), state1=state1)
+    step = dataclasses.replace(
+        first,
+        trace=trace,
+        indices=idx,
+        loss=loss,
+        grad_w=_value(grads["w"]),
+        grad_b=_value(grads["b"]),
+        w1=_value(w1),
+        b1=_value(b1),
+        state1=state1,
+    )
     man = trace.manual
     got = {"grad_w": step.grad_w, "grad_b": step.grad_b, "w": step.w1, "b": step.b1, **state1}
     dtype = man["w"].dtype
-    matches = all(np.array(v, dtype=dtype).tobytes() == man[f][k:k + 1].tobytes() for f, v in got.items())
-    matches &= all(np.array(ex.grad_w, dtype=dtype).tobytes() == trace.ranks.manual["grad_w"][k, r:r + 1].tobytes()
-                   for r, ex in enumerate(ranks))
+    matches = all(np.array(v, dtype=dtype).tobytes() == man[f][k : k + 1].tobytes() for f, v in got.items())
+    matches &= all(
+        np.array(ex.grad_w, dtype=dtype).tobytes() == trace.ranks.manual["grad_w"][k, r : r + 1].tobytes()
+        for r, ex in enumerate(ranks)
+    )
     return DistributedExplanation(ranks, step, float(backend.scalar(1.0 / len(ranks))), matches)
 
 
@@ -231,8 +291,12 @@ def _spacing(trace, k: int, params: dict, state1: dict) -> dict[str, dict[str, A
         state = {key: state1[state_field(key, p)] for key in optimizers.get("sgd").state_keys(cfg)}
         below, above = stall.spacing(p0, cfg.dtype)
         step = step_rate(trace, k) * float(optimizers.get("sgd").direction(p0, g, state, cfg))
-        out[p] = {"below": below, "above": above, "update": step,
-                  "stalled": bool(trace.stalled["manual"][f"stalled_{p}"][k]) if trace.stalled else False}
+        out[p] = {
+            "below": below,
+            "above": above,
+            "update": step,
+            "stalled": bool(trace.stalled["manual"][f"stalled_{p}"][k]) if trace.stalled else False,
+        }
     return out
 
 
@@ -302,8 +366,11 @@ def optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
     p0 = backend.param(ex.w0 if param == "w" else ex.b0)
     g = backend.param(ex.grad_w if param == "w" else ex.grad_b)
-    st = {key: backend.param(ex.state0[state_field(key, param)]) for key in eng.state_keys
-          if ex.state0[state_field(key, param)] is not None}
+    st = {
+        key: backend.param(ex.state0[state_field(key, param)])
+        for key in eng.state_keys
+        if ex.state0[state_field(key, param)] is not None
+    }
     t = k + 1
     f = lambda v: _value(v)  # noqa: E731
     out: list[Line] = []
@@ -313,49 +380,118 @@ def optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     name = cfg.optimizer
     if cfg.weight_decay != 0 and name == "adamw":
         p1 = opt.decoupled_decay(p0, s(1 - hp.lr * hp.weight_decay))
-        out.append(Line(param, f"{param}·(1 − lr·weight_decay)", "{p}·(1 − {lr}·{wd})",
-                        {"p": f(p0), "lr": hp.lr, "wd": hp.weight_decay}, f(p1)))
+        out.append(
+            Line(
+                param,
+                f"{param}·(1 − lr·weight_decay)",
+                "{p}·(1 − {lr}·{wd})",
+                {"p": f(p0), "lr": hp.lr, "wd": hp.weight_decay},
+                f(p1),
+            )
+        )
         p0 = p1
     elif cfg.weight_decay != 0:
         g1 = opt.decayed(g, p0, s(hp.weight_decay))
-        out.append(Line("g", f"g + weight_decay·{param}", "{g} + {wd}·{p}",
-                        {"g": f(g), "wd": hp.weight_decay, "p": f(p0)}, f(g1)))
+        out.append(
+            Line(
+                "g",
+                f"g + weight_decay·{param}",
+                "{g} + {wd}·{p}",
+                {"g": f(g), "wd": hp.weight_decay, "p": f(p0)},
+                f(g1),
+            )
+        )
         g = g1
     zero = backend.param(0.0)
     if name in ("adam", "adamw"):
         m0, v0 = st.get("exp_avg", zero), st.get("exp_avg_sq", zero)
         m = opt.first_moment(m0, g, s(1 - hp.beta1))
-        out.append(Line("m", "lerp(m, g, 1 − β1) = m + (1 − β1)·(g − m)", "{m} + {c}·({g} − {m})",
-                        {"m": f(m0), "c": 1 - hp.beta1, "g": f(g)}, f(m), state_field("exp_avg", param)))
+        out.append(
+            Line(
+                "m",
+                "lerp(m, g, 1 − β1) = m + (1 − β1)·(g − m)",
+                "{m} + {c}·({g} − {m})",
+                {"m": f(m0), "c": 1 - hp.beta1, "g": f(g)},
+                f(m),
+                state_field("exp_avg", param),
+            )
+        )
         v = opt.second_moment(v0, g, s(hp.beta2), s(1 - hp.beta2))
-        out.append(Line("v", "β2·v + (1 − β2)·g²", "{b2}·{v} + {c}·{g}²",
-                        {"b2": hp.beta2, "v": f(v0), "c": 1 - hp.beta2, "g": f(g)}, f(v), state_field("exp_avg_sq", param)))
+        out.append(
+            Line(
+                "v",
+                "β2·v + (1 − β2)·g²",
+                "{b2}·{v} + {c}·{g}²",
+                {"b2": hp.beta2, "v": f(v0), "c": 1 - hp.beta2, "g": f(g)},
+                f(v),
+                state_field("exp_avg_sq", param),
+            )
+        )
         if hp.amsgrad:
             vm0 = st.get("max_exp_avg_sq", zero)
             v = opt.running_max(vm0, v)
-            out.append(Line("vmax", "max(vmax, v)", "max({vm}, {v})", {"vm": f(vm0), "v": out[-1].value}, f(v),
-                            state_field("max_exp_avg_sq", param)))
+            out.append(
+                Line(
+                    "vmax",
+                    "max(vmax, v)",
+                    "max({vm}, {v})",
+                    {"vm": f(vm0), "v": out[-1].value},
+                    f(v),
+                    state_field("max_exp_avg_sq", param),
+                )
+            )
         bc1, bc2 = opt.bias_correction(hp.beta1, t), opt.bias_correction(hp.beta2, t)
         out.append(Line("bc1", "1 − β1^t", "1 − {b1}^{t}", {"b1": hp.beta1, "t": t}, bc1))
         out.append(Line("bc2", "1 − β2^t", "1 − {b2}^{t}", {"b2": hp.beta2, "t": t}, bc2))
         step_size = hp.lr / bc1
         out.append(Line("step_size", "lr / bc1", "{lr} / {bc1}", {"lr": hp.lr, "bc1": bc1}, step_size))
         denom = opt.denominator(v, s(bc2**0.5), s(hp.eps))
-        out.append(Line("denom", "sqrt(v)/sqrt(bc2) + eps (eps outside the root)", "sqrt({v})/sqrt({bc2}) + {eps}",
-                        {"v": f(v), "bc2": bc2, "eps": hp.eps}, f(denom)))
+        out.append(
+            Line(
+                "denom",
+                "sqrt(v)/sqrt(bc2) + eps (eps outside the root)",
+                "sqrt({v})/sqrt({bc2}) + {eps}",
+                {"v": f(v), "bc2": bc2, "eps": hp.eps},
+                f(denom),
+            )
+        )
         p1 = opt.stepped(p0, m, denom, s(-step_size))
-        out.append(Line(param, f"{param} − step_size·m/denom", "{p} − {ss}·{m}/{d}",
-                        {"p": f(p0), "ss": step_size, "m": f(m), "d": f(denom)}, f(p1), param))
+        out.append(
+            Line(
+                param,
+                f"{param} − step_size·m/denom",
+                "{p} − {ss}·{m}/{d}",
+                {"p": f(p0), "ss": step_size, "m": f(m), "d": f(denom)},
+                f(p1),
+                param,
+            )
+        )
     elif name == "rmsprop":
         v0 = st.get("square_avg", zero)
         v = opt.square_average(v0, g, s(hp.alpha), s(1 - hp.alpha))
-        out.append(Line("v", "α·v + (1 − α)·g²", "{a}·{v} + {c}·{g}²", {"a": hp.alpha, "v": f(v0), "c": 1 - hp.alpha,
-                                                                         "g": f(g)}, f(v), state_field("square_avg", param)))
+        out.append(
+            Line(
+                "v",
+                "α·v + (1 − α)·g²",
+                "{a}·{v} + {c}·{g}²",
+                {"a": hp.alpha, "v": f(v0), "c": 1 - hp.alpha, "g": f(g)},
+                f(v),
+                state_field("square_avg", param),
+            )
+        )
         if hp.centered:
             ga0 = st.get("grad_avg", zero)
             ga = opt.grad_average(ga0, g, s(1 - hp.alpha))
-            out.append(Line("g_avg", "lerp(g_avg, g, 1 − α)", "{ga} + {c}·({g} − {ga})",
-                            {"ga": f(ga0), "c": 1 - hp.alpha, "g": f(g)}, f(ga), state_field("grad_avg", param)))
+            out.append(
+                Line(
+                    "g_avg",
+                    "lerp(g_avg, g, 1 − α)",
+                    "{ga} + {c}·({g} − {ga})",
+                    {"ga": f(ga0), "c": 1 - hp.alpha, "g": f(g)},
+                    f(ga),
+                    state_field("grad_avg", param),
+                )
+            )
             root = opt.centered_root(v, ga)
             out.append(Line("avg", "sqrt(v − g_avg²)", "sqrt({v} − {ga}²)", {"v": f(v), "ga": f(ga)}, f(root)))
         else:
@@ -366,26 +502,57 @@ def optimizer_lines(ex: Explanation, param: str) -> list[Line]:
         if hp.momentum > 0:
             b0 = st.get("momentum_buffer", zero)
             buf = opt.buffered(b0, g, avg, s(hp.momentum))
-            out.append(Line("buf", "momentum·buf + g/avg", "{mu}·{b} + {g}/{a}",
-                            {"mu": hp.momentum, "b": f(b0), "g": f(g), "a": f(avg)}, f(buf),
-                            state_field("momentum_buffer", param)))
+            out.append(
+                Line(
+                    "buf",
+                    "momentum·buf + g/avg",
+                    "{mu}·{b} + {g}/{a}",
+                    {"mu": hp.momentum, "b": f(b0), "g": f(g), "a": f(avg)},
+                    f(buf),
+                    state_field("momentum_buffer", param),
+                )
+            )
             p1 = opt.descend(p0, buf, s(-hp.lr))
-            out.append(Line(param, f"{param} − lr·buf", "{p} − {lr}·{b}", {"p": f(p0), "lr": hp.lr, "b": f(buf)},
-                            f(p1), param))
+            out.append(
+                Line(param, f"{param} − lr·buf", "{p} − {lr}·{b}", {"p": f(p0), "lr": hp.lr, "b": f(buf)}, f(p1), param)
+            )
         else:
             p1 = opt.stepped(p0, g, avg, s(-hp.lr))
-            out.append(Line(param, f"{param} − lr·g/avg", "{p} − {lr}·{g}/{a}",
-                            {"p": f(p0), "lr": hp.lr, "g": f(g), "a": f(avg)}, f(p1), param))
+            out.append(
+                Line(
+                    param,
+                    f"{param} − lr·g/avg",
+                    "{p} − {lr}·{g}/{a}",
+                    {"p": f(p0), "lr": hp.lr, "g": f(g), "a": f(avg)},
+                    f(p1),
+                    param,
+                )
+            )
     else:  # adagrad
         clr = opt.decayed_rate(hp.lr, hp.lr_decay, t)
-        out.append(Line("clr", "lr / (1 + (t − 1)·lr_decay)", "{lr} / (1 + ({t} − 1)·{d})",
-                        {"lr": hp.lr, "t": t, "d": hp.lr_decay}, clr))
+        out.append(
+            Line(
+                "clr",
+                "lr / (1 + (t − 1)·lr_decay)",
+                "{lr} / (1 + ({t} − 1)·{d})",
+                {"lr": hp.lr, "t": t, "d": hp.lr_decay},
+                clr,
+            )
+        )
         s0 = st.get("sum", backend.param(s(hp.initial_accumulator_value)))
         total = opt.accumulated(s0, g)
         out.append(Line("sum", "sum + g²", "{s} + {g}²", {"s": f(s0), "g": f(g)}, f(total), state_field("sum", param)))
         std = opt.deviation(total, s(hp.eps))
         out.append(Line("std", "sqrt(sum) + eps", "sqrt({s}) + {eps}", {"s": f(total), "eps": hp.eps}, f(std)))
         p1 = opt.stepped(p0, g, std, s(-clr))
-        out.append(Line(param, f"{param} − clr·g/std", "{p} − {c}·{g}/{sd}",
-                        {"p": f(p0), "c": clr, "g": f(g), "sd": f(std)}, f(p1), param))
+        out.append(
+            Line(
+                param,
+                f"{param} − clr·g/std",
+                "{p} − {c}·{g}/{sd}",
+                {"p": f(p0), "c": clr, "g": f(g), "sd": f(std)},
+                f(p1),
+                param,
+            )
+        )
     return out

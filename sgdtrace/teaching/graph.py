@@ -21,6 +21,7 @@ import numpy as np
 
 from sgdtrace.divergence import _cast, ulp_distance
 
+
 @dataclass(frozen=True)
 class ManualNode:
     name: str
@@ -129,8 +130,15 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     n = ex.n
     up = ex.nodes["dl_dd"]
     # dl/d(node) by the manual engine's own factors: dz/dl = 1, dl/de = 1/n, dl/dd = dl/dc = dl/da = 2d/n
-    grads = {"l": np.array([1.0]), "e": np.full(n, manual.dl_de(n)), "d": up, "c": up, "a": up,
-             "w": np.array([ex.grad_w]), "b": np.array([ex.grad_b])}
+    grads = {
+        "l": np.array([1.0]),
+        "e": np.full(n, manual.dl_de(n)),
+        "d": up,
+        "c": up,
+        "a": up,
+        "w": np.array([ex.grad_w]),
+        "b": np.array([ex.grad_b]),
+    }
     ulps: list[int | None] = []
     for node in nodes:
         target_node = node.maps_to[0] if node.maps_to else None

@@ -22,7 +22,15 @@ def _row(r) -> list[str]:
         status = f"DIVERGE at {f['epoch']}:{f['batch']} {field_label(f['field'])}"
     if v.diverged_training:
         status += " (blew up)"
-    return [os.path.basename(r.config), t.device, t.config.dtype, str(t.n_steps), str(v.max_ulp), percent(v.max_tol_ratio), status]
+    return [
+        os.path.basename(r.config),
+        t.device,
+        t.config.dtype,
+        str(t.n_steps),
+        str(v.max_ulp),
+        percent(v.max_tol_ratio),
+        status,
+    ]
 
 
 HEAD = ["config", "device", "dtype", "steps", "max ulp", "of tol", "verdict"]
@@ -30,21 +38,29 @@ HEAD = ["config", "device", "dtype", "steps", "max ulp", "of tol", "verdict"]
 
 def check_view(result) -> Group:
     side = result.rows[0].trace.hand if result.rows and result.rows[0].trace.engine is not None else "manual engine"
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False,
-                  title=f"sgdtrace check: {side} vs torch on every config", title_justify="left",
-                  title_style="bold")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+        title=f"sgdtrace check: {side} vs torch on every config",
+        title_justify="left",
+        title_style="bold",
+    )
     for name in HEAD:
-        table.add_column(name, justify="right" if name in ("steps", "max ulp", "of tol") else "left",
-                         no_wrap=name == "verdict")
+        table.add_column(
+            name, justify="right" if name in ("steps", "max ulp", "of tol") else "left", no_wrap=name == "verdict"
+        )
     for r in result.rows:
         cells = _row(r)
         style = "green" if r.trace.verdict.ok else "bold red"
         table.add_row(*cells[:-1], Text(cells[-1], style=style))
     failed = sum(1 for r in result.rows if not r.trace.verdict.ok)
     n = len(result.rows)
-    summary = (Text("✓ 1 run agrees" if n == 1 else f"✓ {n} runs agree", style="bold green") if result.ok
-               else Text(f"✗ {failed} of {n} run{'s' if n != 1 else ''} diverge{'s' if failed == 1 else ''}",
-                         style="bold red"))
+    summary = (
+        Text("✓ 1 run agrees" if n == 1 else f"✓ {n} runs agree", style="bold green")
+        if result.ok
+        else Text(f"✗ {failed} of {n} run{'s' if n != 1 else ''} diverge{'s' if failed == 1 else ''}", style="bold red")
+    )
     return Group(table, Text(""), summary)
 
 
@@ -64,15 +80,30 @@ def check_junit(result) -> str:
 
     rows = result.rows
     failures = sum(1 for r in rows if not r.trace.verdict.ok)
-    root = ET.Element("testsuites", name="sgdtrace check", tests=str(len(rows)), failures=str(failures),
-                      errors="0", skipped="0")
-    suite = ET.SubElement(root, "testsuite", name="sgdtrace check", tests=str(len(rows)), failures=str(failures),
-                          errors="0", skipped="0", time="0")
+    root = ET.Element(
+        "testsuites", name="sgdtrace check", tests=str(len(rows)), failures=str(failures), errors="0", skipped="0"
+    )
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        name="sgdtrace check",
+        tests=str(len(rows)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+        time="0",
+    )
     for r in rows:
         t = r.trace
         name = os.path.splitext(os.path.basename(r.config))[0]
-        case = ET.SubElement(suite, "testcase", classname=f"sgdtrace.check.{name}",
-                             name=f"{name}[{t.device}-{t.config.dtype}]", file=r.config, time="0")
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"sgdtrace.check.{name}",
+            name=f"{name}[{t.device}-{t.config.dtype}]",
+            file=r.config,
+            time="0",
+        )
         if t.engine is not None:
             ET.SubElement(ET.SubElement(case, "properties"), "property", name="engine", value=t.engine.path)
         sentence = verdict_sentence(t)

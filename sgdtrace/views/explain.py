@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from rich import box
 
 from sgdtrace.engines import manual as engine
 from sgdtrace.teaching.explain import Explanation, closed_form_rate, optimizer_lines, step_momentum, step_rate
@@ -37,7 +37,9 @@ def _p(v: float) -> str:
 
 def _terms(items: list[str]) -> str:
     if len(items) > MAX_TERMS:
-        items = items[:MAX_TERMS - 1] + [f"… ({len(items) - MAX_TERMS + 1} more)", ]
+        items = items[: MAX_TERMS - 1] + [
+            f"… ({len(items) - MAX_TERMS + 1} more)",
+        ]
     return " + ".join(items)
 
 
@@ -54,8 +56,9 @@ def _yours(ex: Explanation, field: str, label: str | None = None) -> Text:
     ok = ex.user_ok(field)
     t = Text(f"{ex.user_name}: ", style="dim")
     t.append(f"{label or field} = {num(ex.user[field])}")
-    t.append("  ✓ as expected" if ok else f"  ✗ expected {num(ex.expected[field])}",
-             style="green" if ok else "bold red")
+    t.append(
+        "  ✓ as expected" if ok else f"  ✗ expected {num(ex.expected[field])}", style="green" if ok else "bold red"
+    )
     return t
 
 
@@ -78,9 +81,15 @@ def _user_forward(ex: Explanation) -> list:
     nodes = ex.user_nodes or {}
     names = [n for n in NODE_HEADS if n in nodes]
     rtol, atol = tolerances(ex.trace.config)
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
-                  title=f"Your forward ({ex.user_name}), node by node: ✗ where it differs from the expected node "
-                        "beyond rounding", title_justify="left", title_style="bold")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+        pad_edge=False,
+        title=f"Your forward ({ex.user_name}), node by node: ✗ where it differs from the expected node beyond rounding",
+        title_justify="left",
+        title_style="bold",
+    )
     table.add_column("i", justify="right")
     for n in names:
         table.add_column(NODE_HEADS[n], justify="right")
@@ -88,13 +97,22 @@ def _user_forward(ex: Explanation) -> list:
     for i in range(min(ex.n, MAX_SAMPLES)):
         cells = [str(ex.indices[i])]
         for n in names:
-            cells.append(Text(num(nodes[n][i]) + (f" ✗ ({num(ex.nodes[n][i])})" if bad[n][i] else ""),
-                              style="bold red" if bad[n][i] else ""))
+            cells.append(
+                Text(
+                    num(nodes[n][i]) + (f" ✗ ({num(ex.nodes[n][i])})" if bad[n][i] else ""),
+                    style="bold red" if bad[n][i] else "",
+                )
+            )
         table.add_row(*cells)
     wrong = [n for n in names if bad[n].any()]
-    note = (Text(f"First node that differs: {wrong[0]} ({NODE_HEADS[wrong[0]]}); the expected value in "
-                 "parentheses", style="bold red") if wrong else Text("Every node agrees with the expected one.",
-                                                                   style="green"))
+    note = (
+        Text(
+            f"First node that differs: {wrong[0]} ({NODE_HEADS[wrong[0]]}); the expected value in parentheses",
+            style="bold red",
+        )
+        if wrong
+        else Text("Every node agrees with the expected one.", style="green")
+    )
     return [table, note]
 
 
@@ -107,7 +125,7 @@ class _Section:
         self.grid.add_column(width=7, no_wrap=True, style="bold")
         self.grid.add_column()
 
-    def row(self, eq: str, text: "str | Text", result: str | None = None) -> None:
+    def row(self, eq: str, text: str | Text, result: str | None = None) -> None:
         t = text if isinstance(text, Text) else Text(text)
         if result is not None:
             t.append(" = ")
@@ -135,8 +153,10 @@ def _header(ex: Explanation) -> Text:
     spe = tr.plan.steps_per_epoch
     where = f"Epoch {ex.epoch} of {tr.plan.epochs}, batch {ex.batch} of {spe} (step {ex.step + 1})"
     t = Text(where, style="bold")
-    t.append(f": samples {_per_sample([str(i) for i in ex.indices.tolist()])} (n = {ex.n}), "
-             f"lr {cfg.lr:g}, {cfg.dtype} on {tr.device}\n")
+    t.append(
+        f": samples {_per_sample([str(i) for i in ex.indices.tolist()])} (n = {ex.n}), "
+        f"lr {cfg.lr:g}, {cfg.dtype} on {tr.device}\n"
+    )
     start = "the initial values" if ex.step == 0 else "the previous batch's update"
     t.append(f"Starting from w = {num(ex.w0)}, b = {num(ex.b0)} ({start})")
     return t
@@ -149,8 +169,15 @@ def _forward(ex: Explanation) -> list:
     nd = ex.nodes
     shown = min(ex.n, MAX_SAMPLES)
     for i in range(shown):
-        table.add_row(str(ex.indices[i]), num(ex.x[i]), num(ex.y[i]), num(nd["a"][i]), num(nd["c"][i]),
-                      num(nd["d"][i]), num(nd["e"][i]))
+        table.add_row(
+            str(ex.indices[i]),
+            num(ex.x[i]),
+            num(ex.y[i]),
+            num(nd["a"][i]),
+            num(nd["c"][i]),
+            num(nd["d"][i]),
+            num(nd["e"][i]),
+        )
     if ex.n > shown:
         table.add_row("⋮", "", "", "", Text(f"{ex.n - shown} more samples", style="italic"), "", "")
     sec = _Section("Forward pass (Equations 1-3): leaves w, x, b, y → a → c → d → e → l → z")
@@ -199,7 +226,9 @@ def _optimizer_update(ex: Explanation) -> list:
     sec = _Section(f"Update: torch.optim.{OPTIMIZER_CLASSES[cfg.optimizer]}'s algorithm, step t = {ex.step + 1}")
     for param in ("w", "b"):
         for line in optimizer_lines(ex, param):
-            shown = line.template.format(**{k: (str(v) if isinstance(v, int) else _p(v)) for k, v in line.values.items()})
+            shown = line.template.format(
+                **{k: (str(v) if isinstance(v, int) else _p(v)) for k, v in line.values.items()}
+            )
             sec.row("", f"{line.lhs} = {line.formula} = {shown}", num(line.value))
             if line.field is not None:
                 sec.torch(ex, line.field)
@@ -216,8 +245,11 @@ def _rate(ex: Explanation) -> list:
     sec.torch(ex, "lr")
     closed = closed_form_rate(tr, ex.step)
     if closed is not None:
-        sec.row("", f"closed form (_get_closed_form_lr) = {closed!r}; recursion − closed form",
-                f"{step_rate(tr, ex.step) - closed:.3g}")
+        sec.row(
+            "",
+            f"closed form (_get_closed_form_lr) = {closed!r}; recursion − closed form",
+            f"{step_rate(tr, ex.step) - closed:.3g}",
+        )
     return [sec.render()]
 
 
@@ -237,20 +269,30 @@ def _update_lines(ex: Explanation) -> list:
             sec.row("", f"g = −{gname} (maximize: ascend the loss)", num(gv))
             gname = "g"
         if cfg.weight_decay:
-            sec.row("", f"g = {gname} + weight_decay·{p} = {_p(gv)} + {cfg.weight_decay:g}·{_p(p0)}",
-                    num(gv + cfg.weight_decay * p0))
+            sec.row(
+                "",
+                f"g = {gname} + weight_decay·{p} = {_p(gv)} + {cfg.weight_decay:g}·{_p(p0)}",
+                num(gv + cfg.weight_decay * p0),
+            )
             gv, gname = gv + cfg.weight_decay * p0, "g"
         if buf in ex.state1:
             b1 = ex.state1[buf]
             if ex.step == 0:
                 sec.row("", f"{buf} = {gname} (the first step starts the buffer)", num(b1))
             else:
-                sec.row("", f"{buf} = momentum·{buf} + (1 − dampening)·{gname} = {momentum:g}·"
-                            f"{_p(ex.state0[buf])} + {1 - cfg.dampening:g}·{_p(gv)}", num(b1))
+                sec.row(
+                    "",
+                    f"{buf} = momentum·{buf} + (1 − dampening)·{gname} = {momentum:g}·"
+                    f"{_p(ex.state0[buf])} + {1 - cfg.dampening:g}·{_p(gv)}",
+                    num(b1),
+                )
             sec.torch(ex, buf)
             if cfg.nesterov:
-                sec.row(f"Eq. {eq}", f"{p} ← {p} − lr·({gname} + momentum·{buf}) = {num(p0)} − {lr}·"
-                                     f"({_p(gv)} + {momentum:g}·{_p(b1)})", num(p1))
+                sec.row(
+                    f"Eq. {eq}",
+                    f"{p} ← {p} − lr·({gname} + momentum·{buf}) = {num(p0)} − {lr}·({_p(gv)} + {momentum:g}·{_p(b1)})",
+                    num(p1),
+                )
             else:
                 sec.row(f"Eq. {eq}", f"{p} ← {p} − lr·{buf} = {num(p0)} − {lr}·{_p(b1)}", num(p1))
         else:
@@ -266,10 +308,16 @@ def _spacing_row(sec, ex: Explanation, p: str, p0: float) -> None:
     if s is None or not (s["stalled"] or ex.trace.config.dtype in ("bfloat16", "float16")):
         return  # shown in the 16-bit types, and wherever a step stalled
     gap = s["above"] if s["update"] < 0 else s["below"]  # p - lr·d moves up when lr·d < 0
-    verdict = (f"under half of it: lost to rounding, {p} stays {num(p0)} (stalled)" if s["stalled"]
-               else "at least half of it: the update moves " + p)
-    sec.row("", f"spacing of {ex.trace.config.dtype} values next to {p} = {num(p0)}: {num(gap)} "
-                f"(half {num(gap / 2)}); the update |lr·g| = {num(abs(s['update']))}, {verdict}")
+    verdict = (
+        f"under half of it: lost to rounding, {p} stays {num(p0)} (stalled)"
+        if s["stalled"]
+        else "at least half of it: the update moves " + p
+    )
+    sec.row(
+        "",
+        f"spacing of {ex.trace.config.dtype} values next to {p} = {num(p0)}: {num(gap)} "
+        f"(half {num(gap / 2)}); the update |lr·g| = {num(abs(s['update']))}, {verdict}",
+    )
 
 
 def explain_view(ex: Explanation) -> Group:
@@ -281,11 +329,21 @@ def explain_view(ex: Explanation) -> Group:
     if ex.user_nodes is not None:
         parts += _user_forward(ex) + [Text("")]
     if ex.user is not None:
-        parts.append(Text(f"The values worked out above are sgdtrace's own, from the parameters {ex.user_name} "
-                          f"started this step from; '{ex.user_name}:' lines are your file's values.", style="dim"))
+        parts.append(
+            Text(
+                f"The values worked out above are sgdtrace's own, from the parameters {ex.user_name} "
+                f"started this step from; '{ex.user_name}:' lines are your file's values.",
+                style="dim",
+            )
+        )
     elif ex.matches_trace:
-        parts.append(Text("These are the manual engine's own values for this step (bit for bit as in the run); "
-                          "'ulp' counts the floats between them and torch's.", style="dim"))
+        parts.append(
+            Text(
+                "These are the manual engine's own values for this step (bit for bit as in the run); "
+                "'ulp' counts the floats between them and torch's.",
+                style="dim",
+            )
+        )
     else:  # pragma: no cover - would mean explain recomputes differently from the run
         parts.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
     return Group(*parts)
@@ -300,21 +358,48 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
 
     fields, manual = ex.fields, ex.values
     return {
-        "epoch": ex.epoch, "batch": ex.batch, "step": ex.step + 1, "n": ex.n, "indices": ex.indices.tolist(),
+        "epoch": ex.epoch,
+        "batch": ex.batch,
+        "step": ex.step + 1,
+        "n": ex.n,
+        "indices": ex.indices.tolist(),
         "start": {"w": json_number(ex.w0), "b": json_number(ex.b0)},
-        "forward": {"x": nums(ex.x), "y": nums(ex.y), "a": nums(ex.nodes["a"]), "c": nums(ex.nodes["c"]),
-                    "d": nums(ex.nodes["d"]), "e": nums(ex.nodes["e"]), "l": json_number(ex.loss),
-                    "z": json_number(ex.loss)},
-        "backward": {"dz/dl": 1, "dl/de": json_number(1 / ex.n), "de/dd": nums(2 * ex.nodes["d"]), "dd/dc": engine.DD_DC,
-                     "dc/da": engine.DC_DA, "dc/db": engine.DC_DB, "da/dw": nums(ex.x), "dl/dd": nums(ex.nodes["dl_dd"])},
+        "forward": {
+            "x": nums(ex.x),
+            "y": nums(ex.y),
+            "a": nums(ex.nodes["a"]),
+            "c": nums(ex.nodes["c"]),
+            "d": nums(ex.nodes["d"]),
+            "e": nums(ex.nodes["e"]),
+            "l": json_number(ex.loss),
+            "z": json_number(ex.loss),
+        },
+        "backward": {
+            "dz/dl": 1,
+            "dl/de": json_number(1 / ex.n),
+            "de/dd": nums(2 * ex.nodes["d"]),
+            "dd/dc": engine.DD_DC,
+            "dc/da": engine.DC_DA,
+            "dc/db": engine.DC_DB,
+            "da/dw": nums(ex.x),
+            "dl/dd": nums(ex.nodes["dl_dd"]),
+        },
         "manual": {f: json_number(manual[f]) for f in fields},
         "torch": {f: json_number(ex.torch_value(f)) for f in fields},
         "ulp": {f: ex.ulp(f) for f in fields},
         "matches_trace": ex.matches_trace,
-        **({} if ex.user is None else {"engine": {
-            "name": ex.user_name, "values": {f: json_number(v) for f, v in ex.user.items()},
-            "ok": {f: ex.user_ok(f) for f in ex.user},
-            "nodes": None if ex.user_nodes is None else {n: nums(v) for n, v in ex.user_nodes.items()}}}),
+        **(
+            {}
+            if ex.user is None
+            else {
+                "engine": {
+                    "name": ex.user_name,
+                    "values": {f: json_number(v) for f, v in ex.user.items()},
+                    "ok": {f: ex.user_ok(f) for f in ex.user},
+                    "nodes": None if ex.user_nodes is None else {n: nums(v) for n, v in ex.user_nodes.items()},
+                }
+            }
+        ),
         "spacing": ex.spacing,
     }
 
@@ -328,13 +413,19 @@ def explain_distributed_view(dx) -> Group:
     world = len(dx.ranks)
     parts: list = [_header(step), Text("")]
     for r, ex in enumerate(dx.ranks):
-        parts.append(Text(f"Rank {r}: samples {_per_sample([str(i) for i in ex.indices.tolist()])} (n = {ex.n})",
-                          style="bold reverse"))
+        parts.append(
+            Text(
+                f"Rank {r}: samples {_per_sample([str(i) for i in ex.indices.tolist()])} (n = {ex.n})",
+                style="bold reverse",
+            )
+        )
         parts += _forward(ex) + [Text("")]
         for sec in _backward(ex):
             parts += [sec, Text("")]
-    sec = _Section(f"All-reduce (DistributedDataParallel's average over {world} ranks: each rank's gradient "
-                   f"times 1/{world}, rounded, then summed)")
+    sec = _Section(
+        f"All-reduce (DistributedDataParallel's average over {world} ranks: each rank's gradient "
+        f"times 1/{world}, rounded, then summed)"
+    )
     inv = num(dx.inv_n)
     for p in ("w", "b"):
         gs = [_p(getattr(ex, "grad_" + p)) for ex in dx.ranks]
@@ -350,8 +441,13 @@ def explain_distributed_view(dx) -> Group:
     for s in _update_lines(step):
         parts += [s, Text("")]
     if dx.matches_trace:
-        parts.append(Text("These are the manual engine's own values for this step (bit for bit as in the run); "
-                          "'ulp' counts the floats between them and torch's.", style="dim"))
+        parts.append(
+            Text(
+                "These are the manual engine's own values for this step (bit for bit as in the run); "
+                "'ulp' counts the floats between them and torch's.",
+                style="dim",
+            )
+        )
     else:  # pragma: no cover - would mean explain recomputes differently from the run
         parts.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
     return Group(*parts)
@@ -371,7 +467,10 @@ def explain_distributed_json(dx) -> dict[str, Any]:
             page[part] = {f: page[part][f] for f in keep}
         page.pop("matches_trace", None)
         doc["ranks"].append({"rank": r, **page})
-    doc["allreduce"] = {"inv_n": json_number(dx.inv_n),
-                        "grad_w": json_number(dx.step.grad_w), "grad_b": json_number(dx.step.grad_b)}
+    doc["allreduce"] = {
+        "inv_n": json_number(dx.inv_n),
+        "grad_w": json_number(dx.step.grad_w),
+        "grad_b": json_number(dx.step.grad_b),
+    }
     doc["matches_trace"] = dx.matches_trace
     return doc

@@ -36,8 +36,15 @@ def trace_to_json(trace) -> dict[str, Any]:
     div = {}
     for f in fields:
         d = trace.divergence[f]
-        div[f] = (d.abs.tolist(), d.rel.tolist(), d.ulp.tolist(), _numbers(d.carried), _numbers(d.tol), d.ok.tolist(),
-                  d.finite.tolist())
+        div[f] = (
+            d.abs.tolist(),
+            d.rel.tolist(),
+            d.ulp.tolist(),
+            _numbers(d.carried),
+            _numbers(d.tol),
+            d.ok.tolist(),
+            d.finite.tolist(),
+        )
     epochs, batches, ns = trace.epoch.tolist(), trace.batch.tolist(), trace.n.tolist()
     stalls = _stall_keys(trace)  # booleans beside the values: the update lost to rounding
     man.update({f: trace.stalled["manual"][f].tolist() for f in stalls})
@@ -47,15 +54,25 @@ def trace_to_json(trace) -> dict[str, Any]:
         divergence = {}
         for f in fields:
             a, r, u, c, t, ok, fin = (col[k] for col in div[f])
-            divergence[f] = {"abs": a if fin else None, "rel": r if fin else None, "ulp": u if fin else None,
-                             "carried": c, "tol": t, "ok": ok}
-        steps.append({
-            "epoch": epochs[k], "batch": batches[k], "n": ns[k],
-            "indices": trace.indices(k).tolist(),
-            "manual": {f: man[f][k] for f in fields + stalls},
-            "torch": {f: ref[f][k] for f in fields + stalls},
-            "divergence": divergence,
-        })
+            divergence[f] = {
+                "abs": a if fin else None,
+                "rel": r if fin else None,
+                "ulp": u if fin else None,
+                "carried": c,
+                "tol": t,
+                "ok": ok,
+            }
+        steps.append(
+            {
+                "epoch": epochs[k],
+                "batch": batches[k],
+                "n": ns[k],
+                "indices": trace.indices(k).tolist(),
+                "manual": {f: man[f][k] for f in fields + stalls},
+                "torch": {f: ref[f][k] for f in fields + stalls},
+                "divergence": divergence,
+            }
+        )
     doc = {"sgdtrace": __version__, "config": config, "steps": steps, "verdict": trace.verdict.to_json()}
     _add_witnesses(trace, doc)
     _add_ranks(trace, doc)
@@ -74,14 +91,24 @@ def _add_ranks(trace, doc: dict[str, Any]) -> None:
     man = {f: [_numbers(rt.manual[f][:, r]) for r in range(world)] for f in fields}
     ref = {f: [_numbers(rt.torch[f][:, r]) for r in range(world)] for f in fields}
     for k, step in enumerate(doc["steps"]):
-        step["ranks"] = [{
-            "rank": r, "n": int(rt.n[k, r]), "indices": plans[r].indices(k).tolist(),
-            "manual": {f: man[f][r][k] for f in fields},
-            "torch": {f: ref[f][r][k] for f in fields},
-            "divergence": {f: {"abs": json_number(rt.divergence[f].abs[k, r]) if rt.divergence[f].finite[k, r] else None,
-                               "tol": json_number(rt.divergence[f].tol[k, r]),
-                               "ok": bool(rt.divergence[f].ok[k, r])} for f in fields},
-        } for r in range(world)]
+        step["ranks"] = [
+            {
+                "rank": r,
+                "n": int(rt.n[k, r]),
+                "indices": plans[r].indices(k).tolist(),
+                "manual": {f: man[f][r][k] for f in fields},
+                "torch": {f: ref[f][r][k] for f in fields},
+                "divergence": {
+                    f: {
+                        "abs": json_number(rt.divergence[f].abs[k, r]) if rt.divergence[f].finite[k, r] else None,
+                        "tol": json_number(rt.divergence[f].tol[k, r]),
+                        "ok": bool(rt.divergence[f].ok[k, r]),
+                    }
+                    for f in fields
+                },
+            }
+            for r in range(world)
+        ]
     doc["epochs"] = [{"epoch": e + 1, "padded": rt.plan.padded[e].tolist()} for e in range(rt.plan.epochs)]
 
 
@@ -92,8 +119,10 @@ def _stall_keys(trace) -> tuple[str, ...]:
 
 def compare_to_json(result) -> dict[str, Any]:
     """``compare --format json``: ``{"runs": [one trace document per device/dtype], "cross": [...]}``."""
-    return {"runs": [trace_to_json(t) for t in result.runs],
-            "cross": [c.to_json() for c in result.cross] + [d.to_json() for d in getattr(result, "drift", ())]}
+    return {
+        "runs": [trace_to_json(t) for t in result.runs],
+        "cross": [c.to_json() for c in result.cross] + [d.to_json() for d in getattr(result, "drift", ())],
+    }
 
 
 def _add_witnesses(trace, doc: dict[str, Any]) -> None:
@@ -106,14 +135,20 @@ def _add_witnesses(trace, doc: dict[str, Any]) -> None:
             step["reference"] = {f: json_number(ref.floats[f][k]) for f in ref.fields}
             step["reference_error"] = {
                 eng: {f: {"abs": json_number(e[f][0][k]), "rel": json_number(e[f][1][k])} for f in ref.fields}
-                for eng, e in errs.items()}
+                for eng, e in errs.items()
+            }
     if gc is not None:
         doc["gradcheck"] = {"eps": gc.eps, "atol": gc.atol, "rtol": gc.rtol, "ok": gc.all_ok}
         for k, step in enumerate(doc["steps"]):
-            step["gradcheck"] = {f: {"numeric": json_number(gc.numeric[f][k]),
-                                     "analytic": json_number(gc.analytic[f][k]),
-                                     "abs": json_number(gc.abs[f][k]), "tol": json_number(gc.tol[f][k])}
-                                 for f in gc.numeric}
+            step["gradcheck"] = {
+                f: {
+                    "numeric": json_number(gc.numeric[f][k]),
+                    "analytic": json_number(gc.analytic[f][k]),
+                    "abs": json_number(gc.abs[f][k]),
+                    "tol": json_number(gc.tol[f][k]),
+                }
+                for f in gc.numeric
+            }
             step["gradcheck"]["ok"] = bool(gc.ok[k]) if gc.finite[k] else None
 
 
@@ -158,8 +193,12 @@ def trace_json_chunks(trace):
     string templates, ``JSON_CHUNK_STEPS`` steps per piece, so a million-step run streams to its
     file without holding it (about 1.4 kB of text per step) all at once; tests hold the two equal.
     """
-    head = {"sgdtrace": __version__, "config": _config_json(trace), "steps": [_STEPS_MARK],
-            "verdict": trace.verdict.to_json()}
+    head = {
+        "sgdtrace": __version__,
+        "config": _config_json(trace),
+        "steps": [_STEPS_MARK],
+        "verdict": trace.verdict.to_json(),
+    }
     text = to_json_text(head)
     mark = "\n    " + json.dumps(_STEPS_MARK) + "\n"
     before, after = text.split(mark)
@@ -184,9 +223,14 @@ def trace_json_chunks(trace):
             ulp = list(map(str, d.ulp[lo:hi].tolist()))
             for j in np.flatnonzero(~fin).tolist():
                 ulp[j] = "null"
-            div[f] = [_json_floats(d.abs[lo:hi], fin), _json_floats(d.rel[lo:hi], fin), ulp,
-                      _json_floats(d.carried[lo:hi]), _json_floats(d.tol[lo:hi]),
-                      ["true" if v else "false" for v in d.ok[lo:hi].tolist()]]
+            div[f] = [
+                _json_floats(d.abs[lo:hi], fin),
+                _json_floats(d.rel[lo:hi], fin),
+                ulp,
+                _json_floats(d.carried[lo:hi]),
+                _json_floats(d.tol[lo:hi]),
+                ["true" if v else "false" for v in d.ok[lo:hi].tolist()],
+            ]
         epochs, batches, ns = (c[lo:hi].tolist() for c in (trace.epoch, trace.batch, trace.n))
         parts: list[str] = []
         for j in range(hi - lo):
@@ -194,16 +238,18 @@ def trace_json_chunks(trace):
             manual = (",\n" + i8).join(f"{keys[f]}: {man[f][j]}" for f in fields + stalls)
             torch = (",\n" + i8).join(f"{keys[f]}: {ref[f][j]}" for f in fields + stalls)
             dv = (",\n" + i8).join(
-                f"{keys[f]}: {{\n{i10}\"abs\": {div[f][0][j]},\n{i10}\"rel\": {div[f][1][j]},\n"
-                f"{i10}\"ulp\": {div[f][2][j]},\n{i10}\"carried\": {div[f][3][j]},\n"
-                f"{i10}\"tol\": {div[f][4][j]},\n{i10}\"ok\": {div[f][5][j]}\n{i8}}}"
-                for f in fields)
+                f'{keys[f]}: {{\n{i10}"abs": {div[f][0][j]},\n{i10}"rel": {div[f][1][j]},\n'
+                f'{i10}"ulp": {div[f][2][j]},\n{i10}"carried": {div[f][3][j]},\n'
+                f'{i10}"tol": {div[f][4][j]},\n{i10}"ok": {div[f][5][j]}\n{i8}}}'
+                for f in fields
+            )
             parts.append(
-                f"    {{\n{i6}\"epoch\": {epochs[j]},\n{i6}\"batch\": {batches[j]},\n{i6}\"n\": {ns[j]},\n"
-                f"{i6}\"indices\": [\n{i8}{idx}\n{i6}],\n"
-                f"{i6}\"manual\": {{\n{i8}{manual}\n{i6}}},\n"
-                f"{i6}\"torch\": {{\n{i8}{torch}\n{i6}}},\n"
-                f"{i6}\"divergence\": {{\n{i8}{dv}\n{i6}}}\n    }}" + (",\n" if lo + j != last else "\n"))
+                f'    {{\n{i6}"epoch": {epochs[j]},\n{i6}"batch": {batches[j]},\n{i6}"n": {ns[j]},\n'
+                f'{i6}"indices": [\n{i8}{idx}\n{i6}],\n'
+                f'{i6}"manual": {{\n{i8}{manual}\n{i6}}},\n'
+                f'{i6}"torch": {{\n{i8}{torch}\n{i6}}},\n'
+                f'{i6}"divergence": {{\n{i8}{dv}\n{i6}}}\n    }}' + (",\n" if lo + j != last else "\n")
+            )
         yield "".join(parts)
     yield after
 
@@ -230,9 +276,12 @@ def trace_to_csv(trace) -> str:
     for f in fields:
         d = trace.divergence[f]
         finite = d.finite.tolist()
-        cols += [[a if fin else "" for a, fin in zip(d.abs.tolist(), finite)],
-                 [u if fin else "" for u, fin in zip(d.ulp.tolist(), finite)],
-                 d.carried.tolist(), d.tol.tolist()]
+        cols += [
+            [a if fin else "" for a, fin in zip(d.abs.tolist(), finite)],
+            [u if fin else "" for u, fin in zip(d.ulp.tolist(), finite)],
+            d.carried.tolist(),
+            d.tol.tolist(),
+        ]
     ok = None
     for f in fields:
         ok = trace.divergence[f].ok if ok is None else ok & trace.divergence[f].ok
@@ -265,8 +314,12 @@ def trace_to_markdown(trace) -> str:
     fields = trace.fields
     from sgdtrace.config import OPTIMIZER_CLASSES
 
-    lines = [f"{OPTIMIZER_CLASSES[cfg.optimizer]} on y = w·x + b, {describe_data(trace.dataset.info)}: lr {cfg.lr:g}, batch size "
-             f"{cfg.batch_size}, {cfg.dtype} on {trace.device}", ""]
+    lines = [
+        f"{OPTIMIZER_CLASSES[cfg.optimizer]} on y = w·x + b, {describe_data(trace.dataset.info)}: "
+        f"lr {cfg.lr:g}, batch size "
+        f"{cfg.batch_size}, {cfg.dtype} on {trace.device}",
+        "",
+    ]
     head = ["epoch", "batch", "n"]
     ref = trace.reference
     for f in fields:

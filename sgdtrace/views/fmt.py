@@ -6,6 +6,7 @@ import math
 
 from sgdtrace.verdict import json_number
 
+
 #: how each field is labelled in tables: the article's notation
 class _Labels(dict):
     """Field -> label; a field without one (an optimizer's state, exp_avg_w, ...) is its own label."""
@@ -14,8 +15,18 @@ class _Labels(dict):
         return key
 
 
-LABELS = _Labels({"grad_w": "dl/dw", "grad_b": "dl/db", "loss": "loss", "w": "w", "b": "b",
-                  "buf_w": "buf_w", "buf_b": "buf_b", "lr": "lr"})
+LABELS = _Labels(
+    {
+        "grad_w": "dl/dw",
+        "grad_b": "dl/db",
+        "loss": "loss",
+        "w": "w",
+        "b": "b",
+        "buf_w": "buf_w",
+        "buf_b": "buf_b",
+        "lr": "lr",
+    }
+)
 
 
 def label(field: str) -> str:
@@ -69,8 +80,9 @@ def describe_data(info: dict) -> str:
     if src == "csv":
         return f"{info.get('path')} ({info.get('n')} samples)"
     if src == "synthetic":
-        return (f"synthetic: {info.get('n')} samples of y = {info.get('true_w'):g}x + {info.get('true_b'):g}"
-                + (f" + {info.get('noise'):g}·N(0,1)" if info.get("noise") else ""))
+        return f"synthetic: {info.get('n')} samples of y = {info.get('true_w'):g}x + {info.get('true_b'):g}" + (
+            f" + {info.get('noise'):g}·N(0,1)" if info.get("noise") else ""
+        )
     return f"{info.get('n')} samples"
 
 

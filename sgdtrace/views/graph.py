@@ -18,7 +18,6 @@ from rich.text import Text
 from sgdtrace.teaching.graph import MANUAL_DAG, GraphResult
 from sgdtrace.views.fmt import num
 
-
 # ------------------------------------------------------------------ rendering
 
 
@@ -31,8 +30,15 @@ def _grad_text(values: np.ndarray | None) -> str:
 
 
 def manual_table() -> Table:
-    table = Table(title="The article's DAG (manual)", title_justify="left", title_style="bold",
-                  box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False)
+    table = Table(
+        title="The article's DAG (manual)",
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+        pad_edge=False,
+    )
     for head in ("node", "forward", "backward function", "inputs"):
         table.add_column(head)
     for node in MANUAL_DAG:
@@ -45,7 +51,7 @@ def tree_prefixes(depths: list[int]) -> list[str]:
     after it, ``└`` for the last child, ``│`` continuing an ancestor's line to its next sibling."""
 
     def has_next_sibling(i: int) -> bool:
-        for d in depths[i + 1:]:
+        for d in depths[i + 1 :]:
             if d <= depths[i]:
                 return d == depths[i]
         return False
@@ -64,12 +70,22 @@ def tree_prefixes(depths: list[int]) -> list[str]:
 
 def torch_table(g: GraphResult) -> Table:
     crit = "nn.MSELoss()" if g.loss == "mse" else "((out - y) ** 2).mean()"
-    table = Table(title=f"torch's autograd graph from loss.grad_fn (loss = {crit}), "
-                        f"epoch {g.epoch} batch {g.batch}",
-                  title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
-                  show_edge=False, pad_edge=False)
-    for head, just in (("torch node", "left"), ("manual", "left"), ("grad in (torch)", "right"),
-                       ("grad in (manual)", "right"), ("ulp", "right")):
+    table = Table(
+        title=f"torch's autograd graph from loss.grad_fn (loss = {crit}), epoch {g.epoch} batch {g.batch}",
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+        pad_edge=False,
+    )
+    for head, just in (
+        ("torch node", "left"),
+        ("manual", "left"),
+        ("grad in (torch)", "right"),
+        ("grad in (manual)", "right"),
+        ("ulp", "right"),
+    ):
         table.add_column(head, justify=just, no_wrap=not head.startswith("grad"))
     for node, u, prefix in zip(g.nodes, g.ulps, tree_prefixes([n.depth for n in g.nodes])):
         label = prefix + node.name
@@ -80,8 +96,9 @@ def torch_table(g: GraphResult) -> Table:
         maps = ", ".join(node.maps_to) or "—"
         wrt = f"dl/d{target}" if target and target != "l" else "dz/dl"
         ulp = Text("—") if u is None else Text(str(u), style="green" if u == 0 else "yellow")
-        table.add_row(label, f"{maps}  ({wrt})" if target else maps, _grad_text(node.grad),
-                      _grad_text(manual_grad), ulp)
+        table.add_row(
+            label, f"{maps}  ({wrt})" if target else maps, _grad_text(node.grad), _grad_text(manual_grad), ulp
+        )
     return table
 
 
@@ -101,21 +118,41 @@ def graph_json(g: GraphResult) -> dict[str, Any]:
     from sgdtrace.divergence import json_number
 
     return {
-        "loss": g.loss, "epoch": g.epoch, "batch": g.batch,
-        "manual": [{"node": n.name, "forward": n.forward, "backward": n.backward, "inputs": list(n.inputs)}
-                   for n in MANUAL_DAG],
-        "torch": [{"node": n.name, "depth": n.depth, "children": n.children, "maps_to": list(n.maps_to),
-                   "grad": None if n.grad is None else [json_number(v) for v in n.grad.tolist()], "ulp": u}
-                  for n, u in zip(g.nodes, g.ulps)],
-        "parity": {"structure": g.structure_ok, "note": g.structure_note,
-                   "verdict": None if g.trace is None else g.trace.verdict.ok},
+        "loss": g.loss,
+        "epoch": g.epoch,
+        "batch": g.batch,
+        "manual": [
+            {"node": n.name, "forward": n.forward, "backward": n.backward, "inputs": list(n.inputs)} for n in MANUAL_DAG
+        ],
+        "torch": [
+            {
+                "node": n.name,
+                "depth": n.depth,
+                "children": n.children,
+                "maps_to": list(n.maps_to),
+                "grad": None if n.grad is None else [json_number(v) for v in n.grad.tolist()],
+                "ulp": u,
+            }
+            for n, u in zip(g.nodes, g.ulps)
+        ],
+        "parity": {
+            "structure": g.structure_ok,
+            "note": g.structure_note,
+            "verdict": None if g.trace is None else g.trace.verdict.ok,
+        },
     }
 
 
 def graph_dot(g: GraphResult) -> str:
     """Graphviz DOT: the manual DAG (forward edges), torch's graph (backward edges), dashed mapping edges."""
-    lines = ["digraph sgdtrace {", "  rankdir=BT;", '  node [fontname="Helvetica"];',
-             "  subgraph cluster_manual {", '    label="manual (the article\'s DAG)";', "    color=blue;"]
+    lines = [
+        "digraph sgdtrace {",
+        "  rankdir=BT;",
+        '  node [fontname="Helvetica"];',
+        "  subgraph cluster_manual {",
+        '    label="manual (the article\'s DAG)";',
+        "    color=blue;",
+    ]
     for node in MANUAL_DAG:
         shape = "box" if node.forward.startswith("leaf") else "ellipse"
         label = f"{node.forward}\\n{node.backward}" if not node.forward.startswith("leaf") else node.name
@@ -123,7 +160,12 @@ def graph_dot(g: GraphResult) -> str:
     for node in MANUAL_DAG:
         for src in node.inputs:
             lines.append(f"    m_{src} -> m_{node.name} [color=blue];")
-    lines += ["  }", "  subgraph cluster_torch {", f'    label="torch (loss.grad_fn, {g.loss})";', "    color=darkgreen;"]
+    lines += [
+        "  }",
+        "  subgraph cluster_torch {",
+        f'    label="torch (loss.grad_fn, {g.loss})";',
+        "    color=darkgreen;",
+    ]
     for i, node in enumerate(g.nodes):
         lines.append(f'    t{i} [shape=box, style=filled, fillcolor="#d8f0d8", label="{node.name}"];')
     for i, node in enumerate(g.nodes):

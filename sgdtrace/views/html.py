@@ -76,12 +76,14 @@ def cell(value: float) -> str:
 
 def page(title: str, body: str) -> str:
     """The whole document around ``body``."""
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f'<meta name="generator" content="sgdtrace {esc(__version__)}">\n'
-            f"<title>{esc(title)}</title>\n<style>\n{CSS}\n</style>\n</head>\n<body>\n<main>\n"
-            f"{body}\n</main>\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<meta name="generator" content="sgdtrace {esc(__version__)}">\n'
+        f"<title>{esc(title)}</title>\n<style>\n{CSS}\n</style>\n</head>\n<body>\n<main>\n"
+        f"{body}\n</main>\n</body>\n</html>\n"
+    )
 
 
 # ------------------------------------------------------------------ pieces of a run
@@ -101,9 +103,11 @@ def config_html(trace) -> str:
     data = cfg.pop("data")
     rows = [("data", describe_data(data))] + [(k, _value(v)) for k, v in cfg.items()]
     body = "".join(f'<tr><th scope="row">{esc(k)}</th><td class="l">{esc(v)}</td></tr>' for k, v in rows)
-    return (f'<table class="config"><caption>Configuration (as <code>--format json</code> writes it)</caption>'
-            f'<thead><tr><th scope="col" class="l">option</th><th scope="col" class="l">value</th></tr></thead>'
-            f"<tbody>{body}</tbody></table>")
+    return (
+        f'<table class="config"><caption>Configuration (as <code>--format json</code> writes it)</caption>'
+        f'<thead><tr><th scope="col" class="l">option</th><th scope="col" class="l">value</th></tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
 
 
 def _value(v: Any) -> str:
@@ -138,8 +142,10 @@ def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
     for i, k in enumerate(shown):
         if k is None:
             hidden = shown[i + 1] - shown[i - 1] - 1
-            out.append(f'<tr class="gap"><td colspan="{len(heads)}">⋮ {hidden} steps not shown '
-                       f"(all of them are in the CSV below)</td></tr>")
+            out.append(
+                f'<tr class="gap"><td colspan="{len(heads)}">⋮ {hidden} steps not shown '
+                f"(all of them are in the CSV below)</td></tr>"
+            )
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
         fin = [int(trace.divergence[f].ulp[k]) for f in fields if trace.divergence[f].finite[k]]
@@ -161,19 +167,28 @@ def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
                     tds.append(f"<td>{lr_cell}</td>")
                 else:
                     bad = "" if trace.divergence[f].ok[k] else ' class="bad"'
-                    stall = ('<span class="warn" title="update lost to rounding">=</span>'
-                             if f"stalled_{f}" in lost and lost[f"stalled_{f}"][k] else "")
+                    stall = (
+                        '<span class="warn" title="update lost to rounding">=</span>'
+                        if f"stalled_{f}" in lost and lost[f"stalled_{f}"][k]
+                        else ""
+                    )
                     tds.append(f"<td{bad}>{cell(values[f][k])}{stall}</td>")
             return "".join(tds)
 
-        out.append(f'<tr class="hand"><th scope="row" rowspan="2">{step}</th><td rowspan="2">{trace.n[k]}</td>'
-                   f'<td class="l">{esc(trace.hand)}</td>{cells(trace.manual, lr, "manual")}<td rowspan="2">{mark}</td></tr>')
+        out.append(
+            f'<tr class="hand"><th scope="row" rowspan="2">{step}</th><td rowspan="2">{trace.n[k]}</td>'
+            f'<td class="l">{esc(trace.hand)}</td>{cells(trace.manual, lr, "manual")}<td rowspan="2">{mark}</td></tr>'
+        )
         out.append(f'<tr class="torch"><td class="l">torch</td>{cells(trace.torch, "", "torch")}</tr>')
-    caption = (f"{esc(title_of(trace))}. Per batch: the values worked by hand and torch's beneath; "
-               "dl/dw, dl/db and the loss on the batch at the parameters it started with, w and b after "
-               "its update; ulp: the step's largest distance in units in the last place (0: bit-identical).")
-    return (f'<div class="scroll"><table class="steps"><caption>{caption}</caption><thead><tr>{thead}</tr></thead>'
-            f'<tbody>{"".join(out)}</tbody></table></div>')
+    caption = (
+        f"{esc(title_of(trace))}. Per batch: the values worked by hand and torch's beneath; "
+        "dl/dw, dl/db and the loss on the batch at the parameters it started with, w and b after "
+        "its update; ulp: the step's largest distance in units in the last place (0: bit-identical)."
+    )
+    return (
+        f'<div class="scroll"><table class="steps"><caption>{caption}</caption><thead><tr>{thead}</tr></thead>'
+        f"<tbody>{''.join(out)}</tbody></table></div>"
+    )
 
 
 def summary_html(trace, rows: int | None = None, every: int = 1) -> str:
@@ -188,9 +203,11 @@ def csv_link(trace) -> str:
 
     text = trace_to_csv(trace)
     uri = "data:text/csv;charset=utf-8," + percent_encode(text)
-    return (f'<p class="noprint"><a download="sgdtrace-steps.csv" href="{uri}">Download every step as CSV</a> '
-            f'<span class="muted">({trace.n_steps} rows, {len(text):,} bytes; the columns of '
-            f"<code>--format csv</code>)</span></p>")
+    return (
+        f'<p class="noprint"><a download="sgdtrace-steps.csv" href="{uri}">Download every step as CSV</a> '
+        f'<span class="muted">({trace.n_steps} rows, {len(text):,} bytes; the columns of '
+        f"<code>--format csv</code>)</span></p>"
+    )
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9,._+:-]+")
@@ -223,17 +240,21 @@ def verdict_html(trace) -> str:
 
 def trace_fragment(trace, rows: int | None = None, every: int = 1) -> str:
     """What a notebook shows for a trace: the table, the summary line and the verdict."""
-    return (f'<div class="sgdtrace"><style>{_scoped_css()}</style>{steps_html(trace, rows, every)}'
-            f"{summary_html(trace, rows, every)}{verdict_html(trace)}</div>")
+    return (
+        f'<div class="sgdtrace"><style>{_scoped_css()}</style>{steps_html(trace, rows, every)}'
+        f"{summary_html(trace, rows, every)}{verdict_html(trace)}</div>"
+    )
 
 
 def _scoped_css() -> str:
     """The few rules a notebook fragment needs (the notebook's own theme does the rest)."""
-    return (".sgdtrace td{font-family:ui-monospace,monospace;text-align:right}"
-            ".sgdtrace caption{text-align:left;caption-side:top;opacity:.8}"
-            ".sgdtrace .bad{color:#c62828;font-weight:bold}.sgdtrace .ok{color:#1a7f37;font-weight:bold}"
-            ".sgdtrace .warn{color:#9a6700;font-weight:bold}.sgdtrace tr.torch td{opacity:.75}"
-            ".sgdtrace .verdict p{margin:.2em 0}.sgdtrace pre{font-size:.8em}")
+    return (
+        ".sgdtrace td{font-family:ui-monospace,monospace;text-align:right}"
+        ".sgdtrace caption{text-align:left;caption-side:top;opacity:.8}"
+        ".sgdtrace .bad{color:#c62828;font-weight:bold}.sgdtrace .ok{color:#1a7f37;font-weight:bold}"
+        ".sgdtrace .warn{color:#9a6700;font-weight:bold}.sgdtrace tr.torch td{opacity:.75}"
+        ".sgdtrace .verdict p{margin:.2em 0}.sgdtrace pre{font-size:.8em}"
+    )
 
 
 # ------------------------------------------------------------------ explain and graph
@@ -254,15 +275,20 @@ def explain_html(ex) -> str:
     from sgdtrace.views.explain import explain_json, explain_view
 
     doc = explain_json(ex)
-    rows = "".join(f'<tr><th scope="row">{esc(LABELS.get(f, f))}</th><td>{cell(doc["manual"][f])}</td>'
-                   f'<td>{cell(doc["torch"][f])}</td><td>{doc["ulp"][f]}</td></tr>' for f in doc["manual"])
-    table = (f'<table class="explain"><caption>Epoch {ex.epoch}, batch {ex.batch} (step {ex.step + 1}): '
-             f"samples {esc(', '.join(map(str, ex.indices.tolist()[:12])))}{' …' if ex.n > 12 else ''}, "
-             f"starting from w = {cell(ex.w0)}, b = {cell(ex.b0)}</caption>"
-             '<thead><tr><th scope="col" class="l">value</th><th scope="col">by hand</th>'
-             f'<th scope="col">torch</th><th scope="col">ulp</th></tr></thead><tbody>{rows}</tbody></table>')
+    rows = "".join(
+        f'<tr><th scope="row">{esc(LABELS.get(f, f))}</th><td>{cell(doc["manual"][f])}</td>'
+        f"<td>{cell(doc['torch'][f])}</td><td>{doc['ulp'][f]}</td></tr>"
+        for f in doc["manual"]
+    )
+    table = (
+        f'<table class="explain"><caption>Epoch {ex.epoch}, batch {ex.batch} (step {ex.step + 1}): '
+        f"samples {esc(', '.join(map(str, ex.indices.tolist()[:12])))}{' …' if ex.n > 12 else ''}, "
+        f"starting from w = {cell(ex.w0)}, b = {cell(ex.b0)}</caption>"
+        '<thead><tr><th scope="col" class="l">value</th><th scope="col">by hand</th>'
+        f'<th scope="col">torch</th><th scope="col">ulp</th></tr></thead><tbody>{rows}</tbody></table>'
+    )
     text = _rich_text(explain_view(ex))
-    return (f'{table}<pre aria-label="Batch {ex.batch} worked equation by equation">{esc(text)}</pre>')
+    return f'{table}<pre aria-label="Batch {ex.batch} worked equation by equation">{esc(text)}</pre>'
 
 
 def graph_html(g, ident: str = "dag") -> str:
@@ -273,24 +299,29 @@ def graph_html(g, ident: str = "dag") -> str:
     crit = "nn.MSELoss()" if g.loss == "mse" else "((out - y) ** 2).mean()"
     rows = []
     for node, u in zip(g.nodes, g.ulps):
-        name = node.name + (f" ({'weight' if node.maps_to == ('w',) else 'bias'})"
-                            if node.name == "AccumulateGrad" else "")
+        name = node.name + (
+            f" ({'weight' if node.maps_to == ('w',) else 'bias'})" if node.name == "AccumulateGrad" else ""
+        )
         target = node.maps_to[0] if node.maps_to else None
         manual = g.manual_grads.get(target) if target else None
         indent = f' style="padding-left:{0.6 + 1.2 * node.depth:.1f}rem"'
-        rows.append(f'<tr><th scope="row"{indent}>{"└ " if node.depth else ""}{esc(name)}</th>'
-                    f'<td class="l">{esc(", ".join(node.maps_to) or "—")}</td><td>{esc(_grad_text(node.grad))}</td>'
-                    f'<td>{esc(_grad_text(manual))}</td><td>{"—" if u is None else u}</td></tr>')
+        rows.append(
+            f'<tr><th scope="row"{indent}>{"└ " if node.depth else ""}{esc(name)}</th>'
+            f'<td class="l">{esc(", ".join(node.maps_to) or "—")}</td><td>{esc(_grad_text(node.grad))}</td>'
+            f"<td>{esc(_grad_text(manual))}</td><td>{'—' if u is None else u}</td></tr>"
+        )
     mark = ('<p class="ok">✓ parity: ' if g.structure_ok else '<p class="bad">✗ no parity: ') + esc(g.structure_note)
-    return (f'<figure class="dag">{dag_svg(ident)}<figcaption class="muted">The article\'s DAG, drawn here '
-            "(no Graphviz needed): arrows go forward, each node's backward function beside it.</figcaption>"
-            f"</figure>"
-            f'<div class="scroll"><table class="torch-graph"><caption>torch\'s autograd graph, walked from '
-            f"<code>loss.grad_fn</code> (loss = <code>{esc(crit)}</code>), epoch {g.epoch} batch {g.batch}: "
-            "each node, the manual node(s) it computes, and the gradient flowing into it in each engine"
-            '</caption><thead><tr><th scope="col" class="l">torch node</th><th scope="col" class="l">manual</th>'
-            '<th scope="col">grad in (torch)</th><th scope="col">grad in (manual)</th><th scope="col">ulp</th>'
-            f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{mark}</p>')
+    return (
+        f'<figure class="dag">{dag_svg(ident)}<figcaption class="muted">The article\'s DAG, drawn here '
+        "(no Graphviz needed): arrows go forward, each node's backward function beside it.</figcaption>"
+        f"</figure>"
+        f'<div class="scroll"><table class="torch-graph"><caption>torch\'s autograd graph, walked from '
+        f"<code>loss.grad_fn</code> (loss = <code>{esc(crit)}</code>), epoch {g.epoch} batch {g.batch}: "
+        "each node, the manual node(s) it computes, and the gradient flowing into it in each engine"
+        '</caption><thead><tr><th scope="col" class="l">torch node</th><th scope="col" class="l">manual</th>'
+        '<th scope="col">grad in (torch)</th><th scope="col">grad in (manual)</th><th scope="col">ulp</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>{mark}</p>"
+    )
 
 
 # ------------------------------------------------------------------ pages
@@ -313,38 +344,50 @@ def run_page(trace, batch: int | None = None, epoch: int = 1, rows: int | None =
     from sgdtrace.teaching.explain import explain_step
     from sgdtrace.teaching.graph import build_graph
 
-    title = "sgdtrace: " + ("agree" if trace.verdict.ok else "diverge") + (
-        ", training blew up" if trace.verdict.diverged_training else "")
+    title = (
+        "sgdtrace: "
+        + ("agree" if trace.verdict.ok else "diverge")
+        + (", training blew up" if trace.verdict.diverged_training else "")
+    )
     kb, ke = explained_step(trace, batch, epoch)
-    why = ("as asked (--batch)" if batch is not None else
-           "the first divergent batch" if trace.verdict.first_divergent_step else
-           "where training blew up" if trace.verdict.diverged_training else "the first batch: nothing diverged")
+    why = (
+        "as asked (--batch)"
+        if batch is not None
+        else "the first divergent batch"
+        if trace.verdict.first_divergent_step
+        else "where training blew up"
+        if trace.verdict.diverged_training
+        else "the first batch: nothing diverged"
+    )
     import numpy as np
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a blow-up is shown, not warned of
         ex = explain_step(trace, kb, ke)
         g = build_graph(trace, kb, ke)
-    body = [f"<header><h1>{esc(title)}</h1><p class=\"muted\">{esc(title_of(trace))} · sgdtrace "
-            f"{esc(__version__)}</p></header>",
-            f'<section aria-labelledby="h-verdict"><h2 id="h-verdict">Verdict</h2>{verdict_html(trace)}</section>',
-            f'<section aria-labelledby="h-config"><h2 id="h-config">Configuration</h2>{config_html(trace)}</section>',
-            f'<section aria-labelledby="h-steps"><h2 id="h-steps">Every batch, by hand and in torch</h2>'
-            f"{steps_html(trace, rows, every)}{summary_html(trace, rows, every)}{csv_link(trace)}</section>",
-            f'<section aria-labelledby="h-plots"><h2 id="h-plots">Plots</h2>{_plots(trace)}</section>',
-            f'<section aria-labelledby="h-explain"><h2 id="h-explain">Batch {kb}'
-            f'{f" of epoch {ke}" if trace.config.epochs > 1 else ""} explained ({esc(why)})</h2>'
-            f"{explain_html(ex)}</section>",
-            f'<section aria-labelledby="h-graph"><h2 id="h-graph">The graph beside torch\'s</h2>'
-            f"{graph_html(g)}</section>"]
+    body = [
+        f'<header><h1>{esc(title)}</h1><p class="muted">{esc(title_of(trace))} · sgdtrace '
+        f"{esc(__version__)}</p></header>",
+        f'<section aria-labelledby="h-verdict"><h2 id="h-verdict">Verdict</h2>{verdict_html(trace)}</section>',
+        f'<section aria-labelledby="h-config"><h2 id="h-config">Configuration</h2>{config_html(trace)}</section>',
+        f'<section aria-labelledby="h-steps"><h2 id="h-steps">Every batch, by hand and in torch</h2>'
+        f"{steps_html(trace, rows, every)}{summary_html(trace, rows, every)}{csv_link(trace)}</section>",
+        f'<section aria-labelledby="h-plots"><h2 id="h-plots">Plots</h2>{_plots(trace)}</section>',
+        f'<section aria-labelledby="h-explain"><h2 id="h-explain">Batch {kb}'
+        f"{f' of epoch {ke}' if trace.config.epochs > 1 else ''} explained ({esc(why)})</h2>"
+        f"{explain_html(ex)}</section>",
+        f'<section aria-labelledby="h-graph"><h2 id="h-graph">The graph beside torch\'s</h2>{graph_html(g)}</section>',
+    ]
     return page(title, "\n".join(body))
 
 
 def _plots(trace, ident: str = "plots") -> str:
     from sgdtrace.views.svg import plots_svg
 
-    return (f'<figure class="plot">{plots_svg(trace, ident)}</figure>'
-            '<p class="muted">The same panels as <code>sgdtrace plot</code>, drawn as SVG; every value is in '
-            "the CSV above.</p>")
+    return (
+        f'<figure class="plot">{plots_svg(trace, ident)}</figure>'
+        '<p class="muted">The same panels as <code>sgdtrace plot</code>, drawn as SVG; every value is in '
+        "the CSV above.</p>"
+    )
 
 
 def _field_rows(label: str, div: dict, epoch, batch) -> str:
@@ -353,49 +396,72 @@ def _field_rows(label: str, div: dict, epoch, batch) -> str:
     out = []
     for i, (f, d) in enumerate(div.items()):
         s = FieldSummary.of(d)
-        mark = ('<span class="ok">ok</span>' if s.first_bad is None else
-                f'<span class="bad">✗ from {epoch[s.first_bad]}:{batch[s.first_bad]}</span>')
+        mark = (
+            '<span class="ok">ok</span>'
+            if s.first_bad is None
+            else f'<span class="bad">✗ from {epoch[s.first_bad]}:{batch[s.first_bad]}</span>'
+        )
         head = f'<th scope="rowgroup" rowspan="{len(div)}">{esc(label)}</th>' if i == 0 else ""
-        out.append(f'<tr>{head}<td class="l">{esc(LABELS.get(f, f))}</td><td>{sci(s.max_abs)}</td>'
-                   f"<td>{sci(s.max_rel)}</td><td>{s.max_ulp}</td><td>{percent(s.max_tol_ratio)}</td>"
-                   f'<td class="l">{mark}</td></tr>')
+        out.append(
+            f'<tr>{head}<td class="l">{esc(LABELS.get(f, f))}</td><td>{sci(s.max_abs)}</td>'
+            f"<td>{sci(s.max_rel)}</td><td>{s.max_ulp}</td><td>{percent(s.max_tol_ratio)}</td>"
+            f'<td class="l">{mark}</td></tr>'
+        )
     return "".join(out)
 
 
 def _field_table(caption: str, rows: str) -> str:
-    heads = "".join(f'<th scope="col"{" class=l" if h in ("run", "field", "") else ""}>{h}</th>'
-                    for h in ("run", "field", "max |Δ|", "max rel", "max ulp", "of tol", ""))
-    return (f'<div class="scroll"><table class="compare"><caption>{esc(caption)}</caption><thead><tr>{heads}'
-            f"</tr></thead><tbody>{rows}</tbody></table></div>")
+    heads = "".join(
+        f'<th scope="col"{" class=l" if h in ("run", "field", "") else ""}>{h}</th>'
+        for h in ("run", "field", "max |Δ|", "max rel", "max ulp", "of tol", "")
+    )
+    return (
+        f'<div class="scroll"><table class="compare"><caption>{esc(caption)}</caption><thead><tr>{heads}'
+        f"</tr></thead><tbody>{rows}</tbody></table></div>"
+    )
 
 
 def compare_fragment(result) -> str:
     """The compare view: per run and field the largest distances; torch vs torch across devices."""
-    parts = [_field_table("manual vs torch, per run",
-                          "".join(_field_rows(f"{t.device} {t.config.dtype}", t.divergence, t.epoch, t.batch)
-                                  for t in result.runs))]
+    parts = [
+        _field_table(
+            "manual vs torch, per run",
+            "".join(_field_rows(f"{t.device} {t.config.dtype}", t.divergence, t.epoch, t.batch) for t in result.runs),
+        )
+    ]
     if result.cross:
         base = result.runs[0]
-        parts.append(_field_table("torch on one device vs torch on another",
-                                  "".join(_field_rows(f"{c.a} vs {c.b} {c.dtype}", c.divergence, base.epoch,
-                                                      base.batch) for c in result.cross)))
+        parts.append(
+            _field_table(
+                "torch on one device vs torch on another",
+                "".join(
+                    _field_rows(f"{c.a} vs {c.b} {c.dtype}", c.divergence, base.epoch, base.batch) for c in result.cross
+                ),
+            )
+        )
     ok = result.ok
-    parts.append(f'<div class="verdict{"" if ok else " fail"}" role="status"><p class="{"ok" if ok else "bad"}">'
-                 f'{"✓ all agree" if ok else "✗ divergence found (see ✗ above)"}</p></div>')
+    parts.append(
+        f'<div class="verdict{"" if ok else " fail"}" role="status"><p class="{"ok" if ok else "bad"}">'
+        f"{'✓ all agree' if ok else '✗ divergence found (see ✗ above)'}</p></div>"
+    )
     return "".join(parts)
 
 
 def compare_page(result) -> str:
     """``sgdtrace compare --format html``: the compare tables, then each run's verdict and steps."""
     first = result.runs[0]
-    body = [f"<header><h1>sgdtrace compare: {'all agree' if result.ok else 'divergence found'}</h1>"
-            f'<p class="muted">{esc(title_of(first))}</p></header>',
-            f'<section aria-labelledby="h-compare"><h2 id="h-compare">Manual vs torch, and device vs device</h2>'
-            f"{compare_fragment(result)}</section>",
-            f'<section aria-labelledby="h-config"><h2 id="h-config">Configuration</h2>{config_html(first)}</section>']
+    body = [
+        f"<header><h1>sgdtrace compare: {'all agree' if result.ok else 'divergence found'}</h1>"
+        f'<p class="muted">{esc(title_of(first))}</p></header>',
+        f'<section aria-labelledby="h-compare"><h2 id="h-compare">Manual vs torch, and device vs device</h2>'
+        f"{compare_fragment(result)}</section>",
+        f'<section aria-labelledby="h-config"><h2 id="h-config">Configuration</h2>{config_html(first)}</section>',
+    ]
     for i, t in enumerate(result.runs):
-        body.append(f'<section aria-labelledby="h-run{i}"><h2 id="h-run{i}">{esc(t.device)} {esc(t.config.dtype)}'
-                    f"</h2>{verdict_html(t)}{steps_html(t)}{summary_html(t)}{csv_link(t)}</section>")
+        body.append(
+            f'<section aria-labelledby="h-run{i}"><h2 id="h-run{i}">{esc(t.device)} {esc(t.config.dtype)}'
+            f"</h2>{verdict_html(t)}{steps_html(t)}{summary_html(t)}{csv_link(t)}</section>"
+        )
     return page("sgdtrace compare", "\n".join(body))
 
 
@@ -406,30 +472,53 @@ def check_fragment(result) -> str:
     for r in result.rows:
         cells = _row(r)
         cls = "ok" if r.trace.verdict.ok else "bad"
-        rows.append(f'<tr><th scope="row">{esc(cells[0])}</th>'
-                    + "".join(f'<td{" class=l" if j < 2 else ""}>{esc(c)}</td>' for j, c in enumerate(cells[1:-1]))
-                    + f'<td class="l"><span class="{cls}">{esc(cells[-1])}</span></td></tr>')
-    heads = "".join(f'<th scope="col"{"" if h in ("steps", "max ulp", "of tol") else " class=l"}>{esc(h)}</th>'
-                    for h in HEAD)
+        rows.append(
+            f'<tr><th scope="row">{esc(cells[0])}</th>'
+            + "".join(f"<td{' class=l' if j < 2 else ''}>{esc(c)}</td>" for j, c in enumerate(cells[1:-1]))
+            + f'<td class="l"><span class="{cls}">{esc(cells[-1])}</span></td></tr>'
+        )
+    heads = "".join(
+        f'<th scope="col"{"" if h in ("steps", "max ulp", "of tol") else " class=l"}>{esc(h)}</th>' for h in HEAD
+    )
     failed = sum(1 for r in result.rows if not r.trace.verdict.ok)
-    summary = (f"✓ {len(result.rows)} runs agree" if result.ok else f"✗ {failed} of {len(result.rows)} runs diverge")
-    return (f'<div class="scroll"><table class="check"><caption>manual engine vs torch on every config and device'
-            f"</caption><thead><tr>{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-            f'<div class="verdict{"" if result.ok else " fail"}" role="status"><p class="{"ok" if result.ok else "bad"}">'
-            f"{esc(summary)}</p></div>")
+    summary = f"✓ {len(result.rows)} runs agree" if result.ok else f"✗ {failed} of {len(result.rows)} runs diverge"
+    return (
+        f'<div class="scroll"><table class="check"><caption>manual engine vs torch on every config and device'
+        f"</caption><thead><tr>{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        f'<div class="verdict{"" if result.ok else " fail"}" role="status"><p class="{"ok" if result.ok else "bad"}">'
+        f"{esc(summary)}</p></div>"
+    )
 
 
 def check_page(result) -> str:
     """``sgdtrace check --format html``: the gate's table, then each failing run's verdict."""
-    body = [f"<header><h1>sgdtrace check: {'pass' if result.ok else 'fail'}</h1></header>",
-            f'<section aria-labelledby="h-check"><h2 id="h-check">Every config on every device</h2>'
-            f"{check_fragment(result)}</section>"]
+    body = [
+        f"<header><h1>sgdtrace check: {'pass' if result.ok else 'fail'}</h1></header>",
+        f'<section aria-labelledby="h-check"><h2 id="h-check">Every config on every device</h2>'
+        f"{check_fragment(result)}</section>",
+    ]
     for i, r in enumerate(result.rows):
         if not r.trace.verdict.ok:
-            body.append(f'<section aria-labelledby="h-fail{i}"><h2 id="h-fail{i}">{esc(r.config)} on '
-                        f"{esc(r.trace.device)}</h2>{verdict_html(r.trace)}{steps_html(r.trace)}</section>")
+            body.append(
+                f'<section aria-labelledby="h-fail{i}"><h2 id="h-fail{i}">{esc(r.config)} on '
+                f"{esc(r.trace.device)}</h2>{verdict_html(r.trace)}{steps_html(r.trace)}</section>"
+            )
     return page("sgdtrace check", "\n".join(body))
 
 
-__all__ = ["run_page", "compare_page", "check_page", "trace_fragment", "compare_fragment", "check_fragment",
-           "explain_html", "graph_html", "steps_html", "verdict_html", "config_html", "cell", "page", "CSS"]
+__all__ = [
+    "run_page",
+    "compare_page",
+    "check_page",
+    "trace_fragment",
+    "compare_fragment",
+    "check_fragment",
+    "explain_html",
+    "graph_html",
+    "steps_html",
+    "verdict_html",
+    "config_html",
+    "cell",
+    "page",
+    "CSS",
+]

@@ -20,9 +20,10 @@ def require_matplotlib():
     try:
         import matplotlib
     except ImportError:
-        raise MissingMatplotlib("plot needs matplotlib, one of sgdtrace's dependencies, and it is not installed: "
-                                "reinstall sgdtrace (`make install` in its folder) or run `pip install matplotlib`"
-                                ) from None
+        raise MissingMatplotlib(
+            "plot needs matplotlib, one of sgdtrace's dependencies, and it is not installed: "
+            "reinstall sgdtrace (`make install` in its folder) or run `pip install matplotlib`"
+        ) from None
     return matplotlib
 
 
@@ -53,16 +54,32 @@ def _mark_blowup(ax, trace, step: int) -> None:
     """A vertical line at the blow-up step, labelled with where it is."""
     d = trace.verdict.diverged_training
     ax.axvline(step, color="tab:purple", ls="--", lw=1.0)
-    ax.annotate(f"blew up: step {step}\n(epoch {d['epoch']}, batch {d['batch']})", xy=(step, 1.0),
-                xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
-                ha="left" if step <= 0.7 * max(trace.n_steps, 1) else "right", va="top",
-                fontsize="small", color="tab:purple")
+    ax.annotate(
+        f"blew up: step {step}\n(epoch {d['epoch']}, batch {d['batch']})",
+        xy=(step, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(3, -3),
+        textcoords="offset points",
+        ha="left" if step <= 0.7 * max(trace.n_steps, 1) else "right",
+        va="top",
+        fontsize="small",
+        color="tab:purple",
+    )
 
 
 def _say_why(ax, text: str) -> None:
     """A panel with nothing (or nothing changing) to draw says why, in its middle."""
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", wrap=True,
-            bbox=dict(boxstyle="round", fc="lightyellow", ec="0.6"))
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize="small",
+        wrap=True,
+        bbox=dict(boxstyle="round", fc="lightyellow", ec="0.6"),
+    )
 
 
 def _why_no_loss(trace, loss: np.ndarray) -> str | None:
@@ -71,8 +88,10 @@ def _why_no_loss(trace, loss: np.ndarray) -> str | None:
     cfg = trace.config
     if finite.size == 0:
         kinds = sorted({"nan" if np.isnan(v) else "inf" for v in loss})
-        return (f"nothing to draw:\nthe batch loss is {' or '.join(kinds)} at every step:\n"
-                f"(w·x + b − y)² leaves the range of {cfg.dtype}\n(w starts at {cfg.init_w:g}, b at {cfg.init_b:g})")
+        return (
+            f"nothing to draw:\nthe batch loss is {' or '.join(kinds)} at every step:\n"
+            f"(w·x + b − y)² leaves the range of {cfg.dtype}\n(w starts at {cfg.init_w:g}, b at {cfg.init_b:g})"
+        )
     if finite.size > 1 and finite.min() == finite.max():
         return f"the batch loss is {finite[0]:g} at every step"
     return None
@@ -84,10 +103,17 @@ def _why_flat_params(trace, w: np.ndarray, b: np.ndarray) -> str | None:
     cfg = trace.config
     if fw.size == 0 and fb.size == 0:
         return "nothing to draw: w and b are inf or nan at every step"
-    if (fw.size == w.size and fb.size == b.size and w.size > 1 and fw.min() == fw.max() == cfg.init_w
-            and fb.min() == fb.max() == cfg.init_b):
-        return (f"w and b never change: each update lr·dl/dw is below half a unit in the last place of "
-                f"w = {cfg.init_w:g}, b = {cfg.init_b:g} in {cfg.dtype}, so it rounds away")
+    if (
+        fw.size == w.size
+        and fb.size == b.size
+        and w.size > 1
+        and fw.min() == fw.max() == cfg.init_w
+        and fb.min() == fb.max() == cfg.init_b
+    ):
+        return (
+            f"w and b never change: each update lr·dl/dw is below half a unit in the last place of "
+            f"w = {cfg.init_w:g}, b = {cfg.init_b:g} in {cfg.dtype}, so it rounds away"
+        )
     return None
 
 
@@ -143,7 +169,7 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
         # 0 and about four labelled decades each side, clear of the linear band around 0
         top = math.ceil(math.log10(both.max()))
         every = max(1, math.ceil((top - math.log10(scale)) / 4))
-        ups = [10.0 ** e for e in range(top, math.floor(math.log10(scale)), -every)][::-1]
+        ups = [10.0**e for e in range(top, math.floor(math.log10(scale)), -every)][::-1]
         ups = [u for u in ups if u >= 10 * scale]
         ax_wb.set_yticks([-u for u in ups[::-1]] + [0.0] + ups)
     ax_wb.set_xlabel("step")
@@ -186,8 +212,9 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     ax_path.plot(pw[:1], pb[:1], "o", color="black", ms=5, label="start")
     ax_path.plot([opt_w], [opt_b], "*", color="gold", mec="black", ms=12, label="least squares")
     if blew is not None and np.isfinite(path_w[blew]) and np.isfinite(path_b[blew]):
-        ax_path.plot([path_w[blew]], [path_b[blew]], "X", color="tab:purple", ms=9,
-                     label=f"after step {blew} (blew up)")
+        ax_path.plot(
+            [path_w[blew]], [path_b[blew]], "X", color="tab:purple", ms=9, label=f"after step {blew} (blew up)"
+        )
     ax_path.set_xlabel("w")
     ax_path.set_ylabel("b")
     ax_path.set_title("path over the full-data loss (contours: its value)")
@@ -195,8 +222,11 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
 
     from sgdtrace.config import OPTIMIZER_CLASSES
 
-    fig.suptitle(f"{OPTIMIZER_CLASSES[cfg.optimizer]} on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, "
-                 f"{_plural(cfg.epochs, 'epoch')}, {cfg.dtype}", fontsize="medium")
+    fig.suptitle(
+        f"{OPTIMIZER_CLASSES[cfg.optimizer]} on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, "
+        f"{_plural(cfg.epochs, 'epoch')}, {cfg.dtype}",
+        fontsize="medium",
+    )
     fig.tight_layout()
     return fig
 

@@ -9,7 +9,8 @@ times a second from its own thread, so the training loop never waits for the ter
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Progress:
@@ -54,15 +55,34 @@ def rate_text(speed: float | None) -> str:
 
 def _make_bar(console: Any = None):
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, ProgressColumn, \
-        TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import (
+        Progress as RichProgress,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
         def render(self, task) -> Text:
             return Text(rate_text(task.speed).rjust(16), style="progress.data.speed")
 
-    return RichProgress(TextColumn("{task.description:>6}"), BarColumn(), TaskProgressColumn(),
-                        MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("left"),
-                        TimeRemainingColumn(),
-                        console=console or Console(stderr=True), transient=True, refresh_per_second=10)
+    return RichProgress(
+        TextColumn("{task.description:>6}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        transient=True,
+        refresh_per_second=10,
+    )

@@ -16,12 +16,14 @@ from sgdtrace.views.fmt import num
 
 def _accessible(svg: str, ident: str, title: str, desc: str) -> str:
     """``svg`` from its ``<svg`` tag on, with role, labels, a title and a description added."""
-    svg = svg[svg.index("<svg"):]
+    svg = svg[svg.index("<svg") :]
     head_end = svg.index(">") + 1
     head = svg[:head_end]
     head = head[:-1] + (f' role="img" aria-labelledby="{ident}-title {ident}-desc" class="sgd-svg">')
-    return (head + f'<title id="{ident}-title">{html.escape(title)}</title>'
-            f'<desc id="{ident}-desc">{html.escape(desc)}</desc>' + svg[head_end:])
+    return (
+        head + f'<title id="{ident}-title">{html.escape(title)}</title>'
+        f'<desc id="{ident}-desc">{html.escape(desc)}</desc>' + svg[head_end:]
+    )
 
 
 def plots_desc(trace) -> str:
@@ -30,11 +32,13 @@ def plots_desc(trace) -> str:
     loss = man["loss"]
     if not trace.n_steps:
         return "No steps: nothing to plot."
-    return (f"Three panels over {trace.n_steps} steps. Left: the batch loss per step, by hand and in torch, "
-            f"from {num(loss[0])} at step 1 to {num(loss[-1])} at step {trace.n_steps}. Middle: w and b after "
-            f"each step, w from {num(cfg.init_w)} to {num(man['w'][-1])}, b from {num(cfg.init_b)} to "
-            f"{num(man['b'][-1])}. Right: the path of (w, b) over contour lines of the loss on the whole data "
-            f"set, with the least-squares optimum starred.")
+    return (
+        f"Three panels over {trace.n_steps} steps. Left: the batch loss per step, by hand and in torch, "
+        f"from {num(loss[0])} at step 1 to {num(loss[-1])} at step {trace.n_steps}. Middle: w and b after "
+        f"each step, w from {num(cfg.init_w)} to {num(man['w'][-1])}, b from {num(cfg.init_b)} to "
+        f"{num(man['b'][-1])}. Right: the path of (w, b) over contour lines of the loss on the whole data "
+        f"set, with the least-squares optimum starred."
+    )
 
 
 # ------------------------------------------------------------------ plots, drawn here
@@ -44,8 +48,14 @@ PANEL_W, PANEL_H = 400, 290
 MARGIN = (58, 22, 30, 40)
 #: a polyline keeps at most about this many points (long runs: first, min and max per bucket)
 MAX_POINTS = 1500
-COLOURS = {"hand": "var(--c-hand, #d62728)", "torch": "var(--fg, #222)", "w": "var(--c-w, #1f77b4)",
-           "b": "var(--c-b, #e07b00)", "path": "var(--c-hand, #d62728)", "contour": "var(--c-contour, #7b8fa6)"}
+COLOURS = {
+    "hand": "var(--c-hand, #d62728)",
+    "torch": "var(--fg, #222)",
+    "w": "var(--c-w, #1f77b4)",
+    "b": "var(--c-b, #e07b00)",
+    "path": "var(--c-hand, #d62728)",
+    "contour": "var(--c-contour, #7b8fa6)",
+}
 
 
 def _fmt_tick(v: float) -> str:
@@ -94,7 +104,7 @@ class _Scale:
             e0, e1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
             stride = max(1, math.ceil((e1 - e0) / 6))
             e1 = e0 + stride * math.ceil((e1 - e0) / stride)
-            self.ticks = [10.0 ** e for e in range(e0, e1 + 1, stride)]
+            self.ticks = [10.0**e for e in range(e0, e1 + 1, stride)]
         else:
             self.ticks = nice_ticks(lo, hi)
         self.lo, self.hi = f(self.ticks[0]), f(self.ticks[-1])
@@ -148,45 +158,61 @@ def _polyline(xs, ys, sx, sy, style: str) -> str:
 def _axes(sx: _Scale, sy: _Scale, xlabel: str, ylabel: str, title: str) -> list[str]:
     left, right, top, bottom = MARGIN
     x0, x1, y0, y1 = left, PANEL_W - right, PANEL_H - bottom, top
-    out = [f'<text x="{(x0 + x1) / 2}" y="18" text-anchor="middle" font-size="14" font-weight="bold" '
-           f'fill="currentColor">{html.escape(title)}</text>',
-           f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}" fill="none" stroke="currentColor" '
-           'stroke-width="1"/>']
+    out = [
+        f'<text x="{(x0 + x1) / 2}" y="18" text-anchor="middle" font-size="14" font-weight="bold" '
+        f'fill="currentColor">{html.escape(title)}</text>',
+        f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}" fill="none" stroke="currentColor" '
+        'stroke-width="1"/>',
+    ]
     for t in sx.ticks:
         x = sx(t)
-        out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" stroke="currentColor"/>'
-                   f'<text x="{x:.1f}" y="{y0 + 16}" text-anchor="middle" font-size="11" '
-                   f'fill="currentColor">{_fmt_tick(t)}</text>')
+        out.append(
+            f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" stroke="currentColor"/>'
+            f'<text x="{x:.1f}" y="{y0 + 16}" text-anchor="middle" font-size="11" '
+            f'fill="currentColor">{_fmt_tick(t)}</text>'
+        )
     for t in sy.ticks:
         y = sy(t)
-        out.append(f'<line x1="{x0 - 4}" y1="{y:.1f}" x2="{x0}" y2="{y:.1f}" stroke="currentColor"/>'
-                   f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" style="stroke: var(--rule, #ddd)" '
-                   'stroke-width="0.5"/>'
-                   f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
-                   f'fill="currentColor">{_fmt_tick(t)}</text>')
-    out.append(f'<text x="{(x0 + x1) / 2}" y="{PANEL_H - 6}" text-anchor="middle" font-size="12" '
-               f'fill="currentColor">{html.escape(xlabel)}</text>')
+        out.append(
+            f'<line x1="{x0 - 4}" y1="{y:.1f}" x2="{x0}" y2="{y:.1f}" stroke="currentColor"/>'
+            f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" style="stroke: var(--rule, #ddd)" '
+            'stroke-width="0.5"/>'
+            f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="currentColor">{_fmt_tick(t)}</text>'
+        )
+    out.append(
+        f'<text x="{(x0 + x1) / 2}" y="{PANEL_H - 6}" text-anchor="middle" font-size="12" '
+        f'fill="currentColor">{html.escape(xlabel)}</text>'
+    )
     if ylabel:
-        out.append(f'<text transform="translate(14 {(y0 + y1) / 2}) rotate(-90)" text-anchor="middle" '
-                   f'font-size="12" fill="currentColor">{html.escape(ylabel)}</text>')
+        out.append(
+            f'<text transform="translate(14 {(y0 + y1) / 2}) rotate(-90)" text-anchor="middle" '
+            f'font-size="12" fill="currentColor">{html.escape(ylabel)}</text>'
+        )
     return out
 
 
 def _legend(items: list[tuple[str, str]]) -> str:
     left, right, top, _ = MARGIN
     x, y = PANEL_W - right - 118, top + 8
-    rows = [f'<rect x="{x - 6}" y="{y - 6}" width="120" height="{16 * len(items) + 4}" rx="3" '
-            'style="fill: var(--bg, #fff); stroke: var(--rule, #ccc)" fill-opacity="0.85"/>']
+    rows = [
+        f'<rect x="{x - 6}" y="{y - 6}" width="120" height="{16 * len(items) + 4}" rx="3" '
+        'style="fill: var(--bg, #fff); stroke: var(--rule, #ccc)" fill-opacity="0.85"/>'
+    ]
     for i, (label, style) in enumerate(items):
         yy = y + 16 * i + 4
-        rows.append(f'<line x1="{x}" y1="{yy}" x2="{x + 22}" y2="{yy}" style="{style}"/>'
-                    f'<text x="{x + 28}" y="{yy + 4}" font-size="11" fill="currentColor">{html.escape(label)}</text>')
+        rows.append(
+            f'<line x1="{x}" y1="{yy}" x2="{x + 22}" y2="{yy}" style="{style}"/>'
+            f'<text x="{x + 28}" y="{yy + 4}" font-size="11" fill="currentColor">{html.escape(label)}</text>'
+        )
     return "".join(rows)
 
 
 def _panel(ident: str, title: str, desc: str, body: list[str]) -> str:
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {PANEL_W} {PANEL_H}" width="{PANEL_W}" '
-           f'height="{PANEL_H}" font-family="system-ui, sans-serif">' + "".join(body) + "</svg>")
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {PANEL_W} {PANEL_H}" width="{PANEL_W}" '
+        f'height="{PANEL_H}" font-family="system-ui, sans-serif">' + "".join(body) + "</svg>"
+    )
     return _accessible(svg, ident, title, desc)
 
 
@@ -216,11 +242,16 @@ def loss_panel(trace, ident: str) -> str:
     ts, tv = _decimate(steps, torch)
     hand_style = f"stroke: {COLOURS['hand']}; stroke-width: 2"
     torch_style = f"stroke: {COLOURS['torch']}; stroke-width: 1.2; stroke-dasharray: 3 3"
-    body += [_polyline(hs, hv, sx, sy, hand_style), _polyline(ts, tv, sx, sy, torch_style),
-             _legend([("hand", hand_style), ("torch", torch_style)])]
-    desc = (f"The loss on each batch, at the parameters the batch started with: by hand (solid) and in torch "
-            f"(dotted), from {num(hand[0])} at step 1 to {num(hand[-1])} at step {trace.n_steps}"
-            f"{'; log scale' if log else ''}.")
+    body += [
+        _polyline(hs, hv, sx, sy, hand_style),
+        _polyline(ts, tv, sx, sy, torch_style),
+        _legend([("hand", hand_style), ("torch", torch_style)]),
+    ]
+    desc = (
+        f"The loss on each batch, at the parameters the batch started with: by hand (solid) and in torch "
+        f"(dotted), from {num(hand[0])} at step 1 to {num(hand[-1])} at step {trace.n_steps}"
+        f"{'; log scale' if log else ''}."
+    )
     return _panel(ident, "Batch loss per step", desc, body)
 
 
@@ -248,10 +279,15 @@ def params_panel(trace, ident: str) -> str:
             body.append(_polyline([1.0, max(float(trace.n_steps), 1.0)], [value, value], sx, sy, style))
             legend.append((f"true {name} = {value:g}", style))
     body.append(_legend(legend))
-    truth = (f"; the true values (dashed) are w = {ds.true_w:g}, b = {ds.true_b:g}"
-             if ds.true_w is not None and ds.true_b is not None else "")
-    desc = (f"w (from {num(trace.config.init_w)} to {num(w[-1])}) and b (from {num(trace.config.init_b)} to "
-            f"{num(b[-1])}) after each step{truth}.")
+    truth = (
+        f"; the true values (dashed) are w = {ds.true_w:g}, b = {ds.true_b:g}"
+        if ds.true_w is not None and ds.true_b is not None
+        else ""
+    )
+    desc = (
+        f"w (from {num(trace.config.init_w)} to {num(w[-1])}) and b (from {num(trace.config.init_b)} to "
+        f"{num(b[-1])}) after each step{truth}."
+    )
     return _panel(ident, "w and b after each step", desc, body)
 
 
@@ -286,28 +322,34 @@ def path_panel(trace, ident: str) -> str:
     contours = []
     if lam.min() > 1e-12 * max(lam.max(), 1e-300):
         corners = [(sx.ticks[i], sy.ticks[j]) for i in (0, -1) for j in (0, -1)]
-        reach = max(np.array([cw - opt_w, cb - opt_b]) @ a @ np.array([cw - opt_w, cb - opt_b])
-                    for cw, cb in corners)
+        reach = max(np.array([cw - opt_w, cb - opt_b]) @ a @ np.array([cw - opt_w, cb - opt_b]) for cw, cb in corners)
         t = np.linspace(0, 2 * math.pi, 73)
         circle = np.stack([np.cos(t), np.sin(t)])
         for level in np.geomspace(reach * 1e-4, reach, 12):
             pts = vec @ (np.sqrt(level / lam)[:, None] * circle)
             contours.append(" ".join(f"{sx(opt_w + u):.1f},{sy(opt_b + v):.1f}" for u, v in pts.T))
-    body.append(f'<g clip-path="url(#{clip})" fill="none" style="stroke: {COLOURS["contour"]}" stroke-width="0.8">'
-                + "".join(f'<polygon points="{c}"/>' for c in contours) + "</g>")
+    body.append(
+        f'<g clip-path="url(#{clip})" fill="none" style="stroke: {COLOURS["contour"]}" stroke-width="0.8">'
+        + "".join(f'<polygon points="{c}"/>' for c in contours)
+        + "</g>"
+    )
     path_style = f"stroke: {COLOURS['path']}; stroke-width: 1.6"
     step = max(1, len(pw) // MAX_POINTS)
     keep = np.r_[np.arange(0, len(pw), step), len(pw) - 1] if len(pw) else np.array([], dtype=int)
     body.append(f'<g clip-path="url(#{clip})">' + _polyline(pw[keep], pb[keep], sx, sy, path_style))
     if len(pw):
         body.append(f'<circle cx="{sx(pw[0]):.1f}" cy="{sy(pb[0]):.1f}" r="4" fill="currentColor"/>')
-    body.append(f'<path d="{_star(sx(opt_w), sy(opt_b), 9)}" style="fill: #f2c200" stroke="currentColor" '
-                'stroke-width="0.8"/></g>')
+    body.append(
+        f'<path d="{_star(sx(opt_w), sy(opt_b), 9)}" style="fill: #f2c200" stroke="currentColor" '
+        'stroke-width="0.8"/></g>'
+    )
     body.append(_legend([("(w, b) path", path_style), ("contours of loss", f"stroke: {COLOURS['contour']}")]))
-    desc = (f"The path of (w, b) from the start ({num(cfg.init_w)}, {num(cfg.init_b)}), drawn as a dot, to "
-            f"({num(pw[-1]) if len(pw) else 'n/a'}, {num(pb[-1]) if len(pb) else 'n/a'}), over contour lines "
-            f"(ellipses) of the mean squared error on the whole data set; the star is the least-squares optimum "
-            f"w = {num(opt_w)}, b = {num(opt_b)}.")
+    desc = (
+        f"The path of (w, b) from the start ({num(cfg.init_w)}, {num(cfg.init_b)}), drawn as a dot, to "
+        f"({num(pw[-1]) if len(pw) else 'n/a'}, {num(pb[-1]) if len(pb) else 'n/a'}), over contour lines "
+        f"(ellipses) of the mean squared error on the whole data set; the star is the least-squares optimum "
+        f"w = {num(opt_w)}, b = {num(opt_b)}."
+    )
     return _panel(ident, "The (w, b) path over the full-data loss", desc, body)
 
 
@@ -327,8 +369,9 @@ def plots_svg(trace, ident: str = "plots") -> str:
     if not trace.n_steps:
         return f"<p>{plots_desc(trace)}</p>"
     with _quiet():
-        return (loss_panel(trace, f"{ident}-loss") + params_panel(trace, f"{ident}-wb")
-                + path_panel(trace, f"{ident}-path"))
+        return (
+            loss_panel(trace, f"{ident}-loss") + params_panel(trace, f"{ident}-wb") + path_panel(trace, f"{ident}-path")
+        )
 
 
 def _quiet():
@@ -340,8 +383,18 @@ def _quiet():
 # ------------------------------------------------------------------ the article's DAG, by hand
 
 #: node -> (x, y) centre in the drawing; leaves at the bottom, the root z at the top
-_POS = {"w": (70, 430), "x": (190, 430), "b": (330, 430), "y": (470, 430),
-        "a": (130, 350), "c": (260, 280), "d": (380, 210), "e": (380, 140), "l": (380, 80), "z": (380, 22)}
+_POS = {
+    "w": (70, 430),
+    "x": (190, 430),
+    "b": (330, 430),
+    "y": (470, 430),
+    "a": (130, 350),
+    "c": (260, 280),
+    "d": (380, 210),
+    "e": (380, 140),
+    "l": (380, 80),
+    "z": (380, 22),
+}
 
 
 def dag_svg(ident: str = "dag") -> str:
@@ -354,18 +407,20 @@ def dag_svg(ident: str = "dag") -> str:
     from sgdtrace.views.graph import MANUAL_DAG
 
     w, h = 620, 470
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}">',
-             '<defs><marker id="' + ident + '-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-             'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="currentColor"/>'
-             '</marker></defs>', '<g fill="none" stroke="currentColor" stroke-width="1.2">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}">',
+        '<defs><marker id="' + ident + '-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="currentColor"/>'
+        "</marker></defs>",
+        '<g fill="none" stroke="currentColor" stroke-width="1.2">',
+    ]
     for node in MANUAL_DAG:
         x2, y2 = _POS[node.name]
         for src in node.inputs:
             x1, y1 = _POS[src]
             # stop short of the boxes (half-height 14) so the arrowheads show
             dy = 16 if y1 > y2 else -16
-            parts.append(f'<line x1="{x1}" y1="{y1 - dy}" x2="{x2}" y2="{y2 + dy}" '
-                         f'marker-end="url(#{ident}-arrow)"/>')
+            parts.append(f'<line x1="{x1}" y1="{y1 - dy}" x2="{x2}" y2="{y2 + dy}" marker-end="url(#{ident}-arrow)"/>')
     parts.append("</g>")
     for node in MANUAL_DAG:
         x, y = _POS[node.name]
@@ -373,21 +428,29 @@ def dag_svg(ident: str = "dag") -> str:
         label = node.name if leaf else node.forward
         bw = max(30, 8 * len(label) + 16)
         cls = "sgd-leaf" if leaf else "sgd-node"
-        parts.append(f'<g class="{cls}"><rect x="{x - bw / 2:.0f}" y="{y - 14}" width="{bw:.0f}" height="28" '
-                     f'rx="{4 if leaf else 14}" style="fill: var(--node-bg, #fff)" stroke="currentColor"/>'
-                     f'<text x="{x}" y="{y + 5}" text-anchor="middle" fill="currentColor" '
-                     f'font-size="14">{html.escape(label)}</text>')
+        parts.append(
+            f'<g class="{cls}"><rect x="{x - bw / 2:.0f}" y="{y - 14}" width="{bw:.0f}" height="28" '
+            f'rx="{4 if leaf else 14}" style="fill: var(--node-bg, #fff)" stroke="currentColor"/>'
+            f'<text x="{x}" y="{y + 5}" text-anchor="middle" fill="currentColor" '
+            f'font-size="14">{html.escape(label)}</text>'
+        )
         if leaf and node.backward != "—":  # under the leaf: the gradient it accumulates
-            parts.append(f'<text x="{x}" y="{y + 32}" text-anchor="middle" font-size="11" '
-                         f'style="fill: var(--accent, #1f6fb2)">{html.escape(node.backward)}</text>')
+            parts.append(
+                f'<text x="{x}" y="{y + 32}" text-anchor="middle" font-size="11" '
+                f'style="fill: var(--accent, #1f6fb2)">{html.escape(node.backward)}</text>'
+            )
         elif not leaf:  # beside the node: its backward function
-            parts.append(f'<text x="{x + bw / 2 + 6:.0f}" y="{y + 5}" font-size="12" '
-                         f'style="fill: var(--accent, #1f6fb2)">{html.escape(node.backward)}</text>')
+            parts.append(
+                f'<text x="{x + bw / 2 + 6:.0f}" y="{y + 5}" font-size="12" '
+                f'style="fill: var(--accent, #1f6fb2)">{html.escape(node.backward)}</text>'
+            )
         parts.append("</g>")
     parts.append("</svg>")
-    desc = ("The forward pass, leaves at the bottom: a = w·x; c = a + b (ypred); d = c − y; e = d²; "
-            "l = (1/n)·Σ e; z = l. Beside each node its backward function: dz/dl = 1, dl/de = 1/n, "
-            "de/dd = 2d, dd/dc = 1, dc/da = 1 and dc/db = 1, da/dw = x; w and b accumulate dl/dw and dl/db.")
+    desc = (
+        "The forward pass, leaves at the bottom: a = w·x; c = a + b (ypred); d = c − y; e = d²; "
+        "l = (1/n)·Σ e; z = l. Beside each node its backward function: dz/dl = 1, dl/de = 1/n, "
+        "de/dd = 2d, dd/dc = 1, dc/da = 1 and dc/db = 1, da/dw = x; w and b accumulate dl/dw and dl/db."
+    )
     return _accessible("".join(parts), ident, "The article's computation graph (the manual DAG)", desc)
 
 

@@ -27,8 +27,11 @@ def _title(trace) -> str:
     cfg = trace.config
     opts = []
     if cfg.momentum and cfg.optimizer == "sgd":
-        opts.append(f"momentum {cfg.momentum:g}" + (" nesterov" if cfg.nesterov else "")
-                    + (f" dampening {cfg.dampening:g}" if cfg.dampening else ""))
+        opts.append(
+            f"momentum {cfg.momentum:g}"
+            + (" nesterov" if cfg.nesterov else "")
+            + (f" dampening {cfg.dampening:g}" if cfg.dampening else "")
+        )
     if cfg.weight_decay:
         opts.append(f"weight decay {cfg.weight_decay:g}")
     if cfg.maximize:
@@ -38,19 +41,24 @@ def _title(trace) -> str:
     if cfg.drop_last:
         opts.append("drop last")
     if cfg.world_size > 1:
-        opts.append(f"world size {cfg.world_size} (global batch {cfg.world_size}×{cfg.batch_size})"
-                    + ("" if cfg.set_epoch else ", no set_epoch"))
+        opts.append(
+            f"world size {cfg.world_size} (global batch {cfg.world_size}×{cfg.batch_size})"
+            + ("" if cfg.set_epoch else ", no set_epoch")
+        )
     epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
     if cfg.optimizer != "sgd" and _optimizer_options(cfg):
         opts.insert(0, _optimizer_options(cfg))
     if cfg.scheduler is not None:
         opts.append(f"{cfg.scheduler.name} per {cfg.scheduler.interval}")
     name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}[cfg.optimizer]
-    return (f"{name} on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
-            f"lr {cfg.lr:g} · batch size {cfg.batch_size} · {epochs}"
-            + (f" · init w {cfg.init_w:g}, b {cfg.init_b:g}" if cfg.init_w or cfg.init_b else "")
-            + "".join(" · " + o for o in opts) + f" · {cfg.dtype} on {trace.device}"
-            + (f"\nhand side: {trace.engine.path} ('{_side(trace)}' rows)" if trace.engine is not None else ""))
+    return (
+        f"{name} on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
+        f"lr {cfg.lr:g} · batch size {cfg.batch_size} · {epochs}"
+        + (f" · init w {cfg.init_w:g}, b {cfg.init_b:g}" if cfg.init_w or cfg.init_b else "")
+        + "".join(" · " + o for o in opts)
+        + f" · {cfg.dtype} on {trace.device}"
+        + (f"\nhand side: {trace.engine.path} ('{_side(trace)}' rows)" if trace.engine is not None else "")
+    )
 
 
 def _side(trace) -> str:
@@ -70,12 +78,15 @@ def _optimizer_options(cfg) -> str:
         value = getattr(cfg, key)
         default = OPTIMIZER_DEFAULTS[cfg.optimizer].get(key, _OPTION_DEFAULTS.get(key))
         if value != default and value is not None:
-            out.append(key if value is True else f"{key} {','.join(f'{b:g}' for b in value) if key == 'betas' else f'{value:g}'}")
+            out.append(
+                key
+                if value is True
+                else f"{key} {','.join(f'{b:g}' for b in value) if key == 'betas' else f'{value:g}'}"
+            )
     return " ".join(out)
 
 
-def shown_steps(n_steps: int, rows: int | None, every: int = 1,
-                keep: tuple[int, ...] = ()) -> list[int | None]:
+def shown_steps(n_steps: int, rows: int | None, every: int = 1, keep: tuple[int, ...] = ()) -> list[int | None]:
     """Which steps get rows: all of them, or the first and last halves of ``rows`` with ``None`` for a gap.
 
     With ``every`` K > 1 only every K-th step is a candidate (the 1st, the (K+1)-th, ...) and the
@@ -123,8 +134,11 @@ def summary_text(trace, shown: list[int | None]) -> Text:
         b_true = f" (true {ds.true_b:g})" if ds.true_b is not None else ""
         start = full_loss(ds, cfg.init_w, cfg.init_b)
         end = full_loss(ds, float(man["w"][-1]), float(man["b"][-1]))
-        out.append(f"w {num(cfg.init_w)} → {num(man['w'][-1])}{w_true} · b {num(cfg.init_b)} → "
-                   f"{num(man['b'][-1])}{b_true} · data loss {num(start)} → {num(end)}", style="dim")
+        out.append(
+            f"w {num(cfg.init_w)} → {num(man['w'][-1])}{w_true} · b {num(cfg.init_b)} → "
+            f"{num(man['b'][-1])}{b_true} · data loss {num(start)} → {num(end)}",
+            style="dim",
+        )
     return out
 
 
@@ -173,10 +187,18 @@ class Layout(NamedTuple):
 
 
 #: the run table's layouts, widest first; :func:`step_table` takes the first that fits the terminal
-LAYOUTS = (Layout(9, 6, True, 1), Layout(8, 5, True, 1), Layout(8, 5, False, 1), Layout(8, 5, False, 0),
-           Layout(7, 4, False, 0), Layout(6, 3, False, 0),
-           Layout(8, 5, False, 1, True), Layout(8, 5, False, 0, True), Layout(7, 4, False, 0, True),
-           Layout(6, 3, False, 0, True))
+LAYOUTS = (
+    Layout(9, 6, True, 1),
+    Layout(8, 5, True, 1),
+    Layout(8, 5, False, 1),
+    Layout(8, 5, False, 0),
+    Layout(7, 4, False, 0),
+    Layout(6, 3, False, 0),
+    Layout(8, 5, False, 1, True),
+    Layout(8, 5, False, 0, True),
+    Layout(7, 4, False, 0, True),
+    Layout(6, 3, False, 0, True),
+)
 #: where a folded buffer is shown: under the gradient it accumulates
 FOLDED = {"buf_w": "grad_w", "buf_b": "grad_b"}
 
@@ -194,8 +216,15 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
     scheduled = "lr" in fields  # a schedule: the rate of each step, on both lines, judged
     width, digits = layout.width, layout.digits
     multi = trace.config.epochs > 1
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, layout.gap, 0, 0), show_edge=False, pad_edge=False,
-                  title=_title(trace), title_justify="left", title_style="bold")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, layout.gap, 0, 0),
+        show_edge=False,
+        pad_edge=False,
+        title=_title(trace),
+        title_justify="left",
+        title_style="bold",
+    )
     # the article's column order: n, dl/dw, dl/db, lr, w, b, loss (then the buffers)
     order = [f for f in ARTICLE_ORDER if f in fields or (f == "lr" and layout.lr)]
     order += [f for f in fields if f not in ARTICLE_ORDER and not (layout.fold and f in FOLDED)]
@@ -223,8 +252,7 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
     for i, k in enumerate(shown):
         if k is None:
             hidden = shown[i + 1] - shown[i - 1] - 1
-            table.add_row("⋮", "", "⋮", *(["⋮"] * len(order)), Text(f"+{hidden}", style="italic"),
-                          end_section=True)
+            table.add_row("⋮", "", "⋮", *(["⋮"] * len(order)), Text(f"+{hidden}", style="italic"), end_section=True)
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
         ulps = [int(trace.divergence[f].ulp[k]) for f in fields if trace.divergence[f].finite[k]]
@@ -249,29 +277,62 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
             return out
 
         last = k == shown[-1]
-        table.add_row(step, str(trace.n[k]), _side(trace),
-                      *row({f: cell(trace.manual[f][k], f, stalled.get("manual", {})) for f in fields}, lr), mark)
-        table.add_row("", "", Text("torch", style="dim"),
-                      *row({f: cell(trace.torch[f][k], f, stalled.get("torch", {})) for f in fields}),
-                      "", end_section=not last and witness is None and gc is None and not folded and trace.ranks is None)
+        table.add_row(
+            step,
+            str(trace.n[k]),
+            _side(trace),
+            *row({f: cell(trace.manual[f][k], f, stalled.get("manual", {})) for f in fields}, lr),
+            mark,
+        )
+        table.add_row(
+            "",
+            "",
+            Text("torch", style="dim"),
+            *row({f: cell(trace.torch[f][k], f, stalled.get("torch", {})) for f in fields}),
+            "",
+            end_section=not last and witness is None and gc is None and not folded and trace.ranks is None,
+        )
         if folded:
             table.add_row("", "", "buf hand", *row({FOLDED[f]: cell(trace.manual[f][k], f) for f in folded}), "")
-            table.add_row("", "", Text("buf torch", style="dim"),
-                          *row({FOLDED[f]: cell(trace.torch[f][k], f) for f in folded}), "",
-                          end_section=not last and witness is None and gc is None and trace.ranks is None)
+            table.add_row(
+                "",
+                "",
+                Text("buf torch", style="dim"),
+                *row({FOLDED[f]: cell(trace.torch[f][k], f) for f in folded}),
+                "",
+                end_section=not last and witness is None and gc is None and trace.ranks is None,
+            )
         if trace.ranks is not None:
             _rank_rows(table, trace, k, row, width, digits, last)
         if witness is not None:
-            table.add_row("", "", Text("exact", style="cyan"),
-                          *row({f: Text(fit(witness.floats[f][k], width, digits), style="cyan") for f in fields}), "")
-            table.add_row("", "", Text("err hand", style="dim"), *row({f: fit(err_m[f][1][k], width, 2) for f in fields}), "")
-            table.add_row("", "", Text("err torch", style="dim"), *row({f: fit(err_t[f][1][k], width, 2) for f in fields}),
-                          "", end_section=not last and gc is None)
+            table.add_row(
+                "",
+                "",
+                Text("exact", style="cyan"),
+                *row({f: Text(fit(witness.floats[f][k], width, digits), style="cyan") for f in fields}),
+                "",
+            )
+            table.add_row(
+                "", "", Text("err hand", style="dim"), *row({f: fit(err_m[f][1][k], width, 2) for f in fields}), ""
+            )
+            table.add_row(
+                "",
+                "",
+                Text("err torch", style="dim"),
+                *row({f: fit(err_t[f][1][k], width, 2) for f in fields}),
+                "",
+                end_section=not last and gc is None,
+            )
         if gc is not None:
             status = "n/a" if not gc.finite[k] else ("ok" if gc.ok[k] else Text("✗", style="bold red"))
-            table.add_row("", "", Text("numeric", style="dim"),
-                          *row({f: fit(gc.numeric[f][k], width, digits) for f in fields if f in gc.numeric}), status,
-                          end_section=not last)
+            table.add_row(
+                "",
+                "",
+                Text("numeric", style="dim"),
+                *row({f: fit(gc.numeric[f][k], width, digits) for f in fields if f in gc.numeric}),
+                status,
+                end_section=not last,
+            )
     return table
 
 
@@ -288,20 +349,33 @@ def _rank_rows(table, trace, k: int, row, width: int, digits: int, last: bool) -
     for r in shown:
         ok = all(bool(rt.divergence[f].ok[k, r]) for f in rt.manual)
         worst = max(int(rt.divergence[f].ulp[k, r]) for f in rt.manual)
-        cells = {f: Text(fit(rt.manual[f][k, r], width, digits), style="dim" if rt.divergence[f].ok[k, r] else "bold red")
-                 for f in rt.manual}
+        cells = {
+            f: Text(fit(rt.manual[f][k, r], width, digits), style="dim" if rt.divergence[f].ok[k, r] else "bold red")
+            for f in rt.manual
+        }
         mark = Text(str(worst), style="dim") if ok else Text(f"✗ {worst}", style="bold red")
         end = r == world - 1 and not last
-        table.add_row("", Text(str(int(rt.n[k, r])), style="dim"), Text(f"rank {r}", style="dim"), *row(cells), mark,
-                      end_section=end)
+        table.add_row(
+            "",
+            Text(str(int(rt.n[k, r])), style="dim"),
+            Text(f"rank {r}", style="dim"),
+            *row(cells),
+            mark,
+            end_section=end,
+        )
     if world > RANK_ROWS:
         rest = range(RANK_ROWS - 1, world)
         bad = [r for r in rest if not all(bool(rt.divergence[f].ok[k, r]) for f in rt.manual)]
-        losses = rt.manual["loss"][k, RANK_ROWS - 1:]
+        losses = rt.manual["loss"][k, RANK_ROWS - 1 :]
         note = f"ranks {rest[0]}-{rest[-1]}: loss {num(losses.min())}..{num(losses.max())}"
-        table.add_row("", "", Text(note, style="dim"), *row({}),
-                      Text("✗ rank " + ", ".join(map(str, bad)), style="bold red") if bad else Text("ok", style="dim"),
-                      end_section=not last)
+        table.add_row(
+            "",
+            "",
+            Text(note, style="dim"),
+            *row({}),
+            Text("✗ rank " + ", ".join(map(str, bad)), style="bold red") if bad else Text("ok", style="dim"),
+            end_section=not last,
+        )
 
 
 def ranks_text(trace) -> Text:
@@ -311,18 +385,26 @@ def ranks_text(trace) -> Text:
     if rt is None:
         return out
     cfg = trace.config
-    out.append(f"{rt.world_size} ranks × {cfg.batch_size} samples per step; the step's dl/dw, dl/db are DDP's average "
-               f"(each rank's times 1/{rt.world_size}, summed), its loss the ranks' mean")
+    out.append(
+        f"{rt.world_size} ranks × {cfg.batch_size} samples per step; the step's dl/dw, dl/db are DDP's average "
+        f"(each rank's times 1/{rt.world_size}, summed), its loss the ranks' mean"
+    )
     for e, padded in enumerate(rt.plan.padded):
         if padded.size:
-            out.append(f"\nepoch {e + 1}: DistributedSampler repeats sample{'s' if padded.size > 1 else ''} "
-                       f"{', '.join(map(str, padded.tolist()))} so every rank gets {rt.plan.per_rank}")
+            out.append(
+                f"\nepoch {e + 1}: DistributedSampler repeats sample{'s' if padded.size > 1 else ''} "
+                f"{', '.join(map(str, padded.tolist()))} so every rank gets {rt.plan.per_rank}"
+            )
         if rt.plan.dropped[e].size:
-            out.append(f"\nepoch {e + 1}: drop_last leaves out sample{'s' if rt.plan.dropped[e].size > 1 else ''} "
-                       f"{', '.join(map(str, rt.plan.dropped[e].tolist()))}")
+            out.append(
+                f"\nepoch {e + 1}: drop_last leaves out sample{'s' if rt.plan.dropped[e].size > 1 else ''} "
+                f"{', '.join(map(str, rt.plan.dropped[e].tolist()))}"
+            )
     if not cfg.set_epoch and cfg.epochs > 1:
-        out.append("\n--no-set-epoch: sampler.set_epoch(e) was never called, so every epoch repeats "
-                   "epoch 1's order" + (" (shuffle draws from seed + 0 each time)" if cfg.shuffle else ""))
+        out.append(
+            "\n--no-set-epoch: sampler.set_epoch(e) was never called, so every epoch repeats "
+            "epoch 1's order" + (" (shuffle draws from seed + 0 each time)" if cfg.shuffle else "")
+        )
     return out
 
 
@@ -335,9 +417,15 @@ def state_table(trace, rows: int | None = None, every: int = 1) -> Table | None:
         return None
     keys = list(dict.fromkeys(f.rsplit("_", 1)[0] for f in state))  # exp_avg, exp_avg_sq, ...
     multi = trace.config.epochs > 1
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False,
-                  title=f"{trace.config.optimizer}'s state",
-                  title_justify="left", title_style="bold")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+        pad_edge=False,
+        title=f"{trace.config.optimizer}'s state",
+        title_justify="left",
+        title_style="bold",
+    )
     table.add_column("ep:b" if multi else "batch", justify="right")
     table.add_column("p")
     table.add_column("", justify="left")
@@ -358,8 +446,13 @@ def state_table(trace, rows: int | None = None, every: int = 1) -> Table | None:
         for i, p in enumerate(("w", "b")):
             fs = [f"{key}_{p}" for key in keys]
             table.add_row(step if i == 0 else "", p, "hand", *(cell(trace.manual, f) for f in fs))
-            table.add_row("", "", Text("torch", style="dim"), *(cell(trace.torch, f) for f in fs),
-                          end_section=i == 1 and k != shown[-1])
+            table.add_row(
+                "",
+                "",
+                Text("torch", style="dim"),
+                *(cell(trace.torch, f) for f in fs),
+                end_section=i == 1 and k != shown[-1],
+            )
     return table
 
 
@@ -400,5 +493,13 @@ def run_view(trace, rows: int | None = None, every: int = 1, width: int | None =
     return Group(*parts)
 
 
-__all__ = ["run_view", "step_table", "state_table", "table_fields", "verdict_text", "verdict_sentence", "shown_steps",
-           "summary_text"]
+__all__ = [
+    "run_view",
+    "step_table",
+    "state_table",
+    "table_fields",
+    "verdict_text",
+    "verdict_sentence",
+    "shown_steps",
+    "summary_text",
+]

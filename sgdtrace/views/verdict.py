@@ -31,34 +31,50 @@ def segments(trace, marked: bool = True) -> list[Segment]:
     if v.ok:
         rtol, _ = tolerances(trace.config)
         same = " (bit-identical)" if v.max_ulp == 0 else ""
-        out += [("✓ agree", "bold green"),
-                (f"  all {trace.n_steps * len(trace.fields)} values within tolerance; max {v.max_ulp} ulp{same}\n"
-                 f"  max |Δ| {sci(v.max_abs)} · max rel {sci(v.max_rel)} · worst {percent(v.max_tol_ratio)} of "
-                 f"tolerance (rtol {sci(rtol)})", "")]
+        out += [
+            ("✓ agree", "bold green"),
+            (
+                f"  all {trace.n_steps * len(trace.fields)} values within tolerance; max {v.max_ulp} ulp{same}\n"
+                f"  max |Δ| {sci(v.max_abs)} · max rel {sci(v.max_rel)} · worst {percent(v.max_tol_ratio)} of "
+                f"tolerance (rtol {sci(rtol)})",
+                "",
+            ),
+        ]
     else:
         f = v.first_divergent_step
-        out += [("✗ diverge", "bold red"),
-                (f"  first at epoch {f.epoch} batch {f.batch} (step {f.step}), {field_label(f.field)}: "
-                 f"{getattr(trace, 'hand', 'hand')} {show(f.manual)}, torch {show(f.torch)}, |Δ| {show(f.abs)}"
-                 + (f" of which {show(f.carried)} carried in" if f.carried else "")
-                 + f"; the step's own part exceeds its rounding allowance {show(f.tol)}", "")]
+        out += [
+            ("✗ diverge", "bold red"),
+            (
+                f"  first at epoch {f.epoch} batch {f.batch} (step {f.step}), {field_label(f.field)}: "
+                f"{getattr(trace, 'hand', 'hand')} {show(f.manual)}, torch {show(f.torch)}, |Δ| {show(f.abs)}"
+                + (f" of which {show(f.carried)} carried in" if f.carried else "")
+                + f"; the step's own part exceeds its rounding allowance {show(f.tol)}",
+                "",
+            ),
+        ]
         if f.diagnosis:  # the likely mistake (sgdtrace.diagnosis)
             out += [("\n  Likely mistake: ", "bold"), (f.diagnosis["text"], "")]
     engine = getattr(trace, "engine", None)
     if engine is not None and engine.not_kept:
-        out += [(f"\n  not kept by {engine.name}: {', '.join(engine.not_kept)} (torch's state; not judged)",
-                 "yellow")]
+        out += [(f"\n  not kept by {engine.name}: {', '.join(engine.not_kept)} (torch's state; not judged)", "yellow")]
     for st in getattr(v, "stalled", None) or ():  # the updates lost to rounding
-        out += [(f"\n= {st.field} stalled", "bold yellow"),
-                (f" at {st.steps} step{'s' if st.steps != 1 else ''} from step {st.first_step} on"
-                 + (" (the values marked =)" if marked else "")
-                 + f": lr·g was under half the spacing of {trace.config.dtype} values around {st.field}, so the "
-                 f"update rounded back to {st.field} itself; `sgdtrace explain` shows the spacing", "")]
+        out += [
+            (f"\n= {st.field} stalled", "bold yellow"),
+            (
+                f" at {st.steps} step{'s' if st.steps != 1 else ''} from step {st.first_step} on"
+                + (" (the values marked =)" if marked else "")
+                + f": lr·g was under half the spacing of {trace.config.dtype} values around {st.field}, so the "
+                f"update rounded back to {st.field} itself; `sgdtrace explain` shows the spacing",
+                "",
+            ),
+        ]
     d = v.diverged_training
     if d:
         where = f"step {d.step}, the row marked ⚠" if marked else f"step {d.step}"
-        out += [("\n⚠ training blew up", "bold yellow"),
-                (f" at epoch {d.epoch} batch {d.batch} ({where}): {d.reason}.\n  Hint: {d.hint}.", "")]
+        out += [
+            ("\n⚠ training blew up", "bold yellow"),
+            (f" at epoch {d.epoch} batch {d.batch} ({where}): {d.reason}.\n  Hint: {d.hint}.", ""),
+        ]
     return out
 
 

@@ -25,8 +25,7 @@ from typing import Any
 
 from sgdtrace.engines.optimizers import adagrad, adam, adamw, rmsprop, sgd
 
-OPTIMIZERS: dict[str, ModuleType] = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop,
-                                     "adagrad": adagrad}
+OPTIMIZERS: dict[str, ModuleType] = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad}
 
 
 def get(name: str) -> ModuleType:

@@ -46,26 +46,26 @@ class Track:
     # ---------------------------------------------------------------- making one
 
     @staticmethod
-    def measured(a: np.ndarray, b: np.ndarray) -> "Track":
+    def measured(a: np.ndarray, b: np.ndarray) -> Track:
         """A value both engines recorded (hand ``a``, torch ``b``): its difference is measured."""
         a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             return Track(a64, _finite_mag(a64, b64), np.zeros_like(a64), a64 - b64)
 
     @staticmethod
-    def const(value, like: np.ndarray) -> "Track":
+    def const(value, like: np.ndarray) -> Track:
         """A value both engines hold exactly alike (an initial state, a coefficient)."""
         v = np.broadcast_to(np.asarray(value, dtype=np.float64), np.shape(like)).copy()
         return Track(v, np.abs(v), np.zeros_like(v), np.zeros_like(v))
 
-    def _out(self, v, rnd, carry) -> "Track":
+    def _out(self, v, rnd, carry) -> Track:
         """A computed value: its magnitude is the larger of the two engines' (hand ``v``, torch ``v - carry``)."""
         with np.errstate(invalid="ignore", over="ignore"):
             return Track(v, np.fmax(np.abs(v), np.abs(v - carry)), rnd, carry)
 
     # ---------------------------------------------------------------- _Bound's operations
 
-    def combine(self, coef, other: "Track", result: np.ndarray | None = None) -> "Track":
+    def combine(self, coef, other: Track, result: np.ndarray | None = None) -> Track:
         """``self + coef * other``: the product rounds (unless coef is +-1), then the sum rounds."""
         c = np.abs(coef)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -76,14 +76,15 @@ class Track:
             rnd = self.rnd + c * other.rnd + prod + (mag if result is None else result)
         return Track(v, mag, rnd, carry)
 
-    def scaled(self, coef) -> "Track":
+    def scaled(self, coef) -> Track:
         """``coef * self``, its product's rounding included (none for +-1)."""
         c = np.abs(coef)
         with np.errstate(invalid="ignore", over="ignore"):
-            return Track(coef * self.v, c * self.mag, c * self.rnd + np.where(_is_one(c), 0.0, c * self.mag),
-                         coef * self.carry)
+            return Track(
+                coef * self.v, c * self.mag, c * self.rnd + np.where(_is_one(c), 0.0, c * self.mag), coef * self.carry
+            )
 
-    def where(self, mask: np.ndarray, other: "Track") -> "Track":
+    def where(self, mask: np.ndarray, other: Track) -> Track:
         return Track(*(np.where(mask, getattr(other, f), getattr(self, f)) for f in ("v", "mag", "rnd", "carry")))
 
 

@@ -18,8 +18,9 @@ beta1: OneCycleLR needs ``cycle_momentum = false`` with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from sgdtrace.engines.optimizers import _kernels as k
 from sgdtrace.engines.optimizers._track import Track, div, fit, mul, neg, sqrt
@@ -40,9 +41,15 @@ class Hyper:
 
 def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
     group = group or {}
-    return Hyper(lr=group.get("lr", config.lr), lr_decay=config.lr_decay, weight_decay=config.weight_decay,
-                 initial_accumulator_value=config.initial_accumulator_value, eps=config.eps,
-                 maximize=config.maximize, scalar=scalar)
+    return Hyper(
+        lr=group.get("lr", config.lr),
+        lr_decay=config.lr_decay,
+        weight_decay=config.weight_decay,
+        initial_accumulator_value=config.initial_accumulator_value,
+        eps=config.eps,
+        maximize=config.maximize,
+        scalar=scalar,
+    )
 
 
 def state_keys(config) -> tuple[str, ...]:

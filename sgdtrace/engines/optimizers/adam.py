@@ -25,8 +25,9 @@ rounds the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,18 +58,31 @@ class Hyper:
     def __post_init__(self) -> None:
         # the coefficients the kernels take, rounded to the array type once (not every step)
         s = self.scalar
-        for name, value in (("one_minus_beta1", 1 - self.beta1), ("beta2_s", self.beta2),
-                            ("one_minus_beta2", 1 - self.beta2), ("eps_s", self.eps),
-                            ("weight_decay_s", self.weight_decay), ("decay", 1 - self.lr * self.weight_decay)):
+        for name, value in (
+            ("one_minus_beta1", 1 - self.beta1),
+            ("beta2_s", self.beta2),
+            ("one_minus_beta2", 1 - self.beta2),
+            ("eps_s", self.eps),
+            ("weight_decay_s", self.weight_decay),
+            ("decay", 1 - self.lr * self.weight_decay),
+        ):
             object.__setattr__(self, name, s(value))
 
 
 def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
     """The run's options; ``group`` overrides lr and beta1 per step (a schedule)."""
     group = group or {}
-    return Hyper(lr=group.get("lr", config.lr), beta1=group.get("beta1", config.betas[0]), beta2=config.betas[1],
-                 eps=config.eps, weight_decay=config.weight_decay, amsgrad=config.amsgrad,
-                 maximize=config.maximize, decoupled=DECOUPLED, scalar=scalar)
+    return Hyper(
+        lr=group.get("lr", config.lr),
+        beta1=group.get("beta1", config.betas[0]),
+        beta2=config.betas[1],
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        amsgrad=config.amsgrad,
+        maximize=config.maximize,
+        decoupled=DECOUPLED,
+        scalar=scalar,
+    )
 
 
 def state_keys(config) -> tuple[str, ...]:

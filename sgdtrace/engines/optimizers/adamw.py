@@ -17,12 +17,24 @@ step 1 unless ``p`` starts at 0 (then at step 2). The functions are Adam's (:mod
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sgdtrace.engines.optimizers import adam
 from sgdtrace.engines.optimizers.adam import (  # noqa: F401  (the algorithm's lines, as in adam.py)
-    Hyper, bias_correction, decoupled_decay, denominator, first_moment, initial_state, maximized,
-    running_max, second_moment, state_keys, stepped, update, update_bound,
+    Hyper,
+    bias_correction,
+    decoupled_decay,
+    denominator,
+    first_moment,
+    initial_state,
+    maximized,
+    running_max,
+    second_moment,
+    state_keys,
+    stepped,
+    update,
+    update_bound,
 )
 
 DECOUPLED = True

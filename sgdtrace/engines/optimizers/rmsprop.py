@@ -27,8 +27,9 @@ Unlike SGD's, RMSprop's buffer starts at zero (no copy of the first gradient), a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,9 +53,16 @@ class Hyper:
 
 def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
     group = group or {}
-    return Hyper(lr=group.get("lr", config.lr), alpha=config.alpha, eps=config.eps,
-                 weight_decay=config.weight_decay, momentum=group.get("momentum", config.momentum),
-                 centered=config.centered, maximize=config.maximize, scalar=scalar)
+    return Hyper(
+        lr=group.get("lr", config.lr),
+        alpha=config.alpha,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        momentum=group.get("momentum", config.momentum),
+        centered=config.centered,
+        maximize=config.maximize,
+        scalar=scalar,
+    )
 
 
 def _has_momentum(config) -> bool:
@@ -65,8 +73,9 @@ def _has_momentum(config) -> bool:
 
 def state_keys(config) -> tuple[str, ...]:
     """The state torch.optim.RMSprop keeps, in the order it makes them."""
-    return ((SQUARE_AVG,) + ((MOMENTUM_BUFFER,) if _has_momentum(config) else ())
-            + ((GRAD_AVG,) if config.centered else ()))
+    return (
+        (SQUARE_AVG,) + ((MOMENTUM_BUFFER,) if _has_momentum(config) else ()) + ((GRAD_AVG,) if config.centered else ())
+    )
 
 
 def initial_state(config) -> dict[str, float]:

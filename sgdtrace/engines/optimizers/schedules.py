@@ -81,8 +81,9 @@ def _cosine_annealing_lr(group, last_epoch, initial, a, base):
         return group["lr"]
     if (last_epoch - 1 - T) % (2 * T) == 0:
         return group["lr"] + (base - eta_min) * (1 - math.cos(math.pi / T)) / 2
-    return ((1 + math.cos(math.pi * last_epoch / T)) / (1 + math.cos(math.pi * (last_epoch - 1) / T))
-            * (group["lr"] - eta_min) + eta_min)
+    return (1 + math.cos(math.pi * last_epoch / T)) / (1 + math.cos(math.pi * (last_epoch - 1) / T)) * (
+        group["lr"] - eta_min
+    ) + eta_min
 
 
 def cosine_closed_form(base: float, t: int, T: int, eta_min: float) -> float:
@@ -108,9 +109,16 @@ def _one_cycle_phases(a) -> list[dict[str, Any]]:
     total, pct = _one_cycle_total(a), a["pct_start"]
     if a["three_phase"]:
         return [
-            {"end_step": float(pct * total) - 1, "lr": ("initial_lr", "max_lr"), "m": ("max_momentum", "base_momentum")},
-            {"end_step": float(2 * pct * total) - 2, "lr": ("max_lr", "initial_lr"),
-             "m": ("base_momentum", "max_momentum")},
+            {
+                "end_step": float(pct * total) - 1,
+                "lr": ("initial_lr", "max_lr"),
+                "m": ("max_momentum", "base_momentum"),
+            },
+            {
+                "end_step": float(2 * pct * total) - 2,
+                "lr": ("max_lr", "initial_lr"),
+                "m": ("base_momentum", "max_momentum"),
+            },
             {"end_step": total - 1, "lr": ("initial_lr", "min_lr"), "m": ("max_momentum", "max_momentum")},
         ]
     return [
@@ -145,8 +153,14 @@ def _one_cycle_lr(group, last_epoch, initial, a, base):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-GET_LR = {"StepLR": _step_lr, "MultiStepLR": _multi_step_lr, "ExponentialLR": _exponential_lr,
-          "CosineAnnealingLR": _cosine_annealing_lr, "LinearLR": _linear_lr, "OneCycleLR": _one_cycle_lr}
+GET_LR = {
+    "StepLR": _step_lr,
+    "MultiStepLR": _multi_step_lr,
+    "ExponentialLR": _exponential_lr,
+    "CosineAnnealingLR": _cosine_annealing_lr,
+    "LinearLR": _linear_lr,
+    "OneCycleLR": _one_cycle_lr,
+}
 
 
 def values(config, count: int) -> list[dict[str, float]]:
@@ -174,9 +188,10 @@ def values(config, count: int) -> list[dict[str, float]]:
         try:
             group["lr"] = get_lr(group, last_epoch, last_epoch == 0, a, base)
         except ZeroDivisionError:
-            raise ConfigError(f"--scheduler {sched.name}: its arguments divide by zero at step {last_epoch} "
-                              f"({', '.join(f'{k}={v}' for k, v in sched.kwargs.items())}); torch raises there too"
-                              ) from None
+            raise ConfigError(
+                f"--scheduler {sched.name}: its arguments divide by zero at step {last_epoch} "
+                f"({', '.join(f'{k}={v}' for k, v in sched.kwargs.items())}); torch raises there too"
+            ) from None
         row = {"lr": group["lr"]}
         if cycling:
             row[key] = group["_momentum"]
@@ -193,6 +208,8 @@ def check(config, plan) -> None:
     n = calls(config, plan)
     if n > total:
         per = "once per step" if sched.interval == "step" else "once per epoch"
-        given = ("total_steps" if sched.get("total_steps") is not None else "epochs * steps_per_epoch")
-        raise ConfigError(f"--scheduler OneCycleLR: {given} = {total}, but this run calls scheduler.step() "
-                          f"{n} times ({per}) and torch raises past total_steps; set total_steps >= {n}")
+        given = "total_steps" if sched.get("total_steps") is not None else "epochs * steps_per_epoch"
+        raise ConfigError(
+            f"--scheduler OneCycleLR: {given} = {total}, but this run calls scheduler.step() "
+            f"{n} times ({per}) and torch raises past total_steps; set total_steps >= {n}"
+        )

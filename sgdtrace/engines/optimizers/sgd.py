@@ -26,8 +26,9 @@ float32 and rounds once (``Hyper.momentum_kept``, then ``Hyper.rounded``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 #: the state entry momentum keeps, in torch's name
 MOMENTUM_BUFFER = "momentum_buffer"
@@ -58,8 +59,13 @@ class Hyper:
     rounded: Callable[[Any], Any] = lambda v: v
 
 
-def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None,
-          kept: Callable[[float], Any] | None = None, rounded: Callable[[Any], Any] | None = None) -> Hyper:
+def hyper(
+    config,
+    scalar: Callable[[float], Any] = float,
+    group: dict | None = None,
+    kept: Callable[[float], Any] | None = None,
+    rounded: Callable[[Any], Any] | None = None,
+) -> Hyper:
     """The run's options as the update computes with them (``scalar`` rounds to the array type);
     ``group`` overrides lr and momentum for one step (a schedule; OneCycleLR drives momentum).
     ``kept`` makes the scalar ``mul_`` keeps in float32, ``rounded`` rounds its product back (see
@@ -131,8 +137,9 @@ def update(param, grad, state: dict, hp: Hyper):
     if hp.use_weight_decay:
         g = decayed(g, param, hp.weight_decay)
     if hp.use_momentum:
-        buf = state[MOMENTUM_BUFFER] = buffered(state.get(MOMENTUM_BUFFER), g, hp.momentum_kept,
-                                                     hp.one_minus_dampening, hp.rounded)
+        buf = state[MOMENTUM_BUFFER] = buffered(
+            state.get(MOMENTUM_BUFFER), g, hp.momentum_kept, hp.one_minus_dampening, hp.rounded
+        )
         g = nesterov_step(g, buf, hp.momentum) if hp.nesterov else buf
     return descend(param, g, hp.lr)
 
@@ -160,8 +167,12 @@ def update_bound(p, g, prev: dict, cur: dict, new_mag, first, config, ctx=None):
     states = {}
     if MOMENTUM_BUFFER in cur:
         # buf <- momentum*buf + (1-dampening)*g, except buf <- g (a copy) on the very first step
-        buf = prev[MOMENTUM_BUFFER].scaled(momentum).combine(
-            1 - config.dampening, g, result=cur[MOMENTUM_BUFFER].mag).where(first, g)
+        buf = (
+            prev[MOMENTUM_BUFFER]
+            .scaled(momentum)
+            .combine(1 - config.dampening, g, result=cur[MOMENTUM_BUFFER].mag)
+            .where(first, g)
+        )
         states[MOMENTUM_BUFFER] = buf
         # the parameter's update goes on from the buffer as recorded
         g = g.combine(momentum, cur[MOMENTUM_BUFFER]) if config.nesterov else cur[MOMENTUM_BUFFER]
