@@ -9,7 +9,7 @@ The library is usable from a notebook::
 Importing this package does not import torch or numpy; :func:`trace` does.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from sgdtrace.config import Config  # noqa: E402  (pure Python, no torch)
 from sgdtrace.errors import SgdtraceError  # noqa: E402
