@@ -702,10 +702,8 @@ def check(
     return _exit_code(result.ok)
 
 
-@cli.command()
-@training_options(EXPLAIN_FORMATS)
-@click.option("--batch", "batch_no", type=int, required=True, metavar="K", help="The batch to explain (from 1).")
-@click.option(
+#: the epoch of a command's --batch (explain, graph)
+epoch_option = click.option(
     "--epoch",
     "epoch_no",
     type=int,
@@ -714,6 +712,12 @@ def check(
     metavar="E",
     help="The epoch the batch is in (from 1).",
 )
+
+
+@cli.command()
+@training_options(EXPLAIN_FORMATS)
+@click.option("--batch", "batch_no", type=int, required=True, metavar="K", help="The batch to explain (from 1).")
+@epoch_option
 def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     """One batch, equation by equation: forward pass node by node, backward pass factor by factor.
 
@@ -758,15 +762,7 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     metavar="K",
     help="The batch whose graph is built (from 1).",
 )
-@click.option(
-    "--epoch",
-    "epoch_no",
-    type=int,
-    default=1,
-    show_default=True,
-    metavar="E",
-    help="The epoch the batch is in (from 1).",
-)
+@epoch_option
 @click.option(
     "--loss",
     "loss_kind",
