@@ -978,6 +978,58 @@ def test_check_configs_pass():
             assert np.isfinite(d.tol[d.finite]).all() and np.isfinite(d.carried).all(), (row.config, f)
 
 
+# The article's data in 16 bits on the CPU: the hand side reproduces every one of torch's roundings
+# (docs/precision.md: float32 sums and means rounded once, alpha rounded to the type, momentum
+# kept in float32), so both backends give torch's bits exactly, step after step.
+SIXTEEN_BIT_RUNS = [
+    dict(momentum=0.9, dampening=0.1, weight_decay=0.05),
+    dict(momentum=0.5, nesterov=True, batch_size=4),
+    dict(maximize=True, lr=0.003),
+]
+
+
+def _sixteen_bit_config(dtype, opts):
+    return Config(**{"dtype": dtype, "batch_size": 3, "epochs": 3, **opts})
+
+
+def _torch_columns_of(cfg):
+    ds = article()
+    return _torch_run_once(ds.x, ds.y, cfg, torch.device("cpu"), plan(len(ds), cfg).n_steps)
+
+
+@pytest.mark.parametrize("opts", SIXTEEN_BIT_RUNS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_manual_engine_in_16_bits_is_torch_bit_for_bit(backend, dtype, opts):
+    cfg = _sixteen_bit_config(dtype, opts)
+    ds = article()
+    hand = manual.run(ds.x, ds.y, plan(len(ds), cfg), cfg, manual.ArrayBackend(backend, dtype))
+    ref = _torch_columns_of(cfg)
+    assert set(hand) == set(ref)
+    for f in ref:
+        assert hand[f].dtype == ref[f].dtype == np.dtype(dv.dtypes.np_dtype(dtype)), f
+        assert (hand[f].view(np.int16) == ref[f].view(np.int16)).all(), f
+
+
+def test_scheduled_rate_recorded_on_the_torch_backend():
+    # the rate each step used is a Python float on either backend (not one of the arrays)
+    from sgdtrace.config import Schedule
+
+    cfg = Config(
+        dtype="float32",
+        batch_size=3,
+        epochs=4,
+        scheduler=Schedule("StepLR", (("step_size", 2), ("gamma", 0.5)), "epoch"),
+    )
+    ds = article()
+    p = plan(len(ds), cfg)
+    cols = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("torch", "float32"))
+    lr = cols["lr"]
+    assert isinstance(lr, np.ndarray) and lr.dtype == np.float64
+    epochs = np.repeat(np.arange(cfg.epochs), p.steps_per_epoch)
+    assert lr.tolist() == [0.01 * 0.5 ** (e // 2) for e in epochs]
+
+
 def _fill_torch_columns():
     """Every torch run the tests above ask for, done once at import (see _torch_run_once)."""
     from sgdtrace.check import run_checks
@@ -988,6 +1040,9 @@ def _fill_torch_columns():
         for cfg in [ARTICLE.replace(dtype="float64"), FLOAT32_RUN, *(Config(dtype="float64", **o) for o in RUNS)]:
             run_trace(cfg)
         run_checks(_check_configs(), ["cpu"])
+        for dtype in ("bfloat16", "float16"):
+            for opts in SIXTEEN_BIT_RUNS:
+                _torch_columns_of(_sixteen_bit_config(dtype, opts))
 
 
 _fill_torch_columns()
