@@ -1241,3 +1241,35 @@ def test_tolerance_model_in_16_bits_matches_its_docstring(opts):
         np.testing.assert_allclose(div[f].carried, carried[f], rtol=0, atol=1e-12 * scale, err_msg=f)
     if dv.exact_update(cfg):  # some steps start alike and some do not: both rules are exercised
         assert (div["w"].tol == 0).any() and (div["w"].tol > 0).any()
+
+
+@pytest.mark.parametrize("rtol, atol", [(None, None), (1e-3, 0.25), (0.0, 1e-3)])
+def test_compare_allreduce_matches_its_docstring(rtol, atol):
+    # two steps, three ranks, hand-built: each rank's allowance and carried difference, the ranks'
+    # own values on both sides; the average's E and C re-derived from the docstring, rank by rank
+    cfg = Config(dtype="float32", rtol=rtol, atol=atol)
+    r_tol, a_tol = dv.tolerances(cfg)
+    world, fields = 3, ("grad_w", "grad_b", "loss")
+    E_r = [[1.0, 2.0, 4.0], [0.5, 0.25, 8.0]]  # [step][rank], in units of u
+    C_r = [[1e-6, -2e-6, 4e-6], [0.0, 3e-6, -1e-6]]
+    man = np.array([[1.0, -2.0, 3.0], [0.5, 0.25, -4.0]], dtype=np.float32)
+    ref = np.array([[1.5, -1.0, 2.0], [0.5, -0.75, -4.5]], dtype=np.float32)
+    rank_divs = []
+    for r in range(world):
+        tol = np.array([a_tol + r_tol * E_r[k][r] for k in range(2)])
+        carried = np.array([C_r[k][r] for k in range(2)])
+        d = dv._distances(np.zeros(2, np.float32), np.zeros(2, np.float32), tol, "float32", None, carried)
+        rank_divs.append(dict.fromkeys(fields, d))
+    ranks = {f: man for f in fields}, {f: ref for f in fields}
+    a = {f: np.array([1.0, 2.0], np.float32) for f in fields}
+    b = {f: np.array([1.0, 2.5], np.float32) for f in fields}
+    out = dv.compare_allreduce(rank_divs, *ranks, a, b, cfg)
+    assert set(out) == set(fields)
+    for f in fields:
+        for k in range(2):
+            mags = [max(abs(float(man[k][r])), abs(float(ref[k][r]))) for r in range(world)]
+            E = sum(E_r[k]) / world + (world + 1) * sum(mags) / world
+            assert out[f].tol[k] == pytest.approx(a_tol + r_tol * E, rel=1e-12)
+            assert out[f].carried[k] == pytest.approx(sum(C_r[k]) / world, rel=1e-12)
+        fresh = np.abs(a[f].astype(np.float64) - b[f].astype(np.float64) - out[f].carried)
+        assert (out[f].ok == (fresh <= out[f].tol)).all()
