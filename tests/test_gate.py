@@ -1243,7 +1243,7 @@ def test_tolerance_model_in_16_bits_matches_its_docstring(opts):
         assert (div["w"].tol == 0).any() and (div["w"].tol > 0).any()
 
 
-@pytest.mark.parametrize("rtol, atol", [(None, None), (1e-3, 0.25), (0.0, 1e-3)])
+@pytest.mark.parametrize("rtol, atol", [(None, None), (1e-3, 0.25), (0.0, 1e-3), (0.0, 0.0)])
 def test_compare_allreduce_matches_its_docstring(rtol, atol):
     # two steps, three ranks, hand-built: each rank's allowance and carried difference, the ranks'
     # own values on both sides; the average's E and C re-derived from the docstring, rank by rank
@@ -1273,3 +1273,21 @@ def test_compare_allreduce_matches_its_docstring(rtol, atol):
             assert out[f].carried[k] == pytest.approx(sum(C_r[k]) / world, rel=1e-12)
         fresh = np.abs(a[f].astype(np.float64) - b[f].astype(np.float64) - out[f].carried)
         assert (out[f].ok == (fresh <= out[f].tol)).all()
+
+
+def test_compare_allreduce_excuses_an_overflow_its_sum_can_reach():
+    # three ranks' gradients of 2e38 each: their sum (6e38) can pass float32's largest value
+    # (3.4e38) before the division by N, so an infinity on one side against a finite value on the
+    # other is an overflow, not a divergence; ranks of 1e37 (a sum of 3e37) cannot overflow
+    cfg = Config(dtype="float32")
+    fields = ("grad_w", "grad_b", "loss")
+    ok = {}
+    for rank_value in (2e38, 1e37):
+        ranks = np.full((1, 3), rank_value, dtype=np.float32)
+        d = dv._distances(ranks[:, 0], ranks[:, 0], np.zeros(1), "float32")
+        rank_divs = [dict.fromkeys(fields, d)] * 3
+        a = {f: np.array([np.inf], np.float32) for f in fields}
+        b = {f: np.array([1.0], np.float32) for f in fields}
+        out = dv.compare_allreduce(rank_divs, dict.fromkeys(fields, ranks), dict.fromkeys(fields, ranks), a, b, cfg)
+        ok[rank_value] = [bool(out[f].ok[0]) for f in fields]
+    assert ok == {2e38: [True] * 3, 1e37: [False] * 3}
