@@ -448,12 +448,15 @@ def test_distances_both_ways_only_excuses_opposite_infinities():
 def _reference_tolerances(cfg, x, y, plan_, a, b):
     """divergence.py's docstring, step by step with Python floats: per field, the rounding
     allowance (atol + rtol*E) and the carried difference C (signed, manual minus torch)."""
-    u = {"float32": 2.0**-24, "float64": 2.0**-53}[cfg.dtype]
+    from sgdtrace import dtypes
+
+    u = {"float32": 2.0**-24, "float64": 2.0**-53, "bfloat16": 2.0**-8, "float16": 2.0**-11}[cfg.dtype]
     rtol = 4 * u if cfg.rtol is None else cfg.rtol
-    atol = float(np.finfo(np.dtype(cfg.dtype)).tiny) if cfg.atol is None else cfg.atol
-    xr = [float(v) for v in x.astype(cfg.dtype)]
-    yr = [float(v) for v in y.astype(cfg.dtype)]
-    init_w, init_b = float(np.array(cfg.init_w, cfg.dtype)), float(np.array(cfg.init_b, cfg.dtype))
+    atol = float(dtypes.finfo(cfg.dtype).tiny) if cfg.atol is None else cfg.atol
+    # x, y and the initial values as torch rounds them (16-bit types through float32)
+    xr = [float(v) for v in dtypes.cast(x, cfg.dtype)]
+    yr = [float(v) for v in dtypes.cast(y, cfg.dtype)]
+    init_w, init_b = (float(dtypes.cast(np.array([v]), cfg.dtype)[0]) for v in (cfg.init_w, cfg.init_b))
     tol = {f: [] for f in a}
     carried = {f: [] for f in a}
     mu, c = cfg.momentum, 1 - cfg.dampening
@@ -469,6 +472,8 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
         dw, db = wa_m - wb, ba_m - bb  # signed
         wm, bm = max(abs(wa_m), abs(wb)), max(abs(ba_m), abs(bb))
         D = min(n - 1, math.ceil(math.log2(n)) + 16)
+        if cfg.dtype in ("bfloat16", "float16"):  # sums in float32 (u = 2^-24), then one rounding
+            D = 1 + D * 2.0**-24 / u
         xs, ys = [xr[i] for i in idx], [yr[i] for i in idx]
         M = [wm * abs(xi) + bm + abs(yi) for xi, yi in zip(xs, ys)]
         sd = [wa * xi + ba - yi for xi, yi in zip(xs, ys)]  # the manual engine's residuals, signed
@@ -535,6 +540,25 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
             new = max(abs(float(a[name][k])), abs(float(b[name][k])))
             tol[name].append(atol + rtol * (cfg.lr * g[1] + cfg.lr * g[0] + new))
             carried[name].append(pd - cfg.lr * g[2])
+    if cfg.dtype in ("bfloat16", "float16") and cfg.rtol is None and cfg.atol is None:
+        # the exact update: where a step's parameter, gradient and buffer start equal on both
+        # sides, the new parameter and buffer must be equal too (no allowance)
+        for name in ("w", "b"):
+            init = getattr(cfg, "init_" + name)
+            keys = [name, "grad_" + name] + (["buf_" + name] if cfg.momentum else [])
+            for k in range(plan_.n_steps):
+                starts = []
+                for f in keys:
+                    if f.startswith("grad_"):
+                        starts.append((float(a[f][k]), float(b[f][k])))
+                    elif k == 0:
+                        starts.append((init, init) if f == name else (0.0, 0.0))
+                    else:
+                        starts.append((float(a[f][k - 1]), float(b[f][k - 1])))
+                if all(va == vb for va, vb in starts):
+                    for f in keys:
+                        if not f.startswith("grad_"):
+                            tol[f][k] = 0.0
     return tol, carried
 
 
@@ -943,6 +967,67 @@ def test_check_configs_pass():
 
     result = run_checks(_check_configs(), ["cpu"])
     assert result.rows and result.ok
+    for row in result.rows:
+        t = row.trace
+        # a schedule's rate is judged (exactly: both sides work it out in Python floats), and the
+        # model bounds every step whose values are finite on both sides
+        assert ("lr" in t.divergence) == (t.config.scheduler is not None), row.config
+        if "lr" in t.divergence:
+            assert (t.divergence["lr"].tol == 0).all() and t.divergence["lr"].ok.all()
+        for f, d in t.divergence.items():
+            assert np.isfinite(d.tol[d.finite]).all() and np.isfinite(d.carried).all(), (row.config, f)
+
+
+# The article's data in 16 bits on the CPU: the hand side reproduces every one of torch's roundings
+# (docs/precision.md: float32 sums and means rounded once, alpha rounded to the type, momentum
+# kept in float32), so both backends give torch's bits exactly, step after step.
+SIXTEEN_BIT_RUNS = [
+    dict(momentum=0.9, dampening=0.1, weight_decay=0.05),
+    dict(momentum=0.5, nesterov=True, batch_size=4),
+    dict(maximize=True, lr=0.003),
+]
+
+
+def _sixteen_bit_config(dtype, opts):
+    return Config(**{"dtype": dtype, "batch_size": 3, "epochs": 3, **opts})
+
+
+def _torch_columns_of(cfg):
+    ds = article()
+    return _torch_run_once(ds.x, ds.y, cfg, torch.device("cpu"), plan(len(ds), cfg).n_steps)
+
+
+@pytest.mark.parametrize("opts", SIXTEEN_BIT_RUNS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_manual_engine_in_16_bits_is_torch_bit_for_bit(backend, dtype, opts):
+    cfg = _sixteen_bit_config(dtype, opts)
+    ds = article()
+    hand = manual.run(ds.x, ds.y, plan(len(ds), cfg), cfg, manual.ArrayBackend(backend, dtype))
+    ref = _torch_columns_of(cfg)
+    assert set(hand) == set(ref)
+    for f in ref:
+        assert hand[f].dtype == ref[f].dtype == np.dtype(dv.dtypes.np_dtype(dtype)), f
+        assert (hand[f].view(np.int16) == ref[f].view(np.int16)).all(), f
+
+
+def test_scheduled_rate_recorded_on_the_torch_backend():
+    # the rate each step used is a Python float on either backend (not one of the arrays)
+    from sgdtrace.config import Schedule
+
+    cfg = Config(
+        dtype="float32",
+        batch_size=3,
+        epochs=4,
+        scheduler=Schedule("StepLR", (("step_size", 2), ("gamma", 0.5)), "epoch"),
+    )
+    ds = article()
+    p = plan(len(ds), cfg)
+    cols = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("torch", "float32"))
+    lr = cols["lr"]
+    assert isinstance(lr, np.ndarray) and lr.dtype == np.float64
+    epochs = np.repeat(np.arange(cfg.epochs), p.steps_per_epoch)
+    assert lr.tolist() == [0.01 * 0.5 ** (e // 2) for e in epochs]
 
 
 def _fill_torch_columns():
@@ -955,6 +1040,254 @@ def _fill_torch_columns():
         for cfg in [ARTICLE.replace(dtype="float64"), FLOAT32_RUN, *(Config(dtype="float64", **o) for o in RUNS)]:
             run_trace(cfg)
         run_checks(_check_configs(), ["cpu"])
+        for dtype in ("bfloat16", "float16"):
+            for opts in SIXTEEN_BIT_RUNS:
+                _torch_columns_of(_sixteen_bit_config(dtype, opts))
 
 
 _fill_torch_columns()
+
+
+# ------------------------------------------------------------------ the model's pieces, one by one
+
+# Values hand-built to tell every operation apart: magnitudes, roundings and carried differences
+# of different sizes, a carried difference of each sign, per step.
+_MAG_A, _RND_A, _CAR_A = [1.0, 3.0, 0.5], [0.25, 2.0, 7.0], [1e-3, -2e-3, 0.0]
+_MAG_B, _RND_B, _CAR_B = [2.0, 0.75, 5.0], [1.5, 0.0, 4.0], [-4e-3, 5e-3, 1e-2]
+
+
+def _bounds():
+    a = dv._Bound(np.array(_MAG_A), np.array(_RND_A), np.array(_CAR_A))
+    b = dv._Bound(np.array(_MAG_B), np.array(_RND_B), np.array(_CAR_B))
+    return a, b
+
+
+@pytest.mark.parametrize("coef", [0.5, -3.0, 1.0, -1.0, 0.0])
+@pytest.mark.parametrize("measured", [False, True])
+def test_bound_combine_matches_its_docstring(coef, measured):
+    # self + coef*other: the product rounds (u|coef*other|, none for coef = +-1), the sum rounds
+    # (u|sum|: bounded by the magnitudes, or the measured result); the carried differences add
+    a, b = _bounds()
+    result = np.array([10.0, 20.0, 30.0]) if measured else None
+    out = a.combine(coef, b, result=result)
+    for k in range(3):
+        c = abs(coef)
+        mag = _MAG_A[k] + c * _MAG_B[k]
+        product = 0.0 if c == 1 else c * _MAG_B[k]
+        total = mag if result is None else float(result[k])
+        assert out.mag[k] == mag
+        assert out.rnd[k] == _RND_A[k] + c * _RND_B[k] + product + total
+        assert out.carry[k] == _CAR_A[k] + coef * _CAR_B[k]
+
+
+@pytest.mark.parametrize("coef", [0.5, -3.0, 1.0, -1.0])
+def test_bound_scaled_matches_its_docstring(coef):
+    a, _ = _bounds()
+    out = a.scaled(coef)
+    for k in range(3):
+        c = abs(coef)
+        assert out.mag[k] == c * _MAG_A[k]
+        assert out.rnd[k] == c * _RND_A[k] + (0.0 if c == 1 else c * _MAG_A[k])
+        assert out.carry[k] == coef * _CAR_A[k]
+
+
+def test_bound_where_takes_other_where_the_mask_is_set():
+    a, b = _bounds()
+    mask = np.array([True, False, True])
+    out = a.where(mask, b)
+    for k, m in enumerate(mask):
+        src = (_MAG_B, _RND_B, _CAR_B) if m else (_MAG_A, _RND_A, _CAR_A)
+        assert (out.mag[k], out.rnd[k], out.carry[k]) == (src[0][k], src[1][k], src[2][k])
+
+
+def test_bound_measured_in_16_bits():
+    # an input both engines recorded, in the run's type: magnitude the larger finite |value|, no
+    # rounding of its own, the carried difference exact in float64
+    import ml_dtypes
+
+    a = np.array([1.5, -2.0, np.inf], dtype=ml_dtypes.bfloat16)
+    b = np.array([1.0078125, -2.5, 3.0], dtype=ml_dtypes.bfloat16)
+    m = dv._Bound.measured(a, b)
+    assert m.mag.tolist() == [1.5, 2.5, 3.0]
+    assert m.rnd.tolist() == [0.0, 0.0, 0.0] and m.rnd.dtype == np.float64
+    assert m.carry[:2].tolist() == [1.5 - 1.0078125, 0.5]
+
+
+def _ordered_by_definition(bits: np.ndarray, width: int) -> list[int]:
+    """Sign and magnitude to a signed count: +m for a positive pattern, -m for a negative one."""
+    mask = (1 << (width - 1)) - 1
+    return [-(int(p) & mask) if int(p) >> (width - 1) else int(p) & mask for p in bits]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_ordered_bits_16_bit_types_by_definition(dtype):
+    from sgdtrace import dtypes
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    values = bits.view(dtypes.np_dtype(dtype))
+    o = dv.ordered_bits(values)
+    assert o.dtype == np.int64
+    assert o.tolist() == _ordered_by_definition(bits, 16)
+    # adjacent representable values are one apart, +-smallest subnormal two apart across zero,
+    # and +0, -0 none
+    one = np.array([1.0], dtype=values.dtype)
+    up = np.array([1.0 + 2 * dtypes.unit_roundoff(dtype)], dtype=values.dtype)
+    assert dv.ulp_distance(one, up).tolist() == [1] and dv.ulp_distance(-up, -one).tolist() == [1]
+    tiny = bits[1:2].view(values.dtype)
+    assert dv.ulp_distance(tiny, -tiny).tolist() == [2] and dv.ulp_distance(-tiny, tiny).tolist() == [2]
+    assert dv.ulp_distance(values[:1], values[1 << 15 :][:1]).tolist() == [0]
+
+
+def test_ordered_bits_float64_by_definition():
+    v = np.array([-2.5, -0.0, 0.0, 5e-324, 1.0, -1.0])
+    assert dv.ordered_bits(v).tolist() == _ordered_by_definition(v.view(np.uint64), 64)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(),
+        dict(maximize=True),
+        dict(weight_decay=0.5),
+        dict(weight_decay=1.0),
+        dict(momentum=0.25),
+        dict(momentum=0.25, nesterov=True),
+        dict(maximize=True, weight_decay=0.5, momentum=0.25, nesterov=True),
+    ],
+)
+def test_sgd_direction_by_hand(opts):
+    # p <- p - lr*d: d = (-g if maximize) + lambda*p, then the buffer (or g + mu*buf with Nesterov)
+    cfg = Config(**opts)
+    p, g, buf = np.array([2.0, -4.0]), np.array([3.0, 0.5]), np.array([5.0, -7.0])
+    d = sgd.direction(p, g, {"momentum_buffer": buf}, cfg)
+    for k in range(2):
+        want = -g[k] if cfg.maximize else g[k]
+        want += cfg.weight_decay * p[k]
+        if cfg.momentum:
+            want = want + cfg.momentum * buf[k] if cfg.nesterov else buf[k]
+        assert d[k] == want
+
+
+def test_exact_update_only_for_16_bit_sgd_on_the_cpu_under_default_tolerances():
+    from sgdtrace.config import Schedule
+
+    base = Config(dtype="bfloat16")
+    assert dv.exact_update(base) and dv.exact_update(base.replace(dtype="float16"))
+    for other in (
+        base.replace(dtype="float32"),
+        base.replace(dtype="float64"),
+        base.replace(device="cuda"),
+        base.replace(optimizer="adam"),
+        base.replace(rtol=1e-3),
+        base.replace(atol=1e-3),
+        base.replace(scheduler=Schedule("StepLR", (("step_size", 1), ("gamma", 0.5)), "epoch")),
+    ):
+        assert not dv.exact_update(other), other
+
+
+def test_same_inputs_step_by_step():
+    # step 0 starts from the config's init and a zero buffer on both sides; then steps where only
+    # the parameter, only the gradient, only the buffer, or nothing differs
+    cfg = Config(init_w=0.75)
+    a = {
+        "w": np.array([1.0, 2.0, 3.0, 4.0, 5.0]),
+        "grad_w": np.array([0.5, 0.5, 0.5, 0.5, 0.5]),
+        "buf_w": np.array([0.1, 0.2, 0.3, 0.4, 0.5]),
+    }
+    b = {
+        "w": np.array([1.0, 2.5, 3.0, 4.0, 5.0]),  # step 2 starts from different w
+        "grad_w": np.array([0.5, 0.5, 0.5, 0.25, 0.5]),  # step 3's gradients differ
+        "buf_w": np.array([0.1, 0.2, 0.3, 0.4, 0.5]),
+    }
+    same = dv._same_inputs(a, b, "w", {"momentum_buffer": "buf_w"}, cfg)
+    assert same.tolist() == [True, True, False, False, True]
+    b["buf_w"] = np.array([0.1, 0.2, 0.3, 0.4, 0.6])
+    b["buf_w"][0] = 0.125  # step 1 starts from a different buffer
+    assert dv._same_inputs(a, b, "w", {"momentum_buffer": "buf_w"}, cfg).tolist() == [True, False, False, False, True]
+    assert dv._same_inputs(a, b, "w", {}, cfg).tolist() == [True, True, False, False, True]
+
+
+def _bumped(cols, seed):
+    """A second engine's 16-bit columns: about a third of the values moved one ulp (their bit
+    pattern plus one: one representable value further from zero)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for f, v in cols.items():
+        bump = (rng.random(v.shape) < 0.3).astype(np.int16)
+        out[f] = (v.view(np.int16) + bump).view(v.dtype)
+    return out
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(dtype="bfloat16", batch_size=3, epochs=2, momentum=0.9),
+        dict(dtype="float16", batch_size=4, epochs=2, weight_decay=0.1, shuffle=True, seed=4),
+        dict(dtype="float16", batch_size=2, epochs=1, momentum=0.5, nesterov=True, rtol=1e-2),
+    ],
+)
+def test_tolerance_model_in_16_bits_matches_its_docstring(opts):
+    cfg = Config(**opts)
+    ds = article()
+    p = plan(len(ds), cfg)
+    a = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("numpy", cfg.dtype))
+    b = _bumped(a, 5)
+    div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
+    tol, carried = _reference_tolerances(cfg, ds.x, ds.y, p, a, b)
+    assert set(div) == set(tol)
+    for f in tol:
+        np.testing.assert_allclose(div[f].tol, tol[f], rtol=1e-12, atol=0, err_msg=f)
+        scale = np.abs(carried[f]).max() + 1e-300
+        np.testing.assert_allclose(div[f].carried, carried[f], rtol=0, atol=1e-12 * scale, err_msg=f)
+    if dv.exact_update(cfg):  # some steps start alike and some do not: both rules are exercised
+        assert (div["w"].tol == 0).any() and (div["w"].tol > 0).any()
+
+
+@pytest.mark.parametrize("rtol, atol", [(None, None), (1e-3, 0.25), (0.0, 1e-3), (0.0, 0.0)])
+def test_compare_allreduce_matches_its_docstring(rtol, atol):
+    # two steps, three ranks, hand-built: each rank's allowance and carried difference, the ranks'
+    # own values on both sides; the average's E and C re-derived from the docstring, rank by rank
+    cfg = Config(dtype="float32", rtol=rtol, atol=atol)
+    r_tol, a_tol = dv.tolerances(cfg)
+    world, fields = 3, ("grad_w", "grad_b", "loss")
+    E_r = [[1.0, 2.0, 4.0], [0.5, 0.25, 8.0]]  # [step][rank], in units of u
+    C_r = [[1e-6, -2e-6, 4e-6], [0.0, 3e-6, -1e-6]]
+    man = np.array([[1.0, -2.0, 3.0], [0.5, 0.25, -4.0]], dtype=np.float32)
+    ref = np.array([[1.5, -1.0, 2.0], [0.5, -0.75, -4.5]], dtype=np.float32)
+    rank_divs = []
+    for r in range(world):
+        tol = np.array([a_tol + r_tol * E_r[k][r] for k in range(2)])
+        carried = np.array([C_r[k][r] for k in range(2)])
+        d = dv._distances(np.zeros(2, np.float32), np.zeros(2, np.float32), tol, "float32", None, carried)
+        rank_divs.append(dict.fromkeys(fields, d))
+    ranks = {f: man for f in fields}, {f: ref for f in fields}
+    a = {f: np.array([1.0, 2.0], np.float32) for f in fields}
+    b = {f: np.array([1.0, 2.5], np.float32) for f in fields}
+    out = dv.compare_allreduce(rank_divs, *ranks, a, b, cfg)
+    assert set(out) == set(fields)
+    for f in fields:
+        for k in range(2):
+            mags = [max(abs(float(man[k][r])), abs(float(ref[k][r]))) for r in range(world)]
+            E = sum(E_r[k]) / world + (world + 1) * sum(mags) / world
+            assert out[f].tol[k] == pytest.approx(a_tol + r_tol * E, rel=1e-12)
+            assert out[f].carried[k] == pytest.approx(sum(C_r[k]) / world, rel=1e-12)
+        fresh = np.abs(a[f].astype(np.float64) - b[f].astype(np.float64) - out[f].carried)
+        assert (out[f].ok == (fresh <= out[f].tol)).all()
+
+
+def test_compare_allreduce_excuses_an_overflow_its_sum_can_reach():
+    # three ranks' gradients of 2e38 each: their sum (6e38) can pass float32's largest value
+    # (3.4e38) before the division by N, so an infinity on one side against a finite value on the
+    # other is an overflow, not a divergence; ranks of 1e37 (a sum of 3e37) cannot overflow
+    cfg = Config(dtype="float32")
+    fields = ("grad_w", "grad_b", "loss")
+    ok = {}
+    for rank_value in (2e38, 1e37):
+        ranks = np.full((1, 3), rank_value, dtype=np.float32)
+        d = dv._distances(ranks[:, 0], ranks[:, 0], np.zeros(1), "float32")
+        rank_divs = [dict.fromkeys(fields, d)] * 3
+        a = {f: np.array([np.inf], np.float32) for f in fields}
+        b = {f: np.array([1.0], np.float32) for f in fields}
+        out = dv.compare_allreduce(rank_divs, dict.fromkeys(fields, ranks), dict.fromkeys(fields, ranks), a, b, cfg)
+        ok[rank_value] = [bool(out[f].ok[0]) for f in fields]
+    assert ok == {2e38: [True] * 3, 1e37: [False] * 3}
