@@ -280,13 +280,11 @@ def run_distributed(
         dataset = data_mod.load(cfg)
     check_world(cfg, len(dataset), device)
     dplan = data_mod.distributed_plan(len(dataset), cfg)
-    if gathered is not None:
-        pass
-    elif torch_ddp.under_torchrun():
+    if gathered is None and torch_ddp.under_torchrun():
         gathered = torch_ddp.join(dataset.x, dataset.y, cfg, device)
-        if gathered is None:
+        if gathered is None:  # a rank other than 0 under torchrun: rank 0 writes the output
             return None
-    else:
+    elif gathered is None:
         gathered = torch_ddp.run(dataset.x, dataset.y, cfg, device)
     gathered = sorted(gathered, key=lambda r: r["rank"])
     for r, res in enumerate(gathered):
