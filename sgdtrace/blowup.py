@@ -25,6 +25,11 @@ characteristic polynomial ``z^2 + p z + q``; it is stable iff ``|q| < 1`` and ``
 
 A CYCLE of batches can be unstable although each batch alone is stable (the matrices do not
 commute), which is why :func:`epoch_log_radius` multiplies them out, in float64.
+
+The same holds for every model whose loss is quadratic in its parameters, with the model's batch
+Hessians in place of the 2x2 ones (:func:`sgdtrace.models.linear.batch_hessians`: on D features
+``H_k = (2/n) [[XᵀX, Xᵀ1], [1ᵀX, n]]``, (D + 1) x (D + 1), exact): ``I`` and ``H`` are then
+(D + 1)-square blocks, and ``lambda_max`` is the largest eigenvalue of ``H_k``.
 """
 
 from __future__ import annotations
@@ -62,35 +67,49 @@ def batch_limit(lam: np.ndarray | float, cfg: Config) -> np.ndarray | float:
     return 2 * (1 + mu) / (max(1 - tau, 1e-300) * lam)
 
 
-def stable_lr(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config) -> np.ndarray:
+def stable_lr(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config, model=None) -> np.ndarray:
     """Per step, the largest learning rate for which the update on that batch alone does not amplify.
 
     ``2 / lambda_max`` of the batch loss's Hessian (+ weight_decay); with momentum
     ``2 (1 + mu) / ((1 - tau) lambda_max)``, with Nesterov ``2 (1 + mu) / ((1 + 2 mu) lambda_max)``
     (derived in the module docstring). Maximize climbs the loss: no rate is stable (0).
+    ``model``: where not the article's form, its batch Hessians (``lambda_max`` by ``eigvalsh``).
     """
     if cfg.maximize:
         return np.zeros(plan.n_steps)
-    n, sx, sxx = batch_sums(x, plan, cfg)
-    lam = (sxx + n + np.sqrt((sxx - n) ** 2 + 4 * sx * sx)) / n + cfg.weight_decay
+    sums = batch_sums(x, plan, cfg, model=model)
+    if len(sums) == 3:  # the article's 2x2 Hessian: its largest eigenvalue in closed form
+        n, sx, sxx = sums
+        lam = (sxx + n + np.sqrt((sxx - n) ** 2 + 4 * sx * sx)) / n + cfg.weight_decay
+    else:
+        _, H = sums
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = np.isfinite(H).all(axis=(-2, -1))
+            lam = np.full(H.shape[:2], np.inf)
+            if finite.any():
+                lam[finite] = np.linalg.eigvalsh(H[finite])[..., -1]
+        lam = lam + cfg.weight_decay
     out = batch_limit(lam, cfg)
     return np.broadcast_to(out, (plan.epochs, plan.steps_per_epoch)).reshape(-1).copy()
 
 
 def batch_sums(
-    x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config, epochs: list[int] | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config, epochs: list[int] | None = None, model=None
+) -> tuple[np.ndarray, ...]:
     """Per batch: n (K,), sum x and sum x^2 (E, K), in float64 from x rounded to the run's dtype.
 
     One row per epoch in ``epochs`` (all by default); a run without shuffle has one row only,
-    since every epoch has the same batches.
+    since every epoch has the same batches. A ``model`` not in the article's form gives its batch
+    Hessians instead: ``(n, H)``, H of shape (E, K, m, m) (:func:`sgdtrace.models.linear.batch_hessians`).
     """
-    xr = dtypes.cast(x, cfg.dtype).astype(np.float64)
+    if epochs is None:
+        epochs = list(range(plan.epochs)) if any(o is not None for o in plan.orders) else [0]
+    if model is not None and not model.scalar:
+        return model.module.batch_hessians(model, x, plan, cfg.dtype, epochs)
+    xr = dtypes.cast(np.asarray(x), cfg.dtype).astype(np.float64).reshape(-1)
     sizes = plan.batch_sizes()
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     n_used = int(sizes.sum())
-    if epochs is None:
-        epochs = list(range(plan.epochs)) if any(o is not None for o in plan.orders) else [0]
     sx = np.empty((len(epochs), sizes.size))
     sxx = np.empty_like(sx)
     for row, e in enumerate(epochs):
@@ -102,44 +121,50 @@ def batch_sums(
 # ------------------------------------------------------------------ one epoch: the product
 
 
-def epoch_log_radius(
-    sums: tuple[np.ndarray, np.ndarray, np.ndarray], lrs: np.ndarray, cfg: Config, chunk: int = 256
-) -> np.ndarray:
+def epoch_log_radius(sums: tuple[np.ndarray, ...], lrs: np.ndarray, cfg: Config, chunk: int = 256) -> np.ndarray:
     """log of the spectral radius of one epoch's update product, per epoch row and learning rate.
 
-    ``sums`` from :func:`batch_sums` (E rows); ``lrs`` (G,). Returns (E, G). The product is
-    renormalised after every batch (its scale kept as a log), so it neither overflows nor
-    underflows however many batches an epoch has.
+    ``sums`` from :func:`batch_sums` (E rows): the article's ``(n, sum x, sum x^2)``, or a model's
+    ``(n, H)``; ``lrs`` (G,). Returns (E, G). The product is renormalised after every batch (its
+    scale kept as a log), so it neither overflows nor underflows however many batches an epoch has.
     """
-    n, sx, sxx = sums
+    n, H = hessians(sums)
     lrs = np.asarray(lrs, dtype=np.float64)
-    out = np.empty((sx.shape[0], lrs.size))
-    for lo in range(0, sx.shape[0], chunk):
-        out[lo : lo + chunk] = _log_radius(n, sx[lo : lo + chunk], sxx[lo : lo + chunk], lrs, cfg)
+    out = np.empty((H.shape[0], lrs.size))
+    chunk = max(1, chunk * 4 // H.shape[-1] ** 2)  # the products' memory: (chunk, G, 2m, 2m)
+    for lo in range(0, H.shape[0], chunk):
+        out[lo : lo + chunk] = _log_radius(n, H[lo : lo + chunk], lrs, cfg)
     return out
 
 
-def _log_radius(n, sx, sxx, lrs, cfg: Config) -> np.ndarray:
+def hessians(sums: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, H)``: the batch Hessians (E, K, m, m) without weight decay; from the article's sums
+    ``H = (2/n) [[sum x^2, sum x], [sum x, n]]``."""
+    if len(sums) == 2:
+        return sums
+    n, sx, sxx = sums
+    gram = np.empty(sx.shape + (2, 2))
+    gram[..., 0, 0], gram[..., 0, 1], gram[..., 1, 0], gram[..., 1, 1] = sxx, sx, sx, n
+    return n, 2 * gram / n[:, None, None]
+
+
+def _log_radius(n, H, lrs, cfg: Config) -> np.ndarray:
     mu, d, wd = cfg.momentum, 1 - cfg.dampening, cfg.weight_decay
-    E, K = sx.shape
-    lr = lrs[None, :]  # (1, G)
-    dim = 2 if mu == 0 else 4
+    E, K, m = H.shape[0], H.shape[1], H.shape[-1]
+    lr = lrs[None, :, None, None]  # (1, G, 1, 1)
+    eye = np.eye(m)
+    dim = m if mu == 0 else 2 * m
     P = np.broadcast_to(np.eye(dim), (E, lrs.size, dim, dim)).copy()
     log_scale = np.zeros((E, lrs.size))
     alpha, beta = (1.0, 0.0) if mu == 0 else ((1 + mu * d, mu * mu) if cfg.nesterov else (d, mu))
     M = np.zeros_like(P)
     for k in range(K):
-        h11 = (2 * sxx[:, k] / n[k] + wd)[:, None]
-        h12 = (2 * sx[:, k] / n[k])[:, None]
-        h22 = 2.0 + wd
-        M[..., 0, 0] = 1 - lr * alpha * h11
-        M[..., 0, 1] = M[..., 1, 0] = -lr * alpha * h12
-        M[..., 1, 1] = 1 - lr * alpha * h22
-        if dim == 4:
-            M[..., 0, 2] = M[..., 1, 3] = -lr * beta
-            M[..., 2, 0], M[..., 2, 1] = d * h11, d * h12
-            M[..., 3, 0], M[..., 3, 1] = d * h12, d * h22
-            M[..., 2, 2] = M[..., 3, 3] = mu
+        h = (H[:, k] + wd * eye)[:, None]  # (E, 1, m, m): the batch's Hessian with weight decay
+        M[..., :m, :m] = eye - lr * alpha * h
+        if dim > m:
+            M[..., :m, m:] = -lr * beta * eye
+            M[..., m:, :m] = d * h
+            M[..., m:, m:] = mu * eye
         P = M @ P
         scale = np.abs(P).max(axis=(-2, -1))
         scale[~(scale > 0) | ~np.isfinite(scale)] = 1.0
@@ -165,7 +190,7 @@ def largest_stable_lr(sums, cfg: Config, reference: float) -> float:
     rates; then the bracket around the first unstable rate refined twice (to 2.3e-5 relative).
     ``0.0`` when no rate is stable (momentum >= 1), ``inf`` when every rate scanned is.
     """
-    one = tuple(a[:1] if a.ndim == 2 else a for a in sums)
+    one = _row(sums, 0)
     reference = min(max(reference, 1e-200), 1e200)  # dampening 1 makes a single batch's limit infinite
     grid = reference * np.geomspace(1e-4, 1e3, 701)
     for _ in range(3):
@@ -179,28 +204,21 @@ def largest_stable_lr(sums, cfg: Config, reference: float) -> float:
     return float(grid[int(np.argmax(unstable(epoch_log_radius(one, grid, cfg)[0]))) - 1])
 
 
+def _row(sums: tuple[np.ndarray, ...], row: int) -> tuple[np.ndarray, ...]:
+    """One epoch row of :func:`batch_sums` (the batch sizes are the same for every row)."""
+    return (sums[0],) + tuple(a[row : row + 1] for a in sums[1:])
+
+
+def _batches(sums: tuple[np.ndarray, ...]) -> int:
+    """The batches per epoch of :func:`batch_sums`."""
+    return int(sums[0].shape[0])
+
+
 # ------------------------------------------------------------------ the loss over the data
 
 
-def full_loss(dataset: data_mod.Dataset, w: float, b: float) -> float:
-    """The mean squared error over the whole data set, in float64."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return float(np.mean((w * dataset.x + b - dataset.y) ** 2))
-
-
-def loss_path(dataset: data_mod.Dataset, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The whole-data loss in float64 at each (w, b), from centred sums (O(1) per point)::
-
-    L = (w^2 Sxx - 2 w Sxy + Syy) / n + (w mean(x) + b - mean(y))^2   (S.. about the means)
-    """
-    x, y = dataset.x.astype(np.float64), dataset.y.astype(np.float64)
-    xm, ym = x.mean(), y.mean()
-    xc, yc = x - xm, y - ym
-    sxx, sxy, syy = (xc * xc).mean(), (xc * yc).mean(), (yc * yc).mean()
-    w, b = np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.maximum(w * w * sxx - 2 * w * sxy + syy, 0.0) + (w * xm + b - ym) ** 2
-
+# the article's whole-data loss (single values, and along a path) is the linear model's
+from sgdtrace.models.linear import full_loss, loss_path  # noqa: E402, F401
 
 # ------------------------------------------------------------------ the diagnosis
 
@@ -214,6 +232,7 @@ def diagnose(
     batch: np.ndarray,
     stable: np.ndarray,
     plan: data_mod.BatchPlan | None = None,
+    model=None,
 ) -> BlowUp | None:
     """Did training blow up? ``None``, or where it first went wrong, why, and a hint.
 
@@ -234,31 +253,39 @@ def diagnose(
         return None
     if plan is None:
         plan = data_mod.plan(len(dataset), cfg)
+    if model is None:
+        from sgdtrace import models
+
+        model = models.build(cfg, dataset.features)
+    initial = model.module.initial(cfg, model)
     nonfinite = np.zeros(steps, dtype=bool)
     for cols in (man, ref):
         for values in cols.values():
-            nonfinite |= ~np.isfinite(values)
-    start_loss = full_loss(dataset, cfg.init_w, cfg.init_b)
-    end_loss = full_loss(dataset, float(man["w"][-1]), float(man["b"][-1]))
+            nonfinite |= ~np.isfinite(values).reshape(steps, -1).all(axis=1)
+    data_loss = model.module.data_loss
+    start_loss = float(data_loss(model, dataset, initial))
+    end_loss = float(data_loss(model, dataset, {p: man[p][-1].astype(np.float64) for p in model.names}))
     if not nonfinite.any() and not end_loss > GROWTH * start_loss:
         return None
     if cfg.optimizer != "sgd" and not nonfinite.any():
         return None  # the stability analysis below is SGD's; other optimizers blow up by inf or nan only
     # from here on a blow-up is likely: the epoch products at this rate (one per shuffled order)
-    sums = None if cfg.maximize else batch_sums(dataset.x, plan, cfg)
+    sums = None if cfg.maximize else batch_sums(dataset.x, plan, cfg, model=model)
     radius = None if sums is None else epoch_log_radius(sums, np.array([cfg.lr]), cfg)[:, 0]
     if nonfinite.any():
         k = int(np.flatnonzero(nonfinite)[0])
         went = []
         for who, cols in (("by hand", man), ("in torch", ref)):
-            bad = [f"{f} = {json_number(v[k])}" for f, v in cols.items() if not np.isfinite(v[k])]
+            bad = [_nonfinite(f, v[k]) for f, v in cols.items() if not np.isfinite(v[k]).all()]
             if bad:
                 went.append(", ".join(bad) + " " + who)
         reason = "a value became inf or nan: " + "; ".join(went)
     else:
         if not (cfg.maximize or unstable(radius).any()):
             return None  # an overshoot that every epoch's product pulls back: not a blow-up
-        path = loss_path(dataset, np.concatenate(([cfg.init_w], man["w"])), np.concatenate(([cfg.init_b], man["b"])))
+        path = data_loss(
+            model, dataset, {p: np.concatenate((initial[p][None], man[p].astype(np.float64))) for p in model.names}
+        )
         k = int(np.argmin(path))  # the lowest point (index 0: the start); step k + 1 is where the rise began
         reason = (
             f"the loss over the whole data set grew from {start_loss:.6g} to {end_loss:.6g}; it was lowest, "
@@ -290,13 +317,21 @@ def diagnose(
     return BlowUp(int(epoch[k]), int(batch[k]), k + 1, reason, loss_start=start_loss, loss_end=end_loss, **why)
 
 
+def _nonfinite(field: str, value: np.ndarray) -> str:
+    """``w = inf``, or for an array the first element that is not finite: ``w[2] = nan``."""
+    if np.ndim(value) == 0:
+        return f"{field} = {json_number(value)}"
+    i = np.unravel_index(int(np.flatnonzero(~np.isfinite(value))[0]), np.shape(value))
+    return f"{field}[{','.join(map(str, i))}] = {json_number(value[i])}"
+
+
 def _explain(
     cfg: Config, plan, sums, radius: np.ndarray, row: int, stable: np.ndarray, k: int, first_nonfinite: bool
 ) -> dict[str, Any]:
     """The hint and the limits behind it, for a run that is not --maximize."""
     single = float(stable.min())
-    n, sx, sxx = sums
-    epoch_sums = (n, sx[row : row + 1], sxx[row : row + 1])
+    epoch_sums = _row(sums, row)
+    batches = _batches(sums)
     limit = largest_stable_lr(epoch_sums, cfg, single)
     log_r = float(radius[row])
     per_epoch = math.exp(log_r) if log_r < 700 else math.inf
@@ -331,11 +366,11 @@ def _explain(
         )
     else:
         lr_hint = _hint_rate(cfg, sums, limit)
-        scope = "over one epoch's sequence of batches" if sx.shape[1] > 1 else "on this data"
+        scope = "over one epoch's sequence of batches" if batches > 1 else "on this data"
         alone = ""
-        if sx.shape[1] > 1 and limit < single * 0.999:
+        if batches > 1 and limit < single * 0.999:
             alone = f" (each batch alone is stable up to {_sig(single)}: the cycle of batches is not)"
-        elif sx.shape[1] > 1 and limit > single * 1.001:
+        elif batches > 1 and limit > single * 1.001:
             alone = f" (above {_sig(single)} some batch alone is not stable, but the cycle of batches is)"
         hint = (
             f"lr {cfg.lr:g}{with_mu} is above the largest stable rate {scope}, {_sig(limit)}{alone}; "

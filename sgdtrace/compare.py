@@ -125,6 +125,8 @@ def cross_compare(base, other) -> Cross:
     """Torch's columns in ``other`` judged against torch's in ``base`` (same config, another device)."""
     # judged as two devices (the 16-bit update's exact rule holds for the CPU's kernels only)
     cfg = base.config.replace(device=other.device, origin=base.config.origin)
-    div = divergence.compare_columns(base.torch, other.torch, base.dataset.x, base.dataset.y, base.plan, cfg)
+    div = divergence.compare_columns(
+        base.torch, other.torch, base.dataset.x, base.dataset.y, base.plan, cfg, base.model, base.initial
+    )
     verdict = divergence.verdict(div, base.torch, other.torch, base.epoch, base.batch, None)
     return Cross(base.config.dtype, base.device, other.device, div, verdict)

@@ -52,12 +52,13 @@ class Config:
     lr: float = 0.01
     batch_size: int = 3
     epochs: int = 1
-    init_w: float = 0.0
+    # the initial values: init_w a number, or a list of D (one per feature)
+    init_w: float | tuple[float, ...] = 0.0
     init_b: float = 0.0
     # data: the article's nine points unless a CSV file or a synthetic set is named
     data: str | None = None
     synthetic: int | None = None
-    true_w: float = 2.0
+    true_w: float | tuple[float, ...] = 2.0
     true_b: float = 10.0
     noise: float = 0.0
     seed: int | None = None
@@ -97,6 +98,11 @@ class Config:
     # a user's engine file on the hand side (sgdtrace.engines.user), and its time limit in seconds
     engine: str | None = None
     engine_timeout: float = ENGINE_TIMEOUT
+    # the model (sgdtrace.models) and its loss; features: D input columns (None: the article's
+    # form, one x column, scalar w and b)
+    model: str = "linear"
+    loss: str = "mse"
+    features: int | None = None
     # where each value came from, for error messages; not part of the run's identity
     origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: options given that do not apply to this run (one line each, for stderr); not part of its identity
@@ -133,7 +139,7 @@ class Config:
             "nesterov": self.nesterov,
             "weight_decay": self.weight_decay,
             "maximize": self.maximize,
-            "init_w": self.init_w,
+            "init_w": list(self.init_w) if isinstance(self.init_w, tuple) else self.init_w,
             "init_b": self.init_b,
             "shuffle": self.shuffle,
             "seed": self.seed if self.seed is not None else (0 if self.shuffle else None),
@@ -155,6 +161,9 @@ class Config:
             "foreach": self.foreach,
             "fused": self.fused,
             "scheduler": None if self.scheduler is None else self.scheduler.to_json(),
+            "model": self.model,
+            "loss": self.loss,
+            "features": self.features,
         }
 
 
@@ -176,9 +185,7 @@ KNOWN_KEYS = TRAINING_KEYS + VIEW_KEYS
 
 _FLOAT_KEYS = {
     "lr",
-    "init_w",
     "init_b",
-    "true_w",
     "true_b",
     "noise",
     "momentum",
@@ -193,7 +200,9 @@ _FLOAT_KEYS = {
     "initial_accumulator_value",
     "engine_timeout",
 }
-_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size", "rows", "every", "batch", "epoch"}
+_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size", "rows", "every", "batch", "epoch", "features"}
+#: a number, or a list of numbers (one per feature)
+_VECTOR_KEYS = {"init_w", "true_w"}
 _BOOL_KEYS = {
     "shuffle",
     "drop_last",
@@ -207,9 +216,11 @@ _BOOL_KEYS = {
     "foreach",
     "fused",
 }
-_STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimizer", "engine"}
+_STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimizer", "engine", "model", "loss"}
 #: synthetic data's options: they do nothing without ``synthetic``
 _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
+#: the most input columns a linear model takes (every step records a few dozen values per feature)
+MAX_FEATURES = 1024
 
 
 def _label(cfg: Config, key: str) -> str:
@@ -221,6 +232,8 @@ def _fail(cfg: Config, key: str, value: Any, allowed: str) -> None:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value)
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else str(value)
     return repr(value) if isinstance(value, str) else str(value)
@@ -251,7 +264,7 @@ def validate(cfg: Config) -> None:
         _fail(cfg, "batch_size", cfg.batch_size, f"must be a whole number in [1, {MAX_BATCH_SIZE:_}]")
     if integer("epochs", 1) > MAX_STEPS:
         _fail(cfg, "epochs", cfg.epochs, f"must be a whole number in [1, {MAX_STEPS:_}]")
-    finite("init_w")
+    _vector(cfg, "init_w")
     finite("init_b")
     if finite("momentum") < 0:
         _fail(cfg, "momentum", cfg.momentum, "momentum must be a finite number >= 0")
@@ -279,7 +292,7 @@ def validate(cfg: Config) -> None:
             _fail(cfg, "synthetic", cfg.synthetic, f"must be a whole number in [1, {MAX_SAMPLES:_}]")
         if cfg.data is not None:
             raise ConfigError(f"{_label(cfg, 'data')} and {_label(cfg, 'synthetic')}: choose one data source, not both")
-    finite("true_w")
+    _vector(cfg, "true_w")
     finite("true_b")
     if finite("noise") < 0:
         _fail(cfg, "noise", cfg.noise, "the noise level must be a finite number >= 0")
@@ -309,15 +322,17 @@ def validate(cfg: Config) -> None:
             )
     if finite("engine_timeout") <= 0:
         _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
+    _validate_model(cfg, integer)
     validate_optimizer(cfg)
     largest = _LARGEST.get(cfg.dtype)
     if largest is not None:  # torch refuses, NumPy turns to inf, a value the type cannot hold
         for key in ("lr", "init_w", "init_b", "momentum", "weight_decay"):
-            if abs(getattr(cfg, key)) > largest:
+            value = getattr(cfg, key)
+            if max(map(abs, value if isinstance(value, tuple) else (value,))) > largest:
                 _fail(
                     cfg,
                     key,
-                    getattr(cfg, key),
+                    value,
                     f"does not fit {cfg.dtype} (largest {largest:.8g}); use --dtype float64",
                 )
     # where 0 is refused, so is a value that rounds to 0 in the run's dtype (a learning rate of 1e-46
@@ -335,6 +350,50 @@ def validate(cfg: Config) -> None:
                 f"and {'Nesterov momentum needs a momentum' if key == 'momentum' else 'the learning rate must be'}"
                 " > 0; use a larger value" + (" or --dtype float64" if cfg.dtype == "float32" else ""),
             )
+
+
+def _vector(cfg: Config, key: str) -> None:
+    """``init_w``, ``true_w``: a finite number, or a non-empty list of finite numbers (one per feature)."""
+    value = getattr(cfg, key)
+    items = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple) and not value:
+        _fail(cfg, key, value, "must be a number, or a list of numbers (one per feature)")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            _fail(cfg, key, value, "must be a number, or a list of numbers (one per feature)")
+        if not math.isfinite(v):
+            _fail(cfg, key, value, "must be finite numbers")
+
+
+def _validate_model(cfg: Config, integer) -> None:
+    """--model, --loss, --features, and the lists of --init-w and --true-w against D."""
+    from sgdtrace.models import LOSSES, NAMES
+
+    if cfg.model not in NAMES:
+        _fail(cfg, "model", cfg.model, "allowed: " + ", ".join(NAMES))
+    if cfg.loss not in LOSSES[cfg.model]:
+        _fail(cfg, "loss", cfg.loss, f"allowed with --model {cfg.model}: " + ", ".join(LOSSES[cfg.model]))
+    if cfg.features is not None and integer("features", 1) > MAX_FEATURES:
+        _fail(cfg, "features", cfg.features, f"must be a whole number in [1, {MAX_FEATURES}]")
+    for key in ("init_w", "true_w"):
+        value = getattr(cfg, key)
+        if not isinstance(value, tuple) or (key == "init_w" and cfg.data is not None and cfg.features is None):
+            continue  # a CSV file's columns give D: checked against them when the data are read
+        if key == "true_w" and cfg.synthetic is None:
+            continue  # synthetic data's option, unused here (a warning says so)
+        d = cfg.features if cfg.features is not None else 1
+        if len(value) != d:
+            given = f"{_label(cfg, 'features')} {d}" if cfg.features is not None else "no --features (1 feature)"
+            raise ConfigError(
+                f"{_label(cfg, key)} {_show(value)} has {len(value)} value{'s' if len(value) != 1 else ''} "
+                f"but {given} gives D = {d}: give one number, or {d}"
+                + (f" (or --features {len(value)})" if cfg.features is None else "")
+            )
+    if cfg.engine is not None and cfg.features is not None:
+        raise ConfigError(
+            f"{_label(cfg, 'engine')} and {_label(cfg, 'features')} {cfg.features}: your own engine's "
+            "gradients(w, b, x, y) is the article's form (one x column); leave one of them out"
+        )
 
 
 #: the smallest positive (subnormal) number of each dtype
@@ -475,6 +534,15 @@ def _check_type(key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         value = float(value)
+    elif key in _VECTOR_KEYS:
+        if isinstance(value, list):
+            if not value or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+                raise bad("a number, or an array of numbers (one per feature), e.g. [1.0, -2.0]")
+            value = tuple(float(v) for v in value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number, or an array of numbers (one per feature), e.g. [1.0, -2.0]")
+        else:
+            value = float(value)
     elif key in _STR_KEYS:
         if not isinstance(value, str):
             raise bad("a string")
@@ -839,6 +907,18 @@ def _parse_value(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def parse_vector(text: str | None, flag: str) -> float | tuple[float, ...] | None:
+    """``--init-w 0.5`` (a number) or ``--init-w 1,2,3`` (a list of numbers, one per feature)."""
+    if text is None:
+        return None
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        values = tuple(float(t) for t in parts)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: must be a number, or a list of numbers such as 1,-2,0.5") from None
+    return values if "," in text else values[0]
 
 
 def parse_betas(text: str | None) -> tuple[float, float] | None:

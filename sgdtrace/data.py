@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,13 +31,19 @@ ARTICLE_Y = (10.0, 12.0, 14.0, 16.0, 18.0, 20.0, 22.0, 24.0, 26.0)
 
 @dataclass(frozen=True)
 class Dataset:
-    """Samples as float64 arrays (as read); each engine casts them to the run's dtype."""
+    """Samples as float64 arrays (as read); each engine casts them to the run's dtype.
+
+    ``x`` is ``(n, D)``; ``features`` is D, or None for the article's form: one column named ``x``
+    (the article's data, a CSV file's ``x`` column, ``--synthetic N`` without ``--features``).
+    ``true_w`` is a number, or a tuple of D numbers.
+    """
 
     x: np.ndarray
     y: np.ndarray
     info: dict[str, Any]  # the JSON contract's config.data object
-    true_w: float | None = None
+    true_w: Any = None
     true_b: float | None = None
+    features: int | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -47,11 +54,16 @@ class Dataset:
         x: Any,
         y: Any,
         info: dict[str, Any] | None = None,
-        true_w: float | None = None,
+        true_w: Any = None,
         true_b: float | None = None,
     ) -> Dataset:
-        """Build a data set, refusing what a DataLoader would choke on (the article's 9-vs-8 slip)."""
-        xa = np.asarray(x, dtype=np.float64).reshape(-1)
+        """Build a data set, refusing what a DataLoader would choke on (the article's 9-vs-8 slip).
+
+        ``x`` of one dimension is the article's form (one ``x`` column); ``(n, D)`` is D features.
+        """
+        xa = np.asarray(x, dtype=np.float64)
+        features = None if xa.ndim <= 1 else int(xa.shape[1])
+        xa = xa.reshape(-1, 1) if xa.ndim <= 1 else xa.reshape(xa.shape[0], -1)
         ya = np.asarray(y, dtype=np.float64).reshape(-1)
         if xa.shape[0] != ya.shape[0]:
             raise DataError(
@@ -60,27 +72,70 @@ class Dataset:
             )
         if xa.shape[0] == 0:
             raise DataError("the data set is empty: at least one (x, y) sample is needed")
-        for name, arr in (("x", xa), ("y", ya)):
-            bad = np.flatnonzero(~np.isfinite(arr))
+        if xa.shape[1] == 0:
+            raise DataError("x has no columns: at least one feature is needed")
+        for j in range(xa.shape[1]):
+            bad = np.flatnonzero(~np.isfinite(xa[:, j]))
             if bad.size:
-                raise DataError(f"{name}[{bad[0]}] = {arr[bad[0]]}: values must be finite numbers")
-        return cls(xa, ya, info if info is not None else {"source": "arrays", "n": int(xa.shape[0])}, true_w, true_b)
+                name = "x" if features is None else f"x{j + 1}"
+                raise DataError(f"{name}[{bad[0]}] = {xa[bad[0], j]}: values must be finite numbers")
+        bad = np.flatnonzero(~np.isfinite(ya))
+        if bad.size:
+            raise DataError(f"y[{bad[0]}] = {ya[bad[0]]}: values must be finite numbers")
+        return cls(
+            xa,
+            ya,
+            info if info is not None else {"source": "arrays", "n": int(xa.shape[0])},
+            true_w,
+            true_b,
+            features,
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The input columns' names: ``("x",)``, or ``("x1", ..., "xD")``."""
+        if self.features is None:
+            return ("x",)
+        return tuple(f"x{j + 1}" for j in range(self.features))
 
 
 def article() -> Dataset:
     return Dataset.from_arrays(ARTICLE_X, ARTICLE_Y, {"source": "article", "n": 9}, 2.0, 10.0)
 
 
-def synthetic(n: int, true_w: float, true_b: float, noise: float, seed: int) -> Dataset:
-    """``n`` points with x uniform in [0, 10) and y = true_w*x + true_b + noise*N(0, 1); reproducible."""
+def synthetic(n: int, true_w: Any, true_b: float, noise: float, seed: int, features: int | None = None) -> Dataset:
+    """``n`` points with x uniform in [0, 10) and y = true_w*x + true_b + noise*N(0, 1); reproducible.
+
+    With ``features`` D: x of shape (n, D), each entry uniform in [0, 10) (drawn row by row), and
+    y = x·true_w + true_b + noise (``true_w`` a number for every feature, or a list of D).
+    Without it, the article's form (the draws are those of D = 1).
+    """
     rng = np.random.default_rng(seed)
-    x = rng.uniform(0.0, 10.0, n)
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by from_arrays
-        y = true_w * x + true_b
+    if features is None:
+        x = rng.uniform(0.0, 10.0, n)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by from_arrays
+            y = true_w * x + true_b
+            if noise > 0:
+                y = y + noise * rng.standard_normal(n)
+        info = {"source": "synthetic", "n": n, "true_w": true_w, "true_b": true_b, "noise": noise, "seed": seed}
+        return Dataset.from_arrays(x, y, info, true_w, true_b)
+    weights = np.broadcast_to(np.asarray(true_w, dtype=np.float64), (features,))
+    x = rng.uniform(0.0, 10.0, (n, features))
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = x @ weights + true_b
         if noise > 0:
             y = y + noise * rng.standard_normal(n)
-    info = {"source": "synthetic", "n": n, "true_w": true_w, "true_b": true_b, "noise": noise, "seed": seed}
-    return Dataset.from_arrays(x, y, info, true_w, true_b)
+    shown = list(true_w) if isinstance(true_w, (tuple, list)) else true_w
+    info = {
+        "source": "synthetic",
+        "n": n,
+        "features": features,
+        "true_w": shown,
+        "true_b": true_b,
+        "noise": noise,
+        "seed": seed,
+    }
+    return Dataset.from_arrays(x, y, info, tuple(float(v) for v in weights), true_b)
 
 
 def read_csv(path: str) -> Dataset:
@@ -111,26 +166,44 @@ def read_csv(path: str) -> Dataset:
         raise DataError(f"{label}: not UTF-8 text, so not a CSV file sgdtrace can read") from None
     parsed = _parse_fast(text, label)
     xs, ys = parsed if parsed is not None else _parse_rows(text, label)
-    return Dataset.from_arrays(xs, ys, {"source": "csv", "path": path, "n": len(xs)})
+    return Dataset.from_arrays(xs, ys, {"source": "csv", "path": path, "n": len(ys)})
 
 
-def _header_columns(header_row: list[str], label: str) -> tuple[int, int]:
-    """The indices of columns x and y in the header; each must be named exactly once (any case, spaces)."""
+def _header_columns(header_row: list[str], label: str) -> tuple[list[tuple[str, int]], int]:
+    """The x columns (``[("x", i)]``, or ``[("x1", i1), ..., ("xD", iD)]`` in order) and the index
+    of column y in the header; each must be named exactly once (any case, spaces). A mix of ``x``
+    and ``x1..xD``, or numbered columns with a gap, is an error naming the header."""
     header = [h.strip().lower() for h in header_row]
-    missing = [c for c in ("x", "y") if c not in header]
+    numbered = sorted({h for h in header if re.fullmatch(r"x\d+", h)}, key=lambda h: int(h[1:]))
+    missing = [c for c in ("x", "y") if c not in header and not (c == "x" and numbered)]
     if missing:
         raise DataError(
             f"{label}: the header {header_row!r} has no column {' or '.join(map(repr, missing))}; "
-            "expected a header row naming columns x and y"
+            "expected a header row naming columns x and y (or x1..xD and y)"
         )
-    for col in ("x", "y"):
+    if "x" in header and numbered:
+        raise DataError(
+            f"{label}: the header {header_row!r} names both x and {numbered[0]}: use one column x, "
+            "or the feature columns x1..xD, not both"
+        )
+    for col in ("x", "y", *numbered):
         where = [i for i, h in enumerate(header) if h == col]
         if len(where) > 1:
             names = " and ".join(f"{header_row[i].strip()!r} (column {i + 1})" for i in where)
             raise DataError(
                 f"{label}: the header {header_row!r} names column {col} twice: {names}; rename or remove one"
             )
-    return header.index("x"), header.index("y")
+    if not numbered:
+        return [("x", header.index("x"))], header.index("y")
+    expected = [f"x{j + 1}" for j in range(len(numbered))]
+    if numbered != expected:
+        lacking = [c for c in expected if c not in numbered] or [numbered[0]]
+        why = f"no {lacking[0]}" if lacking[0] in expected else "they start at x1"
+        raise DataError(
+            f"{label}: the header {header_row!r} has feature columns {', '.join(numbered)}: expected "
+            f"x1..x{len(numbered)} without a gap ({why})"
+        )
+    return [(c, header.index(c)) for c in expected], header.index("y")
 
 
 def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -154,12 +227,12 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
             start += 1  # blank rows before the header
         if start == len(rows):
             return None
-        ix, iy = _header_columns(rows[start], label)
+        xcols, iy = _header_columns(rows[start], label)
         body = [r for r in rows[start + 1 :] if r]  # an empty line is an empty row; other blank rows fail below
         if not body or set(map(len, body)) != {len(rows[start])}:
             return None
         try:
-            xs = np.array(list(map(float, map(itemgetter(ix), body))), dtype=np.float64)
+            xs = np.array([list(map(float, map(itemgetter(ix), body))) for _, ix in xcols], dtype=np.float64).T
             ys = np.array(list(map(float, map(itemgetter(iy), body))), dtype=np.float64)
         except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
             return None
@@ -174,7 +247,7 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
             if end < 0:
                 return None
             pos = end + 1
-        ix, iy = _header_columns(line.split(","), label)
+        xcols, iy = _header_columns(line.split(","), label)
         rest = "" if end < 0 else text[end + 1 :]
         # per line (vectorised): its length and its commas; empty lines are skipped by both readers
         b = np.frombuffer(rest.encode("ascii"), dtype=np.uint8)
@@ -187,19 +260,24 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
             return None  # no rows, a field over the csv module's limit, or a row of another width
         try:
             values = np.loadtxt(
-                rest.split("\n"), dtype=np.float64, delimiter=",", comments=None, usecols=(ix, iy), ndmin=2
+                rest.split("\n"),
+                dtype=np.float64,
+                delimiter=",",
+                comments=None,
+                usecols=[ix for _, ix in xcols] + [iy],
+                ndmin=2,
             )
         except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
             return None
         if values.shape[0] != n:
             return None
-        xs, ys = np.ascontiguousarray(values[:, 0]), np.ascontiguousarray(values[:, 1])
+        xs, ys = np.ascontiguousarray(values[:, :-1]), np.ascontiguousarray(values[:, -1])
     if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
         return None
-    return xs, ys
+    return (xs[:, 0] if xcols[0][0] == "x" else xs), ys
 
 
-def _parse_rows(text: str, label: str) -> tuple[list[float], list[float]]:
+def _parse_rows(text: str, label: str) -> tuple[Any, list[float]]:
     """The row-by-row reader: x and y cell by cell, naming the row and column of the first bad one."""
     try:
         rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
@@ -207,41 +285,41 @@ def _parse_rows(text: str, label: str) -> tuple[list[float], list[float]]:
         raise DataError(f"{label}: not a CSV file sgdtrace can read ({exc})") from None
     if not rows:
         raise DataError(f"{label}: the file is empty; expected a header row naming columns x and y")
-    ix, iy = _header_columns(rows[0], label)
+    xcols, iy = _header_columns(rows[0], label)
     width = len(rows[0])
     body = rows[1:]
     if not body:
         raise DataError(f"{label}: a header but no data rows")
+    columns = [*xcols, ("y", iy)]
 
-    def counts() -> tuple[int, int]:
-        cx = sum(1 for r in body if len(r) > ix and r[ix].strip())
-        cy = sum(1 for r in body if len(r) > iy and r[iy].strip())
-        return cx, cy
+    def counts() -> dict[str, int]:
+        return {c: sum(1 for r in body if len(r) > i and r[i].strip()) for c, i in columns}
 
-    xs: list[float] = []
+    def uneven(cx: dict[str, int]) -> tuple[str, str]:
+        """The first x column whose count is not y's: ``column x has 2 values but column y has 1``."""
+        c = next((c for c, _ in xcols if cx[c] != cx["y"]), xcols[0][0])
+        return f"column {c} has {cx[c]} values", f"column y has {cx['y']}"
+
+    xs: list[list[float]] = [[] for _ in xcols]
     ys: list[float] = []
+    outs = [*xs, ys]
     for lineno, row in enumerate(body, start=2):
         if len(row) != width:
-            cx, cy = counts()
-            lacking = [c for c, i in (("x", ix), ("y", iy)) if len(row) <= i]
-            if cx != cy:
+            cx = counts()
+            lacking = [c for c, i in columns if len(row) <= i]
+            if len(set(cx.values())) > 1:
                 what = f"no {' or '.join(lacking)} value" if lacking else f"{len(row)} fields"
-                raise DataError(
-                    f"{label}: row {lineno} has {what}: column x has {cx} values but column y "
-                    f"has {cy}; every x needs its y"
-                )
+                a, b = uneven(cx)
+                raise DataError(f"{label}: row {lineno} has {what}: {a} but {b}; every x needs its y")
             raise DataError(
                 f"{label}: row {lineno} has {len(row)} field{'s' if len(row) != 1 else ''} but the header "
                 f"has {width}" + (f" (no {' or '.join(lacking)} value)" if lacking else "")
             )
-        for col, idx, out in (("x", ix, xs), ("y", iy, ys)):
+        for (col, idx), out in zip(columns, outs):
             cell = row[idx].strip()
             if not cell:
-                cx, cy = counts()
-                raise DataError(
-                    f"{label}: row {lineno} has no {col} value (column x has {cx} values, "
-                    f"column y has {cy}); every x needs its y"
-                )
+                a, b = uneven(counts())
+                raise DataError(f"{label}: row {lineno} has no {col} value ({a}, {b}); every x needs its y")
             try:
                 value = float(cell)
             except ValueError:
@@ -249,17 +327,37 @@ def _parse_rows(text: str, label: str) -> tuple[list[float], list[float]]:
             if not math.isfinite(value):
                 raise DataError(f"{label}: row {lineno}, column {col}: {cell!r}; values must be finite numbers")
             out.append(value)
-    return xs, ys
+    if xcols[0][0] == "x":
+        return xs[0], ys
+    return np.array(xs, dtype=np.float64).T, ys
 
 
 def load(config: Config) -> Dataset:
     """The data set a config names: ``--data`` (CSV), ``--synthetic N``, or the article's."""
+    features = getattr(config, "features", None)
     if config.data is not None:
         dataset = read_csv(config.data)
     elif config.synthetic is not None:
-        dataset = synthetic(config.synthetic, config.true_w, config.true_b, config.noise, config.effective_seed)
+        return _checked(
+            synthetic(config.synthetic, config.true_w, config.true_b, config.noise, config.effective_seed, features),
+            config,
+        )
     else:
         dataset = article()
+    if features is not None:  # --features D names the data's columns: one x column is D = 1
+        if dataset.x.shape[1] != features:
+            where = f"--data {config.data!r}" if config.data is not None else "the article's data"
+            raise ConfigError(
+                f"{config.origin.get('features') or '--features'} {features} with {where}, which has "
+                f"{dataset.x.shape[1]} feature column{'s' if dataset.x.shape[1] != 1 else ''} "
+                f"({', '.join(dataset.columns)}): give --features {dataset.x.shape[1]} or leave it out"
+            )
+        if dataset.features is None:
+            dataset = Dataset(dataset.x, dataset.y, dataset.info, dataset.true_w, dataset.true_b, features)
+    return _checked(dataset, config)
+
+
+def _checked(dataset: Dataset, config: Config) -> Dataset:
     check_range(dataset, config.dtype)
     return dataset
 
@@ -269,7 +367,8 @@ def check_range(dataset: Dataset, dtype: str) -> None:
     from sgdtrace.dtypes import finfo
 
     big = float(finfo(dtype).max)
-    for name, arr in (("x", dataset.x), ("y", dataset.y)):
+    columns = [(c, dataset.x[:, j]) for j, c in enumerate(dataset.columns)]
+    for name, arr in (*columns, ("y", dataset.y)):
         over = np.flatnonzero(np.abs(arr) > big)
         if over.size:
             i = int(over[0])

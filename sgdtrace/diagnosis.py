@@ -84,7 +84,7 @@ class _Judge:
 def _batch(trace, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dtype = np.dtype(trace.config.dtype)
     idx = trace.indices(k)
-    x = trace.dataset.x[idx].astype(dtype).astype(np.float64)
+    x = trace.dataset.x[idx][:, 0].astype(dtype).astype(np.float64)
     y = trace.dataset.y[idx].astype(dtype).astype(np.float64)
     return idx, x, y
 

@@ -221,94 +221,13 @@ class _Bound:
         )
 
 
-def _shift(col: np.ndarray, first: float) -> np.ndarray:
-    """The value each step started from: the previous step's column, ``first`` at step 0."""
-    out = np.empty(col.shape[0], dtype=np.float64)
+def _shift(col: np.ndarray, first) -> np.ndarray:
+    """The value each step started from: the previous step's column, ``first`` (a number, or an
+    array of the value's shape) at step 0."""
+    out = np.empty(col.shape, dtype=np.float64)
     if col.shape[0]:
         out[0] = first
         out[1:] = col[:-1]
-    return out
-
-
-#: samples per chunk when summing over batches (see :func:`_batch_sums`)
-CHUNK_SAMPLES = 1 << 16
-
-
-def _batch_sums(
-    x: np.ndarray,
-    y: np.ndarray,
-    plan,
-    w_start: np.ndarray,
-    b_start: np.ndarray,
-    w_mag: np.ndarray,
-    b_mag: np.ndarray,
-    dw: np.ndarray,
-    db: np.ndarray,
-    u: float,
-) -> dict[str, np.ndarray]:
-    """Per step, sums over the batch's samples (float64, vectorised over all steps of an epoch).
-
-    ``sd`` is the manual engine's residual at its starting (w, b), ``e = x*dw + db`` what the
-    measured differences make of it, so ``sd - e`` is torch's. ``d`` (the d-bar of the module's
-    docstring) bounds |the residual either engine computed|: ``max(|sd|, |sd - e|) + 3u*M``.
-    ``dp``, ``dn`` bound its positive and negative parts (the overflow rule's signs).
-    ``M`` uses the largest |w|, |b| either engine started from.
-    """
-    spe = plan.steps_per_epoch
-    sizes = plan.batch_sizes()
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    keys = ("x", "ax", "xx", "M", "xM", "d", "dx", "dd", "dM", "sd", "sdx", "eM", "de", "ee", "pb", "nb", "pw", "nw")
-    out = {k: np.empty(plan.n_steps) for k in keys}
-    # whole batches at a time, about CHUNK_SAMPLES samples per chunk: the per-sample temporaries
-    # stay small on a ten-million-sample epoch, and each batch's sums are the same as in one go
-    per_chunk = max(1, CHUNK_SAMPLES // max(1, plan.batch_size))
-    for epoch in range(plan.epochs):
-        order = plan.epoch_order(epoch)
-        for j0 in range(0, spe, per_chunk):
-            j1 = min(spe, j0 + per_chunk)
-            lo = int(starts[j0])
-            hi = lo + int(sizes[j0:j1].sum())
-            idx = order[lo:hi]
-            xe, ye = x[idx], y[idx]
-            sl = slice(epoch * spe + j0, epoch * spe + j1)
-            rep = sizes[j0:j1]
-            ws, bs = np.repeat(w_start[sl], rep), np.repeat(b_start[sl], rep)
-            wm, bm = np.repeat(w_mag[sl], rep), np.repeat(b_mag[sl], rep)
-            ax = np.abs(xe)
-            with np.errstate(over="ignore", invalid="ignore"):
-                M = wm * ax + bm + np.abs(ye)
-                sd = ws * xe + bs - ye
-                e = xe * np.repeat(dw[sl], rep) + np.repeat(db[sl], rep)
-                st = sd - e
-                slack = 3 * u * M
-                d = np.fmax(np.abs(sd), np.abs(st)) + slack
-                # a nan residual (inf - inf) gives 0 here: it needs a non-finite w, b or x, and then
-                # C is not finite and the step's values are held to nothing (see _distances)
-                dp = np.fmax(np.fmax(sd, st) + slack, 0.0)
-                dn = np.fmax(np.fmax(-sd, -st) + slack, 0.0)
-                pos = xe >= 0
-                per_sample = {
-                    "x": xe,
-                    "ax": ax,
-                    "xx": xe * xe,
-                    "M": M,
-                    "xM": ax * M,
-                    "d": d,
-                    "dx": d * ax,
-                    "dd": d * d,
-                    "dM": d * M,
-                    "sd": sd,
-                    "sdx": sd * xe,
-                    "eM": np.abs(e) * M,
-                    "de": d * np.abs(e),
-                    "ee": e * e,
-                    "pb": dp,
-                    "nb": dn,
-                    "pw": dp + np.where(pos, dp, dn) * ax,
-                    "nw": dn + np.where(pos, dn, dp) * ax,
-                }
-                for k in keys:
-                    out[k][sl] = np.add.reduceat(per_sample[k], starts[j0:j1] - lo)
     return out
 
 
@@ -318,62 +237,48 @@ def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def compare_columns(
-    a: dict[str, np.ndarray], b: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, plan, config
+    a: dict[str, np.ndarray],
+    b: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    plan,
+    config,
+    model=None,
+    initial: dict[str, np.ndarray] | None = None,
 ) -> dict[str, FieldDivergence]:
-    """Judge engine ``b`` against engine ``a`` (both ran ``config`` over ``plan``), field by field."""
+    """Judge engine ``b`` against engine ``a`` (both ran ``config`` over ``plan``), field by field.
+
+    ``model`` (:class:`sgdtrace.models.Model`; default: the one ``config`` and ``x`` make, see
+    :func:`sgdtrace.engines.protocol.model_for`) gives the terms of the loss and the gradients;
+    ``initial``: its parameters' initial values (default: the model's, from ``config``).
+    """
+    from sgdtrace.engines.protocol import model_for
+
     dtype = config.dtype
     rtol, atol = tolerances(config)
     steps = plan.n_steps
-    n = np.tile(plan.batch_sizes(), plan.epochs).astype(np.float64)
+    model = model or model_for(config, x)
+    if initial is None:
+        initial = model.module.initial(config, model)
     # x and y exactly as both engines saw them: rounded to the run's dtype
-    xr, yr = _cast(x, dtype).astype(np.float64), _cast(y, dtype).astype(np.float64)
+    xr, yr = _cast(np.asarray(x), dtype).astype(np.float64), _cast(y, dtype).astype(np.float64)
 
-    p = {
-        f: _Bound.measured(_shift(a[f], init), _shift(b[f], init))
-        for f, init in (("w", config.init_w), ("b", config.init_b))
-    }
-    w_start = _shift(a["w"], float(_cast(np.array([config.init_w]), dtype)[0]))
-    b_start = _shift(a["b"], float(_cast(np.array([config.init_b]), dtype)[0]))
-    dw, db = p["w"].carry, p["b"].carry  # signed: manual minus torch, at the step's start
-    u = unit_roundoff(dtype)
-    s = _batch_sums(xr, yr, plan, w_start, b_start, p["w"].mag, p["b"].mag, dw, db, u)
-
-    depth = np.minimum(n - 1, np.ceil(np.log2(n)) + 16)
-    if dtypes.accumulation(dtype) != dtype:  # 16-bit: the sums in float32, then one rounding to the type
-        depth = 1 + depth * (dtypes.unit_roundoff(dtypes.accumulation(dtype)) / dtypes.unit_roundoff(dtype))
-    # C is computed here in float64: its own error, in units of the run's u (see the docstring)
-    c64 = unit_roundoff("float64") / u
+    # each parameter at the step's start: its bound (the initial value as given at step 0), and
+    # the hand side's value (the initial value rounded to the dtype at step 0)
+    p = {name: _Bound.measured(_shift(a[name], initial[name]), _shift(b[name], initial[name])) for name in model.names}
+    starts = {name: _shift(a[name], _cast(initial[name], dtype).astype(np.float64)) for name in model.names}
+    terms = model.module.gradient_terms(model, starts, p, xr, yr, plan, config)
     with np.errstate(over="ignore", invalid="ignore"):
-        adw, adb = np.abs(dw), np.abs(db)
-        E = {
-            "grad_w": (2 / n)
-            * (3 * s["xM"] + (3 + depth) * s["dx"] + c64 * (4 + depth) * (s["xx"] * adw + s["ax"] * adb)),
-            "grad_b": (2 / n) * (3 * s["M"] + (2 + depth) * s["d"] + c64 * (4 + depth) * (s["ax"] * adw + n * adb)),
-            "loss": (1 / n)
-            * (6 * s["dM"] + (2 + depth) * s["dd"] + c64 * 6 * s["eM"] + c64 * (5 + depth) * (2 * s["de"] + s["ee"])),
-        }
-        carried = {
-            "grad_w": (2 / n) * (s["xx"] * dw + s["x"] * db),
-            "grad_b": (2 / n) * (s["x"] * dw + n * db),
-            "loss": (1 / n)
-            * (2 * s["sdx"] * dw + 2 * s["sd"] * db - (s["xx"] * dw * dw + 2 * s["x"] * dw * db + n * db * db)),
-        }
-        tol = {f: atol + rtol * E[f] for f in E}
-        peak = {"grad_w": 2 * (s["M"] + s["xM"]), "grad_b": 2 * s["M"], "loss": s["M"] + s["M"] * s["M"]}
-        # a sum of terms of both signs can overflow either way in engines adding in different orders
-        big = float(dtypes.finfo(dtype).max)
-        both = {
-            "grad_w": ~(2 * s["pw"] < big) & ~(2 * s["nw"] < big),
-            "grad_b": ~(2 * s["pb"] < big) & ~(2 * s["nb"] < big),
-        }
+        tol = {f: atol + rtol * E for f, E in terms["E"].items()}
+        carried, peak, both = dict(terms["C"]), dict(terms["peak"]), terms["both"]
 
         # the update: each optimizer sizes the roundings of its own operations
-        _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol)
+        _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model, initial)
         if exact_update(config):  # the update reproduced rule by rule: same inputs, same bits
             keys = optimizers.get("sgd").state_keys(config)
-            for name in PARAMS:
+            for name in model.names:
                 cols = {key: state_field(key, name) for key in keys}
-                same = _same_inputs(a, b, name, cols, config)
+                same = _same_inputs(a, b, name, cols, config, initial[name])
                 for f in (name, *cols.values()):
                     tol[f] = np.where(same, 0.0, tol[f])
 
@@ -383,44 +288,56 @@ def compare_columns(
     return out
 
 
-def _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol) -> None:
-    """w, b and the optimizer's state: the optimizer's ``update_bound`` with the measured inputs.
+def _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model=None, initial=None) -> None:
+    """Each parameter and the optimizer's state: the optimizer's ``update_bound`` with the measured inputs.
 
     Each parameter's step starts from the recorded parameter, gradient and state (the initial
     state at the first step: ``initial_state``), and is judged on the new parameter and each
     recorded state entry. Under a schedule the per-step rate is torch's recorded one (the ``lr``
-    field judges the hand side's against it).
+    field judges the hand side's against it). The update runs element-wise: the per-step values
+    (rate, step count, first step) broadcast over the parameter's shape.
     """
     from sgdtrace.engines.optimizers import StepContext, schedules
     from sgdtrace.engines.optimizers._track import Track
+    from sgdtrace.engines.protocol import article_model
 
+    model = model or article_model(config)
+    if initial is None:
+        initial = model.module.initial(config, model)
     opt = optimizers.get(config.optimizer)
     keys = opt.state_keys(config)
     init = opt.initial_state(config)
     steps = plan.n_steps
     first = np.zeros(steps, dtype=bool)
     first[:1] = True
-    ctx = StepContext(
-        lr=np.full(steps, float(config.lr)), t=np.arange(1, steps + 1, dtype=np.float64), u=unit_roundoff(config.dtype)
-    )
+    lr = np.full(steps, float(config.lr))
+    group = {}
     if config.scheduler is not None:
         rows = schedules.values(config, schedules.calls(config, plan))
         where = schedules.index_of_step(config, plan)
-        ctx.lr = np.array([r["lr"] for r in rows])[where]
+        lr = np.array([r["lr"] for r in rows])[where]
         if schedules.cycles_momentum(config):
             key = schedules.momentum_key(config)
-            ctx.group[key] = np.array([r[key] for r in rows])[where]
-    for name in PARAMS:
+            group[key] = np.array([r[key] for r in rows])[where]
+    t = np.arange(1, steps + 1, dtype=np.float64)
+    u = unit_roundoff(config.dtype)
+    for param in model.params:
+        name = param.name
+
+        def per_step(v, shape=param.shape):  # (steps,) against (steps, *shape)
+            return v.reshape(v.shape + (1,) * len(shape))
+
+        ctx = StepContext(lr=per_step(lr), t=per_step(t), u=u, group={k: per_step(v) for k, v in group.items()})
         g = Track.measured(a["grad_" + name], b["grad_" + name])
         cols = {key: state_field(key, name) for key in keys}
         start = {key: float(_cast(np.array([init[key]]), config.dtype)[0]) for key in keys}
         prev = {key: Track.measured(_shift(a[f], start[key]), _shift(b[f], start[key])) for key, f in cols.items()}
         cur = {key: Track.measured(a[f], b[f]) for key, f in cols.items()}
         new_mag = Track.measured(a[name], b[name]).mag
-        init_p = float(_cast(np.array([getattr(config, "init_" + name)]), config.dtype)[0])
+        init_p = _cast(np.asarray(initial[name], dtype=np.float64), config.dtype).astype(np.float64)
         pt = Track.measured(_shift(a[name], init_p), _shift(b[name], init_p))
         pt.mag, pt.carry = p[name].mag, p[name].carry
-        new, states = opt.update_bound(pt, g, prev, cur, new_mag, first, config, ctx)
+        new, states = opt.update_bound(pt, g, prev, cur, new_mag, per_step(first), config, ctx)
         for f, bound in ((name, new), *((cols[key], states[key]) for key in keys)):
             tol[f] = atol + rtol * bound.rnd
             carried[f] = bound.carry
@@ -441,10 +358,11 @@ def exact_update(config) -> bool:
     )
 
 
-def _same_inputs(a, b, name: str, cols: dict[str, str], config) -> np.ndarray:
-    """Per step: did both engines start the update of ``name`` from the same parameter, gradient and
-    state (equal values)?"""
-    init = {"w": config.init_w, "b": config.init_b}[name]
+def _same_inputs(a, b, name: str, cols: dict[str, str], config, init=None) -> np.ndarray:
+    """Per step (and element): did both engines start the update of ``name`` from the same
+    parameter, gradient and state (equal values)? ``init``: the parameter's initial value."""
+    if init is None:
+        init = {"w": config.init_w, "b": config.init_b}[name]
     same = (_shift(a[name], init) == _shift(b[name], init)) & (a["grad_" + name] == b["grad_" + name])
     for f in cols.values():
         same &= _shift(a[f], 0.0) == _shift(b[f], 0.0)
@@ -527,7 +445,7 @@ def compare_allreduce(
     world = man_ranks["loss"].shape[1]
     out = {}
     with np.errstate(over="ignore", invalid="ignore"):
-        for f in ("grad_w", "grad_b", "loss"):
+        for f in man_ranks:  # each parameter's gradient (element-wise) and the loss
             E_ranks = sum((d[f].tol - atol) / rtol if rtol > 0 else 0.0 * d[f].tol for d in rank_divs) / world
             carried = sum(d[f].carried for d in rank_divs) / world
             mag = np.fmax(np.abs(man_ranks[f].astype(np.float64)), np.abs(ref_ranks[f].astype(np.float64)))

@@ -54,3 +54,22 @@ def cast(values: np.ndarray, name: str) -> np.ndarray:
 def is_reduced(dtype) -> bool:
     """A 16-bit type (by name or NumPy dtype)."""
     return (dtype if isinstance(dtype, str) else np.dtype(dtype).name) in REDUCED
+
+
+def gamma(k: int, name: str) -> float:
+    """gamma_k = k u / (1 - k u): the relative error bound of a sum (or dot product) of k terms
+    added in ``name``, in any order (Higham, *Accuracy and Stability*, lemma 3.1)."""
+    u = unit_roundoff(name)
+    return k * u / (1 - k * u)
+
+
+def sum_depth(n, name: str):
+    """The roundings a sum of ``n`` terms adds to the sum of their magnitudes, in units of the
+    run's u: ``min(n - 1, ceil(log2 n) + 16)`` (NumPy's pairwise sum adds 8-way blocks of up to
+    128 numbers and halves above that, depth at most ``log2 n + 12``; torch's reductions are
+    blocked and vectorised likewise); a 16-bit run sums in float32 and rounds once:
+    ``1 + depth * u32 / u``. ``n`` may be an array (one batch size per step)."""
+    depth = np.minimum(n - 1, np.ceil(np.log2(n)) + 16)
+    if accumulation(name) != name:
+        depth = 1 + depth * (unit_roundoff(accumulation(name)) / unit_roundoff(name))
+    return depth

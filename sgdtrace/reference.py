@@ -161,7 +161,7 @@ def exact_reference(trace) -> Reference:
     """Replay ``trace``'s run (its data, plan and options) without rounding."""
     cfg, plan, ds = trace.config, trace.plan, trace.dataset
     fields = tuple(trace.fields)
-    xs = [exact(v) for v in ds.x.tolist()]
+    xs = [exact(v) for v in ds.x[:, 0].tolist()]
     ys = [exact(v) for v in ds.y.tolist()]
     h = _Hyper(
         exact(cfg.lr), exact(cfg.momentum), exact(cfg.dampening), exact(cfg.weight_decay), cfg.nesterov, cfg.maximize
@@ -268,7 +268,7 @@ def gradcheck(
             if not (math.isfinite(w) and math.isfinite(b)):
                 continue
             idx = plan.indices(k)
-            x, y = ds.x[idx], ds.y[idx]
+            x, y = ds.x[idx, 0], ds.y[idx]
             n = len(idx)
             r = forward_backward(np.float64(w), np.float64(b), x, y, n, np.float64)
             ana_k = {"grad_w": float(r.grad_w), "grad_b": float(r.grad_b)}

@@ -41,6 +41,8 @@ class Trace(TraceNotebook):
     gradcheck: Any = None  # sgdtrace.reference.GradCheck when --gradcheck was asked for
     ranks: Any = None  # RankTrace when --world-size N >= 2: each rank's own values (the rank axis)
     engine: Any = None  # sgdtrace.engines.user.EngineInfo when a user's file stood on the hand side
+    model: Any = None  # sgdtrace.models.Model: the parameters (names, shapes) the columns are of
+    initial: Any = None  # the parameters' initial values by name (float64 arrays of their shapes)
 
     @property
     def hand(self) -> str:
@@ -55,11 +57,17 @@ class Trace(TraceNotebook):
         return tuple(self.divergence)
 
     @property
+    def params(self) -> tuple:
+        """The model's parameters (:class:`sgdtrace.models.Param`: name, shape, torch name, label)."""
+        return self.model.params
+
+    @property
     def n_steps(self) -> int:
         return int(self.epoch.shape[0])
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Every per-step array the trace holds, by name (one value per step each)."""
+        """Every per-step array the trace holds, by name (one row per step each: a value, or an
+        array of the parameter's shape)."""
         cols = {"epoch": self.epoch, "batch": self.batch, "n": self.n, "stable_lr": self.stable_lr}
         cols.update({f"manual.{f}": v for f, v in self.manual.items()})
         cols.update({f"torch.{f}": v for f, v in self.torch.items()})
@@ -138,6 +146,8 @@ def run_trace(
     cfg = config.replace(device=label, origin=config.origin)
     if dataset is None:
         dataset = data_mod.load(cfg)
+    model = build_model(cfg, dataset)
+    initial = model.module.initial(cfg, model)
     plan = data_mod.plan(len(dataset), cfg)
     steps = plan.n_steps
     if cfg.scheduler is not None:  # OneCycleLR stepped past total_steps: exit 2 before training
@@ -152,6 +162,9 @@ def run_trace(
     kind = manual_backend or ("numpy" if device.type == "cpu" else "torch")
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
+    if (cfg.engine is not None or hasattr(engine, "run_columns")) and not model.scalar:
+        where = cfg.origin.get("engine") or "--engine"
+        raise ConfigError(f"{where} with {_features_origin(cfg, dataset)}: {_ENGINE_FORM}")
     if engine is None and cfg.engine is not None:  # --engine FILE.py
         from sgdtrace.engines.user import UserEngine
 
@@ -162,13 +175,22 @@ def run_trace(
 
             man = engine.run_columns(cfg, dataset, plan, optimizers.get("sgd").state_keys(cfg))
         else:
-            hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan)
-            man = protocol.run(hand, dataset.x, dataset.y, plan, cfg.init_w, cfg.init_b, backend, stage("manual"))
+            hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan, model)
+            man = protocol.run(hand, dataset.x, dataset.y, plan, initial, backend, stage("manual"))
         ref = torch_ref.run(
-            dataset.x, dataset.y, cfg, device, steps, stage("torch"), sync_free=sync_free, loss_form=torch_loss
+            dataset.x,
+            dataset.y,
+            cfg,
+            device,
+            steps,
+            stage("torch"),
+            sync_free=sync_free,
+            loss_form=torch_loss,
+            model=model,
+            initial=initial,
         )
         info = getattr(engine, "info", None)
-        trace = judge(cfg, dataset, plan, label, man, ref, info.not_kept if info else ())
+        trace = judge(cfg, dataset, plan, label, man, ref, info.not_kept if info else (), model=model)
         trace.engine = info
     if trace.verdict.first_divergent_step is not None:  # name the likely mistake where the numbers support one
         from sgdtrace.diagnosis import diagnose_step
@@ -179,6 +201,26 @@ def run_trace(
     return trace
 
 
+def build_model(cfg: Config, dataset: data_mod.Dataset):
+    """The run's model (:class:`sgdtrace.models.Model`): ``cfg.model`` with the data's features."""
+    from sgdtrace import models
+
+    return models.build(cfg, dataset.features)
+
+
+#: why a user's engine file cannot stand on the hand side of a D-feature run (yet)
+_ENGINE_FORM = (
+    "your own engine's gradients(w, b, x, y) is the article's form (one x column, scalar w and b); "
+    "leave one of them out"
+)
+
+
+def _features_origin(cfg: Config, dataset: data_mod.Dataset) -> str:
+    if cfg.features is not None:
+        return f"{cfg.origin.get('features') or '--features'} {cfg.features}"
+    return f"--data {cfg.data!r} ({len(dataset.columns)} feature columns {', '.join(dataset.columns)})"
+
+
 def judge(
     cfg: Config,
     dataset: data_mod.Dataset,
@@ -187,30 +229,49 @@ def judge(
     man: dict[str, np.ndarray],
     ref: dict[str, np.ndarray],
     not_kept: tuple[str, ...] = (),
+    model=None,
 ) -> Trace:
     """Build the Trace of two engines' columns: distances, tolerances, verdict, blow-up diagnosis.
 
     ``not_kept``: torch's state columns the hand side does not keep (a user's update without
     momentum's buffer): the update is judged with torch's recorded state in their place, and
-    they are neither shown nor judged.
+    they are neither shown nor judged. ``model``: the run's model (default: the data's).
     """
+    model = model or build_model(cfg, dataset)
+    initial = model.module.initial(cfg, model)
     man = {**man, **{f: ref[f] for f in not_kept}}
     spe = plan.steps_per_epoch
     steps = plan.n_steps
     epoch = np.repeat(np.arange(1, plan.epochs + 1, dtype=np.int64), spe)
     batch = np.tile(np.arange(1, spe + 1, dtype=np.int64), plan.epochs)
     n = np.tile(plan.batch_sizes(), plan.epochs)
-    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg)
+    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg, model, initial)
     for f in not_kept:
         del div[f], man[f]
-    stable = stable_lr(dataset.x, plan, cfg)
-    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan)
+    stable = stable_lr(dataset.x, plan, cfg, model)
+    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan, model)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
     # stalled_w, stalled_b per side: the steps whose update was lost to rounding
-    stalled = {"manual": stall.stalled(man, cfg, ref), "torch": stall.stalled(ref, cfg, man)}
+    stalled = {"manual": stall.stalled(man, cfg, ref, initial), "torch": stall.stalled(ref, cfg, man, initial)}
     verdict.stalled = stall.summary(stalled["torch"])
     assert epoch.shape[0] == steps
-    return Trace(cfg, dataset, plan, device, epoch, batch, n, man, ref, div, verdict, stable, stalled=stalled)
+    return Trace(
+        cfg,
+        dataset,
+        plan,
+        device,
+        epoch,
+        batch,
+        n,
+        man,
+        ref,
+        div,
+        verdict,
+        stable,
+        stalled=stalled,
+        model=model,
+        initial=initial,
+    )
 
 
 # ------------------------------------------------------------------ data-parallel SGD (--world-size N)
@@ -280,12 +341,18 @@ def run_distributed(
         dataset = data_mod.load(cfg)
     check_world(cfg, len(dataset), device)
     dplan = data_mod.distributed_plan(len(dataset), cfg)
+    model = build_model(cfg, dataset)
+    if cfg.engine is not None and not model.scalar:  # pragma: no cover - refused with the world size first
+        raise ConfigError(f"--engine with {_features_origin(cfg, dataset)}: {_ENGINE_FORM}")
+    # the ranks build the model from the config and the samples: D features named by the data
+    # (a CSV file's x1..xD) are named to them in the config
+    ranks_cfg = cfg if cfg.features is not None or model.scalar else cfg.replace(features=model.features)
     if gathered is None and torch_ddp.under_torchrun():
-        gathered = torch_ddp.join(dataset.x, dataset.y, cfg, device)
+        gathered = torch_ddp.join(dataset.x, dataset.y, ranks_cfg, device)
         if gathered is None:  # a rank other than 0 under torchrun: rank 0 writes the output
             return None
     elif gathered is None:
-        gathered = torch_ddp.run(dataset.x, dataset.y, cfg, device)
+        gathered = torch_ddp.run(dataset.x, dataset.y, ranks_cfg, device)
     gathered = sorted(gathered, key=lambda r: r["rank"])
     for r, res in enumerate(gathered):
         for e, idx in enumerate(res["indices"]):
@@ -295,20 +362,19 @@ def run_distributed(
                     f"the replay {dplan.rank_orders[e][r].tolist()}"
                 )
     backend = manual.ArrayBackend("numpy", cfg.dtype)
+    initial = model.module.initial(cfg, model)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        hand = (engine or manual.engine)(cfg, backend)
-        man, man_ranks = ddp.run(hand, dataset.x, dataset.y, dplan, cfg.init_w, cfg.init_b, backend)
+        hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, None, model)
+        man, man_ranks = ddp.run(hand, dataset.x, dataset.y, dplan, initial, backend)
         ref = {f: v for f, v in gathered[0]["cols"].items() if not f.startswith("rank_")}
-        ref_ranks = {
-            f: np.stack([g["cols"]["rank_" + f] for g in gathered], axis=1) for f in ("grad_w", "grad_b", "loss")
-        }
+        ref_ranks = {f: np.stack([g["cols"]["rank_" + f] for g in gathered], axis=1) for f in man_ranks}
         np_dtype = np.dtype(cfg.dtype)
         man["loss"] = man_ranks["loss"].astype(np.float64).mean(axis=1).astype(np_dtype)
         ref["loss"] = ref_ranks["loss"].astype(np.float64).mean(axis=1).astype(np_dtype)
         order = tuple(hand.fields)
         man = {f: man[f] for f in order}
         ref = {f: ref[f] for f in order}
-        return judge_distributed(cfg, dataset, dplan, label, man, ref, man_ranks, ref_ranks)
+        return judge_distributed(cfg, dataset, dplan, label, man, ref, man_ranks, ref_ranks, model)
 
 
 def judge_distributed(
@@ -320,19 +386,22 @@ def judge_distributed(
     ref: dict[str, np.ndarray],
     man_ranks: dict[str, np.ndarray],
     ref_ranks: dict[str, np.ndarray],
+    model=None,
 ) -> Trace:
     """The trace of a DDP run: the step's columns judged as one process's (the update on the
     averaged gradients), the averaged gradients and mean loss by the all-reduce's model
     (:func:`sgdtrace.divergence.compare_allreduce`), each rank's own values on its batch."""
     world = dplan.world_size
     gplan = dplan.global_plan()
+    model = model or build_model(cfg, dataset)
+    initial = model.module.initial(cfg, model)
     rank_divs = []
     for r in range(world):
         a = dict(man, **{f: man_ranks[f][:, r] for f in man_ranks})
         b = dict(ref, **{f: ref_ranks[f][:, r] for f in ref_ranks})
-        div_r = divergence.compare_columns(a, b, dataset.x, dataset.y, dplan.rank_plan(r), cfg)
+        div_r = divergence.compare_columns(a, b, dataset.x, dataset.y, dplan.rank_plan(r), cfg, model, initial)
         rank_divs.append({f: div_r[f] for f in man_ranks})
-    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, gplan, cfg)
+    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, gplan, cfg, model, initial)
     div.update(divergence.compare_allreduce(rank_divs, man_ranks, ref_ranks, man, ref, cfg))
     rank_div = {
         f: divergence.FieldDivergence(
@@ -344,8 +413,8 @@ def judge_distributed(
         for f in man_ranks
     }
     epoch, batch, n = gplan.step_epochs(), gplan.step_batches(), gplan.step_sizes()
-    stable = stable_lr(dataset.x, gplan, cfg)
-    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, gplan)
+    stable = stable_lr(dataset.x, gplan, cfg, model)
+    blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, gplan, model)
     # the verdict also holds each rank's own values (named rank<r>.<field>)
     judged = dict(div)
     a, b = dict(man), dict(ref)
@@ -362,4 +431,20 @@ def judge_distributed(
         ref_ranks,
         rank_div,
     )
-    return Trace(cfg, dataset, gplan, device, epoch, batch, n, man, ref, div, verdict, stable, ranks=ranks)
+    return Trace(
+        cfg,
+        dataset,
+        gplan,
+        device,
+        epoch,
+        batch,
+        n,
+        man,
+        ref,
+        div,
+        verdict,
+        stable,
+        ranks=ranks,
+        model=model,
+        initial=initial,
+    )

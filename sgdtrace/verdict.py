@@ -51,30 +51,39 @@ class _Record:
 
 @dataclass(frozen=True)
 class FieldSummary:
-    """One field over a run: the largest distances, the largest share of the allowance used, and
-    the first step (0-based) that fails, if any."""
+    """One field over a run, over all its elements: the largest distances, the largest share of the
+    allowance used, and the first step (0-based) that fails, if any, with the first failing
+    element of that step (row-major; ``()`` for a scalar field)."""
 
     max_abs: float
     max_rel: float
     max_ulp: int
     max_tol_ratio: float
     first_bad: int | None
+    first_index: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, d: FieldDivergence) -> FieldSummary:
         import numpy as np
 
         fin = d.finite
-        bad = np.flatnonzero(~d.ok)
-        first = int(bad[0]) if bad.size else None
+        bad = np.flatnonzero(~d.ok)  # row-major: the first step, then its first element
+        first, index = None, ()
+        if bad.size:
+            k, *index = np.unravel_index(int(bad[0]), d.ok.shape)
+            first, index = int(k), tuple(int(i) for i in index)
         if not fin.any():
-            return cls(0.0, 0.0, 0, 0.0, first)
-        return cls(float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()), float(d.ratio.max()), first)
+            return cls(0.0, 0.0, 0, 0.0, first, index)
+        return cls(
+            float(d.abs[fin].max()), float(d.rel[fin].max()), int(d.ulp[fin].max()), float(d.ratio.max()), first, index
+        )
 
 
 @dataclass(frozen=True)
 class FirstDivergence(_Record):
-    """The first step (1-based ``step``) where a field's own part exceeds its rounding allowance."""
+    """The first step (1-based ``step``) where a field's own part exceeds its rounding allowance;
+    ``index`` the element of that field (row-major, the first that fails; ``()`` for a scalar),
+    whose values ``manual``, ``torch``, ... are given."""
 
     epoch: int
     batch: int
@@ -87,6 +96,7 @@ class FirstDivergence(_Record):
     tol: float
     #: the likely mistake, ``{"kind", "factor", "text"}`` (sgdtrace.diagnosis), or None: no guess
     diagnosis: dict[str, Any] | None = None
+    index: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +110,7 @@ class FirstDivergence(_Record):
             "carried": json_number(self.carried),
             "tol": json_number(self.tol),
             "diagnosis": self.diagnosis,
+            "index": list(self.index),
         }
 
 
@@ -201,20 +212,27 @@ def verdict(
     wrong buffer makes w look wrong too), each group in ``div``'s order."""
     summaries = {f: FieldSummary.of(d) for f, d in div.items()}
     first: FirstDivergence | None = None
-    bad = [(s.first_bad, _computed(f), i, f) for i, (f, s) in enumerate(summaries.items()) if s.first_bad is not None]
+    params = tuple(f[len("grad_") :] for f in div if f.startswith("grad_"))
+    bad = [
+        (s.first_bad, _computed(f, params), i, f)
+        for i, (f, s) in enumerate(summaries.items())
+        if s.first_bad is not None
+    ]
     if bad:
         k, _, _, f = min(bad)
         d = div[f]
+        at = (k, *summaries[f].first_index)  # the step's first failing element
         first = FirstDivergence(
             int(epoch[k]),
             int(batch[k]),
             k + 1,
             f,
-            float(a[f][k]),
-            float(b[f][k]),
-            float(d.abs[k]) if d.finite[k] else None,
-            float(d.carried[k]),
-            float(d.tol[k]),
+            float(a[f][at]),
+            float(b[f][at]),
+            float(d.abs[at]) if d.finite[at] else None,
+            float(d.carried[at]),
+            float(d.tol[at]),
+            index=summaries[f].first_index,
         )
     return Verdict(
         first is None,
@@ -227,9 +245,12 @@ def verdict(
     )
 
 
-def _computed(field: str) -> int:
-    """When a step computes ``field``: 0 the loss and gradients, 1 the optimizer's state, 2 w and b."""
-    return 2 if field in ("w", "b") else (0 if field in ("grad_w", "grad_b", "loss", "lr") else 1)
+def _computed(field: str, params: tuple[str, ...] = ("w", "b")) -> int:
+    """When a step computes ``field``: 0 the loss and gradients, 1 the optimizer's state, 2 the
+    parameters (``params``: their names)."""
+    if field in params:
+        return 2
+    return 0 if field in ("loss", "lr") or field.startswith("grad_") else 1
 
 
 def _most(values) -> float:

@@ -110,7 +110,7 @@ def test_table_marks_the_blowup_row_even_when_rows_are_cut():
 
 def test_blowup_with_disagreeing_engines_still_exits_1(monkeypatch):
     """A wrong formula during a blow-up is still caught on the finite steps (exit 1)."""
-    from sgdtrace.engines import manual
+    from sgdtrace.models import linear as manual  # the article's equations are the linear model's
 
     real = manual.grad_b
     monkeypatch.setattr(manual, "grad_b", lambda up: real(up) * 1.001)

@@ -152,7 +152,7 @@ def test_check_runs_every_config(runner, monkeypatch):
 
 def test_gate_fails_with_exit_1_naming_the_step(runner, monkeypatch):
     """A deliberately wrong manual gradient: exit code 1 and the first divergent step named."""
-    from sgdtrace.engines import manual
+    from sgdtrace.models import linear as manual  # the article's equations are the linear model's
 
     monkeypatch.setattr(manual, "de_dd", lambda d: 3 * d)  # de/dd = 3d instead of 2d
     result = runner.invoke(cli, ["run"])

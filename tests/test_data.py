@@ -47,7 +47,7 @@ def one_error_line(result, *fragments: str) -> str:
 def test_csv_reads_x_and_y_by_header_name_and_ignores_other_columns(tmp_path):
     path = write(tmp_path, "d.csv", 'id,y,comment,x\n1,10,a,0\n2,12.5,"b, c",1\n3,-3e2,,2.25\n')
     ds = read_csv(path)
-    assert ds.x.tolist() == [0.0, 1.0, 2.25]
+    assert ds.x[:, 0].tolist() == [0.0, 1.0, 2.25]  # x is (n, D): one column here
     assert ds.y.tolist() == [10.0, 12.5, -300.0]
     assert ds.x.dtype == np.float64
     assert ds.info == {"source": "csv", "path": path, "n": 3}
@@ -55,13 +55,13 @@ def test_csv_reads_x_and_y_by_header_name_and_ignores_other_columns(tmp_path):
 
 def test_csv_header_names_are_matched_without_case_or_spaces(tmp_path):
     ds = read_csv(write(tmp_path, "d.csv", " X , Y \n1,2\n3,4\n"))
-    assert ds.x.tolist() == [1.0, 3.0] and ds.y.tolist() == [2.0, 4.0]
+    assert ds.x[:, 0].tolist() == [1.0, 3.0] and ds.y.tolist() == [2.0, 4.0]
 
 
 def test_shipped_csv(tmp_path):
     ds = read_csv(SHIPPED_CSV)
     assert len(ds) == 10
-    assert ds.x[0] == 1.5 and ds.y[-1] == 18.7
+    assert ds.x[0, 0] == 1.5 and ds.y[-1] == 18.7
 
 
 def test_csv_run_json_shows_the_source_and_the_first_batch_by_hand(tmp_path):
@@ -142,13 +142,13 @@ def test_synthetic_without_noise_lies_on_the_line():
     ds = synthetic(200, -1.5, 4.0, 0.0, seed=3)
     assert len(ds) == 200
     assert ((ds.x >= 0) & (ds.x < 10)).all()
-    assert np.array_equal(ds.y, -1.5 * ds.x + 4.0)
+    assert np.array_equal(ds.y, -1.5 * ds.x[:, 0] + 4.0)
     assert (ds.true_w, ds.true_b) == (-1.5, 4.0)
 
 
 def test_synthetic_noise_has_the_requested_spread():
     ds = synthetic(20000, 3.0, -2.0, 0.25, seed=1)
-    resid = ds.y - (3.0 * ds.x - 2.0)
+    resid = ds.y - (3.0 * ds.x[:, 0] - 2.0)
     # the sample std of 20000 normal draws is within 3% of sigma with overwhelming probability
     assert resid.std() == pytest.approx(0.25, rel=0.03)
     assert abs(resid.mean()) < 0.25 * 4 / np.sqrt(20000)
@@ -225,7 +225,7 @@ def test_csv_config_resolves_its_data_next_to_it_and_passes_the_gate(monkeypatch
 def test_csv_training_approaches_the_least_squares_line():
     """Many epochs over the shipped CSV end near the least-squares fit (computed here by numpy)."""
     ds = read_csv(SHIPPED_CSV)
-    w_ls, b_ls = np.polyfit(ds.x, ds.y, 1)
+    w_ls, b_ls = np.polyfit(ds.x[:, 0], ds.y, 1)
     t = run_trace(Config(data=SHIPPED_CSV, lr=0.02, batch_size=10, epochs=3000, dtype="float64"))
     assert t.verdict.ok
     assert t.manual["w"][-1] == pytest.approx(w_ls, rel=1e-6)
@@ -336,7 +336,7 @@ def _both(tmp_path, text: str, name: str = "d.csv"):
 )
 def test_the_fast_reader_gives_the_row_readers_values(tmp_path, text):
     fast, slow, ds = _both(tmp_path, text)
-    assert ds.x.tolist() == slow[0] and ds.y.tolist() == slow[1]
+    assert ds.x[:, 0].tolist() == slow[0] and ds.y.tolist() == slow[1]
     if fast is not None:
         assert fast[0].tolist() == slow[0] and fast[1].tolist() == slow[1]
 
@@ -359,7 +359,7 @@ def test_a_large_well_formed_csv_never_reaches_the_row_reader(tmp_path, monkeypa
     np.savetxt(path, np.column_stack([x, 2 * x + 10]), delimiter=",", header="x,y", comments="", fmt="%.17g")
     monkeypatch.setattr(data_module, "_parse_rows", refuse)
     ds = read_csv(str(path))
-    assert np.array_equal(ds.x, x) and np.array_equal(ds.y, 2 * x + 10)
+    assert np.array_equal(ds.x[:, 0], x) and np.array_equal(ds.y, 2 * x + 10)
 
 
 _cell = st.one_of(

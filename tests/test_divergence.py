@@ -6,7 +6,7 @@ from update_rules import sgd_update, swap_update
 
 import sgdtrace
 from sgdtrace import divergence
-from sgdtrace.engines import manual
+from sgdtrace.models import linear
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -60,7 +60,7 @@ def test_long_float_run_both_backends_silent(dtype, backend):
 
 
 def _wrong(monkeypatch, name, fn):
-    monkeypatch.setattr(manual, name, fn)
+    monkeypatch.setattr(linear, name, fn)  # the article's equations are the linear model's
     return sgdtrace.trace()
 
 
@@ -104,7 +104,7 @@ def test_small_wrong_learning_rate_is_caught(monkeypatch):
 def test_wrong_formula_near_convergence_is_caught(monkeypatch):
     """A bug that only shows near convergence: d computed as c - y + 1e-3 (a bias). Far from the
     optimum it is small next to d; it is still far above what rounding explains."""
-    monkeypatch.setattr(manual, "node_d", lambda c, y: c - y + np.float32(1e-3))
+    monkeypatch.setattr(linear, "node_d", lambda c, y: c - y + np.float32(1e-3))
     t = sgdtrace.trace(epochs=50)
     assert not t.verdict.ok
     assert t.verdict.first_divergent_step["step"] == 1

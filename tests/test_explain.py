@@ -108,7 +108,7 @@ def test_forward_backward_equals_the_manual_trace_bit_for_bit(kw):
         w0 = dt(t.config.init_w) if k == 0 else t.manual["w"][k - 1]
         b0 = dt(t.config.init_b) if k == 0 else t.manual["b"][k - 1]
         idx = t.indices(k)
-        xb, yb = t.dataset.x[idx].astype(dt), t.dataset.y[idx].astype(dt)
+        xb, yb = t.dataset.x[idx, 0].astype(dt), t.dataset.y[idx].astype(dt)  # the article's one x column
         r = manual.forward_backward(w0, b0, xb, yb, len(idx), dt)
         for f, v in (("grad_w", r.grad_w), ("grad_b", r.grad_b), ("loss", r.loss)):
             assert np.array(v, dtype=dt).tobytes() == t.manual[f][k : k + 1].tobytes(), (k, f)

@@ -22,6 +22,7 @@ from sgdtrace.data import Dataset, article, plan
 from sgdtrace.engines import manual, torch_ddp, torch_ref
 from sgdtrace.engines.optimizers import sgd
 from sgdtrace.engines.protocol import state_field, state_fields
+from sgdtrace.models import linear
 from sgdtrace.tracing import run_trace
 
 ARTICLE = Config()
@@ -454,7 +455,7 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
     rtol = 4 * u if cfg.rtol is None else cfg.rtol
     atol = float(dtypes.finfo(cfg.dtype).tiny) if cfg.atol is None else cfg.atol
     # x, y and the initial values as torch rounds them (16-bit types through float32)
-    xr = [float(v) for v in dtypes.cast(x, cfg.dtype)]
+    xr = [float(v) for v in dtypes.cast(np.asarray(x).reshape(len(y), -1)[:, 0], cfg.dtype)]  # the one x column
     yr = [float(v) for v in dtypes.cast(y, cfg.dtype)]
     init_w, init_b = (float(dtypes.cast(np.array([v]), cfg.dtype)[0]) for v in (cfg.init_w, cfg.init_b))
     tol = {f: [] for f in a}
@@ -611,7 +612,7 @@ def test_tolerance_model_matches_its_docstring(opts):
 def test_tolerance_model_in_chunks(monkeypatch):
     # the per-batch sums are taken a few batches at a time (CHUNK_SAMPLES samples); with a chunk of
     # 4 samples (2 batches of 2), an epoch of 5 batches is summed in 3 chunks: the same tolerances
-    monkeypatch.setattr(dv, "CHUNK_SAMPLES", 4)
+    monkeypatch.setattr(linear, "CHUNK_SAMPLES", 4)  # the batch sums are the model's
     cfg = Config(dtype="float32", batch_size=2, epochs=2, shuffle=True, seed=6, momentum=0.5)
     ds = article()
     p = plan(len(ds), cfg)
@@ -688,6 +689,7 @@ def test_verdict_names_the_first_divergent_step():
         "carried": 0.0,
         "tol": 0.1,
         "diagnosis": None,
+        "index": [],
     }
     # largest |diff| 0.5 (w at step 2); largest relative 1.0 (b: 0 against 0.1); ratio 0.5 / 0.1
     assert v.max_abs == 0.5 and v.max_rel == 1.0 and v.max_tol_ratio == pytest.approx(5.0)

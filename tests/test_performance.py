@@ -18,6 +18,7 @@ import pytest
 from sgdtrace import divergence
 from sgdtrace.config import Config
 from sgdtrace.engines import manual, protocol
+from sgdtrace.models import linear
 from sgdtrace.tracing import run_trace
 
 FIELDS = ("grad_w", "grad_b", "loss", "w", "b")
@@ -203,7 +204,7 @@ def test_batch_sums_in_chunks_equal_one_pass(monkeypatch):
     cfg = Config(synthetic=1000, batch_size=7, epochs=2, shuffle=True, seed=3, noise=1.0, lr=0.001)
     t = run_trace(cfg)
     whole = divergence.compare_columns(t.manual, t.torch, t.dataset.x, t.dataset.y, t.plan, cfg)
-    monkeypatch.setattr(divergence, "CHUNK_SAMPLES", 20)  # a chunk of 2 batches
+    monkeypatch.setattr(linear, "CHUNK_SAMPLES", 20)  # a chunk of 2 batches (the batch sums are the model's)
     chunked = divergence.compare_columns(t.manual, t.torch, t.dataset.x, t.dataset.y, t.plan, cfg)
     for f in whole:
         np.testing.assert_array_equal(chunked[f].tol, whole[f].tol, err_msg=f)

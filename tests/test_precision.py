@@ -18,6 +18,7 @@ from sgdtrace.config import Config
 from sgdtrace.engines import manual
 from sgdtrace.engines.optimizers import sgd
 from sgdtrace.engines.torch_ref import LinearModel
+from sgdtrace.models import linear
 
 TYPES = ["bfloat16", "float16"]
 TRIALS = 400
@@ -337,7 +338,8 @@ def test_a_float16_running_sum_is_caught(monkeypatch):
     """A float16 running sum (each partial sum rounded to 16 bits) where torch accumulates in float32."""
     cfg = Config(dtype="float16", synthetic=4096, batch_size=4096, true_w=0.5, true_b=1.0, noise=0.5, lr=0.01, epochs=2)
     assert run_trace(cfg).verdict.ok
-    monkeypatch.setattr(manual, "total", lambda v: np.cumsum(v, dtype=v.dtype)[-1] if manual._reduced(v) else v.sum())
+    # the article's equations are the linear model's (sgdtrace.engines.manual re-exports them)
+    monkeypatch.setattr(linear, "total", lambda v: np.cumsum(v, dtype=v.dtype)[-1] if manual._reduced(v) else v.sum())
     v = run_trace(cfg).verdict
     assert not v.ok and v.first_divergent_step["step"] == 1
     assert v.first_divergent_step["field"] in ("grad_w", "grad_b")

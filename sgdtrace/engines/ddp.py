@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdtrace.engines.protocol import Engine, state_field
+from sgdtrace.engines.protocol import Engine, samples, state_field
 
 
 def scaled(grad, world: int, backend):
@@ -45,27 +45,30 @@ def average(grads: list, backend) -> Any:
 
 
 def run(
-    engine: Engine, x: np.ndarray, y: np.ndarray, dplan, init_w: float, init_b: float, backend
+    engine: Engine, x: np.ndarray, y: np.ndarray, dplan, init: dict[str, Any], backend
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Train by hand over a :class:`sgdtrace.data.DistributedPlan`.
 
-    Returns the step's columns (the averaged ``grad_w``, ``grad_b`` the update used, the
-    parameters, the optimizer's state; ``loss`` is filled by the caller from the ranks' losses)
-    and the ranks' own columns ``grad_w``, ``grad_b``, ``loss``, each ``(steps, N)``.
+    ``init``: each parameter's initial value by name. Returns the step's columns (the averaged
+    gradients the update used, the parameters, the optimizer's state; ``loss`` is filled by the
+    caller from the ranks' losses) and the ranks' own columns ``grad_<p>`` and ``loss``, each
+    ``(steps, N, *shape)``. DDP averages element by element.
     """
     world = dplan.world_size
     one = dplan.rank_plan(0)
     steps = one.n_steps
     sizes = one.batch_sizes().tolist()
-    cols = {f: backend.column(steps) for f in engine.fields}
-    per_rank = {f: backend.column(steps * world) for f in ("grad_w", "grad_b", "loss")}
-    w, b = backend.param(init_w), backend.param(init_b)
-    xs, ys = backend.asarray(x), backend.asarray(y)
-    state_w: dict[str, Any] = {}
-    state_b: dict[str, Any] = {}
-    recorded = [
-        (cols[state_field(key, p)], st, key) for key in engine.state_keys for p, st in (("w", state_w), ("b", state_b))
-    ]
+    names = engine.names
+    shapes = {p: () for p in names} if engine.params is None else {p.name: p.shape for p in engine.params}
+    of = {f: p for p in names for f in (p, "grad_" + p, *(state_field(k, p) for k in engine.state_keys))}
+    cols = {f: backend.column(steps, shapes.get(of.get(f), ())) for f in engine.fields}
+    per_rank = {"grad_" + p: backend.column(steps * world, shapes[p]) for p in names}
+    per_rank["loss"] = backend.column(steps * world)
+    article = engine.article_form
+    params = {p: backend.param(init[p]) for p in names}
+    xs, ys = backend.asarray(samples(x, article)), backend.asarray(y)
+    states: dict[str, dict[str, Any]] = {p: {} for p in names}
+    recorded = [(cols[state_field(key, p)], states[p], key) for key in engine.state_keys for p in names]
     gradients, update, hp = engine.gradients, engine.update, engine.hp
     k = 0
     with np.errstate(all="ignore"):
@@ -73,25 +76,27 @@ def run(
             batches = [(backend.take(xs, backend.index(o)), backend.take(ys, backend.index(o))) for o in orders]
             start = 0
             for n in sizes:
-                gws, gbs = [], []
+                grads: dict[str, list] = {p: [] for p in names}
                 for r, (xe, ye) in enumerate(batches):  # each rank, on its own batch
-                    loss, gw, gb = gradients(w, b, xe[start : start + n], ye[start : start + n])
-                    per_rank["grad_w"][k * world + r] = gw
-                    per_rank["grad_b"][k * world + r] = gb
+                    xb, yb = xe[start : start + n], ye[start : start + n]
+                    if article:
+                        loss, *gs = gradients(params["w"], params["b"], xb, yb)
+                        own = dict(zip(names, gs))
+                    else:
+                        loss, own = gradients(dict(params), xb, yb)
+                    for p in names:
+                        per_rank["grad_" + p][k * world + r] = own[p]
+                        grads[p].append(own[p])
                     per_rank["loss"][k * world + r] = loss
-                    gws.append(gw)
-                    gbs.append(gb)
                 start += n
-                gw, gb = average(gws, backend), average(gbs, backend)  # DDP's all-reduce
-                w = update(w, gw, state_w, hp)
-                b = update(b, gb, state_b, hp)
-                cols["grad_w"][k] = gw
-                cols["grad_b"][k] = gb
-                cols["w"][k] = w
-                cols["b"][k] = b
+                for p in names:
+                    g = average(grads[p], backend)  # DDP's all-reduce
+                    params[p] = update(params[p], g, states[p], hp)
+                    cols["grad_" + p][k] = g
+                    cols[p][k] = params[p]
                 for col, st, key in recorded:
                     col[k] = st[key]
                 k += 1
     out = {f: backend.to_numpy(c) for f, c in cols.items() if f != "loss"}
-    ranks = {f: backend.to_numpy(c).reshape(steps, world) for f, c in per_rank.items()}
+    ranks = {f: backend.to_numpy(c).reshape(steps, world, *c.shape[1:]) for f, c in per_rank.items()}
     return out, ranks

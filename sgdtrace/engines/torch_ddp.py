@@ -5,7 +5,7 @@ Each rank runs, on ``torch.distributed`` itself (gloo on the CPU, nccl on CUDA):
     dist.init_process_group(backend, rank=rank, world_size=N)      # MASTER_ADDR/PORT: 127.0.0.1, a free port
     sampler = DistributedSampler(dataset, num_replicas=N, rank=rank, shuffle=..., seed=..., drop_last=...)
     loader = DataLoader(dataset, batch_size=B, sampler=sampler, drop_last=...)
-    model = DistributedDataParallel(LinearModel(w0, b0))
+    model = DistributedDataParallel(LinearModel(w0, b0))     # the model's module: nn.Linear(D, 1) on D features
     criterion, optimizer = nn.MSELoss(), optim.SGD(model.parameters(), ...)
     for epoch in range(epochs):
         sampler.set_epoch(epoch)                                    # unless --no-set-epoch
@@ -45,7 +45,7 @@ import numpy as np
 from sgdtrace.errors import SgdtraceError
 from sgdtrace.output import terminate_cleanly
 
-#: what each rank records of its own batch, per step
+#: what each rank records of its own batch, per step (the article's model; others: grad_<p>, loss)
 RANK_FIELDS = ("grad_w", "grad_b", "loss")
 #: port attempts when the chosen free port is taken before rank 0 listens on it
 PORT_TRIES = 3
@@ -86,12 +86,16 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
     from torch.utils.data import DataLoader, TensorDataset
     from torch.utils.data.distributed import DistributedSampler
 
-    from sgdtrace.engines.protocol import state_field
-    from sgdtrace.engines.torch_ref import LinearModel
+    from sgdtrace import models
+    from sgdtrace.engines.protocol import model_for, state_field
 
     fault = _fault(rank)
     dtype = getattr(torch, config.dtype)
-    dataset = TensorDataset(torch.as_tensor(x, dtype=dtype).to(device), torch.as_tensor(y, dtype=dtype).to(device))
+    spec = model_for(config, x)  # the model's torch side: its module, fed as the learner feeds it
+    side = models.torch_side(spec)
+    dataset = TensorDataset(
+        *side.tensors(spec, torch.as_tensor(x, dtype=dtype).to(device), torch.as_tensor(y, dtype=dtype).to(device))
+    )
     sampler = DistributedSampler(
         dataset,
         num_replicas=world,
@@ -101,7 +105,7 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
         drop_last=config.drop_last,
     )
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=config.drop_last)
-    module = LinearModel(config.init_w, config.init_b, dtype).to(device)
+    module = side.module(spec, spec.module.initial(config, spec), dtype, device)
     model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = nn.MSELoss()
     optimizer = optim.SGD(
@@ -114,15 +118,23 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
         maximize=config.maximize,
     )
     own: dict[str, Any] = {}
-    # this rank's own gradient, before DDP averages it into .grad
-    module.weight.register_hook(lambda g: own.__setitem__("grad_w", g.detach().clone()))
-    module.bias.register_hook(lambda g: own.__setitem__("grad_b", g.detach().clone()))
+    params = side.bindings(spec, module)  # (name, torch Parameter)
+    shapes = spec.shapes
+    for name, p in params:  # this rank's own gradient, before DDP averages it into .grad
+        p.register_hook(lambda g, name=name: own.__setitem__("grad_" + name, g.detach().clone()))
 
-    rows: dict[str, list[float]] = {
-        f: [] for f in ("rank_grad_w", "rank_grad_b", "rank_loss", "grad_w", "grad_b", "w", "b")
+    def value(t, name: str):
+        """A recorded value in its parameter's shape: a Python float for a scalar."""
+        if not shapes[name]:
+            return t.item()
+        t = t.detach().reshape(shapes[name]).cpu()
+        return (t.float() if t.itemsize == 2 else t).numpy()
+
+    rows: dict[str, list[Any]] = {
+        f: [] for f in ("rank_loss", *(f"{k}_{p}" for k in ("rank_grad", "grad") for p in shapes))
     }
-    params = (("w", module.weight), ("b", module.bias))
-    states: list[tuple[str, dict, str]] = []
+    rows.update({p: [] for p in shapes})
+    states: list[tuple[str, str, dict, str]] = []
     indices: list[list[int]] = []
     k = 0
     for epoch in range(config.epochs):
@@ -135,24 +147,23 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
             output = model(data)
             loss = criterion(output, target)
             loss.backward()
-            rows["rank_grad_w"].append(own["grad_w"].item())
-            rows["rank_grad_b"].append(own["grad_b"].item())
+            for name, p in params:
+                rows["rank_grad_" + name].append(value(own["grad_" + name], name))
+                rows["grad_" + name].append(value(p.grad, name))
             rows["rank_loss"].append(loss.item())
-            rows["grad_w"].append(module.weight.grad.item())
-            rows["grad_b"].append(module.bias.grad.item())
             optimizer.step()
-            rows["w"].append(module.weight.item())
-            rows["b"].append(module.bias.item())
+            for name, p in params:
+                rows[name].append(value(p, name))
             if k == 0:
                 states = [
-                    (state_field(key, name), optimizer.state[p], key)
+                    (state_field(key, name), name, optimizer.state[p], key)
                     for name, p in params
                     for key, v in optimizer.state[p].items()
                     if key != "step" and isinstance(v, torch.Tensor)
                 ]
-                rows.update({col: [] for col, _, _ in states})
-            for col, state, key in states:
-                rows[col].append(state[key].item())
+                rows.update({col: [] for col, _, _, _ in states})
+            for col, name, state, key in states:
+                rows[col].append(value(state[key], name))
             optimizer.zero_grad()
             k += 1
             if beat is not None and k % 64 == 0:

@@ -1,11 +1,14 @@
 """The reference: the training loop a learner writes, as in the article.
 
-``nn.Module`` with ``weight`` and ``bias`` parameters, ``nn.MSELoss``, ``optim.SGD``,
+The model's ``nn.Module`` and loss as a learner writes them (the model's torch side,
+``sgdtrace/models/<model>_torch.py``: the article's ``x * weight + bias`` and ``nn.MSELoss``,
+or ``nn.Linear(D, 1)``), ``optim.SGD`` (or another torch.optim class),
 ``DataLoader(TensorDataset(x, y))``. Nothing here copies a choice of the manual engine:
 the batches come from a real DataLoader, the gradients from autograd, the update from
-``torch.optim.SGD``. sgdtrace only reads the values: the loss and gradients after
+``torch.optim``. sgdtrace only reads the values: the loss and gradients after
 ``backward()``, the parameters and every state entry the optimizer keeps for them
-(``optimizer.state[p]``, torch's names) after ``optimizer.step()``.
+(``optimizer.state[p]``, torch's names) after ``optimizer.step()``, each in the shape the
+model declares for its parameter (``weight[0]`` for ``nn.Linear(D, 1)``'s w).
 """
 
 from __future__ import annotations
@@ -16,32 +19,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn, optim
+from torch import optim
 from torch.utils.data import DataLoader, TensorDataset
 
-
-class LinearModel(nn.Module):
-    """The article's model: ypred = x * weight + bias."""
-
-    def __init__(self, init_w: float = 0.0, init_b: float = 0.0, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.weight = nn.Parameter(torch.full((1,), init_w, dtype=dtype))
-        self.bias = nn.Parameter(torch.full((1,), init_b, dtype=dtype))
-
-    def forward(self, xb: torch.Tensor) -> torch.Tensor:
-        return xb * self.weight + self.bias
+from sgdtrace.models.linear_torch import LinearModel  # noqa: E402, F401  (the article's module, importable here)
 
 
 def make_criterion(loss_form: str = "mse"):
     """The loss a learner writes: ``nn.MSELoss()``, or (``"explicit"``) ``((output - target) ** 2).mean()``,
     whose autograd graph (SubBackward0, PowBackward0, MeanBackward0) follows the article's nodes."""
-    if loss_form == "mse":
-        return nn.MSELoss()
+    from sgdtrace.models.linear_torch import criterion
 
-    def criterion(output, target):
-        return ((output - target) ** 2).mean()
-
-    return criterion
+    return criterion(loss_form)
 
 
 class _HostRecorder:
@@ -50,21 +39,27 @@ class _HostRecorder:
     A column is made when its field is first put (the optimizer's state appears after its first
     step)."""
 
-    def __init__(self, steps: int, dtype: torch.dtype):
+    def __init__(self, steps: int, dtype: torch.dtype, shapes: dict[str, tuple[int, ...]] | None = None):
         self.steps = steps
         from sgdtrace.dtypes import np_dtype
 
         self.np_dtype = np_dtype(str(dtype).split(".")[-1])  # bfloat16: ml_dtypes.bfloat16
         self.cols: dict[str, np.ndarray] = {}
+        self.shapes = shapes or {}
 
     def column(self, field: str):
         col = self.cols.get(field)
         if col is None:
-            col = self.cols[field] = np.empty(self.steps, dtype=self.np_dtype)
+            col = self.cols[field] = np.empty((self.steps, *self.shapes.get(field, ())), dtype=self.np_dtype)
         return col
 
     def put(self, field: str, k: int, value: torch.Tensor) -> None:
-        self.column(field)[k] = value.item()
+        shape = self.shapes.get(field, ())
+        if not shape:
+            self.column(field)[k] = value.item()
+            return
+        v = value.detach().reshape(shape)
+        self.column(field)[k] = (v.float() if v.itemsize == 2 else v).numpy()
 
     def result(self) -> dict[str, np.ndarray]:
         return self.cols
@@ -76,27 +71,36 @@ class _DeviceRecorder:
     The columns come to the host once, in :meth:`result`.
     """
 
-    def __init__(self, steps: int, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        steps: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        shapes: dict[str, tuple[int, ...]] | None = None,
+    ):
         self.steps, self.dtype, self.device = steps, dtype, device
         self.cols: dict[str, torch.Tensor] = {}
+        self.shapes = shapes or {}
 
     def column(self, field: str):
         col = self.cols.get(field)
         if col is None:
-            col = self.cols[field] = torch.empty((self.steps, 1), dtype=self.dtype, device=self.device)
+            shape = self.shapes.get(field, ()) or (1,)
+            col = self.cols[field] = torch.empty((self.steps, *shape), dtype=self.dtype, device=self.device)
         return col
 
     def put(self, field: str, k: int, value: torch.Tensor) -> None:
-        self.column(field)[k] = value.detach()
+        self.column(field)[k] = value.detach().reshape(self.shapes.get(field, ()) or (1,))
 
     def result(self) -> dict[str, np.ndarray]:
         from sgdtrace.dtypes import np_dtype
 
         out = np_dtype(str(self.dtype).split(".")[-1])  # NumPy has no torch.bfloat16: through float32, exactly
-        return {
-            f: c.reshape(-1).cpu().float().numpy().astype(out) if c.itemsize == 2 else c.reshape(-1).cpu().numpy()
-            for f, c in self.cols.items()
-        }
+        cols = {}
+        for f, c in self.cols.items():
+            c = c.reshape(self.steps, *self.shapes.get(f, ()))
+            cols[f] = c.cpu().float().numpy().astype(out) if c.itemsize == 2 else c.cpu().numpy()
+        return cols
 
 
 def run(
@@ -109,8 +113,14 @@ def run(
     sync_free: bool | None = None,
     loss_form: str = "mse",
     loop_context: Callable[[], Any] = contextlib.nullcontext,
+    model=None,
+    initial: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Train with autograd + optim.SGD over a DataLoader; return the same columns as the manual engine.
+
+    ``model`` (:class:`sgdtrace.models.Model`; default: the article's, or D features where ``x``
+    has more than one column) builds the module and feeds the batches; ``initial``: its
+    parameters' initial values (default: the model's, from ``config``).
 
     ``sync_free`` picks the device-resident recorder (default: on CUDA); tests force it on the CPU.
     ``loss_form="explicit"`` writes the loss out as ``((output - target) ** 2).mean()`` instead of
@@ -121,31 +131,40 @@ def run(
     buffers after ``optimizer.step()``: on CUDA, optim.SGD's multi-tensor path with Nesterov
     adds ``momentum * buf`` into ``p.grad`` in place during the step.
     """
-    from sgdtrace.engines.protocol import FIELDS, PROGRESS_EVERY, state_field
+    from sgdtrace import models
+    from sgdtrace.engines.protocol import PROGRESS_EVERY, model_for, state_field, value_fields
 
+    model = model or model_for(config, x)
+    side = models.torch_side(model)
+    if initial is None:
+        initial = model.module.initial(config, model)
     dtype = getattr(torch, config.dtype)
-    tensor_x = torch.as_tensor(x, dtype=dtype).to(device)
-    tensor_y = torch.as_tensor(y, dtype=dtype).to(device)
+    tensor_x, tensor_y = side.tensors(
+        model, torch.as_tensor(x, dtype=dtype).to(device), torch.as_tensor(y, dtype=dtype).to(device)
+    )
     dataset = TensorDataset(tensor_x, tensor_y)
     generator = torch.Generator().manual_seed(config.effective_seed) if config.shuffle else None
     dataloader = DataLoader(
         dataset, batch_size=config.batch_size, shuffle=config.shuffle, generator=generator, drop_last=config.drop_last
     )
 
-    model = LinearModel(config.init_w, config.init_b, dtype).to(device)
-    criterion = make_criterion(loss_form)
-    optimizer = make_optimizer(model.parameters(), config)
+    net = side.module(model, initial, dtype, device)
+    criterion = side.criterion(loss_form)
+    optimizer = make_optimizer(net.parameters(), config)
     scheduler = make_scheduler(optimizer, config)
     per_step = scheduler is not None and config.scheduler.interval == "step"
     lrs = np.empty(steps, dtype=np.float64) if scheduler is not None else None
 
     if sync_free is None:
         sync_free = device.type != "cpu"
-    rec = _DeviceRecorder(steps, dtype, device) if sync_free else _HostRecorder(steps, dtype)
-    for f in FIELDS:
+    params = side.bindings(model, net)  # (name, torch Parameter), in the model's order
+    shapes = {}
+    for p in model.params:
+        shapes[p.name] = shapes["grad_" + p.name] = p.shape
+    rec = _DeviceRecorder(steps, dtype, device, shapes) if sync_free else _HostRecorder(steps, dtype, shapes)
+    for f in value_fields(model.names):
         rec.column(f)
     put = rec.put
-    params = (("w", model.weight), ("b", model.bias))
     state_columns: list[tuple[str, dict, str]] = []  # (column, the parameter's state, key): after step 1
     report = PROGRESS_EVERY if progress is not None else -1
 
@@ -154,12 +173,12 @@ def run(
         for _epoch in range(config.epochs):
             for data, target in dataloader:
                 # forward pass
-                output = model(data)
+                output = net(data)
                 loss = criterion(output, target)
                 # backward pass (gradient calculation)
                 loss.backward()
-                put("grad_w", k, model.weight.grad)
-                put("grad_b", k, model.bias.grad)
+                for name, p in params:
+                    put("grad_" + name, k, p.grad)
                 put("loss", k, loss)
                 if lrs is not None:  # the rate this step uses
                     lrs[k] = optimizer.param_groups[0]["lr"]
@@ -167,8 +186,8 @@ def run(
                 optimizer.step()
                 if per_step:
                     scheduler.step()
-                put("w", k, model.weight)
-                put("b", k, model.bias)
+                for name, p in params:
+                    put(name, k, p)
                 if k == 0:  # what the optimizer keeps per parameter, as torch names it ("step" is a count)
                     state_columns = [
                         (state_field(key, name), optimizer.state[p], key)
@@ -176,6 +195,8 @@ def run(
                         for key, v in optimizer.state[p].items()
                         if key != "step" and isinstance(v, torch.Tensor)
                     ]
+                    for column, _, _ in state_columns:
+                        shapes[column] = shapes[_param_name(column, model.names)]
                 for column, state, key in state_columns:
                     put(column, k, state[key])
                 # zero gradients from the previous step
@@ -194,6 +215,11 @@ def run(
     if lrs is not None:
         result["lr"] = lrs
     return result
+
+
+def _param_name(field: str, names: tuple[str, ...]) -> str:
+    """The parameter a state column belongs to (``buf_w``: ``w``)."""
+    return next(p for p in names if field.endswith("_" + p))
 
 
 def make_optimizer(params, config) -> optim.Optimizer:

@@ -92,7 +92,7 @@ class UserEngine:
         """
         request = {
             "path": self.path,
-            "x": dataset.x,
+            "x": dataset.x.reshape(len(dataset), -1)[:, 0],  # the article's form: one x column, 1-D
             "y": dataset.y,
             "orders": list(plan.orders),
             "sizes": plan.batch_sizes(),
@@ -495,7 +495,8 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
     engine = protocol.Engine(
         os.path.basename(path), runner.gradients, runner.update, runner.hp, tuple(request["state_keys"])
     )
-    columns = protocol.run(engine, request["x"], request["y"], plan, request["init_w"], request["init_b"], backend)
+    init = {"w": request["init_w"], "b": request["init_b"]}
+    columns = protocol.run(engine, request["x"], request["y"], plan, init, backend)
     not_kept = []
     if "update" in runner.parts:
         for key in request["state_keys"]:

@@ -119,7 +119,7 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     state0 = {state_field(key, p): start(state_field(key, p), None) for key in eng.state_keys for p in ("w", "b")}
 
     idx = trace.indices(k)
-    xb = backend.asarray(trace.dataset.x[idx])
+    xb = backend.asarray(trace.model.module.inputs(trace.model, trace.dataset.x[idx]))
     yb = backend.asarray(trace.dataset.y[idx])
     w, b = backend.param(w0), backend.param(b0)
     r = manual.forward_backward(w, b, xb, yb, len(idx), backend.scalar)
@@ -206,7 +206,7 @@ class _RankView:
     def __init__(self, trace, rank: int):
         rt = trace.ranks
         self.rank, self.config, self.device, self.dataset = rank, trace.config, trace.device, trace.dataset
-        self.plan = trace.plan
+        self.plan, self.model, self.initial = trace.plan, trace.model, trace.initial
         self.stalled = getattr(trace, "stalled", None)
         self._plan = rt.plan.rank_plan(rank)
         self.manual = dict(trace.manual, **{f: rt.manual[f][:, rank] for f in rt.manual})

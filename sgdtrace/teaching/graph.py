@@ -97,7 +97,7 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     tb = cfg.init_b if k == 0 else float(trace.torch["b"][k - 1])
     idx = trace.indices(k)
     device = torch.device(trace.device)
-    data = torch.as_tensor(trace.dataset.x[idx], dtype=dtype).to(device)
+    data = torch.as_tensor(trace.model.module.inputs(trace.model, trace.dataset.x[idx]), dtype=dtype).to(device)
     target = torch.as_tensor(trace.dataset.y[idx], dtype=dtype).to(device)
     model = LinearModel(tw, tb, dtype).to(device)
     out = make_criterion(loss)(model(data), target)

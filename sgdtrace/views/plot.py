@@ -29,7 +29,7 @@ def require_matplotlib():
 
 def _surface(trace, ws: np.ndarray, bs: np.ndarray) -> np.ndarray:
     """The mean squared error over the whole data set on a (w, b) grid, in float64."""
-    x, y = trace.dataset.x, trace.dataset.y
+    x, y = trace.dataset.x[:, 0], trace.dataset.y
     W, B = np.meshgrid(ws, bs)
     # sum_i (w x_i + b - y_i)^2 expanded, so the grid costs O(grid) not O(grid * samples)
     n = x.shape[0]
@@ -192,7 +192,7 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     ok = np.isfinite(path_w) & np.isfinite(path_b)
     pw, pb = path_w[ok], path_b[ok]
     # the least-squares optimum of the full data, so the contours show where the path is heading
-    A = np.stack([ds.x, np.ones_like(ds.x)], axis=1)
+    A = np.stack([ds.x[:, 0], np.ones_like(ds.x[:, 0])], axis=1)
     (opt_w, opt_b), *_ = np.linalg.lstsq(A, ds.y, rcond=None)
     lo_w, hi_w = min(pw.min(), opt_w), max(pw.max(), opt_w)
     lo_b, hi_b = min(pb.min(), opt_b), max(pb.max(), opt_b)

@@ -299,7 +299,7 @@ def path_panel(trace, ident: str) -> str:
     import numpy as np
 
     ds, cfg = trace.dataset, trace.config
-    x, y = ds.x.astype(np.float64), ds.y.astype(np.float64)
+    x, y = ds.x[:, 0].astype(np.float64), ds.y.astype(np.float64)
     pw = np.concatenate(([cfg.init_w], trace.manual["w"].astype(np.float64)))
     pb = np.concatenate(([cfg.init_b], trace.manual["b"].astype(np.float64)))
     ok = np.isfinite(pw) & np.isfinite(pb)
