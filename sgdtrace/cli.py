@@ -15,8 +15,19 @@ from typing import Any, NamedTuple
 import click
 
 from sgdtrace import __version__
-from sgdtrace.config import DTYPES, OPTIMIZERS, build_config, load_toml, parse_betas, parse_scheduler_flags, run_options
+from sgdtrace.config import (
+    DTYPES,
+    OPTIMIZERS,
+    build_config,
+    load_toml,
+    parse_betas,
+    parse_scheduler_flags,
+    parse_vector,
+    run_options,
+)
 from sgdtrace.errors import ConfigError, SgdtraceError
+from sgdtrace.models import LOSSES
+from sgdtrace.models import NAMES as MODELS
 from sgdtrace.output import STDOUT, Terminated, is_stdout, write_pieces
 
 EXIT_OK, EXIT_DIVERGE, EXIT_USAGE = 0, 1, 2
@@ -219,23 +230,56 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
             ),
             click.option("--batch-size", type=int, default=None, help="Samples per batch (default 3)."),
             click.option("--epochs", type=int, default=None, help="Passes over the data (default 1)."),
-            click.option("--init-w", type=float, default=None, help="Initial weight w (default 0)."),
+            click.option(
+                "--model",
+                type=click.Choice(MODELS),
+                default=None,
+                help="The model (default linear: ypred = w·x + b).",
+            ),
+            click.option(
+                "--loss",
+                type=click.Choice(sorted({loss for losses in LOSSES.values() for loss in losses})),
+                default=None,
+                help="The model's loss (default mse: nn.MSELoss).",
+            ),
+            click.option(
+                "--features",
+                type=int,
+                default=None,
+                metavar="D",
+                help="D input columns x1..xD: w has D elements, torch's side is nn.Linear(D, 1) "
+                "(default: the article's form, one x column, scalar w and b).",
+            ),
+            click.option(
+                "--init-w",
+                type=str,
+                default=None,
+                metavar="W",
+                help="Initial weight w: a number, or one per feature (1,-2,0.5) (default 0).",
+            ),
             click.option("--init-b", type=float, default=None, help="Initial bias b (default 0)."),
             click.option(
                 "--data",
                 type=str,
                 default=None,
                 metavar="FILE.csv",
-                help="CSV file with a header row naming columns x and y.",
+                help="CSV file with a header row naming columns x (or x1..xD) and y.",
             ),
             click.option(
                 "--synthetic",
                 type=int,
                 default=None,
                 metavar="N",
-                help="N synthetic samples: x uniform in [0, 10), y = true_w*x + true_b + noise.",
+                help="N synthetic samples: x uniform in [0, 10), y = true_w*x + true_b + noise "
+                "(with --features D: x in [0, 10)^D, y = x·true_w + true_b + noise).",
             ),
-            click.option("--true-w", type=float, default=None, help="Synthetic data's true weight (default 2)."),
+            click.option(
+                "--true-w",
+                type=str,
+                default=None,
+                metavar="W",
+                help="Synthetic data's true weight: a number, or one per feature (default 2).",
+            ),
             click.option("--true-b", type=float, default=None, help="Synthetic data's true bias (default 10)."),
             click.option("--noise", type=float, default=None, help="Synthetic data's noise std (default 0)."),
             click.option("--seed", type=int, default=None, help="Seed for shuffling and synthetic data (default 0)."),
@@ -393,6 +437,8 @@ def _configure(kw: dict[str, Any], formats: dict[str, View]):
             output = STDOUT  # `output = "-"` in the file (which the file's folder was joined to)
     check_output_path(output)
     kw["betas"] = parse_betas(kw.get("betas"))
+    for key in ("init_w", "true_w"):
+        kw[key] = parse_vector(kw.get(key), "--" + key.replace("_", "-"))
     kw["scheduler"] = parse_scheduler_flags(kw.pop("scheduler", None), tuple(kw.pop("scheduler_args", ())))
     cfg = build_config(file_values, kw, path)
     warn(cfg.warnings)

@@ -11,17 +11,34 @@ import numpy as np
 
 from sgdtrace import __version__
 from sgdtrace.divergence import json_number, tolerances
-from sgdtrace.views.fmt import LABELS, describe_data, num
+from sgdtrace.views.elements import columns
+from sgdtrace.views.fmt import LABELS, describe_data, model_title, num  # noqa: F401  (LABELS: re-exported)
 from sgdtrace.views.verdict import plain
 
 
 def _numbers(values) -> list:
-    return [json_number(v) for v in values.tolist()]
+    """A column as JSON: numbers per step, or per step a nested list of the parameter's shape
+    (non-finite values as "inf", "-inf", "nan")."""
+    return [_nested(v) for v in values.tolist()]
+
+
+def _nested(v):
+    return [_nested(x) for x in v] if isinstance(v, list) else json_number(v)
+
+
+def _masked(v, finite):
+    """``v`` where ``finite``, else None (element by element in nested lists)."""
+    if isinstance(v, list):
+        return [_masked(x, f) for x, f in zip(v, finite)]
+    return v if finite else None
 
 
 def _config_json(trace) -> dict[str, Any]:
     rtol, atol = tolerances(trace.config)
     config = trace.config.to_json()
+    initial = getattr(trace, "initial", None)
+    if initial is not None:  # the parameters' initial values: numbers for the article's, else lists
+        config["init"] = {p: _nested(np.asarray(v).tolist()) for p, v in initial.items()}
     config.update(rtol=rtol, atol=atol, data=dict(trace.dataset.info))
     config["engine"] = trace.engine.to_json() if getattr(trace, "engine", None) is not None else None
     return config
@@ -55,9 +72,9 @@ def trace_to_json(trace) -> dict[str, Any]:
         for f in fields:
             a, r, u, c, t, ok, fin = (col[k] for col in div[f])
             divergence[f] = {
-                "abs": a if fin else None,
-                "rel": r if fin else None,
-                "ulp": u if fin else None,
+                "abs": _masked(a, fin),
+                "rel": _masked(r, fin),
+                "ulp": _masked(u, fin),
                 "carried": c,
                 "tol": t,
                 "ok": ok,
@@ -100,9 +117,11 @@ def _add_ranks(trace, doc: dict[str, Any]) -> None:
                 "torch": {f: ref[f][r][k] for f in fields},
                 "divergence": {
                     f: {
-                        "abs": json_number(rt.divergence[f].abs[k, r]) if rt.divergence[f].finite[k, r] else None,
-                        "tol": json_number(rt.divergence[f].tol[k, r]),
-                        "ok": bool(rt.divergence[f].ok[k, r]),
+                        "abs": _masked(
+                            _nested(rt.divergence[f].abs[k, r].tolist()), rt.divergence[f].finite[k, r].tolist()
+                        ),
+                        "tol": _nested(rt.divergence[f].tol[k, r].tolist()),
+                        "ok": rt.divergence[f].ok[k, r].tolist(),
                     }
                     for f in fields
                 },
@@ -180,7 +199,8 @@ def _json_floats(values, finite=None) -> list[str]:
 def json_pieces(trace):
     """The JSON text of a trace, in pieces: streamed from the columns, or (with an exact
     reference or a gradcheck attached, which add per-step objects) from :func:`trace_to_json`."""
-    if trace.reference is None and trace.gradcheck is None and getattr(trace, "ranks", None) is None:
+    shaped = any(np.ndim(v) > 1 for v in trace.manual.values())  # fields of parameters with a shape
+    if trace.reference is None and trace.gradcheck is None and getattr(trace, "ranks", None) is None and not shaped:
         return trace_json_chunks(trace)
     return iter([to_json_text(trace_to_json(trace))])
 
@@ -259,34 +279,54 @@ def trace_to_json_text(trace) -> str:
     return "".join(trace_json_chunks(trace))
 
 
-def csv_header(fields) -> list[str]:
+def _elements(shape: tuple[int, ...]) -> list[tuple[str, tuple]]:
+    """A field's CSV columns: ``("", ())`` for a scalar, else ``("[0,1]", (0, 1))`` per element, row-major."""
+    if not shape:
+        return [("", ())]
+    return [("[" + ",".join(map(str, i)) + "]", tuple(i)) for i in np.ndindex(*shape)]
+
+
+def csv_header(fields, shapes: dict[str, tuple[int, ...]] | None = None) -> list[str]:
+    """The CSV's columns; a field of a parameter with a shape has one per element (``manual_w[0]``)."""
+    shapes = shapes or {}
+    el = {f: [suffix for suffix, _ in _elements(shapes.get(f, ()))] for f in fields}
     cols = ["epoch", "batch", "n"]
-    cols += [f"manual_{f}" for f in fields] + [f"torch_{f}" for f in fields]
-    cols += [f"{kind}_{f}" for f in fields for kind in ("abs", "ulp", "carried", "tol")]
+    cols += [f"manual_{f}{s}" for f in fields for s in el[f]] + [f"torch_{f}{s}" for f in fields for s in el[f]]
+    cols += [f"{kind}_{f}{s}" for f in fields for s in el[f] for kind in ("abs", "ulp", "carried", "tol")]
     return cols + ["ok"]
 
 
 def trace_to_csv(trace) -> str:
-    """One row per step with flat column names: ``manual_grad_w``, ``torch_grad_w``, ``ulp_grad_w``..."""
+    """One row per step with flat column names: ``manual_grad_w``, ``torch_grad_w``, ``ulp_grad_w``...;
+    a field with a shape has a column per element: ``manual_w[0]``, ``ulp_w[2]``, ..."""
     fields = trace.fields
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    shapes = {f: tuple(np.shape(trace.manual[f])[1:]) for f in fields}
+    el = {f: [i for _, i in _elements(shapes[f])] for f in fields}
+
+    def part(values, i):
+        return values[(slice(None), *i)] if i else values
+
     cols = [trace.epoch.tolist(), trace.batch.tolist(), trace.n.tolist()]
-    cols += [trace.manual[f].tolist() for f in fields] + [trace.torch[f].tolist() for f in fields]
+    cols += [part(trace.manual[f], i).tolist() for f in fields for i in el[f]]
+    cols += [part(trace.torch[f], i).tolist() for f in fields for i in el[f]]
     for f in fields:
         d = trace.divergence[f]
-        finite = d.finite.tolist()
-        cols += [
-            [a if fin else "" for a, fin in zip(d.abs.tolist(), finite)],
-            [u if fin else "" for u, fin in zip(d.ulp.tolist(), finite)],
-            d.carried.tolist(),
-            d.tol.tolist(),
-        ]
+        for i in el[f]:
+            finite = part(d.finite, i).tolist()
+            cols += [
+                [a if fin else "" for a, fin in zip(part(d.abs, i).tolist(), finite)],
+                [u if fin else "" for u, fin in zip(part(d.ulp, i).tolist(), finite)],
+                part(d.carried, i).tolist(),
+                part(d.tol, i).tolist(),
+            ]
     ok = None
     for f in fields:
-        ok = trace.divergence[f].ok if ok is None else ok & trace.divergence[f].ok
+        d_ok = trace.divergence[f].ok.reshape(trace.n_steps, -1).all(axis=1)
+        ok = d_ok if ok is None else ok & d_ok
     cols.append(["true" if v else "false" for v in ok.tolist()])
-    header = csv_header(fields)
+    header = csv_header(fields, shapes)
     if trace.reference is not None:
         ref = trace.reference
         header += [f"exact_{f}" for f in ref.fields]
@@ -314,16 +354,18 @@ def trace_to_markdown(trace) -> str:
     fields = trace.fields
     from sgdtrace.config import OPTIMIZER_CLASSES
 
+    equation = "y = w·x + b" if trace.model.scalar else model_title(trace)
     lines = [
-        f"{OPTIMIZER_CLASSES[cfg.optimizer]} on y = w·x + b, {describe_data(trace.dataset.info)}: "
+        f"{OPTIMIZER_CLASSES[cfg.optimizer]} on {equation}, {describe_data(trace.dataset.info)}: "
         f"lr {cfg.lr:g}, batch size "
         f"{cfg.batch_size}, {cfg.dtype} on {trace.device}",
         "",
     ]
     head = ["epoch", "batch", "n"]
     ref = trace.reference
-    for f in fields:
-        head += [f"{LABELS[f]} (hand)", f"{LABELS[f]} (torch)"] + ([f"{LABELS[f]} (exact)"] if ref else [])
+    cols = [c for f in fields for c in columns(trace, f)]  # a field of many elements: each, or its norm
+    for c in cols:
+        head += [f"{c.label} (hand)", f"{c.label} (torch)"] + ([f"{c.label} (exact)"] if ref else [])
     head.append("max ulp")
     if ref is not None:
         head += ["max rel err hand", "max rel err torch"]
@@ -332,11 +374,11 @@ def trace_to_markdown(trace) -> str:
     lines.append("|" + "|".join(["---:"] * len(head)) + "|")
     for k in range(trace.n_steps):
         row = [str(trace.epoch[k]), str(trace.batch[k]), str(trace.n[k])]
-        for f in fields:
-            row += [num(trace.manual[f][k]), num(trace.torch[f][k])]
+        for c in cols:
+            row += [num(c.value(trace.manual, k)), num(c.value(trace.torch, k))]
             if ref is not None:
-                row.append(num(ref.floats[f][k]))
-        row.append(str(max(int(trace.divergence[f].ulp[k]) for f in fields)))
+                row.append(num(ref.floats[c.field][k]))
+        row.append(str(max(int(np.max(trace.divergence[f].ulp[k])) for f in fields)))
         if ref is not None:
             row += [f"{max(err[f][1][k] for f in fields):.2g}" for err in (err_m, err_t)]
         lines.append("| " + " | ".join(row) + " |")

@@ -9,10 +9,11 @@ from sgdtrace.verdict import json_number
 
 #: how each field is labelled in tables: the article's notation
 class _Labels(dict):
-    """Field -> label; a field without one (an optimizer's state, exp_avg_w, ...) is its own label."""
+    """Field -> label; a gradient ``grad_<p>`` is ``dl/d<p>``; a field without one (an optimizer's
+    state, exp_avg_w, ...) is its own label."""
 
     def __missing__(self, key: str) -> str:
-        return key
+        return "dl/d" + key[len("grad_") :] if key.startswith("grad_") else key
 
 
 LABELS = _Labels(
@@ -73,17 +74,40 @@ def percent(ratio: float) -> str:
     return f"{100 * ratio:.0f}%" if ratio >= 0.01 or ratio == 0 else f"{100 * ratio:.1g}%"
 
 
+def vector_text(values, most: int = 8) -> str:
+    """``(1, -2, 0.5)``: a short list of numbers; past ``most``, the first ones and an ellipsis."""
+    items = [num(v) for v in values]
+    if len(items) > most:
+        items = items[: most - 1] + ["…"]
+    return "(" + ", ".join(items) + ")"
+
+
 def describe_data(info: dict) -> str:
     src = info.get("source")
     if src == "article":
         return "the article's data (x = 0..8, y = 2x + 10)"
     if src == "csv":
         return f"{info.get('path')} ({info.get('n')} samples)"
+    if src == "synthetic" and info.get("features") is not None:
+        w = info.get("true_w")
+        w = w if isinstance(w, (list, tuple)) else [w] * int(info["features"])
+        return f"synthetic: {info.get('n')} samples of y = x·{vector_text(w)} + {info.get('true_b'):g}" + (
+            f" + {info.get('noise'):g}·N(0,1)" if info.get("noise") else ""
+        )
     if src == "synthetic":
         return f"synthetic: {info.get('n')} samples of y = {info.get('true_w'):g}x + {info.get('true_b'):g}" + (
             f" + {info.get('noise'):g}·N(0,1)" if info.get("noise") else ""
         )
     return f"{info.get('n')} samples"
+
+
+def model_title(trace) -> str:
+    """The model as titles name it: the article's ``ypred = w·x + b``, or its form on D features."""
+    model = getattr(trace, "model", None)
+    if model is None or model.scalar:
+        return "ypred = w·x + b"
+    d = model.param("w").shape[0]
+    return f"ypred = w·x + b on {d} feature{'s' if d != 1 else ''} (nn.Linear({d}, 1))"
 
 
 def field_label(field: str) -> str:

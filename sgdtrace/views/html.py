@@ -117,6 +117,8 @@ def _value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:g}"
+    if isinstance(v, dict):  # the initial values by parameter
+        return ", ".join(f"{k} {_value(x)}" for k, x in v.items())
     return str(v)
 
 

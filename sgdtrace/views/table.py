@@ -7,14 +7,23 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.engines.protocol import FIELDS
+from sgdtrace.views.elements import Column, columns, index_text, step_ok, step_ulp
 from sgdtrace.views.export import verdict_sentence
-from sgdtrace.views.fmt import LABELS, describe_data, fit, label, num  # noqa: F401  (LABELS: re-exported)
+from sgdtrace.views.fmt import (  # noqa: F401  (LABELS: re-exported)
+    LABELS,
+    describe_data,
+    fit,
+    label,
+    model_title,
+    num,
+    vector_text,
+)
 from sgdtrace.views.verdict import rich_text
 
 #: rows shown in full up to this many steps; longer runs show the first and last rows
@@ -51,10 +60,12 @@ def _title(trace) -> str:
     if cfg.scheduler is not None:
         opts.append(f"{cfg.scheduler.name} per {cfg.scheduler.interval}")
     name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}[cfg.optimizer]
+    init_w = vector_text(cfg.init_w) if isinstance(cfg.init_w, tuple) else f"{cfg.init_w:g}"
+    initialised = any(cfg.init_w) if isinstance(cfg.init_w, tuple) else cfg.init_w
     return (
-        f"{name} on ypred = w·x + b: {describe_data(trace.dataset.info)}\n"
+        f"{name} on {model_title(trace)}: {describe_data(trace.dataset.info)}\n"
         f"lr {cfg.lr:g} · batch size {cfg.batch_size} · {epochs}"
-        + (f" · init w {cfg.init_w:g}, b {cfg.init_b:g}" if cfg.init_w or cfg.init_b else "")
+        + (f" · init w {init_w}, b {cfg.init_b:g}" if initialised or cfg.init_b else "")
         + "".join(" · " + o for o in opts)
         + f" · {cfg.dtype} on {trace.device}"
         + (f"\nhand side: {trace.engine.path} ('{_side(trace)}' rows)" if trace.engine is not None else "")
@@ -120,31 +131,48 @@ def next_candidate(candidates: list[int], k: int) -> int | None:
 
 
 def summary_text(trace, shown: list[int | None]) -> Text:
-    """One line: how many steps were shown, and where w, b and the loss over the whole data set
-    started and ended (the per-batch losses of the first and last steps are of different batches)."""
-    from sgdtrace.tracing import full_loss
-
+    """One line: how many steps were shown, and where each parameter and the loss over the whole
+    data set started and ended (the per-batch losses of the first and last steps are of different
+    batches)."""
     n = trace.n_steps
     rows = sum(1 for k in shown if k is not None)
     out = Text(f"{n} steps, {rows} shown · " if rows < n else "", style="dim")
     if n:
-        cfg, man = trace.config, trace.manual
+        man, model = trace.manual, trace.model
         ds = trace.dataset
-        w_true = f" (true {ds.true_w:g})" if ds.true_w is not None else ""
-        b_true = f" (true {ds.true_b:g})" if ds.true_b is not None else ""
-        start = full_loss(ds, cfg.init_w, cfg.init_b)
-        end = full_loss(ds, float(man["w"][-1]), float(man["b"][-1]))
-        out.append(
-            f"w {num(cfg.init_w)} → {num(man['w'][-1])}{w_true} · b {num(cfg.init_b)} → "
-            f"{num(man['b'][-1])}{b_true} · data loss {num(start)} → {num(end)}",
-            style="dim",
-        )
+        truths = model.module.true_values(ds, model) or {}
+        parts = []
+        for p in model.params:
+            true = f" (true {_value_text(truths[p.name])})" if p.name in truths else ""
+            parts.append(f"{p.label} {_value_text(trace.initial[p.name])} → {_value_text(man[p.name][-1])}{true}")
+        start = model.module.data_loss(model, ds, trace.initial)
+        end = model.module.data_loss(model, ds, {p: man[p][-1].astype("float64") for p in model.names})
+        out.append(" · ".join(parts) + f" · data loss {num(start)} → {num(end)}", style="dim")
     return out
+
+
+def _value_text(value) -> str:
+    """A parameter's value: one number, or a short list of them."""
+    flat = [float(v) for v in getattr(value, "flat", [value])]
+    return num(flat[0]) if len(flat) == 1 else vector_text(flat)
+
+
+def _values(trace) -> tuple[str, ...]:
+    """The gradients, the loss and the parameters (the article's FIELDS for its w and b)."""
+    names = trace.model.names if getattr(trace, "model", None) is not None else ("w", "b")
+    return tuple(f"grad_{p}" for p in names) + ("loss",) + names
+
+
+def _order(trace) -> tuple[str, ...]:
+    """The article's column order (dl/dw, dl/db, lr, w, b, loss) for every model's parameters."""
+    names = trace.model.names if getattr(trace, "model", None) is not None else ("w", "b")
+    return tuple(f"grad_{p}" for p in names) + ("lr",) + names + ("loss",)
 
 
 def table_fields(trace) -> tuple[str, ...]:
     """The columns' fields: the article's (dl/dw, dl/db, loss, w, b), then the optimizer's state if any."""
-    return tuple(f for f in FIELDS if f in trace.fields) + tuple(f for f in trace.fields if f not in FIELDS)
+    values = _values(trace)
+    return tuple(f for f in values if f in trace.fields) + tuple(f for f in trace.fields if f not in values)
 
 
 def step_table(trace, rows: int | None = None, every: int = 1, width: int | None = None) -> Table:
@@ -160,7 +188,8 @@ def step_table(trace, rows: int | None = None, every: int = 1, width: int | None
     dl/dw, buf_b under dl/db, the gradients they accumulate). A number is never cut: where
     even the narrowest layout is too wide, cells wrap.
     """
-    buffers = any(f not in FIELDS and f != "lr" for f in _inline_fields(trace))
+    values = _values(trace)
+    buffers = any(f not in values and f != "lr" for f in _inline_fields(trace))
     layouts = [lay for lay in LAYOUTS if not (buffers and lay.lr) and (buffers or not lay.fold)]
     table = _step_table(trace, rows, every, layouts[0])
     if width is None:
@@ -203,12 +232,18 @@ LAYOUTS = (
 FOLDED = {"buf_w": "grad_w", "buf_b": "grad_b"}
 
 
+def _state_fields(trace) -> list[str]:
+    values = _values(trace)
+    return [f for f in table_fields(trace) if f not in values and f != "lr"]
+
+
 def _inline_fields(trace) -> tuple[str, ...]:
-    """The step table's fields: with more optimizer state than two buffers (Adam & co.), the state
-    goes to its own table (:func:`state_table`)."""
+    """The step table's fields: with more optimizer state than two buffers (Adam & co.), or state of
+    parameters with a shape, the state goes to its own table (:func:`state_table`)."""
     fields = table_fields(trace)
-    state = [f for f in fields if f not in FIELDS and f != "lr"]
-    return tuple(f for f in fields if f not in state) if len(state) > 2 else fields
+    state = _state_fields(trace)
+    shaped = any(trace.manual[f].ndim > 1 for f in state)
+    return tuple(f for f in fields if f not in state) if len(state) > 2 or shaped else fields
 
 
 def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
@@ -225,22 +260,23 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
         title_justify="left",
         title_style="bold",
     )
-    # the article's column order: n, dl/dw, dl/db, lr, w, b, loss (then the buffers)
-    order = [f for f in ARTICLE_ORDER if f in fields or (f == "lr" and layout.lr)]
-    order += [f for f in fields if f not in ARTICLE_ORDER and not (layout.fold and f in FOLDED)]
+    # the article's column order: n, dl/dw, dl/db, lr, w, b, loss (then the buffers); a field of
+    # many elements: a column per element, or its norm (sgdtrace.views.elements)
+    article = _order(trace)
+    fs = [f for f in article if f in fields or (f == "lr" and layout.lr)]
+    fs += [f for f in fields if f not in article and not (layout.fold and f in FOLDED)]
+    order = [c for f in fs for c in (columns(trace, f) if f in fields else [Column(f, (), label(f))])]
     folded = [f for f in fields if layout.fold and f in FOLDED]
     # overflow "fold": a cell too wide for a narrow terminal wraps; it is never cut with "…"
     table.add_column("ep:b" if multi else "batch", justify="right", overflow="fold")
     table.add_column("n", justify="right", overflow="fold")
     table.add_column("", justify="left", overflow="fold")
-    for f in order:
-        table.add_column(label(f), justify="right", overflow="fold")
+    for c in order:
+        table.add_column(c.label, justify="right", overflow="fold")
     table.add_column("ulp", justify="right", overflow="fold")
 
     stalled = getattr(trace, "stalled", None) or {}
-    ok_all = None
-    for f in fields:
-        ok_all = trace.divergence[f].ok if ok_all is None else ok_all & trace.divergence[f].ok
+    ok_all = step_ok(trace, fields)
     lr = f"{trace.config.lr:g}"
     witness, gc = trace.reference, trace.gradcheck
     if witness is not None:
@@ -255,12 +291,11 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
             table.add_row("⋮", "", "⋮", *(["⋮"] * len(order)), Text(f"+{hidden}", style="italic"), end_section=True)
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
-        ulps = [int(trace.divergence[f].ulp[k]) for f in fields if trace.divergence[f].finite[k]]
-        worst = max(ulps) if ulps else 0
+        worst, judged, finite = step_ulp(trace, fields, k)
         ulp_text = fit(worst, 5, 2) if worst >= 100_000 else str(worst)
         if not ok_all[k]:
             mark = Text(f"✗ {ulp_text}", style="bold red")
-        elif len(ulps) < len(fields):
+        elif finite < judged:
             mark = Text("n/f", style="yellow")
         else:
             mark = Text(ulp_text, style="green" if worst == 0 else "")
@@ -268,42 +303,46 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
             mark = Text("⚠ ", style="bold yellow") + mark
 
         def row(values: dict, lr_cell="") -> list:
-            return [lr_cell if f == "lr" and not scheduled else values.get(f, "") for f in order]
+            """The cells in column order; ``values`` by column, or by field for a field's one column."""
+            return [
+                lr_cell if c.field == "lr" and not scheduled else values.get(c, values.get(c.field, "")) for c in order
+            ]
 
-        def cell(value, f: str, side=None) -> Text:
-            out = Text(fit(value, width, digits), style="" if trace.divergence[f].ok[k] else "bold red")
-            if side is not None and side.get(f"stalled_{f}", _NEVER)[k]:  # the update was lost to rounding
+        def cell(value, c: Column, side=None) -> Text:
+            out = Text(fit(value, width, digits), style="" if c.ok(trace, k) else "bold red")
+            flag = None if side is None else side.get(f"stalled_{c.field}")
+            if flag is not None and _stalled(flag[k], c):  # the update was lost to rounding
                 out.append("=", style="bold yellow")
             return out
 
+        def cells(cols: dict, side=None) -> dict:
+            return {c: cell(c.value(cols, k), c, side) for c in order if c.field in fields}
+
         last = k == shown[-1]
         table.add_row(
-            step,
-            str(trace.n[k]),
-            _side(trace),
-            *row({f: cell(trace.manual[f][k], f, stalled.get("manual", {})) for f in fields}, lr),
-            mark,
+            step, str(trace.n[k]), _side(trace), *row(cells(trace.manual, stalled.get("manual", {})), lr), mark
         )
         table.add_row(
             "",
             "",
             Text("torch", style="dim"),
-            *row({f: cell(trace.torch[f][k], f, stalled.get("torch", {})) for f in fields}),
+            *row(cells(trace.torch, stalled.get("torch", {}))),
             "",
             end_section=not last and witness is None and gc is None and not folded and trace.ranks is None,
         )
         if folded:
-            table.add_row("", "", "buf hand", *row({FOLDED[f]: cell(trace.manual[f][k], f) for f in folded}), "")
+            buf = {f: Column(f, (), label(f)) for f in folded}
+            table.add_row("", "", "buf hand", *row({FOLDED[f]: cell(trace.manual[f][k], buf[f]) for f in folded}), "")
             table.add_row(
                 "",
                 "",
                 Text("buf torch", style="dim"),
-                *row({FOLDED[f]: cell(trace.torch[f][k], f) for f in folded}),
+                *row({FOLDED[f]: cell(trace.torch[f][k], buf[f]) for f in folded}),
                 "",
                 end_section=not last and witness is None and gc is None and trace.ranks is None,
             )
         if trace.ranks is not None:
-            _rank_rows(table, trace, k, row, width, digits, last)
+            _rank_rows(table, trace, k, row, width, digits, last, order)
         if witness is not None:
             table.add_row(
                 "",
@@ -336,22 +375,37 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
     return table
 
 
+def _element(values, c: Column) -> bool:
+    """A column's element of one step's flags (all of them, for a norm)."""
+    return bool(values[c.index]) if c.index else bool(values if c.index == () else np.all(values))
+
+
+def _stalled(flags, c: Column) -> bool:
+    """Did the column's element (or any element, for a norm) stall at this step?"""
+    return bool(flags[c.index]) if c.index else bool(flags if c.index == () else flags.any())
+
+
 #: ranks shown one row each; past this, the first ones and a row counting the others
 RANK_ROWS = 4
 
 
-def _rank_rows(table, trace, k: int, row, width: int, digits: int, last: bool) -> None:
+def _rank_rows(table, trace, k: int, row, width: int, digits: int, last: bool, order=()) -> None:
     """``--world-size N``: under the step's averaged row, each rank's n, own gradients and loss
     (by hand; red where torch's differ beyond the rounding allowance), its largest ulp distance."""
     rt = trace.ranks
     world = rt.world_size
     shown = range(world) if world <= RANK_ROWS else range(RANK_ROWS - 1)
     for r in shown:
-        ok = all(bool(rt.divergence[f].ok[k, r]) for f in rt.manual)
-        worst = max(int(rt.divergence[f].ulp[k, r]) for f in rt.manual)
+        ok = all(bool(np.all(rt.divergence[f].ok[k, r])) for f in rt.manual)
+        worst = max(int(np.max(rt.divergence[f].ulp[k, r])) for f in rt.manual)
+        own = {f: rt.manual[f][:, r] for f in rt.manual}
         cells = {
-            f: Text(fit(rt.manual[f][k, r], width, digits), style="dim" if rt.divergence[f].ok[k, r] else "bold red")
-            for f in rt.manual
+            c: Text(
+                fit(c.value(own, k), width, digits),
+                style="dim" if _element(rt.divergence[c.field].ok[k, r], c) else "bold red",
+            )
+            for c in order
+            if c.field in rt.manual
         }
         mark = Text(str(worst), style="dim") if ok else Text(f"✗ {worst}", style="bold red")
         end = r == world - 1 and not last
@@ -412,8 +466,8 @@ def state_table(trace, rows: int | None = None, every: int = 1) -> Table | None:
     """The optimizer's state per shown step: one column per state entry (torch's names), a line per
     parameter and engine (when there is more of it than the step table's two compact buffer
     columns hold: Adam's exp_avg and exp_avg_sq, ...)."""
-    state = [f for f in table_fields(trace) if f not in FIELDS and f != "lr"]
-    if len(state) <= 2:
+    state = _state_fields(trace)
+    if len(state) <= 2 and not any(trace.manual[f].ndim > 1 for f in state):
         return None
     keys = list(dict.fromkeys(f.rsplit("_", 1)[0] for f in state))  # exp_avg, exp_avg_sq, ...
     multi = trace.config.epochs > 1
@@ -440,19 +494,26 @@ def state_table(trace, rows: int | None = None, every: int = 1) -> Table | None:
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
 
-        def cell(cols, f: str) -> Text:
-            return Text(fit(cols[f][k], 10, 6), style="" if trace.divergence[f].ok[k] else "bold red")
+        def cell(cols, c: Column) -> Text:
+            return Text(fit(c.value(cols, k), 10, 6), style="" if c.ok(trace, k) else "bold red")
 
-        for i, p in enumerate(("w", "b")):
+        names = trace.model.names
+        for i, p in enumerate(names):
             fs = [f"{key}_{p}" for key in keys]
-            table.add_row(step if i == 0 else "", p, "hand", *(cell(trace.manual, f) for f in fs))
-            table.add_row(
-                "",
-                "",
-                Text("torch", style="dim"),
-                *(cell(trace.torch, f) for f in fs),
-                end_section=i == 1 and k != shown[-1],
-            )
+            elements = columns(trace, fs[0])  # a line per element of the parameter (or its norm)
+            for j, e in enumerate(elements):
+                first, end = i == 0 and j == 0, i == len(names) - 1 and j == len(elements) - 1
+                name = p if not e.index or np.size(trace.manual[p][0]) == 1 else p + index_text(e.index)
+                name = f"‖{p}‖" if e.index is None else name
+                line = [Column(f, e.index, "") for f in fs]
+                table.add_row(step if first else "", name, "hand", *(cell(trace.manual, c) for c in line))
+                table.add_row(
+                    "",
+                    "",
+                    Text("torch", style="dim"),
+                    *(cell(trace.torch, c) for c in line),
+                    end_section=end and k != shown[-1],
+                )
     return table
 
 

@@ -31,10 +31,11 @@ def segments(trace, marked: bool = True) -> list[Segment]:
     if v.ok:
         rtol, _ = tolerances(trace.config)
         same = " (bit-identical)" if v.max_ulp == 0 else ""
+        values = sum(int(trace.divergence[f].ok.size) for f in trace.fields)  # every element of every step
         out += [
             ("✓ agree", "bold green"),
             (
-                f"  all {trace.n_steps * len(trace.fields)} values within tolerance; max {v.max_ulp} ulp{same}\n"
+                f"  all {values} values within tolerance; max {v.max_ulp} ulp{same}\n"
                 f"  max |Δ| {sci(v.max_abs)} · max rel {sci(v.max_rel)} · worst {percent(v.max_tol_ratio)} of "
                 f"tolerance (rtol {sci(rtol)})",
                 "",
@@ -45,7 +46,8 @@ def segments(trace, marked: bool = True) -> list[Segment]:
         out += [
             ("✗ diverge", "bold red"),
             (
-                f"  first at epoch {f.epoch} batch {f.batch} (step {f.step}), {field_label(f.field)}: "
+                f"  first at epoch {f.epoch} batch {f.batch} (step {f.step}), "
+                f"{field_label(f.field)}{_index(getattr(f, 'index', ()))}: "
                 f"{getattr(trace, 'hand', 'hand')} {show(f.manual)}, torch {show(f.torch)}, |Δ| {show(f.abs)}"
                 + (f" of which {show(f.carried)} carried in" if f.carried else "")
                 + f"; the step's own part exceeds its rounding allowance {show(f.tol)}",
@@ -76,6 +78,11 @@ def segments(trace, marked: bool = True) -> list[Segment]:
             (f" at epoch {d.epoch} batch {d.batch} ({where}): {d.reason}.\n  Hint: {d.hint}.", ""),
         ]
     return out
+
+
+def _index(index) -> str:
+    """``[2]``: the element of a field with a shape (nothing for a scalar)."""
+    return "" if not index else "[" + ",".join(map(str, index)) + "]"
 
 
 def plain(trace, marked: bool = True) -> str:

@@ -18,6 +18,9 @@ arithmetic and rounded once, a few microseconds a call. It matters: RMSprop's
 centered ``v - g_avg**2`` with alpha 0 is the rounding error of ``g*g``, which one fused rounding
 keeps (torch's sqrt of it can be nan) and two roundings make 0. On a torch back end (CUDA), the
 tensors' own operations are used.
+
+A parameter with a shape is a NumPy array: every kernel runs element-wise, as torch's
+single-tensor kernels do (float64's exact ``fma`` element by element, for small parameters).
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ import math
 
 import numpy as np
 
+#: the NumPy values the kernels take: scalars (the article's parameters) and arrays (the others)
+_NUMPY = (np.generic, np.ndarray)
+
 
 def fma(a, b, c):
-    """``a*b + c`` rounded once on NumPy scalars (see the module docstring); the tensors' own
-    arithmetic elsewhere."""
+    """``a*b + c`` rounded once on NumPy scalars and arrays (see the module docstring); the
+    tensors' own arithmetic elsewhere."""
     if isinstance(c, np.float32):
         return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
     if isinstance(c, np.float64):
@@ -37,6 +43,14 @@ def fma(a, b, c):
         if math.isfinite(a) and math.isfinite(b) and math.isfinite(c):
             return np.float64(_exact_fma(a, b, c))
         return np.float64(a * b + c)
+    if isinstance(c, np.ndarray) and c.dtype == np.float32:
+        return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + c.astype(np.float64)).astype(np.float32)
+    if isinstance(c, np.ndarray) and c.dtype == np.float64:
+        a, b, c = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64), c)
+        out = np.empty(c.shape)
+        for i, (ai, bi, ci) in enumerate(zip(a.flat, b.flat, c.flat)):
+            out.flat[i] = fma(np.float64(ai), np.float64(bi), np.float64(ci))
+        return out
     return a * b + c
 
 
@@ -58,30 +72,34 @@ def _exact_fma(a: float, b: float, c: float) -> float:
 
 
 def sqrt(x):
-    return np.sqrt(x) if isinstance(x, np.generic) else x.sqrt()
+    return np.sqrt(x) if isinstance(x, _NUMPY) else x.sqrt()
 
 
 def maximum(a, b):
-    return np.maximum(a, b) if isinstance(a, np.generic) else a.maximum(b)
+    return np.maximum(a, b) if isinstance(a, _NUMPY) else a.maximum(b)
 
 
 def zeros_like(p):
-    """A zero state entry of the parameter's type (torch.zeros_like)."""
+    """A zero state entry of the parameter's type and shape (torch.zeros_like)."""
+    if isinstance(p, np.ndarray):
+        return np.zeros_like(p)
     return type(p)(0) if isinstance(p, np.generic) else p.new_zeros(p.shape)
 
 
 def full_like(p, value):
     """A state entry filled with ``value`` (torch.full_like)."""
+    if isinstance(p, np.ndarray):
+        return np.full(p.shape, p.dtype.type(value), dtype=p.dtype)
     return type(p)(value) if isinstance(p, np.generic) else p.new_full(p.shape, value)
 
 
 def lerp(a, end, w):
     """``a.lerp_(end, w)`` as torch's CPU kernel rounds it (``w`` a scalar of the dtype)."""
-    if not isinstance(a, np.generic):
+    if not isinstance(a, _NUMPY):
         return a.lerp(end, float(w))
     if abs(w) < 0.5:
         return fma(w, end - a, a)
-    return fma(-(end - a), type(a)(1) - w, end)
+    return fma(-(end - a), a.dtype.type(1) - w, end)
 
 
 def addcmul(a, t1, t2, value):
