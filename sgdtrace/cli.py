@@ -210,10 +210,13 @@ def output_option(help: str | None = None) -> Callable:
 # ------------------------------------------------------------------ shared options
 
 
-def training_options(formats: dict[str, View], multi: bool = False, output_help: str | None = None) -> Callable:
+def training_options(
+    formats: dict[str, View], multi: bool = False, output_help: str | None = None, own: tuple[str, ...] = ()
+) -> Callable:
     """The options every training command takes, with the command's own formats.
 
-    Unset flags are None, so a config file can fill them.
+    Unset flags are None, so a config file can fill them. ``own``: flags the command defines
+    itself with another meaning (graph's ``--loss``, torch's form of the loss), left out here.
     """
 
     def deco(f: Callable) -> Callable:
@@ -236,11 +239,14 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
                 default=None,
                 help="The model (default linear: ypred = w·x + b).",
             ),
-            click.option(
+            _flagged(
+                click.option(
+                    "--loss",
+                    type=click.Choice(sorted({loss for losses in LOSSES.values() for loss in losses})),
+                    default=None,
+                    help="The model's loss (default mse: nn.MSELoss).",
+                ),
                 "--loss",
-                type=click.Choice(sorted({loss for losses in LOSSES.values() for loss in losses})),
-                default=None,
-                help="The model's loss (default mse: nn.MSELoss).",
             ),
             click.option(
                 "--features",
@@ -386,10 +392,18 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
             output_option(output_help),
         ]
         for opt in reversed(opts):
+            if own and any(f"--{name}" in getattr(opt, "__sgdtrace_flags__", ()) for name in own):
+                continue
             f = opt(f)
         return f
 
     return deco
+
+
+def _flagged(option: Callable, *flags: str) -> Callable:
+    """An option decorator that names its flags (for :func:`training_options`' ``own``)."""
+    option.__sgdtrace_flags__ = flags
+    return option
 
 
 def engine_options() -> list[Callable]:
@@ -798,7 +812,7 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
 
 
 @cli.command()
-@training_options(GRAPH_FORMATS)
+@training_options(GRAPH_FORMATS, own=("loss",))
 @click.option(
     "--batch",
     "batch_no",

@@ -104,7 +104,13 @@ def backend_for(trace) -> manual.ArrayBackend:
 
 
 def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
-    """Recompute one step with the hand engine's functions, from the trace's state before it."""
+    """Recompute one step with the hand engine's functions, from the trace's state before it.
+
+    A model of parameters with a shape (D features) is explained in vector form
+    (:func:`explain_features`)."""
+    model = getattr(trace, "model", None)
+    if model is not None and not model.scalar:
+        return explain_features(trace, batch, epoch)
     k = trace.plan.step(batch, epoch)
     cfg = trace.config
     backend = backend_for(trace)
@@ -194,6 +200,115 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
             **{state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")},
         }
     return ex
+
+
+# ------------------------------------------------------------------ D features: the same, in vector form
+
+
+@dataclass
+class FeatureExplanation:
+    """One batch of a model with parameters of a shape (linear on D features), in vector form:
+    every node per sample (``a = x_i·w``, ``c``, ``d``, ``e``, ``dl/dd``), the gradients and the
+    update per parameter, torch's values beside them. Values are float64 copies of the run's dtype."""
+
+    trace: Any
+    step: int  # 0-based global step
+    epoch: int  # 1-based
+    batch: int  # 1-based
+    indices: np.ndarray
+    x: np.ndarray  # (n, D)
+    y: np.ndarray  # (n,)
+    start: dict[str, np.ndarray]  # each parameter the batch started from
+    state0: dict[str, np.ndarray | None]  # each state field before the step (None: not yet made)
+    nodes: dict[str, np.ndarray]  # a, c, d, e, dl_dd per sample
+    loss: float
+    grads: dict[str, np.ndarray]  # by parameter
+    new: dict[str, np.ndarray]  # each parameter after the update
+    state1: dict[str, np.ndarray]  # each state field after the step
+    matches_trace: bool  # the recomputed values equal the manual trace's columns bit for bit
+    user: dict[str, Any] | None = None  # (a user's engine: not for these models)
+
+    @property
+    def n(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def fields(self) -> list[str]:
+        names = list(self.start)
+        return ["loss", *(f"grad_{p}" for p in names), *names, *self.state1]
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The hand engine's values for this step, by field (arrays of each parameter's shape)."""
+        return {
+            "loss": self.loss,
+            **{f"grad_{p}": g for p, g in self.grads.items()},
+            **self.new,
+            **self.state1,
+        }
+
+    def torch_value(self, field: str):
+        return self.trace.torch[field][self.step].astype(np.float64)
+
+    def ulp(self, field: str) -> int:
+        """The largest distance in ulp over the field's elements."""
+        return int(np.max(self.trace.divergence[field].ulp[self.step]))
+
+
+def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
+    """Recompute one step of a model with parameters of a shape with the hand engine's functions,
+    from the trace's state before it, and check the values against the trace bit for bit."""
+    k = trace.plan.step(batch, epoch)
+    cfg, model = trace.config, trace.model
+    backend = backend_for(trace)
+    eng = manual.engine(cfg, backend, trace.plan, model)
+    hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
+    man = trace.manual
+    names = model.names
+    start = {p: trace.initial[p] if k == 0 else man[p][k - 1] for p in names}
+    state0 = {
+        state_field(key, p): (None if k == 0 else man[state_field(key, p)][k - 1])
+        for key in eng.state_keys
+        for p in names
+    }
+    idx = trace.indices(k)
+    xb = backend.asarray(model.module.inputs(model, trace.dataset.x[idx]))
+    yb = backend.asarray(trace.dataset.y[idx])
+    params = {p: backend.param(np.asarray(start[p], dtype=np.float64)) for p in names}
+    r = manual.forward_backward(params["w"], params["b"], xb, yb, len(idx), backend.scalar)
+    grads = {"w": r.grad_w, "b": r.grad_b}
+    states = {
+        p: {key: backend.param(state0[state_field(key, p)]) for key in eng.state_keys if k > 0} for p in names
+    }
+    if k > 0:  # the optimizer's step count, as torch keeps it beside the state ("step")
+        for st in states.values():
+            st["step"] = k
+    new = {p: eng.update(params[p], grads[p], states[p], hp) for p in names}
+    state1 = {state_field(key, p): _array(states[p][key]) for key in eng.state_keys for p in names}
+    got = {"loss": r.loss, **{f"grad_{p}": g for p, g in grads.items()}, **new}
+    dtype = man["w"].dtype
+    matches = all(
+        np.asarray(_array(v), dtype=np.float64).astype(dtype).tobytes() == man[f][k].tobytes()
+        for f, v in got.items()
+    ) and all(np.asarray(v).astype(dtype).tobytes() == man[f][k].tobytes() for f, v in state1.items())
+    e, j = divmod(k, trace.plan.steps_per_epoch)
+    return FeatureExplanation(
+        trace,
+        k,
+        e + 1,
+        j + 1,
+        idx,
+        _array(xb),
+        _array(yb),
+        {p: np.asarray(v, dtype=np.float64) for p, v in start.items()},
+        {f: None if v is None else np.asarray(v, dtype=np.float64) for f, v in state0.items()},
+        {name: _array(getattr(r, name)) for name in ("a", "c", "d", "e", "dl_dd")},
+        _value(r.loss),
+        {p: _array(g) for p, g in grads.items()},
+        {p: _array(v) for p, v in new.items()},
+        state1,
+        matches,
+    )
 
 
 # ------------------------------------------------------------------ data-parallel SGD (--world-size N)

@@ -44,8 +44,23 @@ MANUAL_DAG = (
     ManualNode("y", "leaf (target, no gradient)", "—"),
 )
 
+#: the same DAG on D features, in vector form (X of shape (n, D), w (D,), b (1,))
+FEATURES_DAG = (
+    ManualNode("z", "z = l", "dz/dl = 1", ("l",)),
+    ManualNode("l", "l = (1/n)·Σ e", "dl/de = 1/n", ("e",)),
+    ManualNode("e", "e = d² (n,)", "de/dd = 2d", ("d",)),
+    ManualNode("d", "d = c − y (n,)", "dd/dc = 1", ("c", "y")),
+    ManualNode("c", "c = a + b (n,)", "dc/da = 1, dc/db = 1", ("a", "b")),
+    ManualNode("a", "a = X·w (n,)", "da_i/dw_j = x_ij: dl/dw = Xᵀ·dl/da", ("w", "x")),
+    ManualNode("w", "leaf (parameter, (D,))", "accumulates dl/dw"),
+    ManualNode("b", "leaf (parameter, (1,))", "accumulates dl/db"),
+    ManualNode("x", "leaf (input X, (n, D), no gradient)", "—"),
+    ManualNode("y", "leaf (target, no gradient)", "—"),
+)
+
 #: which manual node(s) each torch backward node computes; the first is the node whose output it is
 TORCH_TO_MANUAL = {
+    "AddmmBackward0": ("c", "a"),  # nn.Linear: addmm(bias, X, weightᵀ), a = X·w and c = a + b in one
     "MseLossBackward0": ("l", "e", "d"),
     "MeanBackward0": ("l",),
     "PowBackward0": ("e",),
@@ -76,6 +91,7 @@ class GraphResult:
     epoch: int
     batch: int
     trace: Any = None
+    manual_dag: tuple[ManualNode, ...] = MANUAL_DAG
 
     @property
     def ok(self) -> bool:
@@ -86,28 +102,32 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     """Build torch's graph for one batch of ``trace`` and map it, node by node, to the manual DAG."""
     import torch
 
+    from sgdtrace import models
     from sgdtrace.engines import manual
-    from sgdtrace.engines.torch_ref import LinearModel, make_criterion
     from sgdtrace.teaching.explain import explain_step
 
     k = trace.plan.step(batch, epoch)
-    cfg = trace.config
+    cfg, spec = trace.config, trace.model
+    side = models.torch_side(spec)
     dtype = getattr(torch, cfg.dtype)
-    tw = cfg.init_w if k == 0 else float(trace.torch["w"][k - 1])
-    tb = cfg.init_b if k == 0 else float(trace.torch["b"][k - 1])
+    start = {p: trace.initial[p] if k == 0 else trace.torch[p][k - 1].astype(np.float64) for p in spec.names}
     idx = trace.indices(k)
     device = torch.device(trace.device)
-    data = torch.as_tensor(trace.model.module.inputs(trace.model, trace.dataset.x[idx]), dtype=dtype).to(device)
-    target = torch.as_tensor(trace.dataset.y[idx], dtype=dtype).to(device)
-    model = LinearModel(tw, tb, dtype).to(device)
-    out = make_criterion(loss)(model(data), target)
+    data, target = side.tensors(
+        spec,
+        torch.as_tensor(trace.dataset.x[idx], dtype=dtype).to(device),
+        torch.as_tensor(trace.dataset.y[idx], dtype=dtype).to(device),
+    )
+    model = side.module(spec, start, dtype, device)
+    leaf = {id(t): name for name, t in side.bindings(spec, model)}
+    out = side.criterion(loss)(model(data), target)
 
     nodes: list[TorchNode] = []
 
     def walk(fn, depth: int) -> int:
         name = type(fn).__name__
         if name == "AccumulateGrad":
-            maps = ("w",) if fn.variable is model.weight else ("b",)
+            maps = (leaf[id(fn.variable)],)
         else:
             maps = TORCH_TO_MANUAL.get(name, ())
         i = len(nodes)
@@ -129,6 +149,7 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     ex = explain_step(trace, batch, epoch)
     n = ex.n
     up = ex.nodes["dl_dd"]
+    features = not spec.scalar
     # dl/d(node) by the manual engine's own factors: dz/dl = 1, dl/de = 1/n, dl/dd = dl/dc = dl/da = 2d/n
     grads = {
         "l": np.array([1.0]),
@@ -136,8 +157,8 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
         "d": up,
         "c": up,
         "a": up,
-        "w": np.array([ex.grad_w]),
-        "b": np.array([ex.grad_b]),
+        "w": ex.grads["w"].reshape(-1) if features else np.array([ex.grad_w]),
+        "b": ex.grads["b"].reshape(-1) if features else np.array([ex.grad_b]),
     }
     ulps: list[int | None] = []
     for node in nodes:
@@ -156,11 +177,19 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     leaves = sorted(m for node in nodes if node.name == "AccumulateGrad" for m in node.maps_to)
     covered = sorted(set(chain))
     structure_ok = covered == ["a", "c", "d", "e", "l"] and leaves == ["b", "w"] and len(chain) == 5
-    fused = [node.name for node in nodes if len(node.maps_to) > 1]
+    fused = [node for node in nodes if len(node.maps_to) > 1]
     if not structure_ok:
         note = f"torch's graph covers {covered} and leaves {leaves}; expected a, c, d, e, l and w, b"
     elif fused:
-        note = f"every manual node has its torch counterpart; {fused[0]} computes d, e and l in one fused node"
+        def listed(names) -> str:
+            names = sorted(names)
+            return ", ".join(names[:-1]) + " and " + names[-1]
+
+        what = "; ".join(f"{node.name} computes {listed(node.maps_to)} in one fused node" for node in fused)
+        note = f"every manual node has its torch counterpart; {what}"
+        if any(node.name == "TBackward0" for node in nodes):
+            note += "; TBackward0 is the weight's transpose (weight (1, D) is wᵀ)"
     else:
         note = "one to one: every manual node a, c, d, e, l has exactly one torch node"
-    return GraphResult(loss, nodes, grads, ulps, structure_ok, note, k, epoch, batch, trace)
+    dag = FEATURES_DAG if features else MANUAL_DAG
+    return GraphResult(loss, nodes, grads, ulps, structure_ok, note, k, epoch, batch, trace, dag)

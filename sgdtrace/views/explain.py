@@ -18,7 +18,14 @@ from rich.table import Table
 from rich.text import Text
 
 from sgdtrace.engines import manual as engine
-from sgdtrace.teaching.explain import Explanation, closed_form_rate, optimizer_lines, step_momentum, step_rate
+from sgdtrace.teaching.explain import (
+    Explanation,
+    FeatureExplanation,
+    closed_form_rate,
+    optimizer_lines,
+    step_momentum,
+    step_rate,
+)
 from sgdtrace.views.fmt import num
 
 #: per-sample rows and sum terms written out before the rest is elided
@@ -322,6 +329,8 @@ def _spacing_row(sec, ex: Explanation, p: str, p0: float) -> None:
 
 def explain_view(ex: Explanation) -> Group:
     """The page: header, forward pass, backward pass, update, and whether it matches the run."""
+    if isinstance(ex, FeatureExplanation):
+        return features_view(ex)
     parts: list = [_header(ex), Text("")]
     parts += _forward(ex) + [Text("")]
     for sec in _backward(ex) + _update_lines(ex):
@@ -352,6 +361,9 @@ def explain_view(ex: Explanation) -> Group:
 def explain_json(ex: Explanation) -> dict[str, Any]:
     """The same page as data: nodes per sample, the factors, the results beside torch's."""
     from sgdtrace.divergence import json_number
+
+    if isinstance(ex, FeatureExplanation):
+        return features_json(ex)
 
     def nums(a) -> list:
         return [json_number(v) for v in np.asarray(a).tolist()]
@@ -401,6 +413,169 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
             }
         ),
         "spacing": ex.spacing,
+    }
+
+
+# ------------------------------------------------------------------ D features: the vector form
+
+
+def _vec(values, most: int = MAX_TERMS + 2) -> str:
+    """A short vector: ``(1.5, -2, 0.25)``; past ``most`` elements, the first ones and a count."""
+    items = [num(v) for v in np.asarray(values, dtype=np.float64).reshape(-1).tolist()]
+    if len(items) > most:
+        items = items[: most - 1] + [f"… ({len(items) - most + 1} more)"]
+    return "(" + ", ".join(items) + ")"
+
+
+def _shape(v) -> str:
+    return "(" + ", ".join(map(str, np.shape(v))) + ("," if np.ndim(v) == 1 else "") + ")"
+
+
+def _torch_vec(ex: FeatureExplanation, field: str, label: str) -> Text:
+    u = ex.ulp(field)
+    t = Text("torch: ", style="dim")
+    value = ex.torch_value(field)
+    t.append(f"{label} = {num(float(value)) if np.ndim(value) == 0 else _vec(value)}")
+    t.append(f"  ({u} ulp{' at most' if np.size(value) > 1 else ''})", style="green" if u == 0 else "yellow")
+    return t
+
+
+def features_view(ex: FeatureExplanation) -> Group:
+    """One batch of the linear model on D features, in vector form: the shapes, the nodes per
+    sample (up to 8), the gradients ``Xᵀ·dl/dd`` and the update, torch's values beside."""
+    tr = ex.trace
+    cfg = tr.config
+    D = ex.x.shape[1]
+    spe = tr.plan.steps_per_epoch
+    head = Text(f"Epoch {ex.epoch} of {tr.plan.epochs}, batch {ex.batch} of {spe} (step {ex.step + 1})", style="bold")
+    head.append(
+        f": samples {_per_sample([str(i) for i in ex.indices.tolist()])} (n = {ex.n}), "
+        f"lr {cfg.lr:g}, {cfg.dtype} on {tr.device}\n"
+        f"The model: ypred = X·w + b with X of shape ({ex.n}, {D}), w {_shape(ex.start['w'])}, "
+        f"b {_shape(ex.start['b'])} (torch: nn.Linear({D}, 1), weight (1, {D}) = wᵀ, bias (1,))\n"
+    )
+    start = "the initial values" if ex.step == 0 else "the previous batch's update"
+    head.append(f"Starting from w = {_vec(ex.start['w'])}, b = {_vec(ex.start['b'])} ({start})")
+    parts: list = [head, Text("")]
+
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False)
+    for h in ("i", f"x_i ({D})", "y_i", "a = x_i·w", "c = a + b", "d = c − y", "e = d²"):
+        table.add_column(h, justify="right")
+    nd = ex.nodes
+    shown = min(ex.n, MAX_SAMPLES)
+    for i in range(shown):
+        table.add_row(
+            str(ex.indices[i]),
+            _vec(ex.x[i]),
+            num(ex.y[i]),
+            num(nd["a"][i]),
+            num(nd["c"][i]),
+            num(nd["d"][i]),
+            num(nd["e"][i]),
+        )
+    if ex.n > shown:
+        table.add_row("⋮", "", "", "", Text(f"{ex.n - shown} more samples", style="italic"), "", "")
+    fwd = _Section("Forward pass, per sample i: a = x_i·w (a dot product of D terms), c = a + b, d = c − y, e = d²")
+    es = [_p(v) for v in nd["e"].tolist()]
+    fwd.row("Eq. 2-3", f"l = (1/n)·Σ e = (1/{ex.n})·[{_terms(es)}]", num(ex.loss))
+    fwd.grid.add_row("", _torch_vec(ex, "loss", "l"))
+    parts += [Text(fwd.title, style="bold"), table, fwd.grid, Text("")]
+
+    back = _Section("Backward pass, in vector form (the chain rule per element)")
+    back.row("", f"dl/dd = (1/n)·2d, per sample: {_per_sample([num(v) for v in nd['dl_dd'].tolist()])}")
+    back.row("", f"da_i/dw_j = x_ij, so dl/dw = Xᵀ·dl/dd: ({D},) = ({D}, {ex.n})·({ex.n},)")
+    for j in range(min(D, MAX_TERMS)):
+        terms = [f"{_p(g)}·{_p(xi)}" for g, xi in zip(nd["dl_dd"].tolist(), ex.x[:, j].tolist())]
+        back.row("", f"dl/dw[{j}] = Σ_i dl/dd_i·x_i{j} = {_terms(terms)}", num(ex.grads["w"][j]))
+    if D > MAX_TERMS:
+        back.row("", f"… and {D - MAX_TERMS} more features, the same sum with their column of X")
+    back.row("", "dl/dw", _vec(ex.grads["w"]))
+    back.grid.add_row("", _torch_vec(ex, "grad_w", "dl/dw"))
+    back.row("Eq. 11", f"dl/db = Σ_i dl/dd_i = {_terms([_p(v) for v in nd['dl_dd'].tolist()])}", _vec(ex.grads["b"]))
+    back.grid.add_row("", _torch_vec(ex, "grad_b", "dl/db"))
+    parts += [back.render(), Text("")]
+
+    upd = _Section(_update_title(cfg))
+    lr = step_rate(tr, ex.step)
+    for p in ex.start:
+        rules = _sgd_rules(cfg, p, ex.step) if cfg.optimizer == "sgd" else {}
+        for f, state in ex.state1.items():
+            if f.endswith("_" + p):
+                upd.row("", f"{f} ← {rules.get('state', 'its line of the algorithm')} {_shape(state)}", _vec(state))
+                upd.grid.add_row("", _torch_vec(ex, f, f))
+        rule = rules.get("param", "its line of the algorithm")
+        upd.row("", f"{p} ← {rule}, lr {lr:g}, from {p} = {_vec(ex.start[p])}", _vec(ex.new[p]))
+        upd.grid.add_row("", _torch_vec(ex, p, p))
+    parts += [upd.render(), Text("")]
+    if ex.matches_trace:
+        parts.append(
+            Text(
+                "These are the manual engine's own values for this step (bit for bit as in the run); "
+                "'ulp' counts the floats between them and torch's (the largest over the elements).",
+                style="dim",
+            )
+        )
+    else:  # pragma: no cover - would mean explain recomputes differently from the run
+        parts.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
+    return Group(*parts)
+
+
+def _sgd_rules(cfg, p: str, step: int) -> dict[str, str]:
+    """torch.optim.SGD's lines for parameter ``p``, as formulas (element by element)."""
+    g = f"dl/d{p}"
+    if cfg.maximize:
+        g = f"−{g}"
+    if cfg.weight_decay:
+        g = f"({g} + {cfg.weight_decay:g}·{p})"
+    if not cfg.momentum:
+        return {"param": f"{p} − lr·{g}"}
+    buf = f"buf_{p}"
+    state = g if step == 0 else f"{cfg.momentum:g}·{buf} + {1 - cfg.dampening:g}·{g}"
+    param = f"{p} − lr·({g} + {cfg.momentum:g}·{buf})" if cfg.nesterov else f"{p} − lr·{buf}"
+    return {"state": state + (" (the first step starts the buffer)" if step == 0 else ""), "param": param}
+
+
+def _update_title(cfg) -> str:
+    from sgdtrace.config import OPTIMIZER_CLASSES
+
+    if cfg.optimizer == "sgd":
+        plain = not cfg.momentum and not cfg.weight_decay and not cfg.maximize
+        return "Update (Equations 4-5" + ("" if plain else ", as torch.optim.SGD grows them") + "), element by element"
+    return (
+        f"Update: torch.optim.{OPTIMIZER_CLASSES[cfg.optimizer]}'s algorithm (sgdtrace explain on the "
+        "article's data shows it line by line), element by element"
+    )
+
+
+def features_json(ex: FeatureExplanation) -> dict[str, Any]:
+    """The vector-form page as data: the shapes, every node per sample, the results beside torch's."""
+    from sgdtrace.divergence import json_number
+
+    def nums(a):
+        a = np.asarray(a, dtype=np.float64)
+        return json_number(float(a)) if a.ndim == 0 else [nums(v) for v in a]
+
+    fields, manual = ex.fields, ex.values
+    return {
+        "epoch": ex.epoch,
+        "batch": ex.batch,
+        "step": ex.step + 1,
+        "n": ex.n,
+        "indices": ex.indices.tolist(),
+        "shapes": {"x": list(ex.x.shape), **{p: list(np.shape(v)) for p, v in ex.start.items()}},
+        "start": {p: nums(v) for p, v in ex.start.items()},
+        "forward": {
+            "x": nums(ex.x),
+            "y": nums(ex.y),
+            **{k: nums(ex.nodes[k]) for k in ("a", "c", "d", "e")},
+            "l": json_number(ex.loss),
+            "z": json_number(ex.loss),
+        },
+        "backward": {"dl/dd": nums(ex.nodes["dl_dd"]), "da/dw": nums(ex.x)},
+        "manual": {f: nums(manual[f]) for f in fields},
+        "torch": {f: nums(ex.torch_value(f)) for f in fields},
+        "ulp": {f: ex.ulp(f) for f in fields},
+        "matches_trace": ex.matches_trace,
     }
 
 

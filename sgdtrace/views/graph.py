@@ -29,9 +29,9 @@ def _grad_text(values: np.ndarray | None) -> str:
     return shown if len(vals) == 1 else f"[{shown}]"
 
 
-def manual_table() -> Table:
+def manual_table(dag=MANUAL_DAG) -> Table:
     table = Table(
-        title="The article's DAG (manual)",
+        title="The article's DAG (manual)" if dag is MANUAL_DAG else "The DAG on D features, in vector form (manual)",
         title_justify="left",
         title_style="bold",
         box=box.SIMPLE_HEAD,
@@ -41,7 +41,7 @@ def manual_table() -> Table:
     )
     for head in ("node", "forward", "backward function", "inputs"):
         table.add_column(head)
-    for node in MANUAL_DAG:
+    for node in dag:
         table.add_row(node.name, node.forward, node.backward, ", ".join(node.inputs))
     return table
 
@@ -103,7 +103,7 @@ def torch_table(g: GraphResult) -> Table:
 
 
 def graph_view(g: GraphResult) -> Group:
-    parts: list = [manual_table(), Text(""), torch_table(g), Text("")]
+    parts: list = [manual_table(g.manual_dag), Text(""), torch_table(g), Text("")]
     mark = Text("✓ parity" if g.structure_ok else "✗ no parity", style="bold green" if g.structure_ok else "bold red")
     mark.append(f"  {g.structure_note}", style="")
     parts.append(mark)
@@ -122,7 +122,8 @@ def graph_json(g: GraphResult) -> dict[str, Any]:
         "epoch": g.epoch,
         "batch": g.batch,
         "manual": [
-            {"node": n.name, "forward": n.forward, "backward": n.backward, "inputs": list(n.inputs)} for n in MANUAL_DAG
+            {"node": n.name, "forward": n.forward, "backward": n.backward, "inputs": list(n.inputs)}
+            for n in g.manual_dag
         ],
         "torch": [
             {
@@ -153,11 +154,11 @@ def graph_dot(g: GraphResult) -> str:
         '    label="manual (the article\'s DAG)";',
         "    color=blue;",
     ]
-    for node in MANUAL_DAG:
+    for node in g.manual_dag:
         shape = "box" if node.forward.startswith("leaf") else "ellipse"
         label = f"{node.forward}\\n{node.backward}" if not node.forward.startswith("leaf") else node.name
         lines.append(f'    m_{node.name} [shape={shape}, label="{label}"];')
-    for node in MANUAL_DAG:
+    for node in g.manual_dag:
         for src in node.inputs:
             lines.append(f"    m_{src} -> m_{node.name} [color=blue];")
     lines += [

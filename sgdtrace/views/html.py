@@ -124,21 +124,22 @@ def _value(v: Any) -> str:
 
 def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
     """The per-batch table as the terminal shows it: hand and torch rows per step, long runs elided."""
-    from sgdtrace.views.table import ARTICLE_ORDER, shown_steps, table_fields
+    from sgdtrace.views.elements import Column, columns, step_ok, step_ulp
+    from sgdtrace.views.table import _order, shown_steps, table_fields
 
     fields = table_fields(trace)
-    order = [f for f in ARTICLE_ORDER if f in fields or f == "lr"]
-    order += [f for f in fields if f not in ARTICLE_ORDER]
+    article = _order(trace)
+    fs = [f for f in article if f in fields or f == "lr"] + [f for f in fields if f not in article]
+    # a field of many elements: a column per element, or its norm (sgdtrace.views.elements)
+    order = [c for f in fs for c in (columns(trace, f) if f in fields else [Column(f, (), LABELS.get(f, f))])]
     multi = trace.config.epochs > 1
     v = trace.verdict
     keep = tuple(d.step - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
     blew = v.diverged_training.step - 1 if v.diverged_training else None
     shown = shown_steps(trace.n_steps, rows, every, keep)
-    ok_all = None
-    for f in fields:
-        ok_all = trace.divergence[f].ok if ok_all is None else ok_all & trace.divergence[f].ok
+    ok_all = step_ok(trace, fields)
     lr = f"{trace.config.lr:g}"
-    heads = ["epoch:batch" if multi else "batch", "n", "engine"] + [LABELS.get(f, f) for f in order] + ["ulp"]
+    heads = ["epoch:batch" if multi else "batch", "n", "engine"] + [c.label for c in order] + ["ulp"]
     thead = "".join(f'<th scope="col"{" class=l" if h == "engine" else ""}>{esc(h)}</th>' for h in heads)
     out = []
     for i, k in enumerate(shown):
@@ -150,11 +151,10 @@ def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
             )
             continue
         step = f"{trace.epoch[k]}:{trace.batch[k]}" if multi else str(trace.batch[k])
-        fin = [int(trace.divergence[f].ulp[k]) for f in fields if trace.divergence[f].finite[k]]
-        worst = max(fin) if fin else 0
+        worst, judged, finite = step_ulp(trace, fields, k)
         if not ok_all[k]:
             mark = f'<span class="bad">✗ {worst}</span>'
-        elif len(fin) < len(fields):
+        elif finite < judged:
             mark = '<span class="warn">n/f</span>'
         else:
             mark = f'<span class="ok">{worst}</span>' if worst == 0 else str(worst)
@@ -164,17 +164,15 @@ def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
         def cells(values: dict, lr_cell: str = "", side: str = "") -> str:
             tds = []
             lost = (getattr(trace, "stalled", None) or {}).get(side, {})  # the stall: update lost to rounding
-            for f in order:
-                if f == "lr":
+            for c in order:
+                if c.field == "lr":
                     tds.append(f"<td>{lr_cell}</td>")
                 else:
-                    bad = "" if trace.divergence[f].ok[k] else ' class="bad"'
-                    stall = (
-                        '<span class="warn" title="update lost to rounding">=</span>'
-                        if f"stalled_{f}" in lost and lost[f"stalled_{f}"][k]
-                        else ""
-                    )
-                    tds.append(f"<td{bad}>{cell(values[f][k])}{stall}</td>")
+                    bad = "" if c.ok(trace, k) else ' class="bad"'
+                    flags = lost.get(f"stalled_{c.field}")
+                    stalled = flags is not None and bool((flags[k][c.index] if c.index else flags[k]).any())
+                    stall = '<span class="warn" title="update lost to rounding">=</span>' if stalled else ""
+                    tds.append(f"<td{bad}>{cell(c.value(values, k))}{stall}</td>")
             return "".join(tds)
 
         out.append(
@@ -278,19 +276,27 @@ def explain_html(ex) -> str:
 
     doc = explain_json(ex)
     rows = "".join(
-        f'<tr><th scope="row">{esc(LABELS.get(f, f))}</th><td>{cell(doc["manual"][f])}</td>'
-        f"<td>{cell(doc['torch'][f])}</td><td>{doc['ulp'][f]}</td></tr>"
+        f'<tr><th scope="row">{esc(LABELS.get(f, f))}</th><td>{_cells(doc["manual"][f])}</td>'
+        f"<td>{_cells(doc['torch'][f])}</td><td>{doc['ulp'][f]}</td></tr>"
         for f in doc["manual"]
     )
+    start = ", ".join(f"{p} = {_cells(v)}" for p, v in doc["start"].items())
     table = (
         f'<table class="explain"><caption>Epoch {ex.epoch}, batch {ex.batch} (step {ex.step + 1}): '
         f"samples {esc(', '.join(map(str, ex.indices.tolist()[:12])))}{' …' if ex.n > 12 else ''}, "
-        f"starting from w = {cell(ex.w0)}, b = {cell(ex.b0)}</caption>"
+        f"starting from {start}</caption>"
         '<thead><tr><th scope="col" class="l">value</th><th scope="col">by hand</th>'
         f'<th scope="col">torch</th><th scope="col">ulp</th></tr></thead><tbody>{rows}</tbody></table>'
     )
     text = _rich_text(explain_view(ex))
     return f'{table}<pre aria-label="Batch {ex.batch} worked equation by equation">{esc(text)}</pre>'
+
+
+def _cells(value) -> str:
+    """A value of the explain page: a number (:func:`cell`), or a list of them."""
+    if isinstance(value, list):
+        return "(" + ", ".join(_cells(v) for v in value) + ")"
+    return cell(value)
 
 
 def graph_html(g, ident: str = "dag") -> str:
@@ -313,8 +319,9 @@ def graph_html(g, ident: str = "dag") -> str:
             f"<td>{esc(_grad_text(manual))}</td><td>{'—' if u is None else u}</td></tr>"
         )
     mark = ('<p class="ok">✓ parity: ' if g.structure_ok else '<p class="bad">✗ no parity: ') + esc(g.structure_note)
+    which = "The DAG in vector form" if g.manual_dag[5].forward != "a = w·x" else "The article's DAG"
     return (
-        f'<figure class="dag">{dag_svg(ident)}<figcaption class="muted">The article\'s DAG, drawn here '
+        f'<figure class="dag">{dag_svg(ident, g.manual_dag)}<figcaption class="muted">{which}, drawn here '
         "(no Graphviz needed): arrows go forward, each node's backward function beside it.</figcaption>"
         f"</figure>"
         f'<div class="scroll"><table class="torch-graph"><caption>torch\'s autograd graph, walked from '

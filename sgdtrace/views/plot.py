@@ -134,7 +134,10 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     steps = np.arange(1, trace.n_steps + 1)
     blew = _blowup_step(trace)
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    ax_loss, ax_wb, ax_path = fig.subplots(1, 3)
+    scalar = getattr(trace, "model", None) is None or trace.model.scalar
+    # the path over the loss surface is the article's (w, b) plane; on D features: no surface
+    ax_loss, ax_wb, *rest = fig.subplots(1, 3 if scalar else 2)
+    ax_path = rest[0] if rest else None
 
     loss = man["loss"].astype(np.float64)
     ax_loss.plot(steps, loss, color="tab:red", lw=1.2, label="hand")
@@ -154,6 +157,19 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
         ax_lr.plot(steps, man["lr"], color="tab:green", lw=1.0, ls="--")
         ax_lr.set_ylabel("learning rate (dashed)", color="tab:green")
         ax_lr.tick_params(axis="y", colors="tab:green")
+
+    if not scalar:
+        _feature_params(ax_wb, trace, steps)
+        for ax in (ax_loss, ax_wb):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if trace.n_steps:
+                ax.set_xlim(0.5, trace.n_steps + 0.5)
+            if blew is not None:
+                _mark_blowup(ax, trace, blew)
+        ax_loss.legend(fontsize="small", loc="lower right" if blew else "best")
+        _suptitle(fig, trace)
+        fig.tight_layout()
+        return fig
 
     w, b = man["w"].astype(np.float64), man["b"].astype(np.float64)
     ax_wb.plot(steps, w, color="tab:blue", label="w")
@@ -220,15 +236,49 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     ax_path.set_title("path over the full-data loss (contours: its value)")
     ax_path.legend(fontsize="small")
 
-    from sgdtrace.config import OPTIMIZER_CLASSES
+    _suptitle(fig, trace)
+    fig.tight_layout()
+    return fig
 
+
+def _suptitle(fig, trace) -> None:
+    from sgdtrace.config import OPTIMIZER_CLASSES
+    from sgdtrace.views.fmt import model_title
+
+    cfg = trace.config
     fig.suptitle(
-        f"{OPTIMIZER_CLASSES[cfg.optimizer]} on ypred = w·x + b: lr {cfg.lr:g}, batch size {cfg.batch_size}, "
+        f"{OPTIMIZER_CLASSES[cfg.optimizer]} on {model_title(trace)}: lr {cfg.lr:g}, batch size {cfg.batch_size}, "
         f"{_plural(cfg.epochs, 'epoch')}, {cfg.dtype}",
         fontsize="medium",
     )
-    fig.tight_layout()
-    return fig
+
+
+#: lines drawn with a legend entry each; past this, the legend names the first ones
+LEGEND_LINES = 10
+
+
+def _feature_params(ax, trace, steps) -> None:
+    """Each parameter's elements after each step (w[0], w[1], ..., b), each against its true value
+    (dashed, same colour) where the data has one."""
+    model = trace.model
+    truths = model.module.true_values(trace.dataset, model) or {}
+    colours = iter(f"C{i % 10}" for i in range(10_000))
+    lines = 0
+    for p in model.params:
+        values = trace.manual[p.name].astype(np.float64).reshape(trace.n_steps, -1)
+        true = truths.get(p.name)
+        for j in range(values.shape[1]):
+            colour = next(colours)
+            name = p.label if values.shape[1] == 1 else f"{p.label}[{j}]"
+            lines += 1
+            ax.plot(steps, values[:, j], color=colour, lw=1.2, label=name if lines <= LEGEND_LINES else None)
+            if true is not None:
+                t = float(true.reshape(-1)[j])
+                ax.axhline(t, color=colour, ls="--", lw=0.8, label=f"true {name} = {t:g}" if lines <= LEGEND_LINES else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("value")
+    ax.set_title("each weight and the bias after each step (dashed: true values)")
+    ax.legend(fontsize="x-small", ncol=2)
 
 
 def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: int = 100) -> None:

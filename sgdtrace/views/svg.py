@@ -32,6 +32,13 @@ def plots_desc(trace) -> str:
     loss = man["loss"]
     if not trace.n_steps:
         return "No steps: nothing to plot."
+    if not _scalar(trace):
+        return (
+            f"Two panels over {trace.n_steps} steps. Left: the batch loss per step, by hand and in torch, "
+            f"from {num(loss[0])} at step 1 to {num(loss[-1])} at step {trace.n_steps}. Right: each weight "
+            "and the bias after each step, against their true values where the data has them (no loss "
+            "surface: the parameters span more than a plane)."
+        )
     return (
         f"Three panels over {trace.n_steps} steps. Left: the batch loss per step, by hand and in torch, "
         f"from {num(loss[0])} at step 1 to {num(loss[-1])} at step {trace.n_steps}. Middle: w and b after "
@@ -255,9 +262,59 @@ def loss_panel(trace, ident: str) -> str:
     return _panel(ident, "Batch loss per step", desc, body)
 
 
+def _scalar(trace) -> bool:
+    return getattr(trace, "model", None) is None or trace.model.scalar
+
+
+#: the colours of a parameter's elements (D features), in turn
+ELEMENT_COLOURS = ("#1f77b4", "#e07b00", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+#: element lines drawn with a legend entry each
+LEGEND_LINES = 8
+
+
+def _feature_params_panel(trace, ident: str) -> str:
+    """D features: every element of every parameter after each step, each with its true value dashed."""
+    import numpy as np
+
+    model = trace.model
+    truths = model.module.true_values(trace.dataset, model) or {}
+    steps = np.arange(1, trace.n_steps + 1, dtype=np.float64)
+    series = []
+    for p in model.params:
+        values = trace.manual[p.name].astype(np.float64).reshape(trace.n_steps, -1)
+        true = truths.get(p.name)
+        for j in range(values.shape[1]):
+            name = p.label if values.shape[1] == 1 else f"{p.label}[{j}]"
+            series.append((name, values[:, j], None if true is None else float(true.reshape(-1)[j])))
+    truth_values = np.array([t for _, _, t in series if t is not None], dtype=np.float64)
+    lo, hi = _range(*(v for _, v, _ in series), truth_values)
+    left, right, top, bottom = MARGIN
+    sx = _Scale(1.0, max(float(trace.n_steps), 1.0), left, PANEL_W - right)
+    sy = _Scale(lo, hi, PANEL_H - bottom, top)
+    title = "each weight and the bias after each step"
+    body = _axes(sx, sy, "step", "", title)
+    legend = []
+    for i, (name, values, true) in enumerate(series):
+        colour = ELEMENT_COLOURS[i % len(ELEMENT_COLOURS)]
+        style = f"stroke: {colour}; stroke-width: 1.6"
+        xs, ys = _decimate(steps, values)
+        body.append(_polyline(xs, ys, sx, sy, style))
+        if true is not None:
+            dashed = f"stroke: {colour}; stroke-width: 1; stroke-dasharray: 6 4"
+            body.append(_polyline([1.0, max(float(trace.n_steps), 1.0)], [true, true], sx, sy, dashed))
+        if i < LEGEND_LINES:
+            legend.append((name, style))
+    body.append(_legend(legend))
+    desc = "; ".join(f"{name} from {num(v[0])} to {num(v[-1])}" for name, v, _ in series[:LEGEND_LINES])
+    desc = f"After each step: {desc}" + (" (the true values dashed)." if truths else ".")
+    return _panel(ident, title, desc, body)
+
+
 def params_panel(trace, ident: str) -> str:
     import numpy as np
 
+    if not _scalar(trace):
+        return _feature_params_panel(trace, ident)
     ds = trace.dataset
     steps = np.arange(1, trace.n_steps + 1, dtype=np.float64)
     w, b = trace.manual["w"].astype(np.float64), trace.manual["b"].astype(np.float64)
@@ -369,9 +426,8 @@ def plots_svg(trace, ident: str = "plots") -> str:
     if not trace.n_steps:
         return f"<p>{plots_desc(trace)}</p>"
     with _quiet():
-        return (
-            loss_panel(trace, f"{ident}-loss") + params_panel(trace, f"{ident}-wb") + path_panel(trace, f"{ident}-path")
-        )
+        path = path_panel(trace, f"{ident}-path") if _scalar(trace) else ""  # the (w, b) plane: the article's
+        return loss_panel(trace, f"{ident}-loss") + params_panel(trace, f"{ident}-wb") + path
 
 
 def _quiet():
@@ -397,7 +453,7 @@ _POS = {
 }
 
 
-def dag_svg(ident: str = "dag") -> str:
+def dag_svg(ident: str = "dag", dag=None) -> str:
     """The manual DAG (leaves w, x, b, y; nodes a, c, d, e, l, z) with each node's backward function.
 
     Arrows point the way the forward pass goes (inputs to outputs); each node's label is its
@@ -406,6 +462,8 @@ def dag_svg(ident: str = "dag") -> str:
     """
     from sgdtrace.views.graph import MANUAL_DAG
 
+    article = dag is None or dag is MANUAL_DAG
+    dag = MANUAL_DAG if dag is None else dag
     w, h = 620, 470
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}">',
@@ -414,7 +472,7 @@ def dag_svg(ident: str = "dag") -> str:
         "</marker></defs>",
         '<g fill="none" stroke="currentColor" stroke-width="1.2">',
     ]
-    for node in MANUAL_DAG:
+    for node in dag:
         x2, y2 = _POS[node.name]
         for src in node.inputs:
             x1, y1 = _POS[src]
@@ -422,7 +480,7 @@ def dag_svg(ident: str = "dag") -> str:
             dy = 16 if y1 > y2 else -16
             parts.append(f'<line x1="{x1}" y1="{y1 - dy}" x2="{x2}" y2="{y2 + dy}" marker-end="url(#{ident}-arrow)"/>')
     parts.append("</g>")
-    for node in MANUAL_DAG:
+    for node in dag:
         x, y = _POS[node.name]
         leaf = node.forward.startswith("leaf")
         label = node.name if leaf else node.forward
@@ -451,6 +509,11 @@ def dag_svg(ident: str = "dag") -> str:
         "l = (1/n)·Σ e; z = l. Beside each node its backward function: dz/dl = 1, dl/de = 1/n, "
         "de/dd = 2d, dd/dc = 1, dc/da = 1 and dc/db = 1, da/dw = x; w and b accumulate dl/dw and dl/db."
     )
+    if not article:
+        desc = "The same DAG on D features, in vector form: a = X·w is a dot product per sample, " + desc[
+            len("The forward pass, leaves at the bottom: ") :
+        ].replace("da/dw = x", "da_i/dw_j = x_ij")
+        return _accessible("".join(parts), ident, "The computation graph on D features (the manual DAG)", desc)
     return _accessible("".join(parts), ident, "The article's computation graph (the manual DAG)", desc)
 
 
