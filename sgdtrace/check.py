@@ -50,12 +50,13 @@ def available_devices() -> list[str]:
 
 def serves(cfg) -> bool:
     """Can a user's engine (--engine) run this config: its optimizer (SGD) at a constant rate, one
-    process, float32/float64."""
+    process, float32/float64, the article's model form (one x column)."""
     return (
         getattr(cfg, "optimizer", "sgd") == "sgd"
         and getattr(cfg, "scheduler", None) is None
         and getattr(cfg, "world_size", 1) == 1
         and cfg.dtype in ("float32", "float64")
+        and getattr(cfg, "features", None) is None
     )
 
 

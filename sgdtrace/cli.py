@@ -626,6 +626,15 @@ def run(
     _refuse_distributed(
         cfg, "--reference exact" if reference == "exact" else None, "--gradcheck" if gradcheck else None
     )
+    if cfg.features is not None:  # refused before any training (a CSV file's columns: after reading it)
+        from sgdtrace import models
+
+        refuse_features(
+            cfg,
+            models.build(cfg, cfg.features),
+            "--reference exact" if reference == "exact" else None,
+            "--gradcheck" if gradcheck else None,
+        )
     dataset = None
     if batch_no is not None:  # a bad --batch is refused before training
         if fmt != "html":
@@ -678,8 +687,32 @@ def _refuse_distributed(cfg, *options: str | None, command: str | None = None) -
             )
 
 
+def refuse_features(cfg, model, *options: str | None) -> None:
+    """``--reference exact`` and ``--gradcheck`` replay the article's model (scalar w and b): with D
+    features, exit 2 naming both options."""
+    if model is None or model.scalar:
+        return
+    for opt in options:
+        if opt:
+            given = (
+                f"{cfg.origin.get('features') or '--features'} {cfg.features}"
+                if cfg.features is not None
+                else f"--data {cfg.data!r} ({model.features} feature columns)"
+            )
+            raise ConfigError(
+                f"{opt} with {given}: not supported together; the exact replay and the gradient check "
+                "work the article's model (one x column, scalar w and b)"
+            )
+
+
 def add_witnesses(trace, reference: str, gradcheck: bool) -> None:
     """Attach the exact reference and the finite-difference check to a trace, when asked for."""
+    refuse_features(
+        trace.config,
+        trace.model,
+        "--reference exact" if reference == "exact" else None,
+        "--gradcheck" if gradcheck else None,
+    )
     if reference == "exact":
         from sgdtrace.reference import exact_reference
 
@@ -793,6 +826,13 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
     from sgdtrace.tracing import run_trace
 
     dataset = data.load(cfg)
+    if cfg.world_size > 1 and dataset.features is not None:
+        ws = cfg.origin.get("world_size") or "--world-size"
+        raise ConfigError(
+            f"explain {ws} {cfg.world_size} with {dataset.features} feature columns: not supported together; "
+            "explain shows the ranks' equations for the article's model (one x column): use --world-size 1 "
+            "to explain a step of this model"
+        )
     if cfg.world_size > 1:
         data.distributed_plan(len(dataset), cfg).global_plan().step(batch_no, epoch_no)
         from sgdtrace.teaching.explain import explain_distributed

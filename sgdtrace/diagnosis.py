@@ -18,6 +18,10 @@ allowance (the judge's ``tol``, times the factor where one scales the value) of 
 hypothesis' value, and that value is itself clearly away from the right one (more than twice the
 allowance). The first hypothesis in the order above that matches is named; none matching gives
 ``None``: the numbers support no guess.
+
+On a model with parameters of a shape (linear on D features) the hypotheses are tested on the
+element the verdict names (``index``), and one more is tried for a weight's gradient: the value
+of another feature's element (the columns of X mixed up, or X transposed).
 """
 
 from __future__ import annotations
@@ -82,24 +86,48 @@ class _Judge:
 
 
 def _batch(trace, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The step's samples as the hand side saw them (float64 values of the run's dtype): x 1-D in
+    the article's form, (n, D) on D features."""
     dtype = np.dtype(trace.config.dtype)
     idx = trace.indices(k)
-    x = trace.dataset.x[idx][:, 0].astype(dtype).astype(np.float64)
+    x = trace.dataset.x[idx]
+    x = (x[:, 0] if _scalar(trace) else x).astype(dtype).astype(np.float64)
     y = trace.dataset.y[idx].astype(dtype).astype(np.float64)
     return idx, x, y
 
 
-def _terms(field: str, w: float, b: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per sample, what the field sums before dividing by n: 2 d x, 2 d, d^2."""
-    d = w * x + b - y
-    return {"grad_w": 2 * d * x, "grad_b": 2 * d, "loss": d * d}[field]
+def _scalar(trace) -> bool:
+    return getattr(trace, "model", None) is None or trace.model.scalar
 
 
-def _start(trace, col: str, k: int, init: float | None):
+def _terms(field: str, w, b, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per sample, what the field sums before dividing by n: 2 d x, 2 d, d^2 (on D features
+    ``(n, D)`` for the weight's gradient, ``(n, 1)`` for the bias's)."""
+    if np.ndim(w) == 0:
+        d = w * x + b - y
+        return {"grad_w": 2 * d * x, "grad_b": 2 * d, "loss": d * d}[field]
+    d = x @ w + b[0] - y
+    return {"grad_w": 2 * d[:, None] * x, "grad_b": 2 * d[:, None], "loss": d * d}[field]
+
+
+def _start(trace, col: str, k: int, init, index: tuple = ()):
+    """The value ``col`` (its element ``index``) had when step ``k`` started."""
     cols = trace.manual if col in trace.manual else trace.torch
     if k == 0:
-        return init
-    return float(cols[col][k - 1])
+        return init if init is None or not index else float(np.asarray(init)[index])
+    return float(cols[col][(k - 1, *index)])
+
+
+def _init(trace, param: str):
+    """A parameter's initial value: the config's number (the article's), or the model's array."""
+    initial = getattr(trace, "initial", None)
+    if initial is None or _scalar(trace):
+        return {"w": trace.config.init_w, "b": trace.config.init_b}[param]
+    return initial[param]
+
+
+def _label(field: str, index: tuple) -> str:
+    return LABELS.get(field, field) + ("" if not index else "[" + ",".join(map(str, index)) + "]")
 
 
 def _sgd(
@@ -128,10 +156,10 @@ def _sgd(
     return p - factor * cfg.lr * g, new_buf
 
 
-def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0: float, b0: float):
+def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0, b0, index: tuple = ()):
     _, x, y = _batch(trace, k)
     n = x.shape[0]
-    label = LABELS.get(field, field)
+    label = _label(field, index)
     for c, printed, why in _factors(n):
         if judge.explains(c * judge.right, c):
             return {"kind": "factor", "factor": c, "text": f"{label} is {printed} times the right value: {why}"}
@@ -142,7 +170,18 @@ def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0: float, b0
             "text": f"{label} has its sign flipped: the residual taken as y - ypred without the chain "
             "rule's -1 (dd/dc = 1 for d = ypred - y)",
         }
-    terms = _terms(field, w0, b0, x, y)
+    every = _terms(field, w0, b0, x, y)
+    if index and field == "grad_w":  # D features: another feature's element
+        right = every.sum(axis=0) / n
+        for j in range(right.shape[0]):
+            if j != index[0] and judge.explains(float(right[j])):
+                return {
+                    "kind": "wrong_feature",
+                    "factor": None,
+                    "text": f"{label} is the gradient of w[{j}]: the columns of X mixed up (a transposed X, "
+                    f"or feature {j + 1}'s column where feature {index[0] + 1}'s belongs)",
+                }
+    terms = every[(slice(None), *index)] if index else every
     total = terms.sum()
     if n > 1:
         for kind, cands, how in (
@@ -160,16 +199,16 @@ def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0: float, b0
                     "text": f"{label}: sample {i + 1} of the batch (data row {row + 1}) {how}: "
                     "check the loop's range or the slice",
                 }
-    if k > 0 and judge.explains(float(trace.torch[field][k - 1])):
+    if k > 0 and judge.explains(float(trace.torch[field][(k - 1, *index)])):
         return {
             "kind": "previous_gradient",
             "factor": None,
             "text": f"{label} is the previous step's value: computed before the batch changed, or kept "
             "from the step before",
         }
-    w1, b1 = float(trace.manual["w"][k]), float(trace.manual["b"][k])
-    after = _terms(field, w1, b1, x, y).sum() / n
-    if judge.explains(after):
+    w1, b1 = trace.manual["w"][k].astype(np.float64), trace.manual["b"][k].astype(np.float64)
+    after = _terms(field, w1, b1, x, y).sum(axis=0) / n
+    if judge.explains(float(after[index] if index else after)):
         return {
             "kind": "after_update",
             "factor": None,
@@ -179,14 +218,14 @@ def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0: float, b0
     return None
 
 
-def _update_hypotheses(trace, k: int, field: str, judge: _Judge):
+def _update_hypotheses(trace, k: int, field: str, judge: _Judge, index: tuple = ()):
     cfg = trace.config
     param = field if field in ("w", "b") else field.rsplit("_", 1)[1]
     is_buf = field not in ("w", "b")
-    label = LABELS.get(field, field)
-    p0 = _start(trace, param, k, {"w": cfg.init_w, "b": cfg.init_b}[param])
-    g = float(trace.manual["grad_" + param][k])
-    buf0 = _start(trace, state_field("momentum_buffer", param), k, None) if cfg.momentum else None
+    label = _label(field, index)
+    p0 = _start(trace, param, k, _init(trace, param), index)
+    g = float(trace.manual["grad_" + param][(k, *index)])
+    buf0 = _start(trace, state_field("momentum_buffer", param), k, None, index) if cfg.momentum else None
 
     def explains(**mistake) -> bool:
         new, buf = _sgd(cfg, p0, g, buf0, **mistake)
@@ -230,7 +269,7 @@ def _update_hypotheses(trace, k: int, field: str, judge: _Judge):
             "gradient before the buffer",
         }
     if k > 0:
-        new, buf = _sgd(cfg, p0, float(trace.manual["grad_" + param][k - 1]), buf0)
+        new, buf = _sgd(cfg, p0, float(trace.manual["grad_" + param][(k - 1, *index)]), buf0)
     else:
         new, buf = _sgd(cfg, p0, 0.0, buf0)
     cand = buf if is_buf else new
@@ -249,8 +288,10 @@ def diagnose_step(trace) -> dict[str, Any] | None:
     if first is None:
         return None
     k, field = first["step"] - 1, first["field"]
-    value = float(trace.manual[field][k])
-    tol = float(trace.divergence[field].tol[k])
+    index = tuple(getattr(first, "index", ()) or ())  # the element, on a parameter with a shape
+    at = (k, *index)
+    value = float(trace.manual[field][at])
+    tol = float(trace.divergence[field].tol[at])
     if not (math.isfinite(value) and math.isfinite(tol)):
         return None
     cfg = trace.config
@@ -258,17 +299,24 @@ def diagnose_step(trace) -> dict[str, Any] | None:
     try:
         with np.errstate(all="ignore"):
             if field in GRADIENT_FIELDS:
-                w0 = _start(trace, "w", k, cfg.init_w)
-                b0 = _start(trace, "b", k, cfg.init_b)
+                if _scalar(trace):
+                    w0 = _start(trace, "w", k, cfg.init_w)
+                    b0 = _start(trace, "b", k, cfg.init_b)
+                else:
+                    w0, b0 = (
+                        np.asarray(_init(trace, p) if k == 0 else trace.manual[p][k - 1], dtype=np.float64)
+                        for p in ("w", "b")
+                    )
                 _, x, y = _batch(trace, k)
-                right = float(_terms(field, w0, b0, x, y).sum() / x.shape[0])
-                return _gradient_hypotheses(trace, k, field, _Judge(value, right, tol, u), w0, b0)
+                total = _terms(field, w0, b0, x, y).sum(axis=0) / x.shape[0]
+                right = float(total[index] if index else total)
+                return _gradient_hypotheses(trace, k, field, _Judge(value, right, tol, u), w0, b0, index)
             if field not in ("w", "b") and not field.startswith("buf_"):
                 return None
             param = field if field in ("w", "b") else field.rsplit("_", 1)[1]
-            p0 = _start(trace, param, k, {"w": cfg.init_w, "b": cfg.init_b}[param])
-            buf0 = _start(trace, state_field("momentum_buffer", param), k, None) if cfg.momentum else None
-            new, buf = _sgd(cfg, p0, float(trace.manual["grad_" + param][k]), buf0)
+            p0 = _start(trace, param, k, _init(trace, param), index)
+            buf0 = _start(trace, state_field("momentum_buffer", param), k, None, index) if cfg.momentum else None
+            new, buf = _sgd(cfg, p0, float(trace.manual["grad_" + param][at]), buf0)
             right = new if field in ("w", "b") else buf
             if right is None:
                 return None
@@ -278,8 +326,8 @@ def diagnose_step(trace) -> dict[str, Any] | None:
                 # the parameter is right and the buffer recorded beside it is not: the mistake is the buffer's
                 field, judge = (
                     buf_field,
-                    _Judge(float(trace.manual[buf_field][k]), buf, float(trace.divergence[buf_field].tol[k]), u),
+                    _Judge(float(trace.manual[buf_field][at]), buf, float(trace.divergence[buf_field].tol[at]), u),
                 )
-            return _update_hypotheses(trace, k, field, judge)
+            return _update_hypotheses(trace, k, field, judge, index)
     except (KeyError, IndexError, ValueError):  # a column the hand side does not record
         return None

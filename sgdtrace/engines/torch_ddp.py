@@ -128,7 +128,7 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
         if not shapes[name]:
             return t.item()
         t = t.detach().reshape(shapes[name]).cpu()
-        return (t.float() if t.itemsize == 2 else t).numpy()
+        return (t.float() if t.itemsize == 2 else t).numpy().copy()  # a copy: the step updates in place
 
     rows: dict[str, list[Any]] = {
         f: [] for f in ("rank_loss", *(f"{k}_{p}" for k in ("rank_grad", "grad") for p in shapes))

@@ -277,9 +277,7 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
     params = {p: backend.param(np.asarray(start[p], dtype=np.float64)) for p in names}
     r = manual.forward_backward(params["w"], params["b"], xb, yb, len(idx), backend.scalar)
     grads = {"w": r.grad_w, "b": r.grad_b}
-    states = {
-        p: {key: backend.param(state0[state_field(key, p)]) for key in eng.state_keys if k > 0} for p in names
-    }
+    states = {p: {key: backend.param(state0[state_field(key, p)]) for key in eng.state_keys if k > 0} for p in names}
     if k > 0:  # the optimizer's step count, as torch keeps it beside the state ("step")
         for st in states.values():
             st["step"] = k
@@ -288,8 +286,7 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
     got = {"loss": r.loss, **{f"grad_{p}": g for p, g in grads.items()}, **new}
     dtype = man["w"].dtype
     matches = all(
-        np.asarray(_array(v), dtype=np.float64).astype(dtype).tobytes() == man[f][k].tobytes()
-        for f, v in got.items()
+        np.asarray(_array(v), dtype=np.float64).astype(dtype).tobytes() == man[f][k].tobytes() for f, v in got.items()
     ) and all(np.asarray(v).astype(dtype).tobytes() == man[f][k].tobytes() for f, v in state1.items())
     e, j = divmod(k, trace.plan.steps_per_epoch)
     return FeatureExplanation(

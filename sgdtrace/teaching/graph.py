@@ -126,10 +126,7 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
 
     def walk(fn, depth: int) -> int:
         name = type(fn).__name__
-        if name == "AccumulateGrad":
-            maps = (leaf[id(fn.variable)],)
-        else:
-            maps = TORCH_TO_MANUAL.get(name, ())
+        maps = (leaf[id(fn.variable)],) if name == "AccumulateGrad" else TORCH_TO_MANUAL.get(name, ())
         i = len(nodes)
         node = TorchNode(name, depth, maps)
         nodes.append(node)
@@ -181,6 +178,7 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     if not structure_ok:
         note = f"torch's graph covers {covered} and leaves {leaves}; expected a, c, d, e, l and w, b"
     elif fused:
+
         def listed(names) -> str:
             names = sorted(names)
             return ", ".join(names[:-1]) + " and " + names[-1]

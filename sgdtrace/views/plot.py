@@ -274,7 +274,9 @@ def _feature_params(ax, trace, steps) -> None:
             ax.plot(steps, values[:, j], color=colour, lw=1.2, label=name if lines <= LEGEND_LINES else None)
             if true is not None:
                 t = float(true.reshape(-1)[j])
-                ax.axhline(t, color=colour, ls="--", lw=0.8, label=f"true {name} = {t:g}" if lines <= LEGEND_LINES else None)
+                ax.axhline(
+                    t, color=colour, ls="--", lw=0.8, label=f"true {name} = {t:g}" if lines <= LEGEND_LINES else None
+                )
     ax.set_xlabel("step")
     ax.set_ylabel("value")
     ax.set_title("each weight and the bias after each step (dashed: true values)")
