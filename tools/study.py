@@ -9,6 +9,8 @@ any run fails its gate.
 
     .venv/bin/python tools/study.py               # 400 random + 60 converged runs, ~5 minutes
     .venv/bin/python tools/study.py --runs 2000 --seed 7
+    .venv/bin/python tools/study.py --features 4  # the linear model on D = 4 features: every
+                                                  # optimizer, float32, float64 and bfloat16
 """
 
 from __future__ import annotations
@@ -63,6 +65,48 @@ def random_config(rng: np.random.Generator) -> Config:
     )
 
 
+def features_config(rng: np.random.Generator, features: int, converged: bool = False) -> Config:
+    """The linear model on D features: random data, every optimizer and its options, float32,
+    float64 and bfloat16; ``converged``: a long run on noise-free data at batch size 1 or 2."""
+    optimizer = str(rng.choice(["sgd", "sgd", "adam", "adamw", "rmsprop", "adagrad"]))
+    opts: dict = {}
+    if optimizer == "sgd":
+        nesterov = bool(rng.random() < 0.25)
+        momentum = float(rng.uniform(0.01, 0.99)) if nesterov or rng.random() < 0.6 else 0.0
+        opts = dict(momentum=momentum, nesterov=nesterov, maximize=bool(rng.random() < 0.2))
+        opts["dampening"] = 0.0 if nesterov else float(rng.choice([0.0, rng.uniform(0.0, 1.0)]))
+        opts["weight_decay"] = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.0, 0.5))
+        lr = float(rng.uniform(1e-4, 0.01)) / features
+    elif optimizer in ("adam", "adamw"):
+        opts = dict(amsgrad=bool(rng.random() < 0.3))
+        lr = float(rng.uniform(1e-3, 0.1))
+    elif optimizer == "rmsprop":
+        opts = dict(centered=bool(rng.random() < 0.3), momentum=float(rng.choice([0.0, 0.5])))
+        lr = float(rng.uniform(1e-3, 0.02))
+    else:
+        lr = float(rng.uniform(1e-3, 0.2))
+    n = int(rng.choice([9, 20, 50] if converged else [5, 16, 23, 60]))
+    batch_size = int(rng.choice([1, 2])) if converged else int(rng.choice([1, 2, *range(3, 13)]))
+    steps = int(rng.integers(1500, 3000)) if converged else 0
+    return Config(
+        synthetic=n,
+        features=features,
+        true_w=tuple(float(v) for v in rng.uniform(-4, 4, features)),
+        true_b=float(rng.uniform(-10, 10)),
+        noise=0.0 if converged else float(rng.choice([0.0, 0.5, 3.0])),
+        init_w=tuple(float(v) for v in rng.uniform(-2, 2, features)),
+        init_b=float(rng.uniform(-2, 2)),
+        optimizer=optimizer,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=max(1, steps * batch_size // n) if converged else int(rng.integers(1, 9)),
+        shuffle=bool(rng.random() < 0.5),
+        seed=int(rng.integers(0, 2**32)),
+        dtype=str(rng.choice(["float32", "float64", "bfloat16"])),
+        **opts,
+    )
+
+
 def converged_config(rng: np.random.Generator) -> Config:
     """A long run to convergence on noise-free data, batch size 1 or 2, optionally with momentum."""
     n = int(rng.choice([9, 20, 50, 100]))
@@ -88,10 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=400, help="random runs over every option")
     ap.add_argument("--converged", type=int, default=60, help="long runs to convergence")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--features", type=int, default=None, help="the linear model on D features (every optimizer)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    jobs = [("random", random_config(rng)) for _ in range(args.runs)]
-    jobs += [("converged", converged_config(rng)) for _ in range(args.converged)]
+    if args.features is None:
+        jobs = [("random", random_config(rng)) for _ in range(args.runs)]
+        jobs += [("converged", converged_config(rng)) for _ in range(args.converged)]
+    else:
+        jobs = [("random", features_config(rng, args.features)) for _ in range(args.runs)]
+        jobs += [("converged", features_config(rng, args.features, True)) for _ in range(args.converged)]
     worst = {}
     failures = 0
     t0 = time.perf_counter()
@@ -99,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = "torch" if i % 4 == 3 else None  # a quarter on the torch-tensor (CUDA) code path
         t = run_trace(cfg, manual_backend=backend)
         v = t.verdict
-        key = (kind, cfg.dtype, "bs<=2" if cfg.batch_size <= 2 else "bs>2")
+        key = (kind, cfg.dtype, "bs<=2" if cfg.batch_size <= 2 else "bs>2", cfg.optimizer)
         if v.max_tol_ratio > worst.get(key, (-1.0,))[0]:
             worst[key] = (v.max_tol_ratio, cfg, backend)
         if not v.ok:

@@ -9,11 +9,10 @@ from sgdtrace.verdict import json_number
 
 #: how each field is labelled in tables: the article's notation
 class _Labels(dict):
-    """Field -> label; a gradient ``grad_<p>`` is ``dl/d<p>``; a field without one (an optimizer's
-    state, exp_avg_w, ...) is its own label."""
+    """Field -> label; a field without one (an optimizer's state, exp_avg_w, ...) is its own label."""
 
     def __missing__(self, key: str) -> str:
-        return "dl/d" + key[len("grad_") :] if key.startswith("grad_") else key
+        return key
 
 
 LABELS = _Labels(
