@@ -33,7 +33,8 @@ class Cross:
 class Drift:
     """Torch in one dtype against torch in another, same device: how far the runs drift apart, per field
     and step. Not judged (a bfloat16 run is not expected to agree with a float32 one), so outside the
-    exit code. ``ulp`` counts in the narrower type, both values rounded to it."""
+    exit code. ``ulp`` counts in the narrower type, both values rounded to it. A field of many
+    elements (D features) is summarised per step by its largest element distance."""
 
     a: dict[str, str]  # {"device", "dtype"}
     b: dict[str, str]
@@ -79,6 +80,9 @@ def drift(base, other) -> Drift:
             out["abs"][f] = diff
             out["rel"][f] = np.where(fin, np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0), np.nan)
         out["ulp"][f] = divergence.ulp_distance(divergence._cast(a, narrow), divergence._cast(b, narrow))
+        if a.ndim > 1:  # per step, the largest over the elements (nan where any is not finite)
+            for part in out.values():
+                part[f] = part[f].reshape(a.shape[0], -1).max(axis=1)
 
     def side(t):
         return {"device": t.device, "dtype": t.config.dtype}

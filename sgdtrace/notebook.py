@@ -100,24 +100,37 @@ class TraceNotebook(Displayable):
 
     def to_pandas(self):
         """One row per step: epoch, batch, n, then ``manual_<field>``, ``torch_<field>``, ``ulp_<field>``,
-        ``ok_<field>`` for each field, and ``ok`` (the step within tolerance). Needs pandas."""
+        ``ok_<field>`` for each field, and ``ok`` (the step within tolerance). A field with a shape
+        (D features) has a column per element, ``manual_w[0]``, ... as in the CSV. Needs pandas."""
         try:
             import pandas as pd
         except ImportError:
             raise MissingPandas(
                 "to_pandas needs pandas, which is not installed: pip install 'sgdtrace[pandas]' (or pip install pandas)"
             ) from None
+        import numpy as np
+
+        def parts(f: str):
+            """(suffix, element selector) per element of the field: ``("", ...)`` for a scalar."""
+            shape = np.shape(self.manual[f])[1:]
+            if not shape:
+                return [("", ...)]
+            return [("[" + ",".join(map(str, i)) + "]", (slice(None), *i)) for i in np.ndindex(*shape)]
+
         cols: dict[str, Any] = {"epoch": self.epoch, "batch": self.batch, "n": self.n}
         ok = None
         for f in self.fields:
-            cols[f"manual_{f}"] = self.manual[f]
-            cols[f"torch_{f}"] = self.torch[f]
+            for s, at in parts(f):
+                cols[f"manual_{f}{s}"] = self.manual[f][at]
+                cols[f"torch_{f}{s}"] = self.torch[f][at]
         for f in self.fields:
             d = self.divergence[f]
-            cols[f"abs_{f}"] = d.abs
-            cols[f"ulp_{f}"] = d.ulp
-            cols[f"ok_{f}"] = d.ok
-            ok = d.ok if ok is None else ok & d.ok
+            for s, at in parts(f):
+                cols[f"abs_{f}{s}"] = d.abs[at]
+                cols[f"ulp_{f}{s}"] = d.ulp[at]
+                cols[f"ok_{f}{s}"] = d.ok[at]
+            every = d.ok.reshape(d.ok.shape[0], -1).all(axis=1)
+            ok = every if ok is None else ok & every
         cols["ok"] = ok
         frame = pd.DataFrame(cols)
         frame.index = pd.RangeIndex(1, self.n_steps + 1, name="step")
