@@ -57,8 +57,9 @@ def shape_of(trace, field: str) -> tuple[int, ...]:
     return tuple(np.shape(trace.manual[field])[1:]) if field in trace.manual else ()
 
 
-def columns(trace, field: str) -> list[Column]:
-    """The table columns of ``field``: itself, each element, or its norm (see the module docstring)."""
+def columns(trace, field: str, norms: bool = False) -> list[Column]:
+    """The table columns of ``field``: itself, each element, or its norm (see the module docstring);
+    ``norms``: the norm of every field of more than one element (a narrow terminal)."""
     shape = shape_of(trace, field)
     name = label(field)
     size = int(np.prod(shape)) if shape else 1
@@ -66,7 +67,7 @@ def columns(trace, field: str) -> list[Column]:
         return [Column(field, (), name)]
     if size == 1:
         return [Column(field, (0,) * len(shape), name)]
-    if size <= MAX_ELEMENTS:
+    if size <= MAX_ELEMENTS and not norms:
         return [Column(field, tuple(int(i) for i in idx), name + index_text(idx)) for idx in np.ndindex(*shape)]
     return [Column(field, None, f"‖{name}‖")]
 

@@ -190,7 +190,10 @@ def step_table(trace, rows: int | None = None, every: int = 1, width: int | None
     """
     values = _values(trace)
     buffers = any(f not in values and f != "lr" for f in _inline_fields(trace))
-    layouts = [lay for lay in LAYOUTS if not (buffers and lay.lr) and (buffers or not lay.fold)]
+    shaped = any(np.ndim(trace.manual[f]) > 1 for f in trace.fields)
+    layouts = [
+        lay for lay in LAYOUTS if not (buffers and lay.lr) and (buffers or not lay.fold) and (shaped or not lay.norms)
+    ]
     table = _step_table(trace, rows, every, layouts[0])
     if width is None:
         return table
@@ -213,6 +216,7 @@ class Layout(NamedTuple):
     lr: bool  # the lr column shown
     gap: int  # spaces between columns
     fold: bool = False  # the momentum buffers on rows of their own instead of two more columns
+    norms: bool = False  # every field of a parameter with a shape as its norm (one column, not one per element)
 
 
 #: the run table's layouts, widest first; :func:`step_table` takes the first that fits the terminal
@@ -227,6 +231,10 @@ LAYOUTS = (
     Layout(8, 5, False, 0, True),
     Layout(7, 4, False, 0, True),
     Layout(6, 3, False, 0, True),
+    Layout(9, 6, True, 1, False, True),
+    Layout(8, 5, False, 1, False, True),
+    Layout(7, 4, False, 0, False, True),
+    Layout(6, 3, False, 0, False, True),
 )
 #: where a folded buffer is shown: under the gradient it accumulates
 FOLDED = {"buf_w": "grad_w", "buf_b": "grad_b"}
@@ -265,7 +273,7 @@ def _step_table(trace, rows: int | None, every: int, layout: Layout) -> Table:
     article = _order(trace)
     fs = [f for f in article if f in fields or (f == "lr" and layout.lr)]
     fs += [f for f in fields if f not in article and not (layout.fold and f in FOLDED)]
-    order = [c for f in fs for c in (columns(trace, f) if f in fields else [Column(f, (), label(f))])]
+    order = [c for f in fs for c in (columns(trace, f, layout.norms) if f in fields else [Column(f, (), label(f))])]
     folded = [f for f in fields if layout.fold and f in FOLDED]
     # overflow "fold": a cell too wide for a narrow terminal wraps; it is never cut with "…"
     table.add_column("ep:b" if multi else "batch", justify="right", overflow="fold")
