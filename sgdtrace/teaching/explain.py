@@ -354,7 +354,13 @@ def closed_form_rate(trace, k: int) -> float | None:
 
 def optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     """Adam, AdamW, RMSprop or Adagrad at this step, line by line, for one parameter, computed with
-    the hand module's own functions in the run's dtype (SGD's lines are the view's Equations 4-5)."""
+    the hand module's own functions in the run's dtype (SGD's lines are the view's Equations 4-5).
+    A step that overflows shows its inf and nan, as the table does, with no NumPy warning."""
+    with np.errstate(all="ignore"):
+        return _optimizer_lines(ex, param)
+
+
+def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     from sgdtrace.engines.optimizers import get
 
     trace, k = ex.trace, ex.step
