@@ -205,6 +205,10 @@ class Numbers:
     def held(self, v: float) -> Any:
         return +Decimal(float(v)) if self.decimal else Fraction(float(v))
 
+    def fit(self, q: Any) -> Any:
+        """A value in this type: an exact Fraction rounded once to a decimal where the type is decimal."""
+        return self.of(q) if self.decimal and isinstance(q, Fraction) else q
+
     def sqrt(self, x: Any) -> Any:
         """A square root (decimals only: a rational run takes none); a negative argument, which the
         exact algorithms never make (RMSprop's centered ``v - g_avg**2`` is >= 0), is taken as 0."""
@@ -284,6 +288,35 @@ def _anneal(kind: str, ends: tuple[Fraction, Fraction], r: Fraction, num: Number
 # ------------------------------------------------------------------ one step, every optimizer
 
 
+def written_ints(v: float) -> tuple[int, int]:
+    """A float at the decimal value it was written as, ``m * 10**e`` (its shortest repr): ``(m, e)``."""
+    sign, digits, e = Decimal(repr(float(v))).as_tuple()
+    m = int("".join(map(str, digits)))
+    return (-m if sign else m), int(e)
+
+
+def moments(samples: list[tuple[tuple[int, int], tuple[int, int]]]) -> tuple[Fraction, ...]:
+    """``(sum x, sum y, sum x^2, sum xy, sum y^2)`` of a batch of samples as written (pairs of
+    :func:`written_ints`), exactly: in integers over one power of ten, a fraction of a microsecond
+    a sample where Fractions take microseconds an operation."""
+    low = min(min(ex, ey) for (_, ex), (_, ey) in samples)
+    sx = sy = sxx = sxy = syy = 0
+    for (mx, ex), (my, ey) in samples:
+        x, y = mx * 10 ** (ex - low), my * 10 ** (ey - low)
+        sx, sy, sxx, sxy, syy = sx + x, sy + y, sxx + x * x, sxy + x * y, syy + y * y
+    s = Fraction(10) ** low
+    return sx * s, sy * s, sxx * s * s, sxy * s * s, syy * s * s
+
+
+def _batch_exact(w: Fraction, b: Fraction, n: int, m: tuple[Fraction, ...]):
+    """:func:`_batch` for exact parameters, from the batch's :func:`moments`: the same sums,
+    expanded (``sum (w x + b - y)^2 = w^2 sum x^2 + n b^2 + sum y^2 + 2wb sum x - 2w sum xy - 2b sum y``),
+    equal in exact arithmetic."""
+    sx, sy, sxx, sxy, syy = m
+    loss = (w * w * sxx + n * b * b + syy + 2 * w * b * sx - 2 * w * sxy - 2 * b * sy) / n
+    return loss, 2 * (w * sxx + b * sx - sxy) / n, 2 * (w * sx + n * b - sy) / n
+
+
 def _batch(w, b, xs, ys):
     """Loss and gradients of one batch (Equations 3, 8 and 11), in whatever exact type the inputs have."""
     n = len(xs)
@@ -300,7 +333,7 @@ class Stepper:
     the schedule's closed-form rate. The state is ``{"w", "b", <state field>: value}`` by the
     recorded names (``buf_w``, ``exp_avg_sq_b``, ...); SGD's buffer is None before its first step."""
 
-    def __init__(self, cfg, x: np.ndarray, y: np.ndarray, num: Numbers):
+    def __init__(self, cfg, x: np.ndarray, y: np.ndarray, num: Numbers, cache: dict | None = None):
         from sgdtrace.engines import optimizers
         from sgdtrace.engines.protocol import state_field
 
@@ -308,19 +341,28 @@ class Stepper:
         self.keys = optimizers.get(cfg.optimizer).state_keys(cfg)
         self.field = state_field
         self._x, self._y = x, y
+        #: each batch's exact moments, by its indices (shareable between steppers of one run)
+        self._moments: dict[tuple[int, ...], tuple[Fraction, ...]] = {} if cache is None else cache
         self.refresh()
 
     def refresh(self) -> None:
-        """(Re)build the inputs in the current arithmetic (after a switch to decimals)."""
+        """(Re)build the inputs in the current arithmetic (after a switch to decimals); the samples
+        are converted when a batch first uses them (one step of a large data set converts its batch)."""
         W, cfg = self.num.written, self.cfg
-        self.xs = [W(v) for v in self._x.tolist()]
-        self.ys = [W(v) for v in self._y.tolist()]
+        self._samples: dict[int, tuple[Any, Any]] = {}
         self.h = {
             k: W(getattr(cfg, k))
             for k in ("momentum", "dampening", "weight_decay", "eps", "alpha", "lr_decay", "initial_accumulator_value")
             if getattr(cfg, k) is not None
         }
         self.h["beta1"], self.h["beta2"] = W(cfg.betas[0]), W(cfg.betas[1])
+
+    def _sample(self, i: int) -> tuple[Any, Any]:
+        """Sample ``i`` as written (x, y), in the current arithmetic."""
+        got = self._samples.get(i)
+        if got is None:
+            got = self._samples[i] = (self.num.written(self._x[i]), self.num.written(self._y[i]))
+        return got
 
     def initial(self) -> dict[str, Any]:
         """The state before the first step: the initial parameters, the optimizer's initial state."""
@@ -337,13 +379,28 @@ class Stepper:
                 state[self.field(key, p)] = value
         return state
 
+    def batch_moments(self, idx: list[int]) -> tuple[Fraction, ...]:
+        key = tuple(idx)
+        if key not in self._moments:
+            x, y = self._x, self._y
+            self._moments[key] = moments([(written_ints(x[i]), written_ints(y[i])) for i in idx])
+        return self._moments[key]
+
     def gradients(self, state: dict[str, Any], batches: list) -> dict[str, Any]:
         """The batch's loss and gradients at the state's parameters; several batches (data-parallel
-        ranks) are averaged, as DDP's all-reduce does, and each rank's own kept as ``rank<r>.<f>``."""
+        ranks) are averaged, as DDP's all-reduce does, and each rank's own kept as ``rank<r>.<f>``.
+
+        Exact parameters (Fractions) take the batch's exact moments, and the results are then put in
+        the arithmetic's type (rounded once, in decimals); decimal ones go sample by sample."""
         out: dict[str, Any] = {}
         parts = []
+        w, b = state["w"], state["b"]
         for r, idx in enumerate(batches):
-            loss, gw, gb = _batch(state["w"], state["b"], [self.xs[i] for i in idx], [self.ys[i] for i in idx])
+            if isinstance(w, Fraction) and isinstance(b, Fraction):
+                loss, gw, gb = (self.num.fit(q) for q in _batch_exact(w, b, len(idx), self.batch_moments(idx)))
+            else:
+                xs, ys = zip(*(self._sample(i) for i in idx))
+                loss, gw, gb = _batch(w, b, xs, ys)
             parts.append((loss, gw, gb))
             if len(batches) > 1:
                 out.update({f"rank{r}.loss": loss, f"rank{r}.grad_w": gw, f"rank{r}.grad_b": gb})
@@ -362,7 +419,7 @@ class Stepper:
             row["lr"] = group["lr"]
         for p in ("w", "b"):
             own = {key: state[self.field(key, p)] for key in self.keys}
-            row[p] = self._update(state[p], row[f"grad_{p}"], own, group, t)
+            row[p] = self._update(self.num.fit(state[p]), row[f"grad_{p}"], own, group, t)
             row.update({self.field(key, p): own[key] for key in self.keys})
         return row
 
@@ -548,16 +605,17 @@ def _side_value(trace, side: str, field_name: str, k: int) -> float:
     return float(cols[field_name][k])
 
 
-def _exact_steps(trace, k: int, name: str, num: Numbers, batches: list, pos: int) -> dict[str, Any] | None:
+def _exact_steps(trace, k: int, name: str, num: Numbers, batches: list, pos: int, cache: dict) -> dict[str, Any] | None:
     """Per side, the exact value of ``name`` at step ``k`` (0-based) worked from that side's own
-    start; None where a side's start is not finite."""
-    stepper = Stepper(trace.config, trace.dataset.x, trace.dataset.y, num)
+    start (its parameters exactly, so the batch's loss and gradients are exact: one rounding to the
+    arithmetic after them); None where a side's start is not finite."""
+    stepper = Stepper(trace.config, trace.dataset.x, trace.dataset.y, num, cache)
     initial = stepper.initial()
     out = {}
     for side in ("hand", "torch"):
         cols = trace.manual if side == "hand" else trace.torch
         if k == 0:
-            start = initial
+            start = dict(initial, w=exact(trace.config.init_w), b=exact(trace.config.init_b))
         else:
             start = {}
             for f in initial:
@@ -565,8 +623,11 @@ def _exact_steps(trace, k: int, name: str, num: Numbers, batches: list, pos: int
                 v = float(col[k - 1])
                 if not math.isfinite(v):
                     return None
-                start[f] = num.held(v)
-        out[side] = stepper.step(k + 1, pos, batches, start)[name]
+                start[f] = Fraction(v) if f in ("w", "b") else num.held(v)
+        row = stepper.step(k + 1, pos, batches, start)
+        if name not in row:  # pragma: no cover - every judged field is a field of the step
+            return None
+        out[side] = row[name]
     return out
 
 
@@ -590,11 +651,12 @@ def closer(trace) -> Closer:
         batches = [plan.indices(k).tolist()]
     pos = int(_schedule_positions(cfg, plan)[k])
     num = Numbers(decimal=not rational(cfg))
+    cache: dict = {}
     if num.decimal:
         with localcontext(decimal_context()):
-            rough = _exact_steps(trace, k, name, num, batches, pos)
+            rough = _exact_steps(trace, k, name, num, batches, pos, cache)
     with localcontext(decimal_context(DECIMAL_DIGITS + 20 if num.decimal else DECIMAL_DIGITS)):
-        truths = _exact_steps(trace, k, name, num, batches, pos)
+        truths = _exact_steps(trace, k, name, num, batches, pos, cache)
         if truths is None:
             return Closer(None, None)
         errors: dict[str, Any] = {}

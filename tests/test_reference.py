@@ -389,3 +389,20 @@ def test_closer_on_a_data_parallel_run():
         found = refmod.closer(u)
         assert found.side == ("hand" if side == "torch" else "torch"), name
         assert found.errors["hand" if side == "manual" else "torch"] > 0
+
+
+def test_exact_moments_are_the_sums_sample_by_sample():
+    """The batch's loss and gradients from its exact moments equal Equations 3, 8, 11 summed sample
+    by sample, exactly (Fractions), on values written with any number of digits and exponents."""
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        n = int(rng.integers(1, 9))
+        x = rng.normal(size=n) * 10.0 ** rng.integers(-8, 8, size=n)
+        y = rng.normal(size=n) * 10.0 ** rng.integers(-8, 8, size=n)
+        w, b = F(float(rng.normal())), F(float(np.float32(rng.normal() * 100)))
+        samples = [(refmod.written_ints(a), refmod.written_ints(c)) for a, c in zip(x, y)]
+        for (m, e), v in zip((s[0] for s in samples), x):
+            assert F(m) * F(10) ** e == refmod.exact(v)
+        got = refmod._batch_exact(w, b, n, refmod.moments(samples))
+        want = refmod._batch(w, b, [refmod.exact(v) for v in x], [refmod.exact(v) for v in y])
+        assert got == want
