@@ -164,7 +164,8 @@ class Refusal:
 
     ``a`` and ``b`` name the options as docs/options.md's table of combinations shows them,
     ``why`` is the reason (the error message says it), ``names`` the words the message names the two
-    options by, and ``example`` a command line that meets it (the tests run each one).
+    options by (``|`` between alternatives), and ``example`` a command line that meets it (the tests
+    run each one).
     """
 
     a: str
@@ -261,7 +262,7 @@ COMBINATIONS: dict[str, Refusal] = {
         _WS,
         "--foreach or --fused",
         "data-parallel runs use torch.optim.SGD's default implementation",
-        ("--world-size", "--f"),
+        ("--world-size", "--foreach|--fused"),
         ("run", "--world-size", "2", "--foreach"),
     ),
     "set_epoch-world_size": Refusal(

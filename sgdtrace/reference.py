@@ -36,7 +36,9 @@ start: the state that side recorded after the step before (parameters, gradients
 optimizer's state; the initial values at step 1), the batch and the rate of that step, and the
 inputs as written, in the ground truth's arithmetic. The side whose value lies nearer its exact
 step is ``closer`` ("hand" or "torch"); null where the two are equally far (to the arithmetic's
-precision), or a side's start is not finite. One step, not the run: cheap at any run's length.
+precision), or a side's start is not finite. One step, not the run: cheap at any run's length. The
+start's parameters are binary floats, so exact; the batch's loss and gradients then come exactly
+from its moments (the sums of x, y, x^2, xy, y^2 as written, in integers: :func:`moments`).
 A state the hand side does not keep (a user's engine) starts from torch's recorded value, as the
 judge does.
 
