@@ -346,11 +346,15 @@ def load(config: Config) -> Dataset:
         dataset = article()
     if features is not None:  # --features D names the data's columns: one x column is D = 1
         if dataset.x.shape[1] != features:
+            from sgdtrace.config import refusal
+
             where = f"--data {config.data!r}" if config.data is not None else "the article's data"
-            raise ConfigError(
-                f"{config.origin.get('features') or '--features'} {features} with {where}, which has "
-                f"{dataset.x.shape[1]} feature column{'s' if dataset.x.shape[1] != 1 else ''} "
-                f"({', '.join(dataset.columns)}): give --features {dataset.x.shape[1]} or leave it out"
+            d = dataset.x.shape[1]
+            raise refusal(
+                "features-data",
+                f"{config.origin.get('features') or '--features'} {features}",
+                f"{where}, which has {d} feature column{'s' if d != 1 else ''} ({', '.join(dataset.columns)})",
+                "with",
             )
         if dataset.features is None:
             dataset = Dataset(dataset.x, dataset.y, dataset.info, dataset.true_w, dataset.true_b, features)

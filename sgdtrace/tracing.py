@@ -16,7 +16,7 @@ import numpy as np
 from sgdtrace import data as data_mod
 from sgdtrace import divergence, stall
 from sgdtrace.blowup import diagnose, full_loss, stable_lr  # noqa: F401  (full_loss: kept importable here)
-from sgdtrace.config import Config
+from sgdtrace.config import Config, refusal
 from sgdtrace.errors import ConfigError
 from sgdtrace.notebook import TraceNotebook
 
@@ -140,7 +140,10 @@ def run_trace(
             )
         config = config.replace(world_size=world, origin=config.origin)
     if config.world_size > 1:
-        return run_distributed(config, dataset=dataset, engine=engine)
+        trace = run_distributed(config, dataset=dataset, engine=engine)
+        if trace is not None:
+            judge_closer(trace)
+        return trace
     device = resolve_device(config.device)
     label = device_label(device)
     cfg = config.replace(device=label, origin=config.origin)
@@ -163,8 +166,7 @@ def run_trace(
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
     if (cfg.engine is not None or hasattr(engine, "run_columns")) and not model.scalar:
-        where = cfg.origin.get("engine") or "--engine"
-        raise ConfigError(f"{where} with {_features_origin(cfg, dataset)}: {_ENGINE_FORM}")
+        raise refusal("engine-features", cfg.origin.get("engine") or "--engine", _features_origin(cfg, dataset))
     if engine is None and cfg.engine is not None:  # --engine FILE.py
         from sgdtrace.engines.user import UserEngine
 
@@ -198,7 +200,22 @@ def run_trace(
         trace.verdict.first_divergent_step = dataclasses.replace(
             trace.verdict.first_divergent_step, diagnosis=diagnose_step(trace)
         )
+    judge_closer(trace)
     return trace
+
+
+def judge_closer(trace: Trace) -> None:
+    """At the first divergent step, which side the ground truth is nearer (:func:`sgdtrace.reference.closer`).
+
+    The exact step is the article's model's: on D features ``closer`` stays None (not worked out)."""
+    if trace.verdict.first_divergent_step is None or not trace.model.scalar:
+        return
+    from sgdtrace.reference import closer
+
+    found = closer(trace)
+    trace.verdict.first_divergent_step = dataclasses.replace(
+        trace.verdict.first_divergent_step, closer=found.side, exact_error=found.errors
+    )
 
 
 def build_model(cfg: Config, dataset: data_mod.Dataset):
@@ -206,13 +223,6 @@ def build_model(cfg: Config, dataset: data_mod.Dataset):
     from sgdtrace import models
 
     return models.build(cfg, dataset.features)
-
-
-#: why a user's engine file cannot stand on the hand side of a D-feature run (yet)
-_ENGINE_FORM = (
-    "your own engine's gradients(w, b, x, y) is the article's form (one x column, scalar w and b); "
-    "leave one of them out"
-)
 
 
 def _features_origin(cfg: Config, dataset: data_mod.Dataset) -> str:
@@ -343,7 +353,7 @@ def run_distributed(
     dplan = data_mod.distributed_plan(len(dataset), cfg)
     model = build_model(cfg, dataset)
     if cfg.engine is not None and not model.scalar:  # pragma: no cover - refused with the world size first
-        raise ConfigError(f"--engine with {_features_origin(cfg, dataset)}: {_ENGINE_FORM}")
+        raise refusal("engine-features", cfg.origin.get("engine") or "--engine", _features_origin(cfg, dataset))
     # the ranks build the model from the config and the samples: D features named by the data
     # (a CSV file's x1..xD) are named to them in the config
     ranks_cfg = cfg if cfg.features is not None or model.scalar else cfg.replace(features=model.features)

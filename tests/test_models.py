@@ -458,9 +458,9 @@ def test_a_csv_files_columns_give_d_and_a_wrong_init_list_names_both(tmp_path):
     r = CliRunner().invoke(cli, ["run", "--data", str(path), "--init-w", "1,2"])
     assert r.exit_code == 2 and "--init-w has 2 values but the model's w (D = 3 features) has 3" in r.output
     r = CliRunner().invoke(cli, ["run", "--data", str(path), "--engine", "docs/examples/engine_correct.py"])
-    assert r.exit_code == 2 and "--engine with --data" in r.output and "x1, x2, x3" in r.output
+    assert r.exit_code == 2 and "--engine and --data" in r.output and "x1, x2, x3" in r.output
     r = CliRunner().invoke(cli, ["explain", "--data", str(path), "--batch", "1", "--world-size", "2"])
-    assert r.exit_code == 2 and "explain --world-size 2 with 3 feature columns" in r.output
+    assert r.exit_code == 2 and "explain --world-size 2 with --data" in r.output and "(3 feature columns)" in r.output
 
 
 def test_a_toml_file_takes_lists_and_the_gate_runs_the_features_config(tmp_path):
