@@ -577,3 +577,43 @@ def test_the_models_package_sits_below_the_engines_the_judge_and_the_views():
             for n in ast.walk(ast.parse(path.read_text()))
         )
         assert uses_torch == path.name.endswith("_torch.py"), path.name
+
+
+# ------------------------------------------------------------------ D features with every other option
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["--scheduler", "OneCycleLR", "--scheduler-arg", "max_lr=0.01", "--scheduler-arg", "total_steps=20"],
+        ["--optimizer", "adam", "--lr", "0.05", "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"],
+        ["--optimizer", "rmsprop", "--centered", "--momentum", "0.5", "--scheduler", "ExponentialLR"]
+        + ["--scheduler-arg", "gamma=0.9", "--scheduler-arg", "interval=step"],
+        ["--optimizer", "adagrad", "--lr-decay", "0.01", "--initial-accumulator-value", "0.1"],
+        ["--optimizer", "adamw", "--amsgrad", "--foreach"],
+        ["--optimizer", "adam", "--fused", "--dtype", "float64"],
+        ["--fused", "--momentum", "0.9"],
+        ["--foreach", "--momentum", "0.9", "--nesterov", "--dtype", "float64"],
+        ["--shuffle", "--seed", "5", "--drop-last", "--batch-size", "7", "--maximize", "--epochs", "1"],
+        ["--dtype", "float16", "--momentum", "0.5", "--dampening", "0.5"],
+        ["--dtype", "bfloat16", "--weight-decay", "0.1", "--format", "json"],
+        ["--world-size", "2", "--momentum", "0.9", "--format", "csv"],
+        ["--world-size", "2", "--dtype", "float64", "--drop-last", "--batch-size", "3", "--format", "html"],
+        ["--format", "markdown", "--epochs", "3", "--every", "2"],
+    ],
+    ids=lambda o: " ".join(o)[:60],
+)
+def test_d_features_meet_every_other_option(opts, tmp_path):
+    base = ["run", "-q", "--synthetic", "24", "--features", "3", "--true-w", "1,-2,0.5", "--noise", "0.5"]
+    base += ["--batch-size", "4", "--epochs", "2", "--lr", "0.002", "--init-w", "0.5,0,-0.5"]
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, [*base, *opts, "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    if "json" in opts:
+        doc = json.loads(text)
+        assert doc["verdict"]["ok"] and len(doc["steps"][0]["manual"]["w"]) == 3
+    elif "csv" in opts:
+        assert "manual_w[2]" in text.splitlines()[0]
+    else:
+        assert "agree" in text
