@@ -54,12 +54,24 @@ class _HostRecorder:
         return col
 
     def put(self, field: str, k: int, value: torch.Tensor) -> None:
+        self.writer(field)(k, value)
+
+    def writer(self, field: str):
+        """``write(k, value)``: step ``k``'s value of ``field`` into its column (the per-step path)."""
+        col = self.column(field)
         shape = self.shapes.get(field, ())
         if not shape:
-            self.column(field)[k] = value.item()
-            return
-        v = value.detach().reshape(shape)
-        self.column(field)[k] = (v.float() if v.itemsize == 2 else v).numpy()
+
+            def write(k: int, value: torch.Tensor) -> None:
+                col[k] = value.item()
+
+            return write
+
+        def write_array(k: int, value: torch.Tensor) -> None:
+            v = value.detach().reshape(shape)
+            col[k] = (v.float() if v.itemsize == 2 else v).numpy()
+
+        return write_array
 
     def result(self) -> dict[str, np.ndarray]:
         return self.cols
@@ -90,7 +102,17 @@ class _DeviceRecorder:
         return col
 
     def put(self, field: str, k: int, value: torch.Tensor) -> None:
-        self.column(field)[k] = value.detach().reshape(self.shapes.get(field, ()) or (1,))
+        self.writer(field)(k, value)
+
+    def writer(self, field: str):
+        """``write(k, value)``: step ``k``'s value of ``field`` into its device column."""
+        col = self.column(field)
+        shape = self.shapes.get(field, ()) or (1,)
+
+        def write(k: int, value: torch.Tensor) -> None:
+            col[k] = value.detach().reshape(shape)
+
+        return write
 
     def result(self) -> dict[str, np.ndarray]:
         from sgdtrace.dtypes import np_dtype
@@ -164,8 +186,11 @@ def run(
     rec = _DeviceRecorder(steps, dtype, device, shapes) if sync_free else _HostRecorder(steps, dtype, shapes)
     for f in value_fields(model.names):
         rec.column(f)
-    put = rec.put
-    state_columns: list[tuple[str, dict, str]] = []  # (column, the parameter's state, key): after step 1
+    # each column's writer, made once: the per-step path is one call per value
+    grad_writers = [(rec.writer("grad_" + name), p) for name, p in params]
+    param_writers = [(rec.writer(name), p) for name, p in params]
+    write_loss = rec.writer("loss")
+    state_columns: list[tuple[Callable, dict, str]] = []  # (writer, the parameter's state, key): after step 1
     report = PROGRESS_EVERY if progress is not None else -1
 
     k = 0
@@ -177,28 +202,29 @@ def run(
                 loss = criterion(output, target)
                 # backward pass (gradient calculation)
                 loss.backward()
-                for name, p in params:
-                    put("grad_" + name, k, p.grad)
-                put("loss", k, loss)
+                for write, p in grad_writers:
+                    write(k, p.grad)
+                write_loss(k, loss)
                 if lrs is not None:  # the rate this step uses
                     lrs[k] = optimizer.param_groups[0]["lr"]
                 # update weights
                 optimizer.step()
                 if per_step:
                     scheduler.step()
-                for name, p in params:
-                    put(name, k, p)
+                for write, p in param_writers:
+                    write(k, p)
                 if k == 0:  # what the optimizer keeps per parameter, as torch names it ("step" is a count)
-                    state_columns = [
-                        (state_field(key, name), optimizer.state[p], key)
+                    kept = [
+                        (state_field(key, name), name, optimizer.state[p], key)
                         for name, p in params
                         for key, v in optimizer.state[p].items()
                         if key != "step" and isinstance(v, torch.Tensor)
                     ]
-                    for column, _, _ in state_columns:
-                        shapes[column] = shapes[_param_name(column, model.names)]
-                for column, state, key in state_columns:
-                    put(column, k, state[key])
+                    for column, name, _, _ in kept:
+                        shapes[column] = shapes[name]
+                    state_columns = [(rec.writer(column), state, key) for column, _, state, key in kept]
+                for write, state, key in state_columns:
+                    write(k, state[key])
                 # zero gradients from the previous step
                 optimizer.zero_grad()
                 k += 1
@@ -215,11 +241,6 @@ def run(
     if lrs is not None:
         result["lr"] = lrs
     return result
-
-
-def _param_name(field: str, names: tuple[str, ...]) -> str:
-    """The parameter a state column belongs to (``buf_w``: ``w``)."""
-    return next(p for p in names if field.endswith("_" + p))
 
 
 def make_optimizer(params, config) -> optim.Optimizer:
