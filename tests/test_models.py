@@ -617,3 +617,20 @@ def test_d_features_meet_every_other_option(opts, tmp_path):
         assert "manual_w[2]" in text.splitlines()[0]
     else:
         assert "agree" in text
+
+
+@pytest.mark.parametrize("opts", [dict(batch_size=4), dict(batch_size=5, shuffle=True, seed=2, epochs=2)])
+def test_the_batch_hessians_are_two_over_n_times_the_augmented_gram(opts):
+    cfg = Config(synthetic=22, features=3, **{"epochs": 1, **opts})  # 22 = 5*4 + 2, 4*5 + 2: a partial batch
+    ds = linear_data = __import__("sgdtrace.data", fromlist=["load"]).load(cfg)
+    p = plan(len(ds), cfg)
+    epochs = list(range(p.epochs))
+    n, H = linear.batch_hessians(models.build(cfg, 3), linear_data.x, p, cfg.dtype, epochs)
+    assert H.shape == (len(epochs), p.steps_per_epoch, 4, 4)
+    for e in epochs:
+        order = p.epoch_order(e)
+        for k, (start, size) in enumerate(zip(p.batch_starts().tolist(), p.batch_sizes().tolist())):
+            xb = ds.x[order[start : start + size]].astype(np.float32).astype(np.float64)
+            aug = np.concatenate((xb, np.ones((size, 1))), axis=1)
+            np.testing.assert_allclose(H[e, k], 2 * aug.T @ aug / size, rtol=1e-13)
+            assert n[k] == size

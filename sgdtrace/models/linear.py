@@ -603,10 +603,18 @@ def batch_hessians(model, x: np.ndarray, plan, dtype: str, epochs: list[int]) ->
     n_used = int(sizes.sum())
     H = np.empty((len(epochs), sizes.size, D + 1, D + 1))
     n = sizes.astype(np.float64)
+    full = int(np.sum(sizes == plan.batch_size))  # the whole batches come first; then a partial one
+    B = plan.batch_size
     for row, e in enumerate(epochs):
         xe = xr[plan.epoch_order(e)[:n_used]]
         aug = np.concatenate((xe, np.ones((xe.shape[0], 1))), axis=1)
-        gram = np.add.reduceat(aug[:, :, None] * aug[:, None, :], starts, axis=0)
+        # per batch [x 1]ᵀ[x 1] as one matrix product per batch (no (n, m, m) temporary)
+        whole = aug[: full * B].reshape(full, B, D + 1)
+        gram = np.empty((sizes.size, D + 1, D + 1))
+        gram[:full] = np.matmul(whole.transpose(0, 2, 1), whole)
+        if full < sizes.size:
+            rest = aug[int(starts[full]) :]
+            gram[full] = rest.T @ rest
         H[row] = 2 * gram / n[:, None, None]
     return n, H
 
