@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sgdtrace import Config, models
 from sgdtrace.cli import cli
-from sgdtrace.data import Dataset, plan, read_csv
+from sgdtrace.data import Dataset, load, plan, read_csv
 from sgdtrace.engines import manual, protocol
 from sgdtrace.engines.optimizers import sgd
 from sgdtrace.errors import SgdtraceError
@@ -622,10 +622,10 @@ def test_d_features_meet_every_other_option(opts, tmp_path):
 @pytest.mark.parametrize("opts", [dict(batch_size=4), dict(batch_size=5, shuffle=True, seed=2, epochs=2)])
 def test_the_batch_hessians_are_two_over_n_times_the_augmented_gram(opts):
     cfg = Config(synthetic=22, features=3, **{"epochs": 1, **opts})  # 22 = 5*4 + 2, 4*5 + 2: a partial batch
-    ds = linear_data = __import__("sgdtrace.data", fromlist=["load"]).load(cfg)
+    ds = load(cfg)
     p = plan(len(ds), cfg)
     epochs = list(range(p.epochs))
-    n, H = linear.batch_hessians(models.build(cfg, 3), linear_data.x, p, cfg.dtype, epochs)
+    n, H = linear.batch_hessians(models.build(cfg, 3), ds.x, p, cfg.dtype, epochs)
     assert H.shape == (len(epochs), p.steps_per_epoch, 4, 4)
     for e in epochs:
         order = p.epoch_order(e)
