@@ -35,8 +35,15 @@ class CheckResult(CheckNotebook):
     def ok(self) -> bool:
         return all(r.trace.verdict.ok for r in self.rows)
 
+    @property
+    def environment(self) -> dict[str, Any]:
+        """The machine the gate ran on (:func:`sgdtrace.probe.environment`)."""
+        from sgdtrace.probe import environment
+
+        return environment()
+
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [r.to_json() for r in self.rows]}
+        return {"ok": self.ok, "checks": [r.to_json() for r in self.rows], "environment": self.environment}
 
 
 def available_devices() -> list[str]:

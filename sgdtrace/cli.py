@@ -171,6 +171,12 @@ GRAPH_FORMATS: dict[str, View] = {
 PLOT_FORMATS: dict[str, View] = {
     "png": View("a PNG image (needs --output FILE.png)", _lazy("sgdtrace.views.plot", "plot_trace")),
 }
+DOCTOR_FORMATS: dict[str, View] = {
+    "table": View("the machine, its kernel rules, the claims that hold", _lazy("sgdtrace.views.doctor", "doctor_view")),
+    "json": View(
+        "the same as JSON (every JSON output's environment object)", _lazy("sgdtrace.views.doctor", "doctor_json")
+    ),
+}
 
 
 def format_option(formats: dict[str, View], default: str | None = None) -> Callable:
@@ -586,6 +592,8 @@ def run(
     if trace is None:  # a rank other than 0 of a torchrun group: rank 0 writes the output
         return EXIT_OK
     add_witnesses(trace, reference, gradcheck)
+    if fmt == "json":  # the machine (sgdtrace.probe) read, or measured, before the output is opened
+        _ = trace.environment
     if fmt == "table":
         options = {"rows": rows, "every": every}
     elif fmt == "html":
@@ -848,6 +856,26 @@ def template(output: str | None) -> int:
     write_output(TEMPLATE, output)
     if output is not None:
         click.echo(f"wrote {output}: write gradients, then run: sgdtrace run --engine {output}", err=True)
+    return EXIT_OK
+
+
+@cli.command()
+@format_option(DOCTOR_FORMATS, default="table")
+@output_option()
+@click.option("--refresh", is_flag=True, help="Measure the rules again, whatever the cache holds.")
+def doctor(fmt: str, output: str | None, refresh: bool) -> int:
+    """Is it my code or my machine? This machine's kernel rules, measured, and which of sgdtrace's
+    bit-for-bit claims hold here.
+
+    Versions, the CPU (torch's capability, threads) and CUDA's settings; how torch's sqrt, exp, log,
+    tanh and sigmoid round, whether its kernels fuse, how each optimizer implementation rounds
+    against the hand update. Measured once per machine and torch version (about a second), then read
+    from a cache; every JSON output carries the same as "environment".
+    """
+    check_output_path(output)
+    from sgdtrace.probe import environment
+
+    emit(DOCTOR_FORMATS, fmt, environment(refresh=refresh, timing=True), output)
     return EXIT_OK
 
 

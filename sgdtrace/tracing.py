@@ -47,6 +47,14 @@ class Trace(TraceNotebook):
         """The hand side's label: "hand", or the user's engine file's name."""
         return "hand" if self.engine is None else self.engine.name
 
+    @property
+    def environment(self) -> dict[str, Any]:
+        """The machine this ran on and its measured kernel rules (:func:`sgdtrace.probe.environment`:
+        measured once per machine and torch version, then read from a cache)."""
+        from sgdtrace.probe import environment
+
+        return environment()
+
     #: per side ("manual", "torch"): {"stalled_w", "stalled_b"}, bool per step (sgdtrace.stall)
     stalled: dict[str, dict[str, np.ndarray]] | None = None
 
