@@ -445,6 +445,12 @@ def test_distances_both_ways_only_excuses_opposite_infinities():
 # ------------------------------------------------------------------ the tolerance model, re-derived
 
 
+def _coef(c, carry):
+    """A coefficient c both engines round to the type moves the carried difference by u|c||C|
+    (``_track._coefficient``; none for c = 1), in units of u."""
+    return 0.0 if abs(c) == 1 else abs(c) * abs(carry)
+
+
 def _reference_tolerances(cfg, x, y, plan_, a, b):
     """divergence.py's docstring, step by step with Python floats: per field, the rounding
     allowance (atol + rtol*E) and the carried difference C (signed, manual minus torch)."""
@@ -518,7 +524,7 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
             if cfg.weight_decay:
                 wd = cfg.weight_decay
                 mag = g[0] + wd * pm
-                g = (mag, g[1] + wd * pm + mag, g[2] + wd * pd)  # the product's rounding, the sum's
+                g = (mag, g[1] + wd * pm + mag + _coef(wd, pd), g[2] + wd * pd)  # the product's rounding, the sum's
             if cfg.momentum:
                 ca, cb = float(a["buf_" + name][k]), float(b["buf_" + name][k])
                 cur = (max(abs(ca), abs(cb)), 0.0, ca - cb)
@@ -529,16 +535,17 @@ def _reference_tolerances(cfg, x, y, plan_, a, b):
                     prev = max(abs(pa), abs(pb))
                     mag = mu * prev + c * g[0]
                     rnd = mu * prev + (0.0 if c == 1 else c * g[0]) + cur[0]  # mu*buf, (1-tau)*g, the sum
+                    rnd += _coef(mu, pa - pb) + _coef(c, g[2])
                     buf = (mag, c * g[1] + rnd, mu * (pa - pb) + c * g[2])
                 tol["buf_" + name].append(atol + rtol * buf[1])
                 carried["buf_" + name].append(buf[2])
                 if cfg.nesterov:
                     mag = g[0] + mu * cur[0]
-                    g = (mag, g[1] + mu * cur[0] + mag, g[2] + mu * cur[2])
+                    g = (mag, g[1] + mu * cur[0] + mag + _coef(mu, cur[2]), g[2] + mu * cur[2])
                 else:
                     g = cur
             new = max(abs(float(a[name][k])), abs(float(b[name][k])))
-            tol[name].append(atol + rtol * (cfg.lr * g[1] + cfg.lr * g[0] + new))
+            tol[name].append(atol + rtol * (cfg.lr * g[1] + cfg.lr * g[0] + new + _coef(cfg.lr, g[2])))
             carried[name].append(pd - cfg.lr * g[2])
     if cfg.dtype in ("bfloat16", "float16") and cfg.rtol is None and cfg.atol is None:
         # the exact update: where a step's parameter, gradient and buffer start equal on both

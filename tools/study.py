@@ -9,6 +9,11 @@ any run fails its gate.
 
     .venv/bin/python tools/study.py               # 400 random + 60 converged runs, ~5 minutes
     .venv/bin/python tools/study.py --runs 2000 --seed 7
+    .venv/bin/python tools/study.py --optimizers 450   # Adam, AdamW, RMSprop, Adagrad instead
+
+``--optimizers N``: N honest runs of the other optimizers over their options, schedules, both
+dtypes and torch's three implementations (for-loop, foreach, fused), where the judge's sqrt term
+meets the machine's sqrt (``sgdtrace doctor``); the worst share per optimizer.
 """
 
 from __future__ import annotations
@@ -83,12 +88,97 @@ def converged_config(rng: np.random.Generator) -> Config:
     )
 
 
+#: learning-rate schedules the optimizer runs draw from (torch's class and keyword names)
+SCHEDULES = (
+    {"name": "StepLR", "step_size": 2, "gamma": 0.5},
+    {"name": "ExponentialLR", "gamma": 0.9},
+    {"name": "CosineAnnealingLR", "T_max": 3, "eta_min": 0.001},
+    {"name": "LinearLR", "start_factor": 0.25, "total_iters": 4},
+)
+
+
+def optimizer_config(rng: np.random.Generator) -> Config:
+    """Adam, AdamW, RMSprop or Adagrad, every option drawn, as tests/test_optimizers.py's property
+    test draws them; a schedule a quarter of the time; torch's implementation drawn too."""
+    from sgdtrace.config import make_schedule
+
+    name = str(rng.choice(["adam", "adamw", "rmsprop", "adagrad"]))
+    opts: dict = {"weight_decay": float(rng.choice([0.0, 0.01, 0.5])), "maximize": bool(rng.random() < 0.3)}
+    if name in ("adam", "adamw"):
+        opts.update(
+            betas=(float(rng.uniform(0, 0.99)), float(rng.uniform(0, 0.9999))),
+            amsgrad=bool(rng.random() < 0.5),
+            eps=float(rng.choice([1e-8, 1e-6, 1e-3, 0.1])),
+        )
+    elif name == "rmsprop":
+        opts.update(
+            alpha=float(rng.uniform(0, 0.999)),
+            centered=bool(rng.random() < 0.5),
+            momentum=float(rng.choice([0.0, 0.5, 0.9])),
+            eps=float(rng.choice([1e-8, 1e-3, 0.1])),
+        )
+    else:
+        opts.update(
+            lr_decay=float(rng.choice([0.0, 0.01, 1.0])),
+            initial_accumulator_value=float(rng.choice([0.0, 0.1, 2.0])),
+            eps=float(rng.choice([1e-10, 1e-3])),
+        )
+    impl = str(rng.choice(["for-loop", "foreach", "fused"] if name != "rmsprop" else ["for-loop", "foreach"]))
+    if impl != "for-loop":
+        opts[impl] = True
+    if rng.random() < 0.25:
+        sched = dict(SCHEDULES[int(rng.integers(len(SCHEDULES)))], interval=str(rng.choice(["epoch", "step"])))
+        opts["scheduler"] = make_schedule(sched, "study")
+    n = rng.choice([None, 5, 17, 40])
+    data = {} if n is None else dict(synthetic=int(n), noise=float(rng.choice([0.0, 1.0])))
+    return Config(
+        optimizer=name,
+        lr=float(rng.uniform(1e-4, 0.3)),
+        batch_size=int(rng.integers(1, 10)),
+        epochs=int(rng.integers(1, 30)),
+        shuffle=bool(rng.random() < 0.5),
+        seed=int(rng.integers(0, 2**31)),
+        init_w=float(rng.uniform(-4, 4)),
+        init_b=float(rng.uniform(-4, 4)),
+        dtype=str(rng.choice(["float32", "float64"])),
+        **opts,
+        **data,
+    )
+
+
+def optimizers_study(runs: int, seed: int) -> int:
+    """``--optimizers N``: the worst share of the allowance per optimizer, implementation and dtype."""
+    rng = np.random.default_rng(seed)
+    worst: dict[tuple[str, str, str], tuple[float, Config]] = {}
+    failures = 0
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        cfg = optimizer_config(rng)
+        v = run_trace(cfg).verdict
+        impl = "fused" if cfg.fused else "foreach" if cfg.foreach else "for-loop"
+        key = (cfg.optimizer, impl, cfg.dtype)
+        if v.max_tol_ratio > worst.get(key, (-1.0,))[0]:
+            worst[key] = (v.max_tol_ratio, cfg)
+        if not v.ok:
+            failures += 1
+            print(f"FAIL {cfg!r}: {v.first_divergent_step}", flush=True)
+    print(f"{runs} optimizer runs in {time.perf_counter() - t0:.0f} s, {failures} failing")
+    for key in sorted(worst):
+        ratio, cfg = worst[key]
+        print(f"worst share {ratio:.4f}  {' '.join(key)}  ({cfg!r})")
+    print(f"overall worst share of the allowance: {max(r for r, _ in worst.values()):.4f}")
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=400, help="random runs over every option")
     ap.add_argument("--converged", type=int, default=60, help="long runs to convergence")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--optimizers", type=int, default=0, metavar="N", help="N runs of Adam, AdamW, RMSprop, Adagrad")
     args = ap.parse_args(argv)
+    if args.optimizers:
+        return optimizers_study(args.optimizers, args.seed)
     rng = np.random.default_rng(args.seed)
     jobs = [("random", random_config(rng)) for _ in range(args.runs)]
     jobs += [("converged", converged_config(rng)) for _ in range(args.converged)]
