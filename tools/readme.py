@@ -8,6 +8,17 @@ no colour); anything else runs in a shell. A ``  # comment`` after a command is 
     python tools/readme.py                   # rewrite README.md and docs/**/*.md in place
     python tools/readme.py --check           # exit 1 and list the blocks that are out of date
     python tools/readme.py docs/sgd.md ...   # only the files named
+
+Some figures depend on the machine that prints them (torch's sqrt is correctly rounded on one CPU
+and not on another: see ``sgdtrace doctor``). A line ``<!-- machine: ITEM; ITEM -->`` right before
+the ``sh`` line names them, and ``--check`` lets exactly those differ (a rewrite still pastes this
+machine's output):
+
+    column HEADER   the figures under the table column headed HEADER (``column max ulp``; a mark
+                    beside a figure, such as the blow-up's ``⚠``, must still match)
+    verdict         the verdict's figures: ``max N ulp (bit-identical)``, ``max |Δ|``, ``max rel``,
+                    ``worst N% of tolerance``
+    all             the whole block is this machine's report: it must run, with the same first line
 """
 
 from __future__ import annotations
@@ -20,7 +31,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK = re.compile(r"^<!-- sh: (?P<cmd>.+?) -->\n```[a-z]*\n(?P<body>.*?)^```\n", re.S | re.M)
+MARK = re.compile(
+    r"^(?:<!-- machine: (?P<machine>[^\n]+?) -->\n)?<!-- sh: (?P<cmd>.+?) -->\n```[a-z]*\n(?P<body>.*?)^```\n",
+    re.S | re.M,
+)
+#: a figure in a table cell: digits, a sign, a point, an exponent, a percent sign
+FIGURE = re.compile(r"^[-+0-9.e%]*$")
+#: the verdict's figures, and what each becomes when compared
+VERDICT = (
+    (re.compile(r"max \d+ ulp(?: \(bit-identical\))?"), "max # ulp"),
+    (re.compile(r"max \|Δ\| \S+"), "max |Δ| #"),
+    (re.compile(r"max rel \S+"), "max rel #"),
+    (re.compile(r"worst \d+% of"), "worst #% of"),
+)
 ENV = {"NO_COLOR": "1", "COLUMNS": "80", "TERM": "dumb"}
 
 
@@ -54,18 +77,72 @@ def pages() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
-def refresh(text: str, only_sgdtrace: bool = False) -> tuple[str, list[str]]:
-    """The text with every marked block re-run; and the commands whose output changed."""
+def machine_items(spec: str | None) -> list[str]:
+    """The items of a ``<!-- machine: ... -->`` line; an unknown one is an error in the page."""
+    items = [item.strip() for item in (spec or "").split(";") if item.strip()]
+    for item in items:
+        if item not in ("verdict", "all") and not (item.startswith("column ") and item[len("column ") :].strip()):
+            raise ValueError(f"<!-- machine: {spec} -->: {item!r} is not 'column HEADER', 'verdict' or 'all'")
+    return items
+
+
+def _column_span(lines: list[str], header: str) -> tuple[int, int, int] | None:
+    """(the header line's index, the column's first and last + 1 character): from the end of the
+    header before it to the end of its own (figures are right-aligned under it)."""
+    for i, line in enumerate(lines):
+        at = re.search(r"(?:^|(?<=\s))" + re.escape(header) + r"(?=\s|$)", line)
+        if at:
+            return i, len(line[: at.start()].rstrip()), at.end()
+    return None
+
+
+def _masked(text: str, items: list[str]) -> list[str] | None:
+    """The lines with the machine's figures blanked; None where a named column is missing."""
+    lines = text.splitlines()
+    for item in items:
+        if item == "verdict":
+            for pattern, stand_in in VERDICT:
+                lines = [pattern.sub(stand_in, line) for line in lines]
+        elif item.startswith("column "):
+            span = _column_span(lines, item[len("column ") :].strip())
+            if span is None:
+                return None
+            head, lo, hi = span
+            for i in range(head + 1, len(lines)):
+                cell = re.sub(
+                    r"\S+", lambda t: " " * len(t.group()) if FIGURE.match(t.group()) else t.group(), lines[i][lo:hi]
+                )
+                lines[i] = lines[i][:lo] + cell + lines[i][hi:]
+    return lines
+
+
+def same_but_machine(old: str, new: str, spec: str | None) -> bool:
+    """Do two outputs of a block differ only where its ``machine`` line says they may?"""
+    items = machine_items(spec)
+    if old == new:
+        return True
+    if not items:
+        return False
+    if "all" in items:  # the prompt line, and the report's first line
+        return old.splitlines()[:2] == new.splitlines()[:2]
+    a, b = _masked(old, items), _masked(new, items)
+    return a is not None and a == b
+
+
+def refresh(text: str, only_sgdtrace: bool = False, check: bool = False) -> tuple[str, list[str]]:
+    """The text with every marked block re-run; and the commands whose output changed (with
+    ``check``, beyond the figures the block's ``machine`` line names)."""
     changed: list[str] = []
 
     def replace(m: re.Match) -> str:
-        cmd = m.group("cmd")
+        cmd, spec = m.group("cmd"), m.group("machine")
         if only_sgdtrace and not cmd.startswith("sgdtrace "):
             return m.group(0)
         body = run_examples(cmd)
-        if body != m.group("body"):
+        if not (same_but_machine(m.group("body"), body, spec) if check else body == m.group("body")):
             changed.append(cmd)
-        return f"<!-- sh: {cmd} -->\n```\n{body}```\n"
+        machine = f"<!-- machine: {spec} -->\n" if spec else ""
+        return f"{machine}<!-- sh: {cmd} -->\n```\n{body}```\n"
 
     os.chdir(ROOT)
     return MARK.sub(replace, text), changed
@@ -77,7 +154,7 @@ def main(argv: list[str]) -> int:
     run = changed_total = 0
     for path in named or pages():
         text = path.read_text(encoding="utf-8")
-        new, changed = refresh(text)
+        new, changed = refresh(text, check=check)
         name = path.relative_to(ROOT)
         run += len(MARK.findall(text))
         changed_total += len(changed)
