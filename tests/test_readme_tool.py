@@ -85,10 +85,43 @@ def test_the_verdicts_figures_and_the_ulp_column(readme):
     assert not readme.same_but_machine(RUN, _swap(RUN, "146.667\n", "146.668\n"), spec)  # torch's value
 
 
+def test_a_figure_of_another_line_under_the_column_is_pinned(readme):
+    """Only whole words inside the column's span: the verdict's rtol, shifted under the ulp column
+    by a wider figure before it, is still compared."""
+    spec = "column ulp; verdict"
+    wider = _swap(RUN, "max |Δ| 0 · max rel 0 · worst 0%", "max |Δ| 1.5e-05 · max rel 1.1e-07 · worst 11%")
+    assert readme.same_but_machine(RUN, wider, spec)
+    assert not readme.same_but_machine(RUN, _swap(wider, "(rtol 2.4e-07)", "(rtol 2.4e-08)"), spec)
+
+
 def test_a_mark_beside_a_figure_is_pinned(readme):
-    table = "$ x\nep:b  n       w ulp\n 1:1  3  2.5321   0\n 1:2  3  2.7009 ⚠ 2\n"
+    table = "$ x\nep:b  n       w ulp\n──────────────────\n 1:1  3  2.5321   0\n 1:2  3  2.7009 ⚠ 2\n"
     assert readme.same_but_machine(table, table.replace("⚠ 2", "⚠ 0"), "column ulp")
     assert not readme.same_but_machine(table, table.replace("⚠ 2", "  0"), "column ulp")
+
+
+COMPARE = """$ sgdtrace compare --dtype float32 --dtype float64
+manual vs torch, per run
+run          field  max |Δ|  max rel  max ulp  of tol
+──────────────────────────────────────────────────────────
+cpu float32  w      4.8e-07  1.7e-07        2     33%  ok
+
+torch in one dtype vs torch in another: the drift, not judged
+runs                    field  max |Δ|  max rel  max ulp  last |Δ|
+───────────────────────────────────────────────────────────────────
+cpu float32 vs float64  w        0.016   0.0054        1     0.012
+"""
+
+
+def test_each_table_has_its_own_columns(readme):
+    """Two tables in one block, the same headers at other places: each masked under its own."""
+    spec = "column max |Δ|; column max rel; column max ulp; column of tol; column last |Δ|"
+    other = _swap(COMPARE, "4.8e-07  1.7e-07        2     33%", "3.3e-06  1.0e-05      128     36%")
+    other = _swap(other, "0.016   0.0054        1     0.012", "0.017   0.0049        3     0.013")
+    assert readme.same_but_machine(COMPARE, other, spec)
+    assert not readme.same_but_machine(COMPARE, _swap(other, "cpu float32  w ", "cpu float32  b "), spec)
+    assert not readme.same_but_machine(COMPARE, _swap(other, "vs float64  w", "vs float64  b"), spec)
+    assert not readme.same_but_machine(COMPARE, other, "column max |Δ|; column max rel; column max ulp; column of tol")
 
 
 def test_all_lets_the_report_differ_but_not_its_title(readme):

@@ -86,34 +86,45 @@ def machine_items(spec: str | None) -> list[str]:
     return items
 
 
-def _column_span(lines: list[str], header: str) -> tuple[int, int, int] | None:
-    """(the header line's index, the column's first and last + 1 character): from the end of the
-    header before it to the end of its own (figures are right-aligned under it)."""
-    for i, line in enumerate(lines):
+def _column_spans(lines: list[str], header: str) -> list[tuple[int, int, int]]:
+    """Each table's column headed ``header``: (its header line's index, the column's first and last
+    + 1 character), from the end of the header before it to the end of its own (figures are
+    right-aligned under it). A header line is the one above a table's rule (``───``); a block can
+    hold several tables, each with its own widths."""
+    spans = []
+    for i, line in enumerate(lines[:-1]):
         at = re.search(r"(?:^|(?<=\s))" + re.escape(header) + r"(?=\s|$)", line)
-        if at:
-            return i, len(line[: at.start()].rstrip()), at.end()
-    return None
+        if at and lines[i + 1].lstrip().startswith("─"):
+            spans.append((i, len(line[: at.start()].rstrip()), at.end()))
+    return spans
 
 
 def _masked(text: str, items: list[str]) -> list[str] | None:
-    """The lines with the machine's figures blanked; None where a named column is missing."""
+    """The lines with the machine's figures blanked; None where a named column is missing. The
+    verdict's figures first (its lines are not table rows); then each column's: a figure (a whole
+    word) that lies within the column's span of a line after its header."""
     lines = text.splitlines()
+    if "verdict" in items:
+        for pattern, stand_in in VERDICT:
+            lines = [pattern.sub(stand_in, line) for line in lines]
     for item in items:
-        if item == "verdict":
-            for pattern, stand_in in VERDICT:
-                lines = [pattern.sub(stand_in, line) for line in lines]
-        elif item.startswith("column "):
-            span = _column_span(lines, item[len("column ") :].strip())
-            if span is None:
-                return None
-            head, lo, hi = span
-            for i in range(head + 1, len(lines)):
-                cell = re.sub(
-                    r"\S+", lambda t: " " * len(t.group()) if FIGURE.match(t.group()) else t.group(), lines[i][lo:hi]
-                )
-                lines[i] = lines[i][:lo] + cell + lines[i][hi:]
+        if not item.startswith("column "):
+            continue
+        spans = _column_spans(lines, item[len("column ") :].strip())
+        if not spans:
+            return None
+        for (head, lo, hi), (until, _, _) in zip(spans, [*spans[1:], (len(lines), 0, 0)]):
+            for i in range(head + 1, until):
+                lines[i] = _blank_figures(lines[i], lo, hi)
     return lines
+
+
+def _blank_figures(line: str, lo: int, hi: int) -> str:
+    """``line`` with each figure that lies wholly within columns ``lo`` to ``hi`` blanked."""
+    for word in re.finditer(r"\S+", line):
+        if lo <= word.start() and word.end() <= hi and FIGURE.match(word.group()):
+            line = line[: word.start()] + " " * len(word.group()) + line[word.end() :]
+    return line
 
 
 def same_but_machine(old: str, new: str, spec: str | None) -> bool:
