@@ -430,13 +430,13 @@ def _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, hidden=
             # the fused kernel goes on with each state entry before it rounds it to 16 bits: within
             # one rounding of the recorded value, in either engine
             for t in cur.values():
-                t.rnd = np.where(np.isfinite(t.mag), t.mag, 0.0)
+                t.rnd = np.where(np.isfinite(t.mag), t.mag, t.rnd)
         new_mag = Track.measured(a[name], b[name]).mag
         init_p = float(_cast(np.array([getattr(config, "init_" + name)]), config.dtype)[0])
         pt = Track.measured(_shift(a[name], init_p), _shift(b[name], init_p))
         pt.mag, pt.carry = p[name].mag, p[name].carry
         for key in (key for key, f in cols.items() if f in hidden):
-            prev[key], cur[key] = _hidden_state(opt, key, pt, g, prev, cur, new_mag, first, config, ctx)
+            cur[key] = _hidden_state(opt, key, pt, g, prev, cur, new_mag, first, config, ctx)
         new, states = opt.update_bound(pt, g, prev, cur, new_mag, first, config, ctx)
         for f, bound in ((name, new), *((cols[key], states[key]) for key in keys)):
             tol[f] = atol + rtol * bound.rnd
@@ -451,33 +451,30 @@ def _hidden_state(opt, key, p, g, prev, cur, new_mag, first, config, ctx):
     ``prev``/``cur`` hold the other engine's recorded values for it (carry 0). The model's bound
     of the entry's update is affine in the previous entry's carry and rounding:
     ``C_k = a_k C_(k-1) + c_k``, ``R_k = r_k R_(k-1) + e_k`` (SGD's buffer: ``a_k = r_k = momentum``,
-    0 at the first step, which copies the gradient). ``a_k`` and ``r_k`` are read off the model
-    itself (the update's bound with the previous carry and rounding at 0 and at 1), and the
-    recursions run over the steps; where the update is not affine in them (a ``maximum``), the
-    entry and what it feeds are not judged (infinite rounding). Returns the entry's ``prev`` and
-    ``cur`` with the carried difference ``C`` and the rounding bound ``R`` in place.
+    0 at the first step, which copies the gradient), with nothing carried in before the first
+    step. ``a_k`` and ``r_k`` are read off the model itself (the update's bound with the previous
+    carry and rounding at 0 and at 1), and the recursions run over the steps; where the update is
+    not affine in them (a ``maximum``), the entry and what it feeds are not judged (infinite
+    rounding). Returns the entry's ``cur`` with the carried difference ``C`` and the rounding
+    bound ``R`` in place (what the parameter's update goes on from).
     """
     from sgdtrace.engines.optimizers._track import Track
 
+    zero = np.zeros_like(prev[key].v)
+
     def bound(c, r):
         before = dict(prev)
-        before[key] = Track(prev[key].v, prev[key].mag, np.full_like(prev[key].v, r), np.full_like(prev[key].v, c))
+        before[key] = Track(prev[key].v, prev[key].mag, zero + r, zero + c)
         return opt.update_bound(p, g, before, cur, new_mag, first, config, ctx)[1][key]
 
-    with np.errstate(invalid="ignore", over="ignore"):
-        at0, at1, at2 = bound(0.0, 0.0), bound(1.0, 1.0), bound(2.0, 2.0)
-        a, r = at1.carry - at0.carry, at1.rnd - at0.rnd
-        affine = np.isclose(at2.carry - at0.carry, 2 * a) & np.isclose(at2.rnd - at0.rnd, 2 * r)
-    C, R = np.zeros_like(a), np.zeros_like(a)
-    c_prev = r_prev = 0.0
-    for k in range(a.shape[0]):  # the recursions, step by step (only for an engine with a hidden state)
-        c_prev = C[k] = a[k] * c_prev + at0.carry[k]
-        r_prev = R[k] = r[k] * r_prev + at0.rnd[k] if affine[k] else np.inf
-    mag = cur[key].mag + np.abs(C)
-    now = Track(cur[key].v, mag, R, C)
-    before = Track(prev[key].v, _shift(mag, 0.0), _shift(R, 0.0), _shift(C, 0.0))
-    before.mag[0] = prev[key].mag[0]
-    return before, now
+    at0, at1, at2 = bound(0.0, 0.0), bound(1.0, 1.0), bound(2.0, 2.0)
+    a, r = at1.carry - at0.carry, at1.rnd - at0.rnd
+    affine = np.isclose(at2.carry - at0.carry, 2 * a) & np.isclose(at2.rnd - at0.rnd, 2 * r)
+    C, R = at0.carry.copy(), np.where(affine, at0.rnd, np.inf)
+    for k in range(1, a.shape[0]):  # the recursions, step by step (only for an engine with a hidden state)
+        C[k] += a[k] * C[k - 1]
+        R[k] += r[k] * R[k - 1]
+    return Track(cur[key].v, cur[key].mag + np.abs(C), R, C)
 
 
 def exact_update(config) -> bool:
@@ -495,7 +492,7 @@ def exact_update(config) -> bool:
         and config.atol is None
     ):
         return False
-    if getattr(config, "fused", None):
+    if config.fused:
         from sgdtrace.engines.optimizers import _fused
 
         return _fused.exact(config)

@@ -445,7 +445,7 @@ def test_distances_both_ways_only_excuses_opposite_infinities():
 # ------------------------------------------------------------------ the tolerance model, re-derived
 
 
-def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exact=None):
+def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exact=None, lrs=None, mus=None):
     """divergence.py's docstring, step by step with Python floats: per field, the rounding
     allowance (atol + rtol*E) and the carried difference C (signed, manual minus torch).
 
@@ -453,7 +453,8 @@ def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exa
     difference is carried, ``C_k = mu C_(k-1) + c_k``, and their rounding accumulated,
     ``R_k = mu R_(k-1) + e_k`` (docs/tolerance.md). ``fused``: the kernel goes on with the buffer
     before rounding it, one rounding of its magnitude (``E = |buf|``). ``exact``: whether the
-    16-bit update is exact (default: a 16-bit run under the default tolerances)."""
+    16-bit update is exact (default: a 16-bit run under the default tolerances). ``lrs``, ``mus``:
+    a schedule's rate and momentum per step (default: the config's)."""
     from sgdtrace import dtypes
 
     u = {"float32": 2.0**-24, "float64": 2.0**-53, "bfloat16": 2.0**-8, "float16": 2.0**-11}[cfg.dtype]
@@ -467,7 +468,10 @@ def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exa
     carried = {f: [] for f in a}
     mu, c = cfg.momentum, 1 - cfg.dampening
     unseen = {"w": (0.0, 0.0), "b": (0.0, 0.0)}  # a hidden buffer's carried difference and rounding
+    momentum = cfg.momentum != 0 or mus is not None
     for k in range(plan_.n_steps):
+        lr = cfg.lr if lrs is None else float(lrs[k])
+        mu = cfg.momentum if mus is None else float(mus[k])
         idx = plan_.indices(k).tolist()
         n = len(idx)
         wa = init_w if k == 0 else float(a["w"][k - 1])
@@ -526,7 +530,7 @@ def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exa
                 wd = cfg.weight_decay
                 mag = g[0] + wd * pm
                 g = (mag, g[1] + wd * pm + mag, g[2] + wd * pd)  # the product's rounding, the sum's
-            if cfg.momentum:
+            if momentum:
                 ca, cb = float(a["buf_" + name][k]), float(b["buf_" + name][k])
                 cur = (max(abs(ca), abs(cb)), abs(ca if abs(ca) >= abs(cb) else cb) if fused else 0.0, ca - cb)
                 if k == 0:
@@ -550,8 +554,8 @@ def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exa
                 else:
                     g = cur
             new = max(abs(float(a[name][k])), abs(float(b[name][k])))
-            tol[name].append(atol + rtol * (cfg.lr * g[1] + cfg.lr * g[0] + new))
-            carried[name].append(pd - cfg.lr * g[2])
+            tol[name].append(atol + rtol * (lr * g[1] + lr * g[0] + new))
+            carried[name].append(pd - lr * g[2])
     if exact is None:
         exact = cfg.dtype in ("bfloat16", "float16") and cfg.rtol is None and cfg.atol is None
     if exact:
@@ -1297,6 +1301,91 @@ def test_a_hidden_buffer_matches_its_docstring(opts):
     # seen, the same columns are judged as before: the hidden terms are what differ
     plain = dv.compare_columns(a, b, ds.x, ds.y, p, cfg)
     assert not np.array_equal(plain["w"].tol, div["w"].tol) and not np.array_equal(plain["w"].carried, div["w"].carried)
+
+
+def test_a_hidden_buffer_under_a_schedule_that_cycles_momentum():
+    """OneCycleLR drives lr and momentum per step: the hidden buffer's recursion takes each step's."""
+    from sgdtrace.config import make_schedule
+    from sgdtrace.engines.optimizers import schedules
+
+    sched = make_schedule({"name": "OneCycleLR", "max_lr": 0.02, "total_steps": 9, "interval": "step"}, "test")
+    cfg = Config(epochs=3, scheduler=sched, dampening=0.2, weight_decay=0.01)
+    ds = article()
+    p = plan(len(ds), cfg)
+    a = manual.run(ds.x, ds.y, p, cfg, manual.ArrayBackend("numpy", cfg.dtype))
+    b = _perturbed(a, 13)
+    a = {**a, "buf_w": b["buf_w"], "buf_b": b["buf_b"]}
+    rows = schedules.values(cfg, schedules.calls(cfg, p))
+    where = schedules.index_of_step(cfg, p)
+    lrs, mus = np.array([r["lr"] for r in rows])[where], np.array([r["momentum"] for r in rows])[where]
+    assert len(set(mus.tolist())) > 3
+    div = dv.compare_columns(a, b, ds.x, ds.y, p, cfg, hidden=("buf_w", "buf_b"))
+    tol, carried = _reference_tolerances(cfg, ds.x, ds.y, p, a, b, hidden=True, lrs=lrs, mus=mus)
+    for f in ("w", "b"):
+        np.testing.assert_allclose(div[f].tol, tol[f], rtol=1e-12, atol=0, err_msg=f)
+        scale = np.abs(carried[f]).max() + 1e-300
+        np.testing.assert_allclose(div[f].carried, carried[f], rtol=0, atol=1e-12 * scale, err_msg=f)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_sgd_update_under_fused_is_torchs_fused_kernel(dtype):
+    """``sgd.update`` with ``--fused`` in 16 bits (``hyper``'s record of the kernel's options and of
+    the form probed here) against ``torch._fused_sgd_`` itself, the kernel ``optim.SGD(fused=True)``
+    runs: on cases built so that the two forms differ, and on random ones."""
+    from sgdtrace import dtypes
+    from sgdtrace.engines.optimizers import _fused
+
+    if not _fused.rule("sgd", dtype).holds:
+        pytest.skip("this machine's fused SGD kernel rounds as neither form (judged by the general allowance)")
+    rng = np.random.default_rng(5)
+    t = dtypes.np_dtype(dtype).type
+    be = manual.ArrayBackend("numpy", dtype)
+    for telling in (True, False):
+        for _ in range(200):
+            c = _fused._sgd_case(rng, t, telling)
+            opts = {k: c[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")}
+            cfg = Config(dtype=dtype, fused=True, **opts)
+            hp = sgd.hyper(cfg, be.scalar, kept=be.kept, rounded=be.rounded)
+            state = {} if c["first"] else {sgd.MOMENTUM_BUFFER: c["buf"]}
+            new = sgd.update(c["p"], c["g"], state, hp)
+            want_p, want_buf = _fused._sgd_torch(torch, getattr(torch, dtype), c)
+            assert np.float32(new).tobytes() == np.float32(want_p).tobytes(), c
+            if c["momentum"] != 0:
+                assert np.float32(state[sgd.MOMENTUM_BUFFER]).tobytes() == np.float32(want_buf).tobytes(), c
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(momentum=0.9, dampening=0.3, weight_decay=0.05),
+        dict(momentum=0.8, nesterov=True, maximize=True),
+        dict(momentum=0.123456),
+    ],
+)
+def test_sgd_update_under_foreach_is_optim_sgds_step(dtype, opts):
+    """``--foreach``: ``torch._foreach_mul_`` rounds momentum to the type (``mul_`` keeps it in
+    float32): ``sgd.update`` against ``optim.SGD(foreach=True)``, 30 steps, bit for bit."""
+    rng = np.random.default_rng(17)
+    be = manual.ArrayBackend("numpy", dtype)
+    lr = 0.0123
+    cfg = Config(dtype=dtype, foreach=True, lr=lr, **opts)
+    hp = sgd.hyper(cfg, be.scalar, kept=be.kept, rounded=be.rounded)
+    for _ in range(5):
+        p = be.param(float(rng.uniform(-4, 4)))
+        param = torch.nn.Parameter(torch.full((1,), float(p), dtype=getattr(torch, dtype)))
+        opt = torch.optim.SGD([param], lr=lr, foreach=True, **opts)
+        state: dict = {}
+        for g in be.asarray(rng.standard_normal(30) * 8):
+            param.grad = torch.full((1,), float(g), dtype=getattr(torch, dtype))
+            opt.step()
+            p = sgd.update(p, g, state, hp)
+            assert (
+                float(p) == param.item()
+                and float(state[sgd.MOMENTUM_BUFFER]) == opt.state[param]["momentum_buffer"].item()
+            )
+    # the scalar is the type's, not float32's (mul_'s): the rule is not the default one
+    assert float(hp.momentum_kept) == float(be.scalar(cfg.momentum)) != float(np.float32(cfg.momentum))
 
 
 def test_a_hidden_state_not_affine_in_itself_is_not_judged(monkeypatch):
