@@ -1327,6 +1327,20 @@ def test_a_hidden_buffer_under_a_schedule_that_cycles_momentum():
         np.testing.assert_allclose(div[f].carried, carried[f], rtol=0, atol=1e-12 * scale, err_msg=f)
 
 
+def test_sgd_hyper_for_the_fused_kernel_and_from_keyword_arguments_alone():
+    """Under a schedule the fused kernel's rate is the step's (``group``); the options alone, as a
+    user's engine receives them (no dtype, no implementation), give the unfused rule."""
+    import types
+
+    cfg = Config(dtype="bfloat16", fused=True, lr=0.01, momentum=0.5)
+    hp = sgd.hyper(cfg, float, group={"lr": 0.25, "momentum": 0.75})
+    assert (hp.fused.lr, hp.fused.momentum, hp.fused.dampening) == (0.25, 0.75, 0.0)
+    assert sgd.hyper(cfg.replace(fused=None), float).fused is None
+    keywords = dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
+    hp = sgd.hyper(types.SimpleNamespace(**keywords), np.float32)
+    assert hp.fused is None and hp.momentum_kept == np.float32(0.9) and hp.lr == np.float32(0.1)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_sgd_update_under_fused_is_torchs_fused_kernel(dtype):
     """``sgd.update`` with ``--fused`` in 16 bits (``hyper``'s record of the kernel's options and of
