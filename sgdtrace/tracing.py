@@ -15,7 +15,7 @@ import numpy as np
 
 from sgdtrace import data as data_mod
 from sgdtrace import divergence, stall
-from sgdtrace.blowup import diagnose, full_loss, stable_lr  # noqa: F401  (full_loss: kept importable here)
+from sgdtrace.blowup import diagnose, full_loss, one_sided, stable_lr  # noqa: F401  (full_loss: kept importable here)
 from sgdtrace.config import Config
 from sgdtrace.errors import ConfigError
 from sgdtrace.notebook import TraceNotebook
@@ -214,9 +214,10 @@ def judge(
 ) -> Trace:
     """Build the Trace of two engines' columns: distances, tolerances, verdict, blow-up diagnosis.
 
-    ``not_kept``: torch's state columns the hand side does not keep (a user's update without
-    momentum's buffer): the update is judged with torch's recorded state in their place, and
-    they are neither shown nor judged.
+    ``not_kept``: torch's state columns the hand side does not keep under torch's names (a user's
+    update that keeps momentum's buffer under its own key, or none): the update is judged with
+    torch's recorded state in their place, its unseen difference carried and bounded
+    (:func:`sgdtrace.divergence.compare_columns`'s ``hidden``), and they are neither shown nor judged.
     """
     man = {**man, **{f: ref[f] for f in not_kept}}
     spe = plan.steps_per_epoch
@@ -224,12 +225,13 @@ def judge(
     epoch = np.repeat(np.arange(1, plan.epochs + 1, dtype=np.int64), spe)
     batch = np.tile(np.arange(1, spe + 1, dtype=np.int64), plan.epochs)
     n = np.tile(plan.batch_sizes(), plan.epochs)
-    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg)
+    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg, hidden=not_kept)
     for f in not_kept:
         del div[f], man[f]
     stable = stable_lr(dataset.x, plan, cfg)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
+    verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
     # stalled_w, stalled_b per side: the steps whose update was lost to rounding
     stalled = {"manual": stall.stalled(man, cfg, ref), "torch": stall.stalled(ref, cfg, man)}
     verdict.stalled = stall.summary(stalled["torch"])
@@ -379,6 +381,7 @@ def judge_distributed(
             judged[key] = rank_divs[r][f]
             a[key], b[key] = man_ranks[f][:, r], ref_ranks[f][:, r]
     verdict = divergence.verdict(judged, a, b, epoch, batch, blown)
+    verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
     ranks = RankTrace(
         dplan,
         np.tile(dplan.rank_plan(0).batch_sizes(), dplan.epochs)[:, None].repeat(world, axis=1),

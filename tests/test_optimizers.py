@@ -428,7 +428,9 @@ def test_no_bias_correction_is_caught_at_step_1(monkeypatch):
 
 
 def test_l2_decay_in_adamw_is_caught_at_step_1(monkeypatch):
-    monkeypatch.setattr(adamw, "hyper", lambda config, scalar=float, group=None: adam.hyper(config, scalar, group))
+    monkeypatch.setattr(
+        adamw, "hyper", lambda config, scalar=float, group=None, **kw: adam.hyper(config, scalar, group, **kw)
+    )
     monkeypatch.setitem(__import__("sgdtrace.engines.optimizers", fromlist=["x"]).OPTIMIZERS, "adamw", adamw)
     assert _first(run_trace(Config(optimizer="adamw", weight_decay=0.1, init_w=2.0, epochs=2))) == (
         1,

@@ -281,11 +281,13 @@ def gradients(w, b, x, y):
 
 def engine(config, backend: ArrayBackend, plan=None) -> Engine:
     """sgdtrace's own engine: :func:`gradients` by hand, and the hand-worked optimizer of ``config``
-    (with a schedule, its per-step hyper-parameters over ``plan``). SGD's scalars follow the 16-bit
-    rules of docs/precision.md (``kept``, ``rounded``)."""
+    (with a schedule, its per-step hyper-parameters over ``plan``). The scalars follow the 16-bit
+    rules of docs/precision.md (``kept``; SGD's ``rounded``)."""
     opt = optimizers.get(config.optimizer)
-    extra = {"kept": backend.kept, "rounded": backend.rounded} if config.optimizer == "sgd" else {}
-    hp_at, lr_at = optimizers.step_hypers(config, backend.scalar, plan) if plan is not None else (None, None)
+    extra = {"kept": backend.kept}
+    if config.optimizer == "sgd":
+        extra["rounded"] = backend.rounded
+    hp_at, lr_at = optimizers.step_hypers(config, backend.scalar, plan, **extra) if plan is not None else (None, None)
     return Engine(
         "hand", gradients, opt.update, opt.hyper(config, backend.scalar, **extra), opt.state_keys(config), hp_at, lr_at
     )
