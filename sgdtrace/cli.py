@@ -436,16 +436,18 @@ def _console(output: str | None):
 
     from rich.console import Console
 
+    # force_jupyter=False everywhere: inside a Jupyter kernel rich would display the text itself
     if is_stdout(output):
-        terminal = Console(soft_wrap=False)  # only asked about the terminal; writes nothing
+        terminal = Console(soft_wrap=False, force_jupyter=False)  # only asked about the terminal; writes nothing
         return Console(
             file=io.StringIO(),
             width=terminal.width,
             color_system=terminal.color_system,
             force_terminal=terminal.is_terminal,
             soft_wrap=False,
+            force_jupyter=False,
         )
-    return Console(file=io.StringIO(), width=100, color_system=None, soft_wrap=False)
+    return Console(file=io.StringIO(), width=100, color_system=None, soft_wrap=False, force_jupyter=False)
 
 
 def render_text(renderable: Any, width: int | None = None) -> str:
@@ -454,9 +456,11 @@ def render_text(renderable: Any, width: int | None = None) -> str:
 
     from rich.console import Console
 
+    from sgdtrace.views.fmt import strip_trailing
+
     buf = io.StringIO()
-    Console(file=buf, width=width or 100, color_system=None, soft_wrap=False).print(renderable)
-    return buf.getvalue()
+    Console(file=buf, width=width or 100, color_system=None, soft_wrap=False, force_jupyter=False).print(renderable)
+    return strip_trailing(buf.getvalue())
 
 
 def emit(formats: dict[str, View], fmt: str, result: Any, output: str | None, **options: Any) -> None:
@@ -468,7 +472,12 @@ def emit(formats: dict[str, View], fmt: str, result: Any, output: str | None, **
         return
     console = console or _console(output)
     console.print(rendered)
-    write_output(console.file.getvalue(), output)
+    text = console.file.getvalue()
+    if console.color_system is None:  # plain text (a pipe, a file): no spaces padding the lines
+        from sgdtrace.views.fmt import strip_trailing
+
+        text = strip_trailing(text)
+    write_output(text, output)
 
 
 def progress_reporter(quiet: bool = False):

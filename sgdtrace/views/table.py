@@ -168,7 +168,7 @@ def step_table(trace, rows: int | None = None, every: int = 1, width: int | None
     from rich.console import Console
     from rich.measure import Measurement
 
-    console = Console(width=10_000, color_system=None)
+    console = Console(width=10_000, color_system=None, force_jupyter=False)
     for layout in layouts:
         table = _step_table(trace, rows, every, layout)
         if Measurement.get(console, console.options, table).maximum <= width:
