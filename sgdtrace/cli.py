@@ -409,6 +409,8 @@ def check_output_path(path: str | None) -> None:
     """Refuse an --output we could not write, before any work is done."""
     if is_stdout(path):
         return
+    if os.path.islink(path):  # written through: the link's target is what gets replaced
+        path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConfigError(f"--output {path!r}: the folder {folder!r} does not exist")

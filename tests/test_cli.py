@@ -339,3 +339,34 @@ def test_graph_tree_draws_siblings_with_a_tee_and_the_last_with_an_elbow():
     assert tree_prefixes([0, 1, 2, 1, 2]) == ["", "  ├ ", "  │ └ ", "  └ ", "    └ "]
     out = invoke(CliRunner(), "graph").output
     assert "├ MulBackward0" in out and "└ AccumulateGrad (bias)" in out
+
+
+@pytest.mark.parametrize("fmt", ["json", "table"])
+def test_output_through_a_symbolic_link_replaces_its_target(runner, tmp_path, fmt):
+    """`--output link.json`, link.json a symbolic link: the link stays, its target gets the output."""
+    data = tmp_path / "data"
+    data.mkdir()
+    target = data / "run.json"
+    target.write_text("old\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(os.path.join("data", "run.json"))  # relative, as `ln -s` makes it
+    chain = tmp_path / "chain.json"
+    chain.symlink_to(link)  # a link to a link
+    for name in (link, chain):
+        target.write_text("old\n")
+        assert invoke(runner, "run", "--format", fmt, "--output", str(name)).exit_code == 0
+        assert link.is_symlink() and chain.is_symlink() and os.readlink(link) == os.path.join("data", "run.json")
+        assert "-135.85" in target.read_text()  # the run, where "old" was
+        assert sorted(p.name for p in data.iterdir()) == ["run.json"]  # no temporary file left beside it
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.json", "data", "link.json"]
+
+
+def test_output_through_a_dangling_link_makes_its_target(runner, tmp_path):
+    link = tmp_path / "out.csv"
+    link.symlink_to(tmp_path / "made.csv")
+    assert invoke(runner, "run", "--format", "csv", "--output", str(link)).exit_code == 0
+    assert link.is_symlink() and (tmp_path / "made.csv").read_text().startswith("epoch,")
+    missing = tmp_path / "gone.csv"
+    missing.symlink_to(tmp_path / "no-such-folder" / "x.csv")
+    result = runner.invoke(cli, ["run", "--output", str(missing)])
+    assert result.exit_code == 2 and "no-such-folder" in result.output and missing.is_symlink()
