@@ -15,7 +15,16 @@ from typing import Any, NamedTuple
 import click
 
 from sgdtrace import __version__
-from sgdtrace.config import DTYPES, OPTIMIZERS, build_config, load_toml, parse_betas, parse_scheduler_flags, run_options
+from sgdtrace.config import (
+    DTYPES,
+    OPTIMIZERS,
+    build_config,
+    load_toml,
+    parse_betas,
+    parse_scheduler_flags,
+    refuse_run_keys,
+    run_options,
+)
 from sgdtrace.errors import ConfigError, SgdtraceError
 from sgdtrace.output import STDOUT, Terminated, is_stdout, write_pieces
 
@@ -375,10 +384,12 @@ def with_engine_options(f: Callable) -> Callable:
     return f
 
 
-def _configure(kw: dict[str, Any], formats: dict[str, View]):
+def _configure(kw: dict[str, Any], formats: dict[str, View], warn_now: bool = True):
     """Merge defaults < --config file < flags into a Config; return it with the format and the output.
 
     ``formats``: the command's formats (a flag is checked by click; a config file's value here).
+    ``warn_now``: print the config's warnings (False: the command prints them once its own checks pass,
+    so a refused run says one line).
     """
     path = kw.pop("config_path")
     file_values = load_toml(path) if path else {}
@@ -395,7 +406,11 @@ def _configure(kw: dict[str, Any], formats: dict[str, View]):
     kw["betas"] = parse_betas(kw.get("betas"))
     kw["scheduler"] = parse_scheduler_flags(kw.pop("scheduler", None), tuple(kw.pop("scheduler_args", ())))
     cfg = build_config(file_values, kw, path)
-    warn(cfg.warnings)
+    command = click.get_current_context().info_name
+    if command != "run":  # run's own keys in the file: this command does not take them
+        refuse_run_keys(cfg, command)
+    if warn_now:
+        warn(cfg.warnings)
     return cfg, fmt, output
 
 
@@ -553,7 +568,7 @@ def run(
     last place: 0 means bit-identical). The loss and gradients are computed on the batch at
     the parameters it started with; w and b are the values after the batch's update.
     """
-    cfg, fmt, output = _configure(kw, RUN_FORMATS)
+    cfg, fmt, output = _configure(kw, RUN_FORMATS, warn_now=False)
     opts, unused = run_options(
         cfg,
         fmt,
@@ -567,7 +582,7 @@ def run(
             epoch=epoch_no,
         ),
     )
-    warn(unused)
+    warn([*cfg.warnings, *unused])
     rows, every, reference, gradcheck, quiet, batch_no, epoch_no = (
         opts[k] for k in ("rows", "every", "reference", "gradcheck", "quiet", "batch", "epoch")
     )
@@ -578,12 +593,7 @@ def run(
         cfg, "--reference exact" if reference == "exact" else None, "--gradcheck" if gradcheck else None
     )
     dataset = None
-    if batch_no is not None:  # a bad --batch is refused before training
-        if fmt != "html":
-            raise ConfigError(
-                f"--batch {batch_no}: run takes --batch with --format html only; "
-                "for one batch's equations use sgdtrace explain --batch"
-            )
+    if batch_no is not None:  # a bad --batch is refused before training (without html: by run_options)
         from sgdtrace import data
 
         dataset = data.load(cfg)

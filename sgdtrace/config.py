@@ -547,8 +547,8 @@ def build_config(
 def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``run``'s view options: defaults < ``cfg.view`` (the file) < flags given (``None`` or ``False``: not given).
 
-    Returns the options and a warning for each one given that the format ignores
-    (``rows`` and ``every`` shape the table only).
+    Returns the options and the warnings (none today). An option of another format is refused
+    (:func:`refuse_unused_run_options`), from a flag or a file alike.
     """
     out: dict[str, Any] = {}
     label: dict[str, str] = {}
@@ -560,18 +560,69 @@ def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[s
             out[key], label[key] = cfg.view[key], cfg.origin[key]
         else:
             out[key] = default
-    warnings = []
-    if fmt not in ("table", "html"):
-        unused = [label[k] for k in ("rows", "every") if k in label]
-        if unused:
-            warnings.append(
-                f"{' and '.join(unused)} ignored: {'they shape' if len(unused) > 1 else 'it shapes'} "
-                f"the table, and --format {fmt} writes every step"
-            )
+    refuse_unused_run_options(out, label, fmt)
+    return out, []
+
+
+def _given(label: str, value: Any) -> str:
+    """An option as the user gave it: ``--rows 5`` or ``'rows' in c.toml = 5``."""
+    return f"{label} {value}" if label.startswith("--") else f"{label} = {_toml_repr(value)}"
+
+
+def _meant(label: str, key: str, value: Any) -> str:
+    """The did-you-mean of a misspelt option: ``--epochs 3`` or ``'epochs'``."""
+    return f"--{key} {value}" if label.startswith("--") else repr(key)
+
+
+def refuse_unused_run_options(opts: Mapping[str, Any], label: Mapping[str, str], fmt: str) -> None:
+    """The rule for options a command does not take: an option belongs to the commands and formats
+    that use it, and given to another (as a flag or a key of the file) it is exit 2, naming where it
+    belongs, with a did-you-mean where its name is close to an option that applies. ``run``'s own:
+    ``rows`` and ``every`` shape the table (``table`` and ``html``); ``batch`` picks the batch the HTML
+    page explains; ``epoch`` is that batch's epoch (and most often ``epochs`` misspelt)."""
+    if "batch" in label and fmt != "html":
+        raise ConfigError(
+            f"{_given(label['batch'], opts['batch'])}: run takes --batch with --format html only (the batch the "
+            f"page explains); for one batch's equations use sgdtrace explain --batch {opts['batch']}"
+        )
     if "epoch" in label and "batch" not in label:
-        typo = "" if label["epoch"].startswith("--") else " (did you mean 'epochs'?)"
-        warnings.append(f"{label['epoch']} ignored: it names the epoch of --batch, and no --batch was given{typo}")
-    return out, warnings
+        raise ConfigError(
+            f"{_given(label['epoch'], opts['epoch'])}: run's --epoch goes with --batch K and --format html (the "
+            f"epoch of the batch the page explains); did you mean {_meant(label['epoch'], 'epochs', opts['epoch'])}?"
+        )
+    if fmt not in ("table", "html"):
+        for key in ("rows", "every"):
+            if key in label:
+                raise ConfigError(
+                    f"{_given(label[key], opts[key])}: shapes the table (--format table or html), and "
+                    f"--format {fmt} writes every step; leave it out"
+                )
+
+
+#: what each of run's own keys is, for a file given to another command
+_RUN_KEY_TEXT = {
+    "rows": "the table's rows",
+    "every": "the table's every K-th step",
+    "reference": "the exact reference column",
+    "gradcheck": "the finite-difference check",
+    "quiet": "the progress bar",
+    "batch": "the batch the HTML page explains",
+    "epoch": "the epoch of the batch the HTML page explains",
+}
+
+
+def refuse_run_keys(cfg: Config, command: str) -> None:
+    """A config file's keys that only ``sgdtrace run`` takes, given to another command: exit 2 (the
+    same rule as a flag the command does not take)."""
+    for key in cfg.view:
+        if command in ("explain", "graph") and key in ("batch", "epoch"):
+            hint = f"; give --{key} on the command line" + (" (or did you mean 'epochs'?)" if key == "epoch" else "")
+        else:
+            hint = "; leave it out of the file"
+        raise ConfigError(
+            f"{_given(cfg.origin[key], cfg.view[key])}: a key of sgdtrace run ({_RUN_KEY_TEXT[key]}); "
+            f"sgdtrace {command} does not take it{hint}"
+        )
 
 
 # ---------------------------------------------------------------- optimizers and schedules

@@ -370,3 +370,62 @@ def test_output_through_a_dangling_link_makes_its_target(runner, tmp_path):
     missing.symlink_to(tmp_path / "no-such-folder" / "x.csv")
     result = runner.invoke(cli, ["run", "--output", str(missing)])
     assert result.exit_code == 2 and "no-such-folder" in result.output and missing.is_symlink()
+
+
+# ------------------------------------------------------------------ options a command does not take
+# The rule: an option belongs to the commands (and, for run, the formats) that use it; given to
+# another, as a flag or as a key of the --config file, it is exit 2 with one line naming where it
+# belongs, and a did-you-mean where its name is close to an option that applies.
+
+
+def _refused(result, *needles: str) -> None:
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr.startswith("sgdtrace: error: ") and result.stderr.count("\n") == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["run", "--epoch", "3"], ["--epoch 3", "did you mean --epochs 3?"]),  # not 1 epoch and a warning
+        (["run", "--format", "html", "--epoch", "2"], ["--epoch 2", "--batch K", "did you mean --epochs 2?"]),
+        (["run", "--batch", "2"], ["--batch 2", "--format html", "sgdtrace explain --batch 2"]),
+        (["run", "--batch", "2", "--epoch", "1"], ["--batch 2", "--format html"]),
+        (["run", "--format", "json", "--rows", "5"], ["--rows 5", "--format json"]),
+        (["run", "--format", "csv", "--every", "2"], ["--every 2", "--format csv"]),
+        (["compare", "--epoch", "2"], ["'--epoch'", "--epochs"]),  # click's own: an option compare has not
+        (["plot", "--batch", "2", "--output", "p.png"], ["'--batch'", "--batch-size"]),
+    ],
+)
+def test_an_option_the_command_does_not_take_is_exit_2(runner, args, needles):
+    _refused(runner.invoke(cli, args), *needles)
+
+
+@pytest.mark.parametrize(
+    "text, args, needles",
+    [
+        ("epoch = 3\n", ["run"], ["'epoch' in c.toml = 3", "did you mean 'epochs'?"]),
+        ("batch = 2\n", ["run"], ["'batch' in c.toml = 2", "--format html"]),
+        ("rows = 5\n", ["run", "--format", "json"], ["'rows' in c.toml = 5", "--format json"]),
+        ("rows = 5\n", ["compare"], ["'rows' in c.toml = 5", "sgdtrace compare does not take it"]),
+        ("epoch = 2\n", ["explain", "--batch", "1"], ["'epoch' in c.toml = 2", "--epoch on the command line"]),
+        ("reference = 'exact'\n", ["graph"], ["'reference' in c.toml = 'exact'", "sgdtrace graph"]),
+    ],
+)
+def test_a_key_the_command_does_not_take_is_exit_2_as_its_flag(runner, tmp_path, text, args, needles):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    _refused(runner.invoke(cli, [*args, "--config", str(path)]), *needles)
+
+
+def test_the_options_where_they_belong_still_work(runner, tmp_path):
+    out = tmp_path / "r.html"
+    assert (
+        invoke(runner, "run", "--format", "html", "--batch", "2", "--epoch", "1", "--output", str(out)).exit_code == 0
+    )
+    assert invoke(runner, "run", "--rows", "2", "--every", "2", "--epochs", "3").exit_code == 0
+    path = tmp_path / "c.toml"
+    path.write_text("rows = 2\nepochs = 3\n")
+    result = invoke(runner, "run", "--config", str(path))
+    assert result.exit_code == 0 and result.stderr == "" and "9 steps, 2 shown" in result.stdout

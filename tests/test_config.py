@@ -178,13 +178,16 @@ def test_synthetic_options_from_a_file_warn_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "markdown"])
 @pytest.mark.parametrize("given", [{"rows": 5}, {"every": 2}, {"rows": 0, "every": 1}])
-def test_rows_and_every_with_a_non_table_format_warn(fmt, given):
-    from sgdtrace.config import run_options
+def test_rows_and_every_with_a_non_table_format_are_refused(fmt, given):
+    """An option of another format is refused, as an option of another command is."""
+    from sgdtrace.config import RUN_DEFAULTS, run_options
 
-    opts, warnings = run_options(Config(), fmt, given)
-    (line,) = warnings
-    assert f"--format {fmt}" in line and all(f"--{k}" in line for k in given)
-    assert run_options(Config(), "table", given)[1] == []
+    with pytest.raises(ConfigError) as err:
+        run_options(Config(), fmt, given)
+    key = next(iter(given))
+    assert f"--{key} {given[key]}: shapes the table" in str(err.value) and f"--format {fmt}" in str(err.value)
+    for ok in ("table", "html"):
+        assert run_options(Config(), ok, given) == ({**RUN_DEFAULTS, **given}, [])
     assert run_options(Config(), fmt, {})[1] == []
 
 
@@ -232,8 +235,9 @@ def test_data_dash_in_a_file_is_standard_input(tmp_path):
     assert load_toml(str(path))["data"] == "-"  # not a file named '-' beside the config
 
 
-def test_epoch_in_a_file_without_batch_is_a_warning_that_names_epochs(tmp_path):
-    """`epoch` is run's --epoch (the HTML report's batch); alone, it is most likely `epochs` misspelled."""
+def test_epoch_in_a_file_without_batch_is_refused_naming_epochs(tmp_path):
+    """`epoch` is run's --epoch (the HTML report's batch); alone, it is most likely `epochs` misspelled:
+    refused as the flag is, never a run of one epoch."""
     from click.testing import CliRunner
 
     from sgdtrace.cli import cli
@@ -241,5 +245,6 @@ def test_epoch_in_a_file_without_batch_is_a_warning_that_names_epochs(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("epoch = 3\n")
     r = CliRunner().invoke(cli, ["run", "--config", str(path)])
-    assert r.exit_code == 0
-    assert "'epoch' in c.toml ignored" in r.stderr and "did you mean 'epochs'?" in r.stderr
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.startswith("sgdtrace: error: 'epoch' in c.toml = 3: ") and r.stderr.count("\n") == 1
+    assert "did you mean 'epochs'?" in r.stderr

@@ -409,7 +409,7 @@ def test_a_reader_that_leaves_ends_the_run_silently_with_its_verdict(fmt):
         epochs = "20"
     except OSError:  # not Linux: a run longer than the usual 64 KiB buffer in every format
         epochs = "400"
-    rows = ["--rows", "0"] if fmt == "table" else []  # (--rows shapes the table only: elsewhere, a warning)
+    rows = ["--rows", "0"] if fmt == "table" else []  # (--rows shapes the table only: elsewhere, exit 2)
     proc = subprocess.Popen(
         [_script(), "run", "--epochs", epochs, *rows, "--format", fmt], stdout=write_end, stderr=subprocess.PIPE
     )
