@@ -262,9 +262,10 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
             # the optimizer and its options, by torch's keyword names (see docs/optimizers.md)
             click.option(
                 "--optimizer",
-                type=click.Choice(OPTIMIZERS),
+                type=str,
                 default=None,
-                help="torch.optim class, lower case (default sgd).",
+                metavar="[" + "|".join(OPTIMIZERS) + "]",
+                help="torch.optim class, in any case: adam or Adam (default sgd).",
             ),
             click.option(
                 "--betas", type=str, default=None, metavar="B1,B2", help="Adam/AdamW betas (default 0.9,0.999)."
@@ -287,8 +288,8 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
                 type=str,
                 default=None,
                 metavar="NAME",
-                help="torch.optim.lr_scheduler class: StepLR, MultiStepLR, ExponentialLR, "
-                "CosineAnnealingLR, LinearLR, OneCycleLR.",
+                help="torch.optim.lr_scheduler class, in any case: StepLR (or steplr), MultiStepLR, "
+                "ExponentialLR, CosineAnnealingLR, LinearLR, OneCycleLR.",
             ),
             click.option(
                 "--scheduler-arg",

@@ -105,11 +105,12 @@ class Config:
     view: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "optimizer", canonical_optimizer(self.optimizer))
         _fill_optimizer_defaults(self)
         validate(self)
 
     def replace(self, **changes: Any) -> Config:
-        new_opt = changes.get("optimizer", self.optimizer)
+        new_opt = canonical_optimizer(changes.get("optimizer", self.optimizer))
         if new_opt != self.optimizer and new_opt in OPTIMIZER_DEFAULTS:
             # eps and weight_decay at the old optimizer's default follow the new one's (AdamW: 0.01)
             for key in ("eps", "weight_decay"):
@@ -662,6 +663,25 @@ _OPTION_DEFAULTS = {
 }
 
 
+def canonical_optimizer(name: Any) -> Any:
+    """An optimizer's name in any case as sgdtrace spells it (torch's class, lower case: ``Adam`` and
+    ``ADAM`` are ``adam``, ``RMSprop`` is ``rmsprop``); anything else unchanged, for validation to refuse."""
+    return name.lower() if isinstance(name, str) and name.lower() in OPTIMIZERS else name
+
+
+def did_you_mean(name: Any, choices, spelled=None) -> str:
+    """``; did you mean 'X'?`` for a misspelt name (any case; a unique prefix counts), or ""."""
+    if not isinstance(name, str) or not name:
+        return ""
+    spelled = spelled or {c.lower(): c for c in choices}
+    low = name.lower()
+    close = difflib.get_close_matches(low, list(spelled), n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in spelled if c.startswith(low)]
+        close = close if len(close) == 1 else []
+    return f"; did you mean {spelled[close[0]]!r}?" if close else ""
+
+
 def _fill_optimizer_defaults(cfg: Config) -> None:
     """eps and weight_decay left unset take the chosen optimizer's default (as torch's classes do)."""
     defaults = OPTIMIZER_DEFAULTS.get(cfg.optimizer, OPTIMIZER_DEFAULTS["sgd"])
@@ -676,7 +696,12 @@ def _fill_optimizer_defaults(cfg: Config) -> None:
 def validate_optimizer(cfg: Config) -> None:
     """torch's rules for the optimizer's options; an option the optimizer does not take is exit 2."""
     if cfg.optimizer not in OPTIMIZERS:
-        _fail(cfg, "optimizer", cfg.optimizer, "allowed: " + ", ".join(OPTIMIZERS))
+        _fail(
+            cfg,
+            "optimizer",
+            cfg.optimizer,
+            "allowed: " + ", ".join(OPTIMIZERS) + " (any case)" + did_you_mean(cfg.optimizer, OPTIMIZERS),
+        )
     name = cfg.optimizer
     takes = OPTIMIZER_OPTIONS[name]
     for key, default in _OPTION_DEFAULTS.items():
@@ -829,10 +854,10 @@ def make_schedule(values: Mapping[str, Any], where: str) -> Schedule:
     name = values.pop("name", None)
     if name is None:
         raise ConfigError(f"{where}: the schedule needs a name: one of {', '.join(SCHEDULERS)}")
-    if name not in SCHEDULERS:
-        close = difflib.get_close_matches(str(name), SCHEDULERS, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{where}: scheduler {name!r}: allowed: {', '.join(SCHEDULERS)}{hint}")
+    name = {n.lower(): n for n in SCHEDULERS}.get(name.lower(), name) if isinstance(name, str) else name
+    if name not in SCHEDULERS:  # (torch's class names, in any case: steplr is StepLR)
+        hint = did_you_mean(name, SCHEDULERS)
+        raise ConfigError(f"{where}: scheduler {name!r}: allowed: {', '.join(SCHEDULERS)} (any case){hint}")
     interval = values.pop("interval", "step" if name == "OneCycleLR" else "epoch")
     if interval not in INTERVALS:
         raise ConfigError(f"{where}: interval = {interval!r}: must be epoch or step")

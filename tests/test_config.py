@@ -248,3 +248,67 @@ def test_epoch_in_a_file_without_batch_is_refused_naming_epochs(tmp_path):
     assert r.exit_code == 2 and r.stdout == ""
     assert r.stderr.startswith("sgdtrace: error: 'epoch' in c.toml = 3: ") and r.stderr.count("\n") == 1
     assert "did you mean 'epochs'?" in r.stderr
+
+
+# ------------------------------------------------------------------ names in any case
+
+
+@pytest.mark.parametrize("given", ["Adam", "ADAM", "adam"])
+def test_optimizer_names_in_any_case_are_torchs_class(tmp_path, given):
+    """`--optimizer Adam` as torch spells the class: the same run as adam, named adam in the JSON."""
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    assert Config(optimizer=given).optimizer == "adam"
+    assert Config().replace(optimizer=given).eps == 1e-8  # Adam's default eps follows, as for "adam"
+    assert Config(optimizer="AdamW").weight_decay == 0.01 and Config(optimizer="RMSprop").optimizer == "rmsprop"
+    path = tmp_path / "c.toml"
+    path.write_text(f"optimizer = {given!r}\n")
+    assert build_config(load_toml(str(path)), {}, str(path)) == Config(optimizer="adam")
+    import json
+
+    r = CliRunner().invoke(cli, ["run", "--optimizer", given, "--format", "json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["config"]["optimizer"] == "adam"
+
+
+@pytest.mark.parametrize("given", ["steplr", "STEPLR", "StepLR", "stepLR"])
+def test_scheduler_names_in_any_case_are_torchs_class(tmp_path, given):
+    from sgdtrace.config import make_schedule, parse_scheduler_flags
+
+    assert parse_scheduler_flags(given, ("step_size=2",)).name == "StepLR"
+    assert make_schedule({"name": given, "step_size": 2}, "x").to_json()["name"] == "StepLR"
+    path = tmp_path / "c.toml"
+    path.write_text(f"[scheduler]\nname = {given!r}\nstep_size = 2\n")
+    assert load_toml(str(path))["scheduler"].name == "StepLR"
+
+
+@pytest.mark.parametrize(
+    "make, suggestion",
+    [
+        (lambda: Config(optimizer="adma"), "did you mean 'adam'?"),
+        (lambda: Config(optimizer="RMSProps"), "did you mean 'rmsprop'?"),
+        (lambda: Config(optimizer="sdg"), "did you mean 'sgd'?"),
+        (lambda: Config(scheduler=None, optimizer="lbfgs"), None),
+    ],
+)
+def test_a_misspelt_optimizer_suggests_the_name(make, suggestion):
+    with pytest.raises(ConfigError) as err:
+        make()
+    text = str(err.value)
+    assert "allowed: sgd, adam, adamw, rmsprop, adagrad" in text
+    assert (suggestion in text) if suggestion else "did you mean" not in text
+
+
+@pytest.mark.parametrize(
+    "given, suggestion",
+    [("StepRL", "'StepLR'"), ("cosine", "'CosineAnnealingLR'"), ("onecycle", "'OneCycleLR'"), ("plateau", None)],
+)
+def test_a_misspelt_scheduler_suggests_the_name(given, suggestion):
+    from sgdtrace.config import parse_scheduler_flags
+
+    with pytest.raises(ConfigError) as err:
+        parse_scheduler_flags(given, ())
+    text = str(err.value)
+    assert f"scheduler {given!r}: allowed: StepLR" in text
+    assert (f"did you mean {suggestion}?" in text) if suggestion else "did you mean" not in text
