@@ -696,11 +696,12 @@ def check(
     engine: str | None,
     engine_timeout: float | None,
 ) -> int:
-    """The CI gate: run every config in configs/ (or the TOML files and folders named) on every available device.
+    """The CI gate: run sgdtrace's own configs (or the TOML files and folders named) on every available device.
 
-    Prints one summary row per config and device; exit 1 if any run diverges. With --engine,
-    your file stands on the hand side of every config it can serve (SGD, float32/float64), or
-    of the configs named.
+    Prints one summary row per config and device; exit 1 if any run diverges. The configs ship
+    with sgdtrace, so it runs from any folder. With --engine, your file stands on the hand side
+    of every config it can serve (SGD, float32/float64; the others are listed as skipped, with
+    the reason), or of the configs named.
     """
     check_output_path(output)
     from sgdtrace.engines.torch_ddp import under_torchrun
@@ -874,8 +875,12 @@ def template(output: str | None) -> int:
 
 
 def find_configs(names: Iterable[str]) -> list[str]:
-    """The config files named (a folder means its *.toml), or ./configs/*.toml."""
-    names = list(names) or ["configs"]
+    """The config files named (a folder means its *.toml), or the gate's own (shipped in the package:
+    ``sgdtrace/configs/*.toml``, found from any folder)."""
+    if not list(names):
+        from sgdtrace.check import CONFIGS
+
+        return sorted(glob.glob(os.path.join(CONFIGS, "*.toml")))
     paths: list[str] = []
     for name in names:
         if os.path.isdir(name):
@@ -891,8 +896,6 @@ def find_configs(names: Iterable[str]) -> list[str]:
                     f"or named by a config file's `data` key"
                 )
             paths.append(name)
-        elif name == "configs" and not list(names)[1:]:
-            raise ConfigError("no configs/ folder here: run from the project's folder or name config files")
         else:
             raise ConfigError(f"config {name!r}: no such file or folder")
     return paths

@@ -159,7 +159,7 @@ def test_gate_fails_with_exit_1_naming_the_step(runner, monkeypatch):
     assert result.exit_code == 1
     assert "✗ diverge" in result.output and "epoch 1 batch 1 (step 1), dl/dw" in result.output
     monkeypatch.chdir(ROOT)
-    result = runner.invoke(cli, ["check", "configs/article.toml"])
+    result = runner.invoke(cli, ["check", "sgdtrace/configs/article.toml"])
     assert result.exit_code == 1 and "DIVERGE at 1:1" in result.output
 
 
@@ -324,9 +324,9 @@ def test_every_listed_format_is_written(runner, command, formats):
 
 def test_check_counts_runs_in_words(runner, monkeypatch):
     monkeypatch.chdir(ROOT)
-    out = invoke(runner, "check", "configs/article.toml").output
+    out = invoke(runner, "check", "sgdtrace/configs/article.toml").output
     assert "✓ 1 run agrees" in out and "1 runs" not in out
-    out = invoke(runner, "check", "configs/article.toml", "configs/article-lr-0.1.toml").output
+    out = invoke(runner, "check", "sgdtrace/configs/article.toml", "sgdtrace/configs/article-lr-0.1.toml").output
     assert "✓ 2 runs agree" in out
 
 

@@ -19,7 +19,7 @@ from sgdtrace.errors import DataError
 from sgdtrace.tracing import run_trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED_CSV = os.path.join(ROOT, "configs", "data", "ice-cream.csv")
+SHIPPED_CSV = os.path.join(ROOT, "sgdtrace", "configs", "data", "ice-cream.csv")
 
 
 def write(tmp_path, name: str, text: str) -> str:
@@ -215,7 +215,7 @@ def test_bad_synthetic_values(flag, value, fragment):
 
 def test_csv_config_resolves_its_data_next_to_it_and_passes_the_gate(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # the path in csv.toml is relative to the file, not to the working folder
-    result = run_checks([os.path.join(ROOT, "configs", "csv.toml")], ["cpu"])
+    result = run_checks([os.path.join(ROOT, "sgdtrace", "configs", "csv.toml")], ["cpu"])
     assert result.ok
     (row,) = result.rows
     assert row.trace.dataset.info["source"] == "csv"

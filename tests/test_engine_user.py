@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgdtrace import Config
+from sgdtrace.check import unserved
 from sgdtrace.cli import cli
+from sgdtrace.config import build_config, load_toml
 from sgdtrace.engines import user
 from sgdtrace.engines.user import EngineError, UserEngine
 from sgdtrace.testing import assert_matches_torch
@@ -629,7 +631,7 @@ def test_explain_shows_the_users_values_and_nodes_beside_the_expected_ones():
 
 def test_check_writes_junit_xml_in_the_shape_ci_systems_read(tmp_path):
     report = tmp_path / "report.xml"
-    configs = [str(ROOT / "configs" / c) for c in ("article.toml", "momentum.toml")]
+    configs = [str(ROOT / "sgdtrace" / "configs" / c) for c in ("article.toml", "momentum.toml")]
     result = cli_run("check", *configs, "--engine", str(MISTAKE), "--format", "junit", "--output", str(report))
     assert result.exit_code == 1
     root = ET.parse(report).getroot()
@@ -646,6 +648,71 @@ def test_check_writes_junit_xml_in_the_shape_ci_systems_read(tmp_path):
     ok = cli_run("check", *configs, "--engine", str(CORRECT), "--format", "junit")
     assert ok.exit_code == 0
     assert not ET.fromstring(ok.stdout).findall(".//failure")
+
+
+def test_check_runs_from_any_folder_with_skipped_configs_and_real_times(tmp_path):
+    """`sgdtrace check --engine f.py --format junit` outside the source checkout: the gate's configs
+    ship with the package; those the engine cannot serve are JUnit <skipped> with the reason; every
+    time is the run's real time."""
+    import os
+    import subprocess
+    import sys
+
+    from sgdtrace.check import CONFIGS
+
+    work = tmp_path / "course"
+    work.mkdir()
+    (work / "f.py").write_text(CORRECT.read_text())
+    script = os.path.join(os.path.dirname(sys.executable), "sgdtrace")
+    proc = subprocess.run(
+        [script, "check", "--engine", "f.py", "--format", "junit", "--device", "cpu"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.relpath(work, ROOT).startswith(os.pardir)  # outside the checkout
+    (suite,) = ET.fromstring(proc.stdout).findall("testsuite")
+    cases = suite.findall("testcase")
+    shipped = sorted(p for p in os.listdir(CONFIGS) if p.endswith(".toml"))
+    assert sorted({c.get("file") for c in cases}) == [f"configs/{p}" for p in shipped]  # every one, once
+    skipped = [c for c in cases if c.find("skipped") is not None]
+    run = [c for c in cases if c.find("skipped") is None]
+    assert int(suite.get("tests")) == len(cases) and int(suite.get("skipped")) == len(skipped) > 0
+    for case in skipped:
+        message = case.find("skipped").get("message")
+        cfg = build_config(load_toml(os.path.join(CONFIGS, os.path.basename(case.get("file")))), {}, "c.toml")
+        assert message and message == unserved(cfg), (case.get("name"), message)
+    for case in run:
+        cfg = build_config(load_toml(os.path.join(CONFIGS, os.path.basename(case.get("file")))), {}, "c.toml")
+        assert unserved(cfg) is None and case.find("system-out") is not None
+    times = [float(c.get("time")) for c in run]
+    assert all(t > 0 for t in times)  # measured, not 0
+    assert float(suite.get("time")) == pytest.approx(sum(times), abs=0.01)
+    table = subprocess.run([script, "check", "--engine", "f.py"], cwd=work, capture_output=True, text=True)
+    assert table.returncode == 0 and f"skipped {len(skipped)} configs the engine cannot serve" in table.stdout
+
+
+def test_the_gates_configs_are_package_data():
+    """Every file of sgdtrace/configs is named by pyproject.toml's package data (so a wheel ships it)."""
+    import fnmatch
+    import os
+
+    from sgdtrace.check import CONFIGS
+    from sgdtrace.config import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = globs["sgdtrace.configs"]
+    files = [
+        os.path.relpath(os.path.join(d, f), CONFIGS).replace(os.sep, "/")
+        for d, _, names in os.walk(CONFIGS)
+        for f in names
+        if "__pycache__" not in d
+    ]
+    assert len(files) > 20
+    # (a pattern's * stays in its folder, as setuptools' glob does)
+    assert [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)] == []
 
 
 def test_check_runs_only_the_configs_an_engine_can_serve():

@@ -367,7 +367,8 @@ def _assert_one_output_error(rc: int, stderr: str, name: str) -> None:
 
 @needs_dev_full
 @pytest.mark.parametrize(
-    "command", [["run"], ["compare"], ["check", "configs/article.toml"], ["explain", "--batch", "2"], ["graph"]]
+    "command",
+    [["run"], ["compare"], ["check", "sgdtrace/configs/article.toml"], ["explain", "--batch", "2"], ["graph"]],
 )
 def test_a_full_disk_via_output_is_exit_2_naming_the_file(command, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])

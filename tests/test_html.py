@@ -249,7 +249,7 @@ def test_divergent_run_explains_its_first_divergent_batch(article):
     "args",
     [
         ["compare", "--dtype", "float32", "--dtype", "float64"],
-        ["check", "configs/article.toml", "configs/article-lr-0.1.toml"],
+        ["check", "sgdtrace/configs/article.toml", "sgdtrace/configs/article-lr-0.1.toml"],
     ],
 )
 def test_compare_and_check_pages(tmp_path, args):

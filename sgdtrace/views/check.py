@@ -61,12 +61,24 @@ def check_view(result) -> Group:
         if result.ok
         else Text(f"✗ {failed} of {n} run{'s' if n != 1 else ''} diverge{'s' if failed == 1 else ''}", style="bold red")
     )
-    return Group(table, Text(""), summary)
+    parts = [table, Text(""), summary]
+    if result.skipped:
+        n = len(result.skipped)
+        parts.append(Text(f"skipped {n} config{'s' if n != 1 else ''} the engine cannot serve:", style="dim"))
+        groups: dict[str, list[str]] = {}
+        for s in result.skipped:  # "optimizer adam: your engine's update runs plain SGD", grouped by the why
+            why = s.reason.partition(": ")[2]
+            groups.setdefault(why, []).append(os.path.basename(s.config))
+        parts += [Text(f"  {why}: {', '.join(names)}", style="dim") for why, names in groups.items()]
+    return Group(*parts)
 
 
 def check_markdown(result) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "|".join("---" for _ in HEAD) + "|"]
     lines += ["| " + " | ".join(_row(r)) + " |" for r in result.rows]
+    skipped = getattr(result, "skipped", ())
+    if skipped:
+        lines += ["", f"Skipped ({len(skipped)}):", ""] + [f"- `{s.config}`: {s.reason}" for s in skipped]
     return "\n".join(lines) + "\n"
 
 
@@ -79,19 +91,28 @@ def check_junit(result) -> str:
     from sgdtrace.views.export import verdict_sentence
 
     rows = result.rows
+    devices = getattr(result, "devices", ()) or ("cpu",)
+    skipped = [(s, d) for s in getattr(result, "skipped", ()) for d in devices]  # one case per device, as run
     failures = sum(1 for r in rows if not r.trace.verdict.ok)
+    tests, seconds = str(len(rows) + len(skipped)), f"{sum(r.seconds for r in rows):.3f}"
     root = ET.Element(
-        "testsuites", name="sgdtrace check", tests=str(len(rows)), failures=str(failures), errors="0", skipped="0"
+        "testsuites",
+        name="sgdtrace check",
+        tests=tests,
+        failures=str(failures),
+        errors="0",
+        skipped=str(len(skipped)),
+        time=seconds,
     )
     suite = ET.SubElement(
         root,
         "testsuite",
         name="sgdtrace check",
-        tests=str(len(rows)),
+        tests=tests,
         failures=str(failures),
         errors="0",
-        skipped="0",
-        time="0",
+        skipped=str(len(skipped)),
+        time=seconds,
     )
     for r in rows:
         t = r.trace
@@ -102,7 +123,7 @@ def check_junit(result) -> str:
             classname=f"sgdtrace.check.{name}",
             name=f"{name}[{t.device}-{t.config.dtype}]",
             file=r.config,
-            time="0",
+            time=f"{r.seconds:.3f}",
         )
         if t.engine is not None:
             ET.SubElement(ET.SubElement(case, "properties"), "property", name="engine", value=t.engine.path)
@@ -112,5 +133,11 @@ def check_junit(result) -> str:
             failure.text = sentence
         else:
             ET.SubElement(case, "system-out").text = sentence
+    for s, device in skipped:  # the configs the engine cannot serve: skipped, with the reason
+        name = os.path.splitext(os.path.basename(s.config))[0]
+        case = ET.SubElement(
+            suite, "testcase", classname=f"sgdtrace.check.{name}", name=f"{name}[{device}]", file=s.config, time="0"
+        )
+        ET.SubElement(case, "skipped", message=s.reason, type="unserved")
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
