@@ -103,6 +103,9 @@ class Config:
     warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
     #: view options a config file set (``rows``, ``every``, ...), merged with the flags by :func:`run_options`
     view: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: how errors name an option not in ``origin``: "keyword" (the Python API: ``lr``) or "flag" (the
+    #: command line, :func:`build_config`: ``--lr``); not part of the run's identity
+    named_as: str = field(default="keyword", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", canonical_optimizer(self.optimizer))
@@ -159,7 +162,9 @@ class Config:
         }
 
 
-TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("origin", "warnings", "view"))
+TRAINING_KEYS = tuple(
+    f.name for f in dataclasses.fields(Config) if f.name not in ("origin", "warnings", "view", "named_as")
+)
 #: ``sgdtrace run``'s own options and their defaults (a file may set them too; see :func:`run_options`)
 RUN_DEFAULTS: Mapping[str, Any] = {
     "rows": None,
@@ -213,12 +218,23 @@ _STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimi
 _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
 
 
-def _label(cfg: Config, key: str) -> str:
-    return cfg.origin.get(key) or "--" + key.replace("_", "-")
+def label(cfg: Config, key: str) -> str:
+    """How an error names option ``key``: where it came from (``--lr``, ``'lr' in run.toml``), else as
+    the user spells it: a flag on the command line, a keyword argument in Python (``lr``)."""
+    return cfg.origin.get(key) or ("--" + key.replace("_", "-") if cfg.named_as == "flag" else key)
+
+
+_label = label
+
+
+def _given_value(cfg: Config, key: str, value: Any) -> str:
+    """An option and its value as the user gave them: ``--lr -1.0``, ``'lr' in run.toml -1.0``, ``lr=-1``."""
+    name = _label(cfg, key)
+    return f"{name}={value!r}" if name.isidentifier() else f"{name} {_show(value)}"
 
 
 def _fail(cfg: Config, key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{_label(cfg, key)} {_show(value)}: {allowed}")
+    raise ConfigError(f"{_given_value(cfg, key, value)}: {allowed}")
 
 
 def _show(value: Any) -> str:
@@ -404,11 +420,8 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
                 f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, key)}: not supported together"
             )
     if not cfg.set_epoch and cfg.world_size == 1:
-        flag = (
-            "--no-set-epoch"
-            if cfg.origin.get("set_epoch", "--").startswith("--")
-            else _label(cfg, "set_epoch") + " false"
-        )
+        flag = _label(cfg, "set_epoch")
+        flag = {"--set-epoch": "--no-set-epoch", "set_epoch": "set_epoch=False"}.get(flag, flag + " false")
         raise ConfigError(
             f"{flag} with {_label(cfg, 'world_size')} 1: set_epoch is DistributedSampler's; it needs a world size >= 2"
         )
@@ -542,7 +555,7 @@ def build_config(
             )
     view = {k: v for k, v in file_values.items() if k in RUN_DEFAULTS}
     origin.update({k: f"{k!r} in {name}" for k in view})
-    return Config(**values, origin=origin, warnings=tuple(warnings), view=view)
+    return Config(**values, origin=origin, warnings=tuple(warnings), view=view, named_as="flag")
 
 
 def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -709,7 +722,9 @@ def validate_optimizer(cfg: Config) -> None:
         if key not in takes and value != default and not (key == "eps" and value is None):
             users = [o for o in OPTIMIZERS if key in OPTIMIZER_OPTIONS[o]]
             raise ConfigError(
-                f"{_label(cfg, key)} {_show(value)} and {_label(cfg, 'optimizer')} {name}: "
+                f"{_given_value(cfg, key, value)} and "
+                f"{_given_value(cfg, 'optimizer', name) if cfg.named_as == 'keyword' else _label(cfg, 'optimizer')}"
+                f"{'' if cfg.named_as == 'keyword' else ' ' + name}: "
                 f"torch.optim.{OPTIMIZER_CLASSES[name]} has no {key} "
                 f"(it belongs to {', '.join(users)})"
             )

@@ -1,9 +1,13 @@
 """Config: defaults are the article's run; a file < flags; every value validated, naming where it came from."""
 
+import os
+
 import pytest
 
 from sgdtrace.config import Config, build_config, load_toml
 from sgdtrace.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_defaults_are_the_articles_run():
@@ -59,10 +63,10 @@ def test_wrong_type_and_invalid_toml(tmp_path):
 @pytest.mark.parametrize(
     "changes, needle",
     [
-        ({"lr": float("nan")}, "--lr nan"),
-        ({"lr": float("inf")}, "--lr inf"),
-        ({"batch_size": 0}, "--batch-size 0"),
-        ({"epochs": 0}, "--epochs 0"),
+        ({"lr": float("nan")}, "lr=nan"),  # (the Python API names keyword arguments)
+        ({"lr": float("inf")}, "lr=inf"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"epochs": 0}, "epochs=0"),
         ({"dampening": 1.5}, "dampening must be in [0, 1]"),
         ({"weight_decay": -0.1}, "weight decay must be"),
         ({"nesterov": True}, "Nesterov momentum requires a momentum > 0"),
@@ -70,7 +74,7 @@ def test_wrong_type_and_invalid_toml(tmp_path):
         ({"device": "gpu"}, "allowed: cpu, cuda, cuda:N, auto"),
         ({"dtype": "float8"}, "allowed: float32, float64, bfloat16, float16"),
         ({"data": "a.csv", "synthetic": 10}, "choose one data source"),
-        ({"seed": -1}, "--seed -1"),
+        ({"seed": -1}, "seed=-1"),
     ],
 )
 def test_validation(changes, needle):
@@ -200,7 +204,7 @@ def test_values_that_must_be_positive_and_round_to_zero_in_float32_are_refused(k
     changes = {"momentum": 0.9, **extra, key: value}
     with pytest.raises(ConfigError) as err:
         Config(**changes)
-    assert f"--{key} {value!r}: rounds to 0 in float32" in str(err.value) and "--dtype float64" in str(err.value)
+    assert f"{key}={value!r}: rounds to 0 in float32" in str(err.value) and "--dtype float64" in str(err.value)
     if value > 0:
         Config(**changes, dtype="float64")  # float64 holds it
 
@@ -312,3 +316,47 @@ def test_a_misspelt_scheduler_suggests_the_name(given, suggestion):
     text = str(err.value)
     assert f"scheduler {given!r}: allowed: StepLR" in text
     assert (f"did you mean {suggestion}?" in text) if suggestion else "did you mean" not in text
+
+
+# ------------------------------------------------------------------ errors name options as the user wrote them
+
+
+@pytest.mark.parametrize(
+    "kwargs, python, flag",
+    [
+        ({"lr": -1}, "lr=-1: the learning rate must be", "--lr -1: the learning rate must be"),
+        ({"batch_size": 0}, "batch_size=0: must be", "--batch-size 0: must be"),
+        ({"engine_timeout": 0.0}, "engine_timeout=0.0: must be", "--engine-timeout 0.0: must be"),
+        ({"set_epoch": False}, "set_epoch=False with world_size 1", "--no-set-epoch with --world-size 1"),
+        (
+            {"momentum": 0.5, "optimizer": "adam"},
+            "momentum=0.5 and optimizer='adam'",
+            "--momentum 0.5 and --optimizer adam",
+        ),
+    ],
+)
+def test_python_api_errors_name_keyword_arguments_and_the_command_line_flags(kwargs, python, flag):
+    """`sgdtrace.trace(lr=-1)` says lr, as the caller wrote it; `sgdtrace run --lr -1` says --lr."""
+    import sgdtrace
+    from sgdtrace.testing import assert_matches_torch
+
+    for call in (lambda: sgdtrace.trace(**kwargs), lambda: Config(**kwargs), lambda: Config().replace(**kwargs)):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert str(err.value).startswith(python) and "--" not in str(err.value).split(":")[0], str(err.value)
+    if "optimizer" not in kwargs:  # (an engine with another optimizer is refused first)
+        with pytest.raises(ConfigError) as err:
+            assert_matches_torch(os.path.join(ROOT, "docs", "examples", "engine_correct.py"), **kwargs)
+        assert str(err.value).startswith(python)
+    with pytest.raises(ConfigError) as err:
+        build_config({}, kwargs)
+    assert str(err.value).startswith(flag), str(err.value)
+
+
+def test_python_api_errors_found_with_the_data_name_keywords():
+    import sgdtrace
+
+    with pytest.raises(ConfigError, match=r"^drop_last with batch_size 20 and 9 samples .* leave drop_last out"):
+        sgdtrace.trace(drop_last=True, batch_size=20)
+    with pytest.raises(ConfigError, match=r"^world_size 12: more ranks than the 9 samples"):
+        sgdtrace.trace(world_size=12)

@@ -746,10 +746,59 @@ def test_assert_matches_torch_both_ways():
     assert assert_matches_torch(module, Config(dtype="float64")).verdict.ok
     with pytest.raises(AssertionError) as failed:
         assert_matches_torch(MISTAKE)
-    message = str(failed.value)
-    assert "✗ diverge  first at epoch 1 batch 1 (step 1), dl/dw" in message
-    assert "yours -13.33333" in message and "torch's -26.66666" in message and "allowance" in message
-    assert "1/2 times the right value" in message
+    lines = str(failed.value).splitlines()
+    # one message: where, yours, torch's, the distance, the allowance, the likely mistake
+    assert lines[0] == "engine_mistake.py does not match torch at step 1 (epoch 1, batch 1), dl/dw:"
+    assert lines[1].split() == ["yours", "-13.333333"] and lines[2].split() == ["torch's", "-26.666668"]
+    assert lines[3].split()[0] == "|Δ|" and lines[4].split()[0] == "allowance"
+    assert float(lines[4].split()[1]) > 0 and float(lines[3].split()[1]) > float(lines[4].split()[1])
+    assert lines[5].startswith("  likely mistake: dl/dw is 1/2 times the right value") and len(lines) == 6
+
+
+def _pytest_report(tmp_path, body: str) -> str:
+    """What pytest prints for a test file calling assert_matches_torch (a real pytest, in a subprocess)."""
+    import subprocess
+    import sys
+
+    test = tmp_path / "test_course.py"
+    test.write_text("from sgdtrace.testing import assert_matches_torch\n\n\n" + textwrap.dedent(body))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_assert_matches_torch_shows_the_learners_line_not_sgdtraces_source(tmp_path):
+    (tmp_path / "boom.py").write_text("def gradients(w, b, x, y):\n    return 1 / 0\n")
+    out = _pytest_report(
+        tmp_path,
+        f"""
+        def test_mistake():
+            assert_matches_torch({str(MISTAKE)!r})
+
+
+        def test_bad_option():
+            assert_matches_torch({str(CORRECT)!r}, lr=-1)
+
+
+        def test_broken_file():
+            assert_matches_torch("boom.py")
+        """,
+    )
+    assert "3 failed" in out
+    for hidden in ("sgdtrace/", "def assert_matches_torch", "run_trace(", "__tracebackhide__", "raise "):
+        assert hidden not in out, hidden  # none of the library's frames or source
+    assert ">       assert_matches_torch(" in out  # the learner's own line, marked
+    assert "E       AssertionError: engine_mistake.py does not match torch at step 1" in out
+    assert "E         likely mistake: dl/dw is 1/2 times the right value" in out
+    assert "E       sgdtrace.errors.ConfigError: lr=-1: the learning rate must be" in out
+    assert "E       sgdtrace.engines.user.EngineError: gradients raised ZeroDivisionError at step 1" in out
+    assert 'File "boom.py", line 2, in gradients' in out  # the learner's file's lines only
 
 
 def test_a_torch_tensor_is_named_as_such():
@@ -814,3 +863,23 @@ def test_engine_with_a_16_bit_dtype_is_refused_naming_both(dtype):
     r = CliRunner().invoke(cli, ["run", "--engine", "docs/examples/textbook_rule.py", "--dtype", dtype])
     assert r.exit_code == 2
     assert "--engine" in r.stderr and f"--dtype {dtype}" in r.stderr and "Traceback" not in r.output
+
+
+def test_an_allowance_that_is_only_the_underflow_floor_is_said_in_words():
+    """A learner reads "allowance 1.1754944e-38" as a number; the verdict says what it is: the
+    underflow floor atol alone (nothing in the step rounds), or 0 (an exact operation), so the
+    values must be equal."""
+    import dataclasses
+
+    from sgdtrace.divergence import tolerances
+    from sgdtrace.testing import mismatch_message
+    from sgdtrace.views.export import verdict_sentence
+
+    trace = run_trace(Config(engine=str(MISTAKE)))
+    f = trace.verdict.first_divergent_step
+    assert "must be equal" not in verdict_sentence(trace) + mismatch_message(trace)  # an ordinary allowance
+    atol = tolerances(trace.config)[1]
+    for tol, words in ((atol, "1.1754944e-38 (only the underflow floor atol"), (0.0, "0 (the operation is exact")):
+        trace.verdict = dataclasses.replace(trace.verdict, first_divergent_step=dataclasses.replace(f, tol=tol))
+        for text in (verdict_sentence(trace), mismatch_message(trace)):
+            assert words in text and "the values must be equal" in text, text
