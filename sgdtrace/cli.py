@@ -154,7 +154,7 @@ COMPARE_FORMATS: dict[str, View] = {
     "html": View("one self-contained page", _lazy("sgdtrace.views.html", "compare_page")),
 }
 CHECK_FORMATS: dict[str, View] = {
-    "table": View("one row per config and device", _lazy("sgdtrace.views.check", "check_view")),
+    "table": View("one row per config and device", _lazy("sgdtrace.views.check", "check_view", width=True)),
     "json": View("the same as JSON", _json),
     "markdown": View("the same as Markdown", _lazy("sgdtrace.views.check", "check_markdown")),
     "html": View("one self-contained page", _lazy("sgdtrace.views.html", "check_page")),

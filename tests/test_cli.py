@@ -429,3 +429,90 @@ def test_the_options_where_they_belong_still_work(runner, tmp_path):
     path.write_text("rows = 2\nepochs = 3\n")
     result = invoke(runner, "run", "--config", str(path))
     assert result.exit_code == 0 and result.stderr == "" and "9 steps, 2 shown" in result.stdout
+
+
+# ------------------------------------------------------------------ text output as a new user reads it
+
+
+def test_piped_tables_have_no_trailing_spaces(tmp_path):
+    """`sgdtrace run | less`, `> out.txt`, `--output`: no line ends in spaces (rich pads to the width)."""
+    script = os.path.join(os.path.dirname(sys.executable), "sgdtrace")
+    env = dict(os.environ, COLUMNS="80")
+    for args in (["run"], ["run", "--momentum", "0.9", "--epochs", "2"], ["compare"], ["explain", "--batch", "2"]):
+        proc = subprocess.run([script, *args], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+        assert [line for line in proc.stdout.splitlines() if line != line.rstrip()] == [], args
+    out = tmp_path / "t.txt"
+    assert CliRunner().invoke(cli, ["check", "sgdtrace/configs/article.toml", "--output", str(out)]).exit_code == 0
+    assert all(line == line.rstrip() for line in out.read_text().splitlines())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--momentum", "0.9", "--nesterov", "--weight-decay", "0.01", "--shuffle", "--drop-last", "--batch-size", "2"],
+        [
+            "--optimizer",
+            "adam",
+            "--amsgrad",
+            "--betas",
+            "0.8,0.99",
+            "--eps",
+            "1e-6",
+            "--weight-decay",
+            "0.1",
+            "--shuffle",
+        ],
+    ],
+)
+def test_the_run_title_breaks_between_its_parts_at_80_columns(runner, args):
+    """The title's second line is "lr 0.01 · batch size 2 · ..." : at 80 columns it breaks at a " · ",
+    never inside a part ("weight decay" / "0.01")."""
+    from sgdtrace.config import build_config
+    from sgdtrace.views.table import _title
+
+    result = runner.invoke(cli, ["run", *args], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    head = lines[: next(i for i, line in enumerate(lines) if line.lstrip().startswith("batch"))]
+    kw = {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "shuffle": True, "drop_last": True, "batch_size": 2}
+    if "adam" in args:
+        kw = {
+            "optimizer": "adam",
+            "amsgrad": True,
+            "betas": (0.8, 0.99),
+            "eps": 1e-6,
+            "weight_decay": 0.1,
+            "shuffle": True,
+        }
+    from sgdtrace.tracing import run_trace
+
+    parts = [p for line in _title(run_trace(build_config({}, kw))).split("\n") for p in line.split(" · ")]
+    assert all(len(line) <= 80 for line in head) and len(head) > 2
+    shown = [p for line in head for p in line.split(" · ")]
+    assert shown == parts  # every part whole, in order
+
+
+@pytest.mark.parametrize("name", ["good.py", "my_gradients_engine.py", "exercise_3_solution.py"])
+def test_an_engine_is_labelled_by_its_files_stem(runner, tmp_path, name):
+    """One rule: the rows of --engine FILE.py are labelled with the file's stem, whatever its length."""
+    engine = tmp_path / name
+    engine.write_text((ROOT / "docs" / "examples" / "engine_correct.py").read_text())
+    result = runner.invoke(cli, ["run", "--engine", str(engine)], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    stem = name.removesuffix(".py")
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:2] in ("1 ", "2 ", "3 ")]
+    assert [r[2] for r in rows] == [stem] * 3 and "yours" not in result.stdout
+    assert f"('{stem}' rows)" in result.stdout
+
+
+@pytest.mark.parametrize("columns", ["80", "72"])
+def test_check_never_cuts_a_configs_name(runner, columns):
+    names = ["schedule-exponentiallr.toml", "schedule-multisteplr.toml", "article-lr-0.1.toml"]
+    result = runner.invoke(cli, ["check", *(f"sgdtrace/configs/{n}" for n in names)], env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= int(columns) for line in lines)
+    for name in names:
+        assert any(line.startswith(name + " ") for line in lines), name

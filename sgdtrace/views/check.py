@@ -36,24 +36,18 @@ def _row(r) -> list[str]:
 HEAD = ["config", "device", "dtype", "steps", "max ulp", "of tol", "verdict"]
 
 
-def check_view(result) -> Group:
-    side = result.rows[0].trace.hand if result.rows and result.rows[0].trace.engine is not None else "manual engine"
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
-        show_edge=False,
-        title=f"sgdtrace check: {side} vs torch on every config",
-        title_justify="left",
-        title_style="bold",
-    )
-    for name in HEAD:
-        table.add_column(
-            name, justify="right" if name in ("steps", "max ulp", "of tol") else "left", no_wrap=name == "verdict"
-        )
-    for r in result.rows:
-        cells = _row(r)
-        style = "green" if r.trace.verdict.ok else "bold red"
-        table.add_row(*cells[:-1], Text(cells[-1], style=style))
+def check_view(result, width: int | None = None) -> Group:
+    """The gate's table, fitted to ``width`` columns (the terminal's) where it can: the columns one
+    space apart instead of two when the wider table would not fit, then the verdicts wrapped. A
+    config's name is never cut."""
+    table = _check_table(result, gap=1)
+    if width is not None:
+        from rich.console import Console
+        from rich.measure import Measurement
+
+        console = Console(width=10_000, color_system=None, force_jupyter=False)
+        if Measurement.get(console, console.options, table).maximum > width:
+            table = _check_table(result, gap=0)
     failed = sum(1 for r in result.rows if not r.trace.verdict.ok)
     n = len(result.rows)
     summary = (
@@ -71,6 +65,34 @@ def check_view(result) -> Group:
             groups.setdefault(why, []).append(os.path.basename(s.config))
         parts += [Text(f"  {why}: {', '.join(names)}", style="dim") for why, names in groups.items()]
     return Group(*parts)
+
+
+def _check_table(result, gap: int) -> Table:
+    side = result.rows[0].trace.hand if result.rows and result.rows[0].trace.engine is not None else "manual engine"
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, gap, 0, 0),
+        show_edge=False,
+        title=f"sgdtrace check: {side} vs torch on every config",
+        title_justify="left",
+        title_style="bold",
+    )
+    # a config's name is never cut: its column is as wide as the longest name; where the terminal
+    # is narrower still, the other cells wrap (never with "…")
+    longest = max((len(_row(r)[0]) for r in result.rows), default=len(HEAD[0]))
+    for name in HEAD:
+        table.add_column(
+            name,
+            justify="right" if name in ("steps", "max ulp", "of tol") else "left",
+            no_wrap=name == "config",
+            min_width=longest if name == "config" else None,
+            overflow="fold",
+        )
+    for r in result.rows:
+        cells = _row(r)
+        style = "green" if r.trace.verdict.ok else "bold red"
+        table.add_row(*cells[:-1], Text(cells[-1], style=style))
+    return table
 
 
 def check_markdown(result) -> str:
