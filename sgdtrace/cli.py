@@ -251,14 +251,16 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
             click.option(
                 "--shuffle/--no-shuffle",
                 default=None,
-                help="Shuffle each epoch exactly as DataLoader(shuffle=True, generator=seeded) does.",
+                help="Shuffle each epoch exactly as DataLoader(shuffle=True, generator=seeded) does (default off).",
             ),
-            click.option("--drop-last/--no-drop-last", default=None, help="Drop the last partial batch."),
+            click.option("--drop-last/--no-drop-last", default=None, help="Drop the last partial batch (default off)."),
             click.option("--momentum", type=float, default=None, help="optim.SGD momentum (default 0)."),
             click.option("--dampening", type=float, default=None, help="optim.SGD dampening in [0, 1] (default 0)."),
-            click.option("--nesterov/--no-nesterov", default=None, help="optim.SGD Nesterov momentum."),
+            click.option("--nesterov/--no-nesterov", default=None, help="optim.SGD Nesterov momentum (default off)."),
             click.option("--weight-decay", type=float, default=None, help="optim.SGD weight decay (L2, default 0)."),
-            click.option("--maximize/--no-maximize", default=None, help="optim.SGD maximize: ascend the loss."),
+            click.option(
+                "--maximize/--no-maximize", default=None, help="optim.SGD maximize: ascend the loss (default off)."
+            ),
             # the optimizer and its options, by torch's keyword names (see docs/optimizers.md)
             click.option(
                 "--optimizer",
@@ -271,9 +273,9 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
                 "--betas", type=str, default=None, metavar="B1,B2", help="Adam/AdamW betas (default 0.9,0.999)."
             ),
             click.option("--eps", type=float, default=None, help="Adam/AdamW/RMSprop/Adagrad eps (default torch's)."),
-            click.option("--amsgrad/--no-amsgrad", default=None, help="Adam/AdamW amsgrad."),
+            click.option("--amsgrad/--no-amsgrad", default=None, help="Adam/AdamW amsgrad (default off)."),
             click.option("--alpha", type=float, default=None, help="RMSprop alpha (default 0.99)."),
-            click.option("--centered/--no-centered", default=None, help="RMSprop centered."),
+            click.option("--centered/--no-centered", default=None, help="RMSprop centered (default off)."),
             click.option("--lr-decay", type=float, default=None, help="Adagrad lr_decay (default 0)."),
             click.option(
                 "--initial-accumulator-value",
@@ -281,8 +283,14 @@ def training_options(formats: dict[str, View], multi: bool = False, output_help:
                 default=None,
                 help="Adagrad initial_accumulator_value (default 0).",
             ),
-            click.option("--foreach/--no-foreach", default=None, help="torch side: foreach implementation."),
-            click.option("--fused/--no-fused", default=None, help="torch side: fused implementation."),
+            click.option(
+                "--foreach/--no-foreach",
+                default=None,
+                help="torch side: foreach implementation (default: torch chooses).",
+            ),
+            click.option(
+                "--fused/--no-fused", default=None, help="torch side: fused implementation (default: torch chooses)."
+            ),
             click.option(
                 "--scheduler",
                 type=str,
@@ -524,18 +532,24 @@ def _exit_code(ok: bool) -> int:
     help="Table rows before long runs are shortened (default 40; 0: all).",
 )
 @click.option(
-    "--every", type=click.IntRange(min=1), default=None, metavar="K", help="Table: show every K-th step (and the last)."
+    "--every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="Table: show every K-th step (and the last; default 1).",
 )
 @click.option(
     "--reference",
     type=click.Choice(["none", "exact"]),
     default=None,
-    help="exact: add a ground-truth column, the run replayed without rounding, and each engine's error.",
+    help="exact: add a ground-truth column, the run replayed without rounding, and each engine's error (default none).",
 )
 @click.option(
-    "--gradcheck", is_flag=True, help="Check the chain-rule gradients against central differences in float64, per step."
+    "--gradcheck",
+    is_flag=True,
+    help="Check the chain-rule gradients against central differences in float64, per step (default off).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (default: a bar on a terminal).")
 @click.option(
     "--batch",
     "batch_no",
@@ -550,7 +564,7 @@ def _exit_code(ok: bool) -> int:
     type=click.IntRange(min=1),
     default=None,
     metavar="E",
-    help="--format html: the epoch of --batch (default 1).",
+    help="--format html: the epoch of --batch (default 1; the number of epochs is --epochs).",
 )
 def run(
     rows: int | None,

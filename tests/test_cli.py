@@ -516,3 +516,16 @@ def test_check_never_cuts_a_configs_name(runner, columns):
     assert all(len(line) <= int(columns) for line in lines)
     for name in names:
         assert any(line.startswith(name + " ") for line in lines), name
+
+
+def test_help_gives_every_on_off_flags_default():
+    """`--help` shows each on/off flag's default (they are None until a flag or a file sets them)."""
+    import click
+
+    for name, command in cli.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and (param.is_flag or param.secondary_opts):
+                text = param.help or ""
+                assert "default" in text or param.show_default, (name, param.opts)
+    help_text = CliRunner().invoke(cli, ["run", "--help"]).output
+    assert "Drop the last partial batch (default off)" in help_text
