@@ -529,3 +529,26 @@ def test_help_gives_every_on_off_flags_default():
                 assert "default" in text or param.show_default, (name, param.opts)
     help_text = CliRunner().invoke(cli, ["run", "--help"]).output
     assert "Drop the last partial batch (default off)" in help_text
+
+
+def test_every_option_is_in_the_options_page_and_the_readme_links_every_page():
+    """docs/options.md names each option of the training commands and of run; check.md each of
+    check's formats; the README's list of pages links every page of the manual (ddp.md included)."""
+    import click
+
+    options = (ROOT / "docs" / "options.md").read_text()
+    for name in ("run", "compare", "explain", "graph", "plot"):
+        for param in cli.commands[name].params:
+            if isinstance(param, click.Option) and param.name not in ("help", "width", "height", "loss_kind"):
+                flags = [o for o in param.opts if o.startswith("--")] + [o for o in param.secondary_opts]
+                assert any(f"`{f}" in options or f"{f}`" in options or f"{f}/" in options for f in flags), (
+                    name,
+                    param.opts,
+                )
+    assert "`-q`" in options
+    check = (ROOT / "docs" / "check.md").read_text()
+    assert all(f"`{fmt}`" in check for fmt in ("table", "json", "markdown", "html", "junit"))
+    readme = (ROOT / "README.md").read_text()
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")}
+    assert {p for p in pages if f"(docs/{p})" not in readme} == set()
+    assert "--world-size" in readme
