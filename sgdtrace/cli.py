@@ -605,7 +605,9 @@ def run(
     from sgdtrace.tracing import run_trace
 
     _refuse_distributed(
-        cfg, "--reference exact" if reference == "exact" else None, "--gradcheck" if gradcheck else None
+        cfg,
+        ("world_size-reference", "--reference exact" if reference == "exact" else None),
+        ("world_size-gradcheck", "--gradcheck" if gradcheck else None),
     )
     dataset = None
     if batch_no is not None:  # a bad --batch is refused before training (without html: by run_options)
@@ -632,26 +634,23 @@ def run(
     return _exit_code(trace.verdict.ok)
 
 
-def _refuse_distributed(cfg, *options: str | None, command: str | None = None) -> None:
-    """``--world-size N`` (N >= 2) with what it does not support: exit 2 naming both; under torchrun
-    only ``run`` joins the group."""
+def _refuse_distributed(cfg, *options: tuple[str, str | None], command: str | None = None) -> None:
+    """``--world-size N`` (N >= 2) with what it does not support: exit 2 naming both (``options``:
+    ``(key of config.COMBINATIONS, the option as given or None)``); under torchrun only ``run``
+    joins the group."""
+    from sgdtrace.config import refusal
     from sgdtrace.engines.torch_ddp import under_torchrun
 
     ws = cfg.origin.get("world_size") or "--world-size"
     if cfg.world_size > 1:
-        for opt in options:
+        for key, opt in options:
             if opt:
-                raise ConfigError(
-                    f"{ws} {cfg.world_size} with {opt}: not supported together; drop {opt} or use --world-size 1"
-                )
+                raise refusal(key, f"{ws} {cfg.world_size}", opt, "with")
     if command is not None and (cfg.world_size > 1 or under_torchrun()):
         if under_torchrun():
             raise ConfigError(f"sgdtrace {command} under torchrun: only 'sgdtrace run' joins a torchrun group")
         if command in ("graph",):
-            raise ConfigError(
-                f"{ws} {cfg.world_size} with sgdtrace graph: the graph is one process's autograd "
-                "graph; use --world-size 1"
-            )
+            raise refusal("graph-world_size", "sgdtrace graph", f"{ws} {cfg.world_size}", "with")
 
 
 def add_witnesses(trace, reference: str, gradcheck: bool) -> None:
@@ -818,10 +817,9 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     cfg, fmt, output = _configure(kw, GRAPH_FORMATS)
     _refuse_distributed(cfg, command="graph")
     if cfg.engine is not None:
-        raise ConfigError(
-            "--engine: graph draws sgdtrace's own derivation beside torch's; "
-            "use `sgdtrace explain --engine FILE.py --batch K` to see your file's nodes"
-        )
+        from sgdtrace.config import refusal
+
+        raise refusal("graph-engine", "sgdtrace graph", cfg.origin.get("engine") or "--engine", "with")
     from sgdtrace.teaching.graph import build_graph
     from sgdtrace.tracing import run_trace
 

@@ -25,7 +25,12 @@ class Cross:
         fields = {}
         for f, d in self.divergence.items():
             w = FieldSummary.of(d)
-            fields[f] = {"max_abs": w.max_abs, "max_rel": w.max_rel, "max_ulp": w.max_ulp, "ok": w.first_bad is None}
+            fields[f] = {
+                "max_abs": divergence.json_number(w.max_abs),
+                "max_rel": divergence.json_number(w.max_rel),
+                "max_ulp": w.max_ulp,
+                "ok": w.first_bad is None,
+            }
         return {"dtype": self.dtype, "a": self.a, "b": self.b, "fields": fields, "verdict": self.verdict.to_json()}
 
 
@@ -49,7 +54,7 @@ class Drift:
             fin = np.isfinite(a)
 
             def top(v):
-                return float(v[fin].max()) if fin.any() else None
+                return divergence.json_number(v[fin].max()) if fin.any() else None
 
             fields[f] = {
                 "max_abs": top(a),
@@ -78,7 +83,8 @@ def drift(base, other) -> Drift:
             scale = np.maximum(np.abs(a), np.abs(b))
             out["abs"][f] = diff
             out["rel"][f] = np.where(fin, np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0), np.nan)
-        out["ulp"][f] = divergence.ulp_distance(divergence._cast(a, narrow), divergence._cast(b, narrow))
+            # a blown-up run's values overflow the narrower type: inf, a result (no warning)
+            out["ulp"][f] = divergence.ulp_distance(divergence._cast(a, narrow), divergence._cast(b, narrow))
 
     def side(t):
         return {"device": t.device, "dtype": t.config.dtype}

@@ -162,6 +162,179 @@ class Config:
         }
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A combination of options sgdtrace does not run: exit 2, one line naming both options and why.
+
+    ``a`` and ``b`` name the options as docs/options.md's table of combinations shows them,
+    ``why`` is the reason (the error message says it), ``names`` the words the message names the two
+    options by (``|`` between alternatives), and ``example`` a command line that meets it (the tests
+    run each one).
+    """
+
+    a: str
+    b: str
+    why: str
+    names: tuple[str, str]
+    example: tuple[str, ...]
+
+
+_ENGINE_EXAMPLE = "docs/examples/engine_correct.py"
+_WS = "--world-size N (N >= 2)"
+#: every combination refused, by a key the code that refuses it names: the one source of the error
+#: messages' reasons and of docs/options.md's table (tests/test_combinations.py holds the two equal)
+COMBINATIONS: dict[str, Refusal] = {
+    "data-synthetic": Refusal(
+        "--data FILE.csv",
+        "--synthetic N",
+        "choose one data source, not both",
+        ("--data", "--synthetic"),
+        ("run", "--data", "docs/examples/snippet.csv", "--synthetic", "5"),
+    ),
+    "nesterov-momentum": Refusal(
+        "--nesterov",
+        "--momentum 0 (the default), or --dampening other than 0",
+        "Nesterov momentum requires a momentum > 0 and zero dampening",
+        ("--nesterov", "momentum"),
+        ("run", "--nesterov"),
+    ),
+    "foreach-fused": Refusal(
+        "--foreach",
+        "--fused",
+        "torch takes one of them, not both",
+        ("--foreach", "--fused"),
+        ("run", "--foreach", "--fused"),
+    ),
+    "onecycle-adagrad": Refusal(
+        "--scheduler OneCycleLR (cycle_momentum = true, its default)",
+        "--optimizer adagrad",
+        "Adagrad has no momentum or beta1 to cycle; set cycle_momentum = false",
+        ("OneCycleLR", "--optimizer adagrad"),
+        ("run", "--optimizer", "adagrad", "--scheduler", "OneCycleLR", "--scheduler-arg", "max_lr=0.1")
+        + ("--scheduler-arg", "total_steps=9"),
+    ),
+    "engine-optimizer": Refusal(
+        "--engine FILE.py",
+        "--optimizer adam, adamw, rmsprop or adagrad",
+        "your own engine runs plain SGD at a constant learning rate; leave one of them out",
+        ("--engine", "--optimizer"),
+        ("run", "--engine", _ENGINE_EXAMPLE, "--optimizer", "adam"),
+    ),
+    "engine-scheduler": Refusal(
+        "--engine FILE.py",
+        "--scheduler",
+        "your own engine runs plain SGD at a constant learning rate; leave one of them out",
+        ("--engine", "--scheduler"),
+        ("run", "--engine", _ENGINE_EXAMPLE, "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"),
+    ),
+    "engine-dtype": Refusal(
+        "--engine FILE.py",
+        "--dtype bfloat16 or float16",
+        "your own engine runs in float32 or float64; leave one of them out",
+        ("--engine", "--dtype"),
+        ("run", "--engine", _ENGINE_EXAMPLE, "--dtype", "float16"),
+    ),
+    "world_size-engine": Refusal(
+        _WS,
+        "--engine FILE.py",
+        "your own engine runs in one process",
+        ("--world-size", "--engine"),
+        ("run", "--world-size", "2", "--engine", _ENGINE_EXAMPLE),
+    ),
+    "world_size-dtype": Refusal(
+        _WS,
+        "--dtype bfloat16 or float16",
+        "data-parallel runs use float32 or float64",
+        ("--world-size", "--dtype"),
+        ("run", "--world-size", "2", "--dtype", "bfloat16"),
+    ),
+    "world_size-optimizer": Refusal(
+        _WS,
+        "--optimizer adam, adamw, rmsprop or adagrad",
+        "data-parallel runs use sgd (the DDP loop is written with torch.optim.SGD)",
+        ("--world-size", "--optimizer"),
+        ("run", "--world-size", "2", "--optimizer", "rmsprop"),
+    ),
+    "world_size-scheduler": Refusal(
+        _WS,
+        "--scheduler",
+        "data-parallel runs use a constant rate",
+        ("--world-size", "scheduler"),
+        ("run", "--world-size", "2", "--scheduler", "ExponentialLR", "--scheduler-arg", "gamma=0.5"),
+    ),
+    "world_size-implementation": Refusal(
+        _WS,
+        "--foreach or --fused",
+        "data-parallel runs use torch.optim.SGD's default implementation",
+        ("--world-size", "--foreach|--fused"),
+        ("run", "--world-size", "2", "--foreach"),
+    ),
+    "set_epoch-world_size": Refusal(
+        "--no-set-epoch",
+        "--world-size 1 (the default)",
+        "set_epoch is DistributedSampler's; it needs a world size >= 2",
+        ("--no-set-epoch", "--world-size"),
+        ("run", "--no-set-epoch"),
+    ),
+    "world_size-reference": Refusal(
+        _WS,
+        "--reference exact",
+        "the ground truth replays one process's run",
+        ("--world-size", "--reference exact"),
+        ("run", "--world-size", "2", "--reference", "exact"),
+    ),
+    "world_size-gradcheck": Refusal(
+        _WS,
+        "--gradcheck",
+        "the gradient check replays one process's batches",
+        ("--world-size", "--gradcheck"),
+        ("run", "--world-size", "2", "--gradcheck"),
+    ),
+    "graph-world_size": Refusal(
+        "sgdtrace graph",
+        _WS,
+        "the graph is one process's autograd graph",
+        ("graph", "--world-size"),
+        ("graph", "--world-size", "2"),
+    ),
+    "graph-engine": Refusal(
+        "sgdtrace graph",
+        "--engine FILE.py",
+        "graph draws sgdtrace's own derivation beside torch's; "
+        "use `sgdtrace explain --engine FILE.py --batch K` to see your file's nodes",
+        ("graph", "--engine"),
+        ("graph", "--engine", _ENGINE_EXAMPLE),
+    ),
+    "batch-format": Refusal(
+        "sgdtrace run --batch K",
+        "--format table, json, csv or markdown",
+        "run takes --batch with --format html only; for one batch's equations use sgdtrace explain --batch",
+        ("--batch", "--format html"),
+        ("run", "--batch", "1"),
+    ),
+    "epoch-batch": Refusal(
+        "sgdtrace run --epoch E",
+        "no --batch K",
+        "run's --epoch is the epoch of --batch K, the batch --format html explains",
+        ("--epoch", "--batch"),
+        ("run", "--epoch", "3"),
+    ),
+    "rows-format": Refusal(
+        "sgdtrace run --rows N or --every K",
+        "--format json, csv or markdown",
+        "shapes the table (--format table or html), and the other formats write every step; leave it out",
+        ("--rows|--every", "--format"),
+        ("run", "--format", "json", "--rows", "5"),
+    ),
+}
+
+
+def refusal(key: str, a: str, b: str, sep: str = "and") -> ConfigError:
+    """The error for combination ``key`` of :data:`COMBINATIONS`: ``"<a> <sep> <b>: <why>"``, where
+    ``a`` and ``b`` are the two options as the user gave them."""
+    return ConfigError(f"{a} {sep} {b}: {COMBINATIONS[key].why}")
+
+
 TRAINING_KEYS = tuple(
     f.name for f in dataclasses.fields(Config) if f.name not in ("origin", "warnings", "view", "named_as")
 )
@@ -282,7 +455,7 @@ def validate(cfg: Config) -> None:
             _fail(cfg, key, getattr(cfg, key), "must be true or false")
     if cfg.nesterov and (cfg.momentum <= 0 or cfg.dampening != 0):
         raise ConfigError(
-            f"{_label(cfg, 'nesterov')}: Nesterov momentum requires a momentum > 0 and zero dampening "
+            f"{_label(cfg, 'nesterov')}: {COMBINATIONS['nesterov-momentum'].why} "
             f"(got momentum {cfg.momentum:g}, dampening {cfg.dampening:g}), as torch.optim.SGD does"
         )
     if cfg.seed is not None:
@@ -295,7 +468,7 @@ def validate(cfg: Config) -> None:
         if integer("synthetic", 1) > MAX_SAMPLES:
             _fail(cfg, "synthetic", cfg.synthetic, f"must be a whole number in [1, {MAX_SAMPLES:_}]")
         if cfg.data is not None:
-            raise ConfigError(f"{_label(cfg, 'data')} and {_label(cfg, 'synthetic')}: choose one data source, not both")
+            raise refusal("data-synthetic", _label(cfg, "data"), _label(cfg, "synthetic"))
     finite("true_w")
     finite("true_b")
     if finite("noise") < 0:
@@ -313,17 +486,12 @@ def validate(cfg: Config) -> None:
             _fail(cfg, "engine", cfg.engine, "must be a Python file (FILE.py)")
         if not os.path.isfile(cfg.engine):
             _fail(cfg, "engine", cfg.engine, "no such file")
-        if cfg.optimizer != "sgd" or cfg.scheduler is not None:  # the user's update gets SGD's constant hp
-            what = f"{_label(cfg, 'optimizer')} {cfg.optimizer}" if cfg.optimizer != "sgd" else _label(cfg, "scheduler")
-            raise ConfigError(
-                f"{_label(cfg, 'engine')} and {what}: your own engine runs plain SGD at a "
-                "constant learning rate; leave one of them out"
-            )
+        if cfg.optimizer != "sgd":  # the user's update gets SGD's constant hyper-parameters
+            raise refusal("engine-optimizer", _label(cfg, "engine"), f"{_label(cfg, 'optimizer')} {cfg.optimizer}")
+        if cfg.scheduler is not None:
+            raise refusal("engine-scheduler", _label(cfg, "engine"), _label(cfg, "scheduler"))
         if cfg.dtype not in ("float32", "float64"):  # the user's values are NumPy scalars of float32/float64
-            raise ConfigError(
-                f"{_label(cfg, 'engine')} and {_label(cfg, 'dtype')} {cfg.dtype}: your own engine "
-                "runs in float32 or float64; leave one of them out"
-            )
+            raise refusal("engine-dtype", _label(cfg, "engine"), f"{_label(cfg, 'dtype')} {cfg.dtype}")
     if finite("engine_timeout") <= 0:
         _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
     validate_optimizer(cfg)
@@ -393,38 +561,23 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
         _fail(cfg, "set_epoch", cfg.set_epoch, "must be true or false")
     if finite("rank_timeout") <= 0:
         _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
-    if cfg.world_size > 1 and cfg.engine is not None:
-        raise ConfigError(
-            f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'engine')}: not supported "
-            "together; your own engine runs in one process"
-        )
-    if cfg.world_size > 1 and cfg.dtype not in ("float32", "float64"):
-        raise ConfigError(
-            f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'dtype')} {cfg.dtype}: "
-            "not supported together; data-parallel runs use float32 or float64"
-        )
-    if cfg.world_size > 1:  # the DDP loop is written with optim.SGD and no schedule
+    ws = f"{_label(cfg, 'world_size')} {cfg.world_size}"
+    if cfg.world_size > 1:  # the DDP loop is written with optim.SGD, no schedule, one process per rank
+        if cfg.engine is not None:
+            raise refusal("world_size-engine", ws, _label(cfg, "engine"), "with")
+        if cfg.dtype not in ("float32", "float64"):
+            raise refusal("world_size-dtype", ws, f"{_label(cfg, 'dtype')} {cfg.dtype}", "with")
         if cfg.optimizer != "sgd":
-            raise ConfigError(
-                f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, 'optimizer')} "
-                f"{cfg.optimizer}: not supported together; data-parallel runs use sgd"
-            )
+            raise refusal("world_size-optimizer", ws, f"{_label(cfg, 'optimizer')} {cfg.optimizer}", "with")
         if cfg.scheduler is not None:
-            raise ConfigError(
-                f"{_label(cfg, 'world_size')} {cfg.world_size} with a scheduler: not supported "
-                "together; data-parallel runs use a constant rate"
-            )
+            raise refusal("world_size-scheduler", ws, f"{_label(cfg, 'scheduler')} {cfg.scheduler.name}", "with")
         if cfg.foreach is not None or cfg.fused is not None:
             key = "foreach" if cfg.foreach is not None else "fused"
-            raise ConfigError(
-                f"{_label(cfg, 'world_size')} {cfg.world_size} with {_label(cfg, key)}: not supported together"
-            )
+            raise refusal("world_size-implementation", ws, _label(cfg, key), "with")
     if not cfg.set_epoch and cfg.world_size == 1:
         flag = _label(cfg, "set_epoch")
         flag = {"--set-epoch": "--no-set-epoch", "set_epoch": "set_epoch=False"}.get(flag, flag + " false")
-        raise ConfigError(
-            f"{flag} with {_label(cfg, 'world_size')} 1: set_epoch is DistributedSampler's; it needs a world size >= 2"
-        )
+        raise refusal("set_epoch-world_size", flag, f"{_label(cfg, 'world_size')} 1", "with")
 
 
 # ---------------------------------------------------------------- TOML files
@@ -595,22 +748,14 @@ def refuse_unused_run_options(opts: Mapping[str, Any], label: Mapping[str, str],
     ``rows`` and ``every`` shape the table (``table`` and ``html``); ``batch`` picks the batch the HTML
     page explains; ``epoch`` is that batch's epoch (and most often ``epochs`` misspelt)."""
     if "batch" in label and fmt != "html":
-        raise ConfigError(
-            f"{_given(label['batch'], opts['batch'])}: run takes --batch with --format html only (the batch the "
-            f"page explains); for one batch's equations use sgdtrace explain --batch {opts['batch']}"
-        )
+        raise refusal("batch-format", _given(label["batch"], opts["batch"]), f"--format {fmt}")
     if "epoch" in label and "batch" not in label:
-        raise ConfigError(
-            f"{_given(label['epoch'], opts['epoch'])}: run's --epoch goes with --batch K and --format html (the "
-            f"epoch of the batch the page explains); did you mean {_meant(label['epoch'], 'epochs', opts['epoch'])}?"
-        )
+        error = refusal("epoch-batch", _given(label["epoch"], opts["epoch"]), "no --batch K", "with")
+        raise ConfigError(f"{error}; did you mean {_meant(label['epoch'], 'epochs', opts['epoch'])}?")
     if fmt not in ("table", "html"):
         for key in ("rows", "every"):
             if key in label:
-                raise ConfigError(
-                    f"{_given(label[key], opts[key])}: shapes the table (--format table or html), and "
-                    f"--format {fmt} writes every step; leave it out"
-                )
+                raise refusal("rows-format", _given(label[key], opts[key]), f"--format {fmt}")
 
 
 #: what each of run's own keys is, for a file given to another command
@@ -695,6 +840,43 @@ def did_you_mean(name: Any, choices, spelled=None) -> str:
     return f"; did you mean {spelled[close[0]]!r}?" if close else ""
 
 
+#: an example value of each optimizer option on the command line (for the combinations' examples)
+_OPTION_EXAMPLES = {
+    "momentum": ("0.9",),
+    "dampening": ("0.5",),
+    "nesterov": (),
+    "betas": ("0.8,0.9",),
+    "eps": ("1e-6",),
+    "amsgrad": (),
+    "alpha": ("0.9",),
+    "centered": (),
+    "lr_decay": ("0.1",),
+    "initial_accumulator_value": ("0.1",),
+    "fused": (),
+}
+for _key in _OPTION_DEFAULTS:  # each optimizer option, with the optimizers torch gives no such keyword
+    _users = [o for o in OPTIMIZERS if _key in OPTIMIZER_OPTIONS[o]]
+    _others = [o for o in OPTIMIZERS if o not in _users]
+    _flag = "--" + _key.replace("_", "-")
+    COMBINATIONS[f"{_key}-optimizer"] = Refusal(
+        _flag,
+        "--optimizer " + ", ".join(_others),
+        f"has no {_key} (it belongs to {', '.join(_users)})",
+        (_flag, "--optimizer"),
+        ("run", "--optimizer", _others[0], _flag, *_OPTION_EXAMPLES[_key])
+        if _key != "nesterov"  # Nesterov needs a momentum: RMSprop has one (the rest refuse --momentum first)
+        else ("run", "--optimizer", "rmsprop", "--momentum", "0.9", "--nesterov"),
+    )
+
+
+def combinations_table() -> str:
+    """docs/options.md's table of the combinations refused (:data:`COMBINATIONS`), as Markdown."""
+    lines = ["| option | with | why |", "| --- | --- | --- |"]
+    for r in COMBINATIONS.values():
+        lines.append(f"| `{r.a}` | `{r.b}` | {r.why} |")
+    return "\n".join(lines) + "\n"
+
+
 def _fill_optimizer_defaults(cfg: Config) -> None:
     """eps and weight_decay left unset take the chosen optimizer's default (as torch's classes do)."""
     defaults = OPTIMIZER_DEFAULTS.get(cfg.optimizer, OPTIMIZER_DEFAULTS["sgd"])
@@ -720,13 +902,11 @@ def validate_optimizer(cfg: Config) -> None:
     for key, default in _OPTION_DEFAULTS.items():
         value = getattr(cfg, key)
         if key not in takes and value != default and not (key == "eps" and value is None):
-            users = [o for o in OPTIMIZERS if key in OPTIMIZER_OPTIONS[o]]
             raise ConfigError(
                 f"{_given_value(cfg, key, value)} and "
                 f"{_given_value(cfg, 'optimizer', name) if cfg.named_as == 'keyword' else _label(cfg, 'optimizer')}"
                 f"{'' if cfg.named_as == 'keyword' else ' ' + name}: "
-                f"torch.optim.{OPTIMIZER_CLASSES[name]} has no {key} "
-                f"(it belongs to {', '.join(users)})"
+                f"torch.optim.{OPTIMIZER_CLASSES[name]} {COMBINATIONS[f'{key}-optimizer'].why}"
             )
     b = cfg.betas
     if (
@@ -751,17 +931,13 @@ def validate_optimizer(cfg: Config) -> None:
         if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), bool):
             _fail(cfg, key, getattr(cfg, key), "must be true or false")
     if cfg.foreach and cfg.fused:
-        raise ConfigError(
-            f"{_label(cfg, 'foreach')} and {_label(cfg, 'fused')}: torch takes one of them, "
-            "not both (`fused` and `foreach` cannot be `True` together)"
-        )
+        raise refusal("foreach-fused", _label(cfg, "foreach"), _label(cfg, "fused"))
     if cfg.scheduler is not None:
         if not isinstance(cfg.scheduler, Schedule):
             _fail(cfg, "scheduler", cfg.scheduler, "must be a schedule (a [scheduler] table)")
         if cfg.scheduler.name == "OneCycleLR" and cfg.scheduler.get("cycle_momentum", True) and name == "adagrad":
-            raise ConfigError(
-                f"{_label(cfg, 'scheduler')} OneCycleLR and {_label(cfg, 'optimizer')} adagrad: "
-                "Adagrad has no momentum or beta1 to cycle; set cycle_momentum = false"
+            raise refusal(
+                "onecycle-adagrad", f"{_label(cfg, 'scheduler')} OneCycleLR", f"{_label(cfg, 'optimizer')} adagrad"
             )
 
 

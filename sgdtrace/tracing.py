@@ -132,7 +132,10 @@ def run_trace(
             )
         config = config.replace(world_size=world, origin=config.origin)
     if config.world_size > 1:
-        return run_distributed(config, dataset=dataset, engine=engine)
+        trace = run_distributed(config, dataset=dataset, engine=engine)
+        if trace is not None:
+            judge_closer(trace)
+        return trace
     device = resolve_device(config.device)
     label = device_label(device)
     cfg = config.replace(device=label, origin=config.origin)
@@ -176,7 +179,20 @@ def run_trace(
         trace.verdict.first_divergent_step = dataclasses.replace(
             trace.verdict.first_divergent_step, diagnosis=diagnose_step(trace)
         )
+    judge_closer(trace)
     return trace
+
+
+def judge_closer(trace: Trace) -> None:
+    """At the first divergent step, which side the ground truth is nearer (:func:`sgdtrace.reference.closer`)."""
+    if trace.verdict.first_divergent_step is None:
+        return
+    from sgdtrace.reference import closer
+
+    found = closer(trace)
+    trace.verdict.first_divergent_step = dataclasses.replace(
+        trace.verdict.first_divergent_step, closer=found.side, exact_error=found.errors
+    )
 
 
 def judge(

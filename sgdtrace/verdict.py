@@ -32,6 +32,23 @@ def json_number(v: Any) -> float | str:
     return v
 
 
+def json_safe(value: Any) -> Any:
+    """A document as every JSON sgdtrace writes it: each float through :func:`json_number` (non-finite
+    values as the strings "inf", "-inf", "nan"), NumPy scalars and arrays as Python values, tuples
+    as lists; the one rule of ``--format json`` in every command (``views.export.to_json_text``)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        return json_number(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # a NumPy scalar or array
+        return json_safe(value.tolist())
+    return value
+
+
 def _number_or_none(v: float | None) -> float | str | None:
     return None if v is None else json_number(v)
 
@@ -87,6 +104,10 @@ class FirstDivergence(_Record):
     tol: float
     #: the likely mistake, ``{"kind", "factor", "text"}`` (sgdtrace.diagnosis), or None: no guess
     diagnosis: dict[str, Any] | None = None
+    #: which side is nearer the exact step from its own start ("hand", "torch"; None: a tie or not
+    #: decided) and each side's distance from it (sgdtrace.reference.closer)
+    closer: str | None = None
+    exact_error: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +121,10 @@ class FirstDivergence(_Record):
             "carried": json_number(self.carried),
             "tol": json_number(self.tol),
             "diagnosis": self.diagnosis,
+            "closer": self.closer,
+            "exact_error": None
+            if self.exact_error is None
+            else {side: json_number(e) for side, e in self.exact_error.items()},
         }
 
 
@@ -133,11 +158,11 @@ class BlowUp(_Record):
             "step": self.step,
             "reason": self.reason,
             "hint": self.hint,
-            "stable_lr": self.stable_lr,
-            "stable_lr_batch": self.stable_lr_batch,
-            "stable_lr_epoch": self.stable_lr_epoch,
+            "stable_lr": _number_or_none(self.stable_lr),
+            "stable_lr_batch": _number_or_none(self.stable_lr_batch),
+            "stable_lr_epoch": _number_or_none(self.stable_lr_epoch),
             "radius": _number_or_none(self.radius),
-            "lr_hint": self.lr_hint,
+            "lr_hint": _number_or_none(self.lr_hint),
             "loss_start": json_number(self.loss_start),
             "loss_end": json_number(self.loss_end),
         }
@@ -177,10 +202,10 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
-            "max_abs": self.max_abs,
-            "max_rel": self.max_rel,
+            "max_abs": json_number(self.max_abs),
+            "max_rel": json_number(self.max_rel),
             "max_ulp": self.max_ulp,
-            "max_tol_ratio": self.max_tol_ratio,
+            "max_tol_ratio": json_number(self.max_tol_ratio),
             "first_divergent_step": _json(self.first_divergent_step),
             "diverged_training": _json(self.diverged_training),
             "stalled": None if self.stalled is None else [_json(st) for st in self.stalled],

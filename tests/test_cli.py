@@ -390,7 +390,7 @@ def _refused(result, *needles: str) -> None:
     [
         (["run", "--epoch", "3"], ["--epoch 3", "did you mean --epochs 3?"]),  # not 1 epoch and a warning
         (["run", "--format", "html", "--epoch", "2"], ["--epoch 2", "--batch K", "did you mean --epochs 2?"]),
-        (["run", "--batch", "2"], ["--batch 2", "--format html", "sgdtrace explain --batch 2"]),
+        (["run", "--batch", "2"], ["--batch 2 and --format table", "--format html", "sgdtrace explain --batch"]),
         (["run", "--batch", "2", "--epoch", "1"], ["--batch 2", "--format html"]),
         (["run", "--format", "json", "--rows", "5"], ["--rows 5", "--format json"]),
         (["run", "--format", "csv", "--every", "2"], ["--every 2", "--format csv"]),

@@ -189,7 +189,9 @@ def test_rows_and_every_with_a_non_table_format_are_refused(fmt, given):
     with pytest.raises(ConfigError) as err:
         run_options(Config(), fmt, given)
     key = next(iter(given))
-    assert f"--{key} {given[key]}: shapes the table" in str(err.value) and f"--format {fmt}" in str(err.value)
+    assert f"--{key} {given[key]} and --format {fmt}: shapes the table" in str(err.value) and f"--format {fmt}" in str(
+        err.value
+    )
     for ok in ("table", "html"):
         assert run_options(Config(), ok, given) == ({**RUN_DEFAULTS, **given}, [])
     assert run_options(Config(), fmt, {})[1] == []
@@ -250,7 +252,7 @@ def test_epoch_in_a_file_without_batch_is_refused_naming_epochs(tmp_path):
     path.write_text("epoch = 3\n")
     r = CliRunner().invoke(cli, ["run", "--config", str(path)])
     assert r.exit_code == 2 and r.stdout == ""
-    assert r.stderr.startswith("sgdtrace: error: 'epoch' in c.toml = 3: ") and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("sgdtrace: error: 'epoch' in c.toml = 3 with no --batch K: ") and r.stderr.count("\n") == 1
     assert "did you mean 'epochs'?" in r.stderr
 
 

@@ -865,6 +865,95 @@ def test_engine_with_a_16_bit_dtype_is_refused_naming_both(dtype):
     assert "--engine" in r.stderr and f"--dtype {dtype}" in r.stderr and "Traceback" not in r.output
 
 
+# ------------------------------------------------------------------ the child's reply is input too
+
+
+def test_a_file_that_forges_its_reply_is_refused_in_one_line(tmp_path):
+    """The user's file runs in the child, and can rewrite what the child sends back: here every
+    parameter, gradient and the loss claimed "not kept". Exit 2, one line; no judge reads it."""
+    path = write(
+        tmp_path,
+        """
+        import sys
+
+        import numpy as np
+
+        main = sys.modules["__main__"]
+        _real = main._encode
+
+
+        def _forged(reply):
+            reply["not_kept"] = ["w", "b", "grad_w", "grad_b", "loss"]
+            return _real(reply)
+
+
+        main._encode = _forged
+
+
+        def update(param, grad, state, hp):
+            return param - np.float32(hp.lr) * grad
+        """,
+        "forged.py",
+    )
+    for extra in ([], ["--momentum", "0.9"]):
+        r = CliRunner().invoke(cli, ["run", "--engine", str(path), *extra])
+        assert r.exit_code == 2, r.output
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.output
+        assert lines[0].startswith("sgdtrace: error: forged.py: its process sent back an invalid reply: 'not_kept'")
+        assert "'w'" in lines[0]
+        assert ("buf_w, buf_b" in lines[0]) == bool(extra)
+
+
+def _reply(**changes):
+    steps = 3
+    columns = {f: np.zeros(steps, dtype=np.float32) for f in ("grad_w", "grad_b", "loss", "w", "b", "buf_w", "buf_b")}
+    reply = {"ok": True, "columns": columns, "parts": ["update"], "not_kept": [], "forward": None}
+    reply.update(changes)
+    return reply
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"parts": ["update", "backward"]}, "'parts' lists 'backward', not one of gradients, update, forward"),
+        ({"parts": "update"}, "'parts' is not a list of names"),
+        ({"parts": []}, "'parts' is empty"),
+        ({"not_kept": ["loss"]}, "'not_kept' lists 'loss', not one of buf_w, buf_b"),
+        ({"not_kept": ["buf_w", "buf_w"]}, "'not_kept' lists a name twice"),
+        ({"not_kept": [1]}, "'not_kept' is not a list of names"),
+        ({"not_kept": None}, "'not_kept' is not a list of names"),
+        ({"forward": {"a": np.zeros(3)}}, "'forward' was not asked for"),
+    ],
+)
+def test_every_part_of_the_reply_is_checked(monkeypatch, changes, words):
+    monkeypatch.setattr(user, "run_child", lambda request, timeout, name: _reply(**changes))
+    with pytest.raises(EngineError) as err:
+        run_trace(Config(momentum=0.9), engine=UserEngine(str(CORRECT)))
+    assert str(err.value) == f"engine_correct.py: its process sent back an invalid reply: {words}"
+
+
+@pytest.mark.parametrize(
+    "forward, words",
+    [
+        ({"z": np.zeros(3)}, "'forward' has a node 'z', not one of a, c, d, e, dl_dd"),
+        ({"a": np.zeros(2)}, "'forward' node 'a' is not 3 float64 values"),
+        ({"a": np.zeros(3, dtype=np.float32)}, "'forward' node 'a' is not 3 float64 values"),
+        ({"a": np.zeros((3, 1))}, "'forward' node 'a' is not 3 float64 values"),
+    ],
+)
+def test_the_forward_nodes_of_the_reply_are_checked(monkeypatch, forward, words):
+    monkeypatch.setattr(user, "run_child", lambda request, timeout, name: _reply(forward=forward))
+    with pytest.raises(EngineError, match=words):
+        run_trace(Config(momentum=0.9), engine=UserEngine(str(CORRECT), forward_step=1))
+    # a well-formed one passes through to the explanation
+    good = {"a": np.arange(3.0), "dl_dd": np.ones(3)}
+    monkeypatch.setattr(user, "run_child", lambda request, timeout, name: _reply(forward=good))
+    engine = UserEngine(str(CORRECT), forward_step=1)
+    run_trace(Config(momentum=0.9), engine=engine)
+    assert set(engine.info.forward) == {"a", "dl_dd"}
+
+
 def test_an_allowance_that_is_only_the_underflow_floor_is_said_in_words():
     """A learner reads "allowance 1.1754944e-38" as a number; the verdict says what it is: the
     underflow floor atol alone (nothing in the step rounds), or 0 (an exact operation), so the

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from golden_util import render
@@ -123,3 +125,141 @@ def test_no_number_is_ever_cut_at_any_width(width):
             for token in re.findall(r"[-+]?[0-9][-+0-9.e]*", "\n".join(rows)):
                 assert not token.endswith(("e", "e-", "e+", ".")), (token, args, width)  # not split at its exponent
                 float(token)
+
+
+# ------------------------------------------------------------------ non-finite numbers, every format
+
+_JSON_INVALID = re.compile(r"\b(Infinity|NaN)\b")
+
+
+@pytest.fixture(scope="module")
+def non_finite():
+    """A run that blows up (inf, -inf and nan in its steps), with a non-finite value in every other
+    kind of field too: the divergence's carried part and tolerance, the verdict's maxima and first
+    divergent step, the configuration; the ground truth and the gradient check attached."""
+    import dataclasses
+    import math
+
+    from sgdtrace.verdict import FirstDivergence
+
+    t = run_trace(Config(lr=0.5, epochs=60))
+    assert any(np.isneginf(c).any() for c in t.torch.values()) and any(np.isnan(c).any() for c in t.torch.values())
+    for d in t.divergence.values():
+        d.carried[0], d.tol[1] = math.nan, math.inf
+    t.verdict.max_tol_ratio, t.verdict.max_abs, t.verdict.max_rel = math.inf, math.nan, -math.inf
+    t.verdict.ok = False
+    t.verdict.first_divergent_step = FirstDivergence(
+        1,
+        1,
+        1,
+        "w",
+        math.nan,
+        math.inf,
+        None,
+        -math.inf,
+        math.inf,
+        closer="hand",
+        exact_error={"hand": 0.5, "torch": math.inf},
+    )
+    t.verdict.diverged_training = dataclasses.replace(t.verdict.diverged_training, radius=math.inf)
+    object.__setattr__(t.config, "atol", math.inf)  # past validation: as a value a view could meet
+    t.reference, t.gradcheck = exact_reference(t), gradcheck(t)
+    return t
+
+
+def _strict_json(text: str):
+    def refuse(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _results(t):
+    from sgdtrace.check import CheckResult, CheckRow
+    from sgdtrace.compare import CompareResult, cross_compare
+
+    other = run_trace(Config(lr=0.5, epochs=60, dtype="float64"))
+    from sgdtrace.compare import drift
+
+    compare = CompareResult([t, other], [cross_compare(other, other)], [drift(t, other)])
+    return compare, CheckResult([CheckRow("blown.toml", t)])
+
+
+def test_every_json_writes_non_finite_numbers_as_strings(non_finite):
+    from sgdtrace.views.export import compare_to_json, json_pieces, to_json_text, trace_to_json
+
+    t = non_finite
+    docs = {"run (with the witnesses)": "".join(json_pieces(t))}
+    t_plain = dataclasses_copy(t)
+    docs["run (streamed)"] = "".join(json_pieces(t_plain))
+    compare, check = _results(t)
+    docs["compare"] = to_json_text(compare_to_json(compare))
+    docs["check"] = to_json_text(check.to_json())
+    for name, text in docs.items():
+        assert not _JSON_INVALID.search(text), name
+        _strict_json(text)
+    for text in (docs["run (with the witnesses)"], docs["run (streamed)"]):
+        doc = _strict_json(text)
+        assert doc["config"]["atol"] == "inf"
+        v = doc["verdict"]
+        assert (v["max_tol_ratio"], v["max_abs"], v["max_rel"]) == ("inf", "nan", "-inf")
+        first = v["first_divergent_step"]
+        assert (first["manual"], first["torch"], first["carried"], first["tol"]) == ("nan", "inf", "-inf", "inf")
+        assert first["exact_error"] == {"hand": 0.5, "torch": "inf"}
+        assert v["diverged_training"]["radius"] == "inf"
+        assert doc["steps"][0]["divergence"]["w"]["carried"] == "nan"
+        assert doc["steps"][1]["divergence"]["w"]["tol"] == "inf"
+        values = [s["torch"][f] for s in doc["steps"] for f in ("grad_w", "loss")]
+        assert {"inf", "-inf", "nan"} <= set(values)
+    witnessed = _strict_json(docs["run (with the witnesses)"])
+    assert any(e["rel"] in ("inf", "nan") for s in witnessed["steps"] for e in s["reference_error"]["torch"].values())
+    assert _strict_json(docs["check"])["checks"][0]["verdict"]["max_tol_ratio"] == "inf"
+    assert _strict_json(docs["compare"])["runs"][0]["verdict"]["max_abs"] == "nan"
+    assert trace_to_json(t)["verdict"]["max_rel"] == "-inf"
+
+
+def dataclasses_copy(t):
+    """The trace without its witnesses: the streamed JSON path."""
+    import copy
+
+    u = copy.copy(t)
+    u.reference = u.gradcheck = None
+    return u
+
+
+def test_every_text_format_spells_non_finite_numbers_as_json_does(non_finite):
+    from sgdtrace.views.check import check_junit, check_markdown
+    from sgdtrace.views.compare import compare_text
+    from sgdtrace.views.html import check_page, compare_page, run_page
+
+    t = non_finite
+    compare, check = _results(t)
+    texts = {
+        "csv": trace_to_csv(t),
+        "markdown": trace_to_markdown(t),
+        "html": run_page(t),
+        "compare csv": compare_text(compare, "csv"),
+        "compare markdown": compare_text(compare, "markdown"),
+        "compare html": compare_page(compare),
+        "check markdown": check_markdown(check),
+        "check junit": check_junit(check),
+        "check html": check_page(check),
+    }
+    for name, text in texts.items():
+        assert not _JSON_INVALID.search(text), name
+        assert not re.search(r"\b(Inf|NAN|INF)\b", text), name
+    rows = list(csv.DictReader(io.StringIO(texts["csv"])))
+    cells = {v for r in rows for v in r.values()}
+    assert {"inf", "-inf", "nan"} <= cells
+    for r in rows:
+        for v in r.values():
+            if v and v.lstrip("-").lower() in ("inf", "nan", "infinity"):
+                assert v in ("inf", "-inf", "nan"), v
+    assert "| nan |" in texts["markdown"] and "inf" in texts["html"] and ">nan<" in texts["html"]
+    for r in csv.reader(io.StringIO(texts["compare csv"])):
+        for v in r:
+            if v.lstrip("-").lower() in ("inf", "nan", "infinity"):
+                assert v in ("inf", "-inf", "nan"), v
+    import xml.etree.ElementTree as ET
+
+    ET.fromstring(texts["check junit"].split("\n", 1)[1])

@@ -688,6 +688,8 @@ def test_verdict_names_the_first_divergent_step():
         "carried": 0.0,
         "tol": 0.1,
         "diagnosis": None,
+        "closer": None,
+        "exact_error": None,
     }
     # largest |diff| 0.5 (w at step 2); largest relative 1.0 (b: 0 against 0.1); ratio 0.5 / 0.1
     assert v.max_abs == 0.5 and v.max_rel == 1.0 and v.max_tol_ratio == pytest.approx(5.0)

@@ -84,6 +84,9 @@ def test_a_diverging_runs_record_is_the_old_dict(monkeypatch):
     # a field added since (sgdtrace.diagnosis): the halved gradient is named
     assert rec.diagnosis["kind"] == "factor" and rec.diagnosis["factor"] == 0.5
     old["diagnosis"] = rec.diagnosis
+    # and (sgdtrace.reference.closer) the ground truth: torch is nearer the exact step
+    assert rec.closer == "torch" and rec.exact_error["hand"] > 1e6 * rec.exact_error["torch"]
+    old["closer"], old["exact_error"] = rec.closer, rec.exact_error
     assert rec.to_json() == old and list(rec.to_json()) == list(old)
     assert t.verdict.to_json()["first_divergent_step"] == old
     for key, value in old.items():  # the 0.1 access

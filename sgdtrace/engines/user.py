@@ -105,15 +105,56 @@ class UserEngine:
             "forward_step": self.forward_step,
         }
         reply = self.call(request)
-        self.info = EngineInfo(
-            self.name,
-            self.given,
-            tuple(reply["parts"]),
-            tuple(reply["not_kept"]),
-            reply.get("forward"),
-            self.forward_step,
-        )
+        n_forward = None if self.forward_step is None else int(plan.indices(self.forward_step).size)
+        parts, not_kept, forward = _checked_reply(reply, self.name, state_keys, n_forward)
+        self.info = EngineInfo(self.name, self.given, parts, not_kept, forward, self.forward_step)
         return _checked_columns(reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept)
+
+
+def _invalid(name: str, what: str) -> EngineError:
+    return EngineError(f"{name}: its process sent back an invalid reply: {what}")
+
+
+def _names(reply: dict[str, Any], key: str, allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """A list of distinct names, each one of ``allowed``."""
+    value = reply.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _invalid(name, f"{key!r} is not a list of names")
+    for v in value:
+        if v not in allowed:
+            among = f"not one of {', '.join(allowed)}" if allowed else "and this run keeps no optimizer state"
+            raise _invalid(name, f"{key!r} lists {v!r}, {among}")
+    if len(set(value)) != len(value):
+        raise _invalid(name, f"{key!r} lists a name twice")
+    return tuple(value)
+
+
+def _checked_reply(
+    reply: dict[str, Any], name: str, state_keys, n_forward: int | None
+) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any] | None]:
+    """The child's reply is input from the user's process, like a file: the parts it ran (among
+    :data:`PARTS`), the state columns it did not keep (among torch's state columns of this run,
+    never a parameter, a gradient or the loss) and the nodes ``forward`` gave (among
+    :data:`NODES`, one float64 value per sample of the batch explained). Anything else is
+    :class:`EngineError` (exit 2), before the judge reads any of it."""
+    import numpy as np
+
+    from sgdtrace.engines.protocol import state_fields
+
+    parts = _names(reply, "parts", PARTS, name)
+    if not parts:
+        raise _invalid(name, "'parts' is empty")
+    not_kept = _names(reply, "not_kept", state_fields(state_keys), name)
+    forward = reply.get("forward")
+    if forward is not None:
+        if not isinstance(forward, dict) or n_forward is None:
+            raise _invalid(name, "'forward' was not asked for")
+        for node, value in forward.items():
+            if node not in NODES:
+                raise _invalid(name, f"'forward' has a node {node!r}, not one of {', '.join(NODES)}")
+            if not isinstance(value, np.ndarray) or value.shape != (n_forward,) or value.dtype != np.float64:
+                raise _invalid(name, f"'forward' node {node!r} is not {n_forward} float64 values")
+    return parts, not_kept, forward
 
 
 def _checked_columns(columns: dict[str, Any], dtype: str, steps: int, state_keys, not_kept) -> dict[str, Any]:

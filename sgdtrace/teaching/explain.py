@@ -122,7 +122,8 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     xb = backend.asarray(trace.dataset.x[idx])
     yb = backend.asarray(trace.dataset.y[idx])
     w, b = backend.param(w0), backend.param(b0)
-    r = manual.forward_backward(w, b, xb, yb, len(idx), backend.scalar)
+    with np.errstate(all="ignore"):  # a blown-up step is shown with its inf and nan, as the run had them
+        r = manual.forward_backward(w, b, xb, yb, len(idx), backend.scalar)
     states = {
         p: {
             key: backend.param(state0[state_field(key, p)])
@@ -134,8 +135,9 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     if k > 0:  # the optimizer's step count, as torch keeps it beside the state ("step")
         for st in states.values():
             st["step"] = k
-    w1 = eng.update(w, r.grad_w, states["w"], hp)
-    b1 = eng.update(b, r.grad_b, states["b"], hp)
+    with np.errstate(all="ignore"):
+        w1 = eng.update(w, r.grad_w, states["w"], hp)
+        b1 = eng.update(b, r.grad_b, states["b"], hp)
     state1 = {state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")}
 
     got = {"grad_w": r.grad_w, "grad_b": r.grad_b, "loss": r.loss, "w": w1, "b": b1, **state1}
@@ -354,7 +356,13 @@ def closed_form_rate(trace, k: int) -> float | None:
 
 def optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     """Adam, AdamW, RMSprop or Adagrad at this step, line by line, for one parameter, computed with
-    the hand module's own functions in the run's dtype (SGD's lines are the view's Equations 4-5)."""
+    the hand module's own functions in the run's dtype (SGD's lines are the view's Equations 4-5).
+    A step that overflows shows its inf and nan, as the table does, with no NumPy warning."""
+    with np.errstate(all="ignore"):
+        return _optimizer_lines(ex, param)
+
+
+def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     from sgdtrace.engines.optimizers import get
 
     trace, k = ex.trace, ex.step

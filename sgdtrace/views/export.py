@@ -11,6 +11,7 @@ import numpy as np
 
 from sgdtrace import __version__
 from sgdtrace.divergence import json_number, tolerances
+from sgdtrace.verdict import json_safe
 from sgdtrace.views.fmt import LABELS, describe_data, num
 from sgdtrace.views.verdict import plain
 
@@ -153,7 +154,9 @@ def _add_witnesses(trace, doc: dict[str, Any]) -> None:
 
 
 def to_json_text(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    """The text of every JSON document sgdtrace writes: non-finite numbers as the strings "inf",
+    "-inf", "nan" (:func:`sgdtrace.verdict.json_safe`, the one rule), never JSON's invalid Infinity."""
+    return json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n"
 
 
 # ------------------------------------------------------------------ JSON, fast and streamed

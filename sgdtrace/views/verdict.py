@@ -68,6 +68,7 @@ def segments(trace, marked: bool = True) -> list[Segment]:
         ]
         if f.diagnosis:  # the likely mistake (sgdtrace.diagnosis)
             out += [("\n  Likely mistake: ", "bold"), (f.diagnosis["text"], "")]
+        out += closer_segments(f, getattr(trace, "hand", "hand"))
     engine = getattr(trace, "engine", None)
     if engine is not None and engine.not_kept:
         out += [(f"\n  not kept by {engine.name}: {', '.join(engine.not_kept)} (torch's state; not judged)", "yellow")]
@@ -90,6 +91,25 @@ def segments(trace, marked: bool = True) -> list[Segment]:
             (f" at epoch {d.epoch} batch {d.batch} ({where}): {d.reason}.\n  Hint: {d.hint}.", ""),
         ]
     return out
+
+
+def closer_segments(f, hand: str) -> list[Segment]:
+    """Which side the step worked exactly from its own start is nearer (sgdtrace.reference.closer),
+    in words; nothing where it was not worked out."""
+    errors = getattr(f, "exact_error", None)
+    if not errors:
+        return []
+    off = f"{hand} off by {show(errors['hand'])}, torch by {show(errors['torch'])}"
+    if f.closer is None:
+        said = f"neither side is nearer the exact step from its own start ({off})."
+    elif f.closer == "torch":
+        said = f"torch is nearer the exact step from its own start ({off})."
+    else:
+        whose = "the hand side's" if hand == "hand" else f"{hand}'s"
+        said = (
+            f"{hand} is nearer the exact step from its own start ({off}): torch's own value is off here, not {whose}."
+        )
+    return [("\n  Ground truth: ", "bold"), (said, "")]
 
 
 def plain(trace, marked: bool = True) -> str:
