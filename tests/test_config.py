@@ -252,7 +252,8 @@ def test_epoch_in_a_file_without_batch_is_refused_naming_epochs(tmp_path):
     path.write_text("epoch = 3\n")
     r = CliRunner().invoke(cli, ["run", "--config", str(path)])
     assert r.exit_code == 2 and r.stdout == ""
-    assert r.stderr.startswith("sgdtrace: error: 'epoch' in c.toml = 3 with no --batch K: ") and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("sgdtrace: error: 'epoch' in c.toml = 3 with no --batch K: ")
+    assert r.stderr.count("\n") == 1
     assert "did you mean 'epochs'?" in r.stderr
 
 
