@@ -16,7 +16,7 @@ import numpy as np
 from sgdtrace import data as data_mod
 from sgdtrace import divergence, stall
 from sgdtrace.blowup import diagnose, full_loss, one_sided, stable_lr  # noqa: F401  (full_loss: kept importable here)
-from sgdtrace.config import Config
+from sgdtrace.config import Config, label
 from sgdtrace.errors import ConfigError
 from sgdtrace.notebook import TraceNotebook
 
@@ -270,8 +270,7 @@ def check_world(config: Config, n_samples: int, device) -> None:
     ws = config.world_size
     if ws > n_samples:
         raise ConfigError(
-            f"{config.origin.get('world_size') or '--world-size'} {ws}: more ranks than the "
-            f"{n_samples} samples; allowed: 1..{n_samples}"
+            f"{label(config, 'world_size')} {ws}: more ranks than the {n_samples} samples; allowed: 1..{n_samples}"
         )
     if device.type == "cuda":
         import torch

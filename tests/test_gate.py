@@ -25,7 +25,7 @@ from sgdtrace.engines.protocol import state_field, state_fields
 from sgdtrace.tracing import run_trace
 
 ARTICLE = Config()
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sgdtrace", "configs")
 
 
 # ------------------------------------------------------------------ torch's columns, once per session

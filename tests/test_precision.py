@@ -361,7 +361,7 @@ def _before(col, init):
 @pytest.mark.parametrize(
     "config",
     [
-        "configs/bfloat16-stall.toml",
+        "sgdtrace/configs/bfloat16-stall.toml",
         dict(dtype="bfloat16", epochs=300),
         dict(dtype="float16", init_w=60.0, lr=3e-5, epochs=5),
     ],
@@ -384,7 +384,7 @@ def test_a_stall_is_reported_where_torch_stops_moving(config):
 
 
 def test_the_stall_config_stalls_w_on_every_step():
-    t = run_trace(_config_file("configs/bfloat16-stall.toml"))
+    t = run_trace(_config_file("sgdtrace/configs/bfloat16-stall.toml"))
     assert [st.to_json() for st in t.verdict.stalled] == [{"field": "w", "first_step": 1, "steps": 30}]
     assert (t.torch["w"] == 500).all()
     # the spacing of bfloat16 values at 500 is 2: an update under 1 is lost
@@ -414,7 +414,7 @@ def test_explain_shows_the_spacing_beside_the_update():
     from sgdtrace.teaching.explain import explain_step
     from sgdtrace.views.explain import explain_json, explain_view
 
-    t = run_trace(_config_file("configs/bfloat16-stall.toml"))
+    t = run_trace(_config_file("sgdtrace/configs/bfloat16-stall.toml"))
     ex = explain_step(t, 1)
     assert ex.matches_trace
     assert ex.spacing["w"]["stalled"] and ex.spacing["w"]["below"] == 2.0

@@ -5,8 +5,13 @@ fenced block marks that block as the output of COMMAND, run in the project's fol
 commands: ``A ;; B``). ``sgdtrace ...`` commands run in process (click's CliRunner, 80 columns,
 no colour); anything else runs in a shell. A ``  # comment`` after a command is shown, not run.
 
-    python tools/readme.py                   # rewrite README.md and docs/**/*.md in place
-    python tools/readme.py --check           # exit 1 and list the blocks that are out of date
+Every notebook under docs/ (``*.ipynb``) is executed top to bottom (nbclient, in its own folder)
+and stored with its outputs, so GitHub and the docs site show its results. It is compared by its
+outputs' text (each output's kind and text, an image by its kind only), never by execution times
+or an image's bytes: a notebook whose outputs read the same is left as it is.
+
+    python tools/readme.py                   # rewrite README.md, docs/**/*.md and docs/**/*.ipynb in place
+    python tools/readme.py --check           # exit 1 and list the blocks and notebooks that are out of date
     python tools/readme.py docs/sgd.md ...   # only the files named
 
 Some figures depend on the machine that prints them (torch's sqrt is correctly rounded on one CPU
@@ -23,6 +28,7 @@ machine's output):
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shlex
@@ -73,8 +79,65 @@ def run_example(shown: str) -> str:
 
 
 def pages() -> list[Path]:
-    """Every file whose examples are kept true: README.md, then docs/**/*.md in path order."""
-    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    """Every file whose examples are kept true: README.md, docs/**/*.md in path order, then the notebooks."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *notebooks()]
+
+
+def notebooks() -> list[Path]:
+    """The notebooks stored with their outputs: docs/**/*.ipynb in path order."""
+    return sorted(p for p in (ROOT / "docs").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def execute_notebook(path: Path):
+    """The notebook at ``path`` run top to bottom in a fresh kernel, in its own folder (an error in a
+    cell raises). Its metadata stays as stored (no kernel or Python version recorded)."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    metadata = copy.deepcopy(nb.metadata)  # (the client writes the kernel's language_info into it)
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", record_timing=False, resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()
+    nb.metadata = metadata
+    return nb
+
+
+def outputs_text(nb) -> list[list[tuple[str, ...]]]:
+    """Per code cell, its outputs as text: the kind, then each MIME type's text (an image: its type
+    only, since its bytes change with the plotting library's version). Stable from run to run."""
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outs = []
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                outs.append(("stream", out.name, out.text))
+            elif out.output_type == "error":
+                outs.append(("error", out.ename, out.evalue))
+            else:
+                data = out.get("data", {})
+                outs.append(
+                    (out.output_type, *(f"{k}: {v}" if k.startswith("text/") else k for k, v in sorted(data.items())))
+                )
+        cells.append(outs)
+    return cells
+
+
+def refresh_notebook(path: Path, check: bool) -> bool:
+    """Run the notebook; unless ``check``, store it with its new outputs when their text changed.
+    Returns whether it was out of date."""
+    import nbformat
+
+    stored = nbformat.read(path, as_version=4)
+    fresh = execute_notebook(path)
+    if outputs_text(fresh) == outputs_text(stored):
+        return False
+    if not check:
+        nbformat.write(fresh, path)
+    return True
 
 
 def machine_items(spec: str | None) -> list[str]:
@@ -164,6 +227,13 @@ def main(argv: list[str]) -> int:
     named = [Path(a).resolve() for a in argv if a != "--check"]
     run = changed_total = 0
     for path in named or pages():
+        if path.suffix == ".ipynb":
+            run += 1
+            stale = refresh_notebook(path, check)
+            changed_total += stale
+            if check and stale:
+                print(f"out of date: {path.relative_to(ROOT)}: its outputs")
+            continue
         text = path.read_text(encoding="utf-8")
         new, changed = refresh(text, check=check)
         name = path.relative_to(ROOT)

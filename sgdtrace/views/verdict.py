@@ -26,6 +26,20 @@ def show(value: float | str | None) -> str:
     return value if isinstance(value, str) else num(value, 8)
 
 
+def allowance(trace, tol: float) -> str:
+    """A step's rounding allowance in words a learner can act on: the number, and where it is only
+    the underflow floor (``atol``: nothing in the step rounds, so the values must be equal) or 0
+    (an exact operation), say so."""
+    from sgdtrace.divergence import tolerances
+
+    _, atol = tolerances(trace.config)
+    if tol == 0:
+        return "0 (the operation is exact here: the values must be equal)"
+    if tol <= atol:
+        return f"{show(tol)} (only the underflow floor atol: nothing in this step rounds, so the values must be equal)"
+    return show(tol)
+
+
 def segments(trace, marked: bool = True) -> list[Segment]:
     """The verdict of ``trace`` as styled segments; lines are separated by "\\n".
 
@@ -56,7 +70,7 @@ def segments(trace, marked: bool = True) -> list[Segment]:
                 f"  first at epoch {f.epoch} batch {f.batch} (step {f.step}), {field_label(f.field)}: "
                 f"{getattr(trace, 'hand', 'hand')} {show(f.manual)}, torch {show(f.torch)}, |Δ| {show(f.abs)}"
                 + (f" of which {show(f.carried)} carried in" if f.carried else "")
-                + f"; the step's own part exceeds its rounding allowance {show(f.tol)}",
+                + f"; the step's own part exceeds its rounding allowance {allowance(trace, f.tol)}",
                 "",
             ),
         ]
