@@ -897,7 +897,7 @@ def template(output: str | None) -> int:
 @cli.command()
 @format_option(DOCTOR_FORMATS, default="table")
 @output_option()
-@click.option("--refresh", is_flag=True, help="Measure the rules again, whatever the cache holds.")
+@click.option("--refresh", is_flag=True, show_default=True, help="Measure the rules again, whatever the cache holds.")
 def doctor(fmt: str, output: str | None, refresh: bool) -> int:
     """Is it my code or my machine? This machine's kernel rules, measured, and which of sgdtrace's
     bit-for-bit claims hold here.
@@ -937,7 +937,16 @@ def find_configs(names: Iterable[str]) -> list[str]:
                 )
             paths.append(name)
         else:
-            raise ConfigError(f"config {name!r}: no such file or folder")
+            from sgdtrace.check import CONFIGS
+
+            shipped = os.path.join(CONFIGS, os.path.basename(name))
+            shipped = shipped if shipped.endswith(".toml") else shipped + ".toml"
+            if not os.path.isfile(shipped):  # one of the gate's own, by name (configs/adam.toml, adam)
+                raise ConfigError(
+                    f"config {name!r}: no such file or folder, nor a config sgdtrace ships "
+                    f"(sgdtrace check --help; the shipped ones are in {CONFIGS})"
+                )
+            paths.append(shipped)
     return paths
 
 

@@ -450,7 +450,7 @@ def _hidden_state(opt, key, p, g, prev, cur, new_mag, first, config, ctx):
 
     ``prev``/``cur`` hold the other engine's recorded values for it (carry 0). The model's bound
     of the entry's update is affine in the previous entry's carry and rounding:
-    ``C_k = a_k C_(k-1) + c_k``, ``R_k = r_k R_(k-1) + e_k`` (SGD's buffer: ``a_k = r_k = momentum``,
+    ``C_k = a_k C_(k-1) + c_k``, ``R_k = r_k R_(k-1) + q_k |C_(k-1)| + e_k`` (SGD's buffer: ``a_k = r_k = momentum``,
     0 at the first step, which copies the gradient), with nothing carried in before the first
     step. ``a_k`` and ``r_k`` are read off the model itself (the update's bound with the previous
     carry and rounding at 0 and at 1), and the recursions run over the steps; where the update is
@@ -467,13 +467,20 @@ def _hidden_state(opt, key, p, g, prev, cur, new_mag, first, config, ctx):
         before[key] = Track(prev[key].v, prev[key].mag, zero + r, zero + c)
         return opt.update_bound(p, g, before, cur, new_mag, first, config, ctx)[1][key]
 
-    at0, at1, at2 = bound(0.0, 0.0), bound(1.0, 1.0), bound(2.0, 2.0)
-    a, r = at1.carry - at0.carry, at1.rnd - at0.rnd
-    affine = np.isclose(at2.carry - at0.carry, 2 * a) & np.isclose(at2.rnd - at0.rnd, 2 * r)
+    # the responses to the previous carry and rounding, read one at a time: a coefficient's own
+    # rounding puts |C_(k-1)| into the rounding too (``_track._coefficient``: ``q_k``)
+    at0, c1, c2, r1, r2 = bound(0.0, 0.0), bound(1.0, 0.0), bound(2.0, 0.0), bound(0.0, 1.0), bound(0.0, 2.0)
+    a, q, r = c1.carry - at0.carry, c1.rnd - at0.rnd, r1.rnd - at0.rnd
+    affine = (
+        np.isclose(c2.carry - at0.carry, 2 * a)
+        & np.isclose(c2.rnd - at0.rnd, 2 * q)
+        & np.isclose(r2.rnd - at0.rnd, 2 * r)
+        & np.isclose(r1.carry, at0.carry)
+    )
     C, R = at0.carry.copy(), np.where(affine, at0.rnd, np.inf)
     for k in range(1, a.shape[0]):  # the recursions, step by step (only for an engine with a hidden state)
+        R[k] += r[k] * R[k - 1] + q[k] * abs(C[k - 1])
         C[k] += a[k] * C[k - 1]
-        R[k] += r[k] * R[k - 1]
     return Track(cur[key].v, cur[key].mag + np.abs(C), R, C)
 
 

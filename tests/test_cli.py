@@ -552,3 +552,14 @@ def test_every_option_is_in_the_options_page_and_the_readme_links_every_page():
     pages = {p.name for p in (ROOT / "docs").glob("*.md")}
     assert {p for p in pages if f"(docs/{p})" not in readme} == set()
     assert "--world-size" in readme
+
+
+def test_check_finds_a_shipped_config_by_name_from_any_folder(tmp_path, monkeypatch):
+    """`check adam` and `check configs/adam.toml` run the gate's own config where no such file is here."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("article", "configs/article.toml"):
+        result = CliRunner().invoke(cli, ["check", name, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert [c["config"] for c in json.loads(result.output)["checks"]] == ["configs/article.toml"]
+    bad = CliRunner().invoke(cli, ["check", "nonesuch"])
+    assert bad.exit_code == 2 and "nor a config sgdtrace ships" in bad.output

@@ -550,7 +550,7 @@ def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exa
                     buf = (mag, c * g[1] + rnd, mu * (pa - pb) + c * g[2])
                 if hidden:  # carried and accumulated over the steps, from a zero difference carried in
                     C0, R0 = unseen[name]
-                    C1, R1 = (buf[2], buf[1]) if k == 0 else (mu * C0 + buf[2], mu * R0 + buf[1])
+                    C1, R1 = (buf[2], buf[1]) if k == 0 else (mu * C0 + buf[2], mu * R0 + buf[1] + _coef(mu, C0))
                     unseen[name] = (C1, R1)
                     cur = (cur[0] + abs(C1), R1, C1)
                 tol["buf_" + name].append(atol + rtol * buf[1])
