@@ -89,9 +89,7 @@ _ALONE = list(dict.fromkeys(C.row_of(*p) for p in C.all_pairs()))
 ALONE = [row for row in _ALONE if refusal_of(row) is None and row not in set(ROWS)]
 REFUSED_ROWS = [row for row in _ALONE if refusal_of(row) is not None]
 
-#: honest runs that exit 1 today: torch's fused CPU kernels compute a 16-bit parameter's update in
-#: float32 and round once (opmath), where the hand side's 16-bit rule rounds each operation; fixed
-#: with the 16-bit fused rule, then this set empties (strict: a row that passes fails the mark)
+
 def _honest_params():
     out = []
     for row in ROWS + ALONE:
@@ -117,6 +115,30 @@ def test_the_covering_array_covers_every_accepted_pair_with_honest_rows():
         assert {row[d] for row in ROWS} == set(range(len(values)))
     # deterministic: the same array again
     assert C.pairwise(accepted) == (ROWS, REFUSED)
+
+
+@pytest.fixture(scope="module")
+def ddp_groups():
+    """The torch side of every data-parallel row, run in one process group: ``{config: gathered}``."""
+    import torch
+
+    from sgdtrace.engines import torch_ddp
+
+    jobs = []
+
+    def record(x, y, config, device, ports=None):
+        jobs.append((x, y, config))
+        raise _WouldTrain
+
+    for row in ROWS + ALONE:
+        if C.DIMENSIONS[3][1][row[3]][0] != "1":
+            with mock.patch.object(torch_ddp, "run", record):
+                r = CliRunner().invoke(cli, C.argv(row))
+            assert isinstance(r.exception, _WouldTrain), (C.describe(row), r.output)
+    if not jobs:
+        return {}
+    gathered = torch_ddp.run_many(jobs, torch.device("cpu"))
+    return {config: g for (_, _, config), g in zip(jobs, gathered)}
 
 
 def _no_traceback(result) -> None:
