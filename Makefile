@@ -66,7 +66,8 @@ docs: dev
 	$(MKDOCS) build --strict
 
 # the examples of the README and of every page under docs/, re-run: every `<!-- sh: ... -->`
-# block gets its command's real output
+# block gets its command's real output, and every notebook under docs/ is executed (nbclient) and
+# stored with its outputs; readme-check compares the outputs' text, never timings or image bytes
 readme: dev
 	$(BIN)/python tools/readme.py
 

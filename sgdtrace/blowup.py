@@ -42,7 +42,7 @@ import numpy as np
 from sgdtrace import data as data_mod
 from sgdtrace import dtypes
 from sgdtrace.config import Config
-from sgdtrace.verdict import BlowUp, json_number
+from sgdtrace.verdict import BlowUp, OneSidedBlowUp, json_number
 
 #: a finite run counts as blown up when the loss over the whole data set ends this many times
 #: above where it started AND the epoch's update product is unstable (spectral radius > 1)
@@ -258,10 +258,10 @@ def diagnose(
 
         model = models.build(cfg, dataset.features)
     initial = model.module.initial(cfg, model)
-    nonfinite = np.zeros(steps, dtype=bool)
-    for cols in (man, ref):
-        for values in cols.values():
-            nonfinite |= ~np.isfinite(values).reshape(steps, -1).all(axis=1)
+    sides = [_nonfinite(cols, steps) for cols in (man, ref)]
+    # a value that went non-finite on one side only is a divergence between the sides, not a
+    # blow-up of the training (:func:`one_sided`)
+    nonfinite = (sides[0] | sides[1]) if sides[0].any() and sides[1].any() else np.zeros(steps, dtype=bool)
     data_loss = model.module.data_loss
     start_loss = float(data_loss(model, dataset, initial))
     end_loss = float(data_loss(model, dataset, {p: man[p][-1].astype(np.float64) for p in model.names}))
@@ -276,10 +276,16 @@ def diagnose(
         k = int(np.flatnonzero(nonfinite)[0])
         went = []
         for who, cols in (("by hand", man), ("in torch", ref)):
-            bad = [_nonfinite(f, v[k]) for f, v in cols.items() if not np.isfinite(v[k]).all()]
+            bad = [_nonfinite_value(f, v[k]) for f, v in cols.items() if not np.isfinite(v[k]).all()]
             if bad:
                 went.append(", ".join(bad) + " " + who)
         reason = "a value became inf or nan: " + "; ".join(went)
+        if len(went) == 1:  # the other side went later
+            later = int(np.flatnonzero(sides[1] if sides[0][k] else sides[0])[0])
+            reason += f" ({'torch' if sides[0][k] else 'by hand'} from step {later + 1} on)"
+        cause = nan_cause(cfg, man if sides[0][k] else ref, k)
+        if cause is not None:
+            reason += "; " + cause[0]
     else:
         if not (cfg.maximize or unstable(radius).any()):
             return None  # an overshoot that every epoch's product pulls back: not a blow-up
@@ -303,8 +309,11 @@ def diagnose(
             "lr_hint": None,
         }
     elif cfg.optimizer != "sgd":  # the stability analysis is SGD's
+        cause = nan_cause(cfg, man if sides[0][k] else ref, k) if nonfinite.any() else None
         why = {
-            "hint": f"the values left the range of {cfg.dtype} under {cfg.optimizer}: try a smaller --lr, "
+            "hint": cause[1]
+            if cause is not None
+            else f"the values left the range of {cfg.dtype} under {cfg.optimizer}: try a smaller --lr, "
             "or check the data's scale and the initial w, b",
             "stable_lr": None,
             "stable_lr_batch": None,
@@ -317,12 +326,110 @@ def diagnose(
     return BlowUp(int(epoch[k]), int(batch[k]), k + 1, reason, loss_start=start_loss, loss_end=end_loss, **why)
 
 
-def _nonfinite(field: str, value: np.ndarray) -> str:
+def _nonfinite_value(field: str, value: np.ndarray) -> str:
     """``w = inf``, or for an array the first element that is not finite: ``w[2] = nan``."""
     if np.ndim(value) == 0:
         return f"{field} = {json_number(value)}"
     i = np.unravel_index(int(np.flatnonzero(~np.isfinite(value))[0]), np.shape(value))
     return f"{field}[{','.join(map(str, i))}] = {json_number(value[i])}"
+
+
+def _nonfinite(cols: dict[str, np.ndarray], steps: int) -> np.ndarray:
+    """Per step: did any of one side's values (any element) go inf or nan?"""
+    out = np.zeros(steps, dtype=bool)
+    for values in cols.values():
+        out |= ~np.isfinite(values).reshape(steps, -1).all(axis=1)
+    return out
+
+
+def one_sided(
+    cfg: Config,
+    man: dict[str, np.ndarray],
+    ref: dict[str, np.ndarray],
+    epoch: np.ndarray,
+    batch: np.ndarray,
+    div: dict[str, Any],
+) -> OneSidedBlowUp | None:
+    """A value that became inf or nan on one side only, over the whole run: where, which side, why.
+
+    Not a blow-up of the training (the other side trains on): a divergence between the sides,
+    which the judge fails, except where both are within rounding of the type's largest value
+    (``allowed``: engines that round differently may overflow a step apart; docs/tolerance.md).
+    ``div``: the judged fields (:func:`sgdtrace.divergence.compare_columns`).
+    """
+    steps = epoch.shape[0]
+    hand, torch = _nonfinite(man, steps), _nonfinite(ref, steps)
+    if hand.any() == torch.any():
+        return None
+    side, cols = ("hand", man) if hand.any() else ("torch", ref)
+    k = int(np.flatnonzero(hand if hand.any() else torch)[0])
+    bad = [f for f, v in cols.items() if not np.isfinite(v[k]).all()]
+    values = ", ".join(_nonfinite_value(f, cols[f][k]) for f in bad)
+    allowed = all(bool(np.all(div[f].ok[k])) for f in bad if f in div)
+    cause = nan_cause(cfg, cols, k)
+    return OneSidedBlowUp(
+        int(epoch[k]), int(batch[k]), k + 1, side, values, None if cause is None else cause[0], allowed
+    )
+
+
+def nan_cause(cfg: Config, cols: dict[str, np.ndarray], k: int) -> tuple[str, str] | None:
+    """Why a parameter became inf or nan at step ``k`` (0-based) in one side's columns, where the
+    optimizer's own arithmetic in 16 bits explains it: ``(reason, hint)``, or None.
+
+    * ``eps`` rounds to 0 in the type (float16: 1e-8 and 1e-10 do) and the square root the step
+      divides by is 0 (a gradient that has been 0, or whose square underflowed): ``0/(0 + 0)`` is
+      nan, anything else over 0 infinite, on both sides alike.
+      torch's fused kernels (Adam, AdamW, Adagrad) keep eps in float32 and do not.
+    * centered RMSprop: ``square_avg - grad_avg**2`` rounds below 0 (two nearly equal numbers in
+      8 or 11 bits), and its square root is nan.
+    """
+    if cfg.optimizer == "sgd" or cfg.dtype not in dtypes.REDUCED:
+        return None
+    from sgdtrace.engines.optimizers import _fused
+
+    nd = dtypes.np_dtype(cfg.dtype).type
+    eps = float(dtypes.cast(np.array([cfg.eps]), cfg.dtype)[0])
+    root = {"adam": "exp_avg_sq", "adamw": "exp_avg_sq", "rmsprop": "square_avg", "adagrad": "sum"}[cfg.optimizer]
+    if cfg.optimizer in ("adam", "adamw") and cfg.amsgrad:
+        root = "max_exp_avg_sq"
+    for p in (f for f in cols if "grad_" + f in cols):  # the model's parameters
+        value = np.asarray(cols[p][k])
+        bad = np.flatnonzero(~np.isfinite(value.reshape(-1)))
+        if not bad.size:
+            continue
+        i = np.unravel_index(int(bad[0]), value.shape)  # () for a scalar parameter
+        at = "" if value.ndim == 0 else f"[{','.join(map(str, i))}]"  # the element, for a shaped one
+        if cfg.optimizer == "rmsprop" and cfg.centered:
+            v = np.float32(np.asarray(cols[f"square_avg_{p}"][k])[i])
+            ga = np.float32(np.asarray(cols[f"grad_avg_{p}"][k])[i])
+            arg = float(nd(v - ga * ga))  # square_avg.addcmul(grad_avg, grad_avg, value=-1): one rounding
+            if arg < 0 and np.isnan(value[i]):
+                diff = f"{float(v):g} − {_squared(float(ga))}"
+                return (
+                    f"the centered variance square_avg_{p}{at} − grad_avg_{p}{at}² = {diff} rounds to {arg:g} in "
+                    f"{cfg.dtype}, below 0 (two nearly equal numbers), and its square root is nan",
+                    f"a rounding of {cfg.dtype}, not the learning rate: centered RMSprop subtracts two nearly "
+                    f"equal numbers here; use --dtype float32, or leave out --centered",
+                )
+            zero = arg == 0
+        else:
+            zero = float(np.asarray(cols[f"{root}_{p}"][k])[i]) == 0
+        if zero and eps == 0 and _fused.form(cfg) is None:
+            smallest = float(dtypes.finfo(cfg.dtype).smallest_subnormal)
+            fused = (
+                ", or torch's fused kernel (--fused), which keeps eps in float32" if cfg.optimizer != "rmsprop" else ""
+            )
+            step = "0/(0 + 0) = nan" if np.isnan(value[i]) else "a division by 0 + 0"
+            return (
+                f"eps = {cfg.eps:g} rounds to 0 in {cfg.dtype} and {root}_{p}{at} is 0 ({p}{at}'s gradient has been "
+                f"0, or its square underflowed), so the step is {step}, by hand and in torch alike",
+                f"{cfg.dtype} holds no eps this small: set --eps to at least {smallest:.3g}, its smallest value{fused}",
+            )
+    return None
+
+
+def _squared(v: float) -> str:
+    return f"({v:g})²" if v < 0 else f"{v:g}²"
 
 
 def _explain(

@@ -1,19 +1,40 @@
-"""``sgdtrace check``: every config on every available device; the CI gate."""
+"""``sgdtrace check``: every config on every available device; the CI gate.
+
+The gate's configs ship inside the package (:data:`CONFIGS`, ``sgdtrace/configs/``), so
+``sgdtrace check`` runs them from any folder.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from sgdtrace.config import build_config, load_toml
 from sgdtrace.notebook import CheckNotebook
+
+#: the folder of the gate's configs, shipped as package data
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def config_name(path: str) -> str:
+    """A config as the reports name it: a shipped one relative to the package (``configs/article.toml``,
+    wherever sgdtrace runs), another relative to the working folder when inside it, else in full."""
+    path = os.path.abspath(path)
+    for base in (os.path.dirname(CONFIGS), os.getcwd()):
+        rel = os.path.relpath(path, base)
+        inside = rel != os.pardir and not rel.startswith(os.pardir + os.sep)
+        if inside and (base == os.getcwd() or rel.startswith("configs" + os.sep)):
+            return rel
+    return path
 
 
 @dataclass
 class CheckRow:
     config: str
     trace: Any  # Trace
+    seconds: float = 0.0  # the run's real time (the JUnit report's ``time``)
 
     def to_json(self) -> dict[str, Any]:
         t = self.trace
@@ -28,15 +49,40 @@ class CheckRow:
 
 
 @dataclass
+class Skipped:
+    """A config left out: a user's engine cannot serve it (``reason`` says why)."""
+
+    config: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, "reason": self.reason}
+
+
+@dataclass
 class CheckResult(CheckNotebook):
     rows: list[CheckRow]
+    skipped: list[Skipped] = field(default_factory=list)
+    devices: tuple[str, ...] = ("cpu",)
 
     @property
     def ok(self) -> bool:
         return all(r.trace.verdict.ok for r in self.rows)
 
+    @property
+    def environment(self) -> dict[str, Any]:
+        """The machine the gate ran on (:func:`sgdtrace.probe.environment`)."""
+        from sgdtrace.probe import environment
+
+        return environment()
+
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [r.to_json() for r in self.rows]}
+        return {
+            "ok": self.ok,
+            "checks": [r.to_json() for r in self.rows],
+            "skipped": [s.to_json() for s in self.skipped],
+            "environment": self.environment,
+        }
 
 
 def available_devices() -> list[str]:
@@ -48,16 +94,26 @@ def available_devices() -> list[str]:
     return devices
 
 
+def unserved(cfg) -> str | None:
+    """Why a user's engine (--engine) cannot run this config, or None when it can: it runs SGD at a
+    constant rate, in one process, in float32/float64, on the article's model form (one x column)."""
+    optimizer = getattr(cfg, "optimizer", "sgd")
+    if optimizer != "sgd":
+        return f"optimizer {optimizer}: your engine's update runs plain SGD"
+    if getattr(cfg, "scheduler", None) is not None:
+        return f"scheduler {cfg.scheduler.name}: your engine runs at a constant learning rate"
+    if getattr(cfg, "world_size", 1) != 1:
+        return f"world size {cfg.world_size}: your engine runs in one process"
+    if cfg.dtype not in ("float32", "float64"):
+        return f"dtype {cfg.dtype}: your engine runs in float32 or float64"
+    if getattr(cfg, "features", None) is not None:
+        return f"{cfg.features} features: your engine's gradients(w, b, x, y) is the article's form (one x column)"
+    return None
+
+
 def serves(cfg) -> bool:
-    """Can a user's engine (--engine) run this config: its optimizer (SGD) at a constant rate, one
-    process, float32/float64, the article's model form (one x column)."""
-    return (
-        getattr(cfg, "optimizer", "sgd") == "sgd"
-        and getattr(cfg, "scheduler", None) is None
-        and getattr(cfg, "world_size", 1) == 1
-        and cfg.dtype in ("float32", "float64")
-        and getattr(cfg, "features", None) is None
-    )
+    """Can a user's engine (--engine) run this config (:func:`unserved`)."""
+    return unserved(cfg) is None
 
 
 def run_checks(
@@ -75,17 +131,21 @@ def run_checks(
     for name in devices:  # a malformed or missing device is refused before anything runs
         resolve_device(Config(device=name).device)
     configs = []
+    skipped = []
     for path in paths:  # likewise every file
         values = load_toml(path)
         cfg = build_config(values, {}, path)
         if engine:
-            if engine.get("engine") and not named and not serves(cfg):
+            why = unserved(cfg) if engine.get("engine") and not named else None
+            if why is not None:
+                skipped.append(Skipped(config_name(path), why))
                 continue
             cfg = build_config(values, engine, path)  # a named config it cannot serve is refused
         configs.append((path, cfg))
     rows = []
     for path, cfg in configs:
         for device in devices:
+            start = time.perf_counter()
             trace = run_trace(cfg.replace(device=device, origin=cfg.origin))
-            rows.append(CheckRow(os.path.relpath(path), trace))
-    return CheckResult(rows)
+            rows.append(CheckRow(config_name(path), trace, time.perf_counter() - start))
+    return CheckResult(rows, skipped, tuple(devices))

@@ -23,6 +23,7 @@ from sgdtrace.config import (
     parse_betas,
     parse_scheduler_flags,
     parse_vector,
+    refuse_run_keys,
     run_options,
 )
 from sgdtrace.errors import ConfigError, SgdtraceError
@@ -156,7 +157,7 @@ COMPARE_FORMATS: dict[str, View] = {
     "html": View("one self-contained page", _lazy("sgdtrace.views.html", "compare_page")),
 }
 CHECK_FORMATS: dict[str, View] = {
-    "table": View("one row per config and device", _lazy("sgdtrace.views.check", "check_view")),
+    "table": View("one row per config and device", _lazy("sgdtrace.views.check", "check_view", width=True)),
     "json": View("the same as JSON", _json),
     "markdown": View("the same as Markdown", _lazy("sgdtrace.views.check", "check_markdown")),
     "html": View("one self-contained page", _lazy("sgdtrace.views.html", "check_page")),
@@ -181,6 +182,12 @@ GRAPH_FORMATS: dict[str, View] = {
 #: plot writes one kind of file; it is drawn by :func:`sgdtrace.views.plot.plot_trace`
 PLOT_FORMATS: dict[str, View] = {
     "png": View("a PNG image (needs --output FILE.png)", _lazy("sgdtrace.views.plot", "plot_trace")),
+}
+DOCTOR_FORMATS: dict[str, View] = {
+    "table": View("the machine, its kernel rules, the claims that hold", _lazy("sgdtrace.views.doctor", "doctor_view")),
+    "json": View(
+        "the same as JSON (every JSON output's environment object)", _lazy("sgdtrace.views.doctor", "doctor_json")
+    ),
 }
 
 
@@ -292,28 +299,31 @@ def training_options(
             click.option(
                 "--shuffle/--no-shuffle",
                 default=None,
-                help="Shuffle each epoch exactly as DataLoader(shuffle=True, generator=seeded) does.",
+                help="Shuffle each epoch exactly as DataLoader(shuffle=True, generator=seeded) does (default off).",
             ),
-            click.option("--drop-last/--no-drop-last", default=None, help="Drop the last partial batch."),
+            click.option("--drop-last/--no-drop-last", default=None, help="Drop the last partial batch (default off)."),
             click.option("--momentum", type=float, default=None, help="optim.SGD momentum (default 0)."),
             click.option("--dampening", type=float, default=None, help="optim.SGD dampening in [0, 1] (default 0)."),
-            click.option("--nesterov/--no-nesterov", default=None, help="optim.SGD Nesterov momentum."),
+            click.option("--nesterov/--no-nesterov", default=None, help="optim.SGD Nesterov momentum (default off)."),
             click.option("--weight-decay", type=float, default=None, help="optim.SGD weight decay (L2, default 0)."),
-            click.option("--maximize/--no-maximize", default=None, help="optim.SGD maximize: ascend the loss."),
+            click.option(
+                "--maximize/--no-maximize", default=None, help="optim.SGD maximize: ascend the loss (default off)."
+            ),
             # the optimizer and its options, by torch's keyword names (see docs/optimizers.md)
             click.option(
                 "--optimizer",
-                type=click.Choice(OPTIMIZERS),
+                type=str,
                 default=None,
-                help="torch.optim class, lower case (default sgd).",
+                metavar="[" + "|".join(OPTIMIZERS) + "]",
+                help="torch.optim class, in any case: adam or Adam (default sgd).",
             ),
             click.option(
                 "--betas", type=str, default=None, metavar="B1,B2", help="Adam/AdamW betas (default 0.9,0.999)."
             ),
             click.option("--eps", type=float, default=None, help="Adam/AdamW/RMSprop/Adagrad eps (default torch's)."),
-            click.option("--amsgrad/--no-amsgrad", default=None, help="Adam/AdamW amsgrad."),
+            click.option("--amsgrad/--no-amsgrad", default=None, help="Adam/AdamW amsgrad (default off)."),
             click.option("--alpha", type=float, default=None, help="RMSprop alpha (default 0.99)."),
-            click.option("--centered/--no-centered", default=None, help="RMSprop centered."),
+            click.option("--centered/--no-centered", default=None, help="RMSprop centered (default off)."),
             click.option("--lr-decay", type=float, default=None, help="Adagrad lr_decay (default 0)."),
             click.option(
                 "--initial-accumulator-value",
@@ -321,15 +331,21 @@ def training_options(
                 default=None,
                 help="Adagrad initial_accumulator_value (default 0).",
             ),
-            click.option("--foreach/--no-foreach", default=None, help="torch side: foreach implementation."),
-            click.option("--fused/--no-fused", default=None, help="torch side: fused implementation."),
+            click.option(
+                "--foreach/--no-foreach",
+                default=None,
+                help="torch side: foreach implementation (default: torch chooses).",
+            ),
+            click.option(
+                "--fused/--no-fused", default=None, help="torch side: fused implementation (default: torch chooses)."
+            ),
             click.option(
                 "--scheduler",
                 type=str,
                 default=None,
                 metavar="NAME",
-                help="torch.optim.lr_scheduler class: StepLR, MultiStepLR, ExponentialLR, "
-                "CosineAnnealingLR, LinearLR, OneCycleLR.",
+                help="torch.optim.lr_scheduler class, in any case: StepLR (or steplr), MultiStepLR, "
+                "ExponentialLR, CosineAnnealingLR, LinearLR, OneCycleLR.",
             ),
             click.option(
                 "--scheduler-arg",
@@ -433,10 +449,12 @@ def with_engine_options(f: Callable) -> Callable:
     return f
 
 
-def _configure(kw: dict[str, Any], formats: dict[str, View]):
+def _configure(kw: dict[str, Any], formats: dict[str, View], warn_now: bool = True):
     """Merge defaults < --config file < flags into a Config; return it with the format and the output.
 
     ``formats``: the command's formats (a flag is checked by click; a config file's value here).
+    ``warn_now``: print the config's warnings (False: the command prints them once its own checks pass,
+    so a refused run says one line).
     """
     path = kw.pop("config_path")
     file_values = load_toml(path) if path else {}
@@ -455,7 +473,11 @@ def _configure(kw: dict[str, Any], formats: dict[str, View]):
         kw[key] = parse_vector(kw.get(key), "--" + key.replace("_", "-"))
     kw["scheduler"] = parse_scheduler_flags(kw.pop("scheduler", None), tuple(kw.pop("scheduler_args", ())))
     cfg = build_config(file_values, kw, path)
-    warn(cfg.warnings)
+    command = click.get_current_context().info_name
+    if command != "run":  # run's own keys in the file: this command does not take them
+        refuse_run_keys(cfg, command)
+    if warn_now:
+        warn(cfg.warnings)
     return cfg, fmt, output
 
 
@@ -469,6 +491,8 @@ def check_output_path(path: str | None) -> None:
     """Refuse an --output we could not write, before any work is done."""
     if is_stdout(path):
         return
+    if os.path.islink(path):  # written through: the link's target is what gets replaced
+        path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConfigError(f"--output {path!r}: the folder {folder!r} does not exist")
@@ -496,16 +520,18 @@ def _console(output: str | None):
 
     from rich.console import Console
 
+    # force_jupyter=False everywhere: inside a Jupyter kernel rich would display the text itself
     if is_stdout(output):
-        terminal = Console(soft_wrap=False)  # only asked about the terminal; writes nothing
+        terminal = Console(soft_wrap=False, force_jupyter=False)  # only asked about the terminal; writes nothing
         return Console(
             file=io.StringIO(),
             width=terminal.width,
             color_system=terminal.color_system,
             force_terminal=terminal.is_terminal,
             soft_wrap=False,
+            force_jupyter=False,
         )
-    return Console(file=io.StringIO(), width=100, color_system=None, soft_wrap=False)
+    return Console(file=io.StringIO(), width=100, color_system=None, soft_wrap=False, force_jupyter=False)
 
 
 def render_text(renderable: Any, width: int | None = None) -> str:
@@ -514,9 +540,11 @@ def render_text(renderable: Any, width: int | None = None) -> str:
 
     from rich.console import Console
 
+    from sgdtrace.views.fmt import strip_trailing
+
     buf = io.StringIO()
-    Console(file=buf, width=width or 100, color_system=None, soft_wrap=False).print(renderable)
-    return buf.getvalue()
+    Console(file=buf, width=width or 100, color_system=None, soft_wrap=False, force_jupyter=False).print(renderable)
+    return strip_trailing(buf.getvalue())
 
 
 def emit(formats: dict[str, View], fmt: str, result: Any, output: str | None, **options: Any) -> None:
@@ -528,7 +556,12 @@ def emit(formats: dict[str, View], fmt: str, result: Any, output: str | None, **
         return
     console = console or _console(output)
     console.print(rendered)
-    write_output(console.file.getvalue(), output)
+    text = console.file.getvalue()
+    if console.color_system is None:  # plain text (a pipe, a file): no spaces padding the lines
+        from sgdtrace.views.fmt import strip_trailing
+
+        text = strip_trailing(text)
+    write_output(text, output)
 
 
 def progress_reporter(quiet: bool = False):
@@ -557,18 +590,24 @@ def _exit_code(ok: bool) -> int:
     help="Table rows before long runs are shortened (default 40; 0: all).",
 )
 @click.option(
-    "--every", type=click.IntRange(min=1), default=None, metavar="K", help="Table: show every K-th step (and the last)."
+    "--every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="Table: show every K-th step (and the last; default 1).",
 )
 @click.option(
     "--reference",
     type=click.Choice(["none", "exact"]),
     default=None,
-    help="exact: add a ground-truth column, the run replayed without rounding, and each engine's error.",
+    help="exact: add a ground-truth column, the run replayed without rounding, and each engine's error (default none).",
 )
 @click.option(
-    "--gradcheck", is_flag=True, help="Check the chain-rule gradients against central differences in float64, per step."
+    "--gradcheck",
+    is_flag=True,
+    help="Check the chain-rule gradients against central differences in float64, per step (default off).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (default: a bar on a terminal).")
 @click.option(
     "--batch",
     "batch_no",
@@ -583,7 +622,7 @@ def _exit_code(ok: bool) -> int:
     type=click.IntRange(min=1),
     default=None,
     metavar="E",
-    help="--format html: the epoch of --batch (default 1).",
+    help="--format html: the epoch of --batch (default 1; the number of epochs is --epochs).",
 )
 def run(
     rows: int | None,
@@ -602,7 +641,7 @@ def run(
     last place: 0 means bit-identical). The loss and gradients are computed on the batch at
     the parameters it started with; w and b are the values after the batch's update.
     """
-    cfg, fmt, output = _configure(kw, RUN_FORMATS)
+    cfg, fmt, output = _configure(kw, RUN_FORMATS, warn_now=False)
     opts, unused = run_options(
         cfg,
         fmt,
@@ -616,7 +655,7 @@ def run(
             epoch=epoch_no,
         ),
     )
-    warn(unused)
+    warn([*cfg.warnings, *unused])
     rows, every, reference, gradcheck, quiet, batch_no, epoch_no = (
         opts[k] for k in ("rows", "every", "reference", "gradcheck", "quiet", "batch", "epoch")
     )
@@ -638,11 +677,7 @@ def run(
             "--gradcheck" if gradcheck else None,
         )
     dataset = None
-    if batch_no is not None:  # a bad --batch is refused before training
-        if fmt != "html":
-            from sgdtrace.config import refusal
-
-            raise refusal("batch-format", f"--batch {batch_no}", f"--format {fmt}")
+    if batch_no is not None:  # a bad --batch is refused before training (without html: by run_options)
         from sgdtrace import data
 
         dataset = data.load(cfg)
@@ -656,6 +691,8 @@ def run(
     if trace is None:  # a rank other than 0 of a torchrun group: rank 0 writes the output
         return EXIT_OK
     add_witnesses(trace, reference, gradcheck)
+    if fmt == "json":  # the machine (sgdtrace.probe) read, or measured, before the output is opened
+        _ = trace.environment
     if fmt == "table":
         options = {"rows": rows, "every": every}
     elif fmt == "html":
@@ -765,11 +802,12 @@ def check(
     engine: str | None,
     engine_timeout: float | None,
 ) -> int:
-    """The CI gate: run every config in configs/ (or the TOML files and folders named) on every available device.
+    """The CI gate: run sgdtrace's own configs (or the TOML files and folders named) on every available device.
 
-    Prints one summary row per config and device; exit 1 if any run diverges. With --engine,
-    your file stands on the hand side of every config it can serve (SGD, float32/float64), or
-    of the configs named.
+    Prints one summary row per config and device; exit 1 if any run diverges. The configs ship
+    with sgdtrace, so it runs from any folder. With --engine, your file stands on the hand side
+    of every config it can serve (SGD, float32/float64; the others are listed as skipped, with
+    the reason), or of the configs named.
     """
     check_output_path(output)
     from sgdtrace.engines.torch_ddp import under_torchrun
@@ -951,9 +989,33 @@ def template(output: str | None) -> int:
     return EXIT_OK
 
 
+@cli.command()
+@format_option(DOCTOR_FORMATS, default="table")
+@output_option()
+@click.option("--refresh", is_flag=True, show_default=True, help="Measure the rules again, whatever the cache holds.")
+def doctor(fmt: str, output: str | None, refresh: bool) -> int:
+    """Is it my code or my machine? This machine's kernel rules, measured, and which of sgdtrace's
+    bit-for-bit claims hold here.
+
+    Versions, the CPU (torch's capability, threads) and CUDA's settings; how torch's sqrt, exp, log,
+    tanh and sigmoid round, whether its kernels fuse, how each optimizer implementation rounds
+    against the hand update. Measured once per machine and torch version (about a second), then read
+    from a cache; every JSON output carries the same as "environment".
+    """
+    check_output_path(output)
+    from sgdtrace.probe import environment
+
+    emit(DOCTOR_FORMATS, fmt, environment(refresh=refresh, timing=True), output)
+    return EXIT_OK
+
+
 def find_configs(names: Iterable[str]) -> list[str]:
-    """The config files named (a folder means its *.toml), or ./configs/*.toml."""
-    names = list(names) or ["configs"]
+    """The config files named (a folder means its *.toml), or the gate's own (shipped in the package:
+    ``sgdtrace/configs/*.toml``, found from any folder)."""
+    if not list(names):
+        from sgdtrace.check import CONFIGS
+
+        return sorted(glob.glob(os.path.join(CONFIGS, "*.toml")))
     paths: list[str] = []
     for name in names:
         if os.path.isdir(name):
@@ -969,10 +1031,17 @@ def find_configs(names: Iterable[str]) -> list[str]:
                     f"or named by a config file's `data` key"
                 )
             paths.append(name)
-        elif name == "configs" and not list(names)[1:]:
-            raise ConfigError("no configs/ folder here: run from the project's folder or name config files")
         else:
-            raise ConfigError(f"config {name!r}: no such file or folder")
+            from sgdtrace.check import CONFIGS
+
+            shipped = os.path.join(CONFIGS, os.path.basename(name))
+            shipped = shipped if shipped.endswith(".toml") else shipped + ".toml"
+            if not os.path.isfile(shipped):  # one of the gate's own, by name (configs/adam.toml, adam)
+                raise ConfigError(
+                    f"config {name!r}: no such file or folder, nor a config sgdtrace ships "
+                    f"(sgdtrace check --help; the shipped ones are in {CONFIGS})"
+                )
+            paths.append(shipped)
     return paths
 
 

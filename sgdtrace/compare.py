@@ -106,6 +106,13 @@ class CompareResult(CompareNotebook):
     def ok(self) -> bool:
         return all(t.verdict.ok for t in self.runs) and all(c.verdict.ok for c in self.cross)
 
+    @property
+    def environment(self) -> dict[str, Any]:
+        """The machine the runs ran on (:func:`sgdtrace.probe.environment`)."""
+        from sgdtrace.probe import environment
+
+        return environment()
+
 
 def compare_runs(config: Config, devices: tuple[str, ...], dtypes: tuple[str, ...]) -> CompareResult:
     from sgdtrace.tracing import resolve_device, run_trace

@@ -109,13 +109,17 @@ class Config:
     warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
     #: view options a config file set (``rows``, ``every``, ...), merged with the flags by :func:`run_options`
     view: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: how errors name an option not in ``origin``: "keyword" (the Python API: ``lr``) or "flag" (the
+    #: command line, :func:`build_config`: ``--lr``); not part of the run's identity
+    named_as: str = field(default="keyword", compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "optimizer", canonical_optimizer(self.optimizer))
         _fill_optimizer_defaults(self)
         validate(self)
 
     def replace(self, **changes: Any) -> Config:
-        new_opt = changes.get("optimizer", self.optimizer)
+        new_opt = canonical_optimizer(changes.get("optimizer", self.optimizer))
         if new_opt != self.optimizer and new_opt in OPTIMIZER_DEFAULTS:
             # eps and weight_decay at the old optimizer's default follow the new one's (AdamW: 0.01)
             for key in ("eps", "weight_decay"):
@@ -354,6 +358,20 @@ COMBINATIONS: dict[str, Refusal] = {
         ("--features", "the article's data|--data"),
         ("run", "--features", "2"),
     ),
+    "epoch-batch": Refusal(
+        "sgdtrace run --epoch E",
+        "no --batch K",
+        "run's --epoch is the epoch of --batch K, the batch --format html explains",
+        ("--epoch", "--batch"),
+        ("run", "--epoch", "3"),
+    ),
+    "rows-format": Refusal(
+        "sgdtrace run --rows N or --every K",
+        "--format json, csv or markdown",
+        "shapes the table (--format table or html), and the other formats write every step; leave it out",
+        ("--rows|--every", "--format"),
+        ("run", "--format", "json", "--rows", "5"),
+    ),
 }
 
 
@@ -363,7 +381,9 @@ def refusal(key: str, a: str, b: str, sep: str = "and") -> ConfigError:
     return ConfigError(f"{a} {sep} {b}: {COMBINATIONS[key].why}")
 
 
-TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("origin", "warnings", "view"))
+TRAINING_KEYS = tuple(
+    f.name for f in dataclasses.fields(Config) if f.name not in ("origin", "warnings", "view", "named_as")
+)
 #: ``sgdtrace run``'s own options and their defaults (a file may set them too; see :func:`run_options`)
 RUN_DEFAULTS: Mapping[str, Any] = {
     "rows": None,
@@ -419,12 +439,23 @@ _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
 MAX_FEATURES = 1024
 
 
-def _label(cfg: Config, key: str) -> str:
-    return cfg.origin.get(key) or "--" + key.replace("_", "-")
+def label(cfg: Config, key: str) -> str:
+    """How an error names option ``key``: where it came from (``--lr``, ``'lr' in run.toml``), else as
+    the user spells it: a flag on the command line, a keyword argument in Python (``lr``)."""
+    return cfg.origin.get(key) or ("--" + key.replace("_", "-") if cfg.named_as == "flag" else key)
+
+
+_label = label
+
+
+def _given_value(cfg: Config, key: str, value: Any) -> str:
+    """An option and its value as the user gave them: ``--lr -1.0``, ``'lr' in run.toml -1.0``, ``lr=-1``."""
+    name = _label(cfg, key)
+    return f"{name}={value!r}" if name.isidentifier() else f"{name} {_show(value)}"
 
 
 def _fail(cfg: Config, key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{_label(cfg, key)} {_show(value)}: {allowed}")
+    raise ConfigError(f"{_given_value(cfg, key, value)}: {allowed}")
 
 
 def _show(value: Any) -> str:
@@ -637,11 +668,8 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
             key = "foreach" if cfg.foreach is not None else "fused"
             raise refusal("world_size-implementation", ws, _label(cfg, key), "with")
     if not cfg.set_epoch and cfg.world_size == 1:
-        flag = (
-            "--no-set-epoch"
-            if cfg.origin.get("set_epoch", "--").startswith("--")
-            else _label(cfg, "set_epoch") + " false"
-        )
+        flag = _label(cfg, "set_epoch")
+        flag = {"--set-epoch": "--no-set-epoch", "set_epoch": "set_epoch=False"}.get(flag, flag + " false")
         raise refusal("set_epoch-world_size", flag, f"{_label(cfg, 'world_size')} 1", "with")
 
 
@@ -782,14 +810,14 @@ def build_config(
             )
     view = {k: v for k, v in file_values.items() if k in RUN_DEFAULTS}
     origin.update({k: f"{k!r} in {name}" for k in view})
-    return Config(**values, origin=origin, warnings=tuple(warnings), view=view)
+    return Config(**values, origin=origin, warnings=tuple(warnings), view=view, named_as="flag")
 
 
 def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``run``'s view options: defaults < ``cfg.view`` (the file) < flags given (``None`` or ``False``: not given).
 
-    Returns the options and a warning for each one given that the format ignores
-    (``rows`` and ``every`` shape the table only).
+    Returns the options and the warnings (none today). An option of another format is refused
+    (:func:`refuse_unused_run_options`), from a flag or a file alike.
     """
     out: dict[str, Any] = {}
     label: dict[str, str] = {}
@@ -801,18 +829,61 @@ def run_options(cfg: Config, fmt: str, flags: Mapping[str, Any]) -> tuple[dict[s
             out[key], label[key] = cfg.view[key], cfg.origin[key]
         else:
             out[key] = default
-    warnings = []
-    if fmt not in ("table", "html"):
-        unused = [label[k] for k in ("rows", "every") if k in label]
-        if unused:
-            warnings.append(
-                f"{' and '.join(unused)} ignored: {'they shape' if len(unused) > 1 else 'it shapes'} "
-                f"the table, and --format {fmt} writes every step"
-            )
+    refuse_unused_run_options(out, label, fmt)
+    return out, []
+
+
+def _given(label: str, value: Any) -> str:
+    """An option as the user gave it: ``--rows 5`` or ``'rows' in c.toml = 5``."""
+    return f"{label} {value}" if label.startswith("--") else f"{label} = {_toml_repr(value)}"
+
+
+def _meant(label: str, key: str, value: Any) -> str:
+    """The did-you-mean of a misspelt option: ``--epochs 3`` or ``'epochs'``."""
+    return f"--{key} {value}" if label.startswith("--") else repr(key)
+
+
+def refuse_unused_run_options(opts: Mapping[str, Any], label: Mapping[str, str], fmt: str) -> None:
+    """The rule for options a command does not take: an option belongs to the commands and formats
+    that use it, and given to another (as a flag or a key of the file) it is exit 2, naming where it
+    belongs, with a did-you-mean where its name is close to an option that applies. ``run``'s own:
+    ``rows`` and ``every`` shape the table (``table`` and ``html``); ``batch`` picks the batch the HTML
+    page explains; ``epoch`` is that batch's epoch (and most often ``epochs`` misspelt)."""
+    if "batch" in label and fmt != "html":
+        raise refusal("batch-format", _given(label["batch"], opts["batch"]), f"--format {fmt}")
     if "epoch" in label and "batch" not in label:
-        typo = "" if label["epoch"].startswith("--") else " (did you mean 'epochs'?)"
-        warnings.append(f"{label['epoch']} ignored: it names the epoch of --batch, and no --batch was given{typo}")
-    return out, warnings
+        error = refusal("epoch-batch", _given(label["epoch"], opts["epoch"]), "no --batch K", "with")
+        raise ConfigError(f"{error}; did you mean {_meant(label['epoch'], 'epochs', opts['epoch'])}?")
+    if fmt not in ("table", "html"):
+        for key in ("rows", "every"):
+            if key in label:
+                raise refusal("rows-format", _given(label[key], opts[key]), f"--format {fmt}")
+
+
+#: what each of run's own keys is, for a file given to another command
+_RUN_KEY_TEXT = {
+    "rows": "the table's rows",
+    "every": "the table's every K-th step",
+    "reference": "the exact reference column",
+    "gradcheck": "the finite-difference check",
+    "quiet": "the progress bar",
+    "batch": "the batch the HTML page explains",
+    "epoch": "the epoch of the batch the HTML page explains",
+}
+
+
+def refuse_run_keys(cfg: Config, command: str) -> None:
+    """A config file's keys that only ``sgdtrace run`` takes, given to another command: exit 2 (the
+    same rule as a flag the command does not take)."""
+    for key in cfg.view:
+        if command in ("explain", "graph") and key in ("batch", "epoch"):
+            hint = f"; give --{key} on the command line" + (" (or did you mean 'epochs'?)" if key == "epoch" else "")
+        else:
+            hint = "; leave it out of the file"
+        raise ConfigError(
+            f"{_given(cfg.origin[key], cfg.view[key])}: a key of sgdtrace run ({_RUN_KEY_TEXT[key]}); "
+            f"sgdtrace {command} does not take it{hint}"
+        )
 
 
 # ---------------------------------------------------------------- optimizers and schedules
@@ -850,6 +921,25 @@ _OPTION_DEFAULTS = {
     "initial_accumulator_value": 0.0,
     "fused": None,
 }
+
+
+def canonical_optimizer(name: Any) -> Any:
+    """An optimizer's name in any case as sgdtrace spells it (torch's class, lower case: ``Adam`` and
+    ``ADAM`` are ``adam``, ``RMSprop`` is ``rmsprop``); anything else unchanged, for validation to refuse."""
+    return name.lower() if isinstance(name, str) and name.lower() in OPTIMIZERS else name
+
+
+def did_you_mean(name: Any, choices, spelled=None) -> str:
+    """``; did you mean 'X'?`` for a misspelt name (any case; a unique prefix counts), or ""."""
+    if not isinstance(name, str) or not name:
+        return ""
+    spelled = spelled or {c.lower(): c for c in choices}
+    low = name.lower()
+    close = difflib.get_close_matches(low, list(spelled), n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in spelled if c.startswith(low)]
+        close = close if len(close) == 1 else []
+    return f"; did you mean {spelled[close[0]]!r}?" if close else ""
 
 
 #: an example value of each optimizer option on the command line (for the combinations' examples)
@@ -903,14 +993,21 @@ def _fill_optimizer_defaults(cfg: Config) -> None:
 def validate_optimizer(cfg: Config) -> None:
     """torch's rules for the optimizer's options; an option the optimizer does not take is exit 2."""
     if cfg.optimizer not in OPTIMIZERS:
-        _fail(cfg, "optimizer", cfg.optimizer, "allowed: " + ", ".join(OPTIMIZERS))
+        _fail(
+            cfg,
+            "optimizer",
+            cfg.optimizer,
+            "allowed: " + ", ".join(OPTIMIZERS) + " (any case)" + did_you_mean(cfg.optimizer, OPTIMIZERS),
+        )
     name = cfg.optimizer
     takes = OPTIMIZER_OPTIONS[name]
     for key, default in _OPTION_DEFAULTS.items():
         value = getattr(cfg, key)
         if key not in takes and value != default and not (key == "eps" and value is None):
             raise ConfigError(
-                f"{_label(cfg, key)} {_show(value)} and {_label(cfg, 'optimizer')} {name}: "
+                f"{_given_value(cfg, key, value)} and "
+                f"{_given_value(cfg, 'optimizer', name) if cfg.named_as == 'keyword' else _label(cfg, 'optimizer')}"
+                f"{'' if cfg.named_as == 'keyword' else ' ' + name}: "
                 f"torch.optim.{OPTIMIZER_CLASSES[name]} {COMBINATIONS[f'{key}-optimizer'].why}"
             )
     b = cfg.betas
@@ -1050,10 +1147,10 @@ def make_schedule(values: Mapping[str, Any], where: str) -> Schedule:
     name = values.pop("name", None)
     if name is None:
         raise ConfigError(f"{where}: the schedule needs a name: one of {', '.join(SCHEDULERS)}")
-    if name not in SCHEDULERS:
-        close = difflib.get_close_matches(str(name), SCHEDULERS, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{where}: scheduler {name!r}: allowed: {', '.join(SCHEDULERS)}{hint}")
+    name = {n.lower(): n for n in SCHEDULERS}.get(name.lower(), name) if isinstance(name, str) else name
+    if name not in SCHEDULERS:  # (torch's class names, in any case: steplr is StepLR)
+        hint = did_you_mean(name, SCHEDULERS)
+        raise ConfigError(f"{where}: scheduler {name!r}: allowed: {', '.join(SCHEDULERS)} (any case){hint}")
     interval = values.pop("interval", "step" if name == "OneCycleLR" else "epoch")
     if interval not in INTERVALS:
         raise ConfigError(f"{where}: interval = {interval!r}: must be epoch or step")

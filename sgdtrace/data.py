@@ -492,13 +492,15 @@ def plan(n_samples: int, config: Config) -> BatchPlan:
     """
     if config.drop_last and n_samples < config.batch_size:
         raise ConfigError(
-            f"--drop-last with --batch-size {config.batch_size} and {n_samples} samples leaves no batch: "
-            f"use a batch size <= {n_samples} or drop --drop-last"
+            f"{_origin(config, 'drop_last')} with {_origin(config, 'batch_size')} {config.batch_size} and "
+            f"{n_samples} samples leaves no batch: use a batch size <= {n_samples} or leave "
+            f"{_origin(config, 'drop_last')} out"
         )
     steps = (n_samples // config.batch_size if config.drop_last else -(-n_samples // config.batch_size)) * config.epochs
     if steps > MAX_STEPS:
         raise ConfigError(
-            f"--epochs {config.epochs} with {steps // config.epochs:_} batches per epoch makes {steps:_} steps: "
+            f"{_origin(config, 'epochs')} {config.epochs} with {steps // config.epochs:_} batches per epoch makes "
+            f"{steps:_} steps: "
             f"at most {MAX_STEPS:_} fit in memory; use fewer epochs or a larger batch size"
         )
     if not config.shuffle:
@@ -663,4 +665,6 @@ def torch_randperm(n: int, seed: int) -> np.ndarray:
 
 
 def _origin(config: Config, key: str) -> str:
-    return config.origin.get(key) or "--" + key.replace("_", "-")
+    from sgdtrace.config import label
+
+    return label(config, key)

@@ -15,9 +15,14 @@ so it reads the same in a console, in JupyterLab and in a notebook rendered to a
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from sgdtrace.errors import SgdtraceError
+
+#: numbers the graphs shown in one session (their SVG ids must differ within a page, and a notebook
+#: run top to bottom gets the same ids every time, so its stored outputs are stable)
+_GRAPH_IDS = itertools.count(1)
 
 
 class MissingPandas(SgdtraceError):
@@ -164,14 +169,12 @@ class GraphView(Displayable):
 
     def __init__(self, result):
         self.result = result
+        self._ident = f"dag{next(_GRAPH_IDS)}"
 
     def _repr_html_(self) -> str:
         from sgdtrace.views.html import _scoped_css, graph_html
 
-        return (
-            f'<div class="sgdtrace"><style>{_scoped_css()}</style>'
-            f"{graph_html(self.result, ident=f'dag{id(self):x}')}</div>"
-        )
+        return f'<div class="sgdtrace"><style>{_scoped_css()}</style>{graph_html(self.result, ident=self._ident)}</div>'
 
     def _plain_text(self) -> str:
         from sgdtrace.views.graph import graph_view

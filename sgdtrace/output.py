@@ -108,8 +108,10 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     So an error, an interrupt or SIGTERM never leaves a half-written ``path`` nor the temporary
     file. The file gets the mode a plain ``open()`` would give (0666 less the umask; ``mkstemp``
     alone makes it private). A device or a pipe (``/dev/null``, a FIFO) is written in place:
-    renaming over it would replace it.
+    renaming over it would replace it. A symbolic link is written through: its target (the file at
+    the end of the chain of links, made if missing) is replaced, and the link stays.
     """
+    path = os.path.realpath(path) if os.path.islink(path) else path
     if os.path.exists(path) and not os.path.isfile(path):
         write(path)
         return

@@ -8,7 +8,9 @@
         assert_matches_torch("my_engine.py", momentum=0.9, epochs=5)
 
 The file runs in a child process, as with ``sgdtrace run --engine`` (a module is run through
-its file the same way), and is judged by the same rounding-aware model.
+its file the same way), and is judged by the same rounding-aware model. A failure is one
+message (step, field, yours, torch's, the allowance, the likely mistake) raised from this
+function, whose frame pytest hides: the report shows the test's line, not sgdtrace's source.
 """
 
 from __future__ import annotations
@@ -26,31 +28,56 @@ def _path(engine: Any) -> str:
     return path
 
 
+def mismatch_message(trace) -> str:
+    """Why ``trace``'s engine does not match torch, in one message: where (step, epoch, batch,
+    field), yours, torch's, the distance, the allowance, and the likely mistake."""
+    from sgdtrace.views.fmt import field_label
+    from sgdtrace.views.verdict import allowance, show
+
+    f = trace.verdict.first_divergent_step
+    name = trace.engine.name if trace.engine is not None else "the hand engine"
+    carried = f" ({show(f.carried)} of it carried in from earlier steps)" if f.carried else ""
+    lines = [
+        f"{name} does not match torch at step {f.step} (epoch {f.epoch}, batch {f.batch}), {field_label(f.field)}:",
+        f"  yours      {show(f.manual)}",
+        f"  torch's    {show(f.torch)}",
+        f"  |Δ|        {show(f.abs)}{carried}",
+        f"  allowance  {allowance(trace, f.tol)}",
+        "  likely mistake: "
+        + (
+            f.diagnosis["text"] if f.diagnosis else "none that the numbers point to (a wrong formula, or a wrong value)"
+        ),
+    ]
+    engine = trace.engine
+    if engine is not None and engine.not_kept:
+        lines.append(f"  not kept by {engine.name}: {', '.join(engine.not_kept)} (torch's state; not judged)")
+    return "\n".join(lines)
+
+
 def assert_matches_torch(engine: Any, config: Any = None, **options: Any):
     """Run ``engine`` (a path, or a module: its file) on the hand side of ``config`` (a
     :class:`sgdtrace.Config`, default the article's run) with ``options`` (Config's fields, e.g.
     ``lr=0.05, momentum=0.9``); return the trace when every value agrees with torch.
 
-    Raises ``AssertionError`` with the verdict's sentence and the likely mistake (the step, the
-    field, your value, torch's, the rounding allowance), or :class:`sgdtrace.SgdtraceError`
+    Raises ``AssertionError`` naming the step, the field, your value, torch's, the rounding
+    allowance and the likely mistake, or :class:`sgdtrace.SgdtraceError`
     (:class:`sgdtrace.engines.user.EngineError`) when the file itself fails (an exception, a wrong
-    return, a missing function, a time-out).
+    return, a missing function, a time-out) or an option is bad (named as its keyword, ``lr``).
+    Either is raised from this frame, with sgdtrace's own frames left out of the traceback.
     """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this function's source
     from sgdtrace.config import Config
+    from sgdtrace.errors import SgdtraceError
     from sgdtrace.tracing import run_trace
-    from sgdtrace.views.export import verdict_sentence
 
-    cfg = config if config is not None else Config()
-    cfg = cfg.replace(engine=_path(engine), **options)
-    trace = run_trace(cfg)
+    error: SgdtraceError | None = None
+    try:
+        cfg = config if config is not None else Config()
+        trace = run_trace(cfg.replace(engine=_path(engine), **options))
+    except SgdtraceError as exc:  # raised again below, without the library's frames
+        error = exc
+    if error is not None:
+        raise error.with_traceback(None) from None
     if not trace.verdict.ok:
-        f = trace.verdict.first_divergent_step
-        lines = [verdict_sentence(trace)]
-        lines.append(
-            f"  step {f['step']} (epoch {f['epoch']}, batch {f['batch']}), {f['field']}: "
-            f"yours {f['manual']}, torch's {f['torch']}, allowance {f['tol']}"
-        )
-        if not f.get("diagnosis"):  # (a diagnosis is in the sentence)
-            lines.append("  likely mistake: none that the numbers point to")
-        raise AssertionError("\n".join(lines))
+        raise AssertionError(mismatch_message(trace)) from None
     return trace

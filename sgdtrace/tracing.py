@@ -15,8 +15,8 @@ import numpy as np
 
 from sgdtrace import data as data_mod
 from sgdtrace import divergence, stall
-from sgdtrace.blowup import diagnose, full_loss, stable_lr  # noqa: F401  (full_loss: kept importable here)
-from sgdtrace.config import Config, refusal
+from sgdtrace.blowup import diagnose, full_loss, one_sided, stable_lr  # noqa: F401  (full_loss: kept importable here)
+from sgdtrace.config import Config, label, refusal
 from sgdtrace.errors import ConfigError
 from sgdtrace.notebook import TraceNotebook
 
@@ -48,6 +48,14 @@ class Trace(TraceNotebook):
     def hand(self) -> str:
         """The hand side's label: "hand", or the user's engine file's name."""
         return "hand" if self.engine is None else self.engine.name
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        """The machine this ran on and its measured kernel rules (:func:`sgdtrace.probe.environment`:
+        measured once per machine and torch version, then read from a cache)."""
+        from sgdtrace.probe import environment
+
+        return environment()
 
     #: per side ("manual", "torch"): {"stalled_w", "stalled_b"}, bool per step (sgdtrace.stall)
     stalled: dict[str, dict[str, np.ndarray]] | None = None
@@ -243,9 +251,11 @@ def judge(
 ) -> Trace:
     """Build the Trace of two engines' columns: distances, tolerances, verdict, blow-up diagnosis.
 
-    ``not_kept``: torch's state columns the hand side does not keep (a user's update without
-    momentum's buffer): the update is judged with torch's recorded state in their place, and
-    they are neither shown nor judged. ``model``: the run's model (default: the data's).
+    ``not_kept``: torch's state columns the hand side does not keep under torch's names (a user's
+    update that keeps momentum's buffer under its own key, or none): the update is judged with
+    torch's recorded state in their place, its unseen difference carried and bounded
+    (:func:`sgdtrace.divergence.compare_columns`'s ``hidden``), and they are neither shown nor judged.
+    ``model``: the run's model (default: the data's).
     """
     model = model or build_model(cfg, dataset)
     initial = model.module.initial(cfg, model)
@@ -255,12 +265,13 @@ def judge(
     epoch = np.repeat(np.arange(1, plan.epochs + 1, dtype=np.int64), spe)
     batch = np.tile(np.arange(1, spe + 1, dtype=np.int64), plan.epochs)
     n = np.tile(plan.batch_sizes(), plan.epochs)
-    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg, model, initial)
+    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg, model, initial, hidden=not_kept)
     for f in not_kept:
         del div[f], man[f]
     stable = stable_lr(dataset.x, plan, cfg, model)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan, model)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
+    verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
     # stalled_w, stalled_b per side: the steps whose update was lost to rounding
     stalled = {"manual": stall.stalled(man, cfg, ref, initial), "torch": stall.stalled(ref, cfg, man, initial)}
     verdict.stalled = stall.summary(stalled["torch"])
@@ -315,8 +326,7 @@ def check_world(config: Config, n_samples: int, device) -> None:
     ws = config.world_size
     if ws > n_samples:
         raise ConfigError(
-            f"{config.origin.get('world_size') or '--world-size'} {ws}: more ranks than the "
-            f"{n_samples} samples; allowed: 1..{n_samples}"
+            f"{label(config, 'world_size')} {ws}: more ranks than the {n_samples} samples; allowed: 1..{n_samples}"
         )
     if device.type == "cuda":
         import torch
@@ -434,6 +444,7 @@ def judge_distributed(
             judged[key] = rank_divs[r][f]
             a[key], b[key] = man_ranks[f][:, r], ref_ranks[f][:, r]
     verdict = divergence.verdict(judged, a, b, epoch, batch, blown)
+    verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
     ranks = RankTrace(
         dplan,
         np.tile(dplan.rank_plan(0).batch_sizes(), dplan.epochs)[:, None].repeat(world, axis=1),

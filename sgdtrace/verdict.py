@@ -180,6 +180,35 @@ class BlowUp(_Record):
 
 
 @dataclass(frozen=True)
+class OneSidedBlowUp(_Record):
+    """A value that became inf or nan on one side only (:func:`sgdtrace.blowup.one_sided`): the
+    first such step (1-based), which side (``"hand"``: the hand side or a user's engine;
+    ``"torch"``), what went (``values``: "w = nan, b = nan"), the cause where one is known
+    (``reason``, else None), and whether the judge allowed it (``allowed``: within rounding of the
+    type's largest value, where the two sides may overflow one step apart). Not a blow-up of the
+    training: the other side's training goes on; a divergence between the two sides."""
+
+    epoch: int
+    batch: int
+    step: int
+    side: str
+    values: str
+    reason: str | None
+    allowed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "side": self.side,
+            "values": self.values,
+            "reason": self.reason,
+            "allowed": self.allowed,
+        }
+
+
+@dataclass(frozen=True)
 class Stall(_Record):
     """A parameter whose update torch lost to rounding (:mod:`sgdtrace.stall`): the first such step
     (1-based) and how many steps stalled."""
@@ -209,6 +238,7 @@ class Verdict:
     first_divergent_step: FirstDivergence | None
     diverged_training: BlowUp | None
     stalled: list[Stall] | None = None  # per parameter whose update torch lost to rounding
+    one_sided: OneSidedBlowUp | None = None  # inf or nan on one side only: a divergence, not a blow-up
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -220,6 +250,7 @@ class Verdict:
             "first_divergent_step": _json(self.first_divergent_step),
             "diverged_training": _json(self.diverged_training),
             "stalled": None if self.stalled is None else [_json(st) for st in self.stalled],
+            "one_sided_blowup": _json(self.one_sided),
         }
 
 

@@ -111,6 +111,11 @@ DIMENSIONS: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = (
             ("article", ()),
             ("synthetic", ("--synthetic", "12", "--noise", "0.5", "--true-w", "-1.5", "--true-b", "3")),
             ("start", ("--init-w", "1.5", "--init-b", "-2")),
+            # the linear model on D = 3 features (w of shape (3,), nn.Linear(3, 1))
+            (
+                "features",
+                ("--synthetic", "12", "--features", "3", "--true-w", "1,-2,0.5", "--noise", "0.5", "--init-w", "0.5"),
+            ),
         ),
     ),
 )
@@ -140,7 +145,7 @@ FLAGS = {
         "--initial-accumulator-value",
         "--eps",
     ),
-    "data": ("--synthetic", "--noise", "--true-w", "--true-b", "--init-w", "--init-b"),
+    "data": ("--synthetic", "--noise", "--true-w", "--true-b", "--init-w", "--init-b", "--features"),
 }
 
 Row = tuple[int, ...]  # one value index per dimension

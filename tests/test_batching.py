@@ -162,7 +162,7 @@ def test_json_drop_last_leaves_out_the_partial_batch():
 
 
 def test_drop_last_with_too_few_samples_is_an_input_error():
-    with pytest.raises(ConfigError, match="batch-size 10 and 9 samples"):
+    with pytest.raises(ConfigError, match="drop_last with batch_size 10 and 9 samples"):
         plan(9, Config(batch_size=10, drop_last=True))
     result = CliRunner().invoke(cli, ["run", "--batch-size", "10", "--drop-last"])
     assert result.exit_code == 2

@@ -300,11 +300,11 @@ def test_blowup_is_reported_and_its_hint_works(opts):
 
 
 def test_nesterov_config_blows_up_and_check_says_so():
-    """configs/nesterov.toml (lr 0.01) grows the data loss from 350.7 to 9750 in 30 epochs."""
-    result = CliRunner().invoke(cli, ["check", "configs/nesterov.toml", "--device", "cpu"])
+    """sgdtrace/configs/nesterov.toml (lr 0.01) grows the data loss from 350.7 to 9750 in 30 epochs."""
+    result = CliRunner().invoke(cli, ["check", "sgdtrace/configs/nesterov.toml", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "ok (blew up)" in result.output
-    result = CliRunner().invoke(cli, ["run", "--config", "configs/nesterov.toml", "--format", "json"])
+    result = CliRunner().invoke(cli, ["run", "--config", "sgdtrace/configs/nesterov.toml", "--format", "json"])
     assert result.exit_code == 0
     d = json.loads(result.stdout)["verdict"]["diverged_training"]
     assert d["loss_start"] == pytest.approx(350.6667, rel=1e-6) and d["loss_end"] > 9000

@@ -159,7 +159,7 @@ def test_gate_fails_with_exit_1_naming_the_step(runner, monkeypatch):
     assert result.exit_code == 1
     assert "✗ diverge" in result.output and "epoch 1 batch 1 (step 1), dl/dw" in result.output
     monkeypatch.chdir(ROOT)
-    result = runner.invoke(cli, ["check", "configs/article.toml"])
+    result = runner.invoke(cli, ["check", "sgdtrace/configs/article.toml"])
     assert result.exit_code == 1 and "DIVERGE at 1:1" in result.output
 
 
@@ -324,9 +324,9 @@ def test_every_listed_format_is_written(runner, command, formats):
 
 def test_check_counts_runs_in_words(runner, monkeypatch):
     monkeypatch.chdir(ROOT)
-    out = invoke(runner, "check", "configs/article.toml").output
+    out = invoke(runner, "check", "sgdtrace/configs/article.toml").output
     assert "✓ 1 run agrees" in out and "1 runs" not in out
-    out = invoke(runner, "check", "configs/article.toml", "configs/article-lr-0.1.toml").output
+    out = invoke(runner, "check", "sgdtrace/configs/article.toml", "sgdtrace/configs/article-lr-0.1.toml").output
     assert "✓ 2 runs agree" in out
 
 
@@ -339,3 +339,227 @@ def test_graph_tree_draws_siblings_with_a_tee_and_the_last_with_an_elbow():
     assert tree_prefixes([0, 1, 2, 1, 2]) == ["", "  ├ ", "  │ └ ", "  └ ", "    └ "]
     out = invoke(CliRunner(), "graph").output
     assert "├ MulBackward0" in out and "└ AccumulateGrad (bias)" in out
+
+
+@pytest.mark.parametrize("fmt", ["json", "table"])
+def test_output_through_a_symbolic_link_replaces_its_target(runner, tmp_path, fmt):
+    """`--output link.json`, link.json a symbolic link: the link stays, its target gets the output."""
+    data = tmp_path / "data"
+    data.mkdir()
+    target = data / "run.json"
+    target.write_text("old\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(os.path.join("data", "run.json"))  # relative, as `ln -s` makes it
+    chain = tmp_path / "chain.json"
+    chain.symlink_to(link)  # a link to a link
+    for name in (link, chain):
+        target.write_text("old\n")
+        assert invoke(runner, "run", "--format", fmt, "--output", str(name)).exit_code == 0
+        assert link.is_symlink() and chain.is_symlink() and os.readlink(link) == os.path.join("data", "run.json")
+        assert "-135.85" in target.read_text()  # the run, where "old" was
+        assert sorted(p.name for p in data.iterdir()) == ["run.json"]  # no temporary file left beside it
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.json", "data", "link.json"]
+
+
+def test_output_through_a_dangling_link_makes_its_target(runner, tmp_path):
+    link = tmp_path / "out.csv"
+    link.symlink_to(tmp_path / "made.csv")
+    assert invoke(runner, "run", "--format", "csv", "--output", str(link)).exit_code == 0
+    assert link.is_symlink() and (tmp_path / "made.csv").read_text().startswith("epoch,")
+    missing = tmp_path / "gone.csv"
+    missing.symlink_to(tmp_path / "no-such-folder" / "x.csv")
+    result = runner.invoke(cli, ["run", "--output", str(missing)])
+    assert result.exit_code == 2 and "no-such-folder" in result.output and missing.is_symlink()
+
+
+# ------------------------------------------------------------------ options a command does not take
+# The rule: an option belongs to the commands (and, for run, the formats) that use it; given to
+# another, as a flag or as a key of the --config file, it is exit 2 with one line naming where it
+# belongs, and a did-you-mean where its name is close to an option that applies.
+
+
+def _refused(result, *needles: str) -> None:
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr.startswith("sgdtrace: error: ") and result.stderr.count("\n") == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["run", "--epoch", "3"], ["--epoch 3", "did you mean --epochs 3?"]),  # not 1 epoch and a warning
+        (["run", "--format", "html", "--epoch", "2"], ["--epoch 2", "--batch K", "did you mean --epochs 2?"]),
+        (["run", "--batch", "2"], ["--batch 2 and --format table", "--format html", "sgdtrace explain --batch"]),
+        (["run", "--batch", "2", "--epoch", "1"], ["--batch 2", "--format html"]),
+        (["run", "--format", "json", "--rows", "5"], ["--rows 5", "--format json"]),
+        (["run", "--format", "csv", "--every", "2"], ["--every 2", "--format csv"]),
+        (["compare", "--epoch", "2"], ["'--epoch'", "--epochs"]),  # click's own: an option compare has not
+        (["plot", "--batch", "2", "--output", "p.png"], ["'--batch'", "--batch-size"]),
+    ],
+)
+def test_an_option_the_command_does_not_take_is_exit_2(runner, args, needles):
+    _refused(runner.invoke(cli, args), *needles)
+
+
+@pytest.mark.parametrize(
+    "text, args, needles",
+    [
+        ("epoch = 3\n", ["run"], ["'epoch' in c.toml = 3", "did you mean 'epochs'?"]),
+        ("batch = 2\n", ["run"], ["'batch' in c.toml = 2", "--format html"]),
+        ("rows = 5\n", ["run", "--format", "json"], ["'rows' in c.toml = 5", "--format json"]),
+        ("rows = 5\n", ["compare"], ["'rows' in c.toml = 5", "sgdtrace compare does not take it"]),
+        ("epoch = 2\n", ["explain", "--batch", "1"], ["'epoch' in c.toml = 2", "--epoch on the command line"]),
+        ("reference = 'exact'\n", ["graph"], ["'reference' in c.toml = 'exact'", "sgdtrace graph"]),
+    ],
+)
+def test_a_key_the_command_does_not_take_is_exit_2_as_its_flag(runner, tmp_path, text, args, needles):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    _refused(runner.invoke(cli, [*args, "--config", str(path)]), *needles)
+
+
+def test_the_options_where_they_belong_still_work(runner, tmp_path):
+    out = tmp_path / "r.html"
+    assert (
+        invoke(runner, "run", "--format", "html", "--batch", "2", "--epoch", "1", "--output", str(out)).exit_code == 0
+    )
+    assert invoke(runner, "run", "--rows", "2", "--every", "2", "--epochs", "3").exit_code == 0
+    path = tmp_path / "c.toml"
+    path.write_text("rows = 2\nepochs = 3\n")
+    result = invoke(runner, "run", "--config", str(path))
+    assert result.exit_code == 0 and result.stderr == "" and "9 steps, 2 shown" in result.stdout
+
+
+# ------------------------------------------------------------------ text output as a new user reads it
+
+
+def test_piped_tables_have_no_trailing_spaces(tmp_path):
+    """`sgdtrace run | less`, `> out.txt`, `--output`: no line ends in spaces (rich pads to the width)."""
+    script = os.path.join(os.path.dirname(sys.executable), "sgdtrace")
+    env = dict(os.environ, COLUMNS="80")
+    for args in (["run"], ["run", "--momentum", "0.9", "--epochs", "2"], ["compare"], ["explain", "--batch", "2"]):
+        proc = subprocess.run([script, *args], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+        assert [line for line in proc.stdout.splitlines() if line != line.rstrip()] == [], args
+    out = tmp_path / "t.txt"
+    assert CliRunner().invoke(cli, ["check", "sgdtrace/configs/article.toml", "--output", str(out)]).exit_code == 0
+    assert all(line == line.rstrip() for line in out.read_text().splitlines())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--momentum", "0.9", "--nesterov", "--weight-decay", "0.01", "--shuffle", "--drop-last", "--batch-size", "2"],
+        [
+            "--optimizer",
+            "adam",
+            "--amsgrad",
+            "--betas",
+            "0.8,0.99",
+            "--eps",
+            "1e-6",
+            "--weight-decay",
+            "0.1",
+            "--shuffle",
+        ],
+    ],
+)
+def test_the_run_title_breaks_between_its_parts_at_80_columns(runner, args):
+    """The title's second line is "lr 0.01 · batch size 2 · ..." : at 80 columns it breaks at a " · ",
+    never inside a part ("weight decay" / "0.01")."""
+    from sgdtrace.config import build_config
+    from sgdtrace.views.table import _title
+
+    result = runner.invoke(cli, ["run", *args], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    head = lines[: next(i for i, line in enumerate(lines) if line.lstrip().startswith("batch"))]
+    kw = {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "shuffle": True, "drop_last": True, "batch_size": 2}
+    if "adam" in args:
+        kw = {
+            "optimizer": "adam",
+            "amsgrad": True,
+            "betas": (0.8, 0.99),
+            "eps": 1e-6,
+            "weight_decay": 0.1,
+            "shuffle": True,
+        }
+    from sgdtrace.tracing import run_trace
+
+    parts = [p for line in _title(run_trace(build_config({}, kw))).split("\n") for p in line.split(" · ")]
+    assert all(len(line) <= 80 for line in head) and len(head) > 2
+    shown = [p for line in head for p in line.split(" · ")]
+    assert shown == parts  # every part whole, in order
+
+
+@pytest.mark.parametrize("name", ["good.py", "my_gradients_engine.py", "exercise_3_solution.py"])
+def test_an_engine_is_labelled_by_its_files_stem(runner, tmp_path, name):
+    """One rule: the rows of --engine FILE.py are labelled with the file's stem, whatever its length."""
+    engine = tmp_path / name
+    engine.write_text((ROOT / "docs" / "examples" / "engine_correct.py").read_text())
+    result = runner.invoke(cli, ["run", "--engine", str(engine)], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    stem = name.removesuffix(".py")
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:2] in ("1 ", "2 ", "3 ")]
+    assert [r[2] for r in rows] == [stem] * 3 and "yours" not in result.stdout
+    assert f"('{stem}' rows)" in result.stdout
+
+
+@pytest.mark.parametrize("columns", ["80", "72"])
+def test_check_never_cuts_a_configs_name(runner, columns):
+    names = ["schedule-exponentiallr.toml", "schedule-multisteplr.toml", "article-lr-0.1.toml"]
+    result = runner.invoke(cli, ["check", *(f"sgdtrace/configs/{n}" for n in names)], env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= int(columns) for line in lines)
+    for name in names:
+        assert any(line.startswith(name + " ") for line in lines), name
+
+
+def test_help_gives_every_on_off_flags_default():
+    """`--help` shows each on/off flag's default (they are None until a flag or a file sets them)."""
+    import click
+
+    for name, command in cli.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and (param.is_flag or param.secondary_opts):
+                text = param.help or ""
+                assert "default" in text or param.show_default, (name, param.opts)
+    help_text = CliRunner().invoke(cli, ["run", "--help"]).output
+    assert "Drop the last partial batch (default off)" in help_text
+
+
+def test_every_option_is_in_the_options_page_and_the_readme_links_every_page():
+    """docs/options.md names each option of the training commands and of run; check.md each of
+    check's formats; the README's list of pages links every page of the manual (ddp.md included)."""
+    import click
+
+    options = (ROOT / "docs" / "options.md").read_text()
+    for name in ("run", "compare", "explain", "graph", "plot"):
+        for param in cli.commands[name].params:
+            if isinstance(param, click.Option) and param.name not in ("help", "width", "height", "loss_kind"):
+                flags = [o for o in param.opts if o.startswith("--")] + [o for o in param.secondary_opts]
+                assert any(f"`{f}" in options or f"{f}`" in options or f"{f}/" in options for f in flags), (
+                    name,
+                    param.opts,
+                )
+    assert "`-q`" in options
+    check = (ROOT / "docs" / "check.md").read_text()
+    assert all(f"`{fmt}`" in check for fmt in ("table", "json", "markdown", "html", "junit"))
+    readme = (ROOT / "README.md").read_text()
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")}
+    assert {p for p in pages if f"(docs/{p})" not in readme} == set()
+    assert "--world-size" in readme
+
+
+def test_check_finds_a_shipped_config_by_name_from_any_folder(tmp_path, monkeypatch):
+    """`check adam` and `check configs/adam.toml` run the gate's own config where no such file is here."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("article", "configs/article.toml"):
+        result = CliRunner().invoke(cli, ["check", name, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert [c["config"] for c in json.loads(result.output)["checks"]] == ["configs/article.toml"]
+    bad = CliRunner().invoke(cli, ["check", "nonesuch"])
+    assert bad.exit_code == 2 and "nor a config sgdtrace ships" in bad.output

@@ -89,29 +89,12 @@ _ALONE = list(dict.fromkeys(C.row_of(*p) for p in C.all_pairs()))
 ALONE = [row for row in _ALONE if refusal_of(row) is None and row not in set(ROWS)]
 REFUSED_ROWS = [row for row in _ALONE if refusal_of(row) is not None]
 
-#: honest runs that exit 1 today: torch's fused CPU kernels compute a 16-bit parameter's update in
-#: float32 and round once (opmath), where the hand side's 16-bit rule rounds each operation; fixed
-#: with the 16-bit fused rule, then this set empties (strict: a row that passes fails the mark)
-SIXTEEN_BIT_FUSED = {
-    "optimizer=adagrad,scheduler=ExponentialLR,dtype=float16,implementation=fused,format=html,batch_size=1,"
-    "sgd_options=maximize,optimizer_options=lr_decay",
-    "dtype=bfloat16,implementation=fused",
-}
-
 
 def _honest_params():
     out = []
     for row in ROWS + ALONE:
         name = C.describe(row)
-        marks = []
-        if name in SIXTEEN_BIT_FUSED:
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="the 16-bit fused rule: torch's fused CPU kernel computes the update in float32",
-                )
-            )
-        out.append(pytest.param(row, id=name, marks=marks))
+        out.append(pytest.param(row, id=name))
     return out
 
 
@@ -132,13 +115,6 @@ def test_the_covering_array_covers_every_accepted_pair_with_honest_rows():
         assert {row[d] for row in ROWS} == set(range(len(values)))
     # deterministic: the same array again
     assert C.pairwise(accepted) == (ROWS, REFUSED)
-
-
-def test_the_sixteen_bit_fused_marks_name_rows_of_the_array():
-    names = {C.describe(row) for row in ROWS + ALONE}
-    for name in SIXTEEN_BIT_FUSED:
-        assert name in names, name
-        assert "implementation=fused" in name and ("dtype=float16" in name or "dtype=bfloat16" in name)
 
 
 @pytest.fixture(scope="module")

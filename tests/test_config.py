@@ -1,9 +1,13 @@
 """Config: defaults are the article's run; a file < flags; every value validated, naming where it came from."""
 
+import os
+
 import pytest
 
 from sgdtrace.config import Config, build_config, load_toml
 from sgdtrace.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_defaults_are_the_articles_run():
@@ -59,10 +63,10 @@ def test_wrong_type_and_invalid_toml(tmp_path):
 @pytest.mark.parametrize(
     "changes, needle",
     [
-        ({"lr": float("nan")}, "--lr nan"),
-        ({"lr": float("inf")}, "--lr inf"),
-        ({"batch_size": 0}, "--batch-size 0"),
-        ({"epochs": 0}, "--epochs 0"),
+        ({"lr": float("nan")}, "lr=nan"),  # (the Python API names keyword arguments)
+        ({"lr": float("inf")}, "lr=inf"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"epochs": 0}, "epochs=0"),
         ({"dampening": 1.5}, "dampening must be in [0, 1]"),
         ({"weight_decay": -0.1}, "weight decay must be"),
         ({"nesterov": True}, "Nesterov momentum requires a momentum > 0"),
@@ -70,7 +74,7 @@ def test_wrong_type_and_invalid_toml(tmp_path):
         ({"device": "gpu"}, "allowed: cpu, cuda, cuda:N, auto"),
         ({"dtype": "float8"}, "allowed: float32, float64, bfloat16, float16"),
         ({"data": "a.csv", "synthetic": 10}, "choose one data source"),
-        ({"seed": -1}, "--seed -1"),
+        ({"seed": -1}, "seed=-1"),
     ],
 )
 def test_validation(changes, needle):
@@ -178,13 +182,18 @@ def test_synthetic_options_from_a_file_warn_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "markdown"])
 @pytest.mark.parametrize("given", [{"rows": 5}, {"every": 2}, {"rows": 0, "every": 1}])
-def test_rows_and_every_with_a_non_table_format_warn(fmt, given):
-    from sgdtrace.config import run_options
+def test_rows_and_every_with_a_non_table_format_are_refused(fmt, given):
+    """An option of another format is refused, as an option of another command is."""
+    from sgdtrace.config import RUN_DEFAULTS, run_options
 
-    opts, warnings = run_options(Config(), fmt, given)
-    (line,) = warnings
-    assert f"--format {fmt}" in line and all(f"--{k}" in line for k in given)
-    assert run_options(Config(), "table", given)[1] == []
+    with pytest.raises(ConfigError) as err:
+        run_options(Config(), fmt, given)
+    key = next(iter(given))
+    assert f"--{key} {given[key]} and --format {fmt}: shapes the table" in str(err.value) and f"--format {fmt}" in str(
+        err.value
+    )
+    for ok in ("table", "html"):
+        assert run_options(Config(), ok, given) == ({**RUN_DEFAULTS, **given}, [])
     assert run_options(Config(), fmt, {})[1] == []
 
 
@@ -197,7 +206,7 @@ def test_values_that_must_be_positive_and_round_to_zero_in_float32_are_refused(k
     changes = {"momentum": 0.9, **extra, key: value}
     with pytest.raises(ConfigError) as err:
         Config(**changes)
-    assert f"--{key} {value!r}: rounds to 0 in float32" in str(err.value) and "--dtype float64" in str(err.value)
+    assert f"{key}={value!r}: rounds to 0 in float32" in str(err.value) and "--dtype float64" in str(err.value)
     if value > 0:
         Config(**changes, dtype="float64")  # float64 holds it
 
@@ -232,8 +241,9 @@ def test_data_dash_in_a_file_is_standard_input(tmp_path):
     assert load_toml(str(path))["data"] == "-"  # not a file named '-' beside the config
 
 
-def test_epoch_in_a_file_without_batch_is_a_warning_that_names_epochs(tmp_path):
-    """`epoch` is run's --epoch (the HTML report's batch); alone, it is most likely `epochs` misspelled."""
+def test_epoch_in_a_file_without_batch_is_refused_naming_epochs(tmp_path):
+    """`epoch` is run's --epoch (the HTML report's batch); alone, it is most likely `epochs` misspelled:
+    refused as the flag is, never a run of one epoch."""
     from click.testing import CliRunner
 
     from sgdtrace.cli import cli
@@ -241,5 +251,115 @@ def test_epoch_in_a_file_without_batch_is_a_warning_that_names_epochs(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("epoch = 3\n")
     r = CliRunner().invoke(cli, ["run", "--config", str(path)])
-    assert r.exit_code == 0
-    assert "'epoch' in c.toml ignored" in r.stderr and "did you mean 'epochs'?" in r.stderr
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.startswith("sgdtrace: error: 'epoch' in c.toml = 3 with no --batch K: ")
+    assert r.stderr.count("\n") == 1
+    assert "did you mean 'epochs'?" in r.stderr
+
+
+# ------------------------------------------------------------------ names in any case
+
+
+@pytest.mark.parametrize("given", ["Adam", "ADAM", "adam"])
+def test_optimizer_names_in_any_case_are_torchs_class(tmp_path, given):
+    """`--optimizer Adam` as torch spells the class: the same run as adam, named adam in the JSON."""
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    assert Config(optimizer=given).optimizer == "adam"
+    assert Config().replace(optimizer=given).eps == 1e-8  # Adam's default eps follows, as for "adam"
+    assert Config(optimizer="AdamW").weight_decay == 0.01 and Config(optimizer="RMSprop").optimizer == "rmsprop"
+    path = tmp_path / "c.toml"
+    path.write_text(f"optimizer = {given!r}\n")
+    assert build_config(load_toml(str(path)), {}, str(path)) == Config(optimizer="adam")
+    import json
+
+    r = CliRunner().invoke(cli, ["run", "--optimizer", given, "--format", "json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["config"]["optimizer"] == "adam"
+
+
+@pytest.mark.parametrize("given", ["steplr", "STEPLR", "StepLR", "stepLR"])
+def test_scheduler_names_in_any_case_are_torchs_class(tmp_path, given):
+    from sgdtrace.config import make_schedule, parse_scheduler_flags
+
+    assert parse_scheduler_flags(given, ("step_size=2",)).name == "StepLR"
+    assert make_schedule({"name": given, "step_size": 2}, "x").to_json()["name"] == "StepLR"
+    path = tmp_path / "c.toml"
+    path.write_text(f"[scheduler]\nname = {given!r}\nstep_size = 2\n")
+    assert load_toml(str(path))["scheduler"].name == "StepLR"
+
+
+@pytest.mark.parametrize(
+    "make, suggestion",
+    [
+        (lambda: Config(optimizer="adma"), "did you mean 'adam'?"),
+        (lambda: Config(optimizer="RMSProps"), "did you mean 'rmsprop'?"),
+        (lambda: Config(optimizer="sdg"), "did you mean 'sgd'?"),
+        (lambda: Config(scheduler=None, optimizer="lbfgs"), None),
+    ],
+)
+def test_a_misspelt_optimizer_suggests_the_name(make, suggestion):
+    with pytest.raises(ConfigError) as err:
+        make()
+    text = str(err.value)
+    assert "allowed: sgd, adam, adamw, rmsprop, adagrad" in text
+    assert (suggestion in text) if suggestion else "did you mean" not in text
+
+
+@pytest.mark.parametrize(
+    "given, suggestion",
+    [("StepRL", "'StepLR'"), ("cosine", "'CosineAnnealingLR'"), ("onecycle", "'OneCycleLR'"), ("plateau", None)],
+)
+def test_a_misspelt_scheduler_suggests_the_name(given, suggestion):
+    from sgdtrace.config import parse_scheduler_flags
+
+    with pytest.raises(ConfigError) as err:
+        parse_scheduler_flags(given, ())
+    text = str(err.value)
+    assert f"scheduler {given!r}: allowed: StepLR" in text
+    assert (f"did you mean {suggestion}?" in text) if suggestion else "did you mean" not in text
+
+
+# ------------------------------------------------------------------ errors name options as the user wrote them
+
+
+@pytest.mark.parametrize(
+    "kwargs, python, flag",
+    [
+        ({"lr": -1}, "lr=-1: the learning rate must be", "--lr -1: the learning rate must be"),
+        ({"batch_size": 0}, "batch_size=0: must be", "--batch-size 0: must be"),
+        ({"engine_timeout": 0.0}, "engine_timeout=0.0: must be", "--engine-timeout 0.0: must be"),
+        ({"set_epoch": False}, "set_epoch=False with world_size 1", "--no-set-epoch with --world-size 1"),
+        (
+            {"momentum": 0.5, "optimizer": "adam"},
+            "momentum=0.5 and optimizer='adam'",
+            "--momentum 0.5 and --optimizer adam",
+        ),
+    ],
+)
+def test_python_api_errors_name_keyword_arguments_and_the_command_line_flags(kwargs, python, flag):
+    """`sgdtrace.trace(lr=-1)` says lr, as the caller wrote it; `sgdtrace run --lr -1` says --lr."""
+    import sgdtrace
+    from sgdtrace.testing import assert_matches_torch
+
+    for call in (lambda: sgdtrace.trace(**kwargs), lambda: Config(**kwargs), lambda: Config().replace(**kwargs)):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert str(err.value).startswith(python) and "--" not in str(err.value).split(":")[0], str(err.value)
+    if "optimizer" not in kwargs:  # (an engine with another optimizer is refused first)
+        with pytest.raises(ConfigError) as err:
+            assert_matches_torch(os.path.join(ROOT, "docs", "examples", "engine_correct.py"), **kwargs)
+        assert str(err.value).startswith(python)
+    with pytest.raises(ConfigError) as err:
+        build_config({}, kwargs)
+    assert str(err.value).startswith(flag), str(err.value)
+
+
+def test_python_api_errors_found_with_the_data_name_keywords():
+    import sgdtrace
+
+    with pytest.raises(ConfigError, match=r"^drop_last with batch_size 20 and 9 samples .* leave drop_last out"):
+        sgdtrace.trace(drop_last=True, batch_size=20)
+    with pytest.raises(ConfigError, match=r"^world_size 12: more ranks than the 9 samples"):
+        sgdtrace.trace(world_size=12)

@@ -39,7 +39,7 @@ OPTIONS = (
 
 
 def _config_file(name: str) -> Config:
-    path = os.path.join(ROOT, "configs", name)
+    path = os.path.join(ROOT, "sgdtrace", "configs", name)
     return build_config(load_toml(path), {}, path)
 
 

@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgdtrace import Config
+from sgdtrace.check import unserved
 from sgdtrace.cli import cli
+from sgdtrace.config import build_config, load_toml
 from sgdtrace.engines import user
 from sgdtrace.engines.user import EngineError, UserEngine
 from sgdtrace.testing import assert_matches_torch
@@ -188,6 +190,55 @@ def test_state_under_another_name_is_reported_not_kept_and_the_update_still_judg
     )
     t = traced(bad, momentum=0.9)
     assert t.verdict.first_divergent_step["field"] == "w"
+
+
+#: SGD written correctly, its momentum buffer kept under a key of its own (not torch's name)
+OWN_KEY = """
+def update(param, grad, state, hp):
+    g = -grad if hp.maximize else grad
+    if hp.weight_decay != 0:
+        g = g + hp.weight_decay * param
+    if hp.momentum != 0:
+        buf = state.get("buf")
+        buf = g if buf is None else hp.momentum * buf + (1 - hp.dampening) * g
+        state["buf"] = buf
+        g = g + hp.momentum * buf if hp.nesterov else buf
+    return param - hp.lr * g
+"""
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(epochs=10, momentum=0.9, dampening=0.1, weight_decay=0.01),  # exit 1 at step 26 before
+        dict(epochs=40, momentum=0.95, dampening=0.5, weight_decay=0.1, shuffle=True, seed=3),
+        dict(epochs=30, momentum=0.9, nesterov=True, maximize=True, lr=0.003),
+        dict(epochs=20, momentum=0.9, synthetic=40, noise=1.0, batch_size=1, lr=0.002),
+    ],
+)
+def test_a_buffer_kept_under_its_own_key_is_carried_and_an_honest_engine_passes(tmp_path, opts):
+    """The judge cannot see the engine's buffer: its difference from torch's is carried from the
+    measured differences of what feeds it, and its rounding accumulated (docs/tolerance.md)."""
+    t = traced(write(tmp_path, OWN_KEY, "good_update.py"), **opts)
+    assert t.engine.not_kept == ("buf_w", "buf_b")
+    assert t.verdict.ok, t.verdict.first_divergent_step
+    assert t.verdict.max_ulp > 0  # it does round otherwise than torch (float64 Python floats, then one rounding)
+
+
+@pytest.mark.parametrize(
+    "wrong, field",
+    [
+        ("buf = g if buf is None else hp.momentum * buf + g", "w"),  # dampening left out
+        ("buf = hp.lr * g if buf is None else hp.momentum * buf + hp.lr * g", "w"),  # lr inside the buffer
+        ("buf = g if buf is None else hp.momentum * buf + (1 - hp.dampening) * g * 1.0001", "w"),
+    ],
+)
+def test_a_wrong_buffer_under_its_own_key_is_still_caught(tmp_path, wrong, field):
+    source = OWN_KEY.replace("buf = g if buf is None else hp.momentum * buf + (1 - hp.dampening) * g", wrong)
+    assert source != OWN_KEY
+    t = traced(write(tmp_path, source, "bad_update.py"), epochs=10, momentum=0.9, dampening=0.1, weight_decay=0.01)
+    assert not t.verdict.ok and t.verdict.first_divergent_step["field"] == field
+    assert t.verdict.first_divergent_step["step"] <= 3
 
 
 # ------------------------------------------------------------------ each mistake caught and named
@@ -629,7 +680,7 @@ def test_explain_shows_the_users_values_and_nodes_beside_the_expected_ones():
 
 def test_check_writes_junit_xml_in_the_shape_ci_systems_read(tmp_path):
     report = tmp_path / "report.xml"
-    configs = [str(ROOT / "configs" / c) for c in ("article.toml", "momentum.toml")]
+    configs = [str(ROOT / "sgdtrace" / "configs" / c) for c in ("article.toml", "momentum.toml")]
     result = cli_run("check", *configs, "--engine", str(MISTAKE), "--format", "junit", "--output", str(report))
     assert result.exit_code == 1
     root = ET.parse(report).getroot()
@@ -646,6 +697,71 @@ def test_check_writes_junit_xml_in_the_shape_ci_systems_read(tmp_path):
     ok = cli_run("check", *configs, "--engine", str(CORRECT), "--format", "junit")
     assert ok.exit_code == 0
     assert not ET.fromstring(ok.stdout).findall(".//failure")
+
+
+def test_check_runs_from_any_folder_with_skipped_configs_and_real_times(tmp_path):
+    """`sgdtrace check --engine f.py --format junit` outside the source checkout: the gate's configs
+    ship with the package; those the engine cannot serve are JUnit <skipped> with the reason; every
+    time is the run's real time."""
+    import os
+    import subprocess
+    import sys
+
+    from sgdtrace.check import CONFIGS
+
+    work = tmp_path / "course"
+    work.mkdir()
+    (work / "f.py").write_text(CORRECT.read_text())
+    script = os.path.join(os.path.dirname(sys.executable), "sgdtrace")
+    proc = subprocess.run(
+        [script, "check", "--engine", "f.py", "--format", "junit", "--device", "cpu"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.relpath(work, ROOT).startswith(os.pardir)  # outside the checkout
+    (suite,) = ET.fromstring(proc.stdout).findall("testsuite")
+    cases = suite.findall("testcase")
+    shipped = sorted(p for p in os.listdir(CONFIGS) if p.endswith(".toml"))
+    assert sorted({c.get("file") for c in cases}) == [f"configs/{p}" for p in shipped]  # every one, once
+    skipped = [c for c in cases if c.find("skipped") is not None]
+    run = [c for c in cases if c.find("skipped") is None]
+    assert int(suite.get("tests")) == len(cases) and int(suite.get("skipped")) == len(skipped) > 0
+    for case in skipped:
+        message = case.find("skipped").get("message")
+        cfg = build_config(load_toml(os.path.join(CONFIGS, os.path.basename(case.get("file")))), {}, "c.toml")
+        assert message and message == unserved(cfg), (case.get("name"), message)
+    for case in run:
+        cfg = build_config(load_toml(os.path.join(CONFIGS, os.path.basename(case.get("file")))), {}, "c.toml")
+        assert unserved(cfg) is None and case.find("system-out") is not None
+    times = [float(c.get("time")) for c in run]
+    assert all(t > 0 for t in times)  # measured, not 0
+    assert float(suite.get("time")) == pytest.approx(sum(times), abs=0.01)
+    table = subprocess.run([script, "check", "--engine", "f.py"], cwd=work, capture_output=True, text=True)
+    assert table.returncode == 0 and f"skipped {len(skipped)} configs the engine cannot serve" in table.stdout
+
+
+def test_the_gates_configs_are_package_data():
+    """Every file of sgdtrace/configs is named by pyproject.toml's package data (so a wheel ships it)."""
+    import fnmatch
+    import os
+
+    from sgdtrace.check import CONFIGS
+    from sgdtrace.config import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = globs["sgdtrace.configs"]
+    files = [
+        os.path.relpath(os.path.join(d, f), CONFIGS).replace(os.sep, "/")
+        for d, _, names in os.walk(CONFIGS)
+        for f in names
+        if "__pycache__" not in d
+    ]
+    assert len(files) > 20
+    # (a pattern's * stays in its folder, as setuptools' glob does)
+    assert [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)] == []
 
 
 def test_check_runs_only_the_configs_an_engine_can_serve():
@@ -679,10 +795,59 @@ def test_assert_matches_torch_both_ways():
     assert assert_matches_torch(module, Config(dtype="float64")).verdict.ok
     with pytest.raises(AssertionError) as failed:
         assert_matches_torch(MISTAKE)
-    message = str(failed.value)
-    assert "✗ diverge  first at epoch 1 batch 1 (step 1), dl/dw" in message
-    assert "yours -13.33333" in message and "torch's -26.66666" in message and "allowance" in message
-    assert "1/2 times the right value" in message
+    lines = str(failed.value).splitlines()
+    # one message: where, yours, torch's, the distance, the allowance, the likely mistake
+    assert lines[0] == "engine_mistake.py does not match torch at step 1 (epoch 1, batch 1), dl/dw:"
+    assert lines[1].split() == ["yours", "-13.333333"] and lines[2].split() == ["torch's", "-26.666668"]
+    assert lines[3].split()[0] == "|Δ|" and lines[4].split()[0] == "allowance"
+    assert float(lines[4].split()[1]) > 0 and float(lines[3].split()[1]) > float(lines[4].split()[1])
+    assert lines[5].startswith("  likely mistake: dl/dw is 1/2 times the right value") and len(lines) == 6
+
+
+def _pytest_report(tmp_path, body: str) -> str:
+    """What pytest prints for a test file calling assert_matches_torch (a real pytest, in a subprocess)."""
+    import subprocess
+    import sys
+
+    test = tmp_path / "test_course.py"
+    test.write_text("from sgdtrace.testing import assert_matches_torch\n\n\n" + textwrap.dedent(body))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_assert_matches_torch_shows_the_learners_line_not_sgdtraces_source(tmp_path):
+    (tmp_path / "boom.py").write_text("def gradients(w, b, x, y):\n    return 1 / 0\n")
+    out = _pytest_report(
+        tmp_path,
+        f"""
+        def test_mistake():
+            assert_matches_torch({str(MISTAKE)!r})
+
+
+        def test_bad_option():
+            assert_matches_torch({str(CORRECT)!r}, lr=-1)
+
+
+        def test_broken_file():
+            assert_matches_torch("boom.py")
+        """,
+    )
+    assert "3 failed" in out
+    for hidden in ("sgdtrace/", "def assert_matches_torch", "run_trace(", "__tracebackhide__", "raise "):
+        assert hidden not in out, hidden  # none of the library's frames or source
+    assert ">       assert_matches_torch(" in out  # the learner's own line, marked
+    assert "E       AssertionError: engine_mistake.py does not match torch at step 1" in out
+    assert "E         likely mistake: dl/dw is 1/2 times the right value" in out
+    assert "E       sgdtrace.errors.ConfigError: lr=-1: the learning rate must be" in out
+    assert "E       sgdtrace.engines.user.EngineError: gradients raised ZeroDivisionError at step 1" in out
+    assert 'File "boom.py", line 2, in gradients' in out  # the learner's file's lines only
 
 
 def test_a_torch_tensor_is_named_as_such():
@@ -836,3 +1001,23 @@ def test_the_forward_nodes_of_the_reply_are_checked(monkeypatch, forward, words)
     engine = UserEngine(str(CORRECT), forward_step=1)
     run_trace(Config(momentum=0.9), engine=engine)
     assert set(engine.info.forward) == {"a", "dl_dd"}
+
+
+def test_an_allowance_that_is_only_the_underflow_floor_is_said_in_words():
+    """A learner reads "allowance 1.1754944e-38" as a number; the verdict says what it is: the
+    underflow floor atol alone (nothing in the step rounds), or 0 (an exact operation), so the
+    values must be equal."""
+    import dataclasses
+
+    from sgdtrace.divergence import tolerances
+    from sgdtrace.testing import mismatch_message
+    from sgdtrace.views.export import verdict_sentence
+
+    trace = run_trace(Config(engine=str(MISTAKE)))
+    f = trace.verdict.first_divergent_step
+    assert "must be equal" not in verdict_sentence(trace) + mismatch_message(trace)  # an ordinary allowance
+    atol = tolerances(trace.config)[1]
+    for tol, words in ((atol, "1.1754944e-38 (only the underflow floor atol"), (0.0, "0 (the operation is exact")):
+        trace.verdict = dataclasses.replace(trace.verdict, first_divergent_step=dataclasses.replace(f, tol=tol))
+        for text in (verdict_sentence(trace), mismatch_message(trace)):
+            assert words in text and "the values must be equal" in text, text

@@ -367,7 +367,8 @@ def _assert_one_output_error(rc: int, stderr: str, name: str) -> None:
 
 @needs_dev_full
 @pytest.mark.parametrize(
-    "command", [["run"], ["compare"], ["check", "configs/article.toml"], ["explain", "--batch", "2"], ["graph"]]
+    "command",
+    [["run"], ["compare"], ["check", "sgdtrace/configs/article.toml"], ["explain", "--batch", "2"], ["graph"]],
 )
 def test_a_full_disk_via_output_is_exit_2_naming_the_file(command, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
@@ -409,7 +410,7 @@ def test_a_reader_that_leaves_ends_the_run_silently_with_its_verdict(fmt):
         epochs = "20"
     except OSError:  # not Linux: a run longer than the usual 64 KiB buffer in every format
         epochs = "400"
-    rows = ["--rows", "0"] if fmt == "table" else []  # (--rows shapes the table only: elsewhere, a warning)
+    rows = ["--rows", "0"] if fmt == "table" else []  # (--rows shapes the table only: elsewhere, exit 2)
     proc = subprocess.Popen(
         [_script(), "run", "--epochs", epochs, *rows, "--format", fmt], stdout=write_end, stderr=subprocess.PIPE
     )

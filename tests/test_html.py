@@ -223,9 +223,10 @@ def test_batch_option(tmp_path):
     assert r.exit_code == 2 and "--batch 4" in r.output and "1..3" in r.output and not bad.exists()
     r = CliRunner().invoke(cli, ["run", "--batch", "2"])
     assert r.exit_code == 2 and "--format html" in r.output
-    # --epoch alone names nothing: a warning, and the page explains its default batch
+    # --epoch alone names nothing (most likely --epochs misspelt): refused, as any option that
+    # does not apply
     r = CliRunner().invoke(cli, ["run", "--format", "html", "--epoch", "1"])
-    assert r.exit_code == 0 and "--epoch ignored" in r.stderr
+    assert r.exit_code == 2 and "did you mean --epochs 1?" in r.stderr
 
 
 def test_divergent_run_explains_its_first_divergent_batch(article):
@@ -248,7 +249,7 @@ def test_divergent_run_explains_its_first_divergent_batch(article):
     "args",
     [
         ["compare", "--dtype", "float32", "--dtype", "float64"],
-        ["check", "configs/article.toml", "configs/article-lr-0.1.toml"],
+        ["check", "sgdtrace/configs/article.toml", "sgdtrace/configs/article-lr-0.1.toml"],
     ],
 )
 def test_compare_and_check_pages(tmp_path, args):

@@ -14,9 +14,7 @@
 from __future__ import annotations
 
 import json
-import math
 import random
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -25,23 +23,21 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sgdtrace import probe
 from sgdtrace.cli import cli
 from sgdtrace.config import Config, make_schedule
 from sgdtrace.engines import manual
 from sgdtrace.engines.optimizers import _kernels as k
 from sgdtrace.engines.optimizers import adam, adamw, get, schedules
+from sgdtrace.engines.optimizers._track import SQRT_ULPS
 from sgdtrace.engines.protocol import state_fields
+from sgdtrace.probe import correct_sqrt, exact_fma
 from sgdtrace.tracing import run_trace
 
 DTYPES = ("float32", "float64")
 
 
 # ------------------------------------------------------------------ torch's kernels, bit for bit
-
-
-def _fma_exact(a, b, c, dtype):
-    """a*b + c rounded once, exactly (fractions), to ``dtype``."""
-    return dtype(float(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))))
 
 
 def _cases(dtype, n=2000, seed=0):
@@ -54,74 +50,135 @@ def _t(v, dtype):
     return torch.tensor([v], dtype=getattr(torch, np.dtype(dtype).name))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_torch_cpu_kernels_round_as_the_model_says(dtype):
-    """lerp_ (both branches), addcmul_, addcdiv_, add(alpha=), and scalars rounded first: bit for bit."""
-    rng = random.Random(1)
-    mismatches = {}
+def _kernel_cases(dtype, seed=0):
+    """Per kernel (the names :mod:`sgdtrace.probe` gives them): torch's result on one-element
+    tensors, the result of its fused rule (one rounding, what the hand engine reproduces) and of the
+    textbook's (a rounding per operation), over 2,000 random cases."""
+    rng = random.Random(seed + 1)
+    out = {}
 
-    def check(name, got, expected):
-        mismatches.setdefault(name, 0)
-        mismatches[name] += dtype(got) != dtype(expected)
+    def add(name, got, fused, textbook):
+        out.setdefault(name, []).append((dtype(got), dtype(fused), dtype(textbook)))
 
-    for a, b, c in _cases(dtype):
+    name = np.dtype(dtype).name
+    for a, b, c in _cases(dtype, seed=seed):
         w_small, w_big, v = dtype(rng.uniform(0, 0.5)), dtype(rng.uniform(0.5, 1)), dtype(rng.uniform(-1, 1))
-        check(
-            "lerp w<0.5",
+        diff = dtype(b - a)
+        add(
+            "lerp_ (w < 0.5)",
             _t(a, dtype).lerp_(_t(b, dtype), float(w_small)).item(),
-            _fma_exact(w_small, dtype(b - a), a, dtype),
+            exact_fma(w_small, diff, a, name),
+            a + dtype(w_small * diff),
         )
-        check(
-            "lerp w>=0.5",
+        add(
+            "lerp_ (w >= 0.5)",
             _t(a, dtype).lerp_(_t(b, dtype), float(w_big)).item(),
-            _fma_exact(-dtype(b - a), dtype(1) - w_big, b, dtype),
+            exact_fma(-diff, dtype(1) - w_big, b, name),
+            b - dtype(diff * (dtype(1) - w_big)),
         )
-        check(
-            "addcmul",
+        add(
+            "addcmul_",
             _t(a, dtype).addcmul_(_t(b, dtype), _t(c, dtype), value=float(v)).item(),
-            _fma_exact(dtype(v * b), c, a, dtype),
+            exact_fma(dtype(v * b), c, a, name),
+            a + dtype(dtype(v * b) * c),
         )
-        check(
-            "addcdiv",
-            _t(a, dtype).addcdiv_(_t(b, dtype), _t(abs(c), dtype), value=float(v)).item(),
-            a + dtype(v * b) / abs(c),
+        q = a + dtype(v * b) / abs(c)
+        add("addcdiv_", _t(a, dtype).addcdiv_(_t(b, dtype), _t(abs(c), dtype), value=float(v)).item(), q, q)
+        add(
+            "add(alpha=)",
+            _t(a, dtype).add(_t(b, dtype), alpha=float(v)).item(),
+            exact_fma(v, b, a, name),
+            a + dtype(v * b),
         )
-        check("add alpha", _t(a, dtype).add(_t(b, dtype), alpha=float(v)).item(), _fma_exact(v, b, a, dtype))
         s = rng.uniform(0.5, 2.0)
-        check("mul scalar", _t(a, dtype).mul_(s).item(), a * dtype(s))
-        check("div scalar", (_t(a, dtype) / s).item(), a / dtype(s))
-    assert mismatches == dict.fromkeys(mismatches, 0), mismatches
+        add("mul_(scalar)", _t(a, dtype).mul_(s).item(), a * dtype(s), dtype(float(a) * s))
+    return out
 
 
-def test_float32_kernels_are_reproduced_by_the_hand_engine():
-    """The hand engine's lerp, addcmul, addcdiv, add(alpha=) on float32 NumPy scalars equal torch's."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_torch_cpu_kernels_round_as_the_probe_measured(dtype, machine_rules):
+    """lerp_ (both branches), addcmul_, addcdiv_, add(alpha=), mul_(scalar) on one-element tensors.
+
+    Every case rounds by the fused rule or the textbook's: the two orders the tolerance model counts
+    (it counts the textbook's roundings, an upper bound for both). Which one a kernel uses depends on
+    the machine (an FMA instruction, the vector path: ``ATEN_CPU_CAPABILITY=default`` rounds as the
+    textbook): where the probe measured one rule, every case here follows it, bit for bit."""
+    rules = machine_rules["kernels"][np.dtype(dtype).name]
+    for name, cases in _kernel_cases(dtype).items():
+        fused = sum(got != f for got, f, _ in cases)
+        textbook = sum(got != t for got, _, t in cases)
+        neither = sum(got != f and got != t for got, f, t in cases)
+        assert neither == 0, (name, neither)
+        rule = rules[name]["rule"]
+        if rule in ("fma", "scalar rounded first"):
+            assert fused == 0, (name, rule, fused)
+        elif rule in ("textbook", "in double"):
+            assert textbook == 0, (name, rule, textbook)
+
+
+def test_the_hand_kernels_round_once(machine_rules):
+    """The hand engine's lerp, addcmul, addcdiv, add(alpha=) on float32 NumPy scalars are the fused
+    rules, exactly (IEEE 754 fixes them: no machine in it); where the probe measured torch's kernels
+    fused too, they are torch's, bit for bit."""
+    rules = machine_rules["kernels"]["float32"]
     rng = random.Random(2)
-    bad = 0
+    bad: dict[str, list[int]] = {}
     for a, b, c in _cases(np.float32, seed=3):
         w = np.float32(rng.choice([rng.uniform(0, 0.5), rng.uniform(0.5, 1)]))
         v = np.float32(rng.uniform(-1, 1))
-        bad += k.lerp(a, b, w) != np.float32(_t(a, np.float32).lerp_(_t(b, np.float32), float(w)).item())
-        bad += k.addcmul(a, b, c, v) != np.float32(
-            _t(a, np.float32).addcmul_(_t(b, np.float32), _t(c, np.float32), value=float(v)).item()
-        )
-        bad += k.addcdiv(a, b, abs(c), v) != np.float32(
-            _t(a, np.float32).addcdiv_(_t(b, np.float32), _t(abs(c), np.float32), value=float(v)).item()
-        )
-        bad += k.add_scaled(a, b, v) != np.float32(_t(a, np.float32).add(_t(b, np.float32), alpha=float(v)).item())
-    assert bad == 0
+        diff = np.float32(b - a)
+        lerp = "lerp_ (w < 0.5)" if w < 0.5 else "lerp_ (w >= 0.5)"
+        rows = {
+            lerp: (
+                k.lerp(a, b, w),
+                exact_fma(w, diff, a, "float32") if w < 0.5 else exact_fma(-diff, 1 - w, b, "float32"),
+                _t(a, np.float32).lerp_(_t(b, np.float32), float(w)).item(),
+            ),
+            "addcmul_": (
+                k.addcmul(a, b, c, v),
+                exact_fma(np.float32(v * b), c, a, "float32"),
+                _t(a, np.float32).addcmul_(_t(b, np.float32), _t(c, np.float32), value=float(v)).item(),
+            ),
+            "addcdiv_": (
+                k.addcdiv(a, b, abs(c), v),
+                a + np.float32(v * b) / abs(c),
+                _t(a, np.float32).addcdiv_(_t(b, np.float32), _t(abs(c), np.float32), value=float(v)).item(),
+            ),
+            "add(alpha=)": (
+                k.add_scaled(a, b, v),
+                exact_fma(v, b, a, "float32"),
+                _t(a, np.float32).add(_t(b, np.float32), alpha=float(v)).item(),
+            ),
+        }
+        for name, (hand, rule, torch_value) in rows.items():
+            tally = bad.setdefault(name, [0, 0])
+            tally[0] += hand != np.float32(rule)
+            if rules[name]["rule"] == ("textbook" if name == "addcdiv_" else "fma"):  # torch rounds as the hand side
+                tally[1] += hand != np.float32(torch_value)
+    assert bad == {name: [0, 0] for name in bad}, bad
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_torch_cpu_sqrt_is_within_one_ulp_of_correctly_rounded(dtype):
-    """The model's sqrt term: at most 1 ulp off the correctly rounded root (measured: 0.6% of inputs)."""
+def test_torch_cpu_sqrt_is_within_the_models_bound(dtype, machine_rules):
+    """The tolerance model's sqrt term assumes torch's root within N = SQRT_ULPS ulp of the correctly
+    rounded one (1: MKL's documented bound; docs/optimizers.md). How many roots are off is the
+    machine's (0.6% of float32 one-element roots on an Intel Xeon, 18% on an AMD EPYC, none where
+    torch uses the processor's instruction): measured here on 3,000 more inputs of the probe's
+    distribution, it is the probe's share (within sampling), and bit for bit where the probe found
+    every root correctly rounded."""
     rng = np.random.default_rng(4)
     a = (rng.uniform(0, 1, 3000) * np.exp(rng.uniform(-20, 20, 3000))).astype(dtype)
     got = np.array([_t(v, dtype).sqrt().item() for v in a], dtype=dtype)  # one-element tensors, as the engines
-    exact = np.array([dtype(math.sqrt(float(v))) for v in a]) if dtype == np.float32 else np.sqrt(a)
+    p = 24 if dtype == np.float32 else 53
+    exact = np.array([correct_sqrt(float(v), p) for v in a], dtype=dtype)  # exactly, in integers
     ints = np.int32 if dtype == np.float32 else np.int64
     ulps = np.abs(got.view(ints).astype(np.int64) - exact.view(ints).astype(np.int64))
-    assert ulps.max() <= 1
-    assert (ulps > 0).mean() < 0.05
+    assert ulps.max() <= SQRT_ULPS
+    probed = machine_rules["sqrt"][np.dtype(dtype).name]["one"]
+    assert probed["max_ulp"] <= SQRT_ULPS
+    if probed["off_share"] == 0:
+        assert ulps.max() == 0
+    assert (ulps > 0).mean() == pytest.approx(probed["off_share"], abs=0.05)
 
 
 # ------------------------------------------------------------------ torch's own option combinations
@@ -231,10 +288,29 @@ def test_foreach_and_fused_agree(name, impl):
         assert doc["config"][impl] is True
 
 
-def test_hand_adam_is_torchs_bit_for_bit_on_the_article():
-    """The hand update rounds as torch's kernels: on the article's run every value is bit-identical."""
-    t = run_trace(Config(optimizer="adam", epochs=3))
-    assert t.verdict.max_ulp == 0
+def _torch_sqrt(x):
+    """torch's own root of a NumPy scalar (a one-element tensor, as torch.optim takes it)."""
+    return type(x)(torch.tensor([x]).sqrt().item()) if isinstance(x, np.generic) else x.sqrt()
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "adagrad"])
+def test_hand_update_is_torchs_bit_for_bit_on_the_article_but_for_the_sqrt(name, machine_rules, monkeypatch):
+    """The hand update rounds as torch's kernels, all but the last bit of torch's sqrt (not a
+    documented algorithm: MKL's on x86). With torch's own sqrt on the hand side the article's run is
+    bit-identical wherever the probe measured the kernels fused (the rule the hand side reproduces);
+    as shipped it is bit-identical where torch's float32 sqrt is correctly rounded, and otherwise
+    within the model, at most half the allowance (measured here: 1 ulp, 14% of the allowance)."""
+    cfg = Config(optimizer=name, epochs=3)
+    t = run_trace(cfg)
+    assert t.verdict.ok and t.verdict.max_tol_ratio <= 0.5, t.verdict
+    fused = probe.fused(machine_rules, "float32")
+    if fused and machine_rules["sqrt"]["float32"]["one"]["off_share"] == 0:
+        assert t.verdict.max_ulp == 0
+    monkeypatch.setattr(k, "sqrt", _torch_sqrt)
+    same = run_trace(cfg)
+    if fused:
+        assert same.verdict.max_ulp == 0
+    assert same.verdict.ok
 
 
 # ------------------------------------------------------------------ property tests
@@ -352,7 +428,9 @@ def test_no_bias_correction_is_caught_at_step_1(monkeypatch):
 
 
 def test_l2_decay_in_adamw_is_caught_at_step_1(monkeypatch):
-    monkeypatch.setattr(adamw, "hyper", lambda config, scalar=float, group=None: adam.hyper(config, scalar, group))
+    monkeypatch.setattr(
+        adamw, "hyper", lambda config, scalar=float, group=None, **kw: adam.hyper(config, scalar, group, **kw)
+    )
     monkeypatch.setitem(__import__("sgdtrace.engines.optimizers", fromlist=["x"]).OPTIMIZERS, "adamw", adamw)
     assert _first(run_trace(Config(optimizer="adamw", weight_decay=0.1, init_w=2.0, epochs=2))) == (
         1,

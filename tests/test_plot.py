@@ -124,3 +124,37 @@ def test_axes_are_labelled_steps_are_integers_contours_are_labelled():
         assert ticks and all(float(x).is_integer() for x in ticks), ticks
     labels = [s for s in _texts(fig.axes[2])]
     assert labels and all(float(s) > 0 for s in labels), labels  # each a value of the loss
+
+
+@pytest.mark.parametrize("width, height", [(1200, 450), (900, 400), (640, 320), (1500, 450)])
+@pytest.mark.parametrize("schedule", [None, "StepLR"])
+def test_titles_fit_their_panels_and_the_figure(width, height, schedule):
+    """No title is cut: each panel's title lies within its panel and the figure, the figure's title
+    within the figure, every word kept (a schedule adds the learning-rate axis, and a narrow
+    --width leaves the panels less room)."""
+    from sgdtrace.config import parse_scheduler_flags
+    from sgdtrace.views.plot import MIN_TITLE_POINTS, plot_figure
+
+    sched = parse_scheduler_flags(schedule, ("step_size=2",)) if schedule else None
+    trace = run_trace(Config(epochs=10, scheduler=sched))
+    fig = plot_figure(trace, width, height)
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    words = {
+        "batch loss per step",
+        "w and b after each step",
+        "path over the full-data loss (contours: its value)",
+    }
+    seen = set()
+    for ax in fig.get_axes():
+        title = ax.title
+        if not title.get_text():
+            continue
+        seen.add(" ".join(title.get_text().split()))
+        box, panel = title.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert panel.x0 - 1 <= box.x0 and box.x1 <= panel.x1 + 1, (title.get_text(), box, panel)
+        assert box.x0 >= 0 and box.x1 <= width and box.y1 <= height
+        assert title.get_fontsize() >= MIN_TITLE_POINTS
+    assert seen == words
+    sup = fig._suptitle.get_window_extent(renderer)
+    assert sup.x0 >= 0 and sup.x1 <= width and sup.y1 <= height

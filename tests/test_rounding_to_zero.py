@@ -63,7 +63,7 @@ def test_reported_false_alarms_pass(cfg):
     assert t.verdict.max_tol_ratio <= 0.5
 
 
-def test_the_residual_does_round_to_zero_on_one_side():
+def test_the_residual_does_round_to_zero_on_one_side(hand_step_unlike_torch):
     """The case the model must cover is really there: hand 0, torch nonzero (or the reverse)."""
     t = run_trace(Config(synthetic=5000, batch_size=1))
     lm, lt = t.manual["loss"], t.torch["loss"]

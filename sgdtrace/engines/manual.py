@@ -131,11 +131,13 @@ class ArrayBackend:
 def engine(config, backend: ArrayBackend, plan=None, model=None) -> Engine:
     """sgdtrace's own engine: the model's gradients by hand (:func:`gradients` for the article's
     form), and the hand-worked optimizer of ``config`` (with a schedule, its per-step
-    hyper-parameters over ``plan``). SGD's scalars follow the 16-bit rules of docs/precision.md
-    (``kept``, ``rounded``). ``model``: a :class:`sgdtrace.models.Model` (default: the article's)."""
+    hyper-parameters over ``plan``). The scalars follow the 16-bit rules of docs/precision.md
+    (``kept``; SGD's ``rounded``). ``model``: a :class:`sgdtrace.models.Model` (default: the article's)."""
     opt = optimizers.get(config.optimizer)
-    extra = {"kept": backend.kept, "rounded": backend.rounded} if config.optimizer == "sgd" else {}
-    hp_at, lr_at = optimizers.step_hypers(config, backend.scalar, plan) if plan is not None else (None, None)
+    extra = {"kept": backend.kept}
+    if config.optimizer == "sgd":
+        extra["rounded"] = backend.rounded
+    hp_at, lr_at = optimizers.step_hypers(config, backend.scalar, plan, **extra) if plan is not None else (None, None)
     model = model or protocol.article_model(config)
     return Engine(
         "hand",

@@ -468,8 +468,10 @@ def closed_form_rate(trace, k: int) -> float | None:
 
 def optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     """Adam, AdamW, RMSprop or Adagrad at this step, line by line, for one parameter, computed with
-    the hand module's own functions in the run's dtype (SGD's lines are the view's Equations 4-5).
-    A step that overflows shows its inf and nan, as the table does, with no NumPy warning."""
+    the hand module's own functions in the run's dtype, with the coefficients as its update takes
+    them (``hp``: kept in float32 where torch's 16-bit kernels keep them; SGD's lines are the
+    view's Equations 4-5). A step that overflows shows its inf and nan, as the table does, with no
+    NumPy warning."""
     with np.errstate(all="ignore"):
         return _optimizer_lines(ex, param)
 
@@ -499,7 +501,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
         out.append(Line("g", f"−dl/d{param}", "−{g0}", {"g0": -f(g)}, f(g)))
     name = cfg.optimizer
     if cfg.weight_decay != 0 and name == "adamw":
-        p1 = opt.decoupled_decay(p0, s(1 - hp.lr * hp.weight_decay))
+        p1 = opt.decoupled_decay(p0, hp.decay)
         out.append(
             Line(
                 param,
@@ -525,7 +527,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     zero = backend.param(0.0)
     if name in ("adam", "adamw"):
         m0, v0 = st.get("exp_avg", zero), st.get("exp_avg_sq", zero)
-        m = opt.first_moment(m0, g, s(1 - hp.beta1))
+        m = opt.first_moment(m0, g, hp.one_minus_beta1)
         out.append(
             Line(
                 "m",
@@ -536,7 +538,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
                 state_field("exp_avg", param),
             )
         )
-        v = opt.second_moment(v0, g, s(hp.beta2), s(1 - hp.beta2))
+        v = opt.second_moment(v0, g, hp.beta2_s, hp.one_minus_beta2)
         out.append(
             Line(
                 "v",
@@ -565,7 +567,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
         out.append(Line("bc2", "1 − β2^t", "1 − {b2}^{t}", {"b2": hp.beta2, "t": t}, bc2))
         step_size = hp.lr / bc1
         out.append(Line("step_size", "lr / bc1", "{lr} / {bc1}", {"lr": hp.lr, "bc1": bc1}, step_size))
-        denom = opt.denominator(v, s(bc2**0.5), s(hp.eps))
+        denom = opt.denominator(v, hp.keep(bc2**0.5), hp.eps_s)
         out.append(
             Line(
                 "denom",
@@ -575,7 +577,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
                 f(denom),
             )
         )
-        p1 = opt.stepped(p0, m, denom, s(-step_size))
+        p1 = opt.stepped(p0, m, denom, hp.keep(-step_size))
         out.append(
             Line(
                 param,
@@ -588,7 +590,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
         )
     elif name == "rmsprop":
         v0 = st.get("square_avg", zero)
-        v = opt.square_average(v0, g, s(hp.alpha), s(1 - hp.alpha))
+        v = opt.square_average(v0, g, hp.mul(hp.alpha), hp.keep(1 - hp.alpha))
         out.append(
             Line(
                 "v",
@@ -601,7 +603,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
         )
         if hp.centered:
             ga0 = st.get("grad_avg", zero)
-            ga = opt.grad_average(ga0, g, s(1 - hp.alpha))
+            ga = opt.grad_average(ga0, g, hp.keep(1 - hp.alpha))
             out.append(
                 Line(
                     "g_avg",
@@ -621,7 +623,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
         out.append(Line("avg", "avg + eps", "{a} + {eps}", {"a": f(root), "eps": hp.eps}, f(avg)))
         if hp.momentum > 0:
             b0 = st.get("momentum_buffer", zero)
-            buf = opt.buffered(b0, g, avg, s(hp.momentum))
+            buf = opt.buffered(b0, g, avg, hp.mul(hp.momentum))
             out.append(
                 Line(
                     "buf",
@@ -637,7 +639,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
                 Line(param, f"{param} − lr·buf", "{p} − {lr}·{b}", {"p": f(p0), "lr": hp.lr, "b": f(buf)}, f(p1), param)
             )
         else:
-            p1 = opt.stepped(p0, g, avg, s(-hp.lr))
+            p1 = opt.stepped(p0, g, avg, hp.keep(-hp.lr))
             out.append(
                 Line(
                     param,
@@ -664,7 +666,11 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
         out.append(Line("sum", "sum + g²", "{s} + {g}²", {"s": f(s0), "g": f(g)}, f(total), state_field("sum", param)))
         std = opt.deviation(total, s(hp.eps))
         out.append(Line("std", "sqrt(sum) + eps", "sqrt({s}) + {eps}", {"s": f(total), "eps": hp.eps}, f(std)))
-        p1 = opt.stepped(p0, g, std, s(-clr))
+        if hp.foreach:  # torch's foreach step: the numerator g·(−clr) first
+            neg = (s if cfg.weight_decay != 0 or cfg.maximize else hp.kept or s)(-clr)
+            p1 = opt.stepped_foreach(p0, g, std, neg)
+        else:
+            p1 = opt.stepped(p0, g, std, (hp.kept or s)(-clr))
         out.append(
             Line(
                 param,

@@ -45,8 +45,9 @@ def _config_json(trace) -> dict[str, Any]:
     return config
 
 
-def trace_to_json(trace) -> dict[str, Any]:
-    """The JSON contract: ``{"sgdtrace", "config", "steps", "verdict"}``; fields are only ever added."""
+def trace_to_json(trace, environment: bool = True) -> dict[str, Any]:
+    """The JSON contract: ``{"sgdtrace", "config", "steps", "verdict"}``; fields are only ever added
+    (``environment``: the machine, :mod:`sgdtrace.probe`; a compare document has one for all its runs)."""
     config = _config_json(trace)
     fields = trace.fields
     man = {f: _numbers(trace.manual[f]) for f in fields}
@@ -92,6 +93,8 @@ def trace_to_json(trace) -> dict[str, Any]:
             }
         )
     doc = {"sgdtrace": __version__, "config": config, "steps": steps, "verdict": trace.verdict.to_json()}
+    if environment:
+        doc["environment"] = trace.environment
     _add_witnesses(trace, doc)
     _add_ranks(trace, doc)
     return doc
@@ -138,10 +141,12 @@ def _stall_keys(trace) -> tuple[str, ...]:
 
 
 def compare_to_json(result) -> dict[str, Any]:
-    """``compare --format json``: ``{"runs": [one trace document per device/dtype], "cross": [...]}``."""
+    """``compare --format json``: ``{"runs": [one trace document per device/dtype], "cross": [...],
+    "environment"}``."""
     return {
-        "runs": [trace_to_json(t) for t in result.runs],
+        "runs": [trace_to_json(t, environment=False) for t in result.runs],
         "cross": [c.to_json() for c in result.cross] + [d.to_json() for d in getattr(result, "drift", ())],
+        "environment": result.environment,
     }
 
 
@@ -221,6 +226,7 @@ def trace_json_chunks(trace):
         "config": _config_json(trace),
         "steps": [_STEPS_MARK],
         "verdict": trace.verdict.to_json(),
+        "environment": trace.environment,
     }
     text = to_json_text(head)
     mark = "\n    " + json.dumps(_STEPS_MARK) + "\n"

@@ -115,3 +115,8 @@ def field_label(field: str) -> str:
         r, f = field.split(".", 1)
         return f"rank {r[4:]} {LABELS.get(f, f)}"
     return LABELS.get(field, field)
+
+
+def strip_trailing(text: str) -> str:
+    """``text`` without spaces at the ends of its lines (rich pads every line of a table to its width)."""
+    return "\n".join(line.rstrip(" ") for line in text.split("\n"))

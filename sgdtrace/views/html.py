@@ -261,13 +261,17 @@ def _scoped_css() -> str:
 
 
 def _rich_text(renderable: Any, width: int = 110) -> str:
+    """A rich renderable as plain text, trailing spaces stripped. ``force_jupyter=False``: inside a
+    Jupyter kernel rich would otherwise display the renderable itself and write nothing here."""
     import io
 
     from rich.console import Console
 
+    from sgdtrace.views.fmt import strip_trailing
+
     buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None, soft_wrap=False).print(renderable)
-    return buf.getvalue()
+    Console(file=buf, width=width, color_system=None, soft_wrap=False, force_jupyter=False).print(renderable)
+    return strip_trailing(buf.getvalue())
 
 
 def explain_html(ex) -> str:

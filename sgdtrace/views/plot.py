@@ -169,6 +169,7 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
         ax_loss.legend(fontsize="small", loc="lower right" if blew else "best")
         _suptitle(fig, trace)
         fig.tight_layout()
+        fit_titles(fig)
         return fig
 
     w, b = man["w"].astype(np.float64), man["b"].astype(np.float64)
@@ -238,6 +239,7 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
 
     _suptitle(fig, trace)
     fig.tight_layout()
+    fit_titles(fig)
     return fig
 
 
@@ -281,6 +283,62 @@ def _feature_params(ax, trace, steps) -> None:
     ax.set_ylabel("value")
     ax.set_title("each weight and the bias after each step (dashed: true values)")
     ax.legend(fontsize="x-small", ncol=2)
+
+
+def _wrap_to(text_artist, limit: float, renderer) -> None:
+    """Break ``text_artist``'s words into lines no wider than ``limit`` pixels (a word longer than the
+    limit keeps a line of its own: a title is never cut)."""
+    words = text_artist.get_text().replace("\n", " ").split()
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        trial = f"{current} {word}" if current else word
+        text_artist.set_text(trial)
+        if current and text_artist.get_window_extent(renderer).width > limit:
+            lines.append(current)
+            current = word
+        else:
+            current = trial
+    lines.append(current)
+    text_artist.set_text("\n".join(lines))
+
+
+#: the smallest font the titles shrink to before they wrap (points)
+MIN_TITLE_POINTS = 9.0
+
+
+def _too_wide(text_artist, limit: float, renderer) -> bool:
+    return text_artist.get_window_extent(renderer).width > limit
+
+
+def fit_titles(fig) -> None:
+    """Fit each panel's title within its panel and the figure's title within the figure (a narrow
+    --width, the learning-rate axis a schedule adds): the panels' titles shrink together, down to
+    :data:`MIN_TITLE_POINTS`, then a title still too wide wraps at its spaces; never cut. The
+    figure is laid out again for the new sizes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)  # the renderer that measures the text (plot_trace writes PNG with Agg too)
+    for _ in range(3):  # a new layout changes the panels' widths a little: measure again
+        renderer = fig.canvas.get_renderer()
+        panels = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.get_axes() if ax.title.get_text()]
+        sup = fig._suptitle
+        wide = [(t, limit) for t, limit in panels if _too_wide(t, limit, renderer)]
+        sup_wide = sup is not None and _too_wide(sup, 0.98 * fig.bbox.width, renderer)
+        if not wide and not sup_wide:
+            break
+        size = min(t.get_fontsize() for t, _ in panels) if panels else MIN_TITLE_POINTS
+        while wide and size > MIN_TITLE_POINTS and any(_too_wide(t, limit, renderer) for t, limit in panels):
+            size = max(MIN_TITLE_POINTS, size - 0.5)
+            for t, _ in panels:  # one size for the three, so they read as a set
+                t.set_fontsize(size)
+        for t, limit in panels:
+            if _too_wide(t, limit, renderer):
+                _wrap_to(t, limit, renderer)
+        if sup_wide:
+            _wrap_to(sup, 0.98 * fig.bbox.width, renderer)
+        fig.tight_layout()
 
 
 def plot_trace(trace, output: str, width: int = 1500, height: int = 450, dpi: int = 100) -> None:

@@ -82,7 +82,7 @@ def _make_bar(console: Any = None):
         TimeElapsedColumn(),
         TextColumn("left"),
         TimeRemainingColumn(),
-        console=console or Console(stderr=True),
+        console=console or Console(stderr=True, force_jupyter=False),
         transient=True,
         refresh_per_second=10,
     )

@@ -5,10 +5,12 @@ Views build, the CLI prints: :func:`run_view` returns a rich renderable.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
 from rich import box
+from rich.cells import cell_len
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -73,11 +75,28 @@ def _title(trace) -> str:
 
 
 def _side(trace) -> str:
-    """The hand rows' label: "hand", or the user's engine file (its stem when short; the title names it)."""
+    """The hand rows' label: "hand", or the user's engine file's stem (``good`` for good.py, whatever
+    its length: one rule; the title names the file)."""
     if trace.engine is None:
         return "hand"
-    stem = trace.hand.removesuffix(".py")
-    return stem if len(stem) <= 7 else "yours"
+    return os.path.splitext(trace.hand)[0]
+
+
+def fit_title(title: str, width: int) -> str:
+    """``title`` with each line broken between its " · " parts so that it fits ``width`` columns (a
+    part is never split; one longer than ``width`` gets a line of its own)."""
+    out = []
+    for line in title.split("\n"):
+        current = ""
+        for part in line.split(" · "):
+            joined = f"{current} · {part}" if current else part
+            if current and cell_len(joined) > width:
+                out.append(current)
+                current = part
+            else:
+                current = joined
+        out.append(current)
+    return "\n".join(out)
 
 
 def _optimizer_options(cfg) -> str:
@@ -200,11 +219,14 @@ def step_table(trace, rows: int | None = None, every: int = 1, width: int | None
     from rich.console import Console
     from rich.measure import Measurement
 
-    console = Console(width=10_000, color_system=None)
+    console = Console(width=10_000, color_system=None, force_jupyter=False)
     for layout in layouts:
         table = _step_table(trace, rows, every, layout)
         if Measurement.get(console, console.options, table).maximum <= width:
             break
+    # the title breaks between its parts, never inside one ("weight decay" / "0.01"): rich wraps a
+    # title at the table's own width, so that is the width to fit
+    table.title = fit_title(table.title, min(width, Measurement.get(console, console.options, table).maximum))
     return table
 
 

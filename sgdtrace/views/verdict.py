@@ -11,11 +11,33 @@ from sgdtrace.views.fmt import field_label, num, percent, sci
 Segment = tuple[str, str]
 
 
+def _state_key(field: str) -> str:
+    """torch's name of a recorded state column's entry (``buf_w`` -> ``momentum_buffer``)."""
+    from sgdtrace.engines.protocol import _STATE_NAMES
+
+    recorded = field.rsplit("_", 1)[0]
+    return {v: k for k, v in _STATE_NAMES.items()}.get(recorded, recorded)
+
+
 def show(value: float | str | None) -> str:
     """A value in a verdict sentence: 8 significant digits, non-finite spelled out, None as n/a."""
     if value is None:
         return "n/a"
     return value if isinstance(value, str) else num(value, 8)
+
+
+def allowance(trace, tol: float) -> str:
+    """A step's rounding allowance in words a learner can act on: the number, and where it is only
+    the underflow floor (``atol``: nothing in the step rounds, so the values must be equal) or 0
+    (an exact operation), say so."""
+    from sgdtrace.divergence import tolerances
+
+    _, atol = tolerances(trace.config)
+    if tol == 0:
+        return "0 (the operation is exact here: the values must be equal)"
+    if tol <= atol:
+        return f"{show(tol)} (only the underflow floor atol: nothing in this step rounds, so the values must be equal)"
+    return show(tol)
 
 
 def segments(trace, marked: bool = True) -> list[Segment]:
@@ -50,7 +72,7 @@ def segments(trace, marked: bool = True) -> list[Segment]:
                 f"{field_label(f.field)}{_index(getattr(f, 'index', ()))}: "
                 f"{getattr(trace, 'hand', 'hand')} {show(f.manual)}, torch {show(f.torch)}, |Δ| {show(f.abs)}"
                 + (f" of which {show(f.carried)} carried in" if f.carried else "")
-                + f"; the step's own part exceeds its rounding allowance {show(f.tol)}",
+                + f"; the step's own part exceeds its rounding allowance {allowance(trace, f.tol)}",
                 "",
             ),
         ]
@@ -59,7 +81,15 @@ def segments(trace, marked: bool = True) -> list[Segment]:
         out += closer_segments(f, getattr(trace, "hand", "hand"))
     engine = getattr(trace, "engine", None)
     if engine is not None and engine.not_kept:
-        out += [(f"\n  not kept by {engine.name}: {', '.join(engine.not_kept)} (torch's state; not judged)", "yellow")]
+        keys = ", ".join(dict.fromkeys(f'state["{_state_key(f)}"]' for f in engine.not_kept))
+        out += [
+            (
+                f"\n  not kept by {engine.name}: {', '.join(engine.not_kept)} (torch's state; not judged: keep it "
+                f"under torch's name, {keys}, to have it judged; the steps it feeds are judged with its "
+                "difference carried)",
+                "yellow",
+            )
+        ]
     for st in getattr(v, "stalled", None) or ():  # the updates lost to rounding
         out += [
             (f"\n= {st.field} stalled", "bold yellow"),
@@ -68,6 +98,26 @@ def segments(trace, marked: bool = True) -> list[Segment]:
                 + (" (the values marked =)" if marked else "")
                 + f": lr·g was under half the spacing of {trace.config.dtype} values around {st.field}, so the "
                 f"update rounded back to {st.field} itself; `sgdtrace explain` shows the spacing",
+                "",
+            ),
+        ]
+    o = getattr(v, "one_sided", None)
+    if o:  # inf or nan on one side only: a divergence between the sides, not a blow-up of the training
+        who = getattr(trace, "hand", "hand") if o.side == "hand" else "torch"
+        other = "torch's" if o.side == "hand" else f"{getattr(trace, 'hand', 'hand')}'s"
+        out += [
+            (f"\n⚠ only {who} went to inf or nan", "bold yellow"),
+            (
+                f" at epoch {o.epoch} batch {o.batch} (step {o.step}): {o.values}, while {other} values stay "
+                "finite: a divergence between the two sides, not a blow-up of the training"
+                + (
+                    f" (allowed: within rounding of the largest {trace.config.dtype} value, where the two sides "
+                    "may overflow a step apart)"
+                    if o.allowed
+                    else ""
+                )
+                + (f"; {o.reason}" if o.reason else "")
+                + ".",
                 "",
             ),
         ]

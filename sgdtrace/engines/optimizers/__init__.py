@@ -48,16 +48,17 @@ class StepContext:
     group: dict[str, Any] = field(default_factory=dict)
 
 
-def step_hypers(config, scalar, plan):
+def step_hypers(config, scalar, plan, **extra):
     """The hand engine's per-step hyper-parameters under a schedule: functions ``k -> hp`` and
-    ``k -> lr`` (one ``Hyper`` per schedule position), or ``(None, None)`` without a schedule."""
+    ``k -> lr`` (one ``Hyper`` per schedule position), or ``(None, None)`` without a schedule.
+    ``extra``: the keyword arguments of the optimizer's ``hyper`` beyond the group (``kept``)."""
     if config.scheduler is None:
         return None, None
     from sgdtrace.engines.optimizers import schedules
 
     opt = get(config.optimizer)
     rows = schedules.values(config, schedules.calls(config, plan))
-    hps = [opt.hyper(config, scalar, row) for row in rows]
+    hps = [opt.hyper(config, scalar, row, **extra) for row in rows]
     lrs = [row["lr"] for row in rows]
     if config.scheduler.interval == "step":
         return hps.__getitem__, lrs.__getitem__

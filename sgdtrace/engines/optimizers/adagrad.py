@@ -12,6 +12,10 @@ runs), for one parameter ``p`` with gradient ``g`` at step ``t``::
     std <- sqrt(sum) + eps                                                    (deviation)
     p <- p - clr * g / std                         addcdiv_                   (stepped)
 
+torch's foreach implementation (``foreach=True``) forms the numerator ``g * -clr`` first and then
+``p + numerator / std`` (:func:`stepped_foreach`): the same roundings in float32 and float64, one
+more in 16 bits.
+
 The state torch keeps is ``sum`` (recorded as ``sum_w``/``sum_b``). Adagrad has no momentum or
 beta1: OneCycleLR needs ``cycle_momentum = false`` with it.
 """
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sgdtrace.engines.optimizers import _fused
 from sgdtrace.engines.optimizers import _kernels as k
 from sgdtrace.engines.optimizers._track import Track, div, fit, mul, neg, sqrt
 
@@ -37,9 +42,17 @@ class Hyper:
     eps: float
     maximize: bool
     scalar: Callable[[float], Any]
+    #: the scalar the 16-bit kernels keep in float32 (``addcdiv_``'s value); ``scalar`` by default
+    kept: Callable[[float], Any] | None = None
+    #: the form of torch's fused 16-bit kernel (:func:`._fused.form`), None for the unfused algorithm
+    fused: bool | None = None
+    #: torch's foreach step, which forms the numerator ``g * -clr`` first (:func:`stepped_foreach`)
+    foreach: bool = False
 
 
-def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
+def hyper(
+    config, scalar: Callable[[float], Any] = float, group: dict | None = None, kept: Callable | None = None
+) -> Hyper:
     group = group or {}
     return Hyper(
         lr=group.get("lr", config.lr),
@@ -49,6 +62,9 @@ def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = N
         eps=config.eps,
         maximize=config.maximize,
         scalar=scalar,
+        kept=kept,
+        fused=_fused.form(config),
+        foreach=bool(getattr(config, "foreach", None)),
     )
 
 
@@ -93,18 +109,30 @@ def stepped(p, g, std, neg_clr):
     return k.addcdiv(p, g, std, neg_clr)
 
 
+def stepped_foreach(p, g, std, neg_clr):
+    """p <- p + (g * -clr) / std: torch's foreach step (``_foreach_mul`` of the gradients by -clr,
+    rounded, then ``_foreach_addcdiv_(params, numerator, std)``)."""
+    return k.addcdiv(p, k.scale(g, neg_clr), std, 1)
+
+
 def update(param, grad, state: dict, hp: Hyper):
     """One parameter's step, as torch.optim.Adagrad takes it (see the module's docstring)."""
     s = hp.scalar
     t = state["step"] = state.get("step", 0) + 1
+    if SUM not in state:
+        state[SUM] = k.full_like(param, s(hp.initial_accumulator_value))
+    if hp.fused is not None:  # torch's fused kernel, 16 bits: the step in float32
+        param, state[SUM] = _fused.adagrad(param, grad, state[SUM], hp, t, hp.fused)
+        return param
     g = maximized(grad) if hp.maximize else grad
     if hp.weight_decay != 0:
         g = decayed(g, param, s(hp.weight_decay))
     clr = decayed_rate(hp.lr, hp.lr_decay, t)
-    if SUM not in state:
-        state[SUM] = k.full_like(param, s(hp.initial_accumulator_value))
     total = state[SUM] = accumulated(state[SUM], g)
-    return stepped(param, g, deviation(total, s(hp.eps)), s(-clr))
+    std = deviation(total, s(hp.eps))
+    if hp.foreach:  # in place (after weight decay or maximize) torch._foreach_mul_ rounds -clr to the type
+        return stepped_foreach(param, g, std, (s if hp.weight_decay != 0 or hp.maximize else hp.kept or s)(-clr))
+    return stepped(param, g, std, (hp.kept or s)(-clr))
 
 
 # ------------------------------------------------------------------ the tolerance model's terms

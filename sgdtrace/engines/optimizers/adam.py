@@ -20,7 +20,8 @@ The textbook (Kingma & Ba) writes ``m_hat = m/bc1``, ``v_hat = v/bc2``, ``p <- p
 (sqrt(v_hat) + eps)``: the same in exact arithmetic, not in rounding; ``eps`` inside the square
 root (``sqrt(v_hat + eps)``) is a different algorithm, caught at the first step. torch updates
 ``m`` with ``lerp_``, and its CPU kernels round as :mod:`._kernels` says; the update here
-rounds the same way.
+rounds the same way. With ``fused=True`` in bfloat16 or float16 torch runs one kernel that
+computes the step in float32 (``eps`` too) and rounds only what it stores: :mod:`._fused`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from sgdtrace.engines.optimizers import _fused
 from sgdtrace.engines.optimizers import _kernels as k
 from sgdtrace.engines.optimizers._track import Track, div, fit, lerp, maximum, mul, neg, sqrt
 
@@ -43,7 +45,11 @@ DECOUPLED = False
 class Hyper:
     """torch.optim.Adam's keyword arguments. ``lr``, ``beta1``, ``beta2`` stay Python floats (torch
     computes the bias corrections and the step size with them in double precision); ``scalar``
-    rounds a Python float to the engine's array type, as torch's kernels do with a scalar argument."""
+    rounds a Python float to the engine's array type, as torch's kernels do with a scalar argument;
+    ``kept`` makes the scalar the 16-bit kernels keep in float32 (``mul_``, ``lerp_``, ``addcmul_``,
+    ``addcdiv_``, ``div``; ``scalar`` by default, and in float32 and float64 runs), except that
+    ``foreach``'s ``torch._foreach_mul_`` rounds its scalar to the type. ``fused``: the form of
+    torch's fused 16-bit kernel (:func:`._fused.form`), None for the unfused algorithm."""
 
     lr: float
     beta1: float
@@ -54,23 +60,32 @@ class Hyper:
     maximize: bool
     decoupled: bool
     scalar: Callable[[float], Any]
+    kept: Callable[[float], Any] | None = None
+    fused: bool | None = None
+    foreach: bool = False
 
     def __post_init__(self) -> None:
-        # the coefficients the kernels take, rounded to the array type once (not every step)
+        # the coefficients the kernels take, made once (not every step): rounded to the array type
+        # where torch rounds them (add_'s scalar, add's alpha), kept where the kernel keeps them
         s = self.scalar
-        for name, value in (
-            ("one_minus_beta1", 1 - self.beta1),
-            ("beta2_s", self.beta2),
-            ("one_minus_beta2", 1 - self.beta2),
-            ("eps_s", self.eps),
-            ("weight_decay_s", self.weight_decay),
-            ("decay", 1 - self.lr * self.weight_decay),
+        kp = self.kept or s
+        mul = s if self.foreach else kp  # torch._foreach_mul_ rounds its scalar to the type
+        object.__setattr__(self, "keep", kp)
+        for name, value, make in (
+            ("one_minus_beta1", 1 - self.beta1, kp),
+            ("beta2_s", self.beta2, mul),
+            ("one_minus_beta2", 1 - self.beta2, kp),
+            ("eps_s", self.eps, s),
+            ("weight_decay_s", self.weight_decay, s),
+            ("decay", 1 - self.lr * self.weight_decay, mul),
         ):
-            object.__setattr__(self, name, s(value))
+            object.__setattr__(self, name, make(value))
 
 
-def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
-    """The run's options; ``group`` overrides lr and beta1 per step (a schedule)."""
+def hyper(
+    config, scalar: Callable[[float], Any] = float, group: dict | None = None, kept: Callable | None = None
+) -> Hyper:
+    """The run's options; ``group`` overrides lr and beta1 per step (a schedule); ``kept``: see :class:`Hyper`."""
     group = group or {}
     return Hyper(
         lr=group.get("lr", config.lr),
@@ -82,6 +97,9 @@ def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = N
         maximize=config.maximize,
         decoupled=DECOUPLED,
         scalar=scalar,
+        kept=kept,
+        fused=_fused.form(config),
+        foreach=bool(getattr(config, "foreach", None)),
     )
 
 
@@ -109,7 +127,7 @@ def decayed(g, p, weight_decay):
 
 def decoupled_decay(p, factor):
     """p <- p * (1 - lr * lambda) (AdamW: ``param.mul_(1 - lr * weight_decay)``)."""
-    return p * factor
+    return k.scale(p, factor)
 
 
 def first_moment(m, g, one_minus_beta1):
@@ -119,7 +137,7 @@ def first_moment(m, g, one_minus_beta1):
 
 def second_moment(v, g, beta2, one_minus_beta2):
     """v <- beta2 * v + (1 - beta2) * g * g (``mul_(beta2).addcmul_(g, g, value=1 - beta2)``)."""
-    return k.addcmul(v * beta2, g, g, one_minus_beta2)
+    return k.addcmul(k.scale(v, beta2), g, g, one_minus_beta2)
 
 
 def bias_correction(beta: float, t: int) -> float:
@@ -133,8 +151,8 @@ def running_max(vmax, v):
 
 
 def denominator(v, bc2_sqrt, eps):
-    """denom <- sqrt(v) / sqrt(bc2) + eps."""
-    return k.sqrt(v) / bc2_sqrt + eps
+    """denom <- sqrt(v) / sqrt(bc2) + eps (``(v.sqrt() / bias_correction2_sqrt).add_(eps)``)."""
+    return k.divide(k.sqrt(v), bc2_sqrt) + eps
 
 
 def stepped(p, m, denom, neg_step_size):
@@ -144,9 +162,18 @@ def stepped(p, m, denom, neg_step_size):
 
 def update(param, grad, state: dict, hp: Hyper):
     """One parameter's step, as torch.optim.Adam takes it (see the module's docstring)."""
-    s = hp.scalar
-    g = maximized(grad) if hp.maximize else grad
+    s = hp.keep
     t = state["step"] = state.get("step", 0) + 1
+    if hp.fused is not None:  # torch's fused kernel, 16 bits: the step in float32
+        zero = k.zeros_like(param)
+        m0, v0 = state.get(EXP_AVG, zero), state.get(EXP_AVG_SQ, zero)
+        param, state[EXP_AVG], state[EXP_AVG_SQ], vmax = _fused.adam(
+            param, grad, m0, v0, state.get(MAX_EXP_AVG_SQ, zero), hp, t, hp.fused
+        )
+        if hp.amsgrad:
+            state[MAX_EXP_AVG_SQ] = vmax
+        return param
+    g = maximized(grad) if hp.maximize else grad
     if hp.weight_decay != 0:
         if hp.decoupled:
             param = decoupled_decay(param, hp.decay)  # 1 - lr*weight_decay
@@ -186,8 +213,8 @@ def update_bound(p: Track, g: Track, prev: dict, cur: dict, new_mag, first, conf
             p = p.scaled(1 - ctx.lr * config.weight_decay)
         else:
             g = g.combine(config.weight_decay, p)
-    states = {EXP_AVG: lerp(prev[EXP_AVG], g, 1 - np.asarray(beta1))}
-    sq = prev[EXP_AVG_SQ].scaled(beta2)
+    states = {EXP_AVG: lerp(prev[EXP_AVG], g, k.held(1 - np.asarray(beta1), config.dtype))}
+    sq = prev[EXP_AVG_SQ].scaled(k.held(beta2, config.dtype))
     gg = mul(g, g).scaled(1 - beta2)
     states[EXP_AVG_SQ] = sq.combine(1.0, gg)
     v = cur[EXP_AVG_SQ]

@@ -40,6 +40,8 @@ from sgdtrace.engines.optimizers.adam import (  # noqa: F401  (the algorithm's l
 DECOUPLED = True
 
 
-def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
+def hyper(
+    config, scalar: Callable[[float], Any] = float, group: dict | None = None, kept: Callable | None = None
+) -> Hyper:
     """Adam's hyper-parameters, with the decay decoupled."""
-    return dataclasses.replace(adam.hyper(config, scalar, group), decoupled=True)
+    return dataclasses.replace(adam.hyper(config, scalar, group, kept), decoupled=True)

@@ -49,9 +49,25 @@ class Hyper:
     centered: bool
     maximize: bool
     scalar: Callable[[float], Any]
+    #: the scalar the 16-bit kernels keep in float32 (``mul_``, ``lerp_``, ``addcmul_``,
+    #: ``addcdiv_``); ``scalar`` by default (and in float32 and float64 runs)
+    kept: Callable[[float], Any] | None = None
+    #: torch's foreach step: its ``torch._foreach_mul_`` rounds the scalar to the type
+    foreach: bool = False
+
+    @property
+    def keep(self) -> Callable[[float], Any]:
+        return self.kept or self.scalar
+
+    @property
+    def mul(self) -> Callable[[float], Any]:
+        """The scalar ``mul_`` takes: kept, or rounded to the type by ``torch._foreach_mul_``."""
+        return self.scalar if self.foreach else self.keep
 
 
-def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = None) -> Hyper:
+def hyper(
+    config, scalar: Callable[[float], Any] = float, group: dict | None = None, kept: Callable | None = None
+) -> Hyper:
     group = group or {}
     return Hyper(
         lr=group.get("lr", config.lr),
@@ -62,6 +78,8 @@ def hyper(config, scalar: Callable[[float], Any] = float, group: dict | None = N
         centered=config.centered,
         maximize=config.maximize,
         scalar=scalar,
+        kept=kept,
+        foreach=bool(getattr(config, "foreach", None)),
     )
 
 
@@ -96,8 +114,9 @@ def decayed(g, p, weight_decay):
 
 
 def square_average(v, g, alpha, one_minus_alpha):
-    """v <- alpha * v + (1 - alpha) * g * g."""
-    return k.addcmul(v * alpha, g, g, one_minus_alpha)
+    """v <- alpha * v + (1 - alpha) * g * g (``square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)``:
+    in 16 bits each in float32 and rounded once, ``g*g`` included)."""
+    return k.addcmul(k.scale(v, alpha), g, g, one_minus_alpha)
 
 
 def grad_average(g_avg, g, one_minus_alpha):
@@ -117,7 +136,7 @@ def root(v):
 
 def buffered(buf, g, avg, momentum):
     """b <- mu * b + g / avg (``buf.mul_(momentum).addcdiv_(grad, avg)``)."""
-    return k.addcdiv(buf * momentum, g, avg, 1)
+    return k.addcdiv(k.scale(buf, momentum), g, avg, 1)
 
 
 def descend(p, buf, neg_lr):
@@ -132,23 +151,23 @@ def stepped(p, g, avg, neg_lr):
 
 def update(param, grad, state: dict, hp: Hyper):
     """One parameter's step, as torch.optim.RMSprop takes it (see the module's docstring)."""
-    s = hp.scalar
+    s, kp = hp.scalar, hp.keep  # rounded to the type (add's alpha, add_'s scalar) or kept (see Hyper)
     g = maximized(grad) if hp.maximize else grad
     state["step"] = state.get("step", 0) + 1
     if hp.weight_decay != 0:
         g = decayed(g, param, s(hp.weight_decay))
     zero = k.zeros_like(param)
-    v = state[SQUARE_AVG] = square_average(state.get(SQUARE_AVG, zero), g, s(hp.alpha), s(1 - hp.alpha))
+    v = state[SQUARE_AVG] = square_average(state.get(SQUARE_AVG, zero), g, hp.mul(hp.alpha), kp(1 - hp.alpha))
     if hp.centered:
-        g_avg = state[GRAD_AVG] = grad_average(state.get(GRAD_AVG, zero), g, s(1 - hp.alpha))
+        g_avg = state[GRAD_AVG] = grad_average(state.get(GRAD_AVG, zero), g, kp(1 - hp.alpha))
         avg = centered_root(v, g_avg)
     else:
         avg = root(v)
     avg = avg + s(hp.eps)
     if hp.momentum > 0:
-        buf = state[MOMENTUM_BUFFER] = buffered(state.get(MOMENTUM_BUFFER, zero), g, avg, s(hp.momentum))
+        buf = state[MOMENTUM_BUFFER] = buffered(state.get(MOMENTUM_BUFFER, zero), g, avg, hp.mul(hp.momentum))
         return descend(param, buf, s(-hp.lr))
-    return stepped(param, g, avg, s(-hp.lr))
+    return stepped(param, g, avg, kp(-hp.lr))
 
 
 # ------------------------------------------------------------------ the tolerance model's terms
@@ -161,16 +180,19 @@ def update_bound(p: Track, g: Track, prev: dict, cur: dict, new_mag, first, conf
         g = neg(g)
     if config.weight_decay != 0:
         g = g.combine(config.weight_decay, p)
-    states = {SQUARE_AVG: prev[SQUARE_AVG].scaled(alpha).combine(1.0, mul(g, g).scaled(1 - alpha))}
+    # the states' own coefficients as the engines hold them (their carried differences can be large)
+    states = {
+        SQUARE_AVG: prev[SQUARE_AVG].scaled(k.held(alpha, config.dtype)).combine(1.0, mul(g, g).scaled(1 - alpha))
+    }
     v = cur[SQUARE_AVG]
     if config.centered:
-        states[GRAD_AVG] = lerp(prev[GRAD_AVG], g, 1 - alpha)
+        states[GRAD_AVG] = lerp(prev[GRAD_AVG], g, k.held(1 - alpha, config.dtype))
         ga = cur[GRAD_AVG]
         v = v.combine(-1.0, mul(ga, ga))
     avg = sqrt(v, ctx.u).combine(1.0, Track.const(config.eps, ctx.t))
     momentum = np.asarray(ctx.group.get("momentum", config.momentum))
     if MOMENTUM_BUFFER in cur:
-        states[MOMENTUM_BUFFER] = prev[MOMENTUM_BUFFER].scaled(momentum).combine(1.0, div(g, avg))
+        states[MOMENTUM_BUFFER] = prev[MOMENTUM_BUFFER].scaled(k.held(momentum, config.dtype)).combine(1.0, div(g, avg))
         new = p.combine(-ctx.lr, cur[MOMENTUM_BUFFER], result=new_mag)
     else:
         new = p.combine(1.0, div(g.scaled(-ctx.lr), avg), result=new_mag)

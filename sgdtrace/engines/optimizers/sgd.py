@@ -21,7 +21,10 @@ In bfloat16 and float16, torch's operations on the one-element parameters round 
 (measured on torch 2.13's CPU kernels, pinned by tests/test_precision.py; docs/precision.md):
 ``add``/``add_`` with ``alpha`` rounds alpha to the type, then the product, then the sum (so
 the scalars in :class:`Hyper` are of the type), while ``buf.mul_(momentum)`` keeps momentum in
-float32 and rounds once (``Hyper.momentum_kept``, then ``Hyper.rounded``).
+float32 and rounds once (``Hyper.momentum_kept``, then ``Hyper.rounded``; ``foreach=True``'s
+``torch._foreach_mul_`` rounds momentum to the type first). With ``fused=True``
+torch runs one kernel that computes the whole step in float32 and rounds only what it stores:
+:mod:`._fused` (``Hyper.fused``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from sgdtrace.engines.optimizers import _fused
 
 #: the state entry momentum keeps, in torch's name
 MOMENTUM_BUFFER = "momentum_buffer"
@@ -44,6 +49,8 @@ class Hyper:
     dampening 0.999). ``use_momentum`` and ``use_weight_decay`` are torch's ``!= 0`` tests, made once.
     ``momentum_kept`` is the momentum ``buf.mul_(momentum)`` multiplies by (float32 in a 16-bit
     run, else ``momentum``), ``rounded`` rounds that product to the run's type (else identity).
+    ``fused``: where torch runs its fused kernel on a 16-bit parameter, the kernel's options and
+    form (:class:`sgdtrace.engines.optimizers._fused.SGD`), else None.
     """
 
     lr: Any
@@ -57,6 +64,7 @@ class Hyper:
     use_weight_decay: bool = False
     momentum_kept: Any = 0.0
     rounded: Callable[[Any], Any] = lambda v: v
+    fused: Any = None  # _fused.SGD: torch's fused kernel in 16 bits, worked in float32
 
 
 def hyper(
@@ -72,6 +80,18 @@ def hyper(
     :class:`Hyper`; both default to the array type's own arithmetic)."""
     group = group or {}
     momentum = group.get("momentum", config.momentum)
+    form = _fused.form(config)
+    fused = None
+    if form is not None:
+        fused = _fused.SGD(
+            lr=group.get("lr", config.lr),
+            momentum=momentum,
+            dampening=config.dampening,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+            maximize=config.maximize,
+            contracted=form,
+        )
     return Hyper(
         lr=scalar(group.get("lr", config.lr)),
         momentum=scalar(momentum),
@@ -82,8 +102,10 @@ def hyper(
         one_minus_dampening=scalar(1 - config.dampening),
         use_momentum=momentum != 0,
         use_weight_decay=config.weight_decay != 0,
-        momentum_kept=(kept or scalar)(momentum),
+        # torch._foreach_mul_ (the foreach step) rounds its scalar to the type: not kept there
+        momentum_kept=(scalar if getattr(config, "foreach", None) else (kept or scalar))(momentum),
         **({"rounded": rounded} if rounded is not None else {}),
+        fused=fused,
     )
 
 
@@ -133,6 +155,11 @@ def descend(p, g, lr):
 
 def update(param, grad, state: dict, hp: Hyper):
     """One parameter's step, as torch.optim.SGD takes it (see the module's docstring)."""
+    if hp.fused is not None:  # torch's fused kernel, 16 bits: the step in float32
+        param, buf = _fused.sgd(param, grad, state.get(MOMENTUM_BUFFER), hp.fused)
+        if buf is not None:
+            state[MOMENTUM_BUFFER] = buf
+        return param
     g = maximized(grad) if hp.maximize else grad
     if hp.use_weight_decay:
         g = decayed(g, param, hp.weight_decay)
