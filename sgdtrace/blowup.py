@@ -77,6 +77,8 @@ def stable_lr(x: np.ndarray, plan: data_mod.BatchPlan, cfg: Config, model=None) 
     """
     if cfg.maximize:
         return np.zeros(plan.n_steps)
+    if model is not None and not hasattr(model.module, "batch_hessians"):
+        return np.full(plan.n_steps, np.nan)  # a loss that is not quadratic: no single rate bounds it
     sums = batch_sums(x, plan, cfg, model=model)
     if len(sums) == 3:  # the article's 2x2 Hessian: its largest eigenvalue in closed form
         n, sx, sxx = sums
@@ -267,10 +269,11 @@ def diagnose(
     end_loss = float(data_loss(model, dataset, {p: man[p][-1].astype(np.float64) for p in model.names}))
     if not nonfinite.any() and not end_loss > GROWTH * start_loss:
         return None
-    if cfg.optimizer != "sgd" and not nonfinite.any():
-        return None  # the stability analysis below is SGD's; other optimizers blow up by inf or nan only
+    quadratic = hasattr(model.module, "batch_hessians")
+    if (cfg.optimizer != "sgd" or not quadratic) and not nonfinite.any():
+        return None  # the stability analysis below is SGD's on a quadratic loss; else a blow-up is inf or nan
     # from here on a blow-up is likely: the epoch products at this rate (one per shuffled order)
-    sums = None if cfg.maximize else batch_sums(dataset.x, plan, cfg, model=model)
+    sums = None if cfg.maximize or not quadratic else batch_sums(dataset.x, plan, cfg, model=model)
     radius = None if sums is None else epoch_log_radius(sums, np.array([cfg.lr]), cfg)[:, 0]
     if nonfinite.any():
         k = int(np.flatnonzero(nonfinite)[0])
@@ -308,7 +311,7 @@ def diagnose(
             "radius": None,
             "lr_hint": None,
         }
-    elif cfg.optimizer != "sgd":  # the stability analysis is SGD's
+    elif cfg.optimizer != "sgd" or not quadratic:  # the stability analysis is SGD's, on a quadratic loss
         cause = nan_cause(cfg, man if sides[0][k] else ref, k) if nonfinite.any() else None
         why = {
             "hint": cause[1]

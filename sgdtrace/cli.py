@@ -27,7 +27,7 @@ from sgdtrace.config import (
     run_options,
 )
 from sgdtrace.errors import ConfigError, SgdtraceError
-from sgdtrace.models import LOSSES
+from sgdtrace.models import ACTIVATIONS, LOSSES
 from sgdtrace.models import NAMES as MODELS
 from sgdtrace.output import STDOUT, Terminated, is_stdout, write_pieces
 
@@ -244,14 +244,28 @@ def training_options(
                 "--model",
                 type=click.Choice(MODELS),
                 default=None,
-                help="The model (default linear: ypred = w·x + b).",
+                help="The model (default linear: ypred = w·x + b; mlp: a network with one hidden layer, "
+                "nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, 1))).",
+            ),
+            click.option(
+                "--hidden",
+                type=int,
+                default=None,
+                metavar="H",
+                help="--model mlp: the hidden layer's width (default 8).",
+            ),
+            click.option(
+                "--activation",
+                type=click.Choice(ACTIVATIONS),
+                default=None,
+                help="--model mlp: the hidden layer's activation (default relu).",
             ),
             _flagged(
                 click.option(
                     "--loss",
                     type=click.Choice(sorted({loss for losses in LOSSES.values() for loss in losses})),
                     default=None,
-                    help="The model's loss (default mse: nn.MSELoss).",
+                    help="The model's loss (default mse: nn.MSELoss; bce: nn.BCEWithLogitsLoss, labels 0/1).",
                 ),
                 "--loss",
             ),

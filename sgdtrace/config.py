@@ -103,6 +103,9 @@ class Config:
     model: str = "linear"
     loss: str = "mse"
     features: int | None = None
+    # the network's hidden width and activation (--model mlp; None: its defaults, 8 and relu)
+    hidden: int | None = None
+    activation: str | None = None
     # where each value came from, for error messages; not part of the run's identity
     origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: options given that do not apply to this run (one line each, for stderr); not part of its identity
@@ -168,6 +171,7 @@ class Config:
             "model": self.model,
             "loss": self.loss,
             "features": self.features,
+            **({"hidden": self.hidden or 8, "activation": self.activation or "relu"} if self.model == "mlp" else {}),
         }
 
 
@@ -358,6 +362,35 @@ COMBINATIONS: dict[str, Refusal] = {
         ("--features", "the article's data|--data"),
         ("run", "--features", "2"),
     ),
+    "mlp-init": Refusal(
+        "--model mlp",
+        "--init-w or --init-b",
+        "the network starts from torch's default initialisation under torch.manual_seed(--seed); "
+        "choose the draw with --seed",
+        ("--model mlp", "--init-w|--init-b"),
+        ("run", "--model", "mlp", "--init-w", "1"),
+    ),
+    "mlp-world_size": Refusal(
+        "--model mlp",
+        _WS,
+        "the data-parallel run replays the linear model's gradients per rank; run the network with --world-size 1",
+        ("--model mlp", "--world-size"),
+        ("run", "--model", "mlp", "--world-size", "2"),
+    ),
+    "mlp-engine": Refusal(
+        "--model mlp",
+        "--engine FILE.py",
+        "your own engine's gradients(w, b, x, y) is the article's form (scalar w and b), not a network's",
+        ("--model mlp", "--engine"),
+        ("run", "--model", "mlp", "--engine", _ENGINE_EXAMPLE),
+    ),
+    "mlp-reference": Refusal(
+        "--model mlp",
+        "--reference exact or --gradcheck",
+        "the exact replay and the gradient check work the article's model (one x column, scalar w and b)",
+        ("--model mlp", "--reference exact|--gradcheck"),
+        ("run", "--model", "mlp", "--gradcheck"),
+    ),
     "epoch-batch": Refusal(
         "sgdtrace run --epoch E",
         "no --batch K",
@@ -416,7 +449,19 @@ _FLOAT_KEYS = {
     "initial_accumulator_value",
     "engine_timeout",
 }
-_INT_KEYS = {"batch_size", "epochs", "synthetic", "seed", "world_size", "rows", "every", "batch", "epoch", "features"}
+_INT_KEYS = {
+    "batch_size",
+    "epochs",
+    "synthetic",
+    "seed",
+    "world_size",
+    "rows",
+    "every",
+    "batch",
+    "epoch",
+    "features",
+    "hidden",
+}
 #: a number, or a list of numbers (one per feature)
 _VECTOR_KEYS = {"init_w", "true_w"}
 _BOOL_KEYS = {
@@ -432,7 +477,21 @@ _BOOL_KEYS = {
     "foreach",
     "fused",
 }
-_STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimizer", "engine", "model", "loss"}
+_STR_KEYS = {
+    "data",
+    "device",
+    "dtype",
+    "format",
+    "output",
+    "reference",
+    "optimizer",
+    "engine",
+    "model",
+    "loss",
+    "activation",
+}
+#: the widest hidden layer a network takes (every step records every weight)
+MAX_HIDDEN = 4096
 #: synthetic data's options: they do nothing without ``synthetic``
 _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
 #: the most input columns a linear model takes (every step records a few dozen values per feature)
@@ -611,8 +670,32 @@ def _validate_model(cfg: Config, integer) -> None:
                 f"but {given} gives D = {d}: give one number, or {d}"
                 + (f" (or --features {len(value)})" if cfg.features is None else "")
             )
-    if cfg.engine is not None and cfg.features is not None:
+    if cfg.engine is not None and cfg.features is not None and cfg.model != "mlp":
         raise refusal("engine-features", _label(cfg, "engine"), f"{_label(cfg, 'features')} {cfg.features}")
+    _validate_network(cfg, integer)
+
+
+def _validate_network(cfg: Config, integer) -> None:
+    """--hidden and --activation (a network's only), and what a network does not take."""
+    from sgdtrace.models import ACTIVATIONS
+
+    if cfg.model != "mlp":
+        for key in ("hidden", "activation"):
+            if getattr(cfg, key) is not None:
+                _fail(cfg, key, getattr(cfg, key), "is an option of --model mlp (the network's hidden layer)")
+        return
+    if cfg.hidden is not None and integer("hidden", 1) > MAX_HIDDEN:
+        _fail(cfg, "hidden", cfg.hidden, f"must be a whole number in [1, {MAX_HIDDEN}]")
+    if cfg.activation is not None and cfg.activation not in ACTIVATIONS:
+        _fail(cfg, "activation", cfg.activation, "allowed: " + ", ".join(ACTIVATIONS))
+    model = f"{_label(cfg, 'model')} mlp"
+    for key in ("init_w", "init_b"):
+        if key in cfg.origin or getattr(cfg, key) != 0.0:
+            raise refusal("mlp-init", model, _label(cfg, key))
+    if cfg.world_size > 1:
+        raise refusal("mlp-world_size", model, f"{_label(cfg, 'world_size')} {cfg.world_size}")
+    if cfg.engine is not None:
+        raise refusal("mlp-engine", model, _label(cfg, "engine"))
 
 
 #: the smallest positive (subnormal) number of each dtype

@@ -230,7 +230,11 @@ def build_model(cfg: Config, dataset: data_mod.Dataset):
     """The run's model (:class:`sgdtrace.models.Model`): ``cfg.model`` with the data's features."""
     from sgdtrace import models
 
-    return models.build(cfg, dataset.features)
+    model = models.build(cfg, dataset.features)
+    check = getattr(model.module, "check_data", None)
+    if check is not None:  # labels 0/1 for a bce loss
+        check(model, dataset, cfg)
+    return model
 
 
 def _features_origin(cfg: Config, dataset: data_mod.Dataset) -> str:

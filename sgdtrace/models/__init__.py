@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from types import ModuleType
 
 #: the models sgdtrace runs (``--model``), each a module of this package
-NAMES = ("linear",)
+NAMES = ("linear", "mlp")
 #: the losses each model takes (``--loss``), its default first
-LOSSES = {"linear": ("mse",)}
+LOSSES = {"linear": ("mse",), "mlp": ("mse", "bce")}
+#: the network's activations (``--activation``), its default first
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,11 @@ class Model:
     module: ModuleType
     params: tuple[Param, ...]
     features: int | None
+    #: the loss (``--loss``), the activation (``--activation``, a network's) and the seed its
+    #: initial values are drawn under (a network's: ``torch.manual_seed(--seed)``)
+    loss: str = "mse"
+    activation: str | None = None
+    seed: int = 0
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -111,4 +118,13 @@ class Model:
 def build(config, features: int | None) -> Model:
     """The model ``config.model`` with the parameters ``features`` input columns give it."""
     module = get(getattr(config, "model", "linear"))
-    return Model(module.NAME, module, module.params(config, features), features)
+    seed = getattr(config, "seed", None)
+    return Model(
+        module.NAME,
+        module,
+        module.params(config, features),
+        features,
+        getattr(config, "loss", "mse"),
+        (getattr(config, "activation", None) or ACTIVATIONS[0]) if module.NAME == "mlp" else None,
+        0 if seed is None else int(seed),
+    )
