@@ -93,8 +93,6 @@ def _torch_init(seed: int, D: int, H: int) -> tuple[tuple[tuple[int, ...], tuple
     """What ``torch.manual_seed(seed)`` then ``nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, 1))``
     (float32, CPU) draws: each parameter's shape and values (the activation has no parameters, so
     draws nothing)."""
-    import torch
-
     from sgdtrace.models.mlp_torch import sequential
 
     net = sequential(D, H, "relu", seed)
