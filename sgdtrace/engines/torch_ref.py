@@ -171,7 +171,7 @@ def run(
     )
 
     net = side.module(model, initial, dtype, device)
-    criterion = side.criterion(loss_form)
+    criterion = side.criterion(model.loss if loss_form == "mse" else loss_form)  # the model's --loss
     optimizer = make_optimizer(net.parameters(), config)
     scheduler = make_scheduler(optimizer, config)
     per_step = scheduler is not None and config.scheduler.interval == "step"

@@ -136,126 +136,66 @@ def inputs(model, x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-# ------------------------------------------------------------------ torch's rounding rules, in NumPy
+# ------------------------------------------------------------------ the shapes between layers
 
 
-def _reduced(v) -> bool:
-    return getattr(v, "itemsize", 0) == 2
+def _fields(t):
+    """A Track's four arrays (value, magnitude, rounding, carry), or the array itself."""
+    return (t.v, t.mag, t.rnd, t.carry) if hasattr(t, "carry") else None
 
 
-def _wide(v):
-    """The values a torch kernel computes with: float32 for a 16-bit array, else the array itself."""
-    return v.astype(np.float32) if _reduced(v) else v
+def _reshaped(t, f):
+    """``f`` applied to an array, or to each of a Track's arrays (a view of the same numbers)."""
+    fields = _fields(t)
+    if fields is None:
+        return f(t)
+    return type(t)(*(f(a) for a in fields))
 
 
-def _like(out, v):
-    """A kernel's result rounded once to ``v``'s type (16 bits: from float32)."""
-    return out.astype(v.dtype) if _reduced(v) else out
+def column(t):
+    """(…, n) → (…, n, 1): a vector of samples as the layer's one-column output."""
+    return _reshaped(t, lambda a: a[..., None])
 
 
-def _matmul(a, b, bias=None):
-    """``a @ b (+ bias)`` as torch's ``mm``/``addmm``: in 16 bits accumulated in float32 (the bias
-    added there too) and rounded once (measured: nn.Linear's addmm on the CPU); float32 and
-    float64 in their own type (the order of the sum is the library's)."""
-    out = _wide(a) @ _wide(b)
-    if bias is not None:
-        out = out + _wide(bias)
-    return _like(out, a)
-
-
-def _sum_rows(v):
-    """``v.sum(0)``: a bias's gradient, the sum over the samples (16 bits: in float32, rounded once)."""
-    return _like(_wide(v).sum(axis=0), v)
-
-
-def _elementwise(f: Callable, *args):
-    """An element-wise torch kernel ``f``: in 16 bits computed in float32 and rounded once; else in
-    the type (each NumPy operation inside ``f`` rounding as torch's does)."""
-    return _like(f(*(_wide(a) for a in args)), args[0])
-
-
-def _exact_function(name: str, v):
-    """tanh, sigmoid or exp of ``v`` computed in float64 and rounded once (correctly rounded, but
-    for double rounding in 16 bits through float32): torch's kernels approximate them within their
-    measured ulp bound (``sgdtrace doctor``), which the judge allows."""
-    x = np.asarray(v, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        if name == "tanh":
-            out = np.tanh(x)
-        elif name == "sigmoid":
-            out = 1.0 / (1.0 + np.exp(-x))
-        else:
-            out = np.exp(x)
-    return dtypes.cast(out, np.dtype(v.dtype).name)
+def flat(t):
+    """(…, n, 1) → (…, n): the output layer's one column as a vector of samples."""
+    return _reshaped(t, lambda a: a[..., 0])
 
 
 # ------------------------------------------------------------------ forward: the nodes
+#
+# Each function takes ``ops`` first (sgdtrace.models.ops): HandOps computes the values as torch
+# does, TrackOps bounds what either side's rounding makes of them (the judge). Shapes are the
+# batch's; the judge adds a leading axis of steps.
 
 
-def node_z1(x, w1, b1):
-    """z1 = X·W1ᵀ + b1: (n, D)·(D, H) + (H,) = (n, H), a dot product of D terms per element."""
-    return _matmul(x, w1.T, b1)
+def node_z1(ops, x, w1, b1):
+    """z1 = X·W1ᵀ + b1: (n, D)·(D, H) + (H,) = (n, H), a dot product of D terms per element
+    (torch: ``addmm(b1, X, W1ᵀ)``)."""
+    return ops.linear(x, w1, b1)
 
 
-def relu(z):
-    """relu(z) = max(z, 0): exact."""
-    return np.where(z > 0, z, np.zeros((), dtype=z.dtype))
+def node_h(ops, z1, act: str):
+    """h = act(z1): (n, H), element by element (relu exact; tanh and σ within their ulp bounds)."""
+    return getattr(ops, act)(z1)
 
 
-def tanh(z):
-    """tanh(z)."""
-    return _exact_function("tanh", z)
-
-
-def sigmoid(z):
-    """σ(z) = 1 / (1 + e^−z)."""
-    return _exact_function("sigmoid", z)
-
-
-ACT = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid}
-
-
-def node_h(z1, act: str):
-    """h = act(z1): (n, H), element by element."""
-    return ACT[act](z1)
-
-
-def node_z2(h, w2, b2):
+def node_z2(ops, h, w2, b2):
     """z2 = h·W2ᵀ + b2: (n, H)·(H, 1) + (1,) = (n, 1), a dot product of H terms per sample."""
-    return _matmul(h, w2.T, b2)
+    return ops.linear(h, w2, b2)
 
 
-def mse_loss(z2, y):
-    """l = (1/n)·Σ (z2_i − y_i)²: ``nn.MSELoss()`` (the difference and the square round each, the
-    mean sums in float32 for 16 bits)."""
-    d = z2[:, 0] - y
-    e = d * d
-    n = y.shape[0]
-    if _reduced(e):
-        return e.dtype.type(e.sum(dtype=np.float32) / np.float32(n))
-    return e.sum() / e.dtype.type(n)
+def mse_loss(ops, z, y):
+    """l = (1/n)·Σ (z_i − y_i)²: ``nn.MSELoss()``, z and y of shape (n,)."""
+    d = ops.sub(z, y)
+    return ops.mean(ops.mul(d, d))
 
 
-def log_sigmoid(z):
-    """log σ(z) = min(z, 0) − log1p(e^−|z|), as torch's ``log_sigmoid`` computes it (one kernel)."""
-
-    def f(v):
-        v64 = v.astype(np.float64)
-        return (np.minimum(v64, 0.0) - np.log1p(np.exp(-np.abs(v64)))).astype(v.dtype)
-
-    return _elementwise(f, z)
-
-
-def bce_loss(z2, y):
-    """l = (1/n)·Σ [(1 − y_i)·z2_i − log σ(z2_i)]: ``nn.BCEWithLogitsLoss()`` (torch's formula,
+def bce_loss(ops, z, y):
+    """l = (1/n)·Σ [(1 − y_i)·z_i − log σ(z_i)]: ``nn.BCEWithLogitsLoss()`` (torch's formula,
     ``(1 - target).mul_(input).sub_(log_sigmoid(input))``, then the mean)."""
-    z = z2[:, 0]
-    one = np.ones((), dtype=z.dtype)
-    terms = ((one - y) * z) - log_sigmoid(z)
-    n = y.shape[0]
-    if _reduced(terms):
-        return terms.dtype.type(terms.sum(dtype=np.float32) / np.float32(n))
-    return terms.sum() / terms.dtype.type(n)
+    one = ops.const(1.0, y)
+    return ops.mean(ops.sub(ops.mul(ops.sub(one, y), z), ops.log_sigmoid(z)))
 
 
 LOSS = {"mse": mse_loss, "bce": bce_loss}
@@ -264,78 +204,60 @@ LOSS = {"mse": mse_loss, "bce": bce_loss}
 # ------------------------------------------------------------------ backward: the chain rule's factors
 
 
-def dl_dz2(z2, y, loss: str):
-    """δ2 = dl/dz2 (n, 1). mse: (2/n)(z2 − y), as torch's MSE backward (``2/n`` rounded to the
-    type, times the difference); bce: (σ(z2) − y)/n (``(input.sigmoid() - target)``, then ``div_(n)``)."""
-    n = y.shape[0]
-    z = z2[:, 0]
+def dl_dz2(ops, z, y, loss: str, n: int):
+    """δ2 = dl/dz2, (n,). mse: (z − y)·(2/n), as torch's MSE backward computes it (``2/n`` rounded
+    to the type); bce: (σ(z) − y)/n (torch: ``(input.sigmoid() - target)``, then ``div_(n)``)."""
     if loss == "mse":
-        d = z - y
-        two_n = np.float32(2.0 / n).astype(d.dtype) if _reduced(d) else d.dtype.type(2.0 / n)
-        out = d * two_n
-    else:
-        out = sigmoid(z) - y
-        out = out / (np.float32(n) if _reduced(out) else out.dtype.type(n))
-        out = out.astype(z.dtype)
-    return out.reshape(n, 1)
+        d = ops.sub(z, y)
+        return ops.mul(d, ops.const(2.0 / n, d))
+    return ops.div_n(ops.sub(ops.sigmoid(z), y), n)
 
 
-def grad_w2(delta2, h):
+def grad_w2(ops, delta2, h):
     """dl/dW2 = δ2ᵀ·h: (1, n)·(n, H) = (1, H), a sum over the samples of δ2_i·h_i."""
-    return _matmul(delta2.T, h)
+    return ops.matmul(ops.T(column(delta2)), h)
 
 
-def grad_b2(delta2):
+def grad_b2(ops, delta2):
     """dl/db2 = Σ_i δ2_i: (1,)."""
-    return _sum_rows(delta2)
+    return ops.sum(delta2, keep=True)
 
 
-def dl_dh(delta2, w2):
-    """dl/dh = δ2·W2: (n, 1)·(1, H) = (n, H), one product per element."""
-    return _matmul(delta2, w2)
+def dl_dh(ops, delta2, w2):
+    """dl/dh = δ2·W2: (n, 1)·(1, H) = (n, H), one product per element (W2 as the step began)."""
+    return ops.matmul(column(delta2), w2)
 
 
-def relu_prime(z1, h):
-    """relu'(z1): 1 where z1 > 0, else 0 (torch's ReluBackward0 reads the output: h > 0)."""
-    return (h > 0).astype(h.dtype)
-
-
-def tanh_prime(z1, h):
-    """tanh'(z1) = 1 − h² (from the output h, as TanhBackward0 computes it)."""
-    return _elementwise(lambda v: 1 - v * v, h)
-
-
-def sigmoid_prime(z1, h):
-    """σ'(z1) = h·(1 − h) (from the output h, as SigmoidBackward0 computes it)."""
-    return _elementwise(lambda v: (1 - v) * v, h)
-
-
-ACT_PRIME = {"relu": relu_prime, "tanh": tanh_prime, "sigmoid": sigmoid_prime}
-
-
-def act_prime(z1, h, act: str):
-    """act'(z1): (n, H), element by element."""
-    return ACT_PRIME[act](z1, h)
-
-
-def delta1(upstream, z1, h, act: str):
-    """δ1 = dl/dh ⊙ act'(z1): (n, H). As torch's backward kernels compute it, one kernel each:
-    relu ``h > 0 ? g : 0`` (exact), tanh ``g·(1 − h²)``, sigmoid ``g·(1 − h)·h``."""
+def act_prime(ops, z1, h, act: str):
+    """act'(z1), (n, H), for the page: relu 1 where z1 > 0; tanh 1 − h²; sigmoid h·(1 − h)."""
     if act == "relu":
-        return np.where(h > 0, upstream, np.zeros((), dtype=upstream.dtype))
+        return ops.relu_mask(z1)
+    one = ops.const(1.0, h)
     if act == "tanh":
-        return _elementwise(lambda g, v: g * (1 - v * v), upstream, h)
-    return _elementwise(lambda g, v: (g * (1 - v)) * v, upstream, h)
+        return ops.sub(one, ops.mul(h, h))
+    return ops.mul(ops.sub(one, h), h)
 
 
-def grad_w1(d1, x):
+def delta1(ops, upstream, z1, h, act: str):
+    """δ1 = dl/dh ⊙ act'(z1): (n, H), as torch's backward kernels compute it: relu keeps dl/dh
+    where z1 > 0 (ReluBackward0, exact: the mask's branch is ambiguous only where |z1| lies within
+    its rounding of 0), tanh ``g·(1 − h²)`` (TanhBackward0), sigmoid ``g·(1 − h)·h``
+    (SigmoidBackward0)."""
+    if act == "relu":
+        return ops.mul(upstream, ops.relu_mask(z1))
+    if act == "tanh":
+        return ops.tanh_backward(upstream, h)
+    return ops.sigmoid_backward(upstream, h)
+
+
+def grad_w1(ops, d1, x):
     """dl/dW1 = δ1ᵀ·X: (H, n)·(n, D) = (H, D), a sum over the samples of δ1_ij·x_ik."""
-    return _matmul(d1.T, x)
+    return ops.matmul(ops.T(d1), x)
 
 
-def grad_b1(d1):
-    """dl/db1 = Σ_i δ1_i: (H,)."""
-    return _sum_rows(d1)
+def grad_b1(ops, d1):
+    """dl/db1 = Σ_i δ1_i: (H,), the sum over the samples."""
+    return ops.sum(ops.T(d1))
 
 
 @dataclass
@@ -350,7 +272,6 @@ class StepResult:
     grad_w2: Any
     grad_b2: Any
     dl_dh: Any
-    act_prime: Any
     delta1: Any
     grad_w1: Any
     grad_b1: Any
@@ -360,22 +281,49 @@ class StepResult:
         return {"w1": self.grad_w1, "b1": self.grad_b1, "w2": self.grad_w2, "b2": self.grad_b2}
 
 
-def forward_backward(params: dict, x, y, act: str = "relu", loss: str = "mse") -> StepResult:
-    """One batch: the forward pass node by node, the backward pass factor by factor, layer by
-    layer from the loss back to W1 (every intermediate kept)."""
+def forward_backward(ops, params: dict, x, y, act: str = "relu", loss: str = "mse") -> StepResult:
+    """One batch: the forward pass node by node, then the backward pass factor by factor, layer by
+    layer from the loss back to W1 (every intermediate kept). ``x`` (n, D), ``y`` (n,)."""
+    n = np.shape(y.v if hasattr(y, "carry") else y)[-1]
     w1, b1, w2, b2 = params["w1"], params["b1"], params["w2"], params["b2"]
     # forward
-    z1 = node_z1(x, w1, b1)
-    h = node_h(z1, act)
-    z2 = node_z2(h, w2, b2)
-    l_ = LOSS[loss](z2, y)
+    z1 = node_z1(ops, x, w1, b1)
+    h = node_h(ops, z1, act)
+    z2 = node_z2(ops, h, w2, b2)
+    z = flat(z2)
+    l_ = LOSS[loss](ops, z, y)
     # backward: the output layer
-    d2 = dl_dz2(z2, y, loss)
-    gw2, gb2 = grad_w2(d2, h), grad_b2(d2)
-    # backward: through W2 (before it is updated) and the activation, into the hidden layer
-    up = dl_dh(d2, w2)
-    d1 = delta1(up, z1, h, act)
-    return StepResult(z1, h, z2, l_, d2, gw2, gb2, up, act_prime(z1, h, act), d1, grad_w1(d1, x), grad_b1(d1))
+    d2 = dl_dz2(ops, z, y, loss, n)
+    gw2, gb2 = grad_w2(ops, d2, h), grad_b2(ops, d2)
+    # backward: through W2 (as the step began: the update comes after) and the activation
+    up = dl_dh(ops, d2, w2)
+    d1 = delta1(ops, up, z1, h, act)
+    return StepResult(z1, h, z2, l_, d2, gw2, gb2, up, d1, grad_w1(ops, d1, x), grad_b1(ops, d1))
+
+
+@functools.lru_cache(maxsize=8)
+def hand_ops(dtype: str):
+    """The hand side's arithmetic in ``dtype``: torch's rounding rules on NumPy arrays."""
+    from sgdtrace.models.ops import HandOps
+
+    class NetworkOps(HandOps):
+        """torch's 16-bit activation backward kernels (``tanh_backward``, ``sigmoid_backward``)
+        compute the whole expression in float32 and round once (measured, and read in
+        ``BinaryOpsKernel.cpp``: ``float(a) * (1 - float(b) * float(b))``)."""
+
+        def tanh_backward(self, g, t):
+            if not self.reduced:
+                return super().tanh_backward(g, t)
+            g32, t32 = self._w(g), self._w(t)
+            return self._out(g32 * (np.float32(1) - t32 * t32))
+
+        def sigmoid_backward(self, g, p):
+            if not self.reduced:
+                return super().sigmoid_backward(g, p)
+            g32, p32 = self._w(g), self._w(p)
+            return self._out((g32 * (np.float32(1) - p32)) * p32)
+
+    return NetworkOps(dtype)
 
 
 def engine_gradients(model) -> Callable:
@@ -383,10 +331,70 @@ def engine_gradients(model) -> Callable:
     act, loss = model.activation, model.loss
 
     def gradients(params: dict, x, y):
-        r = forward_backward(params, x, y, act, loss)
+        ops = hand_ops(np.dtype(x.dtype).name)
+        r = forward_backward(ops, params, x, y, act, loss)
         return r.loss, r.grads
 
     return gradients
+
+
+# ------------------------------------------------------------------ the judge's terms (docs/tolerance.md)
+
+#: samples per chunk when judging all steps at once (the (steps, n, H) arrays stay small)
+CHUNK_SAMPLES = 1 << 15
+
+
+def gradient_terms(model, starts, bounds, x, y, plan, config) -> dict[str, dict[str, np.ndarray]]:
+    """The judge's terms of the loss and the four gradients, every step at once: the same
+    :func:`forward_backward`, run by :class:`sgdtrace.models.ops.TrackOps` on the steps' starting
+    parameters (each a Track: the hand side's value, the larger magnitude of either side, the
+    carried difference hand − torch), on the batches both sides saw.
+
+    Returns ``{"E", "C", "peak", "both", "ambiguous"}``: per field the rounding scale E (in units of
+    u) and the carried difference C of each element; the largest magnitude an intermediate of the
+    step reached (the overflow rule); and per step how many of relu's branches were ambiguous."""
+    from sgdtrace.engines.optimizers._track import Track
+    from sgdtrace.models.ops import TrackOps
+
+    steps = plan.n_steps
+    fields = ("loss",) + tuple("grad_" + p.name for p in model.params)
+    shapes = {"loss": ()} | {"grad_" + p.name: p.shape for p in model.params}
+    E = {f: np.zeros((steps, *shapes[f])) for f in fields}
+    C = {f: np.zeros((steps, *shapes[f])) for f in fields}
+    peak = np.zeros(steps)
+    ambiguous = np.zeros(steps, dtype=np.int64)
+    sizes = plan.batch_sizes()
+    offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    spe = plan.steps_per_epoch
+    per_chunk = max(1, CHUNK_SAMPLES // max(1, plan.batch_size))
+    # the steps of one batch size, an epoch at a time, in chunks: (S, n, D) batches
+    for epoch in range(plan.epochs):
+        order = plan.epoch_order(epoch)
+        for n in np.unique(sizes):
+            js = np.flatnonzero(sizes == n)
+            for c0 in range(0, js.size, per_chunk):
+                j = js[c0 : c0 + per_chunk]
+                k = epoch * spe + j  # the steps
+                idx = order[offsets[j][:, None] + np.arange(n)[None, :]]
+                ops = TrackOps(config.dtype, k.size)
+                params = {
+                    p: Track(starts[p][k], bounds[p].mag[k], np.zeros_like(starts[p][k]), bounds[p].carry[k])
+                    for p in model.names
+                }
+                r = forward_backward(ops, params, ops.input(x[idx]), ops.input(y[idx]), model.activation, model.loss)
+                out = {"loss": r.loss} | {"grad_" + p: g for p, g in r.grads.items()}
+                for f, t in out.items():
+                    E[f][k] = t.rnd
+                    C[f][k] = t.carry
+                peak[k] = ops.peak
+                ambiguous[k] = ops.ambiguous_steps
+    return {
+        "E": E,
+        "C": C,
+        "peak": {f: peak.reshape((steps,) + (1,) * len(shapes[f])) for f in fields},
+        "both": {},
+        "ambiguous": ambiguous,
+    }
 
 
 # ------------------------------------------------------------------ what the views show
