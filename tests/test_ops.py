@@ -19,7 +19,7 @@ from sgdtrace.models.ops import HandOps, TrackOps
 
 def net(ops, params, x, y, act="tanh"):
     """h = act(x W1ᵀ + b1); z = h·w2 + b2; p = σ(z); loss = mean BCE-with-logits; the gradients."""
-    n = x.shape[-2] if hasattr(x, "shape") else x.v.shape[-2]
+    n = ops.rows(x)
     a = ops.linear(x, params["W1"], params["b1"])  # (n, H)
     if act == "tanh":
         h = ops.tanh(a)
@@ -34,7 +34,7 @@ def net(ops, params, x, y, act="tanh"):
     grad_w2 = ops.vecmat(dz, h)
     grad_b2 = ops.sum(dz, keep=True)
     # dl/dh = dz w2ᵀ, an outer product: a matmul of one term per element
-    dh = ops.matmul(_col(ops, dz), _row(ops, params["w2"]))
+    dh = ops.matmul(ops.expand(dz, -1), ops.expand(params["w2"], -2))
     if act == "tanh":
         da = ops.tanh_backward(dh, h)
     elif act == "sigmoid":
@@ -44,18 +44,6 @@ def net(ops, params, x, y, act="tanh"):
     grad_W1 = ops.matmul(ops.T(da), x)
     grad_b1 = ops.sum(ops.T(da))
     return {"loss": loss, "grad_W1": grad_W1, "grad_b1": grad_b1, "grad_w2": grad_w2, "grad_b2": grad_b2}
-
-
-def _col(ops, v):
-    if isinstance(v, Track):
-        return Track(*(f[..., :, None] for f in (v.v, v.mag, v.rnd, v.carry)))
-    return v[..., :, None]
-
-
-def _row(ops, v):
-    if isinstance(v, Track):
-        return Track(*(f[..., None, :] for f in (v.v, v.mag, v.rnd, v.carry)))
-    return v[..., None, :]
 
 
 def _torch_net(params, x, y, dtype, act):

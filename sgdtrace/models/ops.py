@@ -38,7 +38,9 @@ Python float torch rounds to the run's type, or keeps in float32 for a 16-bit te
 ``mean(a)``, ``matvec(x, w, b=None)`` (``X·w (+ b)``: (…, n, D)·(…, D) → (…, n), a dot product of
 D (+1) terms per row), ``vecmat(g, x)`` (``Σ_i g_i x_i``: (…, n)·(…, n, D) → (…, D)),
 ``linear(x, W, b)`` (``F.linear``: (…, n, D), (…, H, D), (…, H) → (…, n, H)), ``matmul(a, b)``
-(last two axes), ``T(a)`` (swap the last two axes), ``exp``, ``log``, ``log1p``, ``sigmoid``,
+(last two axes), ``T(a)`` (swap the last two axes), ``rows(x)`` (the batch size n),
+``expand(a, axis)`` (a new axis of length 1, counted from the end: an outer product is
+``matmul(expand(g, -1), expand(w, -2))``), ``exp``, ``log``, ``log1p``, ``sigmoid``,
 ``tanh``, ``log_sigmoid``, ``relu``, ``relu_mask(z)`` (relu's derivative, 0/1; where ``|z|`` is
 within its own rounding of 0 the sides may take different branches: :class:`TrackOps` marks the
 element ambiguous, a product with it adds the other factor's full magnitude to the bound, and
@@ -173,6 +175,14 @@ class HandOps:
 
     def T(self, a):
         return np.swapaxes(a, -1, -2)
+
+    def rows(self, x) -> int:
+        """The batch size n of ``x`` (…, n, D)."""
+        return int(np.shape(x)[-2])
+
+    def expand(self, a, axis: int):
+        """``a`` with a new axis of length 1 at ``axis`` (negative: counted from the end)."""
+        return np.expand_dims(a, axis)
 
     # ---------------------------------------------------------------- functions
 
@@ -403,6 +413,12 @@ class TrackOps:
 
     def T(self, a: Track) -> Track:
         return Track(*(np.swapaxes(f, -1, -2) for f in (a.v, a.mag, a.rnd, a.carry)))
+
+    def rows(self, x: Track) -> int:
+        return int(x.v.shape[-2])
+
+    def expand(self, a: Track, axis: int) -> Track:
+        return Track(*(np.expand_dims(f, axis) for f in (a.v, a.mag, a.rnd, a.carry)))
 
     # ---------------------------------------------------------------- functions
 
