@@ -246,8 +246,12 @@ def compare_columns(
     model=None,
     initial: dict[str, np.ndarray] | None = None,
     hidden: tuple[str, ...] = (),
+    counts: dict | None = None,
 ) -> dict[str, FieldDivergence]:
     """Judge engine ``b`` against engine ``a`` (both ran ``config`` over ``plan``), field by field.
+
+    ``counts``, where given, receives what the model's terms count beside the values (a network's
+    ``ambiguous``: relu's branches within rounding of the kink, per step).
 
     ``model`` (:class:`sgdtrace.models.Model`; default: the one ``config`` and ``x`` make, see
     :func:`sgdtrace.engines.protocol.model_for`) gives the terms of the loss and the gradients;
@@ -272,6 +276,8 @@ def compare_columns(
     p = {name: _Bound.measured(_shift(a[name], initial[name]), _shift(b[name], initial[name])) for name in model.names}
     starts = {name: _shift(a[name], _cast(initial[name], dtype).astype(np.float64)) for name in model.names}
     terms = model.module.gradient_terms(model, starts, p, xr, yr, plan, config)
+    if counts is not None and "ambiguous" in terms:
+        counts["ambiguous"] = terms["ambiguous"]
     with np.errstate(over="ignore", invalid="ignore"):
         tol = {f: atol + rtol * E for f, E in terms["E"].items()}
         carried, peak, both = dict(terms["C"]), dict(terms["peak"]), terms["both"]

@@ -239,9 +239,15 @@ class Verdict:
     diverged_training: BlowUp | None
     stalled: list[Stall] | None = None  # per parameter whose update torch lost to rounding
     one_sided: OneSidedBlowUp | None = None  # inf or nan on one side only: a divergence, not a blow-up
+    #: a network with relu: how many elements of z1 lay within their rounding bound of relu's kink
+    #: (both sides may honestly take different branches there: counted and allowed, not failed);
+    #: None for a model without relu
+    ambiguous: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        extra = {} if self.ambiguous is None else {"ambiguous": self.ambiguous}
         return {
+            **extra,
             "ok": self.ok,
             "max_abs": json_number(self.max_abs),
             "max_rel": json_number(self.max_rel),

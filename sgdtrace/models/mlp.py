@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 
-from sgdtrace import dtypes
 from sgdtrace.models import Param
 
 NAME = "mlp"
@@ -411,6 +410,16 @@ LABELS = {
     "w2": "W2",
     "b2": "b2",
 }
+
+
+def title(model) -> str:
+    """The network as titles name it."""
+    H, D = model.param("w1").shape
+    out = "ypred" if model.loss == "mse" else "z"
+    return (
+        f"h = {model.activation}(W1·x + b1), {out} = W2·h + b2, H = {H} on {D} feature{'s' if D != 1 else ''} "
+        f"(nn.Sequential, {TORCH_LOSS[model.loss]})"
+    )
 
 
 def equation(model) -> str:

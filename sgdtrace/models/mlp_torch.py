@@ -34,6 +34,12 @@ def module(model, initial: dict[str, np.ndarray], dtype: torch.dtype, device) ->
     ``initial`` (the values :func:`sgdtrace.models.mlp.initial` recorded from the same draw)."""
     H, D = model.param("w1").shape
     net = sequential(D, H, model.activation, model.seed).to(dtype=dtype, device=device)
+    drawn = {p.name: t for p, t in zip(model.params, net.parameters())}
+    if any(not np.array_equal(t.detach().double().cpu().numpy(), initial[n]) for n, t in drawn.items()):
+        # values from later in a run (the graph of step k): set them, as a learner loads a checkpoint
+        with torch.no_grad():
+            for name, t in drawn.items():
+                t.copy_(torch.as_tensor(np.asarray(initial[name], dtype=np.float64)).reshape(t.shape))
     return net
 
 

@@ -109,6 +109,10 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     A model of parameters with a shape (D features) is explained in vector form
     (:func:`explain_features`)."""
     model = getattr(trace, "model", None)
+    if model is not None and model.name == "mlp":  # a network: layer by layer
+        from sgdtrace.teaching.network import explain_network
+
+        return explain_network(trace, batch, epoch)
     if model is not None and not model.scalar:
         return explain_features(trace, batch, epoch)
     k = trace.plan.step(batch, epoch)

@@ -92,6 +92,9 @@ class GraphResult:
     batch: int
     trace: Any = None
     manual_dag: tuple[ManualNode, ...] = MANUAL_DAG
+    #: the manual table's title and the loss as torch's table names it (None: the linear model's)
+    title: str | None = None
+    criterion: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -106,6 +109,10 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     from sgdtrace.engines import manual
     from sgdtrace.teaching.explain import explain_step
 
+    if trace.model.name == "mlp":  # a network: its own DAG, layer by layer
+        from sgdtrace.teaching.network import build_network_graph
+
+        return build_network_graph(trace, batch, epoch)
     k = trace.plan.step(batch, epoch)
     cfg, spec = trace.config, trace.model
     side = models.torch_side(spec)

@@ -329,6 +329,10 @@ def _spacing_row(sec, ex: Explanation, p: str, p0: float) -> None:
 
 def explain_view(ex: Explanation) -> Group:
     """The page: header, forward pass, backward pass, update, and whether it matches the run."""
+    if type(ex).__name__ == "NetworkExplanation":  # a network: layer by layer (sgdtrace.views.network)
+        from sgdtrace.views.network import network_view
+
+        return network_view(ex)
     if isinstance(ex, FeatureExplanation):
         return features_view(ex)
     parts: list = [_header(ex), Text("")]
@@ -362,6 +366,10 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
     """The same page as data: nodes per sample, the factors, the results beside torch's."""
     from sgdtrace.divergence import json_number
 
+    if type(ex).__name__ == "NetworkExplanation":
+        from sgdtrace.views.network import network_json
+
+        return network_json(ex)
     if isinstance(ex, FeatureExplanation):
         return features_json(ex)
 

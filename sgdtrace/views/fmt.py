@@ -25,6 +25,15 @@ LABELS = _Labels(
         "buf_w": "buf_w",
         "buf_b": "buf_b",
         "lr": "lr",
+        # a network's (--model mlp)
+        "grad_w1": "dl/dW1",
+        "grad_b1": "dl/db1",
+        "grad_w2": "dl/dW2",
+        "grad_b2": "dl/db2",
+        "w1": "W1",
+        "b1": "b1",
+        "w2": "W2",
+        "b2": "b2",
     }
 )
 
@@ -105,6 +114,8 @@ def model_title(trace) -> str:
     model = getattr(trace, "model", None)
     if model is None or model.scalar:
         return "ypred = w·x + b"
+    if hasattr(model.module, "title"):  # a model that names itself (a network)
+        return model.module.title(model)
     d = model.param("w").shape[0]
     return f"ypred = w·x + b on {d} feature{'s' if d != 1 else ''} (nn.Linear({d}, 1))"
 

@@ -29,9 +29,10 @@ def _grad_text(values: np.ndarray | None) -> str:
     return shown if len(vals) == 1 else f"[{shown}]"
 
 
-def manual_table(dag=MANUAL_DAG) -> Table:
+def manual_table(dag=MANUAL_DAG, title: str | None = None) -> Table:
     table = Table(
-        title="The article's DAG (manual)" if dag is MANUAL_DAG else "The DAG on D features, in vector form (manual)",
+        title=title
+        or ("The article's DAG (manual)" if dag is MANUAL_DAG else "The DAG on D features, in vector form (manual)"),
         title_justify="left",
         title_style="bold",
         box=box.SIMPLE_HEAD,
@@ -69,7 +70,7 @@ def tree_prefixes(depths: list[int]) -> list[str]:
 
 
 def torch_table(g: GraphResult) -> Table:
-    crit = "nn.MSELoss()" if g.loss == "mse" else "((out - y) ** 2).mean()"
+    crit = g.criterion or ("nn.MSELoss()" if g.loss == "mse" else "((out - y) ** 2).mean()")
     table = Table(
         title=f"torch's autograd graph from loss.grad_fn (loss = {crit}), epoch {g.epoch} batch {g.batch}",
         title_justify="left",
@@ -90,7 +91,7 @@ def torch_table(g: GraphResult) -> Table:
     for node, u, prefix in zip(g.nodes, g.ulps, tree_prefixes([n.depth for n in g.nodes])):
         label = prefix + node.name
         if node.name == "AccumulateGrad":
-            label += f" ({'weight' if node.maps_to == ('w',) else 'bias'})"
+            label += f" ({'weight' if node.maps_to in (('w',), ('W1',), ('W2',)) else 'bias'})"
         target = node.maps_to[0] if node.maps_to else None
         manual_grad = g.manual_grads.get(target) if target else None
         maps = ", ".join(node.maps_to) or "—"
@@ -103,7 +104,7 @@ def torch_table(g: GraphResult) -> Table:
 
 
 def graph_view(g: GraphResult) -> Group:
-    parts: list = [manual_table(g.manual_dag), Text(""), torch_table(g), Text("")]
+    parts: list = [manual_table(g.manual_dag, g.title), Text(""), torch_table(g), Text("")]
     mark = Text("✓ parity" if g.structure_ok else "✗ no parity", style="bold green" if g.structure_ok else "bold red")
     mark.append(f"  {g.structure_note}", style="")
     parts.append(mark)

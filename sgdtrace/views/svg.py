@@ -453,6 +453,22 @@ _POS = {
 }
 
 
+#: the network's DAG (--model mlp): x, W1, b1 into z1, h, then W2, b2 into z2, the loss
+_NETWORK_POS = {
+    "x": (50, 430),
+    "W1": (130, 430),
+    "b1": (210, 430),
+    "W2": (330, 430),
+    "b2": (420, 430),
+    "y": (520, 430),
+    "z1": (130, 345),
+    "h": (130, 265),
+    "z2": (280, 185),
+    "l": (280, 105),
+    "z": (280, 30),
+}
+
+
 def dag_svg(ident: str = "dag", dag=None) -> str:
     """The manual DAG (leaves w, x, b, y; nodes a, c, d, e, l, z) with each node's backward function.
 
@@ -464,6 +480,8 @@ def dag_svg(ident: str = "dag", dag=None) -> str:
 
     article = dag is None or dag is MANUAL_DAG
     dag = MANUAL_DAG if dag is None else dag
+    network = any(node.name == "z1" for node in dag)
+    pos = _NETWORK_POS if network else _POS
     w, h = 620, 470
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}">',
@@ -473,15 +491,15 @@ def dag_svg(ident: str = "dag", dag=None) -> str:
         '<g fill="none" stroke="currentColor" stroke-width="1.2">',
     ]
     for node in dag:
-        x2, y2 = _POS[node.name]
+        x2, y2 = pos[node.name]
         for src in node.inputs:
-            x1, y1 = _POS[src]
+            x1, y1 = pos[src]
             # stop short of the boxes (half-height 14) so the arrowheads show
             dy = 16 if y1 > y2 else -16
             parts.append(f'<line x1="{x1}" y1="{y1 - dy}" x2="{x2}" y2="{y2 + dy}" marker-end="url(#{ident}-arrow)"/>')
     parts.append("</g>")
     for node in dag:
-        x, y = _POS[node.name]
+        x, y = pos[node.name]
         leaf = node.forward.startswith("leaf")
         label = node.name if leaf else node.forward
         bw = max(30, 8 * len(label) + 16)
@@ -509,6 +527,13 @@ def dag_svg(ident: str = "dag", dag=None) -> str:
         "l = (1/n)·Σ e; z = l. Beside each node its backward function: dz/dl = 1, dl/de = 1/n, "
         "de/dd = 2d, dd/dc = 1, dc/da = 1 and dc/db = 1, da/dw = x; w and b accumulate dl/dw and dl/db."
     )
+    if network:
+        desc = (
+            "The network's forward pass, leaves at the bottom: z1 = X·W1ᵀ + b1; h = act(z1); z2 = h·W2ᵀ + b2; "
+            "the loss l of z2 and y; z = l. Beside each node its backward step in matrix form: δ2 = dl/dz2, "
+            "dl/dW2 = δ2ᵀ·h, dl/db2 = Σ δ2, dl/dh = δ2·W2, δ1 = dl/dh ⊙ act'(z1), dl/dW1 = δ1ᵀ·X, dl/db1 = Σ δ1."
+        )
+        return _accessible("".join(parts), ident, "The network's computation graph (the manual DAG)", desc)
     if not article:
         desc = "The same DAG on D features, in vector form: a = X·w is a dot product per sample, " + desc[
             len("The forward pass, leaves at the bottom: ") :

@@ -163,6 +163,11 @@ def summary_text(trace, shown: list[int | None]) -> Text:
         parts = []
         for p in model.params:
             true = f" (true {_value_text(truths[p.name])})" if p.name in truths else ""
+            if p.size > 4:  # a matrix or a long vector: its norm
+                start_norm = float(np.linalg.norm(np.asarray(trace.initial[p.name], dtype=np.float64)))
+                end_norm = float(np.linalg.norm(man[p.name][-1].astype(np.float64)))
+                parts.append(f"‖{p.label}‖ {num(start_norm)} → {num(end_norm)}")
+                continue
             parts.append(f"{p.label} {_value_text(trace.initial[p.name])} → {_value_text(man[p.name][-1])}{true}")
         start = model.module.data_loss(model, ds, trace.initial)
         end = model.module.data_loss(model, ds, {p: man[p][-1].astype("float64") for p in model.names})

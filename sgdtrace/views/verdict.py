@@ -90,6 +90,16 @@ def segments(trace, marked: bool = True) -> list[Segment]:
                 "yellow",
             )
         ]
+    if getattr(v, "ambiguous", None):  # relu's kink within rounding: either branch is honest
+        out += [
+            (f"\n~ {v.ambiguous} ambiguous", "bold yellow"),
+            (
+                f" element{'s' if v.ambiguous != 1 else ''} of z1 lay within rounding of relu's kink at 0: "
+                "either side may honestly take either branch there, so what follows from them was allowed "
+                "that branch's effect (counted, not failed)",
+                "",
+            ),
+        ]
     for st in getattr(v, "stalled", None) or ():  # the updates lost to rounding
         out += [
             (f"\n= {st.field} stalled", "bold yellow"),
