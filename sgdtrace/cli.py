@@ -681,7 +681,7 @@ def run(
         ("world_size-reference", "--reference exact" if reference == "exact" else None),
         ("world_size-gradcheck", "--gradcheck" if gradcheck else None),
     )
-    if cfg.features is not None:  # refused before any training (a CSV file's columns: after reading it)
+    if cfg.features is not None or cfg.model == "mlp":  # refused before any training (a CSV file's: after reading it)
         from sgdtrace import models
 
         refuse_features(
@@ -743,6 +743,10 @@ def refuse_features(cfg, model, *options: str | None) -> None:
         return
     from sgdtrace.config import refusal
 
+    if model.name == "mlp":
+        for opt in options:
+            if opt:
+                raise refusal("mlp-reference", f"{cfg.origin.get('model') or '--model'} mlp", opt, "with")
     given = (
         f"{cfg.origin.get('features') or '--features'} {cfg.features}"
         if cfg.features is not None

@@ -352,8 +352,7 @@ def gradient_terms(model, starts, bounds, x, y, plan, config) -> dict[str, dict[
     Returns ``{"E", "C", "peak", "both", "ambiguous"}``: per field the rounding scale E (in units of
     u) and the carried difference C of each element; the largest magnitude an intermediate of the
     step reached (the overflow rule); and per step how many of relu's branches were ambiguous."""
-    from sgdtrace.engines.optimizers._track import Track
-    from sgdtrace.models.ops import TrackOps
+    from sgdtrace.models.ops import Track, TrackOps
 
     steps = plan.n_steps
     fields = ("loss",) + tuple("grad_" + p.name for p in model.params)
