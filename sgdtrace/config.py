@@ -106,6 +106,8 @@ class Config:
     # the network's hidden width and activation (--model mlp; None: its defaults, 8 and relu)
     hidden: int | None = None
     activation: str | None = None
+    # how the judge runs the hand side: "carry" (two trajectories) or "step" (each step from torch's values)
+    judge: str = "carry"
     # where each value came from, for error messages; not part of the run's identity
     origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: options given that do not apply to this run (one line each, for stderr); not part of its identity
@@ -172,6 +174,7 @@ class Config:
             "loss": self.loss,
             "features": self.features,
             **({"hidden": self.hidden or 8, "activation": self.activation or "relu"} if self.model == "mlp" else {}),
+            "judge": self.judge,
         }
 
 
@@ -295,6 +298,21 @@ COMBINATIONS: dict[str, Refusal] = {
         "the ground truth replays one process's run",
         ("--world-size", "--reference exact"),
         ("run", "--world-size", "2", "--reference", "exact"),
+    ),
+    "world_size-judge": Refusal(
+        _WS,
+        "--judge step",
+        "starting each rank's step from torch's values is not built for the data-parallel loop yet; "
+        "use --judge carry (the default)",
+        ("--world-size", "--judge step"),
+        ("run", "--world-size", "2", "--judge", "step"),
+    ),
+    "engine-judge-step": Refusal(
+        "--engine FILE.py",
+        "--judge step",
+        "this engine's runner cannot start a step from torch's values; use --judge carry (the default)",
+        ("--engine", "--judge step"),
+        ("run", "--engine", _ENGINE_EXAMPLE, "--judge", "step"),
     ),
     "world_size-gradcheck": Refusal(
         _WS,
@@ -489,9 +507,12 @@ _STR_KEYS = {
     "model",
     "loss",
     "activation",
+    "judge",
 }
 #: the widest hidden layer a network takes (every step records every weight)
 MAX_HIDDEN = 4096
+#: how the judge runs the hand side (``--judge``)
+JUDGES = ("carry", "step")
 #: synthetic data's options: they do nothing without ``synthetic``
 _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
 #: the most input columns a linear model takes (every step records a few dozen values per feature)
@@ -652,6 +673,12 @@ def _validate_model(cfg: Config, integer) -> None:
 
     if cfg.model not in NAMES:
         _fail(cfg, "model", cfg.model, "allowed: " + ", ".join(NAMES))
+    if cfg.judge not in JUDGES:
+        _fail(cfg, "judge", cfg.judge, "allowed: " + ", ".join(JUDGES))
+    if cfg.judge == "step" and cfg.world_size > 1:
+        raise refusal(
+            "world_size-judge", f"{_label(cfg, 'world_size')} {cfg.world_size}", _label(cfg, "judge") + " step"
+        )
     if cfg.loss not in LOSSES[cfg.model]:
         _fail(cfg, "loss", cfg.loss, f"allowed with --model {cfg.model}: " + ", ".join(LOSSES[cfg.model]))
     if cfg.features is not None and integer("features", 1) > MAX_FEATURES:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from sgdtrace import dtypes
-from sgdtrace.engines.optimizers._track import Track
 from sgdtrace.models.ops import HandOps, TrackOps
+from sgdtrace.track import Track
 
 
 def net(ops, params, x, y, act="tanh"):

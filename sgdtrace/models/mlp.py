@@ -339,60 +339,22 @@ def engine_gradients(model) -> Callable:
 
 # ------------------------------------------------------------------ the judge's terms (docs/tolerance.md)
 
-#: samples per chunk when judging all steps at once (the (steps, n, H) arrays stay small)
-CHUNK_SAMPLES = 1 << 15
-
-
 def gradient_terms(model, starts, bounds, x, y, plan, config) -> dict[str, dict[str, np.ndarray]]:
     """The judge's terms of the loss and the four gradients, every step at once: the same
     :func:`forward_backward`, run by :class:`sgdtrace.models.ops.TrackOps` on the steps' starting
-    parameters (each a Track: the hand side's value, the larger magnitude of either side, the
-    carried difference hand − torch), on the batches both sides saw.
+    parameters (each the hand side's value, the larger magnitude of either side and the carried
+    difference hand − torch), on the batches both sides saw (:func:`sgdtrace.models.ops.judge_terms`).
 
     Returns ``{"E", "C", "peak", "both", "ambiguous"}``: per field the rounding scale E (in units of
-    u) and the carried difference C of each element; the largest magnitude an intermediate of the
-    step reached (the overflow rule); and per step how many of relu's branches were ambiguous."""
-    from sgdtrace.models.ops import Track, TrackOps
+    u) and the carried difference C of each element, the intermediates' bound (the overflow rule),
+    and per step how many of relu's branches were ambiguous."""
+    from sgdtrace.models.ops import judge_terms
 
-    steps = plan.n_steps
-    fields = ("loss",) + tuple("grad_" + p.name for p in model.params)
-    shapes = {"loss": ()} | {"grad_" + p.name: p.shape for p in model.params}
-    E = {f: np.zeros((steps, *shapes[f])) for f in fields}
-    C = {f: np.zeros((steps, *shapes[f])) for f in fields}
-    peak = np.zeros(steps)
-    ambiguous = np.zeros(steps, dtype=np.int64)
-    sizes = plan.batch_sizes()
-    offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    spe = plan.steps_per_epoch
-    per_chunk = max(1, CHUNK_SAMPLES // max(1, plan.batch_size))
-    # the steps of one batch size, an epoch at a time, in chunks: (S, n, D) batches
-    for epoch in range(plan.epochs):
-        order = plan.epoch_order(epoch)
-        for n in np.unique(sizes):
-            js = np.flatnonzero(sizes == n)
-            for c0 in range(0, js.size, per_chunk):
-                j = js[c0 : c0 + per_chunk]
-                k = epoch * spe + j  # the steps
-                idx = order[offsets[j][:, None] + np.arange(n)[None, :]]
-                ops = TrackOps(config.dtype, k.size)
-                params = {
-                    p: Track(starts[p][k], bounds[p].mag[k], np.zeros_like(starts[p][k]), bounds[p].carry[k])
-                    for p in model.names
-                }
-                r = forward_backward(ops, params, ops.input(x[idx]), ops.input(y[idx]), model.activation, model.loss)
-                out = {"loss": r.loss} | {"grad_" + p: g for p, g in r.grads.items()}
-                for f, t in out.items():
-                    E[f][k] = t.rnd
-                    C[f][k] = t.carry
-                peak[k] = ops.peak
-                ambiguous[k] = ops.ambiguous_steps
-    return {
-        "E": E,
-        "C": C,
-        "peak": {f: peak.reshape((steps,) + (1,) * len(shapes[f])) for f in fields},
-        "both": {},
-        "ambiguous": ambiguous,
-    }
+    def terms(ops, params, xb, yb):
+        r = forward_backward(ops, params, xb, yb, model.activation, model.loss)
+        return {"loss": r.loss} | {"grad_" + p: g for p, g in r.grads.items()}
+
+    return judge_terms(model, terms, starts, bounds, x, y, plan, config)
 
 
 # ------------------------------------------------------------------ what the views show

@@ -17,7 +17,7 @@ and the same function is run by two implementations of ``ops``:
   rounds its result (computed in float32, as torch's 16-bit kernels do); the functions (exp, log,
   sigmoid, ...) are computed in float64 and rounded once. This IS the hand engine of such a model:
   readable, no autograd, no torch.
-* :class:`TrackOps` (the judge): every value a :class:`~sgdtrace.engines.optimizers._track.Track`
+* :class:`TrackOps` (the judge): every value a :class:`~sgdtrace.track.Track`
   on arrays with a leading axis of steps (all steps of one batch size judged at once): the hand
   side's value ``v`` (float64, from the hand side's inputs), ``mag`` (|value| on either side),
   ``rnd`` (a bound on ONE engine's rounding, in units of the run's u) and ``carry`` (C: hand minus
@@ -53,7 +53,7 @@ from __future__ import annotations
 import numpy as np
 
 from sgdtrace import dtypes
-from sgdtrace.engines.optimizers._track import Track, _smaller
+from sgdtrace.track import Track, _smaller
 
 #: N: how far (in ulps) an element-wise function (exp, log, log1p, tanh, sigmoid, log_sigmoid) of
 #: either side may be from the correctly rounded result: torch's kernels (``sgdtrace doctor``
