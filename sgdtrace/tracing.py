@@ -171,6 +171,8 @@ def run_trace(
         return None if progress is None else (lambda k: progress(name, k, steps))
 
     kind = manual_backend or ("numpy" if device.type == "cpu" else "torch")
+    if model.name == "mlp":  # the network's hand side is NumPy with torch's rules (sgdtrace.models.ops), on any device
+        kind = "numpy"
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
     if (cfg.engine is not None or hasattr(engine, "run_columns")) and not model.scalar:

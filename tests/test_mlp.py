@@ -241,14 +241,17 @@ def _planted(kind: str, lr: float):
         ("w2_updated_first", "grad_w1"),
     ],
 )
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_planted_mistakes_are_caught_at_their_first_step(kind, field, dtype):
+@pytest.mark.parametrize("dtype, judge", [("float32", "carry"), ("float64", "carry"), ("float32", "step")])
+def test_planted_mistakes_are_caught_at_their_first_step(kind, field, dtype, judge):
     # square W1 (H = D) for the missing transpose, batches of H samples for the wrong axis
-    cfg = _cfg(dtype=dtype, hidden=3, batch_size=3, activation="tanh" if kind == "derivative_at_z" else "relu")
+    act = "tanh" if kind == "derivative_at_z" else "relu"
+    cfg = _cfg(dtype=dtype, hidden=3, batch_size=3, activation=act, judge=judge)
     trace = run_trace(cfg, engine=_planted(kind, cfg.lr))
     first = trace.verdict.first_divergent_step
     assert not trace.verdict.ok and first is not None
     assert first.step == 1 and first.field == field, (first.step, first.field)
+    if judge == "step":  # each step judged from torch's values: the mistake shows at most steps
+        assert trace.verdict.divergent_steps["count"] > trace.n_steps // 2
     if kind == "relu_one_below_zero":  # active at step 1: some unit is below 0 on the first batch
         ex = explain_step(run_trace(cfg), 1)
         assert (ex.nodes["z1"] < 0).any()

@@ -11,6 +11,7 @@ any run fails its gate.
     .venv/bin/python tools/study.py --runs 2000 --seed 7
     .venv/bin/python tools/study.py --features 4  # the linear model on D = 4 features: every
                                                   # optimizer, float32, float64 and bfloat16
+    .venv/bin/python tools/study.py --mlp --runs 300 --converged 30   # the network (--model mlp)
 
 ``--every N`` adds N random runs over every optimizer (SGD, Adam, AdamW, RMSprop, Adagrad), every
 dtype (float32, float64, bfloat16, float16), torch's three implementations (the default
@@ -113,6 +114,47 @@ def features_config(rng: np.random.Generator, features: int, converged: bool = F
         lr=lr,
         batch_size=batch_size,
         epochs=max(1, steps * batch_size // n) if converged else int(rng.integers(1, 9)),
+        shuffle=bool(rng.random() < 0.5),
+        seed=int(rng.integers(0, 2**32)),
+        dtype=str(rng.choice(["float32", "float64", "bfloat16"])),
+        **opts,
+    )
+
+
+def mlp_config(rng: np.random.Generator, converged: bool = False) -> Config:
+    """The network (--model mlp): random width, features, activation, loss, optimizer (a schedule a
+    quarter of the time), dtype and batch size 1-64; ``converged``: a long run at a small rate."""
+    loss = str(rng.choice(["mse", "bce"]))
+    optimizer = str(rng.choice(["sgd", "sgd", "adam", "adamw", "rmsprop", "adagrad"]))
+    opts: dict = {}
+    if optimizer == "sgd":
+        opts = dict(momentum=float(rng.choice([0.0, 0.9])), weight_decay=float(rng.choice([0.0, 0.01])))
+        lr = float(rng.uniform(1e-3, 0.02 if loss == "bce" else 0.005))
+    elif optimizer == "rmsprop":
+        lr = float(rng.uniform(1e-4, 0.005))
+    else:
+        lr = float(rng.uniform(1e-3, 0.03))
+    features = int(rng.integers(1, 7))
+    n = int(rng.choice([30, 64, 100, 200]))
+    epochs = int(rng.integers(30, 60)) if converged else int(rng.integers(1, 6))
+    if rng.random() < 0.25 and not converged:
+        from sgdtrace.config import make_schedule
+
+        opts["scheduler"] = make_schedule({"name": "StepLR", "step_size": 1, "gamma": 0.7}, "study")
+    return Config(
+        model="mlp",
+        hidden=int(rng.integers(1, 17)),
+        activation=str(rng.choice(["relu", "tanh", "sigmoid"])),
+        loss=loss,
+        synthetic=n,
+        features=features,
+        true_w=tuple(float(v) for v in rng.uniform(-2, 2, features)),
+        true_b=float(rng.uniform(-2, 2)),
+        noise=float(rng.choice([0.0, 0.5])),
+        optimizer=optimizer,
+        lr=lr,
+        batch_size=int(rng.choice([1, 2, 8, 16, 32, 64])) if not converged else int(rng.choice([8, 16, 32])),
+        epochs=epochs,
         shuffle=bool(rng.random() < 0.5),
         seed=int(rng.integers(0, 2**32)),
         dtype=str(rng.choice(["float32", "float64", "bfloat16"])),
@@ -295,11 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--features", type=int, default=None, help="the linear model on D features (every optimizer)")
     ap.add_argument("--optimizers", type=int, default=0, metavar="N", help="N runs of Adam, AdamW, RMSprop, Adagrad")
+    ap.add_argument("--mlp", action="store_true", help="the network (--model mlp) instead of the linear model")
     args = ap.parse_args(argv)
     if args.optimizers:
         return optimizers_study(args.optimizers, args.seed)
     rng = np.random.default_rng(args.seed)
-    if args.features is None:
+    if args.mlp:
+        jobs = [("random", mlp_config(rng)) for _ in range(args.runs)]
+        jobs += [("converged", mlp_config(rng, True)) for _ in range(args.converged)]
+    elif args.features is None:
         jobs = [("random", random_config(rng)) for _ in range(args.runs)]
         jobs += [("converged", converged_config(rng)) for _ in range(args.converged)]
     else:
@@ -319,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             key = (kind, cfg.optimizer, cfg.dtype, _impl(cfg))
         else:
             key = (kind, cfg.dtype, "bs<=2" if cfg.batch_size <= 2 else "bs>2")
-            if args.features is not None:  # every optimizer
+            if args.features is not None or args.mlp:  # every optimizer
                 key += (cfg.optimizer,)
         if v.max_tol_ratio > worst.get(key, (-1.0,))[0]:
             worst[key] = (v.max_tol_ratio, cfg, backend)

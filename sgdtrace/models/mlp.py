@@ -339,6 +339,7 @@ def engine_gradients(model) -> Callable:
 
 # ------------------------------------------------------------------ the judge's terms (docs/tolerance.md)
 
+
 def gradient_terms(model, starts, bounds, x, y, plan, config) -> dict[str, dict[str, np.ndarray]]:
     """The judge's terms of the loss and the four gradients, every step at once: the same
     :func:`forward_backward`, run by :class:`sgdtrace.models.ops.TrackOps` on the steps' starting
