@@ -219,6 +219,8 @@ def _planted(kind: str, lr: float):
             d1 = ops.scale(d1, float(n))  # the first layer's gradient without the 1/n
         gw1 = mlp.grad_w1(ops, d1, x)
         gb1 = ops.sum(d1) if kind == "bias_axis" else mlp.grad_b1(ops, d1)  # summed over the units
+        if kind == "sign":  # a mistake the diagnosis has no name for
+            gw2 = ops.neg(gw2)
         return loss, {"w1": gw1, "b1": gb1, "w2": gw2, "b2": mlp.grad_b2(ops, d2)}
 
     def engine(cfg, backend):
@@ -239,6 +241,7 @@ def _planted(kind: str, lr: float):
         ("bias_axis", "grad_b1"),
         ("missing_1_over_n", "grad_w1"),
         ("w2_updated_first", "grad_w1"),
+        ("sign", "grad_w2"),
     ],
 )
 @pytest.mark.parametrize("dtype, judge", [("float32", "carry"), ("float64", "carry"), ("float32", "step")])
@@ -250,6 +253,8 @@ def test_planted_mistakes_are_caught_at_their_first_step(kind, field, dtype, jud
     first = trace.verdict.first_divergent_step
     assert not trace.verdict.ok and first is not None
     assert first.step == 1 and first.field == field, (first.step, first.field)
+    # named where one mistake reproduces the numbers, and never wrongly
+    assert (first.diagnosis or {}).get("kind") == (None if kind == "sign" else kind), first.diagnosis
     if judge == "step":  # each step judged from torch's values: the mistake shows at most steps
         assert trace.verdict.divergent_steps["count"] > trace.n_steps // 2
     if kind == "relu_one_below_zero":  # active at step 1: some unit is below 0 on the first batch

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from sgdtrace import dtypes
 from sgdtrace.models import Param
 
 NAME = "mlp"
@@ -356,6 +357,95 @@ def gradient_terms(model, starts, bounds, x, y, plan, config) -> dict[str, dict[
         return {"loss": r.loss} | {"grad_" + p: g for p, g in r.grads.items()}
 
     return judge_terms(model, terms, starts, bounds, x, y, plan, config)
+
+
+# ------------------------------------------------------------------ the usual mistakes, for the diagnosis
+
+#: the classic mistakes of a network's backward pass the diagnosis can name, each by what it does
+MISTAKES = {
+    "transpose": "W1 used without its transpose: z1 = X·W1 where X·W1ᵀ is meant",
+    "derivative_at_z": "the activation's derivative taken at z1 instead of at its output h",
+    "relu_one_below_zero": "relu's derivative taken as 1 below zero too (δ1 = dl/dh without relu's mask)",
+    "bias_axis": "dl/db1 summed over the hidden units instead of over the samples",
+    "missing_1_over_n": "the 1/n of the mean missing in the first layer's gradients",
+    "w2_updated_first": "W2 updated before δ1 was computed from it (dl/dh = δ2·W2 with the new W2)",
+}
+
+
+def _mistaken(ops, params, x, y, act: str, loss: str, kind: str, w2_new=None) -> dict:
+    """One step with the mistake ``kind`` (one of :data:`MISTAKES`), the rest as :func:`forward_backward`."""
+    w1, b1, w2, b2 = params["w1"], params["b1"], params["w2"], params["b2"]
+    n = np.shape(y)[-1]
+    z1 = ops.add(ops.matmul(x, w1), b1) if kind == "transpose" else node_z1(ops, x, w1, b1)
+    h = node_h(ops, z1, act)
+    z = flat(node_z2(ops, h, w2, b2))
+    out = {"loss": LOSS[loss](ops, z, y)}
+    d2 = dl_dz2(ops, z, y, loss, n)
+    out["grad_w2"], out["grad_b2"] = grad_w2(ops, d2, h), grad_b2(ops, d2)
+    up = dl_dh(ops, d2, w2_new if kind == "w2_updated_first" else w2)
+    if kind == "derivative_at_z":
+        d1 = delta1(ops, up, z1, z1, act)  # the derivative's formula fed z1 where it takes h
+    elif kind == "relu_one_below_zero":
+        d1 = up
+    else:
+        d1 = delta1(ops, up, z1, h, act)
+    if kind == "missing_1_over_n":
+        d1 = ops.scale(d1, float(n))
+    out["grad_w1"] = grad_w1(ops, d1, x)
+    out["grad_b1"] = ops.sum(d1) if kind == "bias_axis" else grad_b1(ops, d1)
+    return out
+
+
+def _applies(kind: str, act: str, n: int, H: int, D: int) -> bool:
+    """Whether mistake ``kind`` is a different computation here (and has the shapes to run)."""
+    return {
+        "transpose": H == D,
+        "derivative_at_z": act != "relu",
+        "relu_one_below_zero": act == "relu",
+        "bias_axis": n == H,
+    }.get(kind, True)
+
+
+def diagnose(trace, k: int, field: str, index: tuple, value: float, tol: float) -> dict | None:
+    """The likely mistake at step ``k`` (0-based) on ``field``'s element ``index``: the one mistake of
+    :data:`MISTAKES` whose step, worked from the same starting values (the hand side's; torch's under
+    ``--judge step``) in float64, gives the hand side's value within the step's allowance, where the
+    correct step does not; None where none or several do (the numbers support no single guess)."""
+    if field != "loss" and not field.startswith("grad_"):
+        return None
+    from sgdtrace.models.ops import HandOps
+
+    model, cfg = trace.model, trace.config
+    step_mode = getattr(cfg, "judge", "carry") == "step"
+    cols = trace.torch if step_mode else trace.manual
+    params = {p: np.asarray(trace.initial[p] if k == 0 else cols[p][k - 1], dtype=np.float64) for p in model.names}
+    if k == 0:
+        params = {p: dtypes.cast(v, cfg.dtype).astype(np.float64) for p, v in params.items()}
+    idx = trace.indices(k)
+    x = dtypes.cast(trace.dataset.x[idx].reshape(len(idx), -1), cfg.dtype).astype(np.float64)
+    y = dtypes.cast(np.asarray(trace.dataset.y[idx], dtype=np.float64), cfg.dtype).astype(np.float64)
+    ops = HandOps("float64")
+    H, D = model.param("w1").shape
+    w2_new = np.asarray(trace.manual["w2"][k], dtype=np.float64)
+    slack = tol + 4 * dtypes.unit_roundoff(cfg.dtype) * abs(value)
+
+    def at(out) -> float:
+        v = np.asarray(out[field], dtype=np.float64)
+        return float(v[index] if index else v)
+
+    with np.errstate(all="ignore"):
+        right = at(_mistaken(ops, params, x, y, model.activation, model.loss, "", w2_new))
+        if abs(value - right) <= slack:
+            return None
+        found = [
+            kind
+            for kind in MISTAKES
+            if _applies(kind, model.activation, len(idx), H, D)
+            and abs(value - at(_mistaken(ops, params, x, y, model.activation, model.loss, kind, w2_new))) <= slack
+        ]
+    if len(found) != 1:
+        return None
+    return {"kind": found[0], "factor": None, "text": MISTAKES[found[0]]}
 
 
 # ------------------------------------------------------------------ what the views show
