@@ -184,6 +184,20 @@ def test_relus_kink_within_rounding_is_ambiguous_and_allowed():
     assert far["ambiguous"].tolist() == [0] and np.all(u * far["E"]["grad_w1"][0] < 1e-4)
 
 
+def test_a_saturated_sigmoid_carries_its_inputs_rounding():
+    """σ'(z) at z ≈ −48 is about 1e-21: computed as σ(1 − σ) it is 0 in float64, and the bound lost the
+    input's rounding (an honest bfloat16 run of the study failed at step 48 on dl/dW2, where h ≈ 6e-22)."""
+    cfg = Config(
+        model="mlp", hidden=16, activation="sigmoid", features=4, synthetic=100, batch_size=1, lr=0.0018949728590170784,
+        true_w=(-0.5430992024847967, 0.11997406186152482, -1.9841415924524837, -1.4771976081186153),
+        true_b=-0.8836035879738233, noise=0.5, seed=201169564, shuffle=True, momentum=0.9, weight_decay=0.01,
+        dtype="bfloat16",
+    )  # fmt: skip
+    trace = run_trace(cfg)
+    assert trace.verdict.ok
+    assert float(np.min(np.abs(trace.manual["grad_w2"][47].astype(np.float64)))) < 1e-19  # saturated there
+
+
 def test_the_verdict_counts_ambiguous_elements_for_relu():
     trace = run_trace(_cfg(activation="relu"))
     assert trace.verdict.ok and isinstance(trace.verdict.ambiguous, int)

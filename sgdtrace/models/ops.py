@@ -460,8 +460,7 @@ class TrackOps:
     def sigmoid(self, a: Track) -> Track:
         def slope(lo, hi):  # σ' = σ(1 - σ), largest at the smallest |x| of the interval
             m = np.where((lo <= 0) & (hi >= 0), 0.0, np.fmin(np.abs(lo), np.abs(hi)))
-            s = _sigmoid(m)
-            return s * (1 - s)
+            return _sigmoid(m) * _sigmoid(-m)  # not s(1 - s): 1 - σ(m) is 0 in float64 past m ≈ 37
 
         def diff(x, c):  # σ(x) - σ(x - c) = σ(x) σ(-(x - c)) (1 - e^-c)
             return _sigmoid(x) * _sigmoid(-(x - c)) * -np.expm1(-c)
@@ -471,7 +470,8 @@ class TrackOps:
     def tanh(self, a: Track) -> Track:
         def slope(lo, hi):
             m = np.where((lo <= 0) & (hi >= 0), 0.0, np.fmin(np.abs(lo), np.abs(hi)))
-            return 1.0 - np.tanh(m) ** 2
+            e = np.exp(-2.0 * m)  # 1 − tanh² as 4e^-2m / (1 + e^-2m)²: not 0 where tanh(m) rounds to 1
+            return 4.0 * e / (1.0 + e) ** 2
 
         def diff(x, c):  # tanh(x) - tanh(x - c) = sinh(c) / (cosh(x) cosh(x - c)), in logs of cosh
             return np.sinh(c) * np.exp(-(_log_cosh(x) + _log_cosh(x - c)))
