@@ -1,0 +1,247 @@
+"""Logistic regression: ``z = w·x + b``, ``p = σ(z)``, labels 0/1, the binary cross-entropy.
+
+Two losses, as learners write them (DESIGN part 3):
+
+* ``bce`` (the default): ``nn.BCEWithLogitsLoss()`` on z, the recommended form. torch 2.13's
+  kernel (aten/src/ATen/native/Loss.cpp, measured bit for bit on the CPU)::
+
+      l_i   = (1 - y_i)·z_i - log σ(z_i)          (log σ: torch's log_sigmoid)
+      l     = mean_i l_i
+      dl/dz = (σ(z) - y) / n                      (BinaryCrossEntropyWithLogitsBackward0)
+
+* ``bce-sigmoid``: ``nn.BCELoss()`` on ``p = torch.sigmoid(z)``, as many learners write it.
+  torch's rules, which are not the textbook's::
+
+      l_i   = (y_i - 1)·max(log(1 - p_i), -100) - y_i·max(log p_i, -100)   (each log clamped at -100,
+                                                                           in the forward pass only)
+      dl/dp = (p - y) / max((1 - p)·p, 1e-12) / n  (BinaryCrossEntropyBackward0: not the derivative
+                                                    of the clamped loss)
+      dl/dz = dl/dp · (1 - p)·p                    (SigmoidBackward0)
+
+  so where σ saturates (p rounds to 1 or 0) torch's own gradient vanishes: ``(1 - p)·p`` is 0 and
+  ``dl/dz = dl/dp·0``, while the textbook ``p - y`` is not. In float16, 1e-12 rounds to 0: a
+  saturated p gives ``(p - y)/0``, torch's gradient is inf or nan (reported as torch's).
+
+Both give, in exact arithmetic, ``dl/dz = (p - y)/n``; then (``nn.Linear``'s AddmmBackward0)::
+
+    dl/dw = Xᵀ·dl/dz        dl/db = Σ_i dl/dz_i
+
+The forward and backward are written once against ``ops`` (:mod:`sgdtrace.models.ops`): the hand
+side runs them with :class:`~sgdtrace.models.ops.HandOps`, the judge with
+:class:`~sgdtrace.models.ops.TrackOps` (E and C by the general rules; docs/tolerance.md). The torch
+side is :mod:`sgdtrace.models.logistic_torch` (``nn.Linear(D, 1)``, D = 1 too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from sgdtrace import dtypes
+from sgdtrace.errors import DataError
+from sgdtrace.models import Param
+from sgdtrace.models import linear as _linear
+from sgdtrace.models import ops as _ops
+
+NAME = "logistic"
+#: the losses this model takes (``--loss``), the first the default
+LOSSES = ("bce", "bce-sigmoid")
+TORCH_SIDE = "sgdtrace.models.logistic_torch"
+#: BCELoss's clamp of each log (forward only) and the floor of its backward's denominator
+LOG_CLAMP = -100.0
+EPSILON = 1e-12
+
+
+# ------------------------------------------------------------------ the parameters
+
+
+def params(config, features: int | None) -> tuple[Param, ...]:
+    """``w`` (D,) and ``b`` (1,): ``nn.Linear(D, 1)``'s ``weight[0]`` and ``bias`` (D = 1 for one column)."""
+    D = 1 if features is None else features
+    return (Param("w", (D,), "weight", "w"), Param("b", (1,), "bias", "b"))
+
+
+def initial(config, model) -> dict[str, np.ndarray]:
+    """``--init-w`` (a number, or a list of D) and ``--init-b``."""
+    w, b = model.param("w"), model.param("b")
+    what = f"the model's w (D = {w.shape[0]} feature{'s' if w.shape[0] != 1 else ''})"
+    return {
+        "w": _linear._values(config.init_w, w.shape, "init_w", config, what),
+        "b": _linear._values(config.init_b, b.shape, "init_b", config, "b"),
+    }
+
+
+true_values = _linear.true_values
+
+
+def inputs(model, x: np.ndarray) -> np.ndarray:
+    """The samples as the hand side takes them: ``(n, D)``."""
+    return x.reshape(x.shape[0], -1)
+
+
+# ------------------------------------------------------------------ the data
+
+
+def synthetic(config, features: int | None):
+    """``--synthetic N``: x as the linear model draws it (uniform in [0, 10)^D, ``--seed``), and each
+    label drawn from Bernoulli(σ(x·true_w + true_b)) with a generator seeded by the same seed."""
+    from sgdtrace import data
+
+    base = data.synthetic(config.synthetic, config.true_w, config.true_b, 0.0, config.effective_seed, features)
+    x = base.x.reshape(base.x.shape[0], -1)
+    w = np.broadcast_to(np.asarray(config.true_w, dtype=np.float64), (x.shape[1],))
+    with np.errstate(over="ignore"):
+        p = _ops._sigmoid(x @ w + config.true_b)
+    rng = np.random.default_rng([config.effective_seed, 1])
+    y = (rng.uniform(size=x.shape[0]) < p).astype(np.float64)
+    info = dict(base.info)
+    info.pop("noise", None)
+    info["labels"] = "Bernoulli(σ(x·true_w + true_b))"
+    return data.Dataset(base.x, y, info, base.true_w, base.true_b, base.features)
+
+
+def check_data(dataset, config) -> None:
+    """Labels 0 or 1 (the binary cross-entropy's): another is exit 2 naming the row."""
+    bad = np.flatnonzero((dataset.y != 0) & (dataset.y != 1))
+    if bad.size:
+        i = int(bad[0])
+        src = dataset.info.get("source")
+        where = (
+            f"--data {dataset.info.get('path')!r}: data row {i + 1}"
+            if src == "csv"
+            else ("the article's data" if src == "article" else f"--{src} data") + f": y[{i}]"
+        )
+        raise DataError(
+            f"{where}: label y = {dataset.y[i]:g}; --model logistic takes labels 0 and 1 "
+            f"({bad.size} row{'s' if bad.size != 1 else ''} not 0 or 1)"
+        )
+
+
+# ------------------------------------------------------------------ forward and backward, against ops
+
+
+def forward_backward(ops, params: dict, x, y, loss: str = "bce") -> dict:
+    """One batch, every node kept (explain reads them): z, p, the loss terms, the loss, dl/dz and the
+    gradients. ``x`` (n, D), ``y`` (n,); ``params`` ``w`` (D,), ``b`` (1,)."""
+    n = ops.rows(x)
+    one = ops.const(1.0, y)
+    z = node_z(ops, x, params["w"], params["b"])
+    p = ops.sigmoid(z)
+    if loss == "bce":
+        terms = bce_terms(ops, z, y, one)
+        dl_dz = dl_dz_bce(ops, p, y, n)
+        nodes = {}
+    else:
+        terms = bce_sigmoid_terms(ops, p, y, one)
+        dl_dp = dl_dp_bce(ops, p, y, one, n)
+        dl_dz = ops.sigmoid_backward(dl_dp, p)
+        nodes = {"dl_dp": dl_dp}
+    return {
+        "z": z,
+        "p": p,
+        "terms": terms,
+        "loss": ops.mean(terms),
+        "dl_dz": dl_dz,
+        "grad_w": ops.vecmat(dl_dz, x),
+        "grad_b": ops.sum(dl_dz, keep=True),
+        **nodes,
+    }
+
+
+def node_z(ops, x, w, b):
+    """z = X·w + b: each sample's logit (torch's addmm: the bias added inside the sum)."""
+    return ops.matvec(x, w, b)
+
+
+def bce_terms(ops, z, y, one):
+    """BCEWithLogitsLoss per sample: (1 - y)·z - log σ(z) (torch's form, free of overflow)."""
+    return ops.sub(ops.mul(ops.sub(one, y), z), ops.log_sigmoid(z))
+
+
+def dl_dz_bce(ops, p, y, n: int):
+    """dl/dz = (σ(z) - y)/n (BinaryCrossEntropyWithLogitsBackward0)."""
+    return ops.div_n(ops.sub(p, y), n)
+
+
+def bce_sigmoid_terms(ops, p, y, one):
+    """BCELoss per sample: (y - 1)·max(log(1 - p), -100) - y·max(log p, -100)."""
+    log_q = ops.clamp_min(ops.log(ops.sub(one, p)), LOG_CLAMP)
+    log_p = ops.clamp_min(ops.log(p), LOG_CLAMP)
+    return ops.sub(ops.mul(ops.sub(y, one), log_q), ops.mul(y, log_p))
+
+
+def dl_dp_bce(ops, p, y, one, n: int):
+    """dl/dp = (p - y)/max((1 - p)·p, 1e-12)/n (BinaryCrossEntropyBackward0; 1e-12 in the run's type)."""
+    floor = ops.const(EPSILON, p)
+    return ops.div_n(ops.div(ops.sub(p, y), ops.maximum(ops.mul(ops.sub(one, p), p), floor)), n)
+
+
+def engine_gradients(model, config=None) -> Callable:
+    """The hand side's ``gradients(params, x, y) -> (loss, grads)``: :func:`forward_backward` with
+    :class:`~sgdtrace.models.ops.HandOps` in the run's dtype."""
+    loss = getattr(config, "loss", "bce")
+    dtype = getattr(config, "dtype", "float32")
+    return _ops.hand_gradients(lambda o, p, x, y: forward_backward(o, p, x, y, loss), model.names, dtype)
+
+
+def gradient_terms(model, starts, bounds, x, y, plan, config) -> dict:
+    """The judge's terms by the general rules (:func:`sgdtrace.models.ops.judge_terms`)."""
+    return _ops.judge_terms(
+        model, lambda o, p, xb, yb: forward_backward(o, p, xb, yb, config.loss), starts, bounds, x, y, plan, config
+    )
+
+
+# ------------------------------------------------------------------ the blow-up analysis
+
+
+def batch_hessians(model, x: np.ndarray, plan, dtype: str, epochs: list[int]):
+    """A bound on each batch loss's Hessian, the same at every point: the Hessian is
+    ``(1/n) Σ σ'(z_i) [x_i 1]ᵀ[x_i 1]`` with ``σ' <= 1/4``, so it is at most (in the positive
+    semi-definite order) ``(1/(4n)) [[XᵀX, Xᵀ1], [1ᵀX, n]]``: the linear model's with 2 replaced by
+    1/4. A rate below ``2/λ_max`` of this bound cannot raise the batch loss (the descent lemma)."""
+    n, H = _linear.batch_hessians(model, x, plan, dtype, epochs)
+    return n, H / 8.0
+
+
+def data_loss(model, dataset, values: dict[str, np.ndarray]):
+    """The mean binary cross-entropy over the whole data set, in float64, at ``values`` (a point, or
+    a path: one row per point)."""
+    x = dataset.x.reshape(len(dataset), -1).astype(np.float64)
+    y = dataset.y.astype(np.float64)
+    w = np.asarray(values["w"], dtype=np.float64)
+    b = np.asarray(values["b"], dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if w.ndim == 1:
+            z = x @ w + b[0]
+            return float(np.mean((1 - y) * z - _ops._log_sigmoid(z)))
+        z = w @ x.T + b[:, :1]
+        return np.mean((1 - y) * z - _ops._log_sigmoid(z), axis=1)
+
+
+# ------------------------------------------------------------------ what the views show
+
+LABELS = {"grad_w": "dl/dw", "grad_b": "dl/db", "loss": "loss", "w": "w", "b": "b"}
+
+
+def equation(model) -> str:
+    return "p = σ(w·x + b)"
+
+
+def describe(model) -> str:
+    D = model.param("w").shape[0]
+    return (
+        f"logistic regression p = σ(w·x + b) on {D} feature{'s' if D != 1 else ''} "
+        f"(w ({D},), b (1,); torch: nn.Linear({D}, 1))"
+    )
+
+
+def title(model, config) -> str:
+    """How titles name the model: the equation, D and the torch side with its loss."""
+    D = model.param("w").shape[0]
+    loss = "nn.BCELoss on torch.sigmoid" if getattr(config, "loss", "bce") == "bce-sigmoid" else "nn.BCEWithLogitsLoss"
+    return f"p = σ(w·x + b) on {D} feature{'s' if D != 1 else ''} (nn.Linear({D}, 1), {loss})"
+
+
+def reduced(dtype: str) -> bool:
+    return dtype in dtypes.REDUCED
