@@ -192,6 +192,91 @@ def gradient_terms(model, starts, bounds, x, y, plan, config) -> dict:
     )
 
 
+# ------------------------------------------------------------------ the diagnosis (sgdtrace.diagnosis)
+
+#: why a constant factor 2 or 1/2 (the linear model's texts speak of its d² and MSE)
+FACTOR_WHY = {
+    "2": "a factor 2 too many (the mean squared error's 2 carried over, or the loss summed twice)",
+    "1/2": "half the right value (a 1/2 in front of the loss, or the gradient averaged twice)",
+}
+#: what a flipped sign of a gradient usually is here
+SIGN_TEXT = "y - p taken for p - y (dl/dz = p - y for the binary cross-entropy)"
+
+
+def _exact(w, b, x, y):
+    """z and p in float64 on a batch (``x`` (n, D), ``w`` (D,), ``b`` (1,))."""
+    z = x @ np.asarray(w, dtype=np.float64) + float(np.ravel(b)[0])
+    return z, _ops._sigmoid(z)
+
+
+def sample_terms(field: str, w, b, x, y, config) -> np.ndarray:
+    """Per sample, what the field sums before dividing by n, in float64 by the textbook rule:
+    ``(p - y) x`` (n, D), ``p - y`` (n, 1), the loss term."""
+    z, p = _exact(w, b, x, y)
+    r = p - y
+    if field == "grad_w":
+        return r[:, None] * x
+    if field == "grad_b":
+        return r[:, None]
+    with np.errstate(divide="ignore"):
+        if getattr(config, "loss", "bce") == "bce-sigmoid":
+            return -(y * np.maximum(np.log(p), LOG_CLAMP) + (1 - y) * np.maximum(np.log1p(-p), LOG_CLAMP))
+        return (1 - y) * z - _ops._log_sigmoid(z)
+
+
+def right_value(field: str, w, b, x, y, config, index=()) -> float:
+    """The field as torch's rules give it from these inputs, in the run's dtype (the hand side's
+    own engine: BCELoss's clamped backward included)."""
+    ops = HandOps_for(config)
+    cast = lambda v: dtypes.cast(np.asarray(v, dtype=np.float64), config.dtype)  # noqa: E731
+    out = forward_backward(ops, {"w": cast(w), "b": cast(np.ravel(b))}, cast(x), cast(y), config.loss)
+    value = np.asarray(out[field], dtype=np.float64)
+    return float(value[index] if index else value)
+
+
+def HandOps_for(config):  # noqa: N802
+    return _ops.HandOps(config.dtype)
+
+
+def gradient_mistakes(field: str, w, b, x, y, config, index=()) -> list[tuple[str, float, str]]:
+    """The logistic model's own classic mistakes, each as ``(kind, the value it gives, the text)``:
+    the MSE's gradient used for the cross-entropy, and (``bce-sigmoid``) the textbook ``p - y``
+    where torch's clamped rule gives another value (σ saturated)."""
+    if field not in ("grad_w", "grad_b"):
+        return []
+    n = x.shape[0]
+    z, p = _exact(w, b, x, y)
+    col = x[:, index[0]] if field == "grad_w" and index else (x[:, 0] if field == "grad_w" else np.ones(n))
+    out = [
+        (
+            "zero_gradient",
+            0.0,
+            "is 0: no gradient for this step (the previous step's kept, none before the first, or the "
+            "gradient zeroed after backward)",
+        ),
+        (
+            "mse_gradient",
+            float(np.sum(2 * (p - y) * p * (1 - p) * col) / n),
+            "is the mean squared error's gradient, 2(p - y)·σ'(z), not the cross-entropy's (p - y)",
+        ),
+        (
+            "mse_gradient",
+            float(np.sum(2 * (p - y) * col) / n),
+            "uses 2(p - y), the mean squared error's dl/dp, where the cross-entropy's dl/dz is p - y",
+        ),
+    ]
+    if getattr(config, "loss", "bce") == "bce-sigmoid":
+        out.append(
+            (
+                "textbook_bce_sigmoid",
+                float(np.sum((p - y) * col) / n),
+                "is the textbook (p - y)/n; torch's BCELoss backward is (p - y)/max((1 - p)·p, 1e-12), "
+                "which vanishes where σ(z) rounds to 1 or 0: torch's own gradient is smaller there",
+            )
+        )
+    return out
+
+
 # ------------------------------------------------------------------ the blow-up analysis
 
 
