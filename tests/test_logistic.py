@@ -124,3 +124,31 @@ def test_synthetic_labels_follow_the_seed():
     b = run_trace(Config(**BASE, seed=3)).dataset.y
     c = run_trace(Config(**BASE, seed=4)).dataset.y
     assert set(np.unique(a)) <= {0.0, 1.0} and np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_explain_shows_z_p_the_terms_and_dl_dz():
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    args = ["explain", "--model", "logistic", "--loss", "bce-sigmoid", "--synthetic", "8", "--true-w", "1.5"]
+    r = CliRunner().invoke(cli, [*args, "--true-b", "-7.5", "--init-w", "4", "--batch-size", "4", "--batch", "2"])
+    assert r.exit_code == 0, r.output
+    for text in ("p = σ(z)", "dl/dz", "max((1 − p)·p, 1e-12)", "torch: dl/dw", "clamped at −100"):
+        assert text in r.output
+    assert "bit for bit as in the" in r.output and "Warning" not in r.output
+
+
+@pytest.mark.parametrize(
+    "loss,node", [("bce", "BinaryCrossEntropyWithLogitsBackward0"), ("bce-sigmoid", "SigmoidBackward0")]
+)
+def test_graph_beside_torchs_grad_fn(loss, node):
+    from sgdtrace.teaching.graph import build_graph
+
+    trace = run_trace(Config(**BASE, loss=loss))
+    g = build_graph(trace)
+    assert g.structure_ok, g.structure_note
+    names = [n.name for n in g.nodes]
+    assert node in names and "AddmmBackward0" in names
+    z = next(i for i, n in enumerate(g.nodes) if n.name == "AddmmBackward0")
+    assert g.ulps[z] is not None and g.ulps[z] <= 4  # dl/dz by hand beside torch's

@@ -307,6 +307,8 @@ def data_loss(model, dataset, values: dict[str, np.ndarray]):
 # ------------------------------------------------------------------ what the views show
 
 LABELS = {"grad_w": "dl/dw", "grad_b": "dl/db", "loss": "loss", "w": "w", "b": "b"}
+#: the per-sample nodes explain shows (from :func:`forward_backward`)
+EXPLAIN_NODES = ("z", "p", "terms", "dl_dz", "dl_dp")
 
 
 def equation(model) -> str:
@@ -319,6 +321,55 @@ def describe(model) -> str:
         f"logistic regression p = σ(w·x + b) on {D} feature{'s' if D != 1 else ''} "
         f"(w ({D},), b (1,); torch: nn.Linear({D}, 1))"
     )
+
+
+def graph(config) -> dict:
+    """``sgdtrace graph``'s view of the model: the manual DAG in vector form, which torch backward
+    node computes which manual node (the first its output), the nodes torch's chain must cover, and
+    dl/d(node) from one batch's explanation."""
+    from sgdtrace.teaching.graph import ManualNode
+
+    sigmoid_form = getattr(config, "loss", "bce") == "bce-sigmoid"
+    dag = [
+        ManualNode("l", "l = (1/n)·Σ l_i", "dl/dl_i = 1/n", ("t",)),
+        ManualNode(
+            "t",
+            "l_i = (y − 1)·max(log(1 − p), −100) − y·max(log p, −100) (n,)"
+            if sigmoid_form
+            else "l_i = (1 − y)·z − log σ(z) (n,)",
+            "dl/dp = (p − y)/max((1 − p)·p, 1e-12)/n (torch's rule)" if sigmoid_form else "dl/dz = (σ(z) − y)/n",
+            ("p", "y") if sigmoid_form else ("z", "y"),
+        ),
+    ]
+    if sigmoid_form:
+        dag.append(ManualNode("p", "p = σ(z) (n,)", "dp/dz = (1 − p)·p: dl/dz = dl/dp·(1 − p)·p", ("z",)))
+    dag += [
+        ManualNode("z", "z = X·w + b (n,)", "dz_i/dw_j = x_ij, dz/db = 1: dl/dw = Xᵀ·dl/dz", ("w", "b", "x")),
+        ManualNode("w", "leaf (parameter, (D,))", "accumulates dl/dw"),
+        ManualNode("b", "leaf (parameter, (1,))", "accumulates dl/db"),
+        ManualNode("x", "leaf (input X, (n, D), no gradient)", "—"),
+        ManualNode("y", "leaf (labels 0/1, no gradient)", "—"),
+    ]
+    mapping = {
+        "AddmmBackward0": ("z",),
+        "BinaryCrossEntropyWithLogitsBackward0": ("l", "t"),
+        "BinaryCrossEntropyBackward0": ("l", "t"),
+        "SigmoidBackward0": ("p",),
+    }
+
+    def grads(ex) -> dict:
+        out = {"l": np.array([1.0]), "z": ex.nodes["dl_dz"], "w": ex.grads["w"], "b": ex.grads["b"]}
+        if sigmoid_form:
+            out["p"] = ex.nodes["dl_dp"]
+        return out
+
+    return {
+        "dag": tuple(dag),
+        "torch_to_manual": mapping,
+        "expected": ("l", "t", "p", "z") if sigmoid_form else ("l", "t", "z"),
+        "grads": grads,
+        "criterion": "nn.BCELoss() on torch.sigmoid" if sigmoid_form else "nn.BCEWithLogitsLoss()",
+    }
 
 
 def title(model, config) -> str:

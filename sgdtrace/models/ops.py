@@ -199,10 +199,11 @@ class HandOps:
         """σ(a) as torch's kernel forms it, ``1/(1 + e^-a)`` with ``e^-a`` in the type it computes
         in (float32 for 16 bits): where that overflows (a < -88.7 in float32) σ is 0, not the
         subnormal the exact value rounds to; elsewhere within the function bound."""
-        acc = np.float32 if self.reduced else self.dtype
+        acc = np.dtype(np.float32) if self.reduced else self.dtype
         with np.errstate(all="ignore"):
-            e = np.exp(-np.asarray(a, dtype=np.float64)).astype(acc).astype(np.float64)
-            return self._out((1.0 / (1.0 + e)).astype(np.float32 if self.reduced else self.dtype))
+            e = np.exp(-np.asarray(a, dtype=np.float64)).astype(acc)  # e^-a, rounded once to the type
+            one = acc.type(1)
+            return self._out(one / (one + e))  # then 1 + e and the reciprocal, each rounded, as torch
 
     def tanh(self, a):
         return self._f(np.tanh, a)
