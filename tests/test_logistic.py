@@ -152,3 +152,15 @@ def test_graph_beside_torchs_grad_fn(loss, node):
     assert node in names and "AddmmBackward0" in names
     z = next(i for i, n in enumerate(g.nodes) if n.name == "AddmmBackward0")
     assert g.ulps[z] is not None and g.ulps[z] <= 4  # dl/dz by hand beside torch's
+
+
+def test_plot_draws_the_decision_boundary_on_two_features(tmp_path):
+    pytest.importorskip("matplotlib")
+    from sgdtrace.views.plot import plot_figure
+
+    fig = plot_figure(run_trace(Config(**BASE)))
+    titles = [ax.get_title() for ax in fig.get_axes()]
+    assert "decision boundary p = 1/2" in titles
+    assert any("binary cross-entropy" in ax.get_ylabel() for ax in fig.get_axes())
+    one = plot_figure(run_trace(Config(**{**BASE, "features": 1, "true_w": 1.5})))
+    assert "decision boundary p = 1/2" not in [ax.get_title() for ax in one.get_axes()]

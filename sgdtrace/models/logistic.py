@@ -372,6 +372,18 @@ def graph(config) -> dict:
     }
 
 
+#: the plot's loss axis
+LOSS_LABEL = "batch loss (binary cross-entropy)"
+
+
+def decision_boundary(values: dict, x1: np.ndarray) -> np.ndarray | None:
+    """On two features, x2 along the line w·x + b = 0 (p = 1/2) at ``x1``; None where w2 is 0."""
+    w, b = np.ravel(values["w"]), float(np.ravel(values["b"])[0])
+    if w.shape[0] != 2 or w[1] == 0:
+        return None
+    return -(w[0] * x1 + b) / w[1]
+
+
 def title(model, config) -> str:
     """How titles name the model: the equation, D and the torch side with its loss."""
     D = model.param("w").shape[0]
