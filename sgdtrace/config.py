@@ -101,7 +101,7 @@ class Config:
     # the model (sgdtrace.models) and its loss; features: D input columns (None: the article's
     # form, one x column, scalar w and b)
     model: str = "linear"
-    loss: str = "mse"
+    loss: str | None = None  # None: the model's default (mse for linear, bce for logistic)
     features: int | None = None
     # the network's hidden width and activation (--model mlp; None: its defaults, 8 and relu)
     hidden: int | None = None
@@ -120,6 +120,10 @@ class Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", canonical_optimizer(self.optimizer))
+        if self.loss is None:
+            from sgdtrace.models import LOSSES
+
+            object.__setattr__(self, "loss", LOSSES.get(self.model, ("mse",))[0])
         _fill_optimizer_defaults(self)
         validate(self)
 
@@ -314,6 +318,22 @@ COMBINATIONS: dict[str, Refusal] = {
         ("--engine", "--judge step"),
         ("run", "--engine", _ENGINE_EXAMPLE, "--judge", "step"),
     ),
+    "float16-bce_sigmoid": Refusal(
+        "--dtype float16",
+        "--loss bce-sigmoid",
+        "torch's BCELoss backward divides by max((1 - p)·p, 1e-12), and 1e-12 is 0 in float16: a "
+        "saturated p gives an inf or nan gradient, and the nan parameters then stop BCELoss ('all "
+        "elements of input should be between 0 and 1'); use --loss bce (BCEWithLogitsLoss) or another dtype",
+        ("--dtype", "--loss"),
+        ("run", "--model", "logistic", "--loss", "bce-sigmoid", "--dtype", "float16", "--synthetic", "8"),
+    ),
+    "world_size-model": Refusal(
+        _WS,
+        "--model logistic or mlp",
+        "the data-parallel loop builds the linear model's module and nn.MSELoss only",
+        ("--world-size", "--model"),
+        ("run", "--world-size", "2", "--model", "logistic", "--synthetic", "8", "--true-b", "-10"),
+    ),
     "world_size-gradcheck": Refusal(
         _WS,
         "--gradcheck",
@@ -387,13 +407,6 @@ COMBINATIONS: dict[str, Refusal] = {
         "choose the draw with --seed",
         ("--model mlp", "--init-w|--init-b"),
         ("run", "--model", "mlp", "--init-w", "1"),
-    ),
-    "mlp-world_size": Refusal(
-        "--model mlp",
-        _WS,
-        "the data-parallel run replays the linear model's gradients per rank; run the network with --world-size 1",
-        ("--model mlp", "--world-size"),
-        ("run", "--model", "mlp", "--world-size", "2"),
     ),
     "mlp-engine": Refusal(
         "--model mlp",
@@ -675,6 +688,12 @@ def _validate_model(cfg: Config, integer) -> None:
         _fail(cfg, "model", cfg.model, "allowed: " + ", ".join(NAMES))
     if cfg.judge not in JUDGES:
         _fail(cfg, "judge", cfg.judge, "allowed: " + ", ".join(JUDGES))
+    if cfg.loss == "bce-sigmoid" and cfg.dtype == "float16":
+        raise refusal("float16-bce_sigmoid", f"{_label(cfg, 'dtype')} float16", f"{_label(cfg, 'loss')} bce-sigmoid")
+    if cfg.model != "linear" and cfg.world_size > 1:
+        raise refusal(
+            "world_size-model", f"{_label(cfg, 'world_size')} {cfg.world_size}", f"{_label(cfg, 'model')} {cfg.model}"
+        )
     if cfg.judge == "step" and cfg.world_size > 1:
         raise refusal(
             "world_size-judge", f"{_label(cfg, 'world_size')} {cfg.world_size}", _label(cfg, "judge") + " step"
@@ -719,8 +738,6 @@ def _validate_network(cfg: Config, integer) -> None:
     for key in ("init_w", "init_b"):
         if key in cfg.origin or getattr(cfg, key) != 0.0:
             raise refusal("mlp-init", model, _label(cfg, key))
-    if cfg.world_size > 1:
-        raise refusal("mlp-world_size", model, f"{_label(cfg, 'world_size')} {cfg.world_size}")
     if cfg.engine is not None:
         raise refusal("mlp-engine", model, _label(cfg, "engine"))
 

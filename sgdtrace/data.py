@@ -332,29 +332,19 @@ def _parse_rows(text: str, label: str) -> tuple[Any, list[float]]:
     return np.array(xs, dtype=np.float64).T, ys
 
 
-def labelled(dataset: Dataset, seed: int) -> Dataset:
-    """Synthetic data for a classifier (a bce loss): each label 1 with probability σ(z_i), z_i the
-    line's value ``x_i·true_w + true_b`` (noise included), drawn with a generator seeded ``seed + 1``."""
-    rng = np.random.default_rng(seed + 1)
-    with np.errstate(over="ignore"):
-        p = 1.0 / (1.0 + np.exp(-np.asarray(dataset.y, dtype=np.float64)))
-    y = (rng.uniform(0.0, 1.0, p.shape[0]) < p).astype(np.float64)
-    info = {**dataset.info, "labels": "1 with probability σ(x·true_w + true_b)"}
-    return Dataset(dataset.x, y, info, dataset.true_w, dataset.true_b, dataset.features)
-
-
 def load(config: Config) -> Dataset:
     """The data set a config names: ``--data`` (CSV), ``--synthetic N``, or the article's."""
     features = getattr(config, "features", None)
     if config.data is not None:
         dataset = read_csv(config.data)
     elif config.synthetic is not None:
-        dataset = synthetic(
-            config.synthetic, config.true_w, config.true_b, config.noise, config.effective_seed, features
+        own = getattr(_model_module(config), "synthetic", None)  # a model's own draw (logistic: 0/1 labels)
+        if own is not None:
+            return _checked(own(config, features), config)
+        return _checked(
+            synthetic(config.synthetic, config.true_w, config.true_b, config.noise, config.effective_seed, features),
+            config,
         )
-        if getattr(config, "loss", "mse").startswith("bce"):
-            dataset = labelled(dataset, config.effective_seed)
-        return _checked(dataset, config)
     else:
         dataset = article()
     if features is not None:  # --features D names the data's columns: one x column is D = 1
@@ -374,8 +364,17 @@ def load(config: Config) -> Dataset:
     return _checked(dataset, config)
 
 
+def _model_module(config: Config):
+    from sgdtrace import models
+
+    return models.get(getattr(config, "model", "linear"))
+
+
 def _checked(dataset: Dataset, config: Config) -> Dataset:
     check_range(dataset, config.dtype)
+    check = getattr(_model_module(config), "check_data", None)  # a model's own rule (logistic: labels 0/1)
+    if check is not None:
+        check(dataset, config)
     return dataset
 
 

@@ -100,9 +100,13 @@ def _scalar(trace) -> bool:
     return getattr(trace, "model", None) is None or trace.model.scalar
 
 
-def _terms(field: str, w, b, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _terms(field: str, w, b, x: np.ndarray, y: np.ndarray, trace=None) -> np.ndarray:
     """Per sample, what the field sums before dividing by n: 2 d x, 2 d, d^2 (on D features
-    ``(n, D)`` for the weight's gradient, ``(n, 1)`` for the bias's)."""
+    ``(n, D)`` for the weight's gradient, ``(n, 1)`` for the bias's); a model that declares its
+    own (``sample_terms``: logistic regression's (p - y) x, ...) gives them."""
+    own = getattr(getattr(getattr(trace, "model", None), "module", None), "sample_terms", None)
+    if own is not None:
+        return own(field, w, b, x, y, trace.config)
     if np.ndim(w) == 0:
         d = w * x + b - y
         return {"grad_w": 2 * d * x, "grad_b": 2 * d, "loss": d * d}[field]
@@ -165,17 +169,30 @@ def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0, b0, index
     _, x, y = _batch(trace, k)
     n = x.shape[0]
     label = _label(field, index)
+    module = getattr(getattr(trace, "model", None), "module", None)
+    # a model's own classic mistakes first: more specific than a constant factor, which they can
+    # equal at a step (the mean squared error's gradient is half the cross-entropy's where p = 1/2)
+    mistakes = getattr(module, "gradient_mistakes", None)
+    for kind, candidate, text in mistakes(field, w0, b0, x, y, trace.config, index) if mistakes else ():
+        if judge.explains(candidate):
+            return {"kind": kind, "factor": None, "text": f"{label} {text}"}
+    why_of = getattr(module, "FACTOR_WHY", {})
     for c, printed, why in _factors(n):
+        why = why_of.get(printed, why)
         if judge.explains(c * judge.right, c):
             return {"kind": "factor", "factor": c, "text": f"{label} is {printed} times the right value: {why}"}
     if judge.explains(-judge.right):
         return {
             "kind": "sign",
             "factor": -1.0,
-            "text": f"{label} has its sign flipped: the residual taken as y - ypred without the chain "
-            "rule's -1 (dd/dc = 1 for d = ypred - y)",
+            "text": f"{label} has its sign flipped: "
+            + getattr(
+                module,
+                "SIGN_TEXT",
+                "the residual taken as y - ypred without the chain rule's -1 (dd/dc = 1 for d = ypred - y)",
+            ),
         }
-    every = _terms(field, w0, b0, x, y)
+    every = _terms(field, w0, b0, x, y, trace)
     if index and field == "grad_w":  # D features: another feature's element
         right = every.sum(axis=0) / n
         for j in range(right.shape[0]):
@@ -212,7 +229,7 @@ def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0, b0, index
             "from the step before",
         }
     w1, b1 = trace.manual["w"][k].astype(np.float64), trace.manual["b"][k].astype(np.float64)
-    after = _terms(field, w1, b1, x, y).sum(axis=0) / n
+    after = _terms(field, w1, b1, x, y, trace).sum(axis=0) / n
     if judge.explains(float(after[index] if index else after)):
         return {
             "kind": "after_update",
@@ -320,8 +337,11 @@ def diagnose_step(trace, first=None) -> dict[str, Any] | None:
                         for p in ("w", "b")
                     )
                 _, x, y = _batch(trace, k)
-                total = _terms(field, w0, b0, x, y).sum(axis=0) / x.shape[0]
+                total = _terms(field, w0, b0, x, y, trace).sum(axis=0) / x.shape[0]
                 right = float(total[index] if index else total)
+                exact_rule = getattr(trace.model.module, "right_value", None) if not _scalar(trace) else None
+                if exact_rule is not None:  # the model's own rules in the run's dtype (torch's clamps)
+                    right = exact_rule(field, w0, b0, x, y, cfg, index)
                 return _gradient_hypotheses(trace, k, field, _Judge(value, right, tol, u), w0, b0, index)
             if field not in ("w", "b") and not field.startswith("buf_"):
                 return None

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from types import ModuleType
 
 #: the models sgdtrace runs (``--model``), each a module of this package
-NAMES = ("linear", "mlp")
+NAMES = ("linear", "logistic", "mlp")
 #: the losses each model takes (``--loss``), its default first
-LOSSES = {"linear": ("mse",), "mlp": ("mse", "bce")}
+LOSSES = {"linear": ("mse",), "logistic": ("bce", "bce-sigmoid"), "mlp": ("mse", "bce")}
 #: the network's activations (``--activation``), its default first
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 

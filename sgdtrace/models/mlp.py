@@ -115,9 +115,21 @@ def true_values(dataset, model) -> dict[str, np.ndarray] | None:
     return None
 
 
-def check_data(model, dataset, config) -> None:
+def synthetic(config, features: int | None):
+    """``--synthetic N``: the linear model's draw for mse (y = x·true_w + true_b + noise); for bce the
+    logistic model's, labels drawn 1 with probability σ(x·true_w + true_b)."""
+    from sgdtrace import data
+
+    if getattr(config, "loss", "mse") == "bce":
+        from sgdtrace.models import logistic
+
+        return logistic.synthetic(config, features)
+    return data.synthetic(config.synthetic, config.true_w, config.true_b, config.noise, config.effective_seed, features)
+
+
+def check_data(dataset, config) -> None:
     """A bce loss takes labels 0 and 1: another value is exit 2, naming the first such row."""
-    if model.loss != "bce":
+    if getattr(config, "loss", "mse") != "bce":
         return
     y = np.asarray(dataset.y)
     bad = np.flatnonzero((y != 0) & (y != 1))
@@ -326,7 +338,7 @@ def hand_ops(dtype: str):
     return NetworkOps(dtype)
 
 
-def engine_gradients(model) -> Callable:
+def engine_gradients(model, config=None) -> Callable:
     """The hand side's ``gradients(params, x, y) -> (loss, grads)`` (the engine protocol's dict form)."""
     act, loss = model.activation, model.loss
 
