@@ -35,9 +35,9 @@ from sgdtrace.tracing import run_trace
 MODELS = ("linear", "logistic")
 JUDGES = ("carry", "step")
 SCHEDULES = (
-    ("StepLR", {"step_size": 3, "gamma": 0.5}),
-    ("ExponentialLR", {"gamma": 0.9}),
-    ("CosineAnnealingLR", {"T_max": 10}),
+    {"name": "StepLR", "step_size": 3, "gamma": 0.5},
+    {"name": "ExponentialLR", "gamma": 0.9},
+    {"name": "CosineAnnealingLR", "T_max": 10},
 )
 
 
@@ -84,9 +84,9 @@ def study_case(rng: np.random.Generator, model: str, judge: str):
     sched = SCHEDULES[int(rng.integers(len(SCHEDULES)))] if rng.random() < 0.25 else None
     extra = {}
     if sched is not None:
-        from sgdtrace.config import Schedule
+        from sgdtrace.config import make_schedule
 
-        extra["scheduler"] = Schedule(sched[0], dict(sched[1]))
+        extra["scheduler"] = make_schedule(dict(sched, interval=str(rng.choice(["epoch", "step"]))), "study")
     cfg = Config(
         model=model,
         loss=loss,
