@@ -16,8 +16,9 @@ gradients of the step), in float64 on the same batch with sgdtrace's own equatio
 A hypothesis names the mistake when the hand side's value lies within the step's rounding
 allowance (the judge's ``tol``, times the factor where one scales the value) of the
 hypothesis' value, that value is itself clearly away from the right one (more than twice the
-allowance), and the hand side's value is less than half as far from it as from the right one. The first hypothesis in the order above that matches is named; none matching gives
-``None``: the numbers support no guess.
+allowance), and the hand side's value is less than half as far from it as from the right one.
+The first hypothesis in the order above that matches is named; none matching gives ``None``: the
+numbers support no guess.
 
 On a model with parameters of a shape (linear on D features) the hypotheses are tested on the
 element the verdict names (``index``), and one more is tried for a weight's gradient: the value

@@ -48,6 +48,8 @@ NAME = "logistic"
 #: the losses this model takes (``--loss``), the first the default
 LOSSES = ("bce", "bce-sigmoid")
 TORCH_SIDE = "sgdtrace.models.logistic_torch"
+#: written against the ops algebra: ``forward_backward(ops, params, x, y, loss)`` (explain reads it)
+OPS = True
 #: BCELoss's clamp of each log (forward only) and the floor of its backward's denominator: torch's
 #: ``constexpr float EPSILON = 1e-12`` (Loss.cpp), a float32 constant, so 9.99999996e-13 in a
 #: float64 run, not 1e-12 (measured: a float64 run's saturated gradients differ by 4e-9 relative
