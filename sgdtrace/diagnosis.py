@@ -15,9 +15,10 @@ gradients of the step), in float64 on the same batch with sgdtrace's own equatio
 
 A hypothesis names the mistake when the hand side's value lies within the step's rounding
 allowance (the judge's ``tol``, times the factor where one scales the value) of the
-hypothesis' value, and that value is itself clearly away from the right one (more than twice the
-allowance). The first hypothesis in the order above that matches is named; none matching gives
-``None``: the numbers support no guess.
+hypothesis' value, that value is itself clearly away from the right one (more than twice the
+allowance), and the hand side's value is less than half as far from it as from the right one.
+The first hypothesis in the order above that matches is named; none matching gives ``None``: the
+numbers support no guess.
 
 On a model with parameters of a shape (linear on D features) the hypotheses are tested on the
 element the verdict names (``index``), and one more is tried for a weight's gradient: the value
@@ -82,7 +83,10 @@ class _Judge:
         if not math.isfinite(candidate):
             return False
         allow = self.allow(candidate, scale)
-        return abs(self.value - candidate) <= allow and abs(candidate - self.right) > 2 * allow
+        near = abs(self.value - candidate)
+        # and the value is markedly nearer the candidate than the right value: where the allowance
+        # is as large as the values (16 bits), a candidate barely inside it is no evidence
+        return near <= allow and abs(candidate - self.right) > 2 * allow and 2 * near < abs(self.value - self.right)
 
 
 def _batch(trace, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -35,9 +35,9 @@ from sgdtrace.tracing import run_trace
 MODELS = ("linear", "logistic")
 JUDGES = ("carry", "step")
 SCHEDULES = (
-    ("StepLR", {"step_size": 3, "gamma": 0.5}),
-    ("ExponentialLR", {"gamma": 0.9}),
-    ("CosineAnnealingLR", {"T_max": 10}),
+    {"name": "StepLR", "step_size": 3, "gamma": 0.5},
+    {"name": "ExponentialLR", "gamma": 0.9},
+    {"name": "CosineAnnealingLR", "T_max": 10},
 )
 
 
@@ -84,9 +84,9 @@ def study_case(rng: np.random.Generator, model: str, judge: str):
     sched = SCHEDULES[int(rng.integers(len(SCHEDULES)))] if rng.random() < 0.25 else None
     extra = {}
     if sched is not None:
-        from sgdtrace.config import Schedule
+        from sgdtrace.config import make_schedule
 
-        extra["scheduler"] = Schedule(sched[0], dict(sched[1]))
+        extra["scheduler"] = make_schedule(dict(sched, interval=str(rng.choice(["epoch", "step"]))), "study")
     cfg = Config(
         model=model,
         loss=loss,
@@ -190,7 +190,9 @@ PLANTED = {
         ("textbook_bce_sigmoid",),
     ),
 }
-PLANTED_BASE = dict(model="logistic", synthetic=64, features=2, true_w=(1.5, -1.0), true_b=-2.0, batch_size=8, epochs=2, lr=0.1)
+PLANTED_BASE = dict(
+    model="logistic", synthetic=64, features=2, true_w=(1.5, -1.0), true_b=-2.0, batch_size=8, epochs=2, lr=0.1
+)
 
 
 def planted(dtypes_=("float32", "float64", "bfloat16"), judges=JUDGES, out=sys.stdout) -> list[dict]:
@@ -209,9 +211,7 @@ def planted(dtypes_=("float32", "float64", "bfloat16"), judges=JUDGES, out=sys.s
                 first_effect = None
                 for k in range(cfg.epochs * bad.plan.steps_per_epoch):
                     for f in ("grad_w", "grad_b"):
-                        effect = np.abs(
-                            step_bad.manual[f][k].astype(np.float64) - ref.manual[f][k].astype(np.float64)
-                        )
+                        effect = np.abs(step_bad.manual[f][k].astype(np.float64) - ref.manual[f][k].astype(np.float64))
                         if np.any(effect > step_bad.divergence[f].tol[k]):
                             first_effect = k + 1
                             break
@@ -222,7 +222,15 @@ def planted(dtypes_=("float32", "float64", "bfloat16"), judges=JUDGES, out=sys.s
                 diag = None if f is None or f.diagnosis is None else f.diagnosis["kind"]
                 ok = got == first_effect and (diag is None or diag in names)
                 rows.append(
-                    {"kind": kind, "dtype": dtype, "judge": judge, "effect": first_effect, "caught": got, "diagnosis": diag, "ok": ok}
+                    {
+                        "kind": kind,
+                        "dtype": dtype,
+                        "judge": judge,
+                        "effect": first_effect,
+                        "caught": got,
+                        "diagnosis": diag,
+                        "ok": ok,
+                    }
                 )
                 print(
                     f"{kind:20s} {dtype:9s} {judge:5s} effect exceeds the allowance at step {first_effect}, "

@@ -48,9 +48,14 @@ NAME = "logistic"
 #: the losses this model takes (``--loss``), the first the default
 LOSSES = ("bce", "bce-sigmoid")
 TORCH_SIDE = "sgdtrace.models.logistic_torch"
-#: BCELoss's clamp of each log (forward only) and the floor of its backward's denominator
+#: written against the ops algebra: ``forward_backward(ops, params, x, y, loss)`` (explain reads it)
+OPS = True
+#: BCELoss's clamp of each log (forward only) and the floor of its backward's denominator: torch's
+#: ``constexpr float EPSILON = 1e-12`` (Loss.cpp), a float32 constant, so 9.99999996e-13 in a
+#: float64 run, not 1e-12 (measured: a float64 run's saturated gradients differ by 4e-9 relative
+#: with the double 1e-12), and 0 in float16
 LOG_CLAMP = -100.0
-EPSILON = 1e-12
+EPSILON = float(np.float32(1e-12))
 
 
 # ------------------------------------------------------------------ the parameters

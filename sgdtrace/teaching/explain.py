@@ -281,7 +281,8 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
     xb = backend.asarray(model.module.inputs(model, trace.dataset.x[idx]))
     yb = backend.asarray(trace.dataset.y[idx])
     params = {p: backend.param(np.asarray(start[p], dtype=np.float64)) for p in names}
-    own = getattr(model.module, "forward_backward", None)
+    # a model written against ops (``OPS``: its ``forward_backward(ops, params, x, y, loss)``)
+    own = model.module.forward_backward if getattr(model.module, "OPS", False) else None
     if own is not None:  # a model written against ops: its own nodes, by HandOps (the hand engine)
         from sgdtrace.models.ops import HandOps
 
