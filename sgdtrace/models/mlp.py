@@ -476,7 +476,7 @@ LABELS = {
 }
 
 
-def title(model) -> str:
+def title(model, config=None) -> str:
     """The network as titles name it."""
     H, D = model.param("w1").shape
     out = "ypred" if model.loss == "mse" else "z"

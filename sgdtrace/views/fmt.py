@@ -122,8 +122,6 @@ def model_title(trace) -> str:
         return own(model, trace.config)
     if model is None or model.scalar:
         return "ypred = w·x + b"
-    if hasattr(model.module, "title"):  # a model that names itself (a network)
-        return model.module.title(model)
     d = model.param("w").shape[0]
     return f"ypred = w·x + b on {d} feature{'s' if d != 1 else ''} (nn.Linear({d}, 1))"
 
