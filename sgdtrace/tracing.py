@@ -320,9 +320,9 @@ def judge(
     epoch = np.repeat(np.arange(1, plan.epochs + 1, dtype=np.int64), spe)
     batch = np.tile(np.arange(1, spe + 1, dtype=np.int64), plan.epochs)
     n = np.tile(plan.batch_sizes(), plan.epochs)
-    counts: dict = {}
+    extras: dict = {}
     div = divergence.compare_columns(
-        man, ref, dataset.x, dataset.y, plan, cfg, model, initial, hidden=not_kept, counts=counts
+        man, ref, dataset.x, dataset.y, plan, cfg, model, initial, hidden=not_kept, extras=extras
     )
     for f in not_kept:
         del div[f], man[f]
@@ -330,8 +330,9 @@ def judge(
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan, model)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
     verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
-    if model.activation == "relu":
-        verdict.ambiguous = int(np.sum(counts.get("ambiguous", 0)))
+    kink = getattr(model.module, "KINK", False) or model.activation == "relu"  # a network with relu
+    if kink and "ambiguous" in extras:  # a model with relu's kink
+        verdict.ambiguous = int(np.sum(extras["ambiguous"]))
     if cfg.judge == "step":
         from sgdtrace.verdict import divergent_steps
 
