@@ -806,8 +806,8 @@ def check(
 
     Prints one summary row per config and device; exit 1 if any run diverges. The configs ship
     with sgdtrace, so it runs from any folder. With --engine, your file stands on the hand side
-    of every config it can serve (SGD, float32/float64; the others are listed as skipped, with
-    the reason), or of the configs named.
+    of every config it serves (its SGDTRACE declaration; without one, a file with update serves
+    SGD; the others are listed as skipped, with the reason), or of the configs named.
     """
     check_output_path(output)
     from sgdtrace.engines.torch_ddp import under_torchrun
@@ -818,8 +818,17 @@ def check(
     from sgdtrace.check import run_checks
 
     chosen = {k: v for k, v in (("engine", engine), ("engine_timeout", engine_timeout)) if v is not None}
-    if chosen:
-        build_config({}, chosen)  # a bad --engine is refused before anything runs
+    if chosen:  # a bad --engine is refused before anything runs (on a run its declaration serves)
+        from sgdtrace.engines import declared
+
+        pre = {}
+        if engine:
+            try:
+                found = declared.read(engine)
+            except declared.DeclarationError as exc:
+                raise ConfigError(f"--engine {engine!r}: {exc}") from None
+            pre = {key: getattr(found, key)[0] for key in declared.KEYS if getattr(found, key)}
+        build_config(pre, chosen)
     try:
         result = run_checks(paths, devices or None, chosen, named=bool(configs))
     except ConfigError as exc:  # check's files are its arguments, not a --config option

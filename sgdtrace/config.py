@@ -222,27 +222,6 @@ COMBINATIONS: dict[str, Refusal] = {
         ("run", "--optimizer", "adagrad", "--scheduler", "OneCycleLR", "--scheduler-arg", "max_lr=0.1")
         + ("--scheduler-arg", "total_steps=9"),
     ),
-    "engine-optimizer": Refusal(
-        "--engine FILE.py",
-        "--optimizer adam, adamw, rmsprop or adagrad",
-        "your own engine runs plain SGD at a constant learning rate; leave one of them out",
-        ("--engine", "--optimizer"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--optimizer", "adam"),
-    ),
-    "engine-scheduler": Refusal(
-        "--engine FILE.py",
-        "--scheduler",
-        "your own engine runs plain SGD at a constant learning rate; leave one of them out",
-        ("--engine", "--scheduler"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"),
-    ),
-    "engine-dtype": Refusal(
-        "--engine FILE.py",
-        "--dtype bfloat16 or float16",
-        "your own engine runs in float32 or float64; leave one of them out",
-        ("--engine", "--dtype"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--dtype", "float16"),
-    ),
     "world_size-engine": Refusal(
         _WS,
         "--engine FILE.py",
@@ -320,14 +299,6 @@ COMBINATIONS: dict[str, Refusal] = {
         "run takes --batch with --format html only; for one batch's equations use sgdtrace explain --batch",
         ("--batch", "--format html"),
         ("run", "--batch", "1"),
-    ),
-    "engine-features": Refusal(
-        "--engine FILE.py",
-        "--features D, or a CSV file's columns x1..xD",
-        "your own engine's gradients(w, b, x, y) is the article's form (one x column, scalar w and b); "
-        "leave one of them out",
-        ("--engine", "--features|--data"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--synthetic", "9", "--features", "2"),
     ),
     "features-reference": Refusal(
         "--reference exact",
@@ -536,12 +507,7 @@ def validate(cfg: Config) -> None:
             _fail(cfg, "engine", cfg.engine, "must be a Python file (FILE.py)")
         if not os.path.isfile(cfg.engine):
             _fail(cfg, "engine", cfg.engine, "no such file")
-        if cfg.optimizer != "sgd":  # the user's update gets SGD's constant hyper-parameters
-            raise refusal("engine-optimizer", _label(cfg, "engine"), f"{_label(cfg, 'optimizer')} {cfg.optimizer}")
-        if cfg.scheduler is not None:
-            raise refusal("engine-scheduler", _label(cfg, "engine"), _label(cfg, "scheduler"))
-        if cfg.dtype not in ("float32", "float64"):  # the user's values are NumPy scalars of float32/float64
-            raise refusal("engine-dtype", _label(cfg, "engine"), f"{_label(cfg, 'dtype')} {cfg.dtype}")
+        _validate_declared(cfg)
     if finite("engine_timeout") <= 0:
         _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
     _validate_model(cfg, integer)
@@ -611,8 +577,24 @@ def _validate_model(cfg: Config, integer) -> None:
                 f"but {given} gives D = {d}: give one number, or {d}"
                 + (f" (or --features {len(value)})" if cfg.features is None else "")
             )
-    if cfg.engine is not None and cfg.features is not None:
-        raise refusal("engine-features", _label(cfg, "engine"), f"{_label(cfg, 'features')} {cfg.features}")
+
+
+def _validate_declared(cfg: Config) -> None:
+    """A run the engine file says it does not serve (its ``SGDTRACE`` declaration): exit 2 naming both."""
+    from sgdtrace.engines import declared
+
+    try:
+        found = declared.read(cfg.engine)
+    except declared.DeclarationError as exc:
+        raise ConfigError(f"{_label(cfg, 'engine')} {cfg.engine!r}: {exc}") from None
+    for key in declared.KEYS:
+        names = getattr(found, key)
+        value = getattr(cfg, key)
+        if names is not None and value not in names:
+            raise ConfigError(
+                f"{_label(cfg, 'engine')} {cfg.engine!r} declares SGDTRACE {key} {', '.join(names)}, "
+                f"not {_label(cfg, key)} {value}: run it with one of them, or add {value} to its SGDTRACE"
+            )
 
 
 #: the smallest positive (subnormal) number of each dtype

@@ -16,7 +16,7 @@ import numpy as np
 from sgdtrace import data as data_mod
 from sgdtrace import divergence, stall
 from sgdtrace.blowup import diagnose, full_loss, one_sided, stable_lr  # noqa: F401  (full_loss: kept importable here)
-from sgdtrace.config import Config, label, refusal
+from sgdtrace.config import Config, label
 from sgdtrace.errors import ConfigError
 from sgdtrace.notebook import TraceNotebook
 
@@ -173,8 +173,8 @@ def run_trace(
     kind = manual_backend or ("numpy" if device.type == "cpu" else "torch")
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
-    if (cfg.engine is not None or hasattr(engine, "run_columns")) and not model.scalar:
-        raise refusal("engine-features", cfg.origin.get("engine") or "--engine", _features_origin(cfg, dataset))
+    if hasattr(engine, "run_columns") and cfg.engine is None:  # a user's engine given as an object: judged as one
+        cfg = cfg.replace(engine=engine.path, origin=cfg.origin)
     if engine is None and cfg.engine is not None:  # --engine FILE.py
         from sgdtrace.engines.user import UserEngine
 
@@ -183,7 +183,7 @@ def run_trace(
         if hasattr(engine, "run_columns"):  # a user's file, run in a child process (sgdtrace.engines.user)
             from sgdtrace.engines import optimizers
 
-            man = engine.run_columns(cfg, dataset, plan, optimizers.get("sgd").state_keys(cfg))
+            man = engine.run_columns(cfg, dataset, plan, optimizers.get(cfg.optimizer).state_keys(cfg), model)
         else:
             hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan, model)
             man = protocol.run(hand, dataset.x, dataset.y, plan, initial, backend, stage("manual"))
@@ -231,12 +231,6 @@ def build_model(cfg: Config, dataset: data_mod.Dataset):
     from sgdtrace import models
 
     return models.build(cfg, dataset.features)
-
-
-def _features_origin(cfg: Config, dataset: data_mod.Dataset) -> str:
-    if cfg.features is not None:
-        return f"{cfg.origin.get('features') or '--features'} {cfg.features}"
-    return f"--data {cfg.data!r} ({len(dataset.columns)} feature columns {', '.join(dataset.columns)})"
 
 
 def judge(
@@ -362,8 +356,6 @@ def run_distributed(
     check_world(cfg, len(dataset), device)
     dplan = data_mod.distributed_plan(len(dataset), cfg)
     model = build_model(cfg, dataset)
-    if cfg.engine is not None and not model.scalar:  # pragma: no cover - refused with the world size first
-        raise refusal("engine-features", cfg.origin.get("engine") or "--engine", _features_origin(cfg, dataset))
     # the ranks build the model from the config and the samples: D features named by the data
     # (a CSV file's x1..xD) are named to them in the config
     ranks_cfg = cfg if cfg.features is not None or model.scalar else cfg.replace(features=model.features)
