@@ -131,7 +131,7 @@ def run_checks(
         values = load_toml(path)
         cfg = build_config(values, {}, path)
         if engine:
-            why = unserved(cfg, engine["engine"]) if engine.get("engine") and not named else None
+            why = unserved(cfg, engine.get("engine")) if engine.get("engine") and not named else None
             if why is not None:
                 skipped.append(Skipped(config_name(path), why))
                 continue

@@ -434,11 +434,19 @@ def engine_options() -> list[Callable]:
             "state, hp), run in its own process in place of the hand engine (see `sgdtrace template`).",
         ),
         click.option(
+            "--engine-cmd",
+            type=str,
+            default=None,
+            metavar='"COMMAND"',
+            help="Your own engine in any language: a command that speaks JSON lines on stdin/stdout "
+            "(docs/own-engine.md), started once per run in place of the hand engine.",
+        ),
+        click.option(
             "--engine-timeout",
             type=float,
             default=None,
             metavar="SECONDS",
-            help="Stop the --engine file after this long per run (default 60).",
+            help="Stop the --engine file or --engine-cmd process after this long per run (default 60).",
         ),
     ]
 
@@ -800,6 +808,7 @@ def check(
     fmt: str,
     output: str | None,
     engine: str | None,
+    engine_cmd: str | None,
     engine_timeout: float | None,
 ) -> int:
     """The CI gate: run sgdtrace's own configs (or the TOML files and folders named) on every available device.
@@ -817,7 +826,11 @@ def check(
     paths = find_configs(configs)
     from sgdtrace.check import run_checks
 
-    chosen = {k: v for k, v in (("engine", engine), ("engine_timeout", engine_timeout)) if v is not None}
+    chosen = {
+        k: v
+        for k, v in (("engine", engine), ("engine_cmd", engine_cmd), ("engine_timeout", engine_timeout))
+        if v is not None
+    }
     if chosen:  # a bad --engine is refused before anything runs (on a run its declaration serves)
         from sgdtrace.engines import declared
 

@@ -98,6 +98,8 @@ class Config:
     # a user's engine file on the hand side (sgdtrace.engines.user), and its time limit in seconds
     engine: str | None = None
     engine_timeout: float = ENGINE_TIMEOUT
+    # an engine in any language: a command speaking JSON lines (sgdtrace.engines.command)
+    engine_cmd: str | None = None
     # the model (sgdtrace.models) and its loss; features: D input columns (None: the article's
     # form, one x column, scalar w and b)
     model: str = "linear"
@@ -403,7 +405,19 @@ _BOOL_KEYS = {
     "foreach",
     "fused",
 }
-_STR_KEYS = {"data", "device", "dtype", "format", "output", "reference", "optimizer", "engine", "model", "loss"}
+_STR_KEYS = {
+    "data",
+    "device",
+    "dtype",
+    "format",
+    "output",
+    "reference",
+    "optimizer",
+    "engine",
+    "engine_cmd",
+    "model",
+    "loss",
+}
 #: synthetic data's options: they do nothing without ``synthetic``
 _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
 #: the most input columns a linear model takes (every step records a few dozen values per feature)
@@ -508,6 +522,17 @@ def validate(cfg: Config) -> None:
         if not os.path.isfile(cfg.engine):
             _fail(cfg, "engine", cfg.engine, "no such file")
         _validate_declared(cfg)
+    if cfg.engine_cmd is not None:  # --engine-cmd "COMMAND": a command line a shell would split
+        import shlex
+
+        if cfg.engine is not None:
+            _fail(cfg, "engine_cmd", cfg.engine_cmd, f"choose one engine: {_label(cfg, 'engine')} or this, not both")
+        try:
+            argv = shlex.split(cfg.engine_cmd) if isinstance(cfg.engine_cmd, str) else []
+        except ValueError as exc:
+            _fail(cfg, "engine_cmd", cfg.engine_cmd, f"not a command line ({exc})")
+        if not argv:
+            _fail(cfg, "engine_cmd", cfg.engine_cmd, 'must be a command line, e.g. "./my_engine"')
     if finite("engine_timeout") <= 0:
         _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
     _validate_model(cfg, integer)
@@ -638,8 +663,9 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
         _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
     ws = f"{_label(cfg, 'world_size')} {cfg.world_size}"
     if cfg.world_size > 1:  # the DDP loop is written with optim.SGD, no schedule, one process per rank
-        if cfg.engine is not None:
-            raise refusal("world_size-engine", ws, _label(cfg, "engine"), "with")
+        if cfg.engine is not None or cfg.engine_cmd is not None:
+            which = "engine" if cfg.engine is not None else "engine_cmd"
+            raise refusal("world_size-engine", ws, _label(cfg, which), "with")
         if cfg.dtype not in ("float32", "float64"):
             raise refusal("world_size-dtype", ws, f"{_label(cfg, 'dtype')} {cfg.dtype}", "with")
         if cfg.optimizer != "sgd":

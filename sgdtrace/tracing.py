@@ -173,12 +173,20 @@ def run_trace(
     kind = manual_backend or ("numpy" if device.type == "cpu" else "torch")
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
-    if hasattr(engine, "run_columns") and cfg.engine is None:  # a user's engine given as an object: judged as one
-        cfg = cfg.replace(engine=engine.path, origin=cfg.origin)
+    if hasattr(engine, "run_columns") and cfg.engine is None and cfg.engine_cmd is None:
+        # a user's engine given as an object: judged as one
+        from sgdtrace.engines.command import CommandEngine
+
+        key = "engine_cmd" if isinstance(engine, CommandEngine) else "engine"
+        cfg = cfg.replace(**{key: engine.path}, origin=cfg.origin)
     if engine is None and cfg.engine is not None:  # --engine FILE.py
         from sgdtrace.engines.user import UserEngine
 
         engine = UserEngine(cfg.engine, cfg.engine_timeout)
+    if engine is None and cfg.engine_cmd is not None:  # --engine-cmd "COMMAND"
+        from sgdtrace.engines.command import CommandEngine
+
+        engine = CommandEngine(cfg.engine_cmd, cfg.engine_timeout)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if hasattr(engine, "run_columns"):  # a user's file, run in a child process (sgdtrace.engines.user)
             from sgdtrace.engines import optimizers

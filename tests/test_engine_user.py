@@ -911,8 +911,9 @@ def test_engine_in_a_16_bit_dtype_runs_and_a_wrong_rule_is_still_caught(dtype):
     r = CliRunner().invoke(cli, ["run", "--engine", str(CORRECT), "--dtype", dtype, "--momentum", "0.9", "--quiet"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(
-        cli, ["run", "--engine", "docs/examples/textbook_rule.py", "--dtype", dtype, "--momentum", "0.9"]
-        + ["--dampening", "0.5", "--quiet"]
+        cli,
+        ["run", "--engine", "docs/examples/textbook_rule.py", "--dtype", dtype, "--momentum", "0.9"]
+        + ["--dampening", "0.5", "--quiet"],
     )
     assert r.exit_code == 1 and "Traceback" not in r.output
 

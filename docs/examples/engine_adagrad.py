@@ -1,6 +1,6 @@
 """Adagrad as torch.optim.Adagrad documents it, judged against torch.
 
-    sgdtrace run --engine docs/examples/engine_adagrad.py --optimizer adagrad --lr-decay 0.01
+sgdtrace run --engine docs/examples/engine_adagrad.py --optimizer adagrad --lr-decay 0.01
 """
 
 import numpy as np

@@ -1,6 +1,6 @@
 """RMSprop as torch.optim.RMSprop documents it, judged against torch.
 
-    sgdtrace run --engine docs/examples/engine_rmsprop.py --optimizer rmsprop --momentum 0.9 --centered
+sgdtrace run --engine docs/examples/engine_rmsprop.py --optimizer rmsprop --momentum 0.9 --centered
 """
 
 import numpy as np

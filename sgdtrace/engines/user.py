@@ -115,9 +115,7 @@ class UserEngine:
         self.info = EngineInfo(self.name, self.given, parts, not_kept, forward, self.forward_step)
         shapes = model.shapes
         lr = cfg.scheduler is not None
-        return _checked_columns(
-            reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept, shapes, lr
-        )
+        return _checked_columns(reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept, shapes, lr)
 
 
 def _invalid(name: str, what: str) -> EngineError:
@@ -707,9 +705,7 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
     plan = request["plan"]
     hand = manual.engine(cfg, backend, plan, model)
     runner = _Runner(module, path, request, hand, model)
-    engine = dataclasses.replace(
-        hand, name=os.path.basename(path), gradients=runner.gradients, update=runner.update
-    )
+    engine = dataclasses.replace(hand, name=os.path.basename(path), gradients=runner.gradients, update=runner.update)
     initial = model.module.initial(cfg, model)
     columns = protocol.run(engine, request["x"], request["y"], plan, initial, backend)
     not_kept = []
