@@ -264,6 +264,14 @@ def training_options(
                 "(default: the article's form, one x column, scalar w and b).",
             ),
             click.option(
+                "--judge",
+                type=click.Choice(("carry", "step")),
+                default=None,
+                help="carry (default): two trajectories, each step judged with the differences it "
+                "started from carried; step: each step of the hand side starts from torch's values "
+                "(every divergent step listed).",
+            ),
+            click.option(
                 "--init-w",
                 type=str,
                 default=None,

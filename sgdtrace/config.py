@@ -105,6 +105,8 @@ class Config:
     model: str = "linear"
     loss: str = "mse"
     features: int | None = None
+    # how the judge runs the hand side: "carry" (two trajectories) or "step" (each step from torch's values)
+    judge: str = "carry"
     # where each value came from, for error messages; not part of the run's identity
     origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: options given that do not apply to this run (one line each, for stderr); not part of its identity
@@ -170,6 +172,7 @@ class Config:
             "model": self.model,
             "loss": self.loss,
             "features": self.features,
+            "judge": self.judge,
         }
 
 
@@ -272,6 +275,21 @@ COMBINATIONS: dict[str, Refusal] = {
         "the ground truth replays one process's run",
         ("--world-size", "--reference exact"),
         ("run", "--world-size", "2", "--reference", "exact"),
+    ),
+    "world_size-judge": Refusal(
+        _WS,
+        "--judge step",
+        "starting each rank's step from torch's values is not built for the data-parallel loop yet; "
+        "use --judge carry (the default)",
+        ("--world-size", "--judge step"),
+        ("run", "--world-size", "2", "--judge", "step"),
+    ),
+    "engine-judge-step": Refusal(
+        "--engine FILE.py",
+        "--judge step",
+        "this engine's runner cannot start a step from torch's values; use --judge carry (the default)",
+        ("--engine", "--judge step"),
+        ("run", "--engine", _ENGINE_EXAMPLE, "--judge", "step"),
     ),
     "world_size-gradcheck": Refusal(
         _WS,
@@ -417,7 +435,10 @@ _STR_KEYS = {
     "engine_cmd",
     "model",
     "loss",
+    "judge",
 }
+#: how the judge runs the hand side (``--judge``)
+JUDGES = ("carry", "step")
 #: synthetic data's options: they do nothing without ``synthetic``
 _SYNTHETIC_KEYS = ("true_w", "true_b", "noise")
 #: the most input columns a linear model takes (every step records a few dozen values per feature)
@@ -584,6 +605,12 @@ def _validate_model(cfg: Config, integer) -> None:
 
     if cfg.model not in NAMES:
         _fail(cfg, "model", cfg.model, "allowed: " + ", ".join(NAMES))
+    if cfg.judge not in JUDGES:
+        _fail(cfg, "judge", cfg.judge, "allowed: " + ", ".join(JUDGES))
+    if cfg.judge == "step" and cfg.world_size > 1:
+        raise refusal(
+            "world_size-judge", f"{_label(cfg, 'world_size')} {cfg.world_size}", _label(cfg, "judge") + " step"
+        )
     if cfg.loss not in LOSSES[cfg.model]:
         _fail(cfg, "loss", cfg.loss, f"allowed with --model {cfg.model}: " + ", ".join(LOSSES[cfg.model]))
     if cfg.features is not None and integer("features", 1) > MAX_FEATURES:

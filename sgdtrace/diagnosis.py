@@ -111,11 +111,16 @@ def _terms(field: str, w, b, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _start(trace, col: str, k: int, init, index: tuple = ()):
-    """The value ``col`` (its element ``index``) had when step ``k`` started."""
-    cols = trace.manual if col in trace.manual else trace.torch
+    """The value ``col`` (its element ``index``) had when step ``k`` started (``--judge step``: torch's)."""
+    cols = trace.manual if col in trace.manual and not _step_mode(trace) else trace.torch
     if k == 0:
         return init if init is None or not index else float(np.asarray(init)[index])
     return float(cols[col][(k - 1, *index)])
+
+
+def _step_mode(trace) -> bool:
+    """``--judge step``: each step of the hand side started from torch's values."""
+    return getattr(trace.config, "judge", "carry") == "step"
 
 
 def _init(trace, param: str):
@@ -291,13 +296,15 @@ def _update_hypotheses(trace, k: int, field: str, judge: _Judge, index: tuple = 
     return None
 
 
-def diagnose_step(trace) -> dict[str, Any] | None:
-    """``{"kind", "factor", "text"}`` for the verdict's first divergent step, or None (no guess)."""
-    first = trace.verdict.first_divergent_step
+def diagnose_step(trace, first=None) -> dict[str, Any] | None:
+    """``{"kind", "factor", "text"}`` for the verdict's first divergent step (or ``first``: a step of
+    ``--judge step``'s list, ``{"step", "field", "index"}``), or None (no guess)."""
+    if first is None:
+        first = trace.verdict.first_divergent_step
     if first is None:
         return None
     k, field = first["step"] - 1, first["field"]
-    index = tuple(getattr(first, "index", ()) or ())  # the element, on a parameter with a shape
+    index = tuple(first.get("index", ()) or ())  # the element, on a parameter with a shape
     at = (k, *index)
     value = float(trace.manual[field][at])
     tol = float(trace.divergence[field].tol[at])
@@ -318,8 +325,9 @@ def diagnose_step(trace) -> dict[str, Any] | None:
                     w0 = _start(trace, "w", k, cfg.init_w)
                     b0 = _start(trace, "b", k, cfg.init_b)
                 else:
+                    starts = trace.torch if _step_mode(trace) else trace.manual
                     w0, b0 = (
-                        np.asarray(_init(trace, p) if k == 0 else trace.manual[p][k - 1], dtype=np.float64)
+                        np.asarray(_init(trace, p) if k == 0 else starts[p][k - 1], dtype=np.float64)
                         for p in ("w", "b")
                     )
                 _, x, y = _batch(trace, k)

@@ -246,8 +246,12 @@ def compare_columns(
     model=None,
     initial: dict[str, np.ndarray] | None = None,
     hidden: tuple[str, ...] = (),
+    step: bool | None = None,
 ) -> dict[str, FieldDivergence]:
     """Judge engine ``b`` against engine ``a`` (both ran ``config`` over ``plan``), field by field.
+
+    ``step`` (default: ``config.judge == "step"``): engine ``a`` started every step from ``b``'s
+    values (``--judge step``): both sides' starts are ``b``'s, nothing is carried (C = 0).
 
     ``model`` (:class:`sgdtrace.models.Model`; default: the one ``config`` and ``x`` make, see
     :func:`sgdtrace.engines.protocol.model_for`) gives the terms of the loss and the gradients;
@@ -267,23 +271,27 @@ def compare_columns(
     # x and y exactly as both engines saw them: rounded to the run's dtype
     xr, yr = _cast(np.asarray(x), dtype).astype(np.float64), _cast(y, dtype).astype(np.float64)
 
+    if step is None:
+        step = getattr(config, "judge", "carry") == "step"
+    # where each step started: the hand side's own values, or (--judge step) torch's
+    s = b if step else a
     # each parameter at the step's start: its bound (the initial value as given at step 0), and
     # the hand side's value (the initial value rounded to the dtype at step 0)
-    p = {name: _Bound.measured(_shift(a[name], initial[name]), _shift(b[name], initial[name])) for name in model.names}
-    starts = {name: _shift(a[name], _cast(initial[name], dtype).astype(np.float64)) for name in model.names}
+    p = {name: _Bound.measured(_shift(s[name], initial[name]), _shift(b[name], initial[name])) for name in model.names}
+    starts = {name: _shift(s[name], _cast(initial[name], dtype).astype(np.float64)) for name in model.names}
     terms = model.module.gradient_terms(model, starts, p, xr, yr, plan, config)
     with np.errstate(over="ignore", invalid="ignore"):
         tol = {f: atol + rtol * E for f, E in terms["E"].items()}
         carried, peak, both = dict(terms["C"]), dict(terms["peak"]), terms["both"]
 
         # the update: each optimizer sizes the roundings of its own operations
-        _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model, initial, hidden)
+        _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model, initial, hidden, s)
         for param in model.params:  # where the update is reproduced rule by rule: same inputs, same bits
             if not exact_update(config, param.size):
                 continue
             name = param.name
             cols = {key: state_field(key, name) for key in optimizers.get("sgd").state_keys(config)}
-            same = _same_inputs(a, b, name, cols, config, initial[name])
+            same = _same_inputs(a, b, name, cols, config, initial[name], s)
             for f in (name, *cols.values()):
                 tol[f] = np.where(same, 0.0, tol[f])
 
@@ -293,11 +301,14 @@ def compare_columns(
     return out
 
 
-def _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model=None, initial=None, hidden=()) -> None:
+def _update_terms(
+    a, b, p, config, plan, tol, carried, peak, atol, rtol, model=None, initial=None, hidden=(), starts_from=None
+) -> None:
     """Each parameter and the optimizer's state: the optimizer's ``update_bound`` with the measured inputs.
 
     Each parameter's step starts from the recorded parameter, gradient and state (the initial
-    state at the first step: ``initial_state``), and is judged on the new parameter and each
+    state at the first step: ``initial_state``; ``starts_from``: the columns the hand side's steps
+    started from, ``a`` itself or under ``--judge step`` torch's), and is judged on the new parameter and each
     recorded state entry. Under a schedule the per-step rate is torch's recorded one (the ``lr``
     field judges the hand side's against it). The update runs element-wise: the per-step values
     (rate, step count, first step) broadcast over the parameter's shape.
@@ -309,6 +320,7 @@ def _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model=N
     model = model or article_model(config)
     if initial is None:
         initial = model.module.initial(config, model)
+    s = a if starts_from is None else starts_from
     opt = optimizers.get(config.optimizer)
     keys = opt.state_keys(config)
     init = opt.initial_state(config)
@@ -336,7 +348,7 @@ def _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model=N
         g = Track.measured(a["grad_" + name], b["grad_" + name])
         cols = {key: state_field(key, name) for key in keys}
         start = {key: float(_cast(np.array([init[key]]), config.dtype)[0]) for key in keys}
-        prev = {key: Track.measured(_shift(a[f], start[key]), _shift(b[f], start[key])) for key, f in cols.items()}
+        prev = {key: Track.measured(_shift(s[f], start[key]), _shift(b[f], start[key])) for key, f in cols.items()}
         cur = {key: Track.measured(a[f], b[f]) for key, f in cols.items()}
         if _fused.form(config) is not None:
             # the fused kernel goes on with each state entry before it rounds it to 16 bits: within
@@ -345,7 +357,7 @@ def _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model=N
                 entry.rnd = np.where(np.isfinite(entry.mag), entry.mag, entry.rnd)
         new_mag = Track.measured(a[name], b[name]).mag
         init_p = _cast(np.asarray(initial[name], dtype=np.float64), config.dtype).astype(np.float64)
-        pt = Track.measured(_shift(a[name], init_p), _shift(b[name], init_p))
+        pt = Track.measured(_shift(s[name], init_p), _shift(b[name], init_p))
         pt.mag, pt.carry = p[name].mag, p[name].carry
         first_p = per_step(first)
         for key in (key for key, f in cols.items() if f in hidden):
@@ -430,14 +442,15 @@ def exact_update(config, numel: int = 1) -> bool:
     return True
 
 
-def _same_inputs(a, b, name: str, cols: dict[str, str], config, init=None) -> np.ndarray:
+def _same_inputs(a, b, name: str, cols: dict[str, str], config, init=None, starts_from=None) -> np.ndarray:
     """Per step (and element): did both engines start the update of ``name`` from the same
     parameter, gradient and state (equal values)? ``init``: the parameter's initial value."""
     if init is None:
         init = {"w": config.init_w, "b": config.init_b}[name]
-    same = (_shift(a[name], init) == _shift(b[name], init)) & (a["grad_" + name] == b["grad_" + name])
+    s = a if starts_from is None else starts_from
+    same = (_shift(s[name], init) == _shift(b[name], init)) & (a["grad_" + name] == b["grad_" + name])
     for f in cols.values():
-        same &= _shift(a[f], 0.0) == _shift(b[f], 0.0)
+        same &= _shift(s[f], 0.0) == _shift(b[f], 0.0)
     return same
 
 

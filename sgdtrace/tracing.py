@@ -187,26 +187,35 @@ def run_trace(
         from sgdtrace.engines.command import CommandEngine
 
         engine = CommandEngine(cfg.engine_cmd, cfg.engine_timeout)
+    step_mode = cfg.judge == "step"
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+
+        def torch_side():
+            return torch_ref.run(
+                dataset.x,
+                dataset.y,
+                cfg,
+                device,
+                steps,
+                stage("torch"),
+                sync_free=sync_free,
+                loss_form=torch_loss,
+                model=model,
+                initial=initial,
+            )
+
+        # --judge step: torch runs first, and each step of the hand side starts from its values
+        ref = torch_side() if step_mode else None
         if hasattr(engine, "run_columns"):  # a user's file, run in a child process (sgdtrace.engines.user)
             from sgdtrace.engines import optimizers
 
-            man = engine.run_columns(cfg, dataset, plan, optimizers.get(cfg.optimizer).state_keys(cfg), model)
+            keys = optimizers.get(cfg.optimizer).state_keys(cfg)
+            man = engine.run_columns(cfg, dataset, plan, keys, model, **_reset(engine, ref, cfg))
         else:
             hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan, model)
-            man = protocol.run(hand, dataset.x, dataset.y, plan, initial, backend, stage("manual"))
-        ref = torch_ref.run(
-            dataset.x,
-            dataset.y,
-            cfg,
-            device,
-            steps,
-            stage("torch"),
-            sync_free=sync_free,
-            loss_form=torch_loss,
-            model=model,
-            initial=initial,
-        )
+            man = protocol.run(hand, dataset.x, dataset.y, plan, initial, backend, stage("manual"), reset=ref)
+        if ref is None:
+            ref = torch_side()
         info = getattr(engine, "info", None)
         trace = judge(cfg, dataset, plan, label, man, ref, info.not_kept if info else (), model=model)
         trace.engine = info
@@ -216,8 +225,26 @@ def run_trace(
         trace.verdict.first_divergent_step = dataclasses.replace(
             trace.verdict.first_divergent_step, diagnosis=diagnose_step(trace)
         )
+    if trace.verdict.divergent_steps is not None:
+        diagnose_divergent_steps(trace)
     judge_closer(trace)
     return trace
+
+
+def _reset(engine, ref, cfg) -> dict:
+    """The keyword a user's engine takes torch's columns by under ``--judge step`` (``reset``), or
+    exit 2 where its ``run_columns`` cannot start a step from them."""
+    if ref is None:
+        return {}
+    import inspect
+
+    if "reset" not in inspect.signature(engine.run_columns).parameters:
+        raise refusal(
+            "engine-judge-step",
+            f"{cfg.origin.get('engine') or '--engine'} {cfg.engine}",
+            f"{cfg.origin.get('judge') or '--judge'} step",
+        )
+    return {"reset": ref}
 
 
 def judge_closer(trace: Trace) -> None:
@@ -232,6 +259,21 @@ def judge_closer(trace: Trace) -> None:
     trace.verdict.first_divergent_step = dataclasses.replace(
         trace.verdict.first_divergent_step, closer=found.side, exact_error=found.errors
     )
+
+
+def diagnose_divergent_steps(trace: Trace) -> None:
+    """Under ``--judge step``: the likely mistake at each listed divergent step (each step started
+    from torch's values, so each is diagnosed on its own); the first is the verdict's first
+    divergent step's."""
+    from sgdtrace.diagnosis import diagnose_step
+
+    listed = trace.verdict.divergent_steps["steps"]
+    first = trace.verdict.first_divergent_step
+    for row in listed:
+        if first is not None and row["step"] == first.step and row["field"] == first.field:
+            row["diagnosis"] = first.diagnosis
+        else:
+            row["diagnosis"] = diagnose_step(trace, row)
 
 
 def build_model(cfg: Config, dataset: data_mod.Dataset):
@@ -274,6 +316,10 @@ def judge(
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan, model)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
     verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
+    if cfg.judge == "step":
+        from sgdtrace.verdict import divergent_steps
+
+        verdict.divergent_steps = divergent_steps(div, epoch, batch)
     # stalled_w, stalled_b per side: the steps whose update was lost to rounding
     stalled = {"manual": stall.stalled(man, cfg, ref, initial), "torch": stall.stalled(ref, cfg, man, initial)}
     verdict.stalled = stall.summary(stalled["torch"])

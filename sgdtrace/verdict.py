@@ -239,6 +239,11 @@ class Verdict:
     diverged_training: BlowUp | None
     stalled: list[Stall] | None = None  # per parameter whose update torch lost to rounding
     one_sided: OneSidedBlowUp | None = None  # inf or nan on one side only: a divergence, not a blow-up
+    #: ``--judge step``: every divergent step, ``{"count", "elements", "steps": [the first 20
+    #: {epoch, batch, step, field, index, diagnosis}]}``; None under ``--judge carry``
+    divergent_steps: dict[str, Any] | None = None
+    #: elements whose branch (relu's kink) the two sides may honestly take apart, or None (no kink)
+    ambiguous: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -251,6 +256,8 @@ class Verdict:
             "diverged_training": _json(self.diverged_training),
             "stalled": None if self.stalled is None else [_json(st) for st in self.stalled],
             "one_sided_blowup": _json(self.one_sided),
+            "divergent_steps": self.divergent_steps,
+            "ambiguous": self.ambiguous,
         }
 
 
@@ -299,6 +306,54 @@ def verdict(
         first,
         diverged_training,
     )
+
+
+#: how many divergent steps ``divergent_steps`` lists (it counts them all)
+LISTED_STEPS = 20
+
+
+def divergent_steps(div: dict[str, FieldDivergence], epoch: np.ndarray, batch: np.ndarray) -> dict[str, Any]:
+    """``--judge step``'s list: every step where any element of any field is outside its allowance
+    (``count``), the failing elements over all of them (``elements``), and the first
+    :data:`LISTED_STEPS` steps, each with the field and element it names (the first computed, as
+    the verdict's first divergent step: the loss and gradients, then the state, then the
+    parameters; the first failing element in row-major order) and ``diagnosis`` (filled in by the
+    caller, or None)."""
+    import numpy as np
+
+    fields = [f for f in div if f != "lr"] + (["lr"] if "lr" in div else [])
+    params = tuple(f[len("grad_") :] for f in div if f.startswith("grad_"))
+    steps = next(iter(div.values())).ok.shape[0] if div else 0
+    bad_any = np.zeros(steps, dtype=bool)
+    elements = 0
+    per_field = {}
+    for f in fields:
+        bad = ~div[f].ok.reshape(steps, -1)
+        per_field[f] = bad
+        bad_any |= bad.any(axis=1)
+        elements += int(bad.sum())
+    order = sorted(range(len(fields)), key=lambda i: (_computed(fields[i], params), i))
+    listed = []
+    for k in np.flatnonzero(bad_any)[:LISTED_STEPS]:
+        for i in order:
+            f = fields[i]
+            row = per_field[f][k]
+            if row.any():
+                flat = int(np.flatnonzero(row)[0])
+                shape = div[f].ok.shape[1:]
+                index = [int(j) for j in np.unravel_index(flat, shape)] if shape else []
+                listed.append(
+                    {
+                        "epoch": int(epoch[k]),
+                        "batch": int(batch[k]),
+                        "step": int(k) + 1,
+                        "field": f,
+                        "index": index,
+                        "diagnosis": None,
+                    }
+                )
+                break
+    return {"count": int(bad_any.sum()), "elements": elements, "steps": listed}
 
 
 def _computed(field: str, params: tuple[str, ...] = ("w", "b")) -> int:

@@ -135,8 +135,13 @@ def run(
     backend,
     progress: Callable[[int], None] | None = None,
     loop_context: Callable[[], Any] = contextlib.nullcontext,
+    reset: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Train with ``engine`` over ``plan``; return one column per field (see :attr:`Engine.fields`).
+
+    ``reset`` (``--judge step``): the other side's columns (torch's), by field; each step from the
+    second on starts from their values at the previous step's end: every parameter, and every
+    recorded state entry (torch's names: :func:`state_field`), so that each step is judged alone.
 
     ``init``: each parameter's initial value by name (a number, or a float64 array of its shape).
     ``x``: (n, D), or 1-D (n,) in the article's form.
@@ -156,8 +161,11 @@ def run(
     orders = [backend.index(order) for order in plan.orders]
     report = PROGRESS_EVERY if progress is not None else -1
     values = {p: backend.param(init[p]) for p in shapes}
+    restart = None if reset is None else _restart(reset, shapes, engine.state_keys, backend)
     with loop_context(), np.errstate(all="ignore"):
-        if engine.article_form:
+        if restart is not None:
+            _loop_step(engine, xs, ys, orders, plan.batch_sizes().tolist(), values, cols, progress, report, restart)
+        elif engine.article_form:
             _loop(
                 engine, xs, ys, orders, plan.batch_sizes().tolist(), *values.values(), backend, cols, progress, report
             )
@@ -252,6 +260,69 @@ def _loop_params(engine: Engine, xs, ys, orders, size_list, params: dict, cols, 
                 col[k] = grads[p]
             for p, col in param_cols:
                 col[k] = params[p]
+            for col, st, key in recorded:
+                col[k] = st[key]
+            k += 1
+            if k == report:
+                progress(k)
+                report += PROGRESS_EVERY
+        if progress is not None:
+            progress(k)
+
+
+def _restart(reset: dict[str, np.ndarray], shapes: dict, state_keys, backend) -> Callable[[int, dict, dict], None]:
+    """``restart(k, params, states)``: set the parameters and the recorded state entries to the other
+    side's values at the end of step ``k - 1`` (``--judge step``), in the engine's array type."""
+    names = tuple(shapes)
+    entries = [
+        (p, key, reset[state_field(key, p)]) for key in state_keys for p in names if state_field(key, p) in reset
+    ]
+
+    def value(col, k):
+        v = col[k]
+        return backend.param(float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=np.float64))
+
+    def restart(k: int, params: dict, states: dict) -> None:
+        for p in names:
+            params[p] = value(reset[p], k - 1)
+        for p, key, col in entries:
+            states[p][key] = value(col, k - 1)
+
+    return restart
+
+
+def _loop_step(engine: Engine, xs, ys, orders, size_list, params: dict, cols, progress, report, restart) -> None:
+    """:func:`_loop_params` (or the article's four-argument form) with every step from the second
+    on started from the other side's values (``--judge step``)."""
+    gradients, update, hp, hp_at, lr_at = engine.gradients, engine.update, engine.hp, engine.hp_at, engine.lr_at
+    lr_col = cols.get(LR)
+    names = tuple(params)
+    article = engine.article_form
+    states: dict[str, dict[str, Any]] = {p: {} for p in names}
+    recorded = [(cols[state_field(key, p)], states[p], key) for key in engine.state_keys for p in names]
+    k = 0
+    for order in orders:
+        xe, ye = (xs, ys) if order is None else (xs[order], ys[order])
+        start = 0
+        for n in size_list:
+            xb, yb = xe[start : start + n], ye[start : start + n]
+            start += n
+            if k > 0:
+                restart(k, params, states)
+            if hp_at is not None:
+                hp = hp_at(k)
+                lr_col[k] = lr_at(k)
+            if article:
+                loss, gw, gb = gradients(params["w"], params["b"], xb, yb)
+                grads = {"w": gw, "b": gb}
+            else:
+                loss, grads = gradients(dict(params), xb, yb)
+            for p in names:
+                params[p] = update(params[p], grads[p], states[p], hp)
+            cols["loss"][k] = loss
+            for p in names:
+                cols["grad_" + p][k] = grads[p]
+                cols[p][k] = params[p]
             for col, st, key in recorded:
                 col[k] = st[key]
             k += 1

@@ -1,0 +1,637 @@
+"""One algebra, two interpretations: a model's forward and backward written once, against ``ops``.
+
+A model (other than the article's, whose closed forms are tighter) writes its batch's forward
+and backward pass as a function of an operations namespace, one small named step per node and
+chain-rule factor::
+
+    def forward_backward(ops, params, x, y):
+        z = ops.matvec(x, params["w"], params["b"])      # z = X·w + b   (F.linear, addmm)
+        p = ops.sigmoid(z)
+        dl_dz = ops.div_n(ops.sub(p, y), n)              # (p - y)/n
+        return {"loss": ..., "grad_w": ops.vecmat(dl_dz, x), "grad_b": ops.sum(dl_dz, keep=True)}
+
+and the same function is run by two implementations of ``ops``:
+
+* :class:`HandOps` (the run's dtype): NumPy arrays with torch's rounding rules. A 16-bit
+  sum, matmul or ``F.linear`` accumulates in float32 and rounds once; an element-wise operation
+  rounds its result (computed in float32, as torch's 16-bit kernels do); the functions (exp, log,
+  sigmoid, ...) are computed in float64 and rounded once. This IS the hand engine of such a model:
+  readable, no autograd, no torch.
+* :class:`TrackOps` (the judge): every value a :class:`~sgdtrace.track.Track`
+  on arrays with a leading axis of steps (all steps of one batch size judged at once): the hand
+  side's value ``v`` (float64, from the hand side's inputs), ``mag`` (|value| on either side),
+  ``rnd`` (a bound on ONE engine's rounding, in units of the run's u) and ``carry`` (C: hand minus
+  torch in exact arithmetic, from the measured differences the step started from). Each operation
+  adds its own rounding and propagates its inputs' by the largest derivative over the interval the
+  two sides' values (and their roundings) span; C is propagated by exact differences in forms
+  free of cancellation (docs/tolerance.md, "C by difference propagation").
+
+Shapes: the model's own (``x`` (n, D), ``w`` (D,), a matrix (H, D)); under :class:`TrackOps`
+every value has one more leading axis (the steps), so a model indexes and reduces only trailing
+axes (``axis=-1``), and ``matvec``/``vecmat``/``linear``/``matmul`` broadcast over leading axes.
+
+Operations (both classes):
+
+``const(value, like)``, ``add``, ``sub``, ``mul``, ``div``, ``neg``, ``scale(a, c)`` (``c`` a
+Python float torch rounds to the run's type, or keeps in float32 for a 16-bit tensor),
+``div_n(a, n)`` (torch's ``grad / numel``), ``sum(a, keep=False)`` (over the last axis),
+``mean(a)``, ``matvec(x, w, b=None)`` (``X·w (+ b)``: (…, n, D)·(…, D) → (…, n), a dot product of
+D (+1) terms per row), ``vecmat(g, x)`` (``Σ_i g_i x_i``: (…, n)·(…, n, D) → (…, D)),
+``linear(x, W, b)`` (``F.linear``: (…, n, D), (…, H, D), (…, H) → (…, n, H)), ``matmul(a, b)``
+(last two axes), ``T(a)`` (swap the last two axes), ``rows(x)`` (the batch size n),
+``expand(a, axis)`` (a new axis of length 1, counted from the end: an outer product is
+``matmul(expand(g, -1), expand(w, -2))``), ``exp``, ``log``, ``log1p``, ``sigmoid``,
+``tanh``, ``log_sigmoid``, ``relu``, ``relu_mask(z)`` (relu's derivative, 0/1; where ``|z|`` is
+within its own rounding of 0 the sides may take different branches: :class:`TrackOps` marks the
+element ambiguous, a product with it adds the other factor's full magnitude to the bound, and
+counts it in :attr:`TrackOps.ambiguous`), ``clamp_min(a, lo)``, ``maximum(a, b)``,
+``sigmoid_backward(g, p)`` (torch's ``g·(1 - p)·p``), ``tanh_backward(g, t)`` (``g·(1 - t²)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sgdtrace import dtypes
+from sgdtrace.track import Track, _smaller
+
+#: N: how far (in ulps) an element-wise function (exp, log, log1p, tanh, sigmoid, log_sigmoid) of
+#: either side may be from the correctly rounded result: torch's kernels (``sgdtrace doctor``
+#: measures them, vectorised and one element at a time: at most 2 on the machines measured, the
+#: float64 sigmoid) and the hand side's (float64 libm calls, at most three roundings after a
+#: 1-ulp exp). The judge uses the larger of this and the machine's probe.
+FUNCTION_ULPS = 3
+
+
+def function_ulps(name: str, dtype: str) -> int:
+    """The bound N for ``name`` in ``dtype``: :data:`FUNCTION_ULPS`, or the probe's largest measured
+    distance (both paths) where it is larger. The probe is read from its cache (measured once)."""
+    n = FUNCTION_ULPS
+    try:
+        from sgdtrace.probe import rules
+
+        entry = rules().get("functions", {}).get(name, {}).get(dtype, {})
+        for path in ("one", "vector"):
+            got = (entry.get(path) or {}).get("max_ulp")
+            if got is not None:
+                n = max(n, int(got))
+    except Exception:  # pragma: no cover - no torch (the probe needs it): the stated bound
+        pass
+    return n
+
+
+# ====================================================================== the hand side
+
+
+class HandOps:
+    """torch's arithmetic by hand, on NumPy arrays of the run's dtype (module docstring)."""
+
+    def __init__(self, dtype: str):
+        self.name = dtype
+        self.dtype = dtypes.np_dtype(dtype)
+        self.reduced = dtype in dtypes.REDUCED
+        self.acc = np.dtype(np.float32) if self.reduced else self.dtype
+
+    # ---------------------------------------------------------------- helpers
+
+    def _out(self, v):
+        """A result computed wider (float32 for 16 bits, float64 for a function) rounded to the type."""
+        v = np.asarray(v)
+        if self.reduced and v.dtype == np.float64:
+            v = v.astype(np.float32)
+        return v.astype(self.dtype)
+
+    def _f(self, fn, a):
+        """An element-wise function: in float64, rounded once (16 bits: through float32, as torch's
+        float32 result is rounded)."""
+        with np.errstate(all="ignore"):
+            return self._out(fn(np.asarray(a, dtype=np.float64)).astype(np.float32 if self.reduced else self.dtype))
+
+    def _w(self, a):
+        """``a`` as the kernels compute with it: float32 for 16 bits."""
+        return np.asarray(a).astype(self.acc) if self.reduced else np.asarray(a)
+
+    def scalar(self, c: float):
+        """A Python float as a 16-bit kernel keeps it (float32) or the type rounds it."""
+        return np.float32(c) if self.reduced else self.dtype.type(c)
+
+    # ---------------------------------------------------------------- values
+
+    def const(self, value, like=None):
+        shape = np.shape(like) if like is not None else np.shape(value)
+        return np.broadcast_to(self._out(np.asarray(value, dtype=np.float64)), shape).copy()
+
+    def add(self, a, b):
+        return self._out(self._w(a) + self._w(b))
+
+    def sub(self, a, b):
+        return self._out(self._w(a) - self._w(b))
+
+    def mul(self, a, b):
+        return self._out(self._w(a) * self._w(b))
+
+    def div(self, a, b):
+        with np.errstate(all="ignore"):
+            return self._out(self._w(a) / self._w(b))
+
+    def neg(self, a):
+        return -a
+
+    def scale(self, a, c: float):
+        return self._out(self._w(a) * self.scalar(c))
+
+    def div_n(self, a, n: int):
+        """torch's ``grad / numel`` (a division by the integer count)."""
+        with np.errstate(all="ignore"):
+            return self._out(self._w(a) / self.acc.type(n))
+
+    # ---------------------------------------------------------------- reductions
+
+    def sum(self, a, keep: bool = False):
+        out = self._out(np.asarray(a).sum(axis=-1, dtype=self.acc))
+        return out[..., None] if keep else out
+
+    def mean(self, a):
+        k = np.shape(a)[-1]
+        return self._out(np.asarray(a).sum(axis=-1, dtype=self.acc) / self.acc.type(k))
+
+    def matvec(self, x, w, b=None):
+        out = np.matmul(self._w(x), self._w(w)[..., None])[..., 0]
+        if b is not None:
+            out = out + self._w(b)
+        return self._out(out)
+
+    def vecmat(self, g, x):
+        return self._out(np.matmul(self._w(g)[..., None, :], self._w(x))[..., 0, :])
+
+    def linear(self, x, W, b=None):
+        out = np.matmul(self._w(x), np.swapaxes(self._w(W), -1, -2))
+        if b is not None:
+            out = out + self._w(b)[..., None, :]
+        return self._out(out)
+
+    def matmul(self, a, b):
+        return self._out(np.matmul(self._w(a), self._w(b)))
+
+    def T(self, a):
+        return np.swapaxes(a, -1, -2)
+
+    def rows(self, x) -> int:
+        """The batch size n of ``x`` (…, n, D)."""
+        return int(np.shape(x)[-2])
+
+    def expand(self, a, axis: int):
+        """``a`` with a new axis of length 1 at ``axis`` (negative: counted from the end)."""
+        return np.expand_dims(a, axis)
+
+    # ---------------------------------------------------------------- functions
+
+    def exp(self, a):
+        return self._f(np.exp, a)
+
+    def log(self, a):
+        return self._f(np.log, a)
+
+    def log1p(self, a):
+        return self._f(np.log1p, a)
+
+    def sigmoid(self, a):
+        return self._f(_sigmoid, a)
+
+    def tanh(self, a):
+        return self._f(np.tanh, a)
+
+    def log_sigmoid(self, a):
+        return self._f(_log_sigmoid, a)
+
+    def relu(self, a):
+        return np.maximum(a, self.dtype.type(0))
+
+    def relu_mask(self, z):
+        return (np.asarray(z) > 0).astype(self.dtype)
+
+    def clamp_min(self, a, lo: float):
+        return np.maximum(a, self.dtype.type(lo))
+
+    def maximum(self, a, b):
+        return np.maximum(a, b)
+
+    def sigmoid_backward(self, g, p):
+        """torch's ``g * (1 - p) * p`` (SigmoidBackward0), left to right."""
+        one = self.scalar(1.0)
+        return self._out(self._w(self._out(self._w(g) * self._w(self._out(one - self._w(p))))) * self._w(p))
+
+    def tanh_backward(self, g, t):
+        """torch's ``g * (1 - t * t)`` (TanhBackward0)."""
+        one = self.scalar(1.0)
+        return self.mul(g, self._out(one - self._w(self.mul(t, t))))
+
+
+def _sigmoid(a):
+    """σ(a) in float64 without overflow: ``exp(a - logaddexp(0, a))``."""
+    return np.exp(-np.logaddexp(0.0, -a))
+
+
+def _log_cosh(a):
+    """log cosh(a) without overflow: |a| + log1p(e^(-2|a|)) - log 2."""
+    m = np.abs(a)
+    return m + np.log1p(np.exp(-2.0 * m)) - np.log(2.0)
+
+
+def _log_sigmoid(a):
+    """log σ(a) = -log(1 + e^-a), free of overflow."""
+    return -np.logaddexp(0.0, -a)
+
+
+# ====================================================================== the judge's side
+
+
+class TrackOps:
+    """The judge's interpretation: values and their bounds together (module docstring).
+
+    ``dtype`` is the run's; ``u`` its unit roundoff. :attr:`peak` is, per step (the leading axis),
+    the largest magnitude any intermediate reached (the overflow rule); :attr:`ambiguous` counts the
+    elements where relu's branch was ambiguous.
+    """
+
+    def __init__(self, dtype: str, steps: int):
+        self.name = dtype
+        self.u = dtypes.unit_roundoff(dtype)
+        self.acc = dtypes.accumulation(dtype)
+        self.reduced = dtype in dtypes.REDUCED
+        # C is computed in float64: its own rounding, in units of the run's u
+        self.c64 = dtypes.unit_roundoff("float64") / self.u
+        self.peak = np.zeros(steps)
+        self.ambiguous = 0
+        self.ambiguous_steps = np.zeros(steps, dtype=np.int64)
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def _seen(self, t: Track) -> Track:
+        m = np.asarray(t.mag, dtype=np.float64)
+        if m.ndim >= 1 and m.shape[0] == self.peak.shape[0]:
+            with np.errstate(invalid="ignore"):
+                self.peak = np.fmax(self.peak, m.reshape(m.shape[0], -1).max(axis=1) if m.ndim > 1 else m)
+        return t
+
+    def _c64(self, carry, ops: float = 1.0):
+        """The float64 rounding of a carry worked out in ``ops`` operations, in units of u."""
+        return ops * self.c64 * np.where(np.isfinite(carry), np.abs(carry), 0.0)
+
+    def _units(self, name: str) -> float:
+        """An element-wise function's rounding of its result, in units of u: within N + 1/2 ulp of
+        the exact value (N = :func:`function_ulps`), an ulp at most 2u|result|; 16 bits: the float32
+        result's error (in float32's u) and one rounding to the type."""
+        n = function_ulps(name, "float32" if self.reduced else self.name)
+        if self.reduced:
+            return 1.0 + (2 * n + 1) * dtypes.unit_roundoff("float32") / self.u
+        return 2.0 * n + 1.0
+
+    def _sum_units(self, k: int) -> float:
+        """A sum or dot product of k terms: gamma_k in the type it accumulates in, in units of the
+        run's u, and one rounding to the type where that is wider (16 bits on the CPU)."""
+        g = dtypes.gamma(max(int(k), 1), self.acc) / self.u
+        return g + (1.0 if self.acc != self.name else 0.0)
+
+    # ---------------------------------------------------------------- values
+
+    def input(self, v) -> Track:
+        """A value both sides hold alike (the batch's x, y): no difference, no rounding."""
+        v = np.asarray(v, dtype=np.float64)
+        return Track(v, np.abs(v), np.zeros_like(v), np.zeros_like(v))
+
+    def const(self, value, like=None) -> Track:
+        if like is None:
+            return self.input(value)
+        return Track.const(value, like.v if isinstance(like, Track) else like)
+
+    def _binary(self, a: Track, b: Track, v, carry, rnd) -> Track:
+        out = a._out(v, 0.0, carry)
+        out.rnd = rnd + out.mag + self._c64(carry)
+        return self._seen(out)
+
+    def add(self, a: Track, b: Track) -> Track:
+        with np.errstate(invalid="ignore", over="ignore"):
+            return self._binary(a, b, a.v + b.v, a.carry + b.carry, a.rnd + b.rnd)
+
+    def sub(self, a: Track, b: Track) -> Track:
+        with np.errstate(invalid="ignore", over="ignore"):
+            return self._binary(a, b, a.v - b.v, a.carry - b.carry, a.rnd + b.rnd)
+
+    def mul(self, a: Track, b: Track) -> Track:
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = a.v * b.v
+            carry = a.carry * b.v + a.v * b.carry - a.carry * b.carry
+            return self._binary(a, b, v, carry, a.rnd * b.mag + a.mag * b.rnd)
+
+    def div(self, a: Track, b: Track) -> Track:
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            v = a.v / b.v
+            carry = (a.carry * b.v - a.v * b.carry) / (b.v * (b.v - b.carry))
+            out = a._out(v, 0.0, carry)
+            ab = _smaller(b)
+            out.rnd = a.rnd / ab + out.mag * b.rnd / ab + out.mag + self._c64(carry, 3)
+        return self._seen(out)
+
+    def neg(self, a: Track) -> Track:
+        return Track(-a.v, a.mag, a.rnd, -a.carry)
+
+    def scale(self, a: Track, c: float) -> Track:
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = a.scaled(c)
+            out.rnd = out.rnd + self._c64(out.carry)
+        return self._seen(out)
+
+    def div_n(self, a: Track, n: int) -> Track:
+        """``a / n``: at most two roundings (a reciprocal and a product, or one division)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            carry = a.carry / n
+            out = Track(a.v / n, a.mag / n, a.rnd / n, carry)
+            out.rnd = out.rnd + 2 * out.mag + self._c64(carry)
+        return self._seen(out)
+
+    # ---------------------------------------------------------------- reductions
+
+    def sum(self, a: Track, keep: bool = False) -> Track:
+        k = a.v.shape[-1]
+        with np.errstate(invalid="ignore", over="ignore"):
+            mag = a.mag.sum(axis=-1)
+            carry = a.carry.sum(axis=-1)
+            rnd = a.rnd.sum(axis=-1) + _sum_depth(k, self.name) * mag + self._c64(np.abs(a.carry).sum(axis=-1), k)
+            out = Track(a.v.sum(axis=-1), mag, rnd, carry)
+            out.mag = np.fmax(np.abs(out.v), np.abs(out.v - carry))
+            self.peak = np.fmax(self.peak, _per_step(mag, self.peak.shape[0]))
+        if keep:
+            out = Track(*(f[..., None] for f in (out.v, out.mag, out.rnd, out.carry)))
+        return self._seen(out)
+
+    def mean(self, a: Track) -> Track:
+        return self.div_n(self.sum(a), a.v.shape[-1])
+
+    def _dot(self, av, am, ar, ac, bv, bm, br, bc, k: int, extra: Track | None = None) -> Track:
+        """Dot products (``np.matmul`` on the four fields): gamma_k of the terms' magnitudes."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = np.matmul(av, bv)
+            carry = np.matmul(ac, bv) + np.matmul(av, bc) - np.matmul(ac, bc)
+            terms = np.matmul(am, bm)
+            rnd = np.matmul(ar, bm) + np.matmul(am, br)
+            ac_abs = np.abs(np.nan_to_num(ac, posinf=0, neginf=0))
+            bc_abs = np.abs(np.nan_to_num(bc, posinf=0, neginf=0))
+            c_terms = np.matmul(ac_abs, np.abs(bv)) + np.matmul(np.abs(av), bc_abs) + np.matmul(ac_abs, bc_abs)
+            if extra is not None:
+                v, carry, terms = v + extra.v, carry + extra.carry, terms + extra.mag
+                rnd = rnd + extra.rnd
+                c_terms = c_terms + np.abs(extra.carry)
+                k += 1
+            rnd = rnd + self._sum_units(k) * terms + self._c64(c_terms, k + 2)
+            out = Track(v, np.fmax(np.abs(v), np.abs(v - carry)), rnd, carry)
+            self.peak = np.fmax(self.peak, _per_step(terms, self.peak.shape[0]))
+        return self._seen(out)
+
+    def matvec(self, x: Track, w: Track, b: Track | None = None) -> Track:
+        """``X·w (+ b)``: one dot product of D terms per row (D + 1 with the bias, added inside the
+        sum as torch's addmm does)."""
+        e = lambda f: f[..., None]  # noqa: E731
+        extra = None if b is None else Track(*(f[..., None, :] for f in (b.v, b.mag, b.rnd, b.carry)))
+        out = self._dot(x.v, x.mag, x.rnd, x.carry, e(w.v), e(w.mag), e(w.rnd), e(w.carry), x.v.shape[-1], extra)
+        return Track(*(f[..., 0] for f in (out.v, out.mag, out.rnd, out.carry)))
+
+    def vecmat(self, g: Track, x: Track) -> Track:
+        """``Σ_i g_i x_i``: (…, n)·(…, n, D) → (…, D), a dot product of n terms per feature."""
+        e = lambda f: f[..., None, :]  # noqa: E731
+        out = self._dot(e(g.v), e(g.mag), e(g.rnd), e(g.carry), x.v, x.mag, x.rnd, x.carry, g.v.shape[-1])
+        return Track(*(f[..., 0, :] for f in (out.v, out.mag, out.rnd, out.carry)))
+
+    def linear(self, x: Track, W: Track, b: Track | None = None) -> Track:
+        """``F.linear(x, W, b)``: (…, n, D) with (…, H, D) and (…, H) → (…, n, H)."""
+        Wt = self.T(W)
+        extra = None if b is None else Track(*(f[..., None, :] for f in (b.v, b.mag, b.rnd, b.carry)))
+        return self._dot(x.v, x.mag, x.rnd, x.carry, Wt.v, Wt.mag, Wt.rnd, Wt.carry, x.v.shape[-1], extra)
+
+    def matmul(self, a: Track, b: Track) -> Track:
+        return self._dot(a.v, a.mag, a.rnd, a.carry, b.v, b.mag, b.rnd, b.carry, a.v.shape[-1])
+
+    def T(self, a: Track) -> Track:
+        return Track(*(np.swapaxes(f, -1, -2) for f in (a.v, a.mag, a.rnd, a.carry)))
+
+    def rows(self, x: Track) -> int:
+        return int(x.v.shape[-2])
+
+    def expand(self, a: Track, axis: int) -> Track:
+        return Track(*(np.expand_dims(f, axis) for f in (a.v, a.mag, a.rnd, a.carry)))
+
+    # ---------------------------------------------------------------- functions
+
+    def _function(self, name: str, a: Track, f, slope, diff) -> Track:
+        """An element-wise function: its own rounding (``_units`` times |result|), the input's
+        rounding times the largest |f'| over the interval both sides' inputs span (widened by that
+        rounding), and the carry ``diff(a, c) = f(a) - f(a - c)`` exactly, free of cancellation."""
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            D = self.u * a.rnd
+            lo = np.fmin(a.v, a.v - a.carry) - D
+            hi = np.fmax(a.v, a.v - a.carry) + D
+            v = f(a.v)
+            carry = np.where(a.carry == 0, 0.0, diff(a.v, a.carry))
+            out = a._out(v, 0.0, carry)
+            out.rnd = a.rnd * slope(lo, hi) + self._units(name) * out.mag + self._c64(carry, 4)
+        return self._seen(out)
+
+    def exp(self, a: Track) -> Track:
+        return self._function("exp", a, np.exp, lambda lo, hi: np.exp(hi), lambda x, c: -np.exp(x) * np.expm1(-c))
+
+    def log(self, a: Track) -> Track:
+        return self._function(
+            "log",
+            a,
+            np.log,
+            lambda lo, hi: np.where(lo > 0, 1.0 / lo, np.inf),
+            lambda x, c: -np.log1p(-c / x),
+        )
+
+    def log1p(self, a: Track) -> Track:
+        return self._function(
+            "log1p",
+            a,
+            np.log1p,
+            lambda lo, hi: np.where(lo > -1, 1.0 / (1.0 + lo), np.inf),
+            lambda x, c: -np.log1p(-c / (1.0 + x)),
+        )
+
+    def sigmoid(self, a: Track) -> Track:
+        def slope(lo, hi):  # σ' = σ(1 - σ), largest at the smallest |x| of the interval
+            m = np.where((lo <= 0) & (hi >= 0), 0.0, np.fmin(np.abs(lo), np.abs(hi)))
+            s = _sigmoid(m)
+            return s * (1 - s)
+
+        def diff(x, c):  # σ(x) - σ(x - c) = σ(x) σ(-(x - c)) (1 - e^-c)
+            return _sigmoid(x) * _sigmoid(-(x - c)) * -np.expm1(-c)
+
+        return self._function("sigmoid", a, _sigmoid, slope, diff)
+
+    def tanh(self, a: Track) -> Track:
+        def slope(lo, hi):
+            m = np.where((lo <= 0) & (hi >= 0), 0.0, np.fmin(np.abs(lo), np.abs(hi)))
+            return 1.0 - np.tanh(m) ** 2
+
+        def diff(x, c):  # tanh(x) - tanh(x - c) = sinh(c) / (cosh(x) cosh(x - c)), in logs of cosh
+            return np.sinh(c) * np.exp(-(_log_cosh(x) + _log_cosh(x - c)))
+
+        return self._function("tanh", a, np.tanh, slope, diff)
+
+    def log_sigmoid(self, a: Track) -> Track:
+        """log σ(a) (torch's ``min(0, a) - log1p(exp(-|a|))``: three operations, each within the
+        function bound; its slope σ(-a) is largest at the smallest a)."""
+
+        def diff(x, c):  # log σ(x) - log σ(x - c) = log1p((1 - e^-c) e^-(x-c) / (1 + e^-x))
+            return np.log1p(-np.expm1(-c) * np.exp(-(x - c) - np.logaddexp(0.0, -x)))
+
+        out = self._function("sigmoid", a, _log_sigmoid, lambda lo, hi: _sigmoid(-lo), diff)
+        out.rnd = out.rnd + self._units("log") * out.mag  # log1p after exp: two functions and a sum
+        return out
+
+    def relu(self, a: Track) -> Track:
+        """relu: exact; 1-Lipschitz (the input's rounding passes through)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = np.maximum(a.v, 0.0)
+            carry = v - np.maximum(a.v - a.carry, 0.0)
+            out = a._out(v, 0.0, carry)
+            out.rnd = a.rnd.copy()
+        return self._seen(out)
+
+    def relu_mask(self, z: Track) -> Track:
+        """relu's derivative as a 0/1 mask: the hand side's branch ``v``, the carry the difference of
+        the two sides' branches in exact arithmetic; where ``|z|`` is within its rounding of 0 (the
+        interval both sides span holds 0) the branch is ambiguous: an error of up to 1 (``rnd`` =
+        1/u), so a product with the mask bounds the other factor's full magnitude."""
+        with np.errstate(invalid="ignore"):
+            D = self.u * z.rnd
+            lo = np.fmin(z.v, z.v - z.carry) - D
+            hi = np.fmax(z.v, z.v - z.carry) + D
+            hand = (z.v > 0).astype(np.float64)
+            torch = ((z.v - z.carry) > 0).astype(np.float64)
+            ambiguous = (lo <= 0) & (hi >= 0) & (D > 0)
+            n = ambiguous.reshape(ambiguous.shape[0], -1).sum(axis=1) if ambiguous.ndim > 1 else ambiguous
+            self.ambiguous_steps = self.ambiguous_steps + n.astype(np.int64)
+            self.ambiguous += int(np.sum(n))
+            # the carried branch difference counts only where the branch is not in doubt
+            carry = np.where(ambiguous, 0.0, hand - torch)
+            return Track(hand, np.ones_like(hand), np.where(ambiguous, 1.0 / self.u, 0.0), carry)
+
+    def clamp_min(self, a: Track, lo: float) -> Track:
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = np.maximum(a.v, lo)
+            carry = v - np.maximum(a.v - a.carry, lo)
+            out = a._out(v, 0.0, carry)
+            out.rnd = a.rnd.copy()
+        return self._seen(out)
+
+    def maximum(self, a: Track, b: Track) -> Track:
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = np.maximum(a.v, b.v)
+            carry = v - np.maximum(a.v - a.carry, b.v - b.carry)
+            return self._seen(Track(v, np.fmax(a.mag, b.mag), np.maximum(a.rnd, b.rnd), carry))
+
+    def sigmoid_backward(self, g: Track, p: Track) -> Track:
+        one = self.const(1.0, p)
+        return self.mul(self.mul(g, self.sub(one, p)), p)
+
+    def tanh_backward(self, g: Track, t: Track) -> Track:
+        one = self.const(1.0, t)
+        return self.mul(g, self.sub(one, self.mul(t, t)))
+
+
+def _sum_depth(k: int, dtype: str) -> float:
+    """The roundings a sum of k terms adds, in units of the run's u, over the sum of the magnitudes
+    (:func:`sgdtrace.dtypes.sum_depth`: pairwise depth, float32 for 16 bits and one rounding)."""
+    return float(dtypes.sum_depth(np.float64(max(k, 2)), dtype))
+
+
+def _per_step(m, steps: int):
+    m = np.asarray(m, dtype=np.float64)
+    if m.ndim == 0:
+        return np.full(steps, float(m))
+    with np.errstate(invalid="ignore"):
+        return m.reshape(m.shape[0], -1).max(axis=1) if m.ndim > 1 else m
+
+
+# ====================================================================== how the rest of sgdtrace uses a model's ops
+
+#: elements (steps × samples × features) per chunk of steps the judge works at once
+CHUNK_ELEMENTS = 1 << 18
+
+
+def hand_gradients(forward_backward, names: tuple[str, ...], dtype: str):
+    """The engine protocol's ``gradients(params, x, y) -> (loss, grads)`` of a model written against
+    ops: ``forward_backward`` run with :class:`HandOps` in the run's dtype."""
+    ops = HandOps(dtype)
+
+    def gradients(params, x, y):
+        out = forward_backward(ops, params, x, y)
+        return out["loss"], {p: out["grad_" + p] for p in names}
+
+    return gradients
+
+
+def step_groups(plan):
+    """The steps of ``plan`` by batch size: ``[(n, steps, indices (S, n))]`` (at most two sizes: the
+    whole batches and a last partial one)."""
+    sizes = plan.step_sizes()
+    out = []
+    for n in np.unique(sizes):
+        steps = np.flatnonzero(sizes == n)
+        idx = np.empty((steps.size, int(n)), dtype=np.int64)
+        spe = plan.steps_per_epoch
+        for row, s in enumerate(steps):
+            e, j = divmod(int(s), spe)
+            start = j * plan.batch_size
+            idx[row] = plan.epoch_order(e)[start : start + int(n)]
+        out.append((int(n), steps, idx))
+    return out
+
+
+def judge_terms(model, forward_backward, starts, bounds, x, y, plan, config) -> dict:
+    """The judge's terms of the loss and each gradient (the model module's ``gradient_terms``) for a
+    model written against ops: :class:`TrackOps` over every step at once, in chunks of steps of one
+    batch size. ``starts``/``bounds`` as :func:`sgdtrace.models.linear.gradient_terms` takes them.
+
+    Returns ``{"E", "C", "peak", "both", "ambiguous"}``: E (units of u), C, the intermediates' bound
+    (per step, broadcast over each field's shape), where they can overflow either way (there: the
+    bound reaches the type's largest number), and per step the elements whose relu branch was
+    ambiguous."""
+    steps = plan.n_steps
+    fields = ["loss"] + ["grad_" + p for p in model.names]
+    shapes = {"loss": ()} | {"grad_" + p.name: p.shape for p in model.params}
+    E = {f: np.empty((steps, *shapes[f])) for f in fields}
+    C = {f: np.empty((steps, *shapes[f])) for f in fields}
+    peak = {f: np.empty((steps, *shapes[f])) for f in fields}
+    ambiguous = np.zeros(steps, dtype=np.int64)
+    x = x.reshape(x.shape[0], -1)
+    for n, group, idx in step_groups(plan):
+        per = max(1, CHUNK_ELEMENTS // max(1, n * x.shape[1]))
+        for lo in range(0, group.size, per):
+            sel = group[lo : lo + per]
+            ops = TrackOps(config.dtype, sel.size)
+            params = {
+                p: Track(
+                    starts[p][sel],
+                    np.asarray(bounds[p].mag)[sel],
+                    np.zeros_like(starts[p][sel]),
+                    np.asarray(bounds[p].carry)[sel],
+                )
+                for p in model.names
+            }
+            rows = idx[lo : lo + per]
+            out = forward_backward(ops, params, ops.input(x[rows]), ops.input(y[rows]))
+            for f in fields:
+                t = out[f]
+                E[f][sel] = t.rnd
+                C[f][sel] = t.carry
+                peak[f][sel] = ops.peak.reshape((-1,) + (1,) * len(shapes[f]))
+            ambiguous[sel] = ops.ambiguous_steps
+    big = float(dtypes.finfo(config.dtype).max)
+    with np.errstate(invalid="ignore"):
+        both = {f: ~(peak[f] < big) for f in fields if f != "loss"}
+    return {"E": E, "C": C, "peak": peak, "both": both, "ambiguous": ambiguous}
+
+
+__all__ = ["HandOps", "TrackOps", "Track", "function_ulps", "hand_gradients", "judge_terms", "step_groups"]
