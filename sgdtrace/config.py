@@ -284,13 +284,6 @@ COMBINATIONS: dict[str, Refusal] = {
         ("--world-size", "--judge step"),
         ("run", "--world-size", "2", "--judge", "step"),
     ),
-    "engine-judge-step": Refusal(
-        "--engine FILE.py",
-        "--judge step",
-        "this engine's runner cannot start a step from torch's values; use --judge carry (the default)",
-        ("--engine", "--judge step"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--judge", "step"),
-    ),
     "world_size-gradcheck": Refusal(
         _WS,
         "--gradcheck",

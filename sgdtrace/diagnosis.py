@@ -398,8 +398,10 @@ def _catalogue(trace, k: int, field: str, index: tuple, value: float, tol: float
     recorded = {}
     for sk in optimizers.get(cfg.optimizer).state_keys(cfg):
         f = state_field(sk, param)
-        if f in trace.manual and f not in not_kept:
-            col = trace.manual[f][: k + 1].reshape(k + 1, -1)[:, _flat(trace, param, index)]
+        # --judge step: each step started from torch's state; else the hand side's own, where it keeps it
+        cols = trace.torch if _step_mode(trace) and f not in not_kept else trace.manual
+        if f in cols and f not in not_kept:
+            col = cols[f][: k + 1].reshape(k + 1, -1)[:, _flat(trace, param, index)]
             recorded[sk] = col.astype(float)
     replay = mistakes.Replay(cfg.optimizer, p_start, grad.tolist(), other, hps, recorded, {})
     right, cands = mistakes.candidates(replay, k, key, cfg.scheduler is not None, other is not None)

@@ -232,19 +232,8 @@ def run_trace(
 
 
 def _reset(engine, ref, cfg) -> dict:
-    """The keyword a user's engine takes torch's columns by under ``--judge step`` (``reset``), or
-    exit 2 where its ``run_columns`` cannot start a step from them."""
-    if ref is None:
-        return {}
-    import inspect
-
-    if "reset" not in inspect.signature(engine.run_columns).parameters:
-        raise refusal(
-            "engine-judge-step",
-            f"{cfg.origin.get('engine') or '--engine'} {cfg.engine}",
-            f"{cfg.origin.get('judge') or '--judge'} step",
-        )
-    return {"reset": ref}
+    """The keyword a user's engine takes torch's columns by under ``--judge step`` (``reset``)."""
+    return {} if ref is None else {"reset": ref}
 
 
 def judge_closer(trace: Trace) -> None:

@@ -201,9 +201,13 @@ class CommandEngine:
 
     # -- the run
 
-    def run_columns(self, cfg, dataset, plan, state_keys: tuple[str, ...], model=None) -> dict[str, Any]:
+    def run_columns(
+        self, cfg, dataset, plan, state_keys: tuple[str, ...], model=None, reset: dict | None = None
+    ) -> dict[str, Any]:
         """Run the process over ``plan``; its columns by field (torch's state it did not keep left
-        out and named in :attr:`info`, as for a Python file)."""
+        out and named in :attr:`info`, as for a Python file). ``reset`` (``--judge step``): torch's
+        columns; each step starts from torch's parameters, and the state the request carries from
+        torch's state under torch's names (the process's other entries go on as it sent them)."""
         import dataclasses
 
         import numpy as np
@@ -277,6 +281,8 @@ class CommandEngine:
             which = order.setdefault(id(st), len(order))
             name = names[which]
             mine = own.setdefault(id(st), {})
+            if reset is not None:
+                mine.update({key: encode(st[key]) for key in state_keys if key in st})
             row = rows[0 if where is None else int(where[state["step"] - 1])]
             reply = self.ask(
                 {
@@ -326,7 +332,7 @@ class CommandEngine:
                 )
             engine = dataclasses.replace(hand, name=self.name, gradients=gradients, update=update)
             initial = model.module.initial(cfg, model)
-            columns = protocol.run(engine, dataset.x, dataset.y, plan, initial, backend)
+            columns = protocol.run(engine, dataset.x, dataset.y, plan, initial, backend, reset=reset)
             try:
                 self.proc.stdin.write(b'{"op":"stop"}\n')
                 self.proc.stdin.flush()

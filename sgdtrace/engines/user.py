@@ -85,11 +85,15 @@ class UserEngine:
         """The child's reply to ``request`` (see :func:`run_child`)."""
         return run_child(request, self.timeout, self.name)
 
-    def run_columns(self, cfg, dataset, plan, state_keys: tuple[str, ...], model=None) -> dict[str, Any]:
+    def run_columns(
+        self, cfg, dataset, plan, state_keys: tuple[str, ...], model=None, reset: dict | None = None
+    ) -> dict[str, Any]:
         """Run the file over ``plan`` in a child process; its columns by field.
 
         Columns of torch's state (``state_keys``) the user's update did not keep are left out and
         named in :attr:`info` (``not_kept``). ``model``: the run's (default: the data's).
+        ``reset`` (``--judge step``): torch's columns; each step from the second on starts from
+        torch's parameters and its state under torch's names (only those go to the child).
         """
         import numpy as np
 
@@ -108,6 +112,7 @@ class UserEngine:
             "forward_step": self.forward_step,
             # the fused 16-bit kernel's form, probed here (the child never imports torch)
             "fused_form": _fused.form(cfg),
+            "reset": None if reset is None else _starts(reset, model.names, state_keys),
         }
         reply = self.call(request)
         n_forward = None if self.forward_step is None else int(plan.indices(self.forward_step).size)
@@ -116,6 +121,13 @@ class UserEngine:
         shapes = model.shapes
         lr = cfg.scheduler is not None
         return _checked_columns(reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept, shapes, lr)
+
+
+def _starts(reset: dict, names, state_keys) -> dict:
+    """Of torch's columns, what a step starts from: the parameters and the state under torch's names."""
+    from sgdtrace.engines.protocol import state_fields
+
+    return {f: reset[f] for f in (*names, *state_fields(state_keys, tuple(names))) if f in reset}
 
 
 def _invalid(name: str, what: str) -> EngineError:
@@ -463,6 +475,7 @@ class _Runner:
         self.order: dict[int, int] = {}  # the protocol's state dict -> the parameter's position
         # per torch state key and parameter: was it kept at some step / missing at some step
         self.seen: dict[tuple[str, int], bool] = {}
+        self.step_mode = request.get("reset") is not None  # --judge step: the state restarts from torch's
         self.general = False  # gradients(params, x, y)
         if "gradients" in self.user:
             arity = _arity(self.user["gradients"])
@@ -584,6 +597,8 @@ class _Runner:
         name = self.names[which]
         mine = self.user_state.setdefault(key, {})
         copy = (lambda v: v.copy()) if isinstance(param, self.np.ndarray) else (lambda v: v)
+        if self.step_mode:  # the step starts from torch's state under torch's names (the others go on)
+            mine.update({k: copy(state[k]) for k in self.keys if k in state})
         new = self.call("update", copy(param), copy(grad), mine, self.hp(name))
         if isinstance(new, tuple) and len(new) == 2 and isinstance(new[1], dict):
             raise self.fail_return(
@@ -707,7 +722,7 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
     runner = _Runner(module, path, request, hand, model)
     engine = dataclasses.replace(hand, name=os.path.basename(path), gradients=runner.gradients, update=runner.update)
     initial = model.module.initial(cfg, model)
-    columns = protocol.run(engine, request["x"], request["y"], plan, initial, backend)
+    columns = protocol.run(engine, request["x"], request["y"], plan, initial, backend, reset=request.get("reset"))
     not_kept = []
     if "update" in runner.parts:
         for key in request["state_keys"]:
