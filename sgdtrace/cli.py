@@ -1020,6 +1020,71 @@ def template(output: str | None) -> int:
 
 
 @cli.command()
+@click.argument("submission", required=False, metavar="[SUBMISSION.py]")
+@click.option(
+    "--engine-cmd", default=None, metavar='"COMMAND"', help="Grade a command (any language) instead of a file."
+)
+@click.option(
+    "--assignment",
+    type=str,
+    default=None,
+    metavar="FILE.toml",
+    help="The assignment: its parts, points and runs (default: the sample, --example-assignment).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "junit", "gradescope"], case_sensitive=False),
+    default="text",
+    show_default=True,
+    help="gradescope: Gradescope's results.json; junit: one test case per part.",
+)
+@click.option("--output", type=click.Path(dir_okay=False), default=None, metavar="FILE", help="Write here.")
+@click.option("--show-values", is_flag=True, help="Show your values and torch's in the feedback (hidden by default).")
+@click.option("--engine-timeout", type=float, default=None, metavar="SECONDS", help="Per run (default 60).")
+@click.option("--example-assignment", is_flag=True, help="Print the sample assignment and exit.")
+def grade(
+    submission: str | None,
+    engine_cmd: str | None,
+    assignment: str | None,
+    fmt: str,
+    output: str | None,
+    show_values: bool,
+    engine_timeout: float | None,
+    example_assignment: bool,
+) -> int:
+    """Grade a submission against an assignment: each part's points times the share of its steps that
+    agree with torch (--judge step), with feedback that names the step, the field and the likely
+    mistake, never the reference's numbers. Runs from any folder; exit 0 once a result is written.
+    """
+    from sgdtrace import grade as grading
+
+    if example_assignment:
+        with open(grading.EXAMPLE, encoding="utf-8") as f:
+            write_output(f.read(), output)
+        return EXIT_OK
+    if (submission is None) == (engine_cmd is None):
+        raise ConfigError('sgdtrace grade: give one submission: a FILE.py, or --engine-cmd "COMMAND"')
+    if submission is not None:
+        if not submission.endswith(".py"):
+            raise ConfigError(f"SUBMISSION {submission!r}: must be a Python file (FILE.py)")
+        if not os.path.isfile(submission):
+            raise ConfigError(f"SUBMISSION {submission!r}: no such file")
+    if engine_cmd is not None:
+        from sgdtrace.config import Config
+
+        Config(engine_cmd=engine_cmd)  # a command line that cannot be split: exit 2 here
+    if engine_timeout is not None and not engine_timeout > 0:
+        raise ConfigError(f"--engine-timeout {engine_timeout}: must be a number of seconds > 0")
+    check_output_path(output)
+    result = grading.grade(submission, engine_cmd, assignment, engine_timeout, show_values)
+    write_output(grading.RENDER[fmt.lower()](result), output)
+    if output is not None:
+        click.echo(f"wrote {output}: {result.score:g} / {result.max_score:g}", err=True)
+    return EXIT_OK
+
+
+@cli.command()
 @format_option(DOCTOR_FORMATS, default="table")
 @output_option()
 @click.option("--refresh", is_flag=True, show_default=True, help="Measure the rules again, whatever the cache holds.")

@@ -625,8 +625,13 @@ def _validate_model(cfg: Config, integer) -> None:
 
 
 def _validate_declared(cfg: Config) -> None:
-    """A run the engine file says it does not serve (its ``SGDTRACE`` declaration): exit 2 naming both."""
+    """A run the engine file says it does not serve (its ``SGDTRACE`` declaration): exit 2 naming both.
+    Only for an engine named as an option or in a file (``sgdtrace grade`` and the library run the
+    configs they are given)."""
     from sgdtrace.engines import declared
+
+    if "engine" not in cfg.origin:
+        return
 
     try:
         found = declared.read(cfg.engine)

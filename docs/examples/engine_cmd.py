@@ -41,8 +41,9 @@ def update(optimizer, value, grad, state, hp):
         t = state["step"] = state.get("step", 0) + 1
         m = state.get("exp_avg", elementwise(lambda g: 0.0, grad))
         v = state.get("exp_avg_sq", elementwise(lambda g: 0.0, grad))
+        vmax = state.get("max_exp_avg_sq", elementwise(lambda g: 0.0, grad))
 
-        def one(p, g, m, v):
+        def one(p, g, m, v, vmax):
             g = -g if hp["maximize"] else g
             if hp["weight_decay"]:
                 if hp["decoupled_weight_decay"]:
@@ -51,12 +52,16 @@ def update(optimizer, value, grad, state, hp):
                     g = g + hp["weight_decay"] * p
             m = beta1 * m + (1 - beta1) * g
             v = beta2 * v + (1 - beta2) * g * g
-            step = hp["lr"] / (1 - beta1**t) * m / (math.sqrt(v) / math.sqrt(1 - beta2**t) + hp["eps"])
-            return p - step, m, v
+            vmax = max(vmax, v)  # amsgrad's running max (kept only when amsgrad is on)
+            root = math.sqrt(vmax if hp["amsgrad"] else v)
+            step = hp["lr"] / (1 - beta1**t) * m / (root / math.sqrt(1 - beta2**t) + hp["eps"])
+            return p - step, m, v, vmax
 
-        out = elementwise(lambda *a: one(*a), value, grad, m, v)
+        out = elementwise(lambda *a: one(*a), value, grad, m, v, vmax)
         pick = lambda i: elementwise(lambda r: r[i], out) if isinstance(out, list) else out[i]  # noqa: E731
         state["exp_avg"], state["exp_avg_sq"] = pick(1), pick(2)
+        if hp["amsgrad"]:
+            state["max_exp_avg_sq"] = pick(3)
         return pick(0)
     if optimizer == "sgd":
         g = elementwise(lambda g, p: (-g if hp["maximize"] else g) + hp["weight_decay"] * p, grad, value)

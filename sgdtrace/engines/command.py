@@ -118,6 +118,8 @@ class CommandEngine:
 
     command: str
     timeout: float = DEFAULT_TIMEOUT
+    #: the parts to take from the process (``sgdtrace grade``); None: every part it implements
+    use: tuple[str, ...] | None = None
     info: EngineInfo | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -330,6 +332,11 @@ class CommandEngine:
                     f"{self.name}: op 'start': the reply's \"parts\" must list some of "
                     f"{', '.join(PARTS)}, not {parts!r}"
                 )
+            if self.use is not None:
+                missing = [p for p in self.use if p not in parts]
+                if missing:
+                    raise EngineError(f"{self.name}: op 'start': it implements no {' and no '.join(missing)}")
+                parts = [p for p in parts if p in self.use]
             engine = dataclasses.replace(hand, name=self.name, gradients=gradients, update=update)
             initial = model.module.initial(cfg, model)
             columns = protocol.run(engine, dataset.x, dataset.y, plan, initial, backend, reset=reset)

@@ -71,6 +71,9 @@ class UserEngine:
     path: str
     timeout: float = DEFAULT_TIMEOUT
     forward_step: int | None = None  # 0-based step at which to call ``forward`` (explain)
+    #: which of the file's functions stand for which part (``sgdtrace grade``: ``{"update":
+    #: "adam_update"}``; a part mapped to None is sgdtrace's own); None: the parts by their names
+    use: dict[str, str | None] | None = None
     info: EngineInfo | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +116,7 @@ class UserEngine:
             # the fused 16-bit kernel's form, probed here (the child never imports torch)
             "fused_form": _fused.form(cfg),
             "reset": None if reset is None else _starts(reset, model.names, state_keys),
+            "use": self.use,
         }
         reply = self.call(request)
         n_forward = None if self.forward_step is None else int(plan.indices(self.forward_step).size)
@@ -462,7 +466,11 @@ class _Runner:
         self.keys = request["state_keys"]
         self.forward_step = request["forward_step"]
         self.forward_nodes = None
-        self.user = {p: getattr(module, p) for p in PARTS if callable(getattr(module, p, None))}
+        use = request.get("use")
+        if use is None:
+            self.user = {p: getattr(module, p) for p in PARTS if callable(getattr(module, p, None))}
+        else:  # sgdtrace grade: the functions a part names, the others sgdtrace's own
+            self.user = {p: getattr(module, fn) for p, fn in use.items() if fn is not None}
         self.parts = tuple(p for p in PARTS if p in self.user)
         self.names = model.names
         self.shapes = model.shapes
@@ -648,8 +656,9 @@ class _Runner:
         return nodes
 
 
-def load_module(path: str):
-    """Import the user's file; :class:`_Failure` for a syntax error, a failing import or no parts."""
+def load_module(path: str, use: dict | None = None):
+    """Import the user's file; :class:`_Failure` for a syntax error, a failing import or no parts.
+    ``use``: the functions that stand for the parts (each must be defined), in place of the part names."""
     import importlib.util
 
     name = os.path.basename(path)
@@ -679,6 +688,11 @@ def load_module(path: str):
             )
         ) from None
     defined = {k for k, v in vars(module).items() if callable(v) and getattr(v, "__module__", None) == module.__name__}
+    if use is not None:
+        for part, fn in use.items():
+            if fn is not None and not callable(getattr(module, fn, None)):
+                raise _Failure(f"{name}: defines no function {fn} (the {part} part of this assignment)")
+        return module
     for have in sorted(defined):
         if have in PARTS:
             continue
@@ -710,7 +724,7 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
     from sgdtrace.engines.optimizers import _fused
 
     path = request["path"]
-    module = load_module(path)
+    module = load_module(path, request.get("use"))
     cfg = request["config"]
     if request.get("fused_form") is not None:  # probed by the parent (this process imports no torch)
         form = request["fused_form"]
