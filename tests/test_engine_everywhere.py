@@ -381,3 +381,15 @@ def test_a_command_engine_stops_its_process_group(tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail("the command's child outlived the run")
+
+
+def test_the_docs_course_exercises_pass_under_pytest():
+    """docs/own-engine.md's pytest file for a gradients, an Adam and a D-feature exercise."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "test_course_exercises.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0 and "3 passed" in proc.stdout, proc.stdout[-2000:]
