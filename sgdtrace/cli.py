@@ -438,8 +438,9 @@ def engine_options() -> list[Callable]:
             type=str,
             default=None,
             metavar="FILE.py",
-            help="Your own engine: a file defining gradients(w, b, x, y) and/or update(param, grad, "
-            "state, hp), run in its own process in place of the hand engine (see `sgdtrace template`).",
+            help="Your own engine: a file defining gradients(w, b, x, y) (or gradients(params, x, y)) and/or "
+            "update(param, grad, state, hp), for any optimizer, schedule and dtype, run in its own process in "
+            "place of the hand engine (see `sgdtrace template`).",
         ),
         click.option(
             "--engine-cmd",
@@ -949,10 +950,12 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     """
     cfg, fmt, output = _configure(kw, GRAPH_FORMATS)
     _refuse_distributed(cfg, command="graph")
-    if cfg.engine is not None:
+    if cfg.engine is not None or cfg.engine_cmd is not None:
         from sgdtrace.config import refusal
 
-        raise refusal("graph-engine", "sgdtrace graph", cfg.origin.get("engine") or "--engine", "with")
+        which = "engine" if cfg.engine is not None else "engine_cmd"
+        given = cfg.origin.get(which) or "--" + which.replace("_", "-")
+        raise refusal("graph-engine", "sgdtrace graph", given, "with")
     from sgdtrace.teaching.graph import build_graph
     from sgdtrace.tracing import run_trace
 

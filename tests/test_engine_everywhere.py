@@ -224,6 +224,29 @@ def test_adam_state_under_its_own_names_passes_and_is_named_not_kept(tmp_path):
         assert set(t.engine.not_kept) == {"exp_avg_w", "exp_avg_b", "exp_avg_sq_w", "exp_avg_sq_b"}
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_state_under_its_own_names_passes_under_judge_step_too(tmp_path, dtype):
+    """Under --judge step a state kept under other names goes on from the file's own values (it
+    cannot be started from torch's); torch's names are started from torch's."""
+    path = write(
+        tmp_path,
+        """
+        import numpy as np
+
+        def update(param, grad, state, hp):
+            b1, b2 = hp.betas
+            state["t"] = t = state.get("t", 0) + 1
+            state["m"] = m = b1 * state.get("m", 0 * grad) + (1 - b1) * grad
+            state["exp_avg_sq"] = v = b2 * state.get("exp_avg_sq", 0 * grad) + (1 - b2) * grad * grad
+            return param - hp.lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + hp.eps)
+        """,
+    )
+    t = traced(path, optimizer="adam", epochs=20, dtype=dtype, judge="step")
+    assert t.verdict.ok, t.verdict.first_divergent_step
+    assert set(t.engine.not_kept) == {"exp_avg_w", "exp_avg_b"} and "exp_avg_sq_w" in t.manual
+    assert t.verdict.divergent_steps["count"] == 0
+
+
 def test_a_wrong_adam_under_its_own_names_is_still_caught(tmp_path):
     path = write(
         tmp_path,

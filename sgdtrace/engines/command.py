@@ -283,8 +283,8 @@ class CommandEngine:
             which = order.setdefault(id(st), len(order))
             name = names[which]
             mine = own.setdefault(id(st), {})
-            if reset is not None:
-                mine.update({key: encode(st[key]) for key in state_keys if key in st})
+            if reset is not None:  # torch's state at the step's start, under the names the process keeps
+                mine.update({key: encode(st[key]) for key in state_keys if key in st and kept.get((key, which))})
             row = rows[0 if where is None else int(where[state["step"] - 1])]
             reply = self.ask(
                 {

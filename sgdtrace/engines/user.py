@@ -605,8 +605,8 @@ class _Runner:
         name = self.names[which]
         mine = self.user_state.setdefault(key, {})
         copy = (lambda v: v.copy()) if isinstance(param, self.np.ndarray) else (lambda v: v)
-        if self.step_mode:  # the step starts from torch's state under torch's names (the others go on)
-            mine.update({k: copy(state[k]) for k in self.keys if k in state})
+        if self.step_mode:  # the step starts from torch's state under torch's names, those the file keeps
+            mine.update({k: copy(state[k]) for k in self.keys if k in state and self.seen.get((k, which))})
         new = self.call("update", copy(param), copy(grad), mine, self.hp(name))
         if isinstance(new, tuple) and len(new) == 2 and isinstance(new[1], dict):
             raise self.fail_return(
