@@ -1043,9 +1043,9 @@ def template(output: str | None) -> int:
     help="gradescope: Gradescope's results.json; junit: one test case per part.",
 )
 @click.option("--output", type=click.Path(dir_okay=False), default=None, metavar="FILE", help="Write here.")
-@click.option("--show-values", is_flag=True, help="Show your values and torch's in the feedback (hidden by default).")
+@click.option("--show-values", is_flag=True, help="Show your values and torch's in the feedback (default off).")
 @click.option("--engine-timeout", type=float, default=None, metavar="SECONDS", help="Per run (default 60).")
-@click.option("--example-assignment", is_flag=True, help="Print the sample assignment and exit.")
+@click.option("--example-assignment", is_flag=True, help="Print the sample assignment and exit (default off).")
 def grade(
     submission: str | None,
     engine_cmd: str | None,
