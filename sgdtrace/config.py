@@ -103,7 +103,7 @@ class Config:
     # the model (sgdtrace.models) and its loss; features: D input columns (None: the article's
     # form, one x column, scalar w and b)
     model: str = "linear"
-    loss: str = "mse"
+    loss: str | None = None  # None: the model's default (mse for linear, bce for logistic)
     features: int | None = None
     # how the judge runs the hand side: "carry" (two trajectories) or "step" (each step from torch's values)
     judge: str = "carry"
@@ -119,6 +119,10 @@ class Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", canonical_optimizer(self.optimizer))
+        if self.loss is None:
+            from sgdtrace.models import LOSSES
+
+            object.__setattr__(self, "loss", LOSSES.get(self.model, ("mse",))[0])
         _fill_optimizer_defaults(self)
         validate(self)
 
@@ -283,6 +287,22 @@ COMBINATIONS: dict[str, Refusal] = {
         "use --judge carry (the default)",
         ("--world-size", "--judge step"),
         ("run", "--world-size", "2", "--judge", "step"),
+    ),
+    "float16-bce_sigmoid": Refusal(
+        "--dtype float16",
+        "--loss bce-sigmoid",
+        "torch's BCELoss backward divides by max((1 - p)·p, 1e-12), and 1e-12 is 0 in float16: a "
+        "saturated p gives an inf or nan gradient, and the nan parameters then stop BCELoss ('all "
+        "elements of input should be between 0 and 1'); use --loss bce (BCEWithLogitsLoss) or another dtype",
+        ("--dtype", "--loss"),
+        ("run", "--model", "logistic", "--loss", "bce-sigmoid", "--dtype", "float16", "--synthetic", "8"),
+    ),
+    "world_size-model": Refusal(
+        _WS,
+        "--model logistic",
+        "the data-parallel loop builds the linear model's module and nn.MSELoss only",
+        ("--world-size", "--model"),
+        ("run", "--world-size", "2", "--model", "logistic", "--synthetic", "8", "--true-b", "-10"),
     ),
     "world_size-gradcheck": Refusal(
         _WS,
@@ -600,6 +620,12 @@ def _validate_model(cfg: Config, integer) -> None:
         _fail(cfg, "model", cfg.model, "allowed: " + ", ".join(NAMES))
     if cfg.judge not in JUDGES:
         _fail(cfg, "judge", cfg.judge, "allowed: " + ", ".join(JUDGES))
+    if cfg.loss == "bce-sigmoid" and cfg.dtype == "float16":
+        raise refusal("float16-bce_sigmoid", f"{_label(cfg, 'dtype')} float16", f"{_label(cfg, 'loss')} bce-sigmoid")
+    if cfg.model != "linear" and cfg.world_size > 1:
+        raise refusal(
+            "world_size-model", f"{_label(cfg, 'world_size')} {cfg.world_size}", f"{_label(cfg, 'model')} {cfg.model}"
+        )
     if cfg.judge == "step" and cfg.world_size > 1:
         raise refusal(
             "world_size-judge", f"{_label(cfg, 'world_size')} {cfg.world_size}", _label(cfg, "judge") + " step"

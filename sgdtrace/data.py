@@ -338,6 +338,9 @@ def load(config: Config) -> Dataset:
     if config.data is not None:
         dataset = read_csv(config.data)
     elif config.synthetic is not None:
+        own = getattr(_model_module(config), "synthetic", None)  # a model's own draw (logistic: 0/1 labels)
+        if own is not None:
+            return _checked(own(config, features), config)
         return _checked(
             synthetic(config.synthetic, config.true_w, config.true_b, config.noise, config.effective_seed, features),
             config,
@@ -361,8 +364,17 @@ def load(config: Config) -> Dataset:
     return _checked(dataset, config)
 
 
+def _model_module(config: Config):
+    from sgdtrace import models
+
+    return models.get(getattr(config, "model", "linear"))
+
+
 def _checked(dataset: Dataset, config: Config) -> Dataset:
     check_range(dataset, config.dtype)
+    check = getattr(_model_module(config), "check_data", None)  # a model's own rule (logistic: labels 0/1)
+    if check is not None:
+        check(dataset, config)
     return dataset
 
 

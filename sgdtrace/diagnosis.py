@@ -15,9 +15,10 @@ gradients of the step), in float64 on the same batch with sgdtrace's own equatio
 
 A hypothesis names the mistake when the hand side's value lies within the step's rounding
 allowance (the judge's ``tol``, times the factor where one scales the value) of the
-hypothesis' value, and that value is itself clearly away from the right one (more than twice the
-allowance). The first hypothesis in the order above that matches is named; none matching gives
-``None``: the numbers support no guess.
+hypothesis' value, that value is itself clearly away from the right one (more than twice the
+allowance), and the hand side's value is less than half as far from it as from the right one.
+The first hypothesis in the order above that matches is named; none matching gives ``None``: the
+numbers support no guess.
 
 On a model with parameters of a shape (linear on D features) the hypotheses are tested on the
 element the verdict names (``index``), and one more is tried for a weight's gradient: the value
@@ -82,7 +83,10 @@ class _Judge:
         if not math.isfinite(candidate):
             return False
         allow = self.allow(candidate, scale)
-        return abs(self.value - candidate) <= allow and abs(candidate - self.right) > 2 * allow
+        near = abs(self.value - candidate)
+        # and the value is markedly nearer the candidate than the right value: where the allowance
+        # is as large as the values (16 bits), a candidate barely inside it is no evidence
+        return near <= allow and abs(candidate - self.right) > 2 * allow and 2 * near < abs(self.value - self.right)
 
 
 def _batch(trace, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,9 +104,13 @@ def _scalar(trace) -> bool:
     return getattr(trace, "model", None) is None or trace.model.scalar
 
 
-def _terms(field: str, w, b, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _terms(field: str, w, b, x: np.ndarray, y: np.ndarray, trace=None) -> np.ndarray:
     """Per sample, what the field sums before dividing by n: 2 d x, 2 d, d^2 (on D features
-    ``(n, D)`` for the weight's gradient, ``(n, 1)`` for the bias's)."""
+    ``(n, D)`` for the weight's gradient, ``(n, 1)`` for the bias's); a model that declares its
+    own (``sample_terms``: logistic regression's (p - y) x, ...) gives them."""
+    own = getattr(getattr(getattr(trace, "model", None), "module", None), "sample_terms", None)
+    if own is not None:
+        return own(field, w, b, x, y, trace.config)
     if np.ndim(w) == 0:
         d = w * x + b - y
         return {"grad_w": 2 * d * x, "grad_b": 2 * d, "loss": d * d}[field]
@@ -165,26 +173,39 @@ def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0, b0, index
     _, x, y = _batch(trace, k)
     n = x.shape[0]
     label = _label(field, index)
+    module = getattr(getattr(trace, "model", None), "module", None)
+    # a model's own classic mistakes first: more specific than a constant factor, which they can
+    # equal at a step (the mean squared error's gradient is half the cross-entropy's where p = 1/2)
+    mistakes = getattr(module, "gradient_mistakes", None)
+    for kind, candidate, text in mistakes(field, w0, b0, x, y, trace.config, index) if mistakes else ():
+        if judge.explains(candidate):
+            return {"kind": kind, "factor": None, "text": f"{label} {text}"}
+    why_of = getattr(module, "FACTOR_WHY", {})
     for c, printed, why in _factors(n):
+        why = why_of.get(printed, why)
         if judge.explains(c * judge.right, c):
             return {"kind": "factor", "factor": c, "text": f"{label} is {printed} times the right value: {why}"}
     if judge.explains(-judge.right):
         return {
             "kind": "sign",
             "factor": -1.0,
-            "text": f"{label} has its sign flipped: the residual taken as y - ypred without the chain "
-            "rule's -1 (dd/dc = 1 for d = ypred - y)",
+            "text": f"{label} has its sign flipped: "
+            + getattr(
+                module,
+                "SIGN_TEXT",
+                "the residual taken as y - ypred without the chain rule's -1 (dd/dc = 1 for d = ypred - y)",
+            ),
         }
     if not index and field in ("grad_w", "grad_b"):  # the article's model: the other parameter's gradient
         other = "grad_b" if field == "grad_w" else "grad_w"
-        if judge.explains(float(_terms(other, w0, b0, x, y).sum() / n)):
+        if judge.explains(float(_terms(other, w0, b0, x, y, trace).sum() / n)):
             return {
                 "kind": "other_gradient",
                 "factor": None,
                 "text": f"{label} is {_label(other, ())}: the two gradients swapped (w's gradient where b's "
                 "belongs, or b's where w's belongs)",
             }
-    every = _terms(field, w0, b0, x, y)
+    every = _terms(field, w0, b0, x, y, trace)
     if index and field == "grad_w":  # D features: another feature's element
         right = every.sum(axis=0) / n
         for j in range(right.shape[0]):
@@ -221,7 +242,7 @@ def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0, b0, index
             "from the step before",
         }
     w1, b1 = trace.manual["w"][k].astype(np.float64), trace.manual["b"][k].astype(np.float64)
-    after = _terms(field, w1, b1, x, y).sum(axis=0) / n
+    after = _terms(field, w1, b1, x, y, trace).sum(axis=0) / n
     if judge.explains(float(after[index] if index else after)):
         return {
             "kind": "after_update",
@@ -331,8 +352,11 @@ def diagnose_step(trace, first=None) -> dict[str, Any] | None:
                         for p in ("w", "b")
                     )
                 _, x, y = _batch(trace, k)
-                total = _terms(field, w0, b0, x, y).sum(axis=0) / x.shape[0]
+                total = _terms(field, w0, b0, x, y, trace).sum(axis=0) / x.shape[0]
                 right = float(total[index] if index else total)
+                exact_rule = getattr(trace.model.module, "right_value", None) if not _scalar(trace) else None
+                if exact_rule is not None:  # the model's own rules in the run's dtype (torch's clamps)
+                    right = exact_rule(field, w0, b0, x, y, cfg, index)
                 return _gradient_hypotheses(trace, k, field, _Judge(value, right, tol, u), w0, b0, index)
             if field not in ("w", "b") and not field.startswith("buf_"):
                 return None

@@ -237,10 +237,21 @@ def _reset(engine, ref, cfg) -> dict:
 
 
 def judge_closer(trace: Trace) -> None:
-    """At the first divergent step, which side the ground truth is nearer (:func:`sgdtrace.reference.closer`).
+    """At the first divergent step, which side the ground truth is nearer (:func:`sgdtrace.reference.closer`,
+    or the model's own ``closer``: logistic regression's loss and gradients at 50 digits).
 
-    The exact step is the article's model's: on D features ``closer`` stays None (not worked out)."""
-    if trace.verdict.first_divergent_step is None or not trace.model.scalar:
+    The exact step is the article's model's: on the linear model's D features ``closer`` stays None
+    (not worked out)."""
+    if trace.verdict.first_divergent_step is None:
+        return
+    own = getattr(trace.model.module, "closer", None)
+    if own is not None:  # a model with its own high-precision witness (logistic regression)
+        side, errors = own(trace)
+        trace.verdict.first_divergent_step = dataclasses.replace(
+            trace.verdict.first_divergent_step, closer=side, exact_error=errors
+        )
+        return
+    if not trace.model.scalar:
         return
     from sgdtrace.reference import closer
 

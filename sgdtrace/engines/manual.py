@@ -141,7 +141,7 @@ def engine(config, backend: ArrayBackend, plan=None, model=None) -> Engine:
     model = model or protocol.article_model(config)
     return Engine(
         "hand",
-        model.module.engine_gradients(model),
+        model.module.engine_gradients(model, config),
         opt.update,
         opt.hyper(config, backend.scalar, **extra),
         opt.state_keys(config),

@@ -171,7 +171,8 @@ def run(
     )
 
     net = side.module(model, initial, dtype, device)
-    criterion = side.criterion(loss_form)
+    # the model's own loss (--loss), unless the caller asks for another form of the linear model's
+    criterion = side.criterion(getattr(config, "loss", "mse") if loss_form == "mse" else loss_form)
     optimizer = make_optimizer(net.parameters(), config)
     scheduler = make_scheduler(optimizer, config)
     per_step = scheduler is not None and config.scheduler.interval == "step"

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from types import ModuleType
 
 #: the models sgdtrace runs (``--model``), each a module of this package
-NAMES = ("linear",)
+NAMES = ("linear", "logistic")
 #: the losses each model takes (``--loss``), its default first
-LOSSES = {"linear": ("mse",)}
+LOSSES = {"linear": ("mse",), "logistic": ("bce", "bce-sigmoid")}
 
 
 @dataclass(frozen=True)

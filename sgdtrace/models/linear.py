@@ -325,8 +325,9 @@ def gradients_features(params: dict, x, y):
     return loss, {"w": grad_w_features(up, x), "b": grad_b_features(up)}
 
 
-def engine_gradients(model) -> Callable:
-    """The hand side's ``gradients`` part: the article's four-argument form, or the dict form."""
+def engine_gradients(model, config=None) -> Callable:
+    """The hand side's ``gradients`` part: the article's four-argument form, or the dict form
+    (``config``: the run's, for a model whose gradients depend on its loss or dtype; unused here)."""
     return gradients if model.scalar else gradients_features
 
 

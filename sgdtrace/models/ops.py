@@ -196,7 +196,14 @@ class HandOps:
         return self._f(np.log1p, a)
 
     def sigmoid(self, a):
-        return self._f(_sigmoid, a)
+        """σ(a) as torch's kernel forms it, ``1/(1 + e^-a)`` with ``e^-a`` in the type it computes
+        in (float32 for 16 bits): where that overflows (a < -88.7 in float32) σ is 0, not the
+        subnormal the exact value rounds to; elsewhere within the function bound."""
+        acc = np.dtype(np.float32) if self.reduced else self.dtype
+        with np.errstate(all="ignore"):
+            e = np.exp(-np.asarray(a, dtype=np.float64)).astype(acc)  # e^-a, rounded once to the type
+            one = acc.type(1)
+            return self._out(one / (one + e))  # then 1 + e and the reciprocal, each rounded, as torch
 
     def tanh(self, a):
         return self._f(np.tanh, a)
@@ -262,6 +269,11 @@ class TrackOps:
         # C is computed in float64: its own rounding, in units of the run's u
         self.c64 = dtypes.unit_roundoff("float64") / self.u
         self.peak = np.zeros(steps)
+        # a result that rounds into the subnormal range errs by up to half the smallest subnormal
+        # (an absolute error, not u|result|): in units of u
+        self.eta = _tiniest(dtype) / 2 / self.u
+        # e^-z overflows the type the kernel computes in below -log(largest): σ is then 0
+        self.exp_limit = float(np.log(float(dtypes.finfo(self.acc).max)))
         self.ambiguous = 0
         self.ambiguous_steps = np.zeros(steps, dtype=np.int64)
 
@@ -301,9 +313,13 @@ class TrackOps:
         return Track(v, np.abs(v), np.zeros_like(v), np.zeros_like(v))
 
     def const(self, value, like=None) -> Track:
-        if like is None:
-            return self.input(value)
-        return Track.const(value, like.v if isinstance(like, Track) else like)
+        """A Python float both sides round to the run's type alike: its one rounding is counted
+        where the type does not hold it (1e-12), none where it does (1, -100)."""
+        t = self.input(value) if like is None else Track.const(value, like.v if isinstance(like, Track) else like)
+        held = float(dtypes.cast(np.array([float(np.ravel(value)[0])]), self.name).astype(np.float64)[0])
+        if held != float(np.ravel(value)[0]):
+            t.rnd = t.rnd + np.abs(t.v)
+        return t
 
     def _binary(self, a: Track, b: Track, v, carry, rnd) -> Track:
         out = a._out(v, 0.0, carry)
@@ -322,7 +338,7 @@ class TrackOps:
         with np.errstate(invalid="ignore", over="ignore"):
             v = a.v * b.v
             carry = a.carry * b.v + a.v * b.carry - a.carry * b.carry
-            return self._binary(a, b, v, carry, a.rnd * b.mag + a.mag * b.rnd)
+            return self._binary(a, b, v, carry, a.rnd * b.mag + a.mag * b.rnd + self.eta)
 
     def div(self, a: Track, b: Track) -> Track:
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -330,7 +346,7 @@ class TrackOps:
             carry = (a.carry * b.v - a.v * b.carry) / (b.v * (b.v - b.carry))
             out = a._out(v, 0.0, carry)
             ab = _smaller(b)
-            out.rnd = a.rnd / ab + out.mag * b.rnd / ab + out.mag + self._c64(carry, 3)
+            out.rnd = a.rnd / ab + out.mag * b.rnd / ab + out.mag + self.eta + self._c64(carry, 3)
         return self._seen(out)
 
     def neg(self, a: Track) -> Track:
@@ -433,7 +449,11 @@ class TrackOps:
             v = f(a.v)
             carry = np.where(a.carry == 0, 0.0, diff(a.v, a.carry))
             out = a._out(v, 0.0, carry)
-            out.rnd = a.rnd * slope(lo, hi) + self._units(name) * out.mag + self._c64(carry, 4)
+            moved = np.where(a.rnd == 0, 0.0, a.rnd * slope(lo, hi))
+            rnd = moved + self._units(name) * out.mag + self.eta + self._c64(carry, 4)
+            # an exact input both sides hold alike with an infinite result (log 0): -inf on both
+            exact = (a.rnd == 0) & (a.carry == 0) & ~np.isfinite(v)
+            out.rnd = np.where(exact, 0.0, rnd)
         return self._seen(out)
 
     def exp(self, a: Track) -> Track:
@@ -460,18 +480,38 @@ class TrackOps:
     def sigmoid(self, a: Track) -> Track:
         def slope(lo, hi):  # σ' = σ(1 - σ), largest at the smallest |x| of the interval
             m = np.where((lo <= 0) & (hi >= 0), 0.0, np.fmin(np.abs(lo), np.abs(hi)))
-            s = _sigmoid(m)
-            return s * (1 - s)
+            return _sigmoid(m) * _sigmoid(-m)  # σ(1 - σ) without the cancellation of 1 - σ
 
         def diff(x, c):  # σ(x) - σ(x - c) = σ(x) σ(-(x - c)) (1 - e^-c)
             return _sigmoid(x) * _sigmoid(-(x - c)) * -np.expm1(-c)
 
-        return self._function("sigmoid", a, _sigmoid, slope, diff)
+        out = self._function("sigmoid", a, _sigmoid, slope, diff)
+        # saturation: where e^-z < u/4 for every z either side can hold, 1 + e^-z rounds to 1 and
+        # both sides' σ(z) is exactly 1 (torch's kernel is 1/(1 + e^-z); the hand's float64 σ is
+        # within u/4 of 1 and rounds to it): what follows is computed from the same 1 on both sides
+        # (pinned per machine by tests/test_logistic.py, vectorised and one element at a time)
+        # and where e^-z overflows the type the kernel computes in for every z either side can hold,
+        # σ is exactly 0 on both sides; where only some of them can, it may be 0 on one side only
+        with np.errstate(invalid="ignore", over="ignore"):
+            low = np.fmin(a.v, a.v - a.carry) - self.u * a.rnd
+            high = np.fmax(a.v, a.v - a.carry) + self.u * a.rnd
+            one = np.exp(-low) <= self.u / 4
+            zero = high < -self.exp_limit
+            band = (low < -self.exp_limit) & ~zero
+        if np.any(one | zero | band):
+            exact = one | zero
+            out = Track(
+                np.where(one, 1.0, np.where(zero, 0.0, out.v)),
+                np.where(one, 1.0, np.where(zero, 0.0, out.mag)),
+                np.where(exact, 0.0, np.where(band, out.rnd + out.mag / self.u, out.rnd)),
+                np.where(exact, 0.0, out.carry),
+            )
+        return out
 
     def tanh(self, a: Track) -> Track:
         def slope(lo, hi):
             m = np.where((lo <= 0) & (hi >= 0), 0.0, np.fmin(np.abs(lo), np.abs(hi)))
-            return 1.0 - np.tanh(m) ** 2
+            return np.exp(-2.0 * _log_cosh(m))  # 1 - tanh² = 1/cosh², free of cancellation
 
         def diff(x, c):  # tanh(x) - tanh(x - c) = sinh(c) / (cosh(x) cosh(x - c)), in logs of cosh
             return np.sinh(c) * np.exp(-(_log_cosh(x) + _log_cosh(x - c)))
@@ -518,11 +558,16 @@ class TrackOps:
             return Track(hand, np.ones_like(hand), np.where(ambiguous, 1.0 / self.u, 0.0), carry)
 
     def clamp_min(self, a: Track, lo: float) -> Track:
+        """``max(a, lo)``: no rounding, 1-Lipschitz; where every value either side can hold is at or
+        below ``lo`` (a log of 0 included), both sides hold ``lo`` exactly."""
         with np.errstate(invalid="ignore", over="ignore"):
             v = np.maximum(a.v, lo)
             carry = v - np.maximum(a.v - a.carry, lo)
             out = a._out(v, 0.0, carry)
-            out.rnd = a.rnd.copy()
+            high = np.fmax(a.v, a.v - a.carry) + np.where(a.rnd == 0, 0.0, self.u * a.rnd)
+            below = high <= lo
+            out.rnd = np.where(below, 0.0, a.rnd)
+            out.carry = np.where(below, 0.0, out.carry)
         return self._seen(out)
 
     def maximum(self, a: Track, b: Track) -> Track:
@@ -538,6 +583,11 @@ class TrackOps:
     def tanh_backward(self, g: Track, t: Track) -> Track:
         one = self.const(1.0, t)
         return self.mul(g, self.sub(one, self.mul(t, t)))
+
+
+def _tiniest(dtype: str) -> float:
+    """The smallest positive (subnormal) number of ``dtype``."""
+    return float(dtypes.finfo(dtype).smallest_subnormal)
 
 
 def _sum_depth(k: int, dtype: str) -> float:

@@ -277,15 +277,28 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
     xb = backend.asarray(model.module.inputs(model, trace.dataset.x[idx]))
     yb = backend.asarray(trace.dataset.y[idx])
     params = {p: backend.param(np.asarray(start[p], dtype=np.float64)) for p in names}
-    r = manual.forward_backward(params["w"], params["b"], xb, yb, len(idx), backend.scalar)
-    grads = {"w": r.grad_w, "b": r.grad_b}
+    # a model written against ops (``OPS``: its ``forward_backward(ops, params, x, y, loss)``)
+    own = model.module.forward_backward if getattr(model.module, "OPS", False) else None
+    if own is not None:  # a model written against ops: its own nodes, by HandOps (the hand engine)
+        from sgdtrace.models.ops import HandOps
+
+        out = own(HandOps(cfg.dtype), params, xb, yb, cfg.loss)
+        r = None
+        grads = {p: out["grad_" + p] for p in names}
+        loss_value = out["loss"]
+        nodes = {key: _array(out[key]) for key in getattr(model.module, "EXPLAIN_NODES", ()) if key in out}
+    else:
+        r = manual.forward_backward(params["w"], params["b"], xb, yb, len(idx), backend.scalar)
+        grads = {"w": r.grad_w, "b": r.grad_b}
+        loss_value = r.loss
+        nodes = {name: _array(getattr(r, name)) for name in ("a", "c", "d", "e", "dl_dd")}
     states = {p: {key: backend.param(state0[state_field(key, p)]) for key in eng.state_keys if k > 0} for p in names}
     if k > 0:  # the optimizer's step count, as torch keeps it beside the state ("step")
         for st in states.values():
             st["step"] = k
     new = {p: eng.update(params[p], grads[p], states[p], hp) for p in names}
     state1 = {state_field(key, p): _array(states[p][key]) for key in eng.state_keys for p in names}
-    got = {"loss": r.loss, **{f"grad_{p}": g for p, g in grads.items()}, **new}
+    got = {"loss": loss_value, **{f"grad_{p}": g for p, g in grads.items()}, **new}
     dtype = man["w"].dtype
     matches = all(
         np.asarray(_array(v), dtype=np.float64).astype(dtype).tobytes() == man[f][k].tobytes() for f, v in got.items()
@@ -301,8 +314,8 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
         _array(yb),
         {p: np.asarray(v, dtype=np.float64) for p, v in start.items()},
         {f: None if v is None else np.asarray(v, dtype=np.float64) for f, v in state0.items()},
-        {name: _array(getattr(r, name)) for name in ("a", "c", "d", "e", "dl_dd")},
-        _value(r.loss),
+        nodes,
+        _value(loss_value),
         {p: _array(g) for p, g in grads.items()},
         {p: _array(v) for p, v in new.items()},
         state1,

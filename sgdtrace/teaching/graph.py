@@ -120,13 +120,15 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
     )
     model = side.module(spec, start, dtype, device)
     leaf = {id(t): name for name, t in side.bindings(spec, model)}
-    out = side.criterion(loss)(model(data), target)
+    out = side.criterion(cfg.loss if loss == "mse" else loss)(model(data), target)
+    own = getattr(spec.module, "graph", None)  # a model that declares its own DAG (logistic regression)
+    mapping = own(cfg)["torch_to_manual"] if own is not None else TORCH_TO_MANUAL
 
     nodes: list[TorchNode] = []
 
     def walk(fn, depth: int) -> int:
         name = type(fn).__name__
-        maps = (leaf[id(fn.variable)],) if name == "AccumulateGrad" else TORCH_TO_MANUAL.get(name, ())
+        maps = (leaf[id(fn.variable)],) if name == "AccumulateGrad" else mapping.get(name, ())
         i = len(nodes)
         node = TorchNode(name, depth, maps)
         nodes.append(node)
@@ -142,6 +144,8 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
 
     walk(out.grad_fn, 0)
     out.backward()
+    if own is not None:
+        return _own_graph(trace, own(cfg), nodes, loss, k, epoch, batch, batch_step=(batch, epoch))
 
     ex = explain_step(trace, batch, epoch)
     n = ex.n
@@ -191,3 +195,38 @@ def build_graph(trace, batch: int = 1, epoch: int = 1, loss: str = "mse") -> Gra
         note = "one to one: every manual node a, c, d, e, l has exactly one torch node"
     dag = FEATURES_DAG if features else MANUAL_DAG
     return GraphResult(loss, nodes, grads, ulps, structure_ok, note, k, epoch, batch, trace, dag)
+
+
+def _own_graph(trace, spec: dict, nodes: list[TorchNode], loss: str, k: int, epoch: int, batch: int, batch_step):
+    """The graph of a model that declares its DAG (``graph(config)``: ``dag``, ``torch_to_manual``,
+    ``expected``: the manual nodes torch's chain must cover, ``grads(ex)``: dl/d(node) from its
+    explanation)."""
+    from sgdtrace.teaching.explain import explain_features
+
+    cfg = trace.config
+    ex = explain_features(trace, *batch_step)
+    grads = spec["grads"](ex)
+    ulps: list[int | None] = []
+    for node in nodes:
+        target_node = node.maps_to[0] if node.maps_to else None
+        if target_node is None or node.grad is None or target_node not in grads:
+            ulps.append(None)
+            continue
+        m = _cast(np.asarray(grads[target_node], dtype=np.float64).reshape(-1), cfg.dtype)
+        t = _cast(np.asarray(node.grad, dtype=np.float64).reshape(-1), cfg.dtype)
+        ulps.append(int(ulp_distance(m, t).max()) if m.shape == t.shape else None)
+    chain = [m for node in nodes if node.name != "AccumulateGrad" for m in node.maps_to]
+    leaves = sorted(m for node in nodes if node.name == "AccumulateGrad" for m in node.maps_to)
+    expected = sorted(spec["expected"])
+    structure_ok = sorted(set(chain)) == expected and leaves == ["b", "w"] and len(chain) == len(expected)
+    fused = [node for node in nodes if len(node.maps_to) > 1]
+    if not structure_ok:
+        note = f"torch's graph covers {sorted(set(chain))} and leaves {leaves}; expected {', '.join(expected)} and w, b"
+    else:
+        what = "; ".join(
+            f"{node.name} computes {' and '.join(sorted(node.maps_to))} in one fused node" for node in fused
+        )
+        note = "every manual node has its torch counterpart" + (f"; {what}" if what else "")
+        if any(node.name == "TBackward0" for node in nodes):
+            note += "; TBackward0 is the weight's transpose (weight (1, D) is wᵀ)"
+    return GraphResult(loss, nodes, grads, ulps, structure_ok, note, k, epoch, batch, trace, spec["dag"])

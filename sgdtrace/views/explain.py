@@ -440,9 +440,115 @@ def _torch_vec(ex: FeatureExplanation, field: str, label: str) -> Text:
     return t
 
 
+def logistic_view(ex: FeatureExplanation) -> Group:
+    """One batch of logistic regression, in vector form: z, p, the loss terms and dl/dz per sample
+    (up to 8), torch's rules where they bite (BCELoss's clamp of each log at -100 and its
+    backward's floor), the gradients ``Xᵀ·dl/dz`` and the update, torch's values beside."""
+    tr = ex.trace
+    cfg = tr.config
+    D = ex.x.shape[1]
+    nd = ex.nodes
+    spe = tr.plan.steps_per_epoch
+    sigmoid_form = cfg.loss == "bce-sigmoid"
+    head = Text(f"Epoch {ex.epoch} of {tr.plan.epochs}, batch {ex.batch} of {spe} (step {ex.step + 1})", style="bold")
+    loss_name = "nn.BCELoss() on torch.sigmoid(z)" if sigmoid_form else "nn.BCEWithLogitsLoss() on z"
+    head.append(
+        f": samples {_per_sample([str(i) for i in ex.indices.tolist()])} (n = {ex.n}), "
+        f"lr {cfg.lr:g}, {cfg.dtype} on {tr.device}\n"
+        f"The model: z = X·w + b, p = σ(z) with X of shape ({ex.n}, {D}), w {_shape(ex.start['w'])}, "
+        f"b {_shape(ex.start['b'])}, labels y in {{0, 1}} (torch: nn.Linear({D}, 1) and {loss_name})\n"
+    )
+    start = "the initial values" if ex.step == 0 else "the previous batch's update"
+    head.append(f"Starting from w = {_vec(ex.start['w'])}, b = {_vec(ex.start['b'])} ({start})")
+    parts: list = [head, Text("")]
+    term = "l_i = (y − 1)·max(log(1 − p), −100) − y·max(log p, −100)" if sigmoid_form else "l_i = (1 − y)·z − log σ(z)"
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False)
+    for h in ("i", f"x_i ({D})", "y_i", "z = x_i·w + b", "p = σ(z)", "l_i", "dl/dz_i"):
+        table.add_column(h, justify="right")
+    shown = min(ex.n, MAX_SAMPLES)
+    for i in range(shown):
+        table.add_row(
+            str(ex.indices[i]),
+            _vec(ex.x[i]),
+            num(ex.y[i]),
+            num(nd["z"][i]),
+            num(nd["p"][i]),
+            num(nd["terms"][i]),
+            num(nd["dl_dz"][i]),
+        )
+    if ex.n > shown:
+        table.add_row("⋮", "", "", "", Text(f"{ex.n - shown} more samples", style="italic"), "", "")
+    fwd = _Section(
+        f"Forward pass, per sample i: z = x_i·w + b (a dot product of D terms and the bias), p = σ(z), {term}"
+    )
+    fwd.row("", f"l = (1/n)·Σ l_i = (1/{ex.n})·[{_terms([_p(v) for v in nd['terms'].tolist()])}]", num(ex.loss))
+    fwd.grid.add_row("", _torch_vec(ex, "loss", "l"))
+    parts += [Text(fwd.title, style="bold"), table, fwd.grid, Text("")]
+    if sigmoid_form:
+        with np.errstate(divide="ignore"):
+            clamped = int(np.sum((np.log(nd["p"]) <= -100) | (np.log1p(-nd["p"]) <= -100)))
+        q = (1 - nd["p"]) * nd["p"]
+        floor = int(np.sum(q < 1e-12))
+        rules = _Section("torch's BCELoss rules, by hand")
+        rules.row("", f"each log is clamped at −100 in the forward pass only: {clamped} of {ex.n} samples clamped here")
+        rules.row(
+            "",
+            "backward: dl/dp = (p − y)/max((1 − p)·p, 1e-12)/n, then dl/dz = dl/dp·(1 − p)·p: where σ saturates "
+            f"((1 − p)·p below 1e-12: {floor} of {ex.n} samples here) torch's dl/dz is smaller than the textbook "
+            "(p − y)/n, and 0 where p rounds to 1",
+        )
+        parts += [rules.render(), Text("")]
+    back = _Section("Backward pass, in vector form (the chain rule per element)")
+    rule = "dl/dz = dl/dp·(1 − p)·p (= (p − y)/n where σ is not saturated)" if sigmoid_form else "dl/dz = (p − y)/n"
+    back.row("", f"{rule}, per sample: {_per_sample([num(v) for v in nd['dl_dz'].tolist()])}")
+    back.row("", f"dz_i/dw_j = x_ij, so dl/dw = Xᵀ·dl/dz: ({D},) = ({D}, {ex.n})·({ex.n},)")
+    for j in range(min(D, MAX_TERMS)):
+        terms = [f"{_p(g)}·{_p(xi)}" for g, xi in zip(nd["dl_dz"].tolist(), ex.x[:, j].tolist())]
+        back.row("", f"dl/dw[{j}] = Σ_i dl/dz_i·x_i{j} = {_terms(terms)}", num(ex.grads["w"][j]))
+    if D > MAX_TERMS:
+        back.row("", f"… and {D - MAX_TERMS} more features, the same sum with their column of X")
+    back.row("", "dl/dw", _vec(ex.grads["w"]))
+    back.grid.add_row("", _torch_vec(ex, "grad_w", "dl/dw"))
+    back.row("", f"dl/db = Σ_i dl/dz_i = {_terms([_p(v) for v in nd['dl_dz'].tolist()])}", _vec(ex.grads["b"]))
+    back.grid.add_row("", _torch_vec(ex, "grad_b", "dl/db"))
+    parts += [back.render(), Text("")]
+    parts += _update_part(ex)
+    return Group(*parts)
+
+
+def _update_part(ex: FeatureExplanation) -> list:
+    """The update section and the closing line of a vector-form explanation."""
+    tr, cfg = ex.trace, ex.trace.config
+    upd = _Section(_update_title(cfg))
+    lr = step_rate(tr, ex.step)
+    for p in ex.start:
+        rules = _sgd_rules(cfg, p, ex.step) if cfg.optimizer == "sgd" else {}
+        for f, state in ex.state1.items():
+            if f.endswith("_" + p):
+                upd.row("", f"{f} ← {rules.get('state', 'its line of the algorithm')} {_shape(state)}", _vec(state))
+                upd.grid.add_row("", _torch_vec(ex, f, f))
+        rule = rules.get("param", "its line of the algorithm")
+        upd.row("", f"{p} ← {rule}, lr {lr:g}, from {p} = {_vec(ex.start[p])}", _vec(ex.new[p]))
+        upd.grid.add_row("", _torch_vec(ex, p, p))
+    out: list = [upd.render(), Text("")]
+    if ex.matches_trace:
+        out.append(
+            Text(
+                "These are the manual engine's own values for this step (bit for bit as in the run); "
+                "'ulp' counts the floats between them and torch's (the largest over the elements).",
+                style="dim",
+            )
+        )
+    else:  # pragma: no cover - would mean explain recomputes differently from the run
+        out.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
+    return out
+
+
 def features_view(ex: FeatureExplanation) -> Group:
     """One batch of the linear model on D features, in vector form: the shapes, the nodes per
     sample (up to 8), the gradients ``Xᵀ·dl/dd`` and the update, torch's values beside."""
+    if "z" in ex.nodes:  # logistic regression's nodes
+        return logistic_view(ex)
     tr = ex.trace
     cfg = tr.config
     D = ex.x.shape[1]

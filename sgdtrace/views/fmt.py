@@ -87,6 +87,11 @@ def describe_data(info: dict) -> str:
         return "the article's data (x = 0..8, y = 2x + 10)"
     if src == "csv":
         return f"{info.get('path')} ({info.get('n')} samples)"
+    if src == "synthetic" and info.get("labels"):  # 0/1 labels drawn from σ(x·w + b)
+        w = info.get("true_w")
+        shown = vector_text(w) if isinstance(w, (list, tuple)) else f"{w:g}"
+        b = float(info.get("true_b"))
+        return f"synthetic: {info.get('n')} samples, y ~ Bernoulli(σ(x·{shown} {'-' if b < 0 else '+'} {abs(b):g}))"
     if src == "synthetic" and info.get("features") is not None:
         w = info.get("true_w")
         w = w if isinstance(w, (list, tuple)) else [w] * int(info["features"])
@@ -103,6 +108,9 @@ def describe_data(info: dict) -> str:
 def model_title(trace) -> str:
     """The model as titles name it: the article's ``ypred = w·x + b``, or its form on D features."""
     model = getattr(trace, "model", None)
+    own = getattr(getattr(model, "module", None), "title", None)
+    if own is not None:  # a model that names itself (logistic regression and its loss)
+        return own(model, trace.config)
     if model is None or model.scalar:
         return "ypred = w·x + b"
     d = model.param("w").shape[0]

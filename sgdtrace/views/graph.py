@@ -15,7 +15,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.teaching.graph import MANUAL_DAG, GraphResult
+from sgdtrace.teaching.graph import FEATURES_DAG, MANUAL_DAG, GraphResult
 from sgdtrace.views.fmt import num
 
 # ------------------------------------------------------------------ rendering
@@ -31,7 +31,13 @@ def _grad_text(values: np.ndarray | None) -> str:
 
 def manual_table(dag=MANUAL_DAG) -> Table:
     table = Table(
-        title="The article's DAG (manual)" if dag is MANUAL_DAG else "The DAG on D features, in vector form (manual)",
+        title="The article's DAG (manual)"
+        if dag is MANUAL_DAG
+        else (
+            "The DAG on D features, in vector form (manual)"
+            if dag is FEATURES_DAG
+            else "The DAG, in vector form (manual)"
+        ),
         title_justify="left",
         title_style="bold",
         box=box.SIMPLE_HEAD,
@@ -69,7 +75,11 @@ def tree_prefixes(depths: list[int]) -> list[str]:
 
 
 def torch_table(g: GraphResult) -> Table:
-    crit = "nn.MSELoss()" if g.loss == "mse" else "((out - y) ** 2).mean()"
+    own = getattr(getattr(getattr(g.trace, "model", None), "module", None), "graph", None)
+    if own is not None:
+        crit = own(g.trace.config)["criterion"]
+    else:
+        crit = "nn.MSELoss()" if g.loss == "mse" else "((out - y) ** 2).mean()"
     table = Table(
         title=f"torch's autograd graph from loss.grad_fn (loss = {crit}), epoch {g.epoch} batch {g.batch}",
         title_justify="left",

@@ -136,7 +136,12 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     scalar = getattr(trace, "model", None) is None or trace.model.scalar
     # the path over the loss surface is the article's (w, b) plane; on D features: no surface
-    ax_loss, ax_wb, *rest = fig.subplots(1, 3 if scalar else 2)
+    # a classifier on two features: its decision boundary over the data, as a third panel
+    boundary = getattr(getattr(trace, "model", None), "module", None) is not None and hasattr(
+        trace.model.module, "decision_boundary"
+    )
+    boundary = boundary and trace.dataset.x.reshape(len(trace.dataset), -1).shape[1] == 2
+    ax_loss, ax_wb, *rest = fig.subplots(1, 3 if scalar or boundary else 2)
     ax_path = rest[0] if rest else None
 
     loss = man["loss"].astype(np.float64)
@@ -145,7 +150,7 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     if np.all(_finite(loss) > 0) and _finite(loss).size:
         ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("batch loss (mean squared error)")
+    ax_loss.set_ylabel(getattr(getattr(trace.model, "module", None), "LOSS_LABEL", "batch loss (mean squared error)"))
     ax_loss.set_title("batch loss per step")
     why = _why_no_loss(trace, loss)
     if why:
@@ -160,6 +165,8 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
 
     if not scalar:
         _feature_params(ax_wb, trace, steps)
+        if boundary:
+            _decision_boundary(ax_path, trace)
         for ax in (ax_loss, ax_wb):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if trace.n_steps:
@@ -241,6 +248,27 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     fig.tight_layout()
     fit_titles(fig)
     return fig
+
+
+def _decision_boundary(ax, trace) -> None:
+    """Two features: the samples by label, and the line w·x + b = 0 at the start and the end (hand)."""
+    x = trace.dataset.x.reshape(len(trace.dataset), -1).astype(np.float64)
+    y = trace.dataset.y
+    ax.scatter(x[y == 0, 0], x[y == 0, 1], s=10, color="tab:blue", label="y = 0")
+    ax.scatter(x[y == 1, 0], x[y == 1, 1], s=10, color="tab:orange", label="y = 1")
+    lo, hi = float(np.min(x[:, 0])), float(np.max(x[:, 0]))
+    xs = np.linspace(lo, hi, 50)
+    start = {p: np.asarray(trace.initial[p], dtype=np.float64) for p in ("w", "b")}
+    end = {p: trace.manual[p][-1].astype(np.float64) for p in ("w", "b")} if trace.n_steps else start
+    for values, style, label in ((start, ":", "start"), (end, "-", "end")):
+        line = trace.model.module.decision_boundary(values, xs)
+        if line is not None and np.all(np.isfinite(line)):
+            ax.plot(xs, line, color="black", ls=style, lw=1.0, label=f"w·x + b = 0 ({label})")
+    ax.set_ylim(float(np.min(x[:, 1])) - 0.5, float(np.max(x[:, 1])) + 0.5)
+    ax.set_xlabel("x1")
+    ax.set_ylabel("x2")
+    ax.set_title("decision boundary p = 1/2")
+    ax.legend(fontsize="small", loc="best")
 
 
 def _suptitle(fig, trace) -> None:
