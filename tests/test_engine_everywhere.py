@@ -407,7 +407,7 @@ def test_a_command_engine_stops_its_process_group(tmp_path):
 
 
 def test_the_docs_course_exercises_pass_under_pytest():
-    """docs/own-engine.md's pytest file for a gradients, an Adam and a D-feature exercise."""
+    """docs/own-engine.md's pytest file for a gradients, an Adam, a D-feature and a logistic exercise."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "test_course_exercises.py")],
         capture_output=True,
@@ -415,4 +415,4 @@ def test_the_docs_course_exercises_pass_under_pytest():
         timeout=600,
         cwd=ROOT,
     )
-    assert proc.returncode == 0 and "3 passed" in proc.stdout, proc.stdout[-2000:]
+    assert proc.returncode == 0 and "4 passed" in proc.stdout, proc.stdout[-2000:]

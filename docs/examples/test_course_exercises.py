@@ -1,5 +1,5 @@
-"""A course's pytest file for three exercises: the gradients, an Adam update, and a model on D
-features (docs/own-engine.md shows it; tests/test_engine_everywhere.py runs it)."""
+"""A course's pytest file for four exercises: the gradients, an Adam update, a model on D features,
+logistic regression (docs/own-engine.md shows it; tests/test_engine_everywhere.py runs it)."""
 
 import os
 
@@ -23,4 +23,11 @@ def test_features_exercise():
     """gradients(params, x, y) on three features, with Adam."""
     assert_matches_torch(
         os.path.join(HERE, "engine_features.py"), synthetic=48, features=3, batch_size=16, optimizer="adam"
+    )
+
+
+def test_logistic_exercise():
+    """Logistic regression's gradients (nn.BCEWithLogitsLoss on z = x·w + b), on two features."""
+    assert_matches_torch(
+        os.path.join(HERE, "engine_logistic.py"), model="logistic", loss="bce", synthetic=64, features=2, batch_size=16
     )
