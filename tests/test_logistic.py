@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,31 @@ def test_plot_draws_the_decision_boundary_on_two_features(tmp_path):
     assert any("binary cross-entropy" in ax.get_ylabel() for ax in fig.get_axes())
     one = plot_figure(run_trace(Config(**{**BASE, "features": 1, "true_w": 1.5})))
     assert "decision boundary p = 1/2" not in [ax.get_title() for ax in one.get_axes()]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--format", "html"],
+        ["run", "--format", "json"],
+        ["run", "--format", "csv"],
+        ["explain", "--batch", "2", "--format", "json"],
+        ["graph", "--format", "dot"],
+        ["graph", "--format", "json"],
+    ],
+)
+def test_every_view_of_a_logistic_run(args, tmp_path):
+    from click.testing import CliRunner
+
+    from sgdtrace.cli import cli
+
+    out = tmp_path / "out"
+    config = str(Path(__file__).parents[1] / "sgdtrace" / "configs" / "logistic-bce-sigmoid.toml")
+    r = CliRunner().invoke(cli, [*args, "--config", config, "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert "MseLoss" not in text and "MSELoss" not in text
+    if args[0] == "graph" and args[-1] == "json":
+        assert '"loss": "bce-sigmoid"' in text and "SigmoidBackward0" in text
+    if args[0] == "explain":
+        assert '"dl/dz"' in text and '"p"' in text

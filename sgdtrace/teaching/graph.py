@@ -229,4 +229,5 @@ def _own_graph(trace, spec: dict, nodes: list[TorchNode], loss: str, k: int, epo
         note = "every manual node has its torch counterpart" + (f"; {what}" if what else "")
         if any(node.name == "TBackward0" for node in nodes):
             note += "; TBackward0 is the weight's transpose (weight (1, D) is wᵀ)"
-    return GraphResult(loss, nodes, grads, ulps, structure_ok, note, k, epoch, batch, trace, spec["dag"])
+    shown = cfg.loss if loss == "mse" else loss  # the model's own loss, not graph's form of the MSE
+    return GraphResult(shown, nodes, grads, ulps, structure_ok, note, k, epoch, batch, trace, spec["dag"])

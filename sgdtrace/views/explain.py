@@ -670,14 +670,34 @@ def features_json(ex: FeatureExplanation) -> dict[str, Any]:
         "indices": ex.indices.tolist(),
         "shapes": {"x": list(ex.x.shape), **{p: list(np.shape(v)) for p, v in ex.start.items()}},
         "start": {p: nums(v) for p, v in ex.start.items()},
-        "forward": {
-            "x": nums(ex.x),
-            "y": nums(ex.y),
-            **{k: nums(ex.nodes[k]) for k in ("a", "c", "d", "e")},
-            "l": json_number(ex.loss),
-            "z": json_number(ex.loss),
-        },
-        "backward": {"dl/dd": nums(ex.nodes["dl_dd"]), "da/dw": nums(ex.x)},
+        **(
+            {  # logistic regression's nodes
+                "forward": {
+                    "x": nums(ex.x),
+                    "y": nums(ex.y),
+                    "z": nums(ex.nodes["z"]),
+                    "p": nums(ex.nodes["p"]),
+                    "terms": nums(ex.nodes["terms"]),
+                    "l": json_number(ex.loss),
+                },
+                "backward": {
+                    "dl/dz": nums(ex.nodes["dl_dz"]),
+                    **({"dl/dp": nums(ex.nodes["dl_dp"])} if "dl_dp" in ex.nodes else {}),
+                    "dz/dw": nums(ex.x),
+                },
+            }
+            if "z" in ex.nodes
+            else {
+                "forward": {
+                    "x": nums(ex.x),
+                    "y": nums(ex.y),
+                    **{k: nums(ex.nodes[k]) for k in ("a", "c", "d", "e")},
+                    "l": json_number(ex.loss),
+                    "z": json_number(ex.loss),
+                },
+                "backward": {"dl/dd": nums(ex.nodes["dl_dd"]), "da/dw": nums(ex.x)},
+            }
+        ),
         "manual": {f: nums(manual[f]) for f in fields},
         "torch": {f: nums(ex.torch_value(f)) for f in fields},
         "ulp": {f: ex.ulp(f) for f in fields},

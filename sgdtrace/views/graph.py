@@ -161,7 +161,9 @@ def graph_dot(g: GraphResult) -> str:
         "  rankdir=BT;",
         '  node [fontname="Helvetica"];',
         "  subgraph cluster_manual {",
-        '    label="manual (the article\'s DAG)";',
+        '    label="manual (the article\'s DAG)";'
+        if g.manual_dag in (MANUAL_DAG, FEATURES_DAG)
+        else '    label="manual (vector form)";',
         "    color=blue;",
     ]
     for node in g.manual_dag:

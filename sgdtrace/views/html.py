@@ -308,7 +308,11 @@ def graph_html(g, ident: str = "dag") -> str:
     from sgdtrace.views.graph import _grad_text
     from sgdtrace.views.svg import dag_svg
 
-    crit = "nn.MSELoss()" if g.loss == "mse" else "((out - y) ** 2).mean()"
+    own = getattr(getattr(getattr(g.trace, "model", None), "module", None), "graph", None)
+    if own is not None:  # a model's own DAG: its loss, and the DAG as a list (the drawing is the linear model's)
+        crit = own(g.trace.config)["criterion"]
+    else:
+        crit = "nn.MSELoss()" if g.loss == "mse" else "((out - y) ** 2).mean()"
     rows = []
     for node, u in zip(g.nodes, g.ulps):
         name = node.name + (
@@ -323,11 +327,22 @@ def graph_html(g, ident: str = "dag") -> str:
             f"<td>{esc(_grad_text(manual))}</td><td>{'—' if u is None else u}</td></tr>"
         )
     mark = ('<p class="ok">✓ parity: ' if g.structure_ok else '<p class="bad">✗ no parity: ') + esc(g.structure_note)
-    which = "The DAG in vector form" if g.manual_dag[5].forward != "a = w·x" else "The article's DAG"
-    return (
-        f'<figure class="dag">{dag_svg(ident, g.manual_dag)}<figcaption class="muted">{which}, drawn here '
-        "(no Graphviz needed): arrows go forward, each node's backward function beside it.</figcaption>"
-        f"</figure>"
+    if own is not None:
+        items = "".join(
+            f"<li><code>{esc(n.name)}</code>: {esc(n.forward)}; backward {esc(n.backward)}</li>" for n in g.manual_dag
+        )
+        figure = (
+            f'<figure class="dag"><ul>{items}</ul>'
+            '<figcaption class="muted">The DAG in vector form.</figcaption></figure>'
+        )
+    else:
+        which = "The DAG in vector form" if g.manual_dag[5].forward != "a = w·x" else "The article's DAG"
+        figure = (
+            f'<figure class="dag">{dag_svg(ident, g.manual_dag)}<figcaption class="muted">{which}, drawn here '
+            "(no Graphviz needed): arrows go forward, each node's backward function beside it.</figcaption>"
+            f"</figure>"
+        )
+    return figure + (
         f'<div class="scroll"><table class="torch-graph"><caption>torch\'s autograd graph, walked from '
         f"<code>loss.grad_fn</code> (loss = <code>{esc(crit)}</code>), epoch {g.epoch} batch {g.batch}: "
         "each node, the manual node(s) it computes, and the gradient flowing into it in each engine"
