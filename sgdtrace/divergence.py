@@ -247,11 +247,14 @@ def compare_columns(
     initial: dict[str, np.ndarray] | None = None,
     hidden: tuple[str, ...] = (),
     step: bool | None = None,
+    extras: dict | None = None,
 ) -> dict[str, FieldDivergence]:
     """Judge engine ``b`` against engine ``a`` (both ran ``config`` over ``plan``), field by field.
 
     ``step`` (default: ``config.judge == "step"``): engine ``a`` started every step from ``b``'s
     values (``--judge step``): both sides' starts are ``b``'s, nothing is carried (C = 0).
+    ``extras``: a dict that receives what the model's terms report beside E and C (``ambiguous``:
+    per step, the elements whose relu branch the sides may honestly take apart).
 
     ``model`` (:class:`sgdtrace.models.Model`; default: the one ``config`` and ``x`` make, see
     :func:`sgdtrace.engines.protocol.model_for`) gives the terms of the loss and the gradients;
@@ -280,6 +283,8 @@ def compare_columns(
     p = {name: _Bound.measured(_shift(s[name], initial[name]), _shift(b[name], initial[name])) for name in model.names}
     starts = {name: _shift(s[name], _cast(initial[name], dtype).astype(np.float64)) for name in model.names}
     terms = model.module.gradient_terms(model, starts, p, xr, yr, plan, config)
+    if extras is not None and "ambiguous" in terms:  # relu's kink: per step, the elements in doubt
+        extras["ambiguous"] = terms["ambiguous"]
     with np.errstate(over="ignore", invalid="ignore"):
         tol = {f: atol + rtol * E for f, E in terms["E"].items()}
         carried, peak, both = dict(terms["C"]), dict(terms["peak"]), terms["both"]

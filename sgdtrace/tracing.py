@@ -309,13 +309,18 @@ def judge(
     epoch = np.repeat(np.arange(1, plan.epochs + 1, dtype=np.int64), spe)
     batch = np.tile(np.arange(1, spe + 1, dtype=np.int64), plan.epochs)
     n = np.tile(plan.batch_sizes(), plan.epochs)
-    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, plan, cfg, model, initial, hidden=not_kept)
+    extras: dict = {}
+    div = divergence.compare_columns(
+        man, ref, dataset.x, dataset.y, plan, cfg, model, initial, hidden=not_kept, extras=extras
+    )
     for f in not_kept:
         del div[f], man[f]
     stable = stable_lr(dataset.x, plan, cfg, model)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan, model)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
     verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
+    if getattr(model.module, "KINK", False) and "ambiguous" in extras:  # a model with relu's kink
+        verdict.ambiguous = int(np.sum(extras["ambiguous"]))
     if cfg.judge == "step":
         from sgdtrace.verdict import divergent_steps
 

@@ -454,6 +454,9 @@ class TrackOps:
             # an exact input both sides hold alike with an infinite result (log 0): -inf on both
             exact = (a.rnd == 0) & (a.carry == 0) & ~np.isfinite(v)
             out.rnd = np.where(exact, 0.0, rnd)
+            # the largest value either side can hold (f increasing: f at the interval's top), for a
+            # clamp that follows (a log whose argument may reach 0 is unbounded below only)
+            out.top = f(hi) + self._units(name) * self.u * np.abs(f(hi))
         return self._seen(out)
 
     def exp(self, a: Track) -> Track:
@@ -566,7 +569,11 @@ class TrackOps:
             out = a._out(v, 0.0, carry)
             high = np.fmax(a.v, a.v - a.carry) + np.where(a.rnd == 0, 0.0, self.u * a.rnd)
             below = high <= lo
-            out.rnd = np.where(below, 0.0, a.rnd)
+            rnd = a.rnd
+            top = getattr(a, "top", None)
+            if top is not None:  # both sides hold values in [lo, max(top, lo)]: no farther apart
+                rnd = np.fmin(rnd, (np.fmax(top, lo) - lo) / self.u)
+            out.rnd = np.where(below, 0.0, rnd)
             out.carry = np.where(below, 0.0, out.carry)
         return self._seen(out)
 

@@ -230,4 +230,5 @@ def _own_graph(trace, spec: dict, nodes: list[TorchNode], loss: str, k: int, epo
         if any(node.name == "TBackward0" for node in nodes):
             note += "; TBackward0 is the weight's transpose (weight (1, D) is wᵀ)"
     shown = cfg.loss if loss == "mse" else loss  # the model's own loss, not graph's form of the MSE
-    return GraphResult(shown, nodes, grads, ulps, structure_ok, note, k, epoch, batch, trace, spec["dag"])
+    dag = tuple(ManualNode(*fields) for fields in spec["dag"])
+    return GraphResult(shown, nodes, grads, ulps, structure_ok, note, k, epoch, batch, trace, dag)
