@@ -81,3 +81,4 @@ clean:
 bench: install
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench.py --optimizer adam --workloads article,100k-b1
+	$(BIN)/python benchmarks/engine_bench.py

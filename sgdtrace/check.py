@@ -94,26 +94,21 @@ def available_devices() -> list[str]:
     return devices
 
 
-def unserved(cfg) -> str | None:
-    """Why a user's engine (--engine) cannot run this config, or None when it can: it runs SGD at a
-    constant rate, in one process, in float32/float64, on the article's model form (one x column)."""
-    optimizer = getattr(cfg, "optimizer", "sgd")
-    if optimizer != "sgd":
-        return f"optimizer {optimizer}: your engine's update runs plain SGD"
-    if getattr(cfg, "scheduler", None) is not None:
-        return f"scheduler {cfg.scheduler.name}: your engine runs at a constant learning rate"
+def unserved(cfg, engine: str | None = None) -> str | None:
+    """Why a user's engine (--engine FILE.py) cannot run this config, or None when it can: it runs in
+    one process; the rest the file says (its ``SGDTRACE`` declaration,
+    :mod:`sgdtrace.engines.declared`): without one, a file with ``update`` serves SGD."""
+    from sgdtrace.engines import declared
+
     if getattr(cfg, "world_size", 1) != 1:
         return f"world size {cfg.world_size}: your engine runs in one process"
-    if cfg.dtype not in ("float32", "float64"):
-        return f"dtype {cfg.dtype}: your engine runs in float32 or float64"
-    if getattr(cfg, "features", None) is not None:
-        return f"{cfg.features} features: your engine's gradients(w, b, x, y) is the article's form (one x column)"
-    return None
+    found = declared.read(engine) if engine else declared.Declared()
+    return declared.unserved(found, cfg)
 
 
-def serves(cfg) -> bool:
+def serves(cfg, engine: str | None = None) -> bool:
     """Can a user's engine (--engine) run this config (:func:`unserved`)."""
-    return unserved(cfg) is None
+    return unserved(cfg, engine) is None
 
 
 def run_checks(
@@ -136,7 +131,7 @@ def run_checks(
         values = load_toml(path)
         cfg = build_config(values, {}, path)
         if engine:
-            why = unserved(cfg) if engine.get("engine") and not named else None
+            why = unserved(cfg, engine.get("engine")) if engine.get("engine") and not named else None
             if why is not None:
                 skipped.append(Skipped(config_name(path), why))
                 continue

@@ -452,15 +452,24 @@ def engine_options() -> list[Callable]:
             type=str,
             default=None,
             metavar="FILE.py",
-            help="Your own engine: a file defining gradients(w, b, x, y) and/or update(param, grad, "
-            "state, hp), run in its own process in place of the hand engine (see `sgdtrace template`).",
+            help="Your own engine: a file defining gradients(w, b, x, y) (or gradients(params, x, y)) and/or "
+            "update(param, grad, state, hp), for any optimizer, schedule and dtype, run in its own process in "
+            "place of the hand engine (see `sgdtrace template`).",
+        ),
+        click.option(
+            "--engine-cmd",
+            type=str,
+            default=None,
+            metavar='"COMMAND"',
+            help="Your own engine in any language: a command that speaks JSON lines on stdin/stdout "
+            "(docs/own-engine.md), started once per run in place of the hand engine.",
         ),
         click.option(
             "--engine-timeout",
             type=float,
             default=None,
             metavar="SECONDS",
-            help="Stop the --engine file after this long per run (default 60).",
+            help="Stop the --engine file or --engine-cmd process after this long per run (default 60).",
         ),
     ]
 
@@ -826,14 +835,15 @@ def check(
     fmt: str,
     output: str | None,
     engine: str | None,
+    engine_cmd: str | None,
     engine_timeout: float | None,
 ) -> int:
     """The CI gate: run sgdtrace's own configs (or the TOML files and folders named) on every available device.
 
     Prints one summary row per config and device; exit 1 if any run diverges. The configs ship
     with sgdtrace, so it runs from any folder. With --engine, your file stands on the hand side
-    of every config it can serve (SGD, float32/float64; the others are listed as skipped, with
-    the reason), or of the configs named.
+    of every config it serves (its SGDTRACE declaration; without one, a file with update serves
+    SGD; the others are listed as skipped, with the reason), or of the configs named.
     """
     check_output_path(output)
     from sgdtrace.engines.torch_ddp import under_torchrun
@@ -843,9 +853,22 @@ def check(
     paths = find_configs(configs)
     from sgdtrace.check import run_checks
 
-    chosen = {k: v for k, v in (("engine", engine), ("engine_timeout", engine_timeout)) if v is not None}
-    if chosen:
-        build_config({}, chosen)  # a bad --engine is refused before anything runs
+    chosen = {
+        k: v
+        for k, v in (("engine", engine), ("engine_cmd", engine_cmd), ("engine_timeout", engine_timeout))
+        if v is not None
+    }
+    if chosen:  # a bad --engine is refused before anything runs (on a run its declaration serves)
+        from sgdtrace.engines import declared
+
+        pre = {}
+        if engine:
+            try:
+                found = declared.read(engine)
+            except declared.DeclarationError as exc:
+                raise ConfigError(f"--engine {engine!r}: {exc}") from None
+            pre = {key: getattr(found, key)[0] for key in declared.KEYS if getattr(found, key)}
+        build_config(pre, chosen)
     try:
         result = run_checks(paths, devices or None, chosen, named=bool(configs))
     except ConfigError as exc:  # check's files are its arguments, not a --config option
@@ -945,10 +968,12 @@ def graph(batch_no: int, epoch_no: int, loss_kind: str, **kw: Any) -> int:
     """
     cfg, fmt, output = _configure(kw, GRAPH_FORMATS)
     _refuse_distributed(cfg, command="graph")
-    if cfg.engine is not None:
+    if cfg.engine is not None or cfg.engine_cmd is not None:
         from sgdtrace.config import refusal
 
-        raise refusal("graph-engine", "sgdtrace graph", cfg.origin.get("engine") or "--engine", "with")
+        which = "engine" if cfg.engine is not None else "engine_cmd"
+        given = cfg.origin.get(which) or "--" + which.replace("_", "-")
+        raise refusal("graph-engine", "sgdtrace graph", given, "with")
     from sgdtrace.teaching.graph import build_graph
     from sgdtrace.tracing import run_trace
 
@@ -1012,6 +1037,71 @@ def template(output: str | None) -> int:
     write_output(TEMPLATE, output)
     if output is not None:
         click.echo(f"wrote {output}: write gradients, then run: sgdtrace run --engine {output}", err=True)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("submission", required=False, metavar="[SUBMISSION.py]")
+@click.option(
+    "--engine-cmd", default=None, metavar='"COMMAND"', help="Grade a command (any language) instead of a file."
+)
+@click.option(
+    "--assignment",
+    type=str,
+    default=None,
+    metavar="FILE.toml",
+    help="The assignment: its parts, points and runs (default: the sample, --example-assignment).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "junit", "gradescope"], case_sensitive=False),
+    default="text",
+    show_default=True,
+    help="gradescope: Gradescope's results.json; junit: one test case per part.",
+)
+@click.option("--output", type=click.Path(dir_okay=False), default=None, metavar="FILE", help="Write here.")
+@click.option("--show-values", is_flag=True, help="Show your values and torch's in the feedback (default off).")
+@click.option("--engine-timeout", type=float, default=None, metavar="SECONDS", help="Per run (default 60).")
+@click.option("--example-assignment", is_flag=True, help="Print the sample assignment and exit (default off).")
+def grade(
+    submission: str | None,
+    engine_cmd: str | None,
+    assignment: str | None,
+    fmt: str,
+    output: str | None,
+    show_values: bool,
+    engine_timeout: float | None,
+    example_assignment: bool,
+) -> int:
+    """Grade a submission against an assignment: each part's points times the share of its steps that
+    agree with torch (--judge step), with feedback that names the step, the field and the likely
+    mistake, never the reference's numbers. Runs from any folder; exit 0 once a result is written.
+    """
+    from sgdtrace import grade as grading
+
+    if example_assignment:
+        with open(grading.EXAMPLE, encoding="utf-8") as f:
+            write_output(f.read(), output)
+        return EXIT_OK
+    if (submission is None) == (engine_cmd is None):
+        raise ConfigError('sgdtrace grade: give one submission: a FILE.py, or --engine-cmd "COMMAND"')
+    if submission is not None:
+        if not submission.endswith(".py"):
+            raise ConfigError(f"SUBMISSION {submission!r}: must be a Python file (FILE.py)")
+        if not os.path.isfile(submission):
+            raise ConfigError(f"SUBMISSION {submission!r}: no such file")
+    if engine_cmd is not None:
+        from sgdtrace.config import Config
+
+        Config(engine_cmd=engine_cmd)  # a command line that cannot be split: exit 2 here
+    if engine_timeout is not None and not engine_timeout > 0:
+        raise ConfigError(f"--engine-timeout {engine_timeout}: must be a number of seconds > 0")
+    check_output_path(output)
+    result = grading.grade(submission, engine_cmd, assignment, engine_timeout, show_values)
+    write_output(grading.RENDER[fmt.lower()](result), output)
+    if output is not None:
+        click.echo(f"wrote {output}: {result.score:g} / {result.max_score:g}", err=True)
     return EXIT_OK
 
 

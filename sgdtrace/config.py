@@ -98,6 +98,8 @@ class Config:
     # a user's engine file on the hand side (sgdtrace.engines.user), and its time limit in seconds
     engine: str | None = None
     engine_timeout: float = ENGINE_TIMEOUT
+    # an engine in any language: a command speaking JSON lines (sgdtrace.engines.command)
+    engine_cmd: str | None = None
     # the model (sgdtrace.models) and its loss; features: D input columns (None: the article's
     # form, one x column, scalar w and b)
     model: str = "linear"
@@ -233,27 +235,6 @@ COMBINATIONS: dict[str, Refusal] = {
         ("run", "--optimizer", "adagrad", "--scheduler", "OneCycleLR", "--scheduler-arg", "max_lr=0.1")
         + ("--scheduler-arg", "total_steps=9"),
     ),
-    "engine-optimizer": Refusal(
-        "--engine FILE.py",
-        "--optimizer adam, adamw, rmsprop or adagrad",
-        "your own engine runs plain SGD at a constant learning rate; leave one of them out",
-        ("--engine", "--optimizer"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--optimizer", "adam"),
-    ),
-    "engine-scheduler": Refusal(
-        "--engine FILE.py",
-        "--scheduler",
-        "your own engine runs plain SGD at a constant learning rate; leave one of them out",
-        ("--engine", "--scheduler"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"),
-    ),
-    "engine-dtype": Refusal(
-        "--engine FILE.py",
-        "--dtype bfloat16 or float16",
-        "your own engine runs in float32 or float64; leave one of them out",
-        ("--engine", "--dtype"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--dtype", "float16"),
-    ),
     "world_size-engine": Refusal(
         _WS,
         "--engine FILE.py",
@@ -311,13 +292,6 @@ COMBINATIONS: dict[str, Refusal] = {
         ("--world-size", "--judge step"),
         ("run", "--world-size", "2", "--judge", "step"),
     ),
-    "engine-judge-step": Refusal(
-        "--engine FILE.py",
-        "--judge step",
-        "this engine's runner cannot start a step from torch's values; use --judge carry (the default)",
-        ("--engine", "--judge step"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--judge", "step"),
-    ),
     "float16-bce_sigmoid": Refusal(
         "--dtype float16",
         "--loss bce-sigmoid",
@@ -363,14 +337,6 @@ COMBINATIONS: dict[str, Refusal] = {
         ("--batch", "--format html"),
         ("run", "--batch", "1"),
     ),
-    "engine-features": Refusal(
-        "--engine FILE.py",
-        "--features D, or a CSV file's columns x1..xD",
-        "your own engine's gradients(w, b, x, y) is the article's form (one x column, scalar w and b); "
-        "leave one of them out",
-        ("--engine", "--features|--data"),
-        ("run", "--engine", _ENGINE_EXAMPLE, "--synthetic", "9", "--features", "2"),
-    ),
     "features-reference": Refusal(
         "--reference exact",
         "--features D, or a CSV file's columns x1..xD",
@@ -407,13 +373,6 @@ COMBINATIONS: dict[str, Refusal] = {
         "choose the draw with --seed",
         ("--model mlp", "--init-w|--init-b"),
         ("run", "--model", "mlp", "--init-w", "1"),
-    ),
-    "mlp-engine": Refusal(
-        "--model mlp",
-        "--engine FILE.py",
-        "your own engine's gradients(w, b, x, y) is the article's form (scalar w and b), not a network's",
-        ("--model mlp", "--engine"),
-        ("run", "--model", "mlp", "--engine", _ENGINE_EXAMPLE),
     ),
     "mlp-reference": Refusal(
         "--model mlp",
@@ -517,6 +476,7 @@ _STR_KEYS = {
     "reference",
     "optimizer",
     "engine",
+    "engine_cmd",
     "model",
     "loss",
     "activation",
@@ -629,12 +589,18 @@ def validate(cfg: Config) -> None:
             _fail(cfg, "engine", cfg.engine, "must be a Python file (FILE.py)")
         if not os.path.isfile(cfg.engine):
             _fail(cfg, "engine", cfg.engine, "no such file")
-        if cfg.optimizer != "sgd":  # the user's update gets SGD's constant hyper-parameters
-            raise refusal("engine-optimizer", _label(cfg, "engine"), f"{_label(cfg, 'optimizer')} {cfg.optimizer}")
-        if cfg.scheduler is not None:
-            raise refusal("engine-scheduler", _label(cfg, "engine"), _label(cfg, "scheduler"))
-        if cfg.dtype not in ("float32", "float64"):  # the user's values are NumPy scalars of float32/float64
-            raise refusal("engine-dtype", _label(cfg, "engine"), f"{_label(cfg, 'dtype')} {cfg.dtype}")
+        _validate_declared(cfg)
+    if cfg.engine_cmd is not None:  # --engine-cmd "COMMAND": a command line a shell would split
+        import shlex
+
+        if cfg.engine is not None:
+            _fail(cfg, "engine_cmd", cfg.engine_cmd, f"choose one engine: {_label(cfg, 'engine')} or this, not both")
+        try:
+            argv = shlex.split(cfg.engine_cmd) if isinstance(cfg.engine_cmd, str) else []
+        except ValueError as exc:
+            _fail(cfg, "engine_cmd", cfg.engine_cmd, f"not a command line ({exc})")
+        if not argv:
+            _fail(cfg, "engine_cmd", cfg.engine_cmd, 'must be a command line, e.g. "./my_engine"')
     if finite("engine_timeout") <= 0:
         _fail(cfg, "engine_timeout", cfg.engine_timeout, "must be a number of seconds > 0")
     _validate_model(cfg, integer)
@@ -716,8 +682,6 @@ def _validate_model(cfg: Config, integer) -> None:
                 f"but {given} gives D = {d}: give one number, or {d}"
                 + (f" (or --features {len(value)})" if cfg.features is None else "")
             )
-    if cfg.engine is not None and cfg.features is not None and cfg.model != "mlp":
-        raise refusal("engine-features", _label(cfg, "engine"), f"{_label(cfg, 'features')} {cfg.features}")
     _validate_network(cfg, integer)
 
 
@@ -738,8 +702,29 @@ def _validate_network(cfg: Config, integer) -> None:
     for key in ("init_w", "init_b"):
         if key in cfg.origin or getattr(cfg, key) != 0.0:
             raise refusal("mlp-init", model, _label(cfg, key))
-    if cfg.engine is not None:
-        raise refusal("mlp-engine", model, _label(cfg, "engine"))
+
+
+def _validate_declared(cfg: Config) -> None:
+    """A run the engine file says it does not serve (its ``SGDTRACE`` declaration): exit 2 naming both.
+    Only for an engine named as an option or in a file (``sgdtrace grade`` and the library run the
+    configs they are given)."""
+    from sgdtrace.engines import declared
+
+    if "engine" not in cfg.origin:
+        return
+
+    try:
+        found = declared.read(cfg.engine)
+    except declared.DeclarationError as exc:
+        raise ConfigError(f"{_label(cfg, 'engine')} {cfg.engine!r}: {exc}") from None
+    for key in declared.KEYS:
+        names = getattr(found, key)
+        value = getattr(cfg, key)
+        if names is not None and value not in names:
+            raise ConfigError(
+                f"{_label(cfg, 'engine')} {cfg.engine!r} declares SGDTRACE {key} {', '.join(names)}, "
+                f"not {_label(cfg, key)} {value}: run it with one of them, or add {value} to its SGDTRACE"
+            )
 
 
 #: the smallest positive (subnormal) number of each dtype
@@ -783,8 +768,9 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
         _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
     ws = f"{_label(cfg, 'world_size')} {cfg.world_size}"
     if cfg.world_size > 1:  # the DDP loop is written with optim.SGD, no schedule, one process per rank
-        if cfg.engine is not None:
-            raise refusal("world_size-engine", ws, _label(cfg, "engine"), "with")
+        if cfg.engine is not None or cfg.engine_cmd is not None:
+            which = "engine" if cfg.engine is not None else "engine_cmd"
+            raise refusal("world_size-engine", ws, _label(cfg, which), "with")
         if cfg.dtype not in ("float32", "float64"):
             raise refusal("world_size-dtype", ws, f"{_label(cfg, 'dtype')} {cfg.dtype}", "with")
         if cfg.optimizer != "sgd":

@@ -196,6 +196,15 @@ def _gradient_hypotheses(trace, k: int, field: str, judge: _Judge, w0, b0, index
                 "the residual taken as y - ypred without the chain rule's -1 (dd/dc = 1 for d = ypred - y)",
             ),
         }
+    if not index and field in ("grad_w", "grad_b"):  # the article's model: the other parameter's gradient
+        other = "grad_b" if field == "grad_w" else "grad_w"
+        if judge.explains(float(_terms(other, w0, b0, x, y, trace).sum() / n)):
+            return {
+                "kind": "other_gradient",
+                "factor": None,
+                "text": f"{label} is {_label(other, ())}: the two gradients swapped (w's gradient where b's "
+                "belongs, or b's where w's belongs)",
+            }
     every = _terms(field, w0, b0, x, y, trace)
     if index and field == "grad_w":  # D features: another feature's element
         right = every.sum(axis=0) / n
@@ -320,14 +329,22 @@ def diagnose_step(trace, first=None) -> dict[str, Any] | None:
     at = (k, *index)
     value = float(trace.manual[field][at])
     tol = float(trace.divergence[field].tol[at])
-    if not (math.isfinite(value) and math.isfinite(tol)):
-        return None
-    own = getattr(getattr(getattr(trace, "model", None), "module", None), "diagnose", None)
-    if own is not None:  # a model that names its own mistakes (a network's backward pass)
-        with np.errstate(all="ignore"):
-            return own(trace, k, field, index, value, tol)
     cfg = trace.config
     u = unit_roundoff(cfg.dtype)
+    own = getattr(getattr(getattr(trace, "model", None), "module", None), "diagnose", None)
+    if own is not None and (field == "loss" or field.startswith("grad_")):
+        if not (math.isfinite(value) and math.isfinite(tol)):
+            return None
+        with np.errstate(all="ignore"):  # a model that names its own mistakes (a network's backward pass)
+            return own(trace, k, field, index, value, tol)
+    if field not in GRADIENT_FIELDS and (cfg.optimizer != "sgd" or not math.isfinite(value)):
+        try:
+            with np.errstate(all="ignore"):
+                return _catalogue(trace, k, field, index, value, tol, u)
+        except (KeyError, IndexError, ValueError):
+            return None
+    if not (math.isfinite(value) and math.isfinite(tol)):
+        return None
     try:
         with np.errstate(all="ignore"):
             if field in GRADIENT_FIELDS:
@@ -364,6 +381,91 @@ def diagnose_step(trace, first=None) -> dict[str, Any] | None:
                     buf_field,
                     _Judge(float(trace.manual[buf_field][at]), buf, float(trace.divergence[buf_field].tol[at]), u),
                 )
-            return _update_hypotheses(trace, k, field, judge, index)
+            found = _update_hypotheses(trace, k, field, judge, index)
+            if found is None:  # SGD's own slips do not explain it: the catalogue of every optimizer
+                found = _catalogue(trace, k, field, index, value, tol, u)
+            return found
     except (KeyError, IndexError, ValueError):  # a column the hand side does not record
         return None
+
+
+def _param_and_key(trace, field: str) -> tuple[str, str | None]:
+    """The parameter a field is of, and its torch state key (None for the parameter itself)."""
+    from sgdtrace.engines import optimizers
+
+    names = trace.model.names if getattr(trace, "model", None) is not None else ("w", "b")
+    if field in names:
+        return field, None
+    for key in optimizers.get(trace.config.optimizer).state_keys(trace.config):
+        for p in names:
+            if state_field(key, p) == field:
+                return p, key
+    raise KeyError(field)
+
+
+def _catalogue(trace, k: int, field: str, index: tuple, value: float, tol: float, u: float):
+    """Every optimizer's usual mistakes (:mod:`sgdtrace.mistakes`), replayed over the hand side's own
+    inputs: the one mistake that explains the value, or None (none, or more than one)."""
+    from sgdtrace import mistakes
+    from sgdtrace.engines.user import step_hyper_parameters
+
+    cfg = trace.config
+    param, key = _param_and_key(trace, field)
+    names = trace.model.names if getattr(trace, "model", None) is not None else ("w", "b")
+    init = _init(trace, param)
+    p_start = [_start(trace, param, j, init, index) for j in range(k + 1)]
+    if not index:
+        p_start[0] = float(np.asarray(init, dtype=np.float64))
+    grad = trace.manual["grad_" + param][: k + 1].reshape(k + 1, -1)[:, _flat(trace, param, index)].astype(float)
+    other = None
+    if _scalar(trace) and len(names) == 2:
+        other = trace.manual["grad_" + next(n for n in names if n != param)][: k + 1].astype(float).tolist()
+    rows, where = step_hyper_parameters(cfg, trace.plan)
+    hps = [rows[0 if where is None else int(where[j])] for j in range(min(k + 2, trace.n_steps))]
+    not_kept = set(trace.engine.not_kept) if getattr(trace, "engine", None) is not None else set()
+    from sgdtrace.engines import optimizers
+
+    recorded = {}
+    for sk in optimizers.get(cfg.optimizer).state_keys(cfg):
+        f = state_field(sk, param)
+        # --judge step: each step started from torch's state; else the hand side's own, where it keeps it
+        cols = trace.torch if _step_mode(trace) and f not in not_kept else trace.manual
+        if f in cols and f not in not_kept:
+            col = cols[f][: k + 1].reshape(k + 1, -1)[:, _flat(trace, param, index)]
+            recorded[sk] = col.astype(float)
+    replay = mistakes.Replay(cfg.optimizer, p_start, grad.tolist(), other, hps, recorded, {})
+    right, cands = mistakes.candidates(replay, k, key, cfg.scheduler is not None, other is not None)
+    if field in names and math.isfinite(right):  # the step scaled or turned round
+        p0 = p_start[k]
+        for c in (2.0, 0.5, -1.0):
+            cands.append(("step_sign" if c < 0 else "step_factor", p0 + c * (right - p0), c))
+    judge = _Judge(value, right, tol, u)
+    label = _label(field, index)
+    if not math.isfinite(value):  # a non-finite value: the one mistake that makes the same non-finite one
+        if not math.isfinite(right) or not math.isfinite(tol):
+            return None
+        same = [c for c in cands if not math.isfinite(c[1]) and (math.isnan(c[1]) == math.isnan(value))]
+        found = same
+    else:
+        if not math.isfinite(tol) or judge.right_already():
+            return None
+        found = [c for c in cands if judge.explains(c[1])]
+    if len({c[0] for c in found}) != 1:
+        return None
+    kind, _, *factor = found[0]
+    other_name = next((n for n in names if n != param), "")
+    if kind == "step_factor":
+        text = f"{label}: the update's step is {'2' if factor[0] == 2 else '1/2'} times torch's"
+    elif kind == "step_sign":
+        text = f"{label}: the update went the wrong way (its step's sign flipped)"
+    else:
+        text = f"{label}: " + mistakes.TEXT[kind].format(other=other_name, param=param)
+    return {"kind": kind, "factor": factor[0] if factor else None, "text": text}
+
+
+def _flat(trace, param: str, index: tuple) -> int:
+    """The row-major position of element ``index`` of ``param``."""
+    if not index:
+        return 0
+    shape = trace.model.param(param).shape
+    return int(np.ravel_multi_index(index, shape))

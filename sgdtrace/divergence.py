@@ -424,9 +424,14 @@ def exact_update(config, numel: int = 1) -> bool:
     once where the scalar loop rounds three times (``sgdtrace doctor``: the chunk is 16 or 32
     elements by the CPU build): judged by the general allowance, which covers both. With
     ``--fused`` only where this machine's fused kernel was probed to round as the hand side's rule
-    (:func:`sgdtrace.engines.optimizers._fused.exact`): the compiler decides part of it."""
+    (:func:`sgdtrace.engines.optimizers._fused.exact`): the compiler decides part of it. Never for a
+    user's engine (``--engine``): NumPy on ``ml_dtypes`` rounds each operation where torch's kernels
+    keep float32 intermediates, judged by the general allowance."""
     from sgdtrace.engines.optimizers import _fused
+    from sgdtrace.models.linear import user_side
 
+    if user_side(config):
+        return False
     if not (
         config.dtype in dtypes.REDUCED
         and config.device == "cpu"

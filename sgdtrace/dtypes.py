@@ -63,12 +63,18 @@ def gamma(k: int, name: str) -> float:
     return k * u / (1 - k * u)
 
 
-def sum_depth(n, name: str):
+def sum_depth(n, name: str, any_order: bool = False):
     """The roundings a sum of ``n`` terms adds to the sum of their magnitudes, in units of the
     run's u: ``min(n - 1, ceil(log2 n) + 16)`` (NumPy's pairwise sum adds 8-way blocks of up to
     128 numbers and halves above that, depth at most ``log2 n + 12``; torch's reductions are
     blocked and vectorised likewise); a 16-bit run sums in float32 and rounds once:
-    ``1 + depth * u32 / u``. ``n`` may be an array (one batch size per step)."""
+    ``1 + depth * u32 / u``. ``n`` may be an array (one batch size per step).
+
+    ``any_order``: a user's engine, which may add the terms one by one in a loop, in the run's own
+    type (``np.sum`` on an ``ml_dtypes`` bfloat16 array accumulates in bfloat16, one term after
+    the other): ``n - 1`` roundings of the run's u, the bound of a sum in any order."""
+    if any_order:
+        return np.maximum(n - 1, 0) * 1.0
     depth = np.minimum(n - 1, np.ceil(np.log2(n)) + 16)
     if accumulation(name) != name:
         depth = 1 + depth * (unit_roundoff(accumulation(name)) / unit_roundoff(name))

@@ -49,12 +49,15 @@ def mismatch_message(trace) -> str:
         ),
     ]
     engine = trace.engine
+    listed = getattr(trace.verdict, "divergent_steps", None)
+    if listed and listed["count"] > 1:
+        lines.append(f"  {listed['count']} steps diverge in all (each started from torch's values)")
     if engine is not None and engine.not_kept:
         lines.append(f"  not kept by {engine.name}: {', '.join(engine.not_kept)} (torch's state; not judged)")
     return "\n".join(lines)
 
 
-def assert_matches_torch(engine: Any, config: Any = None, **options: Any):
+def assert_matches_torch(engine: Any = None, config: Any = None, *, command: str | None = None, **options: Any):
     """Run ``engine`` (a path, or a module: its file) on the hand side of ``config`` (a
     :class:`sgdtrace.Config`, default the article's run) with ``options`` (Config's fields, e.g.
     ``lr=0.05, momentum=0.9``); return the trace when every value agrees with torch.
@@ -64,6 +67,11 @@ def assert_matches_torch(engine: Any, config: Any = None, **options: Any):
     (:class:`sgdtrace.engines.user.EngineError`) when the file itself fails (an exception, a wrong
     return, a missing function, a time-out) or an option is bad (named as its keyword, ``lr``).
     Either is raised from this frame, with sgdtrace's own frames left out of the traceback.
+
+    ``command``: an engine in any language instead of a file (``--engine-cmd``'s JSON lines),
+    e.g. ``assert_matches_torch(command="./my_engine", optimizer="adam", judge="step")``. Every run
+    option is a keyword: ``optimizer``, ``dtype``, ``scheduler`` (:func:`sgdtrace.config.make_schedule`),
+    ``features``, ``judge="step"`` (every divergent step listed, the first one in the message).
     """
     __tracebackhide__ = True  # pytest shows the caller's line, not this function's source
     from sgdtrace.config import Config
@@ -73,7 +81,10 @@ def assert_matches_torch(engine: Any, config: Any = None, **options: Any):
     error: SgdtraceError | None = None
     try:
         cfg = config if config is not None else Config()
-        trace = run_trace(cfg.replace(engine=_path(engine), **options))
+        if (engine is None) == (command is None):
+            raise TypeError("assert_matches_torch: give an engine file (or module), or command=, not both")
+        which = {"engine_cmd": command} if command is not None else {"engine": _path(engine)}
+        trace = run_trace(cfg.replace(**which, **options))
     except SgdtraceError as exc:  # raised again below, without the library's frames
         error = exc
     if error is not None:

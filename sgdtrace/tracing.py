@@ -16,7 +16,7 @@ import numpy as np
 from sgdtrace import data as data_mod
 from sgdtrace import divergence, stall
 from sgdtrace.blowup import diagnose, full_loss, one_sided, stable_lr  # noqa: F401  (full_loss: kept importable here)
-from sgdtrace.config import Config, label, refusal
+from sgdtrace.config import Config, label
 from sgdtrace.errors import ConfigError
 from sgdtrace.notebook import TraceNotebook
 
@@ -175,12 +175,20 @@ def run_trace(
         kind = "numpy"
     backend = manual.ArrayBackend(kind, cfg.dtype, device)
     # a blow-up is a result, reported by diagnose(): no NumPy overflow warnings on stderr
-    if (cfg.engine is not None or hasattr(engine, "run_columns")) and not model.scalar:
-        raise refusal("engine-features", cfg.origin.get("engine") or "--engine", _features_origin(cfg, dataset))
+    if hasattr(engine, "run_columns") and cfg.engine is None and cfg.engine_cmd is None:
+        # a user's engine given as an object: judged as one
+        from sgdtrace.engines.command import CommandEngine
+
+        key = "engine_cmd" if isinstance(engine, CommandEngine) else "engine"
+        cfg = cfg.replace(**{key: engine.path}, origin=cfg.origin)
     if engine is None and cfg.engine is not None:  # --engine FILE.py
         from sgdtrace.engines.user import UserEngine
 
         engine = UserEngine(cfg.engine, cfg.engine_timeout)
+    if engine is None and cfg.engine_cmd is not None:  # --engine-cmd "COMMAND"
+        from sgdtrace.engines.command import CommandEngine
+
+        engine = CommandEngine(cfg.engine_cmd, cfg.engine_timeout)
     step_mode = cfg.judge == "step"
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
 
@@ -203,8 +211,8 @@ def run_trace(
         if hasattr(engine, "run_columns"):  # a user's file, run in a child process (sgdtrace.engines.user)
             from sgdtrace.engines import optimizers
 
-            keys = optimizers.get("sgd").state_keys(cfg)
-            man = engine.run_columns(cfg, dataset, plan, keys, **_reset(engine, ref, cfg))
+            keys = optimizers.get(cfg.optimizer).state_keys(cfg)
+            man = engine.run_columns(cfg, dataset, plan, keys, model, **_reset(engine, ref, cfg))
         else:
             hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan, model)
             man = protocol.run(hand, dataset.x, dataset.y, plan, initial, backend, stage("manual"), reset=ref)
@@ -226,19 +234,8 @@ def run_trace(
 
 
 def _reset(engine, ref, cfg) -> dict:
-    """The keyword a user's engine takes torch's columns by under ``--judge step`` (``reset``), or
-    exit 2 where its ``run_columns`` cannot start a step from them."""
-    if ref is None:
-        return {}
-    import inspect
-
-    if "reset" not in inspect.signature(engine.run_columns).parameters:
-        raise refusal(
-            "engine-judge-step",
-            f"{cfg.origin.get('engine') or '--engine'} {cfg.engine}",
-            f"{cfg.origin.get('judge') or '--judge'} step",
-        )
-    return {"reset": ref}
+    """The keyword a user's engine takes torch's columns by under ``--judge step`` (``reset``)."""
+    return {} if ref is None else {"reset": ref}
 
 
 def judge_closer(trace: Trace) -> None:
@@ -286,12 +283,6 @@ def build_model(cfg: Config, dataset: data_mod.Dataset):
     from sgdtrace import models
 
     return models.build(cfg, dataset.features)
-
-
-def _features_origin(cfg: Config, dataset: data_mod.Dataset) -> str:
-    if cfg.features is not None:
-        return f"{cfg.origin.get('features') or '--features'} {cfg.features}"
-    return f"--data {cfg.data!r} ({len(dataset.columns)} feature columns {', '.join(dataset.columns)})"
 
 
 def judge(
@@ -427,8 +418,6 @@ def run_distributed(
     check_world(cfg, len(dataset), device)
     dplan = data_mod.distributed_plan(len(dataset), cfg)
     model = build_model(cfg, dataset)
-    if cfg.engine is not None and not model.scalar:  # pragma: no cover - refused with the world size first
-        raise refusal("engine-features", cfg.origin.get("engine") or "--engine", _features_origin(cfg, dataset))
     # the ranks build the model from the config and the samples: D features named by the data
     # (a CSV file's x1..xD) are named to them in the config
     ranks_cfg = cfg if cfg.features is not None or model.scalar else cfg.replace(features=model.features)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from itertools import combinations
 
-ENGINE = "docs/examples/engine_correct.py"
+ENGINE = "docs/examples/engine_any.py"
 
 #: (dimension, ((value name, flags), ...)); the first value of each is the default (no flags)
 DIMENSIONS: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = (

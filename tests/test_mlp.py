@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -343,3 +344,29 @@ def test_a_bce_loss_on_synthetic_data_draws_labels():
     assert set(np.unique(y).tolist()) == {0.0, 1.0}
     with pytest.raises(SgdtraceError, match="row 1 of the data"):
         run_trace(Config(model="mlp", loss="bce"))
+
+
+# ------------------------------------------------------------------ your own backward pass (--engine)
+
+ENGINE_MLP = Path(__file__).resolve().parents[1] / "docs" / "examples" / "engine_mlp.py"
+
+
+@pytest.mark.parametrize("optimizer,judge", [("sgd", "carry"), ("adam", "step")])
+def test_a_users_backward_pass_for_the_network_is_judged(optimizer, judge):
+    """The docs' engine (relu, mse) agrees with nn.Sequential under any optimizer and judge."""
+    from tests.test_engine_user import InProcess
+
+    cfg = Config(model="mlp", epochs=3, optimizer=optimizer, lr=0.05, judge=judge)
+    trace = run_trace(cfg, engine=InProcess(str(ENGINE_MLP)))
+    assert trace.verdict.ok, trace.verdict.to_json()
+
+
+def test_a_backward_pass_without_relus_mask_is_caught_and_named(tmp_path):
+    from tests.test_engine_user import InProcess
+
+    bad = tmp_path / "no_mask.py"
+    bad.write_text(ENGINE_MLP.read_text().replace("delta1 = dh * (z1 > 0)", "delta1 = dh"))
+    trace = run_trace(Config(model="mlp", epochs=2, judge="step"), engine=InProcess(str(bad)))
+    first = trace.verdict.first_divergent_step
+    assert not trace.verdict.ok and first.step == 1 and first.field in ("grad_w1", "grad_b1")
+    assert "relu's derivative" in first.diagnosis["text"]

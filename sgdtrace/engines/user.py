@@ -39,6 +39,7 @@ PARTS = ("gradients", "update", "forward")
 NODES = ("a", "c", "d", "e", "dl_dd")
 SIGNATURES = {
     "gradients": "gradients(w, b, x, y) -> (loss, grad_w, grad_b)",
+    "gradients_params": "gradients(params, x, y) -> (loss, grads)",
     "update": "update(param, grad, state, hp) -> new param",
     "forward": 'forward(w, b, x, y) -> {"a", "c", "d", "e", "dl_dd"}',
 }
@@ -70,6 +71,9 @@ class UserEngine:
     path: str
     timeout: float = DEFAULT_TIMEOUT
     forward_step: int | None = None  # 0-based step at which to call ``forward`` (explain)
+    #: which of the file's functions stand for which part (``sgdtrace grade``: ``{"update":
+    #: "adam_update"}``; a part mapped to None is sgdtrace's own); None: the parts by their names
+    use: dict[str, str | None] | None = None
     info: EngineInfo | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -84,31 +88,50 @@ class UserEngine:
         """The child's reply to ``request`` (see :func:`run_child`)."""
         return run_child(request, self.timeout, self.name)
 
-    def run_columns(self, cfg, dataset, plan, state_keys: tuple[str, ...]) -> dict[str, Any]:
+    def run_columns(
+        self, cfg, dataset, plan, state_keys: tuple[str, ...], model=None, reset: dict | None = None
+    ) -> dict[str, Any]:
         """Run the file over ``plan`` in a child process; its columns by field.
 
         Columns of torch's state (``state_keys``) the user's update did not keep are left out and
-        named in :attr:`info` (``not_kept``).
+        named in :attr:`info` (``not_kept``). ``model``: the run's (default: the data's).
+        ``reset`` (``--judge step``): torch's columns; each step from the second on starts from
+        torch's parameters and its state under torch's names (only those go to the child).
         """
+        import numpy as np
+
+        from sgdtrace.engines.optimizers import _fused
+        from sgdtrace.engines.protocol import model_for
+
+        model = model or model_for(cfg, dataset.x)
         request = {
             "path": self.path,
-            "x": dataset.x.reshape(len(dataset), -1)[:, 0],  # the article's form: one x column, 1-D
+            "config": cfg,
+            "x": np.asarray(dataset.x, dtype=np.float64).reshape(len(dataset), -1),
             "y": dataset.y,
-            "orders": list(plan.orders),
-            "sizes": plan.batch_sizes(),
-            "epochs": plan.epochs,
-            "dtype": cfg.dtype,
-            "init_w": cfg.init_w,
-            "init_b": cfg.init_b,
-            "hp": hyper_parameters(cfg),
+            "plan": plan,
+            "features": model.features,
             "state_keys": tuple(state_keys),
             "forward_step": self.forward_step,
+            # the fused 16-bit kernel's form, probed here (the child never imports torch)
+            "fused_form": _fused.form(cfg),
+            "reset": None if reset is None else _starts(reset, model.names, state_keys),
+            "use": self.use,
         }
         reply = self.call(request)
         n_forward = None if self.forward_step is None else int(plan.indices(self.forward_step).size)
-        parts, not_kept, forward = _checked_reply(reply, self.name, state_keys, n_forward)
+        parts, not_kept, forward = _checked_reply(reply, self.name, state_keys, n_forward, model.names)
         self.info = EngineInfo(self.name, self.given, parts, not_kept, forward, self.forward_step)
-        return _checked_columns(reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept)
+        shapes = model.shapes
+        lr = cfg.scheduler is not None
+        return _checked_columns(reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept, shapes, lr)
+
+
+def _starts(reset: dict, names, state_keys) -> dict:
+    """Of torch's columns, what a step starts from: the parameters and the state under torch's names."""
+    from sgdtrace.engines.protocol import state_fields
+
+    return {f: reset[f] for f in (*names, *state_fields(state_keys, tuple(names))) if f in reset}
 
 
 def _invalid(name: str, what: str) -> EngineError:
@@ -130,7 +153,7 @@ def _names(reply: dict[str, Any], key: str, allowed: tuple[str, ...], name: str)
 
 
 def _checked_reply(
-    reply: dict[str, Any], name: str, state_keys, n_forward: int | None
+    reply: dict[str, Any], name: str, state_keys, n_forward: int | None, params=None
 ) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Any] | None]:
     """The child's reply is input from the user's process, like a file: the parts it ran (among
     :data:`PARTS`), the state columns it did not keep (among torch's state columns of this run,
@@ -144,7 +167,7 @@ def _checked_reply(
     parts = _names(reply, "parts", PARTS, name)
     if not parts:
         raise _invalid(name, "'parts' is empty")
-    not_kept = _names(reply, "not_kept", state_fields(state_keys), name)
+    not_kept = _names(reply, "not_kept", state_fields(state_keys, *(() if params is None else (params,))), name)
     forward = reply.get("forward")
     if forward is not None:
         if not isinstance(forward, dict) or n_forward is None:
@@ -157,33 +180,91 @@ def _checked_reply(
     return parts, not_kept, forward
 
 
-def _checked_columns(columns: dict[str, Any], dtype: str, steps: int, state_keys, not_kept) -> dict[str, Any]:
-    """Exactly the expected columns, one value per step in the run's dtype (whatever came back)."""
+def _checked_columns(
+    columns: dict[str, Any], dtype: str, steps: int, state_keys, not_kept, shapes=None, lr: bool = False
+) -> dict[str, Any]:
+    """Exactly the expected columns, ``(steps, *shape)`` values in the run's dtype (whatever came
+    back); the float64 ``lr`` column under a schedule."""
     import numpy as np
 
-    from sgdtrace.engines.protocol import fields_for
+    from sgdtrace import dtypes
+    from sgdtrace.engines.protocol import LR, PARAMS, _param_of, fields_for
 
+    shapes = shapes if shapes is not None else {p: () for p in PARAMS}
     out = {}
-    for f in fields_for(state_keys):
+    want = dtypes.np_dtype(dtype)
+    for f in fields_for(state_keys, tuple(shapes)):
         if f in not_kept:
             continue
         col = columns.get(f)
-        if col is None or col.shape != (steps,) or col.dtype != np.dtype(dtype):
+        shape = (steps, *shapes.get(_param_of(f, shapes), ()))
+        if col is None or col.shape != shape or col.dtype != want:
             raise EngineError(f"the engine's process sent back no valid column {f!r}")
         out[f] = col
+    if lr:
+        col = columns.get(LR)
+        if col is None or col.shape != (steps,) or col.dtype != np.float64:
+            raise EngineError(f"the engine's process sent back no valid column {LR!r}")
+        out[LR] = col
     return out
 
 
-def hyper_parameters(cfg) -> dict[str, Any]:
-    """torch.optim.SGD's keyword arguments for ``cfg``, as Python floats and bools."""
+def hyper_parameters(cfg, group: dict | None = None) -> dict[str, Any]:
+    """torch.optim's keyword arguments of ``cfg``'s optimizer, as Python floats, bools and tuples;
+    ``group``: what a schedule sets for one step (``lr``, and ``momentum`` or ``beta1``)."""
+    group = group or {}
+    lr = float(group.get("lr", cfg.lr))
+    opt = cfg.optimizer
+    if opt in ("adam", "adamw"):
+        beta1 = float(group.get("beta1", cfg.betas[0]))
+        return {
+            "lr": lr,
+            "betas": (beta1, float(cfg.betas[1])),
+            "eps": float(cfg.eps),
+            "weight_decay": float(cfg.weight_decay),
+            "amsgrad": bool(cfg.amsgrad),
+            "maximize": bool(cfg.maximize),
+            # torch.optim.Adam's own name for AdamW's rule (AdamW is Adam with it set)
+            "decoupled_weight_decay": opt == "adamw",
+        }
+    if opt == "rmsprop":
+        return {
+            "lr": lr,
+            "alpha": float(cfg.alpha),
+            "eps": float(cfg.eps),
+            "weight_decay": float(cfg.weight_decay),
+            "momentum": float(group.get("momentum", cfg.momentum)),
+            "centered": bool(cfg.centered),
+            "maximize": bool(cfg.maximize),
+        }
+    if opt == "adagrad":
+        return {
+            "lr": lr,
+            "lr_decay": float(cfg.lr_decay),
+            "weight_decay": float(cfg.weight_decay),
+            "initial_accumulator_value": float(cfg.initial_accumulator_value),
+            "eps": float(cfg.eps),
+            "maximize": bool(cfg.maximize),
+        }
     return {
-        "lr": float(cfg.lr),
-        "momentum": float(cfg.momentum),
+        "lr": lr,
+        "momentum": float(group.get("momentum", cfg.momentum)),
         "dampening": float(cfg.dampening),
         "weight_decay": float(cfg.weight_decay),
         "nesterov": bool(cfg.nesterov),
         "maximize": bool(cfg.maximize),
     }
+
+
+def step_hyper_parameters(cfg, plan) -> tuple[list[dict[str, Any]], Any]:
+    """The hyper-parameters a user's update is given: one dict per schedule position and, per
+    step, the position it runs at (None without a schedule: one dict for every step)."""
+    if cfg.scheduler is None:
+        return [hyper_parameters(cfg)], None
+    from sgdtrace.engines.optimizers import schedules
+
+    rows = schedules.values(cfg, schedules.calls(cfg, plan))
+    return [hyper_parameters(cfg, row) for row in rows], schedules.index_of_step(cfg, plan)
 
 
 def run_child(request: dict[str, Any], timeout: float, name: str) -> dict[str, Any]:
@@ -233,7 +314,13 @@ def _encode(reply: dict[str, Any]) -> bytes:
 
     import numpy as np
 
-    arrays = {f"col:{f}": np.asarray(v) for f, v in (reply.get("columns") or {}).items()}
+    arrays = {}
+    for f, v in (reply.get("columns") or {}).items():
+        v = np.asarray(v)
+        if v.dtype.name == "bfloat16":  # not a dtype .npy files read back: its bits, as uint16
+            arrays[f"b16:{f}"] = v.view(np.uint16)
+        else:
+            arrays[f"col:{f}"] = v
     arrays.update({f"node:{n}": np.asarray(v) for n, v in (reply.get("forward") or {}).items()})
     meta = {k: v for k, v in reply.items() if k not in ("columns", "forward")}
     meta["has_forward"] = reply.get("forward") is not None
@@ -251,6 +338,12 @@ def _decode(data: bytes) -> dict[str, Any]:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         reply = json.loads(str(npz["meta"]))
         reply["columns"] = {k[4:]: npz[k] for k in npz.files if k.startswith("col:")}
+        b16 = [k for k in npz.files if k.startswith("b16:")]
+        if b16:
+            from sgdtrace import dtypes
+
+            bf = dtypes.np_dtype("bfloat16")
+            reply["columns"].update({k[4:]: npz[k].view(bf) for k in b16 if npz[k].dtype == np.uint16})
         nodes = {k[5:]: npz[k] for k in npz.files if k.startswith("node:")}
     reply["forward"] = nodes if reply.pop("has_forward", False) else None
     return reply
@@ -331,40 +424,87 @@ def _real(value: Any) -> bool:
         return True
     if isinstance(value, (np.floating, np.integer)):
         return True
-    return isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "fiu"
+    if isinstance(value, np.generic):  # an ml_dtypes scalar (bfloat16)
+        return _real_dtype(value.dtype)
+    return isinstance(value, np.ndarray) and value.shape == () and _real_dtype(value.dtype)
+
+
+def _real_dtype(dtype) -> bool:
+    """NumPy's integer and float types, and ml_dtypes' bfloat16."""
+    return dtype.kind in "fiu" or dtype.name == "bfloat16"
+
+
+def _arity(fn) -> int | None:
+    """How many positional arguments ``fn`` takes (None: ``*args``, or not introspectable)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    kinds = [p.kind for p in sig.parameters.values()]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return None
+    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
 
 
 class _Runner:
     """The user's parts wrapped: each call counted, each return checked and rounded once."""
 
-    def __init__(self, module, path: str, request: dict[str, Any]):
+    def __init__(self, module, path: str, request: dict[str, Any], hand, model):
         import numpy as np
 
-        from sgdtrace.engines import manual
-        from sgdtrace.engines.optimizers import sgd
+        from sgdtrace import dtypes
 
         self.path = path
         self.np = np
-        self.dtype = np.dtype(request["dtype"])
-        self.spe = len(request["sizes"])
+        cfg = request["config"]
+        self.dtype = dtypes.np_dtype(cfg.dtype)
+        plan = request["plan"]
+        self.spe = max(1, plan.steps_per_epoch)
         self.step = 0  # 1-based step being computed
         self.keys = request["state_keys"]
         self.forward_step = request["forward_step"]
         self.forward_nodes = None
-        self.user = {p: getattr(module, p) for p in PARTS if callable(getattr(module, p, None))}
+        use = request.get("use")
+        if use is None:
+            self.user = {p: getattr(module, p) for p in PARTS if callable(getattr(module, p, None))}
+        else:  # sgdtrace grade: the functions a part names, the others sgdtrace's own
+            self.user = {p: getattr(module, fn) for p, fn in use.items() if fn is not None}
         self.parts = tuple(p for p in PARTS if p in self.user)
-        hp = request["hp"]
-        self.hp = Hyper(**hp)
-        own_hp = sgd.hyper(types.SimpleNamespace(**hp), self.dtype.type)
-        self._own_gradients = manual.gradients
-        self._own_update = lambda p, g, st, _hp: sgd.update(p, g, st, own_hp)
-        self.user_state: dict[int, dict] = {}  # the user's own state dict per parameter
+        self.names = model.names
+        self.shapes = model.shapes
+        self.article = hand.article_form
+        rows, self.where = step_hyper_parameters(cfg, plan)
+        self.hps = [Hyper(**row) for row in rows]
+        self._own_gradients = hand.gradients
+        self._own_update = hand.update
+        self.user_state: dict[int, dict] = {}  # the user's own state dict per parameter (by the protocol's dict)
+        self.order: dict[int, int] = {}  # the protocol's state dict -> the parameter's position
         # per torch state key and parameter: was it kept at some step / missing at some step
         self.seen: dict[tuple[str, int], bool] = {}
+        self.step_mode = request.get("reset") is not None  # --judge step: the state restarts from torch's
+        self.general = False  # gradients(params, x, y)
+        if "gradients" in self.user:
+            arity = _arity(self.user["gradients"])
+            name = os.path.basename(path)
+            if arity == 3:
+                self.general = True
+            elif arity == 4 and not self.article:
+                D = model.features
+                raise _Failure(
+                    f"{name}: gradients(w, b, x, y) is the article's form (one x column, scalar w and b); "
+                    f"this run's model has {D} features: write {SIGNATURES['gradients_params']}"
+                )
+            elif arity != 4:
+                raise _Failure(
+                    f"{name}: gradients takes {arity if arity is not None else 'any number of'} arguments: "
+                    f"write {SIGNATURES['gradients_params']}, or {SIGNATURES['gradients']} for the article's model"
+                )
 
     # -- where and what
 
-    def where(self) -> str:
+    def where_text(self) -> str:
         e, j = divmod(self.step - 1, self.spe)
         return f"step {self.step} (epoch {e + 1}, batch {j + 1})"
 
@@ -379,19 +519,30 @@ class _Runner:
         text = str(exc)
         if isinstance(exc, SystemExit):
             text = f"the file called sys.exit({exc.code!r})"
-        line = f"{part} raised {type(exc).__name__} at {self.where()}" + (f": {text}" if text else "")
+        line = f"{part} raised {type(exc).__name__} at {self.where_text()}" + (f": {text}" if text else "")
         return _Failure(_with_frames(line, frames))
 
     def fail_return(self, part: str, what: str, expected: str) -> _Failure:
         fn = self.user[part]
         code = getattr(fn, "__code__", None)
         frame = f'  File "{_shown(self.path)}", line {code.co_firstlineno}, in {part}' if code else ""
-        return _Failure(_with_frames(f"{part} returned {what} at {self.where()}: expected {expected}", frame))
+        return _Failure(_with_frames(f"{part} returned {what} at {self.where_text()}: expected {expected}", frame))
 
     def scalar(self, part: str, value: Any, name: str):
         if not _real(value):
             raise self.fail_return(part, f"{_describe(value)} for {name}", "a real scalar (a float)")
         return self.dtype.type(value)
+
+    def value(self, part: str, value: Any, name: str, shape: tuple[int, ...]):
+        """A value of ``shape`` (a parameter's), rounded once to the run's dtype."""
+        if self.article and shape == ():
+            return self.scalar(part, value, name)
+        np = self.np
+        if shape == () and _real(value):
+            return np.asarray(value).astype(self.dtype)
+        if not isinstance(value, np.ndarray) or not _real_dtype(value.dtype) or value.shape != shape:
+            raise self.fail_return(part, f"{_describe(value)} for {name}", f"a NumPy array of shape {shape}")
+        return value.astype(self.dtype)
 
     def call(self, part: str, *args):
         try:
@@ -399,37 +550,76 @@ class _Runner:
         except BaseException as exc:  # the user's code: anything it raises is reported, nothing escapes
             raise self.fail_call(part, exc) from None
 
+    def hp(self, name: str) -> Hyper:
+        """The step's hyper-parameters (torch's names, the scheduled lr), ``hp.param`` naming the parameter."""
+        hp = self.hps[0 if self.where is None else int(self.where[self.step - 1])]
+        hp.param = name
+        return hp
+
     # -- the protocol's parts
 
-    def gradients(self, w, b, x, y):
+    def gradients(self, *args):
         self.step += 1
-        if self.forward_step is not None and self.step - 1 == self.forward_step and "forward" in self.user:
-            self.forward_nodes = self.nodes(w, b, x, y)
+        if self.article:
+            w, b, x, y = args
+            if self.forward_step is not None and self.step - 1 == self.forward_step and "forward" in self.user:
+                self.forward_nodes = self.nodes(w, b, x, y)
         if "gradients" not in self.user:
-            return self._own_gradients(w, b, x, y)
-        out = self.call("gradients", w, b, x, y)
-        if not isinstance(out, tuple) or len(out) != 3:
-            raise self.fail_return("gradients", _describe(out), "a tuple (loss, grad_w, grad_b) of three real scalars")
-        return tuple(self.scalar("gradients", v, name) for v, name in zip(out, ("loss", "grad_w", "grad_b")))
+            return self._own_gradients(*args)
+        if self.article and not self.general:
+            out = self.call("gradients", *args)
+            if not isinstance(out, tuple) or len(out) != 3:
+                raise self.fail_return(
+                    "gradients", _describe(out), "a tuple (loss, grad_w, grad_b) of three real scalars"
+                )
+            return tuple(self.scalar("gradients", v, name) for v, name in zip(out, ("loss", "grad_w", "grad_b")))
+        if self.article:  # gradients(params, x, y) on the article's model: x (n, 1), scalar w and b
+            w, b, x, y = args
+            params, x = {"w": w, "b": b}, x.reshape(-1, 1)
+        else:
+            params, x, y = args
+            params = {p: v.copy() for p, v in params.items()}  # the user's code may write into them
+        out = self.call("gradients", params, x, y)
+        names = ", ".join(self.names)
+        expected = f"a tuple (loss, grads): a real scalar and a dict of {names}"
+        if not isinstance(out, tuple) or len(out) != 2 or not isinstance(out[1], dict):
+            raise self.fail_return("gradients", _describe(out), expected)
+        loss, grads = out
+        loss = self.scalar("gradients", loss, "loss")
+        for p in grads:
+            if p not in self.shapes:
+                raise self.fail_return("gradients", f"a gradient for {p!r}", f"gradients of {names} only")
+        for p in self.names:
+            if p not in grads:
+                raise self.fail_return("gradients", f"no gradient for {p!r}", expected)
+        grads = {p: self.value("gradients", grads[p], f"grads[{p!r}]", self.shapes[p]) for p in self.names}
+        if self.article:
+            return loss, grads["w"], grads["b"]
+        return loss, grads
 
     def update(self, param, grad, state: dict, hp):
         if "update" not in self.user:
             return self._own_update(param, grad, state, hp)
         key = id(state)
+        which = self.order.setdefault(key, len(self.order))  # the loop updates the parameters in order
+        name = self.names[which]
         mine = self.user_state.setdefault(key, {})
-        new = self.call("update", param, grad, mine, self.hp)
+        copy = (lambda v: v.copy()) if isinstance(param, self.np.ndarray) else (lambda v: v)
+        if self.step_mode:  # the step starts from torch's state under torch's names, those the file keeps
+            mine.update({k: copy(state[k]) for k in self.keys if k in state and self.seen.get((k, which))})
+        new = self.call("update", copy(param), copy(grad), mine, self.hp(name))
         if isinstance(new, tuple) and len(new) == 2 and isinstance(new[1], dict):
             raise self.fail_return(
                 "update", _describe(new), "the new parameter alone (keep the state in the dict update was given)"
             )
-        new = self.scalar("update", new, "the new parameter")
-        which = list(self.user_state).index(key)  # 0: w, 1: b (the loop updates w first)
+        shape = self.shapes[name]
+        new = self.value("update", new, "the new parameter", shape)
         for k in self.keys:
             if k in mine:
-                state[k] = self.scalar("update", mine[k], f"state[{k!r}]")
+                state[k] = self.value("update", mine[k], f"state[{k!r}]", shape)
                 self.seen[(k, which)] = True
             else:
-                state[k] = self.dtype.type("nan")
+                state[k] = self.np.full(shape, self.np.nan).astype(self.dtype) if shape else self.dtype.type("nan")
                 self.seen.setdefault((k, which), False)
         return new
 
@@ -466,8 +656,9 @@ class _Runner:
         return nodes
 
 
-def load_module(path: str):
-    """Import the user's file; :class:`_Failure` for a syntax error, a failing import or no parts."""
+def load_module(path: str, use: dict | None = None):
+    """Import the user's file; :class:`_Failure` for a syntax error, a failing import or no parts.
+    ``use``: the functions that stand for the parts (each must be defined), in place of the part names."""
     import importlib.util
 
     name = os.path.basename(path)
@@ -497,6 +688,11 @@ def load_module(path: str):
             )
         ) from None
     defined = {k for k, v in vars(module).items() if callable(v) and getattr(v, "__module__", None) == module.__name__}
+    if use is not None:
+        for part, fn in use.items():
+            if fn is not None and not callable(getattr(module, fn, None)):
+                raise _Failure(f"{name}: defines no function {fn} (the {part} part of this assignment)")
+        return module
     for have in sorted(defined):
         if have in PARTS:
             continue
@@ -521,27 +717,30 @@ def load_module(path: str):
 
 def serve(request: dict[str, Any]) -> dict[str, Any]:
     """The child's work: load the file, run the protocol's loop with its parts, return the columns."""
-    import numpy as np
+    import dataclasses
 
+    from sgdtrace import models
     from sgdtrace.engines import manual, protocol
+    from sgdtrace.engines.optimizers import _fused
 
     path = request["path"]
-    module = load_module(path)
-    runner = _Runner(module, path, request)
-    backend = manual.ArrayBackend("numpy", request["dtype"])
-    sizes = np.asarray(request["sizes"])
-    plan = types.SimpleNamespace(
-        orders=request["orders"], n_steps=len(sizes) * request["epochs"], batch_sizes=lambda: sizes
-    )
-    engine = protocol.Engine(
-        os.path.basename(path), runner.gradients, runner.update, runner.hp, tuple(request["state_keys"])
-    )
-    init = {"w": request["init_w"], "b": request["init_b"]}
-    columns = protocol.run(engine, request["x"], request["y"], plan, init, backend)
+    module = load_module(path, request.get("use"))
+    cfg = request["config"]
+    if request.get("fused_form") is not None:  # probed by the parent (this process imports no torch)
+        form = request["fused_form"]
+        _fused.form = lambda config: form
+    model = models.build(cfg, request["features"])
+    backend = manual.ArrayBackend("numpy", cfg.dtype)
+    plan = request["plan"]
+    hand = manual.engine(cfg, backend, plan, model)
+    runner = _Runner(module, path, request, hand, model)
+    engine = dataclasses.replace(hand, name=os.path.basename(path), gradients=runner.gradients, update=runner.update)
+    initial = model.module.initial(cfg, model)
+    columns = protocol.run(engine, request["x"], request["y"], plan, initial, backend, reset=request.get("reset"))
     not_kept = []
     if "update" in runner.parts:
         for key in request["state_keys"]:
-            for i, p in enumerate(protocol.PARAMS):
+            for i, p in enumerate(model.names):
                 if not runner.seen.get((key, i), False):
                     f = protocol.state_field(key, p)
                     not_kept.append(f)

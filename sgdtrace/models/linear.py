@@ -337,20 +337,27 @@ def engine_gradients(model, config=None) -> Callable:
 CHUNK_SAMPLES = 1 << 16
 
 
-def residual_roundings(model, dtype: str) -> float:
+def residual_roundings(model, dtype: str, any_order: bool = False) -> float:
     """How many u of ``M_i`` bound the rounding of the residual ``d_i = w·x_i + b - y_i`` (the rho
     of docs/tolerance.md): 3 in the article's form (``w*x``, ``+ b``, ``- y``: one rounding each);
     on D features a dot product of D + 2 terms, ``gamma_{D+2}/u``, and in 16 bits (the dot
     product and the bias in float32, one rounding to the type, then ``- y``)
-    ``gamma_{D+1}(u_f32)/u + 2``."""
+    ``gamma_{D+1}(u_f32)/u + 2``. ``any_order``: a user's engine, which may form the dot product in
+    the run's own type (``gamma_{D+2}`` of its u, 16 bits too)."""
     if model.scalar:
         return 3
     D = model.param("w").shape[0]
     acc = dtypes.accumulation(dtype)
     u = dtypes.unit_roundoff(dtype)
-    if acc != dtype:
+    if acc != dtype and not any_order:
         return dtypes.gamma(D + 1, acc) / u + 2
     return dtypes.gamma(D + 2, dtype) / u
+
+
+def user_side(config) -> bool:
+    """Is a user's engine on the hand side (``--engine``, ``--engine-cmd``)? Its sums and dot
+    products are judged as added in any order in the run's own type (:func:`sgdtrace.dtypes.sum_depth`)."""
+    return getattr(config, "engine", None) is not None or getattr(config, "engine_cmd", None) is not None
 
 
 def gradient_terms(model, starts, bounds, x, y, plan, config) -> dict[str, dict[str, np.ndarray]]:
@@ -367,7 +374,7 @@ def gradient_terms(model, starts, bounds, x, y, plan, config) -> dict[str, dict[
     """
     u = dtypes.unit_roundoff(config.dtype)
     n = np.tile(plan.batch_sizes(), plan.epochs).astype(np.float64)
-    depth = dtypes.sum_depth(n, config.dtype)
+    depth = dtypes.sum_depth(n, config.dtype, any_order=user_side(config))
     # C is computed here in float64: its own error, in units of the run's u
     c64 = dtypes.unit_roundoff("float64") / u
     if model.scalar:
@@ -489,7 +496,7 @@ def _feature_terms(model, x, y, plan, starts, bounds, n, depth, c64, u, config):
     ``x_i``; C from the carried differences ``e_i = x_i·dw + db``, exact (the step is quadratic
     in the state)."""
     D = model.param("w").shape[0]
-    rho = residual_roundings(model, config.dtype)
+    rho = residual_roundings(model, config.dtype, any_order=user_side(config))
     dw, db = bounds["w"].carry, bounds["b"].carry[:, 0]  # (steps, D), (steps,)
     s = _feature_sums(
         x, y, plan, starts["w"], starts["b"][:, 0], bounds["w"].mag, bounds["b"].mag[:, 0], dw, db, u * rho
