@@ -234,9 +234,12 @@ def test_json_has_the_rank_axis():
         (["run", "--no-set-epoch"], "world size >= 2"),
         (["run", "--world-size", "2", "--gradcheck"], "--gradcheck"),
         (["graph", "--world-size", "2"], "graph"),
-        (["run", "--world-size", "2", "--optimizer", "adam"], "--optimizer adam"),
-        (["run", "--world-size", "2", "--engine", "docs/examples/textbook_rule.py"], "--engine"),
-        (["run", "--world-size", "2", "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"], "scheduler"),
+        (["run", "--world-size", "2", "--engine", "docs/examples/textbook_rule.py", "--features", "2"], "--engine"),
+        (
+            ["run", "--world-size", "2", "--scheduler", "OneCycleLR"]
+            + ["--scheduler-arg", "max_lr=0.1", "--scheduler-arg", "total_steps=2"],
+            "total_steps",
+        ),
     ],
 )
 def test_refused_before_any_process(args, says):

@@ -84,13 +84,31 @@ class UserEngine:
         """The child's reply to ``request`` (see :func:`run_child`)."""
         return run_child(request, self.timeout, self.name)
 
-    def run_columns(self, cfg, dataset, plan, state_keys: tuple[str, ...]) -> dict[str, Any]:
-        """Run the file over ``plan`` in a child process; its columns by field.
+    def run_ddp_columns(self, cfg, dataset, dplan, state_keys: tuple[str, ...]) -> tuple[dict, dict]:
+        """``--world-size N``: the file's gradients on every rank's batch, sgdtrace's all-reduce
+        (:func:`sgdtrace.engines.ddp.run`), the file's update with the average; in a child process.
 
-        Columns of torch's state (``state_keys``) the user's update did not keep are left out and
-        named in :attr:`info` (``not_kept``).
-        """
-        request = {
+        Returns the step's columns and the ranks' own (``grad_<p>``, ``loss``, ``(steps, N)``)."""
+        import numpy as np
+
+        request = self._request(cfg, dataset, dplan.global_plan(), state_keys)
+        request["dplan"] = dplan
+        reply = self.call(request)
+        parts, not_kept, _ = _checked_reply(reply, self.name, state_keys, None)
+        self.info = EngineInfo(self.name, self.given, parts, not_kept, None, None)
+        steps = dplan.rank_plan(0).n_steps
+        columns = _checked_columns(reply["columns"], cfg.dtype, steps, state_keys, self.info.not_kept)
+        ranks = reply.get("ranks")
+        if not isinstance(ranks, dict) or set(ranks) != {"grad_w", "grad_b", "loss"}:
+            raise _invalid(self.name, "no per-rank columns")
+        shape = (steps, dplan.world_size)
+        for f, col in ranks.items():
+            if not isinstance(col, np.ndarray) or col.shape != shape or col.dtype != np.dtype(cfg.dtype):
+                raise _invalid(self.name, f"per-rank column {f!r} is not {shape} {cfg.dtype}")
+        return columns, ranks
+
+    def _request(self, cfg, dataset, plan, state_keys: tuple[str, ...]) -> dict[str, Any]:
+        return {
             "path": self.path,
             "x": dataset.x.reshape(len(dataset), -1)[:, 0],  # the article's form: one x column, 1-D
             "y": dataset.y,
@@ -104,7 +122,14 @@ class UserEngine:
             "state_keys": tuple(state_keys),
             "forward_step": self.forward_step,
         }
-        reply = self.call(request)
+
+    def run_columns(self, cfg, dataset, plan, state_keys: tuple[str, ...]) -> dict[str, Any]:
+        """Run the file over ``plan`` in a child process; its columns by field.
+
+        Columns of torch's state (``state_keys``) the user's update did not keep are left out and
+        named in :attr:`info` (``not_kept``).
+        """
+        reply = self.call(self._request(cfg, dataset, plan, state_keys))
         n_forward = None if self.forward_step is None else int(plan.indices(self.forward_step).size)
         parts, not_kept, forward = _checked_reply(reply, self.name, state_keys, n_forward)
         self.info = EngineInfo(self.name, self.given, parts, not_kept, forward, self.forward_step)
@@ -235,7 +260,8 @@ def _encode(reply: dict[str, Any]) -> bytes:
 
     arrays = {f"col:{f}": np.asarray(v) for f, v in (reply.get("columns") or {}).items()}
     arrays.update({f"node:{n}": np.asarray(v) for n, v in (reply.get("forward") or {}).items()})
-    meta = {k: v for k, v in reply.items() if k not in ("columns", "forward")}
+    arrays.update({f"rank:{f}": np.asarray(v) for f, v in (reply.get("ranks") or {}).items()})
+    meta = {k: v for k, v in reply.items() if k not in ("columns", "forward", "ranks")}
     meta["has_forward"] = reply.get("forward") is not None
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
@@ -252,6 +278,9 @@ def _decode(data: bytes) -> dict[str, Any]:
         reply = json.loads(str(npz["meta"]))
         reply["columns"] = {k[4:]: npz[k] for k in npz.files if k.startswith("col:")}
         nodes = {k[5:]: npz[k] for k in npz.files if k.startswith("node:")}
+        ranks = {k[5:]: npz[k] for k in npz.files if k.startswith("rank:")}
+    if ranks:
+        reply["ranks"] = ranks
     reply["forward"] = nodes if reply.pop("has_forward", False) else None
     return reply
 
@@ -348,6 +377,8 @@ class _Runner:
         self.dtype = np.dtype(request["dtype"])
         self.spe = len(request["sizes"])
         self.step = 0  # 1-based step being computed
+        self.calls = 0  # gradients calls: one per step, or one per rank and step under --world-size
+        self.world = 1
         self.keys = request["state_keys"]
         self.forward_step = request["forward_step"]
         self.forward_nodes = None
@@ -366,7 +397,8 @@ class _Runner:
 
     def where(self) -> str:
         e, j = divmod(self.step - 1, self.spe)
-        return f"step {self.step} (epoch {e + 1}, batch {j + 1})"
+        rank = f", rank {(self.calls - 1) % self.world}" if self.world > 1 else ""
+        return f"step {self.step} (epoch {e + 1}, batch {j + 1}{rank})"
 
     def fail_call(self, part: str, exc: BaseException) -> _Failure:
         frames = _user_frames(exc.__traceback__, self.path)
@@ -402,7 +434,8 @@ class _Runner:
     # -- the protocol's parts
 
     def gradients(self, w, b, x, y):
-        self.step += 1
+        self.calls += 1
+        self.step = (self.calls - 1) // self.world + 1
         if self.forward_step is not None and self.step - 1 == self.forward_step and "forward" in self.user:
             self.forward_nodes = self.nodes(w, b, x, y)
         if "gradients" not in self.user:
@@ -537,7 +570,15 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
         os.path.basename(path), runner.gradients, runner.update, runner.hp, tuple(request["state_keys"])
     )
     init = {"w": request["init_w"], "b": request["init_b"]}
-    columns = protocol.run(engine, request["x"], request["y"], plan, init, backend)
+    ranks = None
+    if request.get("dplan") is not None:  # --world-size N: every rank's gradients, sgdtrace's all-reduce
+        from sgdtrace.engines import ddp
+
+        runner.world = request["dplan"].world_size
+        columns, ranks = ddp.run(engine, request["x"], request["y"], request["dplan"], init, backend)
+        columns["loss"] = ranks["loss"].astype(np.float64).mean(axis=1).astype(ranks["loss"].dtype)
+    else:
+        columns = protocol.run(engine, request["x"], request["y"], plan, init, backend)
     not_kept = []
     if "update" in runner.parts:
         for key in request["state_keys"]:
@@ -552,6 +593,7 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
         "parts": list(runner.parts),
         "not_kept": not_kept,
         "forward": runner.forward_nodes,
+        **({"ranks": ranks} if ranks is not None else {}),
     }
 
 
