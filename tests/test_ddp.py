@@ -170,7 +170,7 @@ def test_allreduce_replayed_bit_for_bit(world):
 
 
 def test_sum_without_one_over_n_is_caught(monkeypatch):
-    monkeypatch.setattr(ddp, "average", lambda grads, backend: ddp.allreduce_sum(list(grads)))
+    monkeypatch.setattr(ddp, "average", lambda grads, backend, chunks=None: ddp.allreduce_sum(list(grads), chunks))
     trace = _trace(3, "ddp.toml")
     first = trace.verdict.first_divergent_step
     assert not trace.verdict.ok and first["step"] == 1 and first["field"] == "grad_w"
@@ -236,9 +236,9 @@ def test_json_has_the_rank_axis():
         (["graph", "--world-size", "2"], "graph"),
         (["run", "--world-size", "2", "--engine", "docs/examples/textbook_rule.py", "--features", "2"], "--engine"),
         (
-            ["run", "--world-size", "2", "--scheduler", "OneCycleLR"]
-            + ["--scheduler-arg", "max_lr=0.1", "--scheduler-arg", "total_steps=2"],
-            "total_steps",
+            ["run", "--world-size", "2", "--epochs", "2", "--scheduler", "OneCycleLR"]
+            + ["--scheduler-arg", "max_lr=0.1", "--scheduler-arg", "total_steps=2", "--scheduler-arg", "interval=step"],
+            "calls scheduler.step() 4 times",
         ),
     ],
 )

@@ -233,8 +233,19 @@ def join(x: np.ndarray, y: np.ndarray, config, device) -> list[dict[str, Any]] |
     )
     try:
         return _gather(rank, world, train(rank, world, x, y, config, device))
+    except SgdtraceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a peer died or went silent: one line, exit 2 (torchrun: 1)
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise RankError(
+            f"--world-size {world} under torchrun, rank {rank}: the process group failed ({text}); "
+            f"another rank died or was silent past --rank-timeout {config.rank_timeout:g} s"
+        ) from None
     finally:
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - a broken group: nothing left to tear down
+            pass
 
 
 # ------------------------------------------------------------------ started by sgdtrace
