@@ -96,14 +96,13 @@ def available_devices() -> list[str]:
 
 def unserved(cfg) -> str | None:
     """Why a user's engine (--engine) cannot run this config, or None when it can: it runs SGD at a
-    constant rate, in one process, in float32/float64, on the article's model form (one x column)."""
+    constant rate, in float32/float64 (in one process or data-parallel: its gradients on each rank),
+    on the article's model form (one x column)."""
     optimizer = getattr(cfg, "optimizer", "sgd")
     if optimizer != "sgd":
         return f"optimizer {optimizer}: your engine's update runs plain SGD"
     if getattr(cfg, "scheduler", None) is not None:
         return f"scheduler {cfg.scheduler.name}: your engine runs at a constant learning rate"
-    if getattr(cfg, "world_size", 1) != 1:
-        return f"world size {cfg.world_size}: your engine runs in one process"
     if cfg.dtype not in ("float32", "float64"):
         return f"dtype {cfg.dtype}: your engine runs in float32 or float64"
     if getattr(cfg, "features", None) is not None:

@@ -317,9 +317,51 @@ def test_torchrun_on_two_nodes_equals_world_size(tmp_path):
     _same_as_world_size(tmp_path, 1, ["--optimizer", "adam", "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"])
 
 
+def _docs_command() -> list[str]:
+    """docs/ddp.md's two-machine command, as written (the continuation lines joined)."""
+    import re
+    import shlex
+
+    with open(os.path.join(ROOT, "docs", "ddp.md"), encoding="utf-8") as fh:
+        page = fh.read()
+    block = re.search(r"^    (torchrun --nnodes 2 .*?)\n\n", page, flags=re.S | re.M)
+    assert block, "docs/ddp.md has no torchrun command"
+    return shlex.split(block.group(1).replace("\\\n", " "))
+
+
 @pytest.mark.slow
-def test_torchrun_on_two_nodes_of_two_processes_equals_world_size(tmp_path):
-    _same_as_world_size(tmp_path, 2, ["--config", "sgdtrace/configs/ddp-padding.toml", "--dtype", "bfloat16"])
+def test_the_docs_two_machine_command_equals_world_size(tmp_path):
+    """docs/ddp.md's command on two nodes of two processes, HOST0 = 127.0.0.1 (and a free port, the
+    output in a temporary folder): the same JSON as --world-size 4."""
+    cmd = _docs_command()
+    assert cmd[:2] == ["torchrun", "--nnodes"] and "HOST0" in cmd
+    port = str(_free_port())
+    out = str(tmp_path / "trace.json")
+    sub = {"HOST0": "127.0.0.1", "29500": port, "trace.json": out}
+    procs = []
+    for node in ("0", "1"):
+        argv = [TORCHRUN] + [sub.get(a, a) for a in cmd[1:]]
+        argv[argv.index("--node-rank") + 1] = node
+        procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=200)
+        assert p.returncode == 0, err
+    args = cmd[cmd.index("run") + 1 :]
+    args = args[: args.index("--output")]
+    single = str(tmp_path / "single.json")
+    r = subprocess.run(
+        [sys.executable, "-m", "sgdtrace", "run", *args, "--world-size", "4", "-q", "--output", single]
+        + ["--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert r.returncode == 0, r.stderr
+    with open(out) as fa, open(single) as fb:
+        a, b = json.load(fa), json.load(fb)
+    assert a["verdict"] == b["verdict"] and a["steps"] == b["steps"] and a["epochs"] == b["epochs"]
+    assert len(a["steps"][0]["ranks"]) == 4
 
 
 def _marked(mark: str) -> list[int]:

@@ -771,7 +771,8 @@ def test_check_runs_only_the_configs_an_engine_can_serve():
 
     assert serves(Config()) and serves(Config(dtype="float64"))
     assert not serves(SimpleNamespace(optimizer="adam", dtype="float32"))
-    assert not serves(SimpleNamespace(world_size=4, dtype="float32"))
+    assert serves(SimpleNamespace(world_size=4, dtype="float32"))  # its gradients on every rank
+    assert not serves(SimpleNamespace(world_size=4, dtype="bfloat16"))
 
 
 def test_template_writes_a_starter_without_a_solution(tmp_path):

@@ -36,6 +36,7 @@ rank of torchrun's group (:func:`join`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import queue as queue_mod
@@ -242,10 +243,8 @@ def join(x: np.ndarray, y: np.ndarray, config, device) -> list[dict[str, Any]] |
             f"another rank died or was silent past --rank-timeout {config.rank_timeout:g} s"
         ) from None
     finally:
-        try:
+        with contextlib.suppress(Exception):  # a broken group: nothing left to tear down
             dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - a broken group: nothing left to tear down
-            pass
 
 
 # ------------------------------------------------------------------ started by sgdtrace
