@@ -134,6 +134,18 @@ def test_allreduce_replayed_bit_for_bit_in_every_dtype(world):
         assert misses > 0
 
 
+def test_explain_recomputes_every_step_of_adam_with_a_schedule():
+    """explain's all-reduce and update, rank by rank, equal the run's columns bit for bit at every
+    step (Adam's step count and the scheduled rate included), in bfloat16."""
+    from sgdtrace.teaching.explain import explain_distributed
+
+    cfg, gathered = _group(2)["adam bfloat16"]
+    trace = run_distributed(cfg, gathered=gathered)
+    spe = trace.plan.steps_per_epoch
+    for k in range(trace.n_steps):
+        assert explain_distributed(trace, k % spe + 1, k // spe + 1).matches_trace, k
+
+
 def test_a_rank_whose_state_differs_is_reported(monkeypatch):
     """Rank 1 doubles its own Adam state after step 2 (torch_ddp.FAULT_ENV): DDP keeps averaging
     the same gradients, but that rank's state leaves rank 0's; the verdict names it."""
