@@ -80,5 +80,5 @@ clean:
 # the benchmark: the learner's plain torch loop against `sgdtrace run` (see benchmarks/bench.py)
 bench: install
 	$(BIN)/python benchmarks/bench.py
-	$(BIN)/python benchmarks/bench.py --optimizer adam --workloads article,100k-b1
+	$(BIN)/python benchmarks/bench.py --optimizer adam --workloads article,100k-b1 --ddp-workloads ddp4-adam
 	$(BIN)/python benchmarks/engine_bench.py

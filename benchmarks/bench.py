@@ -21,7 +21,8 @@ Then the HTML report (``--format html``): the time :func:`sgdtrace.views.html.ru
 build the page from a finished trace (the run itself excluded), in this process, the first build
 (imports included) and the median of the next ones, with the page's size; target under 1 s.
 
-The world-size-4 workload (``--ddp-workloads ddp4``): ``ddp_loop.py`` (the DDP loop a learner
+The world-size-4 workloads (``--ddp-workloads ddp4,ddp4-adam``; ``ddp4-adam``: Adam with
+ExponentialLR stepped after every step, on both sides): ``ddp_loop.py`` (the DDP loop a learner
 writes: 4 spawned processes, gloo, DistributedSampler, DistributedDataParallel) against
 ``sgdtrace run --world-size 4`` (the same 4 processes, recording, then the hand side and the
 judge); medians of whole-process wall time and their ratio (target at most 1.2).
@@ -72,7 +73,15 @@ def csv_file(n: int, seed: int = 0) -> str:
 
 
 #: name -> (synthetic N, world size, batch size per rank, epochs, default repetitions)
-DDP_WORKLOADS = {"ddp4": (40_000, 4, 10, 1, 3)}
+DDP_WORKLOADS = {"ddp4": (40_000, 4, 10, 1, 3), "ddp4-adam": (40_000, 4, 10, 1, 3)}
+#: a workload's optimizer and schedule: (ddp_loop.py's flags, sgdtrace run's flags)
+DDP_OPTIONS = {
+    "ddp4-adam": (
+        ["--optimizer", "adam", "--gamma", "0.9999"],
+        ["--optimizer", "adam", "--scheduler", "ExponentialLR"]
+        + ["--scheduler-arg", "gamma=0.9999", "--scheduler-arg", "interval=step"],
+    )
+}
 
 
 def bench_ddp(name: str, reps: int | None = None) -> dict:
@@ -80,9 +89,10 @@ def bench_ddp(name: str, reps: int | None = None) -> dict:
     n, world, batch, epochs, default_reps = DDP_WORKLOADS[name]
     common = ["--synthetic", str(n), "--world-size", str(world), "--batch-size", str(batch), "--epochs", str(epochs)]
     py = sys.executable
+    loop_opts, run_opts = DDP_OPTIONS.get(name, ([], []))
     cmds = {
-        "a": [py, os.path.join(HERE, "ddp_loop.py")] + common,
-        "b": [py, "-m", "sgdtrace", "run"] + common + ["--quiet", "--output", os.devnull],
+        "a": [py, os.path.join(HERE, "ddp_loop.py")] + common + loop_opts,
+        "b": [py, "-m", "sgdtrace", "run"] + common + run_opts + ["--quiet", "--output", os.devnull],
     }
     wall: dict[str, list[float]] = {"a": [], "b": []}
     steps = None
@@ -298,7 +308,7 @@ def main() -> None:
     ddp_rows = [bench_ddp(name, args.reps) for name in args.ddp_workloads.split(",") if name]
     if ddp_rows:
         print(
-            "\nData-parallel SGD: the DDP loop with no tracing (a) against sgdtrace run --world-size N (b), "
+            "\nData-parallel: the DDP loop with no tracing (a) against sgdtrace run --world-size N (b), "
             "the same processes (target (b)/(a) <= 1.2).\n"
         )
         print("| workload | world size | steps | reps | (a) DDP loop, s | (b) sgdtrace run, s | (b)/(a) |")

@@ -1,7 +1,8 @@
 """(a) of the world-size-4 workload: the DDP loop a learner writes, with no tracing.
 
 N processes from torch.multiprocessing (spawn), gloo on 127.0.0.1, DistributedSampler with
-set_epoch, DataLoader, DistributedDataParallel, nn.MSELoss, optim.SGD: the same processes
+set_epoch, DataLoader, DistributedDataParallel, nn.MSELoss, optim.SGD or optim.Adam (``--optimizer``),
+with ``ExponentialLR`` stepped after every step when ``--gamma`` is given: the same processes
 ``sgdtrace run --world-size N`` starts. Data as ``--synthetic N`` makes them. Prints one JSON
 line: rank 0's loop seconds, the steps, the final w and b.
 """
@@ -42,7 +43,11 @@ def worker(rank, args, port, results):
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler)
     model = DistributedDataParallel(Simple_model())
     criterion = nn.MSELoss()
-    optimizer = optim.SGD(model.parameters(), lr=args.lr)
+    if args.optimizer == "adam":
+        optimizer = optim.Adam(model.parameters(), lr=args.lr)
+    else:
+        optimizer = optim.SGD(model.parameters(), lr=args.lr)
+    scheduler = optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.gamma) if args.gamma else None
     start, steps = time.perf_counter(), 0
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
@@ -50,6 +55,8 @@ def worker(rank, args, port, results):
             loss = criterion(model(data), target)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             optimizer.zero_grad()
             steps += 1
     if rank == 0:
@@ -73,6 +80,8 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    parser.add_argument("--gamma", type=float, default=None, help="ExponentialLR's gamma, stepped per step")
     args = parser.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

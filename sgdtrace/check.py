@@ -95,13 +95,11 @@ def available_devices() -> list[str]:
 
 
 def unserved(cfg, engine: str | None = None) -> str | None:
-    """Why a user's engine (--engine FILE.py) cannot run this config, or None when it can: it runs in
-    one process; the rest the file says (its ``SGDTRACE`` declaration,
-    :mod:`sgdtrace.engines.declared`): without one, a file with ``update`` serves SGD."""
+    """Why a user's engine (--engine FILE.py) cannot run this config, or None when it can (in one
+    process or data-parallel: its gradients on every rank): what the file says (its ``SGDTRACE``
+    declaration, :mod:`sgdtrace.engines.declared`); without one, a file with ``update`` serves SGD."""
     from sgdtrace.engines import declared
 
-    if getattr(cfg, "world_size", 1) != 1:
-        return f"world size {cfg.world_size}: your engine runs in one process"
     found = declared.read(engine) if engine else declared.Declared()
     return declared.unserved(found, cfg)
 

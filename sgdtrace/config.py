@@ -235,41 +235,6 @@ COMBINATIONS: dict[str, Refusal] = {
         ("run", "--optimizer", "adagrad", "--scheduler", "OneCycleLR", "--scheduler-arg", "max_lr=0.1")
         + ("--scheduler-arg", "total_steps=9"),
     ),
-    "world_size-engine": Refusal(
-        _WS,
-        "--engine FILE.py",
-        "your own engine runs in one process",
-        ("--world-size", "--engine"),
-        ("run", "--world-size", "2", "--engine", _ENGINE_EXAMPLE),
-    ),
-    "world_size-dtype": Refusal(
-        _WS,
-        "--dtype bfloat16 or float16",
-        "data-parallel runs use float32 or float64",
-        ("--world-size", "--dtype"),
-        ("run", "--world-size", "2", "--dtype", "bfloat16"),
-    ),
-    "world_size-optimizer": Refusal(
-        _WS,
-        "--optimizer adam, adamw, rmsprop or adagrad",
-        "data-parallel runs use sgd (the DDP loop is written with torch.optim.SGD)",
-        ("--world-size", "--optimizer"),
-        ("run", "--world-size", "2", "--optimizer", "rmsprop"),
-    ),
-    "world_size-scheduler": Refusal(
-        _WS,
-        "--scheduler",
-        "data-parallel runs use a constant rate",
-        ("--world-size", "scheduler"),
-        ("run", "--world-size", "2", "--scheduler", "ExponentialLR", "--scheduler-arg", "gamma=0.5"),
-    ),
-    "world_size-implementation": Refusal(
-        _WS,
-        "--foreach or --fused",
-        "data-parallel runs use torch.optim.SGD's default implementation",
-        ("--world-size", "--foreach|--fused"),
-        ("run", "--world-size", "2", "--foreach"),
-    ),
     "set_epoch-world_size": Refusal(
         "--no-set-epoch",
         "--world-size 1 (the default)",
@@ -307,6 +272,14 @@ COMBINATIONS: dict[str, Refusal] = {
         "the data-parallel loop builds the linear model's module and nn.MSELoss only",
         ("--world-size", "--model"),
         ("run", "--world-size", "2", "--model", "logistic", "--synthetic", "8", "--true-b", "-10"),
+    ),
+    "world_size-engine_cmd": Refusal(
+        _WS,
+        '--engine-cmd "COMMAND"',
+        "the data-parallel loop asks a Python engine for each rank's gradients; "
+        "use --engine FILE.py, or --world-size 1 with --engine-cmd",
+        ("--world-size", "--engine-cmd"),
+        ("run", "--world-size", "2", "--engine-cmd", "./my_engine"),
     ),
     "world_size-gradcheck": Refusal(
         _WS,
@@ -766,20 +739,10 @@ def _validate_distributed(cfg: Config, integer, finite) -> None:
         _fail(cfg, "set_epoch", cfg.set_epoch, "must be true or false")
     if finite("rank_timeout") <= 0:
         _fail(cfg, "rank_timeout", cfg.rank_timeout, "must be a number of seconds > 0")
-    ws = f"{_label(cfg, 'world_size')} {cfg.world_size}"
-    if cfg.world_size > 1:  # the DDP loop is written with optim.SGD, no schedule, one process per rank
-        if cfg.engine is not None or cfg.engine_cmd is not None:
-            which = "engine" if cfg.engine is not None else "engine_cmd"
-            raise refusal("world_size-engine", ws, _label(cfg, which), "with")
-        if cfg.dtype not in ("float32", "float64"):
-            raise refusal("world_size-dtype", ws, f"{_label(cfg, 'dtype')} {cfg.dtype}", "with")
-        if cfg.optimizer != "sgd":
-            raise refusal("world_size-optimizer", ws, f"{_label(cfg, 'optimizer')} {cfg.optimizer}", "with")
-        if cfg.scheduler is not None:
-            raise refusal("world_size-scheduler", ws, f"{_label(cfg, 'scheduler')} {cfg.scheduler.name}", "with")
-        if cfg.foreach is not None or cfg.fused is not None:
-            key = "foreach" if cfg.foreach is not None else "fused"
-            raise refusal("world_size-implementation", ws, _label(cfg, key), "with")
+    if cfg.engine_cmd is not None and cfg.world_size > 1:
+        raise refusal(
+            "world_size-engine_cmd", f"{_label(cfg, 'world_size')} {cfg.world_size}", _label(cfg, "engine_cmd"), "with"
+        )
     if not cfg.set_epoch and cfg.world_size == 1:
         flag = _label(cfg, "set_epoch")
         flag = {"--set-epoch": "--no-set-epoch", "set_epoch": "set_epoch=False"}.get(flag, flag + " false")

@@ -377,6 +377,11 @@ class RankTrace:
         return self.plan.rank_plan(rank).indices(step)
 
 
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same values bit for bit (nan equal to nan)."""
+    return a.shape == b.shape and bool(np.all((a == b) | (np.isnan(a) & np.isnan(b))))
+
+
 def check_world(config: Config, n_samples: int, device) -> None:
     """A world size the data and the machine can hold, before any process starts."""
     ws = config.world_size
@@ -408,7 +413,8 @@ def run_distributed(
     returns ``None`` and writes nothing. ``gathered``: the torch side's values when already run
     (:func:`sgdtrace.engines.torch_ddp.run_many`, the tests' matrix in one group).
     """
-    from sgdtrace.engines import ddp, manual, torch_ddp
+    from sgdtrace import dtypes
+    from sgdtrace.engines import ddp, manual, protocol, torch_ddp
 
     device = resolve_device(config.device)
     label = device_label(device)
@@ -417,7 +423,17 @@ def run_distributed(
         dataset = data_mod.load(cfg)
     check_world(cfg, len(dataset), device)
     dplan = data_mod.distributed_plan(len(dataset), cfg)
+    gplan = dplan.global_plan()
     model = build_model(cfg, dataset)
+    if cfg.scheduler is not None:  # OneCycleLR stepped past total_steps: exit 2 before any process starts
+        from sgdtrace.engines.optimizers import schedules
+
+        schedules.check(cfg, gplan)
+        schedules.values(cfg, schedules.calls(cfg, gplan))
+    if engine is None and cfg.engine is not None:  # --engine FILE.py: the user's gradients on every rank
+        from sgdtrace.engines.user import UserEngine
+
+        engine = UserEngine(cfg.engine, cfg.engine_timeout)
     # the ranks build the model from the config and the samples: D features named by the data
     # (a CSV file's x1..xD) are named to them in the config
     ranks_cfg = cfg if cfg.features is not None or model.scalar else cfg.replace(features=model.features)
@@ -437,18 +453,35 @@ def run_distributed(
                 )
     backend = manual.ArrayBackend("numpy", cfg.dtype)
     initial = model.module.initial(cfg, model)
+    own = torch_ddp.OWN
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, None, model)
-        man, man_ranks = ddp.run(hand, dataset.x, dataset.y, dplan, initial, backend)
-        ref = {f: v for f, v in gathered[0]["cols"].items() if not f.startswith("rank_")}
-        ref_ranks = {f: np.stack([g["cols"]["rank_" + f] for g in gathered], axis=1) for f in man_ranks}
-        np_dtype = np.dtype(cfg.dtype)
+        info = None
+        if hasattr(engine, "run_ddp_columns"):  # a user's file, in a child process: its gradients per rank
+            from sgdtrace.engines import optimizers
+
+            state_keys = optimizers.get(cfg.optimizer).state_keys(cfg)
+            man, man_ranks = engine.run_ddp_columns(cfg, dataset, dplan, state_keys, model)
+            info = engine.info
+            order = protocol.fields_for(state_keys, model.names)
+        else:
+            hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, gplan, model)
+            man, man_ranks = ddp.run(hand, dataset.x, dataset.y, dplan, initial, backend)
+            order = tuple(hand.fields)
+        ref = {f: v for f, v in gathered[0]["cols"].items() if not f.startswith(own)}
+        ref_ranks = {f: np.stack([g["cols"][own + f] for g in gathered], axis=1) for f in man_ranks}
+        np_dtype = dtypes.np_dtype(cfg.dtype)
         man["loss"] = man_ranks["loss"].astype(np.float64).mean(axis=1).astype(np_dtype)
         ref["loss"] = ref_ranks["loss"].astype(np.float64).mean(axis=1).astype(np_dtype)
-        order = tuple(hand.fields)
-        man = {f: man[f] for f in order}
+        order += (protocol.LR,) if protocol.LR in ref else ()
+        not_kept = info.not_kept if info else ()
+        man = {f: man[f] for f in order if f not in not_kept}
         ref = {f: ref[f] for f in order}
-        return judge_distributed(cfg, dataset, dplan, label, man, ref, man_ranks, ref_ranks, model)
+        copies = {g["rank"]: {f: g["cols"][f] for f in ref if f in g["cols"]} for g in gathered[1:]}
+        trace = judge_distributed(
+            cfg, dataset, dplan, label, man, ref, man_ranks, ref_ranks, model, not_kept=not_kept, copies=copies
+        )
+        trace.engine = info
+        return trace
 
 
 def judge_distributed(
@@ -461,22 +494,33 @@ def judge_distributed(
     man_ranks: dict[str, np.ndarray],
     ref_ranks: dict[str, np.ndarray],
     model=None,
+    not_kept: tuple[str, ...] = (),
+    copies: dict[int, dict[str, np.ndarray]] | None = None,
 ) -> Trace:
     """The trace of a DDP run: the step's columns judged as one process's (the update on the
     averaged gradients), the averaged gradients and mean loss by the all-reduce's model
-    (:func:`sgdtrace.divergence.compare_allreduce`), each rank's own values on its batch."""
+    (:func:`sgdtrace.divergence.compare_allreduce`), each rank's own values on its batch.
+
+    ``not_kept``: as for :func:`judge` (a user's update that keeps torch's state under other names).
+    ``copies``: rank r's own copy of the shared columns (the averaged gradients, the parameters,
+    the optimizer's state), which DDP keeps identical on every rank: where one differs from rank
+    0's, the verdict reports it as ``rank<r>.<field>`` (judged bit for bit: no rounding separates
+    them)."""
     world = dplan.world_size
     gplan = dplan.global_plan()
     model = model or build_model(cfg, dataset)
     initial = model.module.initial(cfg, model)
+    man = {**man, **{f: ref[f] for f in not_kept}}
     rank_divs = []
     for r in range(world):
         a = dict(man, **{f: man_ranks[f][:, r] for f in man_ranks})
         b = dict(ref, **{f: ref_ranks[f][:, r] for f in ref_ranks})
         div_r = divergence.compare_columns(a, b, dataset.x, dataset.y, dplan.rank_plan(r), cfg, model, initial)
         rank_divs.append({f: div_r[f] for f in man_ranks})
-    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, gplan, cfg, model, initial)
+    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, gplan, cfg, model, initial, hidden=not_kept)
     div.update(divergence.compare_allreduce(rank_divs, man_ranks, ref_ranks, man, ref, cfg))
+    for f in not_kept:
+        del div[f], man[f]
     rank_div = {
         f: divergence.FieldDivergence(
             *(
@@ -497,6 +541,13 @@ def judge_distributed(
             key = f"rank{r}.{f}"
             judged[key] = rank_divs[r][f]
             a[key], b[key] = man_ranks[f][:, r], ref_ranks[f][:, r]
+    for r, cols in sorted((copies or {}).items()):  # a rank whose copy differs from rank 0's: reported
+        for f, col in cols.items():
+            if f in ref and not _identical(ref[f], col):
+                key = f"rank{r}.{f}"
+                zero = np.zeros(ref[f].shape)
+                judged[key] = divergence._distances(ref[f], col, zero, "float64" if f == divergence.LR else cfg.dtype)
+                a[key], b[key] = ref[f], col
     verdict = divergence.verdict(judged, a, b, epoch, batch, blown)
     verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
     ranks = RankTrace(

@@ -170,7 +170,7 @@ def test_allreduce_replayed_bit_for_bit(world):
 
 
 def test_sum_without_one_over_n_is_caught(monkeypatch):
-    monkeypatch.setattr(ddp, "average", lambda grads, backend: ddp.allreduce_sum(list(grads)))
+    monkeypatch.setattr(ddp, "average", lambda grads, backend, chunks=None: ddp.allreduce_sum(list(grads), chunks))
     trace = _trace(3, "ddp.toml")
     first = trace.verdict.first_divergent_step
     assert not trace.verdict.ok and first["step"] == 1 and first["field"] == "grad_w"
@@ -234,9 +234,12 @@ def test_json_has_the_rank_axis():
         (["run", "--no-set-epoch"], "world size >= 2"),
         (["run", "--world-size", "2", "--gradcheck"], "--gradcheck"),
         (["graph", "--world-size", "2"], "graph"),
-        (["run", "--world-size", "2", "--optimizer", "adam"], "--optimizer adam"),
-        (["run", "--world-size", "2", "--engine", "docs/examples/textbook_rule.py"], "--engine"),
-        (["run", "--world-size", "2", "--scheduler", "StepLR", "--scheduler-arg", "step_size=1"], "scheduler"),
+        (["run", "--world-size", "2", "--judge", "step"], "--judge step"),
+        (
+            ["run", "--world-size", "2", "--epochs", "2", "--scheduler", "OneCycleLR"]
+            + ["--scheduler-arg", "max_lr=0.1", "--scheduler-arg", "total_steps=2", "--scheduler-arg", "interval=step"],
+            "calls scheduler.step() 4 times",
+        ),
     ],
 )
 def test_refused_before_any_process(args, says):

@@ -771,7 +771,7 @@ def test_check_runs_only_the_configs_an_engine_can_serve():
 
     assert serves(Config()) and serves(Config(dtype="float64")) and serves(Config(dtype="bfloat16"))
     assert not serves(SimpleNamespace(optimizer="adam", dtype="float32"), str(CORRECT))  # update, no declaration
-    assert not serves(SimpleNamespace(world_size=4, dtype="float32"))
+    assert serves(Config(world_size=4))  # its gradients on every rank
     adam = str(ROOT / "docs" / "examples" / "engine_adam.py")
     assert serves(Config(optimizer="adamw"), adam) and not serves(Config(), adam)
     assert not serves(Config(features=2, synthetic=9), str(CORRECT))  # gradients(w, b, x, y): one x column

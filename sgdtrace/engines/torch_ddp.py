@@ -6,21 +6,26 @@ Each rank runs, on ``torch.distributed`` itself (gloo on the CPU, nccl on CUDA):
     sampler = DistributedSampler(dataset, num_replicas=N, rank=rank, shuffle=..., seed=..., drop_last=...)
     loader = DataLoader(dataset, batch_size=B, sampler=sampler, drop_last=...)
     model = DistributedDataParallel(LinearModel(w0, b0))     # the model's module: nn.Linear(D, 1) on D features
-    criterion, optimizer = nn.MSELoss(), optim.SGD(model.parameters(), ...)
+    criterion = nn.MSELoss()                                    # the model's loss
+    optimizer = optim.Adam(model.parameters(), ...)             # --optimizer: torch.optim's class, its options
+    scheduler = lr_scheduler.StepLR(optimizer, ...)             # [scheduler], if any
     for epoch in range(epochs):
         sampler.set_epoch(epoch)                                    # unless --no-set-epoch
         for data, target in loader:
             loss = criterion(model(data), target)
             loss.backward()                                         # .grad: the ranks' average
             optimizer.step()
+            scheduler.step()                                        # per step (interval = "step")
             optimizer.zero_grad()
+        scheduler.step()                                            # or per epoch (the default)
 
 sgdtrace only reads values: each rank's OWN gradient with ``Tensor.register_hook`` on the
 parameters (it runs before the gradient is accumulated and averaged; a communication hook
 would change what the reducer does: with one it skips its 1/N), the loss, ``.grad`` after
 ``backward()`` (the average), the parameters and the optimizer's state after ``step()``, and
 the sampler's own indices per epoch (``list(sampler)``). Rank 0 gathers every rank's values
-with ``dist.gather_object``; the other ranks write nothing.
+with ``dist.gather_object``; the other ranks write nothing. Every rank records its parameters
+and optimizer state too: DDP keeps them identical on every rank, and the judge checks that it did.
 
 Started by sgdtrace (:func:`run`): N processes from ``torch.multiprocessing`` (spawn); the
 parent waits for rank 0's gathered values and watches the ranks: one that raises, exits or is
@@ -31,6 +36,7 @@ rank of torchrun's group (:func:`join`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import queue as queue_mod
@@ -47,11 +53,14 @@ from sgdtrace.output import terminate_cleanly
 
 #: what each rank records of its own batch, per step (the article's model; others: grad_<p>, loss)
 RANK_FIELDS = ("grad_w", "grad_b", "loss")
+#: the prefix of a rank's own columns (its gradients before the average, its loss)
+OWN = "rank_"
 #: port attempts when the chosen free port is taken before rank 0 listens on it
 PORT_TRIES = 3
 #: seconds a spawned rank may take to import torch and join the group, beyond --rank-timeout
 STARTUP_S = 120
-#: testing aid: ``RANK:STEP:raise`` or ``RANK:STEP:kill`` makes that rank fail at that step (0-based)
+#: testing aid: ``RANK:STEP:raise`` or ``RANK:STEP:kill`` makes that rank fail at that step (0-based);
+#: ``RANK:STEP:state`` doubles that rank's optimizer state of its first parameter after that step
 FAULT_ENV = "SGDTRACE_DDP_FAULT"
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -81,13 +90,14 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
 
     ``beat()``, when given, is called every few steps: the parent's sign that the rank is alive."""
     import torch
-    from torch import nn, optim
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader, TensorDataset
     from torch.utils.data.distributed import DistributedSampler
 
     from sgdtrace import models
-    from sgdtrace.engines.protocol import model_for, state_field
+    from sgdtrace.dtypes import np_dtype
+    from sgdtrace.engines.protocol import LR, model_for, state_field
+    from sgdtrace.engines.torch_ref import make_optimizer, make_scheduler
 
     fault = _fault(rank)
     dtype = getattr(torch, config.dtype)
@@ -107,18 +117,12 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=config.drop_last)
     module = side.module(spec, spec.module.initial(config, spec), dtype, device)
     model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = nn.MSELoss()
-    optimizer = optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        dampening=config.dampening,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-        maximize=config.maximize,
-    )
+    criterion = side.criterion("mse")
+    optimizer = make_optimizer(model.parameters(), config)
+    scheduler = make_scheduler(optimizer, config)
+    per_step = scheduler is not None and config.scheduler.interval == "step"
     own: dict[str, Any] = {}
-    params = side.bindings(spec, module)  # (name, torch Parameter)
+    params = side.bindings(spec, module)  # (name, torch Parameter), in the model's declared order
     shapes = spec.shapes
     for name, p in params:  # this rank's own gradient, before DDP averages it into .grad
         p.register_hook(lambda g, name=name: own.__setitem__("grad_" + name, g.detach().clone()))
@@ -131,9 +135,11 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
         return (t.float() if t.itemsize == 2 else t).numpy().copy()  # a copy: the step updates in place
 
     rows: dict[str, list[Any]] = {
-        f: [] for f in ("rank_loss", *(f"{k}_{p}" for k in ("rank_grad", "grad") for p in shapes))
+        f: [] for f in (OWN + "loss", *(f"{k}{p}" for k in (OWN + "grad_", "grad_") for p in shapes))
     }
     rows.update({p: [] for p in shapes})
+    if scheduler is not None:
+        rows[LR] = []
     states: list[tuple[str, str, dict, str]] = []
     indices: list[list[int]] = []
     k = 0
@@ -142,16 +148,25 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
             sampler.set_epoch(epoch)
         indices.append(list(sampler))  # the sampler's own order for this epoch, as the loader will draw it
         for data, target in loader:
-            if fault is not None and fault[0] == k:
+            if fault is not None and fault[0] == k and fault[1] != "state":
                 _fail_now(fault[1])
             output = model(data)
             loss = criterion(output, target)
             loss.backward()
             for name, p in params:
-                rows["rank_grad_" + name].append(value(own["grad_" + name], name))
+                rows[OWN + "grad_" + name].append(value(own["grad_" + name], name))
                 rows["grad_" + name].append(value(p.grad, name))
-            rows["rank_loss"].append(loss.item())
+            rows[OWN + "loss"].append(loss.item())
+            if scheduler is not None:  # the rate this step uses
+                rows[LR].append(optimizer.param_groups[0]["lr"])
             optimizer.step()
+            if per_step:
+                scheduler.step()
+            if fault is not None and fault[0] == k and fault[1] == "state":  # this rank's state drifts
+                with torch.no_grad():
+                    for t in optimizer.state[params[0][1]].values():
+                        if isinstance(t, torch.Tensor) and t.is_floating_point():
+                            t.mul_(2)
             for name, p in params:
                 rows[name].append(value(p, name))
             if k == 0:
@@ -168,10 +183,13 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
             k += 1
             if beat is not None and k % 64 == 0:
                 beat()
-    np_dtype = np.float32 if config.dtype == "float32" else np.float64
+        if scheduler is not None and not per_step:
+            scheduler.step()
+    out_dtype = np_dtype(config.dtype)
+    cols = {f: np.asarray(v, dtype=np.float64 if f == LR else out_dtype) for f, v in rows.items()}
     return {
         "rank": rank,
-        "cols": {f: np.asarray(v, dtype=np_dtype) for f, v in rows.items()},
+        "cols": cols,
         "indices": [np.asarray(i, dtype=np.int64) for i in indices],
     }
 
@@ -216,8 +234,17 @@ def join(x: np.ndarray, y: np.ndarray, config, device) -> list[dict[str, Any]] |
     )
     try:
         return _gather(rank, world, train(rank, world, x, y, config, device))
+    except SgdtraceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a peer died or went silent: one line, exit 2 (torchrun: 1)
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise RankError(
+            f"--world-size {world} under torchrun, rank {rank}: the process group failed ({text}); "
+            f"another rank died or was silent past --rank-timeout {config.rank_timeout:g} s"
+        ) from None
     finally:
-        dist.destroy_process_group()
+        with contextlib.suppress(Exception):  # a broken group: nothing left to tear down
+            dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------ started by sgdtrace

@@ -98,13 +98,55 @@ class UserEngine:
         ``reset`` (``--judge step``): torch's columns; each step from the second on starts from
         torch's parameters and its state under torch's names (only those go to the child).
         """
-        import numpy as np
-
-        from sgdtrace.engines.optimizers import _fused
         from sgdtrace.engines.protocol import model_for
 
         model = model or model_for(cfg, dataset.x)
-        request = {
+        reply = self.call(self._request(cfg, dataset, plan, state_keys, model, reset))
+        n_forward = None if self.forward_step is None else int(plan.indices(self.forward_step).size)
+        parts, not_kept, forward = _checked_reply(reply, self.name, state_keys, n_forward, model.names)
+        self.info = EngineInfo(self.name, self.given, parts, not_kept, forward, self.forward_step)
+        lr = cfg.scheduler is not None
+        return _checked_columns(
+            reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept, model.shapes, lr
+        )
+
+    def run_ddp_columns(self, cfg, dataset, dplan, state_keys: tuple[str, ...], model) -> tuple[dict, dict]:
+        """``--world-size N``: the file's gradients on every rank's batch, sgdtrace's all-reduce
+        (:func:`sgdtrace.engines.ddp.run`), the file's update with the average; in a child process.
+
+        Returns the step's columns and the ranks' own (``grad_<p>``, ``loss``, ``(steps, N, *shape)``)."""
+        import numpy as np
+
+        from sgdtrace import dtypes
+
+        request = self._request(cfg, dataset, dplan.global_plan(), state_keys, model)
+        request["dplan"] = dplan
+        reply = self.call(request)
+        parts, not_kept, _ = _checked_reply(reply, self.name, state_keys, None, model.names)
+        self.info = EngineInfo(self.name, self.given, parts, not_kept, None, None)
+        steps = dplan.rank_plan(0).n_steps
+        lr = cfg.scheduler is not None
+        columns = _checked_columns(reply["columns"], cfg.dtype, steps, state_keys, self.info.not_kept, model.shapes, lr)
+        ranks = reply.get("ranks")
+        want = {"grad_" + p: model.shapes[p] for p in model.names} | {"loss": ()}
+        if not isinstance(ranks, dict) or set(ranks) != set(want):
+            raise _invalid(self.name, "no per-rank columns")
+        for f, col in ranks.items():
+            shape = (steps, dplan.world_size, *want[f])
+            if (
+                not isinstance(col, np.ndarray)
+                or col.shape != shape
+                or col.dtype != np.dtype(dtypes.np_dtype(cfg.dtype))
+            ):
+                raise _invalid(self.name, f"per-rank column {f!r} is not {shape} {cfg.dtype}")
+        return columns, ranks
+
+    def _request(self, cfg, dataset, plan, state_keys: tuple[str, ...], model, reset: dict | None = None) -> dict:
+        import numpy as np
+
+        from sgdtrace.engines.optimizers import _fused
+
+        return {
             "path": self.path,
             "config": cfg,
             "x": np.asarray(dataset.x, dtype=np.float64).reshape(len(dataset), -1),
@@ -118,13 +160,6 @@ class UserEngine:
             "reset": None if reset is None else _starts(reset, model.names, state_keys),
             "use": self.use,
         }
-        reply = self.call(request)
-        n_forward = None if self.forward_step is None else int(plan.indices(self.forward_step).size)
-        parts, not_kept, forward = _checked_reply(reply, self.name, state_keys, n_forward, model.names)
-        self.info = EngineInfo(self.name, self.given, parts, not_kept, forward, self.forward_step)
-        shapes = model.shapes
-        lr = cfg.scheduler is not None
-        return _checked_columns(reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept, shapes, lr)
 
 
 def _starts(reset: dict, names, state_keys) -> dict:
@@ -308,6 +343,10 @@ def run_child(request: dict[str, Any], timeout: float, name: str) -> dict[str, A
 # in the parent, and so forge the verdict).
 
 
+#: the reply's arrays by their key's prefix in the ``.npz`` file
+_GROUPS = {"columns": "col", "forward": "node", "ranks": "rank"}
+
+
 def _encode(reply: dict[str, Any]) -> bytes:
     import io
     import json
@@ -315,14 +354,14 @@ def _encode(reply: dict[str, Any]) -> bytes:
     import numpy as np
 
     arrays = {}
-    for f, v in (reply.get("columns") or {}).items():
-        v = np.asarray(v)
-        if v.dtype.name == "bfloat16":  # not a dtype .npy files read back: its bits, as uint16
-            arrays[f"b16:{f}"] = v.view(np.uint16)
-        else:
-            arrays[f"col:{f}"] = v
-    arrays.update({f"node:{n}": np.asarray(v) for n, v in (reply.get("forward") or {}).items()})
-    meta = {k: v for k, v in reply.items() if k not in ("columns", "forward")}
+    for group, prefix in _GROUPS.items():
+        for f, v in (reply.get(group) or {}).items():
+            v = np.asarray(v)
+            if v.dtype.name == "bfloat16":  # not a dtype .npy files read back: its bits, as uint16
+                arrays[f"{prefix}16:{f}"] = v.view(np.uint16)
+            else:
+                arrays[f"{prefix}:{f}"] = v
+    meta = {k: v for k, v in reply.items() if k not in _GROUPS}
     meta["has_forward"] = reply.get("forward") is not None
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
@@ -335,17 +374,22 @@ def _decode(data: bytes) -> dict[str, Any]:
 
     import numpy as np
 
+    from sgdtrace import dtypes
+
+    groups: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         reply = json.loads(str(npz["meta"]))
-        reply["columns"] = {k[4:]: npz[k] for k in npz.files if k.startswith("col:")}
-        b16 = [k for k in npz.files if k.startswith("b16:")]
-        if b16:
-            from sgdtrace import dtypes
-
-            bf = dtypes.np_dtype("bfloat16")
-            reply["columns"].update({k[4:]: npz[k].view(bf) for k in b16 if npz[k].dtype == np.uint16})
-        nodes = {k[5:]: npz[k] for k in npz.files if k.startswith("node:")}
-    reply["forward"] = nodes if reply.pop("has_forward", False) else None
+        for group, prefix in _GROUPS.items():
+            for k in npz.files:
+                head, _, f = k.partition(":")
+                if head == prefix:
+                    groups[group][f] = npz[k]
+                elif head == prefix + "16" and npz[k].dtype == np.uint16:
+                    groups[group][f] = npz[k].view(dtypes.np_dtype("bfloat16"))
+    reply["columns"] = groups["columns"]
+    if groups["ranks"]:
+        reply["ranks"] = groups["ranks"]
+    reply["forward"] = groups["forward"] if reply.pop("has_forward", False) else None
     return reply
 
 
@@ -463,6 +507,8 @@ class _Runner:
         plan = request["plan"]
         self.spe = max(1, plan.steps_per_epoch)
         self.step = 0  # 1-based step being computed
+        self.calls = 0  # gradients calls: one per step, or one per rank and step under --world-size
+        self.world = 1
         self.keys = request["state_keys"]
         self.forward_step = request["forward_step"]
         self.forward_nodes = None
@@ -506,7 +552,8 @@ class _Runner:
 
     def where_text(self) -> str:
         e, j = divmod(self.step - 1, self.spe)
-        return f"step {self.step} (epoch {e + 1}, batch {j + 1})"
+        rank = f", rank {(self.calls - 1) % self.world}" if self.world > 1 else ""
+        return f"step {self.step} (epoch {e + 1}, batch {j + 1}{rank})"
 
     def fail_call(self, part: str, exc: BaseException) -> _Failure:
         frames = _user_frames(exc.__traceback__, self.path)
@@ -559,7 +606,8 @@ class _Runner:
     # -- the protocol's parts
 
     def gradients(self, *args):
-        self.step += 1
+        self.calls += 1  # one per step, or one per rank and step under --world-size
+        self.step = (self.calls - 1) // self.world + 1
         if self.article:
             w, b, x, y = args
             if self.forward_step is not None and self.step - 1 == self.forward_step and "forward" in self.user:
@@ -736,7 +784,17 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
     runner = _Runner(module, path, request, hand, model)
     engine = dataclasses.replace(hand, name=os.path.basename(path), gradients=runner.gradients, update=runner.update)
     initial = model.module.initial(cfg, model)
-    columns = protocol.run(engine, request["x"], request["y"], plan, initial, backend, reset=request.get("reset"))
+    ranks = None
+    if request.get("dplan") is not None:  # --world-size N: every rank's gradients, sgdtrace's all-reduce
+        import numpy as np
+
+        from sgdtrace.engines import ddp
+
+        runner.world = request["dplan"].world_size
+        columns, ranks = ddp.run(engine, request["x"], request["y"], request["dplan"], initial, backend)
+        columns["loss"] = ranks["loss"].astype(np.float64).mean(axis=1).astype(ranks["loss"].dtype)
+    else:
+        columns = protocol.run(engine, request["x"], request["y"], plan, initial, backend, reset=request.get("reset"))
     not_kept = []
     if "update" in runner.parts:
         for key in request["state_keys"]:
@@ -751,6 +809,7 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
         "parts": list(runner.parts),
         "not_kept": not_kept,
         "forward": runner.forward_nodes,
+        **({"ranks": ranks} if ranks is not None else {}),
     }
 
 

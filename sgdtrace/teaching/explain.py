@@ -357,7 +357,7 @@ class DistributedExplanation:
 
     ranks: list[Explanation]  # each rank's forward and backward (their update parts are not used)
     step: Explanation  # the step: the averaged gradients, the update, the run's torch values
-    inv_n: float  # 1/N as the multiply used it (rounded to the run's dtype)
+    inv_n: float  # 1/N as the multiply used it (rounded to its compute type: float32 for 16 bits)
     matches_trace: bool
 
 
@@ -370,7 +370,8 @@ def explain_distributed(trace, batch: int, epoch: int = 1) -> DistributedExplana
     ranks = [explain_step(_RankView(trace, r), batch, epoch) for r in range(trace.ranks.world_size)]
     k = ranks[0].step
     backend = backend_for(trace)
-    eng = manual.engine(trace.config, backend)
+    eng = manual.engine(trace.config, backend, trace.plan)
+    hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp  # under a schedule: this step's rate
     grads = {p: ddp.average([backend.scalar(getattr(ex, "grad_" + p)) for ex in ranks], backend) for p in ("w", "b")}
     first = ranks[0]
     states = {
@@ -381,8 +382,11 @@ def explain_distributed(trace, batch: int, epoch: int = 1) -> DistributedExplana
         }
         for p in ("w", "b")
     }
-    w1 = eng.update(backend.param(first.w0), grads["w"], states["w"], eng.hp)
-    b1 = eng.update(backend.param(first.b0), grads["b"], states["b"], eng.hp)
+    if k > 0:  # the optimizer's step count, as torch keeps it beside the state ("step")
+        for st in states.values():
+            st["step"] = k
+    w1 = eng.update(backend.param(first.w0), grads["w"], states["w"], hp)
+    b1 = eng.update(backend.param(first.b0), grads["b"], states["b"], hp)
     state1 = {state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")}
     loss = float(np.mean([ex.loss for ex in ranks]))
     idx = trace.indices(k)
@@ -405,7 +409,8 @@ def explain_distributed(trace, batch: int, epoch: int = 1) -> DistributedExplana
         np.array(ex.grad_w, dtype=dtype).tobytes() == trace.ranks.manual["grad_w"][k, r : r + 1].tobytes()
         for r, ex in enumerate(ranks)
     )
-    return DistributedExplanation(ranks, step, float(backend.scalar(1.0 / len(ranks))), matches)
+    inv_n = np.float32(1.0 / len(ranks)) if backend.reduced else backend.scalar(1.0 / len(ranks))
+    return DistributedExplanation(ranks, step, float(inv_n), matches)
 
 
 def _spacing(trace, k: int, params: dict, state1: dict) -> dict[str, dict[str, Any]] | None:
