@@ -443,8 +443,8 @@ def step_momentum(trace, k: int) -> float:
     cfg = trace.config
     if not schedules.cycles_momentum(cfg):
         return float(cfg.momentum)
-    rows = schedules.values(cfg, schedules.calls(cfg, trace.plan))
-    return float(rows[int(schedules.index_of_step(cfg, trace.plan)[k])][schedules.momentum_key(cfg)])
+    table = getattr(trace, "schedule", None) or schedules.table(cfg, trace.plan)  # the run's, worked out once
+    return float(table.rows[int(table.at[k])][schedules.momentum_key(cfg)])
 
 
 def closed_form_rate(trace, k: int) -> float | None:
@@ -455,7 +455,8 @@ def closed_form_rate(trace, k: int) -> float | None:
     sched = trace.config.scheduler
     if sched is None:
         return None
-    t = int(schedules.index_of_step(trace.config, trace.plan)[k])
+    table = getattr(trace, "schedule", None)
+    t = int(table.at[k] if table is not None else schedules.index_of_step(trace.config, trace.plan)[k])
     a, base = dict(sched.args), trace.config.lr
     if sched.name == "CosineAnnealingLR":
         return schedules.cosine_closed_form(base, t, a["T_max"], a["eta_min"])

@@ -15,7 +15,7 @@ import html
 import re
 from typing import Any
 
-from sgdtrace import __version__
+from sgdtrace._version import __version__
 from sgdtrace.views.fmt import LABELS, describe_data, num, percent, sci
 
 CSS = """

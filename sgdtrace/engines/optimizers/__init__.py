@@ -48,16 +48,19 @@ class StepContext:
     group: dict[str, Any] = field(default_factory=dict)
 
 
-def step_hypers(config, scalar, plan, **extra):
+def step_hypers(config, scalar, plan, schedule=None, **extra):
     """The hand engine's per-step hyper-parameters under a schedule: functions ``k -> hp`` and
     ``k -> lr`` (one ``Hyper`` per schedule position), or ``(None, None)`` without a schedule.
+    ``schedule``: the run's :class:`schedules.Table` (worked out here when not given).
     ``extra``: the keyword arguments of the optimizer's ``hyper`` beyond the group (``kept``)."""
     if config.scheduler is None:
         return None, None
-    from sgdtrace.engines.optimizers import schedules
+    if schedule is None:
+        from sgdtrace.engines.optimizers import schedules
 
+        schedule = schedules.table(config, plan)
     opt = get(config.optimizer)
-    rows = schedules.values(config, schedules.calls(config, plan))
+    rows = schedule.rows
     hps = [opt.hyper(config, scalar, row, **extra) for row in rows]
     lrs = [row["lr"] for row in rows]
     if config.scheduler.interval == "step":

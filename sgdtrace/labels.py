@@ -1,0 +1,34 @@
+"""The fields' labels (the article's notation), shared by the views and the diagnosis.
+
+A module of its own, importing nothing: the diagnosis (a computation) and the views (which render)
+both read it, and neither imports the other.
+"""
+
+from __future__ import annotations
+
+
+#: how each field is labelled in tables: the article's notation
+class _Labels(dict):
+    """Field -> label; a field without one (an optimizer's state, exp_avg_w, ...) is its own label."""
+
+    def __missing__(self, key: str) -> str:
+        return key
+
+
+LABELS = _Labels(
+    {
+        "grad_w": "dl/dw",
+        "grad_b": "dl/db",
+        "loss": "loss",
+        "w": "w",
+        "b": "b",
+        "buf_w": "buf_w",
+        "buf_b": "buf_b",
+        "lr": "lr",
+    }
+)
+
+
+def label(field: str) -> str:
+    """A field's column label (the optimizers' state fields go by their own names: exp_avg_w, ...)."""
+    return LABELS.get(field, field)
