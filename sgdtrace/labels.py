@@ -32,3 +32,8 @@ LABELS = _Labels(
 def label(field: str) -> str:
     """A field's column label (the optimizers' state fields go by their own names: exp_avg_w, ...)."""
     return LABELS.get(field, field)
+
+
+#: torch's names of state entries whose recorded column does not follow ``<state>_<param>`` (part 1's
+#: names): SGD's ``momentum_buffer`` is recorded as ``buf_w``, ``buf_b``
+STATE_NAMES = {"momentum_buffer": "buf"}

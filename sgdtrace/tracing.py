@@ -7,6 +7,7 @@ Data flows one way: config -> data + batch plan -> engines -> Trace (one array p
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,15 @@ class Trace:
     def indices(self, step: int) -> np.ndarray:
         """The sample indices of step ``step`` (0-based)."""
         return self.plan.indices(step)
+
+    @functools.cached_property
+    def report(self):
+        """What the views show beyond the records (:class:`sgdtrace.report.Report`: the true
+        parameters, the whole data's loss, the (w, b) plane, a batch explained), worked out by the
+        report stage the first time a view asks, then kept."""
+        from sgdtrace.report import report
+
+        return report(self)
 
     # ---- the notebook's display and views: sgdtrace.notebook.TraceView over this record
 

@@ -48,6 +48,16 @@ class Explanation:
     expected: dict[str, float] | None = None  # what the user's values should be: the update from ITS gradients
     #: per parameter: the spacing of the dtype's values around it, beside the update lr·d (the stall)
     spacing: dict[str, dict[str, Any]] | None = None
+    # worked out here for the view (which renders them and computes nothing): the step's rate, SGD's
+    # momentum, the schedule's closed form, the chain rule's constant factors, the optimizer's lines
+    rate: float = 0.0
+    momentum: float | None = None
+    closed_rate: float | None = None
+    chain: dict[str, int] | None = None
+    lines: dict[str, list] | None = None  # by parameter: Line, for Adam, AdamW, RMSprop, Adagrad
+
+    #: the scalar form (the article's w and b); FeatureExplanation is the vector form
+    form = "scalar"
 
     @property
     def n(self) -> int:
@@ -114,7 +124,7 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     k = trace.plan.step(batch, epoch)
     cfg = trace.config
     backend = backend_for(trace)
-    eng = manual.engine(cfg, backend, trace.plan)
+    eng = manual.engine(cfg, backend, trace.plan, schedule=getattr(trace, "schedule", None))
     hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
     man = trace.manual
 
@@ -174,6 +184,11 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
         matches,
     )
     ex.spacing = _spacing(trace, k, {"w": (w0, _value(r.grad_w)), "b": (b0, _value(r.grad_b))}, state1)
+    ex.rate, ex.closed_rate = step_rate(trace, k), closed_form_rate(trace, k)
+    ex.momentum = step_momentum(trace, k) if cfg.optimizer == "sgd" else None
+    ex.chain = {"dd/dc": manual.DD_DC, "dc/da": manual.DC_DA, "dc/db": manual.DC_DB}
+    if cfg.optimizer != "sgd":
+        ex.lines = {p: optimizer_lines(ex, p) for p in ("w", "b")}
     info = getattr(trace, "engine", None)
     if info is not None:  # the user's values beside the expected ones
         ex.user = {f: float(man[f][k]) for f in got if f in man}
@@ -229,6 +244,9 @@ class FeatureExplanation:
     state1: dict[str, np.ndarray]  # each state field after the step
     matches_trace: bool  # the recomputed values equal the manual trace's columns bit for bit
     user: dict[str, Any] | None = None  # (a user's engine: not for these models)
+    rate: float = 0.0  # the step's learning rate
+
+    form = "vector"
 
     @property
     def n(self) -> int:
@@ -263,7 +281,7 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
     k = trace.plan.step(batch, epoch)
     cfg, model = trace.config, trace.model
     backend = backend_for(trace)
-    eng = manual.engine(cfg, backend, trace.plan, model)
+    eng = manual.engine(cfg, backend, trace.plan, model, getattr(trace, "schedule", None))
     hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
     man = trace.manual
     names = model.names
@@ -291,7 +309,7 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
         np.asarray(_array(v), dtype=np.float64).astype(dtype).tobytes() == man[f][k].tobytes() for f, v in got.items()
     ) and all(np.asarray(v).astype(dtype).tobytes() == man[f][k].tobytes() for f, v in state1.items())
     e, j = divmod(k, trace.plan.steps_per_epoch)
-    return FeatureExplanation(
+    ex = FeatureExplanation(
         trace,
         k,
         e + 1,
@@ -308,6 +326,8 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
         state1,
         matches,
     )
+    ex.rate = step_rate(trace, k)
+    return ex
 
 
 # ------------------------------------------------------------------ data-parallel SGD (--world-size N)
@@ -485,7 +505,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     opt = get(cfg.optimizer)
     backend = backend_for(trace)
     s = backend.scalar
-    eng = manual.engine(cfg, backend, trace.plan)
+    eng = manual.engine(cfg, backend, trace.plan, schedule=getattr(trace, "schedule", None))
     hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
     p0 = backend.param(ex.w0 if param == "w" else ex.b0)
     g = backend.param(ex.grad_w if param == "w" else ex.grad_b)

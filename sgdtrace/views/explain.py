@@ -1,7 +1,8 @@
 """The ``explain`` view: one batch worked equation by equation, with the numbers substituted.
 
 It renders an :class:`~sgdtrace.teaching.explain.Explanation` (the numbers, computed by
-:func:`~sgdtrace.teaching.explain.explain_step`) and computes nothing of its own.
+:func:`~sgdtrace.teaching.explain.explain_step`: the step's rate, the optimizer's lines, the chain
+rule's factors too) and computes nothing of its own.
 
 Equation numbers are the article's; the derivative names are the correct ones (the article's text
 has OCR-like slips such as "day/day" for de/dd and "CC/yes" for dc/da).
@@ -9,7 +10,7 @@ has OCR-like slips such as "day/day" for de/dd and "CC/yes" for dc/da).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich import box
@@ -17,16 +18,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.engines import manual as engine
-from sgdtrace.teaching.explain import (
-    Explanation,
-    FeatureExplanation,
-    closed_form_rate,
-    optimizer_lines,
-    step_momentum,
-    step_rate,
-)
 from sgdtrace.views.fmt import num
+
+if TYPE_CHECKING:  # the records this view renders (it imports no computation)
+    from sgdtrace.teaching.explain import Explanation, FeatureExplanation
 
 #: per-sample rows and sum terms written out before the rest is elided
 MAX_SAMPLES = 8
@@ -202,9 +197,9 @@ def _backward(ex: Explanation) -> list:
     chain.row("", "dz/dl = 1")
     chain.row("", f"dl/de = 1/n = 1/{ex.n}", num(1 / ex.n))
     chain.row("", f"de/dd = 2d, per sample: {_per_sample([num(2 * v) for v in d])}")
-    chain.row("", f"dd/dc = {engine.DD_DC}")
-    chain.row("", f"dc/da = {engine.DC_DA}")
-    chain.row("", f"dc/db = {engine.DC_DB}")
+    chain.row("", f"dd/dc = {ex.chain['dd/dc']}")
+    chain.row("", f"dc/da = {ex.chain['dc/da']}")
+    chain.row("", f"dc/db = {ex.chain['dc/db']}")
     chain.row("", f"da/dw = x, per sample: {_per_sample([num(v) for v in x])}")
 
     wsec = _Section("Weight gradient")
@@ -232,7 +227,7 @@ def _optimizer_update(ex: Explanation) -> list:
     cfg = ex.trace.config
     sec = _Section(f"Update: torch.optim.{OPTIMIZER_CLASSES[cfg.optimizer]}'s algorithm, step t = {ex.step + 1}")
     for param in ("w", "b"):
-        for line in optimizer_lines(ex, param):
+        for line in ex.lines[param]:
             shown = line.template.format(
                 **{k: (str(v) if isinstance(v, int) else _p(v)) for k, v in line.values.items()}
             )
@@ -248,14 +243,14 @@ def _rate(ex: Explanation) -> list:
     if tr.config.scheduler is None:
         return []
     sec = _Section(f"Learning rate: {tr.config.scheduler.name} (torch's chainable recursion, get_lr)")
-    sec.row("", "lr", num(step_rate(tr, ex.step)))
+    sec.row("", "lr", num(ex.rate))
     sec.torch(ex, "lr")
-    closed = closed_form_rate(tr, ex.step)
+    closed = ex.closed_rate
     if closed is not None:
         sec.row(
             "",
             f"closed form (_get_closed_form_lr) = {closed!r}; recursion − closed form",
-            f"{step_rate(tr, ex.step) - closed:.3g}",
+            f"{ex.rate - closed:.3g}",
         )
     return [sec.render()]
 
@@ -264,8 +259,8 @@ def _update_lines(ex: Explanation) -> list:
     cfg = ex.trace.config
     if cfg.optimizer != "sgd":
         return _rate(ex) + _optimizer_update(ex)
-    lr = f"{step_rate(ex.trace, ex.step):g}"
-    momentum = step_momentum(ex.trace, ex.step)
+    lr = f"{ex.rate:g}"
+    momentum = ex.momentum
     plain = momentum == 0 and cfg.weight_decay == 0 and not cfg.maximize
     sec = _Section("Update (Equations 4-5" + ("" if plain else ", as torch.optim.SGD grows them") + ")")
     params = (("w", "4", ex.w0, ex.grad_w, ex.w1, "buf_w"), ("b", "5", ex.b0, ex.grad_b, ex.b1, "buf_b"))
@@ -329,7 +324,7 @@ def _spacing_row(sec, ex: Explanation, p: str, p0: float) -> None:
 
 def explain_view(ex: Explanation) -> Group:
     """The page: header, forward pass, backward pass, update, and whether it matches the run."""
-    if isinstance(ex, FeatureExplanation):
+    if ex.form == "vector":
         return features_view(ex)
     parts: list = [_header(ex), Text("")]
     parts += _forward(ex) + [Text("")]
@@ -362,7 +357,7 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
     """The same page as data: nodes per sample, the factors, the results beside torch's."""
     from sgdtrace.divergence import json_number
 
-    if isinstance(ex, FeatureExplanation):
+    if ex.form == "vector":
         return features_json(ex)
 
     def nums(a) -> list:
@@ -390,9 +385,9 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
             "dz/dl": 1,
             "dl/de": json_number(1 / ex.n),
             "de/dd": nums(2 * ex.nodes["d"]),
-            "dd/dc": engine.DD_DC,
-            "dc/da": engine.DC_DA,
-            "dc/db": engine.DC_DB,
+            "dd/dc": ex.chain["dd/dc"],
+            "dc/da": ex.chain["dc/da"],
+            "dc/db": ex.chain["dc/db"],
             "da/dw": nums(ex.x),
             "dl/dd": nums(ex.nodes["dl_dd"]),
         },
@@ -496,7 +491,7 @@ def features_view(ex: FeatureExplanation) -> Group:
     parts += [back.render(), Text("")]
 
     upd = _Section(_update_title(cfg))
-    lr = step_rate(tr, ex.step)
+    lr = ex.rate
     for p in ex.start:
         rules = _sgd_rules(cfg, p, ex.step) if cfg.optimizer == "sgd" else {}
         for f, state in ex.state1.items():
