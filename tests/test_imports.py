@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import pathlib
 
+import pytest
+
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "sgdtrace"
 
 
@@ -117,7 +119,7 @@ def test_the_reader_sees_the_imports_it_must():
     ``from package import module`` imports, and leaves out ``if TYPE_CHECKING`` ones."""
     graph = _graph()
     assert "sgdtrace.tracing" in graph["sgdtrace"]  # inside trace(): function level
-    assert "sgdtrace.engines.optimizers.sgd" in graph["sgdtrace.engines.optimizers"]  # from package import module
+    assert "sgdtrace.engines.optimizers._fused" in graph["sgdtrace.engines.optimizers.sgd"]  # from pkg import mod
     assert "sgdtrace.views.fmt" in graph["sgdtrace.views.table"]
     assert "numpy" not in _imports("sgdtrace.verdict", top_level=True)  # only under TYPE_CHECKING
     assert "numpy" in _imports("sgdtrace.verdict")  # inside FieldSummary.of
@@ -126,6 +128,15 @@ def test_the_reader_sees_the_imports_it_must():
 
 def test_no_import_circle_in_the_package():
     assert _cycles(_graph()) == []
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m.startswith("sgdtrace.views")))
+def test_views_import_neither_torch_nor_engines_nor_teaching(name):
+    """A view renders what it is handed: the numbers come from the trace and the report stage
+    (:mod:`sgdtrace.report`), not from running an engine, torch or a teaching computation."""
+    banned = ("torch", "sgdtrace.engines", "sgdtrace.teaching")
+    bad = sorted(i for i in _imports(name) if any(i == b or i.startswith(b + ".") for b in banned))
+    assert bad == [], f"{name} imports {bad}"
 
 
 def _runtime_closure(start: str) -> set[str]:

@@ -14,18 +14,31 @@ Each module has:
   its own operations (see :mod:`sgdtrace.divergence` and :mod:`._track`); ``ctx`` is a
   :class:`StepContext`.
 
-The learning-rate schedules are in :mod:`.schedules`.
+Each is declared in :mod:`.registry` (name, torch's class, options with defaults and ranges, state,
+capabilities), which everything that lists optimizers reads. The learning-rate schedules are in
+:mod:`.schedules`. Importing this package loads no optimizer module (and no NumPy): :func:`get` does.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from sgdtrace.engines.optimizers import adagrad, adam, adamw, rmsprop, sgd
+from sgdtrace.engines.optimizers import registry
 
-OPTIMIZERS: dict[str, ModuleType] = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad}
+
+class _Modules(dict):
+    """Name -> the optimizer's module, imported the first time it is asked for (the registry's names)."""
+
+    def __missing__(self, name: str) -> ModuleType:
+        module = importlib.import_module(registry.spec(name).module)
+        self[name] = module
+        return module
+
+
+OPTIMIZERS: dict[str, ModuleType] = _Modules()
 
 
 def get(name: str) -> ModuleType:

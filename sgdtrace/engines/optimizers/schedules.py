@@ -19,10 +19,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sgdtrace.engines.optimizers import registry
 from sgdtrace.errors import ConfigError
 
-#: optimizers whose OneCycleLR cycling drives ``betas[0]`` (the rest: ``momentum``)
-USE_BETA1 = ("adam", "adamw")
+#: optimizers whose OneCycleLR cycling drives ``betas[0]`` (the rest: ``momentum``): the registry's
+USE_BETA1 = tuple(name for name, spec in registry.SPECS.items() if spec.cycles == "beta1")
 
 
 def cycles_momentum(config) -> bool:
