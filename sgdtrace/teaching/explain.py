@@ -44,6 +44,7 @@ class Explanation:
     # started the step from; the file's own values for the step and, where it defines forward, its nodes
     user: dict[str, float] | None = None
     user_nodes: dict[str, np.ndarray] | None = None
+    user_nodes_bad: dict[str, np.ndarray] | None = None  # per node and sample: beyond rounding of the expected
     user_name: str | None = None
     expected: dict[str, float] | None = None  # what the user's values should be: the update from ITS gradients
     #: per parameter: the spacing of the dtype's values around it, beside the update lr·d (the stall)
@@ -193,6 +194,7 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     if info is not None:  # the user's values beside the expected ones
         ex.user = {f: float(man[f][k]) for f in got if f in man}
         ex.user_nodes = info.forward if info.forward_step == k else None
+        ex.user_nodes_bad = None if ex.user_nodes is None else judge_nodes(ex, ex.user_nodes)
         ex.user_name = info.name
         # the update expected from the user's own gradients (a wrong gradient is named once, at the gradient)
         states = {
@@ -217,6 +219,23 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
             **{state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")},
         }
     return ex
+
+
+def _node_scale(ex: Explanation, name: str) -> np.ndarray:
+    """What the node is rounded from (the magnitude its rounding scales with), per sample."""
+    wx = np.abs(ex.w0 * ex.x)
+    m = wx + abs(ex.b0) + np.abs(ex.y)
+    d = np.abs(ex.nodes["d"])
+    return {"a": wx, "c": wx + abs(ex.b0), "d": m, "e": 2 * d * m + d * d, "dl_dd": 2 * m / ex.n}[name]
+
+
+def judge_nodes(ex: Explanation, nodes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """--engine with forward: per node the user's file returned, per sample, whether it differs from
+    the expected node beyond two roundings of what the node is computed from."""
+    from sgdtrace.divergence import tolerances
+
+    rtol, atol = tolerances(ex.trace.config)
+    return {n: np.abs(nodes[n] - ex.nodes[n]) > atol + 2 * rtol * _node_scale(ex, n) for n in nodes if n in ex.nodes}
 
 
 # ------------------------------------------------------------------ D features: the same, in vector form
@@ -671,7 +690,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
                     param,
                 )
             )
-    else:  # adagrad
+    elif name == "adagrad":  # (an optimizer without lines here: explain shows none for its update)
         clr = opt.decayed_rate(hp.lr, hp.lr_decay, t)
         out.append(
             Line(

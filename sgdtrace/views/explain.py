@@ -64,25 +64,15 @@ def _yours(ex: Explanation, field: str, label: str | None = None) -> Text:
     return t
 
 
-#: the per-sample nodes a user's forward returns, with what each is computed from (for its allowance)
+#: the per-sample nodes a user's forward returns, as the table heads them
 NODE_HEADS = {"a": "a = w·x", "c": "c = a + b", "d": "d = c − y", "e": "e = d²", "dl_dd": "dl/dd = (2/n)·d"}
 
 
-def _node_scale(ex: Explanation, name: str) -> np.ndarray:
-    """What the node is rounded from (the magnitude its rounding scales with), per sample."""
-    wx = np.abs(ex.w0 * ex.x)
-    m = wx + abs(ex.b0) + np.abs(ex.y)
-    d = np.abs(ex.nodes["d"])
-    return {"a": wx, "c": wx + abs(ex.b0), "d": m, "e": 2 * d * m + d * d, "dl_dd": 2 * m / ex.n}[name]
-
-
 def _user_forward(ex: Explanation) -> list:
-    """--engine with forward: the user's nodes per sample, each marked against the expected node."""
-    from sgdtrace.divergence import tolerances
-
+    """--engine with forward: the user's nodes per sample, each marked against the expected node
+    (``ex.user_nodes_bad``: judged by :func:`sgdtrace.teaching.explain.judge_nodes`)."""
     nodes = ex.user_nodes or {}
     names = [n for n in NODE_HEADS if n in nodes]
-    rtol, atol = tolerances(ex.trace.config)
     table = Table(
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),
@@ -95,7 +85,7 @@ def _user_forward(ex: Explanation) -> list:
     table.add_column("i", justify="right")
     for n in names:
         table.add_column(NODE_HEADS[n], justify="right")
-    bad = {n: np.abs(nodes[n] - ex.nodes[n]) > atol + 2 * rtol * _node_scale(ex, n) for n in names}
+    bad = ex.user_nodes_bad
     for i in range(min(ex.n, MAX_SAMPLES)):
         cells = [str(ex.indices[i])]
         for n in names:
