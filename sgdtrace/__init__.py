@@ -9,10 +9,9 @@ The library is usable from a notebook::
 Importing this package does not import torch or numpy; :func:`trace` does.
 """
 
-__version__ = "0.2.0"
-
-from sgdtrace.config import Config  # noqa: E402  (pure Python, no torch)
-from sgdtrace.errors import SgdtraceError  # noqa: E402
+from sgdtrace._version import __version__
+from sgdtrace.config import Config  # pure Python, no torch
+from sgdtrace.errors import SgdtraceError
 
 
 def trace(config: "Config | None" = None, **overrides):

@@ -392,7 +392,9 @@ def nan_cause(cfg: Config, cols: dict[str, np.ndarray], k: int) -> tuple[str, st
 
     nd = dtypes.np_dtype(cfg.dtype).type
     eps = float(dtypes.cast(np.array([cfg.eps]), cfg.dtype)[0])
-    root = {"adam": "exp_avg_sq", "adamw": "exp_avg_sq", "rmsprop": "square_avg", "adagrad": "sum"}[cfg.optimizer]
+    from sgdtrace.engines.optimizers import registry
+
+    root = registry.spec(cfg.optimizer).sqrt_of  # the state whose square root divides the step
     if cfg.optimizer in ("adam", "adamw") and cfg.amsgrad:
         root = "max_exp_avg_sq"
     for p in (f for f in cols if "grad_" + f in cols):  # the model's parameters

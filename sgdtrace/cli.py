@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import click
 
-from sgdtrace import __version__
+from sgdtrace._version import __version__
 from sgdtrace.config import (
     DTYPES,
     OPTIMIZERS,

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sgdtrace.engines.optimizers import registry as optimizer_registry
 from sgdtrace.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -964,39 +965,17 @@ def refuse_run_keys(cfg: Config, command: str) -> None:
 
 # ---------------------------------------------------------------- optimizers and schedules
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+# every optimizer is declared once, in sgdtrace.engines.optimizers.registry (no NumPy, no torch);
+# the names below are read from it
+OPTIMIZERS = optimizer_registry.NAMES
 #: torch's class name of each optimizer
-OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+OPTIMIZER_CLASSES = {name: spec.torch_class for name, spec in optimizer_registry.SPECS.items()}
 #: the defaults that differ by optimizer (torch's own): eps, weight_decay
-OPTIMIZER_DEFAULTS = {
-    "sgd": {"eps": None, "weight_decay": 0.0},
-    "adam": {"eps": 1e-8, "weight_decay": 0.0},
-    "adamw": {"eps": 1e-8, "weight_decay": 1e-2},
-    "rmsprop": {"eps": 1e-8, "weight_decay": 0.0},
-    "adagrad": {"eps": 1e-10, "weight_decay": 0.0},
-}
+OPTIMIZER_DEFAULTS = {name: dict(spec.defaults) for name, spec in optimizer_registry.SPECS.items()}
 #: the options each optimizer takes, by torch's keyword names (lr, weight_decay, maximize,
 #: foreach: all of them)
-OPTIMIZER_OPTIONS = {
-    "sgd": ("momentum", "dampening", "nesterov", "fused"),
-    "adam": ("betas", "eps", "amsgrad", "fused"),
-    "adamw": ("betas", "eps", "amsgrad", "fused"),
-    "rmsprop": ("alpha", "eps", "centered", "momentum"),
-    "adagrad": ("lr_decay", "initial_accumulator_value", "eps", "fused"),
-}
-_OPTION_DEFAULTS = {
-    "momentum": 0.0,
-    "dampening": 0.0,
-    "nesterov": False,
-    "betas": (0.9, 0.999),
-    "eps": None,
-    "amsgrad": False,
-    "alpha": 0.99,
-    "centered": False,
-    "lr_decay": 0.0,
-    "initial_accumulator_value": 0.0,
-    "fused": None,
-}
+OPTIMIZER_OPTIONS = {name: spec.options for name, spec in optimizer_registry.SPECS.items()}
+_OPTION_DEFAULTS = {key: option.default for key, option in optimizer_registry.OPTIONS.items()}
 
 
 def canonical_optimizer(name: Any) -> Any:
@@ -1019,19 +998,7 @@ def did_you_mean(name: Any, choices, spelled=None) -> str:
 
 
 #: an example value of each optimizer option on the command line (for the combinations' examples)
-_OPTION_EXAMPLES = {
-    "momentum": ("0.9",),
-    "dampening": ("0.5",),
-    "nesterov": (),
-    "betas": ("0.8,0.9",),
-    "eps": ("1e-6",),
-    "amsgrad": (),
-    "alpha": ("0.9",),
-    "centered": (),
-    "lr_decay": ("0.1",),
-    "initial_accumulator_value": ("0.1",),
-    "fused": (),
-}
+_OPTION_EXAMPLES = {key: option.example for key, option in optimizer_registry.OPTIONS.items()}
 for _key in _OPTION_DEFAULTS:  # each optimizer option, with the optimizers torch gives no such keyword
     _users = [o for o in OPTIMIZERS if _key in OPTIMIZER_OPTIONS[o]]
     _others = [o for o in OPTIMIZERS if o not in _users]
@@ -1066,6 +1033,11 @@ def _fill_optimizer_defaults(cfg: Config) -> None:
         object.__setattr__(cfg, "betas", tuple(cfg.betas))
 
 
+#: the optimizer options that take a number >= 0 (the registry's ranges; momentum is checked with
+#: the run's options first, and again here to no effect)
+_NON_NEGATIVE = tuple(key for key, option in optimizer_registry.OPTIONS.items() if option.range == ">= 0")
+
+
 def validate_optimizer(cfg: Config) -> None:
     """torch's rules for the optimizer's options; an option the optimizer does not take is exit 2."""
     if cfg.optimizer not in OPTIMIZERS:
@@ -1096,7 +1068,7 @@ def validate_optimizer(cfg: Config) -> None:
     for i, v in enumerate(b):
         if not (math.isfinite(v) and 0.0 <= v < 1.0):
             raise ConfigError(f"{_label(cfg, 'betas')} {_show_betas(b)}: betas[{i}] = {v!r} must be in [0, 1)")
-    for key in ("eps", "alpha", "lr_decay", "initial_accumulator_value"):
+    for key in _NON_NEGATIVE:
         v = getattr(cfg, key)
         if v is None and key == "eps":
             continue
@@ -1113,7 +1085,8 @@ def validate_optimizer(cfg: Config) -> None:
     if cfg.scheduler is not None:
         if not isinstance(cfg.scheduler, Schedule):
             _fail(cfg, "scheduler", cfg.scheduler, "must be a schedule (a [scheduler] table)")
-        if cfg.scheduler.name == "OneCycleLR" and cfg.scheduler.get("cycle_momentum", True) and name == "adagrad":
+        cycled = optimizer_registry.spec(name).cycles
+        if cfg.scheduler.name == "OneCycleLR" and cfg.scheduler.get("cycle_momentum", True) and cycled is None:
             raise refusal(
                 "onecycle-adagrad", f"{_label(cfg, 'scheduler')} OneCycleLR", f"{_label(cfg, 'optimizer')} adagrad"
             )

@@ -34,7 +34,7 @@ import numpy as np
 
 from sgdtrace.dtypes import unit_roundoff
 from sgdtrace.engines.protocol import state_field
-from sgdtrace.views.fmt import LABELS
+from sgdtrace.labels import LABELS
 
 GRADIENT_FIELDS = ("grad_w", "grad_b", "loss")
 

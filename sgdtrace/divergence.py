@@ -110,6 +110,9 @@ from sgdtrace import dtypes
 from sgdtrace.engines import optimizers
 from sgdtrace.engines.protocol import FIELDS, LR, PARAMS, state_field  # noqa: F401  (FIELDS: re-exported)
 
+# the records (FieldDivergence, the verdict) live in sgdtrace.verdict; importable from here as before
+from sgdtrace.verdict import FieldDivergence, FieldSummary, Verdict, json_number, verdict  # noqa: F401
+
 
 def unit_roundoff(dtype: str) -> float:
     return dtypes.unit_roundoff(dtype)
@@ -150,20 +153,6 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         dist = np.where(oa >= ob, diff, -diff).view(np.uint64)
     finite = np.isfinite(a) & np.isfinite(b)
     return np.where(finite, dist, np.uint64(0))
-
-
-@dataclass
-class FieldDivergence:
-    """Per step, for one field: the distances, the tolerance and whether they agree."""
-
-    abs: np.ndarray  # |manual - torch|
-    rel: np.ndarray  # abs / max(|manual|, |torch|)
-    ulp: np.ndarray  # uint64; meaningful where both values are finite
-    tol: np.ndarray  # the step's own rounding allowance, atol + rtol * E
-    ok: np.ndarray  # bool
-    finite: np.ndarray  # bool: both values finite
-    carried: np.ndarray  # C: the part of manual - torch carried in from the step's inputs (signed)
-    ratio: np.ndarray  # |Δ - C| / tol: the share of the allowance used (< 1 passes); 0 where not judged
 
 
 # ------------------------------------------------------------------ the error model
@@ -248,6 +237,7 @@ def compare_columns(
     hidden: tuple[str, ...] = (),
     step: bool | None = None,
     extras: dict | None = None,
+    schedule=None,
 ) -> dict[str, FieldDivergence]:
     """Judge engine ``b`` against engine ``a`` (both ran ``config`` over ``plan``), field by field.
 
@@ -261,7 +251,8 @@ def compare_columns(
     ``initial``: its parameters' initial values (default: the model's, from ``config``).
     ``hidden``: state columns engine ``a`` keeps where the judge cannot see them (a user's update
     that keeps SGD's buffer under a name of its own); ``a`` holds ``b``'s values in their place,
-    and their unseen differences are carried and bounded (:func:`_hidden_state`).
+    and their unseen differences are carried and bounded (:func:`_hidden_state`). ``schedule``: the
+    run's schedule table (:func:`sgdtrace.engines.optimizers.schedules.table`), when worked out already.
     """
     from sgdtrace.engines.protocol import model_for
 
@@ -290,7 +281,7 @@ def compare_columns(
         carried, peak, both = dict(terms["C"]), dict(terms["peak"]), terms["both"]
 
         # the update: each optimizer sizes the roundings of its own operations
-        _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model, initial, hidden, s)
+        _update_terms(a, b, p, config, plan, tol, carried, peak, atol, rtol, model, initial, hidden, s, schedule)
         for param in model.params:  # where the update is reproduced rule by rule: same inputs, same bits
             if not exact_update(config, param.size):
                 continue
@@ -307,7 +298,21 @@ def compare_columns(
 
 
 def _update_terms(
-    a, b, p, config, plan, tol, carried, peak, atol, rtol, model=None, initial=None, hidden=(), starts_from=None
+    a,
+    b,
+    p,
+    config,
+    plan,
+    tol,
+    carried,
+    peak,
+    atol,
+    rtol,
+    model=None,
+    initial=None,
+    hidden=(),
+    starts_from=None,
+    schedule=None,
 ) -> None:
     """Each parameter and the optimizer's state: the optimizer's ``update_bound`` with the measured inputs.
 
@@ -335,12 +340,11 @@ def _update_terms(
     lr = np.full(steps, float(config.lr))
     group = {}
     if config.scheduler is not None:
-        rows = schedules.values(config, schedules.calls(config, plan))
-        where = schedules.index_of_step(config, plan)
-        lr = np.array([r["lr"] for r in rows])[where]
+        schedule = schedule or schedules.table(config, plan)
+        lr = schedule.per_step("lr")
         if schedules.cycles_momentum(config):
             key = schedules.momentum_key(config)
-            group[key] = np.array([r[key] for r in rows])[where]
+            group[key] = schedule.per_step(key)
     t = np.arange(1, steps + 1, dtype=np.float64)
     u = unit_roundoff(config.dtype)
     for param in model.params:
@@ -500,11 +504,6 @@ def _distances(
     ok = ok_finite | ok_nonfinite | ok_mixed
     return FieldDivergence(diff, rel, ulp_distance(a, b), tol, ok, finite, np.where(finite, carried, 0.0), ratio)
 
-
-# ------------------------------------------------------------------ the verdict
-
-# the verdict and its records live in sgdtrace.verdict; importable from here as before
-from sgdtrace.verdict import FieldSummary, Verdict, json_number, verdict  # noqa: E402, F401
 
 # ------------------------------------------------------------------ data-parallel SGD: the all-reduce
 

@@ -63,45 +63,51 @@ class Displayable:
         return self._plain_text()
 
 
-class TraceNotebook(Displayable):
-    """Mixed into :class:`sgdtrace.tracing.Trace`: its display in Jupyter and its views as methods."""
+class TraceView(Displayable):
+    """A :class:`sgdtrace.tracing.Trace` displayed in Jupyter, and its views as methods (the Trace, a
+    record, hands each of its display methods to this wrapper)."""
 
-    #: table rows shown before a long run is summarised (as the terminal: the first and last rows)
-    display_rows: int | None = None
+    def __init__(self, trace):
+        self.trace = trace
+
+    @property
+    def display_rows(self) -> int | None:
+        """Table rows shown before a long run is summarised (the trace's ``display_rows``)."""
+        return self.trace.display_rows
 
     def _repr_html_(self) -> str:
         from sgdtrace.views.html import trace_fragment
 
-        return trace_fragment(self, self.display_rows)
+        return trace_fragment(self.trace, self.display_rows)
 
     def _plain_text(self) -> str:
         from sgdtrace.views.table import run_view
 
-        return _plain(run_view(self, self.display_rows))
+        return _plain(run_view(self.trace, self.display_rows))
 
     def to_html(self, batch: int | None = None, epoch: int = 1) -> str:
         """The whole self-contained page that ``sgdtrace run --format html`` writes."""
         from sgdtrace.views.html import run_page
 
-        return run_page(self, batch, epoch)
+        return run_page(self.trace, batch, epoch)
 
     def explain(self, batch: int = 1, epoch: int = 1) -> ExplainView:
         """One batch (both counted from 1) worked equation by equation, torch's values beside."""
         from sgdtrace.teaching.explain import explain_step
 
-        return ExplainView(explain_step(self, batch, epoch))
+        return ExplainView(explain_step(self.trace, batch, epoch))
 
     def graph(self, batch: int = 1, epoch: int = 1, loss: str = "mse") -> GraphView:
         """The article's DAG beside torch's real ``grad_fn`` graph for one batch (no Graphviz needed)."""
         from sgdtrace.teaching.graph import build_graph
 
-        return GraphView(build_graph(self, batch, epoch, loss))
+        return GraphView(build_graph(self.trace, batch, epoch, loss))
 
     def plot(self, width: int = 1200, height: int = 380, dpi: int = 100):
         """The ``plot`` command's three panels as a matplotlib ``Figure`` (needs the ``plot`` extra)."""
         from sgdtrace.views.plot import plot_figure
 
-        return plot_figure(self, width, height, dpi)
+        return plot_figure(self.trace, width, height, dpi)
 
     def to_pandas(self):
         """One row per step: epoch, batch, n, then ``manual_<field>``, ``torch_<field>``, ``ulp_<field>``,
@@ -115,21 +121,23 @@ class TraceNotebook(Displayable):
             ) from None
         import numpy as np
 
+        trace = self.trace
+
         def parts(f: str):
             """(suffix, element selector) per element of the field: ``("", ...)`` for a scalar."""
-            shape = np.shape(self.manual[f])[1:]
+            shape = np.shape(trace.manual[f])[1:]
             if not shape:
                 return [("", ...)]
             return [("[" + ",".join(map(str, i)) + "]", (slice(None), *i)) for i in np.ndindex(*shape)]
 
-        cols: dict[str, Any] = {"epoch": self.epoch, "batch": self.batch, "n": self.n}
+        cols: dict[str, Any] = {"epoch": trace.epoch, "batch": trace.batch, "n": trace.n}
         ok = None
-        for f in self.fields:
+        for f in trace.fields:
             for s, at in parts(f):
-                cols[f"manual_{f}{s}"] = self.manual[f][at]
-                cols[f"torch_{f}{s}"] = self.torch[f][at]
-        for f in self.fields:
-            d = self.divergence[f]
+                cols[f"manual_{f}{s}"] = trace.manual[f][at]
+                cols[f"torch_{f}{s}"] = trace.torch[f][at]
+        for f in trace.fields:
+            d = trace.divergence[f]
             for s, at in parts(f):
                 cols[f"abs_{f}{s}"] = d.abs[at]
                 cols[f"ulp_{f}{s}"] = d.ulp[at]
@@ -138,7 +146,7 @@ class TraceNotebook(Displayable):
             ok = every if ok is None else ok & every
         cols["ok"] = ok
         frame = pd.DataFrame(cols)
-        frame.index = pd.RangeIndex(1, self.n_steps + 1, name="step")
+        frame.index = pd.RangeIndex(1, trace.n_steps + 1, name="step")
         return frame
 
 
@@ -231,4 +239,4 @@ class CheckNotebook(Displayable):
         return check_page(self)
 
 
-__all__ = ["TraceNotebook", "CompareNotebook", "CheckNotebook", "ExplainView", "GraphView", "MissingPandas"]
+__all__ = ["TraceView", "CompareNotebook", "CheckNotebook", "ExplainView", "GraphView", "MissingPandas"]

@@ -564,7 +564,7 @@ def cache_key() -> dict[str, Any]:
     import numpy
     import torch
 
-    from sgdtrace import __version__
+    from sgdtrace._version import __version__
 
     return {
         "probe": PROBE_VERSION,
@@ -783,7 +783,7 @@ def environment(refresh: bool = False, timing: bool = False) -> dict[str, Any]:
     import numpy
     import torch
 
-    from sgdtrace import __version__
+    from sgdtrace._version import __version__
 
     probe = _probe(refresh)
     cuda = None

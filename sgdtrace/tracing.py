@@ -7,6 +7,7 @@ Data flows one way: config -> data + batch plan -> engines -> Trace (one array p
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +19,17 @@ from sgdtrace import divergence, stall
 from sgdtrace.blowup import diagnose, full_loss, one_sided, stable_lr  # noqa: F401  (full_loss: kept importable here)
 from sgdtrace.config import Config, label
 from sgdtrace.errors import ConfigError
-from sgdtrace.notebook import TraceNotebook
 
 
 @dataclass
-class Trace(TraceNotebook):
-    """Everything one run produced. Columns are NumPy arrays, one value per step."""
+class Trace:
+    """Everything one run produced. Columns are NumPy arrays, one value per step.
+
+    A record: it computes and renders nothing. Its display in Jupyter and its views as methods
+    (``explain``, ``graph``, ``plot``, ``to_pandas``, ``to_html``) are :class:`sgdtrace.notebook.TraceView`'s,
+    reached through the methods at the end of this class (imported when called: the records import
+    no view).
+    """
 
     config: Config
     dataset: data_mod.Dataset
@@ -43,6 +49,7 @@ class Trace(TraceNotebook):
     engine: Any = None  # sgdtrace.engines.user.EngineInfo when a user's file stood on the hand side
     model: Any = None  # sgdtrace.models.Model: the parameters (names, shapes) the columns are of
     initial: Any = None  # the parameters' initial values by name (float64 arrays of their shapes)
+    schedule: Any = None  # the schedule table (sgdtrace.engines.optimizers.schedules.Table) under --scheduler
 
     @property
     def hand(self) -> str:
@@ -91,6 +98,59 @@ class Trace(TraceNotebook):
     def indices(self, step: int) -> np.ndarray:
         """The sample indices of step ``step`` (0-based)."""
         return self.plan.indices(step)
+
+    @functools.cached_property
+    def report(self):
+        """What the views show beyond the records (:class:`sgdtrace.report.Report`: the true
+        parameters, the whole data's loss, the (w, b) plane, a batch explained), worked out by the
+        report stage the first time a view asks, then kept."""
+        from sgdtrace.report import report
+
+        return report(self)
+
+    # ---- the notebook's display and views: sgdtrace.notebook.TraceView over this record
+
+    #: table rows shown before a long run is summarised (as the terminal: the first and last rows)
+    display_rows = None
+
+    def _view(self):
+        from sgdtrace.notebook import TraceView
+
+        return TraceView(self)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        return self._view()._repr_mimebundle_(include, exclude)
+
+    def _repr_html_(self) -> str:
+        return self._view()._repr_html_()
+
+    def _repr_pretty_(self, p, cycle: bool) -> None:
+        self._view()._repr_pretty_(p, cycle)
+
+    def __str__(self) -> str:
+        return self._view()._plain_text()
+
+    def to_html(self, batch: int | None = None, epoch: int = 1) -> str:
+        """The whole self-contained page that ``sgdtrace run --format html`` writes."""
+        return self._view().to_html(batch, epoch)
+
+    def explain(self, batch: int = 1, epoch: int = 1):
+        """One batch (both counted from 1) worked equation by equation, torch's values beside
+        (a :class:`sgdtrace.notebook.ExplainView`)."""
+        return self._view().explain(batch, epoch)
+
+    def graph(self, batch: int = 1, epoch: int = 1, loss: str = "mse"):
+        """The article's DAG beside torch's real ``grad_fn`` graph for one batch (a
+        :class:`sgdtrace.notebook.GraphView`; no Graphviz needed)."""
+        return self._view().graph(batch, epoch, loss)
+
+    def plot(self, width: int = 1200, height: int = 380, dpi: int = 100):
+        """The ``plot`` command's three panels as a matplotlib ``Figure`` (needs the ``plot`` extra)."""
+        return self._view().plot(width, height, dpi)
+
+    def to_pandas(self):
+        """One row per step (:meth:`sgdtrace.notebook.TraceView.to_pandas`). Needs pandas."""
+        return self._view().to_pandas()
 
 
 def resolve_device(name: str):
@@ -161,11 +221,11 @@ def run_trace(
     initial = model.module.initial(cfg, model)
     plan = data_mod.plan(len(dataset), cfg)
     steps = plan.n_steps
-    if cfg.scheduler is not None:  # OneCycleLR stepped past total_steps: exit 2 before training
-        from sgdtrace.engines.optimizers import schedules
+    # the schedule, worked out once for the hand engine, the judge and the views (exit 2 before
+    # training where torch would raise: OneCycleLR stepped past total_steps, a division by zero)
+    from sgdtrace.engines.optimizers import schedules
 
-        schedules.check(cfg, plan)
-        schedules.values(cfg, schedules.calls(cfg, plan))  # a schedule that divides by zero: exit 2 here
+    schedule = schedules.table(cfg, plan)
 
     def stage(name: str) -> Callable[[int], None] | None:
         return None if progress is None else (lambda k: progress(name, k, steps))
@@ -214,12 +274,14 @@ def run_trace(
             keys = optimizers.get(cfg.optimizer).state_keys(cfg)
             man = engine.run_columns(cfg, dataset, plan, keys, model, **_reset(engine, ref, cfg))
         else:
-            hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan, model)
+            hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, plan, model, schedule)
             man = protocol.run(hand, dataset.x, dataset.y, plan, initial, backend, stage("manual"), reset=ref)
         if ref is None:
             ref = torch_side()
         info = getattr(engine, "info", None)
-        trace = judge(cfg, dataset, plan, label, man, ref, info.not_kept if info else (), model=model)
+        trace = judge(
+            cfg, dataset, plan, label, man, ref, info.not_kept if info else (), model=model, schedule=schedule
+        )
         trace.engine = info
     if trace.verdict.first_divergent_step is not None:  # name the likely mistake where the numbers support one
         from sgdtrace.diagnosis import diagnose_step
@@ -294,6 +356,7 @@ def judge(
     ref: dict[str, np.ndarray],
     not_kept: tuple[str, ...] = (),
     model=None,
+    schedule=None,
 ) -> Trace:
     """Build the Trace of two engines' columns: distances, tolerances, verdict, blow-up diagnosis.
 
@@ -301,7 +364,8 @@ def judge(
     update that keeps momentum's buffer under its own key, or none): the update is judged with
     torch's recorded state in their place, its unseen difference carried and bounded
     (:func:`sgdtrace.divergence.compare_columns`'s ``hidden``), and they are neither shown nor judged.
-    ``model``: the run's model (default: the data's).
+    ``model``: the run's model (default: the data's). ``schedule``: the run's schedule table
+    (:func:`sgdtrace.engines.optimizers.schedules.table`; worked out here when not given).
     """
     model = model or build_model(cfg, dataset)
     initial = model.module.initial(cfg, model)
@@ -311,9 +375,13 @@ def judge(
     epoch = np.repeat(np.arange(1, plan.epochs + 1, dtype=np.int64), spe)
     batch = np.tile(np.arange(1, spe + 1, dtype=np.int64), plan.epochs)
     n = np.tile(plan.batch_sizes(), plan.epochs)
+    if schedule is None and cfg.scheduler is not None:
+        from sgdtrace.engines.optimizers import schedules
+
+        schedule = schedules.table(cfg, plan)
     extras: dict = {}
     div = divergence.compare_columns(
-        man, ref, dataset.x, dataset.y, plan, cfg, model, initial, hidden=not_kept, extras=extras
+        man, ref, dataset.x, dataset.y, plan, cfg, model, initial, hidden=not_kept, extras=extras, schedule=schedule
     )
     for f in not_kept:
         del div[f], man[f]
@@ -348,6 +416,7 @@ def judge(
         stalled=stalled,
         model=model,
         initial=initial,
+        schedule=schedule,
     )
 
 

@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from sgdtrace.divergence import FieldDivergence
-
 
 def json_number(v: Any) -> float | str:
     """A float as a JSON number; non-finite values as the strings "inf", "-inf", "nan"."""
@@ -64,6 +62,20 @@ class _Record:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.to_json().get(key, default)
+
+
+@dataclass
+class FieldDivergence:
+    """Per step, for one field: the distances, the tolerance and whether they agree."""
+
+    abs: np.ndarray  # |manual - torch|
+    rel: np.ndarray  # abs / max(|manual|, |torch|)
+    ulp: np.ndarray  # uint64; meaningful where both values are finite
+    tol: np.ndarray  # the step's own rounding allowance, atol + rtol * E
+    ok: np.ndarray  # bool
+    finite: np.ndarray  # bool: both values finite
+    carried: np.ndarray  # C: the part of manual - torch carried in from the step's inputs (signed)
+    ratio: np.ndarray  # |Δ - C| / tol: the share of the allowance used (< 1 passes); 0 where not judged
 
 
 @dataclass(frozen=True)

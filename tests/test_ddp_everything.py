@@ -246,16 +246,16 @@ def test_gloo_sums_in_ring_order_rounding_each_addition(world, dtype):
         assert once > 0
 
 
-def test_ddp_rebuilds_its_bucket_in_reverse_parameter_order():
-    """bucket_layout's rule, read from DDP's own logging data: after the first step the bucket
-    holds the linear model's parameters in reverse order (bias, then weight)."""
+def _probe_rebuild(rank: int, world: int, port: int, out) -> None:
+    """Three steps of DDP on the linear model on D = 4, in a process of its own; DDP's logging data out."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from sgdtrace import models
 
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         model = models.build(Config(), 4)
         side = models.torch_side(model)
@@ -265,10 +265,18 @@ def test_ddp_rebuilds_its_bucket_in_reverse_parameter_order():
         for _ in range(3):
             ddp_net(torch.randn(5, 4)).sum().backward()
         info = ddp_net._get_ddp_logging_data()
+        out.put((names, str(info["rebuilt_per_bucket_param_indices"]), [p.torch_name for p in model.params]))
     finally:
         dist.destroy_process_group()
-    rebuilt = [int(i) for i in str(info["rebuilt_per_bucket_param_indices"]).split()]
-    assert [names[i] for i in rebuilt] == [p.torch_name for p in model.params][::-1]
+
+
+def test_ddp_rebuilds_its_bucket_in_reverse_parameter_order():
+    """bucket_layout's rule, read from DDP's own logging data: after the first step the bucket
+    holds the linear model's parameters in reverse order (bias, then weight). Probed in a process
+    of its own, as the all-reduce is (a process group in the test's process would outlive it)."""
+    names, indices, torch_names = _spawn(_probe_rebuild, 1)
+    rebuilt = [int(i) for i in indices.split()]
+    assert [names[i] for i in rebuilt] == torch_names[::-1]
 
 
 # ------------------------------------------------------------------ torchrun: two nodes on this machine

@@ -480,6 +480,22 @@ def test_one_cycle_gives_plain_sgd_a_momentum_buffer():
     _assert_agree(t)
 
 
+def test_the_schedule_is_worked_out_once_per_run(monkeypatch):
+    """One schedule table per run, handed to the hand engine, the judge and explain (not recomputed
+    by each): OneCycleLR cycling the momentum reads both columns of it."""
+    calls = []
+    real = schedules.values
+    monkeypatch.setattr(schedules, "values", lambda *a: calls.append(a) or real(*a))
+    sched = make_schedule({"name": "OneCycleLR", "max_lr": 0.05, "total_steps": 30}, "t")
+    t = run_trace(Config(epochs=3, scheduler=sched))
+    _assert_agree(t)
+    assert len(calls) == 1
+    assert np.array_equal(t.schedule.per_step("lr"), t.torch["lr"])
+    from sgdtrace.teaching.explain import step_momentum
+
+    assert step_momentum(t, 4) == t.schedule.rows[4]["momentum"] and len(calls) == 1
+
+
 def test_cosine_recursion_is_torchs_and_drifts_from_the_closed_form():
     sched = make_schedule({"name": "CosineAnnealingLR", "T_max": 7, "interval": "step"}, "t")
     rows = schedules.values(Config(lr=0.1, scheduler=sched), 40)

@@ -128,16 +128,19 @@ class ArrayBackend:
         return col.cpu().numpy()
 
 
-def engine(config, backend: ArrayBackend, plan=None, model=None) -> Engine:
+def engine(config, backend: ArrayBackend, plan=None, model=None, schedule=None) -> Engine:
     """sgdtrace's own engine: the model's gradients by hand (:func:`gradients` for the article's
     form), and the hand-worked optimizer of ``config`` (with a schedule, its per-step
-    hyper-parameters over ``plan``). The scalars follow the 16-bit rules of docs/precision.md
-    (``kept``; SGD's ``rounded``). ``model``: a :class:`sgdtrace.models.Model` (default: the article's)."""
+    hyper-parameters over ``plan``; ``schedule``: the run's schedule table, when worked out already).
+    The scalars follow the 16-bit rules of docs/precision.md (``kept``; SGD's ``rounded``).
+    ``model``: a :class:`sgdtrace.models.Model` (default: the article's)."""
     opt = optimizers.get(config.optimizer)
     extra = {"kept": backend.kept}
     if config.optimizer == "sgd":
         extra["rounded"] = backend.rounded
-    hp_at, lr_at = optimizers.step_hypers(config, backend.scalar, plan, **extra) if plan is not None else (None, None)
+    hp_at, lr_at = (
+        optimizers.step_hypers(config, backend.scalar, plan, schedule, **extra) if plan is not None else (None, None)
+    )
     model = model or protocol.article_model(config)
     return Engine(
         "hand",

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from sgdtrace.labels import STATE_NAMES
+
 #: the values of the article's table, per step: the batch's loss and gradients at the
 #: parameters the step started from, and the parameters after its update
 FIELDS = ("grad_w", "grad_b", "loss", "w", "b")
@@ -44,7 +46,7 @@ LR = "lr"
 #: the article model's parameters, as the fields name them
 PARAMS = ("w", "b")
 #: the recorded names of state entries that do not follow ``<state>_<param>`` (part 1's names)
-_STATE_NAMES = {"momentum_buffer": "buf"}
+_STATE_NAMES = STATE_NAMES
 
 #: engines report progress every this many steps (and at each epoch's end): fine enough for a
 #: bar over a ten-million-sample epoch, one integer comparison per step otherwise

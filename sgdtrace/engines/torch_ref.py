@@ -247,20 +247,14 @@ def run(
 def make_optimizer(params, config) -> optim.Optimizer:
     """The optimizer a learner writes: torch.optim's class, its options by their own keyword names
     (``foreach``/``fused`` only when set: torch picks its default implementation otherwise)."""
+    from sgdtrace.engines.optimizers import registry
+
     kw: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay, "maximize": config.maximize}
-    name = config.optimizer
-    if name == "sgd":
-        cls = optim.SGD
-        kw.update(momentum=config.momentum, dampening=config.dampening, nesterov=config.nesterov)
-    elif name in ("adam", "adamw"):
-        cls = optim.Adam if name == "adam" else optim.AdamW
-        kw.update(betas=tuple(config.betas), eps=config.eps, amsgrad=config.amsgrad)
-    elif name == "rmsprop":
-        cls = optim.RMSprop
-        kw.update(alpha=config.alpha, eps=config.eps, momentum=config.momentum, centered=config.centered)
-    else:
-        cls = optim.Adagrad
-        kw.update(lr_decay=config.lr_decay, initial_accumulator_value=config.initial_accumulator_value, eps=config.eps)
+    spec = registry.spec(config.optimizer)  # torch's class and the keywords it takes
+    cls = getattr(optim, spec.torch_class)
+    for key in spec.options:
+        if key != "fused":
+            kw[key] = tuple(config.betas) if key == "betas" else getattr(config, key)
     if config.foreach is not None:
         kw["foreach"] = config.foreach
     if config.fused is not None:

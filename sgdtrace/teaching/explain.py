@@ -44,10 +44,21 @@ class Explanation:
     # started the step from; the file's own values for the step and, where it defines forward, its nodes
     user: dict[str, float] | None = None
     user_nodes: dict[str, np.ndarray] | None = None
+    user_nodes_bad: dict[str, np.ndarray] | None = None  # per node and sample: beyond rounding of the expected
     user_name: str | None = None
     expected: dict[str, float] | None = None  # what the user's values should be: the update from ITS gradients
     #: per parameter: the spacing of the dtype's values around it, beside the update lr·d (the stall)
     spacing: dict[str, dict[str, Any]] | None = None
+    # worked out here for the view (which renders them and computes nothing): the step's rate, SGD's
+    # momentum, the schedule's closed form, the chain rule's constant factors, the optimizer's lines
+    rate: float = 0.0
+    momentum: float | None = None
+    closed_rate: float | None = None
+    chain: dict[str, int] | None = None
+    lines: dict[str, list] | None = None  # by parameter: Line, for Adam, AdamW, RMSprop, Adagrad
+
+    #: the scalar form (the article's w and b); FeatureExplanation is the vector form
+    form = "scalar"
 
     @property
     def n(self) -> int:
@@ -112,13 +123,15 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
     if model is not None and model.name == "mlp":  # a network: layer by layer
         from sgdtrace.teaching.network import explain_network
 
-        return explain_network(trace, batch, epoch)
+        ex = explain_network(trace, batch, epoch)
+        ex.rate = step_rate(trace, trace.plan.step(batch, epoch))
+        return ex
     if model is not None and not model.scalar:
         return explain_features(trace, batch, epoch)
     k = trace.plan.step(batch, epoch)
     cfg = trace.config
     backend = backend_for(trace)
-    eng = manual.engine(cfg, backend, trace.plan)
+    eng = manual.engine(cfg, backend, trace.plan, schedule=getattr(trace, "schedule", None))
     hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
     man = trace.manual
 
@@ -178,10 +191,16 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
         matches,
     )
     ex.spacing = _spacing(trace, k, {"w": (w0, _value(r.grad_w)), "b": (b0, _value(r.grad_b))}, state1)
+    ex.rate, ex.closed_rate = step_rate(trace, k), closed_form_rate(trace, k)
+    ex.momentum = step_momentum(trace, k) if cfg.optimizer == "sgd" else None
+    ex.chain = {"dd/dc": manual.DD_DC, "dc/da": manual.DC_DA, "dc/db": manual.DC_DB}
+    if cfg.optimizer != "sgd":
+        ex.lines = {p: optimizer_lines(ex, p) for p in ("w", "b")}
     info = getattr(trace, "engine", None)
     if info is not None:  # the user's values beside the expected ones
         ex.user = {f: float(man[f][k]) for f in got if f in man}
         ex.user_nodes = info.forward if info.forward_step == k else None
+        ex.user_nodes_bad = None if ex.user_nodes is None else judge_nodes(ex, ex.user_nodes)
         ex.user_name = info.name
         # the update expected from the user's own gradients (a wrong gradient is named once, at the gradient)
         states = {
@@ -206,6 +225,23 @@ def explain_step(trace, batch: int, epoch: int = 1) -> Explanation:
             **{state_field(key, p): _value(states[p][key]) for key in eng.state_keys for p in ("w", "b")},
         }
     return ex
+
+
+def _node_scale(ex: Explanation, name: str) -> np.ndarray:
+    """What the node is rounded from (the magnitude its rounding scales with), per sample."""
+    wx = np.abs(ex.w0 * ex.x)
+    m = wx + abs(ex.b0) + np.abs(ex.y)
+    d = np.abs(ex.nodes["d"])
+    return {"a": wx, "c": wx + abs(ex.b0), "d": m, "e": 2 * d * m + d * d, "dl_dd": 2 * m / ex.n}[name]
+
+
+def judge_nodes(ex: Explanation, nodes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """--engine with forward: per node the user's file returned, per sample, whether it differs from
+    the expected node beyond two roundings of what the node is computed from."""
+    from sgdtrace.divergence import tolerances
+
+    rtol, atol = tolerances(ex.trace.config)
+    return {n: np.abs(nodes[n] - ex.nodes[n]) > atol + 2 * rtol * _node_scale(ex, n) for n in nodes if n in ex.nodes}
 
 
 # ------------------------------------------------------------------ D features: the same, in vector form
@@ -233,6 +269,9 @@ class FeatureExplanation:
     state1: dict[str, np.ndarray]  # each state field after the step
     matches_trace: bool  # the recomputed values equal the manual trace's columns bit for bit
     user: dict[str, Any] | None = None  # (a user's engine: not for these models)
+    rate: float = 0.0  # the step's learning rate
+
+    form = "vector"
 
     @property
     def n(self) -> int:
@@ -267,7 +306,7 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
     k = trace.plan.step(batch, epoch)
     cfg, model = trace.config, trace.model
     backend = backend_for(trace)
-    eng = manual.engine(cfg, backend, trace.plan, model)
+    eng = manual.engine(cfg, backend, trace.plan, model, getattr(trace, "schedule", None))
     hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
     man = trace.manual
     names = model.names
@@ -308,7 +347,7 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
         np.asarray(_array(v), dtype=np.float64).astype(dtype).tobytes() == man[f][k].tobytes() for f, v in got.items()
     ) and all(np.asarray(v).astype(dtype).tobytes() == man[f][k].tobytes() for f, v in state1.items())
     e, j = divmod(k, trace.plan.steps_per_epoch)
-    return FeatureExplanation(
+    ex = FeatureExplanation(
         trace,
         k,
         e + 1,
@@ -325,6 +364,8 @@ def explain_features(trace, batch: int, epoch: int = 1) -> FeatureExplanation:
         state1,
         matches,
     )
+    ex.rate = step_rate(trace, k)
+    return ex
 
 
 # ------------------------------------------------------------------ data-parallel SGD (--world-size N)
@@ -465,8 +506,8 @@ def step_momentum(trace, k: int) -> float:
     cfg = trace.config
     if not schedules.cycles_momentum(cfg):
         return float(cfg.momentum)
-    rows = schedules.values(cfg, schedules.calls(cfg, trace.plan))
-    return float(rows[int(schedules.index_of_step(cfg, trace.plan)[k])][schedules.momentum_key(cfg)])
+    table = getattr(trace, "schedule", None) or schedules.table(cfg, trace.plan)  # the run's, worked out once
+    return float(table.rows[int(table.at[k])][schedules.momentum_key(cfg)])
 
 
 def closed_form_rate(trace, k: int) -> float | None:
@@ -477,7 +518,8 @@ def closed_form_rate(trace, k: int) -> float | None:
     sched = trace.config.scheduler
     if sched is None:
         return None
-    t = int(schedules.index_of_step(trace.config, trace.plan)[k])
+    table = getattr(trace, "schedule", None)
+    t = int(table.at[k] if table is not None else schedules.index_of_step(trace.config, trace.plan)[k])
     a, base = dict(sched.args), trace.config.lr
     if sched.name == "CosineAnnealingLR":
         return schedules.cosine_closed_form(base, t, a["T_max"], a["eta_min"])
@@ -506,7 +548,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
     opt = get(cfg.optimizer)
     backend = backend_for(trace)
     s = backend.scalar
-    eng = manual.engine(cfg, backend, trace.plan)
+    eng = manual.engine(cfg, backend, trace.plan, schedule=getattr(trace, "schedule", None))
     hp = eng.hp_at(k) if eng.hp_at is not None else eng.hp
     p0 = backend.param(ex.w0 if param == "w" else ex.b0)
     g = backend.param(ex.grad_w if param == "w" else ex.grad_b)
@@ -672,7 +714,7 @@ def _optimizer_lines(ex: Explanation, param: str) -> list[Line]:
                     param,
                 )
             )
-    else:  # adagrad
+    elif name == "adagrad":  # (an optimizer without lines here: explain shows none for its update)
         clr = opt.decayed_rate(hp.lr, hp.lr_decay, t)
         out.append(
             Line(

@@ -29,6 +29,8 @@ class NetworkExplanation:
     """One batch of the network: its samples, every node and factor (float64 copies of the run's
     dtype's values), the gradients and the update per parameter, torch's values beside."""
 
+    #: the network's form (the views dispatch on it; Explanation is "scalar", FeatureExplanation "vector")
+    form = "network"
     trace: Any
     step: int  # 0-based global step
     epoch: int  # 1-based
@@ -44,6 +46,7 @@ class NetworkExplanation:
     state1: dict[str, np.ndarray]  # each state field after the step
     matches_trace: bool  # the recomputed values equal the manual trace's columns bit for bit
     user: dict[str, Any] | None = None  # (a user's engine: not for this model)
+    rate: float = 0.0  # the step's learning rate (worked out by sgdtrace.teaching.explain for the view)
 
     @property
     def n(self) -> int:
@@ -134,7 +137,7 @@ def explain_network(trace, batch: int, epoch: int = 1) -> NetworkExplanation:
 
 def network_dag(model):
     """The network's DAG, root first, each node with its backward function (matrix form)."""
-    from sgdtrace.teaching.graph import ManualNode
+    from sgdtrace.teaching.dag import ManualNode
 
     H, D = model.param("w1").shape
     act = model.activation
@@ -172,7 +175,7 @@ def build_network_graph(trace, batch: int = 1, epoch: int = 1):
 
     from sgdtrace import models
     from sgdtrace.divergence import _cast, ulp_distance
-    from sgdtrace.teaching.graph import GraphResult, TorchNode
+    from sgdtrace.teaching.dag import GraphResult, TorchNode
 
     k = trace.plan.step(batch, epoch)
     cfg, spec = trace.config, trace.model

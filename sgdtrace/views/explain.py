@@ -1,7 +1,8 @@
 """The ``explain`` view: one batch worked equation by equation, with the numbers substituted.
 
 It renders an :class:`~sgdtrace.teaching.explain.Explanation` (the numbers, computed by
-:func:`~sgdtrace.teaching.explain.explain_step`) and computes nothing of its own.
+:func:`~sgdtrace.teaching.explain.explain_step`: the step's rate, the optimizer's lines, the chain
+rule's factors too) and computes nothing of its own.
 
 Equation numbers are the article's; the derivative names are the correct ones (the article's text
 has OCR-like slips such as "day/day" for de/dd and "CC/yes" for dc/da).
@@ -9,7 +10,7 @@ has OCR-like slips such as "day/day" for de/dd and "CC/yes" for dc/da).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich import box
@@ -17,20 +18,21 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.engines import manual as engine
-from sgdtrace.teaching.explain import (
-    Explanation,
-    FeatureExplanation,
-    closed_form_rate,
-    optimizer_lines,
-    step_momentum,
-    step_rate,
-)
 from sgdtrace.views.fmt import num
 
-#: per-sample rows and sum terms written out before the rest is elided
-MAX_SAMPLES = 8
-MAX_TERMS = 4
+# the pieces this view and the network's (sgdtrace.views.network) both write with
+from sgdtrace.views.sections import (
+    MAX_SAMPLES,
+    MAX_TERMS,
+    _per_sample,
+    _Section,
+    _sgd_rules,
+    _shape,
+    _update_title,
+)
+
+if TYPE_CHECKING:  # the records this view renders (it imports no computation)
+    from sgdtrace.teaching.explain import Explanation, FeatureExplanation
 
 
 # ------------------------------------------------------------------ rendering
@@ -50,44 +52,14 @@ def _terms(items: list[str]) -> str:
     return " + ".join(items)
 
 
-def _torch(ex: Explanation, field: str, label: str | None = None) -> Text:
-    u = ex.ulp(field)
-    t = Text("torch: ", style="dim")
-    t.append(f"{label or field} = {num(ex.torch_value(field))}")
-    t.append(f"  ({u} ulp)", style="green" if u == 0 else "yellow")
-    return t
-
-
-def _yours(ex: Explanation, field: str, label: str | None = None) -> Text:
-    """The user's value for ``field`` beside the expected one, within the step's rounding allowance or not."""
-    ok = ex.user_ok(field)
-    t = Text(f"{ex.user_name}: ", style="dim")
-    t.append(f"{label or field} = {num(ex.user[field])}")
-    t.append(
-        "  ✓ as expected" if ok else f"  ✗ expected {num(ex.expected[field])}", style="green" if ok else "bold red"
-    )
-    return t
-
-
-#: the per-sample nodes a user's forward returns, with what each is computed from (for its allowance)
 NODE_HEADS = {"a": "a = w·x", "c": "c = a + b", "d": "d = c − y", "e": "e = d²", "dl_dd": "dl/dd = (2/n)·d"}
 
 
-def _node_scale(ex: Explanation, name: str) -> np.ndarray:
-    """What the node is rounded from (the magnitude its rounding scales with), per sample."""
-    wx = np.abs(ex.w0 * ex.x)
-    m = wx + abs(ex.b0) + np.abs(ex.y)
-    d = np.abs(ex.nodes["d"])
-    return {"a": wx, "c": wx + abs(ex.b0), "d": m, "e": 2 * d * m + d * d, "dl_dd": 2 * m / ex.n}[name]
-
-
 def _user_forward(ex: Explanation) -> list:
-    """--engine with forward: the user's nodes per sample, each marked against the expected node."""
-    from sgdtrace.divergence import tolerances
-
+    """--engine with forward: the user's nodes per sample, each marked against the expected node
+    (``ex.user_nodes_bad``: judged by :func:`sgdtrace.teaching.explain.judge_nodes`)."""
     nodes = ex.user_nodes or {}
     names = [n for n in NODE_HEADS if n in nodes]
-    rtol, atol = tolerances(ex.trace.config)
     table = Table(
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),
@@ -100,7 +72,7 @@ def _user_forward(ex: Explanation) -> list:
     table.add_column("i", justify="right")
     for n in names:
         table.add_column(NODE_HEADS[n], justify="right")
-    bad = {n: np.abs(nodes[n] - ex.nodes[n]) > atol + 2 * rtol * _node_scale(ex, n) for n in names}
+    bad = ex.user_nodes_bad
     for i in range(min(ex.n, MAX_SAMPLES)):
         cells = [str(ex.indices[i])]
         for n in names:
@@ -121,37 +93,6 @@ def _user_forward(ex: Explanation) -> list:
         else Text("Every node agrees with the expected one.", style="green")
     )
     return [table, note]
-
-
-class _Section:
-    """Rows of (equation label, formula) in a grid, so long formulas wrap under their own column."""
-
-    def __init__(self, title: str):
-        self.title = title
-        self.grid = Table.grid(padding=(0, 1))
-        self.grid.add_column(width=7, no_wrap=True, style="bold")
-        self.grid.add_column()
-
-    def row(self, eq: str, text: str | Text, result: str | None = None) -> None:
-        t = text if isinstance(text, Text) else Text(text)
-        if result is not None:
-            t.append(" = ")
-            t.append(result, style="bold")
-        self.grid.add_row(eq, t)
-
-    def torch(self, ex: Explanation, field: str, label: str | None = None) -> None:
-        self.grid.add_row("", _torch(ex, field, label))
-        if ex.user is not None and field in ex.user:  # --engine: the user's value beside the expected one
-            self.grid.add_row("", _yours(ex, field, label))
-
-    def render(self) -> Group:
-        return Group(Text(self.title, style="bold"), self.grid)
-
-
-def _per_sample(values: list[str]) -> str:
-    if len(values) > MAX_SAMPLES:
-        values = values[:MAX_SAMPLES] + ["…"]
-    return ", ".join(values)
 
 
 def _header(ex: Explanation) -> Text:
@@ -202,9 +143,9 @@ def _backward(ex: Explanation) -> list:
     chain.row("", "dz/dl = 1")
     chain.row("", f"dl/de = 1/n = 1/{ex.n}", num(1 / ex.n))
     chain.row("", f"de/dd = 2d, per sample: {_per_sample([num(2 * v) for v in d])}")
-    chain.row("", f"dd/dc = {engine.DD_DC}")
-    chain.row("", f"dc/da = {engine.DC_DA}")
-    chain.row("", f"dc/db = {engine.DC_DB}")
+    chain.row("", f"dd/dc = {ex.chain['dd/dc']}")
+    chain.row("", f"dc/da = {ex.chain['dc/da']}")
+    chain.row("", f"dc/db = {ex.chain['dc/db']}")
     chain.row("", f"da/dw = x, per sample: {_per_sample([num(v) for v in x])}")
 
     wsec = _Section("Weight gradient")
@@ -232,7 +173,7 @@ def _optimizer_update(ex: Explanation) -> list:
     cfg = ex.trace.config
     sec = _Section(f"Update: torch.optim.{OPTIMIZER_CLASSES[cfg.optimizer]}'s algorithm, step t = {ex.step + 1}")
     for param in ("w", "b"):
-        for line in optimizer_lines(ex, param):
+        for line in ex.lines[param]:
             shown = line.template.format(
                 **{k: (str(v) if isinstance(v, int) else _p(v)) for k, v in line.values.items()}
             )
@@ -248,14 +189,14 @@ def _rate(ex: Explanation) -> list:
     if tr.config.scheduler is None:
         return []
     sec = _Section(f"Learning rate: {tr.config.scheduler.name} (torch's chainable recursion, get_lr)")
-    sec.row("", "lr", num(step_rate(tr, ex.step)))
+    sec.row("", "lr", num(ex.rate))
     sec.torch(ex, "lr")
-    closed = closed_form_rate(tr, ex.step)
+    closed = ex.closed_rate
     if closed is not None:
         sec.row(
             "",
             f"closed form (_get_closed_form_lr) = {closed!r}; recursion − closed form",
-            f"{step_rate(tr, ex.step) - closed:.3g}",
+            f"{ex.rate - closed:.3g}",
         )
     return [sec.render()]
 
@@ -264,8 +205,8 @@ def _update_lines(ex: Explanation) -> list:
     cfg = ex.trace.config
     if cfg.optimizer != "sgd":
         return _rate(ex) + _optimizer_update(ex)
-    lr = f"{step_rate(ex.trace, ex.step):g}"
-    momentum = step_momentum(ex.trace, ex.step)
+    lr = f"{ex.rate:g}"
+    momentum = ex.momentum
     plain = momentum == 0 and cfg.weight_decay == 0 and not cfg.maximize
     sec = _Section("Update (Equations 4-5" + ("" if plain else ", as torch.optim.SGD grows them") + ")")
     params = (("w", "4", ex.w0, ex.grad_w, ex.w1, "buf_w"), ("b", "5", ex.b0, ex.grad_b, ex.b1, "buf_b"))
@@ -329,11 +270,11 @@ def _spacing_row(sec, ex: Explanation, p: str, p0: float) -> None:
 
 def explain_view(ex: Explanation) -> Group:
     """The page: header, forward pass, backward pass, update, and whether it matches the run."""
-    if type(ex).__name__ == "NetworkExplanation":  # a network: layer by layer (sgdtrace.views.network)
+    if ex.form == "network":  # a network: layer by layer (sgdtrace.views.network)
         from sgdtrace.views.network import network_view
 
         return network_view(ex)
-    if isinstance(ex, FeatureExplanation):
+    if ex.form == "vector":
         return features_view(ex)
     parts: list = [_header(ex), Text("")]
     parts += _forward(ex) + [Text("")]
@@ -366,11 +307,11 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
     """The same page as data: nodes per sample, the factors, the results beside torch's."""
     from sgdtrace.divergence import json_number
 
-    if type(ex).__name__ == "NetworkExplanation":
+    if ex.form == "network":
         from sgdtrace.views.network import network_json
 
         return network_json(ex)
-    if isinstance(ex, FeatureExplanation):
+    if ex.form == "vector":
         return features_json(ex)
 
     def nums(a) -> list:
@@ -398,9 +339,9 @@ def explain_json(ex: Explanation) -> dict[str, Any]:
             "dz/dl": 1,
             "dl/de": json_number(1 / ex.n),
             "de/dd": nums(2 * ex.nodes["d"]),
-            "dd/dc": engine.DD_DC,
-            "dc/da": engine.DC_DA,
-            "dc/db": engine.DC_DB,
+            "dd/dc": ex.chain["dd/dc"],
+            "dc/da": ex.chain["dc/da"],
+            "dc/db": ex.chain["dc/db"],
             "da/dw": nums(ex.x),
             "dl/dd": nums(ex.nodes["dl_dd"]),
         },
@@ -433,10 +374,6 @@ def _vec(values, most: int = MAX_TERMS + 2) -> str:
     if len(items) > most:
         items = items[: most - 1] + [f"… ({len(items) - most + 1} more)"]
     return "(" + ", ".join(items) + ")"
-
-
-def _shape(v) -> str:
-    return "(" + ", ".join(map(str, np.shape(v))) + ("," if np.ndim(v) == 1 else "") + ")"
 
 
 def _torch_vec(ex: FeatureExplanation, field: str, label: str) -> Text:
@@ -526,9 +463,9 @@ def logistic_view(ex: FeatureExplanation) -> Group:
 
 def _update_part(ex: FeatureExplanation) -> list:
     """The update section and the closing line of a vector-form explanation."""
-    tr, cfg = ex.trace, ex.trace.config
+    cfg = ex.trace.config
     upd = _Section(_update_title(cfg))
-    lr = step_rate(tr, ex.step)
+    lr = ex.rate
     for p in ex.start:
         rules = _sgd_rules(cfg, p, ex.step) if cfg.optimizer == "sgd" else {}
         for f, state in ex.state1.items():
@@ -610,7 +547,7 @@ def features_view(ex: FeatureExplanation) -> Group:
     parts += [back.render(), Text("")]
 
     upd = _Section(_update_title(cfg))
-    lr = step_rate(tr, ex.step)
+    lr = ex.rate
     for p in ex.start:
         rules = _sgd_rules(cfg, p, ex.step) if cfg.optimizer == "sgd" else {}
         for f, state in ex.state1.items():
@@ -632,33 +569,6 @@ def features_view(ex: FeatureExplanation) -> Group:
     else:  # pragma: no cover - would mean explain recomputes differently from the run
         parts.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
     return Group(*parts)
-
-
-def _sgd_rules(cfg, p: str, step: int) -> dict[str, str]:
-    """torch.optim.SGD's lines for parameter ``p``, as formulas (element by element)."""
-    g = f"dl/d{p}"
-    if cfg.maximize:
-        g = f"−{g}"
-    if cfg.weight_decay:
-        g = f"({g} + {cfg.weight_decay:g}·{p})"
-    if not cfg.momentum:
-        return {"param": f"{p} − lr·{g}"}
-    buf = f"buf_{p}"
-    state = g if step == 0 else f"{cfg.momentum:g}·{buf} + {1 - cfg.dampening:g}·{g}"
-    param = f"{p} − lr·({g} + {cfg.momentum:g}·{buf})" if cfg.nesterov else f"{p} − lr·{buf}"
-    return {"state": state + (" (the first step starts the buffer)" if step == 0 else ""), "param": param}
-
-
-def _update_title(cfg) -> str:
-    from sgdtrace.config import OPTIMIZER_CLASSES
-
-    if cfg.optimizer == "sgd":
-        plain = not cfg.momentum and not cfg.weight_decay and not cfg.maximize
-        return "Update (Equations 4-5" + ("" if plain else ", as torch.optim.SGD grows them") + "), element by element"
-    return (
-        f"Update: torch.optim.{OPTIMIZER_CLASSES[cfg.optimizer]}'s algorithm (sgdtrace explain on the "
-        "article's data shows it line by line), element by element"
-    )
 
 
 def features_json(ex: FeatureExplanation) -> dict[str, Any]:

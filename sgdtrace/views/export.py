@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdtrace import __version__
+from sgdtrace._version import __version__
 from sgdtrace.divergence import json_number, tolerances
 from sgdtrace.verdict import json_safe
 from sgdtrace.views.elements import columns

@@ -4,43 +4,8 @@ from __future__ import annotations
 
 import math
 
+from sgdtrace.labels import LABELS, label  # noqa: F401  (re-exported: the views' labels)
 from sgdtrace.verdict import json_number
-
-
-#: how each field is labelled in tables: the article's notation
-class _Labels(dict):
-    """Field -> label; a field without one (an optimizer's state, exp_avg_w, ...) is its own label."""
-
-    def __missing__(self, key: str) -> str:
-        return key
-
-
-LABELS = _Labels(
-    {
-        "grad_w": "dl/dw",
-        "grad_b": "dl/db",
-        "loss": "loss",
-        "w": "w",
-        "b": "b",
-        "buf_w": "buf_w",
-        "buf_b": "buf_b",
-        "lr": "lr",
-        # a network's (--model mlp)
-        "grad_w1": "dl/dW1",
-        "grad_b1": "dl/db1",
-        "grad_w2": "dl/dW2",
-        "grad_b2": "dl/db2",
-        "w1": "W1",
-        "b1": "b1",
-        "w2": "W2",
-        "b2": "b2",
-    }
-)
-
-
-def label(field: str) -> str:
-    """A field's column label (the optimizers' state fields go by their own names: exp_avg_w, ...)."""
-    return LABELS.get(field, field)
 
 
 def num(value: float, digits: int = 6) -> str:

@@ -7,7 +7,7 @@ nothing of its own.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich import box
@@ -15,8 +15,21 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sgdtrace.teaching.graph import FEATURES_DAG, MANUAL_DAG, GraphResult
 from sgdtrace.views.fmt import num
+
+if TYPE_CHECKING:  # the record this view renders (built by sgdtrace.teaching.graph, which runs torch)
+    from sgdtrace.teaching.graph import GraphResult
+
+
+def is_article_dag(dag) -> bool:
+    """The article's scalar DAG (``a = w·x``), not its vector form on D features."""
+    return any(node.forward == "a = w·x" for node in dag)
+
+
+def is_features_dag(dag) -> bool:
+    """The article's DAG in vector form on D features (``a = X·w``), not another model's."""
+    return any(node.forward.startswith("a = X·w") for node in dag)
+
 
 # ------------------------------------------------------------------ rendering
 
@@ -29,18 +42,19 @@ def _grad_text(values: np.ndarray | None) -> str:
     return shown if len(vals) == 1 else f"[{shown}]"
 
 
-def manual_table(dag=MANUAL_DAG, title: str | None = None) -> Table:
-    table = Table(
-        title=title
-        or (
+def manual_table(dag, title: str | None = None) -> Table:
+    if title is None:
+        title = (
             "The article's DAG (manual)"
-            if dag is MANUAL_DAG
+            if is_article_dag(dag)
             else (
                 "The DAG on D features, in vector form (manual)"
-                if dag is FEATURES_DAG
+                if is_features_dag(dag)
                 else "The DAG, in vector form (manual)"
             )
-        ),
+        )
+    table = Table(
+        title=title,
         title_justify="left",
         title_style="bold",
         box=box.SIMPLE_HEAD,
@@ -167,7 +181,7 @@ def graph_dot(g: GraphResult) -> str:
         '  node [fontname="Helvetica"];',
         "  subgraph cluster_manual {",
         '    label="manual (the article\'s DAG)";'
-        if g.manual_dag in (MANUAL_DAG, FEATURES_DAG)
+        if is_article_dag(g.manual_dag) or is_features_dag(g.manual_dag)
         else '    label="manual (vector form)";',
         "    color=blue;",
     ]

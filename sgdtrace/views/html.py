@@ -15,7 +15,7 @@ import html
 import re
 from typing import Any
 
-from sgdtrace import __version__
+from sgdtrace._version import __version__
 from sgdtrace.views.fmt import LABELS, describe_data, num, percent, sci
 
 CSS = """
@@ -369,9 +369,6 @@ def explained_step(trace, batch: int | None = None, epoch: int = 1) -> tuple[int
 
 def run_page(trace, batch: int | None = None, epoch: int = 1, rows: int | None = None, every: int = 1) -> str:
     """``sgdtrace run --format html``: the whole report of one run."""
-    from sgdtrace.teaching.explain import explain_step
-    from sgdtrace.teaching.graph import build_graph
-
     title = (
         "sgdtrace: "
         + ("agree" if trace.verdict.ok else "diverge")
@@ -387,11 +384,8 @@ def run_page(trace, batch: int | None = None, epoch: int = 1, rows: int | None =
         if trace.verdict.diverged_training
         else "the first batch: nothing diverged"
     )
-    import numpy as np
-
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a blow-up is shown, not warned of
-        ex = explain_step(trace, kb, ke)
-        g = build_graph(trace, kb, ke)
+    shown = trace.report.batch(kb, ke)  # the report stage explains it and builds its graph
+    ex, g = shown.explanation, shown.graph
     body = [
         f'<header><h1>{esc(title)}</h1><p class="muted">{esc(title_of(trace))} · sgdtrace '
         f"{esc(__version__)}</p></header>",

@@ -16,9 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sgdtrace.models.mlp import TORCH_ACTIVATION, TORCH_LOSS
-from sgdtrace.teaching.explain import step_rate
-from sgdtrace.views.explain import MAX_SAMPLES, _per_sample, _Section, _sgd_rules, _shape, _update_title
 from sgdtrace.views.fmt import num
+from sgdtrace.views.sections import MAX_SAMPLES, _per_sample, _Section, _sgd_rules, _shape, _update_title
 
 #: elements of a vector written out before the rest is counted
 MAX_ELEMENTS = 4
@@ -88,7 +87,7 @@ def network_view(ex) -> Group:
     spe = tr.plan.steps_per_epoch
     head = Text(f"Epoch {ex.epoch} of {tr.plan.epochs}, batch {ex.batch} of {spe} (step {ex.step + 1})", style="bold")
     head.append(
-        f": samples {_per_sample([str(i) for i in ex.indices.tolist()])} (n = {n}), lr {step_rate(tr, ex.step):g}, "
+        f": samples {_per_sample([str(i) for i in ex.indices.tolist()])} (n = {n}), lr {ex.rate:g}, "
         f"{cfg.dtype} on {tr.device}\n"
         f"The network: z1 = X·W1ᵀ + b1, h = {act}(z1), {out} = z2 = h·W2ᵀ + b2, with X ({n}, {D}), W1 ({H}, {D}), "
         f"b1 ({H},), W2 (1, {H}), b2 (1,) (torch: nn.Sequential(nn.Linear({D}, {H}), {TORCH_ACTIVATION[act]}, "
@@ -148,7 +147,7 @@ def network_view(ex) -> Group:
     parts += [back2.grid, Text("")]
 
     upd = _Section(_update_title(cfg))
-    lr = step_rate(tr, ex.step)
+    lr = ex.rate
     for p in model.params:
         name = p.name
         rules = _sgd_rules(cfg, name, ex.step) if cfg.optimizer == "sgd" else {}

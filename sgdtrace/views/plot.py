@@ -27,16 +27,6 @@ def require_matplotlib():
     return matplotlib
 
 
-def _surface(trace, ws: np.ndarray, bs: np.ndarray) -> np.ndarray:
-    """The mean squared error over the whole data set on a (w, b) grid, in float64."""
-    x, y = trace.dataset.x[:, 0], trace.dataset.y
-    W, B = np.meshgrid(ws, bs)
-    # sum_i (w x_i + b - y_i)^2 expanded, so the grid costs O(grid) not O(grid * samples)
-    n = x.shape[0]
-    sxx, sx, sy, sxy, syy = (x * x).sum(), x.sum(), y.sum(), (x * y).sum(), (y * y).sum()
-    return (W * W * sxx + 2 * W * B * sx + n * B * B - 2 * W * sxy - 2 * B * sy + syy) / n
-
-
 def _finite(a: np.ndarray) -> np.ndarray:
     return a[np.isfinite(a)]
 
@@ -216,15 +206,15 @@ def plot_figure(trace, width: int = 1500, height: int = 450, dpi: int = 100):
     ok = np.isfinite(path_w) & np.isfinite(path_b)
     pw, pb = path_w[ok], path_b[ok]
     # the least-squares optimum of the full data, so the contours show where the path is heading
-    A = np.stack([ds.x[:, 0], np.ones_like(ds.x[:, 0])], axis=1)
-    (opt_w, opt_b), *_ = np.linalg.lstsq(A, ds.y, rcond=None)
+    plane = trace.report.plane  # the report stage's: the optimum and the loss over the (w, b) plane
+    opt_w, opt_b = plane.optimum
     lo_w, hi_w = min(pw.min(), opt_w), max(pw.max(), opt_w)
     lo_b, hi_b = min(pb.min(), opt_b), max(pb.max(), opt_b)
     pad_w, pad_b = 0.15 * (hi_w - lo_w) + 0.5, 0.15 * (hi_b - lo_b) + 0.5
     ws = np.linspace(lo_w - pad_w, hi_w + pad_w, 200)
     bs = np.linspace(lo_b - pad_b, hi_b + pad_b, 200)
     with np.errstate(over="ignore", invalid="ignore"):
-        surf = _surface(trace, ws, bs)
+        surf = plane.surface(ws, bs)
     finite_surf = _finite(surf)
     if finite_surf.size and finite_surf.max() > 0:
         top = finite_surf.max()
@@ -291,7 +281,7 @@ def _feature_params(ax, trace, steps) -> None:
     """Each parameter's elements after each step (w[0], w[1], ..., b), each against its true value
     (dashed, same colour) where the data has one."""
     model = trace.model
-    truths = model.module.true_values(trace.dataset, model) or {}
+    truths = trace.report.truths or {}
     colours = iter(f"C{i % 10}" for i in range(10_000))
     lines = 0
     for p in model.params:

@@ -277,7 +277,7 @@ def _feature_params_panel(trace, ident: str) -> str:
     import numpy as np
 
     model = trace.model
-    truths = model.module.true_values(trace.dataset, model) or {}
+    truths = trace.report.truths or {}
     steps = np.arange(1, trace.n_steps + 1, dtype=np.float64)
     series = []
     for p in model.params:
@@ -355,14 +355,13 @@ def path_panel(trace, ident: str) -> str:
 
     import numpy as np
 
-    ds, cfg = trace.dataset, trace.config
-    x, y = ds.x[:, 0].astype(np.float64), ds.y.astype(np.float64)
+    cfg = trace.config
+    plane = trace.report.plane  # the report stage's: the optimum and the curvature A
     pw = np.concatenate(([cfg.init_w], trace.manual["w"].astype(np.float64)))
     pb = np.concatenate(([cfg.init_b], trace.manual["b"].astype(np.float64)))
     ok = np.isfinite(pw) & np.isfinite(pb)
     pw, pb = pw[ok], pb[ok]
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    (opt_w, opt_b), *_ = np.linalg.lstsq(design, y, rcond=None)
+    opt_w, opt_b = plane.optimum
     lo_w, hi_w = _range(pw, np.array([opt_w]))
     lo_b, hi_b = _range(pb, np.array([opt_b]))
     pad_w, pad_b = 0.1 * (hi_w - lo_w) + 0.5, 0.1 * (hi_b - lo_b) + 0.5
@@ -373,9 +372,7 @@ def path_panel(trace, ident: str) -> str:
     clip = f"{ident}-clip"
     x0, x1, y0, y1 = left, PANEL_W - right, PANEL_H - bottom, top
     body.append(f'<clipPath id="{clip}"><rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}"/></clipPath>')
-    n = float(len(x))
-    a = np.array([[np.sum(x * x), np.sum(x)], [np.sum(x), n]]) / n
-    lam, vec = np.linalg.eigh(a)
+    a, lam, vec = plane.curvature, plane.eigenvalues, plane.eigenvectors
     contours = []
     if lam.min() > 1e-12 * max(lam.max(), 1e-300):
         corners = [(sx.ticks[i], sy.ticks[j]) for i in (0, -1) for j in (0, -1)]
@@ -469,17 +466,16 @@ _NETWORK_POS = {
 }
 
 
-def dag_svg(ident: str = "dag", dag=None) -> str:
+def dag_svg(ident: str, dag) -> str:
     """The manual DAG (leaves w, x, b, y; nodes a, c, d, e, l, z) with each node's backward function.
 
     Arrows point the way the forward pass goes (inputs to outputs); each node's label is its
     forward formula, and under it, in the accent colour, the local derivative the chain rule
     multiplies on the way back.
     """
-    from sgdtrace.views.graph import MANUAL_DAG
+    from sgdtrace.views.graph import is_article_dag
 
-    article = dag is None or dag is MANUAL_DAG
-    dag = MANUAL_DAG if dag is None else dag
+    article = is_article_dag(dag)
     network = any(node.name == "z1" for node in dag)
     pos = _NETWORK_POS if network else _POS
     w, h = 620, 470

@@ -61,7 +61,9 @@ def _title(trace) -> str:
         opts.insert(0, _optimizer_options(cfg))
     if cfg.scheduler is not None:
         opts.append(f"{cfg.scheduler.name} per {cfg.scheduler.interval}")
-    name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}[cfg.optimizer]
+    from sgdtrace.config import OPTIMIZER_CLASSES  # the optimizer registry's torch class names
+
+    name = OPTIMIZER_CLASSES[cfg.optimizer]
     init_w = vector_text(cfg.init_w) if isinstance(cfg.init_w, tuple) else f"{cfg.init_w:g}"
     initialised = any(cfg.init_w) if isinstance(cfg.init_w, tuple) else cfg.init_w
     return (
@@ -157,11 +159,10 @@ def summary_text(trace, shown: list[int | None]) -> Text:
     rows = sum(1 for k in shown if k is not None)
     out = Text(f"{n} steps, {rows} shown · " if rows < n else "", style="dim")
     if n:
-        man, model = trace.manual, trace.model
-        ds = trace.dataset
-        truths = model.module.true_values(ds, model) or {}
+        man, report = trace.manual, trace.report  # the true values and the data's loss: the report stage's
+        truths = report.truths or {}
         parts = []
-        for p in model.params:
+        for p in trace.model.params:
             true = f" (true {_value_text(truths[p.name])})" if p.name in truths else ""
             if p.size > 4:  # a matrix or a long vector: its norm
                 start_norm = float(np.linalg.norm(np.asarray(trace.initial[p.name], dtype=np.float64)))
@@ -169,8 +170,7 @@ def summary_text(trace, shown: list[int | None]) -> Text:
                 parts.append(f"‖{p.label}‖ {num(start_norm)} → {num(end_norm)}")
                 continue
             parts.append(f"{p.label} {_value_text(trace.initial[p.name])} → {_value_text(man[p.name][-1])}{true}")
-        start = model.module.data_loss(model, ds, trace.initial)
-        end = model.module.data_loss(model, ds, {p: man[p][-1].astype("float64") for p in model.names})
+        start, end = report.data_loss
         out.append(" · ".join(parts) + f" · data loss {num(start)} → {num(end)}", style="dim")
     return out
 

@@ -5,6 +5,7 @@ the table, the markdown export, the HTML page and the notebook say the same word
 
 from __future__ import annotations
 
+from sgdtrace.labels import STATE_NAMES
 from sgdtrace.views.fmt import field_label, num, percent, sci
 
 #: (text, style) pieces; the style is a rich style name, "" for none
@@ -13,10 +14,8 @@ Segment = tuple[str, str]
 
 def _state_key(field: str) -> str:
     """torch's name of a recorded state column's entry (``buf_w`` -> ``momentum_buffer``)."""
-    from sgdtrace.engines.protocol import _STATE_NAMES
-
     recorded = field.rsplit("_", 1)[0]
-    return {v: k for k, v in _STATE_NAMES.items()}.get(recorded, recorded)
+    return {v: k for k, v in STATE_NAMES.items()}.get(recorded, recorded)
 
 
 def show(value: float | str | None) -> str:

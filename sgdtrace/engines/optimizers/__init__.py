@@ -14,18 +14,31 @@ Each module has:
   its own operations (see :mod:`sgdtrace.divergence` and :mod:`._track`); ``ctx`` is a
   :class:`StepContext`.
 
-The learning-rate schedules are in :mod:`.schedules`.
+Each is declared in :mod:`.registry` (name, torch's class, options with defaults and ranges, state,
+capabilities), which everything that lists optimizers reads. The learning-rate schedules are in
+:mod:`.schedules`. Importing this package loads no optimizer module (and no NumPy): :func:`get` does.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from sgdtrace.engines.optimizers import adagrad, adam, adamw, rmsprop, sgd
+from sgdtrace.engines.optimizers import registry
 
-OPTIMIZERS: dict[str, ModuleType] = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad}
+
+class _Modules(dict):
+    """Name -> the optimizer's module, imported the first time it is asked for (the registry's names)."""
+
+    def __missing__(self, name: str) -> ModuleType:
+        module = importlib.import_module(registry.spec(name).module)
+        self[name] = module
+        return module
+
+
+OPTIMIZERS: dict[str, ModuleType] = _Modules()
 
 
 def get(name: str) -> ModuleType:
@@ -48,16 +61,19 @@ class StepContext:
     group: dict[str, Any] = field(default_factory=dict)
 
 
-def step_hypers(config, scalar, plan, **extra):
+def step_hypers(config, scalar, plan, schedule=None, **extra):
     """The hand engine's per-step hyper-parameters under a schedule: functions ``k -> hp`` and
     ``k -> lr`` (one ``Hyper`` per schedule position), or ``(None, None)`` without a schedule.
+    ``schedule``: the run's :class:`schedules.Table` (worked out here when not given).
     ``extra``: the keyword arguments of the optimizer's ``hyper`` beyond the group (``kept``)."""
     if config.scheduler is None:
         return None, None
-    from sgdtrace.engines.optimizers import schedules
+    if schedule is None:
+        from sgdtrace.engines.optimizers import schedules
 
+        schedule = schedules.table(config, plan)
     opt = get(config.optimizer)
-    rows = schedules.values(config, schedules.calls(config, plan))
+    rows = schedule.rows
     hps = [opt.hyper(config, scalar, row, **extra) for row in rows]
     lrs = [row["lr"] for row in rows]
     if config.scheduler.interval == "step":

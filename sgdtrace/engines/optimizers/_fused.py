@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sgdtrace.engines.optimizers import registry
+
 #: elements in the narrowest vector any CPU build of the kernels uses for a 16-bit type
 #: (Vectorized<BFloat16>/<Half>::size(): 16 on the baseline and AVX2 builds, 32 on AVX-512)
 NARROWEST_VECTOR = 16
@@ -219,8 +221,8 @@ def adagrad(param, grad, total, hp, t: int, contracted: bool):
 # ------------------------------------------------------------------ which form this machine runs
 
 #: the kernels probed, by torch.optim's class name in lower case (AdamW is Adam's kernel in its
-#: ADAMW mode: ``torch._fused_adamw_``)
-KERNELS = ("sgd", "adam", "adamw", "adagrad")
+#: ADAMW mode: ``torch._fused_adamw_``): those the registry gives a fused kernel
+KERNELS = registry.with_capability("fused")
 
 #: cases per probe: random options and values, and as many built to tell the two forms apart
 PROBE_CASES = 300

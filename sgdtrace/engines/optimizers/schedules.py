@@ -16,12 +16,14 @@ The scheduler is stepped where a learner steps it: after ``optimizer.step()``, o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
+from sgdtrace.engines.optimizers import registry
 from sgdtrace.errors import ConfigError
 
-#: optimizers whose OneCycleLR cycling drives ``betas[0]`` (the rest: ``momentum``)
-USE_BETA1 = ("adam", "adamw")
+#: optimizers whose OneCycleLR cycling drives ``betas[0]`` (the rest: ``momentum``): the registry's
+USE_BETA1 = tuple(name for name, spec in registry.SPECS.items() if spec.cycles == "beta1")
 
 
 def cycles_momentum(config) -> bool:
@@ -197,6 +199,33 @@ def values(config, count: int) -> list[dict[str, float]]:
             row[key] = group["_momentum"]
         out.append(row)
     return out
+
+
+@dataclass(frozen=True)
+class Table:
+    """A run's schedule, worked out once (:func:`table`) and passed to whoever needs it (the hand
+    engine's per-step hyper-parameters, the judge's per-step rate, explain): ``rows``, the group
+    values at each schedule position (:func:`values`); ``at``, each step's position
+    (:func:`index_of_step`)."""
+
+    rows: list[dict[str, float]]
+    at: Any  # NumPy array, one position per step
+
+    def per_step(self, key: str):
+        """The value ``key`` (``lr``, ``momentum``, ``beta1``) each step ran with (a NumPy array)."""
+        import numpy as np
+
+        return np.array([r[key] for r in self.rows])[self.at]
+
+
+def table(config, plan) -> Table | None:
+    """The run's schedule table (None without a schedule). Raises :class:`ConfigError` before
+    training where torch would raise in the loop: OneCycleLR stepped past ``total_steps``
+    (:func:`check`), arguments that divide by zero (:func:`values`)."""
+    if config.scheduler is None:
+        return None
+    check(config, plan)
+    return Table(values(config, calls(config, plan)), index_of_step(config, plan))
 
 
 def check(config, plan) -> None:
