@@ -146,7 +146,7 @@ RUN_FORMATS: dict[str, View] = {
     "markdown": View("the table as Markdown", _ignore_options(_lazy("sgdtrace.views.export", "trace_to_markdown"))),
     "html": View(
         "one self-contained page: table, verdict, plots, a batch explained, the graph",
-        _lazy("sgdtrace.views.html", "run_page"),
+        _lazy("sgdtrace.teaching.report", "run_html"),
     ),
 }
 COMPARE_FORMATS: dict[str, View] = {

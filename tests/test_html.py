@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 import sgdtrace
 from sgdtrace.cli import cli
+from sgdtrace.teaching.report import run_html as run_page
 from sgdtrace.views.export import trace_to_csv
-from sgdtrace.views.html import cell, run_page
+from sgdtrace.views.html import cell
 from sgdtrace.views.table import verdict_text
 
 # The article's table (lr 0.01, batch size 3, w = b = 0), to the digits it prints (as in test_article.py).
@@ -31,54 +32,64 @@ HEADS = {"grad_w": "dl/dw", "grad_b": "dl/db", "w": "w", "b": "b", "loss": "loss
 
 
 class Page(HTMLParser):
-    """Collects what the tests look at: every tag with its attributes, the steps table's rows as text
-    cells, the tables' captions and header cells, the SVGs' titles and descriptions, all text."""
+    """Collects what the tests look at: every tag with its attributes, each table's rows as text
+    cells (a table inside a cell, such as an explanation in a row's <details>, is a table of its
+    own), the tables' captions and header cells, the SVGs' titles and descriptions, all text."""
+
+    VOID = ("meta", "br", "img", "input", "link", "hr")
 
     def __init__(self, text: str):
         super().__init__(convert_charrefs=True)
         self.tags: list[tuple[str, dict]] = []
         self.stack: list[str] = []
         self.tables: list[dict] = []
+        self.open: list[dict] = []  # the tables open, innermost last
         self.svg_titles: list[str] = []
         self.svg_descs: list[str] = []
         self.text: list[str] = []
-        self._cell: list[str] | None = None
-        self._row: list[str] | None = None
         self._capture: list[str] | None = None
         self.feed(text)
         self.close()
 
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))  # <mrow/>: no content
+
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         self.tags.append((tag, a))
-        if tag in ("meta", "br", "img", "input", "link", "hr"):
+        if tag in self.VOID:
             return
         self.stack.append(tag)
         if tag == "table":
-            self.tables.append({"class": a.get("class", ""), "caption": "", "rows": [], "ths": []})
+            t = {"class": a.get("class", ""), "caption": "", "rows": [], "ths": [], "_row": None, "_cell": None}
+            self.tables.append(t)
+            self.open.append(t)
         elif tag == "tr":
-            self._row = []
+            self.open[-1]["_row"] = []
         elif tag in ("td", "th"):
-            self._cell = []
+            self.open[-1]["_cell"] = []
             if tag == "th":
-                self.tables[-1]["ths"].append(a)
+                self.open[-1]["ths"].append(a)
         elif tag in ("caption", "title", "desc"):
             self._capture = []
 
     def handle_endtag(self, tag):
-        if tag in ("meta", "br", "img", "input", "link", "hr"):
+        if tag in self.VOID:
             return
         assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
         self.stack.pop()
-        if tag in ("td", "th") and self._cell is not None and self._row is not None:
-            self._row.append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "tr" and self._row is not None:
-            self.tables[-1]["rows"].append(self._row)
-            self._row = None
+        t = self.open[-1] if self.open else None
+        if tag in ("td", "th") and t["_cell"] is not None and t["_row"] is not None:
+            t["_row"].append("".join(t["_cell"]).strip())
+            t["_cell"] = None
+        elif tag == "tr" and t["_row"] is not None:
+            t["rows"].append(t["_row"])
+            t["_row"] = None
         elif tag == "caption":
-            self.tables[-1]["caption"] = "".join(self._capture).strip()
+            t["caption"] = "".join(self._capture).strip()
             self._capture = None
+        elif tag == "table":
+            self.open.pop()
         elif tag in ("title", "desc") and "svg" in self.stack:
             (self.svg_titles if tag == "title" else self.svg_descs).append("".join(self._capture).strip())
             self._capture = None
@@ -87,9 +98,11 @@ class Page(HTMLParser):
 
     def handle_data(self, data):
         self.text.append(data)
-        for buf in (self._cell, self._capture):
-            if buf is not None:
-                buf.append(data)
+        if self._capture is not None:
+            self._capture.append(data)
+        for t in self.open:  # a cell holds the text of what is inside it
+            if t["_cell"] is not None:
+                t["_cell"].append(data)
 
     def table(self, cls: str) -> dict:
         return next(t for t in self.tables if t["class"] == cls)
@@ -151,8 +164,9 @@ def test_page_holds_the_verdict_config_explanation_and_graph(report, article):
     assert config["lr"] == "0.01" and config["batch_size"] == "3" and config["dtype"] == "float32"
     # nothing diverged: batch 1 is explained, with its numbers beside torch's
     assert "Batch 1 explained" in words and "Eq. 8" in words
-    explain = {row[0]: row[1:] for row in page.table("explain")["rows"][1:]}
-    assert explain["dl/dw"] == ["-26.6667", "-26.6667", "0"]
+    first = [t for t in page.tables if t["class"] == "eqs"][:5]  # the explanation section's
+    eqs = {row[0]: row[1:] for t in first for row in t["rows"] if row[0]}
+    assert eqs["Eq. 8"][0].endswith("=−26.6667") and eqs["Eq. 8"][1] == "torch: dl/dw = -26.6667 (0 ulp)"
     # the graph: the DAG as inline SVG, torch's grad_fn graph as a table
     assert "The article's computation graph (the manual DAG)" in page.svg_titles
     graph_rows = page.table("torch-graph")["rows"]
@@ -189,7 +203,7 @@ def test_csv_download_holds_every_step(tmp_path, article):
     page = Page(out.read_text(encoding="utf-8"))
     steps = page.table("steps")
     # 90 steps summarised as in the terminal: 40 shown (2 rows each), one gap row
-    gaps = [row for row in steps["rows"] if len(row) == 1]
+    gaps = [row for row in steps["rows"] if len(row) == 1 and "steps not shown" in row[0]]
     assert len(gaps) == 1 and "50 steps not shown" in gaps[0][0]
     assert sum(1 for row in steps["rows"] if "hand" in row) == 40
     links = [a for t, a in page.tags if t == "a" and "download" in a]
