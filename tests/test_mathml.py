@@ -205,3 +205,28 @@ def test_linear_formulas():
     assert beta.find("msup/msub/mi").text == "β" and beta.find("msup/mn").text == "3"
     d = ET.fromstring(linear("dl/dw"))
     assert d.tag == "mfrac" and [el.text for el in d.iter("mi")] == ["d", "l", "d", "w"]
+
+
+def test_the_docs_site_shows_the_same_equations():
+    """docs/explain.md's ``<!-- equations: ... -->`` lines become, at build time, the fragment the
+    HTML page shows for that batch; the site fetches no font (nor anything else) from the network."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", root / "tools" / "mkdocs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    page = (root / "docs" / "explain.md").read_text(encoding="utf-8")
+    marks = hooks.EQUATIONS.findall(page)
+    assert marks == ["--batch 2", "--batch 2 --features 3 --synthetic 20 --batch-size 5"]
+    built = hooks.on_page_markdown(page, None, None, None)
+    article = explanation_html(explain_step(sgdtrace.trace(), 2))
+    features = explanation_html(explain_step(sgdtrace.trace(features=3, synthetic=20, batch_size=5), 2))
+    assert article in built and features in built and "<!-- equations:" not in built
+    with pytest.raises(ValueError, match="--device"):
+        hooks.equations_html("--batch 1 --device cuda")
+    config = yaml.safe_load((root / "mkdocs.yml").read_text().replace("!!python", "#"))
+    assert config["theme"]["font"] is False

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: the most shown batches a page explains equation by equation (the rest: the command that does)
-EXPLAINED = 60
+EXPLAINED = 40
 
 
 @dataclass

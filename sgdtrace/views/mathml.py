@@ -125,7 +125,7 @@ def deriv(top: str, bottom: str) -> str:
 
 def math(*parts: str, display: str = "inline", label: str | None = None) -> str:
     aria = f' aria-label="{_e(label)}"' if label else ""
-    return f'<math display="{display}"{aria}>' + "".join(parts) + "</math>"
+    return f'<math display="{display}" displaystyle="true"{aria}>' + "".join(parts) + "</math>"
 
 
 DOT = mo("·")
