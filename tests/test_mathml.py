@@ -93,6 +93,7 @@ CONFIGS = {
     "adagrad": {"optimizer": "adagrad", "lr_decay": 0.1},
     "float64 batch 4": {"dtype": "float64", "batch_size": 4},
     "batch 9": {"batch_size": 9, "epochs": 2},
+    "bfloat16 stall": {"dtype": "bfloat16", "init_w": 500.0, "init_b": 5.0, "lr": 2e-5},
 }
 
 
@@ -145,10 +146,23 @@ def test_the_chain_rule_and_every_update_line_match_the_text_view(case):
             key = "Backward pass" if title.startswith("Backward") else "Update" if title.startswith("Update") else None
             if key is None:
                 continue
-            mine = [m for _, m, _ in typeset[key].rows]
+            mine = [m for _, m, _ in typeset[key].rows if "spacing of" not in m]  # the text's "spacing of" too
             assert len(mine) == len(rows), (title, rows)
             for (_lab, formula), m in zip(rows, mine):
                 assert Counter(mathml_numbers(m)) == Counter(text_numbers(formula)), (formula, mathml_numbers(m))
+
+
+def test_the_stall_beside_the_update():
+    """bfloat16, w = 500: the update is under half the spacing of the values next to w, w stays."""
+    ex = explain_step(sgdtrace.trace(dtype="bfloat16", init_w=500.0, init_b=5.0, lr=2e-5), 1)
+    rows = [(m, b) for title, rows in equations(ex) if title.startswith("Update") for _, m, b in rows.rows]
+    stall = [(m, b) for m, b in rows if "spacing of bfloat16 next to w" in m]
+    assert len(stall) == 1 and "w stays 500 (stalled)" in stall[0][1]
+    spacing = ex.spacing["w"]
+    got = mathml_numbers(stall[0][0])
+    assert got == [num(abs(spacing["update"])), num(spacing["above"]), "2"] and "<mo><</mo>" in stall[0][0].replace(
+        "&lt;", "<"
+    )
 
 
 def test_torch_value_beside_each_result():

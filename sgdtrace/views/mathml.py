@@ -591,6 +591,7 @@ def update_equations(ex) -> list[tuple[str, Rows]]:
             ),
             beside(ex, p, p),
         )
+        _spacing(upd, ex, p, p0)
     plain = momentum == 0 and cfg.weight_decay == 0 and not cfg.maximize
     title = (
         "Update (Equations 4-5" + ("" if plain else ", as torch.optim.SGD grows them; μ momentum, τ dampening") + ")"
@@ -603,6 +604,28 @@ def _note(formula: str) -> tuple[str, str]:
     """A formula and the words in parentheses at its end (``… + eps (eps outside the root)``)."""
     m = re.fullmatch(r"(.*?)\s+\(([a-z][a-z ]+)\)", formula)
     return (m.group(1), m.group(2)) if m else (formula, "")
+
+
+def _spacing(upd: Rows, ex, p: str, p0: float) -> None:
+    """The spacing of the dtype's values next to the parameter beside the update (the stall), where
+    the text view shows it: in the 16-bit types, and wherever a step stalled."""
+    s = (ex.spacing or {}).get(p)
+    dtype = ex.trace.config.dtype
+    if s is None or not (s["stalled"] or dtype in ("bfloat16", "float16")):
+        return
+    gap = s["above"] if s["update"] < 0 else s["below"]
+    step = abs(s["update"])
+    upd.add(
+        "",
+        math(
+            sym(mo("|"), mi("lr"), DOT, mi("g"), mo("|"), EQ),
+            mn(step),
+            mo("<" if s["stalled"] else "≥"),
+            sym(frac(mtext(f"spacing of {dtype} next to {p}"), mn(2)), EQ),
+            frac(mn(gap), mn(2)),
+        ),
+        _e(f"lost to rounding: {p} stays {num(p0)} (stalled)" if s["stalled"] else f"the update moves {p}"),
+    )
 
 
 def _pnum(v: float) -> str:
@@ -635,7 +658,7 @@ def matrix(values, rows: int = MAX_ROWS, cols: int = MAX_COLS) -> str:
                 cell = mn(float(a[i, j]))
             tds.append(f"<mtd>{cell}</mtd>")
         trs.append("<mtr>" + "".join(tds) + "</mtr>")
-    return paren("<mtable>" + "".join(trs) + "</mtable>", left="[", right="]")
+    return row(paren("<mtable>" + "".join(trs) + "</mtable>", left="[", right="]"))  # the brackets fit it
 
 
 def shaped(name: str, shape: tuple[int, ...]) -> str:
