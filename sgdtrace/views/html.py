@@ -75,9 +75,9 @@ table.eqs td { border-bottom: none; vertical-align: middle; }
 table.eqs td.m { text-align: left; font-family: inherit; }
 table.eqs td.tv { text-align: left; font-size: .85rem; color: var(--muted); font-family: inherit; min-width: 12rem; }
 .ex { overflow-x: auto; }
-math { font-size: 1.15rem; font-family: math, "STIX Two Math", "Latin Modern Math", "Cambria Math", serif; } math[display=block] { margin: .3rem 0; }
+math { font-size: 1.15rem; font-family: math, "STIX Two Math", "Latin Modern Math", "Cambria Math", serif; }
+math[display=block] { margin: .3rem 0; }
 .config-rest summary { margin-top: .4rem; }
-.firstscreen { display: grid; grid-template-columns: minmax(0, 1fr); gap: .5rem; }
 @media print {
   :root { --bg: #fff; --fg: #000; --muted: #444; --band: #fff; --rule: #999; }
   body { font-size: 10pt; } main { max-width: none; padding: 0; }
