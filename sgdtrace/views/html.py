@@ -84,7 +84,7 @@ math[display=block] { margin: .3rem 0; }
   .noprint { display: none; }
   pre { white-space: pre-wrap; border: 1px solid #999; }
   section, figure, table.eqs, table.fwd { break-inside: avoid; } h2 { break-after: avoid; }
-  .scroll { overflow: visible; border: none; }
+  .scroll, .ex { overflow: visible; border: none; }
   .steps th, .steps td { position: static !important; }
   tr.x details { position: static; width: auto; }
   summary { color: #000; } details:not([open]) { display: none; }
@@ -159,8 +159,8 @@ def config_html(trace, split: bool = False) -> str:
 
 
 def unused_options(config, keys) -> list[str]:
-    """The configuration's keys that do not apply to this run: another optimizer's options, a
-    seed without shuffling, options not set (no scheduler, no engine, one process)."""
+    """The configuration's keys that do not apply to this run: another optimizer's options, and
+    options not set (no seed, no scheduler, no engine, no features, one process)."""
     from sgdtrace.config import OPTIMIZER_OPTIONS
 
     mine = set(OPTIMIZER_OPTIONS[config.optimizer])
@@ -190,7 +190,7 @@ def steps_html(trace, rows: int | None = None, every: int = 1, report=None) -> s
     """The per-batch table as the terminal shows it: hand and torch rows per step, long runs elided.
 
     With ``report`` (:class:`~sgdtrace.teaching.report.RunReport`): the report's rows, each followed
-    by its explanation in a ``<details>`` (the report's focus step open, its marked steps marked)."""
+    by its explanation in a ``<details>`` (the first divergent step open, the marked steps marked)."""
     from sgdtrace.views.elements import Column, columns, step_ok, step_ulp
     from sgdtrace.views.table import _order, shown_steps, table_fields
 
@@ -436,7 +436,7 @@ def _hole(k: int) -> str:
 
 
 def _row_details(report, k: int, multi: bool) -> str:
-    """A shown row's explanation, one click away: the focus step open, a marked step marked. The
+    """A shown row's explanation, one click away: the first divergent step open, a marked step marked. The
     body is a placeholder that :func:`run_page` fills once it knows what fits in the page."""
     trace = report.trace
     batch, epoch = _where(trace, k)
@@ -480,14 +480,6 @@ def _fill(report, text: str) -> str:
 def explain_command(trace, batch: int, epoch: int) -> str:
     cmd = f"sgdtrace explain --batch {batch}"
     return cmd + (f" --epoch {epoch}" if trace.config.epochs > 1 else "")
-
-
-def explained_step(trace, batch: int | None = None, epoch: int = 1) -> tuple[int, int]:
-    """The (batch, epoch) the page explains: the one asked for, else the first divergent step, else
-    where training blew up, else the first batch."""
-    from sgdtrace.teaching.report import focus_step
-
-    return focus_step(trace, batch, epoch)[:2]
 
 
 def run_page(report) -> str:

@@ -485,20 +485,18 @@ def _step(p: str, nxt: bool) -> str:
 
 def update_equations(ex) -> list[tuple[str, Rows]]:
     """Equations 4-5 (SGD, with torch.optim.SGD's options where set) or the optimizer's lines."""
-    from sgdtrace.teaching.explain import closed_form_rate, optimizer_lines, step_momentum, step_rate
-
     trace, k = ex.trace, ex.step
     cfg = trace.config
     out: list[tuple[str, Rows]] = []
     if cfg.scheduler is not None:
         rate = Rows()
-        rate.add("", math(sym(mi("lr"), EQ), mn(step_rate(trace, k))), beside(ex, "lr", "lr"))
-        closed = closed_form_rate(trace, k)
+        rate.add("", math(sym(mi("lr"), EQ), mn(_rate(ex))), beside(ex, "lr", "lr"))
+        closed = _closed_rate(ex)
         if closed is not None:
             rate.add(
                 "",
                 math(sym(mtext("closed form (_get_closed_form_lr)"), EQ), mn(repr(closed))),
-                _e(f"recursion − closed form = {step_rate(trace, k) - closed:.3g}"),
+                _e(f"recursion − closed form = {_rate(ex) - closed:.3g}"),
             )
         out.append((f"Learning rate: {cfg.scheduler.name} (torch's chainable recursion)", rate))
     if cfg.optimizer != "sgd":
@@ -507,7 +505,7 @@ def update_equations(ex) -> list[tuple[str, Rows]]:
         upd = Rows()
         with np.errstate(all="ignore"):
             for p in ("w", "b"):
-                for line in optimizer_lines(ex, p):
+                for line in _lines(ex, p):
                     shown = line.template.format(
                         **{key: (str(v) if isinstance(v, int) else _pnum(v)) for key, v in line.values.items()}
                     )
@@ -519,8 +517,8 @@ def update_equations(ex) -> list[tuple[str, Rows]]:
                     )
         out.append((f"Update: torch.optim.{OPTIMIZER_CLASSES[cfg.optimizer]}'s algorithm, step t = {k + 1}", upd))
         return out
-    lr = step_rate(trace, k)
-    momentum = step_momentum(trace, k)
+    lr = _rate(ex)
+    momentum = _momentum(ex)
     upd = Rows()
     params = (("w", "4", ex.w0, ex.grad_w, ex.w1, "buf_w"), ("b", "5", ex.b0, ex.grad_b, ex.b1, "buf_b"))
     for p, eq, p0, g, p1, buf in params:
@@ -628,6 +626,40 @@ def _spacing(upd: Rows, ex, p: str, p0: float) -> None:
     )
 
 
+# ------------------------------------------------------------------ what the explanation carries
+
+
+def _vector(ex) -> bool:
+    """A model with parameters of a shape (a FeatureExplanation: gradients by parameter)."""
+    return hasattr(ex, "grads")
+
+
+def _rate(ex) -> float:
+    """The learning rate the step used (the schedule's, else the config's)."""
+    from sgdtrace.teaching.explain import step_rate
+
+    return step_rate(ex.trace, ex.step)
+
+
+def _momentum(ex) -> float:
+    from sgdtrace.teaching.explain import step_momentum
+
+    return step_momentum(ex.trace, ex.step)
+
+
+def _closed_rate(ex) -> float | None:
+    from sgdtrace.teaching.explain import closed_form_rate
+
+    return closed_form_rate(ex.trace, ex.step)
+
+
+def _lines(ex, param: str) -> list:
+    """The optimizer's lines for ``param`` at this step, worked out by the teaching computation."""
+    from sgdtrace.teaching.explain import optimizer_lines
+
+    return optimizer_lines(ex, param)
+
+
 def _pnum(v: float) -> str:
     s = num(v)
     return f"({s})" if s.startswith("-") else s
@@ -670,8 +702,6 @@ def shaped(name: str, shape: tuple[int, ...]) -> str:
 def feature_equations(ex) -> list[tuple[str, Rows]]:
     """The linear model on D features, one batch, in vector form: each symbol with its shape, the
     matrices and vectors substituted (elided past 6 rows and 4 columns), torch's values beside."""
-    from sgdtrace.teaching.explain import step_rate
-
     n, D = ex.x.shape
     nd = ex.nodes
     w, b = ex.start["w"], ex.start["b"]
@@ -742,7 +772,7 @@ def feature_equations(ex) -> list[tuple[str, Rows]]:
         beside(ex, "grad_b", "dl/db"),
     )
     upd = Rows()
-    lr = step_rate(ex.trace, ex.step)
+    lr = _rate(ex)
     cfg = ex.trace.config
     for eq, p in zip(("4", "5"), ex.start):
         for f, state in ex.state1.items():
@@ -780,10 +810,8 @@ def feature_equations(ex) -> list[tuple[str, Rows]]:
 
 def equations(ex) -> list[tuple[str, Rows]]:
     """Every section of one batch's explanation, as (title, rows)."""
-    from sgdtrace.teaching.explain import FeatureExplanation
-
     with np.errstate(all="ignore"):
-        if isinstance(ex, FeatureExplanation):
+        if _vector(ex):
             return feature_equations(ex)
         return scalar_equations(ex)
 
