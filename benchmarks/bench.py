@@ -17,7 +17,7 @@ The CSV workload (``200k-csv-b64``) writes 200,000 synthetic points to a CSV fil
 (a), (b) and the manual engine each read that file (``--data``): (a) with ``np.loadtxt``, as a
 learner would, (b) and manual with sgdtrace's reader, so reading the file is part of the times.
 
-Then the HTML report (``--format html``): the time :func:`sgdtrace.views.html.run_page` takes to
+Then the HTML report (``--format html``): the time :func:`sgdtrace.teaching.report.run_html` takes to
 build the page from a finished trace (the run itself excluded), in this process, the first build
 (imports included) and the median of the next ones, with the page's size; target under 1 s.
 
@@ -203,7 +203,7 @@ def html_page(name: str, reps: int = 5) -> dict:
     """Build the HTML report of a finished run: the first build and the median of ``reps`` more."""
     sys.path.insert(0, os.path.dirname(HERE))
     import sgdtrace
-    from sgdtrace.views.html import run_page
+    from sgdtrace.teaching.report import run_html as run_page
 
     n, batch, epochs, _ = WORKLOADS[name]
     trace = sgdtrace.trace(batch_size=batch, epochs=epochs, **({} if n is None else {"synthetic": n}))

@@ -145,8 +145,8 @@ RUN_FORMATS: dict[str, View] = {
     "csv": View("one flat row per step", _ignore_options(_lazy("sgdtrace.views.export", "trace_to_csv"))),
     "markdown": View("the table as Markdown", _ignore_options(_lazy("sgdtrace.views.export", "trace_to_markdown"))),
     "html": View(
-        "one self-contained page: table, verdict, plots, a batch explained, the graph",
-        _lazy("sgdtrace.views.html", "run_page"),
+        "one self-contained page: verdict, plots, every shown batch explained (MathML), table, graph",
+        _lazy("sgdtrace.teaching.report", "run_html"),
     ),
 }
 COMPARE_FORMATS: dict[str, View] = {

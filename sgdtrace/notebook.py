@@ -87,9 +87,9 @@ class TraceView(Displayable):
 
     def to_html(self, batch: int | None = None, epoch: int = 1) -> str:
         """The whole self-contained page that ``sgdtrace run --format html`` writes."""
-        from sgdtrace.views.html import run_page
+        from sgdtrace.teaching.report import run_html
 
-        return run_page(self.trace, batch, epoch)
+        return run_html(self.trace, batch, epoch)
 
     def explain(self, batch: int = 1, epoch: int = 1) -> ExplainView:
         """One batch (both counted from 1) worked equation by equation, torch's values beside."""

@@ -69,6 +69,7 @@ class Report:
     data_loss: tuple[float, float] | None  # the whole data's loss at the initial and the final parameters
     _plane: Plane | None = field(default=None, repr=False)
     _batches: dict[tuple[int, int], Batch] = field(default_factory=dict, repr=False)
+    _explained: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
 
     @property
     def plane(self) -> Plane | None:
@@ -78,15 +79,24 @@ class Report:
                 self._plane = plane(self.trace.dataset)
         return self._plane
 
+    def explanation(self, batch: int, epoch: int = 1) -> Any:
+        """Batch ``batch`` of epoch ``epoch`` (both from 1) explained (worked out once)."""
+        key = (batch, epoch)
+        if key not in self._explained:
+            from sgdtrace.teaching.explain import explain_step
+
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a blow-up is shown, not warned of
+                self._explained[key] = explain_step(self.trace, batch, epoch)
+        return self._explained[key]
+
     def batch(self, batch: int, epoch: int = 1) -> Batch:
         """Batch ``batch`` of epoch ``epoch`` (both from 1) explained, and its graph beside torch's."""
         key = (batch, epoch)
         if key not in self._batches:
-            from sgdtrace.teaching.explain import explain_step
             from sgdtrace.teaching.graph import build_graph
 
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a blow-up is shown, not warned of
-                ex = explain_step(self.trace, batch, epoch)
+            ex = self.explanation(batch, epoch)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 g = build_graph(self.trace, batch, epoch)
             self._batches[key] = Batch(batch, epoch, ex, g)
         return self._batches[key]

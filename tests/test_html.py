@@ -3,6 +3,7 @@ referenced; a real headless Chromium renders it (where one is installed) without
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -15,8 +16,9 @@ from click.testing import CliRunner
 
 import sgdtrace
 from sgdtrace.cli import cli
+from sgdtrace.teaching.report import run_html as run_page
 from sgdtrace.views.export import trace_to_csv
-from sgdtrace.views.html import cell, run_page
+from sgdtrace.views.html import cell
 from sgdtrace.views.table import verdict_text
 
 # The article's table (lr 0.01, batch size 3, w = b = 0), to the digits it prints (as in test_article.py).
@@ -31,54 +33,64 @@ HEADS = {"grad_w": "dl/dw", "grad_b": "dl/db", "w": "w", "b": "b", "loss": "loss
 
 
 class Page(HTMLParser):
-    """Collects what the tests look at: every tag with its attributes, the steps table's rows as text
-    cells, the tables' captions and header cells, the SVGs' titles and descriptions, all text."""
+    """Collects what the tests look at: every tag with its attributes, each table's rows as text
+    cells (a table inside a cell, such as an explanation in a row's <details>, is a table of its
+    own), the tables' captions and header cells, the SVGs' titles and descriptions, all text."""
+
+    VOID = ("meta", "br", "img", "input", "link", "hr")
 
     def __init__(self, text: str):
         super().__init__(convert_charrefs=True)
         self.tags: list[tuple[str, dict]] = []
         self.stack: list[str] = []
         self.tables: list[dict] = []
+        self.open: list[dict] = []  # the tables open, innermost last
         self.svg_titles: list[str] = []
         self.svg_descs: list[str] = []
         self.text: list[str] = []
-        self._cell: list[str] | None = None
-        self._row: list[str] | None = None
         self._capture: list[str] | None = None
         self.feed(text)
         self.close()
 
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))  # <mrow/>: no content
+
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         self.tags.append((tag, a))
-        if tag in ("meta", "br", "img", "input", "link", "hr"):
+        if tag in self.VOID:
             return
         self.stack.append(tag)
         if tag == "table":
-            self.tables.append({"class": a.get("class", ""), "caption": "", "rows": [], "ths": []})
+            t = {"class": a.get("class", ""), "caption": "", "rows": [], "ths": [], "_row": None, "_cell": None}
+            self.tables.append(t)
+            self.open.append(t)
         elif tag == "tr":
-            self._row = []
+            self.open[-1]["_row"] = []
         elif tag in ("td", "th"):
-            self._cell = []
+            self.open[-1]["_cell"] = []
             if tag == "th":
-                self.tables[-1]["ths"].append(a)
+                self.open[-1]["ths"].append(a)
         elif tag in ("caption", "title", "desc"):
             self._capture = []
 
     def handle_endtag(self, tag):
-        if tag in ("meta", "br", "img", "input", "link", "hr"):
+        if tag in self.VOID:
             return
         assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
         self.stack.pop()
-        if tag in ("td", "th") and self._cell is not None and self._row is not None:
-            self._row.append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "tr" and self._row is not None:
-            self.tables[-1]["rows"].append(self._row)
-            self._row = None
+        t = self.open[-1] if self.open else None
+        if tag in ("td", "th") and t["_cell"] is not None and t["_row"] is not None:
+            t["_row"].append("".join(t["_cell"]).strip())
+            t["_cell"] = None
+        elif tag == "tr" and t["_row"] is not None:
+            t["rows"].append(t["_row"])
+            t["_row"] = None
         elif tag == "caption":
-            self.tables[-1]["caption"] = "".join(self._capture).strip()
+            t["caption"] = "".join(self._capture).strip()
             self._capture = None
+        elif tag == "table":
+            self.open.pop()
         elif tag in ("title", "desc") and "svg" in self.stack:
             (self.svg_titles if tag == "title" else self.svg_descs).append("".join(self._capture).strip())
             self._capture = None
@@ -87,9 +99,11 @@ class Page(HTMLParser):
 
     def handle_data(self, data):
         self.text.append(data)
-        for buf in (self._cell, self._capture):
-            if buf is not None:
-                buf.append(data)
+        if self._capture is not None:
+            self._capture.append(data)
+        for t in self.open:  # a cell holds the text of what is inside it
+            if t["_cell"] is not None:
+                t["_cell"].append(data)
 
     def table(self, cls: str) -> dict:
         return next(t for t in self.tables if t["class"] == cls)
@@ -151,8 +165,9 @@ def test_page_holds_the_verdict_config_explanation_and_graph(report, article):
     assert config["lr"] == "0.01" and config["batch_size"] == "3" and config["dtype"] == "float32"
     # nothing diverged: batch 1 is explained, with its numbers beside torch's
     assert "Batch 1 explained" in words and "Eq. 8" in words
-    explain = {row[0]: row[1:] for row in page.table("explain")["rows"][1:]}
-    assert explain["dl/dw"] == ["-26.6667", "-26.6667", "0"]
+    first = [t for t in page.tables if t["class"] == "eqs"][:5]  # the explanation section's
+    eqs = {row[0]: row[1:] for t in first for row in t["rows"] if row[0]}
+    assert eqs["Eq. 8"][0].endswith("=−26.6667") and eqs["Eq. 8"][1] == "torch: dl/dw = -26.6667 (0 ulp)"
     # the graph: the DAG as inline SVG, torch's grad_fn graph as a table
     assert "The article's computation graph (the manual DAG)" in page.svg_titles
     graph_rows = page.table("torch-graph")["rows"]
@@ -189,7 +204,7 @@ def test_csv_download_holds_every_step(tmp_path, article):
     page = Page(out.read_text(encoding="utf-8"))
     steps = page.table("steps")
     # 90 steps summarised as in the terminal: 40 shown (2 rows each), one gap row
-    gaps = [row for row in steps["rows"] if len(row) == 1]
+    gaps = [row for row in steps["rows"] if len(row) == 1 and "steps not shown" in row[0]]
     assert len(gaps) == 1 and "50 steps not shown" in gaps[0][0]
     assert sum(1 for row in steps["rows"] if "hand" in row) == 40
     links = [a for t, a in page.tags if t == "a" and "download" in a]
@@ -347,3 +362,138 @@ def test_chromium_dom_and_console(report):
         if "CONSOLE" in line or "Uncaught" in line or "Refused to" in line or "net::ERR" in line
     ]
     assert not console, "\n".join(console)
+
+
+# ------------------------------------------------------------------ the learner's page
+
+
+def sections(text: str) -> list[str]:
+    """The page's section headings' ids, in order."""
+    return re.findall(r'<h2 id="(h-[a-z]+)"', text)
+
+
+def test_the_article_page_reads_in_order_and_explains_its_three_batches(report, article):
+    text = report.read_text(encoding="utf-8")
+    assert len(text.encode()) <= 300_000
+    assert sections(text)[:4] == ["h-verdict", "h-plots", "h-explain", "h-steps"]
+    assert text.index('<figure class="plot">') < text.index('<table class="steps">')
+    page = Page(text)
+    details = [a for t, a in page.tags if t == "details"]
+    # one per batch of the article's table, typeset, none open (nothing diverged: batch 1 is the
+    # section above the table)
+    rows = re.findall(r'<tr class="x"><td colspan="\d+">(<details.*?</details>)</td></tr>', text)
+    assert len(rows) == 3 and len([d for d in details if "marked" not in d.get("class", "")]) >= 3
+    assert all("open" not in d for d in details if "config-rest" not in d.get("class", ""))
+    for k, row in enumerate(rows):
+        assert f"<summary>Batch {k + 1} explained</summary>" in row
+        assert row.count("<math") >= 12  # Equations 1-11 and the chain rule's factors
+        grad = cell(article.manual["grad_w"][k]).replace("-", "\u2212")
+        assert f"<mo>=</mo><mn>{grad}</mn></math>" in row  # Eq. 8's result
+        assert f"torch: dl/dw = {cell(article.torch['grad_w'][k])}" in row
+        for eq in ("Eq. 2-3", "Eq. 4", "Eq. 5", "Eq. 6", "Eq. 7", "Eq. 8", "Eq. 9", "Eq. 10", "Eq. 11"):
+            assert f'<th scope="row">{eq}</th>' in row
+    # the batches start where the previous one left off: batch 2 from w after batch 1
+    assert f"starting from w = {cell(article.manual['w'][0])}, b = {cell(article.manual['b'][0])}" in rows[1]
+
+
+def test_the_first_divergent_step_opens_marked(article):
+    import numpy as np
+
+    from sgdtrace import tracing
+
+    torch_cols = {f: v.copy() for f, v in article.torch.items()}
+    torch_cols["grad_w"][1] *= np.float32(1.01)
+    bad = tracing.judge(article.config, article.dataset, article.plan, article.device, article.manual, torch_cols)
+    text = run_page(bad)
+    opened = re.findall(r"<details([^>]*) open><summary>([^<]*)</summary>", text)
+    assert opened == [(' class="marked"', "Batch 2 explained: the first divergent step")]
+    assert text.count('<tr class="hand mark">') == 1
+    # the explanation shows the distance: torch's dl/dw beside the hand's, in ulp, not 0
+    block = text[text.index("Batch 2 explained: the first") :]
+    assert re.search(r"torch: dl/dw = [-0-9.]+ <span class=\"warn\">\(\d+ ulp\)", block)
+
+
+def test_the_configuration_shows_what_applies(tmp_path):
+    out = tmp_path / "adam.html"
+    r = CliRunner().invoke(cli, ["run", "--optimizer", "adam", "--format", "html", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    page = Page(out.read_text(encoding="utf-8"))
+    shown = {row[0] for row in page.table("config")["rows"][1:]}
+    rest = {row[0] for row in page.table("config-rest")["rows"][1:]}
+    assert {"lr", "betas", "eps", "amsgrad", "optimizer", "dtype", "data"} <= shown
+    for other in ("alpha", "centered", "lr_decay", "initial_accumulator_value", "momentum", "nesterov", "seed"):
+        assert other in rest and other not in shown
+    # nothing lost: the two tables hold every key of the JSON contract's config
+    from sgdtrace.views.export import _config_json
+
+    assert shown | rest == set(_config_json(sgdtrace.trace(optimizer="adam")))
+
+
+def test_a_thousand_shown_steps_stay_under_a_megabyte(tmp_path):
+    from sgdtrace.views.html import PAGE_BUDGET
+
+    out = tmp_path / "long.html"
+    args = ["run", "--epochs", "334", "--rows", "1000", "--format", "html", "--output", str(out)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    text = out.read_text(encoding="utf-8")
+    assert len(text.encode()) <= PAGE_BUDGET <= 1_000_000
+    assert text.count('<tr class="x">') == text.count('<tr class="hand') == 1000
+    # the first shown batches worked out while they fit, the others open to the command
+    worked = text.count('<div class="ex">') - 1  # the section above the table holds one
+    assert 10 <= worked < 1000
+    assert text.count("<code>sgdtrace explain --batch ") == 1000 - worked
+    assert "<code>sgdtrace explain --batch 3 --epoch 334</code>" in text
+    # the CSV of 1,002 steps is more than a page holds: the command that writes it instead
+    assert "data:text/csv" not in text and "--format csv</code>" in text
+
+
+HARNESS = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>
+<iframe id="f" src="%s" style="width:1200px;height:900px;border:0"></iframe>
+<script>
+const f = document.getElementById("f");
+f.onload = () => {
+  const d = f.contentDocument, r = {};
+  const top = (s) => d.querySelector(s).getBoundingClientRect().top;
+  r.plots = top("figure.plot svg"); r.explain = top("#h-explain"); r.table = top("table.steps");
+  const size = (m) => { const b = m.getBoundingClientRect(); return [b.width, b.height]; };
+  const shown = [...d.querySelectorAll("math")].filter((m) => !m.closest("details:not([open])"));
+  r.math = shown.length; r.flat = shown.filter((m) => size(m).some((v) => v === 0)).length;
+  const det = d.querySelector("table.steps details");
+  const before = det.getBoundingClientRect().height;
+  det.querySelector("summary").click();
+  r.open = det.open; r.grew = det.getBoundingClientRect().height - before;
+  const inner = [...det.querySelectorAll("math")];
+  r.inner = inner.length; r.innerFlat = inner.filter((m) => size(m).some((v) => v === 0)).length;
+  const box = d.querySelector("table.steps").closest(".scroll");
+  r.boxWidth = box.getBoundingClientRect().width; r.pageWidth = d.documentElement.scrollWidth;
+  const out = document.createElement("pre"); out.id = "out"; out.textContent = JSON.stringify(r);
+  document.body.appendChild(out);
+};
+</script></body></html>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian: apt-get install chromium)")
+def test_chromium_lays_the_page_out(tmp_path):
+    """In a real browser, at 1200 px: the plots on the first screen and above the table, every
+    typeset equation with a size, a row's <details> opening to its equations, the table in its box."""
+    import json
+
+    page = tmp_path / "page.html"
+    r = CliRunner().invoke(
+        cli, ["run", "--optimizer", "adam", "--lr", "0.5", "--epochs", "30", "--shuffle", "--seed", "2",
+              "--format", "html", "--output", str(page)]
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    harness = tmp_path / "harness.html"
+    harness.write_text(HARNESS % page.name, encoding="utf-8")
+    r = chromium("--allow-file-access-from-files", "--virtual-time-budget=20000", "--dump-dom", harness.as_uri())
+    found = re.search(r'<pre id="out">(.*?)</pre>', r.stdout)
+    assert found, r.stderr[-2000:]
+    got = json.loads(html.unescape(found.group(1)))
+    assert 0 < got["plots"] < 900 and got["plots"] < got["explain"] < got["table"], got
+    assert got["math"] >= 20 and got["flat"] == 0, got
+    assert got["open"] is True and got["grew"] > 300, got
+    assert got["inner"] >= 20 and got["innerFlat"] == 0, got
+    # the wide table scrolls inside its box; the page itself is no wider than the window
+    assert got["boxWidth"] <= 1200 and got["pageWidth"] <= 1200, got

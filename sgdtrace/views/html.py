@@ -50,14 +50,45 @@ pre { background: var(--band); padding: .6rem .8rem; overflow-x: auto; font-size
 .plot, .dag { margin: .5rem 0; } .sgd-svg { width: 100%; height: auto; display: block; color: var(--fg); }
 .plot { display: grid; grid-template-columns: repeat(auto-fit, minmax(17rem, 1fr)); gap: .75rem; }
 .dag .sgd-svg { max-width: 40rem; color: var(--fg); }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; border: 1px solid var(--rule); }
+.scroll > table { margin: 0; }
 a { color: var(--accent); }
+.steps .s1, .steps tr.hand > :first-child, .steps .s2, .steps tr.hand > :nth-child(2), .steps .s3,
+.steps tr.hand > :nth-child(3), .steps tr.torch > :first-child { position: sticky; background: var(--bg); z-index: 1; }
+.steps .s1, .steps tr.hand > :first-child { left: 0; min-width: 5.5rem; }
+.steps .s2, .steps tr.hand > :nth-child(2) { left: 5.5rem; min-width: 3rem; }
+.steps .s3, .steps tr.hand > :nth-child(3), .steps tr.torch > :first-child { left: 8.5rem; min-width: 4.5rem;
+  box-shadow: 1px 0 0 var(--rule); }
+.steps tr.hand > :nth-child(3), .steps tr.torch > :first-child { text-align: left; }
+.steps thead th { background: var(--bg); }
+.steps thead .s1, .steps thead .s2, .steps thead .s3 { z-index: 2; }
+tr.mark > :first-child { box-shadow: inset 4px 0 0 var(--bad); }
+tr.x > td { text-align: left; font-family: inherit; padding: 0 .6rem .2rem; }
+tr.x details { position: sticky; left: .6rem; width: min(72rem, calc(100vw - 4rem)); }
+summary { cursor: pointer; color: var(--accent); font-size: .85rem; }
+details[open] > summary { margin-bottom: .3rem; }
+details.marked > summary { color: var(--bad); font-weight: bold; }
+.ex table { margin: .4rem 0 .8rem; } .ex caption { font-weight: bold; color: var(--fg); white-space: nowrap; }
+table.eqs th, table.eqs td { border-bottom: none; }
+table.eqs th[scope=row] { white-space: nowrap; text-align: left; color: var(--muted); font-weight: normal; }
+table.eqs td { border-bottom: none; vertical-align: middle; }
+table.eqs td.m { text-align: left; font-family: inherit; }
+table.eqs td.tv { text-align: left; font-size: .85rem; color: var(--muted); font-family: inherit; min-width: 12rem; }
+.ex { overflow-x: auto; }
+math { font-size: 1.15rem; font-family: math, "STIX Two Math", "Latin Modern Math", "Cambria Math", serif; }
+math[display=block] { margin: .3rem 0; }
+.config-rest summary { margin-top: .4rem; }
 @media print {
   :root { --bg: #fff; --fg: #000; --muted: #444; --band: #fff; --rule: #999; }
   body { font-size: 10pt; } main { max-width: none; padding: 0; }
   .noprint { display: none; }
   pre { white-space: pre-wrap; border: 1px solid #999; }
-  section, table, figure { break-inside: avoid; } h2 { break-after: avoid; }
+  section, figure, table.eqs, table.fwd { break-inside: avoid; } h2 { break-after: avoid; }
+  .scroll, .ex { overflow: visible; border: none; }
+  .steps th, .steps td { position: static !important; }
+  tr.x details { position: static; width: auto; }
+  summary { color: #000; } details:not([open]) { display: none; }
+  tr.x:has(details:not([open])) { display: none; }
 }
 """.strip()
 
@@ -95,19 +126,52 @@ def title_of(trace) -> str:
     return _title(trace).replace("\n", " · ")
 
 
-def config_html(trace) -> str:
-    """The configuration as a two-column table (the JSON contract's ``config`` keys)."""
+def config_html(trace, split: bool = False) -> str:
+    """The configuration as a two-column table (the JSON contract's ``config`` keys). ``split``: the
+    options this run uses first, the rest (another optimizer's, options not set) in a collapsed section."""
     from sgdtrace.views.export import _config_json
 
     cfg = _config_json(trace)
     data = cfg.pop("data")
     rows = [("data", describe_data(data))] + [(k, _value(v)) for k, v in cfg.items()]
-    body = "".join(f'<tr><th scope="row">{esc(k)}</th><td class="l">{esc(v)}</td></tr>' for k, v in rows)
-    return (
-        f'<table class="config"><caption>Configuration (as <code>--format json</code> writes it)</caption>'
-        f'<thead><tr><th scope="col" class="l">option</th><th scope="col" class="l">value</th></tr></thead>'
-        f"<tbody>{body}</tbody></table>"
+    rest = []
+    if split:
+        unused = set(unused_options(trace.config, cfg))
+        rest = [r for r in rows if r[0] in unused]
+        rows = [r for r in rows if r[0] not in unused]
+    head = '<thead><tr><th scope="col" class="l">option</th><th scope="col" class="l">value</th></tr></thead>'
+
+    def body(rs):
+        return "".join(f'<tr><th scope="row">{esc(k)}</th><td class="l">{esc(v)}</td></tr>' for k, v in rs)
+
+    caption = "Configuration: the options this run uses" if split else "Configuration"
+    out = (
+        f'<table class="config"><caption>{caption} (as <code>--format json</code> writes them)</caption>'
+        f"{head}<tbody>{body(rows)}</tbody></table>"
     )
+    if rest:
+        out += (
+            f'<details class="config-rest"><summary>{len(rest)} more options, not used by this run</summary>'
+            f'<table class="config-rest"><caption>Options that do not apply to this run (their values as '
+            f"<code>--format json</code> writes them)</caption>{head}<tbody>{body(rest)}</tbody></table></details>"
+        )
+    return out
+
+
+def unused_options(config, keys) -> list[str]:
+    """The configuration's keys that do not apply to this run: another optimizer's options, and
+    options not set (no seed, no scheduler, no engine, no features, one process)."""
+    from sgdtrace.config import OPTIMIZER_OPTIONS
+
+    mine = set(OPTIMIZER_OPTIONS[config.optimizer])
+    others = {o for opts in OPTIMIZER_OPTIONS.values() for o in opts} - mine
+    out = []
+    for k in keys:
+        v = keys[k] if isinstance(keys, dict) else None
+        unset = k in ("seed", "scheduler", "engine", "features", "foreach", "fused", "eps") and v is None
+        if k in others or unset or (k == "world_size" and v == 1):
+            out.append(k)
+    return out
 
 
 def _value(v: Any) -> str:
@@ -122,8 +186,11 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
-    """The per-batch table as the terminal shows it: hand and torch rows per step, long runs elided."""
+def steps_html(trace, rows: int | None = None, every: int = 1, report=None) -> str:
+    """The per-batch table as the terminal shows it: hand and torch rows per step, long runs elided.
+
+    With ``report`` (:class:`~sgdtrace.teaching.report.RunReport`): the report's rows, each followed
+    by its explanation in a ``<details>`` (the first divergent step open, the marked steps marked)."""
     from sgdtrace.views.elements import Column, columns, step_ok, step_ulp
     from sgdtrace.views.table import _order, shown_steps, table_fields
 
@@ -136,11 +203,12 @@ def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
     v = trace.verdict
     keep = tuple(d.step - 1 for d in (v.first_divergent_step, v.diverged_training) if d)
     blew = v.diverged_training.step - 1 if v.diverged_training else None
-    shown = shown_steps(trace.n_steps, rows, every, keep)
+    shown = report.shown if report is not None else shown_steps(trace.n_steps, rows, every, keep)
     ok_all = step_ok(trace, fields)
     lr = f"{trace.config.lr:g}"
     heads = ["epoch:batch" if multi else "batch", "n", "engine"] + [c.label for c in order] + ["ulp"]
-    thead = "".join(f'<th scope="col"{" class=l" if h == "engine" else ""}>{esc(h)}</th>' for h in heads)
+    sticky = {0: ' class="s1"', 1: ' class="s2"', 2: ' class="l s3"'}
+    thead = "".join(f'<th scope="col"{sticky.get(i, "")}>{esc(h)}</th>' for i, h in enumerate(heads))
     out = []
     for i, k in enumerate(shown):
         if k is None:
@@ -175,11 +243,15 @@ def steps_html(trace, rows: int | None = None, every: int = 1) -> str:
                     tds.append(f"<td{bad}>{cell(c.value(values, k))}{stall}</td>")
             return "".join(tds)
 
+        marked = report is not None and k in report.marked
         out.append(
-            f'<tr class="hand"><th scope="row" rowspan="2">{step}</th><td rowspan="2">{trace.n[k]}</td>'
-            f'<td class="l">{esc(trace.hand)}</td>{cells(trace.manual, lr, "manual")}<td rowspan="2">{mark}</td></tr>'
+            f'<tr class="hand{" mark" if marked else ""}"><th scope="row" rowspan="2">{step}</th>'
+            f'<td rowspan="2">{trace.n[k]}</td><td>{esc(trace.hand)}</td>{cells(trace.manual, lr, "manual")}'
+            f'<td rowspan="2">{mark}</td></tr>'
         )
-        out.append(f'<tr class="torch"><td class="l">torch</td>{cells(trace.torch, "", "torch")}</tr>')
+        out.append(f'<tr class="torch"><td>torch</td>{cells(trace.torch, "", "torch")}</tr>')
+        if report is not None:
+            out.append(f'<tr class="x"><td colspan="{len(heads)}">{_row_details(report, k, multi)}</td></tr>')
     caption = (
         f"{esc(title_of(trace))}. Per batch: the values worked by hand and torch's beneath; "
         "dl/dw, dl/db and the loss on the batch at the parameters it started with, w and b after "
@@ -197,11 +269,21 @@ def summary_html(trace, rows: int | None = None, every: int = 1) -> str:
     return f'<p class="muted">{esc(summary_text(trace, shown_steps(trace.n_steps, rows, every)).plain)}</p>'
 
 
-def csv_link(trace) -> str:
-    """A download link holding every step as CSV (``--format csv``), as a ``data:`` URI."""
+#: the largest CSV a page holds (bytes): a longer run's page names ``--format csv`` instead
+CSV_BUDGET = 256_000
+
+
+def csv_link(trace, most: int | None = None) -> str:
+    """A download link holding every step as CSV (``--format csv``), as a ``data:`` URI; past
+    ``most`` bytes of CSV, the command that writes it instead."""
     from sgdtrace.views.export import trace_to_csv
 
     text = trace_to_csv(trace)
+    if most is not None and len(text) > most:
+        return (
+            f'<p class="muted">Every step as CSV: <code>sgdtrace run … --format csv</code> with this run\'s options '
+            f"({trace.n_steps} rows, {len(text):,} bytes: more than a page holds).</p>"
+        )
     uri = "data:text/csv;charset=utf-8," + percent_encode(text)
     return (
         f'<p class="noprint"><a download="sgdtrace-steps.csv" href="{uri}">Download every step as CSV</a> '
@@ -355,51 +437,107 @@ def graph_html(g, ident: str = "dag") -> str:
 # ------------------------------------------------------------------ pages
 
 
-def explained_step(trace, batch: int | None = None, epoch: int = 1) -> tuple[int, int]:
-    """The (batch, epoch) the page explains: the one asked for, else the first divergent step, else
-    where training blew up, else the first batch."""
-    if batch is not None:
-        return batch, epoch
-    v = trace.verdict
-    for d in (v.first_divergent_step, v.diverged_training):
-        if d:
-            return int(d["batch"]), int(d["epoch"])
-    return 1, 1
+def _where(trace, k: int) -> tuple[int, int]:
+    e, j = divmod(k, trace.plan.steps_per_epoch)
+    return j + 1, e + 1
 
 
-def run_page(trace, batch: int | None = None, epoch: int = 1, rows: int | None = None, every: int = 1) -> str:
-    """``sgdtrace run --format html``: the whole report of one run."""
+#: the most bytes a run's page takes: past it, shown batches open to the command that explains them
+PAGE_BUDGET = 980_000
+
+
+def _hole(k: int) -> str:
+    return f"\x00ex{k}\x00"
+
+
+def _row_details(report, k: int, multi: bool) -> str:
+    """A shown row's explanation, one click away: the first divergent step open, a marked step marked. The
+    body is a placeholder that :func:`run_page` fills once it knows what fits in the page."""
+    trace = report.trace
+    batch, epoch = _where(trace, k)
+    name = f"{epoch}:{batch}" if multi else f"Batch {batch}"
+    mark = report.marked.get(k)
+    opened = " open" if k == report.opened else ""
+    cls = ' class="marked"' if mark else ""
+    summary = f"{name} explained" + (f": {mark}" if mark else "")
+    return f"<details{cls}{opened}><summary>{esc(summary)}</summary>{_hole(k)}</details>"
+
+
+def _unexplained(report, k: int) -> str:
+    batch, epoch = _where(report.trace, k)
+    return f"<code>{esc(explain_command(report.trace, batch, epoch))}</code>"
+
+
+def _fill(report, text: str) -> str:
+    """Each shown row's explanation in its place: the focus step's, the marked steps', then the
+    others in order, while the page stays within :data:`PAGE_BUDGET`; the rest: the command."""
+    holes = [k for k in report.shown if k is not None and _hole(k) in text]
+    order = [report.focus] + [k for k in report.marked if k != report.focus]
+    order += [k for k in holes if k not in order]
+    size = len(text.encode()) + sum(len(_unexplained(report, k).encode()) for k in holes)
+    body = {}
+    for k in order:
+        ex = report.explanations.get(k)
+        if ex is None or k not in holes:
+            continue
+        full = _explained(ex)
+        extra = len(full.encode()) - len(_unexplained(report, k).encode())
+        if size + extra <= PAGE_BUDGET or k == report.focus:
+            body[k] = full
+            size += extra
+    return re.sub(
+        "\x00ex(\\d+)\x00", lambda m: body.get(int(m.group(1))) or _unexplained(report, int(m.group(1))), text
+    )
+
+
+def _explained(ex) -> str:
+    """A batch's explanation on the page: typeset in MathML where :func:`~sgdtrace.views.mathml.typeset`
+    says so, else the values beside torch's and the equations as ``sgdtrace explain`` writes them."""
+    from sgdtrace.views.mathml import explanation_html, typeset
+
+    return explanation_html(ex) if typeset(ex) else explain_html(ex)
+
+
+def explain_command(trace, batch: int, epoch: int) -> str:
+    cmd = f"sgdtrace explain --batch {batch}"
+    return cmd + (f" --epoch {epoch}" if trace.config.epochs > 1 else "")
+
+
+def run_page(report) -> str:
+    """``sgdtrace run --format html``: the whole report of one run, computed by
+    :func:`sgdtrace.teaching.report.build_report`: the verdict, the plots, the batch that matters
+    explained, every shown batch one click from its explanation, the configuration, the graph."""
+    trace = report.trace
+    rows, every = report.rows, report.every
     title = (
         "sgdtrace: "
         + ("agree" if trace.verdict.ok else "diverge")
         + (", training blew up" if trace.verdict.diverged_training else "")
     )
-    kb, ke = explained_step(trace, batch, epoch)
-    why = (
-        "as asked (--batch)"
-        if batch is not None
-        else "the first divergent batch"
-        if trace.verdict.first_divergent_step
-        else "where training blew up"
-        if trace.verdict.diverged_training
-        else "the first batch: nothing diverged"
-    )
-    shown = trace.report.batch(kb, ke)  # the report stage explains it and builds its graph
-    ex, g = shown.explanation, shown.graph
+    kb, ke = _where(trace, report.focus)
+    ex = report.explanations[report.focus]
     body = [
         f'<header><h1>{esc(title)}</h1><p class="muted">{esc(title_of(trace))} · sgdtrace '
         f"{esc(__version__)}</p></header>",
         f'<section aria-labelledby="h-verdict"><h2 id="h-verdict">Verdict</h2>{verdict_html(trace)}</section>',
-        f'<section aria-labelledby="h-config"><h2 id="h-config">Configuration</h2>{config_html(trace)}</section>',
-        f'<section aria-labelledby="h-steps"><h2 id="h-steps">Every batch, by hand and in torch</h2>'
-        f"{steps_html(trace, rows, every)}{summary_html(trace, rows, every)}{csv_link(trace)}</section>",
         f'<section aria-labelledby="h-plots"><h2 id="h-plots">Plots</h2>{_plots(trace)}</section>',
         f'<section aria-labelledby="h-explain"><h2 id="h-explain">Batch {kb}'
-        f"{f' of epoch {ke}' if trace.config.epochs > 1 else ''} explained ({esc(why)})</h2>"
-        f"{explain_html(ex)}</section>",
-        f'<section aria-labelledby="h-graph"><h2 id="h-graph">The graph beside torch\'s</h2>{graph_html(g)}</section>',
+        f"{f' of epoch {ke}' if trace.config.epochs > 1 else ''} explained ({esc(report.why)})</h2>"
+        f"{_explained(ex)}"
+        '<p class="muted">Every batch of the table below opens to its own explanation (a long run\'s page '
+        "works out as many as keep it under 1 MB, the marked ones first; a row past them opens to the "
+        "<code>sgdtrace explain</code> command that works its batch out).</p></section>",
+        f'<section aria-labelledby="h-steps"><h2 id="h-steps">Every batch, by hand and in torch</h2>'
+        f"{steps_html(trace, rows, every, report=report)}{summary_html(trace, rows, every)}"
+        f"{csv_link(trace, CSV_BUDGET)}</section>",
+        f'<section aria-labelledby="h-config"><h2 id="h-config">Configuration</h2>{config_html(trace, True)}</section>',
     ]
-    return page(title, "\n".join(body))
+    if report.graph is not None:
+        body.append(
+            f'<section aria-labelledby="h-graph"><h2 id="h-graph">The graph beside torch\'s</h2>'
+            f"{graph_html(report.graph)}</section>"
+        )
+    return _fill(report, page(title, "\n".join(body)))
 
 
 def _plots(trace, ident: str = "plots") -> str:
@@ -408,7 +546,7 @@ def _plots(trace, ident: str = "plots") -> str:
     return (
         f'<figure class="plot">{plots_svg(trace, ident)}</figure>'
         '<p class="muted">The same panels as <code>sgdtrace plot</code>, drawn as SVG; every value is in '
-        "the CSV above.</p>"
+        "the CSV below.</p>"
     )
 
 
