@@ -259,13 +259,17 @@ def _parse_fast(text: str | bytes, label: str) -> tuple[np.ndarray, np.ndarray] 
                 return None
             pos = end + 1
         xcols, iy = _header_columns(line.split(","), label)
-        rest = b"" if end < 0 else plain[end + 1 :]
+        body = len(plain) if end < 0 else end + 1  # where the rows start
         width = line.count(",") + 1
         usecols = [ix for _, ix in xcols] + [iy]
         every = sorted(usecols) == list(range(width))  # no column but x and y
-        # per line (vectorised): its length (and its commas); empty lines are skipped by both readers
-        b = np.frombuffer(rest, dtype=np.uint8)
-        newlines = np.flatnonzero(b == 10)
+        # per line (vectorised, a few MB at a time): its length (and its commas); empty lines are
+        # skipped by both readers
+        b = np.frombuffer(plain, dtype=np.uint8)[body:]
+        step = 1 << 22
+        newlines = np.concatenate(
+            [np.flatnonzero(b[i : i + step] == 10) + i for i in range(0, b.size, step)] or [np.zeros(0, np.intp)]
+        )
         lengths = np.diff(np.concatenate(([-1], newlines, [b.size]))) - 1
         used = lengths > 0
         n = int(used.sum())
@@ -275,9 +279,11 @@ def _parse_fast(text: str | bytes, label: str) -> tuple[np.ndarray, np.ndarray] 
             commas = np.bincount(np.searchsorted(newlines, np.flatnonzero(b == 44)), minlength=lengths.size)
             if (commas[used] != width - 1).any():
                 return None  # a row of another width
+        rows = io.BytesIO(plain)  # shares the bytes, not a copy
+        rows.seek(body)
         try:
             values = np.loadtxt(
-                io.BytesIO(rest),
+                rows,
                 dtype=np.float64,
                 delimiter=",",
                 comments=None,
