@@ -236,7 +236,7 @@ def judge_closer(trace: Trace) -> None:
 
 
 def _stable_lr(x, plan, cfg: Config, model) -> Callable[[], np.ndarray]:
-    """:func:`sgdtrace.blowup.stable_lr` of the run, computed on first use (a blow-up, an export)
+    """:func:`sgdtrace.blowup.stable_lr` of the run, computed on first use (a blow-up, Trace.columns)
     and kept."""
     kept: list[np.ndarray] = []
 
