@@ -1526,8 +1526,13 @@ def test_true_values_are_the_parameters_the_data_were_made_with():
     assert listed["w"].dtype == np.float64 and listed["w"].flags.writeable
     every = linear.true_values(synthetic(20, 2.5, -1.0, 0.0, 0, features=4), four)
     assert every["w"].tolist() == [2.5] * 4 and every["b"].tolist() == [-1.0]
+    two = models.build(Config(features=2), 2)
     made = Dataset.from_arrays(np.arange(6.0).reshape(3, 2), np.ones(3), {"source": "csv", "n": 3})
-    assert linear.true_values(made, models.build(Config(features=2), 2)) is None
+    assert linear.true_values(made, two) is None
+    # integers given as the truth are float64 parameters; a truth without its bias is no truth
+    whole = linear.true_values(Dataset.from_arrays(np.arange(6.0).reshape(3, 2), np.ones(3), {"n": 3}, 2, 10), two)
+    assert whole["w"].dtype == whole["b"].dtype == np.float64 and whole["w"].tolist() == [2.0, 2.0]
+    assert linear.true_values(Dataset.from_arrays(np.arange(3.0), np.ones(3), {"n": 3}, 2.0, None), scalar) is None
 
 
 def test_inputs_are_the_samples_as_the_hand_side_takes_them():
