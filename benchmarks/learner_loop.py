@@ -2,8 +2,11 @@
 
 The data are made the way ``sgdtrace run --synthetic N`` makes them (x uniform in [0, 10) from
 ``numpy.random.default_rng(seed)``, y = 2x + 10), read from a CSV file with columns x, y
-(``--data``, with ``np.loadtxt``), or the article's nine points. Prints one JSON line: the loop's
-seconds (imports and data excluded), the steps, the final w and b.
+(``--data``, with ``np.loadtxt``), or the article's nine points. A CSV file with columns
+x1..xD, y (D features) is the D-feature linear regression a learner writes: ``nn.Linear(D, 1)``
+with its weight and bias set to zero under ``torch.no_grad()``, fed ``(n, D)`` inputs and
+``(n, 1)`` targets. Prints one JSON line: the loop's seconds (imports and data excluded; wall and CPU time), the
+steps, the final w and b (w a list for D features).
 """
 
 import argparse
@@ -29,8 +32,16 @@ args = parser.parse_args()
 device = torch.device(args.device)
 
 # 1. Data
+features = None
 if args.data is not None:
-    x, y = np.loadtxt(args.data, delimiter=",", skiprows=1, unpack=True)
+    with open(args.data) as fh:
+        header = fh.readline().strip().split(",")
+    if len(header) > 2:  # x1..xD, y: D features
+        features = len(header) - 1
+        table = np.loadtxt(args.data, delimiter=",", skiprows=1)
+        x, y = table[:, :-1], table[:, -1:]
+    else:
+        x, y = np.loadtxt(args.data, delimiter=",", skiprows=1, unpack=True)
 elif args.synthetic is None:
     x = np.arange(9.0)
     y = 2 * x + 10
@@ -54,7 +65,13 @@ class Simple_model(nn.Module):
         return xb * self.weight + self.bias
 
 
-model = Simple_model().to(device)
+if features is None:
+    model = Simple_model().to(device)
+else:  # 2'. Model on D features: ypred = x @ w + b
+    model = nn.Linear(features, 1).to(device)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
 criterion = nn.MSELoss()
 OPTIMIZERS = {
     "sgd": optim.SGD,
@@ -66,7 +83,7 @@ OPTIMIZERS = {
 optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr)
 
 # 3. Training loop
-start = time.perf_counter()
+start, start_cpu = time.perf_counter(), time.process_time()
 steps = 0
 for _epoch in range(args.epochs):
     for _batch_idx, (data, target) in enumerate(dataloader):
@@ -78,5 +95,6 @@ for _epoch in range(args.epochs):
         steps += 1
 if device.type == "cuda":
     torch.cuda.synchronize()
-loop_s = time.perf_counter() - start
-print(json.dumps({"loop_s": loop_s, "steps": steps, "w": model.weight.item(), "b": model.bias.item()}))
+loop_s, loop_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
+w = model.weight.item() if features is None else model.weight[0].tolist()
+print(json.dumps({"loop_s": loop_s, "loop_cpu_s": loop_cpu_s, "steps": steps, "w": w, "b": model.bias.item()}))

@@ -39,7 +39,17 @@ else:  # torch tensors on the device, as sgdtrace runs it there (the copy to the
     import torch
 
     backend = manual.ArrayBackend("torch", cfg.dtype, torch.device(args.device))
-start = time.perf_counter()
+start, start_cpu = time.perf_counter(), time.process_time()
 cols = manual.run(dataset.x, dataset.y, plan, cfg, backend)
-loop_s = time.perf_counter() - start
-print(json.dumps({"loop_s": loop_s, "steps": plan.n_steps, "w": float(cols["w"][-1]), "b": float(cols["b"][-1])}))
+loop_s, loop_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
+print(
+    json.dumps(
+        {
+            "loop_s": loop_s,
+            "loop_cpu_s": loop_cpu_s,
+            "steps": plan.n_steps,
+            "w": cols["w"][-1].tolist(),
+            "b": cols["b"][-1].tolist(),
+        }
+    )
+)

@@ -35,6 +35,7 @@ Hessians in place of the 2x2 ones (:func:`sgdtrace.models.linear.batch_hessians`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -232,7 +233,7 @@ def diagnose(
     ref: dict[str, np.ndarray],
     epoch: np.ndarray,
     batch: np.ndarray,
-    stable: np.ndarray,
+    stable: np.ndarray | Callable[[], np.ndarray],
     plan: data_mod.BatchPlan | None = None,
     model=None,
 ) -> BlowUp | None:
@@ -249,6 +250,9 @@ def diagnose(
 
     A run whose loss rose and would come down again (an overshoot: every epoch's product is
     stable) is not a blow-up, however high it went.
+
+    ``stable``: each step's largest stable rate (:func:`stable_lr`), or a function that computes
+    it, called only where a blow-up is found.
     """
     steps = epoch.shape[0]
     if steps == 0:
@@ -325,6 +329,7 @@ def diagnose(
             "lr_hint": None,
         }
     else:
+        stable = stable() if callable(stable) else stable  # computed where a blow-up needs it
         why = _explain(cfg, plan, sums, radius, row, stable, k, bool(nonfinite.any()))
     return BlowUp(int(epoch[k]), int(batch[k]), k + 1, reason, loss_start=start_loss, loss_end=end_loss, **why)
 

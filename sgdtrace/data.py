@@ -8,6 +8,7 @@ tests hold the two against each other.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import math
@@ -160,11 +161,15 @@ def read_csv(path: str) -> Dataset:
         raise DataError(f"{label}: cannot be read ({exc.strerror})") from None
     if b"\x00" in raw:
         raise DataError(f"{label}: a binary file, not CSV text")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{label}: not UTF-8 text, so not a CSV file sgdtrace can read") from None
+    text: str | bytes = raw[len(codecs.BOM_UTF8) :] if raw.startswith(codecs.BOM_UTF8) else raw
+    if not text.isascii():  # plain ASCII is UTF-8 already: read as bytes, never decoded whole
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise DataError(f"{label}: not UTF-8 text, so not a CSV file sgdtrace can read") from None
     parsed = _parse_fast(text, label)
+    if parsed is None and isinstance(text, bytes):
+        text = text.decode("ascii")
     xs, ys = parsed if parsed is not None else _parse_rows(text, label)
     return Dataset.from_arrays(xs, ys, {"source": "csv", "path": path, "n": len(ys)})
 
@@ -206,7 +211,7 @@ def _header_columns(header_row: list[str], label: str) -> tuple[list[tuple[str, 
     return [(c, header.index(c)) for c in expected], header.index("y")
 
 
-def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _parse_fast(text: str | bytes, label: str) -> tuple[np.ndarray, np.ndarray] | None:
     """A well-formed file's x and y columns, or ``None`` when the file needs the row-by-row reader.
 
     "Well-formed": every non-empty row has the header's number of fields and its x and y cells
@@ -214,10 +219,15 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
     cell is parsed as ``float`` parses it (``np.loadtxt`` parses as Python does, without ``1_000``'s
     underscores, which it refuses), so both readers give the same values. Where a file is not
     plain (quoted fields, non-ASCII text) the csv module splits the rows; else ``np.loadtxt``
-    reads them, once vectorised counts have checked each row's fields.
+    reads them from the bytes (``text``: the file's text, or its bytes when they are ASCII).
+    Each row's width is checked by ``np.loadtxt`` itself where every column is x or y (it
+    refuses a row whose number of columns changes), else by vectorised counts of its commas.
     """
-    if '"' in text or text.count("\r") != text.count("\r\n") or not text.isascii():
+    plain = text if isinstance(text, bytes) else text.encode("ascii") if text.isascii() else None
+    if plain is None or b'"' in plain or (b"\r" in plain and plain.count(b"\r") != plain.count(b"\r\n")):
         # quoted fields, a lone CR (an error for the csv module), Unicode spaces: the csv module splits the rows
+        if isinstance(text, bytes):
+            text = text.decode("ascii")
         try:
             rows = list(csv.reader(io.StringIO(text)))
         except csv.Error:
@@ -237,40 +247,56 @@ def _parse_fast(text: str, label: str) -> tuple[np.ndarray, np.ndarray] | None:
         except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
             return None
     else:
-        text = text.replace("\r\n", "\n")
+        if b"\r" in plain:
+            plain = plain.replace(b"\r\n", b"\n")
         pos = 0
         while True:  # the header: the first line with a non-blank cell
-            end = text.find("\n", pos)
-            line = text[pos:] if end < 0 else text[pos:end]
+            end = plain.find(b"\n", pos)
+            line = (plain[pos:] if end < 0 else plain[pos:end]).decode("ascii")
             if line.replace(",", "").strip():
                 break
             if end < 0:
                 return None
             pos = end + 1
         xcols, iy = _header_columns(line.split(","), label)
-        rest = "" if end < 0 else text[end + 1 :]
-        # per line (vectorised): its length and its commas; empty lines are skipped by both readers
-        b = np.frombuffer(rest.encode("ascii"), dtype=np.uint8)
-        newlines = np.flatnonzero(b == 10)
+        body = len(plain) if end < 0 else end + 1  # where the rows start
+        width = line.count(",") + 1
+        usecols = [ix for _, ix in xcols] + [iy]
+        every = sorted(usecols) == list(range(width))  # no column but x and y
+        # per line (vectorised, a few MB at a time): its length (and its commas); empty lines are
+        # skipped by both readers
+        b = np.frombuffer(plain, dtype=np.uint8)[body:]
+        step = 1 << 22
+        newlines = np.concatenate(
+            [np.flatnonzero(b[i : i + step] == 10) + i for i in range(0, b.size, step)] or [np.zeros(0, np.intp)]
+        )
         lengths = np.diff(np.concatenate(([-1], newlines, [b.size]))) - 1
-        commas = np.bincount(np.searchsorted(newlines, np.flatnonzero(b == 44)), minlength=lengths.size)
         used = lengths > 0
         n = int(used.sum())
-        if n == 0 or lengths.max() > csv.field_size_limit() or (commas[used] != line.count(",")).any():
-            return None  # no rows, a field over the csv module's limit, or a row of another width
+        if n == 0 or lengths.max() > csv.field_size_limit():
+            return None  # no rows, or a field over the csv module's limit
+        if not every:
+            commas = np.bincount(np.searchsorted(newlines, np.flatnonzero(b == 44)), minlength=lengths.size)
+            if (commas[used] != width - 1).any():
+                return None  # a row of another width
+        rows = io.BytesIO(plain)  # shares the bytes, not a copy
+        rows.seek(body)
         try:
             values = np.loadtxt(
-                rest.split("\n"),
+                rows,
                 dtype=np.float64,
                 delimiter=",",
                 comments=None,
-                usecols=[ix for _, ix in xcols] + [iy],
+                usecols=None if every else usecols,
                 ndmin=2,
+                encoding="ascii",
             )
-        except ValueError:  # an empty or non-numeric cell (or a blank row): the row-by-row reader says where
+        except ValueError:  # an empty or non-numeric cell, a blank row, a row of another width: the row reader says
             return None
-        if values.shape[0] != n:
+        if values.shape != (n, width if every else len(usecols)):
             return None
+        if every:
+            values = values[:, usecols]
         xs, ys = np.ascontiguousarray(values[:, :-1]), np.ascontiguousarray(values[:, -1])
     if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
         return None

@@ -42,7 +42,9 @@ class Trace:
     torch: dict[str, np.ndarray]
     divergence: dict[str, divergence.FieldDivergence]
     verdict: divergence.Verdict
-    stable_lr: np.ndarray  # per step: the largest learning rate stable on that batch
+    #: per step, the largest learning rate stable on that batch (:attr:`stable_lr`), or the function
+    #: that computes it on first use (a batch Hessian's eigenvalues per step: none where unread)
+    stable: Any
     reference: Any = None  # sgdtrace.reference.Reference when --reference exact was asked for
     gradcheck: Any = None  # sgdtrace.reference.GradCheck when --gradcheck was asked for
     ranks: Any = None  # RankTrace when --world-size N >= 2: each rank's own values (the rank axis)
@@ -70,6 +72,13 @@ class Trace:
     @property
     def fields(self) -> tuple[str, ...]:
         return tuple(self.divergence)
+
+    @property
+    def stable_lr(self) -> np.ndarray:
+        """Per step: the largest learning rate stable on that batch (:func:`sgdtrace.blowup.stable_lr`)."""
+        if callable(self.stable):
+            self.stable = self.stable()
+        return self.stable
 
     @property
     def params(self) -> tuple:
@@ -340,6 +349,19 @@ def diagnose_divergent_steps(trace: Trace) -> None:
             row["diagnosis"] = diagnose_step(trace, row)
 
 
+def _stable_lr(x, plan, cfg: Config, model) -> Callable[[], np.ndarray]:
+    """:func:`sgdtrace.blowup.stable_lr` of the run, computed on first use (a blow-up, Trace.columns)
+    and kept."""
+    kept: list[np.ndarray] = []
+
+    def compute() -> np.ndarray:
+        if not kept:
+            kept.append(stable_lr(x, plan, cfg, model))
+        return kept[0]
+
+    return compute
+
+
 def build_model(cfg: Config, dataset: data_mod.Dataset):
     """The run's model (:class:`sgdtrace.models.Model`): ``cfg.model`` with the data's features."""
     from sgdtrace import models
@@ -385,7 +407,7 @@ def judge(
     )
     for f in not_kept:
         del div[f], man[f]
-    stable = stable_lr(dataset.x, plan, cfg, model)
+    stable = _stable_lr(dataset.x, plan, cfg, model)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, plan, model)
     verdict = divergence.verdict(div, man, ref, epoch, batch, blown)
     verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
@@ -600,7 +622,7 @@ def judge_distributed(
         for f in man_ranks
     }
     epoch, batch, n = gplan.step_epochs(), gplan.step_batches(), gplan.step_sizes()
-    stable = stable_lr(dataset.x, gplan, cfg, model)
+    stable = _stable_lr(dataset.x, gplan, cfg, model)
     blown = diagnose(cfg, dataset, man, ref, epoch, batch, stable, gplan, model)
     # the verdict also holds each rank's own values (named rank<r>.<field>)
     judged = dict(div)

@@ -335,6 +335,9 @@ def _both(tmp_path, text: str, name: str = "d.csv"):
         'x,y\n"1",2\n3,"4.5"\n',  # quoted fields
         "x,y\n1,2\n3,4",  # no final newline
         "x,y\n1,2\n1e308,-1e308\n",
+        "x,y\n1,2\n   \n3,4\n",  # a blank row without commas: skipped by the row reader
+        "\ufeffx,y\r\n1,2\r\n3,4",  # a BOM, CRLF, no final newline
+        "x,y\n1,2\n\x0c\n3,4\n",  # a form feed alone: a blank row to the row reader
     ],
 )
 def test_the_fast_reader_gives_the_row_readers_values(tmp_path, text):
@@ -342,6 +345,40 @@ def test_the_fast_reader_gives_the_row_readers_values(tmp_path, text):
     assert ds.x[:, 0].tolist() == slow[0] and ds.y.tolist() == slow[1]
     if fast is not None:
         assert fast[0].tolist() == slow[0] and fast[1].tolist() == slow[1]
+
+
+@pytest.mark.parametrize("text", ["x2,x1,y\n1,2,3\n4,5,6\n", "x1,y,x2\n1,2,3\n4.5,5,-6\n", "y,x2,x1\n1,2,3\n"])
+def test_the_fast_reader_takes_feature_columns_in_any_order(tmp_path, text):
+    """Every column x or y (np.loadtxt reads them all): x1..xD in their order, whatever the file's."""
+    fast, slow, ds = _both(tmp_path, text)
+    assert fast is not None
+    assert np.array_equal(fast[0], np.asarray(slow[0], dtype=np.float64).reshape(fast[0].shape))
+    assert np.array_equal(ds.x, fast[0]) and np.array_equal(ds.y, fast[1]) and fast[1].tolist() == slow[1]
+    header = text.split("\n")[0].split(",")
+    first = dict(zip(header, map(float, text.split("\n")[1].split(","))))
+    assert ds.x[0].tolist() == [first[f"x{j + 1}"] for j in range(ds.x.shape[1])] and ds.y[0] == first["y"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x,y\n1,2,3\n4,5\n",  # a row wider than the header (every column x or y)
+        "x,y\n1,2\n4\n",  # a row narrower than the header
+        "x,y\n1,2\n3,4,\n",  # a trailing comma
+        "x1,x2,y,note\n1,2,3,a\n4,5,6\n",  # an ignored column, and a row without it
+    ],
+)
+def test_a_row_of_another_width_goes_to_the_row_reader(tmp_path, text):
+    """The fast reader gives up on a row whose width is not the header's (from the file's text or
+    its bytes), and the row reader names the row."""
+    from sgdtrace.data import _parse_fast, _parse_rows
+
+    assert _parse_fast(text, "l") is None and _parse_fast(text.encode(), "l") is None
+    with pytest.raises(DataError) as slow:
+        _parse_rows(text, "l")
+    with pytest.raises(DataError) as read:
+        read_csv(write(tmp_path, "d.csv", text))
+    assert str(read.value).split(": ", 1)[1] == str(slow.value).split(": ", 1)[1]
 
 
 def test_the_fast_reader_takes_well_formed_files(tmp_path):

@@ -1505,3 +1505,46 @@ def test_compare_allreduce_excuses_an_overflow_its_sum_can_reach():
         out = dv.compare_allreduce(rank_divs, dict.fromkeys(fields, ranks), dict.fromkeys(fields, ranks), a, b, cfg)
         ok[rank_value] = [bool(out[f].ok[0]) for f in fields]
     assert ok == {2e38: [True] * 3, 1e37: [False] * 3}
+
+
+# ------------------------------------------------------------------ the model's truth and samples, as views read them
+
+
+def test_true_values_are_the_parameters_the_data_were_made_with():
+    """The article's data were made with w = 2, b = 10; synthetic data with their --true-w (a number
+    for every feature, or one per feature) and --true-b, in the parameters' shapes; a CSV file's
+    data with none."""
+    from sgdtrace import models
+    from sgdtrace.data import synthetic
+
+    scalar = models.build(Config(), None)
+    truth = linear.true_values(article(), scalar)
+    assert truth["w"].shape == () and truth["b"].shape == () and (float(truth["w"]), float(truth["b"])) == (2.0, 10.0)
+    four = models.build(Config(features=4), 4)
+    listed = linear.true_values(synthetic(20, [1.5, -2.0, 0.5, 3.0], 1.0, 0.0, 0, features=4), four)
+    assert listed["w"].tolist() == [1.5, -2.0, 0.5, 3.0] and listed["b"].tolist() == [1.0]
+    assert listed["w"].dtype == np.float64 and listed["w"].flags.writeable
+    every = linear.true_values(synthetic(20, 2.5, -1.0, 0.0, 0, features=4), four)
+    assert every["w"].tolist() == [2.5] * 4 and every["b"].tolist() == [-1.0]
+    two = models.build(Config(features=2), 2)
+    made = Dataset.from_arrays(np.arange(6.0).reshape(3, 2), np.ones(3), {"source": "csv", "n": 3})
+    assert linear.true_values(made, two) is None
+    # integers given as the truth are float64 parameters; a truth without its bias is no truth
+    whole = linear.true_values(Dataset.from_arrays(np.arange(6.0).reshape(3, 2), np.ones(3), {"n": 3}, 2, 10), two)
+    assert whole["w"].dtype == whole["b"].dtype == np.float64 and whole["w"].tolist() == [2.0, 2.0]
+    assert linear.true_values(Dataset.from_arrays(np.arange(3.0), np.ones(3), {"n": 3}, 2.0, None), scalar) is None
+
+
+def test_inputs_are_the_samples_as_the_hand_side_takes_them():
+    """The article's form takes 1-D x (its one column, contiguous); D features take (n, D)."""
+    from sgdtrace import models
+
+    scalar = models.build(Config(), None)
+    column = np.arange(12.0).reshape(6, 2)[:, :1]  # one column, not contiguous
+    flat = linear.inputs(scalar, column)
+    assert flat.shape == (6,) and flat.flags.c_contiguous and flat.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    one_d = np.arange(5.0)
+    assert linear.inputs(scalar, one_d) is one_d
+    three = models.build(Config(features=3), 3)
+    x = np.arange(12.0).reshape(4, 3)
+    assert linear.inputs(three, x).shape == (4, 3) and np.array_equal(linear.inputs(three, x), x)

@@ -657,12 +657,12 @@ def data_loss(model, dataset, values: dict[str, np.ndarray]):
     if w.ndim == len(shape):  # one point
         if model.scalar:
             return full_loss(dataset, float(w), float(b))
-        x = dataset.x.astype(np.float64)
+        x = np.asarray(dataset.x, dtype=np.float64)  # no copy: the samples are float64 already
         with np.errstate(over="ignore", invalid="ignore"):
             return float(np.mean((x @ w + b[0] - dataset.y) ** 2))
     if model.scalar:
         return loss_path(dataset, w, b)
-    x = dataset.x.astype(np.float64)
+    x = np.asarray(dataset.x, dtype=np.float64)
     # sum_i (x_i·w + b - y_i)^2 from the data's second moments: O(D^2) per point
     aug = np.concatenate((x, np.ones((x.shape[0], 1)), -dataset.y[:, None]), axis=1)
     gram = aug.T @ aug / x.shape[0]

@@ -218,20 +218,20 @@ def step_table(trace, rows: int | None = None, every: int = 1, width: int | None
     layouts = [
         lay for lay in LAYOUTS if not (buffers and lay.lr) and (buffers or not lay.fold) and (shaped or not lay.norms)
     ]
-    table = _step_table(trace, rows, every, layouts[0])
     if width is None:
-        return table
+        return _step_table(trace, rows, every, layouts[0])
     from rich.console import Console
     from rich.measure import Measurement
 
     console = Console(width=10_000, color_system=None, force_jupyter=False)
     for layout in layouts:
         table = _step_table(trace, rows, every, layout)
-        if Measurement.get(console, console.options, table).maximum <= width:
+        widest = Measurement.get(console, console.options, table).maximum
+        if widest <= width:
             break
     # the title breaks between its parts, never inside one ("weight decay" / "0.01"): rich wraps a
     # title at the table's own width, so that is the width to fit
-    table.title = fit_title(table.title, min(width, Measurement.get(console, console.options, table).maximum))
+    table.title = fit_title(table.title, min(width, widest))
     return table
 
 
