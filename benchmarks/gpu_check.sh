@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA checks in one go, under 300 s on one GPU, so that two runs fit in a 15-minute lease:
+#   0. sgdtrace doctor, measured afresh: torch's sqrt, exp, log, tanh, sigmoid on the GPU;
 #   1. the CUDA-marked tests (no host sync per step, verdicts on the device, the 16-bit rules);
 #   2. torch on the CPU against torch on CUDA (compare), on the article and on a long run;
 #   3. the CI gate on every config with --device cuda: SGD and its options, Adam, AdamW, RMSprop,
@@ -28,6 +29,7 @@ step() {  # step NAME EXPECTED_RC LIMIT_S COMMAND...
 }
 "$PY" -c "import torch, sys; ok = torch.cuda.is_available(); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if ok else 'NO CUDA DEVICE'); sys.exit(0 if ok else 3)" \
     | tee "$DEST/device.txt" || { echo "no CUDA device: nothing to check"; exit 3; }
+step doctor-cuda 0 60 "$PY" -m sgdtrace doctor --refresh
 step cuda-tests 0 100 "$PY" -m pytest -q -m cuda tests -rs -p no:cacheprovider
 step compare-article 0 30 "$PY" -m sgdtrace compare --device cpu --device cuda
 step compare-long 0 40 "$PY" -m sgdtrace compare --device cpu --device cuda --synthetic 10000 --batch-size 64 --epochs 3

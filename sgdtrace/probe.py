@@ -12,6 +12,8 @@ rules, so they are measured here, each on a stated input distribution, and never
   exactly, in integers) and the largest distance from it in ulps;
 * ``functions``: ``exp``, ``log``, ``tanh``, ``sigmoid``, one element at a time (the scalar or
   tail path) and as one vector (the vectorised path), against a 40-digit reference rounded once;
+* ``cuda``: where torch sees a CUDA device, ``sqrt`` and ``functions`` again with the kernels run
+  on it (the device's name beside them); None where there is none;
 * ``kernels``: whether ``lerp_``, ``addcmul_``, ``addcdiv_``, ``add(alpha=)`` and ``mul_(scalar)``
   on one-element float32/float64 tensors round once (a fused multiply-add, the rule the hand
   engine reproduces) or as the textbook writes them (a rounding per operation);
@@ -45,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 #: bumped whenever what is measured, or how, changes (a cached result of another version is re-measured)
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 #: the environment variable naming the cache folder
 CACHE_ENV = "SGDTRACE_CACHE_DIR"
 #: the dtypes every rule is measured in
@@ -183,8 +185,9 @@ def _rng(seed: int):
     return np.random.default_rng(seed)
 
 
-def measure_sqrt() -> dict[str, Any]:
-    """torch's sqrt against the correctly rounded root, per dtype: one-element tensors and one vector."""
+def measure_sqrt(device: str = "cpu") -> dict[str, Any]:
+    """torch's sqrt against the correctly rounded root, per dtype: one-element tensors and one vector.
+    The inputs and the exact roots are made on the CPU; the roots are taken on ``device``."""
     import numpy as np
     import torch
 
@@ -196,15 +199,17 @@ def measure_sqrt() -> dict[str, Any]:
         x = torch.tensor(rng.uniform(0, 1, N_SQRT) * np.exp(rng.uniform(-spread, spread, N_SQRT)), dtype=dtype)
         exact = torch.tensor([correct_sqrt(v, PRECISION[name]) for v in x.double().tolist()], dtype=torch.float64)
         exact = exact.to(dtype)
-        one = torch.cat([x[j : j + 1].sqrt() for j in range(N_SQRT)])
-        vec = x.sqrt()
+        xd = x.to(device)
+        one = torch.cat([xd[j : j + 1].sqrt() for j in range(N_SQRT)]).cpu()
+        vec = xd.sqrt().cpu()
         out[name] = {"one": _summary(torch, one, exact), "vector": _summary(torch, vec, exact)}
     return out
 
 
-def measure_functions() -> dict[str, Any]:
+def measure_functions(device: str = "cpu") -> dict[str, Any]:
     """exp, log, tanh, sigmoid against a 40-digit reference rounded once, per dtype: one element at
-    a time and as one 256-element vector."""
+    a time and as one 256-element vector. The inputs and the references are made on the CPU; the
+    functions run on ``device``."""
     import numpy as np
     import torch
 
@@ -225,8 +230,9 @@ def measure_functions() -> dict[str, Any]:
                 ctx.prec = 40
                 refs = [_reference(fname, v) for v in x.double().tolist()]
             exact = _round_decimal(torch, refs, dtype)
-            one = torch.cat([fn(x[j : j + 1]) for j in range(N_FUNC)])
-            vec = fn(x)
+            xd = x.to(device)
+            one = torch.cat([fn(xd[j : j + 1]) for j in range(N_FUNC)]).cpu()
+            vec = fn(xd).cpu()
             entry[name] = {"one": _summary(torch, one, exact), "vector": _summary(torch, vec, exact)}
         out[fname] = entry
     return out
@@ -557,10 +563,17 @@ def _rules_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def cuda_device() -> str | None:
+    """The name of the CUDA device the probe measures (device 0), or None where torch sees none."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def cache_key() -> dict[str, Any]:
     """What the measured rules depend on: torch's version, the CPU capability torch dispatches to,
-    the CPU model, the thread count, the MKL settings that choose its code paths, and sgdtrace's
-    own version and rules."""
+    the CPU model, the thread count, the MKL settings that choose its code paths, the CUDA device
+    and the CUDA version torch was built with, and sgdtrace's own version and rules."""
     import numpy
     import torch
 
@@ -576,6 +589,8 @@ def cache_key() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(),
         "env": {k: os.environ[k] for k in _KEY_ENV if k in os.environ},
+        "cuda": torch.version.cuda,
+        "cuda_device": cuda_device(),
     }
 
 
@@ -614,7 +629,8 @@ def _write_cache(path: Path, key: dict[str, Any], rules: dict[str, Any]) -> str 
 
 
 def measure() -> dict[str, Any]:
-    """Every rule, measured now on the CPU (about a second; see the module docstring)."""
+    """Every rule, measured now on the CPU (about a second; see the module docstring), and sqrt and
+    the functions on the CUDA device where torch sees one (``"cuda"``: None where it sees none)."""
     import torch
 
     with torch.no_grad():
@@ -625,6 +641,14 @@ def measure() -> dict[str, Any]:
             "add_16bit": measure_add_16bit(),
         }
     rules["optimizers"] = measure_optimizers()
+    rules["cuda"] = None
+    if torch.cuda.is_available():
+        with torch.no_grad():
+            rules["cuda"] = {
+                "device": torch.cuda.get_device_name(0),
+                "sqrt": measure_sqrt("cuda"),
+                "functions": measure_functions("cuda"),
+            }
     return rules
 
 

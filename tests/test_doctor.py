@@ -106,7 +106,8 @@ def test_ulp_distance_counts_the_values_between():
 
 def test_every_rule_is_measured_on_stated_inputs(machine_rules):
     r = machine_rules
-    assert set(r) == {"sqrt", "functions", "kernels", "add_16bit", "optimizers"}
+    assert set(r) == {"sqrt", "functions", "kernels", "add_16bit", "optimizers", "cuda"}
+    assert (r["cuda"] is None) == (not torch.cuda.is_available())
     assert "U(" in r["sqrt"]["inputs"] and all("x =" in r["functions"][f]["inputs"] for f in r["functions"])
     for name in DTYPES:
         for path in ("one", "vector"):
@@ -184,6 +185,94 @@ def test_the_hand_16_bit_sgd_is_torchs_default_bit_for_bit(machine_rules):
             assert r["match_share"] == 1.0, r
 
 
+# ------------------------------------------------------------------ on a CUDA device
+
+
+def test_sqrt_and_the_functions_on_the_cpu_named_are_the_default(machine_rules):
+    """``device="cpu"`` named is the measurement every machine makes (the cached one)."""
+    assert probe.measure_sqrt(device="cpu") == machine_rules["sqrt"]
+    assert probe.measure_functions(device="cpu") == machine_rules["functions"]
+
+
+def test_the_kernels_run_on_the_device_named():
+    """On a device whose tensors hold no data (meta), the kernels run, and bringing their results
+    back to the CPU is what fails: the inputs went to the device before any kernel ran."""
+    for measure in (probe.measure_sqrt, probe.measure_functions):
+        with pytest.raises(NotImplementedError, match="meta"):
+            measure(device="meta")
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, machine_rules, tmp_path):
+    """torch seeing one CUDA device ("Fake GPU") whose sqrt and functions are the CPU's: the devices
+    the probe asked for are counted; the CPU-only rules are the session's (instant)."""
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(probe, "_memo", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Fake GPU")
+    asked = []
+    sqrt, functions = probe.measure_sqrt, probe.measure_functions
+
+    def on(measure, cached):
+        def fake(device="cpu"):
+            asked.append((measure.__name__, device))
+            return measure("cpu") if device == "cuda" else copy.deepcopy(cached)
+
+        return fake
+
+    monkeypatch.setattr(probe, "measure_sqrt", on(sqrt, machine_rules["sqrt"]))
+    monkeypatch.setattr(probe, "measure_functions", on(functions, machine_rules["functions"]))
+    for name in ("kernels", "add_16bit", "optimizers"):
+        monkeypatch.setattr(probe, f"measure_{name}", lambda name=name: copy.deepcopy(machine_rules[name]))
+    return asked
+
+
+def test_a_cuda_device_is_measured_and_keyed(fake_gpu, machine_rules):
+    key = probe.cache_key()
+    assert key["cuda_device"] == "Fake GPU"
+    assert probe.cache_path(key) != probe.cache_path({**key, "cuda_device": None})
+    rules = probe.measure()
+    assert ("measure_sqrt", "cuda") in fake_gpu and ("measure_functions", "cuda") in fake_gpu
+    cuda = rules["cuda"]
+    assert set(cuda) == {"device", "sqrt", "functions"} and cuda["device"] == "Fake GPU"
+    assert cuda["sqrt"] == machine_rules["sqrt"] and cuda["functions"] == machine_rules["functions"]
+    env = probe.environment()
+    assert env["rules"]["cuda"] == json.loads(json.dumps(cuda)) and env["cuda"]["devices"] == ["Fake GPU"]
+    table = CliRunner().invoke(cli, ["doctor"], env={"COLUMNS": "100"})
+    assert table.exit_code == 0, table.output
+    assert "on CUDA (Fake GPU): results not correctly rounded" in table.output
+    assert "on CUDA: no CUDA device" not in table.output
+    for name in ("sqrt", "exp", "log", "tanh", "sigmoid"):
+        assert any(line.split()[:2] == [name, "float32"] for line in table.output.splitlines()), name
+    doc = json.loads(CliRunner().invoke(cli, ["doctor", "--format", "json"]).output)
+    assert doc["rules"]["cuda"] == env["rules"]["cuda"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_without_cuda_the_rules_say_so():
+    env = probe.environment()
+    assert env["rules"]["cuda"] is None and probe.cache_key()["cuda_device"] is None
+    table = CliRunner().invoke(cli, ["doctor"], env={"COLUMNS": "100"})
+    assert "sqrt, exp, log, tanh, sigmoid on CUDA: no CUDA device" in table.output
+    doc = json.loads(CliRunner().invoke(cli, ["doctor", "--format", "json"]).output)
+    assert doc["rules"]["cuda"] is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_cuda_rules_are_measured_on_the_gpu(machine_rules):
+    """On a GPU: sqrt and every function measured there, per dtype, one element and vector."""
+    cuda = machine_rules["cuda"]
+    assert cuda["device"] == torch.cuda.get_device_name(0)
+    rules = {"sqrt": cuda["sqrt"], **{f: cuda["functions"][f] for f in probe.FUNC_INPUTS}}
+    for name, rule in rules.items():
+        for dtype in DTYPES:
+            for path in ("one", "vector"):
+                s = rule[dtype][path]
+                assert s["n"] > 0 and 0 <= s["off_share"] <= 1 and s["max_ulp"] >= 0, (name, dtype, path)
+
+
 # ------------------------------------------------------------------ the cache
 
 
@@ -239,6 +328,9 @@ def test_the_key_names_the_machine_and_versions(fresh_cache):
     assert key["threads"] == torch.get_num_threads() and key["cpu_model"] == probe.cpu_model()
     assert probe.cache_path(key) != probe.cache_path({**key, "threads": key["threads"] + 1})
     assert probe.cache_path(key) != probe.cache_path({**key, "torch": "0.0"})
+    assert key["cuda"] == torch.version.cuda
+    assert key["cuda_device"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    assert probe.cache_path(key) != probe.cache_path({**key, "cuda_device": "another GPU"})
 
 
 @pytest.mark.parametrize("damage", ["garbage", "other key", "no rules"])
@@ -406,6 +498,22 @@ def test_golden_doctor_view():
     """The view alone, on a stored environment (an AMD EPYC's): the same text on every machine."""
     env = json.loads((GOLDEN / "doctor_env.json").read_text(encoding="utf-8"))
     check_golden("doctor.txt", render(doctor_view(env), width=80))
+
+
+def test_golden_doctor_view_with_cuda_rules():
+    """The CUDA section, on the stored environment given a device whose rules are its CPU's (the
+    layout, not a GPU's figures)."""
+    env = json.loads((GOLDEN / "doctor_env.json").read_text(encoding="utf-8"))
+    rules = env["rules"]
+    rules["cuda"] = {"device": "Fake GPU", "sqrt": rules["sqrt"], "functions": rules["functions"]}
+    check_golden("doctor_cuda.txt", render(doctor_view(env), width=80))
+
+
+def test_the_doctor_view_imports_no_torch():
+    code = "import sys\nimport sgdtrace.views.doctor\n"
+    code += "print(sorted(m for m in ('torch', 'sgdtrace.teaching') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ------------------------------------------------------------------ every JSON output carries it

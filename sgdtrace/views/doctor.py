@@ -1,5 +1,6 @@
-"""The ``doctor`` view: this machine (versions, CPU, CUDA's settings), its measured kernel rules and
-which of sgdtrace's bit-for-bit claims hold here. Renders :func:`sgdtrace.probe.environment`'s dict."""
+"""The ``doctor`` view: this machine (versions, CPU, CUDA's settings), its measured kernel rules (on
+the CPU, and sqrt and the functions on the CUDA device where there is one) and which of sgdtrace's
+bit-for-bit claims hold here. Renders :func:`sgdtrace.probe.environment`'s dict."""
 
 from __future__ import annotations
 
@@ -90,6 +91,39 @@ def _functions(rules: dict[str, Any]) -> Group:
     for d in DTYPES:
         t.add_row(d, *(f"{fn[f][d]['one']['max_ulp']} / {fn[f][d]['vector']['max_ulp']}" for f in FUNCTIONS))
     return _section("exp, log, tanh, sigmoid: max ulp from the correctly rounded value (one / vector)", t, inputs)
+
+
+def _ulp(value: int | None) -> str:
+    return "–" if value is None else str(value)
+
+
+def _cuda(rules: dict[str, Any]) -> Group | Text:
+    """sqrt and the functions with the kernels run on the CUDA device, on the CPU's inputs."""
+    cuda = rules.get("cuda")
+    if cuda is None:
+        return Text("sqrt, exp, log, tanh, sigmoid on CUDA: no CUDA device", style="bold")
+    t = _table()
+    t.add_column("kernel")
+    t.add_column("dtype")
+    for head in ("one-element: off", "max ulp", "vector: off", "max ulp"):
+        t.add_column(head, justify="right")
+    kernels = {"sqrt": cuda["sqrt"], **{f: cuda["functions"][f] for f in FUNCTIONS}}
+    for name, rule in kernels.items():
+        for i, d in enumerate(DTYPES):
+            one, vec = rule[d]["one"], rule[d]["vector"]
+            t.add_row(
+                name if i == 0 else "",
+                d,
+                _pct(one["off_share"]),
+                _ulp(one["max_ulp"]),
+                _pct(vec["off_share"]),
+                _ulp(vec["max_ulp"]),
+            )
+    return _section(
+        f"on CUDA ({cuda['device']}): results not correctly rounded, and the largest distance",
+        t,
+        "the CPU's above, the same values",
+    )
 
 
 def _kernels(rules: dict[str, Any]) -> Group:
@@ -187,6 +221,8 @@ def doctor_view(env: dict[str, Any]) -> Group:
         _sqrt(rules),
         blank,
         _functions(rules),
+        blank,
+        _cuda(rules),
         blank,
         _kernels(rules),
         blank,
