@@ -8,7 +8,11 @@
 #   4. compare across dtypes on CUDA, an HTML report of a CUDA run, --engine beside CUDA torch;
 #   5. DDP on one GPU: a world size above the GPU count must be refused (exit 2) before any
 #      process starts;
-#   6. the GPU benchmark (target: sgdtrace run at most 1.2 times the plain torch loop).
+#   6. the models on CUDA: linear regression on D features (bfloat16 too), logistic regression
+#      (both losses), the network (relu, tanh, sigmoid; Adam with a schedule), each judged;
+#      --judge step; a user's engine for Adam, for logistic regression and for the network's
+#      backward pass; sgdtrace grade (the sample assignment, a correct submission);
+#   7. the GPU benchmark (target: sgdtrace run at most 1.2 times the plain torch loop).
 # Every command's output lands in $OUT (or ./gpu_check_out), one file each, for the docs.
 # Usage: benchmarks/gpu_check.sh [python]   (default: .venv/bin/python, else python3)
 set -uo pipefail
@@ -37,6 +41,18 @@ step compare-dtypes 0 30 "$PY" -m sgdtrace compare --device cuda --dtype float32
 step check-cuda 0 70 "$PY" -m sgdtrace check --device cuda
 step html-cuda 0 20 "$PY" -m sgdtrace run --device cuda --epochs 30 --format html --output "$DEST/report-cuda.html"
 step engine-cuda 0 20 "$PY" -m sgdtrace run --device cuda --engine docs/examples/engine_correct.py --momentum 0.9
-step ddp-refused 2 20 "$PY" -m sgdtrace run --device cuda --world-size 2
+step ddp-refused 2 20 "$PY" -m sgdtrace run --device cuda --world-size "$(( $("$PY" -c 'import torch; print(torch.cuda.device_count())') + 1 ))"
+step features-cuda 0 20 "$PY" -m sgdtrace run --device cuda --synthetic 64 --features 16 --batch-size 8 --epochs 3 --optimizer adamw -q
+step features-bf16-cuda 0 20 "$PY" -m sgdtrace run --device cuda --synthetic 64 --features 4 --dtype bfloat16 --epochs 3 -q
+step logistic-cuda 0 20 "$PY" -m sgdtrace run --device cuda --model logistic --loss bce --synthetic 64 --features 3 --true-b -1 --epochs 3 -q
+step logistic-sigmoid-cuda 0 20 "$PY" -m sgdtrace run --device cuda --model logistic --loss bce-sigmoid --synthetic 64 --features 3 --true-b -1 --epochs 3 -q
+step mlp-relu-cuda 0 25 "$PY" -m sgdtrace run --device cuda --model mlp --synthetic 64 --features 3 --batch-size 8 --epochs 3 -q
+step mlp-tanh-adam-cuda 0 25 "$PY" -m sgdtrace run --device cuda --model mlp --activation tanh --hidden 16 --synthetic 64 --features 3 --batch-size 8 --epochs 3 --optimizer adam --scheduler StepLR --scheduler-arg step_size=4 -q
+step mlp-sigmoid-bce-cuda 0 25 "$PY" -m sgdtrace run --device cuda --model mlp --activation sigmoid --loss bce --synthetic 64 --features 3 --true-b -1 --epochs 3 -q
+step judge-step-cuda 0 20 "$PY" -m sgdtrace run --device cuda --judge step --optimizer rmsprop --momentum 0.9 --epochs 5 -q
+step engine-adam-cuda 0 25 "$PY" -m sgdtrace run --device cuda --engine docs/examples/engine_adam.py --optimizer adam --judge step -q
+step engine-logistic-cuda 0 25 "$PY" -m sgdtrace run --device cuda --engine docs/examples/engine_logistic.py --model logistic --synthetic 32 --features 2 --true-b -1 -q
+step engine-mlp-cuda 0 25 "$PY" -m sgdtrace run --device cuda --engine docs/examples/engine_mlp.py --model mlp --synthetic 32 --features 2 -q
+step grade 0 60 "$PY" -m sgdtrace grade docs/examples/engine_adam.py --format json --output "$DEST/grade.json"
 step bench-cuda 0 100 "$PY" benchmarks/bench.py --device cuda --workloads 100k-b64 --reps 3 --html-workloads ""
 exit $status
