@@ -29,6 +29,7 @@ from sgdtrace.views.sections import (
     _sgd_rules,
     _shape,
     _update_title,
+    closing_note,
 )
 
 if TYPE_CHECKING:  # the records this view renders (it imports no computation)
@@ -290,16 +291,8 @@ def explain_view(ex: Explanation) -> Group:
                 style="dim",
             )
         )
-    elif ex.matches_trace:
-        parts.append(
-            Text(
-                "These are the manual engine's own values for this step (bit for bit as in the run); "
-                "'ulp' counts the floats between them and torch's.",
-                style="dim",
-            )
-        )
-    else:  # pragma: no cover - would mean explain recomputes differently from the run
-        parts.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
+    else:
+        parts.append(closing_note(ex.matches_trace))
     return Group(*parts)
 
 
@@ -476,16 +469,7 @@ def _update_part(ex: FeatureExplanation) -> list:
         upd.row("", f"{p} ← {rule}, lr {lr:g}, from {p} = {_vec(ex.start[p])}", _vec(ex.new[p]))
         upd.grid.add_row("", _torch_vec(ex, p, p))
     out: list = [upd.render(), Text("")]
-    if ex.matches_trace:
-        out.append(
-            Text(
-                "These are the manual engine's own values for this step (bit for bit as in the run); "
-                "'ulp' counts the floats between them and torch's (the largest over the elements).",
-                style="dim",
-            )
-        )
-    else:  # pragma: no cover - would mean explain recomputes differently from the run
-        out.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
+    out.append(closing_note(ex.matches_trace, elements=True))
     return out
 
 
@@ -558,16 +542,7 @@ def features_view(ex: FeatureExplanation) -> Group:
         upd.row("", f"{p} ← {rule}, lr {lr:g}, from {p} = {_vec(ex.start[p])}", _vec(ex.new[p]))
         upd.grid.add_row("", _torch_vec(ex, p, p))
     parts += [upd.render(), Text("")]
-    if ex.matches_trace:
-        parts.append(
-            Text(
-                "These are the manual engine's own values for this step (bit for bit as in the run); "
-                "'ulp' counts the floats between them and torch's (the largest over the elements).",
-                style="dim",
-            )
-        )
-    else:  # pragma: no cover - would mean explain recomputes differently from the run
-        parts.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
+    parts.append(closing_note(ex.matches_trace, elements=True))
     return Group(*parts)
 
 
@@ -659,16 +634,7 @@ def explain_distributed_view(dx) -> Group:
     parts += [sec.render(), Text("")]
     for s in _update_lines(step):
         parts += [s, Text("")]
-    if dx.matches_trace:
-        parts.append(
-            Text(
-                "These are the manual engine's own values for this step (bit for bit as in the run); "
-                "'ulp' counts the floats between them and torch's.",
-                style="dim",
-            )
-        )
-    else:  # pragma: no cover - would mean explain recomputes differently from the run
-        parts.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
+    parts.append(closing_note(dx.matches_trace))
     return Group(*parts)
 
 

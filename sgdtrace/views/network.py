@@ -17,7 +17,7 @@ from rich.text import Text
 
 from sgdtrace.models.mlp import TORCH_ACTIVATION, TORCH_LOSS
 from sgdtrace.views.fmt import num
-from sgdtrace.views.sections import MAX_SAMPLES, _per_sample, _Section, _sgd_rules, _shape, _update_title
+from sgdtrace.views.sections import MAX_SAMPLES, _per_sample, _Section, _sgd_rules, _shape, _update_title, closing_note
 
 #: elements of a vector written out before the rest is counted
 MAX_ELEMENTS = 4
@@ -161,16 +161,7 @@ def network_view(ex) -> Group:
         )
         upd.grid.add_row("", _torch(ex, name, p.label))
     parts += [upd.render(), Text("")]
-    if ex.matches_trace:
-        parts.append(
-            Text(
-                "These are the manual engine's own values for this step (bit for bit as in the run); "
-                "'ulp' counts the floats between them and torch's (the largest over the elements).",
-                style="dim",
-            )
-        )
-    else:  # pragma: no cover - would mean explain recomputes differently from the run
-        parts.append(Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red"))
+    parts.append(closing_note(ex.matches_trace, elements=True))
     return Group(*parts)
 
 

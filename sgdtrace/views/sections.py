@@ -105,3 +105,16 @@ def _update_title(cfg) -> str:
         f"Update: torch.optim.{OPTIMIZER_CLASSES[cfg.optimizer]}'s algorithm (sgdtrace explain on the "
         "article's data shows it line by line), element by element"
     )
+
+
+def closing_note(matches: bool, elements: bool = False) -> Text:
+    """An explanation's last line: its values are the run's own, bit for bit (``matches``), or a
+    warning that they differ (which would mean explain recomputes differently from the run)."""
+    if not matches:  # pragma: no cover - explain recomputes each step as the run did
+        return Text("Warning: the recomputed values differ from the run's manual trace.", style="bold red")
+    largest = " (the largest over the elements)" if elements else ""
+    return Text(
+        "These are the manual engine's own values for this step (bit for bit as in the run); "
+        f"'ulp' counts the floats between them and torch's{largest}.",
+        style="dim",
+    )
