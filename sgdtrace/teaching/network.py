@@ -45,7 +45,11 @@ class NetworkExplanation:
     new: dict[str, np.ndarray]  # each parameter after the update
     state1: dict[str, np.ndarray]  # each state field after the step
     matches_trace: bool  # the recomputed values equal the manual trace's columns bit for bit
-    user: dict[str, Any] | None = None  # (a user's engine: not for this model)
+    # --engine FILE.py: the values above are sgdtrace's own at the parameters the user's file started
+    # the step from; the file's own loss and gradients, each within the step's allowance of them or not
+    user: dict[str, Any] | None = None
+    user_name: str | None = None
+    user_ok: dict[str, bool] | None = None
     rate: float = 0.0  # the step's learning rate (worked out by sgdtrace.teaching.explain for the view)
 
     @property
@@ -113,6 +117,17 @@ def explain_network(trace, batch: int, epoch: int = 1) -> NetworkExplanation:
         "act_prime": mlp.act_prime(ops, r.z1, r.h, model.activation),
         "delta1": r.delta1,
     }
+    info = getattr(trace, "engine", None)
+    user = user_ok = None
+    if info is not None:  # the file's loss and gradients beside the ones worked out from its start
+        fields = ["loss"] + [f"grad_{p}" for p in names]
+        user = {f: man[f][k].astype(np.float64) for f in fields}
+        user_ok = {
+            f: bool(np.all(np.abs(user[f] - _array(got[f])) <= trace.divergence[f].tol[k]))
+            for f in fields
+            if f in trace.divergence
+        }
+        matches = True  # the parameters and state are the file's (the run's table judges its update)
     e, j = divmod(k, trace.plan.steps_per_epoch)
     return NetworkExplanation(
         trace,
@@ -129,6 +144,9 @@ def explain_network(trace, batch: int, epoch: int = 1) -> NetworkExplanation:
         {p: _array(v) for p, v in new.items()},
         state1,
         matches,
+        user,
+        None if info is None else info.name,
+        user_ok,
     )
 
 

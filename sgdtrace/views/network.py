@@ -53,6 +53,22 @@ def _torch(ex, field: str, label: str) -> Text:
     return t
 
 
+def _beside(grid, ex, field: str, label: str) -> None:
+    """torch's value under the result and, with --engine, the file's own, as expected or not."""
+    grid.add_row("", _torch(ex, field, label))
+    if ex.user is None or field not in ex.user:
+        return
+    ok = ex.user_ok.get(field, True)
+    value = ex.user[field]
+    t = Text(f"{ex.user_name}: ", style="dim")
+    t.append(f"{label} = {num(float(value)) if np.ndim(value) == 0 else _mat(value)}")
+    t.append(
+        "  ✓ as expected" if ok else "  ✗ beyond the step's rounding allowance of the value above",
+        style="green" if ok else "bold red",
+    )
+    grid.add_row("", t)
+
+
 def _samples_table(ex, columns: list[tuple[str, Any]]) -> Table:
     """One row per sample (up to :data:`MAX_SAMPLES`), a column per node."""
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False)
@@ -113,16 +129,16 @@ def network_view(ex) -> Group:
         terms = (1 - ex.y) * z + np.logaddexp(0.0, -z)
         fwd.row("loss", f"l = (1/n)·Σ [(1 − y_i)·z2_i − log σ(z2_i)] over {n} samples", num(ex.loss))
     cols.append(("loss term", terms))
-    fwd.grid.add_row("", _torch(ex, "loss", "l"))
+    _beside(fwd.grid, ex, "loss", "l")
     parts += [Text(fwd.title, style="bold"), _samples_table(ex, cols), fwd.grid, Text("")]
 
     back = _Section("Backward pass, layer by layer from the loss (matrix form; the chain rule per element)")
     rule = "(2/n)·(z2 − y)" if model.loss == "mse" else "(σ(z2) − y)/n"
     back.row("δ2", f"dl/dz2 = {rule}: ({n}, 1), per sample: {_per_sample([num(v) for v in nd['delta2'].tolist()])}")
     back.row("W2", f"dl/dW2 = δ2ᵀ·h: (1, {H}) = (1, {n})·({n}, {H}), a sum over the samples", _mat(ex.grads["w2"]))
-    back.grid.add_row("", _torch(ex, "grad_w2", "dl/dW2"))
+    _beside(back.grid, ex, "grad_w2", "dl/dW2")
     back.row("b2", "dl/db2 = Σ_i δ2_i: (1,)", _vec(ex.grads["b2"]))
-    back.grid.add_row("", _torch(ex, "grad_b2", "dl/db2"))
+    _beside(back.grid, ex, "grad_b2", "dl/db2")
     prime = {
         "relu": "relu'(z1) = 1 where z1 > 0, else 0",
         "tanh": "tanh'(z1) = 1 − h²",
@@ -141,9 +157,9 @@ def network_view(ex) -> Group:
     )
     back2 = _Section("")
     back2.row("W1", f"dl/dW1 = δ1ᵀ·X: ({H}, {D}) = ({H}, {n})·({n}, {D}), a sum over the samples", _mat(ex.grads["w1"]))
-    back2.grid.add_row("", _torch(ex, "grad_w1", "dl/dW1"))
+    _beside(back2.grid, ex, "grad_w1", "dl/dW1")
     back2.row("b1", f"dl/db1 = Σ_i δ1_i: ({H},)", _vec(ex.grads["b1"]))
-    back2.grid.add_row("", _torch(ex, "grad_b1", "dl/db1"))
+    _beside(back2.grid, ex, "grad_b1", "dl/db1")
     parts += [back2.grid, Text("")]
 
     upd = _Section(_update_title(cfg))
@@ -154,14 +170,24 @@ def network_view(ex) -> Group:
         for f, state in ex.state1.items():
             if f.endswith("_" + name):
                 upd.row("", f"{f} ← {rules.get('state', 'its line of the algorithm')} {_shape(state)}", _mat(state))
-                upd.grid.add_row("", _torch(ex, f, f))
+                _beside(upd.grid, ex, f, f)
         rule = rules.get("param", "its line of the algorithm").replace(f"dl/d{name}", f"dl/d{p.label}")
         upd.row(
             "", f"{p.label} ← {rule.replace(name, p.label)}, lr {lr:g} {_shape(ex.start[name])}", _mat(ex.new[name])
         )
-        upd.grid.add_row("", _torch(ex, name, p.label))
+        _beside(upd.grid, ex, name, p.label)
     parts += [upd.render(), Text("")]
-    parts.append(closing_note(ex.matches_trace, elements=True))
+    if ex.user is not None:
+        parts.append(
+            Text(
+                f"The values worked out above are sgdtrace's own, from the parameters {ex.user_name} started "
+                f"this step from; '{ex.user_name}:' lines are your file's loss and gradients (the run's table "
+                "judges its update).",
+                style="dim",
+            )
+        )
+    else:
+        parts.append(closing_note(ex.matches_trace, elements=True))
     return Group(*parts)
 
 
