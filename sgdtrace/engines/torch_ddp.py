@@ -117,7 +117,7 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=config.drop_last)
     module = side.module(spec, spec.module.initial(config, spec), dtype, device)
     model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = side.criterion("mse")
+    criterion = side.criterion(spec.loss)  # the model's own loss (--loss)
     optimizer = make_optimizer(model.parameters(), config)
     scheduler = make_scheduler(optimizer, config)
     per_step = scheduler is not None and config.scheduler.interval == "step"
