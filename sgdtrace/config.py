@@ -326,6 +326,14 @@ COMBINATIONS: dict[str, Refusal] = {
         ("--world-size", "--features|--data"),
         ("explain", "--batch", "1", "--world-size", "2", "--synthetic", "9", "--features", "2"),
     ),
+    "explain-world_size-model": Refusal(
+        "sgdtrace explain " + _WS,
+        "--model logistic or mlp",
+        "explain shows the ranks' equations for the linear model; "
+        "use sgdtrace run --world-size N for this model's ranks, or explain --world-size 1 for its equations",
+        ("--world-size", "--model"),
+        ("explain", "--batch", "1", "--world-size", "2", "--model", "mlp", "--synthetic", "9"),
+    ),
     "features-data": Refusal(
         "--features D",
         "the article's data (one column), or --data FILE.csv of another number of feature columns",
