@@ -5,8 +5,9 @@ Each rank runs, on ``torch.distributed`` itself (gloo on the CPU, nccl on CUDA):
     dist.init_process_group(backend, rank=rank, world_size=N)      # MASTER_ADDR/PORT: 127.0.0.1, a free port
     sampler = DistributedSampler(dataset, num_replicas=N, rank=rank, shuffle=..., seed=..., drop_last=...)
     loader = DataLoader(dataset, batch_size=B, sampler=sampler, drop_last=...)
-    model = DistributedDataParallel(LinearModel(w0, b0))     # the model's module: nn.Linear(D, 1) on D features
-    criterion = nn.MSELoss()                                    # the model's loss
+    model = DistributedDataParallel(module)     # the model's module: LinearModel(w0, b0), nn.Linear(D, 1),
+                                                # or the network's nn.Sequential (torch.manual_seed(seed))
+    criterion = nn.MSELoss()                    # the model's loss: nn.BCEWithLogitsLoss(), BCELoss on sigmoid
     optimizer = optim.Adam(model.parameters(), ...)             # --optimizer: torch.optim's class, its options
     scheduler = lr_scheduler.StepLR(optimizer, ...)             # [scheduler], if any
     for epoch in range(epochs):
