@@ -921,6 +921,12 @@ def explain(batch_no: int, epoch_no: int, **kw: Any) -> int:
             else f"--data {cfg.data!r} ({dataset.features} feature columns)"
         )
         raise refusal("explain-world_size-features", f"explain {ws} {cfg.world_size}", given, "with")
+    if cfg.world_size > 1 and cfg.model != "linear":
+        from sgdtrace.config import refusal
+
+        ws = cfg.origin.get("world_size") or "--world-size"
+        given = f"{cfg.origin.get('model') or '--model'} {cfg.model}"
+        raise refusal("explain-world_size-model", f"explain {ws} {cfg.world_size}", given, "with")
     if cfg.world_size > 1:
         data.distributed_plan(len(dataset), cfg).global_plan().step(batch_no, epoch_no)
         from sgdtrace.teaching.explain import explain_distributed

@@ -267,13 +267,6 @@ COMBINATIONS: dict[str, Refusal] = {
         ("--dtype", "--loss"),
         ("run", "--model", "logistic", "--loss", "bce-sigmoid", "--dtype", "float16", "--synthetic", "8"),
     ),
-    "world_size-model": Refusal(
-        _WS,
-        "--model logistic or mlp",
-        "the data-parallel loop builds the linear model's module and nn.MSELoss only",
-        ("--world-size", "--model"),
-        ("run", "--world-size", "2", "--model", "logistic", "--synthetic", "8", "--true-b", "-10"),
-    ),
     "world_size-engine_cmd": Refusal(
         _WS,
         '--engine-cmd "COMMAND"',
@@ -332,6 +325,14 @@ COMBINATIONS: dict[str, Refusal] = {
         "use --world-size 1 to explain a step of this model",
         ("--world-size", "--features|--data"),
         ("explain", "--batch", "1", "--world-size", "2", "--synthetic", "9", "--features", "2"),
+    ),
+    "explain-world_size-model": Refusal(
+        "sgdtrace explain " + _WS,
+        "--model logistic or mlp",
+        "explain shows the ranks' equations for the linear model; "
+        "use sgdtrace run --world-size N for this model's ranks, or explain --world-size 1 for its equations",
+        ("--world-size", "--model"),
+        ("explain", "--batch", "1", "--world-size", "2", "--model", "mlp", "--synthetic", "9"),
     ),
     "features-data": Refusal(
         "--features D",
@@ -630,10 +631,6 @@ def _validate_model(cfg: Config, integer) -> None:
         _fail(cfg, "judge", cfg.judge, "allowed: " + ", ".join(JUDGES))
     if cfg.loss == "bce-sigmoid" and cfg.dtype == "float16":
         raise refusal("float16-bce_sigmoid", f"{_label(cfg, 'dtype')} float16", f"{_label(cfg, 'loss')} bce-sigmoid")
-    if cfg.model != "linear" and cfg.world_size > 1:
-        raise refusal(
-            "world_size-model", f"{_label(cfg, 'world_size')} {cfg.world_size}", f"{_label(cfg, 'model')} {cfg.model}"
-        )
     if cfg.judge == "step" and cfg.world_size > 1:
         raise refusal(
             "world_size-judge", f"{_label(cfg, 'world_size')} {cfg.world_size}", _label(cfg, "judge") + " step"

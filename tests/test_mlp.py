@@ -329,7 +329,6 @@ def test_the_table_csv_and_html_show_the_network(tmp_path):
         (["--hidden", "4"], "--hidden 4: is an option of --model mlp"),
         (["--model", "mlp", "--hidden", "0"], "--hidden 0: must be a whole number >= 1"),
         (["--model", "mlp", "--init-w", "1"], "--model mlp and --init-w: the network starts from torch's default"),
-        (["--model", "mlp", "--world-size", "2"], "--world-size 2 and --model mlp:"),
         (["--model", "mlp", "--loss", "bce"], "--loss bce takes labels 0 and 1 only"),
     ],
 )

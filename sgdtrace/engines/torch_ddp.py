@@ -5,8 +5,9 @@ Each rank runs, on ``torch.distributed`` itself (gloo on the CPU, nccl on CUDA):
     dist.init_process_group(backend, rank=rank, world_size=N)      # MASTER_ADDR/PORT: 127.0.0.1, a free port
     sampler = DistributedSampler(dataset, num_replicas=N, rank=rank, shuffle=..., seed=..., drop_last=...)
     loader = DataLoader(dataset, batch_size=B, sampler=sampler, drop_last=...)
-    model = DistributedDataParallel(LinearModel(w0, b0))     # the model's module: nn.Linear(D, 1) on D features
-    criterion = nn.MSELoss()                                    # the model's loss
+    model = DistributedDataParallel(module)     # the model's module: LinearModel(w0, b0), nn.Linear(D, 1),
+                                                # or the network's nn.Sequential (torch.manual_seed(seed))
+    criterion = nn.MSELoss()                    # the model's loss: nn.BCEWithLogitsLoss(), BCELoss on sigmoid
     optimizer = optim.Adam(model.parameters(), ...)             # --optimizer: torch.optim's class, its options
     scheduler = lr_scheduler.StepLR(optimizer, ...)             # [scheduler], if any
     for epoch in range(epochs):
@@ -117,7 +118,7 @@ def train(rank: int, world: int, x: np.ndarray, y: np.ndarray, config, device, b
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=config.drop_last)
     module = side.module(spec, spec.module.initial(config, spec), dtype, device)
     model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = side.criterion("mse")
+    criterion = side.criterion(spec.loss)  # the model's own loss (--loss)
     optimizer = make_optimizer(model.parameters(), config)
     scheduler = make_scheduler(optimizer, config)
     per_step = scheduler is not None and config.scheduler.interval == "step"

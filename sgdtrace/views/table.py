@@ -474,8 +474,10 @@ def ranks_text(trace) -> Text:
     if rt is None:
         return out
     cfg = trace.config
+    names = trace.model.names if trace.model is not None else ("w", "b")
+    grads = ", ".join(label("grad_" + p) for p in names)
     out.append(
-        f"{rt.world_size} ranks × {cfg.batch_size} samples per step; the step's dl/dw, dl/db are DDP's average "
+        f"{rt.world_size} ranks × {cfg.batch_size} samples per step; the step's {grads} are DDP's average "
         f"(each rank's times 1/{rt.world_size}, summed), its loss the ranks' mean"
     )
     for e, padded in enumerate(rt.plan.padded):
