@@ -1,5 +1,5 @@
 """Jupyter: a trace displays itself as the table and the verdict; its views are methods; the
-article's notebook runs top to bottom (nbclient) so it cannot rot."""
+article's notebook and the network's run top to bottom (nbclient) so they cannot rot."""
 
 from __future__ import annotations
 
@@ -153,27 +153,30 @@ def _one_display_per_cell(nb) -> None:
         assert shown[0].data.get("text/plain", "").strip(), source
 
 
-def test_notebook_is_stored_with_its_outputs():
-    """GitHub and the docs site show the results: the notebook is stored run (by `make readme`)."""
+def _stored(path: str):
+    """The notebook as stored: valid, run top to bottom once, one display per cell, no machine's
+    Python recorded, small enough for GitHub to show."""
     nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     _one_display_per_cell(nb)
     counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
     assert counts == list(range(1, len(counts) + 1))  # run top to bottom, once
-    html = "".join(o.get("data", {}).get("text/html", "") for _, outs in _code_outputs(nb) for o in outs)
-    assert "<td>-135.858</td>" in html and "training blew up" in html
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
     assert "version" not in nb.metadata.get("language_info", {})  # no machine's Python recorded
-    assert os.path.getsize(NOTEBOOK) < 400_000
+    assert os.path.getsize(path) < 400_000
+    return nb
 
 
-def test_notebook_runs_top_to_bottom(tmp_path):
+def _executed(path: str, tmp_path):
+    """The notebook run from scratch, as a reader gets it (nbclient): no error, one display per cell.
+    Returns its outputs' HTML and plain text."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     pytest.importorskip("matplotlib")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for c in nb.cells:  # as a reader gets it: run from scratch
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
     client = nbclient.NotebookClient(
@@ -183,12 +186,55 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     _one_display_per_cell(nb)
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the plot
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     plain = "".join(o.get("data", {}).get("text/plain", "") for o in outputs)
+    return html, plain
+
+
+def test_notebook_is_stored_with_its_outputs():
+    """GitHub and the docs site show the results: the notebook is stored run (by `make readme`)."""
+    nb = _stored(NOTEBOOK)
+    html = "".join(o.get("data", {}).get("text/html", "") for _, outs in _code_outputs(nb) for o in outs)
+    assert "<td>-135.858</td>" in html and "training blew up" in html
+
+
+def test_notebook_runs_top_to_bottom(tmp_path):
+    html, plain = _executed(NOTEBOOK, tmp_path)
     assert "<td>-135.858</td>" in html and "✓ agree" in html  # the table and the verdict
     assert "-135.858" in plain and "✓ agree" in plain  # and the same as text
     assert "Eq. 8" in html and "Eq. 8" in plain  # batch 2 explained
     assert "MseLossBackward0" in html and "<svg" in html  # the graph
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # the plot
     assert "training blew up" in html and "-29.1597" in html  # the lr = 0.1 blow-up
     assert "(True, 0)" in plain
+
+
+# ------------------------------------------------------------------ the network's notebook
+
+NETWORK = os.path.join(os.path.dirname(__file__), "..", "docs", "notebooks", "network.ipynb")
+
+
+def _network_outputs(html: str, plain: str) -> None:
+    """What docs/notebooks/network.ipynb shows: the run agreeing, relu's verdict, batch 2 worked
+    layer by layer, torch's graph of the network, tanh's verdict and the pandas frame."""
+    assert "✓ agree" in html and "✓ agree" in plain  # the table's verdict
+    assert "H = 8 on 2 features" in plain
+    assert "(True, 0)" in plain  # relu: agrees, no element of z1 within rounding of the kink
+    assert "batch 2 of 16" in plain and "δ1 = dl/dh ⊙ relu'(z1)" in plain  # batch 2 explained
+    assert "AddmmBackward0" in html and "ReluBackward0" in html and "<svg" in html  # the graph
+    assert "(True, None)" in plain  # tanh: agrees, no kink to be ambiguous about
+    assert "manual_w1[3,1]" in plain  # one row per step, a column per element
+
+
+def test_network_notebook_is_stored_with_its_outputs():
+    nb = _stored(NETWORK)
+    outputs = [o for _, outs in _code_outputs(nb) for o in outs]
+    _network_outputs(
+        "".join(o.get("data", {}).get("text/html", "") for o in outputs),
+        "".join(o.get("data", {}).get("text/plain", "") for o in outputs),
+    )
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_network_notebook_runs_top_to_bottom(tmp_path):
+    _network_outputs(*_executed(NETWORK, tmp_path))
