@@ -149,6 +149,44 @@ def test_carry_forms_are_exact():
         assert abs(t.carry[0, i] - float(exact)) <= 1e-13 * abs(float(exact)) + 1e-300
 
 
+def test_carry_forms_hold_for_carries_as_large_as_the_values():
+    """σ, log σ and log where the two sides have parted (a carry up to e^7.5 times larger than a, of
+    either sign; inputs up to ±1800): each carry within its stated float64 error of 400-digit
+    arithmetic, (10 + |b|)·u₆₄·|C| for σ and log σ (b = a - c), 6·u₆₄·|C| for log. The old log σ
+    form, log1p((1 - e^-c)·e^-b/(1 + e^-a)), took log1p of nearly -1 where σ(a) << σ(b): at
+    a = -49.0, b = -14.1 (a logistic run's loss, inputs near 1e4) it was 0.0999 off a difference of
+    -34.845."""
+    import mpmath
+
+    from sgdtrace.models import ops as O
+
+    mpmath.mp.dps = 400
+    rng = np.random.default_rng(1)
+    a = rng.choice([-1, 1], 150) * np.exp(rng.uniform(-5, 7.5, 150))
+    c = rng.choice([-1, 1], 150) * np.exp(rng.uniform(-40, 7.5, 150))
+    a = np.concatenate([a, [-48.9948, -110.0, 260.4]])
+    c = np.concatenate([c, [-34.8451, 2.5e-15, 2.9e-5]])
+    u64 = 2.0**-53
+    ls = lambda t: -mpmath.log1p(mpmath.exp(-t))  # noqa: E731
+    sg = lambda t: mpmath.exp(-mpmath.log1p(mpmath.exp(-t)))  # noqa: E731
+    for fn, ref in ((O._log_sigmoid_diff, ls), (O._sigmoid_diff, sg)):
+        got = fn(a, c)
+        for i in range(a.size):
+            A = mpmath.mpf(a[i])
+            B = A - mpmath.mpf(c[i])
+            exact = ref(A) - ref(B)
+            if abs(exact) < 1e-290:  # below float64's range: nothing to hold
+                continue
+            assert abs(mpmath.mpf(got[i]) - exact) <= (10 + abs(float(B))) * u64 * abs(exact), (fn, a[i], c[i])
+    pos = np.exp(rng.uniform(-20, 20, 400))
+    cl = pos - pos * np.exp(rng.uniform(-30, 3, 400))  # the other side anywhere in (e^-30·a, e³·a)
+    got = O._log_diff(pos, cl)
+    for i in range(pos.size):
+        A = mpmath.mpf(pos[i])
+        exact = mpmath.log(A) - mpmath.log(A - mpmath.mpf(cl[i]))
+        assert abs(mpmath.mpf(got[i]) - exact) <= 6 * u64 * abs(exact), (pos[i], cl[i])
+
+
 def test_relu_mask_ambiguous_where_the_sides_may_branch_apart():
     ops = TrackOps("float32", 1)
     z = Track(np.array([[1.0, -1.0, 1e-9]]), np.array([[1.0, 1.0, 1.0]]), np.array([[1.0, 1.0, 1e3]]), np.zeros((1, 3)))

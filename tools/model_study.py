@@ -108,8 +108,9 @@ def study_case(rng: np.random.Generator, model: str, judge: str):
     return cfg, data.Dataset(x, y, info, None, None, D)
 
 
-def honest(runs: int, seed: int, models_=MODELS, judges=JUDGES, out=sys.stdout) -> dict:
-    """``runs`` honest runs per model and judge mode; the worst share of each, and the failures."""
+def honest(runs: int, seed: int, models_=MODELS, judges=JUDGES, out=sys.stdout, only=None) -> dict:
+    """``runs`` honest runs per model and judge mode; the worst share of each, and the failures.
+    ``only``: the run numbers to run (the others are drawn, not run: each keeps its number and config)."""
     result = {}
     for model in models_:
         for judge in judges:
@@ -118,6 +119,8 @@ def honest(runs: int, seed: int, models_=MODELS, judges=JUDGES, out=sys.stdout) 
             kinds: dict[str, float] = {}
             for i in range(runs):
                 cfg, ds = study_case(rng, model, judge)
+                if only is not None and i not in only:
+                    continue
                 try:
                     trace = run_trace(cfg, dataset=ds)
                 except Exception as e:  # noqa: BLE001 - a study reports, it does not stop
@@ -129,7 +132,9 @@ def honest(runs: int, seed: int, models_=MODELS, judges=JUDGES, out=sys.stdout) 
                 kinds[key] = max(kinds.get(key, 0.0), r)
                 worst = max(worst, r)
                 if not trace.verdict.ok or r > 0.5:
-                    failed.append((i, f"ok={trace.verdict.ok} share={r:.3f}", cfg))
+                    first = trace.verdict.first_divergent_step
+                    where = "" if first is None else f" first {first.field}{list(first.index)} at step {first.step}"
+                    failed.append((i, f"ok={trace.verdict.ok} share={r:.3f}{where} ({ds.info['kind']})", cfg))
             result[(model, judge)] = {"runs": done, "worst": worst, "failed": failed, "seconds": time.time() - t0}
             print(
                 f"{model:9s} {judge:5s} {done:4d} runs  worst share {worst:.3f}  failed {len(failed)}  "
@@ -245,13 +250,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--planted", action="store_true", help="the planted mistakes only")
+    ap.add_argument("--model", choices=MODELS, action="append", help="this model only (repeatable)")
+    ap.add_argument("--judge", choices=JUDGES, action="append", help="this judge mode only (repeatable)")
+    ap.add_argument(
+        "--only", type=int, action="append", help="run number N only (repeatable; the others drawn, not run)"
+    )
+    ap.add_argument("--no-planted", action="store_true", help="the honest runs only")
     args = ap.parse_args(argv)
     bad = 0
     if not args.planted:
-        result = honest(args.runs, args.seed)
+        result = honest(
+            args.runs,
+            args.seed,
+            tuple(args.model or MODELS),
+            tuple(args.judge or JUDGES),
+            only=None if args.only is None else set(args.only),
+        )
         bad += sum(len(r["failed"]) for r in result.values())
-    rows = planted()
-    bad += sum(not r["ok"] for r in rows)
+    if not args.no_planted:
+        rows = planted()
+        bad += sum(not r["ok"] for r in rows)
     print("ok" if not bad else f"{bad} failed")
     return 1 if bad else 0
 

@@ -250,6 +250,67 @@ def _log_sigmoid(a):
     return -np.logaddexp(0.0, -a)
 
 
+def _log_sigmoid_rise(hi, lo, d):
+    """log σ(hi) - log σ(lo) >= 0 for 0 <= lo <= hi, ``d = hi - lo`` (exact: a carry or a bound):
+    ``log1p(r)`` with ``r = e^-lo (1 - e^-d) / (1 + e^-hi)``, ``1 + r = σ(hi)/σ(lo)`` in [1, 2]
+    (no cancellation; every exponent <= 0, no overflow)."""
+    return np.log1p(np.exp(-lo) * -np.expm1(-d) / (1.0 + np.exp(-hi)))
+
+
+def _log_sigmoid_diff(a, c):
+    """log σ(a) - log σ(a - c), free of cancellation for any carry (docs/tolerance.md): split at 0
+    where a and b = a - c lie on both sides of it (both parts have the sign of c: their sum does not
+    cancel); on [0, ∞) :func:`_log_sigmoid_rise`; on (-∞, 0] ``log σ(t) = t + log σ(-t)``, so a part
+    of width d there is ``d - rise(-lo, -hi)``, at least d/2 (σ(-s) <= 1/2 for s >= 0)."""
+    a = np.asarray(a, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    b = a - c
+    hi, lo = np.fmax(a, b), np.fmin(a, b)
+    d = np.abs(c)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # the part on [0, ∞): all of it where lo >= 0, [0, hi] where lo < 0 < hi, none where hi <= 0
+        # (the width is d itself where the whole lies on one side: b = a - c may round to a)
+        p_lo = np.fmax(lo, 0.0)
+        p_d = np.where(lo >= 0, d, np.fmax(hi, 0.0))
+        pos = np.where(hi > 0, _log_sigmoid_rise(np.fmax(hi, 0.0), p_lo, p_d), 0.0)
+        # the part on (-∞, 0]: all of it where hi <= 0, [lo, 0] where lo < 0 < hi, none where lo >= 0
+        n_hi = np.fmin(hi, 0.0)
+        n_d = np.where(hi <= 0, d, np.fmax(-lo, 0.0))
+        neg = np.where(lo < 0, n_d - _log_sigmoid_rise(np.fmax(-lo, 0.0), -n_hi, n_d), 0.0)
+        return np.sign(c) * (pos + neg)
+
+
+def _sigmoid_diff(a, c):
+    """σ(a) - σ(a - c) = σ(a)·σ(-(a - c))·(1 - e^-c), taken with the carry's sign outside so that
+    the exponential is of a non-positive number (``1 - e^-|c|`` in [0, 1]: no overflow for any c)."""
+    a = np.asarray(a, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    b = a - c
+    hi, lo = np.where(c >= 0, a, b), np.where(c >= 0, b, a)
+    return np.sign(c) * _sigmoid_of_exp(hi) * _sigmoid_of_exp(-lo) * -np.expm1(-np.abs(c))
+
+
+def _sigmoid_of_exp(x):
+    """σ(x) from one exponential of an argument <= 0 (``e^x/(1 + e^x)`` below 0, ``1/(1 + e^-x)``
+    above): within 3 u₆₄ relative for any x (``exp(-logaddexp(0, -x))`` errs by |x|·u₆₄ for x < 0,
+    the exponent's own rounding)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.exp(-np.abs(x))
+        return np.where(x < 0, e, 1.0) / (1.0 + e)
+
+
+def _log_diff(a, c):
+    """log a - log(a - c) for a, a - c > 0: ``-log1p(-c/a)`` where ``|c/a| <= 1/2`` (log1p's argument
+    away from -1), else ``log(a/(a - c))`` (a ratio outside [2/3, 2], whose log is at least log 1.5
+    in size: the ratio's relative rounding stays relative)."""
+    a = np.asarray(a, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        near = np.abs(c) <= 0.5 * np.abs(a)
+        return np.where(near, -np.log1p(-c / a), np.log(a / (a - c)))
+
+
 # ====================================================================== the judge's side
 
 
@@ -468,7 +529,7 @@ class TrackOps:
             a,
             np.log,
             lambda lo, hi: np.where(lo > 0, 1.0 / lo, np.inf),
-            lambda x, c: -np.log1p(-c / x),
+            _log_diff,
         )
 
     def log1p(self, a: Track) -> Track:
@@ -485,10 +546,11 @@ class TrackOps:
             m = np.where((lo <= 0) & (hi >= 0), 0.0, np.fmin(np.abs(lo), np.abs(hi)))
             return _sigmoid(m) * _sigmoid(-m)  # σ(1 - σ) without the cancellation of 1 - σ
 
-        def diff(x, c):  # σ(x) - σ(x - c) = σ(x) σ(-(x - c)) (1 - e^-c)
-            return _sigmoid(x) * _sigmoid(-(x - c)) * -np.expm1(-c)
-
-        out = self._function("sigmoid", a, _sigmoid, slope, diff)
+        out = self._function("sigmoid", a, _sigmoid, slope, _sigmoid_diff)
+        # C's own float64 evaluation: within (10 + |b|)·u₆₄·|C| (b = a - c rounded when formed;
+        # docs/tolerance.md); _function counted 4 of the 10
+        with np.errstate(invalid="ignore", over="ignore"):
+            out.rnd = out.rnd + self._c64(out.carry, 6.0 + np.where(a.carry == 0, 0.0, np.abs(a.v - a.carry)))
         # saturation: where e^-z < u/4 for every z either side can hold, 1 + e^-z rounds to 1 and
         # both sides' σ(z) is exactly 1 (torch's kernel is 1/(1 + e^-z); the hand's float64 σ is
         # within u/4 of 1 and rounds to it): what follows is computed from the same 1 on both sides
@@ -525,11 +587,13 @@ class TrackOps:
         """log σ(a) (torch's ``min(0, a) - log1p(exp(-|a|))``: three operations, each within the
         function bound; its slope σ(-a) is largest at the smallest a)."""
 
-        def diff(x, c):  # log σ(x) - log σ(x - c) = log1p((1 - e^-c) e^-(x-c) / (1 + e^-x))
-            return np.log1p(-np.expm1(-c) * np.exp(-(x - c) - np.logaddexp(0.0, -x)))
-
-        out = self._function("sigmoid", a, _log_sigmoid, lambda lo, hi: _sigmoid(-lo), diff)
+        out = self._function("sigmoid", a, _log_sigmoid, lambda lo, hi: _sigmoid(-lo), _log_sigmoid_diff)
         out.rnd = out.rnd + self._units("log") * out.mag  # log1p after exp: two functions and a sum
+        # C's own float64 evaluation (docs/tolerance.md): within (10 + |b|)·u₆₄·|C| of the exact
+        # difference, b = a - c torch's input (rounded when formed; it enters one exponential);
+        # _function counted 4 of the 10
+        with np.errstate(invalid="ignore", over="ignore"):
+            out.rnd = out.rnd + self._c64(out.carry, 6.0 + np.where(a.carry == 0, 0.0, np.abs(a.v - a.carry)))
         return out
 
     def relu(self, a: Track) -> Track:
