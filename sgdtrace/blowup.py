@@ -409,7 +409,11 @@ def nan_cause(cfg: Config, cols: dict[str, np.ndarray], k: int) -> tuple[str, st
             continue
         i = np.unravel_index(int(bad[0]), value.shape)  # () for a scalar parameter
         at = "" if value.ndim == 0 else f"[{','.join(map(str, i))}]"  # the element, for a shaped one
-        if cfg.optimizer == "rmsprop" and cfg.centered:
+        centered = cfg.optimizer == "rmsprop" and cfg.centered
+        needed = (f"square_avg_{p}", f"grad_avg_{p}") if centered else (f"{root}_{p}",)
+        if any(f not in cols for f in needed):  # a user's update keeps it under a name of its own: not seen
+            continue
+        if centered:
             v = np.float32(np.asarray(cols[f"square_avg_{p}"][k])[i])
             ga = np.float32(np.asarray(cols[f"grad_avg_{p}"][k])[i])
             arg = float(nd(v - ga * ga))  # square_avg.addcmul(grad_avg, grad_avg, value=-1): one rounding

@@ -35,6 +35,7 @@ import numpy as np
 from sgdtrace.engines.optimizers import _fused
 from sgdtrace.engines.optimizers import _kernels as k
 from sgdtrace.engines.optimizers._track import Track, div, fit, lerp, maximum, mul, neg, sqrt
+from sgdtrace.models.linear import user_side
 
 EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "exp_avg", "exp_avg_sq", "max_exp_avg_sq"
 #: AdamW's decay is decoupled from the gradient (see adamw.py)
@@ -217,6 +218,10 @@ def update_bound(p: Track, g: Track, prev: dict, cur: dict, new_mag, first, conf
     sq = prev[EXP_AVG_SQ].scaled(k.held(beta2, config.dtype))
     gg = mul(g, g).scaled(1 - beta2)
     states[EXP_AVG_SQ] = sq.combine(1.0, gg)
+    user = user_side(config)
+    if user:  # 1 - beta formed from beta rounded to the run's type: exact, off from 1 - beta by u*beta
+        states[EXP_AVG].rnd = states[EXP_AVG].rnd + user_one_minus(beta1, ctx.u) * g.mag
+        states[EXP_AVG_SQ].rnd = states[EXP_AVG_SQ].rnd + user_one_minus(beta2, ctx.u) * g.mag * g.mag
     v = cur[EXP_AVG_SQ]
     if config.amsgrad:
         states[MAX_EXP_AVG_SQ] = maximum(prev[MAX_EXP_AVG_SQ], v)
@@ -227,9 +232,37 @@ def update_bound(p: Track, g: Track, prev: dict, cur: dict, new_mag, first, conf
     denom = sqrt(v, ctx.u).scaled(1 / bc2_sqrt)
     denom = denom.combine(1.0, Track.const(config.eps, t))
     step = div(cur[EXP_AVG].scaled(-ctx.lr / bc1), denom)
+    if user:  # the bias corrections, formed in the run's type: relative errors rho1, rho2 of 1 - beta**t
+        rho1, rho2 = user_bias_correction(beta1, t, ctx.u), user_bias_correction(beta2, t, ctx.u)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (1 + rho1 / (1 - rho1)) / np.sqrt(1 - rho2) - 1  # of m/bc1 over sqrt(v/bc2)
+            step.rnd = step.rnd + np.where((rel > 0) & (rel < np.inf), rel / ctx.u * step.mag, 0.0)
     new = p.combine(1.0, step, result=new_mag)
     states = {key: fit(b, cur[key]) for key, b in states.items()}
     return new, states
+
+
+def user_one_minus(beta, u):
+    """A user's ``1 - beta`` formed in the run's type (u) is ``1 - fl(beta)``, exact (Sterbenz) and off
+    from ``1 - beta`` by ``|beta - fl(beta)| <= u*beta``: the term ``(1 - beta) x`` it multiplies is off
+    by up to ``u*beta*|x|``, returned as ``beta`` (units of u, times ``|x|``). Where ``u*beta`` reaches
+    ``1 - beta`` the type cannot hold beta's distance from 1 (bfloat16's fl(0.999) is 1, ``1 - beta2``
+    0): no allowance, the term is lost and caught."""
+    beta = np.abs(np.asarray(beta, dtype=np.float64))
+    return np.where(u * beta < 1 - beta, beta, 0.0)
+
+
+def user_bias_correction(beta, t, u):
+    """The relative error of a user's ``1 - beta**t`` formed in the run's type (u), against the
+    exact one (docs/own-engine.md): ``fl(beta)**t`` is ``beta**t`` within ``gamma_2t`` (t roundings
+    of beta's own, at most t of the power), ``1 - x`` rounds once: ``rho = gamma_2t beta**t / (1 -
+    beta**t) + u``. Where rho reaches 1 the type cannot hold beta's distance from 1 (bfloat16's
+    fl(0.999) is 1, and ``1 - beta2**t`` 0): no allowance (inf, left out), such a correction is caught."""
+    bt = np.asarray(beta, dtype=np.float64) ** t
+    gamma = 2 * t * u / (1 - 2 * t * u)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(gamma > 0, gamma * bt / (1 - bt) + u, 0.0)
+    return np.where((rho < 1) & (gamma < 1), rho, np.inf)
 
 
 #: which optimizer names decay the parameter directly (AdamW)
