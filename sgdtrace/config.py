@@ -250,14 +250,6 @@ COMBINATIONS: dict[str, Refusal] = {
         ("--world-size", "--reference exact"),
         ("run", "--world-size", "2", "--reference", "exact"),
     ),
-    "world_size-judge": Refusal(
-        _WS,
-        "--judge step",
-        "starting each rank's step from torch's values is not built for the data-parallel loop yet; "
-        "use --judge carry (the default)",
-        ("--world-size", "--judge step"),
-        ("run", "--world-size", "2", "--judge", "step"),
-    ),
     "float16-bce_sigmoid": Refusal(
         "--dtype float16",
         "--loss bce-sigmoid",
@@ -631,10 +623,6 @@ def _validate_model(cfg: Config, integer) -> None:
         _fail(cfg, "judge", cfg.judge, "allowed: " + ", ".join(JUDGES))
     if cfg.loss == "bce-sigmoid" and cfg.dtype == "float16":
         raise refusal("float16-bce_sigmoid", f"{_label(cfg, 'dtype')} float16", f"{_label(cfg, 'loss')} bce-sigmoid")
-    if cfg.judge == "step" and cfg.world_size > 1:
-        raise refusal(
-            "world_size-judge", f"{_label(cfg, 'world_size')} {cfg.world_size}", _label(cfg, "judge") + " step"
-        )
     if cfg.loss not in LOSSES[cfg.model]:
         _fail(cfg, "loss", cfg.loss, f"allowed with --model {cfg.model}: " + ", ".join(LOSSES[cfg.model]))
     if cfg.features is not None and integer("features", 1) > MAX_FEATURES:

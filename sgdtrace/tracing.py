@@ -545,20 +545,24 @@ def run_distributed(
     backend = manual.ArrayBackend("numpy", cfg.dtype)
     initial = model.module.initial(cfg, model)
     own = torch_ddp.OWN
+    ref = {f: v for f, v in gathered[0]["cols"].items() if not f.startswith(own)}
+    # --judge step: each step of the hand side starts, on every rank, from torch's rank-0 values
+    starts = ref if cfg.judge == "step" else None
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         info = None
         if hasattr(engine, "run_ddp_columns"):  # a user's file, in a child process: its gradients per rank
             from sgdtrace.engines import optimizers
 
             state_keys = optimizers.get(cfg.optimizer).state_keys(cfg)
-            man, man_ranks = engine.run_ddp_columns(cfg, dataset, dplan, state_keys, model)
+            man, man_ranks = engine.run_ddp_columns(
+                cfg, dataset, dplan, state_keys, model, **_reset(engine, starts, cfg)
+            )
             info = engine.info
             order = protocol.fields_for(state_keys, model.names)
         else:
             hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, gplan, model)
-            man, man_ranks = ddp.run(hand, dataset.x, dataset.y, dplan, initial, backend)
+            man, man_ranks = ddp.run(hand, dataset.x, dataset.y, dplan, initial, backend, reset=starts)
             order = tuple(hand.fields)
-        ref = {f: v for f, v in gathered[0]["cols"].items() if not f.startswith(own)}
         ref_ranks = {f: np.stack([g["cols"][own + f] for g in gathered], axis=1) for f in man_ranks}
         np_dtype = dtypes.np_dtype(cfg.dtype)
         man["loss"] = man_ranks["loss"].astype(np.float64).mean(axis=1).astype(np_dtype)
@@ -641,6 +645,10 @@ def judge_distributed(
                 a[key], b[key] = ref[f], col
     verdict = divergence.verdict(judged, a, b, epoch, batch, blown)
     verdict.one_sided = one_sided(cfg, man, ref, epoch, batch, div)
+    if cfg.judge == "step":  # every step judged alone: each one outside its allowance, ranks' values too
+        from sgdtrace.verdict import divergent_steps
+
+        verdict.divergent_steps = divergent_steps(judged, epoch, batch)
     ranks = RankTrace(
         dplan,
         np.tile(dplan.rank_plan(0).batch_sizes(), dplan.epochs)[:, None].repeat(world, axis=1),

@@ -234,7 +234,6 @@ def test_json_has_the_rank_axis():
         (["run", "--no-set-epoch"], "world size >= 2"),
         (["run", "--world-size", "2", "--gradcheck"], "--gradcheck"),
         (["graph", "--world-size", "2"], "graph"),
-        (["run", "--world-size", "2", "--judge", "step"], "--judge step"),
         (
             ["run", "--world-size", "2", "--epochs", "2", "--scheduler", "OneCycleLR"]
             + ["--scheduler-arg", "max_lr=0.1", "--scheduler-arg", "total_steps=2", "--scheduler-arg", "interval=step"],

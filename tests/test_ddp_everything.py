@@ -160,6 +160,14 @@ def test_a_rank_whose_state_differs_is_reported(monkeypatch):
     assert first["field"].startswith("rank1.exp_avg"), first
     # up to step 1 every rank held the same state, and rank 0 agrees with the hand side at step 2
     assert all(d.ok[:2].all() for f, d in trace.divergence.items() if not f.startswith("grad_"))
+    # --judge step: the hand side starts each step from rank 0's values, which rank 1 has left:
+    # its state at step 2, its parameters at 3, its own gradients (so DDP's average) from 4 on;
+    # every step from 2 is listed, the first naming rank 1's own copy of the state
+    step = run_distributed(cfg.replace(judge="step"), gathered=gathered)
+    listed = step.verdict.divergent_steps
+    assert [r["step"] for r in listed["steps"]] == list(range(2, step.n_steps + 1)), listed
+    assert [r["field"][:10] for r in listed["steps"][:2]] == ["rank1.exp_", "rank1.w"], listed
+    assert all(d.ok[:2].all() for d in step.divergence.values())
 
 
 def test_a_users_engine_gives_each_ranks_gradients(tmp_path):

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdtrace.engines.protocol import LR, Engine, samples, state_field
+from sgdtrace.engines.protocol import LR, Engine, _restart, samples, state_field
 
 #: gloo's ring all-reduce: at least 2 segments per rank (one in flight while the other is reduced)
 SEGMENTS_PER_RANK = 2
@@ -101,7 +101,13 @@ def bucket_layout(shapes: dict[str, tuple[int, ...]], world: int, rebuilt: bool 
 
 
 def run(
-    engine: Engine, x: np.ndarray, y: np.ndarray, dplan, init: dict[str, Any], backend
+    engine: Engine,
+    x: np.ndarray,
+    y: np.ndarray,
+    dplan,
+    init: dict[str, Any],
+    backend,
+    reset: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Train by hand over a :class:`sgdtrace.data.DistributedPlan`.
 
@@ -111,6 +117,10 @@ def run(
     ``grad_<p>`` and ``loss``, each ``(steps, N, *shape)``. DDP averages element by element, in
     its bucket's order (:func:`bucket_layout`); the optimizer keeps one state per parameter, the
     same on every rank.
+
+    ``reset`` (``--judge step``): torch's columns (rank 0's), by field; each step from the second
+    on starts, on every rank, from their values at the previous step's end: every parameter and
+    every recorded state entry (as :func:`sgdtrace.engines.protocol.run` does in one process).
     """
     world = dplan.world_size
     one = dplan.rank_plan(0)
@@ -128,6 +138,7 @@ def run(
     xs, ys = backend.asarray(samples(x, article)), backend.asarray(y)
     states: dict[str, dict[str, Any]] = {p: {} for p in names}
     recorded = [(cols[state_field(key, p)], states[p], key) for key in engine.state_keys for p in names]
+    restart = None if reset is None else _restart(reset, shapes, engine.state_keys, backend)
     gradients, update, hp, hp_at, lr_at = engine.gradients, engine.update, engine.hp, engine.hp_at, engine.lr_at
     lrs = np.empty(steps, dtype=np.float64) if hp_at is not None else None
     k = 0
@@ -136,6 +147,8 @@ def run(
             batches = [(backend.take(xs, backend.index(o)), backend.take(ys, backend.index(o))) for o in orders]
             start = 0
             for n in sizes:
+                if restart is not None and k > 0:  # --judge step: the step starts from torch's values
+                    restart(k, params, states)
                 if hp_at is not None:  # a schedule: this step's rate (and momentum or beta1), on every rank
                     hp = hp_at(k)
                     lrs[k] = lr_at(k)

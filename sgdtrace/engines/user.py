@@ -110,16 +110,19 @@ class UserEngine:
             reply["columns"], cfg.dtype, plan.n_steps, state_keys, self.info.not_kept, model.shapes, lr
         )
 
-    def run_ddp_columns(self, cfg, dataset, dplan, state_keys: tuple[str, ...], model) -> tuple[dict, dict]:
+    def run_ddp_columns(
+        self, cfg, dataset, dplan, state_keys: tuple[str, ...], model, reset: dict | None = None
+    ) -> tuple[dict, dict]:
         """``--world-size N``: the file's gradients on every rank's batch, sgdtrace's all-reduce
         (:func:`sgdtrace.engines.ddp.run`), the file's update with the average; in a child process.
 
-        Returns the step's columns and the ranks' own (``grad_<p>``, ``loss``, ``(steps, N, *shape)``)."""
+        Returns the step's columns and the ranks' own (``grad_<p>``, ``loss``, ``(steps, N, *shape)``).
+        ``reset`` (``--judge step``): torch's rank-0 columns; as for :meth:`run_columns`."""
         import numpy as np
 
         from sgdtrace import dtypes
 
-        request = self._request(cfg, dataset, dplan.global_plan(), state_keys, model)
+        request = self._request(cfg, dataset, dplan.global_plan(), state_keys, model, reset)
         request["dplan"] = dplan
         reply = self.call(request)
         parts, not_kept, _ = _checked_reply(reply, self.name, state_keys, None, model.names)
@@ -791,7 +794,9 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
         from sgdtrace.engines import ddp
 
         runner.world = request["dplan"].world_size
-        columns, ranks = ddp.run(engine, request["x"], request["y"], request["dplan"], initial, backend)
+        columns, ranks = ddp.run(
+            engine, request["x"], request["y"], request["dplan"], initial, backend, reset=request.get("reset")
+        )
         columns["loss"] = ranks["loss"].astype(np.float64).mean(axis=1).astype(ranks["loss"].dtype)
     else:
         columns = protocol.run(engine, request["x"], request["y"], plan, initial, backend, reset=request.get("reset"))
