@@ -52,8 +52,12 @@ from parameters that already differ a little. Per step and field, with ``Δ = ma
   :func:`sgdtrace.engines.optimizers.sgd.update_bound`), each the size of that operation's own
   result, the larger of both engines' (see :class:`_Bound`):
   a result that rounds to zero in one engine is sized by the other's, and one that is exactly
-  zero came from an exact subtraction. Their carries' own float64 rounding is second order
-  (u64 times a difference of a few ulps) and left out.
+  zero came from an exact subtraction. Their carries are computed in float64 too, and so is
+  ``Δ = a - b``: that rounding is not second order where the engines' runs have parted (a
+  chaotic run, the carry as large as the values), and in a float64 run it is as large as the
+  engines' own. Each operation bounds its carry's float64 error (``Track.cerr``), and
+  ``(cerr + u64|Δ|)/u`` enters E as the gradients' does (docs/tolerance.md, "The judge's own
+  rounding").
 
   Near convergence d_i is tiny while M_i is not: E stays large while the gradient is small,
   so the gradients' relative difference can be large (18% after 3,000 epochs on the
@@ -109,6 +113,7 @@ import numpy as np
 from sgdtrace import dtypes
 from sgdtrace.engines import optimizers
 from sgdtrace.engines.protocol import FIELDS, LR, PARAMS, state_field  # noqa: F401  (FIELDS: re-exported)
+from sgdtrace.track import U64
 
 # the records (FieldDivergence, the verdict) live in sgdtrace.verdict; importable from here as before
 from sgdtrace.verdict import FieldDivergence, FieldSummary, Verdict, json_number, verdict  # noqa: F401
@@ -373,7 +378,11 @@ def _update_terms(
             cur[key] = _hidden_state(opt, key, pt, g, prev, cur, new_mag, first_p, config, ctx)
         new, states = opt.update_bound(pt, g, prev, cur, new_mag, first_p, config, ctx)
         for f, bound in ((name, new), *((cols[key], states[key]) for key in keys)):
-            tol[f] = atol + rtol * bound.rnd
+            # the judge's own float64 rounding: the carry's (cerr) and Δ's (a - b), in units of u
+            with np.errstate(invalid="ignore", over="ignore"):
+                delta = np.abs(a[f].astype(np.float64) - b[f].astype(np.float64))
+                judge = bound.cerr + U64 * np.where(np.isfinite(delta), delta, 0.0)
+            tol[f] = atol + rtol * (bound.rnd + judge / u)
             carried[f] = bound.carry
             peak[f] = bound.mag
 
@@ -412,10 +421,12 @@ def _hidden_state(opt, key, p, g, prev, cur, new_mag, first, config, ctx):
         & np.isclose(r1.carry, at0.carry)
     )
     C, R = at0.carry.copy(), np.where(affine, at0.rnd, np.inf)
+    J = np.broadcast_to(np.asarray(at0.cerr, dtype=np.float64), C.shape).copy()  # C's own float64 error
     for k in range(1, a.shape[0]):  # the recursions, step by step (only for an engine with a hidden state)
         R[k] += r[k] * R[k - 1] + q[k] * abs(C[k - 1])
         C[k] += a[k] * C[k - 1]
-    return Track(cur[key].v, cur[key].mag + np.abs(C), R, C)
+        J[k] += abs(a[k]) * J[k - 1] + U64 * (abs(a[k] * C[k - 1]) + abs(C[k]))
+    return Track(cur[key].v, cur[key].mag + np.abs(C), R, C, J)
 
 
 def exact_update(config, numel: int = 1) -> bool:

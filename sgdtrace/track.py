@@ -11,6 +11,11 @@ A :class:`Track` is one value both engines compute at every step (an array over 
            the values the step started from: exact for sums and products, and for ``sqrt``,
            division and ``maximum`` too (each is worked out in a form free of cancellation:
            ``sqrt(x) - sqrt(x - c) = c / (sqrt(x) + sqrt(x - c))``)
+``cerr``   a bound on the error of ``carry`` as the judge computes it, in float64 (absolute, not
+           in units of u): the measured differences ``a - b`` round, and so does each operation's
+           carry formula. Where the engines' runs have parted (a chaotic run) the carry is as
+           large as the values, and in a float64 run ``u64|carry|`` is as large as the engines'
+           own rounding (docs/tolerance.md, "The judge's own rounding")
 
 Each operation adds its own rounding, the size of its own result (``u|result|``), and carries
 the inputs' rounding through (the derivative, first order); operations torch fuses (``lerp_``,
@@ -33,6 +38,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+#: the unit roundoff of the float64 arithmetic the judge computes the carries in
+U64 = 2.0**-53
 
 #: N: how far (in ulps) torch's CPU ``sqrt`` may be from the correctly rounded root. On x86 torch
 #: calls MKL's ``vsSqrt``/``vdSqrt`` in its high-accuracy mode (``ATen/cpu/vml.h``: ``VML_HA``),
@@ -69,6 +77,7 @@ class Track:
     mag: np.ndarray
     rnd: np.ndarray
     carry: np.ndarray
+    cerr: np.ndarray | float = 0.0
 
     # ---------------------------------------------------------------- making one
 
@@ -77,7 +86,8 @@ class Track:
         """A value both engines recorded (hand ``a``, torch ``b``): its difference is measured."""
         a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
-            return Track(a64, _finite_mag(a64, b64), np.zeros_like(a64), a64 - b64)
+            carry = a64 - b64
+            return Track(a64, _finite_mag(a64, b64), np.zeros_like(a64), carry, U64 * np.abs(carry))
 
     @staticmethod
     def const(value, like: np.ndarray) -> Track:
@@ -85,10 +95,10 @@ class Track:
         v = np.broadcast_to(np.asarray(value, dtype=np.float64), np.shape(like)).copy()
         return Track(v, np.abs(v), np.zeros_like(v), np.zeros_like(v))
 
-    def _out(self, v, rnd, carry) -> Track:
+    def _out(self, v, rnd, carry, cerr=0.0) -> Track:
         """A computed value: its magnitude is the larger of the two engines' (hand ``v``, torch ``v - carry``)."""
         with np.errstate(invalid="ignore", over="ignore"):
-            return Track(v, np.fmax(np.abs(v), np.abs(v - carry)), rnd, carry)
+            return Track(v, np.fmax(np.abs(v), np.abs(v - carry)), rnd, carry, cerr)
 
     # ---------------------------------------------------------------- _Bound's operations
 
@@ -101,17 +111,23 @@ class Track:
             mag = self.mag + c * other.mag
             prod = np.where(_is_one(c), 0.0, c * other.mag)
             rnd = self.rnd + c * other.rnd + prod + (mag if result is None else result) + _coefficient(c, other.carry)
-        return Track(v, mag, rnd, carry)
+            # the carry's product (unless coef is +-1) and sum, each rounded in float64
+            own = np.where(_is_one(c), 0.0, c * np.abs(other.carry)) + np.abs(carry)
+            cerr = self.cerr + c * other.cerr + U64 * own
+        return Track(v, mag, rnd, carry, cerr)
 
     def scaled(self, coef) -> Track:
         """``coef * self``, its product's rounding included (none for +-1)."""
         c = np.abs(coef)
         with np.errstate(invalid="ignore", over="ignore"):
             rnd = c * self.rnd + np.where(_is_one(c), 0.0, c * self.mag) + _coefficient(c, self.carry)
-            return Track(coef * self.v, c * self.mag, rnd, coef * self.carry)
+            cerr = c * self.cerr + np.where(_is_one(c), 0.0, U64 * c * np.abs(self.carry))
+            return Track(coef * self.v, c * self.mag, rnd, coef * self.carry, cerr)
 
     def where(self, mask: np.ndarray, other: Track) -> Track:
-        return Track(*(np.where(mask, getattr(other, f), getattr(self, f)) for f in ("v", "mag", "rnd", "carry")))
+        return Track(
+            *(np.where(mask, getattr(other, f), getattr(self, f)) for f in ("v", "mag", "rnd", "carry", "cerr"))
+        )
 
 
 # -------------------------------------------------------------------- torch's kernels, as terms
@@ -119,7 +135,7 @@ class Track:
 
 def neg(x: Track) -> Track:
     """``-x``: exact."""
-    return Track(-x.v, x.mag, x.rnd, -x.carry)
+    return Track(-x.v, x.mag, x.rnd, -x.carry, x.cerr)
 
 
 def mul(x: Track, y: Track) -> Track:
@@ -128,7 +144,11 @@ def mul(x: Track, y: Track) -> Track:
     with np.errstate(invalid="ignore", over="ignore"):
         v = x.v * y.v
         carry = x.carry * y.v + x.v * y.carry - x.carry * y.carry
-        out = x._out(v, 0.0, carry)
+        # the carry's three products and two sums, in float64; the inputs' carries' errors
+        # scaled by the other input as torch has it (d carry / d cx = y - cy)
+        p1, p2, p3 = np.abs(x.carry * y.v), np.abs(x.v * y.carry), np.abs(x.carry * y.carry)
+        cerr = x.cerr * y.mag + y.cerr * x.mag + U64 * (3 * (p1 + p2) + 2 * p3)
+        out = x._out(v, 0.0, carry, cerr)
         out.rnd = x.rnd * y.mag + x.mag * y.rnd + out.mag
     return out
 
@@ -144,8 +164,16 @@ def div(x: Track, y: Track) -> Track:
     carried ``x/y - (x - cx)/(y - cy) = (cx y - x cy) / (y (y - cy))``."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         v = x.v / y.v
-        carry = (x.carry * y.v - x.v * y.carry) / (y.v * (y.v - y.carry))
-        out = x._out(v, 0.0, carry)
+        theirs = y.v - y.carry  # torch's divisor
+        den = y.v * theirs
+        carry = (x.carry * y.v - x.v * y.carry) / den
+        # in float64: the numerator's two products and difference, the divisor's difference and
+        # product, the quotient; the inputs' carries' errors through d/dcx = 1/(y - cy) and
+        # d/dcy = -(x - cx)/(y - cy)^2
+        num = np.abs(x.carry * y.v) + np.abs(x.v * y.carry)
+        cerr = x.cerr / np.abs(theirs) + y.cerr * np.abs(x.v - x.carry) / theirs**2
+        cerr = cerr + U64 * (2 * num / np.abs(den) + 3 * np.abs(carry))
+        out = x._out(v, 0.0, carry, cerr)
         ay = _smaller(y)
         out.rnd = x.rnd / ay + out.mag * y.rnd / ay + out.mag
     return out
@@ -172,7 +200,13 @@ def sqrt(x: Track, u: float) -> Track:
         low = np.fmin(v, other)  # the smaller root of the two engines'
         moved = np.minimum(D / (low + np.sqrt(np.maximum(low * low - D, 0.0))), np.sqrt(D))
         moved = np.where(D > 0, moved, 0.0)
-        out = x._out(v, 0.0, carry)
+        # in float64: x - c, its root, the sum and the quotient (at most 4 u64 of the carry); the
+        # argument's carry's error moves the numerator, and torch's root as D moves a root above
+        delta = np.where(np.isfinite(x.cerr), x.cerr, np.inf)
+        shift = np.minimum(delta / (other + np.sqrt(np.maximum(other * other - delta, 0.0))), np.sqrt(delta))
+        shift = np.where(delta > 0, shift, 0.0)
+        cerr = np.where(den > 0, delta / np.where(den > 0, den, 1.0), 0.0) + shift + 4 * U64 * np.abs(carry)
+        out = x._out(v, 0.0, carry, cerr)
         # an argument within its rounding of zero can be negative in either engine: the root is
         # then nan or rounding noise, and so is all that follows from it (not judged: inf)
         noise = (D > 0) & (x.v - D <= 0)
@@ -189,7 +223,10 @@ def lerp(x: Track, end: Track, w) -> Track:
         v = x.v + w * (end.v - x.v)
         carry = (1 - w) * x.carry + w * end.carry
         small = np.minimum(w, 1 - w)
-        out = x._out(v, 0.0, carry)
+        # in float64: 1 - w, the two products and the sum
+        own = 3 * np.abs((1 - w) * x.carry) + 2 * np.abs(w * end.carry)
+        cerr = np.abs(1 - w) * x.cerr + np.abs(w) * end.cerr + U64 * own
+        out = x._out(v, 0.0, carry, cerr)
         out.rnd = (1 - w) * x.rnd + w * end.rnd + 2 * small * (x.mag + end.mag) + out.mag
         # the weight as the engines round it: |w - fl(w)| |C_end - C_x| (see _coefficient)
         out.rnd = out.rnd + _coefficient(w, x.carry) + _coefficient(w, end.carry)
@@ -201,10 +238,12 @@ def maximum(x: Track, y: Track) -> Track:
     with np.errstate(invalid="ignore", over="ignore"):
         v = np.maximum(x.v, y.v)
         carry = v - np.maximum(x.v - x.carry, y.v - y.carry)
-        return Track(v, np.fmax(x.mag, y.mag), np.maximum(x.rnd, y.rnd), carry)
+        # in float64: torch's two values recovered (each a difference), the result's difference
+        cerr = np.maximum(x.cerr, y.cerr) + U64 * (np.fmax(x.mag, y.mag) + np.abs(carry))
+        return Track(v, np.fmax(x.mag, y.mag), np.maximum(x.rnd, y.rnd), carry, cerr)
 
 
 def fit(x: Track, measured: Track) -> Track:
     """A computed value that is also recorded: its rounding is the model's, its magnitude the
     larger of the model's and the measured one."""
-    return Track(x.v, np.fmax(x.mag, measured.mag), x.rnd, x.carry)
+    return Track(x.v, np.fmax(x.mag, measured.mag), x.rnd, x.carry, x.cerr)

@@ -24,6 +24,7 @@ from sgdtrace.engines.optimizers import sgd
 from sgdtrace.engines.protocol import state_field, state_fields
 from sgdtrace.models import linear
 from sgdtrace.tracing import run_trace
+from sgdtrace.track import U64
 
 ARTICLE = Config()
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sgdtrace", "configs")
@@ -456,6 +457,10 @@ def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exa
     """divergence.py's docstring, step by step with Python floats: per field, the rounding
     allowance (atol + rtol*E) and the carried difference C (signed, manual minus torch).
 
+    The update's values are tuples (magnitude, one engine's rounding in units of u, carried
+    difference, the carry's own float64 error ``cerr``: docs/tolerance.md, "The judge's own
+    rounding"); each update field's E also counts ``(cerr + u64|Δ|)/u``.
+
     ``hidden``: the buffers are a state the judge cannot see (``a`` holds ``b``'s): their
     difference is carried, ``C_k = mu C_(k-1) + c_k``, and their rounding accumulated,
     ``R_k = mu R_(k-1) + e_k`` (docs/tolerance.md). ``fused``: the kernel goes on with the buffer
@@ -474,7 +479,7 @@ def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exa
     tol = {f: [] for f in a}
     carried = {f: [] for f in a}
     mu, c = cfg.momentum, 1 - cfg.dampening
-    unseen = {"w": (0.0, 0.0), "b": (0.0, 0.0)}  # a hidden buffer's carried difference and rounding
+    unseen = {"w": (0.0, 0.0, 0.0), "b": (0.0, 0.0, 0.0)}  # a hidden buffer's carried difference and rounding
     momentum = cfg.momentum != 0 or mus is not None
     for k in range(plan_.n_steps):
         lr = cfg.lr if lrs is None else float(lrs[k])
@@ -530,16 +535,23 @@ def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exa
         for name, pm, pd in (("w", wm, dw), ("b", bm, db)):
             ga, gb = float(a["grad_" + name][k]), float(b["grad_" + name][k])
             # (magnitude, one engine's rounding in units of u, carried difference)
-            g = (max(abs(ga), abs(gb)), 0.0, ga - gb)
+            g = (max(abs(ga), abs(gb)), 0.0, ga - gb, U64 * abs(ga - gb))
             if cfg.maximize:
-                g = (g[0], g[1], -g[2])
+                g = (g[0], g[1], -g[2], g[3])
             if cfg.weight_decay:
                 wd = cfg.weight_decay
                 mag = g[0] + wd * pm
-                g = (mag, g[1] + wd * pm + mag + _coef(wd, pd), g[2] + wd * pd)  # the product's rounding, the sum's
+                gc = g[2] + wd * pd
+                gj = g[3] + wd * U64 * abs(pd) + U64 * (wd * abs(pd) + abs(gc))
+                g = (mag, g[1] + wd * pm + mag + _coef(wd, pd), gc, gj)  # the product's rounding, the sum's
             if momentum:
                 ca, cb = float(a["buf_" + name][k]), float(b["buf_" + name][k])
-                cur = (max(abs(ca), abs(cb)), abs(ca if abs(ca) >= abs(cb) else cb) if fused else 0.0, ca - cb)
+                cur = (
+                    max(abs(ca), abs(cb)),
+                    abs(ca if abs(ca) >= abs(cb) else cb) if fused else 0.0,
+                    ca - cb,
+                    U64 * abs(ca - cb),
+                )
                 if k == 0:
                     buf = g  # a copy
                 else:
@@ -548,22 +560,35 @@ def _reference_tolerances(cfg, x, y, plan_, a, b, hidden=False, fused=False, exa
                     mag = mu * prev + c * g[0]
                     rnd = mu * prev + (0.0 if c == 1 else c * g[0]) + cur[0]  # mu*buf, (1-tau)*g, the sum
                     rnd += _coef(mu, pa - pb) + _coef(c, g[2])
-                    buf = (mag, c * g[1] + rnd, mu * (pa - pb) + c * g[2])
+                    bc = mu * (pa - pb) + c * g[2]
+                    # the carry's float64 roundings: pa - pb, mu*(pa - pb), c*g (unless c = 1), the sum
+                    bj = 2 * mu * U64 * abs(pa - pb) + c * g[3] + U64 * ((0.0 if c == 1 else c * abs(g[2])) + abs(bc))
+                    buf = (mag, c * g[1] + rnd, bc, bj)
                 if hidden:  # carried and accumulated over the steps, from a zero difference carried in
-                    C0, R0 = unseen[name]
-                    C1, R1 = (buf[2], buf[1]) if k == 0 else (mu * C0 + buf[2], mu * R0 + buf[1] + _coef(mu, C0))
-                    unseen[name] = (C1, R1)
-                    cur = (cur[0] + abs(C1), R1, C1)
-                tol["buf_" + name].append(atol + rtol * buf[1])
+                    C0, R0, J0 = unseen[name]
+                    if k == 0:
+                        C1, R1, J1 = buf[2], buf[1], buf[3]
+                    else:
+                        C1 = mu * C0 + buf[2]
+                        R1 = mu * R0 + buf[1] + _coef(mu, C0)
+                        J1 = buf[3] + mu * J0 + U64 * (abs(mu * C0) + abs(C1))
+                    unseen[name] = (C1, R1, J1)
+                    cur = (cur[0] + abs(C1), R1, C1, J1)
+                tol["buf_" + name].append(atol + rtol * (buf[1] + (buf[3] + U64 * abs(ca - cb)) / u))
                 carried["buf_" + name].append(buf[2])
                 if cfg.nesterov:
                     mag = g[0] + mu * cur[0]
-                    g = (mag, g[1] + mu * cur[1] + mu * cur[0] + mag + _coef(mu, cur[2]), g[2] + mu * cur[2])
+                    gc = g[2] + mu * cur[2]
+                    gj = g[3] + mu * cur[3] + U64 * (mu * abs(cur[2]) + abs(gc))
+                    g = (mag, g[1] + mu * cur[1] + mu * cur[0] + mag + _coef(mu, cur[2]), gc, gj)
                 else:
                     g = cur
             new = max(abs(float(a[name][k])), abs(float(b[name][k])))
-            tol[name].append(atol + rtol * (lr * g[1] + lr * g[0] + new + _coef(lr, g[2])))
-            carried[name].append(pd - lr * g[2])
+            nc = pd - lr * g[2]
+            nj = U64 * abs(pd) + lr * g[3] + U64 * (lr * abs(g[2]) + abs(nc))
+            delta = abs(float(a[name][k]) - float(b[name][k]))
+            tol[name].append(atol + rtol * (lr * g[1] + lr * g[0] + new + _coef(lr, g[2]) + (nj + U64 * delta) / u))
+            carried[name].append(nc)
     if exact is None:
         exact = cfg.dtype in ("bfloat16", "float16") and cfg.rtol is None and cfg.atol is None
     if exact:
