@@ -5,8 +5,11 @@ The data are made the way ``sgdtrace run --synthetic N`` makes them (x uniform i
 (``--data``, with ``np.loadtxt``), or the article's nine points. A CSV file with columns
 x1..xD, y (D features) is the D-feature linear regression a learner writes: ``nn.Linear(D, 1)``
 with its weight and bias set to zero under ``torch.no_grad()``, fed ``(n, D)`` inputs and
-``(n, 1)`` targets. Prints one JSON line: the loop's seconds (imports and data excluded; wall and CPU time), the
-steps, the final w and b (w a list for D features).
+``(n, 1)`` targets. ``--model mlp --hidden H`` on such a file: the network a learner writes,
+``torch.manual_seed(seed)`` then ``nn.Sequential(nn.Linear(D, H), nn.ReLU(), nn.Linear(H, 1))``
+with torch's own initialisation, the same inputs and targets. Prints one JSON line: the loop's
+seconds (imports and data excluded; wall and CPU time), the steps, the final w and b (w a list for D
+features; the network's: its output layer's).
 """
 
 import argparse
@@ -28,6 +31,8 @@ parser.add_argument("--lr", type=float, default=0.01)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"])
+parser.add_argument("--model", default="linear", choices=["linear", "mlp"])
+parser.add_argument("--hidden", type=int, default=8)
 args = parser.parse_args()
 device = torch.device(args.device)
 
@@ -65,7 +70,10 @@ class Simple_model(nn.Module):
         return xb * self.weight + self.bias
 
 
-if features is None:
+if args.model == "mlp":  # 2''. A network with one hidden layer: torch's own initialisation
+    torch.manual_seed(args.seed)
+    model = nn.Sequential(nn.Linear(features or 1, args.hidden), nn.ReLU(), nn.Linear(args.hidden, 1)).to(device)
+elif features is None:
     model = Simple_model().to(device)
 else:  # 2'. Model on D features: ypred = x @ w + b
     model = nn.Linear(features, 1).to(device)
@@ -96,5 +104,9 @@ for _epoch in range(args.epochs):
 if device.type == "cuda":
     torch.cuda.synchronize()
 loop_s, loop_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
-w = model.weight.item() if features is None else model.weight[0].tolist()
-print(json.dumps({"loop_s": loop_s, "loop_cpu_s": loop_cpu_s, "steps": steps, "w": w, "b": model.bias.item()}))
+if args.model == "mlp":  # the output layer's weights and bias
+    w, b = model[2].weight[0].tolist(), model[2].bias.item()
+else:
+    w = model.weight.item() if features is None else model.weight[0].tolist()
+    b = model.bias.item()
+print(json.dumps({"loop_s": loop_s, "loop_cpu_s": loop_cpu_s, "steps": steps, "w": w, "b": b}))

@@ -2,7 +2,7 @@
 batches as the learner's loop.
 
 Prints one JSON line: the engine's seconds (imports, data and batch plan excluded), the steps,
-the final w and b.
+the final w and b (``--model mlp``: the output layer's W2 and b2).
 """
 
 import argparse
@@ -21,6 +21,8 @@ parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--lr", type=float, default=0.01)
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--optimizer", default="sgd")
+parser.add_argument("--model", default="linear")
+parser.add_argument("--hidden", type=int, default=None)
 args = parser.parse_args()
 
 cfg = Config(
@@ -30,6 +32,8 @@ cfg = Config(
     epochs=args.epochs,
     lr=args.lr,
     optimizer=args.optimizer,
+    model=args.model,
+    hidden=args.hidden,
 )
 dataset = data.load(cfg)
 plan = data.plan(len(dataset), cfg)
@@ -41,6 +45,7 @@ else:  # torch tensors on the device, as sgdtrace runs it there (the copy to the
     backend = manual.ArrayBackend("torch", cfg.dtype, torch.device(args.device))
 start, start_cpu = time.perf_counter(), time.process_time()
 cols = manual.run(dataset.x, dataset.y, plan, cfg, backend)
+w, b = ("w2", "b2") if args.model == "mlp" else ("w", "b")
 loop_s, loop_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
 print(
     json.dumps(
@@ -48,8 +53,8 @@ print(
             "loop_s": loop_s,
             "loop_cpu_s": loop_cpu_s,
             "steps": plan.n_steps,
-            "w": cols["w"][-1].tolist(),
-            "b": cols["b"][-1].tolist(),
+            "w": cols[w][-1].tolist(),
+            "b": cols[b][-1].tolist(),
         }
     )
 )

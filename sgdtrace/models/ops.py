@@ -697,15 +697,18 @@ def step_groups(plan):
     """The steps of ``plan`` by batch size: ``[(n, steps, indices (S, n))]`` (at most two sizes: the
     whole batches and a last partial one)."""
     sizes = plan.step_sizes()
+    spe = plan.steps_per_epoch
     out = []
     for n in np.unique(sizes):
         steps = np.flatnonzero(sizes == n)
         idx = np.empty((steps.size, int(n)), dtype=np.int64)
-        spe = plan.steps_per_epoch
+        epoch, order = -1, None  # each epoch's order made once (the steps come epoch by epoch)
         for row, s in enumerate(steps):
             e, j = divmod(int(s), spe)
+            if e != epoch:
+                epoch, order = e, plan.epoch_order(e)
             start = j * plan.batch_size
-            idx[row] = plan.epoch_order(e)[start : start + int(n)]
+            idx[row] = order[start : start + int(n)]
         out.append((int(n), steps, idx))
     return out
 
