@@ -295,7 +295,40 @@ def _torchrun(node: int, nproc: int, port: int, args: list[str], env: dict, time
     cmd = [TORCHRUN, "--nnodes", "2", "--nproc-per-node", str(nproc), "--node-rank", str(node)]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(port), "--rdzv-conf", f"timeout={timeout_s}"]
     cmd += ["-m", "sgdtrace", "run", *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _launch(cmd, env)
+
+
+def _launch(argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    """A torchrun agent in a session of its own, its output in a file: the agents run side by side,
+    and a pipe that nobody reads while the test waits on the other agent would stall them both
+    (torchrun's connection retries write to stderr)."""
+    import tempfile
+
+    log = tempfile.TemporaryFile(mode="w+")
+    p = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    p.log = log  # type: ignore[attr-defined]
+    return p
+
+
+def _collect(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
+    """Each agent's exit code and output, all within ``timeout`` seconds of now; an agent still
+    running then is killed with everything it started."""
+    deadline = time.monotonic() + timeout
+    results = []
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                if q.poll() is None:
+                    os.killpg(q.pid, signal.SIGKILL)
+                    q.wait()
+        p.log.seek(0)
+        results.append((p.returncode, p.log.read()))
+        p.log.close()
+    return results
 
 
 def _free_port() -> int:
@@ -308,15 +341,7 @@ def _two_nodes(nproc: int, args: list[str], out: str, env=None) -> list[tuple[in
     port = _free_port()
     env = dict(os.environ, **(env or {}))
     procs = [_torchrun(node, nproc, port, [*args, "--output", out, "--format", "json"], env) for node in (0, 1)]
-    results = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=150)
-        finally:
-            if p.poll() is None:
-                p.kill()
-        results.append((p.returncode, err))
-    return results
+    return _collect(procs, 150)
 
 
 def _same_as_world_size(tmp_path, nproc: int, args: list[str]) -> None:
@@ -370,10 +395,9 @@ def test_the_docs_two_machine_command_equals_world_size(tmp_path):
     for node in ("0", "1"):
         argv = [TORCHRUN] + [sub.get(a, a) for a in cmd[1:]]
         argv[argv.index("--node-rank") + 1] = node
-        procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=200)
-        assert p.returncode == 0, err
+        procs.append(_launch(argv))
+    for rc, err in _collect(procs, 200):
+        assert rc == 0, err
     args = cmd[cmd.index("run") + 1 :]
     args = args[: args.index("--output")]
     single = str(tmp_path / "single.json")
@@ -434,6 +458,6 @@ def test_a_node_that_never_joins_is_torchruns_own_failure(tmp_path):
     """Only node 0 starts: torchrun waits out its rendezvous timeout and exits 1 (its own message)."""
     start = time.monotonic()
     p = _torchrun(0, 1, _free_port(), ["--world-size", "2"], dict(os.environ), timeout_s=5)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 1 and time.monotonic() - start < 60
+    [(rc, err)] = _collect([p], 120)
+    assert rc == 1 and time.monotonic() - start < 60
     assert "waiting for clients" in err or "rendezvous" in err.lower()
