@@ -6,8 +6,8 @@
 #   3. the CI gate on every config with --device cuda: SGD and its options, Adam, AdamW, RMSprop,
 #      Adagrad, every schedule, bfloat16 and float16;
 #   4. compare across dtypes on CUDA, an HTML report of a CUDA run, --engine beside CUDA torch;
-#   5. DDP on one GPU: a world size above the GPU count must be refused (exit 2) before any
-#      process starts;
+#   5. DDP: a world size above the GPU count must be refused (exit 2) before any process starts;
+#      with two GPUs or more, DDP on nccl (Adam with a schedule; the network under --judge step);
 #   6. the models on CUDA: linear regression on D features (bfloat16 too), logistic regression
 #      (both losses), the network (relu, tanh, sigmoid; Adam with a schedule), each judged;
 #      --judge step; a user's engine for Adam, for logistic regression and for the network's
@@ -41,7 +41,12 @@ step compare-dtypes 0 30 "$PY" -m sgdtrace compare --device cuda --dtype float32
 step check-cuda 0 70 "$PY" -m sgdtrace check --device cuda
 step html-cuda 0 20 "$PY" -m sgdtrace run --device cuda --epochs 30 --format html --output "$DEST/report-cuda.html"
 step engine-cuda 0 20 "$PY" -m sgdtrace run --device cuda --engine docs/examples/engine_correct.py --momentum 0.9
-step ddp-refused 2 20 "$PY" -m sgdtrace run --device cuda --world-size "$(( $("$PY" -c 'import torch; print(torch.cuda.device_count())') + 1 ))"
+GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
+step ddp-refused 2 20 "$PY" -m sgdtrace run --device cuda --world-size "$((GPUS + 1))"
+if [ "$GPUS" -ge 2 ]; then  # DDP on nccl, one process per GPU: every model, and --judge step
+    step ddp-cuda 0 60 "$PY" -m sgdtrace run --device cuda --world-size 2 --optimizer adam --scheduler StepLR --scheduler-arg step_size=2 --epochs 3 -q
+    step ddp-mlp-step-cuda 0 60 "$PY" -m sgdtrace run --device cuda --world-size 2 --model mlp --synthetic 64 --features 3 --judge step -q
+fi
 step features-cuda 0 20 "$PY" -m sgdtrace run --device cuda --synthetic 64 --features 16 --batch-size 8 --epochs 3 --optimizer adamw -q
 step features-bf16-cuda 0 20 "$PY" -m sgdtrace run --device cuda --synthetic 64 --features 4 --dtype bfloat16 --epochs 3 -q
 step logistic-cuda 0 20 "$PY" -m sgdtrace run --device cuda --model logistic --loss bce --synthetic 64 --features 3 --true-b -1 --epochs 3 -q
