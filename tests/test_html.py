@@ -497,3 +497,81 @@ def test_chromium_lays_the_page_out(tmp_path):
     assert got["inner"] >= 20 and got["innerFlat"] == 0, got
     # the wide table scrolls inside its box; the page itself is no wider than the window
     assert got["boxWidth"] <= 1200 and got["pageWidth"] <= 1200, got
+
+
+# ------------------------------------------------------------------ the network's weights as heatmaps
+
+
+def heat_groups(text: str) -> list:
+    """Each ``<g class="heat">`` of the page, parsed as XML (the SVG it sits in is well formed)."""
+    import xml.etree.ElementTree as ET
+
+    ns = "{http://www.w3.org/2000/svg}"
+    groups = []
+    for svg in re.findall(r"<svg\b.*?</svg>", text, re.S):
+        if 'class="heat"' in svg:
+            groups += [g for g in ET.fromstring(svg).iter(f"{ns}g") if g.get("class") == "heat"]
+    return groups
+
+
+def heat_cells(group, side: str) -> dict[str, int]:
+    """One map's cells counted by opacity level (a subpath ``M...z`` per cell)."""
+    ns = "{http://www.w3.org/2000/svg}"
+    counts: dict[str, int] = {}
+    for g in group.iter(f"{ns}g"):
+        if g.get("data-side") == side:
+            for p in g.iter(f"{ns}path"):
+                counts[p.get("data-level")] = counts.get(p.get("data-level"), 0) + p.get("d").count("M")
+    return counts
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_networks_page_shows_its_weights_as_heatmaps(tmp_path, dtype):
+    from sgdtrace.views.html import PAGE_BUDGET
+
+    out = tmp_path / "net.html"
+    args = ["run", "--model", "mlp", "--synthetic", "64", "--features", "3", "--hidden", "5", "--dtype", dtype]
+    r = CliRunner().invoke(cli, [*args, "--format", "html", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text(encoding="utf-8")
+    assert len(text.encode()) <= PAGE_BUDGET
+    assert "<script" not in text
+    assert sections(text)[1:3] == ["h-plots", "h-weights"] and "Weights, by hand and in torch" in text
+    groups = heat_groups(text)
+    # W1 (5 x 3), b1 (5), W2 (1 x 5) at the focus step (the first, on an agreeing run) and the last; b2 skipped
+    shapes = {"w1": (5, 3), "b1": (1, 5), "w2": (1, 5)}
+    steps = sorted({g.get("data-step") for g in groups}, key=int)
+    assert len(steps) == 2 and steps[0] == "1"
+    assert sorted((g.get("data-param"), g.get("data-step")) for g in groups) == sorted(
+        (p, k) for p in shapes for k in steps
+    )
+    for g in groups:
+        rows, cols = shapes[g.get("data-param")]
+        assert (int(g.get("data-rows")), int(g.get("data-cols"))) == (rows, cols)
+        for side in ("hand", "torch", "ratio"):
+            assert sum(heat_cells(g, side).values()) == rows * cols
+        if dtype == "bfloat16":  # the sides agree to the bit: nothing of any allowance used
+            assert heat_cells(g, "ratio") == {"0": rows * cols} and g.get("data-max-ratio") == "0"
+    captions = re.findall(r'<figcaption class="muted">([^<]*)</figcaption>', text)
+    assert any(c.startswith("W1 (5 × 3) after step 1: the largest |Δ| / allowance is") for c in captions)
+
+
+def test_a_large_matrix_is_cut_to_the_cap_and_the_page_stays_in_budget(tmp_path):
+    from sgdtrace.views.html import PAGE_BUDGET
+    from sgdtrace.views.svg import HEAT_CAP
+
+    out = tmp_path / "wide.html"
+    args = ["run", "--model", "mlp", "--synthetic", "32", "--features", "40", "--hidden", "36", "--epochs", "1"]
+    r = CliRunner().invoke(cli, [*args, "--format", "html", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text(encoding="utf-8")
+    assert len(text.encode()) <= PAGE_BUDGET
+    w1 = [g for g in heat_groups(text) if g.get("data-param") == "w1"]
+    assert w1 and all(g.get("data-shape") == "36x40" for g in w1)
+    assert all(sum(heat_cells(g, "hand").values()) == HEAT_CAP * HEAT_CAP for g in w1)
+    assert f"only the first {HEAT_CAP} × {HEAT_CAP} entries drawn" in text
+
+
+def test_the_articles_page_has_no_heatmaps(report):
+    text = report.read_text(encoding="utf-8")
+    assert "Weights, by hand and in torch" not in text and not heat_groups(text)

@@ -47,9 +47,10 @@ tr.gap td { text-align: center; font-style: italic; color: var(--muted); }
 .verdict { border-left: 4px solid var(--ok); padding: .4rem .8rem; background: var(--band); }
 .verdict.fail { border-left-color: var(--bad); } .verdict p { margin: .2rem 0; }
 pre { background: var(--band); padding: .6rem .8rem; overflow-x: auto; font-size: .8rem; line-height: 1.35; }
-.plot, .dag { margin: .5rem 0; } .sgd-svg { width: 100%; height: auto; display: block; color: var(--fg); }
+.plot, .dag, .heatmap { margin: .5rem 0; }
+.sgd-svg { width: 100%; height: auto; display: block; color: var(--fg); }
 .plot { display: grid; grid-template-columns: repeat(auto-fit, minmax(17rem, 1fr)); gap: .75rem; }
-.dag .sgd-svg { max-width: 40rem; color: var(--fg); }
+.dag .sgd-svg { max-width: 40rem; color: var(--fg); } .heatmap .sgd-svg { width: auto; max-width: 100%; }
 .scroll { overflow-x: auto; max-width: 100%; border: 1px solid var(--rule); }
 .scroll > table { margin: 0; }
 a { color: var(--accent); }
@@ -521,6 +522,7 @@ def run_page(report) -> str:
         f"{esc(__version__)}</p></header>",
         f'<section aria-labelledby="h-verdict"><h2 id="h-verdict">Verdict</h2>{verdict_html(trace)}</section>',
         f'<section aria-labelledby="h-plots"><h2 id="h-plots">Plots</h2>{_plots(trace)}</section>',
+        _weights(trace, (report.focus, trace.n_steps - 1)),
         f'<section aria-labelledby="h-explain"><h2 id="h-explain">Batch {kb}'
         f"{f' of epoch {ke}' if trace.config.epochs > 1 else ''} explained ({esc(report.why)})</h2>"
         f"{_explained(ex)}"
@@ -547,6 +549,28 @@ def _plots(trace, ident: str = "plots") -> str:
         f'<figure class="plot">{plots_svg(trace, ident)}</figure>'
         '<p class="muted">The same panels as <code>sgdtrace plot</code>, drawn as SVG; every value is in '
         "the CSV below.</p>"
+    )
+
+
+def _weights(trace, steps) -> str:
+    """The network's weights as heatmaps (:func:`sgdtrace.views.svg.heatmaps_svg`), at the focus
+    step and the last: by hand, in torch, and |Δ| / allowance; empty for a model without a matrix."""
+    from sgdtrace.views.svg import HEAT_CAP, heatmaps_svg
+
+    maps = heatmaps_svg(trace, steps)
+    if not maps:
+        return ""
+    figures = "".join(
+        f'<figure class="heatmap">{svg}<figcaption class="muted">{esc(caption)}</figcaption></figure>'
+        for svg, caption in maps
+    )
+    return (
+        '<section aria-labelledby="h-weights"><h2 id="h-weights">Weights, by hand and in torch</h2>'
+        f"{figures}"
+        '<p class="muted">Each matrix and vector after the step explained above and after the last step: '
+        "the hand side's values and torch's on one scale (blue positive, orange negative), then each "
+        "entry's |hand − torch| as a share of the allowance its step grants (blank: equal; full red: 1 "
+        f"or more, beyond). At most {HEAT_CAP} × {HEAT_CAP} entries are drawn.</p></section>"
     )
 
 

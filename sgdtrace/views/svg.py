@@ -539,3 +539,157 @@ def dag_svg(ident: str, dag) -> str:
 
 
 __all__ = ["plots_svg", "plots_desc", "dag_svg"]
+
+
+# ------------------------------------------------------------------ the network's weights as heatmaps
+
+#: a heatmap draws at most this many rows and columns of a matrix (its top-left corner; the caption says so)
+HEAT_CAP = 32
+#: the three maps of one parameter at one step: hand, torch, |Δ|/allowance
+HEAT_SIDES = (("hand", "by hand"), ("torch", "in torch"), ("ratio", "|Δ| / allowance"))
+_HEAT_POS, _HEAT_NEG, _HEAT_BAD = "var(--c-w, #1f77b4)", "var(--c-b, #c96a00)", "var(--bad, #c62828)"
+
+
+def heat_params(trace) -> tuple:
+    """The parameters drawn as heatmaps: every matrix and vector of a model that has a matrix
+    (the network's W1, b1, W2); none for a model of scalars or of one weight vector."""
+    import numpy as np
+
+    params = trace.params
+    if not trace.n_steps or not any(len(p.shape) == 2 for p in params):
+        return ()
+    return tuple(p for p in params if len(p.shape) in (1, 2) and int(np.prod(p.shape)) > 1)
+
+
+def _grid(a):
+    """A parameter's values as a 2-D float64 array (a vector: one row)."""
+    import numpy as np
+
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(1, -1) if a.ndim == 1 else a
+
+
+def _opacity(v: float) -> str:
+    """A share in [0, 1] as one of eleven opacities (0, 0.1, ..., 1): 0 only for 0 (or not a number),
+    so an entry off by the least is never drawn as equal."""
+    v = min(max(v, 0.0), 1.0) if v == v else 0.0
+    level = max(round(v * 10), 1) if v > 0 else 0
+    return "1" if level == 10 else f"0.{level}" if level else "0"
+
+
+def _cells(grid, cell: int, x0: int, y0: int, shade) -> str:
+    """One map's cells, one square subpath each, gathered into one ``<path>`` per colour and opacity
+    (``shade(v)``: a value's fill and opacity); each path says its opacity in ``data-level``."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            groups.setdefault(shade(float(v)), []).append(f"M{x0 + j * cell} {y0 + i * cell}h{cell}v{cell}h-{cell}z")
+    return "".join(
+        f'<path style="fill: {fill}" fill-opacity="{o}" data-level="{o}" d="{"".join(d)}"/>'
+        for (fill, o), d in sorted(groups.items())
+    )
+
+
+def _scale_bar(x0: int, y0: int, width: int, stops: list[tuple[str, str]], labels: tuple[str, str, str]) -> str:
+    """A colour scale: ``stops`` (fill, opacity) left to right, labelled at both ends and the middle."""
+    w = width / len(stops)
+    out = [
+        f'<rect x="{x0 + i * w:.1f}" y="{y0}" width="{w + 0.3:.1f}" height="7" style="fill: {f}" fill-opacity="{o}"/>'
+        for i, (f, o) in enumerate(stops)
+    ]
+    out.append(f'<rect x="{x0}" y="{y0}" width="{width}" height="7" fill="none" style="stroke: var(--rule, #ccc)"/>')
+    for x, anchor, text in zip((x0, x0 + width / 2, x0 + width), ("start", "middle", "end"), labels):
+        out.append(
+            f'<text x="{x:.1f}" y="{y0 + 18}" font-size="9" text-anchor="{anchor}" fill="currentColor">'
+            f"{html.escape(text)}</text>"
+        )
+    return "".join(out)
+
+
+def heatmap_svg(trace, param, k: int, ident: str) -> str:
+    """One parameter after step ``k`` (0-based): hand, torch and |Δ|/allowance side by side, in one
+    ``<svg>`` whose ``<g class="heat">`` carries the parameter, the step, the shape drawn and the
+    largest share of the allowance used."""
+    import numpy as np
+
+    hand, torch_ = _grid(trace.manual[param.name][k]), _grid(trace.torch[param.name][k])
+    ratio = _grid(trace.divergence[param.name].ratio[k])
+    rows, cols = hand.shape
+    r, c = min(rows, HEAT_CAP), min(cols, HEAT_CAP)
+    with _quiet():
+        both = np.concatenate([hand[:r, :c].ravel(), torch_[:r, :c].ravel()])
+        both = np.abs(both[np.isfinite(both)])
+        vmax = float(both.max()) if both.size and both.max() > 0 else 1.0
+        worst = float(np.nanmax(ratio)) if ratio.size else 0.0
+    cell = max(4, min(14, 140 // max(r, c)))
+    mw = max(c * cell, 90)
+    gap, top = 18, 16
+    width = 3 * mw + 2 * gap
+    height = top + r * cell + 34
+
+    def value(v: float):
+        return (_HEAT_POS if v >= 0 else _HEAT_NEG), _opacity(abs(v) / vmax)
+
+    def share(v: float):
+        return _HEAT_BAD, _opacity(v)
+
+    body = [
+        f'<g class="heat" data-param="{param.name}" data-step="{k + 1}" data-rows="{r}" data-cols="{c}" '
+        f'data-shape="{"x".join(map(str, param.shape))}" data-max-ratio="{worst:.3g}">'
+    ]
+    for n, ((side, label), grid) in enumerate(zip(HEAT_SIDES, (hand, torch_, ratio))):
+        x0 = n * (mw + gap)
+        body.append(
+            f'<text x="{x0}" y="11" font-size="11" fill="currentColor">{html.escape(label)}</text>'
+            f'<g data-side="{side}">{_cells(grid[:r, :c], cell, x0, top, share if side == "ratio" else value)}</g>'
+            f'<rect x="{x0}" y="{top}" width="{c * cell}" height="{r * cell}" fill="none" '
+            'style="stroke: var(--rule, #ccc)"/>'
+        )
+        y = top + r * cell + 6
+        if side == "ratio":
+            stops = [(_HEAT_BAD, _opacity(i / 8)) for i in range(9)]
+            body.append(_scale_bar(x0, y, mw, stops, ("0", "0.5", "≥ 1")))
+        else:
+            stops = [(_HEAT_NEG, _opacity(1 - i / 4)) for i in range(4)] + [
+                (_HEAT_POS, _opacity(i / 4)) for i in range(5)
+            ]
+            body.append(_scale_bar(x0, y, mw, stops, (f"−{num(vmax)}", "0", num(vmax))))
+    body.append("</g>")
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" font-family="system-ui, sans-serif">' + "".join(body) + "</svg>"
+    )
+    cut = f" (the first {r} of {rows} rows, {c} of {cols} columns drawn)" if (r, c) != (rows, cols) else ""
+    desc = (
+        f"{param.label}, shape {' x '.join(map(str, param.shape))}, after step {k + 1}{cut}: its values by hand "
+        f"and in torch on one colour scale (blue positive, orange negative, -{num(vmax)} to {num(vmax)}), and "
+        f"each entry's |hand - torch| as a share of its allowance (largest {num(worst)}; 1 or more is beyond)."
+    )
+    return _accessible(svg, ident, f"{param.label} after step {k + 1}", desc)
+
+
+def heatmaps_svg(trace, steps, ident: str = "heat") -> list[tuple[str, str]]:
+    """For each matrix or vector parameter (:func:`heat_params`) and each 0-based step of ``steps``
+    (repeats dropped): its heatmaps (:func:`heatmap_svg`) and a caption: the shape, the step,
+    the largest share of the allowance used, and the cut where the matrix is larger than
+    :data:`HEAT_CAP`. Empty for a model without a matrix."""
+    import numpy as np
+
+    out = []
+    steps = sorted({int(k) for k in steps if 0 <= int(k) < trace.n_steps})
+    for p in heat_params(trace):
+        for k in steps:
+            rows, cols = _grid(trace.manual[p.name][k]).shape
+            with _quiet():
+                worst = float(np.nanmax(trace.divergence[p.name].ratio[k]))
+            cut = (
+                f"; only the first {min(rows, HEAT_CAP)} × {min(cols, HEAT_CAP)} entries drawn"
+                if rows > HEAT_CAP or cols > HEAT_CAP
+                else ""
+            )
+            caption = (
+                f"{p.label} ({' × '.join(map(str, p.shape))}) after step {k + 1}: the largest "
+                f"|Δ| / allowance is {worst:.3g}{cut}."
+            )
+            out.append((heatmap_svg(trace, p, k, f"{ident}-{p.name}-{k + 1}"), caption))
+    return out
