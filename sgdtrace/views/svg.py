@@ -653,7 +653,7 @@ def heatmap_svg(trace, param, k: int, ident: str) -> str:
             stops = [(_HEAT_NEG, _opacity(1 - i / 4)) for i in range(4)] + [
                 (_HEAT_POS, _opacity(i / 4)) for i in range(5)
             ]
-            body.append(_scale_bar(x0, y, mw, stops, (f"−{num(vmax)}", "0", num(vmax))))
+            body.append(_scale_bar(x0, y, mw, stops, (f"−{vmax:.3g}", "0", f"{vmax:.3g}")))
     body.append("</g>")
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
