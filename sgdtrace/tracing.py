@@ -352,14 +352,7 @@ def diagnose_divergent_steps(trace: Trace) -> None:
 def _stable_lr(x, plan, cfg: Config, model) -> Callable[[], np.ndarray]:
     """:func:`sgdtrace.blowup.stable_lr` of the run, computed on first use (a blow-up, Trace.columns)
     and kept."""
-    kept: list[np.ndarray] = []
-
-    def compute() -> np.ndarray:
-        if not kept:
-            kept.append(stable_lr(x, plan, cfg, model))
-        return kept[0]
-
-    return compute
+    return functools.cache(functools.partial(stable_lr, x, plan, cfg, model))
 
 
 def build_model(cfg: Config, dataset: data_mod.Dataset):
@@ -516,11 +509,10 @@ def run_distributed(
     dplan = data_mod.distributed_plan(len(dataset), cfg)
     gplan = dplan.global_plan()
     model = build_model(cfg, dataset)
-    if cfg.scheduler is not None:  # OneCycleLR stepped past total_steps: exit 2 before any process starts
-        from sgdtrace.engines.optimizers import schedules
+    # the schedule, worked out once (exit 2 before any process starts where torch would raise)
+    from sgdtrace.engines.optimizers import schedules
 
-        schedules.check(cfg, gplan)
-        schedules.values(cfg, schedules.calls(cfg, gplan))
+    schedule = schedules.table(cfg, gplan)
     if engine is None and cfg.engine is not None:  # --engine FILE.py: the user's gradients on every rank
         from sgdtrace.engines.user import UserEngine
 
@@ -560,7 +552,7 @@ def run_distributed(
             info = engine.info
             order = protocol.fields_for(state_keys, model.names)
         else:
-            hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, gplan, model)
+            hand = engine(cfg, backend) if engine is not None else manual.engine(cfg, backend, gplan, model, schedule)
             man, man_ranks = ddp.run(hand, dataset.x, dataset.y, dplan, initial, backend, reset=starts)
             order = tuple(hand.fields)
         ref_ranks = {f: np.stack([g["cols"][own + f] for g in gathered], axis=1) for f in man_ranks}
@@ -573,7 +565,18 @@ def run_distributed(
         ref = {f: ref[f] for f in order}
         copies = {g["rank"]: {f: g["cols"][f] for f in ref if f in g["cols"]} for g in gathered[1:]}
         trace = judge_distributed(
-            cfg, dataset, dplan, label, man, ref, man_ranks, ref_ranks, model, not_kept=not_kept, copies=copies
+            cfg,
+            dataset,
+            dplan,
+            label,
+            man,
+            ref,
+            man_ranks,
+            ref_ranks,
+            model,
+            not_kept=not_kept,
+            copies=copies,
+            schedule=schedule,
         )
         trace.engine = info
         return trace
@@ -591,6 +594,7 @@ def judge_distributed(
     model=None,
     not_kept: tuple[str, ...] = (),
     copies: dict[int, dict[str, np.ndarray]] | None = None,
+    schedule=None,
 ) -> Trace:
     """The trace of a DDP run: the step's columns judged as one process's (the update on the
     averaged gradients), the averaged gradients and mean loss by the all-reduce's model
@@ -600,7 +604,7 @@ def judge_distributed(
     ``copies``: rank r's own copy of the shared columns (the averaged gradients, the parameters,
     the optimizer's state), which DDP keeps identical on every rank: where one differs from rank
     0's, the verdict reports it as ``rank<r>.<field>`` (judged bit for bit: no rounding separates
-    them)."""
+    them). ``schedule``: the run's schedule table over the global plan, when worked out already."""
     world = dplan.world_size
     gplan = dplan.global_plan()
     model = model or build_model(cfg, dataset)
@@ -612,7 +616,9 @@ def judge_distributed(
         b = dict(ref, **{f: ref_ranks[f][:, r] for f in ref_ranks})
         div_r = divergence.compare_columns(a, b, dataset.x, dataset.y, dplan.rank_plan(r), cfg, model, initial)
         rank_divs.append({f: div_r[f] for f in man_ranks})
-    div = divergence.compare_columns(man, ref, dataset.x, dataset.y, gplan, cfg, model, initial, hidden=not_kept)
+    div = divergence.compare_columns(
+        man, ref, dataset.x, dataset.y, gplan, cfg, model, initial, hidden=not_kept, schedule=schedule
+    )
     div.update(divergence.compare_allreduce(rank_divs, man_ranks, ref_ranks, man, ref, cfg))
     for f in not_kept:
         del div[f], man[f]
@@ -672,4 +678,5 @@ def judge_distributed(
         ranks=ranks,
         model=model,
         initial=initial,
+        schedule=schedule,
     )
