@@ -347,9 +347,11 @@ class TrackOps:
                 self.peak = np.fmax(self.peak, m.reshape(m.shape[0], -1).max(axis=1) if m.ndim > 1 else m)
         return t
 
-    def _c64(self, carry, ops: float = 1.0):
-        """The float64 rounding of a carry worked out in ``ops`` operations, in units of u."""
-        return ops * self.c64 * np.where(np.isfinite(carry), np.abs(carry), 0.0)
+    def _c64(self, carry, ops=1.0):
+        """The float64 rounding of a carry worked out in ``ops`` operations (a number, or one per
+        element), in units of u; none for a carry that is not finite (it is not judged)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.where(np.isfinite(carry), ops * self.c64 * np.abs(carry), 0.0)
 
     def _units(self, name: str) -> float:
         """An element-wise function's rounding of its result, in units of u: within N + 1/2 ulp of
@@ -499,10 +501,11 @@ class TrackOps:
 
     # ---------------------------------------------------------------- functions
 
-    def _function(self, name: str, a: Track, f, slope, diff) -> Track:
+    def _function(self, name: str, a: Track, f, slope, diff, c_ops=4.0) -> Track:
         """An element-wise function: its own rounding (``_units`` times |result|), the input's
         rounding times the largest |f'| over the interval both sides' inputs span (widened by that
-        rounding), and the carry ``diff(a, c) = f(a) - f(a - c)`` exactly, free of cancellation."""
+        rounding), and the carry ``diff(a, c) = f(a) - f(a - c)`` exactly, free of cancellation;
+        ``diff``'s own float64 error within ``c_ops`` u64 of |C| (4 unless the caller says more)."""
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             D = self.u * a.rnd
             lo = np.fmin(a.v, a.v - a.carry) - D
@@ -511,7 +514,7 @@ class TrackOps:
             carry = np.where(a.carry == 0, 0.0, diff(a.v, a.carry))
             out = a._out(v, 0.0, carry)
             moved = np.where(a.rnd == 0, 0.0, a.rnd * slope(lo, hi))
-            rnd = moved + self._units(name) * out.mag + self.eta + self._c64(carry, 4)
+            rnd = moved + self._units(name) * out.mag + self.eta + self._c64(carry, c_ops)
             # an exact input both sides hold alike with an infinite result (log 0): -inf on both
             exact = (a.rnd == 0) & (a.carry == 0) & ~np.isfinite(v)
             out.rnd = np.where(exact, 0.0, rnd)
@@ -533,12 +536,20 @@ class TrackOps:
         )
 
     def log1p(self, a: Track) -> Track:
+        # C = -log1p(t), t = -c/(1 + x) formed in two roundings; log1p amplifies t's relative
+        # error by k = |t| / (|1 + t| |log1p t|) (1 at t = 0; large where 1 + t nears 0): C's own
+        # float64 error is within (4 + 2k) u64 |C| (docs/tolerance.md, "The judge's own rounding")
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            t = -a.carry / (1.0 + a.v)
+            lt = np.log1p(t)
+            k = np.where(t == 0, 1.0, np.abs(t) / (np.abs(1.0 + t) * np.abs(np.where(t == 0, 1.0, lt))))
         return self._function(
             "log1p",
             a,
             np.log1p,
             lambda lo, hi: np.where(lo > -1, 1.0 / (1.0 + lo), np.inf),
             lambda x, c: -np.log1p(-c / (1.0 + x)),
+            4.0 + 2.0 * k,
         )
 
     def sigmoid(self, a: Track) -> Track:
@@ -581,7 +592,12 @@ class TrackOps:
         def diff(x, c):  # tanh(x) - tanh(x - c) = sinh(c) / (cosh(x) cosh(x - c)), in logs of cosh
             return np.sinh(c) * np.exp(-(_log_cosh(x) + _log_cosh(x - c)))
 
-        return self._function("tanh", a, np.tanh, slope, diff)
+        # C's own float64 error: the exponent -(log cosh x + log cosh(x - c)) is formed in five
+        # roundings, each within u64 (|x| + |x - c|) (log cosh t <= |t|), which the exponential
+        # turns into relative error; sinh, exp and the product three more, and x - c one
+        with np.errstate(invalid="ignore", over="ignore"):
+            c_ops = 4.0 + 5.0 * (np.abs(a.v) + np.abs(a.v - a.carry))
+        return self._function("tanh", a, np.tanh, slope, diff, c_ops)
 
     def log_sigmoid(self, a: Track) -> Track:
         """log σ(a) (torch's ``min(0, a) - log1p(exp(-|a|))``: three operations, each within the
