@@ -1020,3 +1020,100 @@ def test_trackops_carry_forms_err_within_their_counted_roundings(name):
             share = float(abs(mpmath.mpf(got) - exact) / (count * U64 * abs(exact)))
         worst = max(worst, share)
     assert worst <= 1.0, worst
+
+
+# ------------------------------------------------------------------ every step at once (ops.judge_terms)
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+@pytest.mark.parametrize("loss", ["bce", "bce-sigmoid"])
+def test_judge_terms_are_each_steps_own(chunk, loss, monkeypatch):
+    """judge_terms works every step of one batch size at once, in chunks of steps; each step's E,
+    C and peak are those of that step's batch alone (TrackOps over one step, the batch taken from
+    the plan's order by hand), and the peak is the step's, broadcast over each field's shape."""
+    from types import SimpleNamespace
+
+    from sgdtrace import models
+    from sgdtrace.config import Config
+    from sgdtrace.data import plan
+    from sgdtrace.models import logistic
+    from sgdtrace.models import ops as mops
+
+    if chunk is not None:
+        monkeypatch.setattr(mops, "CHUNK_ELEMENTS", chunk)
+    rng = np.random.default_rng(33)
+    cfg = Config(model="logistic", loss=loss, features=2, synthetic=11, batch_size=4, epochs=2, shuffle=True, seed=3)
+    p_ = plan(11, cfg)  # batches of 4, 4 and 3: two batch sizes
+    model = models.build(cfg, 2)
+    x, y = rng.normal(0, 2, (11, 2)), (rng.random(11) < 0.5).astype(np.float64)
+    K = p_.n_steps
+    starts = {"w": rng.normal(0, 1, (K, 2)), "b": rng.normal(0, 1, (K, 1))}
+    bounds = {
+        p: SimpleNamespace(mag=np.abs(v) * 1.01, carry=v * rng.uniform(-1e-4, 1e-4, v.shape)) for p, v in starts.items()
+    }
+    run_cfg = SimpleNamespace(dtype="float32", loss=loss)
+
+    def fb(o, prm, xb, yb):
+        return logistic.forward_backward(o, prm, xb, yb, loss)
+
+    got = mops.judge_terms(model, fb, starts, bounds, x, y, p_, run_cfg)
+    sizes = p_.batch_sizes().tolist()
+    k = 0
+    for e in range(p_.epochs):
+        order = p_.epoch_order(e).tolist()
+        start = 0
+        for n in sizes:
+            idx = order[start : start + n]
+            start += n
+            ops = mops.TrackOps("float32", 1)
+            prm = {
+                p: Track(
+                    starts[p][k : k + 1],
+                    bounds[p].mag[k : k + 1],
+                    np.zeros((1, *starts[p].shape[1:])),
+                    bounds[p].carry[k : k + 1],
+                )
+                for p in ("w", "b")
+            }
+            out = fb(ops, prm, ops.input(x[idx][None]), ops.input(y[idx][None]))
+            for f in ("loss", "grad_w", "grad_b"):
+                np.testing.assert_allclose(got["E"][f][k], out[f].rnd[0], rtol=1e-13, err_msg=f"E {f} step {k + 1}")
+                np.testing.assert_allclose(got["C"][f][k], out[f].carry[0], rtol=1e-13, atol=1e-300, err_msg=f"C {f}")
+                assert np.all(got["peak"][f][k] == ops.peak[0]), (f, k)
+            assert got["ambiguous"][k] == 0
+            k += 1
+    assert k == K
+    assert set(got["both"]) == {"grad_w", "grad_b"} and not any(np.any(v) for v in got["both"].values())
+
+
+def test_step_groups_index_every_steps_batch():
+    """The steps by batch size, each with its samples' indices in the plan's order."""
+    from sgdtrace.config import Config
+    from sgdtrace.data import plan
+    from sgdtrace.models.ops import step_groups
+
+    p_ = plan(10, Config(batch_size=4, epochs=3, shuffle=True, seed=8))
+    groups = step_groups(p_)
+    assert [(n, steps.tolist()) for n, steps, _ in groups] == [(2, [2, 5, 8]), (4, [0, 1, 3, 4, 6, 7])]
+    for n, steps, idx in groups:
+        assert idx.shape == (len(steps), n)
+        for row, s in zip(idx, steps.tolist()):
+            e, j = divmod(s, 3)
+            assert row.tolist() == p_.epoch_order(e)[j * 4 : j * 4 + n].tolist()
+
+
+def test_hand_gradients_are_the_models_forward_backward_in_the_runs_type():
+    from sgdtrace.models import logistic
+    from sgdtrace.models.ops import HandOps, hand_gradients
+
+    rng = np.random.default_rng(34)
+    x = rng.normal(0, 1, (5, 3)).astype(np.float32)
+    y = np.array([0, 1, 1, 0, 1], dtype=np.float32)
+    prm = {"w": np.array([0.5, -1.0, 0.25], dtype=np.float32), "b": np.array([0.1], dtype=np.float32)}
+    loss, grads = hand_gradients(lambda o, p, xb, yb: logistic.forward_backward(o, p, xb, yb), ("w", "b"), "float32")(
+        prm, x, y
+    )
+    out = logistic.forward_backward(HandOps("float32"), prm, x, y)
+    assert set(grads) == {"w", "b"} and loss == out["loss"]
+    assert np.array_equal(grads["w"], out["grad_w"]) and np.array_equal(grads["b"], out["grad_b"])
+    assert grads["w"].dtype == np.float32
