@@ -2029,3 +2029,30 @@ def test_the_batch_hessians_of_a_partial_batch_alone_and_without_the_last():
     cfg = Config(features=2, batch_size=2, drop_last=True)
     n, H = linear.batch_hessians(models.build(cfg, 2), x, plan(3, cfg), "float64", [0])
     assert n.tolist() == [2.0] and np.array_equal(H[0, 0], 2 * aug[:2].T @ aug[:2] / 2)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_16_bit_dot_product_and_its_bias_round_once(dtype):
+    """D features in 16 bits: X·w + b accumulates in float32 (the bias added there too) and rounds
+    once to the type, as nn.Linear's addmm does on the CPU. Three terms of 1 + 3·2^-p-1 (p the
+    type's significand bits) sum to a value that rounds up once, but to 1 term by term."""
+    from sgdtrace import dtypes
+
+    t = dtypes.np_dtype(dtype)
+    p = {"bfloat16": 8, "float16": 11}[dtype]
+    tiny = 2.0 ** -(p + 1)  # half an ulp of 1: each alone rounds away when added to 1
+    x = np.array([[1.0, tiny, tiny]], dtype=t)
+    w = np.array([1.0, 1.0, 1.0], dtype=t)
+    b = np.array([tiny], dtype=t)
+    exact = 1.0 + 3 * tiny  # exact in float32; one rounding to the type: up, to 1 + 2^-p+1
+    once = float(dtypes.cast(np.array([exact]), dtype)[0])
+    assert once > 1.0
+    c = linear.node_c_features(x, w, b)
+    assert c.dtype == t and float(c[0]) == once
+    # the gradient's Xᵀ·g likewise: one column of three samples
+    g = np.array([1.0, tiny, tiny], dtype=t)
+    gw = linear.grad_w_features(g, np.array([[1.0], [1.0], [1.0]], dtype=t))
+    assert gw.dtype == t and float(gw[0]) == float(dtypes.cast(np.array([1.0 + 2 * tiny]), dtype)[0])
+    # float32 in its own type
+    c32 = linear.node_c_features(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32))
+    assert c32.dtype == np.float32 and float(c32[0]) == exact
