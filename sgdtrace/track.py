@@ -220,7 +220,11 @@ def lerp(x: Track, end: Track, w) -> Track:
     of w and 1 - w, and one of the result. Carried: ``(1 - w) cx + w cend`` (linear)."""
     w = np.asarray(w, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        v = x.v + w * (end.v - x.v)
+        # the hand's value by torch's own form: ``x + w (end - x)`` loses u64 |end - x| where
+        # w >= 0.5 and the result is small, more than the roundings counted below (in a float64
+        # run the carries downstream are computed from it)
+        step = end.v - x.v
+        v = np.where(w < 0.5, x.v + w * step, end.v - step * (1 - w))
         carry = (1 - w) * x.carry + w * end.carry
         small = np.minimum(w, 1 - w)
         # in float64: 1 - w, the two products and the sum

@@ -276,7 +276,7 @@ def test_lerp_matches_its_docstring(w):
     for i in range(n):
         xv, xm, xr, xc, xe = _elements(x, i)
         ev, em, er, ec, ee = _elements(e, i)
-        v = xv + w * (ev - xv)
+        v = xv + w * (ev - xv) if w < 0.5 else ev - (ev - xv) * (1 - w)  # torch's two forms
         carry = (1 - w) * xc + w * ec
         own = 3 * abs((1 - w) * xc) + 2 * abs(w * ec)
         cerr = abs(1 - w) * xe + abs(w) * ee + U64 * own
