@@ -53,11 +53,13 @@ lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mutation testing of the gate (not part of `make test`): mutants of the manual engine and the
-# tolerance model, each run against tests/test_gate.py; the score is in the README
+# mutation testing of the judge (not part of `make test`): mutants of the hand engine, the model
+# seam and the tolerance model, each run against the gate's tests ([tool.mutmut] in pyproject.toml,
+# docs/mutation.md); MUTATE_JOBS mutants at a time (one per core)
+MUTATE_JOBS ?= 2
 mutate: dev
 	rm -rf mutants
-	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 1
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(MUTATE_JOBS)
 	$(BIN)/python tools/mutation_score.py
 
 # the docs site (mkdocs.yml): the README as its home page and the pages under docs/, built into

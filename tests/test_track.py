@@ -1117,3 +1117,120 @@ def test_hand_gradients_are_the_models_forward_backward_in_the_runs_type():
     assert set(grads) == {"w", "b"} and loss == out["loss"]
     assert np.array_equal(grads["w"], out["grad_w"]) and np.array_equal(grads["b"], out["grad_b"])
     assert grads["w"].dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+def test_handops_backward_rules_round_each_step_in_the_type(dtype):
+    """sigmoid_backward is ``g·(1 - p)·p`` and tanh_backward ``g·(1 - t·t)``, left to right, each
+    difference and product rounded to the type (a 16-bit kernel computes each in float32)."""
+    from sgdtrace import dtypes
+    from sgdtrace.models.ops import HandOps
+
+    rng = np.random.default_rng(35)
+    t = dtypes.np_dtype(dtype)
+    wide = np.float32 if dtype in ("bfloat16", "float16") else t.type
+
+    def rnd(v):  # one operation's result in the type
+        return np.asarray(v, dtype=wide).astype(t)
+
+    def w(v):
+        return np.asarray(v).astype(wide)
+
+    g = dtypes.cast(rng.normal(0, 3, 64), dtype)
+    p = dtypes.cast(rng.uniform(0, 1, 64), dtype)
+    ops = HandOps(dtype)
+    one = wide(1.0)
+    want_s = rnd(w(rnd(w(g) * w(rnd(one - w(p))))) * w(p))
+    want_t = rnd(w(g) * w(rnd(one - w(rnd(w(p) * w(p))))))
+    got_s, got_t = ops.sigmoid_backward(g, p), ops.tanh_backward(g, p)
+    assert got_s.dtype == t and got_t.dtype == t
+    np.testing.assert_array_equal(got_s.astype(np.float64), want_s.astype(np.float64))
+    np.testing.assert_array_equal(got_t.astype(np.float64), want_t.astype(np.float64))
+    # not the same as the products taken at once in float64 and rounded once (16 bits: differs)
+    if dtype in ("bfloat16", "float16"):
+        once = dtypes.cast(g.astype(np.float64) * (1 - p.astype(np.float64)) * p.astype(np.float64), dtype)
+        assert not np.array_equal(once.astype(np.float64), want_s.astype(np.float64))
+
+
+def test_trackops_boundaries_of_the_branches():
+    """relu's branch where the two sides lie on both sides of 0 (ambiguous, whatever the rounding)
+    or exactly at it, and where no rounding widens the interval; the clamp where the highest value
+    either side can hold is exactly the floor, and where an input is exact (rnd 0) or not (rnd 1)."""
+    u = _consts("float32")[0]
+    ops = _ops("float32")
+    z = Track(
+        np.array([[1e-3, 0.0, 2.0, 0.0, -1e-3]] * S),
+        np.ones((S, 5)),
+        np.array([[1e-9, 0.0, 1.0, 1.0, 0.0]] * S),
+        np.array([[2e-3, 0.0, 0.0, 0.0, -2e-3]] * S),
+    )
+    # 1e-3 hand, -1e-3 torch: ambiguous; 0 exact: branch 0 on both; 2 (1 u): not; 0 with rounding:
+    # ambiguous; -1e-3 hand, 1e-3 torch, exact: the branches differ by 1, not in doubt
+    m = ops.relu_mask(z)
+    assert m.v[0].tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert m.rnd[0].tolist() == [1 / u, 0.0, 0.0, 1 / u, 0.0]
+    assert m.carry[0].tolist() == [0.0, 0.0, 0.0, 0.0, -1.0]
+    assert ops.ambiguous_steps.tolist() == [2] * S and ops.ambiguous == 2 * S
+    lo = -100.0
+    a = Track(
+        np.array([[-100.0, -101.0, -100.0 - 2.0**-17, -50.0]] * S),
+        np.full((S, 4), 101.0),
+        np.array([[0.0, 1.0, 2.0**-17 / u, 0.0]] * S),
+        np.zeros((S, 4)),
+    )
+    c = ops.clamp_min(a, lo)
+    # at the floor exactly (exact): held at it on both sides; -101 + u: below; rounding that reaches
+    # the floor exactly: below (held); above it: the input's rounding
+    assert c.v[0].tolist() == [-100.0, -100.0, -100.0, -50.0]
+    assert c.rnd[0].tolist() == [0.0, 0.0, 0.0, 0.0]
+    b = Track(a.v + 60.0, a.mag, np.array([[1.0, 1.0, 0.0, 1.0]] * S), a.carry)
+    assert ops.clamp_min(b, lo).rnd[0].tolist() == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_trackops_raise_no_floating_point_error():
+    """Every operation silences NumPy's warnings itself: infinite and nan carries, zero divisors,
+    arguments whose function overflows, run with NumPy set to raise on overflow, invalid operations
+    and division by zero (an underflow to 0 is a result, not an error)."""
+    rng = np.random.default_rng(36)
+    a, b = _grid(rng, (S, 6)), _grid(rng, (S, 6))
+    for t in (a, b):
+        t.carry[0, 0], t.carry[1, 1], t.v[2, 2] = np.inf, np.nan, 0.0
+        t.rnd[2, 3] = np.inf
+    a.v[0, 3], a.v[1, 4] = 800.0, -800.0
+    x = _grid(rng, (S, 4, 6))
+    x.carry[0, 0, 0] = np.inf
+
+    def cols(t, k):
+        return Track(*(np.asarray(f)[:, :k] for f in (t.v, t.mag, t.rnd, t.carry)))
+
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        for dtype in ("float32", "bfloat16"):
+            ops = _ops(dtype)
+            for name in ("add", "sub", "mul", "div", "maximum", "sigmoid_backward", "tanh_backward"):
+                getattr(ops, name)(a, b)
+            for name in (
+                "neg",
+                "exp",
+                "log",
+                "log1p",
+                "sigmoid",
+                "tanh",
+                "log_sigmoid",
+                "relu",
+                "relu_mask",
+                "sum",
+                "mean",
+            ):
+                getattr(ops, name)(a)
+            ops.scale(a, 0.3)
+            ops.div_n(a, 3)
+            ops.clamp_min(ops.log(a), -100.0)
+            ops.matvec(x, a, cols(b, 1))
+            ops.vecmat(cols(a, 4), x)
+            ops.const(0.1, a)
+        for name in ("mul", "div", "maximum"):
+            getattr(track, name)(a, b)
+        track.lerp(a, b, 0.7)
+        track.sqrt(a, U32)
+        a.combine(0.5, b)
+        a.scaled(0.5)
