@@ -175,47 +175,50 @@ def test_neg_is_exact():
 # ------------------------------------------------------------------ torch's kernels
 
 
+def _mul_by_hand(x, y):
+    """``x * y``: one rounding; carried ``cx y + x cy - cx cy``; each input's error scaled by the
+    other input as large as either engine has it."""
+    (xv, xm, xr, xc, xe), (yv, ym, yr, yc, ye) = x, y
+    v = xv * yv
+    carry = xc * yv + xv * yc - xc * yc
+    p1, p2, p3 = abs(xc * yv), abs(xv * yc), abs(xc * yc)
+    cerr = xe * ym + ye * xm + U64 * (3 * (p1 + p2) + 2 * p3)
+    mag = _mag(v, carry)
+    return v, mag, xr * ym + xm * yr + mag, carry, cerr
+
+
+def _div_by_hand(x, y):
+    """``x / y``: the inputs' relative errors over the smaller divisor of the two engines; the carry
+    in a form free of cancellation, ``(cx y - x cy) / (y (y - cy))``."""
+    (xv, _xm, xr, xc, xe), (yv, _ym, yr, yc, ye) = x, y
+    v = xv / yv
+    theirs = yv - yc
+    den = yv * theirs
+    carry = (xc * yv - xv * yc) / den
+    num = abs(xc * yv) + abs(xv * yc)
+    cerr = xe / abs(theirs) + ye * abs(xv - xc) / theirs**2 + U64 * (2 * num / abs(den) + 3 * abs(carry))
+    mag = _mag(v, carry)
+    ay = min(abs(yv), abs(yv - yc))
+    return v, mag, xr / ay + mag * yr / ay + mag, carry, cerr
+
+
+def _maximum_by_hand(x, y):
+    """``torch.maximum``: no rounding, 1-Lipschitz in each input."""
+    (xv, xm, xr, xc, xe), (yv, ym, yr, yc, ye) = x, y
+    v = max(xv, yv)
+    carry = v - max(xv - xc, yv - yc)
+    return v, max(xm, ym), max(xr, yr), carry, max(xe, ye) + U64 * (max(xm, ym) + abs(carry))
+
+
 @pytest.mark.parametrize("parted", [False, True])
-def test_mul_matches_its_docstring(parted):
+@pytest.mark.parametrize(
+    "op, by_hand", [(track.mul, _mul_by_hand), (track.div, _div_by_hand), (track.maximum, _maximum_by_hand)]
+)
+def test_binary_kernels_match_their_docstrings(op, by_hand, parted):
     rng = np.random.default_rng(6)
     n = 50
     x, y = _draw(rng, n, parted=parted), _draw(rng, n, parted=parted)
-    out = track.mul(x, y)
-    want = []
-    for i in range(n):
-        xv, xm, xr, xc, xe = _elements(x, i)
-        yv, ym, yr, yc, ye = _elements(y, i)
-        v = xv * yv
-        carry = xc * yv + xv * yc - xc * yc
-        p1, p2, p3 = abs(xc * yv), abs(xv * yc), abs(xc * yc)
-        cerr = xe * ym + ye * xm + U64 * (3 * (p1 + p2) + 2 * p3)
-        mag = _mag(v, carry)
-        want.append((v, mag, xr * ym + xm * yr + mag, carry, cerr))
-    _same(out, want)
-
-
-@pytest.mark.parametrize("parted", [False, True])
-def test_div_matches_its_docstring(parted):
-    """The inputs' relative errors over the smaller divisor of the two engines; the carry in a
-    form free of cancellation, ``(cx y - x cy) / (y (y - cy))``."""
-    rng = np.random.default_rng(7)
-    n = 50
-    x, y = _draw(rng, n, parted=parted), _draw(rng, n, parted=parted)
-    out = track.div(x, y)
-    want = []
-    for i in range(n):
-        xv, xm, xr, xc, xe = _elements(x, i)
-        yv, ym, yr, yc, ye = _elements(y, i)
-        v = xv / yv
-        theirs = yv - yc
-        den = yv * theirs
-        carry = (xc * yv - xv * yc) / den
-        num = abs(xc * yv) + abs(xv * yc)
-        cerr = xe / abs(theirs) + ye * abs(xv - xc) / theirs**2 + U64 * (2 * num / abs(den) + 3 * abs(carry))
-        mag = _mag(v, carry)
-        ay = min(abs(yv), abs(yv - yc))
-        want.append((v, mag, xr / ay + mag * yr / ay + mag, carry, cerr))
-    _same(out, want)
+    _same(op(x, y), [by_hand(_elements(x, i), _elements(y, i)) for i in range(n)])
 
 
 def _over(a: float, b: float) -> float:
@@ -283,22 +286,6 @@ def test_lerp_matches_its_docstring(w):
         mag = _mag(v, carry)
         rnd = (1 - w) * xr + w * er + 2 * small * (xm + em) + mag + _coef(w, xc) + _coef(w, ec)
         want.append((v, mag, rnd, carry, cerr))
-    _same(out, want)
-
-
-def test_maximum_matches_its_docstring():
-    rng = np.random.default_rng(10)
-    n = 40
-    x, y = _draw(rng, n, parted=True), _draw(rng, n, parted=True)
-    out = track.maximum(x, y)
-    want = []
-    for i in range(n):
-        xv, xm, xr, xc, xe = _elements(x, i)
-        yv, ym, yr, yc, ye = _elements(y, i)
-        v = max(xv, yv)
-        carry = v - max(xv - xc, yv - yc)
-        cerr = max(xe, ye) + U64 * (max(xm, ym) + abs(carry))
-        want.append((v, max(xm, ym), max(xr, yr), carry, cerr))
     _same(out, want)
 
 
