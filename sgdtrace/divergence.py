@@ -271,7 +271,7 @@ def compare_columns(
     xr, yr = _cast(np.asarray(x), dtype).astype(np.float64), _cast(y, dtype).astype(np.float64)
 
     if step is None:
-        step = getattr(config, "judge", "carry") == "step"
+        step = config.judge == "step"
     # where each step started: the hand side's own values, or (--judge step) torch's
     s = b if step else a
     # each parameter at the step's start: its bound (the initial value as given at step 0), and
@@ -298,7 +298,7 @@ def compare_columns(
 
     out = {f: _distances(a[f], b[f], tol[f], dtype, peak[f], carried[f], both.get(f)) for f in tol}
     if LR in a and LR in b:  # a schedule: the rate each step used, worked out in Python floats alike
-        out[LR] = _distances(a[LR], b[LR], np.zeros(steps), "float64", None, None)
+        out[LR] = _distances(a[LR], b[LR], np.zeros(steps), "float64")
     return out
 
 
@@ -313,11 +313,11 @@ def _update_terms(
     peak,
     atol,
     rtol,
-    model=None,
-    initial=None,
-    hidden=(),
-    starts_from=None,
-    schedule=None,
+    model,
+    initial,
+    hidden,
+    starts_from,
+    schedule,
 ) -> None:
     """Each parameter and the optimizer's state: the optimizer's ``update_bound`` with the measured inputs.
 
@@ -330,12 +330,8 @@ def _update_terms(
     """
     from sgdtrace.engines.optimizers import StepContext, _fused, schedules
     from sgdtrace.engines.optimizers._track import Track
-    from sgdtrace.engines.protocol import article_model
 
-    model = model or article_model(config)
-    if initial is None:
-        initial = model.module.initial(config, model)
-    s = a if starts_from is None else starts_from
+    s = starts_from
     opt = optimizers.get(config.optimizer)
     keys = opt.state_keys(config)
     init = opt.initial_state(config)
@@ -379,9 +375,8 @@ def _update_terms(
         new, states = opt.update_bound(pt, g, prev, cur, new_mag, first_p, config, ctx)
         for f, bound in ((name, new), *((cols[key], states[key]) for key in keys)):
             # the judge's own float64 rounding: the carry's (cerr) and Δ's (a - b), in units of u
-            with np.errstate(invalid="ignore", over="ignore"):
-                delta = np.abs(a[f].astype(np.float64) - b[f].astype(np.float64))
-                judge = bound.cerr + U64 * np.where(np.isfinite(delta), delta, 0.0)
+            delta = np.abs(a[f].astype(np.float64) - b[f].astype(np.float64))  # (in compare_columns' errstate)
+            judge = bound.cerr + U64 * np.where(np.isfinite(delta), delta, 0.0)
             tol[f] = atol + rtol * (bound.rnd + judge / u)
             carried[f] = bound.carry
             peak[f] = bound.mag
@@ -451,7 +446,7 @@ def exact_update(config, numel: int = 1) -> bool:
         config.dtype in dtypes.REDUCED
         and config.device == "cpu"
         and config.optimizer == "sgd"
-        and getattr(config, "scheduler", None) is None
+        and config.scheduler is None
         and config.rtol is None
         and config.atol is None
         and _fused.scalar_loop(numel)
@@ -492,7 +487,7 @@ def _distances(
     fa, fb = np.isfinite(a64), np.isfinite(b64)
     finite = fa & fb
     big = float(dtypes.finfo(dtype).max)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # the divisions below never divide by 0
         diff = np.where(finite, np.abs(a64 - b64), 0.0)
         scale = np.maximum(np.abs(a64), np.abs(b64))
         rel = np.where(finite & (scale > 0), diff / np.where(scale > 0, scale, 1.0), 0.0)

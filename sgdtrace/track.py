@@ -71,6 +71,11 @@ def _coefficient(c, carry) -> np.ndarray:
     return np.where(_is_one(c), 0.0, c * np.where(np.isfinite(carry), np.abs(carry), 0.0))
 
 
+def held(v, carry) -> np.ndarray:
+    """A computed value's magnitude: the larger of the two engines' (hand ``v``, torch ``v - carry``)."""
+    return np.fmax(np.abs(v), np.abs(v - carry))
+
+
 @dataclass
 class Track:
     v: np.ndarray
@@ -94,11 +99,6 @@ class Track:
         """A value both engines hold exactly alike (an initial state, a coefficient)."""
         v = np.broadcast_to(np.asarray(value, dtype=np.float64), np.shape(like)).copy()
         return Track(v, np.abs(v), np.zeros_like(v), np.zeros_like(v))
-
-    def _out(self, v, rnd, carry, cerr=0.0) -> Track:
-        """A computed value: its magnitude is the larger of the two engines' (hand ``v``, torch ``v - carry``)."""
-        with np.errstate(invalid="ignore", over="ignore"):
-            return Track(v, np.fmax(np.abs(v), np.abs(v - carry)), rnd, carry, cerr)
 
     # ---------------------------------------------------------------- _Bound's operations
 
@@ -148,9 +148,8 @@ def mul(x: Track, y: Track) -> Track:
         # scaled by the other input as torch has it (d carry / d cx = y - cy)
         p1, p2, p3 = np.abs(x.carry * y.v), np.abs(x.v * y.carry), np.abs(x.carry * y.carry)
         cerr = x.cerr * y.mag + y.cerr * x.mag + U64 * (3 * (p1 + p2) + 2 * p3)
-        out = x._out(v, 0.0, carry, cerr)
-        out.rnd = x.rnd * y.mag + x.mag * y.rnd + out.mag
-    return out
+        mag = held(v, carry)
+        return Track(v, mag, x.rnd * y.mag + x.mag * y.rnd + mag, carry, cerr)
 
 
 def _smaller(t: Track) -> np.ndarray:
@@ -173,10 +172,9 @@ def div(x: Track, y: Track) -> Track:
         num = np.abs(x.carry * y.v) + np.abs(x.v * y.carry)
         cerr = x.cerr / np.abs(theirs) + y.cerr * np.abs(x.v - x.carry) / theirs**2
         cerr = cerr + U64 * (2 * num / np.abs(den) + 3 * np.abs(carry))
-        out = x._out(v, 0.0, carry, cerr)
+        mag = held(v, carry)
         ay = _smaller(y)
-        out.rnd = x.rnd / ay + out.mag * y.rnd / ay + out.mag
-    return out
+        return Track(v, mag, x.rnd / ay + mag * y.rnd / ay + mag, carry, cerr)
 
 
 def sqrt(x: Track, u: float) -> Track:
@@ -206,12 +204,11 @@ def sqrt(x: Track, u: float) -> Track:
         shift = np.minimum(delta / (other + np.sqrt(np.maximum(other * other - delta, 0.0))), np.sqrt(delta))
         shift = np.where(delta > 0, shift, 0.0)
         cerr = np.where(den > 0, delta / np.where(den > 0, den, 1.0), 0.0) + shift + 4 * U64 * np.abs(carry)
-        out = x._out(v, 0.0, carry, cerr)
+        mag = held(v, carry)
         # an argument within its rounding of zero can be negative in either engine: the root is
         # then nan or rounding noise, and so is all that follows from it (not judged: inf)
         noise = (D > 0) & (x.v - D <= 0)
-        out.rnd = np.where(noise, np.inf, moved / u + (2 * SQRT_ULPS + 1) * out.mag)
-    return out
+        return Track(v, mag, np.where(noise, np.inf, moved / u + (2 * SQRT_ULPS + 1) * mag), carry, cerr)
 
 
 def lerp(x: Track, end: Track, w) -> Track:
@@ -230,11 +227,11 @@ def lerp(x: Track, end: Track, w) -> Track:
         # in float64: 1 - w, the two products and the sum
         own = 3 * np.abs((1 - w) * x.carry) + 2 * np.abs(w * end.carry)
         cerr = np.abs(1 - w) * x.cerr + np.abs(w) * end.cerr + U64 * own
-        out = x._out(v, 0.0, carry, cerr)
-        out.rnd = (1 - w) * x.rnd + w * end.rnd + 2 * small * (x.mag + end.mag) + out.mag
+        mag = held(v, carry)
+        rnd = (1 - w) * x.rnd + w * end.rnd + 2 * small * (x.mag + end.mag) + mag
         # the weight as the engines round it: |w - fl(w)| |C_end - C_x| (see _coefficient)
-        out.rnd = out.rnd + _coefficient(w, x.carry) + _coefficient(w, end.carry)
-    return out
+        rnd = rnd + _coefficient(w, x.carry) + _coefficient(w, end.carry)
+        return Track(v, mag, rnd, carry, cerr)
 
 
 def maximum(x: Track, y: Track) -> Track:

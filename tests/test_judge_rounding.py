@@ -24,6 +24,10 @@ from hypothesis import strategies as st
 from sgdtrace.engines.optimizers import _kernels as k
 from sgdtrace.track import U64, Track, div, lerp, maximum, mul, sqrt
 
+# NumPy warnings fail a test: the judge silences every overflow it expects (np.errstate), and
+# a warning reaching a user's terminal is a fault
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 TINY64 = float(np.finfo(np.float64).tiny)
 
 

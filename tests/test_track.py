@@ -16,12 +16,22 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction as F
+from types import SimpleNamespace
 
+import mpmath
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as tnf
 
-from sgdtrace import track
+from sgdtrace import dtypes, probe, track
+from sgdtrace.models import ops as mops
+from sgdtrace.models.ops import HandOps, TrackOps
 from sgdtrace.track import SQRT_ULPS, U64, Track
+
+# NumPy warnings fail a test: the judge silences every overflow it expects (np.errstate), and
+# a warning reaching a user's terminal is a fault
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
 U32 = 2.0**-24
 INF = math.inf
@@ -1221,3 +1231,766 @@ def test_trackops_raise_no_floating_point_error():
         track.sqrt(a, U32)
         a.combine(0.5, b)
         a.scaled(0.5)
+
+
+def test_track_products_quotients_and_roots_overflow_to_inf_silently():
+    """track.mul and div past the largest float give inf, and a root's carried error over a tiny
+    root's sum (C's own error 1e300 over 2e-150) gives an infinite bound: no warning with NumPy set
+    to raise, each operation silences its own overflow."""
+    big = Track.measured(np.array([1e300, 2.0]), np.array([1e300, 2.0]))
+    tiny = Track.measured(np.array([1e-300, 2.0]), np.array([1e-300, 2.0]))
+    x = Track(np.array([1e-300]), np.array([1e-300]), np.array([0.0]), np.array([0.0]), np.array([1e300]))
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        assert track.mul(big, big).v.tolist() == [np.inf, 4.0]
+        assert track.div(big, tiny).v.tolist() == [np.inf, 1.0]
+        root = track.sqrt(x, U32)
+    assert root.v[0] == 1e-150 and root.cerr[0] == np.inf
+
+
+# ----------------------------------------------------------------
+# TrackOps at its edges: saturation, branches at 0, 3-D reductions, non-finite carries, N per function, silent
+# overflow
+
+UNIT = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+TINY = {"float64": 2.0**-1074, "float32": 2.0**-149, "bfloat16": 2.0**-133, "float16": 2.0**-24}
+# log of float32's largest number: where e^-z overflows the type a 16-bit or float32 kernel computes in
+LIMIT32 = math.log(float(np.finfo(np.float32).max))
+
+
+def _units_of(dtype):
+    """u, c64 = u64/u (C's float64 rounding in units of u), eta = the subnormal floor in units of u."""
+    u = UNIT[dtype]
+    return u, U64 / u, TINY[dtype] / 2 / u
+
+
+def _t(v, rnd=0.0, carry=0.0, mag=None):
+    """A Track of the shape of ``v``: magnitude the larger side's unless given."""
+    v = np.asarray(v, dtype=np.float64)
+    rnd = np.broadcast_to(np.asarray(rnd, dtype=np.float64), v.shape).copy()
+    carry = np.broadcast_to(np.asarray(carry, dtype=np.float64), v.shape).copy()
+    if mag is None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            mag = np.fmax(np.abs(v), np.abs(v - carry))
+    mag = np.broadcast_to(np.asarray(mag, dtype=np.float64), v.shape).copy()
+    return Track(v, mag, rnd, carry)
+
+
+def _gamma(k, u):
+    return k * u / (1 - k * u)
+
+
+def _depth(k):
+    """float32's sum of k terms: min(k - 1, ceil(log2 k) + 16) roundings (k >= 2)."""
+    k = max(k, 2)
+    return min(k - 1, math.ceil(math.log2(k)) + 16)
+
+
+def _at(t, idx):
+    return tuple(float(np.asarray(getattr(t, f))[idx]) for f in ("v", "mag", "rnd", "carry"))
+
+
+# ------------------------------------------------------------------ bookkeeping
+
+
+def test_ambiguous_counts_are_integer_counts_per_step():
+    """relu's ambiguous branches are counted per step as integers (2-D values and one per step)."""
+    ops = TrackOps("float32", 2)
+    z = _t([[1e-9, 2.0, -1e-9], [5.0, 6.0, 7.0]], rnd=1.0)  # within u of 0: ambiguous
+    ops.relu_mask(z)
+    ops.relu_mask(_t([0.0, 3.0], rnd=1.0))  # one value per step (the steps axis only)
+    assert np.issubdtype(ops.ambiguous_steps.dtype, np.integer)
+    assert ops.ambiguous_steps.tolist() == [3, 0] and ops.ambiguous == 3
+
+
+def test_values_without_a_steps_axis_are_every_steps():
+    """A value with no leading axis of steps (a constant, a plain vector) takes no step's peak
+    itself; a reduction of one to a scalar counts its terms' magnitude for every step."""
+    ops = TrackOps("float32", 3)
+    assert float(ops.add(ops.const(2.0), ops.const(3.0)).v) == 5.0
+    assert ops.peak.tolist() == [0.0, 0.0, 0.0]
+    s = ops.sum(ops.input(np.array([1.0, -2.0, 4.0])))
+    assert float(s.v) == 3.0 and ops.peak.tolist() == [7.0, 7.0, 7.0]
+    ops = TrackOps("float32", 2)
+    d = ops.matmul(ops.input(np.array([1.0, -2.0])), ops.input(np.array([3.0, 5.0])))
+    assert float(d.v) == -7.0 and ops.peak.tolist() == [13.0, 13.0]
+
+
+def test_inputs_are_held_in_float64():
+    """The batch's x and y (float16 in a float16 run) are held as float64: a product of two is exact."""
+    ops = TrackOps("float16", 1)
+    x = np.array([[1.1, 3.3, -0.7]], dtype=np.float16)
+    a = ops.input(x)
+    assert a.v.dtype == np.float64
+    want = x.astype(np.float64) * x.astype(np.float64)
+    assert np.array_equal(ops.mul(a, a).v, want)
+    assert not np.array_equal(want, (x * x).astype(np.float64))  # float16 would round it
+
+
+def test_const_of_an_array_without_like_keeps_its_shape():
+    ops = TrackOps("float32", 2)
+    c = ops.const(np.array([0.5, 3.0]))
+    assert c.v.tolist() == [0.5, 3.0] and c.rnd.tolist() == [0.0, 0.0]
+
+
+def test_products_and_quotients_count_the_subnormal_floor():
+    """mul and div add eta = tiny/2/u (a result that rounds into the subnormal range): 0·1 and 0/1,
+    exact inputs, have exactly that bound."""
+    ops = TrackOps("float32", 1)
+    eta = _units_of("float32")[2]
+    zero, one = _t([[0.0]]), _t([[1.0]])
+    assert ops.mul(zero, one).rnd.tolist() == [[eta]]
+    assert ops.div(zero, one).rnd.tolist() == [[eta]]
+
+
+# ------------------------------------------------------------------ reductions on (steps, batch, k)
+
+
+def _near_one(rng, shape):
+    v = rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+    carry = v * rng.uniform(-1e-3, 1e-3, shape)
+    return _t(v, rnd=rng.uniform(0.0, 3.0, shape), carry=carry)
+
+
+def test_sum_and_mean_reduce_the_last_axis_of_a_3d_value():
+    """A (steps, batch, k) value: the sum and mean run over the last axis (k terms), not the batch."""
+    rng = np.random.default_rng(1)
+    S, B, k = 2, 3, 5
+    u, c64, _ = _units_of("float32")
+    a = _near_one(rng, (S, B, k))
+    ops = TrackOps("float32", S)
+    out = ops.sum(a)
+    assert out.v.shape == (S, B)
+    peak = np.zeros(S)
+    for s in range(S):
+        for b in range(B):
+            v, mag, carry = math.fsum(a.v[s, b]), math.fsum(a.mag[s, b]), math.fsum(a.carry[s, b])
+            rnd = math.fsum(a.rnd[s, b]) + _depth(k) * mag + k * c64 * math.fsum(np.abs(a.carry[s, b]))
+            got = _at(out, (s, b))
+            np.testing.assert_allclose(got, (v, max(abs(v), abs(v - carry)), rnd, carry), rtol=1e-13)
+            peak[s] = max(peak[s], mag)
+            m = ops.mean(a)
+            mean = (v / k, got[1] / k, rnd / k + 2 * got[1] / k + c64 * abs(carry / k), carry / k)
+            np.testing.assert_allclose(_at(m, (s, b)), mean, rtol=1e-13)
+    np.testing.assert_allclose(ops.peak, peak, rtol=1e-13)
+
+
+def test_vecmat_of_3d_values_sums_over_the_rows():
+    """vecmat (…, n)·(…, n, D) with a leading batch axis as well: a dot product of n terms."""
+    rng = np.random.default_rng(2)
+    S, B, n, D = 2, 3, 4, 2
+    g, x = _near_one(rng, (S, B, n)), _near_one(rng, (S, B, n, D))
+    ops = TrackOps("float32", S)
+    out = ops.vecmat(g, x)
+    assert out.v.shape == (S, B, D)
+    for s, b, d in np.ndindex(S, B, D):
+        rows = [_at(g, (s, b, i)) for i in range(n)]
+        cols = [_at(x, (s, b, i, d)) for i in range(n)]
+        (v, _, rnd, carry), _ = _dot_by_hand(rows, cols, None, n, "float32")
+        np.testing.assert_allclose(_at(out, (s, b, d)), (v, max(abs(v), abs(v - carry)), rnd, carry), rtol=1e-13)
+
+
+def test_mean_of_an_empty_axis_is_nan_silently():
+    """torch's mean of no elements is nan; the judge's is too, without a floating-point warning."""
+    ops = TrackOps("float32", 2)
+    m = ops.mean(_t(np.zeros((2, 0))))
+    assert m.v.shape == (2,) and np.all(np.isnan(m.v)) and np.all(np.isnan(m.carry))
+
+
+def test_a_dot_product_of_one_term_counts_gamma_1():
+    ops = TrackOps("float32", 1)
+    u = _units_of("float32")[0]
+    out = ops.matvec(_t([[[3.0], [-0.5]]]), _t([[2.0]]))
+    assert out.v.tolist() == [[6.0, -1.0]]
+    np.testing.assert_allclose(out.rnd, [[_gamma(1, u) / u * 6.0, _gamma(1, u) / u * 1.0]], rtol=1e-15)
+
+
+def test_dot_products_leave_infinite_carries_out_of_cs_rounding():
+    """A carry of +inf or -inf (a run whose other side overflowed) is not judged: it adds nothing
+    to the bound of C's float64 rounding, on either factor."""
+    u, c64, _ = _units_of("float32")
+    inf = math.inf
+    xv = np.array([[[0.5, 0.25], [0.5, 0.25]]] * 2)
+    xc = np.array([[[inf, 1e-3], [-inf, 1e-3]]] * 2)
+    x = _t(xv, rnd=np.full(xv.shape, 2.0), carry=xc, mag=np.abs(xv))
+    wv = np.array([[0.25, 0.5], [0.25, 0.5]])
+    wc = np.array([[1e-3, inf], [1e-3, -inf]])
+    w = _t(wv, rnd=np.full(wv.shape, 1.0), carry=wc, mag=np.abs(wv))
+    ops = TrackOps("float32", 2)
+    out = ops.matvec(x, w)
+    for s, i in np.ndindex(2, 2):
+        rows = [_at(x, (s, i, d)) for d in range(2)]
+        cols = [_at(w, (s, d)) for d in range(2)]
+        (v, _, rnd, _), _ = _dot_by_hand(rows, cols, None, 2, "float32")
+        assert float(out.v[s, i]) == v
+        np.testing.assert_allclose(float(out.rnd[s, i]), rnd, rtol=1e-14)
+    assert not np.any(np.isfinite(out.carry))
+
+
+# ------------------------------------------------------------------ the functions
+
+
+def _ulps_table(monkeypatch):
+    """A probe that measured more than N = 3 for every function (a different N for each) in float32,
+    and for exp in float64 too."""
+    table = {
+        "functions": {
+            "exp": {"float32": {"one": {"max_ulp": 5}}, "float64": {"vector": {"max_ulp": 4}}},
+            "log": {"float32": {"vector": {"max_ulp": 6}}},
+            "log1p": {"float32": {"one": {"max_ulp": 7}}},
+            "sigmoid": {"float32": {"vector": {"max_ulp": 8}}},
+            "tanh": {"float32": {"one": {"max_ulp": 9}}},
+        }
+    }
+    monkeypatch.setattr(probe, "rules", lambda refresh=False: table)
+
+
+def test_each_function_takes_its_own_measured_ulps(monkeypatch):
+    """An exact input: the bound is the function's own rounding, (2N + 1)|result| with N the probe's
+    measure for that function (log σ: σ's and log's), plus the subnormal floor."""
+    _ulps_table(monkeypatch)
+    eta = _units_of("float32")[2]
+    ops = TrackOps("float32", 1)
+    x = 0.5
+    sig = 1.0 / (1.0 + math.exp(-x))
+    cases = {
+        "exp": (2.0, math.exp(2.0), 11),
+        "log": (2.0, math.log(2.0), 13),
+        "log1p": (x, math.log1p(x), 15),
+        "sigmoid": (x, sig, 17),
+        "tanh": (x, math.tanh(x), 19),
+        "log_sigmoid": (x, math.log(sig), 17 + 13),
+    }
+    for name, (arg, value, units) in cases.items():
+        out = getattr(ops, name)(_t([[arg]]))
+        np.testing.assert_allclose(float(out.v[0, 0]), value, rtol=1e-15, err_msg=name)
+        np.testing.assert_allclose(float(out.rnd[0, 0]), units * abs(value) + eta, rtol=1e-14, err_msg=name)
+
+
+def test_a_float64_run_takes_the_float64_measure(monkeypatch):
+    _ulps_table(monkeypatch)
+    eta = _units_of("float64")[2]
+    out = TrackOps("float64", 1).exp(_t([[1.0]]))
+    np.testing.assert_allclose(float(out.rnd[0, 0]), 9 * math.e + eta, rtol=1e-15)
+
+
+def test_a_functions_top_is_its_value_at_the_interval_top_plus_its_rounding(monkeypatch):
+    """``top``: the largest value either side can hold, f(hi)·(1 + units·u), hi = a + u·rnd."""
+    _ulps_table(monkeypatch)
+    u = _units_of("float32")[0]
+    ops = TrackOps("float32", 1)
+    out = ops.exp(_t([[1.0]], rnd=2.0))
+    np.testing.assert_allclose(float(out.top[0, 0]), math.exp(1.0 + 2 * u) * (1 + 11 * u), rtol=1e-15)
+    out = ops.log(_t([[2.0]], rnd=4.0))
+    np.testing.assert_allclose(float(out.top[0, 0]), math.log(2.0 + 4 * u) * (1 + 13 * u), rtol=1e-15)
+
+
+def test_exact_inputs_carry_nothing_even_where_the_function_is_infinite():
+    """No carry in, no carry out: log 0 is -inf on both sides, e^800 overflows on both sides."""
+    ops = TrackOps("float32", 1)
+    out = ops.log(_t([[0.0, 2.0]]))
+    assert out.carry.tolist() == [[0.0, 0.0]]
+    out = ops.exp(_t([[800.0, 1.0]]))
+    assert out.v[0, 0] == math.inf and out.carry.tolist() == [[0.0, 0.0]] and out.rnd[0, 0] == 0.0
+
+
+def test_an_exp_that_overflows_on_one_side_has_an_infinite_bound():
+    """e^1000 (hand) against e^999 (torch), both inputs exact: the bound is +inf (not nan), so the
+    overflow rule sees it."""
+    out = TrackOps("float32", 1).exp(_t([[1000.0]], carry=1.0))
+    assert out.v[0, 0] == math.inf and out.rnd[0, 0] == math.inf
+
+
+def test_exp_with_a_carry_and_a_rounding_of_exactly_one():
+    """exp at a = 0.5 with carry 1 (torch at -0.5) and rnd 1: C = e^a - e^(a - 1), the input's
+    rounding moved by the slope at the interval's top, e^(a + u)."""
+    u, c64, eta = _units_of("float32")
+    out = TrackOps("float32", 1).exp(_t([[0.5]], rnd=1.0, carry=1.0))
+    C = math.exp(0.5) - math.exp(-0.5)
+    np.testing.assert_allclose(float(out.carry[0, 0]), C, rtol=1e-15)
+    want = math.exp(0.5 + u) + 7 * math.exp(0.5) + eta + 4 * c64 * C
+    np.testing.assert_allclose(float(out.rnd[0, 0]), want, rtol=1e-14)
+
+
+def test_log1p_counts_its_condition_number_at_t_equal_one():
+    """log1p at a = 0 with torch at 1 (carry -1): t = -c/(1 + a) = 1, k = |t|/(|1 + t||log1p t|) =
+    1/(2 log 2), C's own error (4 + 2k)u64|C| (float64: u64/u = 1)."""
+    eta = _units_of("float64")[2]
+    out = TrackOps("float64", 1).log1p(_t([[0.0]], carry=-1.0))
+    C = -math.log(2.0)
+    np.testing.assert_allclose(float(out.carry[0, 0]), C, rtol=1e-15)
+    k = 1.0 / (2.0 * math.log(2.0))
+    want = 7 * math.log(2.0) + eta + (4 + 2 * k) * math.log(2.0)
+    np.testing.assert_allclose(float(out.rnd[0, 0]), want, rtol=1e-14)
+
+
+def test_log1p_whose_interval_reaches_below_minus_one_is_unbounded():
+    """bfloat16: a = -0.5 within 0.75 of its rounding: the interval reaches -1.25, log1p's slope is
+    unbounded there."""
+    u = _units_of("bfloat16")[0]
+    out = TrackOps("bfloat16", 1).log1p(_t([[-0.5]], rnd=0.75 / u))
+    assert out.rnd[0, 0] == math.inf
+
+
+def test_slopes_over_an_interval_holding_zero_are_taken_at_zero():
+    """σ and tanh on an interval [-0.1, 0.7] (a = 0.3, rounding 0.4): the largest slope is at 0,
+    1/4 for σ and 1 for tanh."""
+    u, _, eta = _units_of("float32")
+    rnd = 0.4 / u
+    ops = TrackOps("float32", 1)
+    sig = 1.0 / (1.0 + math.exp(-0.3))
+    out = ops.sigmoid(_t([[0.3]], rnd=rnd))
+    np.testing.assert_allclose(float(out.rnd[0, 0]), rnd / 4 + 7 * sig + eta, rtol=1e-14)
+    out = ops.tanh(_t([[0.3]], rnd=rnd))
+    np.testing.assert_allclose(float(out.rnd[0, 0]), rnd + 7 * math.tanh(0.3) + eta, rtol=1e-14)
+
+
+def _mp_sig(t):
+    return 1 / (1 + mpmath.exp(-t))
+
+
+def test_sigmoid_and_log_sigmoid_with_a_carry_of_exactly_one():
+    """float64, a = 3, torch's input b = 2 (carry 1): C's own error counts (10 + |b|) u64 |C|
+    (docs/tolerance.md, "b's own rounding"); log σ adds log's rounding of its result."""
+    _, _, eta = _units_of("float64")
+    ops = TrackOps("float64", 1)
+    with mpmath.workdps(50):
+        s3, s2 = _mp_sig(mpmath.mpf(3)), _mp_sig(mpmath.mpf(2))
+        C, v = float(s3 - s2), float(s3)
+        lC, lv, l2 = float(mpmath.log(s3) - mpmath.log(s2)), float(mpmath.log(s3)), float(mpmath.log(s2))
+    out = ops.sigmoid(_t([[3.0]], carry=1.0))
+    np.testing.assert_allclose(float(out.carry[0, 0]), C, rtol=1e-14)
+    np.testing.assert_allclose(float(out.rnd[0, 0]), 7 * v + eta + (10 + 2) * abs(C), rtol=1e-14)
+    out = ops.log_sigmoid(_t([[3.0]], carry=1.0))
+    np.testing.assert_allclose(float(out.carry[0, 0]), lC, rtol=1e-14)
+    mag = max(abs(lv), abs(l2))
+    np.testing.assert_allclose(float(out.rnd[0, 0]), 14 * mag + eta + (10 + 2) * abs(lC), rtol=1e-14)
+
+
+def test_log_sigmoid_of_plus_infinity_is_exactly_zero():
+    """log σ(+inf) = 0 on both sides (an exact input): the bound is the subnormal floor, not nan."""
+    eta = _units_of("float32")[2]
+    out = TrackOps("float32", 1).log_sigmoid(_t([[math.inf]]))
+    assert out.v.tolist() == [[0.0]] and out.rnd.tolist() == [[eta]]
+
+
+# ------------------------------------------------------------------ σ's saturation
+
+
+def test_sigmoid_saturates_to_one_where_e_to_minus_z_is_at_most_u_over_4():
+    """Both sides' σ is exactly 1 where e^-z <= u/4 for every z either side can hold: at equality
+    (bfloat16, z = 10 log 2: e^-z = 2^-10 = u/4) and just inside (float32, z = 18.1)."""
+    z = 10 * math.log(2.0)
+    assert np.exp(-z) == 2.0**-10
+    for dtype, arg in (("bfloat16", z), ("float32", 18.1)):
+        out = TrackOps(dtype, 1).sigmoid(_t([[arg]]))
+        assert (out.v[0, 0], out.mag[0, 0], out.rnd[0, 0], out.carry[0, 0]) == (1.0, 1.0, 0.0, 0.0), dtype
+
+
+def test_sigmoid_is_not_saturated_where_torchs_input_is_not():
+    """Hand at 40 (saturated), torch at 2 (not): the carry σ(40) - σ(2) and a bound remain."""
+    out = TrackOps("float32", 1).sigmoid(_t([[40.0]], carry=38.0))
+    with mpmath.workdps(50):
+        C = float(_mp_sig(mpmath.mpf(40)) - _mp_sig(mpmath.mpf(2)))
+    np.testing.assert_allclose(float(out.carry[0, 0]), C, rtol=1e-14)
+    assert out.rnd[0, 0] > 0
+
+
+def test_sigmoid_zero_below_minus_the_exp_limit_only():
+    """σ is 0 on both sides where every input either side can hold lies strictly below
+    -log(largest float32); at it, or where the rounding reaches above it, it is not."""
+    u, c64, eta = _units_of("float32")
+    ops = TrackOps("float32", 1)
+    out = ops.sigmoid(_t([[-200.0, -300.0]]))  # saturated at 0 only: both 0 exactly
+    assert out.v.tolist() == [[0.0, 0.0]] and out.rnd.tolist() == [[0.0, 0.0]]
+    at = ops.sigmoid(_t([[-LIMIT32]]))  # at the limit: not below it
+    assert at.v[0, 0] > 0 and at.rnd[0, 0] > 0
+    # -88.9 whose rounding spans [-89.2, -88.6]: 0 on one side possibly (the band): + mag/u
+    band = ops.sigmoid(_t([[-88.9]], rnd=0.3 / u))
+    assert band.v[0, 0] > 0 and band.rnd[0, 0] >= band.mag[0, 0] / u
+    # the lower input exactly at the limit, the upper above it: no band
+    out = ops.sigmoid(_t([[-LIMIT32]], carry=-1.0))
+    with mpmath.workdps(50):
+        a, b = mpmath.mpf(-LIMIT32), mpmath.mpf(-LIMIT32) + 1
+        C, mag = float(_mp_sig(a) - _mp_sig(b)), float(_mp_sig(b))
+    want = 7 * mag + eta + c64 * (10 + abs(-LIMIT32 + 1)) * abs(C)
+    np.testing.assert_allclose(float(out.rnd[0, 0]), want, rtol=1e-13)
+
+
+# ------------------------------------------------------------------ branches at 0
+
+
+def test_relu_mask_interval_touching_zero_is_ambiguous():
+    """float32, rounding 1 (u): z = u (interval [0, 2u]) and z = -u ([-2u, 0]) touch 0: ambiguous;
+    hand at -1 with torch at +1 spans 0: ambiguous; an exact 2 is not."""
+    u = _units_of("float32")[0]
+    ops = TrackOps("float32", 1)
+    m = ops.relu_mask(_t([[u, -u, -1.0, 2.0]], rnd=[[1.0, 1.0, 1.0, 0.0]], carry=[[0.0, 0.0, -2.0, 0.0]]))
+    assert m.rnd.tolist() == [[1 / u, 1 / u, 1 / u, 0.0]]
+    assert m.carry.tolist() == [[0.0, 0.0, 0.0, 0.0]] and ops.ambiguous == 3
+
+
+def test_clamp_min_keeps_the_rounding_where_it_can_reach_above_the_floor():
+    """max(a, 0) at a = -u/2 with a rounding of 1 (u): a value up to u/2 can be held, so the
+    rounding stays."""
+    u = _units_of("float32")[0]
+    out = TrackOps("float32", 1).clamp_min(_t([[-u / 2]], rnd=1.0), 0.0)
+    assert out.v.tolist() == [[0.0]] and out.rnd.tolist() == [[1.0]]
+
+
+# ------------------------------------------------------------------ overflow and non-finite, silently
+
+
+def test_c64_of_a_huge_or_non_finite_carry_is_silent():
+    """C's float64 rounding: ops·(u64/u)·|C|, inf where that overflows, none for a carry that is not
+    finite; an infinite count per element raises no warning either."""
+    ops = TrackOps("float64", 1)
+    got = ops._c64(np.array([1e308, np.inf, np.nan, 2.0]), 4.0)
+    assert got.tolist() == [math.inf, 0.0, 0.0, 8.0]
+    got = ops._c64(np.array([0.0, 2.0]), np.array([np.inf, 3.0]))
+    assert got[1] == 6.0
+
+
+def test_overflow_and_infinite_values_raise_no_warning():
+    """Every operation silences NumPy's overflow and invalid operations itself: a value that
+    overflows is +inf (and sets its step's peak: the overflow rule), hand values of inf with
+    infinite carries, torch's inputs beyond the largest float."""
+    big, inf = 1e308, math.inf
+    for dtype in ("float64", "float32"):
+        ops = TrackOps(dtype, 2)
+        a = _t([[big, 1.0], [inf, 1.0]], carry=[[-big, 0.0], [inf, 0.0]], mag=[[big, 1.0], [inf, 1.0]])
+        b = _t([[big, 1.0], [-inf, 1.0]], carry=[[big, 0.0], [-inf, 0.0]], mag=[[big, 1.0], [inf, 1.0]])
+        s = ops.add(a, b)
+        assert s.v[0, 0] == inf and ops.peak[0] == inf
+        ops.sub(a, b)
+        p = ops.mul(_t([[1e200]]), _t([[1e200]]))
+        assert p.v[0, 0] == inf
+        assert ops.div(_t([[big]]), _t([[0.5]])).v[0, 0] == inf
+        scaled = ops.scale(_t([[big]], rnd=big, carry=big), 1.0)
+        assert scaled.rnd[0, 0] == big + _units_of(dtype)[1] * big  # float64: inf
+        assert ops.div_n(_t([[big]]), 1).rnd[0, 0] == inf
+        assert ops.sum(a).mag[0] == inf
+        ops.sum(b)
+        d = ops.matvec(_t([[[1e200, 1.0]]]), _t([[1e200, 1.0]]))
+        assert d.v[0, 0] == inf
+        for name in ("relu", "tanh", "sigmoid", "log_sigmoid", "exp"):
+            getattr(ops, name)(a)
+        # relu's branch of a hand value of inf with an infinite carry (torch's input nan): not ambiguous
+        assert ops.relu_mask(_t([[inf, 1.0]], rnd=1.0, carry=[[inf, 0.0]])).rnd.tolist() == [[0.0, 0.0]]
+        ops.clamp_min(a, 0.0)
+        ops.maximum(a, b)
+        # log1p at a = -1 with torch elsewhere (t = -c/0), and t beyond the largest float
+        ops.log1p(_t([[-1.0, -1.0 + 1e-10]], carry=[[0.5, 1e300]]))
+
+
+# ----------------------------------------------------------------
+# HandOps against torch's CPU kernels where its reduced-precision branches decide, and the float64 carry forms
+# at their boundaries
+
+REDUCED = ("float16", "bfloat16")
+
+
+def _tensor(a, dtype):
+    """``a`` (held exactly in ``dtype``) as a torch tensor of that type."""
+    return torch.tensor(np.asarray(a, dtype=np.float64)).to(getattr(torch, dtype))
+
+
+def _same_ops(mine, theirs, what):
+    """Bit for bit (compared as float64, nan in the same places)."""
+    got = np.asarray(mine).astype(np.float64)
+    want = theirs.to(torch.float64).numpy()
+    np.testing.assert_array_equal(got, want, err_msg=what)
+
+
+# ------------------------------------------------------------------ HandOps
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", *REDUCED])
+def test_handops_names_its_type(dtype):
+    ops = HandOps(dtype)
+    assert ops.name == dtype and ops.dtype == dtypes.np_dtype(dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype, row",
+    [
+        # float32 adds 8192 + 4 exactly, then loses each 2^-11 (a tie to even): 8196, a float16 tie that
+        # rounds down to 8192; summed exactly (8196 + 2^-10) the row rounds up to 8200
+        ("float16", [8192.0, 4.0, 2.0**-11, 2.0**-11]),
+        # the same in bfloat16: 260 + 1 exactly, the two 2^-16 lost (ties): 261, rounds to 260 (not 262)
+        ("bfloat16", [260.0, 1.0, 2.0**-16, 2.0**-16]),
+    ],
+)
+def test_handops_16_bit_sums_accumulate_in_float32_as_torch(dtype, row):
+    """A 16-bit sum or mean accumulates in float32 and rounds once (not in float64, not in the type):
+    torch's result bit for bit, where an exact sum would round the other way."""
+    ops = HandOps(dtype)
+    x = dtypes.cast(np.array([row]), dtype)
+    tx = _tensor(x.astype(np.float64), dtype)
+    exact = math.fsum(row)
+    assert float(dtypes.cast(np.array([exact]), dtype)[0]) != float(tx.sum())  # the case decides
+    _same_ops(ops.sum(x), tx.sum(-1), "sum")
+    _same_ops(ops.sum(x, keep=True), tx.sum(-1, keepdim=True), "sum keep")
+    _same_ops(ops.mean(x), tx.mean(-1), "mean")
+    assert ops.sum(x).dtype == dtypes.np_dtype(dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype, x0, w0, small",
+    [
+        # 683·12 = 8196 (a float16 tie) exact in float32; + 2^-11 and the bias 2^-11: two ties to even in
+        # float32, still 8196, which rounds down to 8192; exactly 8196 + 2^-10 rounds up to 8200
+        ("float16", 683.0, 12.0, 2.0**-11),
+        # 29·9 = 261 (a bfloat16 tie) in float32, + 2^-16 twice (ties): 261, rounds to 260; exactly 262
+        ("bfloat16", 29.0, 9.0, 2.0**-16),
+    ],
+)
+def test_handops_16_bit_dot_products_accumulate_in_float32_as_torch(dtype, x0, w0, small):
+    """``X·w + b`` and ``tnf.linear`` in 16 bits: the products and the bias summed in float32, rounded
+    once to the type, as torch's addmv/linear (a 2-term dot product: no order to choose)."""
+    ops = HandOps(dtype)
+    x = dtypes.cast(np.array([[x0, small]]), dtype)
+    w = dtypes.cast(np.array([w0, 1.0]), dtype)
+    b = dtypes.cast(np.array([small]), dtype)
+    tx, tw, tb = (_tensor(a.astype(np.float64), dtype) for a in (x, w, b))
+    exact = x0 * w0 + 2 * small
+    assert float(dtypes.cast(np.array([exact]), dtype)[0]) != float(torch.addmv(tb, tx, tw)[0])
+    _same_ops(ops.matvec(x, w, b), torch.addmv(tb, tx, tw), "matvec")
+    _same_ops(ops.linear(x, w[None], b), tnf.linear(tx, tw[None], tb), "linear")
+    assert ops.matvec(x, w, b).dtype == dtypes.np_dtype(dtype)
+
+
+def test_handops_16_bit_bias_joins_the_float32_dot_product():
+    """683·12 = 8196 is a float16 tie: torch adds the bias 2 to it in float32 (8198, rounds to 8200),
+    not to the dot product rounded to float16 first (8192 + 2 rounds to 8192)."""
+    ops = HandOps("float16")
+    x = np.array([[683.0, 0.0]], dtype=np.float16)
+    w, b = np.array([12.0, 1.0], dtype=np.float16), np.array([2.0], dtype=np.float16)
+    tx, tw, tb = (_tensor(a, "float16") for a in (x, w, b))
+    _same_ops(ops.matvec(x, w, b), torch.addmv(tb, tx, tw), "matvec")
+    _same_ops(ops.linear(x, w[None], b), tnf.linear(tx, tw[None], tb), "linear")
+    assert float(ops.matvec(x, w, b)[0]) == 8200.0
+
+
+@pytest.mark.parametrize(
+    "dtype, value", [("float16", 1.0 + 2.0**-11 + 2.0**-40), ("bfloat16", 1.0 + 2.0**-8 + 2.0**-40)]
+)
+def test_handops_const_rounds_a_float_through_float32_as_torch(dtype, value):
+    """A Python float just above a 16-bit tie: torch keeps it in float32 first (the tie), then rounds
+    to even (1.0); rounded once it would go up. ``const`` holds torch's value."""
+    ops = HandOps(dtype)
+    like = dtypes.cast(np.zeros((2, 3)), dtype)
+    got = ops.const(value, like)
+    assert got.shape == (2, 3) and got.dtype == dtypes.np_dtype(dtype)
+    _same_ops(got, torch.full_like(_tensor(like, dtype), value), "const")
+    assert np.all(got.astype(np.float64) == 1.0)
+
+
+def test_handops_const_takes_its_shape_from_like_or_from_the_value():
+    ops = HandOps("float32")
+    assert ops.const(2.0, np.zeros((2, 3), dtype=np.float32)).shape == (2, 3)
+    assert ops.const(2.0, np.zeros((2, 3), dtype=np.float32)).tolist() == [[2.0] * 3] * 2
+    v = ops.const(np.array([0.5, -1.5]))
+    assert v.shape == (2,) and v.tolist() == [0.5, -1.5] and v.dtype == np.float32
+    assert ops.const(0.25).shape == () and float(ops.const(0.25)) == 0.25
+
+
+def test_handops_16_bit_functions_round_through_float32_as_torch():
+    """exp in float16 where e^x lies within half a float32 ulp of a float16 tie: torch's float32
+    result is that tie, rounded to even; rounding the float64 value once would go the other way."""
+    ops = HandOps("float16")
+    x = np.array([0.00729752, 0.02268982]).astype(np.float16)
+    want = torch.exp(_tensor(x, "float16"))
+    with mpmath.workdps(50):
+        exact = [mpmath.exp(mpmath.mpf(float(t))) for t in x]
+    # the premise: rounded once from (near) the exact value, float16 differs from torch's result
+    once = np.array([float(e) for e in exact]).astype(np.float16).astype(np.float64)
+    assert not np.any(once == want.to(torch.float64).numpy())
+    _same_ops(ops.exp(x), want, "exp")
+
+
+def test_handops_silence_the_overflows_and_divisions_torch_gives_results_for():
+    """log 0, e^100 in float32, a division by 0 (and 0/0), grad/0, σ(-1000) in float64 (e^1000
+    overflows): torch's inf, nan and 0, with no NumPy warning."""
+    f32 = HandOps("float32")
+    a = np.array([1.0, 0.0, -2.0], dtype=np.float32)
+    z = np.zeros(3, dtype=np.float32)
+    _same_ops(f32.log(np.array([0.0], dtype=np.float32)), torch.log(_tensor([0.0], "float32")), "log 0")
+    _same_ops(f32.exp(np.array([100.0], dtype=np.float32)), torch.exp(_tensor([100.0], "float32")), "exp 100")
+    _same_ops(f32.div(a, z), _tensor(a, "float32") / _tensor(z, "float32"), "div by 0")
+    _same_ops(f32.div_n(a, 0), _tensor(a, "float32") / 0, "div_n by 0")
+    f64 = HandOps("float64")
+    _same_ops(f64.sigmoid(np.array([-1000.0, 0.0])), torch.sigmoid(_tensor([-1000.0, 0.0], "float64")), "sigmoid")
+    _same_ops(
+        f32.sigmoid(np.array([-100.0], dtype=np.float32)), torch.sigmoid(_tensor([-100.0], "float32")), "sigmoid32"
+    )
+
+
+def test_handops_16_bit_sigmoid_forms_e_to_the_minus_a_in_float32():
+    """σ(-12) in float16: e^12 overflows float16 but not float32 (torch's kernel computes in float32):
+    a small nonzero σ, torch's, not the 0 a float16 exponential would give."""
+    ops = HandOps("float16")
+    a = np.array([-12.0, -10.0, 3.0], dtype=np.float16)
+    got = ops.sigmoid(a)
+    _same_ops(got, torch.sigmoid(_tensor(a, "float16")), "sigmoid")
+    assert float(got[0]) > 0.0
+
+
+def test_handops_relu_mask_at_zero_is_torchs_derivative():
+    """relu's derivative at 0 (and -0) is 0 in torch (threshold_backward: input > 0)."""
+    ops = HandOps("float32")
+    z = np.array([-1.0, 0.0, -0.0, 2.0], dtype=np.float32)
+    tz = _tensor(z, "float32").requires_grad_(True)
+    torch.relu(tz).sum().backward()
+    _same_ops(ops.relu_mask(z), tz.grad, "relu_mask")
+
+
+def test_handops_linear_and_transpose_broadcast_over_leading_axes():
+    """``linear``/``T`` on a stack of steps (…, H, D) with H != D: each step's own tnf.linear."""
+    rng = np.random.default_rng(5)
+    ops = HandOps("float64")
+    x, W, b = rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 5))
+    assert ops.T(W).shape == (2, 3, 5)
+    np.testing.assert_array_equal(ops.T(W)[1], W[1].T)
+    got = ops.linear(x, W, b)
+    assert got.shape == (2, 4, 5)
+    for s in range(2):
+        np.testing.assert_allclose(
+            got[s], tnf.linear(torch.tensor(x[s]), torch.tensor(W[s]), torch.tensor(b[s])).numpy()
+        )
+
+
+# ------------------------------------------------------------------ the judge's float64 carry forms
+
+
+def _rel(got, exact):
+    """|got - exact| / |exact|, in units of u64 (exact an mpmath number)."""
+    return float(abs(mpmath.mpf(float(got)) - exact) / abs(exact)) / U64
+
+
+def _sigma(t):
+    return 1 / (1 + mpmath.exp(-t))
+
+
+def test_sigmoid_diff_works_a_float32_carry_in_float64():
+    """σ(a) - σ(a - c) for a float32 carry (held exactly in float64): within the roundings the judge
+    counts for it (10 + |b| u64, tests/test_track.py), not float32's 2^-24."""
+    a = np.array([0.3, -2.0, 5.0, 0.0])
+    c = np.array([0.1, -0.7, 2.5, 1e-3], dtype=np.float32)
+    for got_all in (mops._sigmoid_diff(a, c), [mops._sigmoid_diff(ai, ci) for ai, ci in zip(a, c)]):
+        for ai, ci, got in zip(a, c, got_all):
+            with mpmath.workdps(60):
+                A, C = mpmath.mpf(float(ai)), mpmath.mpf(float(ci))
+                exact = _sigma(A) - _sigma(A - C)
+                assert _rel(got, exact) <= 10 + abs(float(ai) - float(ci)), (ai, ci)
+
+
+def test_sigmoid_of_exp_is_float64_accurate_for_float32_input():
+    """σ(x) within 3 u64 relative (its docstring) for float32 x, held exactly."""
+    x = np.array([-30.0, -3.7, -0.3, 0.0, 0.3, 1.1, 7.5], dtype=np.float32)
+    got = mops._sigmoid_of_exp(x)
+    for t, g in zip(x, got):
+        with mpmath.workdps(60):
+            assert _rel(g, _sigma(mpmath.mpf(float(t)))) <= 3, t
+
+
+@pytest.mark.parametrize("a", [1.0, 3.0, 0.75, 1e-300, 1e300])
+def test_log_diff_at_the_boundary_of_its_branches_is_log1p_of_an_exact_half(a):
+    """|c| = |a|/2 is log1p's branch (its docstring: ``|c/a| <= 1/2``), where -c/a = ∓1/2 is exact:
+    log a - log(a - c) = log 2 or -log(3/2), correctly rounded; the ratio a/(a - c) = 2/3 would be
+    rounded before its log (an ulp off at -log(3/2))."""
+    for c, exact in ((0.5 * a, mpmath.log(2)), (-0.5 * a, -mpmath.log(mpmath.mpf(3) / 2))):
+        with mpmath.workdps(60):
+            assert float(mops._log_diff(a, c)) == float(exact), (a, c)
+
+
+def test_log_diff_at_the_edges_of_its_domain_is_silent():
+    """log a - log(a - c) where torch's a - c is 0 (inf), where a overflowed (inf - inf inside the
+    ratio: log1p's branch gives 0), and where c/a overflows (the ratio's branch): no NumPy warning."""
+    assert float(mops._log_diff(1.0, 1.0)) == math.inf
+    assert float(mops._log_diff(math.inf, 1.0)) == 0.0
+    a, c = 0.5, -1e308
+    with mpmath.workdps(60):
+        exact = mpmath.log(a) - mpmath.log(mpmath.mpf(a) - mpmath.mpf(c))
+    assert _rel(mops._log_diff(a, c), exact) <= 4
+
+
+def test_per_step_maximum_of_each_steps_values():
+    """The largest value per step (the leading axis): a scalar is every step's, a vector is one per
+    step, higher ranks reduce all but the leading axis."""
+    assert mops._per_step(2.5, 3).tolist() == [2.5, 2.5, 2.5]
+    assert mops._per_step(np.array([1.0, 4.0]), 2).tolist() == [1.0, 4.0]
+    assert mops._per_step(np.array([[1.0, 7.0, 2.0], [3.0, 0.5, -1.0]]), 2).tolist() == [7.0, 3.0]
+    assert mops._per_step(np.arange(12.0).reshape(2, 3, 2), 2).tolist() == [5.0, 11.0]
+
+
+# ------------------------------------------------------------------ judge_terms: the overflow rule
+
+
+def test_judge_terms_counts_a_bound_at_exactly_the_types_largest_number_as_overflow():
+    """``both`` (the intermediates can overflow either way) where the bound reaches the run's largest
+    number: a float32 run whose z = x·w is exactly float32's largest (the step's peak) at step 1, and
+    ordinary values at step 2."""
+    from sgdtrace import models
+    from sgdtrace.config import Config
+    from sgdtrace.data import plan
+    from sgdtrace.models import logistic
+
+    big = float(np.finfo(np.float32).max)
+    cfg = Config(model="logistic", features=2, synthetic=2, batch_size=1, epochs=1, shuffle=False, seed=1)
+    p_ = plan(2, cfg)
+    model = models.build(cfg, 2)
+    x = np.array([[big, 0.0], [1.0, 2.0]])
+    y = np.array([0.0, 1.0])
+    starts = {"w": np.array([[1.0, 0.0], [0.5, -0.25]]), "b": np.zeros((2, 1))}
+    bounds = {p: SimpleNamespace(mag=np.abs(v), carry=np.zeros_like(v)) for p, v in starts.items()}
+    run_cfg = SimpleNamespace(dtype="float32", loss="bce")
+
+    def fb(o, prm, xb, yb):
+        return logistic.forward_backward(o, prm, xb, yb, "bce")
+
+    got = mops.judge_terms(model, fb, starts, bounds, x, y, p_, run_cfg)
+    assert float(got["peak"]["grad_w"][0, 0]) == big  # the bound reaches it exactly
+    assert got["both"]["grad_w"].tolist() == [[True, True], [False, False]]
+    assert got["both"]["grad_b"].tolist() == [[True], [False]]
+
+
+def test_judge_terms_works_each_step_once_in_chunks_within_the_element_budget(monkeypatch):
+    """CHUNK_ELEMENTS (steps × samples × features per chunk): a group's steps are judged in chunks of
+    as many steps as fit (at least one), each step once. 9 samples in batches of 4, 5 epochs, one
+    feature, a budget of 7: batches of 4 one step per chunk (4 > 7 // 2); the 5 last batches of 1
+    together (5 <= 7)."""
+    from sgdtrace import models
+    from sgdtrace.config import Config
+    from sgdtrace.data import plan
+    from sgdtrace.models import logistic
+
+    chunks = []
+
+    class Counted(mops.TrackOps):
+        def __init__(self, dtype, steps):
+            chunks.append(steps)
+            super().__init__(dtype, steps)
+
+    monkeypatch.setattr(mops, "CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(mops, "TrackOps", Counted)
+    cfg = Config(model="logistic", features=1, synthetic=9, batch_size=4, epochs=5, shuffle=False, seed=1)
+    p_ = plan(9, cfg)
+    K = p_.n_steps
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(0, 1, (9, 1)), (rng.random(9) < 0.5).astype(np.float64)
+    starts = {"w": rng.normal(0, 1, (K, 1)), "b": rng.normal(0, 1, (K, 1))}
+    bounds = {p: SimpleNamespace(mag=np.abs(v), carry=np.zeros_like(v)) for p, v in starts.items()}
+    got = mops.judge_terms(
+        models.build(cfg, 1),
+        lambda o, prm, xb, yb: logistic.forward_backward(o, prm, xb, yb, "bce"),
+        starts,
+        bounds,
+        x,
+        y,
+        p_,
+        SimpleNamespace(dtype="float32", loss="bce"),
+    )
+    assert sorted(chunks) == sorted([5] + [1] * 10) and sum(chunks) == K
+    # per step, how many elements were ambiguous: a count
+    assert got["ambiguous"].shape == (K,) and got["ambiguous"].dtype.kind == "i"
+    assert got["ambiguous"].tolist() == [0] * K

@@ -629,7 +629,7 @@ def batch_hessians(model, x: np.ndarray, plan, dtype: str, epochs: list[int]) ->
 
 def full_loss(dataset, w: float, b: float) -> float:
     """The mean squared error over the whole data set at the article's (w, b), in float64."""
-    x = dataset.x.reshape(len(dataset), -1)[:, 0]
+    x = dataset.x[:, 0]  # (n, 1): the article's one column
     with np.errstate(over="ignore", invalid="ignore"):
         return float(np.mean((w * x + b - dataset.y) ** 2))
 
@@ -639,7 +639,7 @@ def loss_path(dataset, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     L = (w^2 Sxx - 2 w Sxy + Syy) / n + (w mean(x) + b - mean(y))^2   (S.. about the means)
     """
-    x, y = dataset.x.reshape(len(dataset), -1)[:, 0].astype(np.float64), dataset.y.astype(np.float64)
+    x, y = dataset.x[:, 0], dataset.y  # float64 (Dataset), x (n, 1): the article's one column
     xm, ym = x.mean(), y.mean()
     xc, yc = x - xm, y - ym
     sxx, sxy, syy = (xc * xc).mean(), (xc * yc).mean(), (yc * yc).mean()
@@ -657,18 +657,16 @@ def data_loss(model, dataset, values: dict[str, np.ndarray]):
     if w.ndim == len(shape):  # one point
         if model.scalar:
             return full_loss(dataset, float(w), float(b))
-        x = np.asarray(dataset.x, dtype=np.float64)  # no copy: the samples are float64 already
         with np.errstate(over="ignore", invalid="ignore"):
-            return float(np.mean((x @ w + b[0] - dataset.y) ** 2))
+            return float(np.mean((dataset.x @ w + b[0] - dataset.y) ** 2))
     if model.scalar:
         return loss_path(dataset, w, b)
-    x = np.asarray(dataset.x, dtype=np.float64)
+    x = dataset.x  # float64 (Dataset)
     # sum_i (x_i·w + b - y_i)^2 from the data's second moments: O(D^2) per point
     aug = np.concatenate((x, np.ones((x.shape[0], 1)), -dataset.y[:, None]), axis=1)
     gram = aug.T @ aug / x.shape[0]
     v = np.concatenate((w, b, np.ones((w.shape[0], 1))), axis=1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.maximum(np.einsum("pi,ij,pj->p", v, gram, v), 0.0)
+    return np.maximum(np.einsum("pi,ij,pj->p", v, gram, v), 0.0)  # (einsum and matmul never warn)
 
 
 # ------------------------------------------------------------------ what the views show

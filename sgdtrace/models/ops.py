@@ -53,7 +53,7 @@ from __future__ import annotations
 import numpy as np
 
 from sgdtrace import dtypes
-from sgdtrace.track import Track, _smaller
+from sgdtrace.track import Track, _smaller, held
 
 #: N: how far (in ulps) an element-wise function (exp, log, log1p, tanh, sigmoid, log_sigmoid) of
 #: either side may be from the correctly rounded result: torch's kernels (``sgdtrace doctor``
@@ -267,17 +267,17 @@ def _log_sigmoid_diff(a, c):
     b = a - c
     hi, lo = np.fmax(a, b), np.fmin(a, b)
     d = np.abs(c)
-    with np.errstate(invalid="ignore", over="ignore"):
-        # the part on [0, ∞): all of it where lo >= 0, [0, hi] where lo < 0 < hi, none where hi <= 0
-        # (the width is d itself where the whole lies on one side: b = a - c may round to a)
-        p_lo = np.fmax(lo, 0.0)
-        p_d = np.where(lo >= 0, d, np.fmax(hi, 0.0))
-        pos = np.where(hi > 0, _log_sigmoid_rise(np.fmax(hi, 0.0), p_lo, p_d), 0.0)
-        # the part on (-∞, 0]: all of it where hi <= 0, [lo, 0] where lo < 0 < hi, none where lo >= 0
-        n_hi = np.fmin(hi, 0.0)
-        n_d = np.where(hi <= 0, d, np.fmax(-lo, 0.0))
-        neg = np.where(lo < 0, n_d - _log_sigmoid_rise(np.fmax(-lo, 0.0), -n_hi, n_d), 0.0)
-        return np.sign(c) * (pos + neg)
+    # every exponent <= 0 and every width >= 0 below: nothing overflows, nothing is invalid
+    # the part on [0, ∞): all of it where lo >= 0, [0, hi] where lo < 0 < hi, none where hi <= 0
+    # (the width is d itself where the whole lies on one side: b = a - c may round to a)
+    p_lo = np.fmax(lo, 0.0)
+    p_d = np.where(lo >= 0, d, np.fmax(hi, 0.0))
+    pos = np.where(hi > 0, _log_sigmoid_rise(np.fmax(hi, 0.0), p_lo, p_d), 0.0)
+    # the part on (-∞, 0]: all of it where hi <= 0, [lo, 0] where lo < 0 < hi, none where lo >= 0
+    n_hi = np.fmin(hi, 0.0)
+    n_d = np.where(hi <= 0, d, np.fmax(-lo, 0.0))
+    neg = np.where(lo < 0, n_d - _log_sigmoid_rise(np.fmax(-lo, 0.0), -n_hi, n_d), 0.0)
+    return np.sign(c) * (pos + neg)
 
 
 def _sigmoid_diff(a, c):
@@ -295,9 +295,8 @@ def _sigmoid_of_exp(x):
     above): within 3 u₆₄ relative for any x (``exp(-logaddexp(0, -x))`` errs by |x|·u₆₄ for x < 0,
     the exponent's own rounding)."""
     x = np.asarray(x, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        e = np.exp(-np.abs(x))
-        return np.where(x < 0, e, 1.0) / (1.0 + e)
+    e = np.exp(-np.abs(x))  # in [0, 1]: no overflow
+    return np.where(x < 0, e, 1.0) / (1.0 + e)
 
 
 def _log_diff(a, c):
@@ -384,33 +383,32 @@ class TrackOps:
             t.rnd = t.rnd + np.abs(t.v)
         return t
 
-    def _binary(self, a: Track, b: Track, v, carry, rnd) -> Track:
-        out = a._out(v, 0.0, carry)
-        out.rnd = rnd + out.mag + self._c64(carry)
-        return self._seen(out)
+    def _binary(self, v, carry, rnd) -> Track:
+        mag = held(v, carry)
+        return self._seen(Track(v, mag, rnd + mag + self._c64(carry), carry))
 
     def add(self, a: Track, b: Track) -> Track:
         with np.errstate(invalid="ignore", over="ignore"):
-            return self._binary(a, b, a.v + b.v, a.carry + b.carry, a.rnd + b.rnd)
+            return self._binary(a.v + b.v, a.carry + b.carry, a.rnd + b.rnd)
 
     def sub(self, a: Track, b: Track) -> Track:
         with np.errstate(invalid="ignore", over="ignore"):
-            return self._binary(a, b, a.v - b.v, a.carry - b.carry, a.rnd + b.rnd)
+            return self._binary(a.v - b.v, a.carry - b.carry, a.rnd + b.rnd)
 
     def mul(self, a: Track, b: Track) -> Track:
         with np.errstate(invalid="ignore", over="ignore"):
             v = a.v * b.v
             carry = a.carry * b.v + a.v * b.carry - a.carry * b.carry
-            return self._binary(a, b, v, carry, a.rnd * b.mag + a.mag * b.rnd + self.eta)
+            return self._binary(v, carry, a.rnd * b.mag + a.mag * b.rnd + self.eta)
 
     def div(self, a: Track, b: Track) -> Track:
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             v = a.v / b.v
             carry = (a.carry * b.v - a.v * b.carry) / (b.v * (b.v - b.carry))
-            out = a._out(v, 0.0, carry)
+            mag = held(v, carry)
             ab = _smaller(b)
-            out.rnd = a.rnd / ab + out.mag * b.rnd / ab + out.mag + self.eta + self._c64(carry, 3)
-        return self._seen(out)
+            rnd = a.rnd / ab + mag * b.rnd / ab + mag + self.eta + self._c64(carry, 3)
+        return self._seen(Track(v, mag, rnd, carry))
 
     def neg(self, a: Track) -> Track:
         return Track(-a.v, a.mag, a.rnd, -a.carry)
@@ -512,12 +510,12 @@ class TrackOps:
             hi = np.fmax(a.v, a.v - a.carry) + D
             v = f(a.v)
             carry = np.where(a.carry == 0, 0.0, diff(a.v, a.carry))
-            out = a._out(v, 0.0, carry)
+            mag = held(v, carry)
             moved = np.where(a.rnd == 0, 0.0, a.rnd * slope(lo, hi))
-            rnd = moved + self._units(name) * out.mag + self.eta + self._c64(carry, c_ops)
+            rnd = moved + self._units(name) * mag + self.eta + self._c64(carry, c_ops)
             # an exact input both sides hold alike with an infinite result (log 0): -inf on both
             exact = (a.rnd == 0) & (a.carry == 0) & ~np.isfinite(v)
-            out.rnd = np.where(exact, 0.0, rnd)
+            out = Track(v, mag, np.where(exact, 0.0, rnd), carry)
             # the largest value either side can hold (f increasing: f at the interval's top), for a
             # clamp that follows (a log whose argument may reach 0 is unbounded below only)
             out.top = f(hi) + self._units(name) * self.u * np.abs(f(hi))
@@ -617,9 +615,7 @@ class TrackOps:
         with np.errstate(invalid="ignore", over="ignore"):
             v = np.maximum(a.v, 0.0)
             carry = v - np.maximum(a.v - a.carry, 0.0)
-            out = a._out(v, 0.0, carry)
-            out.rnd = a.rnd.copy()
-        return self._seen(out)
+            return self._seen(Track(v, held(v, carry), a.rnd.copy(), carry))
 
     def relu_mask(self, z: Track) -> Track:
         """relu's derivative as a 0/1 mask: the hand side's branch ``v``, the carry the difference of
@@ -646,15 +642,14 @@ class TrackOps:
         with np.errstate(invalid="ignore", over="ignore"):
             v = np.maximum(a.v, lo)
             carry = v - np.maximum(a.v - a.carry, lo)
-            out = a._out(v, 0.0, carry)
+            mag = held(v, carry)
             high = np.fmax(a.v, a.v - a.carry) + np.where(a.rnd == 0, 0.0, self.u * a.rnd)
             below = high <= lo
             rnd = a.rnd
             top = getattr(a, "top", None)
             if top is not None:  # both sides hold values in [lo, max(top, lo)]: no farther apart
                 rnd = np.fmin(rnd, (np.fmax(top, lo) - lo) / self.u)
-            out.rnd = np.where(below, 0.0, rnd)
-            out.carry = np.where(below, 0.0, out.carry)
+            out = Track(v, mag, np.where(below, 0.0, rnd), np.where(below, 0.0, carry))
         return self._seen(out)
 
     def maximum(self, a: Track, b: Track) -> Track:
