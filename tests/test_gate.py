@@ -1767,8 +1767,10 @@ def test_the_linear_models_describe_themselves():
 
 
 class _Bounds:
+    """A parameter's bound as the model's terms read it: its magnitude and carried difference."""
+
     def __init__(self, mag, carry):
-        self.mag, self.carry = mag, carry
+        self.mag, self.carry = np.asarray(mag, dtype=np.float64), np.asarray(carry, dtype=np.float64)
 
 
 def _feature_terms_by_hand(cfg, D, x, y, p_, ws, bs, wm, bm, dw, db):
@@ -2252,17 +2254,13 @@ def _plan(n, batch):
     return BatchPlan(n, batch, 1, False, (None,))
 
 
-def _bounds_lin(mag, carry):
-    return SimpleNamespace(mag=np.asarray(mag, dtype=np.float64), carry=np.asarray(carry, dtype=np.float64))
-
-
 def _feature_terms(x, y, ws, bs, wm, bm, dw, db, batch, dtype="float64"):
     """gradient_terms on D features; per step ws, wm, dw (K, D) and bs, bm, db (K,)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     model = models.build(Config(features=x.shape[1]), x.shape[1])
     col = lambda v: np.asarray(v, dtype=np.float64)[:, None]  # noqa: E731
     starts = {"w": np.asarray(ws, dtype=np.float64), "b": col(bs)}
-    bounds = {"w": _bounds_lin(wm, dw), "b": _bounds_lin(col(bm), col(db))}
+    bounds = {"w": _Bounds(wm, dw), "b": _Bounds(col(bm), col(db))}
     cfg = SimpleNamespace(dtype=dtype, engine=None, engine_cmd=None)
     return linear.gradient_terms(model, starts, bounds, x, y, _plan(len(y), batch), cfg)
 
@@ -2270,7 +2268,7 @@ def _feature_terms(x, y, ws, bs, wm, bm, dw, db, batch, dtype="float64"):
 def _article_terms(x, y, ws, bs, wm, bm, dw, db, batch, dtype="float64"):
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     starts = {"w": np.asarray(ws, dtype=np.float64), "b": np.asarray(bs, dtype=np.float64)}
-    bounds = {"w": _bounds_lin(wm, dw), "b": _bounds_lin(bm, db)}
+    bounds = {"w": _Bounds(wm, dw), "b": _Bounds(bm, db)}
     cfg = SimpleNamespace(dtype=dtype, engine=None, engine_cmd=None)
     return linear.gradient_terms(ARTICLE_LIN, starts, bounds, x, y, _plan(len(y), batch), cfg)
 

@@ -369,11 +369,15 @@ def _ops(dtype="float32"):
     return mops.TrackOps(dtype, S)
 
 
-def _consts(dtype):
-    from sgdtrace import dtypes
+#: each type's unit roundoff and smallest subnormal (IEEE 754; bfloat16: 8 significand bits)
+UNIT = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+TINY = {"float64": 2.0**-1074, "float32": 2.0**-149, "bfloat16": 2.0**-133, "float16": 2.0**-24}
 
-    u = dtypes.unit_roundoff(dtype)
-    return u, U64 / u, float(dtypes.finfo(dtype).smallest_subnormal) / 2 / u
+
+def _consts(dtype):
+    """u, c64 = u64/u (C's float64 rounding in units of u), eta = the subnormal floor in units of u."""
+    u = UNIT[dtype]
+    return u, U64 / u, TINY[dtype] / 2 / u
 
 
 def _grid(rng, shape, *, positive=False, parted=True):
@@ -521,8 +525,13 @@ def _dot_by_hand(a_rows, b_cols, extra, k, dtype):
     return (v, _mag(v, carry), rnd + units * terms + (k + 2) * c64 * cterms, carry), terms
 
 
+def _at(t, idx):
+    """One element's (v, mag, rnd, carry)."""
+    return tuple(float(np.asarray(getattr(t, f))[idx]) for f in ("v", "mag", "rnd", "carry"))
+
+
 def _rows(t, idx):
-    return [tuple(float(np.asarray(getattr(t, f))[i]) for f in ("v", "mag", "rnd", "carry")) for i in idx]
+    return [_at(t, i) for i in idx]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -1253,16 +1262,8 @@ def test_track_products_quotients_and_roots_overflow_to_inf_silently():
 # TrackOps at its edges: saturation, branches at 0, 3-D reductions, non-finite carries, N per function, silent
 # overflow
 
-UNIT = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
-TINY = {"float64": 2.0**-1074, "float32": 2.0**-149, "bfloat16": 2.0**-133, "float16": 2.0**-24}
 # log of float32's largest number: where e^-z overflows the type a 16-bit or float32 kernel computes in
 LIMIT32 = math.log(float(np.finfo(np.float32).max))
-
-
-def _units_of(dtype):
-    """u, c64 = u64/u (C's float64 rounding in units of u), eta = the subnormal floor in units of u."""
-    u = UNIT[dtype]
-    return u, U64 / u, TINY[dtype] / 2 / u
 
 
 def _t(v, rnd=0.0, carry=0.0, mag=None):
@@ -1285,10 +1286,6 @@ def _depth(k):
     """float32's sum of k terms: min(k - 1, ceil(log2 k) + 16) roundings (k >= 2)."""
     k = max(k, 2)
     return min(k - 1, math.ceil(math.log2(k)) + 16)
-
-
-def _at(t, idx):
-    return tuple(float(np.asarray(getattr(t, f))[idx]) for f in ("v", "mag", "rnd", "carry"))
 
 
 # ------------------------------------------------------------------ bookkeeping
@@ -1338,7 +1335,7 @@ def test_products_and_quotients_count_the_subnormal_floor():
     """mul and div add eta = tiny/2/u (a result that rounds into the subnormal range): 0·1 and 0/1,
     exact inputs, have exactly that bound."""
     ops = TrackOps("float32", 1)
-    eta = _units_of("float32")[2]
+    eta = _consts("float32")[2]
     zero, one = _t([[0.0]]), _t([[1.0]])
     assert ops.mul(zero, one).rnd.tolist() == [[eta]]
     assert ops.div(zero, one).rnd.tolist() == [[eta]]
@@ -1357,7 +1354,7 @@ def test_sum_and_mean_reduce_the_last_axis_of_a_3d_value():
     """A (steps, batch, k) value: the sum and mean run over the last axis (k terms), not the batch."""
     rng = np.random.default_rng(1)
     S, B, k = 2, 3, 5
-    u, c64, _ = _units_of("float32")
+    u, c64, _ = _consts("float32")
     a = _near_one(rng, (S, B, k))
     ops = TrackOps("float32", S)
     out = ops.sum(a)
@@ -1400,7 +1397,7 @@ def test_mean_of_an_empty_axis_is_nan_silently():
 
 def test_a_dot_product_of_one_term_counts_gamma_1():
     ops = TrackOps("float32", 1)
-    u = _units_of("float32")[0]
+    u = _consts("float32")[0]
     out = ops.matvec(_t([[[3.0], [-0.5]]]), _t([[2.0]]))
     assert out.v.tolist() == [[6.0, -1.0]]
     np.testing.assert_allclose(out.rnd, [[_gamma(1, u) / u * 6.0, _gamma(1, u) / u * 1.0]], rtol=1e-15)
@@ -1409,7 +1406,7 @@ def test_a_dot_product_of_one_term_counts_gamma_1():
 def test_dot_products_leave_infinite_carries_out_of_cs_rounding():
     """A carry of +inf or -inf (a run whose other side overflowed) is not judged: it adds nothing
     to the bound of C's float64 rounding, on either factor."""
-    u, c64, _ = _units_of("float32")
+    u, c64, _ = _consts("float32")
     inf = math.inf
     xv = np.array([[[0.5, 0.25], [0.5, 0.25]]] * 2)
     xc = np.array([[[inf, 1e-3], [-inf, 1e-3]]] * 2)
@@ -1450,7 +1447,7 @@ def test_each_function_takes_its_own_measured_ulps(monkeypatch):
     """An exact input: the bound is the function's own rounding, (2N + 1)|result| with N the probe's
     measure for that function (log σ: σ's and log's), plus the subnormal floor."""
     _ulps_table(monkeypatch)
-    eta = _units_of("float32")[2]
+    eta = _consts("float32")[2]
     ops = TrackOps("float32", 1)
     x = 0.5
     sig = 1.0 / (1.0 + math.exp(-x))
@@ -1470,7 +1467,7 @@ def test_each_function_takes_its_own_measured_ulps(monkeypatch):
 
 def test_a_float64_run_takes_the_float64_measure(monkeypatch):
     _ulps_table(monkeypatch)
-    eta = _units_of("float64")[2]
+    eta = _consts("float64")[2]
     out = TrackOps("float64", 1).exp(_t([[1.0]]))
     np.testing.assert_allclose(float(out.rnd[0, 0]), 9 * math.e + eta, rtol=1e-15)
 
@@ -1478,7 +1475,7 @@ def test_a_float64_run_takes_the_float64_measure(monkeypatch):
 def test_a_functions_top_is_its_value_at_the_interval_top_plus_its_rounding(monkeypatch):
     """``top``: the largest value either side can hold, f(hi)·(1 + units·u), hi = a + u·rnd."""
     _ulps_table(monkeypatch)
-    u = _units_of("float32")[0]
+    u = _consts("float32")[0]
     ops = TrackOps("float32", 1)
     out = ops.exp(_t([[1.0]], rnd=2.0))
     np.testing.assert_allclose(float(out.top[0, 0]), math.exp(1.0 + 2 * u) * (1 + 11 * u), rtol=1e-15)
@@ -1505,7 +1502,7 @@ def test_an_exp_that_overflows_on_one_side_has_an_infinite_bound():
 def test_exp_with_a_carry_and_a_rounding_of_exactly_one():
     """exp at a = 0.5 with carry 1 (torch at -0.5) and rnd 1: C = e^a - e^(a - 1), the input's
     rounding moved by the slope at the interval's top, e^(a + u)."""
-    u, c64, eta = _units_of("float32")
+    u, c64, eta = _consts("float32")
     out = TrackOps("float32", 1).exp(_t([[0.5]], rnd=1.0, carry=1.0))
     C = math.exp(0.5) - math.exp(-0.5)
     np.testing.assert_allclose(float(out.carry[0, 0]), C, rtol=1e-15)
@@ -1516,7 +1513,7 @@ def test_exp_with_a_carry_and_a_rounding_of_exactly_one():
 def test_log1p_counts_its_condition_number_at_t_equal_one():
     """log1p at a = 0 with torch at 1 (carry -1): t = -c/(1 + a) = 1, k = |t|/(|1 + t||log1p t|) =
     1/(2 log 2), C's own error (4 + 2k)u64|C| (float64: u64/u = 1)."""
-    eta = _units_of("float64")[2]
+    eta = _consts("float64")[2]
     out = TrackOps("float64", 1).log1p(_t([[0.0]], carry=-1.0))
     C = -math.log(2.0)
     np.testing.assert_allclose(float(out.carry[0, 0]), C, rtol=1e-15)
@@ -1528,7 +1525,7 @@ def test_log1p_counts_its_condition_number_at_t_equal_one():
 def test_log1p_whose_interval_reaches_below_minus_one_is_unbounded():
     """bfloat16: a = -0.5 within 0.75 of its rounding: the interval reaches -1.25, log1p's slope is
     unbounded there."""
-    u = _units_of("bfloat16")[0]
+    u = _consts("bfloat16")[0]
     out = TrackOps("bfloat16", 1).log1p(_t([[-0.5]], rnd=0.75 / u))
     assert out.rnd[0, 0] == math.inf
 
@@ -1536,7 +1533,7 @@ def test_log1p_whose_interval_reaches_below_minus_one_is_unbounded():
 def test_slopes_over_an_interval_holding_zero_are_taken_at_zero():
     """σ and tanh on an interval [-0.1, 0.7] (a = 0.3, rounding 0.4): the largest slope is at 0,
     1/4 for σ and 1 for tanh."""
-    u, _, eta = _units_of("float32")
+    u, _, eta = _consts("float32")
     rnd = 0.4 / u
     ops = TrackOps("float32", 1)
     sig = 1.0 / (1.0 + math.exp(-0.3))
@@ -1553,7 +1550,7 @@ def _mp_sig(t):
 def test_sigmoid_and_log_sigmoid_with_a_carry_of_exactly_one():
     """float64, a = 3, torch's input b = 2 (carry 1): C's own error counts (10 + |b|) u64 |C|
     (docs/tolerance.md, "b's own rounding"); log σ adds log's rounding of its result."""
-    _, _, eta = _units_of("float64")
+    _, _, eta = _consts("float64")
     ops = TrackOps("float64", 1)
     with mpmath.workdps(50):
         s3, s2 = _mp_sig(mpmath.mpf(3)), _mp_sig(mpmath.mpf(2))
@@ -1570,7 +1567,7 @@ def test_sigmoid_and_log_sigmoid_with_a_carry_of_exactly_one():
 
 def test_log_sigmoid_of_plus_infinity_is_exactly_zero():
     """log σ(+inf) = 0 on both sides (an exact input): the bound is the subnormal floor, not nan."""
-    eta = _units_of("float32")[2]
+    eta = _consts("float32")[2]
     out = TrackOps("float32", 1).log_sigmoid(_t([[math.inf]]))
     assert out.v.tolist() == [[0.0]] and out.rnd.tolist() == [[eta]]
 
@@ -1600,7 +1597,7 @@ def test_sigmoid_is_not_saturated_where_torchs_input_is_not():
 def test_sigmoid_zero_below_minus_the_exp_limit_only():
     """σ is 0 on both sides where every input either side can hold lies strictly below
     -log(largest float32); at it, or where the rounding reaches above it, it is not."""
-    u, c64, eta = _units_of("float32")
+    u, c64, eta = _consts("float32")
     ops = TrackOps("float32", 1)
     out = ops.sigmoid(_t([[-200.0, -300.0]]))  # saturated at 0 only: both 0 exactly
     assert out.v.tolist() == [[0.0, 0.0]] and out.rnd.tolist() == [[0.0, 0.0]]
@@ -1624,7 +1621,7 @@ def test_sigmoid_zero_below_minus_the_exp_limit_only():
 def test_relu_mask_interval_touching_zero_is_ambiguous():
     """float32, rounding 1 (u): z = u (interval [0, 2u]) and z = -u ([-2u, 0]) touch 0: ambiguous;
     hand at -1 with torch at +1 spans 0: ambiguous; an exact 2 is not."""
-    u = _units_of("float32")[0]
+    u = _consts("float32")[0]
     ops = TrackOps("float32", 1)
     m = ops.relu_mask(_t([[u, -u, -1.0, 2.0]], rnd=[[1.0, 1.0, 1.0, 0.0]], carry=[[0.0, 0.0, -2.0, 0.0]]))
     assert m.rnd.tolist() == [[1 / u, 1 / u, 1 / u, 0.0]]
@@ -1634,7 +1631,7 @@ def test_relu_mask_interval_touching_zero_is_ambiguous():
 def test_clamp_min_keeps_the_rounding_where_it_can_reach_above_the_floor():
     """max(a, 0) at a = -u/2 with a rounding of 1 (u): a value up to u/2 can be held, so the
     rounding stays."""
-    u = _units_of("float32")[0]
+    u = _consts("float32")[0]
     out = TrackOps("float32", 1).clamp_min(_t([[-u / 2]], rnd=1.0), 0.0)
     assert out.v.tolist() == [[0.0]] and out.rnd.tolist() == [[1.0]]
 
@@ -1668,7 +1665,7 @@ def test_overflow_and_infinite_values_raise_no_warning():
         assert p.v[0, 0] == inf
         assert ops.div(_t([[big]]), _t([[0.5]])).v[0, 0] == inf
         scaled = ops.scale(_t([[big]], rnd=big, carry=big), 1.0)
-        assert scaled.rnd[0, 0] == big + _units_of(dtype)[1] * big  # float64: inf
+        assert scaled.rnd[0, 0] == big + _consts(dtype)[1] * big  # float64: inf
         assert ops.div_n(_t([[big]]), 1).rnd[0, 0] == inf
         assert ops.sum(a).mag[0] == inf
         ops.sum(b)
@@ -1691,16 +1688,9 @@ def test_overflow_and_infinite_values_raise_no_warning():
 REDUCED = ("float16", "bfloat16")
 
 
-def _tensor(a, dtype):
-    """``a`` (held exactly in ``dtype``) as a torch tensor of that type."""
-    return torch.tensor(np.asarray(a, dtype=np.float64)).to(getattr(torch, dtype))
-
-
 def _same_ops(mine, theirs, what):
     """Bit for bit (compared as float64, nan in the same places)."""
-    got = np.asarray(mine).astype(np.float64)
-    want = theirs.to(torch.float64).numpy()
-    np.testing.assert_array_equal(got, want, err_msg=what)
+    np.testing.assert_array_equal(np.asarray(mine).astype(np.float64), _as64(theirs), err_msg=what)
 
 
 # ------------------------------------------------------------------ HandOps
@@ -1740,7 +1730,7 @@ def test_handops_16_bit_sums_accumulate_in_float32_as_torch(dtype, row):
     assert ops.sum(x, keep=True).shape == (1, 1) and ops.sum(x, keep=True)[0, 0] == ops.sum(x)[0]
     assert ops.mean(x).astype(np.float64).tolist() == want_mean.astype(np.float64).tolist()
     assert ops.sum(x).dtype == dtypes.np_dtype(dtype)
-    tx = _tensor(x.astype(np.float64), dtype)
+    tx = _torch_of(x.astype(np.float64), dtype)
     if float(tx.sum()) == float(want_sum[0]):  # this machine's kernel adds the row left to right
         _same_ops(ops.sum(x), tx.sum(-1), "sum")
         _same_ops(ops.mean(x), tx.mean(-1), "mean")
@@ -1763,7 +1753,7 @@ def test_handops_16_bit_dot_products_accumulate_in_float32_as_torch(dtype, x0, w
     x = dtypes.cast(np.array([[x0, small]]), dtype)
     w = dtypes.cast(np.array([w0, 1.0]), dtype)
     b = dtypes.cast(np.array([small]), dtype)
-    tx, tw, tb = (_tensor(a.astype(np.float64), dtype) for a in (x, w, b))
+    tx, tw, tb = (_torch_of(a.astype(np.float64), dtype) for a in (x, w, b))
     exact = x0 * w0 + 2 * small
     assert float(dtypes.cast(np.array([exact]), dtype)[0]) != float(torch.addmv(tb, tx, tw)[0])
     _same_ops(ops.matvec(x, w, b), torch.addmv(tb, tx, tw), "matvec")
@@ -1777,7 +1767,7 @@ def test_handops_16_bit_bias_joins_the_float32_dot_product():
     ops = HandOps("float16")
     x = np.array([[683.0, 0.0]], dtype=np.float16)
     w, b = np.array([12.0, 1.0], dtype=np.float16), np.array([2.0], dtype=np.float16)
-    tx, tw, tb = (_tensor(a, "float16") for a in (x, w, b))
+    tx, tw, tb = (_torch_of(a, "float16") for a in (x, w, b))
     _same_ops(ops.matvec(x, w, b), torch.addmv(tb, tx, tw), "matvec")
     _same_ops(ops.linear(x, w[None], b), tnf.linear(tx, tw[None], tb), "linear")
     assert float(ops.matvec(x, w, b)[0]) == 8200.0
@@ -1793,7 +1783,7 @@ def test_handops_const_rounds_a_float_through_float32_as_torch(dtype, value):
     like = dtypes.cast(np.zeros((2, 3)), dtype)
     got = ops.const(value, like)
     assert got.shape == (2, 3) and got.dtype == dtypes.np_dtype(dtype)
-    _same_ops(got, torch.full_like(_tensor(like, dtype), value), "const")
+    _same_ops(got, torch.full_like(_torch_of(like, dtype), value), "const")
     assert np.all(got.astype(np.float64) == 1.0)
 
 
@@ -1811,7 +1801,7 @@ def test_handops_16_bit_functions_round_through_float32_as_torch():
     result is that tie, rounded to even; rounding the float64 value once would go the other way."""
     ops = HandOps("float16")
     x = np.array([0.00729752, 0.02268982]).astype(np.float16)
-    want = torch.exp(_tensor(x, "float16"))
+    want = torch.exp(_torch_of(x, "float16"))
     with mpmath.workdps(50):
         exact = [mpmath.exp(mpmath.mpf(float(t))) for t in x]
     # the premise: rounded once from (near) the exact value, float16 differs from torch's result
@@ -1826,14 +1816,14 @@ def test_handops_silence_the_overflows_and_divisions_torch_gives_results_for():
     f32 = HandOps("float32")
     a = np.array([1.0, 0.0, -2.0], dtype=np.float32)
     z = np.zeros(3, dtype=np.float32)
-    _same_ops(f32.log(np.array([0.0], dtype=np.float32)), torch.log(_tensor([0.0], "float32")), "log 0")
-    _same_ops(f32.exp(np.array([100.0], dtype=np.float32)), torch.exp(_tensor([100.0], "float32")), "exp 100")
-    _same_ops(f32.div(a, z), _tensor(a, "float32") / _tensor(z, "float32"), "div by 0")
-    _same_ops(f32.div_n(a, 0), _tensor(a, "float32") / 0, "div_n by 0")
+    _same_ops(f32.log(np.array([0.0], dtype=np.float32)), torch.log(_torch_of([0.0], "float32")), "log 0")
+    _same_ops(f32.exp(np.array([100.0], dtype=np.float32)), torch.exp(_torch_of([100.0], "float32")), "exp 100")
+    _same_ops(f32.div(a, z), _torch_of(a, "float32") / _torch_of(z, "float32"), "div by 0")
+    _same_ops(f32.div_n(a, 0), _torch_of(a, "float32") / 0, "div_n by 0")
     f64 = HandOps("float64")
-    _same_ops(f64.sigmoid(np.array([-1000.0, 0.0])), torch.sigmoid(_tensor([-1000.0, 0.0], "float64")), "sigmoid")
+    _same_ops(f64.sigmoid(np.array([-1000.0, 0.0])), torch.sigmoid(_torch_of([-1000.0, 0.0], "float64")), "sigmoid")
     _same_ops(
-        f32.sigmoid(np.array([-100.0], dtype=np.float32)), torch.sigmoid(_tensor([-100.0], "float32")), "sigmoid32"
+        f32.sigmoid(np.array([-100.0], dtype=np.float32)), torch.sigmoid(_torch_of([-100.0], "float32")), "sigmoid32"
     )
 
 
@@ -1843,7 +1833,7 @@ def test_handops_16_bit_sigmoid_forms_e_to_the_minus_a_in_float32():
     ops = HandOps("float16")
     a = np.array([-12.0, -10.0, 3.0], dtype=np.float16)
     got = ops.sigmoid(a)
-    _same_ops(got, torch.sigmoid(_tensor(a, "float16")), "sigmoid")
+    _same_ops(got, torch.sigmoid(_torch_of(a, "float16")), "sigmoid")
     assert float(got[0]) > 0.0
 
 
@@ -1851,7 +1841,7 @@ def test_handops_relu_mask_at_zero_is_torchs_derivative():
     """relu's derivative at 0 (and -0) is 0 in torch (threshold_backward: input > 0)."""
     ops = HandOps("float32")
     z = np.array([-1.0, 0.0, -0.0, 2.0], dtype=np.float32)
-    tz = _tensor(z, "float32").requires_grad_(True)
+    tz = _torch_of(z, "float32").requires_grad_(True)
     torch.relu(tz).sum().backward()
     _same_ops(ops.relu_mask(z), tz.grad, "relu_mask")
 

@@ -432,12 +432,11 @@ class TrackOps:
     def sum(self, a: Track, keep: bool = False) -> Track:
         k = a.v.shape[-1]
         with np.errstate(invalid="ignore", over="ignore"):
-            mag = a.mag.sum(axis=-1)
-            carry = a.carry.sum(axis=-1)
-            rnd = a.rnd.sum(axis=-1) + _sum_depth(k, self.name) * mag + self._c64(np.abs(a.carry).sum(axis=-1), k)
-            out = Track(a.v.sum(axis=-1), mag, rnd, carry)
-            out.mag = np.fmax(np.abs(out.v), np.abs(out.v - carry))
-            self.peak = np.fmax(self.peak, _per_step(mag, self.peak.shape[0]))
+            terms = a.mag.sum(axis=-1)
+            v, carry = a.v.sum(axis=-1), a.carry.sum(axis=-1)
+            rnd = a.rnd.sum(axis=-1) + _sum_depth(k, self.name) * terms + self._c64(np.abs(a.carry).sum(axis=-1), k)
+            out = Track(v, held(v, carry), rnd, carry)
+            self.peak = np.fmax(self.peak, _per_step(terms, self.peak.shape[0]))
         if keep:
             out = Track(*(f[..., None] for f in (out.v, out.mag, out.rnd, out.carry)))
         return self._seen(out)
@@ -461,7 +460,7 @@ class TrackOps:
                 c_terms = c_terms + np.abs(extra.carry)
                 k += 1
             rnd = rnd + self._sum_units(k) * terms + self._c64(c_terms, k + 2)
-            out = Track(v, np.fmax(np.abs(v), np.abs(v - carry)), rnd, carry)
+            out = Track(v, held(v, carry), rnd, carry)
             self.peak = np.fmax(self.peak, _per_step(terms, self.peak.shape[0]))
         return self._seen(out)
 
